@@ -1,0 +1,105 @@
+"""Data sets for training: one entry point, `load_dataset(spec)`, and the helpers training uses.
+
+A spec is a built-in name (`mnist`, `xor`, `blobs`, `spirals`) or a path to a
+`.npz` or `.csv` file. Every loaded set comes back the same way: float32 inputs
+with the sample axis first (channels last for images), int64 labels, and a
+class count, so the trainer never cares where the data came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+
+from netlang.data.dataset import Dataset, check_labels, infer_num_classes
+from netlang.data.files import load_csv, load_npz
+from netlang.data.idx import parse_idx, read_idx
+from netlang.data.mnist import load_mnist
+from netlang.data.prepare import (batches, fit_to_shape, normalize, train_test_split,
+                                  validation_split)
+from netlang.data.synthetic import blobs, spirals, xor
+from netlang.errors import DataError, did_you_mean
+
+__all__ = [
+    "BUILTIN_SETS", "Dataset", "batches", "blobs", "check_labels", "fit_to_shape",
+    "load_csv", "load_dataset", "load_mnist", "load_npz", "normalize", "parse_idx",
+    "read_idx", "spirals", "train_test_split", "validation_split", "xor",
+]
+
+# Default sizes of the synthetic sets (all samples, before the train/test split).
+SYNTHETIC_SAMPLES = {"xor": 4, "blobs": 200, "spirals": 400}
+BUILTIN_SETS = ("mnist", *SYNTHETIC_SAMPLES)
+FILE_SUFFIXES = (".npz", ".csv")
+
+
+def load_dataset(spec: str, *, seed: int = 0, samples: int | None = None,
+                 test_fraction: float = 0.2, num_classes: int | None = None,
+                 label_column: int | str = 0, header: bool | None = None,
+                 data_dir: str | Path | None = None, allow_download: bool = True) -> Dataset:
+    """Load the set named by `spec`, ready to train on.
+
+    `seed` fixes synthetic data and every shuffle; `samples` sizes a synthetic set;
+    `test_fraction` splits sets that come as one table (synthetic, CSV); `num_classes`
+    checks labels against a model's output count instead of inferring it;
+    `label_column`/`header` read CSV; `data_dir`/`allow_download` locate MNIST.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(f"empty data set name (expected one of {', '.join(BUILTIN_SETS)}, "
+                        f"or a .npz/.csv path)")
+    spec = spec.strip()
+    name = spec.lower()
+    if name == "mnist":
+        ds = _mnist(data_dir, allow_download)
+    elif name in SYNTHETIC_SAMPLES:
+        ds = _synthetic(name, samples, seed, test_fraction)
+    elif name.endswith(FILE_SUFFIXES):
+        ds = _from_file(Path(spec), seed, test_fraction, label_column, header)
+    elif Path(spec).exists():
+        raise DataError(f"{spec}: unsupported data file type `{Path(spec).suffix}` "
+                        f"(expected .npz or .csv)")
+    else:
+        raise DataError(f"unknown data set `{spec}`{did_you_mean(name, BUILTIN_SETS)} "
+                        f"(expected one of {', '.join(BUILTIN_SETS)}, or a .npz/.csv path)")
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+                or num_classes < 1:
+            raise DataError(f"num_classes must be a positive integer, got {num_classes!r}")
+        for split, y in (("train", ds.y_train), ("test", ds.y_test)):
+            check_labels(y, num_classes, what=f"{ds.name} {split} labels")
+        ds = dataclasses.replace(ds, num_classes=int(num_classes))
+    return ds
+
+
+def _mnist(data_dir: str | Path | None, allow_download: bool) -> Dataset:
+    m = load_mnist(data_dir, allow_download=allow_download)
+    ds = Dataset(m.x_train[..., None], m.y_train.astype(np.int64),
+                 m.x_test[..., None], m.y_test.astype(np.int64), "mnist", 10)
+    return normalize(ds, "scale")
+
+
+def _synthetic(name: str, samples: int | None, seed: int, test_fraction: float) -> Dataset:
+    n = SYNTHETIC_SAMPLES[name] if samples is None else samples
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise DataError(f"{name}: samples must be a positive integer, got {n!r}")
+    if name == "xor":
+        # Four points cannot be split: train on the repeated table, test on the table itself.
+        x, y = xor(repeat=math.ceil(n / 4), seed=seed)
+        x_test, y_test = xor(seed=seed)
+        return Dataset(x, y, x_test, y_test, name, 2)
+    x, y = (blobs if name == "blobs" else spirals)(n, seed=seed)
+    return Dataset(*train_test_split(x, y, test_fraction, seed), name, 2)
+
+
+def _from_file(path: Path, seed: int, test_fraction: float, label_column: int | str,
+               header: bool | None) -> Dataset:
+    if path.suffix.lower() == ".npz":
+        x_train, y_train, x_test, y_test = load_npz(path)
+    else:
+        x, y = load_csv(path, label_column=label_column, header=header)
+        x_train, y_train, x_test, y_test = train_test_split(x, y, test_fraction, seed)
+    ds = Dataset(x_train, y_train, x_test, y_test, path.stem,
+                 infer_num_classes(y_train, y_test))
+    return normalize(ds, "auto")  # uint8 images to [0, 1]; everything else just to float32

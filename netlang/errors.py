@@ -1,0 +1,183 @@
+"""Source locations, diagnostics and the error classes every layer raises.
+
+A `.net` file is untrusted input, so every mistake in it must surface as a
+`NetlangError` carrying a position, never as a Python traceback.  One error
+object can carry several diagnostics: a file's mistakes are collected and
+reported together, sorted by position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Iterable, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceLocation:
+    """A span in a source file; lines and columns count from 1."""
+
+    path: str
+    line: int
+    column: int
+    end_line: int | None = None
+    end_column: int | None = None
+    source: str | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}"
+
+    def sort_key(self) -> tuple:
+        return (self.path, self.line, self.column)
+
+
+@dataclasses.dataclass
+class Diagnostic:
+    """One message about one place.
+
+    `trace` lists the block instantiations (outermost first) through which the
+    culprit was reached, so an error inside a block points at its callers too.
+    """
+
+    message: str
+    loc: SourceLocation | None = None
+    kind: str = "error"
+    notes: list[str] = dataclasses.field(default_factory=list)
+    trace: tuple[tuple[str, SourceLocation], ...] = ()
+
+    def render(self) -> str:
+        lines = []
+        prefix = f"{self.loc}: " if self.loc else ""
+        lines.append(f"{prefix}error: {self.message}")
+        if self.loc is not None:
+            lines.extend(_source_excerpt(self.loc))
+        for note in self.notes:
+            lines.append(f"  = note: {note}")
+        for what, where in self.trace:
+            lines.append(f"{where}: note: in {what}")
+            lines.extend(_source_excerpt(where))
+        return "\n".join(lines)
+
+
+def _source_excerpt(loc: SourceLocation) -> list[str]:
+    """The source line of `loc` with a caret span under the culprit."""
+    if not loc.source:
+        return []
+    source_lines = loc.source.splitlines()
+    if not 1 <= loc.line <= len(source_lines):
+        return []
+    text = source_lines[loc.line - 1].expandtabs(1)
+    if len(text) > 200:  # keep very long lines readable: show a window around the column
+        start = max(0, loc.column - 80)
+        text = text[start:start + 160]
+        column = loc.column - start
+    else:
+        column = loc.column
+    width = 1
+    if loc.end_line == loc.line and loc.end_column and loc.end_column > loc.column:
+        width = loc.end_column - loc.column
+    width = max(1, min(width, len(text) - column + 1))
+    gutter = f"{loc.line:>4} | "
+    return [f"{gutter}{text}", " " * (len(gutter) - 2) + "| " + " " * (column - 1) + "^" * width]
+
+
+class NetlangError(Exception):
+    """Any error about user input: a `.net` file, a flag, a data or weights file.
+
+    `path`, `line` and `column` describe the first diagnostic; all of them are in
+    `diagnostics`, sorted by position.
+    """
+
+    kind = "error"
+
+    def __init__(self, message: str | None = None, loc: SourceLocation | None = None, *,
+                 notes: Sequence[str] = (), trace=(),
+                 diagnostics: Iterable[Diagnostic] | None = None):
+        if diagnostics is None:
+            diagnostics = [Diagnostic(message or "error", loc, self.kind, list(notes), tuple(trace))]
+        self.diagnostics = sorted(
+            diagnostics, key=lambda d: d.loc.sort_key() if d.loc else ("", 0, 0))
+        first = self.diagnostics[0]
+        self.message = first.message
+        self.loc = first.loc
+        super().__init__(self.render())
+
+    @property
+    def path(self) -> str | None:
+        return self.loc.path if self.loc else None
+
+    @property
+    def line(self) -> int | None:
+        return self.loc.line if self.loc else None
+
+    @property
+    def column(self) -> int | None:
+        return self.loc.column if self.loc else None
+
+    def render(self) -> str:
+        return "\n".join(d.render() for d in self.diagnostics)
+
+
+class NetlangSyntaxError(NetlangError):
+    """The text does not follow the grammar."""
+    kind = "syntax"
+
+
+class NetlangNameError(NetlangError):
+    """An unknown, duplicate or misplaced name."""
+    kind = "name"
+
+
+class NetlangArgumentError(NetlangError):
+    """An unknown, missing or ill-typed argument of a layer, block or setting."""
+    kind = "argument"
+
+
+class NetlangShapeError(NetlangError):
+    """Shapes that do not fit together."""
+    kind = "shape"
+
+
+class NetlangImportError(NetlangError):
+    """An import that cannot be read or that forms a cycle."""
+    kind = "import"
+
+
+class NetlangFileError(NetlangError):
+    """A file that cannot be read as source: missing, empty, binary, a directory."""
+    kind = "file"
+
+
+class DataError(NetlangError):
+    """A data set that is missing, malformed or does not fit the model."""
+    kind = "data"
+
+
+class WeightsError(NetlangError):
+    """A weights or checkpoint file that is missing, malformed or does not fit."""
+    kind = "weights"
+
+
+class UsageError(NetlangError):
+    """A bad command-line flag or API argument."""
+    kind = "usage"
+
+
+ERROR_CLASSES = {cls.kind: cls for cls in (
+    NetlangError, NetlangSyntaxError, NetlangNameError, NetlangArgumentError,
+    NetlangShapeError, NetlangImportError, NetlangFileError, DataError, WeightsError, UsageError)}
+
+
+def raise_diagnostics(diagnostics: Sequence[Diagnostic]) -> None:
+    """Raise one error carrying every diagnostic; its class follows the first one's kind."""
+    if not diagnostics:
+        return
+    ordered = sorted(diagnostics, key=lambda d: d.loc.sort_key() if d.loc else ("", 0, 0))
+    cls = ERROR_CLASSES.get(ordered[0].kind, NetlangError)
+    raise cls(diagnostics=ordered)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A ' (did you mean `x`?)' suffix for the closest known spelling, or ''."""
+    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""

@@ -1,0 +1,1 @@
+"""The front end: `.net` text → typed AST.  Imports Lark, never Numba."""

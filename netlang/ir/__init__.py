@@ -1,0 +1,6 @@
+"""The graph IR: one networkx graph that every pass and back end shares."""
+
+from netlang.ir.types import BATCH, TensorType, format_shape
+from netlang.ir.graph import Graph
+
+__all__ = ["BATCH", "TensorType", "format_shape", "Graph"]

@@ -1,0 +1,107 @@
+"""The graph IR.
+
+A `Graph` is a networkx `MultiDiGraph` whose nodes are ops and whose edges are
+tensors.  Every node carries:
+
+- `op`: the registry name of its op (`dense`, `param`, `input`, ...);
+- `inputs`: its operands as an ordered tuple of node ids (the source of truth;
+  the edges are derived from it, keyed by operand position, so `x * x` keeps
+  both operands);
+- `attrs`: the op's attributes, plain Python values;
+- `type`: the `TensorType` it produces;
+- `name`: a unique, readable name (`conv1`, `layer1.0.conv2d_1.weight`);
+- `role`: `input`, `param`, `buffer`, `layer`, `loss` or `internal`;
+- `layer`: the user-visible layer it belongs to (params and internal nodes
+  point at their layer, so summaries and errors can group them);
+- `loc` and `trace`: where in the source it came from, and through which block
+  instantiations.
+
+Graph-level metadata lives in `graph.graph`: `inputs` and `outputs` (name →
+node), `losses` (list of (node, weight)), `train` (the training section), and
+`source_hash`.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import networkx as nx
+
+from netlang.ir.types import TensorType
+
+ROLES = ("input", "param", "buffer", "layer", "loss", "internal")
+
+
+class Graph(nx.MultiDiGraph):
+    """The IR graph: networkx, plus a few helpers that keep its invariants."""
+
+    def __init__(self, incoming_graph_data=None, **attr):
+        super().__init__(incoming_graph_data, **attr)
+        self.graph.setdefault("inputs", {})
+        self.graph.setdefault("outputs", {})
+        self.graph.setdefault("losses", [])
+        self.graph.setdefault("train", None)
+        self._ids = itertools.count(max(self.nodes, default=-1) + 1)
+        self._names: dict[str, int] = {d["name"]: n for n, d in self.nodes(data=True) if "name" in d}
+
+    def add_op(self, op: str, inputs=(), attrs=None, type: TensorType | None = None, *,
+               name: str, role: str = "layer", layer: str | None = None,
+               loc=None, trace=()) -> int:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        if name in self._names:
+            raise ValueError(f"duplicate node name {name!r}")
+        node = next(self._ids)
+        inputs = tuple(inputs)
+        self.add_node(node, op=op, inputs=inputs, attrs=dict(attrs or {}), type=type,
+                      name=name, role=role, layer=layer or name, loc=loc, trace=tuple(trace))
+        for position, source in enumerate(inputs):
+            self.add_edge(source, node, key=position, type=self.nodes[source]["type"])
+        self._names[name] = node
+        return node
+
+    def set_type(self, node: int, type: TensorType) -> None:
+        self.nodes[node]["type"] = type
+        for _, target, key in list(self.out_edges(node, keys=True)):
+            self.edges[node, target, key]["type"] = type
+
+    def node_named(self, name: str) -> int | None:
+        return self._names.get(name)
+
+    def has_name(self, name: str) -> bool:
+        return name in self._names
+
+    def unique_name(self, base: str) -> str:
+        """`base` if free, else `base_2`, `base_3`, ..."""
+        if base not in self._names:
+            return base
+        for k in itertools.count(2):
+            candidate = f"{base}_{k}"
+            if candidate not in self._names:
+                return candidate
+        raise AssertionError("unreachable")
+
+    def op(self, node: int) -> str:
+        return self.nodes[node]["op"]
+
+    def operands(self, node: int) -> tuple:
+        return self.nodes[node]["inputs"]
+
+    def type_of(self, node: int) -> TensorType:
+        return self.nodes[node]["type"]
+
+    def topological_order(self) -> list[int]:
+        """A deterministic topological order (ties broken by creation order)."""
+        return list(nx.lexicographical_topological_sort(self, key=lambda n: n))
+
+    def nodes_with_role(self, role: str) -> list[int]:
+        return [n for n in self.topological_order() if self.nodes[n]["role"] == role]
+
+    def parameters(self) -> dict[str, int]:
+        """Trainable and frozen parameters (not buffers), name → node, in creation order."""
+        return {self.nodes[n]["name"]: n for n in sorted(self.nodes)
+                if self.nodes[n]["role"] == "param"}
+
+    def buffers(self) -> dict[str, int]:
+        return {self.nodes[n]["name"]: n for n in sorted(self.nodes)
+                if self.nodes[n]["role"] == "buffer"}

@@ -1,0 +1,59 @@
+"""Normalisation and dropout."""
+
+from netlang.ops.registry import ParamSpec, define_op, elementwise_same
+from netlang.ops.schema import Arg, FLOAT, INT, LAYER
+
+batchnorm = define_op(
+    "batchnorm", family="norm",
+    args=[
+        Arg("momentum", FLOAT, 0.1, min=0.0, max=1.0, doc="weight of the new batch in the running statistics"),
+        Arg("eps", FLOAT, 1e-5, min=0.0, exclusive_min=True),
+        Arg("share", LAYER, None, doc="use this layer's parameters"),
+    ],
+    doc="Normalises each channel (last axis) by batch statistics in training and running "
+        "statistics in evaluation, then scales and shifts: weight and bias of shape (C,); "
+        "running_mean and running_var are buffers, not counted as parameters.")
+
+
+@batchnorm.shape
+def _batchnorm_shape(ctx, a):
+    ctx.need_float(0)
+    if ctx.inputs[0].rank < 2:
+        ctx.fail(f"`batchnorm` needs a channel axis, got {ctx.describe(0)}")
+    return ctx.inputs[0]
+
+
+@batchnorm.params
+def _batchnorm_params(inputs, a):
+    c = inputs[0].shape[-1]
+    return [ParamSpec("weight", (c,), "ones"), ParamSpec("bias", (c,), "zeros"),
+            ParamSpec("running_mean", (c,), "zeros", buffer=True),
+            ParamSpec("running_var", (c,), "ones", buffer=True)]
+
+
+lrn = define_op(
+    "lrn", family="norm",
+    args=[
+        Arg("size", INT, 5, min=1, doc="channels in each normalisation window"),
+        Arg("alpha", FLOAT, 1e-4, min=0.0),
+        Arg("beta", FLOAT, 0.75, min=0.0),
+        Arg("k", FLOAT, 2.0, min=0.0),
+    ],
+    doc="Local response normalisation across channels (AlexNet, GoogLeNet): "
+        "x / (k + alpha/size · sum of x² over `size` neighbouring channels)^beta, as PyTorch.")
+
+
+@lrn.shape
+def _lrn_shape(ctx, a):
+    ctx.need_float(0)
+    ctx.need_rank(0, (3, 4), "a channel axis (C,) after spatial axes")
+    return ctx.inputs[0]
+
+
+dropout = define_op(
+    "dropout", family="norm",
+    args=[Arg("rate", FLOAT, 0.5, min=0.0, max=1.0, doc="probability of dropping a unit "
+              "(PyTorch's convention; the lectures' keep probability p is 1 - rate)")],
+    doc="Inverted dropout: in training zeroes each unit with probability `rate` and scales the "
+        "rest by 1/(1 - rate); in evaluation passes its input through.")
+dropout.shape(elementwise_same)

@@ -1,0 +1,57 @@
+"""Ops that only rearrange elements: flatten, reshape, permute."""
+
+import math
+
+from netlang.ops.registry import define_op
+from netlang.ops.schema import Arg, INTS
+
+flatten = define_op("flatten", family="reshape",
+                    doc="Collapses each example into one axis: (H, W, C) → (H·W·C,), row-major.")
+
+
+@flatten.shape
+def _flatten_shape(ctx, a):
+    x = ctx.inputs[0]
+    return x.with_shape((x.shape[0], math.prod(x.shape[1:])))
+
+
+reshape = define_op(
+    "reshape", family="reshape",
+    args=[Arg("shape", INTS, doc="the new per-example shape; one entry may be -1")],
+    doc="Gives each example a new shape with the same number of elements (row-major).")
+
+
+@reshape.shape
+def _reshape_shape(ctx, a):
+    x = ctx.inputs[0]
+    target = list(a["shape"])
+    size = math.prod(x.shape[1:])
+    unknown = [i for i, d in enumerate(target) if d == -1]
+    if len(unknown) > 1 or any(d < -1 or d == 0 for d in target):
+        ctx.fail(f"`reshape` target {tuple(target)} may hold positive sizes and at most one -1")
+    known = math.prod(d for d in target if d != -1)
+    if unknown:
+        if size % known:
+            ctx.fail(f"`reshape` cannot fit {size} elements per example of {ctx.describe(0)} "
+                     f"into {tuple(target)}")
+        target[unknown[0]] = size // known
+    if math.prod(target) != size:
+        ctx.fail(f"`reshape` to {tuple(target)} needs {math.prod(target)} elements per example, "
+                 f"but {ctx.describe(0)} has {size}")
+    return x.with_shape((x.shape[0],) + tuple(target))
+
+
+permute = define_op(
+    "permute", family="reshape",
+    args=[Arg("axes", INTS, doc="the new order of the per-example axes, e.g. (2, 0, 1)")],
+    doc="Reorders the per-example axes.")
+
+
+@permute.shape
+def _permute_shape(ctx, a):
+    x = ctx.inputs[0]
+    axes = a["axes"]
+    if sorted(axes) != list(range(x.rank - 1)):
+        ctx.fail(f"`permute` needs an order of the {x.rank - 1} per-example axes of "
+                 f"{ctx.describe(0)}, got {axes}")
+    return x.with_shape((x.shape[0],) + tuple(x.shape[1 + i] for i in axes))

@@ -1,0 +1,110 @@
+"""The model summary behind `netlang check`: one row per layer, with parameters and multiply-adds."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from netlang.ir.graph import Graph
+from netlang.ir.types import format_shape
+from netlang.ops.registry import get_op
+
+
+@dataclasses.dataclass
+class LayerRow:
+    name: str
+    op: str
+    shape: tuple
+    params: int
+    macs: int
+    inputs: list
+
+
+@dataclasses.dataclass
+class Summary:
+    rows: list
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int
+    buffers: int
+    total_macs: int
+    inputs: dict
+    outputs: dict
+    losses: list
+
+    def to_json(self) -> dict:
+        return {
+            "layers": [{"name": r.name, "op": r.op, "shape": list(r.shape), "params": r.params,
+                        "macs": r.macs, "inputs": r.inputs} for r in self.rows],
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "non_trainable_params": self.non_trainable_params,
+            "buffers": self.buffers,
+            "total_macs": self.total_macs,
+            "inputs": {k: list(v) for k, v in self.inputs.items()},
+            "outputs": {k: list(v) for k, v in self.outputs.items()},
+            "losses": self.losses,
+        }
+
+    def render(self, title: str = "") -> str:
+        header = ("Layer", "Op", "Output shape", "Params", "Mult-adds")
+        body = [(r.name, r.op, format_shape(r.shape), f"{r.params:,}", f"{r.macs:,}") for r in self.rows]
+        widths = [max(len(str(row[i])) for row in [header] + body) for i in range(5)]
+        rule = "─" * (sum(widths) + 8)
+
+        def line(row):
+            return (f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  "
+                    f"{row[3]:>{widths[3]}}  {row[4]:>{widths[4]}}")
+        out = []
+        if title:
+            out.append(title)
+        out += [rule, line(header), rule]
+        out += [line(row) for row in body]
+        out.append(rule)
+        out.append(f"Total params: {self.total_params:,}")
+        out.append(f"Trainable params: {self.trainable_params:,}")
+        out.append(f"Non-trainable params: {self.non_trainable_params:,}")
+        if self.buffers:
+            out.append(f"Buffers (running statistics): {self.buffers:,}")
+        out.append(f"Mult-adds per example: {self.total_macs:,}")
+        out.append("Outputs: " + ", ".join(f"{k} {format_shape(v)}" for k, v in self.outputs.items()))
+        if self.losses:
+            out.append("Losses: " + " + ".join(self.losses))
+        return "\n".join(out)
+
+
+def summarize(graph: Graph) -> Summary:
+    frozen = set(graph.graph["train"].freeze) if graph.graph.get("train") else set()
+    rows = []
+    param_nodes = graph.parameters()
+    for node in graph.topological_order():
+        data = graph.nodes[node]
+        if data["role"] not in ("layer", "input"):
+            continue
+        own = [o for o in data["inputs"] if graph.nodes[o]["role"] == "param"
+               and graph.nodes[o]["layer"] == data["name"]]
+        params = sum(graph.type_of(o).size for o in own)
+        macs = 0
+        if data["role"] == "layer":
+            op = get_op(data["op"])
+            macs = op.count_macs([graph.type_of(o) for o in data["inputs"]], data["type"], data["attrs"])
+        inputs = [graph.nodes[o]["layer"] for o in data["inputs"]
+                  if graph.nodes[o]["role"] in ("layer", "input")]
+        rows.append(LayerRow(data["name"], data["op"], data["type"].shape, params, macs, inputs))
+    total = sum(graph.type_of(n).size for n in param_nodes.values())
+    frozen_count = sum(graph.type_of(n).size for n in param_nodes.values()
+                       if graph.nodes[n]["layer"] in frozen)
+    buffers = sum(graph.type_of(n).size for n in graph.buffers().values())
+    losses = []
+    for node, weight in graph.graph.get("losses", []):
+        d = graph.nodes[node]
+        operands = ", ".join(graph.nodes[o]["layer"] for o in d["inputs"])
+        term = f"{d['op']}({operands})"
+        losses.append(term if weight == 1 else f"{weight:g} × {term}")
+    return Summary(
+        rows=rows, total_params=total, trainable_params=total - frozen_count,
+        non_trainable_params=frozen_count, buffers=buffers,
+        total_macs=sum(r.macs for r in rows),
+        inputs={k: graph.type_of(v).shape for k, v in graph.graph["inputs"].items()},
+        outputs={k: graph.type_of(v).shape for k, v in graph.graph["outputs"].items()},
+        losses=losses)

@@ -1,0 +1,189 @@
+"""The `train { ... }` section → loss nodes in the graph and a `TrainConfig`.
+
+Losses become graph nodes (so autodiff sees them); everything else is checked
+against the schemas in `netlang.ops.optim` and `netlang.ir.train_config`.
+"""
+
+from __future__ import annotations
+
+from netlang.errors import did_you_mean
+from netlang.frontend import ast
+from netlang.ir.train_config import METRICS, SCALAR_SETTINGS, SETTINGS, Choice, TrainConfig
+from netlang.ops.optim import OPTIMIZERS, REGULARIZERS, SCHEDULES
+from netlang.ops.registry import all_ops, get_op
+from netlang.ops.schema import ArgumentProblem, bind_arguments, describe_value
+
+
+def lower_train_section(lowerer, section: ast.Train, scope) -> None:
+    from netlang.lower import Poisoned, Problem  # the lowering machinery this section extends
+
+    config = TrainConfig()
+    seen = {}
+    losses = []
+    for item in section.items:
+        key = item.key.id
+        try:
+            if key not in SETTINGS:
+                raise Problem(f"unknown training setting `{key}`{did_you_mean(key, SETTINGS)}",
+                              item.key.loc, "name")
+            if key not in ("loss", "regularize") and key in seen:
+                raise Problem(f"`{key}` is set twice (first on line {seen[key].line})",
+                              item.key.loc, "name")
+            seen[key] = item.key.loc
+            if item.on and key != "regularize":
+                raise Problem("only `regularize` takes `on <layers>`", item.on[0].loc, "argument")
+            if key == "loss":
+                for value in item.values:
+                    losses.extend(_loss_terms(lowerer, value, scope, Problem))
+            elif key == "optimizer":
+                config.optimizer = _choice(lowerer, _single(item, Problem), OPTIMIZERS, "optimizer",
+                                           scope, Problem)
+            elif key == "schedule":
+                config.schedule = _choice(lowerer, _single(item, Problem), SCHEDULES, "schedule",
+                                          scope, Problem)
+            elif key == "regularize":
+                choice = _choice(lowerer, _single(item, Problem), REGULARIZERS, "regularizer",
+                                 scope, Problem)
+                choice.layers = tuple(_layer_names(lowerer, item.on, scope, Problem))
+                config.regularizers.append(choice)
+            elif key == "freeze":
+                config.freeze = tuple(_layer_names(lowerer, item.values, scope, Problem))
+            elif key == "metrics":
+                config.metrics = tuple(_metric(lowerer, v, scope, Problem) for v in item.values)
+            elif key == "data":
+                value = _single(item, Problem)
+                config.data = value.id if isinstance(value, ast.Name) else lowerer.evaluate(value, scope)
+                if not isinstance(config.data, str):
+                    raise Problem("`data` names a data set, e.g. `data mnist`", value.loc, "argument")
+            else:
+                setattr(config, key, _scalar(lowerer, key, _single(item, Problem), scope, Problem))
+        except Problem as problem:
+            lowerer.report(problem, scope)
+        except Poisoned:
+            pass
+    lowerer.graph.graph["losses"] = losses
+    lowerer.graph.graph["train"] = config
+
+
+def _single(item: ast.TrainItem, Problem):
+    if len(item.values) != 1:
+        raise Problem(f"`{item.key.id}` takes one value", item.loc, "argument")
+    return item.values[0]
+
+
+def _scalar(lowerer, key, expr, scope, Problem):
+    kind, low, high, what = SCALAR_SETTINGS[key]
+    value = lowerer.evaluate(expr, scope)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (kind is int and not float(value).is_integer()):
+        raise Problem(f"`{key}` ({what}) must be {'an integer' if kind is int else 'a number'}, "
+                      f"not {describe_value(value)}", expr.loc, "argument")
+    value = kind(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise Problem(f"`{key}` must be {bound}, not {value}", expr.loc, "argument")
+    return value
+
+
+def _choice(lowerer, expr, table, what, scope, Problem) -> Choice:
+    if isinstance(expr, ast.Name):
+        name, args = expr.id, ()
+    elif isinstance(expr, ast.Call):
+        name, args = expr.func, expr.args
+    else:
+        raise Problem(f"expected {what} such as `{next(iter(table))}(...)`", expr.loc, "argument")
+    if name not in table:
+        raise Problem(f"unknown {what} `{name}`{did_you_mean(name, table)}", expr.loc, "name",
+                      [f"known: {', '.join(sorted(table))}"])
+    entry = table[name]
+    positional = [lowerer.evaluate(a.value, scope) for a in args if a.name is None]
+    keywords = [(a.name, lowerer.evaluate(a.value, scope)) for a in args if a.name is not None]
+    try:
+        bound = bind_arguments(entry.args, positional, keywords, f"{what} `{name}`")
+    except ArgumentProblem as problem:
+        loc = expr.loc
+        for i, a in enumerate(args):
+            if problem.index == i or problem.index == a.name:
+                loc = a.loc
+        raise Problem(problem.message, loc, "argument") from None
+    return Choice(name, bound)
+
+
+def _layer_names(lowerer, exprs, scope, Problem):
+    from netlang.lower import Tensor
+    names = []
+    for expr in exprs:
+        if not isinstance(expr, ast.Name):
+            raise Problem("expected the name of a layer", expr.loc, "argument")
+        try:
+            value = scope.lookup(expr.id)
+        except KeyError:
+            raise Problem(f"unknown layer `{expr.id}`{did_you_mean(expr.id, scope.visible_names())}",
+                          expr.loc, "name") from None
+        if not isinstance(value, Tensor):
+            raise Problem(f"`{expr.id}` is not a layer", expr.loc, "argument")
+        names.append(value.layer)
+    return names
+
+
+def _metric(lowerer, expr, scope, Problem):
+    if isinstance(expr, ast.Name) and expr.id in METRICS and expr.id != "top_k":
+        return expr.id
+    if isinstance(expr, ast.Call) and expr.func == "top_k":
+        if len(expr.args) != 1 or expr.args[0].name not in (None, "k"):
+            raise Problem("`top_k` takes one argument, k", expr.loc, "argument")
+        k = lowerer.evaluate(expr.args[0].value, scope)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise Problem(f"`top_k` needs a positive integer, not {describe_value(k)}", expr.loc,
+                          "argument")
+        return f"top_{k}"
+    word = expr.id if isinstance(expr, ast.Name) else getattr(expr, "func", "?")
+    raise Problem(f"unknown metric `{word}`{did_you_mean(word, METRICS)}", expr.loc, "name",
+                  [f"known: accuracy, top_k(k), loss, confusion"])
+
+
+def _loss_terms(lowerer, expr, scope, Problem):
+    """A loss expression → [(node, weight)]: loss calls, scaled by numbers and summed."""
+    if isinstance(expr, ast.BinOp) and expr.op == "+":
+        return (_loss_terms(lowerer, expr.left, scope, Problem)
+                + _loss_terms(lowerer, expr.right, scope, Problem))
+    if isinstance(expr, ast.BinOp) and expr.op == "*":
+        for weight_expr, loss_expr in ((expr.left, expr.right), (expr.right, expr.left)):
+            if not _is_loss_expr(loss_expr):
+                continue
+            weight = lowerer.evaluate(weight_expr, scope)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+                raise Problem(f"a loss weight must be a non-negative number, not "
+                              f"{describe_value(weight)}", weight_expr.loc, "argument")
+            return [(node, w * weight) for node, w in _loss_terms(lowerer, loss_expr, scope, Problem)]
+    if isinstance(expr, ast.Call):
+        op = get_op(expr.func)
+        if op is None or op.role != "loss":
+            losses = [n for n, o in all_ops().items() if o.role == "loss"]
+            raise Problem(f"unknown loss `{expr.func}`{did_you_mean(expr.func, losses)}", expr.loc,
+                          "name", [f"known: {', '.join(sorted(losses))}"])
+        tensors = [a for a in expr.args if a.name is None]
+        if len(tensors) != 2:
+            raise Problem(f"`{expr.func}` takes a prediction and a target: "
+                          f"`{expr.func}(prediction, target)`", expr.loc, "argument")
+        operands = [lowerer.evaluate(a.value, scope) for a in tensors]
+        from netlang.lower import Tensor
+        for a, value in zip(tensors, operands):
+            if not isinstance(value, Tensor):
+                raise Problem(f"`{expr.func}` needs tensors, not {describe_value(value)}", a.loc,
+                              "argument")
+        keyword_args = tuple(a for a in expr.args if a.name is not None)
+        attrs = lowerer.bind_op_args(op, keyword_args, scope, None)
+        tensor = lowerer.apply_op(op, operands, attrs, None, scope, expr.loc)
+        return [(tensor.node, 1.0)]
+    raise Problem("a loss is a loss function such as `cross_entropy(logits, label)`, optionally "
+                  "weighted (`0.5 * ...`) and summed (`+`)", expr.loc, "argument")
+
+
+def _is_loss_expr(expr) -> bool:
+    if isinstance(expr, ast.Call):
+        op = get_op(expr.func)
+        return op is not None and op.role == "loss"
+    if isinstance(expr, ast.BinOp) and expr.op in ("+", "*"):
+        return _is_loss_expr(expr.left) or _is_loss_expr(expr.right)
+    return False
