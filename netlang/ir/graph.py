@@ -65,6 +65,26 @@ class Graph(nx.MultiDiGraph):
         for _, target, key in list(self.out_edges(node, keys=True)):
             self.edges[node, target, key]["type"] = type
 
+    def replace_op(self, node: int, op: str, inputs, attrs: dict) -> None:
+        """Give `node` a new op and operands, keeping its name, type and consumers."""
+        for source, _, key in list(self.in_edges(node, keys=True)):
+            self.remove_edge(source, node, key)
+        inputs = tuple(inputs)
+        self.nodes[node].update(op=op, inputs=inputs, attrs=dict(attrs))
+        for position, source in enumerate(inputs):
+            self.add_edge(source, node, key=position, type=self.nodes[source]["type"])
+
+    def copy(self, as_view=False):
+        copied = super().copy(as_view=as_view)
+        if not as_view:
+            copied._ids = itertools.count(max(self.nodes, default=-1) + 1)
+            copied._names = dict(self._names)
+            # networkx copies graph-level data shallowly; passes edit these containers.
+            for key, value in self.graph.items():
+                if isinstance(value, (dict, list)):
+                    copied.graph[key] = type(value)(value)
+        return copied
+
     def node_named(self, name: str) -> int | None:
         return self._names.get(name)
 

@@ -60,3 +60,143 @@ def _maxout_shape(ctx, a):
         ctx.fail(f"`maxout` with {a['pieces']} pieces needs a last axis divisible by {a['pieces']}, "
                  f"got {ctx.describe(0)}")
     return x.with_shape(x.shape[:-1] + (x.shape[-1] // a["pieces"],))
+
+
+# ---- forward and backward ------------------------------------------------------------------
+#
+# Elementwise ops save nothing: each backward op reads the forward's input x or output y
+# (whichever makes the derivative cheap), so the backward pass is a graph of plain ops.
+
+import numpy as np  # noqa: E402
+
+from netlang.ops.registry import define_internal, same_type_as  # noqa: E402
+
+
+def _stable_sigmoid(x):
+    out = np.empty_like(x)
+    positive = x >= 0
+    out[positive] = 1.0 / (1.0 + np.exp(-x[positive]))
+    ex = np.exp(x[~positive])
+    out[~positive] = ex / (1.0 + ex)
+    return out
+
+
+identity.forward(lambda ins, a, ctx: ins[0])
+identity.vjp(lambda b, node, g: [g])
+sign.forward(lambda ins, a, ctx: np.where(ins[0] < 0, -1.0, 1.0).astype(ins[0].dtype))
+threshold.forward(lambda ins, a, ctx: (ins[0] > a["value"]).astype(ins[0].dtype))
+# sign and threshold are flat almost everywhere: their gradient is zero (the perceptron
+# learns with its own rule, or through a smooth surrogate loss on the pre-activation).
+sign.vjp(lambda b, node, g: [b.add("zeros_like", [g])])
+threshold.vjp(lambda b, node, g: [b.add("zeros_like", [g])])
+
+sigmoid.forward(lambda ins, a, ctx: _stable_sigmoid(ins[0]))
+tanh.forward(lambda ins, a, ctx: np.tanh(ins[0]))
+relu.forward(lambda ins, a, ctx: np.maximum(ins[0], 0))
+leaky_relu.forward(lambda ins, a, ctx: np.where(ins[0] >= 0, ins[0], ins[0] * a["slope"]).astype(ins[0].dtype))
+elu.forward(lambda ins, a, ctx: np.where(ins[0] >= 0, ins[0], a["alpha"] * np.expm1(np.minimum(ins[0], 0)))
+            .astype(ins[0].dtype))
+
+# Backward ops: (y or x, g) -> dx.
+sigmoid_grad = define_internal("sigmoid_grad", family="activation", arity=2, shape=same_type_as(1),
+                               doc="g · y(1 − y), from the sigmoid's output y.")
+sigmoid_grad.forward(lambda ins, a, ctx: ins[1] * ins[0] * (1 - ins[0]))
+tanh_grad = define_internal("tanh_grad", family="activation", arity=2, shape=same_type_as(1),
+                            doc="g · (1 − y²), from the tanh's output y.")
+tanh_grad.forward(lambda ins, a, ctx: ins[1] * (1 - ins[0] * ins[0]))
+relu_grad = define_internal("relu_grad", family="activation", arity=2, shape=same_type_as(1),
+                            doc="g where y > 0, from the relu's output y.")
+relu_grad.forward(lambda ins, a, ctx: np.where(ins[0] > 0, ins[1], 0).astype(ins[1].dtype))
+leaky_relu_grad = define_internal(
+    "leaky_relu_grad", family="activation", arity=2, shape=same_type_as(1), args=leaky_relu.args,
+    doc="g where x >= 0, slope · g elsewhere, from the input x.")
+leaky_relu_grad.forward(lambda ins, a, ctx: np.where(ins[0] >= 0, ins[1], ins[1] * a["slope"])
+                        .astype(ins[1].dtype))
+elu_grad = define_internal(
+    "elu_grad", family="activation", arity=3, shape=same_type_as(2), args=elu.args,
+    doc="g where x >= 0, g · (y + alpha) elsewhere, from input x and output y.")
+elu_grad.forward(lambda ins, a, ctx: np.where(ins[0] >= 0, ins[2], ins[2] * (ins[1] + a["alpha"]))
+                 .astype(ins[2].dtype))
+
+sigmoid.vjp(lambda b, node, g: [b.add("sigmoid_grad", [node, g])])
+tanh.vjp(lambda b, node, g: [b.add("tanh_grad", [node, g])])
+relu.vjp(lambda b, node, g: [b.add("relu_grad", [node, g])])
+leaky_relu.vjp(lambda b, node, g: [b.add("leaky_relu_grad", [b.operands(node)[0], g],
+                                         slope=b.attrs(node)["slope"])])
+elu.vjp(lambda b, node, g: [b.add("elu_grad", [b.operands(node)[0], node, g],
+                                  alpha=b.attrs(node)["alpha"])])
+
+
+def _axis_of(x, axis):
+    from netlang.ops.registry import full_axis
+    return full_axis(x.ndim, axis)
+
+
+def _softmax(x, axis):
+    shifted = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _log_softmax(x, axis):
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+softmax.forward(lambda ins, a, ctx: _softmax(ins[0], _axis_of(ins[0], a["axis"])))
+log_softmax.forward(lambda ins, a, ctx: _log_softmax(ins[0], _axis_of(ins[0], a["axis"])))
+
+softmax_grad = define_internal(
+    "softmax_grad", family="activation", arity=2, shape=same_type_as(1), args=softmax.args,
+    doc="y · (g − Σ g·y), from the softmax's output y.")
+
+
+def _softmax_grad(ins, a, ctx):
+    y, g = ins
+    axis = _axis_of(y, a["axis"])
+    return y * (g - (g * y).sum(axis=axis, keepdims=True))
+
+
+softmax_grad.forward(_softmax_grad)
+log_softmax_grad = define_internal(
+    "log_softmax_grad", family="activation", arity=2, shape=same_type_as(1), args=log_softmax.args,
+    doc="g − softmax · Σ g, from the log-softmax's output y.")
+
+
+def _log_softmax_grad(ins, a, ctx):
+    y, g = ins
+    axis = _axis_of(y, a["axis"])
+    return g - np.exp(y) * g.sum(axis=axis, keepdims=True)
+
+
+log_softmax_grad.forward(_log_softmax_grad)
+softmax.vjp(lambda b, node, g: [b.add("softmax_grad", [node, g], axis=b.attrs(node)["axis"])])
+log_softmax.vjp(lambda b, node, g: [b.add("log_softmax_grad", [node, g],
+                                          axis=b.attrs(node)["axis"])])
+
+
+def _maxout_forward(ins, a, ctx):
+    x = ins[0]
+    k = a["pieces"]
+    return x.reshape(x.shape[:-1] + (x.shape[-1] // k, k)).max(axis=-1)
+
+
+maxout.forward(_maxout_forward)
+maxout_grad = define_internal(
+    "maxout_grad", family="activation", arity=2, shape=same_type_as(0), args=maxout.args,
+    doc="Routes each unit's gradient to the first piece that attained its maximum.")
+
+
+def _maxout_grad(ins, a, ctx):
+    x, g = ins
+    k = a["pieces"]
+    grouped = x.reshape(x.shape[:-1] + (x.shape[-1] // k, k))
+    winner = grouped.argmax(axis=-1)
+    out = np.zeros_like(grouped)
+    np.put_along_axis(out, winner[..., None], g[..., None], axis=-1)
+    return out.reshape(x.shape)
+
+
+maxout_grad.forward(_maxout_grad)
+maxout.vjp(lambda b, node, g: [b.add("maxout_grad", [b.operands(node)[0], g],
+                                     pieces=b.attrs(node)["pieces"])])

@@ -35,3 +35,51 @@ def _transpose_shape(ctx, attrs):
     if sorted(perm) != list(range(len(shape))):
         ctx.fail(f"`transpose` needs a permutation of {len(shape)} axes, got {perm}")
     return ctx.inputs[0].with_shape(tuple(shape[p] for p in perm))
+
+
+# ---- forward and backward ------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from netlang.ops.registry import define_internal, same_type_as  # noqa: E402
+from netlang.ops.schema import FLOAT, FLOATS  # noqa: E402
+
+
+def _inverse(perm):
+    inverse = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    return tuple(inverse)
+
+
+transpose_op.forward(lambda ins, a, ctx: np.ascontiguousarray(np.transpose(ins[0], a["perm"])))
+transpose_op.vjp(lambda b, node, g: [b.add("transpose", [g], perm=_inverse(b.attrs(node)["perm"]))])
+
+zeros_like = define_internal("zeros_like", family="core", shape=same_type_as(0),
+                             doc="Zeros of its operand's type (the gradient of a flat function).")
+zeros_like.forward(lambda ins, a, ctx: np.zeros_like(ins[0]))
+
+scale = define_internal("scale", family="core", shape=same_type_as(0),
+                        args=[Arg("factor", FLOAT)], differentiable=True,
+                        doc="Multiplies by a constant factor.")
+scale.forward(lambda ins, a, ctx: (ins[0] * a["factor"]).astype(ins[0].dtype))
+scale.vjp(lambda b, node, g: [b.add("scale", [g], factor=b.attrs(node)["factor"])])
+
+
+def _loss_sum_shape(ctx, attrs):
+    for i, t in enumerate(ctx.inputs):
+        if t.shape != ():
+            ctx.fail(f"`loss_sum` adds scalar losses, got {ctx.describe(i)}")
+    return ctx.inputs[0]
+
+
+loss_sum = define_internal("loss_sum", family="core", arity=None, shape=_loss_sum_shape,
+                           args=[Arg("weights", FLOATS)], differentiable=True,
+                           doc="The training objective: the weighted sum of the model's losses.")
+loss_sum.forward(lambda ins, a, ctx: np.asarray(sum(w * x for w, x in zip(a["weights"], ins)),
+                                                 dtype=ins[0].dtype))
+loss_sum.vjp(lambda b, node, g: [b.add("scale", [g], factor=w) for w in b.attrs(node)["weights"]])
+
+ones_like = define_internal("ones_like", family="core", shape=same_type_as(0),
+                            doc="Ones of its operand's type (the seed of the backward pass).")
+ones_like.forward(lambda ins, a, ctx: np.ones_like(ins[0]))

@@ -65,3 +65,77 @@ def _embedding_shape(ctx, a):
 @embedding.params
 def _embedding_params(inputs, a):
     return [ParamSpec("weight", (a["vocab"], a["dim"]), "normal", a["vocab"], a["dim"])]
+
+
+# ---- forward and backward ------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from netlang.ops.registry import define_internal  # noqa: E402
+from netlang.ir.types import TensorType as _T  # noqa: E402
+
+
+def _dense_forward(ins, a, ctx):
+    x, weight = ins[0], ins[1]
+    y = np.matmul(x, weight.T)
+    if len(ins) > 2:
+        y += ins[2]
+    return y
+
+
+dense.forward(_dense_forward)
+
+
+def _grad_input_shape(ctx, a):
+    g, weight = ctx.inputs
+    return g.with_shape(g.shape[:-1] + (weight.shape[1],))
+
+
+dense_grad_input = define_internal("dense_grad_input", family="dense", arity=2,
+                                   shape=_grad_input_shape, doc="dx = g · W.")
+dense_grad_input.forward(lambda ins, a, ctx: np.matmul(ins[0], ins[1]))
+
+
+def _grad_weight_shape(ctx, a):
+    g, x = ctx.inputs
+    return _T((g.shape[-1], x.shape[-1]), g.dtype)
+
+
+dense_grad_weight = define_internal("dense_grad_weight", family="dense", arity=2,
+                                    shape=_grad_weight_shape, doc="dW = gᵀ · x over every leading axis.")
+dense_grad_weight.forward(lambda ins, a, ctx: ins[0].reshape(-1, ins[0].shape[-1]).T
+                          @ ins[1].reshape(-1, ins[1].shape[-1]))
+
+bias_grad = define_internal("bias_grad", family="dense",
+                            shape=lambda ctx, a: _T((ctx.inputs[0].shape[-1],), ctx.inputs[0].dtype),
+                            doc="db = g summed over every axis but the last.")
+bias_grad.forward(lambda ins, a, ctx: ins[0].reshape(-1, ins[0].shape[-1]).sum(axis=0))
+
+
+@dense.vjp
+def _dense_vjp(b, node, g):
+    operands = b.operands(node)
+    x, weight = operands[0], operands[1]
+    grads = [b.add("dense_grad_input", [g, weight]), b.add("dense_grad_weight", [g, x])]
+    if len(operands) > 2:
+        grads.append(b.add("bias_grad", [g]))
+    return grads
+
+
+embedding.forward(lambda ins, a, ctx: ins[1][ins[0]])
+embedding_grad = define_internal(
+    "embedding_grad", family="dense", arity=2,
+    shape=lambda ctx, a: _T((a["vocab"], ctx.inputs[1].shape[-1]), ctx.inputs[1].dtype),
+    args=embedding.args[:1], doc="Scatter-adds each position's gradient into its token's row.")
+
+
+def _embedding_grad(ins, a, ctx):
+    ids, g = ins
+    out = np.zeros((a["vocab"], g.shape[-1]), dtype=g.dtype)
+    np.add.at(out, ids.reshape(-1), g.reshape(-1, g.shape[-1]))
+    return out
+
+
+embedding_grad.forward(_embedding_grad)
+embedding.vjp(lambda b, node, g: [None, b.add("embedding_grad", [b.operands(node)[0], g],
+                                              vocab=b.attrs(node)["vocab"])])

@@ -84,3 +84,143 @@ def _hinge_shape(ctx, a):
     if ctx.inputs[1].is_float:
         ctx.fail(f"`hinge` needs integer labels, got {ctx.inputs[1].dtype} {ctx.describe(1)}")
     return SCALAR
+
+
+# ---- forward and backward ------------------------------------------------------------------
+#
+# Each loss has one backward op, (prediction, target, g) -> d prediction, which fuses the
+# whole chain rule of the loss (softmax + cross-entropy gives the stable `p − t`).
+
+import numpy as np  # noqa: E402
+
+from netlang.ops.registry import define_internal, same_type_as  # noqa: E402
+
+
+def _positions(pred) -> int:
+    """Examples (and time steps) the class losses average over."""
+    return int(np.prod(pred.shape[:-1]))
+
+
+def _class_target(pred, target, smoothing=0.0):
+    """A probability target of pred's shape from labels or probabilities."""
+    classes = pred.shape[-1]
+    if np.issubdtype(target.dtype, np.integer):
+        dense = np.zeros(pred.shape, dtype=pred.dtype)
+        np.put_along_axis(dense, target[..., None].astype(np.int64), 1.0, axis=-1)
+    else:
+        dense = target.astype(pred.dtype)
+    if smoothing:
+        dense = dense * (1 - smoothing) + smoothing / classes
+    return dense
+
+
+def _value_target(pred, target):
+    """Integer labels as targets of a same-shape loss: the value for one output unit, else one-hot."""
+    if target.shape == pred.shape:
+        return target.astype(pred.dtype)
+    if pred.shape[-1] == 1:
+        return target.reshape(pred.shape).astype(pred.dtype)
+    return _class_target(pred, target)
+
+
+def _log_softmax(x):
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _ce_forward(ins, a, ctx):
+    logits, target = ins
+    t = _class_target(logits, target, a["label_smoothing"])
+    return np.asarray(-(t * _log_softmax(logits)).sum() / _positions(logits), dtype=logits.dtype)
+
+
+def _ce_grad(ins, a, ctx):
+    logits, target, g = ins
+    t = _class_target(logits, target, a["label_smoothing"])
+    return (np.exp(_log_softmax(logits)) - t) * (g / _positions(logits))
+
+
+def _batch(pred) -> int:
+    return pred.shape[0]
+
+
+def _bce_forward(ins, a, ctx):
+    pred, target = ins
+    t = _value_target(pred, target)
+    if a["logits"]:
+        # log(1 + e^-|s|) form: stable for scores of any size.
+        loss = np.maximum(pred, 0) - pred * t + np.log1p(np.exp(-np.abs(pred)))
+    else:
+        # PyTorch clamps each log at -100 so a saturated probability gives a finite loss.
+        loss = -(t * np.maximum(np.log(pred), -100) + (1 - t) * np.maximum(np.log1p(-pred), -100))
+    return np.asarray(loss.sum() / _batch(pred), dtype=pred.dtype)
+
+
+def _bce_grad(ins, a, ctx):
+    pred, target, g = ins
+    t = _value_target(pred, target)
+    if a["logits"]:
+        p = 1 / (1 + np.exp(-pred))
+        return (p - t) * (g / _batch(pred))
+    eps = 1e-12
+    return (pred - t) / np.maximum(pred * (1 - pred), eps) * (g / _batch(pred))
+
+
+def _se_forward(ins, a, ctx):
+    pred, target = ins
+    d = pred - _value_target(pred, target)
+    return np.asarray(0.5 * (d * d).sum() / _batch(pred), dtype=pred.dtype)
+
+
+def _se_grad(ins, a, ctx):
+    pred, target, g = ins
+    return (pred - _value_target(pred, target)) * (g / _batch(pred))
+
+
+def _mse_forward(ins, a, ctx):
+    pred, target = ins
+    d = pred - _value_target(pred, target)
+    return np.asarray((d * d).mean(), dtype=pred.dtype)
+
+
+def _mse_grad(ins, a, ctx):
+    pred, target, g = ins
+    return (pred - _value_target(pred, target)) * (2 * g / pred.size)
+
+
+def _hinge_margins(scores, labels, margin):
+    correct = np.take_along_axis(scores, labels[..., None].astype(np.int64), axis=-1)
+    margins = np.maximum(0, scores - correct + margin)
+    np.put_along_axis(margins, labels[..., None].astype(np.int64), 0, axis=-1)
+    return margins
+
+
+def _hinge_forward(ins, a, ctx):
+    scores, labels = ins
+    return np.asarray(_hinge_margins(scores, labels, a["margin"]).sum() / _positions(scores),
+                      dtype=scores.dtype)
+
+
+def _hinge_grad(ins, a, ctx):
+    scores, labels, g = ins
+    active = (_hinge_margins(scores, labels, a["margin"]) > 0).astype(scores.dtype)
+    count = active.sum(axis=-1, keepdims=True)
+    np.put_along_axis(active, labels[..., None].astype(np.int64), -count, axis=-1)
+    return active * (g / _positions(scores))
+
+
+for _loss_op, _fwd, _grad in ((cross_entropy, _ce_forward, _ce_grad),
+                              (binary_cross_entropy, _bce_forward, _bce_grad),
+                              (squared_error, _se_forward, _se_grad),
+                              (mse, _mse_forward, _mse_grad),
+                              (hinge, _hinge_forward, _hinge_grad)):
+    _loss_op.forward(_fwd)
+    _grad_op = define_internal(f"{_loss_op.name}_grad", family="loss", arity=3,
+                               shape=same_type_as(0), args=_loss_op.args,
+                               doc=f"The gradient of `{_loss_op.name}` with respect to its prediction.")
+    _grad_op.forward(_grad)
+
+    def _vjp(b, node, g, _name=f"{_loss_op.name}_grad"):
+        prediction, target = b.operands(node)
+        return [b.add(_name, [prediction, target, g], **b.attrs(node)), None]
+    _loss_op.vjp(_vjp)

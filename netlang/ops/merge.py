@@ -44,3 +44,73 @@ add.shape(_same_shapes("add"))
 multiply = define_op("multiply", family="merge", arity=None, operand_names=("xs",),
                      doc="Elementwise product of tensors of one shape (gating); `a * b`.")
 multiply.shape(_same_shapes("multiply"))
+
+
+# ---- forward and backward ------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from netlang.ops.registry import define_internal, full_axis  # noqa: E402
+from netlang.ops.schema import INT as _INT  # noqa: E402
+
+
+def _concat_forward(ins, a, ctx):
+    return np.concatenate(ins, axis=full_axis(ins[0].ndim, a["axis"]))
+
+
+concat.forward(_concat_forward)
+
+
+def _slice_shape(ctx, a):
+    x = ctx.inputs[0]
+    axis = full_axis(x.rank, a["axis"])
+    return x.with_shape(x.shape[:axis] + (a["stop"] - a["start"],) + x.shape[axis + 1:])
+
+
+slice_axis = define_internal(
+    "slice_axis", family="merge", shape=_slice_shape, differentiable=False,
+    args=[Arg("axis", _INT), Arg("start", _INT), Arg("stop", _INT)],
+    doc="The elements start:stop along a per-example axis (the gradient of concat).")
+
+
+def _slice_forward(ins, a, ctx):
+    x = ins[0]
+    index = [slice(None)] * x.ndim
+    index[full_axis(x.ndim, a["axis"])] = slice(a["start"], a["stop"])
+    return np.ascontiguousarray(x[tuple(index)])
+
+
+slice_axis.forward(_slice_forward)
+
+
+@concat.vjp
+def _concat_vjp(b, node, g):
+    axis = b.attrs(node)["axis"]
+    grads, start = [], 0
+    for operand in b.operands(node):
+        t = b.type(operand)
+        width = t.shape[full_axis(t.rank, axis)]
+        grads.append(b.add("slice_axis", [g], axis=axis, start=start, stop=start + width))
+        start += width
+    return grads
+
+
+add.forward(lambda ins, a, ctx: sum(ins[1:], ins[0].copy()))
+add.vjp(lambda b, node, g: [g for _ in b.operands(node)])
+
+
+def _product(arrays):
+    out = arrays[0].copy()
+    for x in arrays[1:]:
+        out *= x
+    return out
+
+
+multiply.forward(lambda ins, a, ctx: _product(ins))
+
+
+@multiply.vjp
+def _multiply_vjp(b, node, g):
+    operands = b.operands(node)
+    return [b.add("multiply", [g] + [o for j, o in enumerate(operands) if j != i])
+            for i in range(len(operands))]

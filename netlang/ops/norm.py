@@ -57,3 +57,38 @@ dropout = define_op(
     doc="Inverted dropout: in training zeroes each unit with probability `rate` and scales the "
         "rest by 1/(1 - rate); in evaluation passes its input through.")
 dropout.shape(elementwise_same)
+
+
+# ---- forward and backward ------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from netlang.ops.registry import define_internal, same_type_as  # noqa: E402
+
+
+def _dropout_forward(ins, a, ctx):
+    x = ins[0]
+    if ctx.mode != "train" or a["rate"] == 0:
+        return x
+    return x * dropout_mask_array(x.shape, a["rate"], ctx.rng, x.dtype)
+
+
+def dropout_mask_array(shape, rate, rng, dtype):
+    """Inverted dropout's mask: 0 with probability `rate`, else 1/(1 − rate)."""
+    if rate >= 1:
+        return np.zeros(shape, dtype=dtype)
+    keep = rng.random(shape, dtype=np.float32 if dtype == np.float32 else np.float64) >= rate
+    return keep.astype(dtype) / np.asarray(1 - rate, dtype=dtype)
+
+
+dropout.forward(_dropout_forward)
+
+dropout_mask = define_internal(
+    "dropout_mask", family="norm", shape=same_type_as(0), args=dropout.args,
+    doc="A fresh inverted-dropout mask of its operand's shape each training step. The training "
+        "graph writes dropout(x) as x · dropout_mask(x), so the backward pass reuses the mask.")
+dropout_mask.forward(lambda ins, a, ctx: dropout_mask_array(ins[0].shape, a["rate"], ctx.rng,
+                                                             ins[0].dtype))
+# In the training graph dropout has become a product with its mask (see passes/training.py);
+# this rule serves graphs differentiated in evaluation mode, where dropout is the identity.
+dropout.vjp(lambda b, node, g: [g])

@@ -76,6 +76,14 @@ class OpDef:
     macs_rule: Callable | None = None
     # The argument that ties this op's weight to another layer's, transposed.
     tie: str | None = None
+    # Reference forward on NumPy arrays: fn(inputs, attrs, ctx) -> array.  The
+    # interpreter runs it; it is the executable definition every back end matches.
+    forward_rule: Callable | None = None
+    # Vector-Jacobian rule: fn(builder, node, grad) -> one gradient node (or None) per
+    # operand, built from graph ops, so the backward pass is a graph like the forward.
+    vjp_rule: Callable | None = None
+    # False for ops with no gradient by nature (labels, masks, the backward ops themselves).
+    differentiable: bool = True
 
     # Decorators that attach parts, so each op reads top to bottom in one place.
     def shape(self, fn):
@@ -88,6 +96,14 @@ class OpDef:
 
     def macs(self, fn):
         self.macs_rule = fn
+        return fn
+
+    def forward(self, fn):
+        self.forward_rule = fn
+        return fn
+
+    def vjp(self, fn):
+        self.vjp_rule = fn
         return fn
 
     def infer(self, ctx: ShapeContext, attrs: dict) -> TensorType:
@@ -112,6 +128,23 @@ def define_op(name: str, *, family: str, doc: str, args: Sequence[Arg] = (), ari
                operand_names=tuple(operand_names), role=role, tie=tie)
     OPS[name] = op
     return op
+
+
+def define_internal(name: str, *, family: str, doc: str, args: Sequence[Arg] = (),
+                    arity: int | None = 1, shape=None, differentiable: bool = False) -> OpDef:
+    """An op the compiler inserts (backward ops, masks), never written in a .net file."""
+    op = define_op(name, family=family, doc=doc, args=args, arity=arity, role="internal")
+    op.differentiable = differentiable
+    if shape is not None:
+        op.shape(shape)
+    return op
+
+
+def same_type_as(index: int):
+    """Shape rule: the result has the type of operand `index` (most backward ops)."""
+    def rule(ctx, attrs):
+        return ctx.inputs[index]
+    return rule
 
 
 def get_op(name: str) -> OpDef | None:

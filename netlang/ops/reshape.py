@@ -55,3 +55,32 @@ def _permute_shape(ctx, a):
         ctx.fail(f"`permute` needs an order of the {x.rank - 1} per-example axes of "
                  f"{ctx.describe(0)}, got {axes}")
     return x.with_shape((x.shape[0],) + tuple(x.shape[1 + i] for i in axes))
+
+
+# ---- forward and backward ------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from netlang.ops.registry import define_internal  # noqa: E402
+
+flatten.forward(lambda ins, a, ctx: ins[0].reshape(ins[0].shape[0], -1))
+reshape.forward(lambda ins, a, ctx: ins[0].reshape((ins[0].shape[0],) + tuple(a["shape"])))
+
+reshape_like = define_internal(
+    "reshape_like", family="reshape", arity=2, shape=lambda ctx, a: ctx.inputs[1],
+    doc="Reshapes its first operand to the second's shape (the gradient of flatten and reshape).")
+reshape_like.forward(lambda ins, a, ctx: ins[0].reshape(ins[1].shape))
+flatten.vjp(lambda b, node, g: [b.add("reshape_like", [g, b.operands(node)[0]])])
+reshape.vjp(lambda b, node, g: [b.add("reshape_like", [g, b.operands(node)[0]])])
+
+permute.forward(lambda ins, a, ctx: np.ascontiguousarray(
+    np.transpose(ins[0], (0,) + tuple(1 + i for i in a["axes"]))))
+
+
+@permute.vjp
+def _permute_vjp(b, node, g):
+    axes = b.attrs(node)["axes"]
+    inverse = [0] * len(axes)
+    for i, p in enumerate(axes):
+        inverse[p] = i
+    return [b.add("permute", [g], axes=tuple(inverse))]

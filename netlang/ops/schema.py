@@ -78,12 +78,19 @@ def _ints(value):
     return tuple(_int(v) for v in value)
 
 
+def _floats(value):
+    if not isinstance(value, tuple):
+        value = (value,)
+    return tuple(_float(v) for v in value)
+
+
 INT = ArgType("int", _int)
 FLOAT = ArgType("float", _float)
 BOOL = ArgType("bool", _bool)
 STR = ArgType("string", _str)
 PAIR = ArgType("int or (int, int)", _pair)
 INTS = ArgType("tuple of ints", _ints)
+FLOATS = ArgType("tuple of numbers", _floats)
 LAYER = ArgType("layer name", lambda v: v, is_layer_ref=True)
 ANY = ArgType("value", lambda v: v)
 

@@ -1,0 +1,70 @@
+"""The NumPy reference interpreter: runs any graph, forward and backward, in float32 or float64.
+
+It is the executable specification of every op (each op's `forward` rule in the
+registry) and the oracle that the compiled back ends are tested against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from netlang.errors import DataError
+from netlang.ir.graph import Graph
+from netlang.ops.registry import get_op
+
+
+@dataclasses.dataclass
+class ExecContext:
+    mode: str = "eval"  # "train": dropout active, batch statistics
+    rng: np.random.Generator = dataclasses.field(default_factory=lambda: np.random.default_rng(0))
+    dtype: type = np.float32
+
+
+def needed_nodes(graph: Graph, targets) -> list[int]:
+    """The targets and everything they depend on, in execution order."""
+    needed = set()
+    stack = list(targets)
+    while stack:
+        node = stack.pop()
+        if node in needed:
+            continue
+        needed.add(node)
+        stack.extend(graph.operands(node))
+    return [n for n in graph.topological_order() if n in needed]
+
+
+def execute(graph: Graph, feeds: dict, params: dict, targets, ctx: ExecContext | None = None,
+            order: list[int] | None = None) -> dict:
+    """Evaluate `targets` (node ids); returns node → array for every node computed."""
+    ctx = ctx or ExecContext()
+    values: dict[int, np.ndarray] = {}
+    for node in order or needed_nodes(graph, targets):
+        data = graph.nodes[node]
+        op = data["op"]
+        if op == "input":
+            values[node] = _feed(feeds, data, ctx)
+        elif op == "param":
+            values[node] = np.asarray(params[data["name"]], dtype=ctx.dtype)
+        else:
+            rule = get_op(op).forward_rule
+            if rule is None:
+                raise NotImplementedError(f"op `{op}` has no reference forward yet")
+            inputs = [values[o] for o in data["inputs"]]
+            values[node] = rule(inputs, data["attrs"], ctx)
+    return values
+
+
+def _feed(feeds: dict, data: dict, ctx: ExecContext) -> np.ndarray:
+    name = data["name"]
+    if name not in feeds:
+        raise DataError(f"no data for input `{name}`")
+    value = np.asarray(feeds[name])
+    expected = data["type"]
+    if value.shape[1:] != tuple(expected.shape[1:]):
+        raise DataError(f"input `{name}` expects examples of shape {tuple(expected.shape[1:])}, "
+                        f"got {value.shape[1:]}")
+    if expected.is_float:
+        return value.astype(ctx.dtype, copy=False)
+    return value.astype(np.int64, copy=False)
