@@ -1,0 +1,95 @@
+"""The reference engine: trains and runs a graph on the NumPy interpreter.
+
+Slow but exact, in float32 or float64; the compiled engines are tested
+against it step for step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from netlang.interp import ExecContext, execute, needed_nodes
+from netlang.ir.graph import Graph
+from netlang.ir.train_config import TrainConfig
+from netlang.ops.init import initialize
+from netlang.passes.autodiff import differentiate
+from netlang.passes.training import training_graph
+from netlang.train.optimizers import Optimizer, regularizer_gradient
+
+
+class ReferenceEngine:
+    name = "reference"
+
+    def __init__(self, graph: Graph, config: TrainConfig | None = None, params: dict | None = None,
+                 *, seed: int = 0, dtype=np.float32, input_grads=()):
+        self.graph = graph
+        self.config = config or graph.graph.get("train") or TrainConfig()
+        self.dtype = dtype
+        self.params = params if params is not None else initialize(graph, seed, dtype)
+        self.rng = np.random.default_rng([seed, 1])
+        frozen = set(self.config.freeze)
+        self.layer_of = {graph.nodes[n]["name"]: graph.nodes[n]["layer"]
+                         for n in list(graph.parameters().values()) + list(graph.buffers().values())}
+        self.trainable = [name for name, node in graph.parameters().items()
+                          if graph.nodes[node]["layer"] not in frozen]
+        self._train = None
+        self.input_grads = tuple(input_grads)
+        self.optimizer = Optimizer(self.config.optimizer, {n: self.params[n] for n in self.trainable})
+
+    # The training graph is built on first use: forward-only users never pay for autodiff.
+    def _training(self):
+        if self._train is None:
+            graph = training_graph(self.graph)
+            wrt = [graph.node_named(n) for n in self.trainable]
+            wrt += [graph.graph["inputs"][n] for n in self.input_grads]
+            grads = differentiate(graph, wrt)
+            targets = [grads.objective] + [g for g in grads.of.values() if g is not None]
+            targets += [n for n, _ in graph.graph["losses"]]
+            targets += list(graph.graph["outputs"].values())
+            self._train = (graph, grads, needed_nodes(graph, targets), targets)
+        return self._train
+
+    def gradients(self, feeds: dict, mode: str = "train"):
+        """(loss, name → gradient) for one batch; parameters are not changed."""
+        graph, grads, order, targets = self._training()
+        ctx = ExecContext(mode=mode, rng=self.rng, dtype=self.dtype)
+        values = execute(graph, feeds, self.params, targets, ctx, order=order)
+        named = {}
+        for node, g in grads.of.items():
+            name = graph.nodes[node]["name"]
+            named[name] = values[g] if g is not None else np.zeros(graph.type_of(node).shape[1:]
+                                                                   if graph.type_of(node).batched
+                                                                   else graph.type_of(node).shape,
+                                                                   dtype=self.dtype)
+        outputs = {name: values[n] for name, n in graph.graph["outputs"].items()}
+        return float(values[grads.objective]), named, outputs
+
+    def train_step(self, feeds: dict, lr: float):
+        """One optimiser step on one batch; returns (loss, outputs)."""
+        loss, grads, outputs = self.gradients(feeds)
+        grads = {n: grads[n] for n in self.trainable}
+        for name in self.trainable:
+            penalty = regularizer_gradient(self.config.regularizers, self.layer_of, name,
+                                           self.params[name])
+            if penalty is not None:
+                grads[name] = grads[name] + penalty
+        if self.config.clip_norm:
+            norm = float(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values())))
+            if norm > self.config.clip_norm:
+                factor = self.config.clip_norm / (norm + 1e-6)
+                grads = {n: g * factor for n, g in grads.items()}
+        self.optimizer.step(self.params, grads, lr)
+        return loss, outputs
+
+    def forward(self, feeds: dict, mode: str = "eval", outputs=None) -> dict:
+        names = outputs or list(self.graph.graph["outputs"])
+        nodes = [self.graph.graph["outputs"].get(n) or self.graph.node_named(n) for n in names]
+        ctx = ExecContext(mode=mode, rng=self.rng, dtype=self.dtype)
+        values = execute(self.graph, feeds, self.params, nodes, ctx)
+        return {name: values[node] for name, node in zip(names, nodes)}
+
+    def loss(self, feeds: dict) -> float:
+        """The objective on one batch in evaluation mode (no dropout)."""
+        graph, grads, _, _ = self._training()
+        ctx = ExecContext(mode="eval", rng=self.rng, dtype=self.dtype)
+        return float(execute(graph, feeds, self.params, [grads.objective], ctx)[grads.objective])
