@@ -200,3 +200,67 @@ def _maxout_grad(ins, a, ctx):
 maxout_grad.forward(_maxout_grad)
 maxout.vjp(lambda b, node, g: [b.add("maxout_grad", [b.operands(node)[0], g],
                                      pieces=b.attrs(node)["pieces"])])
+
+
+# ---- CPU kernels: scalar expressions the code generator fuses into loops ------------------------
+identity.cpu_expr = lambda a, c: "{0}"
+sign.cpu_expr = lambda a, c: f"{c(-1)} if {{0}} < 0 else {c(1)}"
+threshold.cpu_expr = lambda a, c: f"{c(1)} if {{0}} > {c(a['value'])} else {c(0)}"
+sigmoid.cpu_expr = lambda a, c: f"{c(1)} / ({c(1)} + np.exp(-{{0}}))"
+tanh.cpu_expr = lambda a, c: "np.tanh({0})"
+relu.cpu_expr = lambda a, c: f"{{0}} if {{0}} > 0 else {c(0)}"
+leaky_relu.cpu_expr = lambda a, c: f"{{0}} if {{0}} >= 0 else {{0}} * {c(a['slope'])}"
+elu.cpu_expr = lambda a, c: f"{{0}} if {{0}} >= 0 else {c(a['alpha'])} * np.expm1({{0}})"
+sigmoid_grad.cpu_expr = lambda a, c: f"{{1}} * {{0}} * ({c(1)} - {{0}})"
+tanh_grad.cpu_expr = lambda a, c: f"{{1}} * ({c(1)} - {{0}} * {{0}})"
+relu_grad.cpu_expr = lambda a, c: f"{{1}} if {{0}} > 0 else {c(0)}"
+leaky_relu_grad.cpu_expr = lambda a, c: f"{{1}} if {{0}} >= 0 else {{1}} * {c(a['slope'])}"
+elu_grad.cpu_expr = lambda a, c: f"{{2}} if {{0}} >= 0 else {{2}} * ({{1}} + {c(a['alpha'])})"
+
+
+def _softmax_rows_kernel(log: bool):
+    """Softmax over the last axis, row by row, shifted by the row maximum for stability."""
+    def kernel(k):
+        if k.attrs["axis"] not in (-1, k.in_types[0].rank - 2):
+            raise NotImplementedError("softmax over an axis other than the last")
+        x, y = k.rows(k.ins[0], k.in_types[0]), k.rows(k.out, k.out_type)
+        m, s = k.fresh("m"), k.fresh("s")
+        with k.block(f"for r in range({x}.shape[0]):"):
+            k.line(f"{m} = {x}[r, 0]")
+            with k.block(f"for c in range(1, {x}.shape[1]):"):
+                k.line(f"{m} = max({m}, {x}[r, c])")
+            k.line(f"{s} = 0.0")
+            with k.block(f"for c in range({x}.shape[1]):"):
+                if log:
+                    k.line(f"{s} += np.exp({x}[r, c] - {m})")
+                else:
+                    k.line(f"{y}[r, c] = np.exp({x}[r, c] - {m})")
+                    k.line(f"{s} += {y}[r, c]")
+            if log:
+                k.line(f"{s} = {m} + np.log({s})")
+            with k.block(f"for c in range({x}.shape[1]):"):
+                k.line(f"{y}[r, c] = {x}[r, c] - {s}" if log else f"{y}[r, c] = {y}[r, c] / {s}")
+    return kernel
+
+
+def _softmax_grad_rows_kernel(log: bool):
+    def kernel(k):
+        if k.attrs["axis"] not in (-1, k.in_types[0].rank - 2):
+            raise NotImplementedError("softmax over an axis other than the last")
+        y, g, out = (k.rows(k.ins[0], k.in_types[0]), k.rows(k.ins[1], k.in_types[1]),
+                     k.rows(k.out, k.out_type))
+        s = k.fresh("s")
+        with k.block(f"for r in range({y}.shape[0]):"):
+            k.line(f"{s} = 0.0")
+            with k.block(f"for c in range({y}.shape[1]):"):
+                k.line(f"{s} += {g}[r, c]" if log else f"{s} += {g}[r, c] * {y}[r, c]")
+            with k.block(f"for c in range({y}.shape[1]):"):
+                k.line(f"{out}[r, c] = {g}[r, c] - np.exp({y}[r, c]) * {s}" if log else
+                       f"{out}[r, c] = {y}[r, c] * ({g}[r, c] - {s})")
+    return kernel
+
+
+softmax.cpu_kernel = _softmax_rows_kernel(log=False)
+log_softmax.cpu_kernel = _softmax_rows_kernel(log=True)
+softmax_grad.cpu_kernel = _softmax_grad_rows_kernel(log=False)
+log_softmax_grad.cpu_kernel = _softmax_grad_rows_kernel(log=True)

@@ -83,3 +83,20 @@ loss_sum.vjp(lambda b, node, g: [b.add("scale", [g], factor=w) for w in b.attrs(
 ones_like = define_internal("ones_like", family="core", shape=same_type_as(0),
                             doc="Ones of its operand's type (the seed of the backward pass).")
 ones_like.forward(lambda ins, a, ctx: np.ones_like(ins[0]))
+
+
+# ---- CPU kernels ------------------------------------------------------------------------------
+
+def _transpose_kernel(k):
+    if tuple(k.attrs["perm"]) != (1, 0):
+        raise NotImplementedError("transpose of more than two axes")
+    with k.block(f"for r in range({k.out}.shape[0]):"):
+        with k.block(f"for c in range({k.out}.shape[1]):"):
+            k.line(f"{k.out}[r, c] = {k.ins[0]}[c, r]")
+
+
+transpose_op.cpu_kernel = _transpose_kernel
+zeros_like.cpu_expr = lambda a, c: c(0)
+ones_like.cpu_expr = lambda a, c: c(1)
+scale.cpu_expr = lambda a, c: f"{{0}} * {c(a['factor'])}"
+loss_sum.cpu_expr = lambda a, c: " + ".join(f"{c(w)} * {{{i}}}" for i, w in enumerate(a["weights"]))

@@ -139,3 +139,55 @@ def _embedding_grad(ins, a, ctx):
 embedding_grad.forward(_embedding_grad)
 embedding.vjp(lambda b, node, g: [None, b.add("embedding_grad", [b.operands(node)[0], g],
                                               vocab=b.attrs(node)["vocab"])])
+
+
+# ---- CPU kernels: matrix products go to BLAS; bias and activations run in the epilogue -----------
+
+def _dense_kernel(k):
+    x, out = k.rows(k.ins[0], k.in_types[0]), k.rows(k.out, k.out_type)
+    k.line(f"np.dot({x}, {k.ins[1]}.T, {out})")
+    k.epilogue(out, bias=k.ins[2] if len(k.ins) > 2 else None)
+
+
+def _dense_grad_input_kernel(k):
+    g, out = k.rows(k.ins[0], k.in_types[0]), k.rows(k.out, k.out_type)
+    k.line(f"np.dot({g}, {k.ins[1]}, {out})")
+    k.epilogue(out)
+
+
+def _dense_grad_weight_kernel(k):
+    g, x = k.rows(k.ins[0], k.in_types[0]), k.rows(k.ins[1], k.in_types[1])
+    k.line(f"np.dot({g}.T, {x}, {k.out})")
+
+
+def _bias_grad_kernel(k):
+    g = k.rows(k.ins[0], k.in_types[0])
+    with k.block(f"for c in range({k.out}.shape[0]):"):
+        k.line(f"{k.out}[c] = 0")
+    with k.block(f"for r in range({g}.shape[0]):"):
+        with k.block(f"for c in range({g}.shape[1]):"):
+            k.line(f"{k.out}[c] += {g}[r, c]")
+
+
+dense.cpu_kernel = _dense_kernel
+dense_grad_input.cpu_kernel = _dense_grad_input_kernel
+dense_grad_weight.cpu_kernel = _dense_grad_weight_kernel
+bias_grad.cpu_kernel = _bias_grad_kernel
+
+
+def _embedding_kernel(k):
+    ids, out = k.flat(k.ins[0]), k.rows(k.out, k.out_type)
+    with k.block(f"for r in range({ids}.size):"):
+        k.line(f"{out}[r, :] = {k.ins[1]}[{ids}[r], :]")
+
+
+def _embedding_grad_kernel(k):
+    ids, g = k.flat(k.ins[0]), k.rows(k.ins[1], k.in_types[1])
+    k.line(f"{k.out}[:, :] = 0")
+    with k.block(f"for r in range({ids}.size):"):
+        with k.block(f"for c in range({g}.shape[1]):"):
+            k.line(f"{k.out}[{ids}[r], c] += {g}[r, c]")
+
+
+embedding.cpu_kernel = _embedding_kernel
+embedding_grad.cpu_kernel = _embedding_grad_kernel

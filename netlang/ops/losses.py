@@ -93,7 +93,7 @@ def _hinge_shape(ctx, a):
 
 import numpy as np  # noqa: E402
 
-from netlang.ops.registry import define_internal, same_type_as  # noqa: E402
+from netlang.ops.registry import OPS, define_internal, same_type_as  # noqa: E402
 
 
 def _positions(pred) -> int:
@@ -137,7 +137,9 @@ def _ce_forward(ins, a, ctx):
 def _ce_grad(ins, a, ctx):
     logits, target, g = ins
     t = _class_target(logits, target, a["label_smoothing"])
-    return (np.exp(_log_softmax(logits)) - t) * (g / _positions(logits))
+    # d/ds of -Σ t·log softmax(s) is softmax(s)·Σt − t: the familiar p − t when t sums to one.
+    p = np.exp(_log_softmax(logits))
+    return (p * t.sum(axis=-1, keepdims=True) - t) * (g / _positions(logits))
 
 
 def _batch(pred) -> int:
@@ -224,3 +226,124 @@ for _loss_op, _fwd, _grad in ((cross_entropy, _ce_forward, _ce_grad),
         prediction, target = b.operands(node)
         return [b.add(_name, [prediction, target, g], **b.attrs(node)), None]
     _loss_op.vjp(_vjp)
+
+
+# ---- CPU kernels ------------------------------------------------------------------------------
+#
+# Losses accumulate in float64 (a batch sum of float32 terms loses digits otherwise).  A
+# cross-entropy and its gradient are computed in one pass when the fusion pass pairs them:
+# the loss kernel writes (softmax − target) / rows into the gradient's buffer, and the
+# gradient kernel only scales it by the incoming g.
+
+def _target_reader(k, pred_type, target_var, target_type):
+    """A function (row, col) -> source of the target value as the loss sees it."""
+    if target_type.shape == pred_type.shape:
+        t = k.rows(target_var, target_type)
+        return lambda r, c: f"F({t}[{r}, {c}])"
+    labels = k.flat(target_var)
+    if pred_type.shape[-1] == 1 and target_type.shape == pred_type.shape[:-1]:
+        return lambda r, c: f"F({labels}[{r}])"
+    return lambda r, c: f"(F(1.0) if {labels}[{r}] == {c} else F(0.0))"
+
+
+def _ce_kernel(k, with_loss: bool, grad_var=None, scale_only=False):
+    """Softmax cross-entropy over rows: the loss into k.out[0] and/or the gradient into grad_var."""
+    z = k.rows(k.ins[0], k.in_types[0])
+    target = _target_reader(k, k.in_types[0], k.ins[1], k.in_types[1])
+    eps = k.attrs["label_smoothing"]
+    classes = k.in_types[0].shape[-1]
+    m, s, lse, total, tv = (k.fresh(p) for p in ("m", "s", "lse", "acc", "tv"))
+    grad = k.rows(grad_var, k.in_types[0]) if grad_var else None
+    g = f"{k.ins[2]}[0]" if not with_loss else "1.0"
+    k.line(f"{total} = 0.0")
+    with k.block(f"for r in range({z}.shape[0]):"):
+        k.line(f"{m} = {z}[r, 0]")
+        with k.block(f"for c in range(1, {z}.shape[1]):"):
+            k.line(f"{m} = max({m}, {z}[r, c])")
+        k.line(f"{s} = 0.0")
+        with k.block(f"for c in range({z}.shape[1]):"):
+            k.line(f"{s} += np.exp({z}[r, c] - {m})")
+        k.line(f"{lse} = {m} + np.log({s})")
+        with k.block(f"for c in range({z}.shape[1]):"):
+            k.line(f"{tv} = {target('r', 'c')}")
+            if eps:
+                k.line(f"{tv} = {tv} * {1 - eps!r} + {eps / classes!r}")
+            if with_loss:
+                k.line(f"{total} += {tv} * ({lse} - {z}[r, c])")
+            if grad:
+                k.line(f"{grad}[r, c] = (np.exp({z}[r, c] - {lse}) - {tv}) * ({g} / {z}.shape[0])")
+    if with_loss:
+        k.line(f"{k.out}[0] = {total} / {z}.shape[0]")
+
+
+def _ce_loss_kernel(k):
+    paired = [grad for grad, loss in k.program.fusion.paired.items() if loss == k.node]
+    _ce_kernel(k, with_loss=True, grad_var=k.program.var(paired[0]) if paired else None)
+
+
+def _ce_grad_kernel(k):
+    if k.paired_loss is not None:
+        f, g = k.flat(k.out), k.ins[2]
+        with k.block(f"for i in range({f}.size):"):
+            k.line(f"{f}[i] *= {g}[0]")
+        return
+    _ce_kernel(k, with_loss=False, grad_var=k.out)
+
+
+def _rowwise_loss_kernel(term, grad, normaliser):
+    """A loss or gradient that is a sum over elements of term(p, t) or an elementwise grad(p, t)."""
+    def loss_kernel(k):
+        p = k.rows(k.ins[0], k.in_types[0])
+        target = _target_reader(k, k.in_types[0], k.ins[1], k.in_types[1])
+        total, pv, tv = k.fresh("acc"), k.fresh("p"), k.fresh("tv")
+        k.line(f"{total} = 0.0")
+        with k.block(f"for r in range({p}.shape[0]):"):
+            with k.block(f"for c in range({p}.shape[1]):"):
+                k.line(f"{pv} = {p}[r, c]")
+                k.line(f"{tv} = {target('r', 'c')}")
+                k.line(f"{total} += {term(pv, tv, k.attrs)}")
+        k.line(f"{k.out}[0] = {total} / ({normaliser(k, p)})")
+
+    def grad_kernel(k):
+        p, out = k.rows(k.ins[0], k.in_types[0]), k.rows(k.out, k.out_type)
+        target = _target_reader(k, k.in_types[0], k.ins[1], k.in_types[1])
+        pv, tv, scale = k.fresh("p"), k.fresh("tv"), k.fresh("sc")
+        k.line(f"{scale} = {k.ins[2]}[0] / ({normaliser(k, p)})")
+        with k.block(f"for r in range({p}.shape[0]):"):
+            with k.block(f"for c in range({p}.shape[1]):"):
+                k.line(f"{pv} = {p}[r, c]")
+                k.line(f"{tv} = {target('r', 'c')}")
+                k.line(f"{out}[r, c] = ({grad(pv, tv, k.attrs)}) * {scale}")
+    return loss_kernel, grad_kernel
+
+
+def _per_example(k, rows):
+    return f"{k.ins[0]}.shape[0]"
+
+
+def _per_element(k, rows):
+    return f"{k.ins[0]}.size"
+
+
+def _bce_term(p, t, a):
+    if a["logits"]:
+        return f"max({p}, 0.0) - {p} * {t} + np.log1p(np.exp(-abs({p})))"
+    return (f"-({t} * max(np.log({p}), -100.0) + (1.0 - {t}) * max(np.log1p(-{p}), -100.0))")
+
+
+def _bce_grad(p, t, a):
+    if a["logits"]:
+        return f"1.0 / (1.0 + np.exp(-{p})) - {t}"
+    return f"({p} - {t}) / max({p} * (1.0 - {p}), 1e-12)"
+
+
+for _op, _term, _grad, _norm in (
+        (binary_cross_entropy, _bce_term, _bce_grad, _per_example),
+        (squared_error, lambda p, t, a: f"0.5 * ({p} - {t}) * ({p} - {t})",
+         lambda p, t, a: f"{p} - {t}", _per_example),
+        (mse, lambda p, t, a: f"({p} - {t}) * ({p} - {t})", lambda p, t, a: f"2.0 * ({p} - {t})",
+         _per_element)):
+    _op.cpu_kernel, OPS[f"{_op.name}_grad"].cpu_kernel = _rowwise_loss_kernel(_term, _grad, _norm)
+
+cross_entropy.cpu_kernel = _ce_loss_kernel
+OPS["cross_entropy_grad"].cpu_kernel = _ce_grad_kernel

@@ -114,3 +114,31 @@ def _multiply_vjp(b, node, g):
     operands = b.operands(node)
     return [b.add("multiply", [g] + [o for j, o in enumerate(operands) if j != i])
             for i in range(len(operands))]
+
+
+# ---- CPU kernels ------------------------------------------------------------------------------
+
+def _axis_slices(rank, axis, start, stop):
+    return ", ".join(f"{start}:{stop}" if i == axis else ":" for i in range(rank))
+
+
+def _concat_kernel(k):
+    axis = full_axis(k.out_type.rank, k.attrs["axis"])
+    start = 0
+    for var, t in zip(k.ins, k.in_types):
+        stop = start + t.shape[axis]
+        k.line(f"{k.out}[{_axis_slices(t.rank, axis, start, stop)}] = {var}")
+        start = stop
+
+
+def _slice_kernel(k):
+    axis = full_axis(k.out_type.rank, k.attrs["axis"])
+    whole = ", ".join(":" for _ in range(k.out_type.rank))
+    part = _axis_slices(k.out_type.rank, axis, k.attrs["start"], k.attrs["stop"])
+    k.line(f"{k.out}[{whole}] = {k.ins[0]}[{part}]")
+
+
+concat.cpu_kernel = _concat_kernel
+slice_axis.cpu_kernel = _slice_kernel
+add.cpu_expr = lambda a, c: " + ".join("{%d}" % i for i in range(a.get("_arity", 2)))
+multiply.cpu_expr = lambda a, c: " * ".join("{%d}" % i for i in range(a.get("_arity", 2)))

@@ -87,8 +87,16 @@ dropout_mask = define_internal(
     "dropout_mask", family="norm", shape=same_type_as(0), args=dropout.args,
     doc="A fresh inverted-dropout mask of its operand's shape each training step. The training "
         "graph writes dropout(x) as x · dropout_mask(x), so the backward pass reuses the mask.")
+# Outside training (the engine's evaluation loss) the mask is all ones: dropout is the identity.
 dropout_mask.forward(lambda ins, a, ctx: dropout_mask_array(ins[0].shape, a["rate"], ctx.rng,
-                                                             ins[0].dtype))
+                                                             ins[0].dtype)
+                     if ctx.mode == "train" else np.ones_like(ins[0]))
 # In the training graph dropout has become a product with its mask (see passes/training.py);
 # this rule serves graphs differentiated in evaluation mode, where dropout is the identity.
 dropout.vjp(lambda b, node, g: [g])
+
+
+# ---- CPU kernels ------------------------------------------------------------------------------
+# In evaluation dropout is the identity (a view); in training the graph has replaced it by a
+# product with its mask, which the engine draws and passes in.
+dropout.cpu_view = True

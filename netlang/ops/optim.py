@@ -70,3 +70,90 @@ _define(REGULARIZERS, "regularizer", "l1", "Adds `strength · Σ |w|` to the los
         [Arg("strength", FLOAT, min=0.0)])
 _define(REGULARIZERS, "regularizer", "elastic_net", "Adds `l1 · Σ |w| + l2 · Σ w²` to the loss.",
         [Arg("l1", FLOAT, min=0.0), Arg("l2", FLOAT, min=0.0)])
+
+
+# ---- CPU kernels: each optimiser's update as the body of one loop over a parameter ---------------
+#
+# A template receives the optimiser's arguments, a constant formatter, and the names of the
+# loop's variables: `p` (the parameter, flat), `gi` (this element's gradient, penalties and
+# clipping applied), the state arrays by slot name, `lr` and `t` (the step number, from 1).
+# It returns (lines before the loop, lines in the loop).  The reference rules are in
+# netlang/train/optimizers.py; the CPU engine is tested step for step against them.
+
+STATE_SLOTS = {"sgd": lambda a: ("velocity",) if a["momentum"] else (),
+               "adagrad": lambda a: ("sum",),
+               "rmsprop": lambda a: ("square_avg", "momentum_buffer"),
+               "adam": lambda a: ("m", "v"), "adamw": lambda a: ("m", "v")}
+
+
+def _sgd_update(a, c, v):
+    body = []
+    if a["weight_decay"]:
+        body.append(f"gi += {c(a['weight_decay'])} * {v['p']}[i]")
+    if a["momentum"]:
+        vel = v["velocity"]
+        body += [f"if t == 1:", f"    {vel}[i] = gi", "else:",
+                 f"    {vel}[i] = {c(a['momentum'])} * {vel}[i] + {c(1 - a['dampening'])} * gi"]
+        body.append(f"gi = gi + {c(a['momentum'])} * {vel}[i]" if a["nesterov"] else f"gi = {vel}[i]")
+    body.append(f"{v['p']}[i] -= lr * gi")
+    return [], body
+
+
+def _adagrad_update(a, c, v):
+    body = []
+    if a["weight_decay"]:
+        body.append(f"gi += {c(a['weight_decay'])} * {v['p']}[i]")
+    body += [f"{v['sum']}[i] += gi * gi",
+             f"{v['p']}[i] -= lr * gi / (np.sqrt({v['sum']}[i]) + {c(a['eps'])})"]
+    return [], body
+
+
+def _rmsprop_update(a, c, v):
+    body = []
+    if a["weight_decay"]:
+        body.append(f"gi += {c(a['weight_decay'])} * {v['p']}[i]")
+    sq = v["square_avg"]
+    body += [f"{sq}[i] = {c(a['alpha'])} * {sq}[i] + {c(1 - a['alpha'])} * gi * gi",
+             f"gi = gi / (np.sqrt({sq}[i]) + {c(a['eps'])})"]
+    if a["momentum"]:
+        buf = v["momentum_buffer"]
+        body += [f"{buf}[i] = {c(a['momentum'])} * {buf}[i] + gi", f"gi = {buf}[i]"]
+    body.append(f"{v['p']}[i] -= lr * gi")
+    return [], body
+
+
+def _adam_update(decoupled):
+    def template(a, c, v):
+        m, s, p = v["m"], v["v"], v["p"]
+        prologue = [f"bc1 = 1.0 - {a['beta1']!r} ** t", f"bc2 = 1.0 - {a['beta2']!r} ** t"]
+        body = []
+        if a["weight_decay"]:
+            body.append(f"{p}[i] *= 1.0 - lr * {a['weight_decay']!r}" if decoupled else
+                        f"gi += {c(a['weight_decay'])} * {p}[i]")
+        body += [f"{m}[i] = {c(a['beta1'])} * {m}[i] + {c(1 - a['beta1'])} * gi",
+                 f"{s}[i] = {c(a['beta2'])} * {s}[i] + {c(1 - a['beta2'])} * gi * gi",
+                 f"{p}[i] -= lr * ({m}[i] / bc1) / (np.sqrt({s}[i] / bc2) + {c(a['eps'])})"]
+        return prologue, body
+    return template
+
+
+CPU_UPDATE = {"sgd": _sgd_update, "adagrad": _adagrad_update, "rmsprop": _rmsprop_update,
+              "adam": _adam_update(False), "adamw": _adam_update(True)}
+
+
+def cpu_penalty(choices, layer: str, param_name: str, c, p: str) -> list[str]:
+    """Lines adding the regularisers' gradient for one weight element to `gi`."""
+    if not param_name.endswith("weight") and "weight_" not in param_name.rsplit(".", 1)[-1]:
+        return []
+    lines = []
+    for choice in choices:
+        if choice.layers and layer not in choice.layers:
+            continue
+        a = choice.args
+        if choice.name in ("l2", "elastic_net"):
+            strength = a["strength"] if choice.name == "l2" else a["l2"]
+            lines.append(f"gi += {c(2 * strength)} * {p}[i]")
+        if choice.name in ("l1", "elastic_net"):
+            strength = a["strength"] if choice.name == "l1" else a["l1"]
+            lines.append(f"gi += {c(strength)} * np.sign({p}[i])")
+    return lines

@@ -84,6 +84,13 @@ class OpDef:
     vjp_rule: Callable | None = None
     # False for ops with no gradient by nature (labels, masks, the backward ops themselves).
     differentiable: bool = True
+    # CPU kernel templates, rendered into Numba source by netlang.codegen.cpu.  An
+    # elementwise op gives a scalar expression over its operands ({0}, {1}, ...), which
+    # the code generator fuses into loops; any other op emits statements; a view op
+    # (flatten, reshape) gives a reshape of its operand's buffer and no code at all.
+    cpu_expr: Callable | None = None     # fn(attrs, const) -> "expr with {0}, {1}"
+    cpu_kernel: Callable | None = None   # fn(kernel) -> None, emitting lines
+    cpu_view: bool = False
 
     # Decorators that attach parts, so each op reads top to bottom in one place.
     def shape(self, fn):

@@ -84,3 +84,9 @@ def _permute_vjp(b, node, g):
     for i, p in enumerate(axes):
         inverse[p] = i
     return [b.add("permute", [g], axes=tuple(inverse))]
+
+
+# ---- CPU kernels: reshapes are views of their operand's buffer --------------------------------
+flatten.cpu_view = True
+reshape.cpu_view = True
+reshape_like.cpu_view = True

@@ -1,0 +1,369 @@
+"""Render a planned graph into Python source for Numba: one function per program.
+
+A *program* is a list of graph nodes in execution order (a training step's
+forward, backward and optimiser update, or an inference pass) with a fusion
+plan and a buffer plan.  The source is rendered from the kernel templates in
+the op registry (`cpu_expr`, `cpu_kernel`, `cpu_view`) and, for the update,
+from the optimiser templates in `netlang.ops.optim`.  Every identifier in the
+source comes from a counter; names from the `.net` file appear only in
+comments, sanitised.  This module never imports Numba: it returns text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import re
+
+from netlang.ir.graph import Graph
+from netlang.ops.registry import get_op
+from netlang.passes.memory import EXTERNAL
+
+
+@dataclasses.dataclass
+class ProgramArg:
+    kind: str   # input, mask, param, state, slot, scalar
+    key: object  # input/param/state name, mask node, slot index, scalar name
+
+
+@dataclasses.dataclass
+class Program:
+    source: str
+    function: str
+    args: list           # ProgramArg per positional argument
+    result_slots: dict   # node → slot of every kept value (outputs, losses, gradients)
+
+
+def sanitise_comment(text: str) -> str:
+    """User-derived text that may go into a comment: printable ASCII, no line breaks."""
+    return re.sub(r"[^A-Za-z0-9_.,:()\[\] -]", "?", str(text))[:80]
+
+
+class Emitter:
+    """Lines of source with indentation and fresh names."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.depth = 1
+        self._count = 0
+
+    def line(self, text: str) -> None:
+        self.lines.append("    " * self.depth + text)
+
+    @contextlib.contextmanager
+    def block(self, header: str):
+        self.line(header)
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def fresh(self, prefix: str = "t") -> str:
+        self._count += 1
+        return f"{prefix}{self._count}"
+
+
+class Kernel:
+    """What a `cpu_kernel` template sees: its operands' and output's variables and types."""
+
+    def __init__(self, program: "ProgramWriter", node: int):
+        self.program = program
+        self.graph = program.graph
+        self.node = node
+        self.emitter = program.emitter
+        data = self.graph.nodes[node]
+        self.attrs = data["attrs"]
+        self.ins = [program.var(o) for o in data["inputs"]]
+        self.in_types = [self.graph.type_of(o) for o in data["inputs"]]
+        self.out = program.var(node)
+        self.out_type = data["type"]
+        self.const = program.const
+
+    def line(self, text: str) -> None:
+        self.emitter.line(text)
+
+    def block(self, header: str):
+        return self.emitter.block(header)
+
+    def fresh(self, prefix: str = "t") -> str:
+        return self.emitter.fresh(prefix)
+
+    def rows(self, var: str, type_) -> str:
+        """A 2-D (rows, last axis) view of a batched or unbatched array variable."""
+        width = type_.shape[-1] if type_.shape else 1
+        name = self.fresh("v")
+        self.line(f"{name} = {var}.reshape(({var}.size // {width}, {width}))")
+        return name
+
+    def flat(self, var: str) -> str:
+        name = self.fresh("f")
+        self.line(f"{name} = {var}.reshape({var}.size)")
+        return name
+
+    def epilogue(self, out2d: str, bias: str | None = None) -> None:
+        """The loop that ends a matrix product: bias add, then every fused elementwise op."""
+        self.program.emit_epilogue(self.node, out2d, bias)
+
+    @property
+    def paired_loss(self):
+        """For a paired loss gradient: the loss node computed with it."""
+        return self.program.fusion.paired.get(self.node)
+
+
+class ProgramWriter:
+    def __init__(self, graph: Graph, order, fusion, buffers, dtype: str):
+        self.graph = graph
+        self.order = order
+        self.fusion = fusion
+        self.buffers = buffers
+        self.dtype = dtype
+        self.emitter = Emitter()
+        self.args: list[ProgramArg] = []
+        self._vars: dict = {}
+        self._arg_of: dict = {}
+        self._pairs_done: set = set()
+
+    def const(self, value) -> str:
+        if isinstance(value, bool):
+            return "True" if value else "False"
+        if isinstance(value, int):
+            return f"F({value}.0)"
+        if math.isinf(value):
+            return "F(np.inf)" if value > 0 else "F(-np.inf)"
+        return f"F({value!r})"
+
+    def argument(self, kind: str, key) -> str:
+        if (kind, key) not in self._arg_of:
+            name = f"a{len(self.args)}"
+            self.args.append(ProgramArg(kind, key))
+            self._arg_of[(kind, key)] = name
+        return self._arg_of[(kind, key)]
+
+    def var(self, node: int) -> str:
+        """The variable holding a node's value (an argument, a buffer or a view of one)."""
+        if node in self._vars:
+            return self._vars[node]
+        op = self.graph.op(node)
+        data = self.graph.nodes[node]
+        if op == "input":
+            name = self.argument("input", data["name"])
+        elif op == "param":
+            name = self.argument("param", data["name"])
+        elif op == "dropout_mask":
+            name = self.argument("mask", node)
+        elif node in self.fusion.host_of or get_op(op).cpu_view:
+            root = self.buffers.root_of[node]
+            name = self._view(node, root)
+        else:
+            name = self.argument("slot", self.buffers.slot_of[node])
+        self._vars[node] = name
+        return name
+
+    def _view(self, node, root) -> str:
+        root_var = self.var(root) if root != node else self.argument("slot", self.buffers.slot_of[node])
+        t = self.graph.type_of(node)
+        if self.graph.type_of(root).shape == t.shape:
+            return root_var
+        name = self.emitter.fresh("r")
+        dims = ", ".join([f"{root_var}.shape[0]"] + [str(d) for d in t.shape[1:]]) if t.batched else \
+            ", ".join(str(d) for d in t.shape)
+        self.emitter.line(f"{name} = {root_var}.reshape(({dims},))")
+        return name
+
+    # -- elementwise ------------------------------------------------------------------------
+
+    def expression(self, node: int, operand_values: list[str]) -> str:
+        op = get_op(self.graph.op(node))
+        # Variadic ops (add, multiply) read their operand count from `_arity`.
+        attrs = dict(self.graph.nodes[node]["attrs"], _arity=len(operand_values))
+        template = op.cpu_expr(attrs, self.const)
+        return template.format(*operand_values)
+
+    def emit_elementwise(self, node: int) -> None:
+        """A loop over the flattened output computing this op and its fused followers."""
+        e = self.emitter
+        out = self.var(node)
+        flat_out = e.fresh("f")
+        e.line(f"{flat_out} = {out}.reshape({out}.size)")
+        operand_flats = {}
+        for operand in self.graph.operands(node):
+            if operand not in operand_flats:
+                v = self.var(operand)
+                f = e.fresh("f")
+                e.line(f"{f} = {v}.reshape({v}.size)")
+                operand_flats[operand] = f
+        chain = self.fusion.epilogue.get(node, [])
+        extra = self._epilogue_operands(chain, node)
+        with e.block(f"for i in range({flat_out}.size):"):
+            values = []
+            for operand in self.graph.operands(node):
+                s = e.fresh("s")
+                e.line(f"{s} = {operand_flats[operand]}[i]")
+                values.append(s)
+            current = e.fresh("s")
+            e.line(f"{current} = {self.expression(node, values)}")
+            current = self._emit_chain(chain, node, current, extra, "i")
+            e.line(f"{flat_out}[i] = {current}")
+
+    def _epilogue_operands(self, chain, host) -> dict:
+        """Flat views of the operands that fused ops read besides the running value."""
+        e = self.emitter
+        extra = {}
+        inside = {host} | set(chain)
+        for node in chain:
+            for operand in self.graph.operands(node):
+                if operand not in inside and operand not in extra:
+                    v = self.var(operand)
+                    f = e.fresh("f")
+                    e.line(f"{f} = {v}.reshape({v}.size)")
+                    extra[operand] = f
+        return extra
+
+    def _emit_chain(self, chain, host, current: str, extra: dict, index: str) -> str:
+        e = self.emitter
+        produced = {host: current}
+        for node in chain:
+            values = []
+            for operand in self.graph.operands(node):
+                if operand in produced:
+                    values.append(produced[operand])
+                else:
+                    s = e.fresh("s")
+                    e.line(f"{s} = {extra[operand]}[{index}]")
+                    values.append(s)
+            s = e.fresh("s")
+            e.line(f"{s} = {self.expression(node, values)}")
+            produced[node] = s
+            current = s
+        return current
+
+    def emit_epilogue(self, host: int, out2d: str, bias: str | None) -> None:
+        chain = self.fusion.epilogue.get(host, [])
+        if not chain and bias is None:
+            return
+        e = self.emitter
+        extra = self._epilogue_operands(chain, host)
+        with e.block(f"for r in range({out2d}.shape[0]):"):
+            with e.block(f"for c in range({out2d}.shape[1]):"):
+                s = e.fresh("s")
+                e.line(f"{s} = {out2d}[r, c]" + (f" + {bias}[c]" if bias else ""))
+                if chain:
+                    e.line(f"k = r * {out2d}.shape[1] + c")
+                s = self._emit_chain(chain, host, s, extra, "k")
+                e.line(f"{out2d}[r, c] = {s}")
+
+    # -- the program ------------------------------------------------------------------------
+
+    def emit_node(self, node: int) -> None:
+        data = self.graph.nodes[node]
+        op_name = data["op"]
+        if op_name in EXTERNAL or node in self.fusion.host_of:
+            return
+        op = get_op(op_name)
+        self.emitter.line(f"# {sanitise_comment(op_name)} {sanitise_comment(data['name'])}")
+        if op.cpu_view:
+            self.var(node)
+            return
+        if op.cpu_expr is not None:
+            self.emit_elementwise(node)
+        elif op.cpu_kernel is not None:
+            op.cpu_kernel(Kernel(self, node))
+        else:
+            raise NotImplementedError(f"op `{op_name}` has no CPU kernel")
+
+
+def supported(graph: Graph, nodes) -> list[str]:
+    """Ops among `nodes` that have no CPU kernel template (empty: all are supported)."""
+    missing = set()
+    for node in nodes:
+        op_name = graph.op(node)
+        if op_name in EXTERNAL:
+            continue
+        op = get_op(op_name)
+        if not (op.cpu_view or op.cpu_expr or op.cpu_kernel):
+            missing.add(op_name)
+    return sorted(missing)
+
+
+def render_program(graph: Graph, order, fusion, buffers, *, dtype: str, function: str,
+                   keep, update=None, title: str = "") -> Program:
+    """Source of one Numba function computing `order`; `update` renders the optimiser tail."""
+    writer = ProgramWriter(graph, order, fusion, buffers, dtype)
+    for node in order:
+        writer.emit_node(node)
+    if update is not None:
+        update(writer)
+    body = writer.emitter.lines
+    params = ", ".join([f"a{i}" for i in range(len(writer.args))] + ["lr", "t"])
+    header = [
+        f"# Generated by netlang for {sanitise_comment(title)}. Do not edit.",
+        "import numpy as np",
+        "from numba import njit",
+        "",
+        f"F = np.{dtype}",
+        "",
+        "",
+        "@njit(cache=True, nogil=True)",
+        f"def {function}({params}):",
+    ]
+    source = "\n".join(header + (body or ["    pass"]) + ["    return 0", ""])
+    result_slots = {n: buffers.slot_of[n] for n in keep if n in buffers.slot_of}
+    return Program(source, function, writer.args, result_slots)
+
+
+@dataclasses.dataclass
+class ParamUpdate:
+    name: str        # parameter name
+    grad: int        # its gradient node
+    layer: str       # the layer owning it (regularisers may name layers)
+
+
+def optimizer_tail(updates, optimizer, regularizers, clip_norm):
+    """A renderer for the optimiser update that ends a training step (see `render_program`)."""
+    from netlang.ops.optim import CPU_UPDATE, STATE_SLOTS, cpu_penalty
+
+    def render(writer: ProgramWriter):
+        e, c = writer.emitter, writer.const
+        template = CPU_UPDATE[optimizer.name]
+        slots = STATE_SLOTS[optimizer.name](optimizer.args)
+        flats = []
+        e.line("# optimiser update")
+        for u in updates:
+            p = writer.argument("param", u.name)
+            g = writer.var(u.grad)
+            pf, gf = e.fresh("f"), e.fresh("f")
+            e.line(f"{pf} = {p}.reshape({p}.size)")
+            e.line(f"{gf} = {g}.reshape({g}.size)")
+            names = {"p": pf}
+            for slot in slots:
+                s = writer.argument("state", f"{u.name}.{slot}")
+                sf = e.fresh("f")
+                e.line(f"{sf} = {s}.reshape({s}.size)")
+                names[slot] = sf
+            flats.append((u, pf, gf, names))
+        if clip_norm:
+            e.line("norm2 = 0.0")
+            for u, pf, gf, names in flats:
+                with e.block(f"for i in range({gf}.size):"):
+                    e.line(f"gi = {gf}[i]")
+                    for line in cpu_penalty(regularizers, u.layer, u.name, c, pf):
+                        e.line(line)
+                    e.line("norm2 += gi * gi")
+            e.line("clipf = 1.0")
+            with e.block(f"if np.sqrt(norm2) > {clip_norm!r}:"):
+                e.line(f"clipf = {clip_norm!r} / (np.sqrt(norm2) + 1e-6)")
+        for u, pf, gf, names in flats:
+            prologue, body = template(optimizer.args, c, names)
+            for line in prologue:
+                e.line(line)
+            with e.block(f"for i in range({gf}.size):"):
+                e.line(f"gi = {gf}[i]")
+                for line in cpu_penalty(regularizers, u.layer, u.name, c, pf):
+                    e.line(line)
+                if clip_norm:
+                    e.line("gi = gi * clipf")
+                for line in body:
+                    e.line(line)
+    return render

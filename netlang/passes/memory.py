@@ -1,0 +1,84 @@
+"""Memory planning: one buffer per live value, reused once the value is dead.
+
+Expects the nodes a program computes in execution order, the fusion plan and
+the nodes whose values must outlive the program.  Guarantees: every computed
+node gets a buffer slot, or aliases one (a view op shares its operand's
+buffer, a fused op its host's); a slot is reused only by a value of the same
+per-example shape and dtype, and only after the last read of its previous
+tenant, so no kernel ever writes a buffer it also reads (matrix products need
+that).  Slots are allocated once per batch size and reused by every step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from netlang.ir.graph import Graph
+from netlang.ops.registry import get_op
+
+EXTERNAL = ("input", "param", "dropout_mask")  # values passed in, not planned here
+
+
+@dataclasses.dataclass
+class BufferPlan:
+    slot_of: dict        # node → slot index (aliases share their root's slot)
+    slots: list          # slot index → (per-example shape, batched, dtype)
+    root_of: dict        # node → the node that owns the buffer it lives in
+
+
+def plan_buffers(graph: Graph, order: list, fusion, keep: set) -> BufferPlan:
+    position = {node: i for i, node in enumerate(order)}
+    root_of = {}
+    for node in order:
+        op = graph.op(node)
+        if op in EXTERNAL:
+            continue
+        if node in fusion.host_of:
+            root_of[node] = root_of.get(fusion.host_of[node], fusion.host_of[node])
+        elif get_op(op).cpu_view:
+            source = graph.operands(node)[0]
+            root_of[node] = root_of.get(source, source)
+        else:
+            root_of[node] = node
+    end = len(order)
+    last_use = {}
+    birth = {}
+    for node in order:
+        root = root_of.get(node)
+        if root is None:
+            continue
+        birth.setdefault(root, position[node])
+        last_use[root] = max(last_use.get(root, position[node]), position[node])
+        if node in keep:
+            last_use[root] = end
+        for operand in graph.operands(node):
+            operand_root = root_of.get(operand)
+            if operand_root is not None:
+                last_use[operand_root] = max(last_use.get(operand_root, 0), position[node])
+    # A paired loss gradient is written while its loss is computed: born at the loss.
+    for grad, loss in fusion.paired.items():
+        root = root_of[grad]
+        birth[root] = min(birth[root], position[loss])
+
+    slots, slot_of_root, free = [], {}, {}
+    releases = sorted(((last, root) for root, last in last_use.items()), key=lambda x: x[0])
+    release_index = 0
+    for root in sorted(birth, key=lambda r: (birth[r], position[r])):
+        at = birth[root]
+        # Free every slot whose tenant was last read strictly before this value is written.
+        while release_index < len(releases) and releases[release_index][0] < at:
+            _, dead = releases[release_index]
+            release_index += 1
+            if dead in slot_of_root:
+                slot = slot_of_root[dead]
+                free.setdefault(slots[slot], []).append(slot)
+        t = graph.type_of(root)
+        key = (tuple(t.sample_shape) if t.batched else (tuple(t.shape) or (1,)), t.batched, t.dtype)
+        if free.get(key):
+            slot = free[key].pop()
+        else:
+            slot = len(slots)
+            slots.append(key)
+        slot_of_root[root] = slot
+    slot_of = {node: slot_of_root[root] for node, root in root_of.items()}
+    return BufferPlan(slot_of, slots, root_of)

@@ -1,0 +1,275 @@
+"""The CPU engine: a graph compiled into Numba functions, one per program.
+
+A training step (forward, backward and optimiser update) is one compiled
+function; so are an inference pass and a gradient pass.  The generated source
+is written to netlang's kernel cache under a name derived from its own hash
+(and netlang's, Numba's and NumPy's versions), and compiled with Numba's disk
+cache: a second process that builds the same model loads the machine code
+instead of compiling it.  Buffers are planned once per batch size and reused by
+every step; nothing is allocated in the hot loop but the dropout masks.
+
+This module and its siblings are the only places netlang imports Numba.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import threading
+
+import numpy as np
+
+from netlang import __version__
+from netlang.codegen.cpu import ParamUpdate, optimizer_tail, render_program, supported
+from netlang.config import cache_dir, debug, debug_level, timed
+from netlang.errors import DataError
+from netlang.interp import needed_nodes
+from netlang.ir.train_config import TrainConfig
+from netlang.ops.init import initialize
+from netlang.ops.norm import dropout_mask_array
+from netlang.passes.autodiff import differentiate
+from netlang.passes.fusion import plan_fusion
+from netlang.passes.memory import plan_buffers
+from netlang.passes.training import training_graph
+from netlang.train.optimizers import Optimizer
+
+_load_lock = threading.Lock()
+
+
+class Unsupported(Exception):
+    """The graph uses an op the CPU back end cannot compile yet."""
+
+
+def load_program(program, title: str = ""):
+    """Write a program's source into the kernel cache (once) and import its function."""
+    import numba  # noqa: F401  (imported here: netlang's front end never pays for it)
+    versions = f"{__version__}|{numba.__version__}|{np.__version__}|{sys.version_info[:2]}"
+    digest = hashlib.sha256((versions + program.source).encode()).hexdigest()[:24]
+    directory = cache_dir()
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"nl_{digest}.py")
+    with _load_lock:
+        if not os.path.exists(path):
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(program.source)
+            os.replace(tmp, path)
+        if debug_level() >= 3:
+            debug(3, f"generated source for {title} ({path}):\n{program.source}")
+        module_name = f"netlang_kernels_{digest}"
+        module = sys.modules.get(module_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules[module_name] = module
+    return getattr(module, program.function)
+
+
+class CompiledProgram:
+    """A program, its compiled function and its buffers (one set per batch size)."""
+
+    def __init__(self, graph, order, keep, dtype, function, title, update=None):
+        self.graph = graph
+        fusion = plan_fusion(graph, order, set(keep))
+        self.buffers = plan_buffers(graph, order, fusion, set(keep))
+        self.program = render_program(graph, order, fusion, self.buffers, dtype=np.dtype(dtype).name,
+                                      function=function, keep=keep, update=update, title=title)
+        self.dtype = dtype
+        with timed(f"compile {function}"):
+            self.function = load_program(self.program, title)
+        self._slot_arrays: dict[int, list] = {}
+
+    def slots(self, batch: int) -> list:
+        arrays = self._slot_arrays.get(batch)
+        if arrays is None:
+            arrays = []
+            for shape, batched, dtype in self.buffers.slots:
+                full = (batch,) + tuple(shape) if batched else tuple(shape)
+                arrays.append(np.zeros(full, dtype=self.dtype if dtype.startswith("float") else np.int64))
+            if len(self._slot_arrays) > 4:  # a few batch sizes at most (the last, partial batch)
+                self._slot_arrays.pop(next(iter(self._slot_arrays)))
+            self._slot_arrays[batch] = arrays
+        return arrays
+
+    def value(self, node, batch: int) -> np.ndarray:
+        """A kept node's value after a call, shaped as its type says."""
+        root = self.buffers.root_of.get(node, node)
+        array = self.slots(batch)[self.buffers.slot_of[root]]
+        t = self.graph.type_of(node)
+        if not t.shape:
+            return array.reshape(())
+        return array.reshape(((batch,) + tuple(t.shape[1:])) if t.batched else t.shape)
+
+    def call(self, engine, feeds: dict, masks: dict, batch: int, lr: float = 0.0, t: int = 0):
+        slots = self.slots(batch)
+        args = []
+        for arg in self.program.args:
+            if arg.kind == "input":
+                args.append(feeds[arg.key])
+            elif arg.kind == "param":
+                args.append(engine.params[arg.key])
+            elif arg.kind == "state":
+                args.append(engine.optimizer.state[arg.key])
+            elif arg.kind == "mask":
+                args.append(masks[arg.key])
+            else:
+                args.append(slots[arg.key])
+        self.function(*args, float(lr), int(t))
+
+
+class CpuEngine:
+    name = "cpu"
+
+    @staticmethod
+    def supports(graph) -> bool:
+        try:
+            train = training_graph(graph)
+            losses = train.graph.get("losses")
+            nodes = list(train.nodes)
+            if losses:
+                wrt = list(train.parameters().values())
+                differentiate(train, wrt)
+                nodes = list(train.nodes)
+            return not supported(train, nodes)
+        except Exception:  # any op without a backward or kernel: the reference engine serves
+            return False
+
+    def __init__(self, graph, config: TrainConfig | None = None, params: dict | None = None, *,
+                 seed: int = 0, dtype=np.float32, input_grads=()):
+        self.graph = graph
+        self.config = config or graph.graph.get("train") or TrainConfig()
+        self.dtype = np.dtype(dtype).type
+        self.params = params if params is not None else initialize(graph, seed, dtype)
+        self.rng = np.random.default_rng([seed, 1])
+        frozen = set(self.config.freeze)
+        self.layer_of = {graph.nodes[n]["name"]: graph.nodes[n]["layer"]
+                         for n in list(graph.parameters().values()) + list(graph.buffers().values())}
+        self.trainable = [name for name, node in graph.parameters().items()
+                          if graph.nodes[node]["layer"] not in frozen]
+        self.input_grads = tuple(input_grads)
+        self.optimizer = Optimizer(self.config.optimizer, {n: self.params[n] for n in self.trainable})
+        self._programs: dict = {}
+        self._title = os.path.basename(graph.graph.get("path", "model"))
+
+    # -- programs ---------------------------------------------------------------------------
+
+    def _training(self):
+        if "train" not in self._programs:
+            with timed("build training graph"):
+                graph = training_graph(self.graph)
+                wrt = [graph.node_named(n) for n in self.trainable]
+                wrt += [graph.graph["inputs"][n] for n in self.input_grads]
+                grads = differentiate(graph, wrt)
+            missing = supported(graph, graph.nodes)
+            if missing:
+                raise Unsupported(", ".join(missing))
+            outputs = list(graph.graph["outputs"].values())
+            losses = [n for n, _ in graph.graph["losses"]]
+            grad_nodes = {graph.nodes[n]["name"]: g for n, g in grads.of.items() if g is not None}
+            keep = [grads.objective] + losses + outputs + list(grad_nodes.values())
+            order = needed_nodes(graph, keep)
+            updates = [ParamUpdate(name, grad_nodes[name], self.layer_of[name])
+                       for name in self.trainable if name in grad_nodes]
+            tail = optimizer_tail(updates, self.config.optimizer, self.config.regularizers,
+                                  self.config.clip_norm)
+            step = CompiledProgram(graph, order, keep, self.dtype, "train_step",
+                                   self._title, update=tail)
+            self._programs["train"] = (graph, grads, grad_nodes, step, (order, keep))
+        return self._programs["train"]
+
+    def _gradient_program(self):
+        # Compiled on first use only: training never needs it.
+        graph, grads, grad_nodes, _, (order, keep) = self._training()
+        if "gradients" not in self._programs:
+            self._programs["gradients"] = CompiledProgram(graph, order, keep, self.dtype,
+                                                          "gradients", self._title)
+        return graph, grads, grad_nodes, self._programs["gradients"]
+
+    def _inference(self, names: tuple, with_losses: bool):
+        key = ("infer", names, with_losses)
+        if key not in self._programs:
+            graph = self.graph
+            targets = [graph.graph["outputs"].get(n) or graph.node_named(n) for n in names]
+            keep = list(targets)
+            if with_losses:
+                keep += [n for n, _ in graph.graph["losses"]]
+            order = needed_nodes(graph, keep)
+            missing = supported(graph, order)
+            if missing:
+                raise Unsupported(", ".join(missing))
+            self._programs[key] = (targets, keep, CompiledProgram(graph, order, keep, self.dtype,
+                                                                  "infer", self._title))
+        return self._programs[key]
+
+    # -- feeding ----------------------------------------------------------------------------
+
+    def _feeds(self, graph, feeds: dict, needed) -> tuple[dict, int]:
+        prepared, batch = {}, None
+        for name in needed:
+            node = graph.graph["inputs"][name]
+            if name not in feeds:
+                raise DataError(f"no data for input `{name}`")
+            t = graph.type_of(node)
+            value = np.asarray(feeds[name])
+            if value.shape[1:] != tuple(t.shape[1:]):
+                raise DataError(f"input `{name}` expects examples of shape {tuple(t.shape[1:])}, "
+                                f"got {value.shape[1:]}")
+            value = np.ascontiguousarray(value, dtype=self.dtype if t.is_float else np.int64)
+            if batch is None:
+                batch = value.shape[0]
+            elif value.shape[0] != batch:
+                raise DataError(f"inputs disagree on the batch size: {batch} and {value.shape[0]}")
+            prepared[name] = value
+        return prepared, batch or 0
+
+    def _masks(self, program, batch: int) -> dict:
+        masks = {}
+        for arg in program.program.args:
+            if arg.kind == "mask":
+                data = program.graph.nodes[arg.key]
+                t = data["type"]
+                shape = (batch,) + tuple(t.shape[1:])
+                masks[arg.key] = dropout_mask_array(shape, data["attrs"]["rate"], self.rng, self.dtype)
+        return masks
+
+    @staticmethod
+    def _input_names(program) -> list:
+        return [a.key for a in program.program.args if a.kind == "input"]
+
+    # -- the engine surface -----------------------------------------------------------------
+
+    def train_step(self, feeds: dict, lr: float):
+        graph, grads, grad_nodes, step, _ = self._training()
+        prepared, batch = self._feeds(graph, feeds, self._input_names(step))
+        self.optimizer.steps += 1
+        step.call(self, prepared, self._masks(step, batch), batch, lr, self.optimizer.steps)
+        loss = float(step.value(grads.objective, batch))
+        outputs = {name: step.value(n, batch).copy() for name, n in graph.graph["outputs"].items()}
+        return loss, outputs
+
+    def gradients(self, feeds: dict, mode: str = "train"):
+        graph, grads, grad_nodes, program = self._gradient_program()
+        prepared, batch = self._feeds(graph, feeds, self._input_names(program))
+        program.call(self, prepared, self._masks(program, batch), batch)
+        named = {name: program.value(g, batch).copy() for name, g in grad_nodes.items()}
+        for name in self.trainable:
+            named.setdefault(name, np.zeros_like(self.params[name]))
+        outputs = {name: program.value(n, batch).copy() for name, n in graph.graph["outputs"].items()}
+        return float(program.value(grads.objective, batch)), named, outputs
+
+    def forward(self, feeds: dict, mode: str = "eval", outputs=None) -> dict:
+        names = tuple(outputs or self.graph.graph["outputs"])
+        targets, _, program = self._inference(names, with_losses=False)
+        prepared, batch = self._feeds(self.graph, feeds, self._input_names(program))
+        program.call(self, prepared, {}, batch)
+        return {name: program.value(n, batch).copy() for name, n in zip(names, targets)}
+
+    def loss(self, feeds: dict) -> float:
+        names = tuple(self.graph.graph["outputs"])
+        _, _, program = self._inference(names, with_losses=True)
+        prepared, batch = self._feeds(self.graph, feeds, self._input_names(program))
+        program.call(self, prepared, {}, batch)
+        return float(sum(w * float(program.value(n, batch)) for n, w in self.graph.graph["losses"]))
