@@ -29,6 +29,7 @@ from netlang.interp import needed_nodes
 from netlang.ir.train_config import TrainConfig
 from netlang.ops.init import initialize
 from netlang.ops.norm import dropout_mask_array
+from netlang.passes import after_pass
 from netlang.passes.autodiff import differentiate
 from netlang.passes.fusion import plan_fusion
 from netlang.passes.memory import plan_buffers
@@ -158,11 +159,13 @@ class CpuEngine:
 
     def _training(self):
         if "train" not in self._programs:
-            with timed("build training graph"):
-                graph = training_graph(self.graph)
+            with timed("training graph"):
+                graph = after_pass(training_graph(self.graph), "training")
+            with timed("autodiff"):
                 wrt = [graph.node_named(n) for n in self.trainable]
                 wrt += [graph.graph["inputs"][n] for n in self.input_grads]
                 grads = differentiate(graph, wrt)
+                after_pass(graph, "autodiff")
             missing = supported(graph, graph.nodes)
             if missing:
                 raise Unsupported(", ".join(missing))

@@ -12,6 +12,7 @@ from netlang.interp import ExecContext, execute, needed_nodes
 from netlang.ir.graph import Graph
 from netlang.ir.train_config import TrainConfig
 from netlang.ops.init import initialize
+from netlang.passes import after_pass
 from netlang.passes.autodiff import differentiate
 from netlang.passes.training import training_graph
 from netlang.train.optimizers import Optimizer, regularizer_gradient
@@ -39,10 +40,11 @@ class ReferenceEngine:
     # The training graph is built on first use: forward-only users never pay for autodiff.
     def _training(self):
         if self._train is None:
-            graph = training_graph(self.graph)
+            graph = after_pass(training_graph(self.graph), "training")
             wrt = [graph.node_named(n) for n in self.trainable]
             wrt += [graph.graph["inputs"][n] for n in self.input_grads]
             grads = differentiate(graph, wrt)
+            after_pass(graph, "autodiff")
             targets = [grads.objective] + [g for g in grads.of.values() if g is not None]
             targets += [n for n, _ in graph.graph["losses"]]
             targets += list(graph.graph["outputs"].values())

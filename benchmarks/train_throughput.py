@@ -1,0 +1,183 @@
+"""Steady-state training throughput: netlang's CPU engine against PyTorch on the same model.
+
+    python benchmarks/train_throughput.py [--model examples/mlp.net] [--batches 32,128,512]
+                                          [--seconds 3] [--threads N] [--no-torch]
+
+Each measurement trains on random data of the model's shapes for a fixed time
+after a warm-up (the first step compiles; that time is reported separately).
+PyTorch runs the same architecture (built from netlang's graph: dense/relu/
+sigmoid/tanh/softmax cross-entropy), same batch, float32, same thread count, in
+its own process, so the two runtimes' thread pools never share a process.
+Figures depend on OPENBLAS_CORETYPE (OpenBLAS's kernel choice): the script
+prints the value it ran under and never changes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def netlang_throughput(model_path: str, batch: int, seconds: float) -> dict:
+    import numpy as np
+
+    import netlang
+    from netlang.runtime import make_engine
+
+    model = netlang.compile(model_path)
+    engine = make_engine(model.graph, seed=0)
+    feeds = _random_feeds(model.graph, batch, np)
+    lr = model.train_config.optimizer.args["lr"]
+    start = time.perf_counter()
+    engine.train_step(feeds, lr)
+    first = time.perf_counter() - start
+    for _ in range(5):
+        engine.train_step(feeds, lr)
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        engine.train_step(feeds, lr)
+        steps += 1
+    elapsed = time.perf_counter() - start
+    return {"engine": engine.name, "samples_per_s": steps * batch / elapsed,
+            "first_step_s": first, "steps": steps}
+
+
+def _random_feeds(graph, batch, np):
+    rng = np.random.default_rng(0)
+    feeds = {}
+    targets = {graph.operands(n)[1] for n, _ in graph.graph["losses"]}
+    for name, node in graph.graph["inputs"].items():
+        t = graph.type_of(node)
+        shape = (batch,) + tuple(t.shape[1:])
+        if t.is_float:
+            feeds[name] = rng.random(shape, dtype=np.float32)
+        else:
+            classes = 10
+            for loss, _ in graph.graph["losses"]:
+                if graph.operands(loss)[1] == node:
+                    classes = graph.type_of(graph.operands(loss)[0]).shape[-1]
+            feeds[name] = rng.integers(0, classes, shape)
+    assert targets
+    return feeds
+
+
+TORCH_SCRIPT = r"""
+import json, sys, time
+import torch
+spec = json.loads(sys.argv[1])
+torch.set_num_threads(spec["threads"])
+torch.manual_seed(0)
+layers = []
+for kind, arg in spec["layers"]:
+    if kind == "dense":
+        layers.append(torch.nn.Linear(arg[0], arg[1]))
+    elif kind == "flatten":
+        layers.append(torch.nn.Flatten())
+    elif kind == "dropout":
+        layers.append(torch.nn.Dropout(arg))
+    else:
+        layers.append({"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh}[kind]())
+net = torch.nn.Sequential(*layers)
+opt = torch.optim.SGD(net.parameters(), lr=spec["lr"], momentum=spec["momentum"])
+loss_fn = torch.nn.CrossEntropyLoss()
+b = spec["batch"]
+x = torch.rand((b,) + tuple(spec["input"]))
+y = torch.randint(0, spec["classes"], (b,))
+def step():
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(net(x), y)
+    loss.backward()
+    opt.step()
+for _ in range(10):
+    step()
+steps, start = 0, time.perf_counter()
+while time.perf_counter() - start < spec["seconds"]:
+    step(); steps += 1
+print(json.dumps({"samples_per_s": steps * b / (time.perf_counter() - start)}))
+"""
+
+
+def torch_spec(model_path: str):
+    """The model as a layer list PyTorch can rebuild, or None when it has other ops."""
+    import netlang
+    model = netlang.compile(model_path)
+    graph = model.graph
+    layers = []
+    for node in graph.topological_order():
+        data = graph.nodes[node]
+        if data["role"] != "layer":
+            continue
+        op = data["op"]
+        if op == "dense":
+            w = graph.type_of(data["inputs"][1])
+            layers.append(("dense", [w.shape[1], w.shape[0]]))
+        elif op in ("flatten", "relu", "sigmoid", "tanh"):
+            layers.append((op, None))
+        elif op == "dropout":
+            layers.append(("dropout", data["attrs"]["rate"]))
+        else:
+            return None, None
+    args = model.train_config.optimizer.args
+    image = next(iter(model.inputs.values()))
+    outputs = next(iter(model.outputs.values()))
+    return layers, {"lr": args["lr"], "momentum": args.get("momentum", 0.0),
+                    "input": list(image[1:]), "classes": outputs[-1]}
+
+
+def torch_throughput(model_path, batch, seconds, threads):
+    try:
+        import importlib.util
+        if importlib.util.find_spec("torch") is None:
+            return None
+    except Exception:
+        return None
+    layers, extra = torch_spec(model_path)
+    if layers is None:
+        return None
+    spec = dict(extra, layers=layers, batch=batch, seconds=seconds, threads=threads)
+    result = subprocess.run([sys.executable, "-c", TORCH_SCRIPT, json.dumps(spec)],
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["samples_per_s"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.path.join(ROOT, "examples", "mlp.net"))
+    parser.add_argument("--batches", default="32,128,512")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:  # measure one batch size in this process
+        print(json.dumps(netlang_throughput(args.model, int(args.child), args.seconds)))
+        return 0
+    print(f"model: {os.path.relpath(args.model)}   threads: {args.threads}   "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    print(f"{'batch':>6}  {'netlang':>12}  {'pytorch':>12}  {'ratio':>6}  first step")
+    for batch in [int(b) for b in args.batches.split(",")]:
+        # Each side in its own process, one after the other: no shared thread pools.
+        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--child", str(batch),
+                              "--seconds", str(args.seconds)], capture_output=True, text=True)
+        if out.returncode:
+            print(out.stderr)
+            return 1
+        ours = json.loads(out.stdout.strip().splitlines()[-1])
+        theirs = None if args.no_torch else torch_throughput(args.model, batch, args.seconds,
+                                                              args.threads)
+        ratio = f"{ours['samples_per_s'] / theirs:6.2f}" if theirs else "     -"
+        theirs_text = f"{theirs:12,.0f}" if theirs else f"{'n/a':>12}"
+        print(f"{batch:>6}  {ours['samples_per_s']:12,.0f}  {theirs_text}  {ratio}  "
+              f"{ours['first_step_s']:.2f} s ({ours['engine']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
