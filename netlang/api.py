@@ -5,19 +5,26 @@ from __future__ import annotations
 import os
 
 from netlang.ir.graph import Graph
+from netlang.config import timed
 from netlang.lower import lower_source
+from netlang.passes import after_pass
 from netlang.summary import Summary, summarize
 
 
 class Model:
-    """A compiled `.net` model: its graph IR, shapes and summary.
+    """A compiled `.net` model: its graph IR, shapes and summary, and its weights.
 
-    Later stages add training and running to this same object.
+    The weights live in an execution engine (`netlang.runtime.make_engine`) that is
+    created on first use, seeded by the train section's `seed`: `compile` stays
+    fast and never starts NumPy kernels or Numba.  See docs/training.md.
     """
 
-    def __init__(self, graph: Graph, path: str):
+    def __init__(self, graph: Graph, path: str, *, device: str = "cpu"):
         self.graph = graph
         self.path = path
+        self.device = device
+        self._engine = None
+        self._engine_key = None
 
     @property
     def inputs(self) -> dict:
@@ -39,6 +46,8 @@ class Model:
 
     @property
     def source_hash(self) -> str:
+        """A hash of the model's source text and its imports, independent of where the file
+        lives and how its path was spelled (weights and checkpoints record it)."""
         return self.graph.graph["source_hash"]
 
     def summary(self) -> Summary:
@@ -47,6 +56,179 @@ class Model:
     def __repr__(self) -> str:
         s = self.summary()
         return f"<netlang.Model {self.path} params={s.total_params:,} outputs={list(self.outputs)}>"
+
+    # -- weights and running ----------------------------------------------------------------
+
+    @property
+    def engine(self):
+        """The execution engine holding the weights (created on first use)."""
+        if self._engine is None:
+            from netlang.runtime import make_engine
+            from netlang.train.loop import _engine_key
+            config = self.train_config
+            self._engine = make_engine(self.graph, config, seed=config.seed if config else 0,
+                                       device=self.device)
+            self._engine_key = _engine_key(config) if config else None
+        return self._engine
+
+    @property
+    def binding(self):
+        from netlang.train.loop import bind
+        cached = getattr(self, "_binding", None)
+        if cached is None:
+            cached = self._binding = bind(self.graph)
+        return cached
+
+    def parameters(self) -> dict:
+        """Parameter (and buffer) name → NumPy array, in definition order.
+
+        The arrays are the engine's own: writing into them (`p[...] = ...`) changes the model.
+        """
+        return dict(self.engine.params)
+
+    def reset(self, seed: int | None = None) -> "Model":
+        """Fresh initial weights (from `seed`, else the train section's seed) and optimiser."""
+        from netlang.runtime import make_engine
+        from netlang.train.loop import _engine_key
+        config = self.train_config
+        seed = seed if seed is not None else (config.seed if config else 0)
+        self._engine = make_engine(self.graph, config, seed=seed, device=self.device)
+        self._engine_key = _engine_key(config) if config else None
+        return self
+
+    def _arrays(self, inputs, targets=None, what="inputs"):
+        from netlang.train.loop import as_arrays
+        return as_arrays(self.binding, inputs, targets, what=what)
+
+    def forward(self, inputs, *, mode: str = "eval") -> dict:
+        """Run the model: {output name: array}.
+
+        `inputs` is an array for the model's data input, or a dict {input name: array};
+        arrays hold a batch (examples first).
+        """
+        return self.engine.forward(self._arrays(inputs), mode)
+
+    def gradients(self, inputs, targets=None):
+        """(loss, {parameter name: gradient}) on one batch; the weights do not change.
+
+        `targets` is the label array (or a dict of target inputs); in training mode, so
+        dropout is active.
+        """
+        loss, grads, _ = self.engine.gradients(self._arrays(inputs, targets))
+        return float(loss), grads
+
+    def fit(self, x=None, y=None, *, data=None, epochs=None, batch_size=None, lr=None,
+            optimizer=None, schedule=None, seed=None, val_split=None, early_stopping=None,
+            clip_norm=None, settings=(), validation_data=None, out=None, resume=False,
+            force=False, shuffle=True, verbose=False, limit=None, normalize="auto",
+            checkpoint_every=30.0, plot=False):
+        """Train; returns a `History` (one record per epoch: loss, accuracy, val_loss, ...).
+
+        Data: arrays `x` (or a dict of input arrays) and labels `y`; or `data=` a set name
+        (`"mnist"`, `"xor"`, `"blobs"`, `"spirals"`), a .npz/.csv path or a Dataset, with
+        `limit` examples per split.  Settings override the train section for this call:
+        numbers, or strings in train-section syntax (`optimizer="adam(lr=1e-3)"`,
+        `schedule="cosine(warmup=2)"`); `settings` takes more as "key=value" strings.
+        `out` writes a run directory (weights, checkpoints, metrics.jsonl), `resume=True`
+        continues the run in `out`.  Training continues from the current weights; the
+        optimiser state carries over between calls unless the optimiser settings change.
+        """
+        from netlang.runtime import make_engine
+        from netlang.train.loop import _engine_key, train
+        from netlang.train.overrides import apply_overrides, override_strings
+        from netlang.train.progress import Progress, auto_log_every
+        overrides = override_strings(
+            epochs=epochs, batch_size=batch_size, optimizer=optimizer, schedule=schedule,
+            seed=seed, val_split=val_split, early_stopping=early_stopping,
+            clip_norm=clip_norm, lr=lr) + list(settings)
+        engine = None
+        if not resume:
+            config = apply_overrides(self.train_config, overrides, self.graph)
+            key = _engine_key(config)
+            if self._engine is None:
+                engine = make_engine(self.graph, config, seed=config.seed, device=self.device)
+            elif key != self._engine_key:
+                engine = make_engine(self.graph, config, self._engine.params,
+                                     seed=config.seed, device=self.device)
+            else:
+                engine = self._engine
+            self._engine, self._engine_key = engine, key
+        if resume and out is None:
+            raise ValueError("fit(resume=True) needs out=, the run directory to continue")
+        progress = Progress(enabled=bool(verbose),
+                            log_every=auto_log_every(epochs or self.train_config.epochs))
+        history, engine, config = train(
+            self, data=data, x=x, y=y, validation_data=validation_data, overrides=overrides,
+            out=out, resume=out if resume else None, force=force, device=self.device,
+            limit=limit, normalize=normalize, progress=progress, engine=engine,
+            checkpoint_every=checkpoint_every, plot=plot, shuffle=shuffle)
+        self._engine, self._engine_key = engine, _engine_key(config)
+        return history
+
+    def evaluate(self, x=None, y=None, *, data=None, split: str = "test", batch_size: int = 256,
+                 limit=None, top_k=(5,)) -> dict:
+        """Loss and metrics of the current weights: {"loss", "accuracy", "top_5",
+        "confusion" (a list of rows: true class, columns: predicted), "examples"}.
+
+        Arrays `x`, `y`, or `data=` a set name/path (its `split`: "test" or "train").
+        """
+        from netlang.train.loop import evaluate, prepare_data
+        from netlang.train.metrics import top_k_values
+        if x is not None and (isinstance(x, str) or hasattr(x, "x_train")):
+            data, x = x, None
+        if x is not None:
+            arrays = self._arrays(x, y, what="evaluation data")
+        else:
+            spec = data if data is not None else self.train_config.data
+            if spec is None:
+                raise ValueError("evaluate needs arrays x, y or data=")
+            prepared = prepare_data(spec, self.binding, self.train_config, limit=limit)
+            arrays = _split_of(prepared, split)
+        ks = sorted(set(top_k) | set(top_k_values(self.train_config.metrics)))
+        if self.binding.head is not None:
+            ks = [k for k in ks if k < self.binding.head.num_classes]
+        return evaluate(self.engine, self.binding, arrays, batch_size, top_k=ks, confusion=True)
+
+    def predict(self, x, *, batch_size: int = 256):
+        """Class probabilities, shape (examples, classes), for a model with a classification
+        loss; otherwise {output name: array}."""
+        from netlang.train.loop import predict
+        return predict(self.engine, self.binding, self._arrays(x, what="prediction input"),
+                       batch_size)
+
+    def save(self, path) -> str:
+        """Write the weights: `path` ending in .safetensors is the file; any other path is a
+        directory that gets weights.safetensors and run.json (so `netlang.load(dir)` works)."""
+        from netlang.train.loop import FINAL_WEIGHTS, write_run
+        from netlang.weights import save_weights
+        path = os.fspath(path)
+        meta = {"model": self._model_ref()}
+        if path.endswith(".safetensors"):
+            save_weights(path, self.engine.params, meta, source_hash=self.source_hash)
+            return path
+        os.makedirs(path, exist_ok=True)
+        target = os.path.join(path, FINAL_WEIGHTS)
+        save_weights(target, self.engine.params, meta, source_hash=self.source_hash)
+        write_run(path, {"model": self._model_ref(), "source_hash": self.source_hash})
+        return target
+
+    def load_weights(self, path, *, force: bool = False, strict: bool = True):
+        """Load weights from a .safetensors file or a run directory into this model.
+
+        A file saved from a different model source is refused unless `force`; with
+        `strict=False` only the tensors that fit are loaded.  Returns the load report.
+        """
+        from netlang.train.loop import expected_params
+        from netlang.weights import find_weights, load_weights
+        loaded = load_weights(find_weights(path), expected_params(self.graph), strict=strict,
+                              source_hash=self.source_hash, force=force)
+        params = self.engine.params
+        for name, value in loaded.params.items():
+            params[name][...] = value
+        return loaded.report
+
+    def _model_ref(self) -> str:
+        return os.path.abspath(self.path) if not self.path.startswith("<") else self.path
 
 
 def _looks_like_path(text: str) -> bool:
@@ -62,17 +244,66 @@ def compile(source_or_path, *, path: str | None = None) -> Model:
     if isinstance(source_or_path, os.PathLike) or (isinstance(source_or_path, str)
                                                    and _looks_like_path(source_or_path)):
         file_path = os.fspath(source_or_path)
-        graph = lower_source(None, file_path)
+        with timed("front end"):
+            graph = after_pass(lower_source(None, file_path), "lower")
         return Model(graph, file_path)
     if not isinstance(source_or_path, str):
         raise TypeError("netlang.compile takes a path or .net source text")
     name = path or "<string>"
     if not source_or_path.strip():
         from netlang.errors import NetlangFileError
-        raise NetlangFileError(f"{name} is empty: a model needs at least one `input`")
-    graph = lower_source(source_or_path, name)
+        raise NetlangFileError(f"{name} is empty: a model needs at least one `input`", path=name)
+    with timed("front end"):
+        graph = after_pass(lower_source(source_or_path, name), "lower")
     return Model(graph, name)
 
 
-def load(path, **options):
-    raise NotImplementedError("loading trained weights arrives with training (issue 3)")
+def _split_of(prepared, split: str) -> dict:
+    from netlang.errors import UsageError
+    table = {"test": prepared.test, "train": prepared.train, "val": prepared.val}
+    if split not in table:
+        raise UsageError(f"unknown split `{split}` (expected test, train or val)")
+    if table[split] is None:
+        hint = " (the run has no validation split)" if split == "val" else ""
+        raise UsageError(f"the data has no {split} split{hint}")
+    return table[split]
+
+
+def load(path, *, weights=None, force: bool = False, strict: bool = True,
+         device: str = "cpu") -> Model:
+    """A compiled model with trained weights.
+
+    - `load("run/")` or `load("model.safetensors")`: the model recorded when the run or
+      file was saved (its .net path), with those weights;
+    - `load("model.net", weights="run/")`: this model, with the weights of a run directory
+      or .safetensors file.
+
+    Weights saved from a different model source are refused unless `force=True`.
+    """
+    from netlang.errors import UsageError, WeightsError
+    from netlang.train.loop import read_run
+    from netlang.weights import find_weights, read_header
+    path = os.fspath(path)
+    if weights is None:
+        if path.endswith(".net") and not os.path.isdir(path):
+            raise UsageError(f"load({path!r}) needs weights=: a run directory or .safetensors "
+                             f"file")
+        weights = path
+        model_path = None
+        if os.path.isdir(path):
+            model_path = read_run(path).get("model")
+        if model_path is None:
+            _, metadata = read_header(find_weights(path))
+            model_path = metadata.get("model")
+        if not model_path or model_path.startswith("<"):
+            raise WeightsError(f"{path}: does not record which .net file it belongs to; use "
+                               f"netlang.load(model_path, weights={path!r})")
+        if not os.path.exists(model_path):
+            raise WeightsError(f"{path}: was trained from {model_path}, which no longer exists; "
+                               f"use netlang.load(model_path, weights={path!r})")
+        model = compile(model_path)
+    else:
+        model = compile(path)
+    model.device = device
+    model.load_weights(weights, force=force, strict=strict)
+    return model

@@ -53,8 +53,15 @@ def cmd_fmt(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `netlang train: error: ...` and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="netlang", description="Compile, check, train and run neural networks written in .net files.")
     parser.add_argument("--version", action="version", version=f"netlang {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -76,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--check", action="store_true",
                      help="exit 1 if the file is not in canonical form")
     fmt.set_defaults(run=cmd_fmt)
+
+    from netlang.train.commands import add_commands
+    add_commands(sub)  # train, eval, predict
     return parser
 
 
@@ -100,6 +110,10 @@ def main(argv=None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as error:  # e.g. a run directory that cannot be written
+        where = f": {error.filename}" if getattr(error, "filename", None) else ""
+        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

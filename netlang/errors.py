@@ -35,8 +35,9 @@ class SourceLocation:
 class Diagnostic:
     """One message about one place.
 
-    `trace` lists the block instantiations (outermost first) through which the
-    culprit was reached, so an error inside a block points at its callers too.
+    `trace` lists the block instantiations and imports (innermost first, as rendered)
+    through which the culprit was reached, so an error inside a block points at its
+    callers too.
     """
 
     message: str
@@ -92,11 +93,11 @@ class NetlangError(Exception):
 
     def __init__(self, message: str | None = None, loc: SourceLocation | None = None, *,
                  notes: Sequence[str] = (), trace=(),
-                 diagnostics: Iterable[Diagnostic] | None = None):
+                 diagnostics: Iterable[Diagnostic] | None = None, path: str | None = None):
         if diagnostics is None:
             diagnostics = [Diagnostic(message or "error", loc, self.kind, list(notes), tuple(trace))]
-        self.diagnostics = sorted(
-            diagnostics, key=lambda d: d.loc.sort_key() if d.loc else ("", 0, 0))
+        self.diagnostics = in_source_order(diagnostics)
+        self._path = path  # for an error about a whole file (missing, a directory): no position
         first = self.diagnostics[0]
         self.message = first.message
         self.loc = first.loc
@@ -104,7 +105,7 @@ class NetlangError(Exception):
 
     @property
     def path(self) -> str | None:
-        return self.loc.path if self.loc else None
+        return self.loc.path if self.loc else self._path
 
     @property
     def line(self) -> int | None:
@@ -168,11 +169,43 @@ ERROR_CLASSES = {cls.kind: cls for cls in (
     NetlangShapeError, NetlangImportError, NetlangFileError, DataError, WeightsError, UsageError)}
 
 
+def in_source_order(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    """Diagnostics by line and column.
+
+    A mistake in another file than the one its trace starts from (in an imported file, or
+    in a block imported from one) takes its place at the outermost point of its trace:
+    the `import` or the instantiation.  Files rank in the order they first appear.
+    """
+    diagnostics = list(diagnostics)
+
+    def anchor(d):
+        if d.loc is None:
+            return None
+        outermost = d.trace[-1][1] if d.trace else None
+        if outermost is not None and outermost.path != d.loc.path:
+            return outermost
+        return d.loc
+
+    files: dict = {}
+    for d in diagnostics:
+        a = anchor(d)
+        files.setdefault(a.path if a else None, len(files))
+        if d.loc is not None:
+            files.setdefault(d.loc.path, len(files))
+
+    def key(d):
+        a = anchor(d)
+        if a is None:
+            return (files[None], 0, 0, 0, 0, 0)
+        return (files[a.path], a.line, a.column, files[d.loc.path], d.loc.line, d.loc.column)
+    return sorted(diagnostics, key=key)
+
+
 def raise_diagnostics(diagnostics: Sequence[Diagnostic]) -> None:
     """Raise one error carrying every diagnostic; its class follows the first one's kind."""
     if not diagnostics:
         return
-    ordered = sorted(diagnostics, key=lambda d: d.loc.sort_key() if d.loc else ("", 0, 0))
+    ordered = in_source_order(diagnostics)
     cls = ERROR_CLASSES.get(ordered[0].kind, NetlangError)
     raise cls(diagnostics=ordered)
 

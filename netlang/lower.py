@@ -23,7 +23,7 @@ import os
 
 from netlang.errors import Diagnostic, SourceLocation, did_you_mean, raise_diagnostics
 from netlang.frontend import ast
-from netlang.frontend.parser import parse, read_source
+from netlang.frontend.parser import MAX_INT_BITS, parse, read_source
 from netlang.ir.graph import Graph
 from netlang.ir.types import BATCH, DTYPES, TensorType
 from netlang.ops.registry import ShapeContext, ShapeProblem, all_ops, get_op
@@ -32,6 +32,13 @@ from netlang.train_section import lower_train_section
 
 MAX_REPEAT = 1000
 MAX_BLOCK_DEPTH = 32
+# Limits that keep a hostile file from hanging the compiler: layers in one model (repeats of
+# blocks of repeats multiply), sizes, items of a tuple or string (and MAX_INT_BITS, the bits
+# of an integer, from the parser).
+MAX_LAYERS = 20_000
+MAX_DIM = 2 ** 31 - 1
+MAX_ELEMENTS = 2 ** 40
+MAX_SEQUENCE = 10_000
 DTYPE_ALIASES = {"float": "float32", "int": "int32", "long": "int64", "double": "float64"}
 
 
@@ -87,6 +94,8 @@ class Scope:
         self.trace = tuple(trace)
         self.parent = parent
         self.values: dict = dict(params or {})
+        self.defined_at: dict = {}  # name → SourceLocation of its definition
+        self.declared: set = set()  # names its statements define, bound or not yet
         self.counters: dict[str, int] = {}
 
     def lookup(self, name: str):
@@ -98,6 +107,10 @@ class Scope:
 
     def visible_names(self):
         return set(self.values) | set(self.module.consts)
+
+    def known_names(self):
+        """Every name this scope defines or will define: candidates for a suggestion."""
+        return self.visible_names() | self.declared
 
 
 def _binary(fn):
@@ -127,6 +140,9 @@ class Lowerer:
         self._loading: list[str] = []
         self.block_stack: list[str] = []
         self.sources: dict[str, str] = {}
+        self.layer_count = 0
+        self.too_large = False
+        self.current_statement = None  # the top-level statement being lowered
 
     # -- diagnostics ------------------------------------------------------------------------
 
@@ -176,19 +192,24 @@ class Lowerer:
                                 "import"), None)
             return
         if key not in self.modules:
+            from netlang.errors import NetlangError
+            start = len(self.diagnostics)
+            imported = None
             try:
                 imported, _ = self.load_module(target, None, main=False)
-            except Exception as exc:  # NetlangError from reading or parsing the imported file
-                from netlang.errors import NetlangError
-                if not isinstance(exc, NetlangError):
-                    raise
-                if exc.loc is None:
+            except NetlangError as exc:  # the imported file cannot be read or parsed
+                if exc.loc is None or exc.loc.source is None:  # nothing in it to point at
                     self.report(Problem(f"cannot import \"{item.path}\": {exc.message}", item.loc,
                                         "import"), None)
                 else:
                     self.diagnostics.extend(exc.diagnostics)
-                    self.report(Problem(f"the import of \"{item.path}\" failed", item.loc, "import"),
-                                None)
+            # Mistakes inside the imported file (or deeper) also point at this import, as a block's
+            # mistakes point at its instantiation.
+            for diagnostic in self.diagnostics[start:]:
+                if diagnostic.loc is not None and diagnostic.loc.path != env.path:
+                    diagnostic.trace = tuple(diagnostic.trace) + (
+                        (f"\"{item.path}\", imported here", item.loc),)
+            if imported is None:
                 return
             self.modules[key] = imported
         imported = self.modules[key]
@@ -223,8 +244,12 @@ class Lowerer:
     def run_statements(self, items, scope: Scope, module_level: bool, in_block: bool = False):
         """Evaluate `items` in dependency order; returns the block's outputs (in_block)."""
         outputs = []
+        for item in items:
+            scope.declared.update(_defined_names(item))
         ordered = self._dependency_order(items, scope)
         for item in ordered:
+            if module_level:
+                self.current_statement = item
             try:
                 self.run_statement(item, scope, module_level, in_block, outputs)
             except Problem as problem:
@@ -239,8 +264,8 @@ class Lowerer:
     def run_statement(self, item, scope: Scope, module_level, in_block, outputs):
         if isinstance(item, (ast.Import, ast.BlockDef)):
             if not module_level:
-                what = "import" if isinstance(item, ast.Import) else "block definition"
-                raise Problem(f"an {what} belongs at the top level of a file", item.loc, "name")
+                what = "an import" if isinstance(item, ast.Import) else "a block definition"
+                raise Problem(f"{what} belongs at the top level of a file", item.loc, "name")
             return  # handled when the module was loaded
         if isinstance(item, ast.Train):
             if not module_level or in_block:
@@ -253,9 +278,13 @@ class Lowerer:
                 raise Problem(f"constant `{item.name.id}` must be a number, string or tuple, not a "
                               f"tensor", item.value.loc, "argument")
             self.bind(scope, item.name, value)
+            if not scope.prefix:  # a file's own top-level constant: its blocks see it too
+                scope.module.consts[item.name.id] = value
         elif isinstance(item, ast.Input):
             self.lower_input(item, scope, in_block)
         elif isinstance(item, ast.Assign):
+            for target in item.targets:
+                self.check_free(scope, target)
             hint = item.targets[0].id if len(item.targets) == 1 else None
             value = self.evaluate(item.value, scope, name_hint=hint)
             self.bind_targets(item, value, scope)
@@ -272,13 +301,25 @@ class Lowerer:
         else:
             raise Problem(f"unsupported statement {type(item).__name__}", item.loc)
 
-    def bind(self, scope: Scope, name: ast.Name, value):
+    def check_free(self, scope: Scope, name: ast.Name):
+        """Refuse to define `name` again (before anything of the new definition is built)."""
         if name.id in scope.values and scope.values[name.id] is not POISON:
-            raise Problem(f"`{name.id}` is defined twice", name.loc, "name")
+            first = scope.defined_at.get(name.id)
+            where = ""
+            if first is not None and first.line:
+                where = (f" (first on line {first.line})" if name.loc is None or first.line != name.loc.line
+                         else f" (first at column {first.column})")
+            raise Problem(f"`{name.id}` is defined twice{where}", name.loc, "name")
         if name.id in _BUILTINS or get_op(name.id) is not None:
             raise Problem(f"`{name.id}` is the name of a built-in; choose another name", name.loc,
                           "name")
+
+    def bind(self, scope: Scope, name: ast.Name, value):
+        if scope.values.get(name.id) is value and isinstance(value, Tensor):
+            return  # `y = x -> relu as y`: the label and the assignment name the same layer
+        self.check_free(scope, name)
         scope.values[name.id] = value
+        scope.defined_at[name.id] = name.loc
 
     def bind_targets(self, item: ast.Assign, value, scope: Scope):
         targets = item.targets
@@ -308,6 +349,7 @@ class Lowerer:
         if item.type is None:
             raise Problem(f"input `{item.name.id}` needs a shape, e.g. `input {item.name.id}: [784]`",
                           item.loc, "argument")
+        self.check_free(scope, item.name)
         type_ = self.tensor_type(item.type, scope)
         name = item.name.id
         if self.graph.has_name(name):
@@ -321,7 +363,8 @@ class Lowerer:
         dtype = expr.dtype or "float32"
         dtype = DTYPE_ALIASES.get(dtype, dtype)
         if dtype not in DTYPES:
-            raise Problem(f"unknown dtype `{expr.dtype}`{did_you_mean(expr.dtype, DTYPES)}",
+            raise Problem(f"unknown dtype `{expr.dtype}`"
+                          f"{did_you_mean(expr.dtype, DTYPES + tuple(DTYPE_ALIASES))}",
                           expr.dtype_loc or expr.loc, "argument")
         dims = []
         for d in expr.dims:
@@ -329,6 +372,8 @@ class Lowerer:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise Problem(f"a dimension must be a positive integer, not {describe_value(value)}",
                               d.loc, "argument")
+            if value > MAX_DIM:
+                raise Problem(f"the dimension {value} is too large", d.loc, "argument")
             dims.append(value)
         return TensorType((BATCH,) + tuple(dims), dtype)
 
@@ -340,6 +385,7 @@ class Lowerer:
             except KeyError:
                 raise self.unknown_name(name.id, name.loc, scope) from None
         else:
+            self.check_free(scope, name)
             value = self.evaluate(item.value, scope, name_hint=name.id)
             self.bind(scope, name, value)
         if value is POISON:
@@ -363,33 +409,46 @@ class Lowerer:
             for name in _defined_names(item):
                 definer.setdefault(name, i)
         deps = []
+        top_level = not scope.prefix
         for i, item in enumerate(items):
-            used = {definer[n] for n in _used_names(item) if n in definer and definer[n] != i}
+            names = _used_names(item)
+            if top_level:  # a block of this file reads the file's constants when it is used
+                names |= _block_free_names(item, scope.module)
+            used = {definer[n] for n in names if n in definer and definer[n] != i}
             deps.append(sorted(used))
         order, state = [], [0] * len(items)  # 0 new, 1 visiting, 2 done
 
-        def visit(i, path):
-            # Iterative deepening is unnecessary: statement lists are short; depth is bounded by
-            # the number of statements, which the parser already limits.
-            if state[i] == 2:
-                return
-            if state[i] == 1:
-                cycle = path[path.index(i):] + [i]
-                names = [self._first_defined(items[j]) for j in cycle]
-                raise Problem("these definitions depend on each other in a cycle: "
-                              + " → ".join(f"`{n}`" for n in names), items[cycle[0]].loc, "name")
-            state[i] = 1
-            for j in deps[i]:
-                visit(j, path + [i])
-            state[i] = 2
-            order.append(items[i])
-
-        for i in range(len(items)):
+        # A depth-first search with an explicit stack: a file may chain thousands of
+        # definitions, each using the next, deeper than Python's recursion limit.
+        for root in range(len(items)):
+            if state[root]:
+                continue
+            state[root] = 1
+            stack = [(root, iter(deps[root]))]
             try:
-                visit(i, [])
+                while stack:
+                    i, pending = stack[-1]
+                    for j in pending:
+                        if state[j] == 2:
+                            continue
+                        if state[j] == 1:
+                            path = [k for k, _ in stack]
+                            cycle = path[path.index(j):] + [j]
+                            names = [self._first_defined(items[k]) for k in cycle]
+                            raise Problem("these definitions depend on each other in a cycle: "
+                                          + " → ".join(f"`{n}`" for n in names),
+                                          items[cycle[0]].loc, "name")
+                        state[j] = 1
+                        stack.append((j, iter(deps[j])))
+                        break
+                    else:
+                        stack.pop()
+                        state[i] = 2
+                        order.append(items[i])
             except Problem as problem:
                 self.report(problem, scope)
-                # Drop every statement still on the cycle; the rest go on.
+                # Drop every statement still on the search path (the cycle and what waits on
+                # it); the rest go on.
                 for j in range(len(items)):
                     if state[j] == 1:
                         state[j] = 2
@@ -405,7 +464,7 @@ class Lowerer:
     # -- expressions ------------------------------------------------------------------------
 
     def unknown_name(self, name: str, loc, scope: Scope) -> Problem:
-        candidates = scope.visible_names() | set(scope.module.blocks)
+        candidates = scope.known_names() | set(scope.module.blocks)
         return Problem(f"unknown name `{name}`{did_you_mean(name, candidates)}", loc, "name")
 
     def evaluate(self, expr, scope: Scope, name_hint: str | None = None, bare_words=()):
@@ -428,11 +487,19 @@ class Lowerer:
                                   f"`x -> {expr.id}`", expr.loc, "name") from None
                 raise self.unknown_name(expr.id, expr.loc, scope) from None
         if isinstance(expr, ast.Tuple):
-            return tuple(self.evaluate(item, scope) for item in expr.items)
+            values, poisoned = [], False
+            for item in expr.items:
+                try:
+                    values.append(self.evaluate(item, scope))
+                except Poisoned:  # go on: the other items may hold mistakes of their own
+                    poisoned = True
+            if poisoned:
+                raise Poisoned()
+            return tuple(values)
         if isinstance(expr, ast.Chain):
             return self.lower_chain(expr, scope, name_hint)
         if isinstance(expr, ast.BinOp):
-            return self.binary(expr, scope)
+            return self.binary(expr, scope, name_hint)
         if isinstance(expr, ast.UnaryOp):
             operand = self.evaluate(expr.operand, scope)
             if expr.op == "not":
@@ -487,8 +554,11 @@ class Lowerer:
             return _BUILTINS[expr.func](*values)
         except TypeError:
             raise Problem(f"wrong number of arguments for `{expr.func}`", expr.loc, "argument") from None
+        except (OverflowError, ValueError):  # int(inf), round(nan), ...
+            raise Problem(f"`{expr.func}` cannot take {', '.join(describe_value(v) for v in values)}",
+                          expr.loc, "argument") from None
 
-    def binary(self, expr: ast.BinOp, scope: Scope):
+    def binary(self, expr: ast.BinOp, scope: Scope, name_hint: str | None = None):
         op = expr.op
         if op in ("and", "or"):
             left = self.evaluate(expr.left, scope)
@@ -502,7 +572,11 @@ class Lowerer:
                 raise Problem(f"`{op}` needs true or false, not {describe_value(right)}",
                               expr.right.loc, "argument")
             return right
-        left = self.evaluate(expr.left, scope)
+        try:
+            left = self.evaluate(expr.left, scope)
+        except Poisoned:
+            self.evaluate(expr.right, scope)  # the right operand may hold a mistake of its own
+            raise
         right = self.evaluate(expr.right, scope)
         if isinstance(left, Tensor) or isinstance(right, Tensor):
             merge = {"+": "add", "*": "multiply"}.get(op)
@@ -510,15 +584,18 @@ class Lowerer:
                 raise Problem(f"cannot apply `{op}` to {describe_value(left)} and "
                               f"{describe_value(right)}; tensors support `+` and `*` between tensors",
                               expr.loc, "argument")
-            return self.apply_op(get_op(merge), (left, right), {}, None, scope, expr.loc)
+            # `y = a + b` names the add layer `y`, as `y = (a, b) -> add` does.
+            return self.apply_op(get_op(merge), (left, right), {}, name_hint, scope, expr.loc)
         if op in _COMPARE:
             if op in ("==", "!=") or _both_numbers(left, right):
                 return _COMPARE[op](left, right)
             raise Problem(f"cannot compare {describe_value(left)} and {describe_value(right)}",
                           expr.loc, "argument")
-        if op == "+" and isinstance(left, tuple) and isinstance(right, tuple):
-            return left + right
-        if op == "+" and isinstance(left, str) and isinstance(right, str):
+        if op == "+" and ((isinstance(left, tuple) and isinstance(right, tuple))
+                          or (isinstance(left, str) and isinstance(right, str))):
+            if len(left) + len(right) > MAX_SEQUENCE:
+                raise Problem(f"this {'tuple' if isinstance(left, tuple) else 'string'} is too long "
+                              f"(more than {MAX_SEQUENCE:,} items)", expr.loc, "argument")
             return left + right
         if not _both_numbers(left, right):
             raise Problem(f"cannot apply `{op}` to {describe_value(left)} and {describe_value(right)}",
@@ -527,15 +604,35 @@ class Lowerer:
             raise Problem("division by zero", expr.loc, "argument")
         if op == "**" and abs(right) > 64:
             raise Problem(f"exponent {right} is too large", expr.loc, "argument")
-        return _ARITHMETIC[op](left, right)
+        try:
+            result = _ARITHMETIC[op](left, right)
+        except (OverflowError, ZeroDivisionError):  # 1e300 ** 2, 0 ** -1
+            raise Problem(f"`{op}` of {describe_value(left)} and {describe_value(right)} is not a "
+                          f"finite number", expr.loc, "argument") from None
+        if isinstance(result, complex) or (isinstance(result, float) and not math.isfinite(result)):
+            raise Problem(f"`{op}` of {describe_value(left)} and {describe_value(right)} is not a "
+                          f"finite real number", expr.loc, "argument")
+        # Operands are bounded (literals and results by MAX_INT_BITS, exponents by 64), so the
+        # result was cheap to compute; refuse it when it is out of bounds itself.
+        if isinstance(result, int) and result.bit_length() > MAX_INT_BITS:
+            raise Problem("this number is too large", expr.loc, "argument")
+        return result
 
     # -- chains, layers, blocks -------------------------------------------------------------
 
     def lower_chain(self, chain: ast.Chain, scope: Scope, name_hint: str | None):
-        value = self.evaluate(chain.source, scope)
+        try:
+            value = self.evaluate(chain.source, scope)
+        except (Problem, Poisoned):
+            self.check_steps(chain.steps, scope)
+            raise
         for i, step in enumerate(chain.steps):
             last = i == len(chain.steps) - 1
-            value = self.apply_step(step, value, scope, name_hint if last else None)
+            try:
+                value = self.apply_step(step, value, scope, name_hint if last else None)
+            except (Problem, Poisoned):
+                self.check_steps(chain.steps[i + 1:], scope)
+                raise
         return value
 
     def apply_step(self, step: ast.Step, incoming, scope: Scope, name_hint: str | None):
@@ -546,6 +643,8 @@ class Lowerer:
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_REPEAT:
                 raise Problem(f"a repeat count must be an integer from 1 to {MAX_REPEAT}, not "
                               f"{describe_value(count)}", step.repeat.loc, "argument")
+        if step.label:
+            self.check_free(scope, ast.Name(step.label, loc=step.label_loc))
         base = step.label or name_hint
         value = incoming
         for k in range(count or 1):
@@ -560,6 +659,13 @@ class Lowerer:
     def apply_one(self, step: ast.Step, incoming, scope: Scope, label: str | None):
         if step.op in scope.module.blocks:
             return self.instantiate(scope.module.blocks[step.op], step, incoming, scope, label)
+        op = self.layer_op(step, scope)
+        attrs = self.bind_op_args(op, step.args or (), scope, step)
+        operands = incoming if isinstance(incoming, tuple) else (incoming,)
+        return self.apply_op(op, operands, attrs, label, scope, step.loc, arity_loc=step.op_loc)
+
+    def layer_op(self, step: ast.Step, scope: Scope):
+        """The op a step names, or a Problem saying why it names none."""
         op = get_op(step.op)
         if op is None or op.role == "internal":
             choices = [n for n, o in all_ops().items() if o.role == "layer"] + list(scope.module.blocks)
@@ -568,13 +674,32 @@ class Lowerer:
         if op.role == "loss":
             raise Problem(f"`{step.op}` is a loss; write it in the train section: "
                           f"`loss {step.op}(prediction, target)`", step.op_loc, "name")
-        attrs = self.bind_op_args(op, step.args or (), scope, step)
-        operands = incoming if isinstance(incoming, tuple) else (incoming,)
-        return self.apply_op(op, operands, attrs, label, scope, step.loc, arity_loc=step.op_loc)
+        return op
+
+    def check_steps(self, steps, scope: Scope):
+        """Report the mistakes steps make on their own (an unknown layer, a bad argument) when no
+        tensor reaches them because of an earlier error, so one mistake does not hide others."""
+        for step in steps:
+            try:
+                if step.op in scope.module.blocks:
+                    self.bind_block_args(scope.module.blocks[step.op], step, scope)
+                else:
+                    self.bind_op_args(self.layer_op(step, scope), step.args or (), scope, step)
+            except Problem as problem:
+                self.report(problem, scope)
+            except Poisoned:
+                pass
 
     def bind_op_args(self, op, args, scope: Scope, step):
         schema = {a.name: a for a in op.args}
         positional, keywords, locs = [], [], {}
+        given = [a for a in args if a.name is None]
+        if len(given) > len(op.args):
+            many = (f"takes no arguments" if not op.args else
+                    f"takes at most {len(op.args)} positional argument{'s' if len(op.args) != 1 else ''}"
+                    f", got {len(given)}")
+            raise Problem(f"`{op.name}` {many}", given[len(op.args)].loc, "argument",
+                          [f"`{op.name}` takes ({_signature(op.args)})"] if op.args else [])
         for i, arg in enumerate(args):
             if arg.name is None:
                 if keywords:
@@ -609,6 +734,12 @@ class Lowerer:
             if not isinstance(value, Tensor):
                 raise Problem(f"`{name}` is not a layer", expr.loc, "argument")
             return LayerRef(value.layer, expr.loc)
+        if spec is not None and spec.type.bare_words and isinstance(expr, ast.Name) and \
+                expr.id not in spec.type.bare_words and expr.id not in scope.visible_names():
+            words = spec.type.bare_words
+            options = [f"`{w}`" for w in words] + ([] if "|" in spec.type.name else ["a number"])
+            raise Problem(f"`{spec.name}` must be {_join_or(options)}, not `{expr.id}`"
+                          f"{did_you_mean(expr.id, words)}", expr.loc, "argument")
         value = self.evaluate(expr, scope, bare_words=spec.type.bare_words if spec else ())
         if isinstance(value, Tensor):
             raise Problem(f"an argument cannot be a tensor ({value.description}); tensors flow "
@@ -645,20 +776,33 @@ class Lowerer:
             raise
         in_types = [t.type for t in operands]
         producers = [t.layer for t in operands]
-        plan = self.plan_params(op, in_types, attrs, name, scope, loc)
+        plan = self.plan_params(op, in_types, attrs, name, scope, loc, producers)
         types = in_types + [p[1] for p in plan]
         ctx = ShapeContext(op, types, producers + [p[2] for p in plan])
         try:
             out_type = op.infer(ctx, attrs)
         except ShapeProblem as problem:
             raise Problem(str(problem), loc, "shape") from None
+        for what, type_ in [("output", out_type)] + [(f"parameter `{p[2]}`", p[1]) for p in plan]:
+            dims = [d for d in type_.shape if d is not None]
+            if any(d > MAX_DIM for d in dims) or math.prod(dims) > MAX_ELEMENTS:
+                raise Problem(f"`{op.name}` would make an {what} of shape {type_}, too large to "
+                              f"build", loc, "shape")
+        if self.layer_count >= MAX_LAYERS:
+            if self.too_large:  # already reported once; stop building quietly
+                raise Poisoned()
+            self.too_large = True
+            raise Problem(f"this model has more than {MAX_LAYERS:,} layers; check the repeat counts",
+                          loc, "shape")
+        if op.role != "loss":
+            self.layer_count += 1
         param_nodes = [self.materialise_param(entry, name, scope) for entry in plan]
         stored = {k: (v.name if isinstance(v, LayerRef) else v) for k, v in attrs.items()}
         node = self.graph.add_op(op.name, [t.node for t in operands] + param_nodes, stored, out_type,
                                  name=name, role=op.role, loc=loc, trace=scope.trace)
         return Tensor(node, out_type, name)
 
-    def plan_params(self, op, in_types, attrs, layer, scope, loc):
+    def plan_params(self, op, in_types, attrs, layer, scope, loc, producers=None):
         """(kind, type, producer, payload) for each parameter operand the layer needs.
 
         kind is `new` (payload: ParamSpec), `existing` (payload: node id, for sharing) or
@@ -670,7 +814,7 @@ class Lowerer:
             specs = op.parameter_specs(in_types, attrs)
         except (IndexError, ValueError, ZeroDivisionError, TypeError):
             # The operand is malformed; let the shape rule explain how.
-            ctx = ShapeContext(op, in_types, ["?"] * len(in_types))
+            ctx = ShapeContext(op, in_types, list(producers or ["?"] * len(in_types)))
             try:
                 op.infer(ctx, attrs)
             except ShapeProblem as problem:
@@ -693,8 +837,9 @@ class Lowerer:
                 node = owned.get(spec.name)
                 if node is None or self.graph.type_of(node).shape != spec.shape:
                     have = self.graph.type_of(node) if node is not None else "none"
-                    raise Problem(f"cannot share `{spec.name}` with `{shared.name}`: it has {have}, "
-                                  f"this layer needs {TensorType(spec.shape)}", shared.loc, "shape")
+                    raise Problem(f"`{layer}` cannot share the {spec.name} of `{shared.name}`: "
+                                  f"`{shared.name}` has {have}, `{layer}` needs "
+                                  f"{TensorType(spec.shape)}", shared.loc, "shape")
                 plan.append(("existing", self.graph.type_of(node), shared.name, node))
             return plan
         for spec in specs:
@@ -707,8 +852,9 @@ class Lowerer:
                 wtype = self.graph.type_of(weight)
                 tied = TensorType(tuple(reversed(wtype.shape)), wtype.dtype)
                 if tied.shape != spec.shape:
-                    raise Problem(f"cannot tie to `{tie.name}`: its weight transposed is {tied}, this "
-                                  f"layer needs {TensorType(spec.shape)}", tie.loc, "shape")
+                    raise Problem(f"cannot tie `{layer}` to `{tie.name}`: the weight of `{tie.name}` "
+                                  f"transposed is {tied}, `{layer}` needs {TensorType(spec.shape)}",
+                                  tie.loc, "shape")
                 plan.append(("tied", tied, f"{tie.name}.weight", weight))
             else:
                 plan.append(("new", TensorType(spec.shape), f"{layer}.{spec.name}", spec))
@@ -823,6 +969,10 @@ def _signature(args) -> str:
     return ", ".join(parts)
 
 
+def _join_or(words) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
 def _both_numbers(a, b) -> bool:
     return all(not isinstance(v, bool) and isinstance(v, (int, float)) for v in (a, b))
 
@@ -876,6 +1026,34 @@ def _used_names(item) -> set[str]:
     return used
 
 
+def _block_free_names(item, module) -> set[str]:
+    """Names that the blocks of `module` used by `item` read from the file's top level.
+
+    A block body sees its parameters, its inputs, its own definitions and its file's constants;
+    any other name it uses is one of those constants, so the statement using the block must
+    run after the constant's definition.
+    """
+    free, seen = set(), set()
+    pending = [node.op for node in _walk(item) if isinstance(node, ast.Step)]
+    while pending:
+        op = pending.pop()
+        block = module.blocks.get(op)
+        if op in seen or block is None or block.module is not module:
+            continue
+        seen.add(op)
+        definition = block.definition
+        local = {p.name.id for p in definition.params}
+        used = set()
+        for param in definition.params:
+            used |= {n.id for n in _walk(param.default) if isinstance(n, ast.Name)}
+        for sub in definition.body:
+            local.update(_defined_names(sub))
+            used |= _used_names(sub)
+            pending += [n.op for n in _walk(sub) if isinstance(n, ast.Step)]
+        free |= used - local
+    return free
+
+
 def _walk(node):
     """Every AST node below `node` (iteratively, so deep chains cannot overflow the stack)."""
     stack = [node]
@@ -902,12 +1080,27 @@ def _walk(node):
                 stack.append(value)
 
 
-def source_hash(sources: dict[str, str]) -> str:
+def source_hash(sources: dict[str, str], main: str) -> str:
+    """sha256 over a model's sources, keyed by their paths relative to the main file.
+
+    Weights and checkpoints record it; keying by relative path keeps it the same whatever the
+    working directory or the spelling of the path (`examples/x.net`, `./examples/x.net`).
+    """
+    base = os.path.dirname(os.path.abspath(main)) if not main.startswith("<") else os.getcwd()
+    keyed = []
+    for path, text in sources.items():
+        if path == main:
+            key = ""
+        elif path.startswith("<"):
+            key = path
+        else:
+            key = os.path.relpath(os.path.abspath(path), base).replace(os.sep, "/")
+        keyed.append((key, text))
     digest = hashlib.sha256()
-    for path in sorted(sources):
-        digest.update(path.encode())
+    for key, text in sorted(keyed):
+        digest.update(key.encode())
         digest.update(b"\0")
-        digest.update(sources[path].encode())
+        digest.update(text.encode())
         digest.update(b"\0")
     return digest.hexdigest()
 
@@ -915,6 +1108,20 @@ def source_hash(sources: dict[str, str]) -> str:
 def lower_source(source: str | None, path: str) -> Graph:
     """Parse, lower and shape-check a whole `.net` file (and its imports) into a Graph."""
     lowerer = Lowerer()
+    try:
+        return _lower(lowerer, source, path)
+    except RecursionError:
+        # The parser bounds nesting, so this needs deep blocks around deep expressions; report
+        # it at the statement being lowered, never as a traceback.
+        item = lowerer.current_statement
+        loc = getattr(item, "loc", None) or SourceLocation(path, 1, 1, source=lowerer.sources.get(path))
+        raise_diagnostics(lowerer.diagnostics + [Diagnostic(
+            "this is nested too deeply to compile (blocks within blocks within long expressions)",
+            loc, "syntax")])
+        raise  # unreachable: raise_diagnostics raises
+
+
+def _lower(lowerer: Lowerer, source: str | None, path: str) -> Graph:
     env, module = lowerer.load_module(path, source, main=True)
     scope = Scope(env)
     statements = [i for i in module.items if not isinstance(i, (ast.Import, ast.BlockDef))]
@@ -934,15 +1141,19 @@ def lower_source(source: str | None, path: str) -> Graph:
     if not graph.graph["outputs"] and graph.graph["inputs"]:
         _default_outputs(graph, scope)
     raise_diagnostics(lowerer.diagnostics)
-    graph.graph["source_hash"] = source_hash(lowerer.sources)
+    graph.graph["source_hash"] = source_hash(lowerer.sources, path)
     graph.graph["path"] = path
     graph.graph["sources"] = dict(lowerer.sources)
     return graph
 
 
 def _default_outputs(graph: Graph, scope: Scope):
-    """Without `output` statements, the layers nothing else consumes are the outputs."""
+    """Without `output` statements, the layers nothing else consumes are the outputs.
+
+    The train section's losses do not count as consumers: the logits a loss reads are an output.
+    """
     for node in graph.topological_order():
         data = graph.nodes[node]
-        if data["role"] == "layer" and graph.out_degree(node) == 0:
+        if data["role"] == "layer" and all(graph.nodes[user]["role"] == "loss"
+                                           for user in graph.successors(node)):
             graph.graph["outputs"][data["name"]] = node

@@ -6,6 +6,8 @@ against the schemas in `netlang.ops.optim` and `netlang.ir.train_config`.
 
 from __future__ import annotations
 
+import math
+
 from netlang.errors import did_you_mean
 from netlang.frontend import ast
 from netlang.ir.train_config import METRICS, SCALAR_SETTINGS, SETTINGS, Choice, TrainConfig
@@ -25,7 +27,7 @@ def lower_train_section(lowerer, section: ast.Train, scope) -> None:
         try:
             if key not in SETTINGS:
                 raise Problem(f"unknown training setting `{key}`{did_you_mean(key, SETTINGS)}",
-                              item.key.loc, "name")
+                              item.key.loc, "name", [f"known: {', '.join(SETTINGS)}"])
             if key not in ("loss", "regularize") and key in seen:
                 raise Problem(f"`{key}` is set twice (first on line {seen[key].line})",
                               item.key.loc, "name")
@@ -71,11 +73,18 @@ def _single(item: ast.TrainItem, Problem):
     return item.values[0]
 
 
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def _scalar(lowerer, key, expr, scope, Problem):
     kind, low, high, what = SCALAR_SETTINGS[key]
     value = lowerer.evaluate(expr, scope)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (kind is int and not float(value).is_integer()):
+            not _finite(value) or (kind is int and not float(value).is_integer()):
         raise Problem(f"`{key}` ({what}) must be {'an integer' if kind is int else 'a number'}, "
                       f"not {describe_value(value)}", expr.loc, "argument")
     value = kind(value)
@@ -110,7 +119,7 @@ def _choice(lowerer, expr, table, what, scope, Problem) -> Choice:
 
 
 def _layer_names(lowerer, exprs, scope, Problem):
-    from netlang.lower import Tensor
+    from netlang.lower import POISON, Poisoned, Tensor
     names = []
     for expr in exprs:
         if not isinstance(expr, ast.Name):
@@ -120,8 +129,13 @@ def _layer_names(lowerer, exprs, scope, Problem):
         except KeyError:
             raise Problem(f"unknown layer `{expr.id}`{did_you_mean(expr.id, scope.visible_names())}",
                           expr.loc, "name") from None
+        if value is POISON:  # its definition failed, and that error is already reported
+            raise Poisoned()
         if not isinstance(value, Tensor):
             raise Problem(f"`{expr.id}` is not a layer", expr.loc, "argument")
+        if lowerer.graph.nodes[value.node]["role"] == "input":
+            raise Problem(f"`{expr.id}` is an input, not a layer with parameters", expr.loc,
+                          "argument")
         names.append(value.layer)
     return names
 
@@ -148,6 +162,9 @@ def _loss_terms(lowerer, expr, scope, Problem):
         return (_loss_terms(lowerer, expr.left, scope, Problem)
                 + _loss_terms(lowerer, expr.right, scope, Problem))
     if isinstance(expr, ast.BinOp) and expr.op == "*":
+        if _is_loss_expr(expr.left) and _is_loss_expr(expr.right):
+            raise Problem("a loss can be scaled by a number, not multiplied by another loss",
+                          expr.loc, "argument")
         for weight_expr, loss_expr in ((expr.left, expr.right), (expr.right, expr.left)):
             if not _is_loss_expr(loss_expr):
                 continue

@@ -46,6 +46,9 @@ def _assert_same_params(a, b, rtol=2e-5, atol=2e-6):
 
 @pytest.mark.parametrize("optimizer,regularizer,extra", [
     ("sgd(lr = 0.1)", "l1(1e-3)", ""),
+    # No penalty or clipping: the weight gradients' products perform the update themselves.
+    ("sgd(lr = 0.1)", "l2(0.0)", ""),
+    ("sgd(lr = 0.1, momentum = 0.9, dampening = 0.1)", "l2(0.0)", ""),
     ("sgd(lr = 0.1, momentum = 0.9, nesterov = true, weight_decay = 1e-3)", "l2(1e-3)", "clip_norm 0.5"),
     ("adam(lr = 0.01)", "elastic_net(l1 = 1e-4, l2 = 1e-3)", ""),
     ("adamw(lr = 0.01)", "l2(0.0)", "clip_norm 1.0"),
@@ -67,6 +70,16 @@ def test_training_steps_match_reference(optimizer, regularizer, extra):
     for key in reference.optimizer.state:
         np.testing.assert_allclose(compiled.optimizer.state[key], reference.optimizer.state[key],
                                    rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_plain_and_momentum_sgd_update_inside_the_weight_gradient_product(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETLANG_CACHE", str(tmp_path))
+    for optimizer in ("sgd(lr = 0.1)", "sgd(lr = 0.1, momentum = 0.9)"):
+        model = netlang.compile(MODEL % (optimizer, "l2(0.0)", ""))
+        CpuEngine(model.graph).train_step(_batch(), 0.1)
+    sources = [open(p, encoding="utf-8").read() for p in glob.glob(str(tmp_path / "nl_*.py"))]
+    fused = [s.count("gemm32(True, False") for s in sources]
+    assert sorted(fused) == [8, 8]  # 4 dense weights, each with a step-1 and a later-step call
 
 
 def test_gradients_forward_and_loss_match_reference():
@@ -212,3 +225,19 @@ def test_models_with_pending_ops_fall_back_to_the_reference_engine():
     assert make_engine(model.graph).name == "reference"
     plain = netlang.compile(MODEL % ("sgd", "l2(0.0)", ""))
     assert make_engine(plain.graph).name == "cpu"
+
+
+def test_soft_cross_entropy_targets_match_reference():
+    model = netlang.compile("""
+        input x: [4]
+        input target: [3]
+        output z = x -> dense(3)
+        train { loss cross_entropy(z, target, label_smoothing = 0.1) }
+    """)
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.standard_normal((6, 4)).astype(np.float32),
+             "target": rng.random((6, 3)).astype(np.float32)}  # rows need not sum to one
+    _, grads_ref, _ = ReferenceEngine(model.graph, seed=0).gradients(feeds)
+    _, grads_cpu, _ = CpuEngine(model.graph, seed=0).gradients(feeds)
+    for name in grads_ref:
+        np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-4, atol=1e-6)

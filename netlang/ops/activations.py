@@ -56,6 +56,8 @@ maxout = define_op(
 def _maxout_shape(ctx, a):
     ctx.need_float(0)
     x = ctx.inputs[0]
+    if x.rank < 2:
+        ctx.fail(f"`maxout` expects a feature axis to group, got {ctx.describe(0)}")
     if x.shape[-1] % a["pieces"]:
         ctx.fail(f"`maxout` with {a['pieces']} pieces needs a last axis divisible by {a['pieces']}, "
                  f"got {ctx.describe(0)}")

@@ -252,6 +252,7 @@ def _ce_kernel(k, with_loss: bool, grad_var=None, scale_only=False):
     target = _target_reader(k, k.in_types[0], k.ins[1], k.in_types[1])
     eps = k.attrs["label_smoothing"]
     classes = k.in_types[0].shape[-1]
+    soft = k.in_types[1].is_float
     m, s, lse, total, tv = (k.fresh(p) for p in ("m", "s", "lse", "acc", "tv"))
     grad = k.rows(grad_var, k.in_types[0]) if grad_var else None
     g = f"{k.ins[2]}[0]" if not with_loss else "1.0"
@@ -264,6 +265,16 @@ def _ce_kernel(k, with_loss: bool, grad_var=None, scale_only=False):
         with k.block(f"for c in range({z}.shape[1]):"):
             k.line(f"{s} += np.exp({z}[r, c] - {m})")
         k.line(f"{lse} = {m} + np.log({s})")
+        # d/dz of −Σ t·log softmax(z) is softmax·Σt − t; Σt is 1 for labels but not for any
+        # float target (an unnormalised weighting is allowed).
+        tsum = "1.0"
+        if soft:
+            tsum = k.fresh("ts")
+            k.line(f"{tsum} = 0.0")
+            with k.block(f"for c in range({z}.shape[1]):"):
+                k.line(f"{tsum} += {target('r', 'c')}")
+            if eps:
+                k.line(f"{tsum} = {tsum} * {1 - eps!r} + {eps!r}")
         with k.block(f"for c in range({z}.shape[1]):"):
             k.line(f"{tv} = {target('r', 'c')}")
             if eps:
@@ -271,7 +282,8 @@ def _ce_kernel(k, with_loss: bool, grad_var=None, scale_only=False):
             if with_loss:
                 k.line(f"{total} += {tv} * ({lse} - {z}[r, c])")
             if grad:
-                k.line(f"{grad}[r, c] = (np.exp({z}[r, c] - {lse}) - {tv}) * ({g} / {z}.shape[0])")
+                k.line(f"{grad}[r, c] = (np.exp({z}[r, c] - {lse}) * {tsum} - {tv}) * "
+                       f"({g} / {z}.shape[0])")
     if with_loss:
         k.line(f"{k.out}[0] = {total} / {z}.shape[0]")
 

@@ -152,8 +152,34 @@ def cpu_penalty(choices, layer: str, param_name: str, c, p: str) -> list[str]:
         a = choice.args
         if choice.name in ("l2", "elastic_net"):
             strength = a["strength"] if choice.name == "l2" else a["l2"]
-            lines.append(f"gi += {c(2 * strength)} * {p}[i]")
+            if strength:
+                lines.append(f"gi += {c(2 * strength)} * {p}[i]")
         if choice.name in ("l1", "elastic_net"):
             strength = a["strength"] if choice.name == "l1" else a["l1"]
-            lines.append(f"gi += {c(strength)} * np.sign({p}[i])")
+            if strength:
+                lines.append(f"gi += {c(strength)} * np.sign({p}[i])")
     return lines
+
+
+# An update that the weight gradient's matrix product can perform itself, through gemm's
+# C ← α·A·B + β·C: `target` is the array the product accumulates into ("param" or a state
+# slot), `first`/`later` the (α, β) source for step 1 and later steps, `after` the loop body
+# that finishes the update (may be empty).  Plain SGD needs no second pass at all.
+@dataclasses.dataclass(frozen=True)
+class GemmUpdate:
+    target: str
+    first: tuple
+    later: tuple
+    after: tuple
+
+
+def _sgd_absorb(a):
+    if a["weight_decay"] or a["nesterov"]:
+        return None
+    if not a["momentum"]:
+        return GemmUpdate("param", ("-lr", "1.0"), ("-lr", "1.0"), ())
+    return GemmUpdate("velocity", ("1.0", "0.0"), (repr(1 - a["dampening"]), repr(a["momentum"])),
+                      ("{p}[i] -= lr * {velocity}[i]",))
+
+
+CPU_ABSORB = {"sgd": _sgd_absorb}

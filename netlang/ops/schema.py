@@ -8,6 +8,7 @@ unknown, missing or ill-typed argument the same way.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Sequence
 
 from netlang.errors import did_you_mean
@@ -47,7 +48,13 @@ def _int(value):
 def _float(value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the range of floats
+        raise ValueError("a finite number") from None
+    if not math.isfinite(number):  # `1e999` reads as infinity
+        raise ValueError("a finite number")
+    return number
 
 
 def _bool(value):

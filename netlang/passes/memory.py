@@ -26,12 +26,14 @@ class BufferPlan:
     root_of: dict        # node → the node that owns the buffer it lives in
 
 
-def plan_buffers(graph: Graph, order: list, fusion, keep: set) -> BufferPlan:
+def plan_buffers(graph: Graph, order: list, fusion, keep: set, skip=()) -> BufferPlan:
+    """`skip`: computed nodes whose value is never stored (a gradient consumed by the update
+    inside its own matrix product)."""
     position = {node: i for i, node in enumerate(order)}
     root_of = {}
     for node in order:
         op = graph.op(node)
-        if op in EXTERNAL:
+        if op in EXTERNAL or node in skip:
             continue
         if node in fusion.host_of:
             root_of[node] = root_of.get(fusion.host_of[node], fusion.host_of[node])
@@ -45,12 +47,12 @@ def plan_buffers(graph: Graph, order: list, fusion, keep: set) -> BufferPlan:
     birth = {}
     for node in order:
         root = root_of.get(node)
-        if root is None:
-            continue
-        birth.setdefault(root, position[node])
-        last_use[root] = max(last_use.get(root, position[node]), position[node])
-        if node in keep:
-            last_use[root] = end
+        if root is not None:
+            birth.setdefault(root, position[node])
+            last_use[root] = max(last_use.get(root, position[node]), position[node])
+            if node in keep:
+                last_use[root] = end
+        # Every computed node reads its operands, stored or not (a skipped gradient's product).
         for operand in graph.operands(node):
             operand_root = root_of.get(operand)
             if operand_root is not None:

@@ -22,7 +22,7 @@ import threading
 import numpy as np
 
 from netlang import __version__
-from netlang.codegen.cpu import ParamUpdate, optimizer_tail, render_program, supported
+from netlang.codegen.cpu import ParamUpdate, UpdatePlan, render_program, supported
 from netlang.config import cache_dir, debug, debug_level, timed
 from netlang.errors import DataError
 from netlang.interp import needed_nodes
@@ -74,8 +74,10 @@ class CompiledProgram:
 
     def __init__(self, graph, order, keep, dtype, function, title, update=None):
         self.graph = graph
+        absorbed = set(update.absorbed) if update is not None else set()
+        keep = [n for n in keep if n not in absorbed]
         fusion = plan_fusion(graph, order, set(keep))
-        self.buffers = plan_buffers(graph, order, fusion, set(keep))
+        self.buffers = plan_buffers(graph, order, fusion, set(keep), skip=absorbed)
         self.program = render_program(graph, order, fusion, self.buffers, dtype=np.dtype(dtype).name,
                                       function=function, keep=keep, update=update, title=title)
         self.dtype = dtype
@@ -176,10 +178,11 @@ class CpuEngine:
             order = needed_nodes(graph, keep)
             updates = [ParamUpdate(name, grad_nodes[name], self.layer_of[name])
                        for name in self.trainable if name in grad_nodes]
-            tail = optimizer_tail(updates, self.config.optimizer, self.config.regularizers,
-                                  self.config.clip_norm)
+            plan = UpdatePlan(graph, order, updates, self.config.optimizer,
+                              self.config.regularizers, self.config.clip_norm,
+                              np.dtype(self.dtype).name)
             step = CompiledProgram(graph, order, keep, self.dtype, "train_step",
-                                   self._title, update=tail)
+                                   self._title, update=plan)
             self._programs["train"] = (graph, grads, grad_nodes, step, (order, keep))
         return self._programs["train"]
 

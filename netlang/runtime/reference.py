@@ -46,6 +46,7 @@ class ReferenceEngine:
             grads = differentiate(graph, wrt)
             after_pass(graph, "autodiff")
             targets = [grads.objective] + [g for g in grads.of.values() if g is not None]
+            targets += list(grads.of)  # the differentiated values too: zero gradients take their shape
             targets += [n for n, _ in graph.graph["losses"]]
             targets += list(graph.graph["outputs"].values())
             self._train = (graph, grads, needed_nodes(graph, targets), targets)
@@ -59,10 +60,8 @@ class ReferenceEngine:
         named = {}
         for node, g in grads.of.items():
             name = graph.nodes[node]["name"]
-            named[name] = values[g] if g is not None else np.zeros(graph.type_of(node).shape[1:]
-                                                                   if graph.type_of(node).batched
-                                                                   else graph.type_of(node).shape,
-                                                                   dtype=self.dtype)
+            # No path to the objective: the gradient is zero, shaped like the value itself.
+            named[name] = values[g] if g is not None else np.zeros_like(values[node])
         outputs = {name: values[n] for name, n in graph.graph["outputs"].items()}
         return float(values[grads.objective]), named, outputs
 
