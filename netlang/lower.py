@@ -113,22 +113,12 @@ class Scope:
         return self.visible_names() | self.declared
 
 
-def _binary(fn):
-    def apply(a, b):
-        return fn(a, b)
-    return apply
-
-
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
                "//": operator.floordiv, "%": operator.mod, "**": operator.pow}
 _COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
             ">": operator.gt, ">=": operator.ge}
 _BUILTINS = {"min": min, "max": max, "abs": abs, "int": lambda v: int(math.floor(v)),
              "round": round, "ceil": lambda v: int(math.ceil(v))}
-
-
-def _span(loc: SourceLocation | None) -> SourceLocation | None:
-    return loc
 
 
 class Lowerer:
@@ -880,7 +870,7 @@ class Lowerer:
         spec = payload
         return self.graph.add_op(
             "param", (), {"shape": spec.shape, "init": spec.init, "fan_in": spec.fan_in,
-                          "fan_out": spec.fan_out},
+                          "fan_out": spec.fan_out, "penalise": spec.penalised},
             type_, name=f"{layer}.{spec.name}", role="buffer" if spec.buffer else "param",
             layer=layer, trace=scope.trace)
 
@@ -891,8 +881,7 @@ class Lowerer:
             raise Problem(f"block `{name}` instantiates itself" if name in self.block_stack else
                           f"blocks nested more than {MAX_BLOCK_DEPTH} deep", step.op_loc, "name")
         instance = self.layer_name(name, label, scope) if not label else scope.prefix + label
-        if self.graph.has_name(instance) or any(n.startswith(instance + ".") for n in
-                                                 self.graph._names):
+        if self.graph.has_name(instance) or self.graph.has_prefix(instance):
             raise Problem(f"a layer named `{instance}` already exists", step.loc, "name")
         params = self.bind_block_args(block, step, scope)
         inputs = [item for item in definition.body if isinstance(item, ast.Input)]
@@ -985,7 +974,40 @@ def _check_tensors(incoming, step):
                           step.op_loc, "argument")
 
 
+# AST nodes are immutable, and a block's body is re-examined at every instantiation, so the
+# names a statement defines and uses are worked out once per node object: (kind, id(node)) →
+# (node, result).  Holding the node keeps its id from being reused; `lower_source` empties
+# the memo when it finishes.
+_NAMES_MEMO: dict = {}
+
+
+def _memoised(kind: str, node, compute):
+    key = (kind, id(node))
+    hit = _NAMES_MEMO.get(key)
+    if hit is not None and hit[0] is node:
+        return hit[1]
+    result = compute(node)
+    _NAMES_MEMO[key] = (node, result)
+    return result
+
+
 def _defined_names(item) -> list[str]:
+    return list(_memoised("defined", item, _compute_defined_names))
+
+
+def _used_names(item) -> set[str]:
+    return set(_memoised("used", item, _compute_used_names))
+
+
+def _compute_defined_names(item) -> tuple[str, ...]:
+    return tuple(_defined_names_uncached(item))
+
+
+def _compute_used_names(item) -> frozenset[str]:
+    return frozenset(_used_names_uncached(item))
+
+
+def _defined_names_uncached(item) -> list[str]:
     if isinstance(item, ast.Const):
         return [item.name.id]
     if isinstance(item, ast.Input):
@@ -1010,7 +1032,7 @@ def _labels(expr) -> list[str]:
     return out
 
 
-def _used_names(item) -> set[str]:
+def _used_names_uncached(item) -> set[str]:
     if isinstance(item, (ast.Import, ast.BlockDef, ast.Train)):
         return set()
     used = set()
@@ -1054,6 +1076,29 @@ def _block_free_names(item, module) -> set[str]:
     return free
 
 
+# AST class → the names of the fields `_walk` descends into (None: not an AST node).  Looked up
+# once per class: `dataclasses.fields` per node was most of the front end's time.
+_WALK_FIELDS: dict[type, tuple[str, ...] | None] = {}
+
+
+def _walk_fields(cls) -> tuple[str, ...] | None:
+    if not dataclasses.is_dataclass(cls):
+        _WALK_FIELDS[cls] = None
+        return None
+    names = []
+    for field in dataclasses.fields(cls):
+        if field.name in ("loc", "op_loc", "label_loc", "dtype_loc"):
+            continue
+        if issubclass(cls, ast.Assign) and field.name == "targets":
+            continue
+        if issubclass(cls, (ast.Const, ast.Input, ast.Output, ast.BlockParam)) and \
+                field.name == "name":
+            continue
+        names.append(field.name)
+    _WALK_FIELDS[cls] = fields = tuple(names)
+    return fields
+
+
 def _walk(node):
     """Every AST node below `node` (iteratively, so deep chains cannot overflow the stack)."""
     stack = [node]
@@ -1064,19 +1109,18 @@ def _walk(node):
         if isinstance(current, tuple):
             stack.extend(current)
             continue
-        if not dataclasses.is_dataclass(current):
+        cls = current.__class__
+        fields = _WALK_FIELDS[cls] if cls in _WALK_FIELDS else _walk_fields(cls)
+        if fields is None:
             continue
         yield current
-        for field in dataclasses.fields(current):
-            if field.name in ("loc", "op_loc", "label_loc", "dtype_loc"):
+        for name in fields:
+            value = getattr(current, name)
+            if isinstance(value, tuple):
+                stack.append(value)
                 continue
-            if isinstance(current, (ast.Assign,)) and field.name == "targets":
-                continue
-            if isinstance(current, (ast.Const, ast.Input, ast.Output, ast.BlockParam)) and \
-                    field.name == "name":
-                continue
-            value = getattr(current, field.name)
-            if isinstance(value, (tuple, list)) or dataclasses.is_dataclass(value):
+            cls = value.__class__
+            if (_WALK_FIELDS[cls] if cls in _WALK_FIELDS else _walk_fields(cls)) is not None:
                 stack.append(value)
 
 
@@ -1119,6 +1163,8 @@ def lower_source(source: str | None, path: str) -> Graph:
             "this is nested too deeply to compile (blocks within blocks within long expressions)",
             loc, "syntax")])
         raise  # unreachable: raise_diagnostics raises
+    finally:
+        _NAMES_MEMO.clear()
 
 
 def _lower(lowerer: Lowerer, source: str | None, path: str) -> Graph:

@@ -112,6 +112,7 @@ ODD = [
     "",
     "const s = \"a\\\"b(((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((\"\n",
     "input x\r\nh = x -> dense(2)  # crlf\r\n",
+    "if a {} # between the if body and else\nelse {}\nif b {} else { # in an empty else\n}\n",
     "y = x " + "".join(f"-> dense({i}) " for i in range(20)) + "# long chain\n",
 ]
 
@@ -203,6 +204,46 @@ def test_long_chains_break_and_short_ones_do_not():
     block = format_source("block b() { input x\n output y = x" + " -> relu" * 12 + " }")
     assert all(len(line) <= MAX_WIDTH for line in block.splitlines())
     assert "\n  output y = x\n    -> relu\n" in block
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("((a + b)) * c", "(a + b) * c"),
+    ("a + (b * c)", "a + b * c"),
+    ("a - (b - c)", "a - (b - c)"),
+    ("(a - b) - c", "a - b - c"),
+    ("a / (b * c) // d % e", "a / (b * c) // d % e"),
+    ("(a ** b) ** c", "(a ** b) ** c"),
+    ("a ** (b ** c)", "a ** b ** c"),
+    ("a ** (-b)", "a ** -b"),
+    ("-(a ** b)", "-a ** b"),
+    ("(-a) ** b", "(-a) ** b"),
+    ("(-2) ** b", "(-2) ** b"),
+    ("- - x", "--x"),
+    ("a - (-2)", "a - -2"),
+    ("not (a == b)", "not a == b"),
+    ("(not a) == b", "(not a) == b"),
+    ("(a < b) == (c < d)", "(a < b) == (c < d)"),
+    ("(a and b) or c", "a and b or c"),
+    ("a and (b or c)", "a and (b or c)"),
+    ("not (a and b)", "not (a and b)"),
+    ("(x).shape[(0)]", "x.shape[0]"),
+    ("(-x).shape", "(-x).shape"),
+    ("(2).x + (1.5).y", "(2).x + (1.5).y"),
+    ("( 1 , )", "(1,)"),
+    ("(1,2,)", "(1, 2)"),
+    ("max(a=1,b = 2 ,)", "max(a = 1, b = 2)"),
+    (r'"a\tb\\c\"d\qe"', r'"a\tb\\c\"dqe"'),  # `\q` is `q`
+    ('"a\tb"', r'"a\tb"'),  # a raw tab comes out escaped
+    ("1_000.0e-3 + .5", "1_000.0e-3 + .5"),
+])
+def test_expressions_print_with_minimal_parentheses(source, expected):
+    assert format_source(f"const c = {source}") == f"const c = {expected}\n"
+
+
+def test_trailing_comments_line_up_within_a_run():
+    source = "y = x\n  -> dense(1) # a\n  -> relu\n  -> dense(100)   # b\nz = 1 # c\n"
+    assert format_source(source) == ("y = x\n  -> dense(1)    # a\n  -> relu\n"
+                                     "  -> dense(100)  # b\nz = 1  # c\n")
 
 
 def test_comments_that_have_no_place_move_before_their_statement():

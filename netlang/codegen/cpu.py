@@ -323,6 +323,7 @@ class ParamUpdate:
     name: str        # parameter name
     grad: int        # its gradient node
     layer: str       # the layer owning it (regularisers may name layers)
+    penalised: bool  # whether weight penalties apply to it
 
 
 class UpdatePlan:
@@ -353,7 +354,7 @@ class UpdatePlan:
                              if c in position and position[c] > position[u.grad]]
             if (rule is not None and graph.op(u.grad) == "dense_grad_weight"
                     and not readers_after
-                    and not cpu_penalty(regularizers, u.layer, u.name, lambda v: "", "p")):
+                    and not cpu_penalty(regularizers, u.layer, u.penalised, lambda v: "", "p")):
                 self.absorbed[u.grad] = u
             else:
                 self.rest.append(u)
@@ -411,7 +412,7 @@ class UpdatePlan:
             for u, pf, gf, names in flats:
                 with e.block(f"for i in range({gf}.size):"):
                     e.line(f"gi = {gf}[i]")
-                    for line in self.penalty(self.regularizers, u.layer, u.name, c, pf):
+                    for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
                         e.line(line)
                     e.line("norm2 += gi * gi")
             e.line("clipf = 1.0")
@@ -423,7 +424,7 @@ class UpdatePlan:
                 e.line(line)
             with e.block(f"for i in range({gf}.size):"):
                 e.line(f"gi = {gf}[i]")
-                for line in self.penalty(self.regularizers, u.layer, u.name, c, pf):
+                for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
                     e.line(line)
                 if clip:
                     e.line("gi = gi * clipf")

@@ -257,20 +257,29 @@ def _check_ast_depth(module: ast.Module, path: str, source: str) -> None:
     parse tree, and lowering evaluates expressions recursively."""
     import dataclasses
     stack = [(module, 1)]
+    fields_of = _AST_FIELDS  # class → its non-location field names (None: not an AST node)
     while stack:
         node, depth = stack.pop()
         if isinstance(node, tuple):
             stack.extend((item, depth) for item in node)
             continue
-        if not dataclasses.is_dataclass(node):
+        cls = node.__class__
+        if cls not in fields_of:
+            fields_of[cls] = (tuple(f.name for f in dataclasses.fields(cls)
+                                    if not f.name.endswith("loc"))
+                              if dataclasses.is_dataclass(cls) else None)
+        names = fields_of[cls]
+        if names is None:
             continue
         if depth > MAX_DEPTH:
             loc = node.loc
             position = (loc.line, loc.column, loc.end_line, loc.end_column) if loc else (1, 1, None, None)
             raise _too_deep(path, source, position)
-        for field in dataclasses.fields(node):
-            if not field.name.endswith("loc"):
-                stack.append((getattr(node, field.name), depth + 1))
+        for name in names:
+            stack.append((getattr(node, name), depth + 1))
+
+
+_AST_FIELDS: dict = {}
 
 
 def _loc_of(meta, path, source) -> SourceLocation:
@@ -442,6 +451,7 @@ def _more_syntax_errors(source: str, path: str, first_line: int) -> list:
 
     found, after = [], first_line  # `after`: 0-based index of the first line to consider
     position = 0
+    characters = len(source)
     while len(found) < MAX_SYNTAX_ERRORS - 1 and budget > 0:
         while position < len(candidates) and candidates[position] < after:
             position += 1
@@ -457,6 +467,9 @@ def _more_syntax_errors(source: str, path: str, first_line: int) -> list:
             break
         start, end = chunk
         text = "\n" * start + "\n".join(lines[start:end])  # padded: lines keep their numbers
+        characters -= len(text) - start
+        if characters < 0:  # recovery may re-read the file about once, no more
+            break
         try:
             _parser().parse(text)
         except lark.exceptions.UnexpectedInput as exc:

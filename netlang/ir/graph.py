@@ -32,6 +32,12 @@ from netlang.ir.types import TensorType
 ROLES = ("input", "param", "buffer", "layer", "loss", "internal")
 
 
+def _dotted_prefixes(name: str) -> list[str]:
+    """`a.b.c` → [`a`, `a.b`]."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
 class Graph(nx.MultiDiGraph):
     """The IR graph: networkx, plus a few helpers that keep its invariants."""
 
@@ -43,6 +49,7 @@ class Graph(nx.MultiDiGraph):
         self.graph.setdefault("train", None)
         self._ids = itertools.count(max(self.nodes, default=-1) + 1)
         self._names: dict[str, int] = {d["name"]: n for n, d in self.nodes(data=True) if "name" in d}
+        self._prefixes: set[str] = {p for name in self._names for p in _dotted_prefixes(name)}
 
     def add_op(self, op: str, inputs=(), attrs=None, type: TensorType | None = None, *,
                name: str, role: str = "layer", layer: str | None = None,
@@ -58,6 +65,7 @@ class Graph(nx.MultiDiGraph):
         for position, source in enumerate(inputs):
             self.add_edge(source, node, key=position, type=self.nodes[source]["type"])
         self._names[name] = node
+        self._prefixes.update(_dotted_prefixes(name))
         return node
 
     def set_type(self, node: int, type: TensorType) -> None:
@@ -79,6 +87,7 @@ class Graph(nx.MultiDiGraph):
         if not as_view:
             copied._ids = itertools.count(max(self.nodes, default=-1) + 1)
             copied._names = dict(self._names)
+            copied._prefixes = set(self._prefixes)
             # networkx copies graph-level data shallowly; passes edit these containers.
             for key, value in self.graph.items():
                 if isinstance(value, (dict, list)):
@@ -90,6 +99,10 @@ class Graph(nx.MultiDiGraph):
 
     def has_name(self, name: str) -> bool:
         return name in self._names
+
+    def has_prefix(self, prefix: str) -> bool:
+        """Whether some node is named `prefix.<more>` (so `prefix` names a block instance)."""
+        return prefix in self._prefixes
 
     def unique_name(self, base: str) -> str:
         """`base` if free, else `base_2`, `base_3`, ..."""

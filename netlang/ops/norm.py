@@ -26,7 +26,8 @@ def _batchnorm_shape(ctx, a):
 @batchnorm.params
 def _batchnorm_params(inputs, a):
     c = inputs[0].shape[-1]
-    return [ParamSpec("weight", (c,), "ones"), ParamSpec("bias", (c,), "zeros"),
+    # The scale is not penalised: shrinking it towards zero fights the normalisation.
+    return [ParamSpec("weight", (c,), "ones", penalise=False), ParamSpec("bias", (c,), "zeros"),
             ParamSpec("running_mean", (c,), "zeros", buffer=True),
             ParamSpec("running_var", (c,), "ones", buffer=True)]
 

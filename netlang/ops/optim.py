@@ -141,9 +141,11 @@ CPU_UPDATE = {"sgd": _sgd_update, "adagrad": _adagrad_update, "rmsprop": _rmspro
               "adam": _adam_update(False), "adamw": _adam_update(True)}
 
 
-def cpu_penalty(choices, layer: str, param_name: str, c, p: str) -> list[str]:
-    """Lines adding the regularisers' gradient for one weight element to `gi`."""
-    if not param_name.endswith("weight") and "weight_" not in param_name.rsplit(".", 1)[-1]:
+def cpu_penalty(choices, layer: str, penalised: bool, c, p: str) -> list[str]:
+    """Lines adding the regularisers' gradient for one weight element to `gi`.
+
+    `penalised` comes from the parameter (its op's ParamSpec): biases and norm scales are not."""
+    if not penalised:
         return []
     lines = []
     for choice in choices:

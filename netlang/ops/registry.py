@@ -30,6 +30,14 @@ class ParamSpec:
     fan_in: int = 1
     fan_out: int = 1
     buffer: bool = False
+    # Whether weight penalties (L1, L2, elastic net) apply; by default to weights, not biases.
+    penalise: bool | None = None
+
+    @property
+    def penalised(self) -> bool:
+        if self.penalise is not None:
+            return self.penalise
+        return not self.buffer and (self.name == "weight" or self.name.startswith("weight_"))
 
 
 class ShapeContext:

@@ -176,7 +176,8 @@ class CpuEngine:
             grad_nodes = {graph.nodes[n]["name"]: g for n, g in grads.of.items() if g is not None}
             keep = [grads.objective] + losses + outputs + list(grad_nodes.values())
             order = needed_nodes(graph, keep)
-            updates = [ParamUpdate(name, grad_nodes[name], self.layer_of[name])
+            updates = [ParamUpdate(name, grad_nodes[name], self.layer_of[name],
+                                   graph.nodes[graph.node_named(name)]["attrs"].get("penalise", False))
                        for name in self.trainable if name in grad_nodes]
             plan = UpdatePlan(graph, order, updates, self.config.optimizer,
                               self.config.regularizers, self.config.clip_norm,

@@ -70,7 +70,9 @@ class ReferenceEngine:
         loss, grads, outputs = self.gradients(feeds)
         grads = {n: grads[n] for n in self.trainable}
         for name in self.trainable:
-            penalty = regularizer_gradient(self.config.regularizers, self.layer_of, name,
+            node = self.graph.node_named(name)
+            penalty = regularizer_gradient(self.config.regularizers, self.layer_of[name],
+                                           self.graph.nodes[node]["attrs"].get("penalise", False),
                                            self.params[name])
             if penalty is not None:
                 grads[name] = grads[name] + penalty

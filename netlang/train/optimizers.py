@@ -13,13 +13,15 @@ import numpy as np
 from netlang.ir.train_config import Choice
 
 
-def regularizer_gradient(choices, layer_of: dict, name: str, weight: np.ndarray):
-    """The penalty's gradient for one parameter, or None. Biases and norms are not penalised."""
-    if not name.endswith("weight") and "weight_" not in name.rsplit(".", 1)[-1]:
+def regularizer_gradient(choices, layer: str, penalised: bool, weight: np.ndarray):
+    """The penalty's gradient for one parameter, or None.
+
+    `penalised` comes from the parameter (its op's ParamSpec): biases and norm scales are not."""
+    if not penalised:
         return None
     total = None
     for choice in choices:
-        if choice.layers and layer_of[name] not in choice.layers:
+        if choice.layers and layer not in choice.layers:
             continue
         a = choice.args
         if choice.name == "l2":
