@@ -20,6 +20,8 @@ class ExecContext:
     mode: str = "eval"  # "train": dropout active, batch statistics
     rng: np.random.Generator = dataclasses.field(default_factory=lambda: np.random.default_rng(0))
     dtype: type = np.float32
+    # Buffer name → new value, from ops with a state rule (training mode only).
+    state_updates: dict = dataclasses.field(default_factory=dict)
 
 
 def needed_nodes(graph: Graph, targets) -> list[int]:
@@ -51,8 +53,12 @@ def execute(graph: Graph, feeds: dict, params: dict, targets, ctx: ExecContext |
             rule = get_op(op).forward_rule
             if rule is None:
                 raise NotImplementedError(f"op `{op}` has no reference forward yet")
+            opdef = get_op(op)
             inputs = [values[o] for o in data["inputs"]]
             values[node] = rule(inputs, data["attrs"], ctx)
+            if ctx.mode == "train" and opdef.state_rule is not None:
+                for index, value in opdef.state_rule(inputs, data["attrs"], ctx).items():
+                    ctx.state_updates[graph.nodes[data["inputs"][index]]["name"]] = value
     return values
 
 

@@ -218,7 +218,7 @@ class Lowerer:
 
     def _define_block(self, env: ModuleEnv, item: ast.BlockDef):
         name = item.name.id
-        if get_op(name) is not None:
+        if _user_op(name) is not None:
             self.report(Problem(f"block `{name}` has the name of a built-in layer", item.name.loc,
                                 "name"), None)
             return
@@ -300,7 +300,7 @@ class Lowerer:
                 where = (f" (first on line {first.line})" if name.loc is None or first.line != name.loc.line
                          else f" (first at column {first.column})")
             raise Problem(f"`{name.id}` is defined twice{where}", name.loc, "name")
-        if name.id in _BUILTINS or get_op(name.id) is not None:
+        if name.id in _BUILTINS or _user_op(name.id) is not None:
             raise Problem(f"`{name.id}` is the name of a built-in; choose another name", name.loc,
                           "name")
 
@@ -472,7 +472,7 @@ class Lowerer:
             except KeyError:
                 if expr.id in bare_words:
                     return expr.id
-                if expr.id in scope.module.blocks or get_op(expr.id) is not None:
+                if expr.id in scope.module.blocks or _user_op(expr.id) is not None:
                     raise Problem(f"`{expr.id}` is a layer, not a value; use it in a chain: "
                                   f"`x -> {expr.id}`", expr.loc, "name") from None
                 raise self.unknown_name(expr.id, expr.loc, scope) from None
@@ -530,7 +530,7 @@ class Lowerer:
 
     def call_builtin(self, expr: ast.Call, scope: Scope):
         if expr.func not in _BUILTINS:
-            if expr.func in scope.module.blocks or get_op(expr.func) is not None:
+            if expr.func in scope.module.blocks or _user_op(expr.func) is not None:
                 raise Problem(f"`{expr.func}` is a layer; use it in a chain: `x -> {expr.func}(...)`",
                               expr.loc, "name")
             raise Problem(f"unknown function `{expr.func}`{did_you_mean(expr.func, _BUILTINS)}",
@@ -1046,6 +1046,16 @@ def _used_names_uncached(item) -> set[str]:
     if isinstance(item, ast.Input):
         used.discard(item.name.id)
     return used
+
+
+def _user_op(name: str):
+    """The op a user may write in a chain (`dense`, `cross_entropy`), or None.
+
+    Internal ops (`param`, `transpose`, gradient ops, ...) never appear in source, so their
+    names stay free for the user's own values and blocks.
+    """
+    op = get_op(name)
+    return op if op is not None and op.role != "internal" else None
 
 
 def _block_free_names(item, module) -> set[str]:

@@ -248,6 +248,16 @@ def test_without_output_statements_the_layer_a_loss_reads_is_an_output():
     assert model.outputs == {"logits": (None, 3)}
 
 
+def test_a_block_sees_the_constants_of_its_own_file():
+    # A block in the main file used to miss the file's constants (only imported files' were
+    # visible), and a statement using the block could run before the constant was defined.
+    # `scale` is also the name of an internal op, which must not reserve it.
+    model = netlang.compile("output y = x -> widen\n"
+                            "block widen(n = base) {\n  input x\n  output y = x -> dense(n * scale)\n}\n"
+                            "input x: [2]\nconst base = 3\nconst scale = x.shape[0]\n")
+    assert model.outputs == {"y": (None, 6)}
+
+
 # -- the language reference -----------------------------------------------------------------
 
 def _doc_sections():

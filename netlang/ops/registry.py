@@ -92,6 +92,9 @@ class OpDef:
     vjp_rule: Callable | None = None
     # False for ops with no gradient by nature (labels, masks, the backward ops themselves).
     differentiable: bool = True
+    # Training-mode side effect on buffer operands (batch norm's running statistics):
+    # fn(inputs, attrs, ctx) -> {operand index: new value}, applied after the step.
+    state_rule: Callable | None = None
     # CPU kernel templates, rendered into Numba source by netlang.codegen.cpu.  An
     # elementwise op gives a scalar expression over its operands ({0}, {1}, ...), which
     # the code generator fuses into loops; any other op emits statements; a view op

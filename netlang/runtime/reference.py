@@ -57,6 +57,7 @@ class ReferenceEngine:
         graph, grads, order, targets = self._training()
         ctx = ExecContext(mode=mode, rng=self.rng, dtype=self.dtype)
         values = execute(graph, feeds, self.params, targets, ctx, order=order)
+        self._state_updates = ctx.state_updates
         named = {}
         for node, g in grads.of.items():
             name = graph.nodes[node]["name"]
@@ -82,6 +83,8 @@ class ReferenceEngine:
                 factor = self.config.clip_norm / (norm + 1e-6)
                 grads = {n: g * factor for n, g in grads.items()}
         self.optimizer.step(self.params, grads, lr)
+        for name, value in self._state_updates.items():  # running statistics
+            self.params[name][...] = value
         return loss, outputs
 
     def forward(self, feeds: dict, mode: str = "eval", outputs=None) -> dict:
