@@ -160,3 +160,216 @@ def spatial_output(ctx, a):
 
 def spatial_macs(out, kernel) -> int:
     return math.prod(out.shape[1:]) * math.prod(kernel)
+
+
+# ---- forward and backward ------------------------------------------------------------------
+#
+# Three array functions carry every convolution, forward and backward:
+#   conv2d_array             windows of the padded input (im2col) contracted with the weight
+#   conv2d_grad_input_array  the weight contracted with g, scattered back window by window (col2im)
+#   conv2d_grad_weight_array windows of the padded input contracted with g over batch and space
+# A transposed convolution is the same three with the roles swapped: its forward is conv2d's
+# input gradient, its input gradient a conv2d forward, its weight gradient conv2d's weight
+# gradient with input and gradient exchanged.  Loops run over kernel offsets only, never pixels.
+
+import numpy as np  # noqa: E402
+from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
+
+from netlang.ops.registry import define_internal  # noqa: E402
+
+
+def pad_hw(x, pads, value=0.0):
+    """Pads the two spatial axes of (N, H, W, C) by ((top, bottom), (left, right))."""
+    (t, b), (l, r) = pads
+    if not (t or b or l or r):
+        return x
+    return np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=value)
+
+
+def windows(xp, kernel, stride, dilation, out_hw):
+    """A view (N, OH, OW, C, kh, kw) of the first OH×OW windows of the padded input."""
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_hw
+    view = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2))
+    return view[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw, :, ::dh, ::dw]
+
+
+def scatter_windows(cols, size_hw, stride, dilation, fill=0.0):
+    """The adjoint of `windows`: adds cols (N, OH, OW, kh, kw, C) back into an (N, Hp, Wp, C)
+    array at each window's positions, one strided slice per kernel offset."""
+    n, oh, ow, kh, kw, c = cols.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    hp = max(size_hw[0], (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(size_hw[1], (ow - 1) * sw + (kw - 1) * dw + 1)
+    out = np.full((n, hp, wp, c), fill, dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw, :] \
+                += cols[:, :, :, i, j, :]
+    return out
+
+
+def conv_pads(in_hw, a):
+    """Explicit ((top, bottom), (left, right)) padding of a conv2d for an input of size in_hw."""
+    return resolve_padding(in_hw, a["kernel"], a["stride"], a.get("dilation", (1, 1)), a["padding"])
+
+
+def conv2d_array(x, w, stride, pads, dilation, groups):
+    """Cross-correlation of x (N, H, W, C) with w (F, C/groups, kh, kw) → (N, OH, OW, F)."""
+    f, cg, kh, kw = w.shape
+    xp = pad_hw(x, pads)
+    out_hw = tuple(conv_output_size(size, k, s, d, 0)
+                   for size, k, s, d in zip(xp.shape[1:3], (kh, kw), stride, dilation))
+    win = windows(xp, (kh, kw), stride, dilation, out_hw)
+    n, oh, ow = win.shape[:3]
+    if groups == 1:
+        return np.tensordot(win, w, axes=([3, 4, 5], [1, 2, 3]))
+    win = win.reshape(n, oh, ow, groups, cg, kh, kw)
+    out = np.einsum("nhwgcij,gfcij->nhwgf", win, w.reshape(groups, f // groups, cg, kh, kw),
+                    optimize=True)
+    return out.reshape(n, oh, ow, f)
+
+
+def conv2d_grad_input_array(g, w, in_hw, stride, pads, dilation, groups):
+    """d/dx of conv2d for g (N, OH, OW, F): (N, H, W, C) with (H, W) = in_hw."""
+    n, oh, ow, f = g.shape
+    _, cg, kh, kw = w.shape
+    if groups == 1:
+        cols = np.tensordot(g, w.transpose(0, 2, 3, 1), axes=([3], [0]))   # (N, OH, OW, kh, kw, C)
+    else:
+        cols = np.einsum("nhwgf,gfcij->nhwijgc", g.reshape(n, oh, ow, groups, f // groups),
+                         w.reshape(groups, f // groups, cg, kh, kw), optimize=True)
+        cols = cols.reshape(n, oh, ow, kh, kw, groups * cg)
+    (t, b), (l, r) = pads
+    full = scatter_windows(cols, (in_hw[0] + t + b, in_hw[1] + l + r), stride, dilation)
+    return np.ascontiguousarray(full[:, t:t + in_hw[0], l:l + in_hw[1], :])
+
+
+def conv2d_grad_weight_array(g, x, kernel, stride, pads, dilation, groups):
+    """d/dw of conv2d: (F, C/groups, kh, kw), g summed against the input windows."""
+    n, oh, ow, f = g.shape
+    kh, kw = kernel
+    win = windows(pad_hw(x, pads), kernel, stride, dilation, (oh, ow))
+    if groups == 1:
+        return np.tensordot(g, win, axes=([0, 1, 2], [0, 1, 2]))
+    cg = x.shape[3] // groups
+    out = np.einsum("nhwgf,nhwgcij->gfcij", g.reshape(n, oh, ow, groups, f // groups),
+                    win.reshape(n, oh, ow, groups, cg, kh, kw), optimize=True)
+    return out.reshape(f, cg, kh, kw)
+
+
+def _with_bias(y, ins):
+    if len(ins) > 2:
+        y += ins[2]
+    return y
+
+
+@conv2d.forward
+def _conv2d_forward(ins, a, ctx):
+    x, w = ins[0], ins[1]
+    return _with_bias(conv2d_array(x, w, a["stride"], conv_pads(x.shape[1:3], a), a["dilation"],
+                                   a["groups"]), ins)
+
+
+# Backward ops carry explicit padding, resolved against the forward input's size.
+_CONV_GRAD_ARGS = "stride, padding ((top, bottom), (left, right)), dilation, groups"
+
+
+def _grad_input_shape(ctx, a):
+    g, w = ctx.inputs
+    return g.with_shape((g.shape[0],) + tuple(a["in_hw"]) + (w.shape[1] * a["groups"],))
+
+
+conv2d_grad_input = define_internal(
+    "conv2d_grad_input", family="conv", arity=2, shape=_grad_input_shape,
+    doc=f"dx of conv2d from (g, weight); attrs in_hw, {_CONV_GRAD_ARGS}. Also the forward of "
+        "conv_transpose2d.")
+conv2d_grad_input.forward(lambda ins, a, ctx: conv2d_grad_input_array(
+    ins[0], ins[1], a["in_hw"], a["stride"], a["padding"], a["dilation"], a["groups"]))
+
+
+def _grad_weight_shape(ctx, a):
+    g, x = ctx.inputs
+    return g.with_shape((g.shape[-1], x.shape[-1] // a["groups"]) + tuple(a["kernel"]))
+
+
+conv2d_grad_weight = define_internal(
+    "conv2d_grad_weight", family="conv", arity=2, shape=_grad_weight_shape,
+    doc=f"dW of conv2d from (g, x); attrs kernel, {_CONV_GRAD_ARGS}. With g and x exchanged, "
+        "the weight gradient of conv_transpose2d.")
+conv2d_grad_weight.forward(lambda ins, a, ctx: conv2d_grad_weight_array(
+    ins[0], ins[1], a["kernel"], a["stride"], a["padding"], a["dilation"], a["groups"]))
+
+
+def _conv_grad_attrs(a, pads):
+    return {"stride": a["stride"], "padding": pads, "dilation": a["dilation"], "groups": a["groups"]}
+
+
+@conv2d.vjp
+def _conv2d_vjp(b, node, g):
+    operands = b.operands(node)
+    x, w = operands[0], operands[1]
+    a = b.attrs(node)
+    in_hw = tuple(b.type(x).shape[1:3])
+    common = _conv_grad_attrs(a, conv_pads(in_hw, a))
+    grads = [b.add("conv2d_grad_input", [g, w], in_hw=in_hw, **common),
+             b.add("conv2d_grad_weight", [g, x], kernel=tuple(a["kernel"]), **common)]
+    if len(operands) > 2:
+        grads.append(b.add("bias_grad", [g]))
+    return grads
+
+
+def transpose_output_hw(in_hw, a):
+    return tuple((size - 1) * s - 2 * p + d * (k - 1) + op + 1
+                 for size, k, s, p, op, d in zip(in_hw, a["kernel"], a["stride"], a["padding"],
+                                                 a["output_padding"], a["dilation"]))
+
+
+def _transpose_pads(a):
+    (ph, pw) = a["padding"]
+    return ((ph, ph), (pw, pw))
+
+
+@conv_transpose2d.forward
+def _conv_transpose2d_forward(ins, a, ctx):
+    x, w = ins[0], ins[1]
+    out_hw = transpose_output_hw(x.shape[1:3], a)
+    return _with_bias(conv2d_grad_input_array(x, w, out_hw, a["stride"], _transpose_pads(a),
+                                              a["dilation"], a["groups"]), ins)
+
+
+def _transpose_grad_input_shape(ctx, a):
+    g, w = ctx.inputs
+    return g.with_shape((g.shape[0],) + tuple(a["in_hw"]) + (w.shape[0],))
+
+
+conv_transpose2d_grad_input = define_internal(
+    "conv_transpose2d_grad_input", family="conv", arity=2, shape=_transpose_grad_input_shape,
+    doc=f"dx of conv_transpose2d from (g, weight) when output_padding exceeds padding: a conv2d "
+        f"of g, cropped to in_hw; attrs in_hw, {_CONV_GRAD_ARGS}.")
+conv_transpose2d_grad_input.forward(lambda ins, a, ctx: np.ascontiguousarray(conv2d_array(
+    ins[0], ins[1], a["stride"], a["padding"], a["dilation"], a["groups"])
+    [:, :a["in_hw"][0], :a["in_hw"][1], :]))
+
+
+@conv_transpose2d.vjp
+def _conv_transpose2d_vjp(b, node, g):
+    operands = b.operands(node)
+    x, w = operands[0], operands[1]
+    a = b.attrs(node)
+    in_hw = tuple(b.type(x).shape[1:3])
+    pads = _transpose_pads(a)
+    common = _conv_grad_attrs(a, pads)
+    # The input gradient is a convolution of g with the same weight.  Rows and columns that
+    # output_padding added at the bottom/right feed no input: dropping them from the padding
+    # makes the conv's output exactly in_hw.
+    trimmed = tuple((p, p - op) for (p, _), op in zip(pads, a["output_padding"]))
+    if all(after >= 0 for _, after in trimmed):
+        dx = b.add("conv2d", [g, w], filters=b.type(w).shape[0], kernel=tuple(a["kernel"]),
+                   stride=a["stride"], padding=trimmed, dilation=a["dilation"],
+                   groups=a["groups"], bias=False, share=None)
+    else:
+        dx = b.add("conv_transpose2d_grad_input", [g, w], in_hw=in_hw, **common)
+    grads = [dx, b.add("conv2d_grad_weight", [x, g], kernel=tuple(a["kernel"]), **common)]
+    if len(operands) > 2:
+        grads.append(b.add("bias_grad", [g]))
+    return grads
