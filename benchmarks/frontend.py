@@ -59,7 +59,10 @@ def bench_compile(files, runs: int):
                 first = (rel, warm)
             ms, cpu = _median_ms(lambda: netlang.compile(str(path)), runs)
         except netlang.NetlangError as exc:
-            rows.append((rel, None, None, None, f"error: {exc.message.splitlines()[0]}"))
+            message = exc.message.splitlines()[0]
+            note = ("skipped: a library of blocks, no `input`" if "defines no `input`" in message
+                    else f"error: {message}")
+            rows.append((rel, None, None, None, note))
             continue
         nodes = sum(1 for _, d in model.graph.nodes(data=True) if d["role"] in ("layer", "loss"))
         rows.append((rel, ms, cpu, nodes, ""))

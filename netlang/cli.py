@@ -28,7 +28,7 @@ def cmd_check(args) -> int:
 def cmd_graph(args) -> int:
     from netlang.ir.dot import write_graph
     model = _compile(args.file)
-    message = write_graph(model.graph, args.output)
+    message = write_graph(model.graph, args.output, params=args.params)
     if message:
         print(message)
     return 0
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("file")
     graph.add_argument("-o", "--output", required=True,
                        help="out.dot, out.svg or out.png (SVG/PNG need Graphviz's `dot`)")
+    graph.add_argument("--params", action="store_true",
+                       help="draw parameters as nodes of their own instead of in their layer's label")
     graph.set_defaults(run=cmd_graph)
 
     fmt = sub.add_parser("fmt", help="print a .net file in canonical form")

@@ -197,6 +197,9 @@ def test_a_second_engine_reuses_the_compiled_kernels(tmp_path, monkeypatch):
 # Ops whose CPU kernels arrive with later issues; the reference engine runs them meanwhile.
 PENDING_CPU = {
     "conv2d", "conv_transpose2d", "maxpool", "avgpool", "global_avgpool", "batchnorm", "lrn",
+    "conv2d_grad_input", "conv2d_grad_weight", "conv_transpose2d_grad_input", "maxpool_grad",
+    "avgpool_grad", "global_avgpool_grad", "batchnorm_grad_input", "batchnorm_grad_weight",
+    "lrn_grad",
     "rnn", "lstm", "gru", "permute", "maxout", "maxout_grad", "hinge", "hinge_grad",
 }
 
@@ -225,6 +228,9 @@ def test_models_with_pending_ops_fall_back_to_the_reference_engine():
     assert make_engine(model.graph).name == "reference"
     plain = netlang.compile(MODEL % ("sgd", "l2(0.0)", ""))
     assert make_engine(plain.graph).name == "cpu"
+    # A CNN trains (its ops have reference forward and backward rules) but has no CPU kernels yet.
+    cnn = netlang.compile(os.path.join(os.path.dirname(__file__), "..", "examples", "lenet5.net"))
+    assert make_engine(cnn.graph).name == "reference"
 
 
 def test_soft_cross_entropy_targets_match_reference():

@@ -254,3 +254,14 @@ def test_cli_graph_svg_and_png(tmp_path):
     assert "layer1.0.conv2d_1" in "".join(root.itertext())
     assert main(["graph", str(path), "-o", str(png)]) == 0
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_graph_params_flag_draws_parameter_nodes(tmp_path):
+    from netlang.cli import main
+    model = tmp_path / "m.net"
+    model.write_text("input x: [4]\noutput y = x -> dense(3) as fc\n")
+    plain, detailed = tmp_path / "plain.dot", tmp_path / "params.dot"
+    assert main(["graph", str(model), "-o", str(plain)]) == 0
+    assert main(["graph", str(model), "-o", str(detailed), "--params"]) == 0
+    assert "fc.weight" not in plain.read_text().split("label=")[0]
+    assert detailed.read_text().count("->") > plain.read_text().count("->")

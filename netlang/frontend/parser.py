@@ -67,6 +67,8 @@ def _parser_cache_path():
     else:
         home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         directory = os.path.join(home, "netlang", "parser")
+    if not os.path.isabs(directory):  # no home directory to be found: no cache
+        raise OSError("no cache directory")
     key = hashlib.sha256("\0".join([
         grammar_text(), lark.__version__, sys.version, repr(sorted(_LARK_OPTIONS.items())),
         str(_CACHE_FORMAT)]).encode("utf-8")).hexdigest()

@@ -187,10 +187,13 @@ def pad_hw(x, pads, value=0.0):
 
 
 def windows(xp, kernel, stride, dilation, out_hw):
-    """A view (N, OH, OW, C, kh, kw) of the first OH×OW windows of the padded input."""
+    """A view (N, OH, OW, kh, kw, C) of the first OH×OW windows of the padded input.
+
+    Channels stay innermost, so copying the view (im2col) reads contiguous runs."""
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_hw
     view = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2))
-    return view[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw, :, ::dh, ::dw]
+    view = view[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw, :, ::dh, ::dw]
+    return view.transpose(0, 1, 2, 4, 5, 3)
 
 
 def scatter_windows(cols, size_hw, stride, dilation, fill=0.0):
@@ -213,6 +216,11 @@ def conv_pads(in_hw, a):
     return resolve_padding(in_hw, a["kernel"], a["stride"], a.get("dilation", (1, 1)), a["padding"])
 
 
+def _weight_rows(w):
+    """The weight (F, C/groups, kh, kw) as rows (F, kh·kw·C/groups), matching window columns."""
+    return w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+
+
 def conv2d_array(x, w, stride, pads, dilation, groups):
     """Cross-correlation of x (N, H, W, C) with w (F, C/groups, kh, kw) → (N, OH, OW, F)."""
     f, cg, kh, kw = w.shape
@@ -222,9 +230,9 @@ def conv2d_array(x, w, stride, pads, dilation, groups):
     win = windows(xp, (kh, kw), stride, dilation, out_hw)
     n, oh, ow = win.shape[:3]
     if groups == 1:
-        return np.tensordot(win, w, axes=([3, 4, 5], [1, 2, 3]))
-    win = win.reshape(n, oh, ow, groups, cg, kh, kw)
-    out = np.einsum("nhwgcij,gfcij->nhwgf", win, w.reshape(groups, f // groups, cg, kh, kw),
+        return (win.reshape(n * oh * ow, -1) @ _weight_rows(w).T).reshape(n, oh, ow, f)
+    win = win.reshape(n, oh, ow, kh, kw, groups, cg)
+    out = np.einsum("nhwijgc,gfcij->nhwgf", win, w.reshape(groups, f // groups, cg, kh, kw),
                     optimize=True)
     return out.reshape(n, oh, ow, f)
 
@@ -234,7 +242,7 @@ def conv2d_grad_input_array(g, w, in_hw, stride, pads, dilation, groups):
     n, oh, ow, f = g.shape
     _, cg, kh, kw = w.shape
     if groups == 1:
-        cols = np.tensordot(g, w.transpose(0, 2, 3, 1), axes=([3], [0]))   # (N, OH, OW, kh, kw, C)
+        cols = (g.reshape(-1, f) @ _weight_rows(w)).reshape(n, oh, ow, kh, kw, cg)
     else:
         cols = np.einsum("nhwgf,gfcij->nhwijgc", g.reshape(n, oh, ow, groups, f // groups),
                          w.reshape(groups, f // groups, cg, kh, kw), optimize=True)
@@ -249,11 +257,12 @@ def conv2d_grad_weight_array(g, x, kernel, stride, pads, dilation, groups):
     n, oh, ow, f = g.shape
     kh, kw = kernel
     win = windows(pad_hw(x, pads), kernel, stride, dilation, (oh, ow))
-    if groups == 1:
-        return np.tensordot(g, win, axes=([0, 1, 2], [0, 1, 2]))
     cg = x.shape[3] // groups
-    out = np.einsum("nhwgf,nhwgcij->gfcij", g.reshape(n, oh, ow, groups, f // groups),
-                    win.reshape(n, oh, ow, groups, cg, kh, kw), optimize=True)
+    if groups == 1:
+        rows = g.reshape(-1, f).T @ win.reshape(n * oh * ow, -1)        # (F, kh·kw·C)
+        return np.ascontiguousarray(rows.reshape(f, kh, kw, cg).transpose(0, 3, 1, 2))
+    out = np.einsum("nhwgf,nhwijgc->gfcij", g.reshape(n, oh, ow, groups, f // groups),
+                    win.reshape(n, oh, ow, kh, kw, groups, cg), optimize=True)
     return out.reshape(f, cg, kh, kw)
 
 

@@ -101,3 +101,121 @@ dropout.vjp(lambda b, node, g: [g])
 # In evaluation dropout is the identity (a view); in training the graph has replaced it by a
 # product with its mask, which the engine draws and passes in.
 dropout.cpu_view = True
+
+
+# ---- batch normalisation and local response normalisation -----------------------------------
+#
+# Batch norm normalises each channel (the last axis) over every other axis.  In training the
+# statistics are the batch's (the biased variance, as PyTorch normalises with) and the running
+# statistics move towards the batch's mean and *unbiased* variance by `momentum`; in evaluation
+# the running statistics normalise.  The backward ops recompute the statistics from x rather
+# than keeping them, and follow the same mode as the forward (the engine runs both in one pass).
+
+def batch_statistics(x):
+    """(mean, biased variance, count) per channel over every axis but the last."""
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes)
+    var = np.square(x - mean).mean(axis=axes)
+    return mean, var, x.size // x.shape[-1]
+
+
+def _bn_normalised(x, running_mean, running_var, a, ctx):
+    """(x̂, 1/√(var + eps), whether batch statistics were used)."""
+    if ctx.mode == "train":
+        mean, var, _ = batch_statistics(x)
+    else:
+        mean, var = running_mean, running_var
+    inv_std = 1.0 / np.sqrt(var + a["eps"])
+    return (x - mean) * inv_std, inv_std, ctx.mode == "train"
+
+
+@batchnorm.forward
+def _batchnorm_forward(ins, a, ctx):
+    x, weight, bias, running_mean, running_var = ins
+    xhat, _, _ = _bn_normalised(x, running_mean, running_var, a, ctx)
+    return xhat * weight + bias
+
+
+def _batchnorm_state(ins, a, ctx):
+    x, _, _, running_mean, running_var = ins
+    mean, var, n = batch_statistics(x)
+    unbiased = var * (n / max(n - 1, 1))
+    m = a["momentum"]
+    return {3: (1 - m) * running_mean + m * mean, 4: (1 - m) * running_var + m * unbiased}
+
+
+batchnorm.state_rule = _batchnorm_state
+
+batchnorm_grad_input = define_internal(
+    "batchnorm_grad_input", family="norm", arity=5, shape=same_type_as(0), args=batchnorm.args,
+    doc="dx of batchnorm from (x, weight, running_mean, running_var, g). Training: "
+        "w/σ · (g − mean(g) − x̂ · mean(g·x̂)) with batch statistics; evaluation: w/σ · g.")
+
+
+@batchnorm_grad_input.forward
+def _batchnorm_grad_input(ins, a, ctx):
+    x, weight, running_mean, running_var, g = ins
+    xhat, inv_std, batch = _bn_normalised(x, running_mean, running_var, a, ctx)
+    scale = weight * inv_std
+    if not batch:
+        return g * scale
+    axes = tuple(range(x.ndim - 1))
+    return scale * (g - g.mean(axis=axes) - xhat * (g * xhat).mean(axis=axes))
+
+
+batchnorm_grad_weight = define_internal(
+    "batchnorm_grad_weight", family="norm", arity=4, shape=same_type_as(1), args=batchnorm.args,
+    doc="d weight of batchnorm from (x, running_mean, running_var, g): Σ g · x̂ per channel.")
+
+
+@batchnorm_grad_weight.forward
+def _batchnorm_grad_weight(ins, a, ctx):
+    x, running_mean, running_var, g = ins
+    xhat, _, _ = _bn_normalised(x, running_mean, running_var, a, ctx)
+    return (g * xhat).reshape(-1, x.shape[-1]).sum(axis=0)
+
+
+@batchnorm.vjp
+def _batchnorm_vjp(b, node, g):
+    x, weight, _, running_mean, running_var = b.operands(node)
+    eps = {"eps": b.attrs(node)["eps"], "momentum": b.attrs(node)["momentum"]}
+    return [b.add("batchnorm_grad_input", [x, weight, running_mean, running_var, g], **eps),
+            b.add("batchnorm_grad_weight", [x, running_mean, running_var, g], **eps),
+            b.add("bias_grad", [g]), None, None]
+
+
+def channel_window_sum(v, before, after):
+    """Σ v[..., c'] for c − before ≤ c' ≤ c + after (clipped to the channels), per offset."""
+    c = v.shape[-1]
+    padded = np.pad(v, [(0, 0)] * (v.ndim - 1) + [(before, after)])
+    out = np.zeros_like(v)
+    for offset in range(before + after + 1):
+        out += padded[..., offset:offset + c]
+    return out
+
+
+def _lrn_base(x, a):
+    """k + alpha/size · Σ x² over the window of `size` channels around each (PyTorch's)."""
+    size = a["size"]
+    return a["k"] + (a["alpha"] / size) * channel_window_sum(x * x, size // 2, (size - 1) // 2)
+
+
+lrn.forward(lambda ins, a, ctx: ins[0] * _lrn_base(ins[0], a) ** -a["beta"])
+
+lrn_grad = define_internal(
+    "lrn_grad", family="norm", arity=2, shape=same_type_as(0), args=lrn.args,
+    doc="dx of lrn from (x, g): g·b^−β − 2αβ/size · x · Σ_{windows holding x} g·x·b^(−β−1).")
+
+
+@lrn_grad.forward
+def _lrn_grad(ins, a, ctx):
+    x, g = ins
+    size, beta = a["size"], a["beta"]
+    base = _lrn_base(x, a)
+    scaled = base ** -beta
+    # Channel c's window holds channel j when j − (size−1)//2 ≤ c ≤ j + size//2.
+    back = channel_window_sum(g * x * scaled / base, (size - 1) // 2, size // 2)
+    return g * scaled - (2 * a["alpha"] * beta / size) * x * back
+
+
+lrn.vjp(lambda b, node, g: [b.add("lrn_grad", [b.operands(node)[0], g], **b.attrs(node))])

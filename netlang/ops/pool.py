@@ -64,3 +64,143 @@ def _global_avgpool_shape(ctx, a):
     ctx.need_rank(0, (4,), "an (H, W, C) input per example")
     x = ctx.inputs[0]
     return x.with_shape((x.shape[0], x.shape[3]))
+
+
+# ---- forward and backward ------------------------------------------------------------------
+#
+# PyTorch's semantics throughout.  The input is padded (−inf for max, 0 for average) out to
+# the last window, which in ceil mode may hang past the padding; such cells never win a max
+# and never count towards an average.  An average divides by the window clipped to the padded
+# input (count_include_pad) or to the input itself (otherwise).  Gradients are scattered back
+# one kernel offset at a time (a loop over the window, never over pixels).
+
+import numpy as np  # noqa: E402
+
+from netlang.ops.conv import scatter_windows, windows  # noqa: E402
+from netlang.ops.registry import define_internal, same_type_as  # noqa: E402
+
+
+def pool_geometry(in_hw, a):
+    """(kernel, stride, pads, out_hw, extended pads reaching the last window) of a pool."""
+    kernel = tuple(a["kernel"])
+    stride = tuple(a["stride"] or kernel)
+    pads = resolve_padding(in_hw, kernel, stride, (1, 1), a["padding"])
+    out_hw = tuple(pool_output_size(size, k, s, p0, p1, a["ceil_mode"])
+                   for size, k, s, (p0, p1) in zip(in_hw, kernel, stride, pads))
+    reach = tuple((p0, max(p1, (o - 1) * s + k - size - p0))
+                  for size, k, s, o, (p0, p1) in zip(in_hw, kernel, stride, out_hw, pads))
+    return kernel, stride, pads, out_hw, reach
+
+
+def _pool_windows(x, a, fill):
+    kernel, stride, pads, out_hw, reach = pool_geometry(x.shape[1:3], a)
+    xp = np.pad(x, ((0, 0),) + reach + ((0, 0),), constant_values=fill)
+    return windows(xp, kernel, stride, (1, 1), out_hw)
+
+
+def avgpool_divisor(in_hw, a, dtype):
+    """(OH, OW, 1) window sizes PyTorch divides by (separable: rows × columns)."""
+    kernel, stride, pads, out_hw, _ = pool_geometry(in_hw, a)
+    counts = []
+    for size, k, s, o, (p0, p1) in zip(in_hw, kernel, stride, out_hw, pads):
+        start = np.arange(o) * s - p0
+        end = np.minimum(start + k, size + p1)
+        if not a["count_include_pad"]:
+            start, end = np.maximum(start, 0), np.minimum(end, size)
+        counts.append(end - start)
+    return np.multiply.outer(counts[0], counts[1]).astype(dtype)[:, :, None]
+
+
+def _scatter_pool(cols, x_hw, a):
+    """Adds per-window values cols (N, OH, OW, kh, kw, C) back onto the input (N, H, W, C)."""
+    kernel, stride, pads, out_hw, reach = pool_geometry(x_hw, a)
+    (t, b), (l, r) = reach
+    full = scatter_windows(cols, (x_hw[0] + t + b, x_hw[1] + l + r), stride, (1, 1))
+    return np.ascontiguousarray(full[:, t:t + x_hw[0], l:l + x_hw[1], :])
+
+
+maxpool.forward(lambda ins, a, ctx: _pool_windows(ins[0], a, -np.inf).max(axis=(3, 4)))
+
+maxpool_grad = define_internal(
+    "maxpool_grad", family="pool", arity=3, shape=same_type_as(0), args=maxpool.args,
+    doc="From (x, y, g): routes each window's gradient to the first position (in row-major "
+        "order, as PyTorch) where x equals the window's maximum y; overlapping windows add.")
+
+
+@maxpool_grad.forward
+def _maxpool_grad(ins, a, ctx):
+    x, y, g = ins
+    kernel, stride, pads, out_hw, reach = pool_geometry(x.shape[1:3], a)
+    xp = np.pad(x, ((0, 0),) + reach + ((0, 0),), constant_values=-np.inf)
+    win = windows(xp, kernel, stride, (1, 1), out_hw)
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    full = np.zeros(xp.shape, dtype=g.dtype)
+    unclaimed = np.ones(y.shape, dtype=bool)
+    for i in range(kh):
+        for j in range(kw):
+            hit = win[:, :, :, i, j, :] == y
+            hit &= unclaimed
+            unclaimed &= ~hit
+            full[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :] += np.where(hit, g, 0)
+    (t, _), (l, _) = reach
+    return np.ascontiguousarray(full[:, t:t + x.shape[1], l:l + x.shape[2], :])
+
+
+maxpool.vjp(lambda b, node, g: [b.add("maxpool_grad", [b.operands(node)[0], node, g], **b.attrs(node))])
+
+
+@avgpool.forward
+def _avgpool_forward(ins, a, ctx):
+    x = ins[0]
+    total = _pool_windows(x, a, 0.0).sum(axis=(3, 4))
+    return total / avgpool_divisor(x.shape[1:3], a, x.dtype)
+
+
+def _avgpool_grad_shape(ctx, a):
+    g = ctx.inputs[0]
+    return g.with_shape((g.shape[0],) + tuple(a["in_hw"]) + (g.shape[3],))
+
+
+avgpool_grad = define_internal(
+    "avgpool_grad", family="pool", shape=_avgpool_grad_shape, args=avgpool.args,
+    doc="Spreads each window's gradient, over its divisor, across the window; attrs as avgpool "
+        "plus the input's in_hw.")
+
+
+@avgpool_grad.forward
+def _avgpool_grad(ins, a, ctx):
+    g = ins[0]
+    in_hw = tuple(a["in_hw"])
+    share = g / avgpool_divisor(in_hw, a, g.dtype)
+    kh, kw = a["kernel"]
+    cols = np.broadcast_to(share[:, :, :, None, None, :], share.shape[:3] + (kh, kw, share.shape[3]))
+    return _scatter_pool(cols, in_hw, a)
+
+
+avgpool.vjp(lambda b, node, g: [b.add("avgpool_grad", [g], in_hw=tuple(b.type(b.operands(node)[0])
+                                                                        .shape[1:3]),
+                                      **b.attrs(node))])
+
+global_avgpool.forward(lambda ins, a, ctx: ins[0].mean(axis=(1, 2)))
+
+
+def _global_avgpool_grad_shape(ctx, a):
+    g = ctx.inputs[0]
+    return g.with_shape((g.shape[0],) + tuple(a["in_hw"]) + (g.shape[1],))
+
+
+global_avgpool_grad = define_internal(
+    "global_avgpool_grad", family="pool", shape=_global_avgpool_grad_shape,
+    doc="g / (H·W) at every position of the (H, W) = in_hw input.")
+
+
+@global_avgpool_grad.forward
+def _global_avgpool_grad(ins, a, ctx):
+    g = ins[0]
+    h, w = a["in_hw"]
+    share = g / g.dtype.type(h * w)
+    return np.ascontiguousarray(np.broadcast_to(share[:, None, None, :], (g.shape[0], h, w, g.shape[1])))
+
+
+global_avgpool.vjp(lambda b, node, g: [b.add("global_avgpool_grad", [g],
+                                             in_hw=tuple(b.type(b.operands(node)[0]).shape[1:3]))])
