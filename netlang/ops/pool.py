@@ -177,9 +177,11 @@ def _avgpool_grad(ins, a, ctx):
     return _scatter_pool(cols, in_hw, a)
 
 
-avgpool.vjp(lambda b, node, g: [b.add("avgpool_grad", [g], in_hw=tuple(b.type(b.operands(node)[0])
-                                                                        .shape[1:3]),
-                                      **b.attrs(node))])
+def _input_hw(b, node):
+    return tuple(b.type(b.operands(node)[0]).shape[1:3])
+
+
+avgpool.vjp(lambda b, node, g: [b.add("avgpool_grad", [g], in_hw=_input_hw(b, node), **b.attrs(node))])
 
 global_avgpool.forward(lambda ins, a, ctx: ins[0].mean(axis=(1, 2)))
 
@@ -202,5 +204,4 @@ def _global_avgpool_grad(ins, a, ctx):
     return np.ascontiguousarray(np.broadcast_to(share[:, None, None, :], (g.shape[0], h, w, g.shape[1])))
 
 
-global_avgpool.vjp(lambda b, node, g: [b.add("global_avgpool_grad", [g],
-                                             in_hw=tuple(b.type(b.operands(node)[0]).shape[1:3]))])
+global_avgpool.vjp(lambda b, node, g: [b.add("global_avgpool_grad", [g], in_hw=_input_hw(b, node))])
