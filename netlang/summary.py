@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from netlang.ir.graph import Graph
 from netlang.ir.types import format_shape

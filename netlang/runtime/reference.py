@@ -11,31 +11,20 @@ import numpy as np
 from netlang.interp import ExecContext, execute, needed_nodes
 from netlang.ir.graph import Graph
 from netlang.ir.train_config import TrainConfig
-from netlang.ops.init import initialize
 from netlang.passes import after_pass
+from netlang.runtime.base import EngineBase
 from netlang.passes.autodiff import differentiate
 from netlang.passes.training import training_graph
-from netlang.train.optimizers import Optimizer, regularizer_gradient
+from netlang.train.optimizers import regularizer_gradient
 
 
-class ReferenceEngine:
+class ReferenceEngine(EngineBase):
     name = "reference"
 
     def __init__(self, graph: Graph, config: TrainConfig | None = None, params: dict | None = None,
                  *, seed: int = 0, dtype=np.float32, input_grads=()):
-        self.graph = graph
-        self.config = config or graph.graph.get("train") or TrainConfig()
-        self.dtype = dtype
-        self.params = params if params is not None else initialize(graph, seed, dtype)
-        self.rng = np.random.default_rng([seed, 1])
-        frozen = set(self.config.freeze)
-        self.layer_of = {graph.nodes[n]["name"]: graph.nodes[n]["layer"]
-                         for n in list(graph.parameters().values()) + list(graph.buffers().values())}
-        self.trainable = [name for name, node in graph.parameters().items()
-                          if graph.nodes[node]["layer"] not in frozen]
+        super().__init__(graph, config, params, seed=seed, dtype=dtype, input_grads=input_grads)
         self._train = None
-        self.input_grads = tuple(input_grads)
-        self.optimizer = Optimizer(self.config.optimizer, {n: self.params[n] for n in self.trainable})
 
     # The training graph is built on first use: forward-only users never pay for autodiff.
     def _training(self):

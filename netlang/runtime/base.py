@@ -1,0 +1,33 @@
+"""What every engine holds: parameters, the optimiser's state, the random generator.
+
+Engines differ in how they run a step; their state is the same, so checkpoints,
+resume and the Python API treat every engine alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from netlang.ir.train_config import TrainConfig
+from netlang.ops.init import initialize
+from netlang.train.optimizers import Optimizer
+
+
+class EngineBase:
+    name = "base"
+
+    def __init__(self, graph, config: TrainConfig | None = None, params: dict | None = None, *,
+                 seed: int = 0, dtype=np.float32, input_grads=()):
+        self.graph = graph
+        self.config = config or graph.graph.get("train") or TrainConfig()
+        self.dtype = np.dtype(dtype).type
+        # Parameters and buffers by name; the engine updates these arrays in place.
+        self.params = params if params is not None else initialize(graph, seed, dtype)
+        self.rng = np.random.default_rng([seed, 1])  # dropout masks: a stream apart from init's
+        frozen = set(self.config.freeze)
+        self.layer_of = {graph.nodes[n]["name"]: graph.nodes[n]["layer"]
+                         for n in list(graph.parameters().values()) + list(graph.buffers().values())}
+        self.trainable = [name for name, node in graph.parameters().items()
+                          if graph.nodes[node]["layer"] not in frozen]
+        self.input_grads = tuple(input_grads)
+        self.optimizer = Optimizer(self.config.optimizer, {n: self.params[n] for n in self.trainable})
