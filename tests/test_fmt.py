@@ -183,10 +183,9 @@ def test_full_source_canonical_form():
     assert "optimizer adam(lr = 1e-3)  # default betas\n" in formatted
     assert "  regularize l2(1e-4) on fc1, fc2\n" in formatted
     assert "if flag {\n  extra = mixed -> relu\n} else {\n  extra = mixed\n}\n" in formatted
-    # A chain with comments between its steps breaks before each `->`, comments kept in place.
+    # A chain keeps the author's breaks between steps; comments stay where they were.
     assert ("trunk = image  # comment after the source\n"
-            "  -> conv2d(8, 3, padding = 1) as conv1\n"
-            "  -> relu  # two on one line\n"
+            "  -> conv2d(8, 3, padding = 1) as conv1 -> relu  # two on one line\n"
             "  # own line comment between steps\n"
             "  -> maxpool(2)\n") in formatted
     # Groups get one blank line; a run of blank lines collapses to one.
@@ -253,7 +252,7 @@ def test_trailing_comments_line_up_within_a_run():
 
 def test_comments_that_have_no_place_move_before_their_statement():
     assert format_source(ODD[10]) == ("# inside the arguments\ny = f(1, 2)\n"
-                                      "z = x  # inside a step\n  -> g(1, 2)\n  -> h\n")
+                                      "z = x  # inside a step\n  -> g(1, 2) -> h\n")
     assert format_source(ODD[6]).startswith("if a {\n  x = 1\n} else {  # why\n  if b {")
 
 
@@ -381,3 +380,21 @@ def test_cli_reports_syntax_errors(tmp_path, capsys):
     path.write_text("input x: [3\n")
     assert main(["fmt", str(path)]) == 2
     assert "bad.net:" in capsys.readouterr().err
+
+
+def test_the_examples_are_in_canonical_form():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "examples"
+    for path in sorted(root.rglob("*.net")):
+        source = path.read_text(encoding="utf-8")
+        assert format_source(source, str(path)) == source, f"{path.name}: run `netlang fmt -w`"
+
+
+def test_author_line_breaks_between_steps_are_kept():
+    source = ("input x: [4, 4, 1]\n\n"
+              "y = x\n"
+              "  -> conv2d(2, 3, padding = 1) -> relu -> maxpool(2)\n"
+              "  -> flatten -> dense(3)\n")
+    assert format_source(source) == source
+    one_line = "input x: [4]\n\ny = x -> dense(3) -> relu\n"
+    assert format_source(one_line) == one_line

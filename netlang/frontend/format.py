@@ -265,7 +265,13 @@ class _Formatter:
         raise TypeError(f"cannot format {type(item).__name__}")
 
     def chain(self, head: str, value, comments, indent: str):
-        """`head` + a chain: on one line if it fits, else broken before each `->`."""
+        """`head` + a chain, keeping the author's line breaks between steps.
+
+        Steps the author wrote on one line stay on one line (a `conv -> relu -> pool`
+        stage reads as a unit); a line that would pass MAX_WIDTH is broken before each
+        `->`, and a comment inside the chain ends its line.  Idempotent: the output's
+        breaks are the breaks it keeps.
+        """
         if not isinstance(value, ast.Chain):
             return [Line(indent + head + expr(value))], comments
         parts = [value.source, *value.steps]
@@ -276,17 +282,28 @@ class _Formatter:
         for c in comments:  # a comment inside a chain follows the last part that ends before it
             k = bisect.bisect_right(ends, c.pos) - 1
             (attached[k] if k >= 0 else moved).append(c)
-        line = indent + head + " ".join(texts)
-        if len(line) <= MAX_WIDTH and not any(attached):
-            return [Line(line)], moved
+        groups = [[0]]
+        for k in range(1, len(parts)):
+            if _start(parts[k])[0] > ends[k - 1][0] or attached[k - 1]:
+                groups.append([k])
+            else:
+                groups[-1].append(k)
         lines = []
-        for k, text in enumerate(texts):
-            lines.append(Line(indent + (head if k == 0 else INDENT) + text))
-            for i, c in enumerate(attached[k]):
-                if i == 0 and c.line == ends[k][0]:  # it trailed this part's line: keep it there
-                    lines[-1].comment = c.text
-                else:
-                    lines.append(Line(indent + INDENT + c.text))
+        for g, group in enumerate(groups):
+            prefix = indent + (head if g == 0 else INDENT)
+            if len(prefix + " ".join(texts[k] for k in group)) > MAX_WIDTH:
+                runs = [[k] for k in group]  # too long: one step per line
+            else:
+                runs = [group]
+            for r, run in enumerate(runs):
+                lead = prefix if r == 0 else indent + INDENT
+                lines.append(Line(lead + " ".join(texts[k] for k in run)))
+                last = run[-1]
+                for i, c in enumerate(attached[last]):
+                    if i == 0 and c.line == ends[last][0]:  # it trailed this part's line
+                        lines[-1].comment = c.text
+                    else:
+                        lines.append(Line(indent + INDENT + c.text))
         return lines, moved
 
     def braced(self, header: str, items, comments, open_pos, indent: str):
