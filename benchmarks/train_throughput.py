@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def netlang_throughput(model_path: str, batch: int, seconds: float) -> dict:
+def netlang_throughput(model_path: str, batch: int, seconds: float, cpu_time: bool = False) -> dict:
     import numpy as np
 
     import netlang
@@ -40,11 +40,12 @@ def netlang_throughput(model_path: str, batch: int, seconds: float) -> dict:
     first = time.perf_counter() - start
     for _ in range(5):
         engine.train_step(feeds, lr)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    clock = time.process_time if cpu_time else time.perf_counter
+    steps, start = 0, clock()
+    while clock() - start < seconds:
         engine.train_step(feeds, lr)
         steps += 1
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     return {"engine": engine.name, "samples_per_s": steps * batch / elapsed,
             "first_step_s": first, "steps": steps}
 
@@ -97,10 +98,11 @@ def step():
     opt.step()
 for _ in range(10):
     step()
-steps, start = 0, time.perf_counter()
-while time.perf_counter() - start < spec["seconds"]:
+clock = time.process_time if spec["cpu_time"] else time.perf_counter
+steps, start = 0, clock()
+while clock() - start < spec["seconds"]:
     step(); steps += 1
-print(json.dumps({"samples_per_s": steps * b / (time.perf_counter() - start)}))
+print(json.dumps({"samples_per_s": steps * b / (clock() - start)}))
 """
 
 
@@ -131,7 +133,7 @@ def torch_spec(model_path: str):
                     "input": list(image[1:]), "classes": outputs[-1]}
 
 
-def torch_throughput(model_path, batch, seconds, threads):
+def torch_throughput(model_path, batch, seconds, threads, cpu_time=False):
     try:
         import importlib.util
         if importlib.util.find_spec("torch") is None:
@@ -141,7 +143,8 @@ def torch_throughput(model_path, batch, seconds, threads):
     layers, extra = torch_spec(model_path)
     if layers is None:
         return None
-    spec = dict(extra, layers=layers, batch=batch, seconds=seconds, threads=threads)
+    spec = dict(extra, layers=layers, batch=batch, seconds=seconds, threads=threads,
+                cpu_time=cpu_time)
     result = subprocess.run([sys.executable, "-c", TORCH_SCRIPT, json.dumps(spec)],
                             capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["samples_per_s"]
@@ -154,24 +157,34 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="one thread each, samples per CPU-second: comparable even when other "
+                             "processes load the machine (wall-clock ratios are not)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:  # measure one batch size in this process
-        print(json.dumps(netlang_throughput(args.model, int(args.child), args.seconds)))
+        print(json.dumps(netlang_throughput(args.model, int(args.child), args.seconds,
+                                            args.cpu_time)))
         return 0
+    env = dict(os.environ)
+    if args.cpu_time:
+        args.threads = 1
+        env["OPENBLAS_NUM_THREADS"] = "1"
     print(f"model: {os.path.relpath(args.model)}   threads: {args.threads}   "
+          f"clock: {'CPU time' if args.cpu_time else 'wall'}   "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     print(f"{'batch':>6}  {'netlang':>12}  {'pytorch':>12}  {'ratio':>6}  first step")
     for batch in [int(b) for b in args.batches.split(",")]:
         # Each side in its own process, one after the other: no shared thread pools.
         out = subprocess.run([sys.executable, __file__, "--model", args.model, "--child", str(batch),
-                              "--seconds", str(args.seconds)], capture_output=True, text=True)
+                              "--seconds", str(args.seconds)] + (["--cpu-time"] if args.cpu_time else []),
+                             capture_output=True, text=True, env=env)
         if out.returncode:
             print(out.stderr)
             return 1
         ours = json.loads(out.stdout.strip().splitlines()[-1])
         theirs = None if args.no_torch else torch_throughput(args.model, batch, args.seconds,
-                                                              args.threads)
+                                                              args.threads, args.cpu_time)
         ratio = f"{ours['samples_per_s'] / theirs:6.2f}" if theirs else "     -"
         theirs_text = f"{theirs:12,.0f}" if theirs else f"{'n/a':>12}"
         print(f"{batch:>6}  {ours['samples_per_s']:12,.0f}  {theirs_text}  {ratio}  "
