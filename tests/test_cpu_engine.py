@@ -196,10 +196,6 @@ def test_a_second_engine_reuses_the_compiled_kernels(tmp_path, monkeypatch):
 
 # Ops whose CPU kernels arrive with later issues; the reference engine runs them meanwhile.
 PENDING_CPU = {
-    "conv2d", "conv_transpose2d", "maxpool", "avgpool", "global_avgpool", "batchnorm", "lrn",
-    "conv2d_grad_input", "conv2d_grad_weight", "conv_transpose2d_grad_input", "maxpool_grad",
-    "avgpool_grad", "global_avgpool_grad", "batchnorm_grad_input", "batchnorm_grad_weight",
-    "lrn_grad",
     "rnn", "lstm", "gru", "permute", "maxout", "maxout_grad", "hinge", "hinge_grad",
 }
 
@@ -228,9 +224,9 @@ def test_models_with_pending_ops_fall_back_to_the_reference_engine():
     assert make_engine(model.graph).name == "reference"
     plain = netlang.compile(MODEL % ("sgd", "l2(0.0)", ""))
     assert make_engine(plain.graph).name == "cpu"
-    # A CNN trains (its ops have reference forward and backward rules) but has no CPU kernels yet.
+    # Convolutions, pooling and batch norm have CPU kernels.
     cnn = netlang.compile(os.path.join(os.path.dirname(__file__), "..", "examples", "lenet5.net"))
-    assert make_engine(cnn.graph).name == "reference"
+    assert make_engine(cnn.graph).name == "cpu"
 
 
 def test_soft_cross_entropy_targets_match_reference():
@@ -247,3 +243,183 @@ def test_soft_cross_entropy_targets_match_reference():
     _, grads_cpu, _ = CpuEngine(model.graph, seed=0).gradients(feeds)
     for name in grads_ref:
         np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-4, atol=1e-6)
+
+
+# ---- convolutional networks ---------------------------------------------------------------------
+# Each distinct model compiles its programs once (a few seconds each); the models are tiny and
+# few, and each covers several kernels.
+
+LENET_LIKE = """
+input image: [12, 12, 1]
+input label: int32[]
+output logits = image
+  -> conv2d(4, 5, padding = 2) as conv1 -> relu -> maxpool(2)
+  -> conv2d(6, 3) as conv2 -> relu -> maxpool(2)
+  -> flatten -> dense(3) as fc
+train { loss cross_entropy(logits, label)  optimizer sgd(lr = 0.05, momentum = 0.9) }
+"""
+
+# Strided, dilated, depthwise, grouped (1×1 and 3×2) convolutions with `same` padding; LRN;
+# average pooling with padding, ceil mode and count_include_pad false, overlapping max pooling
+# with padding, global average pooling.
+CONV_ZOO = """
+input image: [9, 9, 4]
+input label: int32[]
+a = image -> conv2d(6, 3, stride = 2, padding = same) as strided -> relu
+b = image -> conv2d(4, 3, dilation = 2, padding = same) as dilated -> tanh
+  -> conv2d(4, 3, groups = 4, padding = same) as depthwise -> relu
+  -> conv2d(6, 1, groups = 2) as grouped1x1
+  -> conv2d(6, (3, 2), stride = (2, 1), groups = 3, padding = same) as grouped
+  -> lrn(size = 3, alpha = 0.1, beta = 0.75, k = 1) as norm
+c = image -> conv2d(4, 1) as pointwise
+  -> avgpool(3, stride = 2, padding = 1, ceil_mode = true, count_include_pad = false) as avg
+  -> maxpool(2, stride = 1, padding = 1) as mp
+  -> avgpool(2, ceil_mode = true) as avg2
+ga = a -> global_avgpool
+bf = b -> flatten
+cf = c -> flatten
+output logits = (ga, bf, cf) -> concat -> dense(3) as fc
+train { loss cross_entropy(logits, label)  optimizer adam(lr = 0.01) }
+"""
+
+RESIDUAL_BN = """
+input image: [6, 6, 3]
+input label: int32[]
+block conv_bn(filters) {
+  input x
+  output out = x -> conv2d(filters, 3, padding = 1, bias = false) as conv
+    -> batchnorm(momentum = 0.2) as bn
+}
+stem = image -> conv2d(4, 3, padding = 1, bias = false) as stem_conv -> batchnorm as stem_bn -> relu
+y = stem -> conv_bn(4) as b1 -> relu -> conv_bn(4) as b2
+h = y + stem -> relu
+output logits = h -> conv2d(6, 1, stride = 2, bias = false) as proj -> batchnorm as proj_bn -> relu
+  -> global_avgpool -> dense(6) -> batchnorm as fc_bn -> relu -> dense(3) as fc
+train { loss cross_entropy(logits, label)  optimizer sgd(lr = 0.05, momentum = 0.9, nesterov = true) }
+"""
+
+# dec1's output_padding is within its padding (its input gradient is a conv2d); dec2's exceeds
+# it (conv_transpose2d_grad_input); dec3 is dilated.
+CONV_AUTOENCODER = """
+input image: [8, 8, 2]
+code = image
+  -> conv2d(4, 3, stride = 2, padding = 1) as enc1 -> relu
+  -> conv2d(6, 3, stride = 2, padding = 1) as enc2 -> relu
+output recon = code
+  -> conv_transpose2d(4, 3, stride = 2, padding = 1, output_padding = 1) as dec1 -> relu
+  -> conv_transpose2d(3, 2, stride = 2, output_padding = 1) as dec2 -> relu
+  -> conv_transpose2d(2, 3, padding = 2, dilation = 2) as dec3 -> sigmoid
+  -> avgpool(2, stride = 1) as crop
+train { loss squared_error(recon, image)  optimizer adam(lr = 0.01) }
+"""
+
+
+def _image_batch(graph, n, seed, classes=3):
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, node in graph.graph["inputs"].items():
+        t = graph.type_of(node)
+        if t.is_float:
+            feeds[name] = rng.standard_normal((n,) + tuple(t.shape[1:])).astype(np.float32)
+        else:
+            feeds[name] = rng.integers(0, classes, n)
+    return feeds
+
+
+def _train_both(source, steps=3, n=6, rtol=2e-5, atol=2e-6, **engine_args):
+    model = netlang.compile(source)
+    reference = ReferenceEngine(model.graph, seed=3, **engine_args)
+    compiled = CpuEngine(model.graph, seed=3, **engine_args)
+    for step in range(steps):
+        feeds = _image_batch(model.graph, n, step)
+        loss_ref, out_ref = reference.train_step(feeds, 0.05)
+        loss_cpu, out_cpu = compiled.train_step(feeds, 0.05)
+        assert loss_cpu == pytest.approx(loss_ref, rel=1e-5)
+        for name in out_ref:
+            np.testing.assert_allclose(out_cpu[name], out_ref[name], rtol=1e-4, atol=1e-5)
+    _assert_same_params(reference.params, compiled.params, rtol=rtol, atol=atol)
+    for key in reference.optimizer.state:
+        np.testing.assert_allclose(compiled.optimizer.state[key], reference.optimizer.state[key],
+                                   rtol=1e-4, atol=1e-5, err_msg=key)
+    return model, reference, compiled
+
+
+def _same_gradients(model, reference, compiled, feeds):
+    loss_ref, grads_ref, _ = reference.gradients(feeds)
+    loss_cpu, grads_cpu, _ = compiled.gradients(feeds)
+    assert loss_cpu == pytest.approx(loss_ref, rel=1e-5)
+    assert grads_cpu.keys() == grads_ref.keys()
+    for name in grads_ref:
+        np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+
+
+def _same_forward(model, reference, compiled, feeds):
+    inputs = {name: feeds[name] for name in model.graph.graph["inputs"]
+              if model.graph.type_of(model.graph.graph["inputs"][name]).is_float}
+    out_ref, out_cpu = reference.forward(inputs), compiled.forward(inputs)
+    for name in out_ref:
+        np.testing.assert_allclose(out_cpu[name], out_ref[name], rtol=1e-4, atol=1e-5)
+
+
+def test_lenet_like_cnn_matches_reference():
+    model, reference, compiled = _train_both(LENET_LIKE)
+    feeds = _image_batch(model.graph, 5, 9)   # another batch size: buffers are per batch size
+    _same_gradients(model, reference, compiled, feeds)
+    _same_forward(model, reference, compiled, feeds)
+
+
+def test_strided_dilated_grouped_convolutions_pooling_and_lrn_match_reference():
+    # Gradients with respect to the image too, so every convolution computes its input
+    # gradient (col2im).  (One program: training steps with Adam are the autoencoder's test.)
+    model = netlang.compile(CONV_ZOO)
+    reference = ReferenceEngine(model.graph, seed=3, input_grads=("image",))
+    compiled = CpuEngine(model.graph, seed=3, input_grads=("image",))
+    _same_gradients(model, reference, compiled, _image_batch(model.graph, 4, 9))
+
+
+def test_residual_batchnorm_running_statistics_and_eval_mode_match_reference():
+    model, reference, compiled = _train_both(RESIDUAL_BN)
+    running = [n for n in reference.params if n.endswith(("running_mean", "running_var"))]
+    assert len(running) == 10
+    for name in running:   # the running statistics moved, and alike
+        initial = 0.0 if name.endswith("mean") else 1.0
+        assert np.abs(compiled.params[name] - initial).max() > 1e-3, name
+    feeds = _image_batch(model.graph, 5, 9)
+    _same_forward(model, reference, compiled, feeds)   # evaluation: running statistics
+    before = {name: compiled.params[name].copy() for name in running}
+    _same_gradients(model, reference, compiled, feeds)   # batch statistics, no update
+    for name in running:
+        np.testing.assert_array_equal(compiled.params[name], before[name])
+
+
+def test_conv_autoencoder_with_transposed_convolutions_matches_reference():
+    model, reference, compiled = _train_both(CONV_AUTOENCODER, rtol=1e-4, atol=1e-5)
+    _same_forward(model, reference, compiled, _image_batch(model.graph, 3, 9))
+
+
+def _training_plan(source):
+    model = netlang.compile(source)
+    graph = training_graph(model.graph)
+    grads = differentiate(graph, list(graph.parameters().values()))
+    keep = {grads.objective} | {g for g in grads.of.values()}
+    order = needed_nodes(graph, keep)
+    fusion = plan_fusion(graph, order, keep)
+    return graph, order, keep, fusion
+
+
+def test_convolution_bias_and_activation_are_fused_and_workspaces_are_planned():
+    graph, order, keep, fusion = _training_plan(LENET_LIKE)
+    relus = [n for n in order if graph.op(n) == "relu"]
+    assert [graph.op(fusion.host_of[n]) for n in relus] == ["conv2d", "conv2d"]
+    plan = plan_buffers(graph, order, fusion, keep)
+    convs = [n for n in order if graph.op(n).startswith("conv2d")]
+    assert convs and all(n in plan.workspaces for n in convs)
+    for node in convs:
+        # A workspace never shares a buffer with its own op's operands or output ...
+        busy = {plan.slot_of[plan.root_of[o]] for o in graph.operands(node) if o in plan.root_of}
+        busy.add(plan.slot_of[node])
+        assert not busy & set(plan.workspaces[node])
+    # ... but is reused by later ops: fewer column buffers than convolution kernels.
+    columns = {s for n in convs for s in plan.workspaces[n]}
+    assert len(columns) < sum(len(plan.workspaces[n]) for n in convs)

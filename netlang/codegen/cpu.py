@@ -80,6 +80,20 @@ class Kernel:
         self.out = program.var(node)
         self.out_type = data["type"]
         self.const = program.const
+        # "train" (batch statistics) or "eval" (running statistics), and whether this program
+        # is the training step, whose kernels also update buffers in place (a state rule).
+        self.mode = program.mode
+        self.updates_state = program.update is not None
+        self.gemm = "gemm32" if program.dtype == "float32" else "gemm64"
+
+    def helper(self, name: str, module: str = "netlang.runtime.cnn") -> str:
+        """A compiled helper function the kernel calls (imported by the program's source)."""
+        self.program.imports.add((module, name))
+        return name
+
+    def workspace(self, i: int) -> str:
+        """The i-th scratch array the op's `cpu_workspace` rule asked for."""
+        return self.program.argument("slot", self.program.buffers.workspaces[self.node][i])
 
     def line(self, text: str) -> None:
         self.emitter.line(text)
@@ -92,19 +106,37 @@ class Kernel:
 
     def rows(self, var: str, type_) -> str:
         """A 2-D (rows, last axis) view of a batched or unbatched array variable."""
-        width = type_.shape[-1] if type_.shape else 1
-        name = self.fresh("v")
-        self.line(f"{name} = {var}.reshape(({var}.size // {width}, {width}))")
-        return name
+        return self.matrix(var, type_.shape[-1] if type_.shape else 1)
+
+    def matrix(self, var: str, width: int) -> str:
+        """A 2-D (size // width, width) view of an array variable."""
+        return self.program.view(var, f"({var}.size // {width}, {width})", "v")
 
     def flat(self, var: str) -> str:
-        name = self.fresh("f")
-        self.line(f"{name} = {var}.reshape({var}.size)")
-        return name
+        return self.program.view(var, f"{var}.size", "f")
 
-    def epilogue(self, out2d: str, bias: str | None = None) -> None:
-        """The loop that ends a matrix product: bias add, then every fused elementwise op."""
-        self.program.emit_epilogue(self.node, out2d, bias)
+    def epilogue(self, out2d: str, bias: str | None = None, row0: str | None = None) -> None:
+        """The loop that ends a matrix product: bias add, then every fused elementwise op.
+
+        `out2d` is the (rows, last axis) output or, with `row0`, the block of its rows that
+        starts at row `row0` (a kernel that works block by block runs it per block)."""
+        self.program.emit_epilogue(self.node, out2d, bias, row0)
+
+    @property
+    def fused(self) -> bool:
+        """Whether elementwise ops are fused into this kernel's output."""
+        return bool(self.program.fusion.epilogue.get(self.node))
+
+    def fused_operands(self) -> dict:
+        """Flat views of what the fused ops read besides the running value (emit before the loop)."""
+        return self.program._epilogue_operands(self.program.fusion.epilogue.get(self.node, []),
+                                               self.node)
+
+    def apply_fused(self, value: str, operands: dict, index: str) -> str:
+        """Emits the fused ops on `value`, the output's element at flat index `index`; returns
+        the variable holding the result, to be stored by the kernel."""
+        return self.program._emit_chain(self.program.fusion.epilogue.get(self.node, []), self.node,
+                                        value, operands, index)
 
     @property
     def paired_loss(self):
@@ -113,8 +145,9 @@ class Kernel:
 
 
 class ProgramWriter:
-    def __init__(self, graph: Graph, order, fusion, buffers, dtype: str):
+    def __init__(self, graph: Graph, order, fusion, buffers, dtype: str, mode: str = "eval"):
         self.graph = graph
+        self.mode = mode
         self.order = order
         self.fusion = fusion
         self.buffers = buffers
@@ -124,6 +157,8 @@ class ProgramWriter:
         self._vars: dict = {}
         self._arg_of: dict = {}
         self.update = None
+        self.imports: set = set()   # (module, name) of helpers the kernels call
+        self._views: dict = {}
 
     def const(self, value) -> str:
         if isinstance(value, bool):
@@ -133,6 +168,18 @@ class ProgramWriter:
         if math.isinf(value):
             return "F(np.inf)" if value > 0 else "F(-np.inf)"
         return f"F({value!r})"
+
+    def view(self, var: str, shape: str, prefix: str) -> str:
+        """`var.reshape(shape)`, made once per program: a view made outside every loop serves
+        every later kernel (each reshape costs Numba compile time; buffers never move)."""
+        key = (var, shape)
+        if key in self._views:
+            return self._views[key]
+        name = self.emitter.fresh(prefix)
+        self.emitter.line(f"{name} = {var}.reshape({shape})")
+        if self.emitter.depth == 1:
+            self._views[key] = name
+        return name
 
     def argument(self, kind: str, key) -> str:
         if (kind, key) not in self._arg_of:
@@ -185,15 +232,12 @@ class ProgramWriter:
         """A loop over the flattened output computing this op and its fused followers."""
         e = self.emitter
         out = self.var(node)
-        flat_out = e.fresh("f")
-        e.line(f"{flat_out} = {out}.reshape({out}.size)")
+        flat_out = self.view(out, f"{out}.size", "f")
         operand_flats = {}
         for operand in self.graph.operands(node):
             if operand not in operand_flats:
                 v = self.var(operand)
-                f = e.fresh("f")
-                e.line(f"{f} = {v}.reshape({v}.size)")
-                operand_flats[operand] = f
+                operand_flats[operand] = self.view(v, f"{v}.size", "f")
         chain = self.fusion.epilogue.get(node, [])
         extra = self._epilogue_operands(chain, node)
         with e.block(f"for i in range({flat_out}.size):"):
@@ -209,16 +253,13 @@ class ProgramWriter:
 
     def _epilogue_operands(self, chain, host) -> dict:
         """Flat views of the operands that fused ops read besides the running value."""
-        e = self.emitter
         extra = {}
         inside = {host} | set(chain)
         for node in chain:
             for operand in self.graph.operands(node):
                 if operand not in inside and operand not in extra:
                     v = self.var(operand)
-                    f = e.fresh("f")
-                    e.line(f"{f} = {v}.reshape({v}.size)")
-                    extra[operand] = f
+                    extra[operand] = self.view(v, f"{v}.size", "f")
         return extra
 
     def _emit_chain(self, chain, host, current: str, extra: dict, index: str) -> str:
@@ -239,7 +280,7 @@ class ProgramWriter:
             current = s
         return current
 
-    def emit_epilogue(self, host: int, out2d: str, bias: str | None) -> None:
+    def emit_epilogue(self, host: int, out2d: str, bias: str | None, row0: str | None = None) -> None:
         chain = self.fusion.epilogue.get(host, [])
         if not chain and bias is None:
             return
@@ -249,8 +290,9 @@ class ProgramWriter:
             with e.block(f"for c in range({out2d}.shape[1]):"):
                 s = e.fresh("s")
                 e.line(f"{s} = {out2d}[r, c]" + (f" + {bias}[c]" if bias else ""))
-                if chain:
-                    e.line(f"k = r * {out2d}.shape[1] + c")
+                if extra:
+                    row = f"({row0} + r)" if row0 else "r"
+                    e.line(f"k = {row} * {out2d}.shape[1] + c")
                 s = self._emit_chain(chain, host, s, extra, "k")
                 e.line(f"{out2d}[r, c] = {s}")
 
@@ -291,9 +333,10 @@ def supported(graph: Graph, nodes) -> list[str]:
 
 
 def render_program(graph: Graph, order, fusion, buffers, *, dtype: str, function: str,
-                   keep, update=None, title: str = "") -> Program:
-    """Source of one Numba function computing `order`; `update` (an UpdatePlan) ends it."""
-    writer = ProgramWriter(graph, order, fusion, buffers, dtype)
+                   keep, update=None, title: str = "", mode: str = "eval") -> Program:
+    """Source of one Numba function computing `order`; `update` (an UpdatePlan) ends it.
+    `mode` is "train" for the programs of the training graph (batch statistics)."""
+    writer = ProgramWriter(graph, order, fusion, buffers, dtype, mode)
     writer.update = update
     for node in order:
         writer.emit_node(node)
@@ -306,6 +349,7 @@ def render_program(graph: Graph, order, fusion, buffers, *, dtype: str, function
         "import numpy as np",
         "from numba import njit",
         "from netlang.runtime.blas import gemm32, gemm64",
+    ] + [f"from {module} import {name}" for module, name in sorted(writer.imports)] + [
         "",
         f"F = np.{dtype}",
         "",
@@ -434,6 +478,4 @@ class UpdatePlan:
 
 def _rows(writer, var, type_):
     width = type_.shape[-1]
-    name = writer.emitter.fresh("v")
-    writer.emitter.line(f"{name} = {var}.reshape(({var}.size // {width}, {width}))")
-    return name
+    return writer.view(var, f"({var}.size // {width}, {width})", "v")

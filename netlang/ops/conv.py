@@ -382,3 +382,305 @@ def _conv_transpose2d_vjp(b, node, g):
     if len(operands) > 2:
         grads.append(b.add("bias_grad", [g]))
     return grads
+
+
+# ---- CPU kernels ------------------------------------------------------------------------------
+#
+# Every convolution is an im2col packing into a workspace followed by one BLAS product per
+# group, block by block: a block is a run of consecutive output lines (one example's row of
+# output pixels), sized so its column matrix stays in cache, and the product's epilogue (bias,
+# activation) runs while the block is still there.  Channels-last makes the columns of one
+# kernel offset a contiguous run of input channels; columns are ordered (group, kh, kw,
+# C/groups), and the PyTorch weight (F, C/groups, kh, kw) is copied into that order each step
+# (it is small).  The input gradient is the product of the output gradient with the weight
+# followed by col2im (each column added back to the input position it was read from); the
+# weight gradient is the product of the output gradient with the columns, accumulated over
+# blocks by gemm's beta.  A 1×1, stride-1, unpadded convolution needs no packing: the input's
+# rows are its columns.
+#
+# The loop nests live in netlang.runtime.cnn, compiled once and shared by every model; the
+# generated code holds the block loop, the products and the epilogue.
+
+import dataclasses  # noqa: E402
+
+COLUMN_BUDGET = 1 << 16   # elements of a block's column matrix (256 KiB in float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry:
+    """A convolution from the input side (H, W, C) to the output side (Ho, Wo, F), with
+    input row oh·sh − pt + i·dh under output row oh and kernel row i (columns alike)."""
+    H: int
+    W: int
+    C: int
+    Ho: int
+    Wo: int
+    F: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    groups: int
+
+    @property
+    def Cg(self) -> int:
+        return self.C // self.groups
+
+    @property
+    def Fg(self) -> int:
+        return self.F // self.groups
+
+    @property
+    def Kg(self) -> int:
+        """Columns per group: kh·kw·C/groups."""
+        return self.kh * self.kw * self.Cg
+
+    @property
+    def K(self) -> int:
+        return self.groups * self.Kg
+
+    @property
+    def direct(self) -> bool:
+        """The input's rows are the column matrix (1×1 kernel, stride 1, no padding)."""
+        return (self.kh == self.kw == 1 and self.sh == self.sw == 1 and self.pt == self.pl == 0
+                and (self.Ho, self.Wo) == (self.H, self.W))
+
+    @property
+    def reordered(self) -> bool:
+        """Whether the weight's (C/groups, kh, kw) order differs from the columns' (kh, kw, C/groups)."""
+        return self.Cg > 1 and self.kh * self.kw > 1
+
+    @property
+    def lines(self) -> int:
+        """Output lines per block."""
+        return max(1, COLUMN_BUDGET // (self.Wo * max(self.K, self.F)))
+
+    def workspaces(self) -> list:
+        """(name, (shape, batched)): the weight in column order (or its gradient's accumulator)
+        and the block's column matrix, each only where needed."""
+        names = []
+        if self.reordered:
+            names.append(("weight", ((self.F, self.Kg), False)))
+        if not self.direct:
+            names.append(("columns", ((self.lines * self.Wo, self.K), False)))
+        return names
+
+
+def _explicit_pads(in_hw, a):
+    padding = a["padding"]
+    if isinstance(padding, tuple) and all(isinstance(p, tuple) for p in padding):
+        return padding
+    return conv_pads(in_hw, a)
+
+
+def _geometry(in_side, out_side, weight_shape, a, pads) -> ConvGeometry:
+    """in_side (N, H, W, C) and out_side (N, Ho, Wo, F) types; weight (F, C/groups, kh, kw)."""
+    (pt, _), (pl, _) = pads
+    return ConvGeometry(H=in_side.shape[1], W=in_side.shape[2], C=in_side.shape[3],
+                        Ho=out_side.shape[1], Wo=out_side.shape[2], F=weight_shape[0],
+                        kh=weight_shape[2], kw=weight_shape[3], sh=a["stride"][0], sw=a["stride"][1],
+                        dh=a["dilation"][0], dw=a["dilation"][1], pt=pt, pl=pl, groups=a["groups"])
+
+
+def _forward_geometry(in_types, out_type, a):
+    """conv2d (x, w) and conv_transpose2d_grad_input (g, w): x ⋆ w, cropped to the output."""
+    x, w = in_types[0], in_types[1]
+    return _geometry(x, out_type, w.shape, a, _explicit_pads(x.shape[1:3], a))
+
+
+def _grad_input_geometry(in_types, out_type, a):
+    return _geometry(out_type, in_types[0], in_types[1].shape, a, a["padding"])
+
+
+def _grad_weight_geometry(in_types, out_type, a):
+    return _geometry(in_types[1], in_types[0], out_type.shape, a, a["padding"])
+
+
+def _transpose_geometry(in_types, out_type, a):
+    return _geometry(out_type, in_types[0], in_types[1].shape, a, _transpose_pads(a))
+
+
+def _workspace_rule(geometry):
+    return lambda in_types, out_type, a: [spec for _, spec in
+                                          geometry(in_types, out_type, a).workspaces()]
+
+
+def _workspaces(k, geo) -> dict:
+    return {name: k.workspace(i) for i, (name, _) in enumerate(geo.workspaces())}
+
+
+def _emit_weight_rows(k, geo, w, ws) -> str:
+    """The weight (F, C/groups, kh, kw) as rows (F, Kg) in column order (kh, kw, C/groups)."""
+    if not geo.reordered:
+        return k.matrix(w, geo.Kg)
+    wr = ws["weight"]
+    k.line(f"{k.helper('weight_to_rows')}({w}, {wr}, {geo.F}, {geo.Cg}, {geo.kh}, {geo.kw})")
+    return wr
+
+
+class _Blocks:
+    """The loop over blocks of output lines: names for the block's line and row bounds."""
+
+    def __init__(self, k, geo, batch_of: str):
+        self.k, self.geo = k, geo
+        self.nl, self.l0, self.l1, self.r0, self.r1 = (k.fresh("nl"), k.fresh("l"), k.fresh("l"),
+                                                       k.fresh("r"), k.fresh("r"))
+        k.line(f"{self.nl} = {batch_of}.shape[0] * {geo.Ho}")
+
+    def __enter__(self):
+        k, geo = self.k, self.geo
+        self._loop = k.block(f"for {self.l0} in range(0, {self.nl}, {geo.lines}):")
+        self._loop.__enter__()
+        k.line(f"{self.l1} = min({self.l0} + {geo.lines}, {self.nl})")
+        k.line(f"{self.r0} = {self.l0} * {geo.Wo}")
+        k.line(f"{self.r1} = {self.l1} * {geo.Wo}")
+        return self
+
+    def __exit__(self, *exc):
+        return self._loop.__exit__(*exc)
+
+
+def _geometry_args(geo) -> str:
+    return ", ".join(str(v) for v in (geo.H, geo.W, geo.C, geo.Ho, geo.Wo, geo.kh, geo.kw, geo.sh,
+                                      geo.sw, geo.dh, geo.dw, geo.pt, geo.pl, geo.groups))
+
+
+def _im2col(k, geo, blocks, x, cols):
+    k.line(f"{k.helper('im2col')}({x}, {cols}, {blocks.l0}, {blocks.l1}, {_geometry_args(geo)})")
+
+
+def _col2im(k, geo, blocks, dx, cols):
+    k.line(f"{k.helper('col2im')}({cols}, {dx}, {blocks.l0}, {blocks.l1}, {_geometry_args(geo)})")
+
+
+def _epilogue(k, block, bias, row0):
+    """The bias and fused ops on a block of output rows (a compiled helper for a bias alone)."""
+    if k.fused:
+        k.epilogue(block, bias=bias, row0=row0)
+    elif bias is not None:
+        k.line(f"{k.helper('add_bias')}({block}, {bias})")
+
+
+def _per_group(k, geo, call):
+    """One product for groups = 1; else one per group on column blocks (call(kslice, fslice))."""
+    if geo.groups == 1:
+        k.line(call("", ""))
+        return
+    grp = k.fresh("g")
+    with k.block(f"for {grp} in range({geo.groups}):"):
+        k.line(call(f"{grp} * {geo.Kg}:({grp} + 1) * {geo.Kg}",
+                    f"{grp} * {geo.Fg}:({grp} + 1) * {geo.Fg}"))
+
+
+def _cols(view, s):
+    """A column block of a matrix view (the whole view when s is empty)."""
+    if not s:
+        return view
+    return f"{view}[:, {s}]" if not view.endswith("]") else f"{view[:-1]}, {s}]"
+
+
+def _row_block(view, s):
+    return f"{view}[{s}]" if s else view
+
+
+def emit_conv(k, geo, x, w, out, bias=None):
+    """out (N, Ho, Wo, F) ← x (N, H, W, C) ⋆ w (F, C/groups, kh, kw), + bias, + fused ops."""
+    ws = _workspaces(k, geo)
+    wr = _emit_weight_rows(k, geo, w, ws)
+    out2 = k.matrix(out, geo.F)
+    x2 = k.matrix(x, geo.C) if geo.direct else None
+    if k.fused:
+        k.fused_operands()   # their views, made once outside the loop
+    with _Blocks(k, geo, out) as b:
+        if geo.direct:
+            a = f"{x2}[{b.r0}:{b.r1}]"
+        else:
+            _im2col(k, geo, b, x, ws["columns"])
+            a = f"{ws['columns']}[:{b.r1} - {b.r0}]"
+        c = f"{out2}[{b.r0}:{b.r1}]"
+        _per_group(k, geo, lambda ks, fs: f"{k.gemm}(False, True, 1.0, {_cols(a, ks)}, "
+                                          f"{_row_block(wr, fs)}, 0.0, {_cols(c, fs)})")
+        if bias is not None or k.fused:
+            block = k.fresh("ob")
+            k.line(f"{block} = {c}")
+            _epilogue(k, block, bias, b.r0)
+
+
+def emit_conv_transpose(k, geo, g, w, out, bias=None):
+    """out (N, H, W, C) ← the adjoint of the convolution applied to g (N, Ho, Wo, F): conv2d's
+    input gradient, and a transposed convolution's forward (+ bias, + fused ops)."""
+    ws = _workspaces(k, geo)
+    wr = _emit_weight_rows(k, geo, w, ws)
+    g2 = k.matrix(g, geo.F)
+    out2 = k.matrix(out, geo.C)
+    if not geo.direct:
+        k.line(f"{k.flat(out)}[:] = 0")
+    if k.fused:
+        k.fused_operands()
+    with _Blocks(k, geo, g) as b:
+        a = f"{g2}[{b.r0}:{b.r1}]"
+        c = f"{out2}[{b.r0}:{b.r1}]" if geo.direct else f"{ws['columns']}[:{b.r1} - {b.r0}]"
+        _per_group(k, geo, lambda ks, fs: f"{k.gemm}(False, False, 1.0, {_cols(a, fs)}, "
+                                          f"{_row_block(wr, fs)}, 0.0, {_cols(c, ks)})")
+        if geo.direct:
+            if bias is not None or k.fused:
+                block = k.fresh("ob")
+                k.line(f"{block} = {c}")
+                _epilogue(k, block, bias, b.r0)
+        else:
+            _col2im(k, geo, b, out, ws["columns"])
+    if not geo.direct:
+        _epilogue(k, out2, bias, None)
+
+
+def emit_conv_weight_grad(k, geo, g, x, out):
+    """out (F, C/groups, kh, kw) ← Σ over examples and output pixels of g ⊗ the input window."""
+    ws = _workspaces(k, geo)
+    g2 = k.matrix(g, geo.F)
+    acc = ws["weight"] if geo.reordered else k.matrix(out, geo.Kg)
+    x2 = k.matrix(x, geo.C) if geo.direct else None
+    beta = k.fresh("beta")
+    with _Blocks(k, geo, g) as b:
+        k.line(f"{beta} = 0.0 if {b.l0} == 0 else 1.0")
+        if geo.direct:
+            a = f"{x2}[{b.r0}:{b.r1}]"
+        else:
+            _im2col(k, geo, b, x, ws["columns"])
+            a = f"{ws['columns']}[:{b.r1} - {b.r0}]"
+        gb = f"{g2}[{b.r0}:{b.r1}]"
+        _per_group(k, geo, lambda ks, fs: f"{k.gemm}(True, False, 1.0, {_cols(gb, fs)}, "
+                                          f"{_cols(a, ks)}, {beta}, {_row_block(acc, fs)})")
+    with k.block(f"if {b.nl} == 0:"):   # an empty batch: no product ran
+        k.line(f"{acc}[:, :] = 0")
+    if geo.reordered:
+        k.line(f"{k.helper('rows_to_weight')}({acc}, {out}, {geo.F}, {geo.Cg}, {geo.kh}, {geo.kw})")
+
+
+def _bias_of(k):
+    return k.ins[2] if len(k.ins) > 2 else None
+
+
+def _kernel(geometry, emit, with_bias=False):
+    def kernel(k):
+        geo = geometry(k.in_types, k.out_type, k.attrs)
+        args = [k.ins[0], k.ins[1], k.out] + ([_bias_of(k)] if with_bias else [])
+        emit(k, geo, *args)
+    return kernel
+
+
+conv2d.cpu_workspace = _workspace_rule(_forward_geometry)
+conv2d.cpu_kernel = _kernel(_forward_geometry, emit_conv, with_bias=True)
+# A conv2d of g whose output is cropped to in_hw: the crop is the output's size, so the
+# forward kernel serves as it is.
+conv_transpose2d_grad_input.cpu_workspace = _workspace_rule(_forward_geometry)
+conv_transpose2d_grad_input.cpu_kernel = _kernel(_forward_geometry, emit_conv)
+conv2d_grad_input.cpu_workspace = _workspace_rule(_grad_input_geometry)
+conv2d_grad_input.cpu_kernel = _kernel(_grad_input_geometry, emit_conv_transpose)
+conv_transpose2d.cpu_workspace = _workspace_rule(_transpose_geometry)
+conv_transpose2d.cpu_kernel = _kernel(_transpose_geometry, emit_conv_transpose, with_bias=True)
+conv2d_grad_weight.cpu_workspace = _workspace_rule(_grad_weight_geometry)
+conv2d_grad_weight.cpu_kernel = _kernel(_grad_weight_geometry, emit_conv_weight_grad)

@@ -161,12 +161,8 @@ def _dense_grad_weight_kernel(k):
 
 
 def _bias_grad_kernel(k):
-    g = k.rows(k.ins[0], k.in_types[0])
-    with k.block(f"for c in range({k.out}.shape[0]):"):
-        k.line(f"{k.out}[c] = 0")
-    with k.block(f"for r in range({g}.shape[0]):"):
-        with k.block(f"for c in range({g}.shape[1]):"):
-            k.line(f"{k.out}[c] += {g}[r, c]")
+    # A compiled helper: one per bias in a step, and every loop costs compile time.
+    k.line(f"{k.helper('column_sums')}({k.ins[0]}, {k.out})")
 
 
 dense.cpu_kernel = _dense_kernel

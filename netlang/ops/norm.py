@@ -219,3 +219,87 @@ def _lrn_grad(ins, a, ctx):
 
 
 lrn.vjp(lambda b, node, g: [b.add("lrn_grad", [b.operands(node)[0], g], **b.attrs(node))])
+
+
+
+# ---- CPU kernels: batch norm and LRN ----------------------------------------------------------
+#
+# Both work on the (rows, C) view of any rank, through netlang.runtime.cnn.  Batch norm's
+# per-channel sums accumulate in float64 workspaces in one pass (Σx, Σx², and for the
+# gradients Σg, Σg·x).  In the training step the forward kernel also moves the running
+# statistics, written in place into the buffers (passed to the program like parameters), as
+# the state rule does after a reference step; the gradient program leaves them alone.
+# Elementwise ops that follow a batch norm (its activation) run in its output loop.
+
+def _batchnorm_kernel(k):
+    x, weight, bias, rm, rv = k.ins
+    C = k.in_types[0].shape[-1]
+    acc, coef = k.workspace(0), k.workspace(1)
+    train = k.mode == "train"
+    # Only the last batch norm on these buffers in the step updates them, from the values it
+    # started with (the reference applies the state rules after the step, the last one winning).
+    later = k.program.order[k.program.order.index(k.node) + 1:]
+    buffers = k.graph.operands(k.node)[3:5]
+    last = not any(k.graph.op(n) == "batchnorm" and k.graph.operands(n)[3:5] == buffers
+                   for n in later)
+    k.line(f"{k.helper('batchnorm_coefficients')}({x}, {weight}, {rm}, {rv}, {acc}, {coef}, "
+           f"{k.attrs['eps']!r}, {k.attrs['momentum']!r}, {train}, {train and k.updates_state and last})")
+    if not k.fused:
+        k.line(f"{k.helper('batchnorm_apply')}({x}, {coef}, {bias}, {k.out})")
+        return
+    xr, out = k.rows(x, k.in_types[0]), k.rows(k.out, k.out_type)
+    operands = k.fused_operands()
+    with k.block(f"for r in range({xr}.shape[0]):"):
+        with k.block(f"for c in range({C}):"):
+            s = k.fresh("s")
+            k.line(f"{s} = ({xr}[r, c] - {coef}[0, c]) * {coef}[1, c] + {bias}[c]")
+            s = k.apply_fused(s, operands, f"r * {C} + c")
+            k.line(f"{out}[r, c] = {s}")
+
+
+def _batchnorm_grad_input_kernel(k):
+    x, weight, rm, rv, g = k.ins
+    k.line(f"{k.helper('batchnorm_grad_input')}({x}, {g}, {weight}, {rm}, {rv}, {k.out}, "
+           f"{k.workspace(0)}, {k.workspace(1)}, {k.attrs['eps']!r}, {k.mode == 'train'})")
+
+
+def _batchnorm_grad_weight_kernel(k):
+    x, rm, rv, g = k.ins
+    k.line(f"{k.helper('batchnorm_grad_weight')}({x}, {g}, {rm}, {rv}, {k.out}, "
+           f"{k.workspace(0)}, {k.attrs['eps']!r}, {k.mode == 'train'})")
+
+
+def _bn_workspaces(coefficients):
+    """(4, C) float64 sums, and (3, C) per-channel coefficients."""
+    def rule(in_types, out_type, a):
+        c = in_types[0].shape[-1]
+        return [((4, c), False, "acc64")] + ([((3, c), False)] if coefficients else [])
+    return rule
+
+
+batchnorm.cpu_kernel = _batchnorm_kernel
+batchnorm.cpu_workspace = _bn_workspaces(True)
+batchnorm_grad_input.cpu_kernel = _batchnorm_grad_input_kernel
+batchnorm_grad_input.cpu_workspace = _bn_workspaces(True)
+batchnorm_grad_weight.cpu_kernel = _batchnorm_grad_weight_kernel
+batchnorm_grad_weight.cpu_workspace = _bn_workspaces(False)
+
+
+def _lrn_args(a) -> str:
+    """Channels before and after each window's centre, alpha/size, beta, k."""
+    size = a["size"]
+    return f"{size // 2}, {(size - 1) // 2}, {a['alpha'] / size!r}, {a['beta']!r}, {a['k']!r}"
+
+
+def _lrn_kernel(k):
+    k.line(f"{k.helper('lrn_forward')}({k.ins[0]}, {k.out}, {_lrn_args(k.attrs)})")
+
+
+def _lrn_grad_kernel(k):
+    x, g = k.ins
+    k.line(f"{k.helper('lrn_backward')}({x}, {g}, {k.out}, {k.workspace(0)}, {_lrn_args(k.attrs)})")
+
+
+lrn.cpu_kernel = _lrn_kernel
+lrn_grad.cpu_kernel = _lrn_grad_kernel
+lrn_grad.cpu_workspace = lambda in_types, out_type, a: [((2, in_types[0].shape[-1]), False)]

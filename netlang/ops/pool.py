@@ -205,3 +205,65 @@ def _global_avgpool_grad(ins, a, ctx):
 
 
 global_avgpool.vjp(lambda b, node, g: [b.add("global_avgpool_grad", [g], in_hw=_input_hw(b, node))])
+
+
+
+# ---- CPU kernels ------------------------------------------------------------------------------
+# Calls into netlang.runtime.cnn's loop nests, which loop over output pixels and the window's
+# cells inside the input, innermost over the contiguous channels.
+
+def _pool_args(k, x_type, with_after=False) -> str:
+    """N and the geometry (H, W, C, Ho, Wo, kh, kw, sh, sw, pt[, pb], pl[, pr]) as arguments."""
+    H, W, C = x_type.shape[1:4]
+    kernel, stride, pads, out_hw, _ = pool_geometry((H, W), k.attrs)
+    (pt, pb), (pl, pr) = pads
+    tail = [pt, pb, pl, pr] if with_after else [pt, pl]
+    return ", ".join(str(v) for v in [H, W, C, out_hw[0], out_hw[1], kernel[0], kernel[1],
+                                      stride[0], stride[1]] + tail)
+
+
+def _maxpool_kernel(k):
+    x = k.ins[0]
+    k.line(f"{k.helper('maxpool_forward')}({x}, {k.out}, {x}.shape[0], "
+           f"{_pool_args(k, k.in_types[0])})")
+
+
+def _maxpool_grad_kernel(k):
+    x, y, g = k.ins
+    k.line(f"{k.helper('maxpool_backward')}({x}, {y}, {g}, {k.out}, "
+           f"{k.workspace(0)}, {x}.shape[0], {_pool_args(k, k.in_types[0])})")
+
+
+def _avgpool_kernel(k):
+    x = k.ins[0]
+    k.line(f"{k.helper('avgpool_forward')}({x}, {k.out}, {x}.shape[0], "
+           f"{_pool_args(k, k.in_types[0], True)}, {k.attrs['count_include_pad']})")
+
+
+def _avgpool_grad_kernel(k):
+    g = k.ins[0]
+    k.line(f"{k.helper('avgpool_backward')}({g}, {k.out}, {g}.shape[0], "
+           f"{_pool_args(k, k.out_type, True)}, {k.attrs['count_include_pad']})")
+
+
+def _global_avgpool_kernel(k):
+    x = k.ins[0]
+    H, W, C = k.in_types[0].shape[1:4]
+    k.line(f"{k.helper('global_avgpool_forward')}({x}, {k.out}, {x}.shape[0], "
+           f"{H * W}, {C})")
+
+
+def _global_avgpool_grad_kernel(k):
+    g = k.ins[0]
+    H, W, C = k.out_type.shape[1:4]
+    k.line(f"{k.helper('global_avgpool_backward')}({g}, {k.out}, {g}.shape[0], "
+           f"{H * W}, {C})")
+
+
+maxpool.cpu_kernel = _maxpool_kernel
+maxpool_grad.cpu_kernel = _maxpool_grad_kernel
+maxpool_grad.cpu_workspace = lambda in_types, out_type, a: [((in_types[0].shape[3],), False)]
+avgpool.cpu_kernel = _avgpool_kernel
+avgpool_grad.cpu_kernel = _avgpool_grad_kernel
+global_avgpool.cpu_kernel = _global_avgpool_kernel
+global_avgpool_grad.cpu_kernel = _global_avgpool_grad_kernel

@@ -102,6 +102,12 @@ class OpDef:
     cpu_expr: Callable | None = None     # fn(attrs, const) -> "expr with {0}, {1}"
     cpu_kernel: Callable | None = None   # fn(kernel) -> None, emitting lines
     cpu_view: bool = False
+    # Scratch arrays a `cpu_kernel` needs (im2col columns, a transposed weight, per-channel
+    # sums): fn(in_types, out_type, attrs) -> [(shape, batched[, dtype])], where a batched
+    # shape is per example and dtype is "float" (the engine's), "acc64" (always float64) or
+    # "int64".  The memory pass plans them as buffers that live only while the op runs; the
+    # kernel reaches the i-th as `k.workspace(i)`.
+    cpu_workspace: Callable | None = None
 
     # Decorators that attach parts, so each op reads top to bottom in one place.
     def shape(self, fn):

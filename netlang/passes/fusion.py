@@ -6,8 +6,10 @@ elementwise op is fused into its producer (its *host*) only when the producer
 has no other consumer and is not kept, when both have one type, and when the
 op's other operands are ready before the host runs; a fused op then writes its
 value into the host's buffer, in place, inside the host's loop.  Hosts are ops
-whose kernels end in an elementwise loop: matrix products (the bias add and
-activation become the product's epilogue) and elementwise ops themselves.
+whose kernels end in an elementwise loop: matrix products, dense and
+convolutions alike (the bias add and activation become the product's
+epilogue), batch norm (its activation runs in its output loop) and elementwise
+ops themselves.
 
 A loss and its gradient that read the same operands are paired, so the
 kernel computes the softmax once for both.
@@ -20,7 +22,8 @@ import dataclasses
 from netlang.ir.graph import Graph
 from netlang.ops.registry import get_op
 
-EPILOGUE_HOSTS = ("dense", "dense_grad_input")
+EPILOGUE_HOSTS = ("dense", "dense_grad_input", "conv2d", "conv2d_grad_input", "conv_transpose2d",
+                  "conv_transpose2d_grad_input", "batchnorm")
 PAIRED_LOSSES = {"cross_entropy_grad": "cross_entropy"}
 
 

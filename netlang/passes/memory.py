@@ -7,6 +7,8 @@ buffer, a fused op its host's); a slot is reused only by a value of the same
 per-example shape and dtype, and only after the last read of its previous
 tenant, so no kernel ever writes a buffer it also reads (matrix products need
 that).  Slots are allocated once per batch size and reused by every step.
+A kernel's workspaces (its op's `cpu_workspace` rule) are slots too, live only
+at the kernel's own position: free for the next op as soon as it has run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,26 @@ class BufferPlan:
     slot_of: dict        # node → slot index (aliases share their root's slot)
     slots: list          # slot index → (per-example shape, batched, dtype)
     root_of: dict        # node → the node that owns the buffer it lives in
+    workspaces: dict = dataclasses.field(default_factory=dict)  # node → slots of its scratch arrays
+
+
+def workspace_specs(graph: Graph, node) -> list:
+    """(per-example or full shape, batched, slot dtype) of each workspace of a node's kernel."""
+    op = get_op(graph.op(node))
+    if op.cpu_workspace is None:
+        return []
+    data = graph.nodes[node]
+    out_type = data["type"]
+    specs = []
+    for spec in op.cpu_workspace([graph.type_of(o) for o in data["inputs"]], out_type,
+                                 data["attrs"]):
+        shape, batched = tuple(int(d) for d in spec[0]), bool(spec[1])
+        kind = spec[2] if len(spec) > 2 else "float"
+        # "float" workspaces share slots with values of the same shape; acc64 is always float64.
+        dtype = {"float": out_type.dtype if out_type.is_float else "float32",
+                 "acc64": "acc64", "int64": "int64"}[kind]
+        specs.append((shape or (1,), batched, dtype))
+    return specs
 
 
 def plan_buffers(graph: Graph, order: list, fusion, keep: set, skip=()) -> BufferPlan:
@@ -62,10 +84,29 @@ def plan_buffers(graph: Graph, order: list, fusion, keep: set, skip=()) -> Buffe
         root = root_of[grad]
         birth[root] = min(birth[root], position[loss])
 
+    # Tenants: stored values (their roots) and workspaces, each live from its birth to its
+    # last use; a workspace ("ws", node, i) lives at its node's position only.
+    keys, order_key = {}, {}
+    for root in birth:
+        t = graph.type_of(root)
+        keys[root] = (tuple(t.sample_shape) if t.batched else (tuple(t.shape) or (1,)),
+                      t.batched, t.dtype)
+        order_key[root] = (birth[root], position[root], 0)
+    workspaces = {}
+    for node in order:
+        if node in skip or node in fusion.host_of or graph.op(node) in EXTERNAL:
+            continue
+        for i, key in enumerate(workspace_specs(graph, node)):
+            tenant = ("ws", node, i)
+            keys[tenant] = key
+            birth[tenant] = last_use[tenant] = position[node]
+            order_key[tenant] = (position[node], position[node], 1 + i)
+            workspaces.setdefault(node, []).append(tenant)
+
     slots, slot_of_root, free = [], {}, {}
     releases = sorted(((last, root) for root, last in last_use.items()), key=lambda x: x[0])
     release_index = 0
-    for root in sorted(birth, key=lambda r: (birth[r], position[r])):
+    for root in sorted(birth, key=lambda r: order_key[r]):
         at = birth[root]
         # Free every slot whose tenant was last read strictly before this value is written.
         while release_index < len(releases) and releases[release_index][0] < at:
@@ -74,8 +115,7 @@ def plan_buffers(graph: Graph, order: list, fusion, keep: set, skip=()) -> Buffe
             if dead in slot_of_root:
                 slot = slot_of_root[dead]
                 free.setdefault(slots[slot], []).append(slot)
-        t = graph.type_of(root)
-        key = (tuple(t.sample_shape) if t.batched else (tuple(t.shape) or (1,)), t.batched, t.dtype)
+        key = keys[root]
         if free.get(key):
             slot = free[key].pop()
         else:
@@ -83,4 +123,5 @@ def plan_buffers(graph: Graph, order: list, fusion, keep: set, skip=()) -> Buffe
             slots.append(key)
         slot_of_root[root] = slot
     slot_of = {node: slot_of_root[root] for node, root in root_of.items()}
-    return BufferPlan(slot_of, slots, root_of)
+    workspace_slots = {node: [slot_of_root[t] for t in tenants] for node, tenants in workspaces.items()}
+    return BufferPlan(slot_of, slots, root_of, workspace_slots)

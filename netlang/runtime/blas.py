@@ -7,7 +7,9 @@ gradient's product (`v ← m·v + gᵀx`), or plain SGD applied inside the produ
 OpenBLAS that NumPy and SciPy use, through SciPy's Cython BLAS table.
 
 Arrays are row-major; BLAS is column-major, so `C = op(A)·op(B)` is computed
-as `Cᵀ = op(B)ᵀ·op(A)ᵀ` with the operands swapped.
+as `Cᵀ = op(B)ᵀ·op(A)ᵀ` with the operands swapped.  Each matrix needs unit
+stride along its rows only: a block of columns of a larger matrix (one group of
+a grouped convolution) is passed with the larger matrix's row stride.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ def _dims(transa, transb, a, b, c):
     k = a.shape[0] if transa else a.shape[1]
     ints = np.empty(6, np.int32)
     ints[0], ints[1], ints[2] = n, m, k
-    ints[3], ints[4], ints[5] = b.shape[1], a.shape[1], n
+    # Leading dimensions from the row strides (≥ 1 even for an empty or one-column matrix).
+    ints[3] = max(b.strides[0] // b.itemsize, 1)
+    ints[4] = max(a.strides[0] // a.itemsize, 1)
+    ints[5] = max(c.strides[0] // c.itemsize, 1)
     chars = np.empty(2, np.uint8)
     chars[0] = _T if transb else _N
     chars[1] = _T if transa else _N
@@ -61,7 +66,7 @@ def _dims(transa, transb, a, b, c):
 
 @njit(cache=True, nogil=True)
 def gemm32(transa, transb, alpha, a, b, beta, c):
-    """c ← alpha·op(a)·op(b) + beta·c for C-contiguous float32 matrices."""
+    """c ← alpha·op(a)·op(b) + beta·c for row-major float32 matrices (unit column stride)."""
     ints, chars = _dims(transa, transb, a, b, c)
     scalars = np.empty(2, np.float32)
     scalars[0], scalars[1] = alpha, beta
@@ -72,7 +77,7 @@ def gemm32(transa, transb, alpha, a, b, beta, c):
 
 @njit(cache=True, nogil=True)
 def gemm64(transa, transb, alpha, a, b, beta, c):
-    """c ← alpha·op(a)·op(b) + beta·c for C-contiguous float64 matrices."""
+    """c ← alpha·op(a)·op(b) + beta·c for row-major float64 matrices (unit column stride)."""
     ints, chars = _dims(transa, transb, a, b, c)
     scalars = np.empty(2, np.float64)
     scalars[0], scalars[1] = alpha, beta

@@ -27,14 +27,13 @@ from netlang.config import cache_dir, debug, debug_level, timed
 from netlang.errors import DataError
 from netlang.interp import needed_nodes
 from netlang.ir.train_config import TrainConfig
-from netlang.ops.init import initialize
 from netlang.ops.norm import dropout_mask_array
 from netlang.passes import after_pass
+from netlang.runtime.base import EngineBase
 from netlang.passes.autodiff import differentiate
 from netlang.passes.fusion import plan_fusion
 from netlang.passes.memory import plan_buffers
 from netlang.passes.training import training_graph
-from netlang.train.optimizers import Optimizer
 
 _load_lock = threading.Lock()
 
@@ -43,10 +42,28 @@ class Unsupported(Exception):
     """The graph uses an op the CPU back end cannot compile yet."""
 
 
+_helpers_digest = None
+
+
+def _helpers_version() -> str:
+    """A digest of the runtime modules whose compiled functions generated code calls: Numba's
+    cache of a program holds their machine code too, so a change to them is a new program."""
+    global _helpers_digest
+    if _helpers_digest is None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        digest = hashlib.sha256()
+        for name in ("blas.py", "cnn.py"):
+            with open(os.path.join(here, name), "rb") as handle:
+                digest.update(handle.read())
+        _helpers_digest = digest.hexdigest()[:16]
+    return _helpers_digest
+
+
 def load_program(program, title: str = ""):
     """Write a program's source into the kernel cache (once) and import its function."""
     import numba  # noqa: F401  (imported here: netlang's front end never pays for it)
-    versions = f"{__version__}|{numba.__version__}|{np.__version__}|{sys.version_info[:2]}"
+    versions = (f"{__version__}|{numba.__version__}|{np.__version__}|{sys.version_info[:2]}|"
+                f"{_helpers_version()}")
     digest = hashlib.sha256((versions + program.source).encode()).hexdigest()[:24]
     directory = cache_dir()
     os.makedirs(directory, exist_ok=True)
@@ -72,14 +89,15 @@ def load_program(program, title: str = ""):
 class CompiledProgram:
     """A program, its compiled function and its buffers (one set per batch size)."""
 
-    def __init__(self, graph, order, keep, dtype, function, title, update=None):
+    def __init__(self, graph, order, keep, dtype, function, title, update=None, mode="eval"):
         self.graph = graph
         absorbed = set(update.absorbed) if update is not None else set()
         keep = [n for n in keep if n not in absorbed]
         fusion = plan_fusion(graph, order, set(keep))
         self.buffers = plan_buffers(graph, order, fusion, set(keep), skip=absorbed)
         self.program = render_program(graph, order, fusion, self.buffers, dtype=np.dtype(dtype).name,
-                                      function=function, keep=keep, update=update, title=title)
+                                      function=function, keep=keep, update=update, title=title,
+                                      mode=mode)
         self.dtype = dtype
         with timed(f"compile {function}"):
             self.function = load_program(self.program, title)
@@ -91,7 +109,10 @@ class CompiledProgram:
             arrays = []
             for shape, batched, dtype in self.buffers.slots:
                 full = (batch,) + tuple(shape) if batched else tuple(shape)
-                arrays.append(np.zeros(full, dtype=self.dtype if dtype.startswith("float") else np.int64))
+                # acc64: a kernel's float64 accumulators, whatever the engine's dtype.
+                kind = np.float64 if dtype == "acc64" else \
+                    self.dtype if dtype.startswith("float") else np.int64
+                arrays.append(np.zeros(full, dtype=kind))
             if len(self._slot_arrays) > 4:  # a few batch sizes at most (the last, partial batch)
                 self._slot_arrays.pop(next(iter(self._slot_arrays)))
             self._slot_arrays[batch] = arrays
@@ -123,7 +144,7 @@ class CompiledProgram:
         self.function(*args, float(lr), int(t))
 
 
-class CpuEngine:
+class CpuEngine(EngineBase):
     name = "cpu"
 
     @staticmethod
@@ -142,18 +163,7 @@ class CpuEngine:
 
     def __init__(self, graph, config: TrainConfig | None = None, params: dict | None = None, *,
                  seed: int = 0, dtype=np.float32, input_grads=()):
-        self.graph = graph
-        self.config = config or graph.graph.get("train") or TrainConfig()
-        self.dtype = np.dtype(dtype).type
-        self.params = params if params is not None else initialize(graph, seed, dtype)
-        self.rng = np.random.default_rng([seed, 1])
-        frozen = set(self.config.freeze)
-        self.layer_of = {graph.nodes[n]["name"]: graph.nodes[n]["layer"]
-                         for n in list(graph.parameters().values()) + list(graph.buffers().values())}
-        self.trainable = [name for name, node in graph.parameters().items()
-                          if graph.nodes[node]["layer"] not in frozen]
-        self.input_grads = tuple(input_grads)
-        self.optimizer = Optimizer(self.config.optimizer, {n: self.params[n] for n in self.trainable})
+        super().__init__(graph, config, params, seed=seed, dtype=dtype, input_grads=input_grads)
         self._programs: dict = {}
         self._title = os.path.basename(graph.graph.get("path", "model"))
 
@@ -183,7 +193,7 @@ class CpuEngine:
                               self.config.regularizers, self.config.clip_norm,
                               np.dtype(self.dtype).name)
             step = CompiledProgram(graph, order, keep, self.dtype, "train_step",
-                                   self._title, update=plan)
+                                   self._title, update=plan, mode="train")
             self._programs["train"] = (graph, grads, grad_nodes, step, (order, keep))
         return self._programs["train"]
 
@@ -192,7 +202,7 @@ class CpuEngine:
         graph, grads, grad_nodes, _, (order, keep) = self._training()
         if "gradients" not in self._programs:
             self._programs["gradients"] = CompiledProgram(graph, order, keep, self.dtype,
-                                                          "gradients", self._title)
+                                                          "gradients", self._title, mode="train")
         return graph, grads, grad_nodes, self._programs["gradients"]
 
     def _inference(self, names: tuple, with_losses: bool):

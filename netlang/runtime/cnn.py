@@ -1,0 +1,456 @@
+"""Loop nests of the CNN kernels, called from generated code with their geometry as arguments.
+
+A generated training step calls these instead of carrying its own copy of each loop nest:
+Numba's compile time grows much faster than linearly with a function's size, and one
+im2col per convolution (forward, input and weight gradients) would make a ResNet's step take
+minutes to compile.  These compile once per machine (Numba's disk cache) for each dtype, and
+every model reuses them.  Arrays are C-contiguous, of any rank (each helper takes the flat or
+(rows, C) view it needs: a reshape in generated code costs compile time at every call site);
+images are channels-last (N, H, W, C), so every innermost loop runs over a contiguous run of
+channels.
+
+Convolution geometry (input side H, W, C; output side Ho, Wo): input row oh·sh − pt + i·dh
+lies under output row oh and kernel row i, columns alike.  A column matrix has one row per
+output pixel and its columns ordered (group, kh, kw, C/groups).  Blocks are runs of output
+*lines* (one example's row of Wo output pixels): lines l0 ≤ L < l1, line L being example
+L // Ho, output row L % Ho; the block's column matrix starts at its first line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def weight_to_rows(w, rows, F, Cg, kh, kw):
+    """rows (F, kh·kw·Cg) in column order (kh, kw, Cg) ← w (F, Cg, kh, kw)."""
+    w = w.reshape(w.size)
+    rows = rows.reshape(rows.size)
+    K = kh * kw * Cg
+    for f in range(F):
+        for c in range(Cg):
+            for i in range(kh):
+                for j in range(kw):
+                    rows[f * K + (i * kw + j) * Cg + c] = w[((f * Cg + c) * kh + i) * kw + j]
+
+
+@njit(cache=True, nogil=True)
+def rows_to_weight(rows, w, F, Cg, kh, kw):
+    """The inverse of weight_to_rows."""
+    rows = rows.reshape(rows.size)
+    w = w.reshape(w.size)
+    K = kh * kw * Cg
+    for f in range(F):
+        for c in range(Cg):
+            for i in range(kh):
+                for j in range(kw):
+                    w[((f * Cg + c) * kh + i) * kw + j] = rows[f * K + (i * kw + j) * Cg + c]
+
+
+@njit(cache=True, nogil=True)
+def im2col(x, cols, l0, l1, H, W, C, Ho, Wo, kh, kw, sh, sw, dh, dw, pt, pl, groups):
+    """cols ← the input windows of the output pixels of lines l0..l1 (zeros in the padding)."""
+    x = x.reshape(x.size)
+    cols = cols.reshape(cols.size)
+    Cg = C // groups
+    Kg = kh * kw * Cg
+    K = groups * Kg
+    run = kw * C
+    for L in range(l0, l1):
+        n = L // Ho
+        oh = L - n * Ho
+        for ow in range(Wo):
+            rr = ((L - l0) * Wo + ow) * K
+            iw0 = ow * sw - pl
+            whole = groups == 1 and dw == 1 and iw0 >= 0 and iw0 + kw <= W
+            for i in range(kh):
+                ih = oh * sh - pt + i * dh
+                if ih < 0 or ih >= H:
+                    for g in range(groups):
+                        base = rr + g * Kg + i * kw * Cg
+                        for q in range(kw * Cg):
+                            cols[base + q] = 0
+                    continue
+                xb = (n * H + ih) * W
+                if whole:  # the kernel row reads kw·C contiguous input values
+                    base = rr + i * run
+                    src = (xb + iw0) * C
+                    for q in range(run):
+                        cols[base + q] = x[src + q]
+                    continue
+                for j in range(kw):
+                    iw = iw0 + j * dw
+                    inside = iw >= 0 and iw < W
+                    for g in range(groups):
+                        base = rr + g * Kg + (i * kw + j) * Cg
+                        if inside:
+                            src = (xb + iw) * C + g * Cg
+                            for q in range(Cg):
+                                cols[base + q] = x[src + q]
+                        else:
+                            for q in range(Cg):
+                                cols[base + q] = 0
+
+
+@njit(cache=True, nogil=True)
+def col2im(cols, dx, l0, l1, H, W, C, Ho, Wo, kh, kw, sh, sw, dh, dw, pt, pl, groups):
+    """dx += each column of lines l0..l1 at the input position it was read from (the adjoint
+    of im2col; columns in the padding are dropped)."""
+    cols = cols.reshape(cols.size)
+    dx = dx.reshape(dx.size)
+    Cg = C // groups
+    Kg = kh * kw * Cg
+    K = groups * Kg
+    run = kw * C
+    for L in range(l0, l1):
+        n = L // Ho
+        oh = L - n * Ho
+        for ow in range(Wo):
+            rr = ((L - l0) * Wo + ow) * K
+            iw0 = ow * sw - pl
+            whole = groups == 1 and dw == 1 and iw0 >= 0 and iw0 + kw <= W
+            for i in range(kh):
+                ih = oh * sh - pt + i * dh
+                if ih < 0 or ih >= H:
+                    continue
+                xb = (n * H + ih) * W
+                if whole:
+                    base = rr + i * run
+                    dst = (xb + iw0) * C
+                    for q in range(run):
+                        dx[dst + q] += cols[base + q]
+                    continue
+                for j in range(kw):
+                    iw = iw0 + j * dw
+                    if iw < 0 or iw >= W:
+                        continue
+                    for g in range(groups):
+                        base = rr + g * Kg + (i * kw + j) * Cg
+                        dst = (xb + iw) * C + g * Cg
+                        for q in range(Cg):
+                            dx[dst + q] += cols[base + q]
+
+
+# ---- pooling: windows clipped to the input (padding never wins a max nor adds to a sum) ------
+
+@njit(cache=True, nogil=True)
+def maxpool_forward(x, out, N, H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl):
+    x = x.reshape(x.size)
+    out = out.reshape(out.size)
+    for n in range(N):
+        for oh in range(Ho):
+            hs = oh * sh - pt
+            h0, h1 = max(hs, 0), min(hs + kh, H)
+            for ow in range(Wo):
+                ws = ow * sw - pl
+                w0, w1 = max(ws, 0), min(ws + kw, W)
+                ob = ((n * Ho + oh) * Wo + ow) * C
+                first = True
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        xb = ((n * H + ih) * W + iw) * C
+                        if first:
+                            for c in range(C):
+                                out[ob + c] = x[xb + c]
+                            first = False
+                        else:
+                            for c in range(C):
+                                v = x[xb + c]
+                                if v > out[ob + c] or np.isnan(v):
+                                    out[ob + c] = v
+
+
+@njit(cache=True, nogil=True)
+def maxpool_backward(x, y, g, dx, done, N, H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl):
+    """dx ← each window's gradient at the first cell (row-major) holding the window's maximum;
+    `done` (C values) flags the channels already served in the current window."""
+    x = x.reshape(x.size)
+    y = y.reshape(y.size)
+    g = g.reshape(g.size)
+    dx = dx.reshape(dx.size)
+    for q in range(dx.size):
+        dx[q] = 0
+    for n in range(N):
+        for oh in range(Ho):
+            hs = oh * sh - pt
+            h0, h1 = max(hs, 0), min(hs + kh, H)
+            for ow in range(Wo):
+                ws = ow * sw - pl
+                w0, w1 = max(ws, 0), min(ws + kw, W)
+                ob = ((n * Ho + oh) * Wo + ow) * C
+                for c in range(C):
+                    done[c] = 0
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        xb = ((n * H + ih) * W + iw) * C
+                        for c in range(C):
+                            if done[c] == 0 and x[xb + c] == y[ob + c]:
+                                dx[xb + c] += g[ob + c]
+                                done[c] = 1
+
+
+@njit(cache=True, nogil=True)
+def _avg_count(o, s, k, pad_before, pad_after, size, include_pad):
+    start = o * s - pad_before
+    if include_pad:
+        return min(start + k, size + pad_after) - start
+    return min(start + k, size) - max(start, 0)
+
+
+@njit(cache=True, nogil=True)
+def avgpool_forward(x, out, N, H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pb, pl, pr, include_pad):
+    """Window means, divided as PyTorch does (count_include_pad: by the window clipped to the
+    padded input, else by its cells inside the input)."""
+    x = x.reshape(x.size)
+    out = out.reshape(out.size)
+    for n in range(N):
+        for oh in range(Ho):
+            hs = oh * sh - pt
+            h0, h1 = max(hs, 0), min(hs + kh, H)
+            nh = _avg_count(oh, sh, kh, pt, pb, H, include_pad)
+            for ow in range(Wo):
+                ws = ow * sw - pl
+                w0, w1 = max(ws, 0), min(ws + kw, W)
+                nw = _avg_count(ow, sw, kw, pl, pr, W, include_pad)
+                ob = ((n * Ho + oh) * Wo + ow) * C
+                for c in range(C):
+                    out[ob + c] = 0
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        xb = ((n * H + ih) * W + iw) * C
+                        for c in range(C):
+                            out[ob + c] += x[xb + c]
+                inv = out.dtype.type(1.0) / out.dtype.type(nh * nw)
+                for c in range(C):
+                    out[ob + c] *= inv
+
+
+@njit(cache=True, nogil=True)
+def avgpool_backward(g, dx, N, H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pb, pl, pr, include_pad):
+    g = g.reshape(g.size)
+    dx = dx.reshape(dx.size)
+
+    for q in range(dx.size):
+        dx[q] = 0
+    for n in range(N):
+        for oh in range(Ho):
+            hs = oh * sh - pt
+            h0, h1 = max(hs, 0), min(hs + kh, H)
+            nh = _avg_count(oh, sh, kh, pt, pb, H, include_pad)
+            for ow in range(Wo):
+                ws = ow * sw - pl
+                w0, w1 = max(ws, 0), min(ws + kw, W)
+                nw = _avg_count(ow, sw, kw, pl, pr, W, include_pad)
+                ob = ((n * Ho + oh) * Wo + ow) * C
+                inv = dx.dtype.type(1.0) / dx.dtype.type(nh * nw)
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        xb = ((n * H + ih) * W + iw) * C
+                        for c in range(C):
+                            dx[xb + c] += g[ob + c] * inv
+
+
+@njit(cache=True, nogil=True)
+def global_avgpool_forward(x, out, N, P, C):
+    """out (N, C) ← the mean of x (N, P, C) over its P = H·W positions."""
+    x = x.reshape(x.size)
+    out = out.reshape(out.size)
+    inv = out.dtype.type(1.0) / out.dtype.type(P)
+    for n in range(N):
+        for c in range(C):
+            out[n * C + c] = 0
+        for p in range(P):
+            xb = (n * P + p) * C
+            for c in range(C):
+                out[n * C + c] += x[xb + c]
+        for c in range(C):
+            out[n * C + c] *= inv
+
+
+@njit(cache=True, nogil=True)
+def global_avgpool_backward(g, dx, N, P, C):
+    g = g.reshape(g.size)
+    dx = dx.reshape(dx.size)
+
+    size = dx.dtype.type(P)
+    for n in range(N):
+        for p in range(P):
+            xb = (n * P + p) * C
+            for c in range(C):
+                dx[xb + c] = g[n * C + c] / size
+
+
+@njit(cache=True, nogil=True)
+def column_sums(g, out):
+    """out (C,) ← g summed over every axis but the last (a bias's gradient)."""
+    C = out.size
+    g = g.reshape((g.size // C, C))
+    for c in range(C):
+        out[c] = 0
+    for r in range(g.shape[0]):
+        for c in range(C):
+            out[c] += g[r, c]
+
+
+@njit(cache=True, nogil=True)
+def add_bias(out, bias):
+    """out (rows, C) += bias (C,): a convolution's epilogue when nothing else is fused."""
+    for r in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            out[r, c] += bias[c]
+
+
+# ---- batch norm: (rows, C) views of any rank; per-channel sums in float64 -----------------------
+
+@njit(cache=True, nogil=True)
+def channel_sums(x, g, acc, with_grad):
+    """acc[0] ← Σx, acc[1] ← Σx² per channel (column) of x (rows, C); with_grad: also
+    acc[2] ← Σg, acc[3] ← Σg·x."""
+    C = x.shape[1]
+    for i in range(4):
+        for c in range(C):
+            acc[i, c] = 0.0
+    for r in range(x.shape[0]):
+        for c in range(C):
+            v = np.float64(x[r, c])
+            acc[0, c] += v
+            acc[1, c] += v * v
+        if with_grad:
+            for c in range(C):
+                v = np.float64(x[r, c])
+                gv = np.float64(g[r, c])
+                acc[2, c] += gv
+                acc[3, c] += gv * v
+
+
+@njit(cache=True, nogil=True)
+def batch_moments(acc, rows, c):
+    """(mean, biased variance) of channel c from channel_sums."""
+    n = max(rows, 1)
+    mean = acc[0, c] / n
+    return mean, max(acc[1, c] / n - mean * mean, 0.0)
+
+
+@njit(cache=True, nogil=True)
+def batchnorm_coefficients(x, weight, running_mean, running_var, acc, coef, eps, momentum,
+                           train, update):
+    """coef[0] ← the mean and coef[1] ← weight/σ per channel: batch statistics in training
+    (and, with update, the running statistics moved towards them in place), running ones in
+    evaluation.  The output is (x − coef[0])·coef[1] + bias."""
+    C = weight.size
+    x = x.reshape((x.size // C, C))
+    rows = x.shape[0]
+    if train:
+        channel_sums(x, x, acc, False)
+    for c in range(C):
+        if train:
+            mean, var = batch_moments(acc, rows, c)
+            if update:
+                running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean
+                running_var[c] = ((1.0 - momentum) * running_var[c]
+                                  + momentum * var * (rows / max(rows - 1, 1)))
+        else:
+            mean, var = np.float64(running_mean[c]), np.float64(running_var[c])
+        coef[0, c] = mean
+        coef[1, c] = weight[c] / np.sqrt(var + eps)
+
+
+@njit(cache=True, nogil=True)
+def batchnorm_apply(x, coef, bias, out):
+    """out = (x − coef[0])·coef[1] + bias, when no activation is fused into the loop."""
+    C = bias.size
+    x = x.reshape((x.size // C, C))
+    out = out.reshape((out.size // C, C))
+    for r in range(x.shape[0]):
+        for c in range(C):
+            out[r, c] = (x[r, c] - coef[0, c]) * coef[1, c] + bias[c]
+
+
+@njit(cache=True, nogil=True)
+def batchnorm_grad_input(x, g, weight, running_mean, running_var, out, acc, coef, eps, train):
+    """dx = w/σ · (g − mean(g) − x̂·mean(g·x̂)) with batch statistics, w/σ · g in evaluation,
+    written as A·g + B·x + D per channel."""
+    C = weight.size
+    x = x.reshape((x.size // C, C))
+    g = g.reshape((g.size // C, C))
+    out = out.reshape((out.size // C, C))
+    rows = x.shape[0]
+    if train:
+        channel_sums(x, g, acc, True)
+        n = max(rows, 1)
+        for c in range(C):
+            mean, var = batch_moments(acc, rows, c)
+            inv = 1.0 / np.sqrt(var + eps)
+            gxhat = (acc[3, c] - mean * acc[2, c]) * inv
+            a = weight[c] * inv
+            b = -a * inv * gxhat / n
+            coef[0, c] = a
+            coef[1, c] = b
+            coef[2, c] = -a * acc[2, c] / n - b * mean
+        for r in range(rows):
+            for c in range(C):
+                out[r, c] = coef[0, c] * g[r, c] + coef[1, c] * x[r, c] + coef[2, c]
+    else:
+        for c in range(C):
+            coef[0, c] = weight[c] / np.sqrt(np.float64(running_var[c]) + eps)
+        for r in range(rows):
+            for c in range(C):
+                out[r, c] = coef[0, c] * g[r, c]
+
+
+@njit(cache=True, nogil=True)
+def batchnorm_grad_weight(x, g, running_mean, running_var, out, acc, eps, train):
+    """d weight = Σ g·x̂ per channel."""
+    C = out.size
+    x = x.reshape((x.size // C, C))
+    g = g.reshape((g.size // C, C))
+    rows = x.shape[0]
+    channel_sums(x, g, acc, True)
+    for c in range(C):
+        if train:
+            mean, var = batch_moments(acc, rows, c)
+        else:
+            mean, var = np.float64(running_mean[c]), np.float64(running_var[c])
+        out[c] = (acc[3, c] - mean * acc[2, c]) / np.sqrt(var + eps)
+
+
+# ---- local response normalisation across channels (rows, C) -------------------------------------
+
+@njit(cache=True, nogil=True)
+def lrn_forward(x, out, before, after, alpha_n, beta, k):
+    """out = x · (k + alpha_n · Σ x² over channels c − before … c + after)^−beta."""
+    C = x.shape[-1]
+    x = x.reshape((x.size // C, C))
+    out = out.reshape((out.size // C, C))
+    for r in range(x.shape[0]):
+        for c in range(C):
+            s = 0.0
+            for j in range(max(c - before, 0), min(c + after + 1, C)):
+                s += np.float64(x[r, j]) * x[r, j]
+            out[r, c] = x[r, c] * (k + alpha_n * s) ** -beta
+
+
+@njit(cache=True, nogil=True)
+def lrn_backward(x, g, out, work, before, after, alpha_n, beta, k):
+    """dx = g·b^−β − 2·alpha_n·β · x · Σ over the windows holding x of g·x·b^(−β−1), where
+    b = k + alpha_n·Σx²; work (2, C) holds a row's b^−β and g·x·b^(−β−1)."""
+    C = x.shape[-1]
+    x = x.reshape((x.size // C, C))
+    g = g.reshape((g.size // C, C))
+    out = out.reshape((out.size // C, C))
+    for r in range(x.shape[0]):
+        for c in range(C):
+            s = 0.0
+            for j in range(max(c - before, 0), min(c + after + 1, C)):
+                s += np.float64(x[r, j]) * x[r, j]
+            base = k + alpha_n * s
+            scaled = base ** -beta
+            work[0, c] = scaled
+            work[1, c] = g[r, c] * x[r, c] * scaled / base
+        # Channel c lies in channel j's window when j − after ≤ c ≤ j + before.
+        for c in range(C):
+            s = 0.0
+            for j in range(max(c - after, 0), min(c + before + 1, C)):
+                s += work[1, j]
+            out[r, c] = g[r, c] * work[0, c] - 2.0 * alpha_n * beta * x[r, c] * s
