@@ -5,9 +5,12 @@
 
 Each measurement trains on random data of the model's shapes for a fixed time
 after a warm-up (the first step compiles; that time is reported separately).
-PyTorch runs the same architecture (built from netlang's graph: dense/relu/
-sigmoid/tanh/softmax cross-entropy), same batch, float32, same thread count, in
-its own process, so the two runtimes' thread pools never share a process.
+PyTorch runs the same architecture (rebuilt from netlang's graph when it is a
+chain of dense, conv2d, maxpool, avgpool, global_avgpool, batchnorm, flatten,
+dropout and relu/sigmoid/tanh layers, with a softmax cross-entropy), same batch,
+float32, same thread count, in its own process, so the two runtimes' thread
+pools never share a process.  netlang's images are channels-last (N, H, W, C);
+PyTorch gets NCHW tensors of the same sizes, its native layout.
 Figures depend on OPENBLAS_CORETYPE (OpenBLAS's kernel choice): the script
 prints the value it ran under and never changes it.
 """
@@ -83,13 +86,38 @@ for kind, arg in spec["layers"]:
         layers.append(torch.nn.Flatten())
     elif kind == "dropout":
         layers.append(torch.nn.Dropout(arg))
+    elif kind == "conv2d":
+        (t, b_), (l, r) = arg["pads"]
+        if (t, l) != (b_, r):
+            layers.append(torch.nn.ZeroPad2d((l, r, t, b_)))
+        layers.append(torch.nn.Conv2d(arg["cin"], arg["filters"], arg["kernel"], arg["stride"],
+                                      (t, l) if (t, l) == (b_, r) else 0, arg["dilation"],
+                                      arg["groups"], arg["bias"]))
+    elif kind == "maxpool":
+        layers.append(torch.nn.MaxPool2d(arg["kernel"], arg["stride"], arg["padding"],
+                                         ceil_mode=arg["ceil_mode"]))
+    elif kind == "avgpool":
+        layers.append(torch.nn.AvgPool2d(arg["kernel"], arg["stride"], arg["padding"],
+                                         ceil_mode=arg["ceil_mode"],
+                                         count_include_pad=arg["count_include_pad"]))
+    elif kind == "global_avgpool":
+        layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
+    elif kind == "batchnorm":
+        cls = torch.nn.BatchNorm2d if arg["rank"] == 4 else torch.nn.BatchNorm1d
+        layers.append(cls(arg["channels"], eps=arg["eps"], momentum=arg["momentum"]))
     else:
         layers.append({"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh}[kind]())
 net = torch.nn.Sequential(*layers)
-opt = torch.optim.SGD(net.parameters(), lr=spec["lr"], momentum=spec["momentum"])
+if spec["optimizer"] == "adam":
+    opt = torch.optim.Adam(net.parameters(), lr=spec["lr"])
+else:
+    opt = torch.optim.SGD(net.parameters(), lr=spec["lr"], momentum=spec["momentum"])
 loss_fn = torch.nn.CrossEntropyLoss()
 b = spec["batch"]
-x = torch.rand((b,) + tuple(spec["input"]))
+shape = tuple(spec["input"])
+if len(shape) == 3:   # netlang's (H, W, C) image: PyTorch's NCHW of the same sizes
+    shape = (shape[2], shape[0], shape[1])
+x = torch.rand((b,) + shape)
 y = torch.randint(0, spec["classes"], (b,))
 def step():
     opt.zero_grad(set_to_none=True)
@@ -111,26 +139,54 @@ def torch_spec(model_path: str):
     import netlang
     model = netlang.compile(model_path)
     graph = model.graph
+    from netlang.ops.conv import conv_pads
+    from netlang.ops.pool import pool_geometry
     layers = []
+    previous = None
     for node in graph.topological_order():
         data = graph.nodes[node]
         if data["role"] != "layer":
             continue
-        op = data["op"]
+        op, a = data["op"], data["attrs"]
+        x = data["inputs"][0]
+        if previous is not None and x != previous:
+            return None, None   # not a chain
+        previous = node
+        xt = graph.type_of(x)
         if op == "dense":
             w = graph.type_of(data["inputs"][1])
             layers.append(("dense", [w.shape[1], w.shape[0]]))
-        elif op in ("flatten", "relu", "sigmoid", "tanh"):
+        elif op == "conv2d":
+            pads = conv_pads(tuple(xt.shape[1:3]), a)
+            layers.append(("conv2d", {"cin": xt.shape[3], "filters": a["filters"],
+                                      "kernel": list(a["kernel"]), "stride": list(a["stride"]),
+                                      "pads": [list(p) for p in pads],
+                                      "dilation": list(a["dilation"]), "groups": a["groups"],
+                                      "bias": a["bias"]}))
+        elif op in ("maxpool", "avgpool"):
+            kernel, stride, pads, _, _ = pool_geometry(tuple(xt.shape[1:3]), a)
+            if any(p0 != p1 for p0, p1 in pads):
+                return None, None
+            layers.append((op, {"kernel": list(kernel), "stride": list(stride),
+                                "padding": [pads[0][0], pads[1][0]], "ceil_mode": a["ceil_mode"],
+                                "count_include_pad": a.get("count_include_pad", True)}))
+        elif op == "batchnorm":
+            layers.append(("batchnorm", {"channels": xt.shape[-1], "rank": xt.rank,
+                                         "eps": a["eps"], "momentum": a["momentum"]}))
+        elif op in ("flatten", "relu", "sigmoid", "tanh", "global_avgpool"):
             layers.append((op, None))
         elif op == "dropout":
-            layers.append(("dropout", data["attrs"]["rate"]))
+            layers.append(("dropout", a["rate"]))
         else:
             return None, None
-    args = model.train_config.optimizer.args
+    optimizer = model.train_config.optimizer
+    if optimizer.name not in ("sgd", "adam"):
+        return None, None
+    args = optimizer.args
     image = next(iter(model.inputs.values()))
     outputs = next(iter(model.outputs.values()))
     return layers, {"lr": args["lr"], "momentum": args.get("momentum", 0.0),
-                    "input": list(image[1:]), "classes": outputs[-1]}
+                    "optimizer": optimizer.name, "input": list(image[1:]), "classes": outputs[-1]}
 
 
 def torch_throughput(model_path, batch, seconds, threads, cpu_time=False):
