@@ -425,6 +425,7 @@ class ConvGeometry:
     pt: int
     pl: int
     groups: int
+    kind: str = "forward"   # the kernel: forward, input (gradient) or weight (gradient)
 
     @property
     def Cg(self) -> int:
@@ -455,13 +456,37 @@ class ConvGeometry:
         return self.Cg > 1 and self.kh * self.kw > 1
 
     @property
+    def planar(self) -> bool:
+        """Transposed columns from channel planes (netlang.runtime.cnn): a stride-1 convolution
+        of a thin input (an image's first layer), whose im2col rows would be short runs."""
+        return (self.kind != "input" and self.groups == 1 and self.sh == self.sw == 1
+                and not self.direct and self.kw * self.C < 8)
+
+    @property
+    def Wp(self) -> int:
+        return self.Wo + (self.kw - 1) * self.dw
+
+    @property
+    def S(self) -> int:
+        """Columns of one example in the planar layout."""
+        return self.Ho * self.Wp
+
+    @property
     def lines(self) -> int:
-        """Output lines per block."""
+        """Output lines per block (whole examples in the planar layout)."""
+        if self.planar:
+            return self.Ho * max(1, COLUMN_BUDGET // (self.S * max(self.K, self.F)))
         return max(1, COLUMN_BUDGET // (self.Wo * max(self.K, self.F)))
 
     def workspaces(self) -> list:
         """(name, (shape, batched)): the weight in column order (or its gradient's accumulator)
-        and the block's column matrix, each only where needed."""
+        and the block's column matrix, each only where needed; in the planar layout a channel
+        plane, the transposed columns and the transposed output (or output gradient)."""
+        if self.planar:
+            width = self.lines // self.Ho * self.S
+            plane = (self.Ho + (self.kh - 1) * self.dh) * self.Wp + (self.kw - 1) * self.dw
+            return [("plane", ((self.C, plane), False)), ("columns", ((self.K, width), False)),
+                    ("transposed", ((self.F, width), False))]
         names = []
         if self.reordered:
             names.append(("weight", ((self.F, self.Kg), False)))
@@ -477,31 +502,32 @@ def _explicit_pads(in_hw, a):
     return conv_pads(in_hw, a)
 
 
-def _geometry(in_side, out_side, weight_shape, a, pads) -> ConvGeometry:
+def _geometry(in_side, out_side, weight_shape, a, pads, kind) -> ConvGeometry:
     """in_side (N, H, W, C) and out_side (N, Ho, Wo, F) types; weight (F, C/groups, kh, kw)."""
     (pt, _), (pl, _) = pads
     return ConvGeometry(H=in_side.shape[1], W=in_side.shape[2], C=in_side.shape[3],
                         Ho=out_side.shape[1], Wo=out_side.shape[2], F=weight_shape[0],
                         kh=weight_shape[2], kw=weight_shape[3], sh=a["stride"][0], sw=a["stride"][1],
-                        dh=a["dilation"][0], dw=a["dilation"][1], pt=pt, pl=pl, groups=a["groups"])
+                        dh=a["dilation"][0], dw=a["dilation"][1], pt=pt, pl=pl, groups=a["groups"],
+                        kind=kind)
 
 
 def _forward_geometry(in_types, out_type, a):
     """conv2d (x, w) and conv_transpose2d_grad_input (g, w): x ⋆ w, cropped to the output."""
     x, w = in_types[0], in_types[1]
-    return _geometry(x, out_type, w.shape, a, _explicit_pads(x.shape[1:3], a))
+    return _geometry(x, out_type, w.shape, a, _explicit_pads(x.shape[1:3], a), "forward")
 
 
 def _grad_input_geometry(in_types, out_type, a):
-    return _geometry(out_type, in_types[0], in_types[1].shape, a, a["padding"])
+    return _geometry(out_type, in_types[0], in_types[1].shape, a, a["padding"], "input")
 
 
 def _grad_weight_geometry(in_types, out_type, a):
-    return _geometry(in_types[1], in_types[0], out_type.shape, a, a["padding"])
+    return _geometry(in_types[1], in_types[0], out_type.shape, a, a["padding"], "weight")
 
 
 def _transpose_geometry(in_types, out_type, a):
-    return _geometry(out_type, in_types[0], in_types[1].shape, a, _transpose_pads(a))
+    return _geometry(out_type, in_types[0], in_types[1].shape, a, _transpose_pads(a), "input")
 
 
 def _workspace_rule(geometry):
@@ -587,9 +613,36 @@ def _row_block(view, s):
     return f"{view}[{s}]" if s else view
 
 
+def _planar_block(k, geo, b, x, ws):
+    """The block's examples and its transposed columns; returns (n0, n1, width)."""
+    n0, n1, width = k.fresh("n"), k.fresh("n"), k.fresh("wd")
+    k.line(f"{n0} = {b.l0} // {geo.Ho}")
+    k.line(f"{n1} = {b.l1} // {geo.Ho}")
+    k.line(f"{width} = ({n1} - {n0}) * {geo.S}")
+    k.line(f"{k.helper('planar_columns')}({x}, {ws['plane']}, {ws['columns']}, {n0}, {n1}, "
+           f"{geo.H}, {geo.W}, {geo.C}, {geo.Ho}, {geo.Wo}, {geo.kh}, {geo.kw}, {geo.dh}, "
+           f"{geo.dw}, {geo.pt}, {geo.pl})")
+    return n0, n1, width
+
+
 def emit_conv(k, geo, x, w, out, bias=None):
     """out (N, Ho, Wo, F) ← x (N, H, W, C) ⋆ w (F, C/groups, kh, kw), + bias, + fused ops."""
     ws = _workspaces(k, geo)
+    if geo.planar:
+        w2, out2 = k.matrix(w, geo.K), k.matrix(out, geo.F)
+        if k.fused:
+            k.fused_operands()
+        with _Blocks(k, geo, out) as b:
+            n0, n1, width = _planar_block(k, geo, b, x, ws)
+            k.line(f"{k.gemm}(False, False, 1.0, {w2}, {ws['columns']}[:, :{width}], 0.0, "
+                   f"{ws['transposed']}[:, :{width}])")
+            k.line(f"{k.helper('planar_to_rows')}({ws['transposed']}, {out}, {n0}, {n1}, {geo.Ho}, "
+                   f"{geo.Wo}, {geo.F}, {geo.Wp})")
+            if bias is not None or k.fused:
+                block = k.fresh("ob")
+                k.line(f"{block} = {out2}[{b.r0}:{b.r1}]")
+                _epilogue(k, block, bias, b.r0)
+        return
     wr = _emit_weight_rows(k, geo, w, ws)
     out2 = k.matrix(out, geo.F)
     x2 = k.matrix(x, geo.C) if geo.direct else None
@@ -640,6 +693,19 @@ def emit_conv_transpose(k, geo, g, w, out, bias=None):
 def emit_conv_weight_grad(k, geo, g, x, out):
     """out (F, C/groups, kh, kw) ← Σ over examples and output pixels of g ⊗ the input window."""
     ws = _workspaces(k, geo)
+    if geo.planar:
+        out2 = k.matrix(out, geo.K)   # (F, C·kh·kw): the planar rows' order
+        beta = k.fresh("beta")
+        with _Blocks(k, geo, g) as b:
+            k.line(f"{beta} = 0.0 if {b.l0} == 0 else 1.0")
+            n0, n1, width = _planar_block(k, geo, b, x, ws)
+            k.line(f"{k.helper('rows_to_planar')}({g}, {ws['transposed']}, {n0}, {n1}, {geo.Ho}, "
+                   f"{geo.Wo}, {geo.F}, {geo.Wp})")
+            k.line(f"{k.gemm}(False, True, 1.0, {ws['transposed']}[:, :{width}], "
+                   f"{ws['columns']}[:, :{width}], {beta}, {out2})")
+        with k.block(f"if {b.nl} == 0:"):
+            k.line(f"{out2}[:, :] = 0")
+        return
     g2 = k.matrix(g, geo.F)
     acc = ws["weight"] if geo.reordered else k.matrix(out, geo.Kg)
     x2 = k.matrix(x, geo.C) if geo.direct else None

@@ -230,8 +230,8 @@ def _maxpool_kernel(k):
 
 def _maxpool_grad_kernel(k):
     x, y, g = k.ins
-    k.line(f"{k.helper('maxpool_backward')}({x}, {y}, {g}, {k.out}, "
-           f"{k.workspace(0)}, {x}.shape[0], {_pool_args(k, k.in_types[0])})")
+    k.line(f"{k.helper('maxpool_backward')}({x}, {y}, {g}, {k.out}, {x}.shape[0], "
+           f"{_pool_args(k, k.in_types[0])})")
 
 
 def _avgpool_kernel(k):
@@ -262,7 +262,6 @@ def _global_avgpool_grad_kernel(k):
 
 maxpool.cpu_kernel = _maxpool_kernel
 maxpool_grad.cpu_kernel = _maxpool_grad_kernel
-maxpool_grad.cpu_workspace = lambda in_types, out_type, a: [((in_types[0].shape[3],), False)]
 avgpool.cpu_kernel = _avgpool_kernel
 avgpool_grad.cpu_kernel = _avgpool_grad_kernel
 global_avgpool.cpu_kernel = _global_avgpool_kernel

@@ -48,6 +48,37 @@ def rows_to_weight(rows, w, F, Cg, kh, kw):
                     w[((f * Cg + c) * kh + i) * kw + j] = rows[f * K + (i * kw + j) * Cg + c]
 
 
+@njit(inline="always")
+def _copy(dst, d, src, s, n):
+    """dst[d:d + n] = src[s:s + n], on unsigned offsets: Numba checks a signed index for
+    wraparound at every access, which keeps the loop from vectorising."""
+    d, s = np.uint64(d), np.uint64(s)
+    for q in range(np.uint64(n)):
+        dst[d + q] = src[s + q]
+
+
+@njit(inline="always")
+def _add(dst, d, src, s, n):
+    d, s = np.uint64(d), np.uint64(s)
+    for q in range(np.uint64(n)):
+        dst[d + q] += src[s + q]
+
+
+@njit(inline="always")
+def _zero(dst, d, n):
+    d = np.uint64(d)
+    for q in range(np.uint64(n)):
+        dst[d + q] = 0
+
+
+@njit(inline="always")
+def _inner_columns(Wo, W, kw, sw, dw, pl):
+    """(lo, hi): the output columns lo ≤ ow < hi whose whole kernel row lies inside the input."""
+    lo = min(Wo, (pl + sw - 1) // sw)
+    hi = min(Wo, (W - 1 + pl - (kw - 1) * dw) // sw + 1) if W - 1 + pl - (kw - 1) * dw >= 0 else 0
+    return lo, max(lo, hi)
+
+
 @njit(cache=True, nogil=True)
 def im2col(x, cols, l0, l1, H, W, C, Ho, Wo, kh, kw, sh, sw, dh, dw, pt, pl, groups):
     """cols ← the input windows of the output pixels of lines l0..l1 (zeros in the padding)."""
@@ -56,41 +87,35 @@ def im2col(x, cols, l0, l1, H, W, C, Ho, Wo, kh, kw, sh, sw, dh, dw, pt, pl, gro
     Cg = C // groups
     Kg = kh * kw * Cg
     K = groups * Kg
-    run = kw * C
+    lo, hi = _inner_columns(Wo, W, kw, sw, dw, pl)
+    if groups != 1 or dw != 1:
+        lo = hi = 0   # only a plain convolution's kernel row is one contiguous run
     for L in range(l0, l1):
         n = L // Ho
         oh = L - n * Ho
-        for ow in range(Wo):
-            rr = ((L - l0) * Wo + ow) * K
-            iw0 = ow * sw - pl
-            whole = groups == 1 and dw == 1 and iw0 >= 0 and iw0 + kw <= W
-            for i in range(kh):
-                ih = oh * sh - pt + i * dh
-                if ih < 0 or ih >= H:
+        row0 = (L - l0) * Wo * K
+        for i in range(kh):
+            ih = oh * sh - pt + i * dh
+            if ih < 0 or ih >= H:   # a kernel row in the padding
+                for ow in range(Wo):
                     for g in range(groups):
-                        base = rr + g * Kg + i * kw * Cg
-                        for q in range(kw * Cg):
-                            cols[base + q] = 0
+                        _zero(cols, row0 + ow * K + g * Kg + i * kw * Cg, kw * Cg)
+                continue
+            xrow = (n * H + ih) * W * C
+            for ow in range(lo, hi):   # the kernel row's kw·C values are contiguous
+                _copy(cols, row0 + ow * K + i * kw * C, x, xrow + (ow * sw - pl) * C, kw * C)
+            for ow in range(Wo):
+                if lo <= ow < hi:
                     continue
-                xb = (n * H + ih) * W
-                if whole:  # the kernel row reads kw·C contiguous input values
-                    base = rr + i * run
-                    src = (xb + iw0) * C
-                    for q in range(run):
-                        cols[base + q] = x[src + q]
-                    continue
+                iw0 = ow * sw - pl
                 for j in range(kw):
                     iw = iw0 + j * dw
-                    inside = iw >= 0 and iw < W
                     for g in range(groups):
-                        base = rr + g * Kg + (i * kw + j) * Cg
-                        if inside:
-                            src = (xb + iw) * C + g * Cg
-                            for q in range(Cg):
-                                cols[base + q] = x[src + q]
+                        d = row0 + ow * K + g * Kg + (i * kw + j) * Cg
+                        if iw >= 0 and iw < W:
+                            _copy(cols, d, x, xrow + iw * C + g * Cg, Cg)
                         else:
-                            for q in range(Cg):
-                                cols[base + q] = 0
+                            _zero(cols, d, Cg)
 
 
 @njit(cache=True, nogil=True)
@@ -102,95 +127,160 @@ def col2im(cols, dx, l0, l1, H, W, C, Ho, Wo, kh, kw, sh, sw, dh, dw, pt, pl, gr
     Cg = C // groups
     Kg = kh * kw * Cg
     K = groups * Kg
-    run = kw * C
+    lo, hi = _inner_columns(Wo, W, kw, sw, dw, pl)
+    if groups != 1 or dw != 1:
+        lo = hi = 0
     for L in range(l0, l1):
         n = L // Ho
         oh = L - n * Ho
-        for ow in range(Wo):
-            rr = ((L - l0) * Wo + ow) * K
-            iw0 = ow * sw - pl
-            whole = groups == 1 and dw == 1 and iw0 >= 0 and iw0 + kw <= W
-            for i in range(kh):
-                ih = oh * sh - pt + i * dh
-                if ih < 0 or ih >= H:
+        row0 = (L - l0) * Wo * K
+        for i in range(kh):
+            ih = oh * sh - pt + i * dh
+            if ih < 0 or ih >= H:
+                continue
+            xrow = (n * H + ih) * W * C
+            for ow in range(lo, hi):
+                _add(dx, xrow + (ow * sw - pl) * C, cols, row0 + ow * K + i * kw * C, kw * C)
+            for ow in range(Wo):
+                if lo <= ow < hi:
                     continue
-                xb = (n * H + ih) * W
-                if whole:
-                    base = rr + i * run
-                    dst = (xb + iw0) * C
-                    for q in range(run):
-                        dx[dst + q] += cols[base + q]
-                    continue
+                iw0 = ow * sw - pl
                 for j in range(kw):
                     iw = iw0 + j * dw
                     if iw < 0 or iw >= W:
                         continue
                     for g in range(groups):
-                        base = rr + g * Kg + (i * kw + j) * Cg
-                        dst = (xb + iw) * C + g * Cg
-                        for q in range(Cg):
-                            dx[dst + q] += cols[base + q]
+                        _add(dx, xrow + iw * C + g * Cg, cols,
+                             row0 + ow * K + g * Kg + (i * kw + j) * Cg, Cg)
+
+
+# ---- thin inputs: transposed columns from channel planes ---------------------------------------
+# For a stride-1 convolution of an input with few channels (an image's first layer) im2col's
+# rows are runs of only kw·C values.  Transposed, the columns are long runs instead: in a
+# zero-padded plane of channel c (Hp × Wp, flattened) the values under kernel offset (i, j)
+# for every output pixel are one contiguous stretch starting at i·dh·Wp + j·dw, if each output
+# row is computed Wp wide (its last Wp − Wo values are discarded).  Rows of the transposed
+# matrix are ordered (c, i, j): PyTorch's weight layout, so the weight needs no reordering.
+# An example takes S = Ho·Wp columns.
+
+@njit(cache=True, nogil=True)
+def planar_columns(x, plane, colst, n0, n1, H, W, C, Ho, Wo, kh, kw, dh, dw, pt, pl):
+    """colst (C·kh·kw, (n1 − n0)·S) ← the transposed columns of examples n0..n1."""
+    x = x.reshape((x.size // C, C))
+    Wp = Wo + (kw - 1) * dw
+    Hp = Ho + (kh - 1) * dh
+    S = Ho * Wp
+    for n in range(n0, n1):
+        for c in range(C):
+            for q in range(plane.shape[1]):
+                plane[c, q] = 0
+        for ih in range(max(0, -pt), min(H, Hp - pt)):
+            for iw in range(max(0, -pl), min(W, Wp - pl)):
+                r = (n * H + ih) * W + iw
+                q = (ih + pt) * Wp + iw + pl
+                for c in range(C):
+                    plane[c, q] = x[r, c]
+        base = (n - n0) * S
+        for c in range(C):
+            for i in range(kh):
+                for j in range(kw):
+                    _copy(colst[(c * kh + i) * kw + j], base, plane[c], i * dh * Wp + j * dw, S)
+
+
+@njit(cache=True, nogil=True)
+def planar_to_rows(outt, out, n0, n1, Ho, Wo, F, Wp):
+    """out rows of examples n0..n1 (pixels, F) ← outt (F, (n1 − n0)·S), dropping the extra
+    columns of each output row."""
+    out = out.reshape((out.size // F, F))
+    S = Ho * Wp
+    for n in range(n0, n1):
+        for oh in range(Ho):
+            for ow in range(Wo):
+                r = (n * Ho + oh) * Wo + ow
+                q = (n - n0) * S + oh * Wp + ow
+                for f in range(F):
+                    out[r, f] = outt[f, q]
+
+
+@njit(cache=True, nogil=True)
+def rows_to_planar(g, gt, n0, n1, Ho, Wo, F, Wp):
+    """gt (F, (n1 − n0)·S) ← g's rows of examples n0..n1, zero in the extra columns."""
+    g = g.reshape((g.size // F, F))
+    S = Ho * Wp
+    for n in range(n0, n1):
+        for oh in range(Ho):
+            q0 = (n - n0) * S + oh * Wp
+            for ow in range(Wo, Wp):
+                for f in range(F):
+                    gt[f, q0 + ow] = 0
+            for ow in range(Wo):
+                r = (n * Ho + oh) * Wo + ow
+                for f in range(F):
+                    gt[f, q0 + ow] = g[r, f]
 
 
 # ---- pooling: windows clipped to the input (padding never wins a max nor adds to a sum) ------
+# Images as (pixels, C) matrices: the innermost loop runs over channels with a plain range index.
+
+@njit(inline="always")
+def _window(o, s, k, pad, size):
+    start = o * s - pad
+    return max(start, 0), min(start + k, size)
+
 
 @njit(cache=True, nogil=True)
 def maxpool_forward(x, out, N, H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl):
-    x = x.reshape(x.size)
-    out = out.reshape(out.size)
+    x = x.reshape((x.size // C, C))
+    out = out.reshape((out.size // C, C))
     for n in range(N):
         for oh in range(Ho):
-            hs = oh * sh - pt
-            h0, h1 = max(hs, 0), min(hs + kh, H)
+            h0, h1 = _window(oh, sh, kh, pt, H)
             for ow in range(Wo):
-                ws = ow * sw - pl
-                w0, w1 = max(ws, 0), min(ws + kw, W)
-                ob = ((n * Ho + oh) * Wo + ow) * C
-                first = True
-                for ih in range(h0, h1):
-                    for iw in range(w0, w1):
-                        xb = ((n * H + ih) * W + iw) * C
-                        if first:
-                            for c in range(C):
-                                out[ob + c] = x[xb + c]
-                            first = False
-                        else:
-                            for c in range(C):
-                                v = x[xb + c]
-                                if v > out[ob + c] or np.isnan(v):
-                                    out[ob + c] = v
-
-
-@njit(cache=True, nogil=True)
-def maxpool_backward(x, y, g, dx, done, N, H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl):
-    """dx ← each window's gradient at the first cell (row-major) holding the window's maximum;
-    `done` (C values) flags the channels already served in the current window."""
-    x = x.reshape(x.size)
-    y = y.reshape(y.size)
-    g = g.reshape(g.size)
-    dx = dx.reshape(dx.size)
-    for q in range(dx.size):
-        dx[q] = 0
-    for n in range(N):
-        for oh in range(Ho):
-            hs = oh * sh - pt
-            h0, h1 = max(hs, 0), min(hs + kh, H)
-            for ow in range(Wo):
-                ws = ow * sw - pl
-                w0, w1 = max(ws, 0), min(ws + kw, W)
-                ob = ((n * Ho + oh) * Wo + ow) * C
+                w0, w1 = _window(ow, sw, kw, pl, W)
+                o = (n * Ho + oh) * Wo + ow
+                first = (n * H + h0) * W + w0
                 for c in range(C):
-                    done[c] = 0
+                    out[o, c] = x[first, c]
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
-                        xb = ((n * H + ih) * W + iw) * C
+                        r = (n * H + ih) * W + iw
                         for c in range(C):
-                            if done[c] == 0 and x[xb + c] == y[ob + c]:
-                                dx[xb + c] += g[ob + c]
-                                done[c] = 1
+                            v = x[r, c]
+                            m = out[o, c]
+                            out[o, c] = v if v > m else m
 
 
 @njit(cache=True, nogil=True)
+def maxpool_backward(x, y, g, dx, N, H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pl):
+    """dx ← each window's gradient at the first cell (row-major) holding the window's maximum."""
+    x = x.reshape((x.size // C, C))
+    y = y.reshape((y.size // C, C))
+    g = g.reshape((g.size // C, C))
+    dx = dx.reshape((dx.size // C, C))
+    for n in range(N):
+        for r in range(n * H * W, (n + 1) * H * W):
+            for c in range(C):
+                dx[r, c] = 0
+        for oh in range(Ho):
+            h0, h1 = _window(oh, sh, kh, pt, H)
+            for ow in range(Wo):
+                w0, w1 = _window(ow, sw, kw, pl, W)
+                o = (n * Ho + oh) * Wo + ow
+                for c in range(C):
+                    m = y[o, c]
+                    found = False
+                    for ih in range(h0, h1):
+                        for iw in range(w0, w1):
+                            r = (n * H + ih) * W + iw
+                            if x[r, c] == m:
+                                dx[r, c] += g[o, c]
+                                found = True
+                                break
+                        if found:
+                            break
+
+
+@njit(inline="always")
 def _avg_count(o, s, k, pad_before, pad_after, size, include_pad):
     start = o * s - pad_before
     if include_pad:
@@ -202,83 +292,76 @@ def _avg_count(o, s, k, pad_before, pad_after, size, include_pad):
 def avgpool_forward(x, out, N, H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pb, pl, pr, include_pad):
     """Window means, divided as PyTorch does (count_include_pad: by the window clipped to the
     padded input, else by its cells inside the input)."""
-    x = x.reshape(x.size)
-    out = out.reshape(out.size)
+    x = x.reshape((x.size // C, C))
+    out = out.reshape((out.size // C, C))
     for n in range(N):
         for oh in range(Ho):
-            hs = oh * sh - pt
-            h0, h1 = max(hs, 0), min(hs + kh, H)
+            h0, h1 = _window(oh, sh, kh, pt, H)
             nh = _avg_count(oh, sh, kh, pt, pb, H, include_pad)
             for ow in range(Wo):
-                ws = ow * sw - pl
-                w0, w1 = max(ws, 0), min(ws + kw, W)
+                w0, w1 = _window(ow, sw, kw, pl, W)
                 nw = _avg_count(ow, sw, kw, pl, pr, W, include_pad)
-                ob = ((n * Ho + oh) * Wo + ow) * C
+                o = (n * Ho + oh) * Wo + ow
                 for c in range(C):
-                    out[ob + c] = 0
+                    out[o, c] = 0
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
-                        xb = ((n * H + ih) * W + iw) * C
+                        r = (n * H + ih) * W + iw
                         for c in range(C):
-                            out[ob + c] += x[xb + c]
+                            out[o, c] += x[r, c]
                 inv = out.dtype.type(1.0) / out.dtype.type(nh * nw)
                 for c in range(C):
-                    out[ob + c] *= inv
+                    out[o, c] *= inv
 
 
 @njit(cache=True, nogil=True)
 def avgpool_backward(g, dx, N, H, W, C, Ho, Wo, kh, kw, sh, sw, pt, pb, pl, pr, include_pad):
-    g = g.reshape(g.size)
-    dx = dx.reshape(dx.size)
-
-    for q in range(dx.size):
-        dx[q] = 0
+    g = g.reshape((g.size // C, C))
+    dx = dx.reshape((dx.size // C, C))
     for n in range(N):
+        for r in range(n * H * W, (n + 1) * H * W):
+            for c in range(C):
+                dx[r, c] = 0
         for oh in range(Ho):
-            hs = oh * sh - pt
-            h0, h1 = max(hs, 0), min(hs + kh, H)
+            h0, h1 = _window(oh, sh, kh, pt, H)
             nh = _avg_count(oh, sh, kh, pt, pb, H, include_pad)
             for ow in range(Wo):
-                ws = ow * sw - pl
-                w0, w1 = max(ws, 0), min(ws + kw, W)
+                w0, w1 = _window(ow, sw, kw, pl, W)
                 nw = _avg_count(ow, sw, kw, pl, pr, W, include_pad)
-                ob = ((n * Ho + oh) * Wo + ow) * C
+                o = (n * Ho + oh) * Wo + ow
                 inv = dx.dtype.type(1.0) / dx.dtype.type(nh * nw)
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
-                        xb = ((n * H + ih) * W + iw) * C
+                        r = (n * H + ih) * W + iw
                         for c in range(C):
-                            dx[xb + c] += g[ob + c] * inv
+                            dx[r, c] += g[o, c] * inv
 
 
 @njit(cache=True, nogil=True)
 def global_avgpool_forward(x, out, N, P, C):
     """out (N, C) ← the mean of x (N, P, C) over its P = H·W positions."""
-    x = x.reshape(x.size)
-    out = out.reshape(out.size)
+    x = x.reshape((x.size // C, C))
+    out = out.reshape((out.size // C, C))
     inv = out.dtype.type(1.0) / out.dtype.type(P)
     for n in range(N):
         for c in range(C):
-            out[n * C + c] = 0
-        for p in range(P):
-            xb = (n * P + p) * C
+            out[n, c] = 0
+        for r in range(n * P, (n + 1) * P):
             for c in range(C):
-                out[n * C + c] += x[xb + c]
+                out[n, c] += x[r, c]
         for c in range(C):
-            out[n * C + c] *= inv
+            out[n, c] *= inv
 
 
 @njit(cache=True, nogil=True)
 def global_avgpool_backward(g, dx, N, P, C):
-    g = g.reshape(g.size)
-    dx = dx.reshape(dx.size)
-
+    g = g.reshape((g.size // C, C))
+    dx = dx.reshape((dx.size // C, C))
     size = dx.dtype.type(P)
     for n in range(N):
-        for p in range(P):
-            xb = (n * P + p) * C
+        for r in range(n * P, (n + 1) * P):
             for c in range(C):
-                dx[xb + c] = g[n * C + c] / size
+                dx[r, c] = g[n, c] / size
 
 
 @njit(cache=True, nogil=True)
