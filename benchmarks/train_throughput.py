@@ -1,7 +1,8 @@
 """Steady-state training throughput: netlang's CPU engine against PyTorch on the same model.
 
     python benchmarks/train_throughput.py [--model examples/mlp.net] [--batches 32,128,512]
-                                          [--seconds 3] [--threads N] [--no-torch]
+                                          [--seconds 3] [--rounds 3] [--threads N] [--no-torch]
+                                          [--cpu-time]
 
 Each measurement trains on random data of the model's shapes for a fixed time
 after a warm-up (the first step compiles; that time is reported separately).
@@ -212,6 +213,8 @@ def main(argv=None):
     parser.add_argument("--batches", default="32,128,512")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating measurements of each side; the best of each is shown")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--cpu-time", action="store_true",
                         help="one thread each, samples per CPU-second: comparable even when other "
@@ -232,15 +235,24 @@ def main(argv=None):
     print(f"{'batch':>6}  {'netlang':>12}  {'pytorch':>12}  {'ratio':>6}  first step")
     for batch in [int(b) for b in args.batches.split(",")]:
         # Each side in its own process, one after the other: no shared thread pools.
-        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--child", str(batch),
-                              "--seconds", str(args.seconds)] + (["--cpu-time"] if args.cpu_time else []),
-                             capture_output=True, text=True, env=env)
-        if out.returncode:
-            print(out.stderr)
-            return 1
-        ours = json.loads(out.stdout.strip().splitlines()[-1])
-        theirs = None if args.no_torch else torch_throughput(args.model, batch, args.seconds,
-                                                              args.threads, args.cpu_time)
+        # Rounds alternate the two sides; each side's best round counts, so a burst of load
+        # from elsewhere (these are shared virtual machines) hurts neither side's figure.
+        ours, theirs = None, None
+        for _ in range(args.rounds):
+            out = subprocess.run([sys.executable, __file__, "--model", args.model, "--child",
+                                  str(batch), "--seconds", str(args.seconds)]
+                                 + (["--cpu-time"] if args.cpu_time else []),
+                                 capture_output=True, text=True, env=env)
+            if out.returncode:
+                print(out.stderr)
+                return 1
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            if ours is None or run["samples_per_s"] > ours["samples_per_s"]:
+                ours = dict(run, first_step_s=(ours or run)["first_step_s"])
+            if not args.no_torch:
+                rate = torch_throughput(args.model, batch, args.seconds, args.threads, args.cpu_time)
+                if rate is not None:
+                    theirs = max(theirs or 0.0, rate)
         ratio = f"{ours['samples_per_s'] / theirs:6.2f}" if theirs else "     -"
         theirs_text = f"{theirs:12,.0f}" if theirs else f"{'n/a':>12}"
         print(f"{batch:>6}  {ours['samples_per_s']:12,.0f}  {theirs_text}  {ratio}  "

@@ -86,6 +86,29 @@ class Model:
         """
         return dict(self.engine.params)
 
+    def to(self, device: str) -> "Model":
+        """Run this model on `device` from now on (`cpu`, `cuda`, `auto` or `reference`),
+        keeping its weights and the optimiser's state: `model.to("cuda").fit(...)`.  Without a
+        GPU, `to("cuda")` raises a UsageError saying so, and the model stays where it was."""
+        if self._engine is not None:
+            import numpy as np
+            from netlang.runtime import make_engine
+            old = self._engine
+            params = {name: np.array(value) for name, value in old.params.items()}
+            engine = make_engine(self.graph, old.config, params, seed=0, device=device,
+                                 dtype=old.dtype)
+            for name, value in old.optimizer.state.items():
+                if name in engine.optimizer.state:
+                    engine.optimizer.state[name][...] = value
+            engine.optimizer.steps = old.optimizer.steps
+            engine.rng.bit_generator.state = old.rng.bit_generator.state
+            self._engine = engine
+        elif device == "cuda":   # fail now, not at the first use, when there is no GPU
+            from netlang.runtime.cuda import cuda_module
+            cuda_module()
+        self.device = device
+        return self
+
     def reset(self, seed: int | None = None) -> "Model":
         """Fresh initial weights (from `seed`, else the train section's seed) and optimiser."""
         from netlang.runtime import make_engine
@@ -195,6 +218,37 @@ class Model:
         from netlang.train.loop import predict
         return predict(self.engine, self.binding, self._arrays(x, what="prediction input"),
                        batch_size)
+
+    def saliency(self, x, target=None):
+        """The gradient of a class score with respect to the input, shaped like `x`: the
+        score is the first output before its softmax (the logit) of each example's top
+        class, or of class `target` (an index, or one per example).  `x` is a batch for the
+        data input, or a dict {input name: batch} (then a dict of gradients comes back).
+        Evaluation mode; the weights do not change.  See netlang/saliency.py."""
+        from netlang.saliency import saliency
+        arrays = self._arrays(x, what="saliency input")
+        gradients = saliency(self.engine, self.graph, arrays, target).gradients
+        return gradients if isinstance(x, dict) else gradients[self.binding.data_input]
+
+    def reconstructions(self, x, path=None):
+        """For an autoencoder (a loss compares an output with an input): a uint8 image of
+        the first 8 examples of `x` over their reconstructions; written as a PNG to `path`
+        when given.  Training writes the same picture to its run directory."""
+        from netlang.train.reconstructions import reconstruction_grid
+        image = reconstruction_grid(self.engine, self.graph,
+                                    self._arrays(x, what="reconstruction input"))
+        if path is not None:
+            from netlang.train.png import write_png
+            write_png(path, image)
+        return image
+
+    def bench(self, *, batch=None, steps=10, device=None, dtype="float32", seed=0) -> dict:
+        """Seconds per batch of the forward pass and the training step on random inputs,
+        as `netlang bench --json` prints them (see netlang/bench.py).  A fresh engine runs
+        them: the model's weights do not change."""
+        from netlang.bench import bench
+        return bench(self.graph, batch=batch, steps=steps, device=device or self.device,
+                     dtype=dtype, seed=seed, path=self.path)
 
     def save(self, path) -> str:
         """Write the weights: `path` ending in .safetensors is the file; any other path is a

@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from netlang.train.commands import add_commands
     add_commands(sub)  # train, eval, predict
+    from netlang.bench import add_command as add_bench
+    add_bench(sub)
+    from netlang.saliency import add_command as add_saliency
+    add_saliency(sub)
     return parser
 
 

@@ -4,6 +4,8 @@ NETLANG_DEBUG   1: pass timings; 2: also the IR after each pass; 3: also generat
 NETLANG_VERIFY  1: verify the IR after every pass (tests set it).
 NETLANG_CACHE   where compiled kernels are cached (default: ~/.cache/netlang/kernels).
 NETLANG_DATA    where data sets are looked for first (see netlang.data).
+NUMBA_ENABLE_CUDASIM  1: Numba's CUDA simulator stands in for a GPU (read here, set before
+                Numba is imported; see docs/cuda.md).
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ def debug_level() -> int:
 
 def verify_enabled() -> bool:
     return os.environ.get("NETLANG_VERIFY", "") not in ("", "0")
+
+
+def cuda_simulator() -> bool:
+    """Whether Numba's CUDA simulator runs the CUDA back end (no GPU needed; slow)."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0")
 
 
 def cache_dir() -> str:

@@ -196,7 +196,7 @@ def test_a_second_engine_reuses_the_compiled_kernels(tmp_path, monkeypatch):
 
 # Ops whose CPU kernels arrive with later issues; the reference engine runs them meanwhile.
 PENDING_CPU = {
-    "rnn", "lstm", "gru", "permute", "maxout", "maxout_grad", "hinge", "hinge_grad",
+    "rnn", "lstm", "gru",
 }
 
 
@@ -216,10 +216,10 @@ def test_every_trainable_op_has_a_cpu_kernel_or_is_listed_pending():
 def test_models_with_pending_ops_fall_back_to_the_reference_engine():
     from netlang.runtime import make_engine
     model = netlang.compile("""
-        input x: [6]
+        input x: [5, 3]
         input y: int32[]
-        output z = x -> dense(6) -> maxout(2)
-        train { loss hinge(z, y) }
+        output z = x -> rnn(4) -> dense(3)
+        train { loss cross_entropy(z, y) }
     """)
     assert make_engine(model.graph).name == "reference"
     plain = netlang.compile(MODEL % ("sgd", "l2(0.0)", ""))
@@ -227,6 +227,34 @@ def test_models_with_pending_ops_fall_back_to_the_reference_engine():
     # Convolutions, pooling and batch norm have CPU kernels.
     cnn = netlang.compile(os.path.join(os.path.dirname(__file__), "..", "examples", "lenet5.net"))
     assert make_engine(cnn.graph).name == "cpu"
+
+
+def test_permute_maxout_and_hinge_loss_match_reference():
+    model = netlang.compile("""
+        input x: [2, 3, 4]
+        input y: int32[]
+        output z = x -> permute((2, 0, 1)) -> flatten -> dense(12) -> maxout(3) -> dense(3)
+        train { loss hinge(z, y, margin = 0.5)  optimizer sgd(lr = 0.1, momentum = 0.5) }
+    """)
+    reference, compiled = ReferenceEngine(model.graph, seed=3), CpuEngine(model.graph, seed=3)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        feeds = {"x": rng.standard_normal((8, 2, 3, 4)).astype(np.float32),
+                 "y": rng.integers(0, 3, 8)}
+        loss_ref, _ = reference.train_step(feeds, 0.1)
+        loss_cpu, _ = compiled.train_step(feeds, 0.1)
+        assert loss_cpu == pytest.approx(loss_ref, rel=1e-5)
+    _assert_same_params(reference.params, compiled.params)
+    # The permuted input itself, checked through the input gradient too.
+    feeds = {"x": rng.standard_normal((4, 2, 3, 4)).astype(np.float32), "y": rng.integers(0, 3, 4)}
+    ref_grad = ReferenceEngine(model.graph, params=compiled.params, input_grads=("x",))
+    cpu_grad = CpuEngine(model.graph, params=compiled.params, input_grads=("x",))
+    loss_ref, grads_ref, _ = ref_grad.gradients(feeds)
+    loss_cpu, grads_cpu, _ = cpu_grad.gradients(feeds)
+    assert loss_cpu == pytest.approx(loss_ref, rel=1e-5)
+    for name in grads_ref:
+        np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
 
 
 def test_soft_cross_entropy_targets_match_reference():
@@ -423,3 +451,30 @@ def test_convolution_bias_and_activation_are_fused_and_workspaces_are_planned():
     # ... but is reused by later ops: fewer column buffers than convolution kernels.
     columns = {s for n in convs for s in plan.workspaces[n]}
     assert len(columns) < sum(len(plan.workspaces[n]) for n in convs)
+
+
+def test_evaluation_folds_batch_norm_into_the_product_before_it():
+    model = netlang.compile("""
+        input x: [6, 6, 2]
+        input y: int32[]
+        a = x -> conv2d(4, 3, padding = 1, bias = false) -> batchnorm -> relu
+        b = a -> conv2d(4, 3, padding = 1) as shared
+        c = b -> batchnorm
+        h = (c, b) -> concat
+        output z = h -> flatten -> dense(5) -> batchnorm -> relu -> dense(3)
+        train { loss cross_entropy(z, y)  optimizer sgd(lr = 0.1) }
+    """)
+    reference, compiled = ReferenceEngine(model.graph, seed=1), CpuEngine(model.graph, seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # running statistics and weights away from their initial values
+        feeds = {"x": rng.standard_normal((8, 6, 6, 2)).astype(np.float32),
+                 "y": rng.integers(0, 3, 8)}
+        reference.train_step(feeds, 0.1)
+        compiled.train_step(feeds, 0.1)
+    x = {"x": rng.standard_normal((5, 6, 6, 2)).astype(np.float32)}
+    np.testing.assert_allclose(compiled.forward(x)["z"], reference.forward(x)["z"],
+                               rtol=1e-4, atol=1e-5)
+    _, _, program = compiled._inference(("z",), False)
+    ops = [program.graph.op(n) for n in needed_nodes(program.graph, [model.graph.graph["outputs"]["z"]])]
+    # Two folded (the conv's and the dense's); the one after `shared` stays: b has two readers.
+    assert ops.count("batchnorm_fold_weight") == 2 and ops.count("batchnorm") == 1

@@ -23,8 +23,8 @@ from netlang.passes.memory import EXTERNAL
 
 @dataclasses.dataclass
 class ProgramArg:
-    kind: str   # input, mask, param, state, slot, scalar
-    key: object  # input/param/state name, mask node, slot index, scalar name
+    kind: str   # input, key (a dropout mask's per-step key), param, state, slot
+    key: object  # input/param/state name, dropout_mask node, slot index
 
 
 @dataclasses.dataclass
@@ -91,6 +91,11 @@ class Kernel:
         self.program.imports.add((module, name))
         return name
 
+    def key(self) -> str:
+        """A one-element uint64 array the engine fills before each call: this node's random key
+        (see `netlang.ops.norm.dropout_bits`)."""
+        return self.program.argument("key", self.node)
+
     def workspace(self, i: int) -> str:
         """The i-th scratch array the op's `cpu_workspace` rule asked for."""
         return self.program.argument("slot", self.program.buffers.workspaces[self.node][i])
@@ -142,6 +147,34 @@ class Kernel:
     def paired_loss(self):
         """For a paired loss gradient: the loss node computed with it."""
         return self.program.fusion.paired.get(self.node)
+
+    # Target-neutral structure: the CUDA renderer (codegen/cuda.py) overrides these three, so
+    # a template written with them serves both back ends.
+
+    def parallel(self, size: str, index: str = "i"):
+        """A loop whose iterations are independent (a kernel launch on a GPU)."""
+        return self.block(f"for {index} in range({size}):")
+
+    def reduction(self, size: str, index: str, body, finish, groups: str | None = None,
+                  group: str = "g") -> None:
+        """Σ over `index` < `size` into a float64 accumulator: `body(acc)` emits one iteration
+        (adding to acc), `finish(acc)` uses the total.  With `groups`, one independent
+        reduction per `group` < `groups` (a block per group on a GPU)."""
+        with contextlib.ExitStack() as stack:
+            if groups is not None:
+                stack.enter_context(self.block(f"for {group} in range({groups}):"))
+            acc = self.fresh("acc")
+            self.line(f"{acc} = 0.0")
+            with self.block(f"for {index} in range({size}):"):
+                body(acc)
+            finish(acc)
+
+    def matmul(self, a: str, b: str, out: str, trans_a: bool = False, trans_b: bool = False,
+               bias: str | None = None, epilogue: bool = True) -> None:
+        """out ← op(a)·op(b) over 2-D views, then (with `epilogue`) the bias and fused ops."""
+        self.line(f"{self.gemm}({trans_a}, {trans_b}, 1.0, {a}, {b}, 0.0, {out})")
+        if epilogue:
+            self.epilogue(out, bias=bias)
 
 
 class ProgramWriter:
@@ -198,8 +231,6 @@ class ProgramWriter:
             name = self.argument("input", data["name"])
         elif op == "param":
             name = self.argument("param", data["name"])
-        elif op == "dropout_mask":
-            name = self.argument("mask", node)
         elif node in self.fusion.host_of or get_op(op).cpu_view:
             root = self.buffers.root_of[node]
             name = self._view(node, root)
@@ -240,7 +271,7 @@ class ProgramWriter:
                 operand_flats[operand] = self.view(v, f"{v}.size", "f")
         chain = self.fusion.epilogue.get(node, [])
         extra = self._epilogue_operands(chain, node)
-        with e.block(f"for i in range({flat_out}.size):"):
+        with self.loop("i", f"{flat_out}.size"):
             values = []
             for operand in self.graph.operands(node):
                 s = e.fresh("s")
@@ -250,6 +281,10 @@ class ProgramWriter:
             e.line(f"{current} = {self.expression(node, values)}")
             current = self._emit_chain(chain, node, current, extra, "i")
             e.line(f"{flat_out}[i] = {current}")
+
+    def loop(self, index: str, size: str):
+        """An elementwise loop (the CUDA renderer makes it a kernel)."""
+        return self.emitter.block(f"for {index} in range({size}):")
 
     def _epilogue_operands(self, chain, host) -> dict:
         """Flat views of the operands that fused ops read besides the running value."""
@@ -310,13 +345,17 @@ class ProgramWriter:
         self.emitter.line(f"# {sanitise_comment(op_name)} {sanitise_comment(data['name'])}")
         if op.cpu_view:
             self.var(node)
-            return
-        if op.cpu_expr is not None:
+        elif op.cpu_expr is not None:
             self.emit_elementwise(node)
-        elif op.cpu_kernel is not None:
-            op.cpu_kernel(Kernel(self, node))
         else:
-            raise NotImplementedError(f"op `{op_name}` has no CPU kernel")
+            self.emit_kernel(op, node)
+
+    # A target's renderer overrides this: which template an op's kernel comes from, and what
+    # the template sees.
+    def emit_kernel(self, op, node: int) -> None:
+        if op.cpu_kernel is None:
+            raise NotImplementedError(f"op `{op.name}` has no CPU kernel")
+        op.cpu_kernel(Kernel(self, node))
 
 
 def supported(graph: Graph, nodes) -> list[str]:

@@ -401,12 +401,16 @@ _STATEMENT_START = re.compile(r"(?:import|const|input|output|block|train|if)\b"
                               r"|[A-Za-z_]\w*\s*(?:,\s*[A-Za-z_]\w*\s*)*=(?!=)")
 
 
-def _line_brackets(text: str):
-    """(net change of bracket depth, lowest depth reached) over one line, outside strings."""
-    depth = lowest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
+def _brackets(text: str):
+    """(offset, bracket) of each bracket in `text` outside strings and comments.  A string or
+    comment ends at the end of its line, as the grammar has it."""
+    in_string = in_comment = escaped = False
+    for offset, ch in enumerate(text):
+        if ch == "\n":
+            in_string = in_comment = escaped = False
+        elif in_comment:
+            pass
+        elif in_string:
             if escaped:
                 escaped = False
             elif ch == "\\":
@@ -414,12 +418,20 @@ def _line_brackets(text: str):
             elif ch == '"':
                 in_string = False
         elif ch == "#":
-            break
+            in_comment = True
         elif ch == '"':
             in_string = True
-        elif ch in "([{":
+        elif ch in "([{)]}":
+            yield offset, ch
+
+
+def _line_brackets(text: str):
+    """(net change of bracket depth, lowest depth reached) over one line, outside strings."""
+    depth = lowest = 0
+    for _, ch in _brackets(text):
+        if ch in "([{":
             depth += 1
-        elif ch in ")]}":
+        else:
             depth -= 1
             lowest = min(lowest, depth)
     return depth, lowest
@@ -498,30 +510,16 @@ def _more_syntax_errors(source: str, path: str, first_line: int) -> list:
 
 def _unclosed_bracket(source: str, pos: int):
     """(bracket, line, column) of the innermost bracket still open at `pos`, or None."""
-    stack, line, column = [], 1, 0
-    in_string = in_comment = escaped = False
-    for ch in source[:pos]:
-        column += 1
-        if ch == "\n":
-            line, column, in_comment, in_string = line + 1, 0, False, False
-        elif in_comment:
-            pass
-        elif in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == "#":
-            in_comment = True
-        elif ch == '"':
-            in_string = True
-        elif ch in "([{":
-            stack.append((ch, line, column))
-        elif ch in ")]}" and stack:
+    stack = []
+    for offset, ch in _brackets(source[:pos]):
+        if ch in "([{":
+            stack.append((ch, offset))
+        elif stack:
             stack.pop()
-    return stack[-1] if stack else None
+    if not stack:
+        return None
+    ch, offset = stack[-1]
+    return ch, source.count("\n", 0, offset) + 1, offset - source.rfind("\n", 0, offset)
 
 
 def _keyword_hint(source: str, exc):

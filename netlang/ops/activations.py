@@ -221,13 +221,13 @@ elu_grad.cpu_expr = lambda a, c: f"{{2}} if {{0}} >= 0 else {{2}} * ({{1}} + {c(
 
 
 def _softmax_rows_kernel(log: bool):
-    """Softmax over the last axis, row by row, shifted by the row maximum for stability."""
+    """Softmax over the last axis, row by row (rows in parallel), shifted by the row maximum."""
     def kernel(k):
         if k.attrs["axis"] not in (-1, k.in_types[0].rank - 2):
             raise NotImplementedError("softmax over an axis other than the last")
         x, y = k.rows(k.ins[0], k.in_types[0]), k.rows(k.out, k.out_type)
         m, s = k.fresh("m"), k.fresh("s")
-        with k.block(f"for r in range({x}.shape[0]):"):
+        with k.parallel(f"{x}.shape[0]", "r"):
             k.line(f"{m} = {x}[r, 0]")
             with k.block(f"for c in range(1, {x}.shape[1]):"):
                 k.line(f"{m} = max({m}, {x}[r, c])")
@@ -252,7 +252,7 @@ def _softmax_grad_rows_kernel(log: bool):
         y, g, out = (k.rows(k.ins[0], k.in_types[0]), k.rows(k.ins[1], k.in_types[1]),
                      k.rows(k.out, k.out_type))
         s = k.fresh("s")
-        with k.block(f"for r in range({y}.shape[0]):"):
+        with k.parallel(f"{y}.shape[0]", "r"):
             k.line(f"{s} = 0.0")
             with k.block(f"for c in range({y}.shape[1]):"):
                 k.line(f"{s} += {g}[r, c]" if log else f"{s} += {g}[r, c] * {y}[r, c]")
@@ -262,7 +262,48 @@ def _softmax_grad_rows_kernel(log: bool):
     return kernel
 
 
+
+
+def _maxout_kernel(k):
+    """Each unit's maximum over its `pieces` consecutive features, rows independent."""
+    pieces = k.attrs["pieces"]
+    x, y = k.matrix(k.ins[0], k.in_types[0].shape[-1]), k.rows(k.out, k.out_type)
+    m = k.fresh("m")
+    with k.parallel(f"{y}.shape[0]", "r"):
+        with k.block(f"for u in range({y}.shape[1]):"):
+            k.line(f"{m} = {x}[r, u * {pieces}]")
+            with k.block(f"for j in range(1, {pieces}):"):
+                k.line(f"{m} = max({m}, {x}[r, u * {pieces} + j])")
+            k.line(f"{y}[r, u] = {m}")
+
+
+def _maxout_grad_kernel(k):
+    """Each unit's gradient to the first piece attaining its maximum (as the forward's argmax)."""
+    pieces = k.attrs["pieces"]
+    x, g = k.matrix(k.ins[0], k.in_types[0].shape[-1]), k.rows(k.ins[1], k.in_types[1])
+    out = k.matrix(k.out, k.out_type.shape[-1])
+    m, best = k.fresh("m"), k.fresh("b")
+    with k.parallel(f"{g}.shape[0]", "r"):
+        with k.block(f"for u in range({g}.shape[1]):"):
+            k.line(f"{m} = {x}[r, u * {pieces}]")
+            k.line(f"{best} = 0")
+            with k.block(f"for j in range(1, {pieces}):"):
+                with k.block(f"if {x}[r, u * {pieces} + j] > {m}:"):
+                    k.line(f"{m} = {x}[r, u * {pieces} + j]")
+                    k.line(f"{best} = j")
+            with k.block(f"for j in range({pieces}):"):
+                k.line(f"{out}[r, u * {pieces} + j] = {g}[r, u] if j == {best} else {k.const(0)}")
+
+
+maxout.cpu_kernel = _maxout_kernel
+maxout_grad.cpu_kernel = _maxout_grad_kernel
+maxout.cuda_kernel, maxout_grad.cuda_kernel = _maxout_kernel, _maxout_grad_kernel
+
+
 softmax.cpu_kernel = _softmax_rows_kernel(log=False)
 log_softmax.cpu_kernel = _softmax_rows_kernel(log=True)
 softmax_grad.cpu_kernel = _softmax_grad_rows_kernel(log=False)
 log_softmax_grad.cpu_kernel = _softmax_grad_rows_kernel(log=True)
+# Row by row, one thread per row on a GPU: the same templates serve the CUDA back end.
+for _op in (softmax, log_softmax, softmax_grad, log_softmax_grad):
+    _op.cuda_kernel = _op.cpu_kernel

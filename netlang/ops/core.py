@@ -90,12 +90,13 @@ ones_like.forward(lambda ins, a, ctx: np.ones_like(ins[0]))
 def _transpose_kernel(k):
     if tuple(k.attrs["perm"]) != (1, 0):
         raise NotImplementedError("transpose of more than two axes")
-    with k.block(f"for r in range({k.out}.shape[0]):"):
+    with k.parallel(f"{k.out}.shape[0]", "r"):
         with k.block(f"for c in range({k.out}.shape[1]):"):
             k.line(f"{k.out}[r, c] = {k.ins[0]}[c, r]")
 
 
 transpose_op.cpu_kernel = _transpose_kernel
+transpose_op.cuda_kernel = _transpose_kernel
 zeros_like.cpu_expr = lambda a, c: c(0)
 ones_like.cpu_expr = lambda a, c: c(1)
 scale.cpu_expr = lambda a, c: f"{{0}} * {c(a['factor'])}"

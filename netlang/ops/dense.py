@@ -145,19 +145,17 @@ embedding.vjp(lambda b, node, g: [None, b.add("embedding_grad", [b.operands(node
 
 def _dense_kernel(k):
     x, out = k.rows(k.ins[0], k.in_types[0]), k.rows(k.out, k.out_type)
-    k.line(f"np.dot({x}, {k.ins[1]}.T, {out})")
-    k.epilogue(out, bias=k.ins[2] if len(k.ins) > 2 else None)
+    k.matmul(x, k.ins[1], out, trans_b=True, bias=k.ins[2] if len(k.ins) > 2 else None)
 
 
 def _dense_grad_input_kernel(k):
     g, out = k.rows(k.ins[0], k.in_types[0]), k.rows(k.out, k.out_type)
-    k.line(f"np.dot({g}, {k.ins[1]}, {out})")
-    k.epilogue(out)
+    k.matmul(g, k.ins[1], out)
 
 
 def _dense_grad_weight_kernel(k):
     g, x = k.rows(k.ins[0], k.in_types[0]), k.rows(k.ins[1], k.in_types[1])
-    k.line(f"np.dot({g}.T, {x}, {k.out})")
+    k.matmul(g, x, k.out, trans_a=True, epilogue=False)
 
 
 def _bias_grad_kernel(k):
@@ -165,10 +163,20 @@ def _bias_grad_kernel(k):
     k.line(f"{k.helper('column_sums')}({k.ins[0]}, {k.out})")
 
 
+def _bias_grad_reduction(k):
+    """Column sums as reductions, one per column (a block per column on a GPU)."""
+    g = k.rows(k.ins[0], k.in_types[0])
+    k.reduction(f"{g}.shape[0]", "r", lambda acc: k.line(f"{acc} += {g}[r, c]"),
+                lambda acc: k.line(f"{k.out}[c] = {acc}"), groups=f"{g}.shape[1]", group="c")
+
+
 dense.cpu_kernel = _dense_kernel
 dense_grad_input.cpu_kernel = _dense_grad_input_kernel
 dense_grad_weight.cpu_kernel = _dense_grad_weight_kernel
 bias_grad.cpu_kernel = _bias_grad_kernel
+for _op in (dense, dense_grad_input, dense_grad_weight):
+    _op.cuda_kernel = _op.cpu_kernel
+bias_grad.cuda_kernel = _bias_grad_reduction
 
 
 def _embedding_kernel(k):

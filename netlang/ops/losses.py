@@ -246,18 +246,19 @@ def _target_reader(k, pred_type, target_var, target_type):
     return lambda r, c: f"(F(1.0) if {labels}[{r}] == {c} else F(0.0))"
 
 
-def _ce_kernel(k, with_loss: bool, grad_var=None, scale_only=False):
-    """Softmax cross-entropy over rows: the loss into k.out[0] and/or the gradient into grad_var."""
+def _ce_kernel(k, with_loss: bool, grad_var=None):
+    """Softmax cross-entropy over rows: the loss into k.out[0] and/or the gradient into grad_var.
+    Rows are independent (a thread each on a GPU); the loss is a reduction over them."""
     z = k.rows(k.ins[0], k.in_types[0])
     target = _target_reader(k, k.in_types[0], k.ins[1], k.in_types[1])
     eps = k.attrs["label_smoothing"]
     classes = k.in_types[0].shape[-1]
     soft = k.in_types[1].is_float
-    m, s, lse, total, tv = (k.fresh(p) for p in ("m", "s", "lse", "acc", "tv"))
+    m, s, lse, tv = (k.fresh(p) for p in ("m", "s", "lse", "tv"))
     grad = k.rows(grad_var, k.in_types[0]) if grad_var else None
     g = f"{k.ins[2]}[0]" if not with_loss else "1.0"
-    k.line(f"{total} = 0.0")
-    with k.block(f"for r in range({z}.shape[0]):"):
+
+    def row(total):
         k.line(f"{m} = {z}[r, 0]")
         with k.block(f"for c in range(1, {z}.shape[1]):"):
             k.line(f"{m} = max({m}, {z}[r, c])")
@@ -279,13 +280,18 @@ def _ce_kernel(k, with_loss: bool, grad_var=None, scale_only=False):
             k.line(f"{tv} = {target('r', 'c')}")
             if eps:
                 k.line(f"{tv} = {tv} * {1 - eps!r} + {eps / classes!r}")
-            if with_loss:
+            if total is not None:
                 k.line(f"{total} += {tv} * ({lse} - {z}[r, c])")
             if grad:
                 k.line(f"{grad}[r, c] = (np.exp({z}[r, c] - {lse}) * {tsum} - {tv}) * "
                        f"({g} / {z}.shape[0])")
+
     if with_loss:
-        k.line(f"{k.out}[0] = {total} / {z}.shape[0]")
+        k.reduction(f"{z}.shape[0]", "r", row,
+                    lambda total: k.line(f"{k.out}[0] = {total} / {z}.shape[0]"))
+    else:
+        with k.parallel(f"{z}.shape[0]", "r"):
+            row(None)
 
 
 def _ce_loss_kernel(k):
@@ -296,7 +302,7 @@ def _ce_loss_kernel(k):
 def _ce_grad_kernel(k):
     if k.paired_loss is not None:
         f, g = k.flat(k.out), k.ins[2]
-        with k.block(f"for i in range({f}.size):"):
+        with k.parallel(f"{f}.size", "i"):
             k.line(f"{f}[i] *= {g}[0]")
         return
     _ce_kernel(k, with_loss=False, grad_var=k.out)
@@ -307,21 +313,22 @@ def _rowwise_loss_kernel(term, grad, normaliser):
     def loss_kernel(k):
         p = k.rows(k.ins[0], k.in_types[0])
         target = _target_reader(k, k.in_types[0], k.ins[1], k.in_types[1])
-        total, pv, tv = k.fresh("acc"), k.fresh("p"), k.fresh("tv")
-        k.line(f"{total} = 0.0")
-        with k.block(f"for r in range({p}.shape[0]):"):
+        pv, tv = k.fresh("p"), k.fresh("tv")
+
+        def row(total):
             with k.block(f"for c in range({p}.shape[1]):"):
                 k.line(f"{pv} = {p}[r, c]")
                 k.line(f"{tv} = {target('r', 'c')}")
                 k.line(f"{total} += {term(pv, tv, k.attrs)}")
-        k.line(f"{k.out}[0] = {total} / ({normaliser(k, p)})")
+        k.reduction(f"{p}.shape[0]", "r", row,
+                    lambda total: k.line(f"{k.out}[0] = {total} / ({normaliser(k, p)})"))
 
     def grad_kernel(k):
         p, out = k.rows(k.ins[0], k.in_types[0]), k.rows(k.out, k.out_type)
         target = _target_reader(k, k.in_types[0], k.ins[1], k.in_types[1])
         pv, tv, scale = k.fresh("p"), k.fresh("tv"), k.fresh("sc")
-        k.line(f"{scale} = {k.ins[2]}[0] / ({normaliser(k, p)})")
-        with k.block(f"for r in range({p}.shape[0]):"):
+        with k.parallel(f"{p}.shape[0]", "r"):
+            k.line(f"{scale} = {k.ins[2]}[0] / ({normaliser(k, p)})")
             with k.block(f"for c in range({p}.shape[1]):"):
                 k.line(f"{pv} = {p}[r, c]")
                 k.line(f"{tv} = {target('r', 'c')}")
@@ -358,4 +365,53 @@ for _op, _term, _grad, _norm in (
     _op.cpu_kernel, OPS[f"{_op.name}_grad"].cpu_kernel = _rowwise_loss_kernel(_term, _grad, _norm)
 
 cross_entropy.cpu_kernel = _ce_loss_kernel
+
+
+def _hinge_kernels():
+    """Multiclass hinge, row by row: Σ_{c ≠ y} max(0, s_c − s_y + margin), and its gradient
+    (1 for each violating class, minus their count at the label), both over the row count."""
+    def margins(k, s, labels, each):
+        correct, label, m = k.fresh("sy"), k.fresh("y"), k.fresh("m")
+        k.line(f"{label} = {labels}[r]")
+        k.line(f"{correct} = {s}[r, {label}]")
+        with k.block(f"for c in range({s}.shape[1]):"):
+            k.line(f"{m} = {s}[r, c] - {correct} + {k.const(k.attrs['margin'])}")
+            each(label, m)
+
+    def loss_kernel(k):
+        s, labels = k.rows(k.ins[0], k.in_types[0]), k.flat(k.ins[1])
+
+        def row(total):
+            def each(label, m):
+                with k.block(f"if c != {label} and {m} > 0:"):
+                    k.line(f"{total} += {m}")
+            margins(k, s, labels, each)
+        k.reduction(f"{s}.shape[0]", "r", row,
+                    lambda total: k.line(f"{k.out}[0] = {total} / {s}.shape[0]"))
+
+    def grad_kernel(k):
+        s, labels = k.rows(k.ins[0], k.in_types[0]), k.flat(k.ins[1])
+        out = k.rows(k.out, k.out_type)
+        scale, count = k.fresh("sc"), k.fresh("n")
+        with k.parallel(f"{s}.shape[0]", "r"):
+            k.line(f"{scale} = {k.ins[2]}[0] / {s}.shape[0]")
+            k.line(f"{count} = 0")
+
+            def each(label, m):
+                with k.block(f"if c != {label} and {m} > 0:"):
+                    k.line(f"{out}[r, c] = {scale}")
+                    k.line(f"{count} += 1")
+                with k.block("else:"):
+                    k.line(f"{out}[r, c] = {k.const(0)}")
+            margins(k, s, labels, each)
+            k.line(f"{out}[r, {labels}[r]] = -{count} * {scale}")
+    return loss_kernel, grad_kernel
+
+
+hinge.cpu_kernel, OPS["hinge_grad"].cpu_kernel = _hinge_kernels()
+hinge.cuda_kernel, OPS["hinge_grad"].cuda_kernel = hinge.cpu_kernel, OPS["hinge_grad"].cpu_kernel
 OPS["cross_entropy_grad"].cpu_kernel = _ce_grad_kernel
+# Written with k.parallel and k.reduction only: the same templates serve the CUDA back end.
+for _op in (cross_entropy, binary_cross_entropy, squared_error, mse):
+    _op.cuda_kernel = _op.cpu_kernel
+    OPS[f"{_op.name}_grad"].cuda_kernel = OPS[f"{_op.name}_grad"].cpu_kernel

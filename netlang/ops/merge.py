@@ -142,3 +142,41 @@ concat.cpu_kernel = _concat_kernel
 slice_axis.cpu_kernel = _slice_kernel
 add.cpu_expr = lambda a, c: " + ".join("{%d}" % i for i in range(a.get("_arity", 2)))
 multiply.cpu_expr = lambda a, c: " * ".join("{%d}" % i for i in range(a.get("_arity", 2)))
+
+
+# ---- CUDA kernels: the same copies as flat index arithmetic, one element per thread ------------
+#
+# With the axis at `axis` and `inner` elements after it, an example's row of a tensor whose axis
+# is `width` long is (outer, width · inner); a part starting at `start` along the axis sits at
+# offset start · inner of each row of the whole.
+
+def _inner(t, axis):
+    inner = 1
+    for d in t.shape[axis + 1:]:
+        inner *= d
+    return inner
+
+
+def _concat_cuda_kernel(k):
+    axis = full_axis(k.out_type.rank, k.attrs["axis"])
+    inner = _inner(k.out_type, axis)
+    out, whole = k.flat(k.out), k.out_type.shape[axis] * inner
+    start = 0
+    for var, t in zip(k.ins, k.in_types):
+        part, width = k.flat(var), t.shape[axis] * inner
+        with k.parallel(f"{part}.size", "i"):
+            k.line(f"{out}[(i // {width}) * {whole} + {start * inner} + i % {width}] = {part}[i]")
+        start += t.shape[axis]
+
+
+def _slice_cuda_kernel(k):
+    axis = full_axis(k.out_type.rank, k.attrs["axis"])
+    inner = _inner(k.out_type, axis)
+    x, out = k.flat(k.ins[0]), k.flat(k.out)
+    width, whole = k.out_type.shape[axis] * inner, k.in_types[0].shape[axis] * inner
+    with k.parallel(f"{out}.size", "i"):
+        k.line(f"{out}[i] = {x}[(i // {width}) * {whole} + {k.attrs['start'] * inner} + i % {width}]")
+
+
+concat.cuda_kernel = _concat_cuda_kernel
+slice_axis.cuda_kernel = _slice_cuda_kernel

@@ -74,12 +74,43 @@ def _dropout_forward(ins, a, ctx):
     return x * dropout_mask_array(x.shape, a["rate"], ctx.rng, x.dtype)
 
 
+# Masks come from a counter-based generator: element i of a mask is a hash of (key, i), the
+# key drawn once per mask from the engine's RNG.  Every engine (the NumPy reference, the Numba
+# CPU kernels, the CUDA ones) computes the same mask from the same key, each element on its
+# own, so a kernel fills a mask in one parallel pass with no generator state to carry, and a
+# run resumes exactly from the RNG state alone.  The hash is splitmix64's output function.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def dropout_bits(key, index):
+    """64 random bits for element `index` (uint64, scalar or array) of the stream `key`.
+    Written with NumPy uint64 operations only, so Numba compiles the very same function."""
+    z = key + (index + np.uint64(1)) * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def dropout_threshold(rate: float) -> int:
+    """An element is kept when the top 32 bits of its hash are at least this: P = 1 − rate."""
+    return min(int(round(rate * 2.0 ** 32)), 2 ** 32)
+
+
+def draw_dropout_key(rng) -> np.ndarray:
+    """One mask's key, as the one-element uint64 array the compiled kernels take."""
+    return rng.integers(0, 2 ** 63, size=1, dtype=np.int64).astype(np.uint64)
+
+
 def dropout_mask_array(shape, rate, rng, dtype):
     """Inverted dropout's mask: 0 with probability `rate`, else 1/(1 − rate)."""
+    key = draw_dropout_key(rng)[0]
     if rate >= 1:
         return np.zeros(shape, dtype=dtype)
-    keep = rng.random(shape, dtype=np.float32 if dtype == np.float32 else np.float64) >= rate
-    return keep.astype(dtype) / np.asarray(1 - rate, dtype=dtype)
+    bits = dropout_bits(key, np.arange(int(np.prod(shape)), dtype=np.uint64))
+    keep = (bits >> np.uint64(32)) >= np.uint64(dropout_threshold(rate))
+    return (keep.astype(dtype) / np.asarray(1 - rate, dtype=dtype)).reshape(shape)
 
 
 dropout.forward(_dropout_forward)
@@ -99,8 +130,45 @@ dropout.vjp(lambda b, node, g: [g])
 
 # ---- CPU kernels ------------------------------------------------------------------------------
 # In evaluation dropout is the identity (a view); in training the graph has replaced it by a
-# product with its mask, which the engine draws and passes in.
+# product with its mask, which the kernel below fills from a key the engine draws each step.
 dropout.cpu_view = True
+
+
+def _dropout_mask_kernel(k):
+    out, key = k.flat(k.out), k.key()  # a key each step, used or not, as the reference draws
+    rate = k.attrs["rate"]
+    if rate >= 1:
+        k.line(f"{out}[:] = F(0.0)")
+        return
+    fill = k.helper("fill_dropout_mask", "netlang.runtime.random_bits")
+    k.line(f"{fill}({out}, {key}[0], np.uint64({dropout_threshold(rate)}), "
+           f"F(1.0) / {k.const(1 - rate)})")
+
+
+dropout_mask.cpu_kernel = _dropout_mask_kernel
+
+
+def _dropout_mask_cuda_kernel(k):
+    """The same mask, one element per thread; the CUDA engine passes the key as a scalar.  The
+    hash is `dropout_bits` written out (a kernel calling no device function compiles to PTX
+    without a GPU); the CUDA tests compare the masks with the reference's."""
+    out, key = k.flat(k.out), k.key()
+    rate = k.attrs["rate"]
+    with k.parallel(f"{out}.size", "i"):
+        if rate >= 1:
+            k.line(f"{out}[i] = F(0.0)")
+            return
+        z = k.fresh("z")
+        u = "np.uint64"
+        k.line(f"{z} = {u}({key}) + ({u}(i) + {u}(1)) * {u}({int(_GOLDEN)})")
+        k.line(f"{z} = ({z} ^ ({z} >> {u}(30))) * {u}({int(_MIX1)})")
+        k.line(f"{z} = ({z} ^ ({z} >> {u}(27))) * {u}({int(_MIX2)})")
+        k.line(f"{z} = {z} ^ ({z} >> {u}(31))")
+        k.line(f"{out}[i] = F(1.0) / {k.const(1 - rate)} if ({z} >> {u}(32)) >= "
+               f"{u}({dropout_threshold(rate)}) else F(0.0)")
+
+
+dropout_mask.cuda_kernel = _dropout_mask_cuda_kernel
 
 
 # ---- batch normalisation and local response normalisation -----------------------------------
@@ -283,6 +351,63 @@ batchnorm_grad_input.cpu_kernel = _batchnorm_grad_input_kernel
 batchnorm_grad_input.cpu_workspace = _bn_workspaces(True)
 batchnorm_grad_weight.cpu_kernel = _batchnorm_grad_weight_kernel
 batchnorm_grad_weight.cpu_workspace = _bn_workspaces(False)
+
+
+# ---- batch norm folded into the product before it (evaluation programs) -----------------------
+#
+# In evaluation a batch norm is a per-channel affine map of fixed coefficients, so a
+# convolution or dense layer feeding it alone can absorb it: W' = W·s (s = γ/√(var + ε), one
+# factor per output channel, axis 0 of both weight layouts), b' = (b − mean)·s + β.
+# `passes/fold_batchnorm.py` rewrites evaluation graphs so; these ops compute W' and b' from
+# the current parameters at every call (a pass over the weights, not over the activations).
+
+def _fold_scale(gamma, var, eps):
+    return gamma / np.sqrt(var + eps)
+
+
+batchnorm_fold_weight = define_internal(
+    "batchnorm_fold_weight", family="norm", arity=3, shape=same_type_as(0),
+    args=[Arg("eps", FLOAT, 1e-5)],
+    doc="A product's weight with an evaluation-mode batch norm folded in, from (weight, "
+        "bn weight, running_var): each output channel's slice times γ/√(var + ε).")
+batchnorm_fold_weight.forward(lambda ins, a, ctx: (
+    ins[0] * _fold_scale(ins[1], ins[2], a["eps"]).reshape((-1,) + (1,) * (ins[0].ndim - 1))
+).astype(ins[0].dtype))
+
+batchnorm_fold_bias = define_internal(
+    "batchnorm_fold_bias", family="norm", arity=None, shape=same_type_as(0),
+    args=[Arg("eps", FLOAT, 1e-5)],
+    doc="A product's bias with an evaluation-mode batch norm folded in, from (bn weight, bn "
+        "bias, running_mean, running_var[, bias]): (bias − mean)·γ/√(var + ε) + β.")
+
+
+@batchnorm_fold_bias.forward
+def _batchnorm_fold_bias(ins, a, ctx):
+    gamma, beta, mean, var = ins[:4]
+    bias = ins[4] if len(ins) > 4 else 0
+    return ((bias - mean) * _fold_scale(gamma, var, a["eps"]) + beta).astype(gamma.dtype)
+
+
+def _fold_weight_kernel(k):
+    w, gamma, var = k.matrix(k.ins[0], k.in_types[0].size // k.in_types[0].shape[0]), *k.ins[1:]
+    out = k.matrix(k.out, k.out_type.size // k.out_type.shape[0])
+    scale = k.fresh("sc")
+    with k.parallel(f"{w}.shape[0]", "f"):
+        k.line(f"{scale} = {gamma}[f] / np.sqrt({var}[f] + {k.const(k.attrs['eps'])})")
+        with k.block(f"for j in range({w}.shape[1]):"):
+            k.line(f"{out}[f, j] = {w}[f, j] * {scale}")
+
+
+def _fold_bias_kernel(k):
+    gamma, beta, mean, var = k.ins[:4]
+    bias = f"{k.ins[4]}[c]" if len(k.ins) > 4 else k.const(0)
+    with k.parallel(f"{k.out}.shape[0]", "c"):
+        k.line(f"{k.out}[c] = ({bias} - {mean}[c]) * ({gamma}[c] / np.sqrt({var}[c] + "
+               f"{k.const(k.attrs['eps'])})) + {beta}[c]")
+
+
+batchnorm_fold_weight.cpu_kernel = _fold_weight_kernel
+batchnorm_fold_bias.cpu_kernel = _fold_bias_kernel
 
 
 def _lrn_args(a) -> str:

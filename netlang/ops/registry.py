@@ -108,6 +108,10 @@ class OpDef:
     # "int64".  The memory pass plans them as buffers that live only while the op runs; the
     # kernel reaches the i-th as `k.workspace(i)`.
     cpu_workspace: Callable | None = None
+    # The CUDA kernel template (netlang.codegen.cuda), same signature as `cpu_kernel`.  Where
+    # the CPU template is written with the target-neutral structure (`k.parallel`,
+    # `k.reduction`, `k.matmul`) it is the same function; elementwise and view ops need none.
+    cuda_kernel: Callable | None = None
 
     # Decorators that attach parts, so each op reads top to bottom in one place.
     def shape(self, fn):

@@ -1,5 +1,6 @@
 """Ops that only rearrange elements: flatten, reshape, permute."""
 
+import contextlib
 import math
 
 from netlang.ops.registry import define_op
@@ -90,3 +91,25 @@ def _permute_vjp(b, node, g):
 flatten.cpu_view = True
 reshape.cpu_view = True
 reshape_like.cpu_view = True
+
+
+def _permute_kernel(k):
+    """A loop nest over the output's per-example axes reading the input at permuted offsets."""
+    axes = k.attrs["axes"]
+    in_shape, out_shape = k.in_types[0].shape[1:], k.out_type.shape[1:]
+    size = math.prod(in_shape)
+    in_strides = [math.prod(in_shape[i + 1:]) for i in range(len(in_shape))]
+    out_strides = [math.prod(out_shape[i + 1:]) for i in range(len(out_shape))]
+    x, y = k.flat(k.ins[0]), k.flat(k.out)
+    index = [k.fresh("i") for _ in out_shape]
+    with k.parallel(f"{y}.size // {size}", "n"):
+        with contextlib.ExitStack() as loops:
+            for var, extent in zip(index, out_shape):
+                loops.enter_context(k.block(f"for {var} in range({extent}):"))
+            read = " + ".join(f"{var} * {in_strides[axis]}" for var, axis in zip(index, axes))
+            write = " + ".join(f"{var} * {stride}" for var, stride in zip(index, out_strides))
+            k.line(f"{y}[n * {size} + {write}] = {x}[n * {size} + {read}]")
+
+
+permute.cpu_kernel = _permute_kernel
+permute.cuda_kernel = _permute_kernel

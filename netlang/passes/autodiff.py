@@ -7,6 +7,10 @@ op's vector-Jacobian rule in the registry.  Gradients reaching a node along
 several paths (fan-out) are summed with one `add`.  Guarantees: every added
 node is shape-checked; nothing outside the backward slice is touched; no
 per-model code exists anywhere.
+
+`differentiate_output` runs the same backward pass from one output instead of
+the losses, seeded by a cotangent the caller feeds: a vector-Jacobian product,
+e.g. the gradient of one class score with respect to the input (saliency).
 """
 
 from __future__ import annotations
@@ -64,9 +68,37 @@ def differentiate(graph: Graph, wrt) -> Gradients:
                              {"weights": tuple(float(w) for _, w in losses)},
                              graph.type_of(losses[0][0]), name=graph.unique_name("objective"),
                              role="internal")
+    return Gradients(objective, _backpropagate(graph, builder, objective,
+                                               builder.add("ones_like", [objective]), wrt))
+
+
+# Not an identifier of the language, so it cannot clash with a model's own inputs.
+COTANGENT_INPUT = "grad.cotangent"
+
+
+def differentiate_output(graph: Graph, output, wrt) -> tuple[str, Gradients]:
+    """Add an input holding a cotangent v shaped like `output` (a node), and the gradients
+    of Σ output · v with respect to the nodes `wrt`.
+
+    Returns (the cotangent input's name, the gradients); `objective` is `output` itself.
+    A one-hot v per example gives each example's gradient of one output element, as long
+    as examples do not interact (evaluation mode: no batch statistics).
+    """
+    builder = GradBuilder(graph)
+    name = graph.unique_name(COTANGENT_INPUT)
+    t = graph.type_of(output)
+    cotangent = graph.add_op("input", (), {"shape": t.shape, "dtype": t.dtype}, t, name=name,
+                             role="input")
+    graph.graph["inputs"][name] = cotangent
+    return name, Gradients(output, _backpropagate(graph, builder, output, cotangent, wrt))
+
+
+def _backpropagate(graph: Graph, builder: GradBuilder, root, seed, wrt) -> dict:
+    """Backward nodes from `root`, whose gradient is the node `seed`, to each node in `wrt`:
+    {node in wrt: its gradient node, or None where no path reaches `root`}."""
     wrt = list(wrt)
-    relevant = _backward_slice(graph, wrt, objective)
-    pending: dict[int, list[int]] = {objective: [builder.add("ones_like", [objective])]}
+    relevant = _backward_slice(graph, wrt, root)
+    pending: dict[int, list[int]] = {root: [seed]}
     result = {}
     for node in reversed(graph.topological_order()):
         if node not in relevant or node not in pending:
@@ -91,8 +123,8 @@ def differentiate(graph: Graph, wrt) -> Gradients:
             if grad is not None and operand in relevant:
                 pending.setdefault(operand, []).append(grad)
     for node in wrt:
-        result.setdefault(node, None)  # no path to the objective: the gradient is zero
-    return Gradients(objective, result)
+        result.setdefault(node, None)  # no path to the root: the gradient is zero
+    return result
 
 
 def _backward_slice(graph: Graph, wrt, objective) -> set:

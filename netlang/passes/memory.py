@@ -18,7 +18,7 @@ import dataclasses
 from netlang.ir.graph import Graph
 from netlang.ops.registry import get_op
 
-EXTERNAL = ("input", "param", "dropout_mask")  # values passed in, not planned here
+EXTERNAL = ("input", "param")  # values passed in, not planned here
 
 
 @dataclasses.dataclass

@@ -31,3 +31,19 @@ class EngineBase:
                           if graph.nodes[node]["layer"] not in frozen]
         self.input_grads = tuple(input_grads)
         self.optimizer = Optimizer(self.config.optimizer, {n: self.params[n] for n in self.trainable})
+
+    def _vjp_graph(self, output: str):
+        """(graph, cotangent input name, Gradients): a copy of the graph differentiated from
+        `output` (an output's or any node's name) to every float input, for `vjp`."""
+        from netlang.passes import after_pass
+        from netlang.passes.autodiff import differentiate_output
+        graph = self.graph.copy()
+        node = graph.graph["outputs"].get(output)
+        if node is None:
+            node = graph.node_named(output)
+        if node is None:
+            from netlang.errors import UsageError
+            raise UsageError(f"the model has no output or layer named `{output}`")
+        wrt = [n for n in graph.graph["inputs"].values() if graph.type_of(n).is_float]
+        cotangent, grads = differentiate_output(graph, node, wrt)
+        return after_pass(graph, "autodiff"), cotangent, grads

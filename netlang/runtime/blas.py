@@ -3,8 +3,14 @@
 Numba's `np.dot(a, b, out)` overwrites `out`; a training step often wants
 `C ← α·A·B + β·C` instead: a momentum buffer updated in place by the weight
 gradient's product (`v ← m·v + gᵀx`), or plain SGD applied inside the product
-(`W ← W − lr·gᵀx`), which saves a pass over every weight.  These call the same
-OpenBLAS that NumPy and SciPy use, through SciPy's Cython BLAS table.
+(`W ← W − lr·gᵀx`), which saves a pass over every weight.  Every matrix product of
+a generated program comes here.
+
+The BLAS is NumPy's own OpenBLAS (64-bit integers), found beside NumPy and bound
+through ctypes: the same library and thread pool as NumPy's products, and no SciPy
+import on the way to the first training step (importing SciPy's Cython BLAS table,
+as Numba's `np.dot` does, costs a second at start-up).  Where NumPy brings no such
+library (another build), SciPy's Cython BLAS table (32-bit integers) serves.
 
 Arrays are row-major; BLAS is column-major, so `C = op(A)·op(B)` is computed
 as `Cᵀ = op(B)ᵀ·op(A)ᵀ` with the operands swapped.  Each matrix needs unit
@@ -14,17 +20,50 @@ a grouped convolution) is passed with the larger matrix's row stride.
 
 from __future__ import annotations
 
+import ctypes
+import glob
+import os
+
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import get_cython_function_address, intrinsic
+from numba.extending import intrinsic
+
+
+def _numpy_openblas():
+    """(sgemm, dgemm) addresses in NumPy's bundled 64-bit-integer OpenBLAS, or None."""
+    here = os.path.dirname(np.__file__)
+    patterns = [os.path.join(here, "..", "numpy.libs", "libscipy_openblas64_*"),
+                os.path.join(here, ".dylibs", "libscipy_openblas64_*")]
+    for path in sorted(p for pattern in patterns for p in glob.glob(pattern)):
+        try:
+            lib = ctypes.CDLL(path)  # already loaded by NumPy: the same handle
+            return (ctypes.cast(lib.scipy_sgemm_64_, ctypes.c_void_p).value,
+                    ctypes.cast(lib.scipy_dgemm_64_, ctypes.c_void_p).value)
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def _scipy_cython_blas():
+    from numba.extending import get_cython_function_address
+    return (get_cython_function_address("scipy.linalg.cython_blas", "sgemm"),
+            get_cython_function_address("scipy.linalg.cython_blas", "dgemm"))
+
 
 # Registered as named symbols (not baked-in addresses), so the compiled code that calls them
-# can go to Numba's disk cache and be linked again in the next process.
-llvm.add_symbol("netlang_sgemm", get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
-llvm.add_symbol("netlang_dgemm", get_cython_function_address("scipy.linalg.cython_blas", "dgemm"))
+# can go to Numba's disk cache and be linked again in the next process.  Each integer width
+# has its own symbol names: code compiled for one can never be linked against the other.
+_addresses = _numpy_openblas()
+ILP64 = _addresses is not None
+if not ILP64:
+    _addresses = _scipy_cython_blas()
+BLAS_ABI = "numpy-openblas64" if ILP64 else "scipy-cython-blas"  # part of the program cache key
+_SUFFIX = "ilp64" if ILP64 else "lp64"
+llvm.add_symbol(f"netlang_sgemm_{_SUFFIX}", _addresses[0])
+llvm.add_symbol(f"netlang_dgemm_{_SUFFIX}", _addresses[1])
 
 
 def _external_call(symbol):
@@ -42,17 +81,22 @@ def _external_call(symbol):
     return call
 
 
-_sgemm = _external_call("netlang_sgemm")
-_dgemm = _external_call("netlang_dgemm")
-
 _N, _T = 78, 84  # 'N' and 'T'
+
+
+# Code compiled for one integer width calls that width's symbols: a cached function built
+# against the other library fails to link instead of passing it the wrong integers.
+_sgemm = _external_call(f"netlang_sgemm_{_SUFFIX}")
+_dgemm = _external_call(f"netlang_dgemm_{_SUFFIX}")
+_INT = np.int64 if ILP64 else np.int32
+_STEP = np.dtype(_INT).itemsize
 
 
 @njit(cache=True, nogil=True)
 def _dims(transa, transb, a, b, c):
     m, n = c.shape
     k = a.shape[0] if transa else a.shape[1]
-    ints = np.empty(6, np.int32)
+    ints = np.empty(6, _INT)
     ints[0], ints[1], ints[2] = n, m, k
     # Leading dimensions from the row strides (≥ 1 even for an empty or one-column matrix).
     ints[3] = max(b.strides[0] // b.itemsize, 1)
@@ -71,8 +115,8 @@ def gemm32(transa, transb, alpha, a, b, beta, c):
     scalars = np.empty(2, np.float32)
     scalars[0], scalars[1] = alpha, beta
     i, s = ints.ctypes.data, scalars.ctypes.data
-    _sgemm(chars.ctypes.data, chars.ctypes.data + 1, i, i + 4, i + 8, s, b.ctypes.data, i + 12,
-           a.ctypes.data, i + 16, s + 4, c.ctypes.data, i + 20)
+    _sgemm(chars.ctypes.data, chars.ctypes.data + 1, i, i + _STEP, i + 2 * _STEP, s, b.ctypes.data,
+           i + 3 * _STEP, a.ctypes.data, i + 4 * _STEP, s + 4, c.ctypes.data, i + 5 * _STEP)
 
 
 @njit(cache=True, nogil=True)
@@ -82,5 +126,5 @@ def gemm64(transa, transb, alpha, a, b, beta, c):
     scalars = np.empty(2, np.float64)
     scalars[0], scalars[1] = alpha, beta
     i, s = ints.ctypes.data, scalars.ctypes.data
-    _dgemm(chars.ctypes.data, chars.ctypes.data + 1, i, i + 4, i + 8, s, b.ctypes.data, i + 12,
-           a.ctypes.data, i + 16, s + 8, c.ctypes.data, i + 20)
+    _dgemm(chars.ctypes.data, chars.ctypes.data + 1, i, i + _STEP, i + 2 * _STEP, s, b.ctypes.data,
+           i + 3 * _STEP, a.ctypes.data, i + 4 * _STEP, s + 8, c.ctypes.data, i + 5 * _STEP)

@@ -6,7 +6,8 @@ is written to netlang's kernel cache under a name derived from its own hash
 (and netlang's, Numba's and NumPy's versions), and compiled with Numba's disk
 cache: a second process that builds the same model loads the machine code
 instead of compiling it.  Buffers are planned once per batch size and reused by
-every step; nothing is allocated in the hot loop but the dropout masks.
+every step; nothing is allocated in the hot loop (dropout masks are filled in place from a key
+drawn per step).
 
 This module and its siblings are the only places netlang imports Numba.
 """
@@ -27,10 +28,11 @@ from netlang.config import cache_dir, debug, debug_level, timed
 from netlang.errors import DataError
 from netlang.interp import needed_nodes
 from netlang.ir.train_config import TrainConfig
-from netlang.ops.norm import dropout_mask_array
+from netlang.ops.norm import draw_dropout_key
 from netlang.passes import after_pass
 from netlang.runtime.base import EngineBase
 from netlang.passes.autodiff import differentiate
+from netlang.passes.fold_batchnorm import fold_batchnorm
 from netlang.passes.fusion import plan_fusion
 from netlang.passes.memory import plan_buffers
 from netlang.passes.training import training_graph
@@ -52,9 +54,11 @@ def _helpers_version() -> str:
     if _helpers_digest is None:
         here = os.path.dirname(os.path.abspath(__file__))
         digest = hashlib.sha256()
-        for name in ("blas.py", "cnn.py"):
+        for name in ("blas.py", "cnn.py", "random_bits.py", "../ops/norm.py"):
             with open(os.path.join(here, name), "rb") as handle:
                 digest.update(handle.read())
+        from netlang.runtime.blas import BLAS_ABI  # the library the compiled calls link to
+        digest.update(BLAS_ABI.encode())
         _helpers_digest = digest.hexdigest()[:16]
     return _helpers_digest
 
@@ -87,7 +91,10 @@ def load_program(program, title: str = ""):
 
 
 class CompiledProgram:
-    """A program, its compiled function and its buffers (one set per batch size)."""
+    """A program, its compiled function and its buffers (one set per batch size).
+
+    Another target's program (runtime/cuda.py) overrides the hooks: how the source is
+    rendered, where buffers live (`allocate`, `fetch`) and what the function is passed."""
 
     def __init__(self, graph, order, keep, dtype, function, title, update=None, mode="eval"):
         self.graph = graph
@@ -95,13 +102,38 @@ class CompiledProgram:
         keep = [n for n in keep if n not in absorbed]
         fusion = plan_fusion(graph, order, set(keep))
         self.buffers = plan_buffers(graph, order, fusion, set(keep), skip=absorbed)
-        self.program = render_program(graph, order, fusion, self.buffers, dtype=np.dtype(dtype).name,
-                                      function=function, keep=keep, update=update, title=title,
-                                      mode=mode)
+        self.program = self.render(graph, order, fusion, self.buffers, dtype=np.dtype(dtype).name,
+                                   function=function, keep=keep, update=update, title=title,
+                                   mode=mode)
         self.dtype = dtype
         with timed(f"compile {function}"):
             self.function = load_program(self.program, title)
         self._slot_arrays: dict[int, list] = {}
+
+    # -- what a target overrides ---------------------------------------------------------------
+
+    def render(self, graph, order, fusion, buffers, **options):
+        return render_program(graph, order, fusion, buffers, **options)
+
+    def allocate(self, array: np.ndarray):
+        """A buffer as the compiled function takes it."""
+        return array
+
+    def fetch(self, array) -> np.ndarray:
+        """A buffer's contents as a host array (a view, where it lives on the host)."""
+        return array
+
+    def engine_arrays(self, engine) -> tuple:
+        """(parameters, optimiser state) as the compiled function takes them."""
+        return engine.params, engine.optimizer.state
+
+    def dropout_key(self, engine):
+        return draw_dropout_key(engine.rng)
+
+    def scratch(self, key):
+        raise KeyError(f"no scratch array {key!r} on this target")
+
+    # -- buffers and calls -----------------------------------------------------------------------
 
     def slots(self, batch: int) -> list:
         arrays = self._slot_arrays.get(batch)
@@ -112,7 +144,7 @@ class CompiledProgram:
                 # acc64: a kernel's float64 accumulators, whatever the engine's dtype.
                 kind = np.float64 if dtype == "acc64" else \
                     self.dtype if dtype.startswith("float") else np.int64
-                arrays.append(np.zeros(full, dtype=kind))
+                arrays.append(self.allocate(np.zeros(full, dtype=kind)))
             if len(self._slot_arrays) > 4:  # a few batch sizes at most (the last, partial batch)
                 self._slot_arrays.pop(next(iter(self._slot_arrays)))
             self._slot_arrays[batch] = arrays
@@ -121,24 +153,27 @@ class CompiledProgram:
     def value(self, node, batch: int) -> np.ndarray:
         """A kept node's value after a call, shaped as its type says."""
         root = self.buffers.root_of.get(node, node)
-        array = self.slots(batch)[self.buffers.slot_of[root]]
+        array = self.fetch(self.slots(batch)[self.buffers.slot_of[root]])
         t = self.graph.type_of(node)
         if not t.shape:
             return array.reshape(())
         return array.reshape(((batch,) + tuple(t.shape[1:])) if t.batched else t.shape)
 
-    def call(self, engine, feeds: dict, masks: dict, batch: int, lr: float = 0.0, t: int = 0):
+    def call(self, engine, feeds: dict, batch: int, lr: float = 0.0, t: int = 0):
         slots = self.slots(batch)
+        params, state = self.engine_arrays(engine)
         args = []
         for arg in self.program.args:
             if arg.kind == "input":
                 args.append(feeds[arg.key])
             elif arg.kind == "param":
-                args.append(engine.params[arg.key])
+                args.append(params[arg.key])
             elif arg.kind == "state":
-                args.append(engine.optimizer.state[arg.key])
-            elif arg.kind == "mask":
-                args.append(masks[arg.key])
+                args.append(state[arg.key])
+            elif arg.kind == "key":  # drawn in program order, as the reference draws its masks
+                args.append(self.dropout_key(engine))
+            elif arg.kind == "scratch":
+                args.append(self.scratch(arg.key))
             else:
                 args.append(slots[arg.key])
         self.function(*args, float(lr), int(t))
@@ -146,9 +181,14 @@ class CompiledProgram:
 
 class CpuEngine(EngineBase):
     name = "cpu"
+    # What another target's engine replaces (runtime/cuda.py): its compiled program, its
+    # rendering of the optimiser update, and its list of ops without a kernel.
+    program_class = CompiledProgram
+    update_plan_class = UpdatePlan
+    missing_kernels = staticmethod(supported)
 
-    @staticmethod
-    def supports(graph) -> bool:
+    @classmethod
+    def supports(cls, graph) -> bool:
         try:
             train = training_graph(graph)
             losses = train.graph.get("losses")
@@ -157,7 +197,7 @@ class CpuEngine(EngineBase):
                 wrt = list(train.parameters().values())
                 differentiate(train, wrt)
                 nodes = list(train.nodes)
-            return not supported(train, nodes)
+            return not cls.missing_kernels(train, nodes)
         except Exception:  # any op without a backward or kernel: the reference engine serves
             return False
 
@@ -178,7 +218,7 @@ class CpuEngine(EngineBase):
                 wrt += [graph.graph["inputs"][n] for n in self.input_grads]
                 grads = differentiate(graph, wrt)
                 after_pass(graph, "autodiff")
-            missing = supported(graph, graph.nodes)
+            missing = self.missing_kernels(graph, graph.nodes)
             if missing:
                 raise Unsupported(", ".join(missing))
             outputs = list(graph.graph["outputs"].values())
@@ -189,10 +229,10 @@ class CpuEngine(EngineBase):
             updates = [ParamUpdate(name, grad_nodes[name], self.layer_of[name],
                                    graph.nodes[graph.node_named(name)]["attrs"].get("penalise", False))
                        for name in self.trainable if name in grad_nodes]
-            plan = UpdatePlan(graph, order, updates, self.config.optimizer,
+            plan = self.update_plan_class(graph, order, updates, self.config.optimizer,
                               self.config.regularizers, self.config.clip_norm,
                               np.dtype(self.dtype).name)
-            step = CompiledProgram(graph, order, keep, self.dtype, "train_step",
+            step = self.program_class(graph, order, keep, self.dtype, "train_step",
                                    self._title, update=plan, mode="train")
             self._programs["train"] = (graph, grads, grad_nodes, step, (order, keep))
         return self._programs["train"]
@@ -201,7 +241,7 @@ class CpuEngine(EngineBase):
         # Compiled on first use only: training never needs it.
         graph, grads, grad_nodes, _, (order, keep) = self._training()
         if "gradients" not in self._programs:
-            self._programs["gradients"] = CompiledProgram(graph, order, keep, self.dtype,
+            self._programs["gradients"] = self.program_class(graph, order, keep, self.dtype,
                                                           "gradients", self._title, mode="train")
         return graph, grads, grad_nodes, self._programs["gradients"]
 
@@ -213,13 +253,29 @@ class CpuEngine(EngineBase):
             keep = list(targets)
             if with_losses:
                 keep += [n for n, _ in graph.graph["losses"]]
+            folded = after_pass(fold_batchnorm(graph, keep), "fold_batchnorm")
+            if not self.missing_kernels(folded, needed_nodes(folded, keep)):
+                graph = folded  # node ids are kept: targets and losses read the same nodes
             order = needed_nodes(graph, keep)
-            missing = supported(graph, order)
+            missing = self.missing_kernels(graph, order)
             if missing:
                 raise Unsupported(", ".join(missing))
-            self._programs[key] = (targets, keep, CompiledProgram(graph, order, keep, self.dtype,
+            self._programs[key] = (targets, keep, self.program_class(graph, order, keep, self.dtype,
                                                                   "infer", self._title))
         return self._programs[key]
+
+    def _vjp_program(self, output: str):
+        if ("vjp", output) not in self._programs:
+            graph, cotangent, grads = self._vjp_graph(output)
+            grad_nodes = {graph.nodes[n]["name"]: g for n, g in grads.of.items() if g is not None}
+            keep = list(grad_nodes.values())
+            order = needed_nodes(graph, keep)
+            missing = self.missing_kernels(graph, order)
+            if missing:
+                raise Unsupported(", ".join(missing))
+            program = self.program_class(graph, order, keep, self.dtype, "vjp", self._title)
+            self._programs[("vjp", output)] = (graph, cotangent, grad_nodes, program)
+        return self._programs[("vjp", output)]
 
     # -- feeding ----------------------------------------------------------------------------
 
@@ -242,16 +298,6 @@ class CpuEngine(EngineBase):
             prepared[name] = value
         return prepared, batch or 0
 
-    def _masks(self, program, batch: int) -> dict:
-        masks = {}
-        for arg in program.program.args:
-            if arg.kind == "mask":
-                data = program.graph.nodes[arg.key]
-                t = data["type"]
-                shape = (batch,) + tuple(t.shape[1:])
-                masks[arg.key] = dropout_mask_array(shape, data["attrs"]["rate"], self.rng, self.dtype)
-        return masks
-
     @staticmethod
     def _input_names(program) -> list:
         return [a.key for a in program.program.args if a.kind == "input"]
@@ -262,7 +308,7 @@ class CpuEngine(EngineBase):
         graph, grads, grad_nodes, step, _ = self._training()
         prepared, batch = self._feeds(graph, feeds, self._input_names(step))
         self.optimizer.steps += 1
-        step.call(self, prepared, self._masks(step, batch), batch, lr, self.optimizer.steps)
+        step.call(self, prepared, batch, lr, self.optimizer.steps)
         loss = float(step.value(grads.objective, batch))
         outputs = {name: step.value(n, batch).copy() for name, n in graph.graph["outputs"].items()}
         return loss, outputs
@@ -270,7 +316,7 @@ class CpuEngine(EngineBase):
     def gradients(self, feeds: dict, mode: str = "train"):
         graph, grads, grad_nodes, program = self._gradient_program()
         prepared, batch = self._feeds(graph, feeds, self._input_names(program))
-        program.call(self, prepared, self._masks(program, batch), batch)
+        program.call(self, prepared, batch)
         named = {name: program.value(g, batch).copy() for name, g in grad_nodes.items()}
         for name in self.trainable:
             named.setdefault(name, np.zeros_like(self.params[name]))
@@ -281,12 +327,26 @@ class CpuEngine(EngineBase):
         names = tuple(outputs or self.graph.graph["outputs"])
         targets, _, program = self._inference(names, with_losses=False)
         prepared, batch = self._feeds(self.graph, feeds, self._input_names(program))
-        program.call(self, prepared, {}, batch)
+        program.call(self, prepared, batch)
         return {name: program.value(n, batch).copy() for name, n in zip(names, targets)}
+
+    def vjp(self, feeds: dict, output: str, cotangent) -> dict:
+        """{input name: gradient of Σ output · cotangent} for one batch, in evaluation mode,
+        for each float input that was fed; `output` names an output or any node."""
+        graph, seed, grad_nodes, program = self._vjp_program(output)
+        prepared, batch = self._feeds(graph, {**feeds, seed: cotangent},
+                                      self._input_names(program))
+        program.call(self, prepared, batch)
+        result = {name: program.value(g, batch).copy() for name, g in grad_nodes.items()}
+        for name, node in graph.graph["inputs"].items():
+            if name in feeds and name not in result and graph.type_of(node).is_float:
+                # No path to the output: the gradient is zero.
+                result[name] = np.zeros(np.shape(feeds[name]), dtype=self.dtype)
+        return result
 
     def loss(self, feeds: dict) -> float:
         names = tuple(self.graph.graph["outputs"])
         _, _, program = self._inference(names, with_losses=True)
         prepared, batch = self._feeds(self.graph, feeds, self._input_names(program))
-        program.call(self, prepared, {}, batch)
+        program.call(self, prepared, batch)
         return float(sum(w * float(program.value(n, batch)) for n, w in self.graph.graph["losses"]))

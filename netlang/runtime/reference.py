@@ -25,6 +25,7 @@ class ReferenceEngine(EngineBase):
                  *, seed: int = 0, dtype=np.float32, input_grads=()):
         super().__init__(graph, config, params, seed=seed, dtype=dtype, input_grads=input_grads)
         self._train = None
+        self._vjp = {}  # output name → its differentiated graph (see `vjp`)
 
     # The training graph is built on first use: forward-only users never pay for autodiff.
     def _training(self):
@@ -75,6 +76,25 @@ class ReferenceEngine(EngineBase):
         for name, value in self._state_updates.items():  # running statistics
             self.params[name][...] = value
         return loss, outputs
+
+    def vjp(self, feeds: dict, output: str, cotangent) -> dict:
+        """{input name: gradient of Σ output · cotangent} for one batch, in evaluation mode,
+        for each float input that was fed; `output` names an output or any node.  Parameters
+        are not changed."""
+        if output not in self._vjp:
+            self._vjp[output] = self._vjp_graph(output)
+        graph, seed, grads = self._vjp[output]
+        ctx = ExecContext(mode="eval", rng=self.rng, dtype=self.dtype)
+        values = execute(graph, {**feeds, seed: cotangent}, self.params,
+                         [g for g in grads.of.values() if g is not None], ctx)
+        result = {}
+        for node, g in grads.of.items():
+            name = graph.nodes[node]["name"]
+            if g is not None:
+                result[name] = values[g]
+            elif name in feeds:  # no path to the output: the gradient is zero
+                result[name] = np.zeros(np.shape(feeds[name]), dtype=self.dtype)
+        return result
 
     def forward(self, feeds: dict, mode: str = "eval", outputs=None) -> dict:
         names = outputs or list(self.graph.graph["outputs"])

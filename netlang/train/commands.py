@@ -19,7 +19,7 @@ DEVICES = ("cpu", "cuda", "auto", "reference")
 NORMALIZE = ("auto", "scale", "standardize", "none")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -41,12 +41,15 @@ def add_commands(sub) -> None:
     train = sub.add_parser(
         "train", help="train a model; writes weights, checkpoints and a metrics log",
         description="Train a .net model. Any train-section setting can be overridden with a "
-                    "named flag or with --set key=value (train-section syntax).")
+                    "named flag or with --set key=value (train-section syntax). An "
+                    "autoencoder (a loss comparing an output with an input) also gets "
+                    "reconstructions.png in the run directory: test inputs over their "
+                    "reconstructions.")
     train.add_argument("file", help="the .net file")
     train.add_argument("--data", help="mnist, xor, blobs, spirals, FILE.npz or FILE.csv "
                                       "(default: the train section's `data`)")
-    train.add_argument("--epochs", type=_positive_int, help="passes over the training set")
-    train.add_argument("--batch-size", type=_positive_int, help="examples per step")
+    train.add_argument("--epochs", type=positive_int, help="passes over the training set")
+    train.add_argument("--batch-size", type=positive_int, help="examples per step")
     train.add_argument("--lr", type=_number, help="learning rate (keeps the optimiser)")
     train.add_argument("--optimizer", help="e.g. sgd, adam or \"adam(lr=1e-3, beta2=0.99)\"")
     train.add_argument("--schedule", help="e.g. \"step(every=5, gamma=0.5)\", cosine, "
@@ -54,7 +57,7 @@ def add_commands(sub) -> None:
     train.add_argument("--seed", type=int, help="seed for weights, shuffling and dropout")
     train.add_argument("--val-split", type=_number,
                        help="fraction of the training set held out for validation")
-    train.add_argument("--early-stopping", type=_positive_int, metavar="PATIENCE",
+    train.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
                        help="stop after this many epochs without validation improvement")
     train.add_argument("--clip-norm", type=_number, help="clip the global gradient norm")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -69,9 +72,9 @@ def add_commands(sub) -> None:
     train.add_argument("--device", choices=DEVICES,
                        help="cpu (default; compiled with Numba), cuda, auto or reference "
                             "(NumPy); --resume keeps the run's device unless given")
-    train.add_argument("--limit", type=_positive_int, metavar="N",
+    train.add_argument("--limit", type=positive_int, metavar="N",
                        help="use only the first N examples of each split")
-    train.add_argument("--samples", type=_positive_int,
+    train.add_argument("--samples", type=positive_int,
                        help="size of a synthetic data set (xor, blobs, spirals)")
     train.add_argument("--normalize", choices=NORMALIZE, default="auto",
                        help="input scaling (auto: uint8 images to [0, 1])")
@@ -79,7 +82,7 @@ def add_commands(sub) -> None:
     train.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
                        help="save a checkpoint at the end of an epoch at most this often "
                             "(always at the end and on Ctrl-C)")
-    train.add_argument("--log-every", type=_positive_int, metavar="EPOCHS",
+    train.add_argument("--log-every", type=positive_int, metavar="EPOCHS",
                        help="print every Nth epoch (default: every epoch, or ~50 lines for "
                             "long runs)")
     train.add_argument("-q", "--quiet", action="store_true", help="print only the result")
@@ -90,8 +93,8 @@ def add_commands(sub) -> None:
     ev.add_argument("--weights", required=True, help="a run directory or .safetensors file")
     ev.add_argument("--data", help="data set (default: the run's, else the train section's)")
     ev.add_argument("--split", default="test", choices=("test", "train", "val"))
-    ev.add_argument("--batch-size", type=_positive_int, default=256)
-    ev.add_argument("--limit", type=_positive_int, metavar="N")
+    ev.add_argument("--batch-size", type=positive_int, default=256)
+    ev.add_argument("--limit", type=positive_int, metavar="N")
     ev.add_argument("--json", action="store_true", help="print the results as JSON")
     ev.add_argument("--force", action="store_true", help="use weights of a changed .net file")
     ev.add_argument("--device", default="cpu", choices=DEVICES)
@@ -101,7 +104,7 @@ def add_commands(sub) -> None:
     pr.add_argument("file", help="the .net file")
     pr.add_argument("input", help="an .npy array (one example or a batch) or a PNG image")
     pr.add_argument("--weights", required=True, help="a run directory or .safetensors file")
-    pr.add_argument("--top", type=_positive_int, default=10,
+    pr.add_argument("--top", type=positive_int, default=10,
                     help="classes listed per example (default 10)")
     pr.add_argument("--json", action="store_true", help="print the results as JSON")
     pr.add_argument("--force", action="store_true", help="use weights of a changed .net file")
@@ -112,7 +115,7 @@ def add_commands(sub) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _compile(path):
+def compile_model(path):
     from netlang.api import compile as compile_model
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file")
@@ -135,7 +138,7 @@ def cmd_train(args) -> int:
     from netlang.train.loop import TrainingInterrupted, train
     from netlang.train.overrides import split_override
     from netlang.train.progress import Progress, auto_log_every
-    model = _compile(args.file)
+    model = compile_model(args.file)
     overrides = _overrides(args)
     for text in overrides:
         split_override(text)  # a bad key fails before any data is loaded
@@ -181,9 +184,9 @@ def _run_info(weights) -> dict:
     return {}
 
 
-def _load(args):
+def load_model(args):
     """(model, run info) with the weights of `--weights` loaded."""
-    model = _compile(args.file)
+    model = compile_model(args.file)
     model.device = args.device
     model.load_weights(args.weights, force=args.force)
     return model, _run_info(args.weights)
@@ -194,7 +197,7 @@ def cmd_eval(args) -> int:
     from netlang.train.loop import evaluate, prepare_data
     from netlang.train.metrics import format_confusion, top_k_values
     from netlang.train.overrides import apply_overrides
-    model, run = _load(args)
+    model, run = load_model(args)
     binding = model.binding
     binding.check_single()
     config = apply_overrides(model.train_config, run.get("overrides") or [], model.graph)
@@ -262,7 +265,7 @@ def read_input(path, shape) -> "np.ndarray":
     return array.astype(np.float32)
 
 
-def _normalization(weights):
+def saved_normalization(weights):
     """The mean/std a run standardized its inputs with, if it did."""
     from netlang.train.loop import NORMALIZATION_FILE
     from netlang.weights import load_weights
@@ -278,13 +281,13 @@ def _normalization(weights):
 def cmd_predict(args) -> int:
     import numpy as np
     from netlang.train.loop import predict
-    model, _ = _load(args)
+    model, _ = load_model(args)
     binding = model.binding
     if binding.data_input is None:
         raise UsageError("this model has several data inputs; predict from Python with a dict")
     shape, _ = binding.inputs[binding.data_input]
     x = read_input(args.input, shape)
-    norm = _normalization(args.weights)
+    norm = saved_normalization(args.weights)
     if norm is not None:
         x = (x - norm["mean"].reshape(shape)) / norm["std"].reshape(shape)
     result = predict(model.engine, binding, {binding.data_input: x})

@@ -805,6 +805,9 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         out = Path(out) if out is not None else resume
         device = device or saved.get("device")
     device = device or "cpu"
+    if device == "cuda":   # before the data is loaded: no GPU is a one-line error at once
+        from netlang.runtime.cuda import cuda_module
+        cuda_module()
     config = apply_overrides(model.train_config, overrides, model.graph)
     if out is not None:
         out = Path(out)
@@ -896,6 +899,10 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         data_bytes = (json.dumps(summary, indent=2) + "\n").encode("utf-8")
         from netlang.weights import atomic_write
         atomic_write(out / SUMMARY_FILE, lambda f: f.write(data_bytes))
+        from netlang.train.reconstructions import write_reconstructions
+        pictured = write_reconstructions(out, engine, model.graph, prepared)  # autoencoders
+        if pictured is not None:
+            progress.message(f"wrote {pictured}")
         if plot:
             progress.message(plot_curves(out))
     return history, engine, config

@@ -1,4 +1,4 @@
-"""Reading inputs for `netlang predict`: `.npy` arrays and PNG images.
+"""Reading inputs for `netlang predict`: `.npy` arrays and PNG images; writing PNGs.
 
 PNGs are decoded by Pillow when it is installed, otherwise by the small decoder
 here (zlib only): 8-bit greyscale, grey+alpha, RGB, RGBA and palette images,
@@ -173,6 +173,15 @@ def encode_png(image: np.ndarray) -> bytes:
     return (PNG_SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour,
                                                        0, 0, 0))
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def write_png(path, image: np.ndarray) -> Path:
+    """Write a uint8 (H, W) or (H, W, 1|3|4) image as a PNG, atomically (saliency maps,
+    reconstructions); returns the path."""
+    from netlang.weights import atomic_write
+    data = encode_png(image)
+    atomic_write(path, lambda handle: handle.write(data))
+    return Path(path)
 
 
 def image_to_input(image: np.ndarray, shape: tuple, name: str = "image") -> np.ndarray:

@@ -1,0 +1,106 @@
+"""Where a compiled training step spends its time, kernel by kernel.
+
+    python benchmarks/profile_step.py [--model examples/lenet5.net] [--batch 128] [--repeat 20]
+
+The CPU engine compiles a whole training step into one function.  This script
+cuts that function's source at its `# op name` comments, compiles each piece as
+a function of its own (with the buffer views it uses, which the step makes once
+at the top level) and times it on the step's own buffers, after one real step
+has filled them.  The pieces' times add up to about the step's (the step itself
+is timed too); the optimiser update is one piece.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+VIEW = re.compile(r"^    ([a-z]+\d+) = (a\d+|[a-z]+\d+)\.reshape\(")
+
+
+def sections(source: str):
+    """(title, lines) of each top-level `# ...` section of the step's body."""
+    body = source.split("):\n", 1)[1].splitlines()
+    out, title, lines = [], None, []
+    for line in body:
+        if line.startswith("    # "):
+            if title is not None:
+                out.append((title, lines))
+            title, lines = line[6:], []
+        elif line.strip() != "return 0":
+            lines.append(line)
+    if title is not None:
+        out.append((title, lines))
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.path.join(os.path.dirname(HERE), "examples", "lenet5.net"))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args(argv)
+
+    from numba import njit
+
+    import netlang
+    from benchmarks.train_throughput import _random_feeds
+    from netlang.runtime.cpu import CpuEngine
+
+    model = netlang.compile(args.model)
+    engine = CpuEngine(model.graph, seed=0)
+    feeds = _random_feeds(model.graph, args.batch, np)
+    lr = model.train_config.optimizer.args["lr"]
+    engine.train_step(feeds, lr)
+    graph, _, _, step, _ = engine._training()
+    prepared, batch = engine._feeds(graph, feeds, engine._input_names(step))
+    slots = step.slots(batch)
+    from netlang.ops.norm import draw_dropout_key
+    call_args = []
+    for arg in step.program.args:
+        call_args.append({"input": lambda: prepared[arg.key], "param": lambda: engine.params[arg.key],
+                          "state": lambda: engine.optimizer.state[arg.key],
+                          "key": lambda: draw_dropout_key(engine.rng),
+                          "slot": lambda: slots[arg.key]}[arg.kind]())
+    call_args += [float(lr), 2]
+
+    def timed(fn):
+        fn(*call_args)
+        best = float("inf")
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            fn(*call_args)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    whole = timed(step.function)
+    source = step.program.source
+    header, _ = source.split("@njit", 1)
+    signature = source.split("def train_step(", 1)[1].split(")", 1)[0]
+    views: list[str] = []
+    rows = []
+    for title, lines in sections(source):
+        text = "\n".join([header, f"def piece({signature}):"] + views + lines + ["    return 0", ""])
+        namespace: dict = {}
+        exec(compile(text, f"<{title}>", "exec"), namespace)
+        rows.append((title, timed(njit(namespace["piece"]))))
+        views += [line for line in lines if VIEW.match(line)]
+    total = sum(t for _, t in rows)
+    print(f"model: {os.path.relpath(args.model)}   batch: {args.batch}   "
+          f"step: {whole * 1e3:.2f} ms ({args.batch / whole:,.0f} samples/s)   "
+          f"pieces: {total * 1e3:.2f} ms")
+    for title, t in sorted(rows, key=lambda r: -r[1]):
+        print(f"{t * 1e3:9.3f} ms  {100 * t / total:5.1f}%  {title}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

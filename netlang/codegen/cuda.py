@@ -1,0 +1,435 @@
+"""Render a planned graph into numba.cuda source: kernels, and one host function per program.
+
+The CUDA renderer is the CPU renderer (`codegen/cpu.py`) with what differs overridden:
+
+- every loop the CPU renders as `for i in range(n)` over independent iterations (an
+  elementwise op and its fused followers, a `k.parallel` block of an op's template, an
+  optimiser update) becomes a kernel with a grid-stride loop, launched by the host function;
+- `k.reduction` becomes a block reduction in shared memory (one block per group);
+- `k.matmul` becomes a tiled matrix product in shared memory, with the op's bias and fused
+  elementwise ops as its epilogue, and gemm's α and β (the SGD updates that the weight
+  gradient's product performs itself, as on the CPU).
+
+Ops' kernel templates are the CPU ones where those are written with the three structures
+above (`op.cuda_kernel = op.cpu_kernel`), and CUDA-specific ones otherwise; elementwise
+expressions, the optimiser and penalty templates and the fusion and buffer plans are shared
+as they are.  Host-side views (`reshape`) are made in the host function and passed to the
+kernels, whose parameters are the host variables their bodies read.  Identifiers come from
+counters; user names appear only in sanitised comments.  This module never imports Numba.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+
+from netlang.codegen.cpu import (Emitter, Kernel, Program, ProgramWriter, UpdatePlan,
+                                 sanitise_comment)
+from netlang.ops.registry import get_op
+from netlang.passes.memory import EXTERNAL
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchGeometry:
+    """Threads per block (a power of two), most blocks of a grid-stride kernel, gemm tile edge."""
+    threads: int = 256
+    blocks: int = 2048
+    tile: int = 16
+
+
+GPU = LaunchGeometry()
+# The simulator runs every thread as a Python thread: few and small blocks keep it quick.
+SIMULATOR = LaunchGeometry(threads=2, blocks=2, tile=4)
+
+# NumPy's scalar functions in the shared templates, as CUDA device code spells them.
+_DEVICE_MATH = [(re.compile(r"\bnp\.(exp|log|log1p|expm1|tanh|sqrt)\("), r"math.\1("),
+                # Inline (compile_ptx types a kernel without a GPU only if it calls no device
+                # function); the penalty templates apply it to a plain element `f3[i]`.
+                (re.compile(r"\bnp\.sign\(([^()]*)\)"),
+                 r"(1.0 if \1 > 0 else (-1.0 if \1 < 0 else 0.0))"),
+                (re.compile(r"\bnp\.inf\b"), "math.inf")]
+_NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*)")
+
+
+def device_source(line: str) -> str:
+    for pattern, replacement in _DEVICE_MATH:
+        line = pattern.sub(replacement, line)
+    return line
+
+
+class KernelEmitter(Emitter):
+    """The host function's lines, with kernel bodies split off: while a kernel is open,
+    `line` writes its body and `host_line` the host function (views of buffers)."""
+
+    def __init__(self):
+        super().__init__()
+        self._host = None
+
+    @property
+    def in_kernel(self) -> bool:
+        return self._host is not None
+
+    def open_kernel(self) -> None:
+        if self._host is not None:
+            raise NotImplementedError("a kernel template opened a kernel inside a kernel")
+        self._host = (self.lines, self.depth)
+        self.lines, self.depth = [], 1
+
+    def close_kernel(self) -> list:
+        body = self.lines
+        self.lines, self.depth = self._host
+        self._host = None
+        return body
+
+    def host_line(self, text: str) -> None:
+        if self._host is None:
+            self.line(text)
+        else:
+            lines, depth = self._host
+            lines.append("    " * depth + text)
+
+    @property
+    def host_depth(self) -> int:
+        return self.depth if self._host is None else self._host[1]
+
+
+class CudaKernel(Kernel):
+    """What a `cuda_kernel` template sees: a `Kernel` whose parallel structures launch kernels.
+    Its lines must lie inside them: a line for the host function would run on the host."""
+
+    def line(self, text: str) -> None:
+        if not self.program.emitter.in_kernel:
+            raise NotImplementedError(f"`{self.graph.op(self.node)}`'s template writes host code")
+        self.program.emitter.line(text)
+
+    def block(self, header: str):
+        if not self.program.emitter.in_kernel:
+            raise NotImplementedError(f"`{self.graph.op(self.node)}`'s template writes host code")
+        return self.program.emitter.block(header)
+
+    def fresh(self, prefix: str = "t") -> str:
+        return self.program.emitter.fresh(prefix)
+
+    def helper(self, name: str, module: str = "") -> str:
+        # CPU helpers are host code; device functions would need a GPU to type a kernel
+        # (compile_ptx), so CUDA templates write their loops out.
+        raise NotImplementedError(f"`{self.graph.op(self.node)}` calls the CPU helper {name}")
+
+    def epilogue(self, out2d, bias=None, row0=None):
+        raise NotImplementedError("the CUDA renderer fuses epilogues into k.matmul")
+
+    def parallel(self, size: str, index: str = "i"):
+        return self.program.grid_loop(index, size)
+
+    def reduction(self, size, index, body, finish, groups=None, group="g") -> None:
+        self.program.reduction(size, index, body, finish, groups, group)
+
+    def matmul(self, a, b, out, trans_a=False, trans_b=False, bias=None, epilogue=True) -> None:
+        self.program.gemm(self.node if epilogue else None, a, b, out, trans_a, trans_b,
+                          bias=bias)
+
+
+class CudaProgramWriter(ProgramWriter):
+    def __init__(self, graph, order, fusion, buffers, dtype: str, mode: str = "eval",
+                 geometry: LaunchGeometry = GPU):
+        super().__init__(graph, order, fusion, buffers, dtype, mode)
+        self.emitter = KernelEmitter()
+        self.geometry = geometry
+        self.host_names: set = set()
+        self.kernels: list[str] = []
+
+    # -- host variables ---------------------------------------------------------------------
+
+    def argument(self, kind: str, key) -> str:
+        name = super().argument(kind, key)
+        self.host_names.add(name)
+        return name
+
+    def view(self, var: str, shape: str, prefix: str) -> str:
+        key = (var, shape)
+        if key in self._views:
+            return self._views[key]
+        name = self.emitter.fresh(prefix)
+        self.emitter.host_line(f"{name} = {var}.reshape({shape})")
+        self.host_names.add(name)
+        if self.emitter.host_depth == 1:
+            self._views[key] = name
+        return name
+
+    def _view(self, node, root) -> str:
+        root_var = self.var(root) if root != node else self.argument("slot", self.buffers.slot_of[node])
+        t = self.graph.type_of(node)
+        if self.graph.type_of(root).shape == t.shape:
+            return root_var
+        dims = ", ".join([f"{root_var}.shape[0]"] + [str(d) for d in t.shape[1:]]) if t.batched \
+            else ", ".join(str(d) for d in t.shape)
+        return self.view(root_var, f"({dims},)", "r")
+
+    # -- kernels ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def kernel(self, grid: str, block: str):
+        """A kernel whose body is what is emitted inside; launched where the block ends."""
+        self.emitter.open_kernel()
+        try:
+            yield
+        finally:
+            body = self.emitter.close_kernel()
+        text = "\n".join(body)
+        params, seen = [], set()
+        for name in _NAME.findall(text):
+            if name not in seen and (name in self.host_names or name in ("lr", "t")):
+                seen.add(name)
+                params.append(name)
+        name = self.emitter.fresh("k")
+        self.kernels.append("\n".join([
+            "@cuda.jit(**_JIT)", f"def {name}({', '.join(params)}):"] +
+            [device_source(line) for line in body]))
+        self.emitter.line(f"{name}[{grid}, {block}]({', '.join(params)})")
+
+    @contextlib.contextmanager
+    def grid_loop(self, index: str, size: str, prologue=()):
+        """Independent iterations `index` < `size`: a kernel with a grid-stride loop."""
+        with self.kernel(f"_grid({size})", "_T"):
+            for line in prologue:
+                self.emitter.line(line)
+            with self.emitter.block(f"for {index} in range(cuda.grid(1), {size}, "
+                                    f"cuda.gridsize(1)):"):
+                yield
+
+    def loop(self, index: str, size: str):
+        return self.grid_loop(index, size)
+
+    def reduction(self, size, index, body, finish, groups=None, group="g") -> None:
+        """One block per group; its threads stride over `index` into float64 partial sums,
+        added up in shared memory by a tree; thread 0 runs `finish` with the total."""
+        e = self.emitter
+        with self.kernel(groups or "1", "_T"):
+            part, tid, acc, w = (e.fresh(p) for p in ("sh", "tid", "acc", "w"))
+            if groups is not None:
+                e.line(f"{group} = cuda.blockIdx.x")
+            e.line(f"{part} = cuda.shared.array({self.geometry.threads}, float64)")
+            e.line(f"{tid} = cuda.threadIdx.x")
+            e.line(f"{acc} = 0.0")
+            with e.block(f"for {index} in range({tid}, {size}, _T):"):
+                body(acc)
+            e.line(f"{part}[{tid}] = {acc}")
+            e.line("cuda.syncthreads()")
+            e.line(f"{w} = _T // 2")
+            with e.block(f"while {w} > 0:"):
+                with e.block(f"if {tid} < {w}:"):
+                    e.line(f"{part}[{tid}] += {part}[{tid} + {w}]")
+                e.line("cuda.syncthreads()")
+                e.line(f"{w} //= 2")
+            with e.block(f"if {tid} == 0:"):
+                e.line(f"{acc} = {part}[0]")
+                finish(acc)
+
+    def gemm(self, host, a: str, b: str, out: str, trans_a: bool, trans_b: bool, *,
+             alpha: str = "1.0", beta: str = "0.0", bias: str | None = None) -> None:
+        """out ← α·op(a)·op(b) + β·out, then the bias and `host`'s fused ops: a tiled product,
+        one output element per thread, tiles of both operands staged in shared memory (loaded
+        along each operand's contiguous axis, so the reads coalesce)."""
+        chain = self.fusion.epilogue.get(host, []) if host is not None else []
+        extra = self._epilogue_operands(chain, host) if chain else {}
+        e = self.emitter
+        grid = f"(_cdiv({out}.shape[1], _TILE), _cdiv({out}.shape[0], _TILE))"
+        with self.kernel(grid, "(_TILE, _TILE)"):
+            sa, sb, tx, ty, r0, c0, row, col, m, n, kk, acc, k0, i, j, s = (
+                e.fresh(p) for p in ("sa", "sb", "tx", "ty", "r", "c", "row", "col", "m", "n",
+                                     "kk", "acc", "k", "i", "j", "s"))
+            # Literal shapes: Numba types a shared array's shape only from constants.  A padding
+            # column keeps the transposed stores off one bank.
+            tile = self.geometry.tile
+            e.line(f"{sa} = cuda.shared.array(({tile}, {tile + 1}), _FT)")
+            e.line(f"{sb} = cuda.shared.array(({tile}, {tile + 1}), _FT)")
+            e.line(f"{tx} = cuda.threadIdx.x")
+            e.line(f"{ty} = cuda.threadIdx.y")
+            e.line(f"{r0} = cuda.blockIdx.y * _TILE")
+            e.line(f"{c0} = cuda.blockIdx.x * _TILE")
+            e.line(f"{row} = {r0} + {ty}")
+            e.line(f"{col} = {c0} + {tx}")
+            e.line(f"{m} = {out}.shape[0]")
+            e.line(f"{n} = {out}.shape[1]")
+            e.line(f"{kk} = {a}.shape[{0 if trans_a else 1}]")
+            e.line(f"{acc} = F(0.0)")
+            with e.block(f"for {k0} in range(0, {kk}, _TILE):"):
+                # sa[u, v] = op(a)[r0 + u, k0 + v];  sb[u, v] = op(b)[k0 + u, c0 + v]
+                if trans_a:
+                    e.line(f"{i} = {r0} + {tx}")
+                    e.line(f"{j} = {k0} + {ty}")
+                    e.line(f"{sa}[{tx}, {ty}] = {a}[{j}, {i}] if {i} < {m} and {j} < {kk} else F(0.0)")
+                else:
+                    e.line(f"{i} = {r0} + {ty}")
+                    e.line(f"{j} = {k0} + {tx}")
+                    e.line(f"{sa}[{ty}, {tx}] = {a}[{i}, {j}] if {i} < {m} and {j} < {kk} else F(0.0)")
+                if trans_b:
+                    e.line(f"{i} = {k0} + {tx}")
+                    e.line(f"{j} = {c0} + {ty}")
+                    e.line(f"{sb}[{tx}, {ty}] = {b}[{j}, {i}] if {i} < {kk} and {j} < {n} else F(0.0)")
+                else:
+                    e.line(f"{i} = {k0} + {ty}")
+                    e.line(f"{j} = {c0} + {tx}")
+                    e.line(f"{sb}[{ty}, {tx}] = {b}[{i}, {j}] if {i} < {kk} and {j} < {n} else F(0.0)")
+                e.line("cuda.syncthreads()")
+                with e.block(f"for {i} in range(_TILE):"):
+                    e.line(f"{acc} += {sa}[{ty}, {i}] * {sb}[{i}, {tx}]")
+                e.line("cuda.syncthreads()")
+            with e.block(f"if {row} < {m} and {col} < {n}:"):
+                value = acc if alpha == "1.0" else f"{alpha} * {acc}"
+                if beta != "0.0":
+                    value += f" + {beta} * {out}[{row}, {col}]"
+                if bias is not None:
+                    value += f" + {bias}[{col}]"
+                e.line(f"{s} = {value}")
+                if extra:
+                    e.line(f"k = {row} * {n} + {col}")
+                s = self._emit_chain(chain, host, s, extra, "k")
+                e.line(f"{out}[{row}, {col}] = {s}")
+
+    # -- the program --------------------------------------------------------------------------
+
+    def emit_kernel(self, op, node: int) -> None:
+        if op.cuda_kernel is None:
+            raise NotImplementedError(f"op `{op.name}` has no CUDA kernel")
+        op.cuda_kernel(CudaKernel(self, node))
+
+
+def supported(graph, nodes) -> list[str]:
+    """Ops among `nodes` that have no CUDA kernel template (empty: all are supported)."""
+    missing = set()
+    for node in nodes:
+        op_name = graph.op(node)
+        if op_name in EXTERNAL:
+            continue
+        op = get_op(op_name)
+        if not (op.cpu_view or op.cpu_expr or op.cuda_kernel):
+            missing.add(op_name)
+    return sorted(missing)
+
+
+def render_program(graph, order, fusion, buffers, *, dtype: str, function: str, keep,
+                   update=None, title: str = "", mode: str = "eval",
+                   geometry: LaunchGeometry = GPU, cache: bool = True) -> Program:
+    """Source of one program: its kernels and a host function `function` launching them in
+    order; `update` (a CudaUpdatePlan) ends it.  The host function takes the program's
+    arguments (device arrays; a dropout key as a scalar) and `lr`, `t`."""
+    writer = CudaProgramWriter(graph, order, fusion, buffers, dtype, mode, geometry)
+    writer.update = update
+    for node in order:
+        writer.emit_node(node)
+    if update is not None:
+        update.emit_tail(writer)
+    body = writer.emitter.lines
+    params = ", ".join([f"a{i}" for i in range(len(writer.args))] + ["lr", "t"])
+    header = [
+        f"# Generated by netlang for {sanitise_comment(title)} (CUDA). Do not edit.",
+        "import math",
+        "import numpy as np",
+        "from numba import cuda, float32, float64",
+    ] + [f"from {module} import {name}" for module, name in sorted(writer.imports)] + [
+        "",
+        f"F = np.{dtype}",
+        f"_FT = {dtype}",
+        f"_T = {geometry.threads}",
+        f"_BLOCKS = {geometry.blocks}",
+        f"_TILE = {geometry.tile}",
+        "_JIT = " + ("{'cache': True}" if cache else "{}"),
+        "",
+        "",
+        "def _grid(n):",
+        "    return max(1, min(_BLOCKS, (n + _T - 1) // _T))",
+        "",
+        "",
+        "def _cdiv(n, d):",
+        "    return max(1, (n + d - 1) // d)",
+        "",
+    ]
+    kernels = []
+    for kernel in writer.kernels:
+        kernels += ["", kernel, ""]
+    source = "\n".join(header + kernels + ["", f"def {function}({params}):"] +
+                       (body or ["    pass"]) + ["    return 0", ""])
+    result_slots = {n: buffers.slot_of[n] for n in keep if n in buffers.slot_of}
+    return Program(source, function, writer.args, result_slots)
+
+
+class CudaUpdatePlan(UpdatePlan):
+    """The optimiser update on the device: the CPU's plan (which weights the gradient product
+    updates itself) and templates, each parameter's loop a kernel.  Clipping by the global norm
+    adds one reduction per gradient into a float64 scratch scalar (atomically across blocks),
+    which every update kernel reads."""
+
+    def emit_absorbed(self, writer, node):
+        e, u, rule = writer.emitter, self.absorbed[node], self.rule
+        graph = writer.graph
+        g, x = graph.operands(node)
+        g2 = writer.view(writer.var(g), _rows_shape(writer.var(g), graph.type_of(g)), "v")
+        x2 = writer.view(writer.var(x), _rows_shape(writer.var(x), graph.type_of(x)), "v")
+        p = writer.argument("param", u.name)
+        state = self._state_flats(writer, u, self.slots)
+        target = p if rule.target == "param" else state[rule.target][0]
+        e.line(f"# {sanitise_comment(u.name)}: gradient product fused with the update")
+        for header, (alpha, beta) in (("if t == 1:", rule.first), ("else:", rule.later)):
+            with e.block(header):
+                writer.gemm(None, g2, x2, target, True, False, alpha=alpha, beta=beta)
+        if rule.after:
+            pf = writer.view(p, f"{p}.size", "f")
+            names = {"p": pf, **{slot: flat for slot, (_, flat) in state.items()}}
+            with writer.grid_loop("i", f"{pf}.size"):
+                for line in rule.after:
+                    e.line(line.format(**names))
+
+    def _state_flats(self, writer, u, slots):
+        names = {}
+        for slot in slots:
+            s = writer.argument("state", f"{u.name}.{slot}")
+            names[slot] = (s, writer.view(s, f"{s}.size", "f"))
+        return names
+
+    def emit_tail(self, writer):
+        e, c = writer.emitter, writer.const
+        flats = []
+        if self.rest:
+            e.line("# optimiser update")
+        for u in self.rest:
+            p = writer.argument("param", u.name)
+            g = writer.var(u.grad)
+            pf, gf = writer.view(p, f"{p}.size", "f"), writer.view(g, f"{g}.size", "f")
+            names = {"p": pf, **{slot: flat for slot, (_, flat) in
+                                 self._state_flats(writer, u, self.slots).items()}}
+            flats.append((u, pf, gf, names))
+        clip, norm = self.clip_norm, None
+        if clip:
+            norm = writer.argument("scratch", "norm2")
+            with writer.kernel("1", "1"):
+                e.line(f"{norm}[0] = 0.0")
+            for u, pf, gf, names in flats:
+                def body(acc, u=u, pf=pf, gf=gf):
+                    e.line(f"gi = {gf}[i]")
+                    for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
+                        e.line(line)
+                    e.line(f"{acc} += gi * gi")
+                writer.reduction(f"{gf}.size", "i", body,
+                                 lambda acc: e.line(f"cuda.atomic.add({norm}, 0, {acc})"))
+        for u, pf, gf, names in flats:
+            prologue, body = self.template(self.optimizer.args, c, names)
+            if clip:
+                prologue = prologue + [
+                    "clipf = 1.0",
+                    f"if math.sqrt({norm}[0]) > {clip!r}:",
+                    f"    clipf = {clip!r} / (math.sqrt({norm}[0]) + 1e-6)"]
+            with writer.grid_loop("i", f"{gf}.size", prologue):
+                e.line(f"gi = {gf}[i]")
+                for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
+                    e.line(line)
+                if clip:
+                    e.line("gi = gi * clipf")
+                for line in body:
+                    e.line(line)
+
+
+def _rows_shape(var, type_) -> str:
+    width = type_.shape[-1]
+    return f"({var}.size // {width}, {width})"

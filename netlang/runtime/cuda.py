@@ -1,0 +1,194 @@
+"""The CUDA engine: a graph compiled into numba.cuda kernels launched by one host function per
+program (a training step, an inference pass, a gradient pass).
+
+It is the CPU engine (`runtime/cpu.py`) with three parts replaced: programs are rendered by
+`codegen/cuda.py` and their buffers are device arrays, planned once per batch size; the
+optimiser update is rendered as kernels (`CudaUpdatePlan`); parameters, buffers and the
+optimiser's state live on the device for the whole run (`DeviceMirror`), copied to the host
+only when something on the host reads them (a checkpoint, `Model.parameters()`) and back once
+after that.  Each step copies its batch in (nothing when the caller passes device arrays) and
+the loss and outputs out; dropout masks are computed on the device from a per-step key.
+
+`numba.cuda` is imported only inside functions: Numba's simulator is chosen by
+NUMBA_ENABLE_CUDASIM, which must be set before Numba is first imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+
+import numpy as np
+
+from netlang.codegen.cuda import GPU, SIMULATOR, CudaUpdatePlan, render_program, supported
+from netlang.config import cuda_simulator
+from netlang.errors import DataError, UsageError
+from netlang.ops.norm import draw_dropout_key
+from netlang.passes.autodiff import differentiate
+from netlang.passes.training import training_graph
+from netlang.runtime.cpu import CompiledProgram, CpuEngine
+
+SIMULATOR_HINT = "set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels in Numba's simulator"
+
+
+def cuda_module():
+    """numba.cuda, when a GPU (or the simulator) can run kernels; a one-line UsageError else."""
+    try:
+        from numba import cuda
+    except ImportError:
+        raise UsageError("--device cuda: Numba's CUDA support is not installed "
+                         "(pip install 'netlang[cuda]')") from None
+    try:
+        available = cuda.is_available()
+    except Exception:   # a broken driver or toolkit install reads as no GPU
+        available = False
+    if not available:
+        raise UsageError(f"--device cuda: no CUDA GPU is available on this machine ({SIMULATOR_HINT}, "
+                         f"slowly, or use --device cpu)")
+    return cuda
+
+
+def gpu_available() -> bool:
+    """Whether `--device auto` should pick the CUDA engine (a real GPU, not the simulator)."""
+    if cuda_simulator():
+        return False
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+def is_device_array(value) -> bool:
+    return hasattr(value, "__cuda_array_interface__")
+
+
+class DeviceMirror(MutableMapping):
+    """Named arrays that live on the device, readable and writable as host NumPy arrays.
+
+    Kernels use `device()`.  Reading an entry from the host copies every array back once and
+    hands out the host copies, which the caller may write into (`p[...] = w`): the next
+    `device()` copies them all up again.  So the training loop's steps never copy parameters,
+    and a checkpoint or `Model.parameters()` costs one round trip."""
+
+    def __init__(self, host: dict, cuda):
+        self._cuda = cuda
+        self._host = {name: np.ascontiguousarray(value) for name, value in host.items()}
+        self._device = {name: cuda.to_device(value) for name, value in self._host.items()}
+        self._on_host = False   # whether the host copies are the current ones
+
+    def device(self) -> dict:
+        if self._on_host:
+            for name, value in self._host.items():
+                target = self._device.get(name)
+                if target is None or target.shape != value.shape or target.dtype != value.dtype:
+                    self._device[name] = self._cuda.to_device(np.ascontiguousarray(value))
+                else:
+                    target.copy_to_device(np.ascontiguousarray(value))
+            self._on_host = False
+        return self._device
+
+    def _to_host(self) -> None:
+        if not self._on_host:
+            for name, array in self._device.items():
+                array.copy_to_host(self._host[name])
+            self._on_host = True
+
+    def __getitem__(self, name):
+        self._to_host()
+        return self._host[name]
+
+    def __setitem__(self, name, value):
+        self._to_host()
+        self._host[name] = np.ascontiguousarray(value)
+
+    def __delitem__(self, name):
+        self._to_host()
+        del self._host[name]
+        self._device.pop(name, None)
+
+    def __iter__(self):
+        return iter(self._host)
+
+    def __len__(self):
+        return len(self._host)
+
+
+class CudaProgram(CompiledProgram):
+    """A program's kernels and host function, and its device buffers (one set per batch size)."""
+
+    def __init__(self, graph, order, keep, dtype, function, title, update=None, mode="eval"):
+        self.cuda = cuda_module()
+        self._scratch = {}
+        super().__init__(graph, order, keep, dtype, function, title, update=update, mode=mode)
+
+    def render(self, graph, order, fusion, buffers, **options):
+        simulated = cuda_simulator()
+        return render_program(graph, order, fusion, buffers, **options,
+                              geometry=SIMULATOR if simulated else GPU, cache=not simulated)
+
+    def allocate(self, array: np.ndarray):
+        return self.cuda.to_device(array)
+
+    def fetch(self, array) -> np.ndarray:
+        return array.copy_to_host()
+
+    def engine_arrays(self, engine) -> tuple:
+        return engine.params.device(), engine.optimizer.state.device()
+
+    def dropout_key(self, engine):
+        return draw_dropout_key(engine.rng)[0]  # a scalar argument of the host function
+
+    def scratch(self, key):
+        if key not in self._scratch:
+            self._scratch[key] = self.cuda.to_device(np.zeros(1, np.float64))
+        return self._scratch[key]
+
+
+class CudaEngine(CpuEngine):
+    name = "cuda"
+    program_class = CudaProgram
+    update_plan_class = CudaUpdatePlan
+    missing_kernels = staticmethod(supported)
+
+    @classmethod
+    def pending_ops(cls, graph) -> list[str]:
+        """Ops of the model's training step (or, when it cannot be differentiated, its forward
+        pass) that have no CUDA kernel yet."""
+        train = training_graph(graph)
+        if train.graph.get("losses"):
+            try:
+                differentiate(train, list(train.parameters().values()))
+            except Exception:   # the engine's own construction reports what is wrong
+                pass
+        return cls.missing_kernels(train, list(train.nodes))
+
+    def __init__(self, graph, config=None, params: dict | None = None, *, seed: int = 0,
+                 dtype=np.float32, input_grads=()):
+        cuda = cuda_module()
+        if isinstance(params, DeviceMirror):   # another engine's weights: a host copy of them
+            params = {name: np.array(value) for name, value in params.items()}
+        super().__init__(graph, config, params, seed=seed, dtype=dtype, input_grads=input_grads)
+        self.cuda = cuda
+        self.params = DeviceMirror(self.params, cuda)
+        self.optimizer.state = DeviceMirror(self.optimizer.state, cuda)
+
+    def _feeds(self, graph, feeds: dict, needed) -> tuple[dict, int]:
+        """The batch on the device: host arrays are checked and copied in; device arrays (a data
+        set uploaded once) are checked and used as they are."""
+        on_device = {name: feeds[name] for name in needed
+                     if name in feeds and is_device_array(feeds[name])}
+        prepared, batch = super()._feeds(graph, {n: v for n, v in feeds.items()
+                                                 if n not in on_device},
+                                         [n for n in needed if n not in on_device])
+        for name, value in on_device.items():
+            t = graph.type_of(graph.graph["inputs"][name])
+            expected = np.dtype(self.dtype if t.is_float else np.int64)
+            if tuple(value.shape[1:]) != tuple(t.shape[1:]) or value.dtype != expected:
+                raise DataError(f"input `{name}` expects {expected} examples of shape "
+                                f"{tuple(t.shape[1:])}, got {value.dtype} {tuple(value.shape[1:])}")
+            if (prepared or on_device) and batch and value.shape[0] != batch:
+                raise DataError(f"inputs disagree on the batch size: {batch} and {value.shape[0]}")
+            batch = value.shape[0]
+        moved = {name: self.cuda.to_device(value) for name, value in prepared.items()}
+        moved.update(on_device)
+        return moved, batch

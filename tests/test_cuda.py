@@ -1,0 +1,485 @@
+"""The CUDA engine against the CPU engine and the NumPy reference, step for step.
+
+Run twice (see tests/conftest.py and docs/cuda.md): in the main pass the tests that need a GPU
+skip when there is none, and the rest (registry coverage, generated source, the no-GPU error,
+PTX compilation where a CUDA toolkit is installed) run; under NUMBA_ENABLE_CUDASIM=1 the
+simulator runs every generated kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import netlang
+from netlang.codegen.cuda import GPU, CudaUpdatePlan, render_program
+from netlang.codegen.cpu import ParamUpdate
+from netlang.interp import needed_nodes
+from netlang.ops.registry import all_ops
+from netlang.passes.autodiff import differentiate
+from netlang.passes.fusion import plan_fusion
+from netlang.passes.memory import plan_buffers
+from netlang.passes.training import training_graph
+
+from conftest import CUDA_SIMULATOR
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _cuda_runs() -> bool:
+    if CUDA_SIMULATOR:
+        return True
+    try:
+        from numba import cuda
+        return cuda.is_available()
+    except Exception:
+        return False
+
+
+needs_cuda = pytest.mark.skipif(not _cuda_runs(), reason="no CUDA GPU here; the simulator pass "
+                                "(NUMBA_ENABLE_CUDASIM=1) runs these kernels")
+
+MODEL = """
+input x: [6]
+input y: int32[]
+h = x -> dense(%(h)d) -> relu -> dense(%(h)d) -> tanh
+h2 = h -> dense(%(h)d) -> sigmoid
+output z = (h2 + h, h) -> concat -> dense(3)
+train {
+  loss cross_entropy(z, y) + 0.5 * squared_error(h2, y)
+  optimizer %(opt)s
+  regularize %(reg)s
+  %(extra)s
+}
+"""
+
+
+def _model(sizes, opt="sgd", reg="l2(0.0)", extra=""):
+    return netlang.compile(MODEL % {"h": sizes.hidden, "opt": opt, "reg": reg, "extra": extra})
+
+
+def _batch(seed, n, classes=3):
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((n, 6)).astype(np.float32), "y": rng.integers(0, classes, n)}
+
+
+def _feeds(graph, n, seed, classes=3):
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, node in graph.graph["inputs"].items():
+        t = graph.type_of(node)
+        if t.is_float:
+            feeds[name] = rng.standard_normal((n,) + tuple(t.shape[1:])).astype(np.float32)
+        else:
+            feeds[name] = rng.integers(0, classes, n)
+    return feeds
+
+
+def _close(actual, expected, rtol, atol, what):
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+# ---- training steps, every optimiser ----------------------------------------------------------
+
+@needs_cuda
+@pytest.mark.parametrize("opt,reg,extra", [
+    ("sgd(lr = 0.1)", "l1(1e-3)", ""),
+    # No penalty or clipping: the weight gradients' products perform the update themselves.
+    ("sgd(lr = 0.1)", "l2(0.0)", ""),
+    ("sgd(lr = 0.1, momentum = 0.9, dampening = 0.1)", "l2(0.0)", ""),
+    ("sgd(lr = 0.1, momentum = 0.9, nesterov = true, weight_decay = 1e-3)", "l2(1e-3)",
+     "clip_norm 0.5"),
+    ("adam(lr = 0.01)", "elastic_net(l1 = 1e-4, l2 = 1e-3)", ""),
+    ("adamw(lr = 0.01)", "l2(0.0)", "clip_norm 1.0"),
+    ("adagrad(lr = 0.1)", "l2(1e-4)", ""),
+    ("rmsprop(lr = 0.001)", "l2(1e-4)", ""),
+])
+def test_training_steps_match_reference(cuda_sizes, opt, reg, extra):
+    # Against the reference only: the CPU engine's trajectories are compared below.
+    from netlang.runtime.cuda import CudaEngine
+    from netlang.runtime.reference import ReferenceEngine
+    model = _model(cuda_sizes, opt, reg, extra)
+    reference, gpu = ReferenceEngine(model.graph, seed=4), CudaEngine(model.graph, seed=4)
+    for step in range(cuda_sizes.steps):
+        feeds = _batch(step, cuda_sizes.batch)
+        loss_ref, out_ref = reference.train_step(feeds, 0.05)
+        loss_gpu, out_gpu = gpu.train_step(feeds, 0.05)
+        assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
+        _close(out_gpu["z"], out_ref["z"], 1e-4, 1e-5, "z")
+    for name in reference.params:
+        _close(gpu.params[name], reference.params[name], 2e-5, 2e-6, name)
+    for key in reference.optimizer.state:   # the state, read back from the device
+        _close(gpu.optimizer.state[key], reference.optimizer.state[key], 1e-4, 1e-6, key)
+
+
+@needs_cuda
+def test_gradients_forward_and_loss_match_reference(cuda_sizes):
+    model = _model(cuda_sizes)
+    from netlang.runtime.cuda import CudaEngine
+    from netlang.runtime.reference import ReferenceEngine
+    reference, gpu = ReferenceEngine(model.graph, seed=1), CudaEngine(model.graph, seed=1)
+    feeds = _batch(7, cuda_sizes.batch + 2)   # another batch size: buffers are per batch size
+    loss_ref, grads_ref, _ = reference.gradients(feeds)
+    loss_gpu, grads_gpu, _ = gpu.gradients(feeds)
+    assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
+    for name in grads_ref:
+        _close(grads_gpu[name], grads_ref[name], 1e-4, 1e-6, name)
+    _close(gpu.forward({"x": feeds["x"]})["z"], reference.forward({"x": feeds["x"]})["z"],
+           1e-5, 1e-6, "forward")
+    assert gpu.loss(feeds) == pytest.approx(reference.loss(feeds), rel=1e-5)
+
+
+# ---- every op: forward and backward kernels ---------------------------------------------------
+# One tiny model per op (or family): the op's forward output and the gradients through its
+# backward kernel, against the reference, to a relative error of 1e-5 in float32.
+
+OP_MODELS = {
+    "activations": """
+        input x: [7]
+        input t: [7]
+        a = x -> dense(7) -> sigmoid
+        b = x -> dense(7) -> tanh
+        c = x -> dense(7) -> leaky_relu(0.1)
+        d = x -> dense(7) -> elu(0.5)
+        e = x -> dense(7) -> relu
+        f = x -> dense(7) -> identity
+        s = x -> dense(7) -> sign
+        h = x -> dense(7) -> threshold(0.2)
+        output y = (a * b + c, d + e + f, s + h) -> add
+        train { loss mse(y, t) }""",
+    "softmax": """
+        input x: [5]
+        input t: [4]
+        p = x -> dense(4) -> softmax
+        q = x -> dense(4) -> log_softmax
+        output y = p + q
+        train { loss squared_error(y, t) }""",
+    "cross_entropy_soft": """
+        input x: [5]
+        input t: [3]
+        output z = x -> dense(3)
+        train { loss cross_entropy(z, t, label_smoothing = 0.1) }""",
+    "cross_entropy_unpaired": """
+        input x: [5]
+        input y: int32[]
+        z = x -> dense(3) as a
+        output w = z -> relu -> dense(3)
+        train { loss cross_entropy(z, y) + cross_entropy(w, y, label_smoothing = 0.2) }""",
+    "bce": """
+        input x: [5]
+        input t: [3]
+        p = x -> dense(3) -> sigmoid
+        output q = x -> dense(3)
+        train { loss binary_cross_entropy(p, t) + binary_cross_entropy(q, t, logits = true) }""",
+    "maxout_permute_hinge": """
+        input x: [2, 3]
+        input y: int32[]
+        output z = x -> permute((1, 0)) -> flatten -> dense(6) -> maxout(2)
+        train { loss hinge(z, y, margin = 0.5) }""",
+    "tied_transpose_concat": """
+        input x: [6]
+        input t: [6]
+        code = x -> dense(4) as enc -> tanh
+        wide = (code, x) -> concat
+        output y = wide -> dense(4) -> dense(6, tie = enc) -> identity
+        train { loss mse(y, t) }""",
+}
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", sorted(OP_MODELS))
+def test_every_op_forward_and_backward_kernel_matches_reference(cuda_sizes, name):
+    from netlang.runtime.cuda import CudaEngine
+    from netlang.runtime.reference import ReferenceEngine
+    model = netlang.compile(OP_MODELS[name])
+    float_inputs = [n for n, node in model.graph.graph["inputs"].items()
+                    if model.graph.type_of(node).is_float and n == "x"]
+    reference = ReferenceEngine(model.graph, seed=5, input_grads=float_inputs)
+    gpu = CudaEngine(model.graph, seed=5, input_grads=float_inputs)
+    feeds = _feeds(model.graph, cuda_sizes.batch, 3)
+    if "t" in feeds:
+        feeds["t"] = np.abs(feeds["t"]) / (1 + np.abs(feeds["t"]))   # probabilities
+    inputs = {"x": feeds["x"]}
+    for out, value in reference.forward(inputs).items():
+        _close(gpu.forward(inputs)[out], value, 1e-5, 1e-6, out)
+    loss_ref, grads_ref, _ = reference.gradients(feeds)
+    loss_gpu, grads_gpu, _ = gpu.gradients(feeds)
+    assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
+    assert grads_gpu.keys() == grads_ref.keys()
+    for grad in grads_ref:
+        _close(grads_gpu[grad], grads_ref[grad], 1e-5, 1e-6, grad)
+
+
+@needs_cuda
+def test_dropout_masks_and_tied_weights_match_reference():
+    from netlang.runtime.cuda import CudaEngine
+    from netlang.runtime.reference import ReferenceEngine
+    model = netlang.compile("""
+        input image: [4, 4, 1]
+        code = image -> flatten -> dense(6) as encoder -> sigmoid -> dropout(0.5)
+        output recon = code -> dense(16, tie = encoder) -> sigmoid -> reshape((4, 4, 1))
+        train { loss binary_cross_entropy(recon, image)  optimizer sgd(lr = 0.5, momentum = 0.5) }
+    """)
+    reference = ReferenceEngine(model.graph, seed=2)
+    gpu = CudaEngine(model.graph, seed=2)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        feeds = {"image": rng.random((4, 4, 4, 1), dtype=np.float32)}
+        loss_ref, _ = reference.train_step(feeds, 0.5)
+        loss_gpu, _ = gpu.train_step(feeds, 0.5)
+        assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
+    for name in reference.params:
+        _close(gpu.params[name], reference.params[name], 2e-5, 2e-6, name)
+
+
+# ---- whole training runs ----------------------------------------------------------------------
+
+@needs_cuda
+def test_xor_and_mlp_loss_trajectories_match_the_cpu(cuda_sizes):
+    from netlang.runtime.cpu import CpuEngine
+    from netlang.runtime.cuda import CudaEngine
+    xor = netlang.compile(os.path.join(ROOT, "examples", "xor.net"))
+    truth = {"x": np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32),
+             "target": np.array([0, 1, 1, 0])}
+    mlp = netlang.compile(f"""
+        input image: [4, 4, 1]
+        input label: int32[]
+        output logits = image -> flatten -> dense({cuda_sizes.hidden}) -> relu -> dropout(0.25)
+          -> dense(3)
+        train {{ loss cross_entropy(logits, label)  optimizer sgd(lr = 0.1, momentum = 0.9) }}
+    """)
+    mlp_batches = [_feeds(mlp.graph, cuda_sizes.batch, s % 2) for s in range(cuda_sizes.run_steps)]
+    for model, batches, lr in ((xor, [truth] * cuda_sizes.run_steps, 0.5),
+                               (mlp, mlp_batches, 0.05)):
+        cpu, gpu = CpuEngine(model.graph, seed=1), CudaEngine(model.graph, seed=1)
+        cpu_losses = [cpu.train_step(feeds, lr)[0] for feeds in batches]
+        gpu_losses = [gpu.train_step(feeds, lr)[0] for feeds in batches]
+        _close(gpu_losses, cpu_losses, 1e-4, 0, "loss trajectory")
+        assert gpu_losses[-1] < gpu_losses[0]
+
+
+@needs_cuda
+def test_model_to_cuda_keeps_weights_and_optimiser_state(cuda_sizes):
+    model = _model(cuda_sizes, "adam(lr = 0.01)")
+    feeds = _batch(0, cuda_sizes.batch)
+    model.engine.train_step(feeds, 0.01)
+    before = {name: value.copy() for name, value in model.parameters().items()}
+    moments = {name: value.copy() for name, value in model.engine.optimizer.state.items()}
+    assert model.to("cuda") is model and model.engine.name == "cuda"
+    for name, value in model.parameters().items():
+        np.testing.assert_array_equal(value, before[name])
+    for name, value in model.engine.optimizer.state.items():
+        np.testing.assert_array_equal(value, moments[name])
+    # Host writes reach the device: a zeroed weight gives the reference's output.
+    model.parameters()["z.weight"][...] = 0
+    out = model.engine.forward({"x": feeds["x"]})["z"]
+    np.testing.assert_allclose(out, np.broadcast_to(model.parameters()["z.bias"], out.shape))
+    model.engine.train_step(feeds, 0.01)
+    assert model.to("cpu").engine.name == "cpu"
+
+
+@needs_cuda
+def test_a_data_set_uploaded_once_feeds_the_steps(cuda_sizes):
+    from numba import cuda
+    from netlang.runtime.cuda import CudaEngine
+    model = _model(cuda_sizes)
+    host = _batch(3, cuda_sizes.batch)
+    on_device = {"x": cuda.to_device(host["x"]), "y": cuda.to_device(host["y"].astype(np.int64))}
+    a, b = CudaEngine(model.graph, seed=2), CudaEngine(model.graph, seed=2)
+    assert a.train_step(host, 0.1)[0] == b.train_step(on_device, 0.1)[0]
+
+
+@needs_cuda
+def test_models_with_pending_ops_are_refused_naming_the_op():
+    from netlang.errors import UsageError
+    from netlang.runtime import make_engine
+    lenet = netlang.compile(os.path.join(ROOT, "examples", "lenet5.net"))
+    pending = sorted(PENDING_CUDA & {lenet.graph.op(n) for n in lenet.graph.nodes})
+    if not pending:
+        pytest.skip("LeNet-5 runs on CUDA: no op of it is pending")
+    with pytest.raises(UsageError, match=f"`{pending[0]}`"):
+        make_engine(lenet.graph, device="cuda")
+
+
+# ---- no GPU needed ------------------------------------------------------------------------------
+
+# Ops whose CUDA kernels have not been written yet: models using them are refused by
+# `make_engine(device="cuda")` with a one-line error naming them (docs/cuda.md).
+PENDING_CUDA = {
+    "embedding", "embedding_grad",
+    "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv_transpose2d",
+    "conv_transpose2d_grad_input", "maxpool", "maxpool_grad", "avgpool", "avgpool_grad",
+    "global_avgpool", "global_avgpool_grad", "batchnorm", "batchnorm_grad_input",
+    "batchnorm_grad_weight", "batchnorm_fold_weight", "batchnorm_fold_bias", "lrn", "lrn_grad",
+}
+
+
+def test_every_op_with_a_cpu_kernel_has_a_cuda_kernel_or_is_listed_pending():
+    missing = []
+    for name, op in all_ops().items():
+        if op.cpu_kernel is None:   # elementwise, views, or not compiled on the CPU either
+            continue
+        if op.cuda_kernel is None and name not in PENDING_CUDA:
+            missing.append(name)
+        if op.cuda_kernel is not None and name in PENDING_CUDA:
+            missing.append(f"{name} (has a CUDA kernel: remove it from PENDING_CUDA)")
+    assert not missing, missing
+
+
+def _render(source, *, update=True, opt_args=None):
+    model = netlang.compile(source)
+    graph = training_graph(model.graph)
+    grads = differentiate(graph, list(graph.parameters().values()))
+    grad_nodes = {graph.nodes[n]["name"]: g for n, g in grads.of.items() if g is not None}
+    keep = [grads.objective] + [n for n, _ in graph.graph["losses"]] + \
+        list(graph.graph["outputs"].values()) + list(grad_nodes.values())
+    order = needed_nodes(graph, keep)
+    config = graph.graph["train"]
+    plan = None
+    if update:
+        updates = [ParamUpdate(name, g, graph.nodes[graph.node_named(name)]["layer"],
+                               graph.nodes[graph.node_named(name)]["attrs"].get("penalise", False))
+                   for name, g in grad_nodes.items()]
+        plan = CudaUpdatePlan(graph, order, updates, config.optimizer, config.regularizers,
+                              config.clip_norm, "float32")
+        keep = [n for n in keep if n not in plan.absorbed]
+    fusion = plan_fusion(graph, order, set(keep))
+    buffers = plan_buffers(graph, order, fusion, set(keep),
+                           skip=set(plan.absorbed) if plan else set())
+    program = render_program(graph, order, fusion, buffers, dtype="float32",
+                             function="train_step", keep=keep, update=plan, mode="train")
+    program.buffers = buffers
+    return graph, program
+
+
+def test_user_names_reach_generated_cuda_source_only_in_comments():
+    _, program = _render("""
+        input zq_input: [3]
+        input zq_label: int32[]
+        zq_hidden = zq_input -> dense(4) as zq_layer -> relu -> dropout(0.5)
+        output zq_out = zq_hidden -> dense(2) as zq_last
+        train { loss cross_entropy(zq_out, zq_label)  optimizer adam  clip_norm 1.0 }
+    """)
+    assert "@cuda.jit" in program.source
+    for line in program.source.splitlines():
+        assert "zq_" not in line.split("#", 1)[0]
+
+
+def test_cuda_program_fuses_epilogues_and_absorbs_sgd_updates():
+    _, program = _render("""
+        input x: [5]
+        input y: int32[]
+        output z = x -> dense(4) -> relu -> dense(3)
+        train { loss cross_entropy(z, y)  optimizer sgd(lr = 0.1, momentum = 0.9) }
+    """)
+    source = program.source
+    # Forward products end in the bias and relu; the relu gradient ends the input gradient.
+    assert source.count(f"cuda.shared.array(({GPU.tile}, {GPU.tile + 1}), _FT)") // 2 == 2 + 1 + 2 * 2
+    assert "relu" not in source.split("def train_step")[1].replace("# relu", "")
+    # Two weights, each with a step-1 and a later-step product into its momentum buffer.
+    host = source.split("def train_step")[1]
+    assert host.count("if t == 1:") == 2
+    assert "math.exp" in source and "np.exp" not in source
+
+
+def test_cuda_without_a_gpu_is_a_one_line_error():
+    if _cuda_runs():
+        pytest.skip("a GPU (or the simulator) is present")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    result = subprocess.run(
+        [sys.executable, "-m", "netlang.cli", "train", os.path.join(ROOT, "examples", "xor.net"),
+         "--data", "xor", "--epochs", "1", "--device", "cuda"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "no CUDA GPU" in lines[0] and "NUMBA_ENABLE_CUDASIM=1" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+# ---- PTX: every generated kernel compiles for a real GPU -------------------------------------
+# The simulator does not type-check.  Where numba-cuda and a CUDA toolkit's NVVM are installed
+# (pip install "netlang[cuda]"), every kernel of a few programs is compiled to PTX with the
+# argument types the host function passes it (recorded by running the host function on NumPy
+# arrays with launches replaced by a recorder), no GPU needed.
+
+PTX_MODELS = [MODEL % {"h": 8, "opt": "adam", "reg": "elastic_net(l1 = 1e-4, l2 = 1e-3)",
+                       "extra": "clip_norm 1.0"},
+              MODEL % {"h": 8, "opt": "sgd(momentum = 0.9)", "reg": "l2(0.0)", "extra": ""}] + \
+    list(OP_MODELS.values()) + ["""
+        input image: [4, 4, 1]
+        code = image -> flatten -> dense(6) as encoder -> sigmoid -> dropout(0.5)
+        output recon = code -> dense(16, tie = encoder) -> sigmoid -> reshape((4, 4, 1))
+        train { loss binary_cross_entropy(recon, image)  optimizer rmsprop(momentum = 0.5) }"""]
+
+
+def _ptx_toolkit():
+    if CUDA_SIMULATOR:
+        return None
+    try:
+        import numba_cuda  # noqa: F401  (Numba's own, deprecated numba.cuda needs a driver here)
+        from numba import cuda
+        from numba.cuda.cudadrv import nvvm
+        nvvm.NVVM()
+        return cuda
+    except Exception:
+        return None
+
+
+@pytest.mark.skipif(_ptx_toolkit() is None, reason="no numba-cuda and CUDA toolkit (NVVM) here: "
+                    "pip install 'netlang[cuda]' to compile the kernels to PTX")
+@pytest.mark.parametrize("index", range(len(PTX_MODELS)))
+def test_every_generated_kernel_compiles_to_ptx(index, tmp_path):
+    import importlib.util
+    from numba import typeof
+    cuda = _ptx_toolkit()
+    graph, program = _render(PTX_MODELS[index])
+    path = tmp_path / "kernels.py"
+    path.write_text(program.source.replace("'cache': True", ""))
+    spec = importlib.util.spec_from_file_location(f"ptx_{index}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    launches = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, geometry):
+            return lambda *args: launches.append((self.kernel, [typeof(a) for a in args]))
+
+    for name in [n for n in vars(module) if n.startswith("k") and n[1:].isdigit()]:
+        setattr(module, name, Recorder(getattr(module, name)))
+    batch = 3
+    args = []
+    for arg in program.args:
+        if arg.kind == "input":
+            t = graph.type_of(graph.graph["inputs"][arg.key])
+            args.append(np.zeros((batch,) + tuple(t.shape[1:]),
+                                 np.float32 if t.is_float else np.int64))
+        elif arg.kind in ("param", "state"):
+            name = arg.key.rsplit(".", 1)[0] if arg.kind == "state" else arg.key
+            args.append(np.zeros(graph.type_of(graph.node_named(name)).shape, np.float32))
+        elif arg.kind == "key":
+            args.append(np.uint64(7))
+        elif arg.kind == "scratch":
+            args.append(np.zeros(1, np.float64))
+        else:
+            shape, batched, dtype = _slot(program, arg.key)
+            args.append(np.zeros(((batch,) if batched else ()) + tuple(shape), dtype))
+    getattr(module, program.function)(*args, 0.1, 1)
+    assert launches
+    for kernel, types in launches:
+        ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(types), cc=(8, 0))
+        assert ".entry" in ptx
+
+
+def _slot(program, index):
+    shape, batched, dtype = program.buffers.slots[index]
+    kind = np.float64 if dtype == "acc64" else np.int64 if dtype == "int64" else np.float32
+    return shape, batched, kind
