@@ -9,7 +9,9 @@ shapes, uploaded to the device once (each step then copies only its loss and out
 as the training loop does), after a warm-up whose first step (kernel compilation) is
 reported apart; then PyTorch CUDA on the same architecture (rebuilt as in
 benchmarks/train_throughput.py), same batch, float32, in its own process, and the ratio.
-A model with an op that has no CUDA kernel yet is reported as pending, naming the op.
+Every op of the three models has a CUDA kernel (convolutions as im2col and the tiled product,
+pooling, see docs/cuda.md); a model with an op that has none is reported as pending, naming
+the op.
 Without a GPU the script exits with one line saying so.
 """
 

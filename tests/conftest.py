@@ -37,6 +37,7 @@ class CudaSizes:
         self.steps = 2 if simulated else 6            # training steps compared step for step
         self.run_steps = 8 if simulated else 60      # the XOR and MLP trajectories
         self.hidden = 8 if simulated else 64
+        self.image_batch = 2 if simulated else 16    # the convolutional models' batches
 
 
 def pytest_configure(config):

@@ -76,7 +76,7 @@ def _feeds(graph, n, seed, classes=3):
         if t.is_float:
             feeds[name] = rng.standard_normal((n,) + tuple(t.shape[1:])).astype(np.float32)
         else:
-            feeds[name] = rng.integers(0, classes, n)
+            feeds[name] = rng.integers(0, classes, (n,) + tuple(t.shape[1:]))
     return feeds
 
 
@@ -188,6 +188,27 @@ OP_MODELS = {
         wide = (code, x) -> concat
         output y = wide -> dense(4) -> dense(6, tie = enc) -> identity
         train { loss mse(y, t) }""",
+    # Convolutions: padding, strides, dilation, groups, the direct (1×1) path, and pooling.
+    "conv_pool": """
+        input x: [6, 6, 2]
+        input t: [3]
+        a = x -> conv2d(3, 3, padding = 1) -> relu -> maxpool(2) -> flatten
+        b = x -> conv2d(4, (2, 3), stride = 2, padding = ((1, 0), (0, 1)), dilation = (1, 2),
+                        groups = 2) -> tanh -> flatten
+        c = x -> maxpool(3, stride = 2, padding = 1, ceil_mode = true) -> flatten
+        output y = (a, b, c) -> concat -> dense(3)
+        train { loss mse(y, t) }""",
+    "conv_transpose_avgpool": """
+        input x: [3, 3, 2]
+        input t: [3]
+        a = x -> conv2d(4, 1) -> relu -> conv2d(4, 1, groups = 2, bias = false)
+        b = a -> conv_transpose2d(2, 3, stride = 2, padding = 1, output_padding = 1) -> tanh
+        c = a -> conv_transpose2d(2, (2, 3), stride = 2, output_padding = 1, groups = 2)
+        d = b -> avgpool(2, padding = 1, count_include_pad = false) -> flatten
+        e = c -> avgpool(3, stride = 2, ceil_mode = true) -> flatten
+        f = a -> global_avgpool
+        output y = (d, e, f) -> concat -> dense(3)
+        train { loss mse(y, t) }""",
 }
 
 
@@ -201,7 +222,8 @@ def test_every_op_forward_and_backward_kernel_matches_reference(cuda_sizes, name
                     if model.graph.type_of(node).is_float and n == "x"]
     reference = ReferenceEngine(model.graph, seed=5, input_grads=float_inputs)
     gpu = CudaEngine(model.graph, seed=5, input_grads=float_inputs)
-    feeds = _feeds(model.graph, cuda_sizes.batch, 3)
+    feeds = _feeds(model.graph, cuda_sizes.image_batch if name.startswith("conv")
+                   else cuda_sizes.batch, 3)
     if "t" in feeds:
         feeds["t"] = np.abs(feeds["t"]) / (1 + np.abs(feeds["t"]))   # probabilities
     inputs = {"x": feeds["x"]}
@@ -211,6 +233,26 @@ def test_every_op_forward_and_backward_kernel_matches_reference(cuda_sizes, name
     loss_gpu, grads_gpu, _ = gpu.gradients(feeds)
     assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
     assert grads_gpu.keys() == grads_ref.keys()
+    for grad in grads_ref:
+        _close(grads_gpu[grad], grads_ref[grad], 1e-5, 1e-6, grad)
+
+
+@needs_cuda
+def test_convolutions_in_many_blocks_match_reference(cuda_sizes, monkeypatch):
+    # A tiny column budget: one output line per block for the first convolution, blocks of four
+    # lines that straddle examples for the grouped one (Ho = 3): im2col, col2im and the weight
+    # gradient's accumulation over blocks.
+    from netlang.ops import conv_kernels
+    from netlang.runtime.cuda import CudaEngine
+    from netlang.runtime.reference import ReferenceEngine
+    monkeypatch.setattr(conv_kernels, "CUDA_COLUMN_BUDGET", 100)
+    model = netlang.compile(OP_MODELS["conv_pool"])
+    reference = ReferenceEngine(model.graph, seed=5, input_grads=["x"])
+    gpu = CudaEngine(model.graph, seed=5, input_grads=["x"])
+    feeds = _feeds(model.graph, 2, 4)   # batch 2 on a GPU too: the blocks are the point
+    loss_ref, grads_ref, _ = reference.gradients(feeds)
+    loss_gpu, grads_gpu, _ = gpu.gradients(feeds)
+    assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
     for grad in grads_ref:
         _close(grads_gpu[grad], grads_ref[grad], 1e-5, 1e-6, grad)
 
@@ -263,6 +305,78 @@ def test_xor_and_mlp_loss_trajectories_match_the_cpu(cuda_sizes):
         assert gpu_losses[-1] < gpu_losses[0]
 
 
+NORM_MODEL = """
+input x: [4, 4, 3]
+input ids: int[5]
+input y: int32[]
+a = x -> conv2d(4, 3, padding = 1, bias = false) -> batchnorm -> relu -> lrn(3) -> global_avgpool
+b = ids -> embedding(4, 3) -> batchnorm(momentum = 0.3) -> flatten
+output z = (a, b) -> concat -> dense(3)
+train { loss cross_entropy(z, y)  optimizer sgd(lr = 0.1, momentum = 0.9) }
+"""
+
+
+@needs_cuda
+def test_batchnorm_lrn_and_embedding_match_reference(cuda_sizes):
+    # Training steps (batch statistics, the running statistics moved on the device), then
+    # evaluation (the batch norm after the convolution folded into it) and gradients.
+    from netlang.runtime.cuda import CudaEngine
+    from netlang.runtime.reference import ReferenceEngine
+    model = netlang.compile(NORM_MODEL)
+    reference = ReferenceEngine(model.graph, seed=6, input_grads=["x"])
+    gpu = CudaEngine(model.graph, seed=6, input_grads=["x"])
+    for step in range(cuda_sizes.steps):
+        feeds = _feeds(model.graph, cuda_sizes.image_batch + 1, step)
+        loss_ref, _ = reference.train_step(feeds, 0.1)
+        loss_gpu, _ = gpu.train_step(feeds, 0.1)
+        assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
+    assert any("running_var" in name for name in reference.params)
+    for name in reference.params:
+        _close(gpu.params[name], reference.params[name], 1e-4, 1e-6, name)
+    feeds = _feeds(model.graph, cuda_sizes.image_batch, 9)
+    inputs = {"x": feeds["x"], "ids": feeds["ids"]}
+    _close(gpu.forward(inputs)["z"], reference.forward(inputs)["z"], 1e-5, 1e-6, "forward")
+    loss_ref, grads_ref, _ = reference.gradients(feeds)
+    loss_gpu, grads_gpu, _ = gpu.gradients(feeds)
+    assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
+    assert grads_gpu.keys() == grads_ref.keys()
+    for grad in grads_ref:
+        _close(grads_gpu[grad], grads_ref[grad], 1e-4, 1e-6, grad)
+
+
+LENET_LIKE = """
+input image: [%(size)d, %(size)d, 1]
+input label: int32[]
+features = image -> conv2d(3, 3, padding = 1) as c1 -> relu -> maxpool(2)
+  -> conv2d(4, 2) as c2 -> relu -> maxpool(2)
+output logits = features -> flatten -> dense(8) -> relu -> dense(3)
+train {
+  loss cross_entropy(logits, label)
+  optimizer sgd(lr = 0.05, momentum = 0.9)
+  regularize l2(5e-4)
+}
+"""
+
+
+@needs_cuda
+def test_lenet_loss_trajectory_matches_the_cpu(cuda_sizes):
+    # LeNet-5 itself on a GPU; under the simulator the same layers on 6×6 images, batch 2.
+    from netlang.runtime.cpu import CpuEngine
+    from netlang.runtime.cuda import CudaEngine
+    if cuda_sizes.simulated:
+        model, steps = netlang.compile(LENET_LIKE % {"size": 6}), 4
+    else:
+        model, steps = netlang.compile(os.path.join(ROOT, "examples", "lenet5.net")), 20
+    batches = [_feeds(model.graph, cuda_sizes.image_batch, 1, classes=3)] * steps  # one, learnt
+    cpu, gpu = CpuEngine(model.graph, seed=3), CudaEngine(model.graph, seed=3)
+    cpu_losses = [cpu.train_step(feeds, 0.05)[0] for feeds in batches]
+    gpu_losses = [gpu.train_step(feeds, 0.05)[0] for feeds in batches]
+    _close(gpu_losses, cpu_losses, 1e-4, 0, "loss trajectory")
+    assert gpu_losses[-1] < gpu_losses[0]
+    for name in cpu.params:
+        _close(gpu.params[name], cpu.params[name], 1e-4, 1e-6, name)
+
+
 @needs_cuda
 def test_model_to_cuda_keeps_weights_and_optimiser_state(cuda_sizes):
     model = _model(cuda_sizes, "adam(lr = 0.01)")
@@ -294,29 +408,38 @@ def test_a_data_set_uploaded_once_feeds_the_steps(cuda_sizes):
     assert a.train_step(host, 0.1)[0] == b.train_step(on_device, 0.1)[0]
 
 
+PENDING_MODEL = """
+input x: [3, 3, 4]
+input y: int32[]
+output z = x -> lrn(3) -> flatten -> dense(2)
+train { loss cross_entropy(z, y) }
+"""
+
+
 @needs_cuda
-def test_models_with_pending_ops_are_refused_naming_the_op():
+def test_models_with_an_op_lacking_a_cuda_kernel_are_refused_naming_it(monkeypatch):
     from netlang.errors import UsageError
+    from netlang.ops.registry import get_op
     from netlang.runtime import make_engine
-    lenet = netlang.compile(os.path.join(ROOT, "examples", "lenet5.net"))
-    pending = sorted(PENDING_CUDA & {lenet.graph.op(n) for n in lenet.graph.nodes})
-    if not pending:
-        pytest.skip("LeNet-5 runs on CUDA: no op of it is pending")
-    with pytest.raises(UsageError, match=f"`{pending[0]}`"):
-        make_engine(lenet.graph, device="cuda")
+    monkeypatch.setattr(get_op("lrn"), "cuda_kernel", None)   # as an op added without one
+    model = netlang.compile(PENDING_MODEL)
+    with pytest.raises(UsageError, match="`lrn`"):
+        make_engine(model.graph, device="cuda")
 
 
 # ---- no GPU needed ------------------------------------------------------------------------------
 
 # Ops whose CUDA kernels have not been written yet: models using them are refused by
 # `make_engine(device="cuda")` with a one-line error naming them (docs/cuda.md).
-PENDING_CUDA = {
-    "embedding", "embedding_grad",
-    "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv_transpose2d",
-    "conv_transpose2d_grad_input", "maxpool", "maxpool_grad", "avgpool", "avgpool_grad",
-    "global_avgpool", "global_avgpool_grad", "batchnorm", "batchnorm_grad_input",
-    "batchnorm_grad_weight", "batchnorm_fold_weight", "batchnorm_fold_bias", "lrn", "lrn_grad",
-}
+PENDING_CUDA: set = set()
+
+
+@pytest.mark.parametrize("path", [os.path.join("examples", "lenet5.net"),
+                                  os.path.join("benchmarks", "vgg_small.net")])
+def test_lenet_and_the_vgg_stack_have_no_pending_op(path):
+    from netlang.runtime.cuda import CudaEngine
+    model = netlang.compile(os.path.join(ROOT, path))
+    assert CudaEngine.pending_ops(model.graph) == []
 
 
 def test_every_op_with_a_cpu_kernel_has_a_cuda_kernel_or_is_listed_pending():
@@ -350,21 +473,29 @@ def _render(source, *, update=True, opt_args=None):
         keep = [n for n in keep if n not in plan.absorbed]
     fusion = plan_fusion(graph, order, set(keep))
     buffers = plan_buffers(graph, order, fusion, set(keep),
-                           skip=set(plan.absorbed) if plan else set())
+                           skip=set(plan.absorbed) if plan else set(), target="cuda")
     program = render_program(graph, order, fusion, buffers, dtype="float32",
                              function="train_step", keep=keep, update=plan, mode="train")
     program.buffers = buffers
     return graph, program
 
 
-def test_user_names_reach_generated_cuda_source_only_in_comments():
-    _, program = _render("""
+@pytest.mark.parametrize("source", ["""
         input zq_input: [3]
         input zq_label: int32[]
         zq_hidden = zq_input -> dense(4) as zq_layer -> relu -> dropout(0.5)
         output zq_out = zq_hidden -> dense(2) as zq_last
         train { loss cross_entropy(zq_out, zq_label)  optimizer adam  clip_norm 1.0 }
-    """)
+    """, """
+        input zq_image: [6, 6, 2]
+        input zq_label: int32[]
+        zq_maps = zq_image -> conv2d(4, 3, groups = 2) as zq_conv -> batchnorm as zq_norm -> relu
+          -> maxpool(2) -> conv_transpose2d(2, 2, stride = 2) as zq_up -> lrn(3)
+        output zq_out = zq_maps -> global_avgpool -> dense(2) as zq_last
+        train { loss cross_entropy(zq_out, zq_label) }
+    """], ids=["dense", "conv"])
+def test_user_names_reach_generated_cuda_source_only_in_comments(source):
+    _, program = _render(source)
     assert "@cuda.jit" in program.source
     for line in program.source.splitlines():
         assert "zq_" not in line.split("#", 1)[0]
@@ -411,7 +542,7 @@ def test_cuda_without_a_gpu_is_a_one_line_error():
 PTX_MODELS = [MODEL % {"h": 8, "opt": "adam", "reg": "elastic_net(l1 = 1e-4, l2 = 1e-3)",
                        "extra": "clip_norm 1.0"},
               MODEL % {"h": 8, "opt": "sgd(momentum = 0.9)", "reg": "l2(0.0)", "extra": ""}] + \
-    list(OP_MODELS.values()) + ["""
+    list(OP_MODELS.values()) + [LENET_LIKE % {"size": 12}, NORM_MODEL, """
         input image: [4, 4, 1]
         code = image -> flatten -> dense(6) as encoder -> sigmoid -> dropout(0.5)
         output recon = code -> dense(16, tie = encoder) -> sigmoid -> reshape((4, 4, 1))

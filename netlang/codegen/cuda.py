@@ -10,8 +10,11 @@ The CUDA renderer is the CPU renderer (`codegen/cpu.py`) with what differs overr
   elementwise ops as its epilogue, and gemm's α and β (the SGD updates that the weight
   gradient's product performs itself, as on the CPU).
 
-Ops' kernel templates are the CPU ones where those are written with the three structures
-above (`op.cuda_kernel = op.cpu_kernel`), and CUDA-specific ones otherwise; elementwise
+A template's host code (`k.host_value`, `k.host_block`: a convolution's loop over blocks of
+rows, a slice of a view) goes to the host function, its names becoming kernel parameters where
+kernels read them.  Ops' kernel templates are the CPU ones where those are written with the
+three structures above (`op.cuda_kernel = op.cpu_kernel`), and CUDA-specific ones otherwise
+(with their own workspaces where an op's `cuda_workspace` rule says so); elementwise
 expressions, the optimiser and penalty templates and the fusion and buffer plans are shared
 as they are.  Host-side views (`reshape`) are made in the host function and passed to the
 kernels, whose parameters are the host variables their bodies read.  Identifiers come from
@@ -25,9 +28,8 @@ import dataclasses
 import re
 
 from netlang.codegen.cpu import (Emitter, Kernel, Program, ProgramWriter, UpdatePlan,
-                                 sanitise_comment)
-from netlang.ops.registry import get_op
-from netlang.passes.memory import EXTERNAL
+                                 emit_program_body, result_slots, sanitise_comment)
+from netlang.codegen.cpu import supported as supported_on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +127,26 @@ class CudaKernel(Kernel):
     def reduction(self, size, index, body, finish, groups=None, group="g") -> None:
         self.program.reduction(size, index, body, finish, groups, group)
 
-    def matmul(self, a, b, out, trans_a=False, trans_b=False, bias=None, epilogue=True) -> None:
+    def matmul(self, a, b, out, trans_a=False, trans_b=False, bias=None, epilogue=True,
+               row0=None, accumulate=False) -> None:
         self.program.gemm(self.node if epilogue else None, a, b, out, trans_a, trans_b,
-                          bias=bias)
+                          bias=bias, row0=row0, beta="1.0" if accumulate else "0.0")
+
+    def host_value(self, expr: str, prefix: str = "h") -> str:
+        if self.program.emitter.in_kernel:
+            raise NotImplementedError(f"`{self.graph.op(self.node)}`'s template writes host "
+                                      "code inside a kernel")
+        name = self.fresh(prefix)
+        self.program.emitter.line(f"{name} = {expr}")
+        self.program.host_names.add(name)
+        return name
+
+    def host_block(self, header: str, defines=()):
+        if self.program.emitter.in_kernel:
+            raise NotImplementedError(f"`{self.graph.op(self.node)}`'s template writes host "
+                                      "code inside a kernel")
+        self.program.host_names.update(defines)
+        return self.program.emitter.block(header)
 
 
 class CudaProgramWriter(ProgramWriter):
@@ -227,10 +246,12 @@ class CudaProgramWriter(ProgramWriter):
                 finish(acc)
 
     def gemm(self, host, a: str, b: str, out: str, trans_a: bool, trans_b: bool, *,
-             alpha: str = "1.0", beta: str = "0.0", bias: str | None = None) -> None:
+             alpha: str = "1.0", beta: str = "0.0", bias: str | None = None,
+             row0: str | None = None) -> None:
         """out ← α·op(a)·op(b) + β·out, then the bias and `host`'s fused ops: a tiled product,
         one output element per thread, tiles of both operands staged in shared memory (loaded
-        along each operand's contiguous axis, so the reads coalesce)."""
+        along each operand's contiguous axis, so the reads coalesce).  `out` may be a block of
+        `host`'s output rows starting at row `row0` (the fused ops' operands are indexed so)."""
         chain = self.fusion.epilogue.get(host, []) if host is not None else []
         extra = self._epilogue_operands(chain, host) if chain else {}
         e = self.emitter
@@ -284,7 +305,8 @@ class CudaProgramWriter(ProgramWriter):
                     value += f" + {bias}[{col}]"
                 e.line(f"{s} = {value}")
                 if extra:
-                    e.line(f"k = {row} * {n} + {col}")
+                    e.line(f"k = ({row0} + {row}) * {n} + {col}" if row0 else
+                           f"k = {row} * {n} + {col}")
                 s = self._emit_chain(chain, host, s, extra, "k")
                 e.line(f"{out}[{row}, {col}] = {s}")
 
@@ -298,15 +320,7 @@ class CudaProgramWriter(ProgramWriter):
 
 def supported(graph, nodes) -> list[str]:
     """Ops among `nodes` that have no CUDA kernel template (empty: all are supported)."""
-    missing = set()
-    for node in nodes:
-        op_name = graph.op(node)
-        if op_name in EXTERNAL:
-            continue
-        op = get_op(op_name)
-        if not (op.cpu_view or op.cpu_expr or op.cuda_kernel):
-            missing.add(op_name)
-    return sorted(missing)
+    return supported_on(graph, nodes, "cuda_kernel")
 
 
 def render_program(graph, order, fusion, buffers, *, dtype: str, function: str, keep,
@@ -316,13 +330,7 @@ def render_program(graph, order, fusion, buffers, *, dtype: str, function: str, 
     order; `update` (a CudaUpdatePlan) ends it.  The host function takes the program's
     arguments (device arrays; a dropout key as a scalar) and `lr`, `t`."""
     writer = CudaProgramWriter(graph, order, fusion, buffers, dtype, mode, geometry)
-    writer.update = update
-    for node in order:
-        writer.emit_node(node)
-    if update is not None:
-        update.emit_tail(writer)
-    body = writer.emitter.lines
-    params = ", ".join([f"a{i}" for i in range(len(writer.args))] + ["lr", "t"])
+    body, params = emit_program_body(writer, order, update)
     header = [
         f"# Generated by netlang for {sanitise_comment(title)} (CUDA). Do not edit.",
         "import math",
@@ -350,9 +358,8 @@ def render_program(graph, order, fusion, buffers, *, dtype: str, function: str, 
     for kernel in writer.kernels:
         kernels += ["", kernel, ""]
     source = "\n".join(header + kernels + ["", f"def {function}({params}):"] +
-                       (body or ["    pass"]) + ["    return 0", ""])
-    result_slots = {n: buffers.slot_of[n] for n in keep if n in buffers.slot_of}
-    return Program(source, function, writer.args, result_slots)
+                       body + ["    return 0", ""])
+    return Program(source, function, writer.args, result_slots(buffers, keep))
 
 
 class CudaUpdatePlan(UpdatePlan):

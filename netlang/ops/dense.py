@@ -195,3 +195,28 @@ def _embedding_grad_kernel(k):
 
 embedding.cpu_kernel = _embedding_kernel
 embedding_grad.cpu_kernel = _embedding_grad_kernel
+
+
+def _embedding_cuda_kernel(k):
+    ids, out, dim = k.flat(k.ins[0]), k.flat(k.out), k.out_type.shape[-1]
+    with k.parallel(f"{out}.size", "i"):
+        k.line(f"{out}[i] = {k.ins[1]}[{ids}[i // {dim}], i % {dim}]")
+
+
+def _embedding_grad_cuda_kernel(k):
+    """A gather, one thread per (token, column) summing the positions holding that token, in
+    the CPU's order: no atomics, the same sums (its work grows with vocabulary × positions)."""
+    ids, g = k.flat(k.ins[0]), k.rows(k.ins[1], k.in_types[1])
+    out, dim = k.flat(k.out), k.out_type.shape[-1]
+    with k.parallel(f"{out}.size", "i"):
+        k.line(f"token = i // {dim}")
+        k.line(f"c = i % {dim}")
+        k.line("total = F(0.0)")
+        with k.block(f"for r in range({ids}.size):"):
+            with k.block(f"if {ids}[r] == token:"):
+                k.line(f"total += {g}[r, c]")
+        k.line(f"{out}[i] = total")
+
+
+embedding.cuda_kernel = _embedding_cuda_kernel
+embedding_grad.cuda_kernel = _embedding_grad_cuda_kernel

@@ -428,3 +428,167 @@ def _lrn_grad_kernel(k):
 lrn.cpu_kernel = _lrn_kernel
 lrn_grad.cpu_kernel = _lrn_grad_kernel
 lrn_grad.cpu_workspace = lambda in_types, out_type, a: [((2, in_types[0].shape[-1]), False)]
+
+
+# ---- CUDA kernels: batch norm, the fold ops, LRN -------------------------------------------------
+#
+# Batch norm's per-channel sums are `k.reduction`s, one block per channel (the CPU helper's
+# Σx, Σx², Σg, Σg·x, each a float64 sum into the same (4, C) workspace); the block's thread 0
+# turns them into the channel's coefficients (and, in the training step, moves the running
+# statistics); the elementwise pass that applies them carries the fused activation.  The fold
+# ops' CPU templates are target-neutral already.  LRN is one thread per element, each summing
+# its own channel windows (its gradient recomputes its neighbours' windows: no workspace).
+
+def _cuda_channel_sums(k, rows, acc, terms, finish=None) -> None:
+    """acc[slot, c] ← Σ over rows of each (slot, expression of row r and channel c); `finish`
+    (acc64 totals in acc) runs in the last reduction's block."""
+    for n, (slot, term) in enumerate(terms):
+        last = n == len(terms) - 1
+
+        def done(total, slot=slot, last=last):
+            k.line(f"{acc}[{slot}, c] = {total}")
+            if last and finish is not None:
+                finish()
+        k.reduction(f"{rows}.shape[0]", "r", lambda total, term=term: k.line(f"{total} += {term}"),
+                    done, groups=f"{rows}.shape[1]", group="c")
+
+
+def _cuda_moments(k, acc, rows) -> None:
+    """mean and var (biased) of channel c from acc's Σx and Σx², as `batch_moments`."""
+    k.line(f"count = max({rows}.shape[0], 1)")
+    k.line(f"mean = {acc}[0, c] / count")
+    k.line(f"var = max({acc}[1, c] / count - mean * mean, 0.0)")
+
+
+def _batchnorm_cuda_kernel(k):
+    x, weight, bias, rm, rv = k.ins
+    xr, out = k.rows(x, k.in_types[0]), k.rows(k.out, k.out_type)
+    acc, coef = k.workspace(0), k.workspace(1)
+    eps, momentum = k.attrs["eps"], k.attrs["momentum"]
+    later = k.program.order[k.program.order.index(k.node) + 1:]
+    buffers = k.graph.operands(k.node)[3:5]
+    last = not any(k.graph.op(n) == "batchnorm" and k.graph.operands(n)[3:5] == buffers
+                   for n in later)
+    if k.mode == "train":
+        def finish():
+            _cuda_moments(k, acc, xr)
+            if k.updates_state and last:
+                k.line(f"{rm}[c] = (1.0 - {momentum!r}) * {rm}[c] + {momentum!r} * mean")
+                k.line(f"{rv}[c] = (1.0 - {momentum!r}) * {rv}[c] + {momentum!r} * var * "
+                       f"({xr}.shape[0] / max({xr}.shape[0] - 1, 1))")
+            k.line(f"{coef}[0, c] = mean")
+            k.line(f"{coef}[1, c] = {weight}[c] / math.sqrt(var + {eps!r})")
+        _cuda_channel_sums(k, xr, acc, [(0, f"{xr}[r, c]"), (1, f"float64({xr}[r, c]) * {xr}[r, c]")],
+                           finish)
+    else:
+        with k.parallel(f"{weight}.size", "c"):
+            k.line(f"{coef}[0, c] = {rm}[c]")
+            k.line(f"{coef}[1, c] = {weight}[c] / math.sqrt(float64({rv}[c]) + {eps!r})")
+    operands = k.fused_operands()
+    with k.parallel(f"{out}.size", "i"):
+        k.line(f"row = i // {out}.shape[1]")
+        k.line(f"c = i % {out}.shape[1]")
+        s = k.fresh("s")
+        k.line(f"{s} = ({xr}[row, c] - {coef}[0, c]) * {coef}[1, c] + {bias}[c]")
+        s = k.apply_fused(s, operands, "i")
+        k.line(f"{out}[row, c] = {s}")
+
+
+def _batchnorm_grad_input_cuda_kernel(k):
+    x, weight, rm, rv, g = k.ins
+    xr, gr, out = k.rows(x, k.in_types[0]), k.rows(g, k.in_types[4]), k.rows(k.out, k.out_type)
+    acc, coef, eps = k.workspace(0), k.workspace(1), k.attrs["eps"]
+    if k.mode == "train":
+        def finish():   # dx = A·g + B·x + D per channel, as the CPU helper
+            _cuda_moments(k, acc, xr)
+            k.line(f"inv = 1.0 / math.sqrt(var + {eps!r})")
+            k.line(f"gxhat = ({acc}[3, c] - mean * {acc}[2, c]) * inv")
+            k.line(f"a = {weight}[c] * inv")
+            k.line("b = -a * inv * gxhat / count")
+            k.line(f"{coef}[0, c] = a")
+            k.line(f"{coef}[1, c] = b")
+            k.line(f"{coef}[2, c] = -a * {acc}[2, c] / count - b * mean")
+        _cuda_channel_sums(k, xr, acc, [
+            (0, f"{xr}[r, c]"), (1, f"float64({xr}[r, c]) * {xr}[r, c]"), (2, f"{gr}[r, c]"),
+            (3, f"float64({gr}[r, c]) * {xr}[r, c]")], finish)
+        value = f"{coef}[0, c] * {gr}[row, c] + {coef}[1, c] * {xr}[row, c] + {coef}[2, c]"
+    else:
+        with k.parallel(f"{weight}.size", "c"):
+            k.line(f"{coef}[0, c] = {weight}[c] / math.sqrt(float64({rv}[c]) + {eps!r})")
+        value = f"{coef}[0, c] * {gr}[row, c]"
+    with k.parallel(f"{out}.size", "i"):
+        k.line(f"row = i // {out}.shape[1]")
+        k.line(f"c = i % {out}.shape[1]")
+        k.line(f"{out}[row, c] = {value}")
+
+
+def _batchnorm_grad_weight_cuda_kernel(k):
+    x, rm, rv, g = k.ins
+    xr, gr = k.rows(x, k.in_types[0]), k.rows(g, k.in_types[3])
+    acc, eps = k.workspace(0), k.attrs["eps"]
+    train = k.mode == "train"
+
+    def finish():
+        if train:
+            _cuda_moments(k, acc, xr)
+        else:
+            k.line(f"mean = float64({rm}[c])")
+            k.line(f"var = float64({rv}[c])")
+        k.line(f"{k.out}[c] = ({acc}[3, c] - mean * {acc}[2, c]) / math.sqrt(var + {eps!r})")
+    terms = [(0, f"{xr}[r, c]"), (1, f"float64({xr}[r, c]) * {xr}[r, c]")] if train else []
+    _cuda_channel_sums(k, xr, acc, terms + [(2, f"{gr}[r, c]"),
+                                            (3, f"float64({gr}[r, c]) * {xr}[r, c]")], finish)
+
+
+batchnorm.cuda_kernel = _batchnorm_cuda_kernel
+batchnorm_grad_input.cuda_kernel = _batchnorm_grad_input_cuda_kernel
+batchnorm_grad_weight.cuda_kernel = _batchnorm_grad_weight_cuda_kernel
+batchnorm_fold_weight.cuda_kernel = batchnorm_fold_weight.cpu_kernel
+batchnorm_fold_bias.cuda_kernel = batchnorm_fold_bias.cpu_kernel
+
+
+def _cuda_lrn_window(k, x, base, centre, total) -> None:
+    """`total` ← Σ x² (float64) over the window of channel `centre` (as `lrn_forward`)."""
+    size = k.attrs["size"]
+    C = k.in_types[0].shape[-1]
+    k.line(f"{total} = 0.0")
+    with k.block(f"for q in range(max({centre} - {size // 2}, 0), "
+                 f"min({centre} + {(size - 1) // 2 + 1}, {C})):"):
+        k.line(f"{total} += float64({x}[{base} + q]) * {x}[{base} + q]")
+
+
+def _lrn_cuda_kernel(k):
+    a = k.attrs
+    C = k.in_types[0].shape[-1]
+    xf, of = k.flat(k.ins[0]), k.flat(k.out)
+    with k.parallel(f"{of}.size", "i"):
+        k.line(f"c = i % {C}")
+        k.line("base = i - c")
+        _cuda_lrn_window(k, xf, "base", "c", "total")
+        k.line(f"{of}[i] = {xf}[i] * ({a['k']!r} + {a['alpha'] / a['size']!r} * total) ** "
+               f"-{a['beta']!r}")
+
+
+def _lrn_grad_cuda_kernel(k):
+    """dx as `lrn_backward`, each neighbour's g·x·b^(−β−1) recomputed by the thread."""
+    a = k.attrs
+    size, beta, alpha_n = a["size"], a["beta"], a["alpha"] / a["size"]
+    C = k.in_types[0].shape[-1]
+    xf, gf, of = k.flat(k.ins[0]), k.flat(k.ins[1]), k.flat(k.out)
+    with k.parallel(f"{of}.size", "i"):
+        k.line(f"c = i % {C}")
+        k.line("base = i - c")
+        k.line("back = 0.0")
+        # Channel c lies in channel j's window when j − after ≤ c ≤ j + before.
+        with k.block(f"for j in range(max(c - {(size - 1) // 2}, 0), min(c + {size // 2 + 1}, {C})):"):
+            _cuda_lrn_window(k, xf, "base", "j", "sj")
+            k.line(f"bj = {a['k']!r} + {alpha_n!r} * sj")
+            k.line(f"back += {gf}[base + j] * {xf}[base + j] * bj ** -{beta!r} / bj")
+        _cuda_lrn_window(k, xf, "base", "c", "sc")
+        k.line(f"{of}[i] = {gf}[i] * ({a['k']!r} + {alpha_n!r} * sc) ** -{beta!r} - "
+               f"{2.0 * alpha_n * beta!r} * {xf}[i] * back")
+
+
+lrn.cuda_kernel = _lrn_cuda_kernel
+lrn_grad.cuda_kernel = _lrn_grad_cuda_kernel
+lrn_grad.cuda_workspace = lambda in_types, out_type, a: []   # recomputes instead

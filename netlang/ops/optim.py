@@ -92,7 +92,7 @@ def _sgd_update(a, c, v):
         body.append(f"gi += {c(a['weight_decay'])} * {v['p']}[i]")
     if a["momentum"]:
         vel = v["velocity"]
-        body += [f"if t == 1:", f"    {vel}[i] = gi", "else:",
+        body += ["if t == 1:", f"    {vel}[i] = gi", "else:",
                  f"    {vel}[i] = {c(a['momentum'])} * {vel}[i] + {c(1 - a['dampening'])} * gi"]
         body.append(f"gi = gi + {c(a['momentum'])} * {vel}[i]" if a["nesterov"] else f"gi = {vel}[i]")
     body.append(f"{v['p']}[i] -= lr * gi")

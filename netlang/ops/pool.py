@@ -266,3 +266,141 @@ avgpool.cpu_kernel = _avgpool_kernel
 avgpool_grad.cpu_kernel = _avgpool_grad_kernel
 global_avgpool.cpu_kernel = _global_avgpool_kernel
 global_avgpool_grad.cpu_kernel = _global_avgpool_grad_kernel
+
+
+# ---- CUDA kernels ------------------------------------------------------------------------------
+# One thread per output element (forward) and a gather per input element (backward: each input
+# cell sums the gradients of the windows holding it, so no two threads write one cell and no
+# atomics are needed).  The windows and divisors are the CPU helpers' (netlang.runtime.cnn):
+# clipped to the input; a max's gradient goes to the window's first cell holding its maximum.
+
+def _cuda_index(k, index, H, W, C) -> None:
+    """ex, ih (row), iw (column), ch from a flat channels-last index with (H, W, C) per example."""
+    k.line(f"ch = {index} % {C}")
+    k.line(f"px = {index} // {C}")
+    k.line(f"iw = px % {W}")
+    k.line(f"ih = px // {W} % {H}")
+    k.line(f"ex = px // {W * H}")
+
+
+def _cuda_window(k, axis, o, s, kernel, pad, pad_after, size, include_pad=True) -> None:
+    """`{axis}0`, `{axis}1` (the window clipped to the input) and `n{axis}` (its divisor)."""
+    k.line(f"{axis}s = {o} * {s} - {pad}")
+    k.line(f"{axis}0 = max({axis}s, 0)")
+    k.line(f"{axis}1 = min({axis}s + {kernel}, {size})")
+    if include_pad:
+        k.line(f"n{axis} = min({axis}s + {kernel}, {size + pad_after}) - {axis}s")
+    else:
+        k.line(f"n{axis} = {axis}1 - {axis}0")
+
+
+def _cuda_windows_holding(k, axis, i, s, kernel, pad, out):
+    """A block over the outputs `o{axis}` whose windows hold input position `i` on one axis."""
+    k.line(f"{axis}lo = max(({i} + {pad} - {kernel}) // {s} + 1, 0)")
+    k.line(f"{axis}hi = min(({i} + {pad}) // {s} + 1, {out})")
+    return k.block(f"for o{axis} in range({axis}lo, {axis}hi):")
+
+
+def _pool_geometry_of(k, x_type):
+    H, W, C = x_type.shape[1:4]
+    kernel, stride, pads, out_hw, _ = pool_geometry((H, W), k.attrs)
+    return H, W, C, kernel, stride, pads, out_hw
+
+
+def _maxpool_cuda_kernel(k):
+    H, W, C, (kh, kw), (sh, sw), ((pt, pb), (pl, pr)), (Ho, Wo) = _pool_geometry_of(k, k.in_types[0])
+    xf, of = k.flat(k.ins[0]), k.flat(k.out)
+    with k.parallel(f"{of}.size", "i"):
+        _cuda_index(k, "i", Ho, Wo, C)
+        _cuda_window(k, "h", "ih", sh, kh, pt, pb, H)
+        _cuda_window(k, "w", "iw", sw, kw, pl, pr, W)
+        k.line(f"best = {xf}[((ex * {H} + h0) * {W} + w0) * {C} + ch]")
+        with k.block("for fh in range(h0, h1):"):
+            with k.block("for fw in range(w0, w1):"):
+                k.line(f"v = {xf}[((ex * {H} + fh) * {W} + fw) * {C} + ch]")
+                k.line("best = v if v > best else best")
+        k.line(f"{of}[i] = best")
+
+
+def _maxpool_grad_cuda_kernel(k):
+    H, W, C, (kh, kw), (sh, sw), ((pt, pb), (pl, pr)), (Ho, Wo) = _pool_geometry_of(k, k.in_types[0])
+    xf, yf, gf = (k.flat(v) for v in k.ins)
+    of = k.flat(k.out)
+    with k.parallel(f"{of}.size", "i"):
+        _cuda_index(k, "i", H, W, C)
+        k.line("total = F(0.0)")
+        with _cuda_windows_holding(k, "h", "ih", sh, kh, pt, Ho):
+            _cuda_window(k, "h", "oh", sh, kh, pt, pb, H)
+            with _cuda_windows_holding(k, "w", "iw", sw, kw, pl, Wo):
+                _cuda_window(k, "w", "ow", sw, kw, pl, pr, W)
+                k.line(f"o = ((ex * {Ho} + oh) * {Wo} + ow) * {C} + ch")
+                k.line(f"m = {yf}[o]")
+                # The window's first cell (row-major) holding the maximum takes its gradient.
+                k.line("found = False")
+                k.line("mine = False")
+                with k.block("for fh in range(h0, h1):"):
+                    with k.block("for fw in range(w0, w1):"):
+                        with k.block(f"if not found and {xf}[((ex * {H} + fh) * {W} + fw) * {C} "
+                                     f"+ ch] == m:"):
+                            k.line("found = True")
+                            k.line("mine = fh == ih and fw == iw")
+                with k.block("if mine:"):
+                    k.line(f"total += {gf}[o]")
+        k.line(f"{of}[i] = total")
+
+
+def _avgpool_cuda_kernel(k):
+    H, W, C, (kh, kw), (sh, sw), ((pt, pb), (pl, pr)), (Ho, Wo) = _pool_geometry_of(k, k.in_types[0])
+    include = k.attrs["count_include_pad"]
+    xf, of = k.flat(k.ins[0]), k.flat(k.out)
+    with k.parallel(f"{of}.size", "i"):
+        _cuda_index(k, "i", Ho, Wo, C)
+        _cuda_window(k, "h", "ih", sh, kh, pt, pb, H, include)
+        _cuda_window(k, "w", "iw", sw, kw, pl, pr, W, include)
+        k.line("total = F(0.0)")
+        with k.block("for fh in range(h0, h1):"):
+            with k.block("for fw in range(w0, w1):"):
+                k.line(f"total += {xf}[((ex * {H} + fh) * {W} + fw) * {C} + ch]")
+        k.line(f"{of}[i] = total * (F(1.0) / F(nh * nw))")
+
+
+def _avgpool_grad_cuda_kernel(k):
+    H, W, C, (kh, kw), (sh, sw), ((pt, pb), (pl, pr)), (Ho, Wo) = _pool_geometry_of(k, k.out_type)
+    include = k.attrs["count_include_pad"]
+    gf, of = k.flat(k.ins[0]), k.flat(k.out)
+    with k.parallel(f"{of}.size", "i"):
+        _cuda_index(k, "i", H, W, C)
+        k.line("total = F(0.0)")
+        with _cuda_windows_holding(k, "h", "ih", sh, kh, pt, Ho):
+            _cuda_window(k, "h", "oh", sh, kh, pt, pb, H, include)
+            with _cuda_windows_holding(k, "w", "iw", sw, kw, pl, Wo):
+                _cuda_window(k, "w", "ow", sw, kw, pl, pr, W, include)
+                k.line(f"total += {gf}[((ex * {Ho} + oh) * {Wo} + ow) * {C} + ch] * "
+                       f"(F(1.0) / F(nh * nw))")
+        k.line(f"{of}[i] = total")
+
+
+def _global_avgpool_cuda_kernel(k):
+    H, W, C = k.in_types[0].shape[1:4]
+    xf, of = k.flat(k.ins[0]), k.flat(k.out)
+    with k.parallel(f"{of}.size", "i"):   # one thread per (example, channel)
+        k.line(f"base = i // {C} * {H * W * C} + i % {C}")
+        k.line("total = F(0.0)")
+        with k.block(f"for p in range({H * W}):"):
+            k.line(f"total += {xf}[base + p * {C}]")
+        k.line(f"{of}[i] = total * (F(1.0) / F({H * W}))")
+
+
+def _global_avgpool_grad_cuda_kernel(k):
+    H, W, C = k.out_type.shape[1:4]
+    gf, of = k.flat(k.ins[0]), k.flat(k.out)
+    with k.parallel(f"{of}.size", "i"):
+        k.line(f"{of}[i] = {gf}[i // {H * W * C} * {C} + i % {C}] / F({H * W})")
+
+
+maxpool.cuda_kernel = _maxpool_cuda_kernel
+maxpool_grad.cuda_kernel = _maxpool_grad_cuda_kernel
+avgpool.cuda_kernel = _avgpool_cuda_kernel
+avgpool_grad.cuda_kernel = _avgpool_grad_cuda_kernel
+global_avgpool.cuda_kernel = _global_avgpool_cuda_kernel
+global_avgpool_grad.cuda_kernel = _global_avgpool_grad_cuda_kernel

@@ -112,6 +112,9 @@ class OpDef:
     # the CPU template is written with the target-neutral structure (`k.parallel`,
     # `k.reduction`, `k.matmul`) it is the same function; elementwise and view ops need none.
     cuda_kernel: Callable | None = None
+    # Scratch arrays of the `cuda_kernel` where they differ from `cpu_workspace`'s (a GPU packs
+    # far larger blocks of im2col columns); None: the same as the CPU's.
+    cuda_workspace: Callable | None = None
 
     # Decorators that attach parts, so each op reads top to bottom in one place.
     def shape(self, fn):
@@ -195,8 +198,8 @@ def _load_families() -> None:
     if _loaded:
         return
     _loaded = True
-    from netlang.ops import (activations, conv, core, dense, losses, merge, norm,  # noqa: F401
-                             pool, recurrent, reshape)
+    from netlang.ops import (activations, conv, conv_kernels, core, dense, losses,  # noqa: F401
+                             merge, norm, pool, recurrent, reshape)
 
 
 # Shape helpers shared by several families.

@@ -29,15 +29,19 @@ class BufferPlan:
     workspaces: dict = dataclasses.field(default_factory=dict)  # node → slots of its scratch arrays
 
 
-def workspace_specs(graph: Graph, node) -> list:
-    """(per-example or full shape, batched, slot dtype) of each workspace of a node's kernel."""
+def workspace_specs(graph: Graph, node, target: str = "cpu") -> list:
+    """(per-example or full shape, batched, slot dtype) of each workspace of a node's kernel
+    on `target` ("cpu" or "cuda": an op's `cuda_workspace` rule, where it has one)."""
     op = get_op(graph.op(node))
-    if op.cpu_workspace is None:
+    rule = op.cpu_workspace
+    if target == "cuda" and op.cuda_workspace is not None:
+        rule = op.cuda_workspace
+    if rule is None:
         return []
     data = graph.nodes[node]
     out_type = data["type"]
     specs = []
-    for spec in op.cpu_workspace([graph.type_of(o) for o in data["inputs"]], out_type,
+    for spec in rule([graph.type_of(o) for o in data["inputs"]], out_type,
                                  data["attrs"]):
         shape, batched = tuple(int(d) for d in spec[0]), bool(spec[1])
         kind = spec[2] if len(spec) > 2 else "float"
@@ -48,9 +52,10 @@ def workspace_specs(graph: Graph, node) -> list:
     return specs
 
 
-def plan_buffers(graph: Graph, order: list, fusion, keep: set, skip=()) -> BufferPlan:
+def plan_buffers(graph: Graph, order: list, fusion, keep: set, skip=(),
+                 target: str = "cpu") -> BufferPlan:
     """`skip`: computed nodes whose value is never stored (a gradient consumed by the update
-    inside its own matrix product)."""
+    inside its own matrix product); `target` chooses the kernels' workspace rules."""
     position = {node: i for i, node in enumerate(order)}
     root_of = {}
     for node in order:
@@ -96,7 +101,7 @@ def plan_buffers(graph: Graph, order: list, fusion, keep: set, skip=()) -> Buffe
     for node in order:
         if node in skip or node in fusion.host_of or graph.op(node) in EXTERNAL:
             continue
-        for i, key in enumerate(workspace_specs(graph, node)):
+        for i, key in enumerate(workspace_specs(graph, node, target)):
             tenant = ("ws", node, i)
             keys[tenant] = key
             birth[tenant] = last_use[tenant] = position[node]

@@ -96,12 +96,15 @@ class CompiledProgram:
     Another target's program (runtime/cuda.py) overrides the hooks: how the source is
     rendered, where buffers live (`allocate`, `fetch`) and what the function is passed."""
 
+    target = "cpu"   # whose workspace rules the buffer plan follows
+
     def __init__(self, graph, order, keep, dtype, function, title, update=None, mode="eval"):
         self.graph = graph
         absorbed = set(update.absorbed) if update is not None else set()
         keep = [n for n in keep if n not in absorbed]
         fusion = plan_fusion(graph, order, set(keep))
-        self.buffers = plan_buffers(graph, order, fusion, set(keep), skip=absorbed)
+        self.buffers = plan_buffers(graph, order, fusion, set(keep), skip=absorbed,
+                                    target=self.target)
         self.program = self.render(graph, order, fusion, self.buffers, dtype=np.dtype(dtype).name,
                                    function=function, keep=keep, update=update, title=title,
                                    mode=mode)

@@ -116,6 +116,8 @@ class DeviceMirror(MutableMapping):
 class CudaProgram(CompiledProgram):
     """A program's kernels and host function, and its device buffers (one set per batch size)."""
 
+    target = "cuda"
+
     def __init__(self, graph, order, keep, dtype, function, title, update=None, mode="eval"):
         self.cuda = cuda_module()
         self._scratch = {}
