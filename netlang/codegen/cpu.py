@@ -262,11 +262,9 @@ class ProgramWriter:
         t = self.graph.type_of(node)
         if self.graph.type_of(root).shape == t.shape:
             return root_var
-        name = self.emitter.fresh("r")
         dims = ", ".join([f"{root_var}.shape[0]"] + [str(d) for d in t.shape[1:]]) if t.batched else \
             ", ".join(str(d) for d in t.shape)
-        self.emitter.line(f"{name} = {root_var}.reshape(({dims},))")
-        return name
+        return self.view(root_var, f"({dims},)", "r")
 
     # -- elementwise ------------------------------------------------------------------------
 

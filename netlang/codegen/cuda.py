@@ -176,15 +176,6 @@ class CudaProgramWriter(ProgramWriter):
             self._views[key] = name
         return name
 
-    def _view(self, node, root) -> str:
-        root_var = self.var(root) if root != node else self.argument("slot", self.buffers.slot_of[node])
-        t = self.graph.type_of(node)
-        if self.graph.type_of(root).shape == t.shape:
-            return root_var
-        dims = ", ".join([f"{root_var}.shape[0]"] + [str(d) for d in t.shape[1:]]) if t.batched \
-            else ", ".join(str(d) for d in t.shape)
-        return self.view(root_var, f"({dims},)", "r")
-
     # -- kernels ------------------------------------------------------------------------------
 
     @contextlib.contextmanager

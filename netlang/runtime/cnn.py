@@ -366,14 +366,27 @@ def global_avgpool_backward(g, dx, N, P, C):
 
 @njit(cache=True, nogil=True)
 def column_sums(g, out):
-    """out (C,) ← g summed over every axis but the last (a bias's gradient)."""
+    """out (C,) ← g summed over every axis but the last (a bias's gradient).  Runs of rows are
+    added at once into float64 lanes, so the inner loop is long and contiguous even when C is
+    small (a six-channel convolution's 100,000 rows), and the total keeps float64 precision."""
     C = out.size
-    g = g.reshape((g.size // C, C))
+    flat = g.reshape(g.size)
+    rows = g.size // C
+    per = max(1, 256 // C)   # rows per run
+    width = per * C
+    lanes = np.zeros(width, np.float64)
+    runs = rows // per
+    for run in range(runs):
+        base = run * width
+        for j in range(width):
+            lanes[j] += flat[base + j]
+    for j in range(runs * width, rows * C):  # the rows after the last whole run
+        lanes[j - runs * width] += flat[j]
     for c in range(C):
-        out[c] = 0
-    for r in range(g.shape[0]):
-        for c in range(C):
-            out[c] += g[r, c]
+        total = 0.0
+        for k in range(per):
+            total += lanes[k * C + c]
+        out[c] = total
 
 
 @njit(cache=True, nogil=True)
