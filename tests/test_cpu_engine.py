@@ -188,7 +188,12 @@ def test_a_second_engine_reuses_the_compiled_kernels(tmp_path, monkeypatch):
     model = netlang.compile(MODEL % ("adam", "l2(0.0)", ""))
     CpuEngine(model.graph).train_step(_batch(), 0.01)
     files = sorted(os.listdir(tmp_path))
-    index_files = glob.glob(str(tmp_path / "**" / "*.nbi"), recursive=True)
+    # Numba's index sits beside the generated module, or under NUMBA_CACHE_DIR when that is set.
+    from numba.core import config as numba_config
+    modules = [name[:-3] for name in files if name.endswith(".py")]
+    roots = [str(tmp_path)] + ([numba_config.CACHE_DIR] if numba_config.CACHE_DIR else [])
+    index_files = [path for root in roots for module in modules
+                   for path in glob.glob(os.path.join(root, "**", f"{module}.*.nbi"), recursive=True)]
     assert index_files, "Numba wrote no disk cache"
     CpuEngine(model.graph).train_step(_batch(), 0.01)
     assert sorted(os.listdir(tmp_path)) == files
