@@ -55,22 +55,9 @@ def netlang_throughput(model_path: str, batch: int, seconds: float, cpu_time: bo
 
 
 def _random_feeds(graph, batch, np):
-    rng = np.random.default_rng(0)
-    feeds = {}
-    targets = {graph.operands(n)[1] for n, _ in graph.graph["losses"]}
-    for name, node in graph.graph["inputs"].items():
-        t = graph.type_of(node)
-        shape = (batch,) + tuple(t.shape[1:])
-        if t.is_float:
-            feeds[name] = rng.random(shape, dtype=np.float32)
-        else:
-            classes = 10
-            for loss, _ in graph.graph["losses"]:
-                if graph.operands(loss)[1] == node:
-                    classes = graph.type_of(graph.operands(loss)[0]).shape[-1]
-            feeds[name] = rng.integers(0, classes, shape)
-    assert targets
-    return feeds
+    """Random inputs of the model's shapes (netlang.bench's), seeded alike in every process."""
+    from netlang.bench import random_feeds
+    return random_feeds(graph, batch, np.float32, np.random.default_rng(0))
 
 
 TORCH_SCRIPT = r"""

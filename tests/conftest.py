@@ -49,3 +49,17 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def cuda_sizes():
     return CudaSizes(CUDA_SIMULATOR)
+
+
+def random_batch(graph, n, seed, classes=3):
+    """A batch for every input of a model: standard normal floats, integers below `classes`."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, node in graph.graph["inputs"].items():
+        t = graph.type_of(node)
+        if t.is_float:
+            feeds[name] = rng.standard_normal((n,) + tuple(t.shape[1:])).astype(np.float32)
+        else:
+            feeds[name] = rng.integers(0, classes, (n,) + tuple(t.shape[1:]))
+    return feeds

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import netlang
+from conftest import random_batch
 from netlang.interp import needed_nodes
 from netlang.ops.registry import all_ops
 from netlang.passes.autodiff import differentiate
@@ -347,24 +348,12 @@ train { loss squared_error(recon, image)  optimizer adam(lr = 0.01) }
 """
 
 
-def _image_batch(graph, n, seed, classes=3):
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for name, node in graph.graph["inputs"].items():
-        t = graph.type_of(node)
-        if t.is_float:
-            feeds[name] = rng.standard_normal((n,) + tuple(t.shape[1:])).astype(np.float32)
-        else:
-            feeds[name] = rng.integers(0, classes, n)
-    return feeds
-
-
 def _train_both(source, steps=3, n=6, rtol=2e-5, atol=2e-6, **engine_args):
     model = netlang.compile(source)
     reference = ReferenceEngine(model.graph, seed=3, **engine_args)
     compiled = CpuEngine(model.graph, seed=3, **engine_args)
     for step in range(steps):
-        feeds = _image_batch(model.graph, n, step)
+        feeds = random_batch(model.graph, n, step)
         loss_ref, out_ref = reference.train_step(feeds, 0.05)
         loss_cpu, out_cpu = compiled.train_step(feeds, 0.05)
         assert loss_cpu == pytest.approx(loss_ref, rel=1e-5)
@@ -397,7 +386,7 @@ def _same_forward(model, reference, compiled, feeds):
 
 def test_lenet_like_cnn_matches_reference():
     model, reference, compiled = _train_both(LENET_LIKE)
-    feeds = _image_batch(model.graph, 5, 9)   # another batch size: buffers are per batch size
+    feeds = random_batch(model.graph, 5, 9)   # another batch size: buffers are per batch size
     _same_gradients(model, reference, compiled, feeds)
     _same_forward(model, reference, compiled, feeds)
 
@@ -408,7 +397,7 @@ def test_strided_dilated_grouped_convolutions_pooling_and_lrn_match_reference():
     model = netlang.compile(CONV_ZOO)
     reference = ReferenceEngine(model.graph, seed=3, input_grads=("image",))
     compiled = CpuEngine(model.graph, seed=3, input_grads=("image",))
-    _same_gradients(model, reference, compiled, _image_batch(model.graph, 4, 9))
+    _same_gradients(model, reference, compiled, random_batch(model.graph, 4, 9))
 
 
 def test_residual_batchnorm_running_statistics_and_eval_mode_match_reference():
@@ -418,7 +407,7 @@ def test_residual_batchnorm_running_statistics_and_eval_mode_match_reference():
     for name in running:   # the running statistics moved, and alike
         initial = 0.0 if name.endswith("mean") else 1.0
         assert np.abs(compiled.params[name] - initial).max() > 1e-3, name
-    feeds = _image_batch(model.graph, 5, 9)
+    feeds = random_batch(model.graph, 5, 9)
     _same_forward(model, reference, compiled, feeds)   # evaluation: running statistics
     before = {name: compiled.params[name].copy() for name in running}
     _same_gradients(model, reference, compiled, feeds)   # batch statistics, no update
@@ -428,7 +417,7 @@ def test_residual_batchnorm_running_statistics_and_eval_mode_match_reference():
 
 def test_conv_autoencoder_with_transposed_convolutions_matches_reference():
     model, reference, compiled = _train_both(CONV_AUTOENCODER, rtol=1e-4, atol=1e-5)
-    _same_forward(model, reference, compiled, _image_batch(model.graph, 3, 9))
+    _same_forward(model, reference, compiled, random_batch(model.graph, 3, 9))
 
 
 def _training_plan(source):

@@ -25,7 +25,7 @@ from netlang.passes.fusion import plan_fusion
 from netlang.passes.memory import plan_buffers
 from netlang.passes.training import training_graph
 
-from conftest import CUDA_SIMULATOR
+from conftest import CUDA_SIMULATOR, random_batch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -66,18 +66,6 @@ def _model(sizes, opt="sgd", reg="l2(0.0)", extra=""):
 def _batch(seed, n, classes=3):
     rng = np.random.default_rng(seed)
     return {"x": rng.standard_normal((n, 6)).astype(np.float32), "y": rng.integers(0, classes, n)}
-
-
-def _feeds(graph, n, seed, classes=3):
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for name, node in graph.graph["inputs"].items():
-        t = graph.type_of(node)
-        if t.is_float:
-            feeds[name] = rng.standard_normal((n,) + tuple(t.shape[1:])).astype(np.float32)
-        else:
-            feeds[name] = rng.integers(0, classes, (n,) + tuple(t.shape[1:]))
-    return feeds
 
 
 def _close(actual, expected, rtol, atol, what):
@@ -222,7 +210,7 @@ def test_every_op_forward_and_backward_kernel_matches_reference(cuda_sizes, name
                     if model.graph.type_of(node).is_float and n == "x"]
     reference = ReferenceEngine(model.graph, seed=5, input_grads=float_inputs)
     gpu = CudaEngine(model.graph, seed=5, input_grads=float_inputs)
-    feeds = _feeds(model.graph, cuda_sizes.image_batch if name.startswith("conv")
+    feeds = random_batch(model.graph, cuda_sizes.image_batch if name.startswith("conv")
                    else cuda_sizes.batch, 3)
     if "t" in feeds:
         feeds["t"] = np.abs(feeds["t"]) / (1 + np.abs(feeds["t"]))   # probabilities
@@ -249,7 +237,7 @@ def test_convolutions_in_many_blocks_match_reference(cuda_sizes, monkeypatch):
     model = netlang.compile(OP_MODELS["conv_pool"])
     reference = ReferenceEngine(model.graph, seed=5, input_grads=["x"])
     gpu = CudaEngine(model.graph, seed=5, input_grads=["x"])
-    feeds = _feeds(model.graph, 2, 4)   # batch 2 on a GPU too: the blocks are the point
+    feeds = random_batch(model.graph, 2, 4)   # batch 2 on a GPU too: the blocks are the point
     loss_ref, grads_ref, _ = reference.gradients(feeds)
     loss_gpu, grads_gpu, _ = gpu.gradients(feeds)
     assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
@@ -295,7 +283,7 @@ def test_xor_and_mlp_loss_trajectories_match_the_cpu(cuda_sizes):
           -> dense(3)
         train {{ loss cross_entropy(logits, label)  optimizer sgd(lr = 0.1, momentum = 0.9) }}
     """)
-    mlp_batches = [_feeds(mlp.graph, cuda_sizes.batch, s % 2) for s in range(cuda_sizes.run_steps)]
+    mlp_batches = [random_batch(mlp.graph, cuda_sizes.batch, s % 2) for s in range(cuda_sizes.run_steps)]
     for model, batches, lr in ((xor, [truth] * cuda_sizes.run_steps, 0.5),
                                (mlp, mlp_batches, 0.05)):
         cpu, gpu = CpuEngine(model.graph, seed=1), CudaEngine(model.graph, seed=1)
@@ -326,14 +314,14 @@ def test_batchnorm_lrn_and_embedding_match_reference(cuda_sizes):
     reference = ReferenceEngine(model.graph, seed=6, input_grads=["x"])
     gpu = CudaEngine(model.graph, seed=6, input_grads=["x"])
     for step in range(cuda_sizes.steps):
-        feeds = _feeds(model.graph, cuda_sizes.image_batch + 1, step)
+        feeds = random_batch(model.graph, cuda_sizes.image_batch + 1, step)
         loss_ref, _ = reference.train_step(feeds, 0.1)
         loss_gpu, _ = gpu.train_step(feeds, 0.1)
         assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
     assert any("running_var" in name for name in reference.params)
     for name in reference.params:
         _close(gpu.params[name], reference.params[name], 1e-4, 1e-6, name)
-    feeds = _feeds(model.graph, cuda_sizes.image_batch, 9)
+    feeds = random_batch(model.graph, cuda_sizes.image_batch, 9)
     inputs = {"x": feeds["x"], "ids": feeds["ids"]}
     _close(gpu.forward(inputs)["z"], reference.forward(inputs)["z"], 1e-5, 1e-6, "forward")
     loss_ref, grads_ref, _ = reference.gradients(feeds)
@@ -367,7 +355,7 @@ def test_lenet_loss_trajectory_matches_the_cpu(cuda_sizes):
         model, steps = netlang.compile(LENET_LIKE % {"size": 6}), 4
     else:
         model, steps = netlang.compile(os.path.join(ROOT, "examples", "lenet5.net")), 20
-    batches = [_feeds(model.graph, cuda_sizes.image_batch, 1, classes=3)] * steps  # one, learnt
+    batches = [random_batch(model.graph, cuda_sizes.image_batch, 1, classes=3)] * steps  # one, learnt
     cpu, gpu = CpuEngine(model.graph, seed=3), CudaEngine(model.graph, seed=3)
     cpu_losses = [cpu.train_step(feeds, 0.05)[0] for feeds in batches]
     gpu_losses = [gpu.train_step(feeds, 0.05)[0] for feeds in batches]

@@ -470,13 +470,10 @@ class UpdatePlan:
                 self.rest.append(u)
 
     def _state_flats(self, writer, u, slots):
-        e = writer.emitter
         names = {}
         for slot in slots:
             s = writer.argument("state", f"{u.name}.{slot}")
-            sf = e.fresh("f")
-            e.line(f"{sf} = {s}.reshape({s}.size)")
-            names[slot] = (s, sf)
+            names[slot] = (s, writer.view(s, f"{s}.size", "f"))
         return names
 
     def emit_absorbed(self, writer, node):
@@ -502,20 +499,35 @@ class UpdatePlan:
                 for line in rule.after:
                     e.line(line.format(**names))
 
-    def emit_tail(self, writer):
-        e, c = writer.emitter, writer.const
+    def update_flats(self, writer) -> list:
+        """(update, flat parameter, flat gradient, template names) of each parameter updated
+        after the products, on every target."""
         flats = []
         if self.rest:
-            e.line("# optimiser update")
+            writer.emitter.line("# optimiser update")
         for u in self.rest:
             p = writer.argument("param", u.name)
             g = writer.var(u.grad)
-            pf, gf = e.fresh("f"), e.fresh("f")
-            e.line(f"{pf} = {p}.reshape({p}.size)")
-            e.line(f"{gf} = {g}.reshape({g}.size)")
+            pf, gf = writer.view(p, f"{p}.size", "f"), writer.view(g, f"{g}.size", "f")
             names = {"p": pf, **{slot: flat for slot, (_, flat) in
                                  self._state_flats(writer, u, self.slots).items()}}
             flats.append((u, pf, gf, names))
+        return flats
+
+    def emit_element_update(self, e, c, u, pf, gf, body) -> None:
+        """One element's update inside the loop over a parameter: its gradient, the penalty,
+        the clipping factor and the optimiser's lines."""
+        e.line(f"gi = {gf}[i]")
+        for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
+            e.line(line)
+        if self.clip_norm:
+            e.line("gi = gi * clipf")
+        for line in body:
+            e.line(line)
+
+    def emit_tail(self, writer):
+        e, c = writer.emitter, writer.const
+        flats = self.update_flats(writer)
         clip = self.clip_norm
         if clip:
             e.line("norm2 = 0.0")
@@ -533,13 +545,7 @@ class UpdatePlan:
             for line in prologue:
                 e.line(line)
             with e.block(f"for i in range({gf}.size):"):
-                e.line(f"gi = {gf}[i]")
-                for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
-                    e.line(line)
-                if clip:
-                    e.line("gi = gi * clipf")
-                for line in body:
-                    e.line(line)
+                self.emit_element_update(e, c, u, pf, gf, body)
 
 
 def _rows(writer, var, type_):

@@ -379,25 +379,9 @@ class CudaUpdatePlan(UpdatePlan):
                 for line in rule.after:
                     e.line(line.format(**names))
 
-    def _state_flats(self, writer, u, slots):
-        names = {}
-        for slot in slots:
-            s = writer.argument("state", f"{u.name}.{slot}")
-            names[slot] = (s, writer.view(s, f"{s}.size", "f"))
-        return names
-
     def emit_tail(self, writer):
         e, c = writer.emitter, writer.const
-        flats = []
-        if self.rest:
-            e.line("# optimiser update")
-        for u in self.rest:
-            p = writer.argument("param", u.name)
-            g = writer.var(u.grad)
-            pf, gf = writer.view(p, f"{p}.size", "f"), writer.view(g, f"{g}.size", "f")
-            names = {"p": pf, **{slot: flat for slot, (_, flat) in
-                                 self._state_flats(writer, u, self.slots).items()}}
-            flats.append((u, pf, gf, names))
+        flats = self.update_flats(writer)
         clip, norm = self.clip_norm, None
         if clip:
             norm = writer.argument("scratch", "norm2")
@@ -419,13 +403,7 @@ class CudaUpdatePlan(UpdatePlan):
                     f"if math.sqrt({norm}[0]) > {clip!r}:",
                     f"    clipf = {clip!r} / (math.sqrt({norm}[0]) + 1e-6)"]
             with writer.grid_loop("i", f"{gf}.size", prologue):
-                e.line(f"gi = {gf}[i]")
-                for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
-                    e.line(line)
-                if clip:
-                    e.line("gi = gi * clipf")
-                for line in body:
-                    e.line(line)
+                self.emit_element_update(e, c, u, pf, gf, body)
 
 
 def _rows_shape(var, type_) -> str:

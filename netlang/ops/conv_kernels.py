@@ -253,6 +253,15 @@ def _planar_block(k, geo, b, x, ws):
     return n0, n1, width
 
 
+def _block_columns(k, geo, b, x, x2, ws) -> str:
+    """The block's column matrix: rows of x itself for a direct (1×1) convolution, else
+    im2col into the columns workspace."""
+    if geo.direct:
+        return f"{x2}[{b.r0}:{b.r1}]"
+    _im2col(k, geo, b, x, ws["columns"])
+    return f"{ws['columns']}[:{b.r1} - {b.r0}]"
+
+
 def emit_conv(k, geo, x, w, out, bias=None):
     """out (N, Ho, Wo, F) ← x (N, H, W, C) ⋆ w (F, C/groups, kh, kw), + bias, + fused ops."""
     ws = _workspaces(k, geo)
@@ -277,11 +286,7 @@ def emit_conv(k, geo, x, w, out, bias=None):
     if k.fused:
         k.fused_operands()   # their views, made once outside the loop
     with _Blocks(k, geo, out) as b:
-        if geo.direct:
-            a = f"{x2}[{b.r0}:{b.r1}]"
-        else:
-            _im2col(k, geo, b, x, ws["columns"])
-            a = f"{ws['columns']}[:{b.r1} - {b.r0}]"
+        a = _block_columns(k, geo, b, x, x2, ws)
         c = f"{out2}[{b.r0}:{b.r1}]"
         _per_group(k, geo, lambda ks, fs: f"{k.gemm}(False, True, 1.0, {_cols(a, ks)}, "
                                           f"{_row_block(wr, fs)}, 0.0, {_cols(c, fs)})")
@@ -340,11 +345,7 @@ def emit_conv_weight_grad(k, geo, g, x, out):
     beta = k.fresh("beta")
     with _Blocks(k, geo, g) as b:
         k.line(f"{beta} = 0.0 if {b.l0} == 0 else 1.0")
-        if geo.direct:
-            a = f"{x2}[{b.r0}:{b.r1}]"
-        else:
-            _im2col(k, geo, b, x, ws["columns"])
-            a = f"{ws['columns']}[:{b.r1} - {b.r0}]"
+        a = _block_columns(k, geo, b, x, x2, ws)
         gb = f"{g2}[{b.r0}:{b.r1}]"
         _per_group(k, geo, lambda ks, fs: f"{k.gemm}(True, False, 1.0, {_cols(gb, fs)}, "
                                           f"{_cols(a, ks)}, {beta}, {_row_block(acc, fs)})")
