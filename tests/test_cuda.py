@@ -506,6 +506,49 @@ def test_cuda_program_fuses_epilogues_and_absorbs_sgd_updates():
     assert "math.exp" in source and "np.exp" not in source
 
 
+BLOCK_SUM = """
+@cuda.jit
+def block_sum(x, out):
+    part = cuda.shared.array(8, float64)
+    part[cuda.threadIdx.x] = x[cuda.threadIdx.x]
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0:
+        total = 0.0
+        for i in range(8):
+            total += part[i]
+        out[0] = total
+"""
+
+
+@pytest.mark.skipif(not CUDA_SIMULATOR, reason="the simulator's own threads")
+def test_simulated_threads_of_a_block_share_one_shared_array(monkeypatch):
+    # The simulator creates a block's shared array on first use by looking it up and storing
+    # it in two steps; threads arriving together each made their own, so a reduction read an
+    # uninitialised copy (a wrong loss once in ~50 runs).  Widening that window with a slow
+    # allocation made the race certain before netlang serialised the allocation.
+    import time
+    from numba import cuda, float64
+    from netlang.runtime.cuda import cuda_module
+    cuda_module()   # installs the serialised allocation
+
+    # The kernel's module must name `cuda` globally: that is the name the simulator swaps.
+    namespace = {"cuda": cuda, "float64": float64}
+    exec(compile(BLOCK_SUM, "block_sum_kernel", "exec"), namespace)
+    block_sum = namespace["block_sum"]
+
+    allocate = np.empty
+
+    def slow_empty(*args, **kwargs):
+        time.sleep(0.002)
+        return allocate(*args, **kwargs)
+
+    monkeypatch.setattr(np, "empty", slow_empty)
+    x, out = np.arange(1.0, 9.0), np.zeros(1)
+    for _ in range(3):
+        block_sum[1, 8](x, out)
+        assert out[0] == 36.0
+
+
 def test_cuda_without_a_gpu_is_a_one_line_error():
     if _cuda_runs():
         pytest.skip("a GPU (or the simulator) is present")

@@ -15,6 +15,8 @@ NUMBA_ENABLE_CUDASIM, which must be set before Numba is first imported.
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import MutableMapping
 
 import numpy as np
@@ -44,7 +46,52 @@ def cuda_module():
     if not available:
         raise UsageError(f"--device cuda: no CUDA GPU is available on this machine ({SIMULATOR_HINT}, "
                          f"slowly, or use --device cpu)")
+    if cuda_simulator():
+        _serialise_simulated_shared_arrays()
     return cuda
+
+
+_shared_lock = threading.Lock()
+
+
+def _serialise_simulated_shared_arrays() -> None:
+    """Make the simulator's `cuda.shared.array` safe for the threads of one block.
+
+    The simulator runs a block's threads as Python threads and hands each the block's shared
+    array by looking it up under the calling kernel line, creating it when absent.  The lookup
+    and the store are separate steps, so two threads arriving together can each create an
+    array: they then write their partial sums or tiles into different memory, and a reduction
+    or a tiled product reads the other's uninitialised copy (a wrong loss or a wrong output
+    row, once in some fifty runs).  This replaces the method with one that looks up and
+    creates under a lock, keyed as the simulator keys it (file and line of the kernel), and
+    that finds the line from the caller's frame instead of a formatted stack (faster too).
+    Dynamic shared memory (size 0) is one buffer already and keeps the simulator's code."""
+    try:
+        from numba.cuda.simulator import kernelapi
+    except ImportError:   # not the simulator this was written against: leave it be
+        return
+    shared = getattr(kernelapi, "FakeCUDAShared", None)
+    if shared is None or getattr(shared, "_netlang_serialised", False):
+        return
+    simulator_array = shared.array
+    from numba.core import types
+    from numba.np import numpy_support
+
+    def array(self, shape, dtype, *args, **kwargs):
+        if shape == 0 or args or kwargs:
+            return simulator_array(self, shape, dtype, *args, **kwargs)
+        frame = sys._getframe(1)
+        line = (frame.f_code.co_filename, frame.f_lineno)
+        with _shared_lock:
+            found = self._allocations.get(line)
+            if found is None:
+                if isinstance(dtype, types.Type):
+                    dtype = numpy_support.as_dtype(dtype)
+                found = self._allocations[line] = np.empty(shape, dtype)
+        return found
+
+    shared.array = array
+    shared._netlang_serialised = True
 
 
 def gpu_available() -> bool:
