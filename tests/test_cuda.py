@@ -8,6 +8,7 @@ simulator runs every generated kernel.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -396,6 +397,162 @@ def test_a_data_set_uploaded_once_feeds_the_steps(cuda_sizes):
     assert a.train_step(host, 0.1)[0] == b.train_step(on_device, 0.1)[0]
 
 
+# ---- the training loop: data and running metrics on the device --------------------------------
+# `Trainer` uploads the training set once and gathers each batch on the device, and the CUDA
+# engine sums the running loss and accuracy there, read back once per log interval.  The host
+# path it is compared with is the one an engine without device metrics takes (the CPU's): each
+# step's loss and outputs copied back and added up on the host.
+
+LOOP_MODELS = {
+    "softmax": """
+        input x: [3]
+        input y: int32[]
+        output z = x -> dense(4) -> relu -> dense(3)
+        train { loss cross_entropy(z, y)  optimizer sgd(lr = 0.5, momentum = 0.9) }""",
+    "one_hot": """
+        input x: [3]
+        input y: [3]
+        output z = x -> dense(3)
+        train { loss cross_entropy(z, y)  optimizer sgd(lr = 0.5) }""",
+    "sigmoid": """
+        input x: [3]
+        input y: int32[]
+        output p = x -> dense(3) -> tanh -> dense(1) -> sigmoid
+        train { loss binary_cross_entropy(p, y)  optimizer sgd(lr = 1.0) }""",
+    "logits": """
+        input x: [3]
+        input y: int32[]
+        output p = x -> dense(1)
+        train { loss binary_cross_entropy(p, y, logits = true)  optimizer sgd(lr = 1.0) }""",
+}
+
+
+def _loop_data(name, n=12):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 3)).astype(np.float32)
+    labels = rng.integers(0, 3 if name in ("softmax", "one_hot") else 2, n)
+    return {"x": x, "y": np.eye(3, dtype=np.float32)[labels] if name == "one_hot" else labels}
+
+
+def _trainer(name, *, metrics_every=2, **options):
+    """A Trainer of the CUDA engine over 12 examples in batches of 5 (3 steps an epoch)."""
+    import dataclasses
+    from netlang.runtime.cuda import CudaEngine
+    from netlang.train.loop import Trainer, bind
+    model = netlang.compile(LOOP_MODELS[name])
+    config = dataclasses.replace(model.train_config, batch_size=5, epochs=2)
+    return Trainer(CudaEngine(model.graph, seed=3), bind(model.graph), config,
+                   source_hash="test", metrics_every=metrics_every, **options)
+
+
+def _figures(history):
+    return [{k: v for k, v in r.items() if k not in ("time_s", "samples_per_s")}
+            for r in history.records]
+
+
+def _host_path(monkeypatch):
+    """The CUDA engine without device metrics (the base engine's answer): the host path."""
+    from netlang.runtime.base import EngineBase
+    from netlang.runtime.cuda import CudaEngine
+    monkeypatch.setattr(CudaEngine, "device_metrics", EngineBase.device_metrics)
+
+
+class _Copies:
+    """Copies between host and device while it is installed: `to_host` (copy_to_host) and
+    `to_device` (cuda.to_device, copy_to_device)."""
+
+    def __init__(self, monkeypatch):
+        from numba import cuda
+        self.to_host = self.to_device = 0
+        array = type(cuda.to_device(np.zeros(1)))
+        to_host, copy_in, to_device = array.copy_to_host, array.copy_to_device, cuda.to_device
+
+        def counted(function, field):
+            def wrapper(*args, **kwargs):
+                setattr(self, field, getattr(self, field) + 1)
+                return function(*args, **kwargs)
+            return wrapper
+        monkeypatch.setattr(array, "copy_to_host", counted(to_host, "to_host"))
+        monkeypatch.setattr(array, "copy_to_device", counted(copy_in, "to_device"))
+        monkeypatch.setattr(cuda, "to_device", counted(to_device, "to_device"))
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", sorted(LOOP_MODELS))
+def test_device_metrics_equal_the_host_paths(name, monkeypatch):
+    # Softmax cross-entropy with integer and one-hot labels, a sigmoid unit and a logit: loss
+    # and accuracy per epoch, summed on the device in the host's order, are the host's exactly.
+    device = _figures(_trainer(name).fit(_loop_data(name)))
+    _host_path(monkeypatch)
+    host = _figures(_trainer(name).fit(_loop_data(name)))
+    assert all("accuracy" in record for record in host)
+    assert device == host
+
+
+@needs_cuda
+@pytest.mark.parametrize("resident", [True, False], ids=["uploaded", "copied_per_batch"])
+def test_metrics_come_back_per_log_interval_and_batches_from_the_uploaded_set(
+        resident, monkeypatch):
+    from netlang.runtime import cuda as cuda_engine
+    if not resident:   # no room for the data set: each step copies its batch in
+        monkeypatch.setattr(cuda_engine, "DATA_SET_SHARE", 0.0)
+    copies, seen = _Copies(monkeypatch), []
+
+    def count(trainer):
+        seen.append((trainer.epoch, copies.to_host, copies.to_device))
+    figures = _figures(_trainer("softmax", on_step=count).fit(_loop_data("softmax")))
+    # Epoch 2's steps (after epoch 1 allocated the buffers of both batch sizes): the totals
+    # come back after steps 2 (every 2 steps) and 3 (the epoch's end), not after each step.
+    epoch2 = [(h - h0, d - d0) for (_, h0, d0), (e, h, d) in zip(seen, seen[1:]) if e == 1]
+    assert [h for h, _ in epoch2] == [0, 1, 1]
+    # In: the epoch's order and the totals to start from, then nothing per step from the set
+    # on the device; its two inputs per step otherwise.
+    if resident:
+        assert [d for _, d in epoch2] == [2, 0, 0]
+    else:
+        assert [d for _, d in epoch2] == [1 + 2, 2, 2]
+    _host_path(monkeypatch)
+    assert figures == _figures(_trainer("softmax").fit(_loop_data("softmax")))
+
+
+@needs_cuda
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+def test_a_diverging_run_is_caught_at_the_read_back_naming_its_step(monkeypatch):
+    from netlang.errors import DataError
+    data = _loop_data("one_hot")
+    data["x"][7] = 3e38   # the second batch's loss overflows (no shuffling)
+    messages = []
+    for host in (False, True):
+        if host:
+            _host_path(monkeypatch)
+        trainer = _trainer("one_hot", metrics_every=50, shuffle=False)
+        with pytest.raises(DataError) as info:
+            trainer.fit(data)
+        messages.append(str(info.value))
+        # Steps completed: the host path stopped in step 2; the device path ran on to its
+        # read-back at the epoch's end.
+        assert trainer.step == (1 if host else 3)
+    assert messages[0] == messages[1]
+    assert "\n" not in messages[0] and "training diverged" in messages[0]
+    assert "at epoch 1, step 2 " in messages[0]
+
+
+@needs_cuda
+def test_train_on_cuda_from_the_command_line_logs_the_cpus_figures(tmp_path, capsys):
+    from netlang.cli import main
+    records = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        assert main(["train", os.path.join(ROOT, "examples", "xor.net"), "--data", "xor",
+                     "--epochs", "2", "--device", device, "--out", str(out)]) == 0
+        assert "epoch 2/2  loss" in capsys.readouterr().out
+        records[device] = [json.loads(line) for line in
+                           (out / "metrics.jsonl").read_text().splitlines()]
+    for cpu, gpu in zip(records["cpu"], records["cuda"]):
+        for key in ("loss", "accuracy", "test_loss", "test_accuracy"):
+            assert gpu[key] == pytest.approx(cpu[key], rel=1e-5), key
+
+
 PENDING_MODEL = """
 input x: [3, 3, 4]
 input y: int32[]
@@ -485,6 +642,16 @@ def _render(source, *, update=True, opt_args=None):
 def test_user_names_reach_generated_cuda_source_only_in_comments(source):
     _, program = _render(source)
     assert "@cuda.jit" in program.source
+    for line in program.source.splitlines():
+        assert "zq_" not in line.split("#", 1)[0]
+
+
+def test_user_names_reach_the_training_loops_metrics_source_only_in_comments():
+    from netlang.codegen.cuda import render_metrics
+    from netlang.train.metrics import ClassRule
+    program = render_metrics(loss_slot=0, scores_slot=1, labels="zq_label",
+                             rule=ClassRule(3, 0.5, "index"), title="zq_model.net")
+    assert "zq_model" in program.source   # the header's comment
     for line in program.source.splitlines():
         assert "zq_" not in line.split("#", 1)[0]
 
@@ -593,17 +760,20 @@ def _ptx_toolkit():
         return None
 
 
-@pytest.mark.skipif(_ptx_toolkit() is None, reason="no numba-cuda and CUDA toolkit (NVVM) here: "
-                    "pip install 'netlang[cuda]' to compile the kernels to PTX")
-@pytest.mark.parametrize("index", range(len(PTX_MODELS)))
-def test_every_generated_kernel_compiles_to_ptx(index, tmp_path):
+needs_nvvm = pytest.mark.skipif(_ptx_toolkit() is None, reason="no numba-cuda and CUDA toolkit "
+                                "(NVVM) here: pip install 'netlang[cuda]' to compile the "
+                                "kernels to PTX")
+
+
+def _compile_launches(program, args, tmp_path, name):
+    """Runs a program's host function on NumPy `args` (then `lr`, `t`) with every launch
+    recorded, and compiles each launched kernel to PTX with the argument types it was given."""
     import importlib.util
     from numba import typeof
     cuda = _ptx_toolkit()
-    graph, program = _render(PTX_MODELS[index])
     path = tmp_path / "kernels.py"
     path.write_text(program.source.replace("'cache': True", ""))
-    spec = importlib.util.spec_from_file_location(f"ptx_{index}", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     launches = []
@@ -615,8 +785,19 @@ def test_every_generated_kernel_compiles_to_ptx(index, tmp_path):
         def __getitem__(self, geometry):
             return lambda *args: launches.append((self.kernel, [typeof(a) for a in args]))
 
-    for name in [n for n in vars(module) if n.startswith("k") and n[1:].isdigit()]:
-        setattr(module, name, Recorder(getattr(module, name)))
+    for kernel in [n for n in vars(module) if n.startswith("k") and n[1:].isdigit()]:
+        setattr(module, kernel, Recorder(getattr(module, kernel)))
+    getattr(module, program.function)(*args)
+    assert launches
+    for kernel, types in launches:
+        ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(types), cc=(8, 0))
+        assert ".entry" in ptx
+
+
+@needs_nvvm
+@pytest.mark.parametrize("index", range(len(PTX_MODELS)))
+def test_every_generated_kernel_compiles_to_ptx(index, tmp_path):
+    graph, program = _render(PTX_MODELS[index])
     batch = 3
     args = []
     for arg in program.args:
@@ -634,11 +815,29 @@ def test_every_generated_kernel_compiles_to_ptx(index, tmp_path):
         else:
             shape, batched, dtype = _slot(program, arg.key)
             args.append(np.zeros(((batch,) if batched else ()) + tuple(shape), dtype))
-    getattr(module, program.function)(*args, 0.1, 1)
-    assert launches
-    for kernel, types in launches:
-        ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(types), cc=(8, 0))
-        assert ".entry" in ptx
+    _compile_launches(program, args + [0.1, 1], tmp_path, f"ptx_{index}")
+
+
+@needs_nvvm
+@pytest.mark.parametrize("labels", ["index", "one_hot", "binary"])
+@pytest.mark.parametrize("units", [1, 3])
+def test_the_training_loops_kernels_compile_to_ptx(units, labels, tmp_path):
+    # The device metrics after a step (scores, labels as each rule reads them) and the gather
+    # of a batch from a data set on the device.
+    from netlang.codegen.cuda import METRIC_TOTALS, render_gather, render_metrics
+    from netlang.train.metrics import ClassRule
+    program = render_metrics(loss_slot=0, scores_slot=1, labels="y",
+                             rule=ClassRule(units, 0.5, labels))
+    target = np.zeros((4, units) if labels == "one_hot" else (4,),
+                      np.int64 if labels == "index" else np.float32)
+    values = {"scratch": np.zeros(len(METRIC_TOTALS)), "input": target}
+    slots = {0: np.zeros(1, np.float32), 1: np.zeros((4, units), np.float32)}
+    args = [values.get(arg.kind) if arg.kind != "slot" else slots[arg.key]
+            for arg in program.args]
+    _compile_launches(program, args + [4, 1], tmp_path, f"metrics_{units}_{labels}")
+    for data in (np.zeros((9, 2, 3), np.float32), np.zeros(9, np.int64)):
+        out = np.zeros((4,) + data.shape[1:], data.dtype)
+        _compile_launches(render_gather(), [data, np.arange(9), 2, out], tmp_path, "gather")
 
 
 def _slot(program, index):

@@ -32,6 +32,19 @@ class EngineBase:
         self.input_grads = tuple(input_grads)
         self.optimizer = Optimizer(self.config.optimizer, {n: self.params[n] for n in self.trainable})
 
+    # The training loop's hooks for an engine whose memory is not the host's (runtime/cuda.py);
+    # engines that compute on host arrays keep the defaults: nothing to upload, and each step's
+    # loss and outputs are read on the host as they are.
+
+    def upload(self, arrays: dict, batch_size: int):
+        """The training set held where the steps run, serving each epoch's batches, or None
+        (the loop then takes batches from the host arrays)."""
+        return None
+
+    def device_metrics(self, scores: str | None = None, labels: str | None = None, rule=None):
+        """Running training metrics kept where the steps run, or None (see runtime/cuda.py)."""
+        return None
+
     def _vjp_graph(self, output: str):
         """(graph, cotangent input name, Gradients): a copy of the graph differentiated from
         `output` (an output's or any node's name) to every float input, for `vjp`."""

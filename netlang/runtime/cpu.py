@@ -153,10 +153,13 @@ class CompiledProgram:
             self._slot_arrays[batch] = arrays
         return arrays
 
+    def slot_index(self, node) -> int:
+        """The slot holding a kept node's value (its root's, for a view of it)."""
+        return self.buffers.slot_of[self.buffers.root_of.get(node, node)]
+
     def value(self, node, batch: int) -> np.ndarray:
         """A kept node's value after a call, shaped as its type says."""
-        root = self.buffers.root_of.get(node, node)
-        array = self.fetch(self.slots(batch)[self.buffers.slot_of[root]])
+        array = self.fetch(self.slots(batch)[self.slot_index(node)])
         t = self.graph.type_of(node)
         if not t.shape:
             return array.reshape(())
@@ -309,12 +312,19 @@ class CpuEngine(EngineBase):
 
     def train_step(self, feeds: dict, lr: float):
         graph, grads, grad_nodes, step, _ = self._training()
-        prepared, batch = self._feeds(graph, feeds, self._input_names(step))
-        self.optimizer.steps += 1
-        step.call(self, prepared, batch, lr, self.optimizer.steps)
+        _, batch = self._step(feeds, lr)
         loss = float(step.value(grads.objective, batch))
         outputs = {name: step.value(n, batch).copy() for name, n in graph.graph["outputs"].items()}
         return loss, outputs
+
+    def _step(self, feeds: dict, lr: float) -> tuple[dict, int]:
+        """One training step, its loss and outputs left in the step's buffers: (the batch as
+        the step took it, its size).  The CUDA engine's device metrics read them there."""
+        graph, _, _, step, _ = self._training()
+        prepared, batch = self._feeds(graph, feeds, self._input_names(step))
+        self.optimizer.steps += 1
+        step.call(self, prepared, batch, lr, self.optimizer.steps)
+        return prepared, batch
 
     def gradients(self, feeds: dict, mode: str = "train"):
         graph, grads, grad_nodes, program = self._gradient_program()

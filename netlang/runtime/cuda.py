@@ -8,6 +8,9 @@ optimiser's state live on the device for the whole run (`DeviceMirror`), copied 
 only when something on the host reads them (a checkpoint, `Model.parameters()`) and back once
 after that.  Each step copies its batch in (nothing when the caller passes device arrays) and
 the loss and outputs out; dropout masks are computed on the device from a per-step key.
+The training loop goes further (`upload`, `device_metrics`): the training set is uploaded
+once and batches are gathered from it on the device, and the running loss and accuracy are
+summed on the device and read back once per log interval.
 
 `numba.cuda` is imported only inside functions: Numba's simulator is chosen by
 NUMBA_ENABLE_CUDASIM, which must be set before Numba is first imported.
@@ -21,13 +24,14 @@ from collections.abc import MutableMapping
 
 import numpy as np
 
-from netlang.codegen.cuda import GPU, SIMULATOR, CudaUpdatePlan, render_program, supported
+from netlang.codegen.cuda import (GPU, METRIC_TOTALS, SIMULATOR, CudaUpdatePlan, render_gather,
+                                  render_metrics, render_program, supported)
 from netlang.config import cuda_simulator
 from netlang.errors import DataError, UsageError
 from netlang.ops.norm import draw_dropout_key
 from netlang.passes.autodiff import differentiate
 from netlang.passes.training import training_graph
-from netlang.runtime.cpu import CompiledProgram, CpuEngine
+from netlang.runtime.cpu import CompiledProgram, CpuEngine, load_program
 
 SIMULATOR_HINT = "set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels in Numba's simulator"
 
@@ -106,7 +110,17 @@ def gpu_available() -> bool:
 
 
 def is_device_array(value) -> bool:
-    return hasattr(value, "__cuda_array_interface__")
+    # Numba's device arrays carry `__cuda_ndarray__`; the simulator's, which have no CUDA
+    # array interface, carry it too (without it they read as host arrays and were copied).
+    return bool(getattr(value, "__cuda_ndarray__", False)) or \
+        hasattr(value, "__cuda_array_interface__")
+
+
+def launch_options() -> dict:
+    """How generated programs are rendered here: small blocks and no disk cache under the
+    simulator, whose kernels are plain Python."""
+    simulated = cuda_simulator()
+    return {"geometry": SIMULATOR if simulated else GPU, "cache": not simulated}
 
 
 class DeviceMirror(MutableMapping):
@@ -171,9 +185,7 @@ class CudaProgram(CompiledProgram):
         super().__init__(graph, order, keep, dtype, function, title, update=update, mode=mode)
 
     def render(self, graph, order, fusion, buffers, **options):
-        simulated = cuda_simulator()
-        return render_program(graph, order, fusion, buffers, **options,
-                              geometry=SIMULATOR if simulated else GPU, cache=not simulated)
+        return render_program(graph, order, fusion, buffers, **options, **launch_options())
 
     def allocate(self, array: np.ndarray):
         return self.cuda.to_device(array)
@@ -191,6 +203,87 @@ class CudaProgram(CompiledProgram):
         if key not in self._scratch:
             self._scratch[key] = self.cuda.to_device(np.zeros(1, np.float64))
         return self._scratch[key]
+
+
+class DeviceMetrics:
+    """The training loop's running loss and accuracy, summed on the device.
+
+    After each step a generated program (`render_metrics`) adds the step's loss × examples
+    and, for a classification head, its correct predictions to float64 totals on the device.
+    The loop copies its running totals in when an epoch starts or resumes (`start`) and reads
+    them back once per log interval (`read`): one small copy, and one wait for the device,
+    per interval instead of the loss and outputs after every step.  The totals are summed in
+    the host's order from the host's start, so they are the host's MetricAccumulator's."""
+
+    def __init__(self, engine, scores: str | None = None, labels: str | None = None, rule=None):
+        graph, grads, _, step, _ = engine._training()
+        self._engine, self._step = engine, step
+        scores_slot = step.slot_index(graph.graph["outputs"][scores]) if scores else None
+        self._program = render_metrics(loss_slot=step.slot_index(grads.objective),
+                                       scores_slot=scores_slot, labels=labels, rule=rule,
+                                       dtype=np.dtype(engine.dtype).name, title=engine._title,
+                                       **launch_options())
+        self._function = load_program(self._program, engine._title)
+        self._totals = engine.cuda.to_device(np.zeros(len(METRIC_TOTALS)))
+
+    def start(self, totals) -> None:
+        """Go on from these running totals (a MetricAccumulator's `totals()`)."""
+        self._totals.copy_to_device(np.array(list(totals) + [0.0, 0.0], np.float64))
+
+    def step(self, feeds: dict, lr: float, number: int) -> None:
+        """Training step `number` of the epoch, added to the totals; nothing comes back."""
+        prepared, batch = self._engine._step(feeds, lr)
+        slots = self._step.slots(batch)
+        args = [self._totals if arg.kind == "scratch" else
+                slots[arg.key] if arg.kind == "slot" else prepared[arg.key]
+                for arg in self._program.args]
+        self._function(*args, batch, number)
+
+    def read(self) -> tuple:
+        """(the running totals, as `start` takes them; (step number, loss) of the first step
+        whose loss was not finite, or None)."""
+        values = dict(zip(METRIC_TOTALS, self._totals.copy_to_host()))
+        totals = tuple(values[name] for name in METRIC_TOTALS[:4])
+        if values["diverged_step"]:
+            return totals, (int(values["diverged_step"]), float(values["diverged_loss"]))
+        return totals, None
+
+
+# The training set is uploaded whole when it takes at most this share of the device memory
+# left free once the training step's buffers exist (the rest is for evaluation's buffers and
+# whatever else runs on the GPU); a larger one is copied in batch by batch.
+DATA_SET_SHARE = 0.5
+
+
+class DeviceDataSet:
+    """A training set held on the device for the whole run.  Each epoch's order is copied in
+    once; each batch is gathered from the set by a generated kernel (`render_gather`) into
+    buffers (one set per batch size) that the step reads as device feeds."""
+
+    def __init__(self, arrays: dict, cuda):
+        self.arrays = arrays   # input name → device array of every example
+        self._cuda = cuda
+        self._gather = load_program(render_gather(**launch_options()), "gather")
+        self._buffers: dict[int, dict] = {}
+
+    def epoch(self, order: list):
+        """A function of i giving batch i of `order` (one index array per batch) as feeds."""
+        indices = self._cuda.to_device(np.concatenate(order).astype(np.int64))
+        starts = np.cumsum([0] + [len(index) for index in order]).tolist()
+
+        def batch(i: int) -> dict:
+            out = self._batch_buffers(len(order[i]))
+            for name, data in self.arrays.items():
+                self._gather(data, indices, starts[i], out[name])
+            return out
+        return batch
+
+    def _batch_buffers(self, size: int) -> dict:
+        if size not in self._buffers:
+            self._buffers[size] = {name: self._cuda.device_array((size,) + data.shape[1:],
+                                                                  data.dtype)
+                                   for name, data in self.arrays.items()}
+        return self._buffers[size]
 
 
 class CudaEngine(CpuEngine):
@@ -220,6 +313,34 @@ class CudaEngine(CpuEngine):
         self.cuda = cuda
         self.params = DeviceMirror(self.params, cuda)
         self.optimizer.state = DeviceMirror(self.optimizer.state, cuda)
+
+    # -- the training loop's hooks ---------------------------------------------------------
+
+    def upload(self, arrays: dict, batch_size: int) -> DeviceDataSet | None:
+        """The training set on the device (`DeviceDataSet`) when it fits in DATA_SET_SHARE of
+        the free device memory; None otherwise (each step then copies its batch in)."""
+        graph, _, _, step, _ = self._training()
+        names = self._input_names(step)
+        step.slots(batch_size)   # the step's buffers first: it needs them either way
+        size = 0
+        for name in names:
+            if name not in arrays:   # the step's own check names what is missing
+                return None
+            t = graph.type_of(graph.graph["inputs"][name])
+            itemsize = np.dtype(self.dtype if t.is_float else np.int64).itemsize
+            size += np.size(arrays[name]) * itemsize
+        free, _ = self.cuda.current_context().get_memory_info()   # the simulator's: inf
+        if not size <= DATA_SET_SHARE * free:
+            return None
+        on_device, _ = self._feeds(graph, {name: arrays[name] for name in names}, names)
+        return DeviceDataSet(on_device, self.cuda)
+
+    def device_metrics(self, scores: str | None = None, labels: str | None = None,
+                       rule=None) -> DeviceMetrics:
+        """Running training metrics on the device (`DeviceMetrics`): the loss, and with
+        `scores` (an output) the predictions that match input `labels` as `rule` (a
+        netlang.train.metrics.ClassRule) reads them."""
+        return DeviceMetrics(self, scores, labels, rule)
 
     def _feeds(self, graph, feeds: dict, needed) -> tuple[dict, int]:
         """The batch on the device: host arrays are checked and copied in; device arrays (a data

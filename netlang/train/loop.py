@@ -30,8 +30,8 @@ import numpy as np
 
 from netlang.errors import DataError, UsageError, WeightsError
 from netlang.ir.train_config import TrainConfig
-from netlang.train.metrics import (CLASS_SCORE_LOSSES, Head, MetricAccumulator, probabilities,
-                                   top_k_values)
+from netlang.train.metrics import (CLASS_SCORE_LOSSES, Head, MetricAccumulator, class_rule,
+                                   probabilities, top_k_values)
 from netlang.train.progress import Progress, auto_log_every
 from netlang.train.schedules import learning_rate
 
@@ -42,6 +42,10 @@ SUMMARY_FILE = "summary.json"
 NORMALIZATION_FILE = "normalization.safetensors"
 PLOT_FILE = "curves.png"
 STATE_VERSION = 1
+# Steps between read-backs of the running loss and accuracy when the engine sums them on the
+# device (the CUDA engine): each read-back waits for the device, so the progress bar's figures
+# are brought up to date this often, and at the end of each epoch, instead of after each step.
+METRICS_EVERY = 50
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,7 +319,8 @@ class Trainer:
                  out: str | os.PathLike | None = None, progress: Progress | None = None,
                  run_info: dict | None = None, checkpoint_every: float = 30.0,
                  shuffle: bool = True, weights_metadata: dict | None = None,
-                 eval_batch_size: int | None = None, on_step=None):
+                 eval_batch_size: int | None = None, on_step=None,
+                 metrics_every: int = METRICS_EVERY):
         self.engine = engine
         self.binding = binding
         self.config = config
@@ -328,6 +333,7 @@ class Trainer:
         self.weights_metadata = dict(weights_metadata or {})
         self.eval_batch_size = eval_batch_size or max(256, config.batch_size)
         self.on_step = on_step
+        self.metrics_every = max(1, int(metrics_every))
         self.top_k = top_k_values(config.metrics)
         self.confusion = "confusion" in config.metrics
         self._stop_requested = False
@@ -466,8 +472,12 @@ class Trainer:
         previous = self._install_sigint()
         last_save = time.monotonic()
         try:
+            meter = source = None
             while self.epoch < self.config.epochs and not self.finished:
-                record = self._epoch(train, val, val_name, n, bs, steps_per_epoch)
+                if source is None:   # once there is an epoch to run (a finished run has none)
+                    meter = self._device_meter()
+                    source = self._batch_source(train, bs, meter)
+                record = self._epoch(source, meter, val, val_name, n, bs, steps_per_epoch)
                 history.records.append(record)
                 last = self.finished or self.epoch >= self.config.epochs
                 self.finished = last
@@ -489,7 +499,43 @@ class Trainer:
         history.best_epoch = self.best_epoch
         return history
 
-    def _epoch(self, train, val, val_name, n, bs, steps_per_epoch) -> dict:
+    def _batch_source(self, train: dict, batch_size: int, meter):
+        """Where the epochs' batches come from: the training set uploaded once to where the
+        engine computes, when it holds it there (the CUDA engine, memory allowing) and the
+        metrics are summed there too (`meter`), else the host arrays (metrics summed on the
+        host read the labels there)."""
+        resident = self.engine.upload(train, batch_size) if meter is not None else None
+        return resident if resident is not None else _HostBatches(train)
+
+    def _device_meter(self):
+        """The engine's running metrics on the device (`engine.device_metrics`) for this head,
+        or None: each step's loss and outputs then come back to the host.  That is so on
+        engines that compute on host arrays, with top-k metrics (they need the scores), and
+        for a head whose labels do not line up with its scores one for one."""
+        if self.top_k:
+            return None
+        head, graph = self.binding.head, self.engine.graph
+        scores = labels = rule = None
+        if head is not None and head.classify and head.target is not None:
+            scores = _prediction_output(graph, head.prediction)
+        if scores is not None:
+            shape, is_float = self.binding.inputs[head.target]
+            rule = class_rule(head, not is_float, shape)
+            predicted = graph.type_of(graph.graph["outputs"][scores])
+            labelled = math.prod(shape) // (rule.units if rule.labels == "one_hot" else 1)
+            if not predicted.batched or math.prod(predicted.shape[1:]) // rule.units != labelled:
+                return None
+            labels = head.target
+        return self.engine.device_metrics(scores, labels, rule)
+
+    def _read_metrics(self, metrics, acc, epoch: int) -> dict:
+        """The running totals brought up to date (a read-back, where the device sums them):
+        the state a checkpoint saves, and the running figures."""
+        metrics.read(epoch)
+        self.accumulator_state = acc.state()
+        return acc.result()
+
+    def _epoch(self, source, meter, val, val_name, n, bs, steps_per_epoch) -> dict:
         from netlang.data import batches
         from netlang.weights import rng_from_json, rng_state_to_json
         epoch = self.epoch
@@ -504,38 +550,30 @@ class Trainer:
         acc = MetricAccumulator(self.binding.head, top_k=self.top_k)
         if self.batch and self.accumulator_state:
             acc.restore(self.accumulator_state)
+        metrics = _DeviceMetrics(meter, acc, self.metrics_every) if meter is not None else \
+            _HostMetrics(self.engine, self.binding.head, acc)
+        metrics.start()
+        take = source.epoch(order)
         done = min(n, self.batch * bs)
         self.progress.epoch_start(epoch + 1, self.config.epochs, n, done)
         started = time.perf_counter() - self.epoch_elapsed
-        trained = 0
-        head = self.binding.head
+        running = acc.result()
         lr = self._lr(epoch, self.batch, steps_per_epoch)
         for i in range(self.batch, len(order)):
-            index = order[i]
-            feeds = _take(train, index)
+            count = len(order[i])
             lr = self._lr(epoch, i, steps_per_epoch)
-            loss, outputs = self.engine.train_step(feeds, lr)
+            metrics.step(take(i), count, lr, epoch, i + 1)
             self.last_lr = lr
-            loss = float(loss)
-            if not math.isfinite(loss):
-                raise DataError(f"training diverged: the loss became {loss} at epoch {epoch + 1}, "
-                                f"step {i + 1} (try a smaller learning rate, --lr)")
-            count = len(index)
-            prediction = None
-            if head is not None:
-                prediction = _output_value(self.engine.graph, outputs, head.prediction)
-            acc.add(loss, count, prediction,
-                    feeds.get(head.target) if head is not None and head.target else None)
-            trained += count
             self.step += 1
             self.batch = i + 1
-            self.accumulator_state = acc.state()
+            if metrics.due() or self.batch == len(order) or self._stop_requested:
+                running = self._read_metrics(metrics, acc, epoch)
             self.epoch_elapsed = time.perf_counter() - started
-            running = acc.result()
             self.progress.step(count, running.get("loss"), running.get("accuracy"))
             if self.on_step is not None:
                 self.on_step(self)
             if self._stop_requested and self.batch < len(order):
+                self._read_metrics(metrics, acc, epoch)   # a stop asked for since the last read
                 self._interrupt()
         elapsed = time.perf_counter() - started
         record = {"epoch": epoch + 1, "step": self.step, "lr": lr}
@@ -610,15 +648,93 @@ class Trainer:
                 pass
 
 
-def _output_value(graph, outputs: dict, node_name: str):
-    """The prediction's value from a train step's outputs, if it is one of them."""
-    if node_name in outputs:
-        return outputs[node_name]
+def _prediction_output(graph, node_name: str) -> str | None:
+    """The output holding a node's value (an output of that name, or one that is the node)."""
+    if node_name in graph.graph["outputs"]:
+        return node_name
     node = graph.node_named(node_name)
     for name, out in graph.graph["outputs"].items():
-        if out == node and name in outputs:
-            return outputs[name]
+        if out == node:
+            return name
     return None
+
+
+def _output_value(graph, outputs: dict, node_name: str):
+    """The prediction's value from a train step's outputs, if it is one of them."""
+    return outputs.get(_prediction_output(graph, node_name))
+
+
+def _diverged(loss: float, epoch: int, step: int) -> DataError:
+    return DataError(f"training diverged: the loss became {loss} at epoch {epoch + 1}, "
+                     f"step {step} (try a smaller learning rate, --lr)")
+
+
+class _HostBatches:
+    """An epoch's batches taken from host arrays (the engine copies each in, where it must)."""
+
+    def __init__(self, arrays: dict):
+        self.arrays = arrays
+
+    def epoch(self, order: list):
+        return lambda i: _take(self.arrays, order[i])
+
+
+class _HostMetrics:
+    """Each step's loss and outputs come back, and are added on the host and checked at once:
+    engines computing on host arrays, and any engine when metrics need the scores (top-k)."""
+
+    def __init__(self, engine, head, acc: MetricAccumulator):
+        self.engine, self.head, self.acc = engine, head, acc
+
+    def start(self) -> None:
+        pass
+
+    def step(self, feeds: dict, count: int, lr: float, epoch: int, number: int) -> None:
+        loss, outputs = self.engine.train_step(feeds, lr)
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise _diverged(loss, epoch, number)
+        head = self.head
+        prediction = _output_value(self.engine.graph, outputs, head.prediction) \
+            if head is not None else None
+        self.acc.add(loss, count, prediction,
+                     feeds.get(head.target) if head is not None and head.target else None)
+
+    def due(self) -> bool:
+        return True   # the totals are current after every step
+
+    def read(self, epoch: int) -> None:
+        pass
+
+
+class _DeviceMetrics:
+    """The engine sums the loss and the correct predictions on the device (`DeviceMetrics` in
+    runtime/cuda.py); they are read back, and the loss checked, every `every` steps and when
+    the loop asks (the epoch's end, a stop), not after each step."""
+
+    def __init__(self, meter, acc: MetricAccumulator, every: int):
+        self.meter, self.acc, self.every = meter, acc, every
+        self.unread = 0   # steps since the last read-back
+
+    def start(self) -> None:
+        self.meter.start(self.acc.totals())
+
+    def step(self, feeds: dict, count: int, lr: float, epoch: int, number: int) -> None:
+        self.meter.step(feeds, lr, number)
+        self.unread += 1
+
+    def due(self) -> bool:
+        return self.unread >= self.every
+
+    def read(self, epoch: int) -> None:
+        if not self.unread:
+            return
+        totals, diverged = self.meter.read()
+        self.unread = 0
+        if diverged is not None:
+            step, loss = diverged
+            raise _diverged(loss, epoch, step)
+        self.acc.set_totals(*totals)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,12 +48,17 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def single_unit_threshold(head: Head) -> float:
+    """A single unit's class is 1 above this: 0 for logits, 0.5 for a probability or value."""
+    return 0.0 if head.kind == "binary_cross_entropy" and head.logits else 0.5
+
+
 def class_scores(head: Head, values: np.ndarray) -> np.ndarray:
     """(positions, classes) scores whose argmax is the predicted class."""
     values = np.asarray(values, dtype=np.float64)
     if head.units == 1:
         v = values.reshape(-1)
-        if head.kind == "binary_cross_entropy" and head.logits:
+        if single_unit_threshold(head) == 0.0:
             return np.stack([np.zeros_like(v), v], axis=1)       # class 1 when s > 0
         return np.stack([1.0 - v, v], axis=1)                    # class 1 when v > 0.5
     return values.reshape(-1, head.units)
@@ -78,14 +83,43 @@ def probabilities(head: Head, values: np.ndarray) -> np.ndarray:
     return values.reshape(-1, head.units)
 
 
+def label_kind(head: Head, integer: bool, shape: tuple) -> str:
+    """How a target of this dtype (`integer` or not) and `shape` holds its labels: "index" (the
+    labels themselves), "one_hot" (one value per class: the label is the highest) or "binary"
+    (class 1 above 0.5)."""
+    if integer:
+        return "index"
+    if head.units > 1 and tuple(shape[-1:]) == (head.units,):
+        return "one_hot"
+    return "binary"
+
+
 def labels_of(head: Head, target: np.ndarray) -> np.ndarray:
     """Integer class labels (flattened like `class_scores`) from integer or one-hot targets."""
     target = np.asarray(target)
-    if np.issubdtype(target.dtype, np.integer):
+    kind = label_kind(head, np.issubdtype(target.dtype, np.integer), target.shape)
+    if kind == "index":
         return target.reshape(-1).astype(np.int64)
-    if head.units > 1 and target.shape[-1:] == (head.units,):
+    if kind == "one_hot":
         return target.reshape(-1, head.units).argmax(axis=1)
     return (target.reshape(-1) > 0.5).astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassRule:
+    """`class_scores` and `labels_of` for code that reads one position at a time (the CUDA
+    engine's device metrics): the predicted class is the index of the highest of `units`
+    scores (the first of equal ones, as argmax takes it) or, for a single unit, 1 when it
+    exceeds `threshold`; the label is read as `labels` says (see `label_kind`)."""
+
+    units: int
+    threshold: float
+    labels: str
+
+
+def class_rule(head: Head, integer: bool, shape: tuple) -> ClassRule:
+    """The rule for `head` with a target input of this dtype and per-example `shape`."""
+    return ClassRule(head.units, single_unit_threshold(head), label_kind(head, integer, shape))
 
 
 def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
@@ -155,6 +189,15 @@ class MetricAccumulator:
         if self.confusion:
             m = confusion_matrix(predicted, labels, self.head.num_classes)
             self.matrix = m if self.matrix is None else self.matrix + m
+
+    def totals(self) -> tuple:
+        """(loss sum, examples, correct, positions): what a device sums for the loop
+        (runtime/cuda.py DeviceMetrics), started from these and read back into `set_totals`."""
+        return self.loss_sum, self.examples, self.correct, self.positions
+
+    def set_totals(self, loss_sum: float, examples, correct, positions) -> None:
+        self.loss_sum = float(loss_sum)
+        self.examples, self.correct, self.positions = int(examples), int(correct), int(positions)
 
     def result(self) -> dict:
         out = {}
