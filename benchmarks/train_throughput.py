@@ -216,6 +216,9 @@ def main(argv=None):
     if args.cpu_time:
         args.threads = 1
         env["OPENBLAS_NUM_THREADS"] = "1"
+    # netlang's convolutions split a batch among NUMBA_NUM_THREADS workers: the same threads
+    # as PyTorch's.
+    env["NUMBA_NUM_THREADS"] = str(args.threads)
     print(f"model: {os.path.relpath(args.model)}   threads: {args.threads}   "
           f"clock: {'CPU time' if args.cpu_time else 'wall'}   "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")

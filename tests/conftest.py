@@ -6,6 +6,11 @@ from pathlib import Path
 # Every pass's output is verified in tests (a broken invariant fails where it broke).
 os.environ.setdefault("NETLANG_VERIFY", "1")
 
+# One CPU worker: each convolution of a program compiled for several workers is a parallel
+# function of its own, a few seconds more of compile time per model (dozens of models here);
+# tests/test_cpu_engine.py's worker tests split batches among several explicitly.
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
 # Real MNIST, where the checkout has shared/ beside it (CI does); tests that need it skip otherwise.
 _shared = Path(__file__).resolve().parents[2] / "shared" / "data"
 if _shared.is_dir():

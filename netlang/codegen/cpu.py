@@ -72,7 +72,6 @@ class Kernel:
         self.program = program
         self.graph = program.graph
         self.node = node
-        self.emitter = program.emitter
         data = self.graph.nodes[node]
         self.attrs = data["attrs"]
         self.ins = [program.var(o) for o in data["inputs"]]
@@ -194,11 +193,47 @@ class Kernel:
         """A block (`for`, `if`) of host code; `defines`: the names its header binds."""
         return self.block(header)
 
+    @property
+    def emitter(self):
+        return self.program.emitter   # a worker function's while one is being written
+
+    # Splitting a batch among the CPU's cores.
+
+    @property
+    def workers(self) -> int:
+        """Threads a kernel may split a batch among (1: serial, as on a GPU)."""
+        return self.program.workers
+
+    @contextlib.contextmanager
+    def worker_chunks(self, count: str):
+        """`count` independent items (a batch's examples), one contiguous run per worker
+        thread.  With several workers, what is emitted inside becomes a function of its own
+        (`ProgramWriter.worker_function`) whose body is a `prange` over the workers, BLAS
+        held to the calling thread in each; yields (first, stop, worker), the names of the
+        run's bounds and of the worker's index.  With one worker it emits nothing around the
+        body and yields (None, None, None).  The runs depend on the worker count only."""
+        workers = self.program.workers
+        if workers == 1:
+            yield None, None, None
+            return
+        with self.program.worker_function() as worker:
+            n = self.host_value(count, "n")
+            first, stop, saved = (self.fresh(p) for p in ("e", "e", "bt"))
+            threads = self.helper("blas_threads_here", "netlang.runtime.blas")
+            self.line(f"{saved} = {threads}(1)")
+            self.line(f"{first} = {n} * {worker} // {workers}")
+            self.line(f"{stop} = {n} * ({worker} + 1) // {workers}")
+            yield first, stop, worker
+            with self.block(f"if {saved} > 0:"):
+                self.line(f"{threads}({saved})")
+
 
 class ProgramWriter:
-    def __init__(self, graph: Graph, order, fusion, buffers, dtype: str, mode: str = "eval"):
+    def __init__(self, graph: Graph, order, fusion, buffers, dtype: str, mode: str = "eval",
+                 workers: int = 1):
         self.graph = graph
         self.mode = mode
+        self.workers = workers      # threads a kernel may split a batch among (Kernel.workers)
         self.order = order
         self.fusion = fusion
         self.buffers = buffers
@@ -210,6 +245,8 @@ class ProgramWriter:
         self.update = None
         self.imports: set = set()   # (module, name) of helpers the kernels call
         self._views: dict = {}
+        self.step_names: set = set()   # variables of the step's own scope (arguments, views)
+        self.functions: list[str] = []   # worker functions, defined before the step
 
     def const(self, value) -> str:
         if isinstance(value, bool):
@@ -230,13 +267,47 @@ class ProgramWriter:
         self.emitter.line(f"{name} = {var}.reshape({shape})")
         if self.emitter.depth == 1:
             self._views[key] = name
+            self.step_names.add(name)
         return name
+
+    @contextlib.contextmanager
+    def worker_function(self):
+        """What is emitted inside is one worker's share of a kernel, the body of a `prange`
+        over the workers in a function of its own, which takes the step's variables it uses
+        and which the step calls; yields the name of the worker's index.  The step stays
+        serial: Numba's parallel analysis costs compile time in proportion to the function
+        it runs over.  A program's source holds its worker count, so its cache is only ever
+        built for one thread count (Numba's cache of a serial caller of a parallel function
+        broke, with segfaults, when that function's cache held code for two)."""
+        outer = self.emitter
+        inner = Emitter()
+        inner.depth = 3   # inside the function and its loop: no view made there is the step's
+        inner._count = outer._count
+        worker = inner.fresh("wk")
+        self.emitter = inner
+        try:
+            yield worker
+        finally:
+            self.emitter = outer
+            outer._count = inner._count
+        body = inner.lines
+        params = []
+        for name in re.findall(r"\b[a-z]+\d+\b", "\n".join(body)):
+            if name in self.step_names and name not in params:
+                params.append(name)
+        function = outer.fresh("workers")
+        self.functions.append("\n".join(
+            [f"@njit(cache=True, nogil=True, parallel={WORKER_LOOPS_ONLY!r})",
+             f"def {function}({', '.join(params)}):",
+             f"    for {worker} in prange({self.workers}):"] + [line[4:] for line in body]))
+        outer.line(f"{function}({', '.join(params)})")
 
     def argument(self, kind: str, key) -> str:
         if (kind, key) not in self._arg_of:
             name = f"a{len(self.args)}"
             self.args.append(ProgramArg(kind, key))
             self._arg_of[(kind, key)] = name
+            self.step_names.add(name)
         return self._arg_of[(kind, key)]
 
     def var(self, node: int) -> str:
@@ -405,21 +476,31 @@ def result_slots(buffers, keep) -> dict:
     return {n: buffers.slot_of[n] for n in keep if n in buffers.slot_of}
 
 
+# Numba's parallel transforms for a worker function: all off but its explicit `prange` over
+# the workers (the rest of it is serial loops over one worker's examples).
+WORKER_LOOPS_ONLY = {"prange": True, "comprehension": False, "setitem": False, "numpy": False,
+                     "reduction": False, "stencil": False, "fusion": False, "inplace_binop": False}
+
+
 def render_program(graph: Graph, order, fusion, buffers, *, dtype: str, function: str,
-                   keep, update=None, title: str = "", mode: str = "eval") -> Program:
+                   keep, update=None, title: str = "", mode: str = "eval",
+                   workers: int = 1) -> Program:
     """Source of one Numba function computing `order`; `update` (an UpdatePlan) ends it.
-    `mode` is "train" for the programs of the training graph (batch statistics)."""
-    writer = ProgramWriter(graph, order, fusion, buffers, dtype, mode)
+    `mode` is "train" for the programs of the training graph (batch statistics); `workers`:
+    the threads a kernel may split a batch among (the buffer plan's per-worker workspaces
+    were planned for the same count)."""
+    writer = ProgramWriter(graph, order, fusion, buffers, dtype, mode, workers)
     body, params = emit_program_body(writer, order, update)
     header = [
         f"# Generated by netlang for {sanitise_comment(title)}. Do not edit.",
         "import numpy as np",
-        "from numba import njit",
+        "from numba import njit" + (", prange" if writer.functions else ""),
         "from netlang.runtime.blas import gemm32, gemm64",
     ] + [f"from {module} import {name}" for module, name in sorted(writer.imports)] + [
         "",
         f"F = np.{dtype}",
         "",
+    ] + [line for text in writer.functions for line in ("", text, "")] + [
         "",
         "@njit(cache=True, nogil=True)",
         f"def {function}({params}):",

@@ -19,6 +19,7 @@ The loop nests live in netlang.runtime.cnn, compiled once and shared by every mo
 generated code holds the block loop, the products and the epilogue.
 """
 
+import contextlib
 import dataclasses
 
 from netlang.ops.conv import (_transpose_pads, conv2d, conv2d_grad_input, conv2d_grad_weight,
@@ -51,6 +52,7 @@ class ConvGeometry:
     groups: int
     kind: str = "forward"   # the kernel: forward, input (gradient) or weight (gradient)
     target: str = "cpu"     # whose kernels: "cuda" packs far larger blocks, never planar
+    workers: int = 1        # CPU threads the batch is split among, each with its workspaces
 
     @property
     def Cg(self) -> int:
@@ -105,20 +107,34 @@ class ConvGeometry:
         budget = CUDA_COLUMN_BUDGET if self.target == "cuda" else COLUMN_BUDGET
         return max(1, budget // (self.Wo * max(self.K, self.F)))
 
+    @property
+    def parallel(self) -> bool:
+        """Whether the batch's examples are split among worker threads (CPU only)."""
+        return self.workers > 1 and self.target == "cpu"
+
     def workspaces(self) -> list:
-        """(name, (shape, batched)): the weight in column order (or its gradient's accumulator)
-        and the block's column matrix, each only where needed; in the planar layout a channel
-        plane, the transposed columns and the transposed output (or output gradient)."""
+        """(name, (shape, batched)): the weight in column order (or its gradient's sum) and
+        the block's column matrix, each only where needed; in the planar layout a channel
+        plane, the transposed columns and the transposed output (or output gradient).  Split
+        among workers, each has its own block workspaces (a leading axis of `workers`) and,
+        for the weight gradient, its own partial sum (`partial`), added up after them."""
+        def own(shape):
+            return ((self.workers,) + shape if self.parallel else shape), False
+        names = []
         if self.planar:
             width = self.lines // self.Ho * self.S
             plane = (self.Ho + (self.kh - 1) * self.dh) * self.Wp + (self.kw - 1) * self.dw
-            return [("plane", ((self.C, plane), False)), ("columns", ((self.K, width), False)),
-                    ("transposed", ((self.F, width), False))]
-        names = []
+            names += [("plane", own((self.C, plane))), ("columns", own((self.K, width))),
+                      ("transposed", own((self.F, width)))]
+            if self.kind == "weight" and self.parallel:
+                names.append(("partial", own((self.F, self.K))))
+            return names
         if self.reordered:
             names.append(("weight", ((self.F, self.Kg), False)))
         if not self.direct:
-            names.append(("columns", ((self.lines * self.Wo, self.K), False)))
+            names.append(("columns", own((self.lines * self.Wo, self.K))))
+        if self.kind == "weight" and self.parallel:
+            names.append(("partial", own((self.F, self.Kg))))
         return names
 
 
@@ -136,7 +152,7 @@ def _geometry(in_side, out_side, weight_shape, a, pads, kind) -> ConvGeometry:
                         Ho=out_side.shape[1], Wo=out_side.shape[2], F=weight_shape[0],
                         kh=weight_shape[2], kw=weight_shape[3], sh=a["stride"][0], sw=a["stride"][1],
                         dh=a["dilation"][0], dw=a["dilation"][1], pt=pt, pl=pl, groups=a["groups"],
-                        kind=kind)
+                        kind=kind, workers=a.get("_workers", 1))
 
 
 def _forward_geometry(in_types, out_type, a):
@@ -166,6 +182,24 @@ def _workspaces(k, geo) -> dict:
     return {name: k.workspace(i) for i, (name, _) in enumerate(geo.workspaces())}
 
 
+_SHARED = ("weight",)   # the workspace all workers read; each has its own of the others
+
+
+@contextlib.contextmanager
+def _examples(k, geo, batch_of: str, ws: dict):
+    """The batch's examples, split among the program's worker threads where the geometry
+    says so (`Kernel.worker_chunks`): each worker runs the block loop over its own examples,
+    whose outputs, input gradients and columns are disjoint from the others'.  Yields
+    (first, stop, own): the run's bounds (None: the whole batch) and the workspaces the
+    worker uses, its own where each has one."""
+    if not geo.parallel:
+        yield None, None, ws
+        return
+    with k.worker_chunks(f"{batch_of}.shape[0]") as (first, stop, worker):
+        yield first, stop, {name: var if name in _SHARED else k.host_value(f"{var}[{worker}]", "ws")
+                            for name, var in ws.items()}
+
+
 def _emit_weight_rows(k, geo, w, ws) -> str:
     """The weight (F, C/groups, kh, kw) as rows (F, Kg) in column order (kh, kw, C/groups)."""
     if not geo.reordered:
@@ -176,20 +210,26 @@ def _emit_weight_rows(k, geo, w, ws) -> str:
 
 
 class _Blocks:
-    """The loop over blocks of output lines: names for the block's line and row bounds.  Host
-    code: on a GPU the loop runs in the host function, launching each block's kernels."""
+    """The loop over blocks of output lines: names for the block's line and row bounds, over
+    the whole batch or over examples `first` to `stop` (a worker's run).  Host code: on a GPU
+    the loop runs in the host function, launching each block's kernels."""
 
-    def __init__(self, k, geo, batch_of: str):
+    def __init__(self, k, geo, batch_of: str, first: str | None = None, stop: str | None = None):
         self.k, self.geo = k, geo
-        self.nl = k.host_value(f"{batch_of}.shape[0] * {geo.Ho}", "nl")
+        if first is None:
+            self.start = "0"
+            self.stop = self.nl = k.host_value(f"{batch_of}.shape[0] * {geo.Ho}", "nl")
+        else:
+            self.start = k.host_value(f"{first} * {geo.Ho}", "l")
+            self.stop = k.host_value(f"{stop} * {geo.Ho}", "l")
 
     def __enter__(self):
         k, geo = self.k, self.geo
         self.l0 = k.fresh("l")
-        self._loop = k.host_block(f"for {self.l0} in range(0, {self.nl}, {geo.lines}):",
+        self._loop = k.host_block(f"for {self.l0} in range({self.start}, {self.stop}, {geo.lines}):",
                                   defines=(self.l0,))
         self._loop.__enter__()
-        self.l1 = k.host_value(f"min({self.l0} + {geo.lines}, {self.nl})", "l")
+        self.l1 = k.host_value(f"min({self.l0} + {geo.lines}, {self.stop})", "l")
         self.r0 = k.host_value(f"{self.l0} * {geo.Wo}", "r")
         self.r1 = k.host_value(f"{self.l1} * {geo.Wo}", "r")
         return self
@@ -262,6 +302,12 @@ def _block_columns(k, geo, b, x, x2, ws) -> str:
     return f"{ws['columns']}[:{b.r1} - {b.r0}]"
 
 
+def _sum_partials(k, geo, ws, total) -> None:
+    """A weight gradient summed by workers: their partial sums, added in worker order."""
+    if geo.parallel:
+        k.line(f"{k.helper('sum_partials')}({ws['partial']}, {total})")
+
+
 def emit_conv(k, geo, x, w, out, bias=None):
     """out (N, Ho, Wo, F) ← x (N, H, W, C) ⋆ w (F, C/groups, kh, kw), + bias, + fused ops."""
     ws = _workspaces(k, geo)
@@ -269,12 +315,13 @@ def emit_conv(k, geo, x, w, out, bias=None):
         w2, out2 = k.matrix(w, geo.K), k.matrix(out, geo.F)
         if k.fused:
             k.fused_operands()
-        with _Blocks(k, geo, out) as b:
-            n0, n1, width = _planar_block(k, geo, b, x, ws)
-            k.line(f"{k.gemm}(False, False, 1.0, {w2}, {ws['columns']}[:, :{width}], 0.0, "
-                   f"{ws['transposed']}[:, :{width}])")
-            k.line(f"{k.helper('planar_to_rows')}({ws['transposed']}, {out}, {n0}, {n1}, {geo.Ho}, "
-                   f"{geo.Wo}, {geo.F}, {geo.Wp})")
+        with _examples(k, geo, out, ws) as (first, stop, own), \
+                _Blocks(k, geo, out, first, stop) as b:
+            n0, n1, width = _planar_block(k, geo, b, x, own)
+            k.line(f"{k.gemm}(False, False, 1.0, {w2}, {own['columns']}[:, :{width}], 0.0, "
+                   f"{own['transposed']}[:, :{width}])")
+            k.line(f"{k.helper('planar_to_rows')}({own['transposed']}, {out}, {n0}, {n1}, "
+                   f"{geo.Ho}, {geo.Wo}, {geo.F}, {geo.Wp})")
             if bias is not None or k.fused:
                 block = k.fresh("ob")
                 k.line(f"{block} = {out2}[{b.r0}:{b.r1}]")
@@ -285,8 +332,8 @@ def emit_conv(k, geo, x, w, out, bias=None):
     x2 = k.matrix(x, geo.C) if geo.direct else None
     if k.fused:
         k.fused_operands()   # their views, made once outside the loop
-    with _Blocks(k, geo, out) as b:
-        a = _block_columns(k, geo, b, x, x2, ws)
+    with _examples(k, geo, out, ws) as (first, stop, own), _Blocks(k, geo, out, first, stop) as b:
+        a = _block_columns(k, geo, b, x, x2, own)
         c = f"{out2}[{b.r0}:{b.r1}]"
         _per_group(k, geo, lambda ks, fs: f"{k.gemm}(False, True, 1.0, {_cols(a, ks)}, "
                                           f"{_row_block(wr, fs)}, 0.0, {_cols(c, fs)})")
@@ -303,23 +350,30 @@ def emit_conv_transpose(k, geo, g, w, out, bias=None):
     wr = _emit_weight_rows(k, geo, w, ws)
     g2 = k.matrix(g, geo.F)
     out2 = k.matrix(out, geo.C)
-    if not geo.direct:
+    if not geo.direct and not geo.parallel:
         k.line(f"{k.flat(out)}[:] = 0")
     if k.fused:
         k.fused_operands()
-    with _Blocks(k, geo, g) as b:
-        a = f"{g2}[{b.r0}:{b.r1}]"
-        c = f"{out2}[{b.r0}:{b.r1}]" if geo.direct else f"{ws['columns']}[:{b.r1} - {b.r0}]"
-        _per_group(k, geo, lambda ks, fs: f"{k.gemm}(False, False, 1.0, {_cols(a, fs)}, "
-                                          f"{_row_block(wr, fs)}, 0.0, {_cols(c, ks)})")
-        if geo.direct:
-            if bias is not None or k.fused:
-                block = k.fresh("ob")
-                k.line(f"{block} = {c}")
-                _epilogue(k, block, bias, b.r0)
-        else:
-            _col2im(k, geo, b, out, ws["columns"])
-    if not geo.direct:
+    pixels = geo.H * geo.W   # rows of out2 per example
+    with _examples(k, geo, g, ws) as (first, stop, own):
+        if first is not None and not geo.direct:   # the worker's own examples
+            mine = k.host_value(f"{out2}[{first} * {pixels}:{stop} * {pixels}]", "ob")
+            k.line(f"{mine}[:, :] = 0")
+        with _Blocks(k, geo, g, first, stop) as b:
+            a = f"{g2}[{b.r0}:{b.r1}]"
+            c = f"{out2}[{b.r0}:{b.r1}]" if geo.direct else f"{own['columns']}[:{b.r1} - {b.r0}]"
+            _per_group(k, geo, lambda ks, fs: f"{k.gemm}(False, False, 1.0, {_cols(a, fs)}, "
+                                              f"{_row_block(wr, fs)}, 0.0, {_cols(c, ks)})")
+            if geo.direct:
+                if bias is not None or k.fused:
+                    block = k.fresh("ob")
+                    k.line(f"{block} = {c}")
+                    _epilogue(k, block, bias, b.r0)
+            else:
+                _col2im(k, geo, b, out, own["columns"])
+        if first is not None and not geo.direct:
+            _epilogue(k, mine, bias, f"{first} * {pixels}")
+    if not geo.direct and not geo.parallel:
         _epilogue(k, out2, bias, None)
 
 
@@ -327,32 +381,38 @@ def emit_conv_weight_grad(k, geo, g, x, out):
     """out (F, C/groups, kh, kw) ← Σ over examples and output pixels of g ⊗ the input window."""
     ws = _workspaces(k, geo)
     if geo.planar:
-        out2 = k.matrix(out, geo.K)   # (F, C·kh·kw): the planar rows' order
+        total = k.matrix(out, geo.K)   # (F, C·kh·kw): the planar rows' order
         beta = k.fresh("beta")
-        with _Blocks(k, geo, g) as b:
-            k.line(f"{beta} = 0.0 if {b.l0} == 0 else 1.0")
-            n0, n1, width = _planar_block(k, geo, b, x, ws)
-            k.line(f"{k.helper('rows_to_planar')}({g}, {ws['transposed']}, {n0}, {n1}, {geo.Ho}, "
-                   f"{geo.Wo}, {geo.F}, {geo.Wp})")
-            k.line(f"{k.gemm}(False, True, 1.0, {ws['transposed']}[:, :{width}], "
-                   f"{ws['columns']}[:, :{width}], {beta}, {out2})")
-        with k.block(f"if {b.nl} == 0:"):
-            k.line(f"{out2}[:, :] = 0")
+        with _examples(k, geo, g, ws) as (first, stop, own):
+            acc = own["partial"] if geo.parallel else total
+            with _Blocks(k, geo, g, first, stop) as b:
+                k.line(f"{beta} = 0.0 if {b.l0} == {b.start} else 1.0")
+                n0, n1, width = _planar_block(k, geo, b, x, own)
+                k.line(f"{k.helper('rows_to_planar')}({g}, {own['transposed']}, {n0}, {n1}, "
+                       f"{geo.Ho}, {geo.Wo}, {geo.F}, {geo.Wp})")
+                k.line(f"{k.gemm}(False, True, 1.0, {own['transposed']}[:, :{width}], "
+                       f"{own['columns']}[:, :{width}], {beta}, {acc})")
+            with k.block(f"if {b.stop} == {b.start}:"):   # no example: no product ran
+                k.line(f"{acc}[:, :] = 0")
+        _sum_partials(k, geo, ws, total)
         return
     g2 = k.matrix(g, geo.F)
-    acc = ws["weight"] if geo.reordered else k.matrix(out, geo.Kg)
+    total = ws["weight"] if geo.reordered else k.matrix(out, geo.Kg)
     x2 = k.matrix(x, geo.C) if geo.direct else _cuda_views(k, x, ws["columns"])
     beta = k.fresh("beta")
-    with _Blocks(k, geo, g) as b:
-        k.line(f"{beta} = 0.0 if {b.l0} == 0 else 1.0")
-        a = _block_columns(k, geo, b, x, x2, ws)
-        gb = f"{g2}[{b.r0}:{b.r1}]"
-        _per_group(k, geo, lambda ks, fs: f"{k.gemm}(True, False, 1.0, {_cols(gb, fs)}, "
-                                          f"{_cols(a, ks)}, {beta}, {_row_block(acc, fs)})")
-    with k.block(f"if {b.nl} == 0:"):   # an empty batch: no product ran
-        k.line(f"{acc}[:, :] = 0")
+    with _examples(k, geo, g, ws) as (first, stop, own):
+        acc = own["partial"] if geo.parallel else total
+        with _Blocks(k, geo, g, first, stop) as b:
+            k.line(f"{beta} = 0.0 if {b.l0} == {b.start} else 1.0")
+            a = _block_columns(k, geo, b, x, x2, own)
+            gb = f"{g2}[{b.r0}:{b.r1}]"
+            _per_group(k, geo, lambda ks, fs: f"{k.gemm}(True, False, 1.0, {_cols(gb, fs)}, "
+                                              f"{_cols(a, ks)}, {beta}, {_row_block(acc, fs)})")
+        with k.block(f"if {b.stop} == {b.start}:"):   # no example: no product ran
+            k.line(f"{acc}[:, :] = 0")
+    _sum_partials(k, geo, ws, total)
     if geo.reordered:
-        k.line(f"{k.helper('rows_to_weight')}({acc}, {out}, {geo.F}, {geo.Cg}, {geo.kh}, {geo.kw})")
+        k.line(f"{k.helper('rows_to_weight')}({total}, {out}, {geo.F}, {geo.Cg}, {geo.kh}, {geo.kw})")
 
 
 def _bias_of(k):
@@ -361,7 +421,7 @@ def _bias_of(k):
 
 def _kernel(geometry, emit, with_bias=False):
     def kernel(k):
-        geo = geometry(k.in_types, k.out_type, k.attrs)
+        geo = geometry(k.in_types, k.out_type, dict(k.attrs, _workers=k.workers))
         args = [k.ins[0], k.ins[1], k.out] + ([_bias_of(k)] if with_bias else [])
         emit(k, geo, *args)
     return kernel

@@ -29,9 +29,11 @@ class BufferPlan:
     workspaces: dict = dataclasses.field(default_factory=dict)  # node → slots of its scratch arrays
 
 
-def workspace_specs(graph: Graph, node, target: str = "cpu") -> list:
+def workspace_specs(graph: Graph, node, target: str = "cpu", workers: int = 1) -> list:
     """(per-example or full shape, batched, slot dtype) of each workspace of a node's kernel
-    on `target` ("cpu" or "cuda": an op's `cuda_workspace` rule, where it has one)."""
+    on `target` ("cpu" or "cuda": an op's `cuda_workspace` rule, where it has one).  The rule
+    reads `workers` (the threads a CPU kernel splits a batch among, each with workspaces of
+    its own) from its attributes as `_workers`, as its kernel template does."""
     op = get_op(graph.op(node))
     rule = op.cpu_workspace
     if target == "cuda" and op.cuda_workspace is not None:
@@ -42,7 +44,7 @@ def workspace_specs(graph: Graph, node, target: str = "cpu") -> list:
     out_type = data["type"]
     specs = []
     for spec in rule([graph.type_of(o) for o in data["inputs"]], out_type,
-                                 data["attrs"]):
+                     dict(data["attrs"], _workers=workers)):
         shape, batched = tuple(int(d) for d in spec[0]), bool(spec[1])
         kind = spec[2] if len(spec) > 2 else "float"
         # "float" workspaces share slots with values of the same shape; acc64 is always float64.
@@ -53,9 +55,10 @@ def workspace_specs(graph: Graph, node, target: str = "cpu") -> list:
 
 
 def plan_buffers(graph: Graph, order: list, fusion, keep: set, skip=(),
-                 target: str = "cpu") -> BufferPlan:
+                 target: str = "cpu", workers: int = 1) -> BufferPlan:
     """`skip`: computed nodes whose value is never stored (a gradient consumed by the update
-    inside its own matrix product); `target` chooses the kernels' workspace rules."""
+    inside its own matrix product); `target` chooses the kernels' workspace rules, `workers`
+    the CPU threads they are planned for."""
     position = {node: i for i, node in enumerate(order)}
     root_of = {}
     for node in order:
@@ -101,7 +104,7 @@ def plan_buffers(graph: Graph, order: list, fusion, keep: set, skip=(),
     for node in order:
         if node in skip or node in fusion.host_of or graph.op(node) in EXTERNAL:
             continue
-        for i, key in enumerate(workspace_specs(graph, node, target)):
+        for i, key in enumerate(workspace_specs(graph, node, target, workers)):
             tenant = ("ws", node, i)
             keys[tenant] = key
             birth[tenant] = last_use[tenant] = position[node]

@@ -33,17 +33,23 @@ from numba.extending import intrinsic
 
 
 def _numpy_openblas():
-    """(sgemm, dgemm) addresses in NumPy's bundled 64-bit-integer OpenBLAS, or None."""
+    """(sgemm, dgemm, set-threads-local or None) addresses in NumPy's bundled 64-bit-integer
+    OpenBLAS, or None."""
     here = os.path.dirname(np.__file__)
     patterns = [os.path.join(here, "..", "numpy.libs", "libscipy_openblas64_*"),
                 os.path.join(here, ".dylibs", "libscipy_openblas64_*")]
     for path in sorted(p for pattern in patterns for p in glob.glob(pattern)):
         try:
             lib = ctypes.CDLL(path)  # already loaded by NumPy: the same handle
-            return (ctypes.cast(lib.scipy_sgemm_64_, ctypes.c_void_p).value,
-                    ctypes.cast(lib.scipy_dgemm_64_, ctypes.c_void_p).value)
+            products = (ctypes.cast(lib.scipy_sgemm_64_, ctypes.c_void_p).value,
+                        ctypes.cast(lib.scipy_dgemm_64_, ctypes.c_void_p).value)
         except (OSError, AttributeError):
             continue
+        try:   # OpenBLAS 0.3.27 on: a thread count for the calling thread alone
+            local = ctypes.cast(lib.openblas_set_num_threads_local, ctypes.c_void_p).value
+        except AttributeError:
+            local = None
+        return products + (local,)
     return None
 
 
@@ -59,11 +65,16 @@ def _scipy_cython_blas():
 _addresses = _numpy_openblas()
 ILP64 = _addresses is not None
 if not ILP64:
-    _addresses = _scipy_cython_blas()
-BLAS_ABI = "numpy-openblas64" if ILP64 else "scipy-cython-blas"  # part of the program cache key
+    _addresses = _scipy_cython_blas() + (None,)
+LOCAL_THREADS = _addresses[2] is not None
+# Part of the program cache key: the library the compiled calls link to, and whether the
+# worker threads' call holding BLAS to one thread is linked in.
+BLAS_ABI = ("numpy-openblas64" if ILP64 else "scipy-cython-blas") + ("+local" if LOCAL_THREADS else "")
 _SUFFIX = "ilp64" if ILP64 else "lp64"
 llvm.add_symbol(f"netlang_sgemm_{_SUFFIX}", _addresses[0])
 llvm.add_symbol(f"netlang_dgemm_{_SUFFIX}", _addresses[1])
+if LOCAL_THREADS:
+    llvm.add_symbol("netlang_blas_local_threads", _addresses[2])
 
 
 def _external_call(symbol):
@@ -128,3 +139,34 @@ def gemm64(transa, transb, alpha, a, b, beta, c):
     i, s = ints.ctypes.data, scalars.ctypes.data
     _dgemm(chars.ctypes.data, chars.ctypes.data + 1, i, i + _STEP, i + 2 * _STEP, s, b.ctypes.data,
            i + 3 * _STEP, a.ctypes.data, i + 4 * _STEP, s + 8, c.ctypes.data, i + 5 * _STEP)
+
+
+@intrinsic
+def _set_local_threads(typingctx, count):
+    signature = types.int32(types.int32)
+
+    def codegen(context, builder, sig, values):
+        fnty = ir.FunctionType(ir.IntType(32), [ir.IntType(32)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "netlang_blas_local_threads")
+        return builder.call(fn, values)
+    return signature, codegen
+
+
+@njit(cache=True, nogil=True)
+def _local_threads(count):
+    return _set_local_threads(np.int32(count))
+
+
+@njit(cache=True, nogil=True)
+def _no_thread_control(count):
+    return 0
+
+
+# Called by each worker thread of a generated function that splits a batch among the cores
+# (`Kernel.worker_chunks` in netlang/codegen/cpu.py): the workers are the parallelism, so a
+# product inside one runs on the calling thread instead of waking OpenBLAS's own threads to fight the other worker for the
+# cores; each worker restores its count (the returned one) when done, since the main thread
+# is one of them.  It sets the calling thread's count only.  Without the OpenBLAS call
+# (another BLAS, an older OpenBLAS) it does nothing (and returns 0).
+blas_threads_here = _local_threads if LOCAL_THREADS else _no_thread_control
+

@@ -48,6 +48,19 @@ def rows_to_weight(rows, w, F, Cg, kh, kw):
                     w[((f * Cg + c) * kh + i) * kw + j] = rows[f * K + (i * kw + j) * Cg + c]
 
 
+@njit(cache=True, nogil=True)
+def sum_partials(partials, total):
+    """total ← Σ partials[w] over the workers, in worker order (a weight gradient whose
+    examples were split among threads, each summing its own)."""
+    flat = total.reshape(total.size)
+    parts = partials.reshape((partials.shape[0], flat.size))
+    for i in range(flat.size):
+        flat[i] = parts[0, i]
+    for w in range(1, parts.shape[0]):
+        for i in range(flat.size):
+            flat[i] += parts[w, i]
+
+
 @njit(inline="always")
 def _copy(dst, d, src, s, n):
     """dst[d:d + n] = src[s:s + n], on unsigned offsets: Numba checks a signed index for

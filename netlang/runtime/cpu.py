@@ -39,6 +39,19 @@ from netlang.passes.training import training_graph
 
 _load_lock = threading.Lock()
 
+# Numba's OpenMP threading layer reads this when it starts (at the first parallel call):
+# workers that wait by spinning fight OpenBLAS's spinning threads for the cores, and a
+# training step ran 20 times slower beside them.  Waiting passively costs nothing measurable
+# here (a worker sleeps only between kernels).  The user's own setting stands.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+
+def cpu_workers() -> int:
+    """Worker threads a compiled CPU program splits a batch among: Numba's thread count,
+    NUMBA_NUM_THREADS (the cores when unset).  1 compiles serial programs."""
+    import numba
+    return max(1, int(numba.config.NUMBA_NUM_THREADS))
+
 
 class Unsupported(Exception):
     """The graph uses an op the CPU back end cannot compile yet."""
@@ -103,8 +116,9 @@ class CompiledProgram:
         absorbed = set(update.absorbed) if update is not None else set()
         keep = [n for n in keep if n not in absorbed]
         fusion = plan_fusion(graph, order, set(keep))
+        self.workers = self.worker_count()
         self.buffers = plan_buffers(graph, order, fusion, set(keep), skip=absorbed,
-                                    target=self.target)
+                                    target=self.target, workers=self.workers)
         self.program = self.render(graph, order, fusion, self.buffers, dtype=np.dtype(dtype).name,
                                    function=function, keep=keep, update=update, title=title,
                                    mode=mode)
@@ -116,7 +130,11 @@ class CompiledProgram:
     # -- what a target overrides ---------------------------------------------------------------
 
     def render(self, graph, order, fusion, buffers, **options):
-        return render_program(graph, order, fusion, buffers, **options)
+        return render_program(graph, order, fusion, buffers, **options, workers=self.workers)
+
+    def worker_count(self) -> int:
+        """Threads the program's kernels split a batch among (see `cpu_workers`)."""
+        return cpu_workers()
 
     def allocate(self, array: np.ndarray):
         """A buffer as the compiled function takes it."""

@@ -187,6 +187,9 @@ class CudaProgram(CompiledProgram):
     def render(self, graph, order, fusion, buffers, **options):
         return render_program(graph, order, fusion, buffers, **options, **launch_options())
 
+    def worker_count(self) -> int:
+        return 1   # the device's threads come from the launch geometry, not host workers
+
     def allocate(self, array: np.ndarray):
         return self.cuda.to_device(array)
 
