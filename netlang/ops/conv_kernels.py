@@ -398,7 +398,7 @@ def emit_conv_weight_grad(k, geo, g, x, out):
         return
     g2 = k.matrix(g, geo.F)
     total = ws["weight"] if geo.reordered else k.matrix(out, geo.Kg)
-    x2 = k.matrix(x, geo.C) if geo.direct else _cuda_views(k, x, ws["columns"])
+    x2 = k.matrix(x, geo.C) if geo.direct else None   # im2col packs the columns
     beta = k.fresh("beta")
     with _examples(k, geo, g, ws) as (first, stop, own):
         acc = own["partial"] if geo.parallel else total
