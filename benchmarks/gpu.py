@@ -12,6 +12,17 @@ benchmarks/train_throughput.py), same batch, float32, in its own process, and th
 Every op of the three models has a CUDA kernel (convolutions as im2col and the tiled product,
 pooling, see docs/cuda.md); a model with an op that has none is reported as pending, naming
 the op.
+Each model row also counts the kernels one training step launches and times an empty
+launch with as many arguments, so that the step's time can be split into what launching
+costs on the host and the rest (the "launch-bound share"; a share near 1 means the GPU
+waits on Python, not on arithmetic or memory).
+
+    python benchmarks/gpu.py --products [--batches 128,1024]
+
+times the generated matrix product alone (codegen/cuda.py `render_product`) in each of its
+two tilings, register tiles and one output a thread, on the MLP's products at those
+batch sizes and on square ones, beside PyTorch's (cuBLAS) in its own process: GFLOP/s,
+and which tiling netlang's size rule picks (LaunchGeometry.wide_from, to be tuned by it).
 Without a GPU the script exits with one line saying so.
 """
 
@@ -64,7 +75,159 @@ def netlang_throughput(path: str, batch: int, seconds: float) -> dict:
         steps += 1
     cuda.synchronize()
     elapsed = time.perf_counter() - start
-    return {"samples_per_s": steps * batch / elapsed, "first_step_s": first, "steps": steps}
+    launches, arguments = _count_launches(engine, lambda: engine.train_step(feeds, lr))
+    launch_s = _empty_launch_seconds(round(arguments)) * launches
+    return {"samples_per_s": steps * batch / elapsed, "first_step_s": first, "steps": steps,
+            "launches_per_step": launches, "launch_bound_share": launch_s / (elapsed / steps)}
+
+
+def _count_launches(engine, run_step) -> tuple[int, float]:
+    """Kernels one training step launches, and their mean number of arguments: the step
+    program's kernels (globals of its host function) wrapped to count, for one step."""
+    _, _, _, step, _ = engine._training()
+    names = step.function.__globals__
+    counted = []
+
+    class Counting:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, launch):
+            def run(*args):
+                counted.append(len(args))
+                return self.kernel[launch](*args)
+            return run
+
+    kernels = {name: value for name, value in names.items()
+               if name.startswith("k") and name[1:].isdigit()}
+    try:
+        names.update({name: Counting(kernel) for name, kernel in kernels.items()})
+        run_step()
+    finally:
+        names.update(kernels)
+    return len(counted), sum(counted) / max(1, len(counted))
+
+
+def _empty_launch_seconds(arguments: int) -> float:
+    """Host time of one launch of a kernel that does nothing, given `arguments` device arrays
+    (Numba's launch cost grows with its arguments), the queue kept short by syncing."""
+    import numpy as np
+    from numba import cuda
+    params = ", ".join(f"p{i}" for i in range(arguments))
+    scope = {"cuda": cuda}
+    exec(f"def empty({params}):\n    pass\n", scope)
+    kernel = cuda.jit(scope["empty"])
+    args = [cuda.to_device(np.zeros(4, np.float32)) for _ in range(arguments)]
+    kernel[1, 32](*args)
+    cuda.synchronize()
+    total, rounds = 0.0, 20
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(50):
+            kernel[1, 32](*args)
+        total += time.perf_counter() - start
+        cuda.synchronize()
+    return total / (rounds * 50)
+
+
+def product_shapes(batches) -> list[tuple[int, int, int, bool, bool]]:
+    """(m, n, k, trans_a, trans_b) of the MLP's first layer at each batch size (forward,
+    input gradient, weight gradient, as the step computes them), and square products."""
+    shapes = []
+    for b in batches:
+        shapes += [(b, 800, 784, False, True), (b, 784, 800, False, False),
+                   (800, 784, b, True, False)]
+    return shapes + [(1024, 1024, 1024, False, False), (4096, 4096, 4096, False, False)]
+
+
+def netlang_products(shapes, seconds: float) -> list[dict]:
+    """GFLOP/s of the generated product in each tiling, timed by CUDA events."""
+    import numpy as np
+    from numba import cuda
+
+    from netlang.codegen.cuda import GPU, render_product
+    from netlang.runtime.cpu import load_program
+    rows = []
+    for m, n, k, trans_a, trans_b in shapes:
+        product = load_program(render_product(trans_a=trans_a, trans_b=trans_b), "product")
+        rng = np.random.default_rng(0)
+        a = cuda.to_device(rng.random((k, m) if trans_a else (m, k), np.float32))
+        b = cuda.to_device(rng.random((n, k) if trans_b else (k, n), np.float32))
+        out = cuda.device_array((m, n), np.float32)
+        row = {"m": m, "n": n, "k": k, "trans_a": trans_a, "trans_b": trans_b,
+               "picks": "wide" if -(-m // GPU.wide_tile) * -(-n // GPU.wide_tile)
+               >= GPU.wide_from else "narrow"}
+        for tiling, wide_from in (("wide", 0), ("narrow", 10 ** 9)):
+            product.__globals__["_WIDE_FROM"] = wide_from
+            product(a, b, out)
+            cuda.synchronize()
+            runs, spent = 0, 0.0
+            while spent < seconds / 4:
+                start, stop = cuda.event(), cuda.event()
+                start.record()
+                for _ in range(10):
+                    product(a, b, out)
+                stop.record()
+                stop.synchronize()
+                spent += start.elapsed_time(stop) / 1000
+                runs += 10
+            row[tiling] = 2 * m * n * k * runs / spent / 1e9
+        product.__globals__["_WIDE_FROM"] = GPU.wide_from
+        rows.append(row)
+    return rows
+
+
+TORCH_PRODUCTS = r"""
+import json, sys, time
+import torch
+shapes, seconds = json.loads(sys.argv[1])
+rates = []
+for m, n, k, trans_a, trans_b in shapes:
+    a = torch.rand((k, m) if trans_a else (m, k), device="cuda")
+    b = torch.rand((n, k) if trans_b else (k, n), device="cuda")
+    left, right = (a.t() if trans_a else a), (b.t() if trans_b else b)
+    torch.mm(left, right); torch.cuda.synchronize()
+    runs, spent = 0, 0.0
+    while spent < seconds / 4:
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(10):
+            torch.mm(left, right)
+        stop.record(); stop.synchronize()
+        spent += start.elapsed_time(stop) / 1000; runs += 10
+    rates.append(2 * m * n * k * runs / spent / 1e9)
+print(json.dumps(rates))
+"""
+
+
+def torch_products(shapes, seconds: float):
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
+        return None
+    result = subprocess.run([sys.executable, "-c", TORCH_PRODUCTS, json.dumps([shapes, seconds])],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main_products(args, device: str) -> int:
+    shapes = product_shapes([int(b) for b in args.batches.split(",")])
+    rows = netlang_products(shapes, args.seconds)
+    theirs = None if args.no_torch else torch_products(shapes, args.seconds)
+    for i, row in enumerate(rows):
+        row["device"] = device
+        row["torch"] = theirs[i] if theirs else None
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        ops = ("aᵀ" if row["trans_a"] else "a") + "·" + ("bᵀ" if row["trans_b"] else "b")
+        torch_rate = f"{row['torch']:8.0f}" if row["torch"] else "     n/a"
+        print(f"{row['m']:5d}×{row['n']:5d}×{row['k']:5d} {ops:6s} GFLOP/s: wide "
+              f"{row['wide']:8.0f}  narrow {row['narrow']:8.0f}  cuBLAS {torch_rate}  "
+              f"netlang picks {row['picks']}  [{device}]", flush=True)
+    return 0
 
 
 def _torch_cuda_script() -> str:
@@ -125,6 +288,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--products", action="store_true",
+                        help="time the matrix product's two tilings instead of models")
     args = parser.parse_args(argv)
     from netlang.runtime.cuda import gpu_available
     if not gpu_available():
@@ -134,6 +299,8 @@ def main(argv=None) -> int:
     from numba import cuda
     device = cuda.get_current_device().name
     device = device.decode() if isinstance(device, bytes) else device
+    if args.products:
+        return main_products(args, device)
     rows = []
     for name in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
@@ -157,7 +324,8 @@ def _format(row) -> str:
         mine = f"netlang: {ours['pending']}"
     else:
         mine = (f"netlang {ours['samples_per_s']:10.0f} samples/s "
-                f"(first step {ours['first_step_s']:.1f}s)")
+                f"(first step {ours['first_step_s']:.1f}s; {ours['launches_per_step']} "
+                f"launches a step, launch-bound share {ours['launch_bound_share']:.2f})")
     if theirs is None:
         other = "torch: n/a"
     elif "error" in theirs:

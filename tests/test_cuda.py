@@ -8,6 +8,7 @@ simulator runs every generated kernel.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -673,6 +674,67 @@ def test_cuda_program_fuses_epilogues_and_absorbs_sgd_updates():
     assert "math.exp" in source and "np.exp" not in source
 
 
+@needs_cuda
+@pytest.mark.parametrize("geometry", [
+    dict(wide_from=10 ** 9),                                  # one output a thread, always
+    dict(wide_tile=4, micro=2, depth=4, wide_from=1),         # register tiles, always
+    dict(wide_tile=8, micro=2, depth=4, wide_from=1),         # two loads a thread, depth < edge
+    dict(wide_tile=8, micro=4, depth=2, wide_from=1),         # four loads, a shallow tile
+    dict(wide_tile=4, micro=2, depth=4, wide_from=4),         # both, by the output's size
+], ids=["narrow", "wide", "wide_two_loads", "wide_shallow", "by_size"])
+def test_both_matrix_product_tilings_match_reference(geometry, monkeypatch):
+    # Odd sizes, so every tile has a ragged edge, through each operand transposed or not
+    # (forward, input and weight gradients), a fused bias and relu, and the momentum update the
+    # weight gradient's product performs (α and β).
+    import netlang.runtime.cuda as runtime
+    from netlang.codegen.cuda import SIMULATOR
+    from netlang.runtime.reference import ReferenceEngine
+    base = SIMULATOR if CUDA_SIMULATOR else GPU
+    geometry = dataclasses.replace(base, tile=4, **geometry)
+    monkeypatch.setattr(runtime, "launch_options",
+                        lambda: {"geometry": geometry, "cache": False})
+    model = netlang.compile("""
+        input x: [9]
+        input y: int32[]
+        output z = x -> dense(11) -> relu -> dense(5)
+        train { loss cross_entropy(z, y)  optimizer sgd(lr = 0.1, momentum = 0.9) }
+    """)
+    reference, gpu = ReferenceEngine(model.graph, seed=2), runtime.CudaEngine(model.graph, seed=2)
+    for step in range(2):
+        feeds = _batch(step, 7, classes=5)
+        feeds["x"] = np.random.default_rng(step).standard_normal((7, 9)).astype(np.float32)
+        loss_ref, out_ref = reference.train_step(feeds, 0.05)
+        loss_gpu, out_gpu = gpu.train_step(feeds, 0.05)
+        assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
+        _close(out_gpu["z"], out_ref["z"], 1e-4, 1e-5, "z")
+    for name in reference.params:
+        _close(gpu.params[name], reference.params[name], 2e-5, 2e-6, name)
+
+
+@needs_cuda
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True),
+                                             (True, True)])
+def test_the_matrix_product_alone_matches_numpy_in_both_tilings(trans_a, trans_b, monkeypatch):
+    # Single rows and columns, a depth of one, and sizes just past a tile's edge.
+    from netlang.codegen.cuda import SIMULATOR, render_product
+    from netlang.runtime.cpu import load_program
+    from numba import cuda
+    geometry = dataclasses.replace(SIMULATOR if CUDA_SIMULATOR else GPU, wide_tile=8,
+                                   micro=2, depth=4)
+    program = render_product(trans_a=trans_a, trans_b=trans_b, geometry=geometry, cache=False)
+    product = load_program(program, "a matrix product")
+    rng = np.random.default_rng(0)
+    for m, n, k in [(1, 1, 1), (9, 1, 5), (1, 10, 3), (9, 10, 1), (17, 6, 9)]:
+        a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+        expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        for wide_from in (1, 10 ** 9):
+            monkeypatch.setitem(product.__globals__, "_WIDE_FROM", wide_from)
+            out = cuda.to_device(np.full((m, n), np.nan, np.float32))
+            product(cuda.to_device(a), cuda.to_device(b), out)
+            _close(out.copy_to_host(), expected, 1e-5, 1e-6, f"{m}×{n}×{k}, wide from {wide_from}")
+
+
 BLOCK_SUM = """
 @cuda.jit
 def block_sum(x, out):
@@ -783,14 +845,16 @@ def _compile_launches(program, args, tmp_path, name):
             self.kernel = kernel
 
         def __getitem__(self, geometry):
-            return lambda *args: launches.append((self.kernel, [typeof(a) for a in args]))
+            return lambda *args: launches.append((self.kernel, tuple(typeof(a) for a in args)))
 
     for kernel in [n for n in vars(module) if n.startswith("k") and n[1:].isdigit()]:
         setattr(module, kernel, Recorder(getattr(module, kernel)))
-    getattr(module, program.function)(*args)
+    # Twice: the matrix products' kernels with each tiling (the host picks one by size).
+    for module._WIDE_FROM in (0, 10 ** 9):
+        getattr(module, program.function)(*args)
     assert launches
-    for kernel, types in launches:
-        ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(types), cc=(8, 0))
+    for kernel, types in dict.fromkeys(launches):
+        ptx, _ = cuda.compile_ptx(kernel.py_func, types, cc=(8, 0))
         assert ".entry" in ptx
 
 
@@ -844,3 +908,83 @@ def _slot(program, index):
     shape, batched, dtype = program.buffers.slots[index]
     kind = np.float64 if dtype == "acc64" else np.int64 if dtype == "int64" else np.float32
     return shape, batched, kind
+
+
+# ---- evaluation on the device ------------------------------------------------------------------
+# `Trainer` uploads the validation set once, after the training set, and each epoch's
+# evaluation feeds the engine views of it; the metrics read the targets from the host arrays.
+# Compared with the same run whose validation set does not fit, evaluated from batches copied in.
+
+def _validation_data():
+    """Seven examples for the softmax loop model: batches of 3, 3 and 1 (`_validating_trainer`),
+    in float32 and int64, as the engine takes them (copies in are views of these arrays)."""
+    rng = np.random.default_rng(1)
+    return {"x": rng.standard_normal((7, 3)).astype(np.float32), "y": rng.integers(0, 3, 7)}
+
+
+def _validating_trainer(epochs=2, metrics=("accuracy",)):
+    import dataclasses
+    from netlang.runtime.cuda import CudaEngine
+    from netlang.train.loop import Trainer, bind
+    model = netlang.compile(LOOP_MODELS["softmax"])
+    config = dataclasses.replace(model.train_config, batch_size=5, epochs=epochs,
+                                 metrics=metrics)
+    return Trainer(CudaEngine(model.graph, seed=3), bind(model.graph), config,
+                   source_hash="test", eval_batch_size=3)
+
+
+def _no_room_for_validation(monkeypatch):
+    """Free device memory of twice the training set: the training set takes all of
+    DATA_SET_SHARE, and the validation set, smaller as it is, no longer fits beside it."""
+    from numba import cuda
+    from netlang.runtime.cuda import DATA_SET_SHARE
+    train = _loop_data("softmax")
+    room = (train["x"].nbytes + train["y"].astype(np.int64).nbytes) / DATA_SET_SHARE
+    monkeypatch.setattr(type(cuda.current_context()), "get_memory_info",
+                        lambda context: (room, room))
+
+
+def _copies_in(monkeypatch, arrays) -> list:
+    """The number of examples in each copy of (rows of) `arrays` to the device from now on."""
+    from numba import cuda
+    copies, to_device = [], cuda.to_device
+
+    def recorded(array, *args, **kwargs):
+        if any(np.shares_memory(array, data) for data in arrays.values()):
+            copies.append(len(array))
+        return to_device(array, *args, **kwargs)
+    monkeypatch.setattr(cuda, "to_device", recorded)
+    return copies
+
+
+@needs_cuda
+@pytest.mark.parametrize("metrics", [("accuracy",), ("accuracy", "top_2", "confusion")],
+                         ids=["device_metrics", "top_k_on_the_host"])
+def test_validation_from_the_device_gives_the_figures_of_batches_copied_in(
+        metrics, monkeypatch):
+    from netlang.runtime import cuda as cuda_engine
+    validation = _validation_data()
+    copies, figures = _copies_in(monkeypatch, validation), []
+    for resident in (True, False):
+        if not resident:   # no room for any data set
+            monkeypatch.setattr(cuda_engine, "DATA_SET_SHARE", 0.0)
+        copies.clear()
+        trainer = _validating_trainer(metrics=metrics)
+        figures.append(_figures(trainer.fit(_loop_data("softmax"), validation)))
+        assert (copies == [7, 7]) == resident   # x and y uploaded whole, or batch by batch
+    assert all("val_loss" in record and "val_accuracy" in record for record in figures[1])
+    if "confusion" in metrics:
+        assert all("val_confusion" in r and "val_top_2" in r for r in figures[1])
+    assert figures[0] == figures[1]
+
+
+@needs_cuda
+@pytest.mark.parametrize("resident", [True, False], ids=["uploaded", "copied_per_batch"])
+def test_validation_inputs_are_copied_in_once_per_run(resident, monkeypatch):
+    if not resident:
+        _no_room_for_validation(monkeypatch)
+    validation = _validation_data()
+    copies = _copies_in(monkeypatch, validation)
+    _validating_trainer(epochs=3).fit(_loop_data("softmax"), validation)
+    # x and y: once each for the run, or once per batch (3, 3, 1) of each epoch's evaluation.
+    assert copies == ([7, 7] if resident else [3, 3, 3, 3, 1, 1] * 3)

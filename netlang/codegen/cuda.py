@@ -34,15 +34,37 @@ from netlang.codegen.cpu import supported as supported_on
 
 @dataclasses.dataclass(frozen=True)
 class LaunchGeometry:
-    """Threads per block (a power of two), most blocks of a grid-stride kernel, gemm tile edge."""
+    """How generated kernels are launched.
+
+    Grid-stride kernels and reductions run `threads` threads a block (a power of two), in at
+    most `blocks` blocks.  A matrix product is tiled in one of two ways, picked at run time from
+    the output's size: a large output is cut into `wide_tile`² blocks, each thread computing a
+    `micro`² patch of outputs from registers, operand tiles `depth` deep staged in shared
+    memory (each value read from shared memory feeds `micro` multiply-adds); when that would
+    make fewer than `wide_from` blocks, too few to keep every multiprocessor busy, the output is
+    cut into `tile`² blocks of one output a thread."""
     threads: int = 256
     blocks: int = 2048
     tile: int = 16
+    wide_tile: int = 64
+    micro: int = 4
+    depth: int = 16
+    # Not yet tuned on a GPU: about half the multiprocessors of a large current GPU (an H100
+    # has 132), where a 16-times-larger grid of one-output threads starts to win.
+    wide_from: int = 64
+
+    def __post_init__(self):
+        threads = (self.wide_tile // self.micro) ** 2
+        if self.wide_tile % self.micro or (self.wide_tile * self.depth) % threads:
+            raise ValueError("a wide tile must split into micro patches, and its operand tiles "
+                             "into equal loads per thread")
 
 
 GPU = LaunchGeometry()
-# The simulator runs every thread as a Python thread: few and small blocks keep it quick.
-SIMULATOR = LaunchGeometry(threads=2, blocks=2, tile=4)
+# The simulator runs every thread as a Python thread: few and small blocks keep it quick.  Its
+# small wide tiles and `wide_from` let the tests' small products take both tilings.
+SIMULATOR = LaunchGeometry(threads=2, blocks=2, tile=4, wide_tile=4, micro=2, depth=4,
+                           wide_from=2)
 
 # NumPy's scalar functions in the shared templates, as CUDA device code spells them.
 _DEVICE_MATH = [(re.compile(r"\bnp\.(exp|log|log1p|expm1|tanh|sqrt)\("), r"math.\1("),
@@ -239,67 +261,102 @@ class CudaProgramWriter(ProgramWriter):
     def gemm(self, host, a: str, b: str, out: str, trans_a: bool, trans_b: bool, *,
              alpha: str = "1.0", beta: str = "0.0", bias: str | None = None,
              row0: str | None = None) -> None:
-        """out ← α·op(a)·op(b) + β·out, then the bias and `host`'s fused ops: a tiled product,
-        one output element per thread, tiles of both operands staged in shared memory (loaded
-        along each operand's contiguous axis, so the reads coalesce).  `out` may be a block of
-        `host`'s output rows starting at row `row0` (the fused ops' operands are indexed so)."""
+        """out ← α·op(a)·op(b) + β·out, then the bias and `host`'s fused ops, as a tiled product
+        (see LaunchGeometry): the host function launches the register-tiled kernel when the
+        output is large enough to fill the device with its blocks, else the one-output-a-thread
+        kernel.  `out` may be a block of `host`'s output rows starting at row `row0` (the fused
+        ops' operands are indexed so)."""
         chain = self.fusion.epilogue.get(host, []) if host is not None else []
         extra = self._epilogue_operands(chain, host) if chain else {}
+        g, e = self.geometry, self.emitter
+        product = dict(a=a, b=b, out=out, trans_a=trans_a, trans_b=trans_b, alpha=alpha,
+                       beta=beta, bias=bias, row0=row0, host=host, chain=chain, extra=extra)
+        with e.block(f"if _cdiv({out}.shape[0], _WIDE_TILE) * _cdiv({out}.shape[1], _WIDE_TILE)"
+                     " >= _WIDE_FROM:"):
+            self._tiled_product(g.wide_tile, g.micro, g.depth, **product)
+        with e.block("else:"):
+            self._tiled_product(g.tile, 1, g.tile, **product)
+
+    def _tiled_product(self, edge: int, micro: int, depth: int, *, a, b, out, trans_a, trans_b,
+                       alpha, beta, bias, row0, host, chain, extra) -> None:
+        """One kernel of `gemm`: a block computes an `edge`² tile of `out`, each of its
+        (edge/micro)² threads a micro² patch whose rows (columns) are edge/micro apart, so that
+        a warp's reads of a shared tile fall in distinct banks or broadcast, and its stores of
+        `out` coalesce.  Operand tiles `depth` deep are staged in shared memory, loaded along
+        each operand's contiguous axis (coalesced) whether it is transposed or not; the patch's
+        sums stay in registers (scalars written out, not a local array)."""
         e = self.emitter
-        grid = f"(_cdiv({out}.shape[1], _TILE), _cdiv({out}.shape[0], _TILE))"
-        with self.kernel(grid, "(_TILE, _TILE)"):
-            sa, sb, tx, ty, r0, c0, row, col, m, n, kk, acc, k0, i, j, s = (
-                e.fresh(p) for p in ("sa", "sb", "tx", "ty", "r", "c", "row", "col", "m", "n",
-                                     "kk", "acc", "k", "i", "j", "s"))
-            # Literal shapes: Numba types a shared array's shape only from constants.  A padding
-            # column keeps the transposed stores off one bank.
-            tile = self.geometry.tile
-            e.line(f"{sa} = cuda.shared.array(({tile}, {tile + 1}), _FT)")
-            e.line(f"{sb} = cuda.shared.array(({tile}, {tile + 1}), _FT)")
+        across = edge // micro
+        threads = across * across
+        grid = f"(_cdiv({out}.shape[1], {edge}), _cdiv({out}.shape[0], {edge}))"
+        with self.kernel(grid, f"({across}, {across})"):
+            sa, sb, tx, ty, tid, r0, c0, m, n, kk, k0, q, idx, u, v, i, j, row, col = (
+                e.fresh(p) for p in ("sa", "sb", "tx", "ty", "tid", "r", "c", "m", "n", "kk",
+                                     "k", "q", "idx", "u", "v", "i", "j", "row", "col"))
+            acc = [[e.fresh("acc") for _ in range(micro)] for _ in range(micro)]
+            # sa[v, u] = op(a)[r0 + u, k0 + v];  sb[v, u] = op(b)[k0 + v, c0 + u].  Literal shapes
+            # (Numba types a shared array's shape only from constants); a padding column keeps
+            # the transposing stores off one bank.
+            e.line(f"{sa} = cuda.shared.array(({depth}, {edge + 1}), _FT)")
+            e.line(f"{sb} = cuda.shared.array(({depth}, {edge + 1}), _FT)")
             e.line(f"{tx} = cuda.threadIdx.x")
             e.line(f"{ty} = cuda.threadIdx.y")
-            e.line(f"{r0} = cuda.blockIdx.y * _TILE")
-            e.line(f"{c0} = cuda.blockIdx.x * _TILE")
-            e.line(f"{row} = {r0} + {ty}")
-            e.line(f"{col} = {c0} + {tx}")
+            e.line(f"{tid} = {ty} * {across} + {tx}")
+            e.line(f"{r0} = cuda.blockIdx.y * {edge}")
+            e.line(f"{c0} = cuda.blockIdx.x * {edge}")
             e.line(f"{m} = {out}.shape[0]")
             e.line(f"{n} = {out}.shape[1]")
             e.line(f"{kk} = {a}.shape[{0 if trans_a else 1}]")
-            e.line(f"{acc} = F(0.0)")
-            with e.block(f"for {k0} in range(0, {kk}, _TILE):"):
-                # sa[u, v] = op(a)[r0 + u, k0 + v];  sb[u, v] = op(b)[k0 + u, c0 + v]
-                if trans_a:
-                    e.line(f"{i} = {r0} + {tx}")
-                    e.line(f"{j} = {k0} + {ty}")
-                    e.line(f"{sa}[{tx}, {ty}] = {a}[{j}, {i}] if {i} < {m} and {j} < {kk} else F(0.0)")
-                else:
-                    e.line(f"{i} = {r0} + {ty}")
-                    e.line(f"{j} = {k0} + {tx}")
-                    e.line(f"{sa}[{ty}, {tx}] = {a}[{i}, {j}] if {i} < {m} and {j} < {kk} else F(0.0)")
-                if trans_b:
-                    e.line(f"{i} = {k0} + {tx}")
-                    e.line(f"{j} = {c0} + {ty}")
-                    e.line(f"{sb}[{tx}, {ty}] = {b}[{j}, {i}] if {i} < {kk} and {j} < {n} else F(0.0)")
-                else:
-                    e.line(f"{i} = {k0} + {ty}")
-                    e.line(f"{j} = {c0} + {tx}")
-                    e.line(f"{sb}[{ty}, {tx}] = {b}[{i}, {j}] if {i} < {kk} and {j} < {n} else F(0.0)")
+            for name in sum(acc, []):
+                e.line(f"{name} = F(0.0)")
+            with e.block(f"for {k0} in range(0, {kk}, {depth}):"):
+                for load in range(edge * depth // threads):
+                    e.line(f"{idx} = {tid} + {load * threads}")
+                    # op(a)'s tile: a is (k, m) when transposed, contiguous along m.
+                    along_edge = trans_a
+                    e.line(f"{u} = {idx} % {edge}" if along_edge else f"{u} = {idx} // {depth}")
+                    e.line(f"{v} = {idx} // {edge}" if along_edge else f"{v} = {idx} % {depth}")
+                    e.line(f"{i} = {r0} + {u}")
+                    e.line(f"{j} = {k0} + {v}")
+                    element = f"{a}[{j}, {i}]" if trans_a else f"{a}[{i}, {j}]"
+                    e.line(f"{sa}[{v}, {u}] = {element} if {i} < {m} and {j} < {kk} else F(0.0)")
+                    # op(b)'s tile: b is (k, n) unless transposed, contiguous along n.
+                    along_edge = not trans_b
+                    e.line(f"{u} = {idx} % {edge}" if along_edge else f"{u} = {idx} // {depth}")
+                    e.line(f"{v} = {idx} // {edge}" if along_edge else f"{v} = {idx} % {depth}")
+                    e.line(f"{i} = {k0} + {v}")
+                    e.line(f"{j} = {c0} + {u}")
+                    element = f"{b}[{j}, {i}]" if trans_b else f"{b}[{i}, {j}]"
+                    e.line(f"{sb}[{v}, {u}] = {element} if {i} < {kk} and {j} < {n} else F(0.0)")
                 e.line("cuda.syncthreads()")
-                with e.block(f"for {i} in range(_TILE):"):
-                    e.line(f"{acc} += {sa}[{ty}, {i}] * {sb}[{i}, {tx}]")
+                with e.block(f"for {q} in range({depth}):"):
+                    left = [e.fresh("x") for _ in range(micro)]
+                    right = [e.fresh("y") for _ in range(micro)]
+                    for p, name in enumerate(left):
+                        e.line(f"{name} = {sa}[{q}, {ty} + {p * across}]")
+                    for p, name in enumerate(right):
+                        e.line(f"{name} = {sb}[{q}, {tx} + {p * across}]")
+                    for p, x in enumerate(left):
+                        for r, y in enumerate(right):
+                            e.line(f"{acc[p][r]} += {x} * {y}")
                 e.line("cuda.syncthreads()")
-            with e.block(f"if {row} < {m} and {col} < {n}:"):
-                value = acc if alpha == "1.0" else f"{alpha} * {acc}"
-                if beta != "0.0":
-                    value += f" + {beta} * {out}[{row}, {col}]"
-                if bias is not None:
-                    value += f" + {bias}[{col}]"
-                e.line(f"{s} = {value}")
-                if extra:
-                    e.line(f"k = ({row0} + {row}) * {n} + {col}" if row0 else
-                           f"k = {row} * {n} + {col}")
-                s = self._emit_chain(chain, host, s, extra, "k")
-                e.line(f"{out}[{row}, {col}] = {s}")
+            for p in range(micro):
+                for r in range(micro):
+                    e.line(f"{row} = {r0} + {ty} + {p * across}")
+                    e.line(f"{col} = {c0} + {tx} + {r * across}")
+                    with e.block(f"if {row} < {m} and {col} < {n}:"):
+                        value = acc[p][r] if alpha == "1.0" else f"{alpha} * {acc[p][r]}"
+                        if beta != "0.0":
+                            value += f" + {beta} * {out}[{row}, {col}]"
+                        if bias is not None:
+                            value += f" + {bias}[{col}]"
+                        s = e.fresh("s")
+                        e.line(f"{s} = {value}")
+                        if extra:
+                            e.line(f"k = ({row0} + {row}) * {n} + {col}" if row0 else
+                                   f"k = {row} * {n} + {col}")
+                        s = self._emit_chain(chain, host, s, extra, "k")
+                        e.line(f"{out}[{row}, {col}] = {s}")
 
     # -- the program --------------------------------------------------------------------------
 
@@ -341,7 +398,8 @@ def _module_source(writer, function: str, params: str, body: list, title: str,
         f"_FT = {writer.dtype}",
         f"_T = {geometry.threads}",
         f"_BLOCKS = {geometry.blocks}",
-        f"_TILE = {geometry.tile}",
+        f"_WIDE_TILE = {geometry.wide_tile}",
+        f"_WIDE_FROM = {geometry.wide_from}",
         "_JIT = " + ("{'cache': True}" if cache else "{}"),
         "",
         "",
@@ -465,6 +523,18 @@ def render_gather(*, geometry: LaunchGeometry = GPU, cache: bool = True) -> Prog
     return Program(_module_source(writer, "gather", params, writer.emitter.lines,
                                   "a data set on the device", cache),
                    "gather", writer.args, {})
+
+
+def render_product(*, trans_a: bool = False, trans_b: bool = False, dtype: str = "float32",
+                   geometry: LaunchGeometry = GPU, cache: bool = True) -> Program:
+    """A host function `product(a, b, out)`: out ← op(a)·op(b), the matrix product every
+    program's `k.matmul` launches, alone (no bias or epilogue): for tests against NumPy, and
+    for benchmarks/gpu.py to time each tiling (set the module's `_WIDE_FROM`) on given shapes."""
+    writer = CudaProgramWriter(None, [], None, None, dtype, geometry=geometry)
+    a, b, out = (writer.argument("input", key) for key in ("a", "b", "out"))
+    writer.gemm(None, a, b, out, trans_a, trans_b)
+    return Program(_module_source(writer, "product", f"{a}, {b}, {out}", writer.emitter.lines,
+                                  "a matrix product", cache), "product", writer.args, {})
 
 
 class CudaUpdatePlan(UpdatePlan):

@@ -36,9 +36,12 @@ class EngineBase:
     # engines that compute on host arrays keep the defaults: nothing to upload, and each step's
     # loss and outputs are read on the host as they are.
 
-    def upload(self, arrays: dict, batch_size: int):
-        """The training set held where the steps run, serving each epoch's batches, or None
-        (the loop then takes batches from the host arrays)."""
+    def upload(self, arrays: dict, batch_size: int, outputs=None):
+        """A data set held where the engine computes, or None (the loop then feeds batches
+        from the host arrays).  Without `outputs`, the training set: its `epoch(order)` serves
+        each epoch's batches to the steps.  With `outputs` (the output or node names an
+        evaluation computes), a set evaluated in order: its `examples(start, stop)` are a
+        batch's inputs for `forward`."""
         return None
 
     def device_metrics(self, scores: str | None = None, labels: str | None = None, rule=None):

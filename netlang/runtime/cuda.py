@@ -9,8 +9,9 @@ only when something on the host reads them (a checkpoint, `Model.parameters()`) 
 after that.  Each step copies its batch in (nothing when the caller passes device arrays) and
 the loss and outputs out; dropout masks are computed on the device from a per-step key.
 The training loop goes further (`upload`, `device_metrics`): the training set is uploaded
-once and batches are gathered from it on the device, and the running loss and accuracy are
-summed on the device and read back once per log interval.
+once and batches are gathered from it on the device, the validation set is uploaded once and
+evaluated from views of it, and the running loss and accuracy are summed on the device and
+read back once per log interval.
 
 `numba.cuda` is imported only inside functions: Numba's simulator is chosen by
 NUMBA_ENABLE_CUDASIM, which must be set before Numba is first imported.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import weakref
 from collections.abc import MutableMapping
 
 import numpy as np
@@ -252,19 +254,22 @@ class DeviceMetrics:
         return totals, None
 
 
-# The training set is uploaded whole when it takes at most this share of the device memory
-# left free once the training step's buffers exist (the rest is for evaluation's buffers and
-# whatever else runs on the GPU); a larger one is copied in batch by batch.
+# A data set is uploaded whole when, together with the sets already held, it takes at most
+# this share of the device memory that was free before them, once its program's buffers exist
+# (the rest is for other buffers and whatever else runs on the GPU); a larger one is copied in
+# batch by batch.  The training set is uploaded first: its batches are read at every step.
 DATA_SET_SHARE = 0.5
 
 
 class DeviceDataSet:
-    """A training set held on the device for the whole run.  Each epoch's order is copied in
-    once; each batch is gathered from the set by a generated kernel (`render_gather`) into
-    buffers (one set per batch size) that the step reads as device feeds."""
+    """A data set held on the device for the whole run.  The training set's batches are
+    gathered in each epoch's order (copied in once) by a generated kernel (`render_gather`)
+    into buffers (one set per batch size) that the step reads as device feeds; the validation
+    set's are taken in order as views of it (`examples`), with no copy at all."""
 
     def __init__(self, arrays: dict, cuda):
         self.arrays = arrays   # input name → device array of every example
+        self.nbytes = sum(data.nbytes for data in arrays.values())
         self._cuda = cuda
         self._gather = load_program(render_gather(**launch_options()), "gather")
         self._buffers: dict[int, dict] = {}
@@ -280,6 +285,11 @@ class DeviceDataSet:
                 self._gather(data, indices, starts[i], out[name])
             return out
         return batch
+
+    def examples(self, start: int, stop: int) -> dict:
+        """Examples start to stop as feeds: views of the set's arrays, C-contiguous as the
+        kernels need them (a range of rows of a C-contiguous array is)."""
+        return {name: data[start:stop] for name, data in self.arrays.items()}
 
     def _batch_buffers(self, size: int) -> dict:
         if size not in self._buffers:
@@ -316,27 +326,37 @@ class CudaEngine(CpuEngine):
         self.cuda = cuda
         self.params = DeviceMirror(self.params, cuda)
         self.optimizer.state = DeviceMirror(self.optimizer.state, cuda)
+        self._data_sets = weakref.WeakSet()   # uploaded and still in use: memory not free
 
     # -- the training loop's hooks ---------------------------------------------------------
 
-    def upload(self, arrays: dict, batch_size: int) -> DeviceDataSet | None:
-        """The training set on the device (`DeviceDataSet`) when it fits in DATA_SET_SHARE of
-        the free device memory; None otherwise (each step then copies its batch in)."""
-        graph, _, _, step, _ = self._training()
-        names = self._input_names(step)
-        step.slots(batch_size)   # the step's buffers first: it needs them either way
+    def upload(self, arrays: dict, batch_size: int, outputs=None) -> DeviceDataSet | None:
+        """A data set on the device (`DeviceDataSet`): the inputs the training step reads, or,
+        given `outputs` (output or node names), those of the evaluation pass computing them
+        (`forward(feeds, "eval", outputs)`).  None when it does not fit (DATA_SET_SHARE): each
+        batch is then copied in."""
+        if outputs is None:
+            graph, _, _, program, _ = self._training()
+        else:
+            graph = self.graph
+            _, _, program = self._inference(tuple(outputs), with_losses=False)
+        names = self._input_names(program)
+        program.slots(batch_size)   # the program's buffers first: it needs them either way
         size = 0
         for name in names:
-            if name not in arrays:   # the step's own check names what is missing
+            if name not in arrays:   # the program's own check names what is missing
                 return None
             t = graph.type_of(graph.graph["inputs"][name])
             itemsize = np.dtype(self.dtype if t.is_float else np.int64).itemsize
             size += np.size(arrays[name]) * itemsize
         free, _ = self.cuda.current_context().get_memory_info()   # the simulator's: inf
-        if not size <= DATA_SET_SHARE * free:
+        held = sum(data_set.nbytes for data_set in self._data_sets)   # no longer free
+        if not held + size <= DATA_SET_SHARE * (free + held):
             return None
         on_device, _ = self._feeds(graph, {name: arrays[name] for name in names}, names)
-        return DeviceDataSet(on_device, self.cuda)
+        data_set = DeviceDataSet(on_device, self.cuda)
+        self._data_sets.add(data_set)
+        return data_set
 
     def device_metrics(self, scores: str | None = None, labels: str | None = None,
                        rule=None) -> DeviceMetrics:

@@ -222,30 +222,41 @@ def _forward_nodes(engine, feeds: dict, names: list) -> dict:
         return engine.forward(feeds, "eval")
 
 
+def _evaluated_nodes(binding: Binding, arrays: dict) -> list:
+    """The nodes `evaluate` computes over `arrays`: the head's prediction, and the losses when
+    the arrays hold every input."""
+    names = [binding.head.prediction] if binding.head is not None else []
+    if all(name in arrays for name in binding.inputs):
+        names += [name for name, _ in binding.losses]
+    return names
+
+
 def evaluate(engine, binding: Binding, arrays: dict, batch_size: int = 256, *, top_k=(),
-             confusion: bool = True) -> dict:
-    """Loss and metrics of the current weights over `arrays` (evaluation mode, in order)."""
+             confusion: bool = True, resident=None) -> dict:
+    """Loss and metrics of the current weights over `arrays` (evaluation mode, in order).
+
+    `resident` is the engine's own copy of `arrays` (`engine.upload` with the evaluated nodes
+    as `outputs`): the engine is fed its batches instead of copying the host's in, and the
+    metrics still read the targets from the host arrays."""
     n = _count(arrays)
     if not n:
         raise DataError("nothing to evaluate: no examples")
     head = binding.head
     has_targets = all(n_ in arrays for n_ in binding.inputs)
     acc = MetricAccumulator(head, top_k=top_k, confusion=confusion)
-    names = []
-    if head is not None:
-        names.append(head.prediction)
-    if has_targets:
-        names += [name for name, _ in binding.losses]
+    names = _evaluated_nodes(binding, arrays)
     for start in range(0, n, batch_size):
         feeds = _take(arrays, slice(start, start + batch_size))
         count = _count(feeds)
-        values = _forward_nodes(engine, feeds, names) if names else {}
+        fed = feeds if resident is None else {**feeds,
+                                              **resident.examples(start, start + batch_size)}
+        values = _forward_nodes(engine, fed, names) if names else {}
         loss = None
         if has_targets and binding.losses:
             if all(name in values for name, _ in binding.losses):
                 loss = sum(w * float(values[name]) for name, w in binding.losses)
             else:
-                loss = float(engine.loss(feeds))
+                loss = float(engine.loss(fed))
         prediction = values.get(head.prediction) if head is not None else None
         target = feeds.get(head.target) if head is not None and head.target else None
         acc.add(loss, count, prediction, target)
@@ -337,6 +348,7 @@ class Trainer:
         self.top_k = top_k_values(config.metrics)
         self.confusion = "confusion" in config.metrics
         self._stop_requested = False
+        self._evaluation_copy = None   # (arrays, the engine's copy of them): see `held`
         # Position in the run; replaced by `restore`.
         self.epoch = 0            # epochs completed
         self.batch = 0            # batches completed in the current epoch
@@ -477,6 +489,7 @@ class Trainer:
                 if source is None:   # once there is an epoch to run (a finished run has none)
                     meter = self._device_meter()
                     source = self._batch_source(train, bs, meter)
+                    self._hold_for_evaluation(val)
                 record = self._epoch(source, meter, val, val_name, n, bs, steps_per_epoch)
                 history.records.append(record)
                 last = self.finished or self.epoch >= self.config.epochs
@@ -506,6 +519,22 @@ class Trainer:
         host read the labels there)."""
         resident = self.engine.upload(train, batch_size) if meter is not None else None
         return resident if resident is not None else _HostBatches(train)
+
+    def _hold_for_evaluation(self, arrays: dict | None) -> None:
+        """Upload the set validated on after each epoch to where the engine computes, when it
+        holds data sets there and this one fits: after the training set, whose batches are
+        read at every step and so have the first claim on the memory."""
+        names = _evaluated_nodes(self.binding, arrays) if arrays is not None else []
+        copy = self.engine.upload(arrays, min(self.eval_batch_size, _count(arrays)),
+                                  outputs=tuple(names)) if names else None
+        self._evaluation_copy = (arrays, copy) if copy is not None else None
+
+    def held(self, arrays: dict):
+        """The engine's copy of `arrays` (for `evaluate`'s `resident`) when this run holds
+        one: the set it validates on, once training has started; else None."""
+        if self._evaluation_copy is not None and self._evaluation_copy[0] is arrays:
+            return self._evaluation_copy[1]
+        return None
 
     def _device_meter(self):
         """The engine's running metrics on the device (`engine.device_metrics`) for this head,
@@ -580,7 +609,8 @@ class Trainer:
         record.update({k: v for k, v in acc.result().items() if k != "confusion"})
         if val is not None:
             result = evaluate(self.engine, self.binding, val, self.eval_batch_size,
-                              top_k=self.top_k, confusion=self.confusion)
+                              top_k=self.top_k, confusion=self.confusion,
+                              resident=self.held(val))
             for key, value in result.items():
                 if key != "examples":
                     record[f"{val_name}_{key}"] = value
@@ -1005,7 +1035,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     history = trainer.fit(prepared.train, val, val_name=val_name)
     if evaluate_test and prepared.test is not None:
         history.test = evaluate(engine, binding, prepared.test, trainer.eval_batch_size,
-                                top_k=trainer.top_k, confusion=True)
+                                top_k=trainer.top_k, confusion=True,
+                                resident=trainer.held(prepared.test))
     if out is not None:
         summary = {"epochs": trainer.epoch, "steps": trainer.step,
                    "stopped_early": trainer.stopped_early, "best_epoch": trainer.best_epoch,
