@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -502,5 +503,32 @@ def test_convolutions_split_among_workers_match_reference(monkeypatch, workers):
                 np.testing.assert_array_equal(again[name], grads_cpu[name])   # reproducible
         program = compiled._programs["gradients"]
         assert program.workers == workers
-        # One worker: the serial step; several: each convolution a function of its own.
-        assert ("prange(3)" in program.program.source) == (workers == 3)
+        # One worker: the serial step; several: each convolution a function of its own module.
+        parts = "".join(source for _, source in program.program.parts)
+        assert ("prange(3)" in parts) == (workers == 3)
+        assert "prange" not in program.program.source
+
+
+def test_programs_share_the_modules_of_their_equal_worker_functions(monkeypatch):
+    # The evaluation program's forward convolutions are the training step's, compiled once;
+    # renaming the layers or changing the rest of the model leaves their modules alone.
+    import netlang.runtime.cpu as cpu
+    monkeypatch.setattr(cpu, "cpu_workers", lambda: 2)
+
+    def parts(source):
+        """The worker modules of a model's gradient program and of its evaluation program."""
+        engine = CpuEngine(netlang.compile(source).graph, seed=0)
+        feeds = random_batch(engine.graph, 3, 0)
+        engine.gradients(feeds)
+        engine.forward(feeds)
+        _, _, evaluation = engine._inference(("logits",), with_losses=False)
+        return (dict(engine._programs["gradients"].program.parts),
+                dict(evaluation.program.parts))
+
+    training, evaluation = parts(LENET_LIKE)
+    assert evaluation and set(evaluation) < set(training)
+    assert all(source.count("def worker(") == 1 for source in training.values())
+    training_renamed, _ = parts(LENET_LIKE.replace("conv1", "first_conv")
+                                .replace("dense(3)", "dense(5)"))
+    assert set(evaluation) < set(training_renamed)
+    assert all(name in sys.modules for name in evaluation)   # loaded under those names

@@ -77,30 +77,43 @@ def _helpers_version() -> str:
 
 
 def load_program(program, title: str = ""):
-    """Write a program's source into the kernel cache (once) and import its function."""
+    """Write a program's source into the kernel cache (once) and import its function, after
+    the modules of its worker functions (`program.parts`), which it imports by name."""
+    with _load_lock:
+        for module_name, source in program.parts:
+            _load_module(source, module_name, f"a worker function of {title}")
+        module = _load_module(program.source, None, title)
+    return getattr(module, program.function)
+
+
+def _load_module(source: str, module_name: str | None, title: str):
+    """The module of `source` (named `module_name`, or after its digest), written to the kernel
+    cache under a name that also holds the versions its compiled code depends on: Numba's
+    cache beside it keeps compiled code per file, and does not see a change to what the code
+    calls."""
     import numba  # noqa: F401  (imported here: netlang's front end never pays for it)
     versions = (f"{__version__}|{numba.__version__}|{np.__version__}|{sys.version_info[:2]}|"
                 f"{_helpers_version()}")
-    digest = hashlib.sha256((versions + program.source).encode()).hexdigest()[:24]
+    digest = hashlib.sha256((versions + source).encode()).hexdigest()[:24]
     directory = cache_dir()
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"nl_{digest}.py")
-    with _load_lock:
-        if not os.path.exists(path):
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(program.source)
-            os.replace(tmp, path)
-        if debug_level() >= 3:
-            debug(3, f"generated source for {title} ({path}):\n{program.source}")
-        module_name = f"netlang_kernels_{digest}"
-        module = sys.modules.get(module_name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            sys.modules[module_name] = module
-    return getattr(module, program.function)
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(source)
+        os.replace(tmp, path)
+    if debug_level() >= 3:
+        debug(3, f"generated source for {title} ({path}):\n{source}")
+    module_name = module_name or f"netlang_kernels_{digest}"
+    module = sys.modules.get(module_name)
+    if module is not None:
+        return module
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[module_name] = module
+    return module
 
 
 class CompiledProgram:
