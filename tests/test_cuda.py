@@ -74,6 +74,18 @@ def _close(actual, expected, rtol, atol, what):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
 
 
+def _steps_match(reference, gpu, batches, output="z"):
+    """Training steps on both engines, batch by batch: equal losses and outputs, then equal
+    parameters (read back from the device)."""
+    for feeds in batches:
+        loss_ref, out_ref = reference.train_step(feeds, 0.05)
+        loss_gpu, out_gpu = gpu.train_step(feeds, 0.05)
+        assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
+        _close(out_gpu[output], out_ref[output], 1e-4, 1e-5, output)
+    for name in reference.params:
+        _close(gpu.params[name], reference.params[name], 2e-5, 2e-6, name)
+
+
 # ---- training steps, every optimiser ----------------------------------------------------------
 
 @needs_cuda
@@ -95,14 +107,8 @@ def test_training_steps_match_reference(cuda_sizes, opt, reg, extra):
     from netlang.runtime.reference import ReferenceEngine
     model = _model(cuda_sizes, opt, reg, extra)
     reference, gpu = ReferenceEngine(model.graph, seed=4), CudaEngine(model.graph, seed=4)
-    for step in range(cuda_sizes.steps):
-        feeds = _batch(step, cuda_sizes.batch)
-        loss_ref, out_ref = reference.train_step(feeds, 0.05)
-        loss_gpu, out_gpu = gpu.train_step(feeds, 0.05)
-        assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
-        _close(out_gpu["z"], out_ref["z"], 1e-4, 1e-5, "z")
-    for name in reference.params:
-        _close(gpu.params[name], reference.params[name], 2e-5, 2e-6, name)
+    _steps_match(reference, gpu, [_batch(step, cuda_sizes.batch)
+                                  for step in range(cuda_sizes.steps)])
     for key in reference.optimizer.state:   # the state, read back from the device
         _close(gpu.optimizer.state[key], reference.optimizer.state[key], 1e-4, 1e-6, key)
 
@@ -700,15 +706,8 @@ def test_both_matrix_product_tilings_match_reference(geometry, monkeypatch):
         train { loss cross_entropy(z, y)  optimizer sgd(lr = 0.1, momentum = 0.9) }
     """)
     reference, gpu = ReferenceEngine(model.graph, seed=2), runtime.CudaEngine(model.graph, seed=2)
-    for step in range(2):
-        feeds = _batch(step, 7, classes=5)
-        feeds["x"] = np.random.default_rng(step).standard_normal((7, 9)).astype(np.float32)
-        loss_ref, out_ref = reference.train_step(feeds, 0.05)
-        loss_gpu, out_gpu = gpu.train_step(feeds, 0.05)
-        assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
-        _close(out_gpu["z"], out_ref["z"], 1e-4, 1e-5, "z")
-    for name in reference.params:
-        _close(gpu.params[name], reference.params[name], 2e-5, 2e-6, name)
+    _steps_match(reference, gpu, [random_batch(model.graph, 7, step, classes=5)
+                                  for step in range(2)])
 
 
 @needs_cuda

@@ -309,25 +309,28 @@ class CudaProgramWriter(ProgramWriter):
             e.line(f"{kk} = {a}.shape[{0 if trans_a else 1}]")
             for name in sum(acc, []):
                 e.line(f"{name} = F(0.0)")
+
+            def stage(tile: str, operand: str, start: str, bound: str, edge_first: bool):
+                """tile[v, u] = the operand's element u along the tile's edge (from `start`,
+                below `bound`) and v along this step's depth; `edge_first`: the operand is
+                indexed [edge, depth], so contiguous along the depth, which the loads follow."""
+                if edge_first:
+                    e.line(f"{u} = {idx} // {depth}")
+                    e.line(f"{v} = {idx} % {depth}")
+                else:
+                    e.line(f"{u} = {idx} % {edge}")
+                    e.line(f"{v} = {idx} // {edge}")
+                e.line(f"{i} = {start} + {u}")
+                e.line(f"{j} = {k0} + {v}")
+                element = f"{operand}[{i}, {j}]" if edge_first else f"{operand}[{j}, {i}]"
+                e.line(f"{tile}[{v}, {u}] = {element} if {i} < {bound} and {j} < {kk} "
+                       "else F(0.0)")
+
             with e.block(f"for {k0} in range(0, {kk}, {depth}):"):
                 for load in range(edge * depth // threads):
                     e.line(f"{idx} = {tid} + {load * threads}")
-                    # op(a)'s tile: a is (k, m) when transposed, contiguous along m.
-                    along_edge = trans_a
-                    e.line(f"{u} = {idx} % {edge}" if along_edge else f"{u} = {idx} // {depth}")
-                    e.line(f"{v} = {idx} // {edge}" if along_edge else f"{v} = {idx} % {depth}")
-                    e.line(f"{i} = {r0} + {u}")
-                    e.line(f"{j} = {k0} + {v}")
-                    element = f"{a}[{j}, {i}]" if trans_a else f"{a}[{i}, {j}]"
-                    e.line(f"{sa}[{v}, {u}] = {element} if {i} < {m} and {j} < {kk} else F(0.0)")
-                    # op(b)'s tile: b is (k, n) unless transposed, contiguous along n.
-                    along_edge = not trans_b
-                    e.line(f"{u} = {idx} % {edge}" if along_edge else f"{u} = {idx} // {depth}")
-                    e.line(f"{v} = {idx} // {edge}" if along_edge else f"{v} = {idx} % {depth}")
-                    e.line(f"{i} = {k0} + {v}")
-                    e.line(f"{j} = {c0} + {u}")
-                    element = f"{b}[{j}, {i}]" if trans_b else f"{b}[{i}, {j}]"
-                    e.line(f"{sb}[{v}, {u}] = {element} if {i} < {kk} and {j} < {n} else F(0.0)")
+                    stage(sa, a, r0, m, edge_first=not trans_a)   # a: (m, k), or (k, m)
+                    stage(sb, b, c0, n, edge_first=trans_b)       # b: (k, n), or (n, k)
                 e.line("cuda.syncthreads()")
                 with e.block(f"for {q} in range({depth}):"):
                     left = [e.fresh("x") for _ in range(micro)]
