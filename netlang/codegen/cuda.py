@@ -271,8 +271,7 @@ class CudaProgramWriter(ProgramWriter):
         g, e = self.geometry, self.emitter
         product = dict(a=a, b=b, out=out, trans_a=trans_a, trans_b=trans_b, alpha=alpha,
                        beta=beta, bias=bias, row0=row0, host=host, chain=chain, extra=extra)
-        with e.block(f"if _cdiv({out}.shape[0], _WIDE_TILE) * _cdiv({out}.shape[1], _WIDE_TILE)"
-                     " >= _WIDE_FROM:"):
+        with e.block(f"if _wide({out}.shape[0], {out}.shape[1]):"):
             self._tiled_product(g.wide_tile, g.micro, g.depth, **product)
         with e.block("else:"):
             self._tiled_product(g.tile, 1, g.tile, **product)
@@ -412,6 +411,11 @@ def _module_source(writer, function: str, params: str, body: list, title: str,
         "",
         "def _cdiv(n, d):",
         "    return max(1, (n + d - 1) // d)",
+        "",
+        "",
+        "def _wide(m, n):",
+        "    # whether an m×n product takes the register-tiled kernel (LaunchGeometry)",
+        "    return _cdiv(m, _WIDE_TILE) * _cdiv(n, _WIDE_TILE) >= _WIDE_FROM",
         "",
     ]
     kernels = []
