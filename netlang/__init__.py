@@ -1,8 +1,7 @@
 """netlang: a compiler and runtime for a small language that describes neural networks."""
 
-__version__ = "0.1.0"
-
-from netlang.errors import NetlangError  # noqa: E402
+from netlang.errors import NetlangError
+from netlang.version import __version__
 
 __all__ = ["NetlangError", "__version__", "compile", "load"]
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 
+from netlang.bench import bench
 from netlang.ir.graph import Graph
 from netlang.config import timed
+from netlang.data.text import with_bits_per_character
 from netlang.lower import lower_source
 from netlang.passes import after_pass
+from netlang.runtime import check_device
+from netlang.saliency import saliency
 from netlang.summary import Summary, summarize
 
 
@@ -72,6 +76,11 @@ class Model:
         return self._engine
 
     @property
+    def engine_name(self) -> str:
+        """The engine that runs the model: `cpu`, `cuda` or `reference` (`auto` resolved)."""
+        return self.engine.name
+
+    @property
     def binding(self):
         from netlang.train.loop import bind
         cached = getattr(self, "_binding", None)
@@ -106,6 +115,8 @@ class Model:
         elif device == "cuda":   # fail now, not at the first use, when there is no GPU
             from netlang.runtime.cuda import cuda_module
             cuda_module()
+        else:   # an unknown device fails now too
+            check_device(device)
         self.device = device
         return self
 
@@ -191,14 +202,21 @@ class Model:
     def evaluate(self, x=None, y=None, *, data=None, split: str = "test", batch_size: int = 256,
                  limit=None, top_k=(5,)) -> dict:
         """Loss and metrics of the current weights: {"loss", "accuracy", "top_5",
-        "confusion" (a list of rows: true class, columns: predicted), "examples"}.
+        "confusion" (a list of rows: true class, columns: predicted), "examples", "heads"}.
 
-        Arrays `x`, `y`, or `data=` a set name/path (its `split`: "test" or "train").
+        "loss" is the train section's weighted sum of the losses; accuracy, top-k and the
+        confusion matrix read the first classifying head; "heads" holds every loss's own
+        figures by head name (the output it reads): {"op", "target", "weight", "loss", and
+        "accuracy" for a head that reads classes, or "mse" for one that predicts values};
+        for a text set (`text:PATH`), "bpc": the loss in bits per character.
+        Arrays `x`, `y` (dicts for several inputs), or `data=` a set name/path or data set
+        (its `split`: "test" or "train").
         """
         from netlang.train.loop import evaluate, prepare_data
         from netlang.train.metrics import top_k_values
         if x is not None and (isinstance(x, str) or hasattr(x, "x_train")):
             data, x = x, None
+        per_character = False   # a text set's loss, reported in bits per character too
         if x is not None:
             arrays = self._arrays(x, y, what="evaluation data")
         else:
@@ -206,11 +224,14 @@ class Model:
             if spec is None:
                 raise ValueError("evaluate needs arrays x, y or data=")
             prepared = prepare_data(spec, self.binding, self.train_config, limit=limit)
-            arrays = _split_of(prepared, split)
+            arrays = split_of(prepared, split)
+            per_character = prepared.per_character
         ks = sorted(set(top_k) | set(top_k_values(self.train_config.metrics)))
         if self.binding.head is not None:
             ks = [k for k in ks if k < self.binding.head.num_classes]
-        return evaluate(self.engine, self.binding, arrays, batch_size, top_k=ks, confusion=True)
+        result = evaluate(self.engine, self.binding, arrays, batch_size, top_k=ks,
+                          confusion=True, per_head=True)
+        return with_bits_per_character(result) if per_character else result
 
     def predict(self, x, *, batch_size: int = 256):
         """Class probabilities, shape (examples, classes), for a model with a classification
@@ -225,7 +246,6 @@ class Model:
         class, or of class `target` (an index, or one per example).  `x` is a batch for the
         data input, or a dict {input name: batch} (then a dict of gradients comes back).
         Evaluation mode; the weights do not change.  See netlang/saliency.py."""
-        from netlang.saliency import saliency
         arrays = self._arrays(x, what="saliency input")
         gradients = saliency(self.engine, self.graph, arrays, target).gradients
         return gradients if isinstance(x, dict) else gradients[self.binding.data_input]
@@ -246,14 +266,14 @@ class Model:
         """Seconds per batch of the forward pass and the training step on random inputs,
         as `netlang bench --json` prints them (see netlang/bench.py).  A fresh engine runs
         them: the model's weights do not change."""
-        from netlang.bench import bench
         return bench(self.graph, batch=batch, steps=steps, device=device or self.device,
                      dtype=dtype, seed=seed, path=self.path)
 
     def save(self, path) -> str:
         """Write the weights: `path` ending in .safetensors is the file; any other path is a
-        directory that gets weights.safetensors and run.json (so `netlang.load(dir)` works)."""
-        from netlang.train.loop import FINAL_WEIGHTS, write_run
+        directory that gets weights.safetensors, run.json and the model's source (so
+        `netlang.load(dir)` works, also for a model compiled from a string)."""
+        from netlang.train.run_dir import FINAL_WEIGHTS, save_source, write_run
         from netlang.weights import save_weights
         path = os.fspath(path)
         meta = {"model": self._model_ref()}
@@ -264,6 +284,7 @@ class Model:
         target = os.path.join(path, FINAL_WEIGHTS)
         save_weights(target, self.engine.params, meta, source_hash=self.source_hash)
         write_run(path, {"model": self._model_ref(), "source_hash": self.source_hash})
+        save_source(path, self.graph)
         return target
 
     def load_weights(self, path, *, force: bool = False, strict: bool = True):
@@ -312,7 +333,9 @@ def compile(source_or_path, *, path: str | None = None) -> Model:
     return Model(graph, name)
 
 
-def _split_of(prepared, split: str) -> dict:
+def split_of(prepared, split: str) -> dict:
+    """The arrays of one split ("test", "train" or "val") of prepared data; a UsageError
+    names a split the data does not have (`netlang eval --split` reads it too)."""
     from netlang.errors import UsageError
     table = {"test": prepared.test, "train": prepared.train, "val": prepared.val}
     if split not in table:
@@ -328,14 +351,15 @@ def load(path, *, weights=None, force: bool = False, strict: bool = True,
     """A compiled model with trained weights.
 
     - `load("run/")` or `load("model.safetensors")`: the model recorded when the run or
-      file was saved (its .net path), with those weights;
+      file was saved (its .net path, or for a model compiled from a string the source saved
+      in the run directory), with those weights;
     - `load("model.net", weights="run/")`: this model, with the weights of a run directory
       or .safetensors file.
 
     Weights saved from a different model source are refused unless `force=True`.
     """
     from netlang.errors import UsageError, WeightsError
-    from netlang.train.loop import read_run
+    from netlang.train.run_dir import read_run, saved_source
     from netlang.weights import find_weights, read_header
     path = os.fspath(path)
     if weights is None:
@@ -349,13 +373,18 @@ def load(path, *, weights=None, force: bool = False, strict: bool = True,
         if model_path is None:
             _, metadata = read_header(find_weights(path))
             model_path = metadata.get("model")
-        if not model_path or model_path.startswith("<"):
+        from_string = not model_path or model_path.startswith("<")
+        source = saved_source(path) if from_string and os.path.isdir(path) else None
+        if source is not None:   # a model compiled from a string: its source was saved
+            model = compile(source, path=model_path or None)
+        elif from_string:
             raise WeightsError(f"{path}: does not record which .net file it belongs to; use "
                                f"netlang.load(model_path, weights={path!r})")
-        if not os.path.exists(model_path):
+        elif not os.path.exists(model_path):
             raise WeightsError(f"{path}: was trained from {model_path}, which no longer exists; "
                                f"use netlang.load(model_path, weights={path!r})")
-        model = compile(model_path)
+        else:
+            model = compile(model_path)
     else:
         model = compile(path)
     model.device = device

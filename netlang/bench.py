@@ -1,4 +1,5 @@
-"""`netlang bench`: how long one batch takes through a model, forward and in training.
+"""How long one batch takes through a model, forward and in training (`Model.bench`; the
+`netlang bench` command prints it, netlang/cli/bench.py).
 
 Any model runs on random inputs of its own shapes: float inputs (images, float loss
 targets) uniform in [0, 1), integer inputs in the range their consumers accept (class
@@ -18,6 +19,7 @@ import time
 import numpy as np
 
 from netlang.errors import UsageError
+from netlang.ops import get_op
 
 DTYPES = ("float32", "float64")
 DEFAULT_STEPS = 10
@@ -37,17 +39,15 @@ def random_feeds(graph, batch: int, dtype, rng: np.random.Generator) -> dict:
 
 
 def _integer_range(graph, node) -> int:
-    """How many values an integer input may take: the tightest bound among its consumers."""
-    from netlang.train.metrics import CLASS_SCORE_LOSSES
+    """How many values an integer input may take: the tightest bound among its consumers
+    (each op says, by its `integer_bound`, how many values its integer operands take)."""
     bounds = []
     for user in graph.successors(node):
-        data = graph.nodes[user]
-        if data["op"] == "embedding":
-            bounds.append(int(data["attrs"]["vocab"]))
-        elif data["op"] in CLASS_SCORE_LOSSES and graph.operands(user)[1] == node:
-            bounds.append(int(graph.type_of(graph.operands(user)[0]).shape[-1]))
-        else:  # a binary label (a single sigmoid unit), or a use we cannot read: 0 or 1
-            bounds.append(2)
+        rule, operands = get_op(graph.op(user)).integer_bound, graph.operands(user)
+        bound = None if rule is None else rule(operands.index(node), graph.nodes[user]["attrs"],
+                                               [graph.type_of(o) for o in operands])
+        # None: a binary label (a single sigmoid unit), or a use we cannot read: 0 or 1
+        bounds.append(2 if bound is None else int(bound))
     return max(1, min(bounds, default=2))
 
 
@@ -95,72 +95,3 @@ def bench(graph, *, batch: int | None = None, steps: int = DEFAULT_STEPS, device
         if timing is not None:
             timing["samples_per_s"] = batch / timing["median_s"]
     return result
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} µs"
-
-
-def _rate(per_second: float) -> str:
-    # Whole numbers with separators, but three significant digits for slow models.
-    return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.3g}"
-
-
-def format_report(result: dict) -> str:
-    """The table `netlang bench` prints."""
-    title = result["model"] or "model"
-    lines = [f"{title}: batch {result['batch']}, {result['dtype']}, {result['engine']} engine; "
-             f"median and min of {result['steps']} steps after a warm-up step (compile)",
-             f"{'':<12}{'warm-up':>10}{'median':>12}{'min':>12}{'samples/s':>12}"]
-    for label, key in (("forward", "forward"), ("train step", "train_step")):
-        timing = result[key]
-        if timing is None:
-            lines.append(f"{label:<12}no train section: forward only")
-            continue
-        lines.append(f"{label:<12}{_duration(timing['warmup_s']):>10}"
-                     f"{_duration(timing['median_s']):>12}{_duration(timing['min_s']):>12}"
-                     f"{_rate(timing['samples_per_s']):>12}")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# The command line (registered by netlang.cli)
-
-
-def add_command(sub) -> None:
-    from netlang.train.commands import DEVICES, positive_int
-    bench_parser = sub.add_parser(
-        "bench", help="time a model's forward pass and training step per batch",
-        description="Time one batch through a model on random inputs of its shapes: the "
-                    "forward (inference) pass and, when the model has a train section, the "
-                    "training step (forward, backward and update).  The first step of each "
-                    "compiles and is reported apart; then the median and minimum of --steps "
-                    "timed steps, and samples per second from the median.")
-    bench_parser.add_argument("file", help="the .net file")
-    bench_parser.add_argument("--batch", type=positive_int,
-                              help="examples per batch (default: the train section's "
-                                   "batch_size, else 32)")
-    bench_parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
-                              help=f"timed steps after the warm-up (default {DEFAULT_STEPS})")
-    bench_parser.add_argument("--device", default="cpu", choices=DEVICES,
-                              help="cpu (default; compiled with Numba) or reference (NumPy)")
-    bench_parser.add_argument("--dtype", default="float32", choices=DTYPES,
-                              help="floating-point width of weights and activations")
-    bench_parser.add_argument("--seed", type=int, default=0,
-                              help="seed of the weights and the random inputs")
-    bench_parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    bench_parser.set_defaults(run=cmd_bench)
-
-
-def cmd_bench(args) -> int:
-    import json
-    from netlang.train.commands import compile_model
-    model = compile_model(args.file)
-    result = bench(model.graph, batch=args.batch, steps=args.steps, device=args.device,
-                   dtype=args.dtype, seed=args.seed, path=args.file)
-    print(json.dumps(result) if args.json else format_report(result))
-    return 0

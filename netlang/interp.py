@@ -10,13 +10,14 @@ import dataclasses
 
 import numpy as np
 
-from netlang.errors import DataError
+from netlang.errors import DataError, UsageError
 from netlang.ir.graph import Graph
-from netlang.ops.registry import get_op
+from netlang.ops import get_op
 
 
 @dataclasses.dataclass
 class ExecContext:
+    """What an op's reference forward reads besides its operands, and what it leaves."""
     mode: str = "eval"  # "train": dropout active, batch statistics
     rng: np.random.Generator = dataclasses.field(default_factory=lambda: np.random.default_rng(0))
     dtype: type = np.float32
@@ -50,12 +51,14 @@ def execute(graph: Graph, feeds: dict, params: dict, targets, ctx: ExecContext |
         elif op == "param":
             values[node] = np.asarray(params[data["name"]], dtype=ctx.dtype)
         else:
-            rule = get_op(op).forward_rule
-            if rule is None:
-                raise NotImplementedError(f"op `{op}` has no reference forward yet")
             opdef = get_op(op)
+            if opdef.forward_rule is None:   # engines refuse such a graph before running it
+                raise UsageError(f"`{op}` (layer `{data['layer']}`) has no reference forward yet")
             inputs = [values[o] for o in data["inputs"]]
-            values[node] = rule(inputs, data["attrs"], ctx)
+            try:
+                values[node] = opdef.forward_rule(inputs, data["attrs"], ctx)
+            except DataError as problem:   # values the op cannot take (a length past the end)
+                raise DataError(f"`{op}` (layer `{data['layer']}`): {problem.message}") from None
             if ctx.mode == "train" and opdef.state_rule is not None:
                 for index, value in opdef.state_rule(inputs, data["attrs"], ctx).items():
                     ctx.state_updates[graph.nodes[data["inputs"][index]]["name"]] = value

@@ -1,4 +1,5 @@
-"""`netlang saliency`: which input values a class score is most sensitive to.
+"""Which input values a class score is most sensitive to (`Model.saliency`; the
+`netlang saliency` command draws it, netlang/cli/saliency.py).
 
 The saliency of an input is the gradient of one class score with respect to it
 (Simonyan, Vedaldi and Zisserman, 2013).  The score is the model's first output read
@@ -14,16 +15,14 @@ channels, scaled so that each map's largest value is white.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 
 from netlang.errors import UsageError
+from netlang.ops import get_op
 from netlang.train.image_grid import (GAP, as_picture, display_range, enlarge, image_grid,
                                       to_uint8)
 
-# An output computed by one of these is read before it: their input is the logit.
-SCORE_ACTIVATIONS = ("softmax", "log_softmax", "sigmoid")
 PICTURE_HEIGHT = 128  # small inputs are enlarged to about this many pixels per example
 
 
@@ -41,7 +40,7 @@ def score_node(graph) -> str:
     if not graph.graph["outputs"]:
         raise UsageError("this model has no output to explain")
     name, node = next(iter(graph.graph["outputs"].items()))
-    if graph.op(node) in SCORE_ACTIVATIONS:
+    if get_op(graph.op(node)).normalises_scores:  # softmax, sigmoid: their input is the logit
         node = graph.operands(node)[0]
         name = graph.nodes[node]["name"]
     shape = graph.type_of(node).shape
@@ -103,58 +102,3 @@ def saliency_picture(inputs, gradients, *, zoom: int | None = None) -> np.ndarra
     return image_grid([[enlarge(cell, zoom) for cell in row] for row in rows],
                       gap=max(GAP, zoom))  # the gap grows with the cells, to stay visible
 
-
-# ---------------------------------------------------------------------------------------------
-# The command line (registered by netlang.cli)
-
-
-def add_command(sub) -> None:
-    from netlang.train.commands import DEVICES, positive_int
-    parser = sub.add_parser(
-        "saliency", help="draw which input pixels the predicted class depends on",
-        description="Compute the gradient of a class score (the first output before its "
-                    "softmax: the logit) with respect to the input, and write a PNG with "
-                    "each example beside its saliency map (absolute gradient, maximum over "
-                    "channels, scaled to 0..255).")
-    parser.add_argument("file", help="the .net file")
-    parser.add_argument("input", help="an .npy array (one example or a batch) or a PNG image")
-    parser.add_argument("--weights", required=True, help="a run directory or .safetensors file")
-    parser.add_argument("-o", "--output", help="the PNG to write (default: "
-                                               "<input name>_saliency.png)")
-    parser.add_argument("--class", type=int, dest="target", metavar="K",
-                        help="explain class K instead of the top-scoring class")
-    parser.add_argument("--zoom", type=positive_int,
-                        help="enlarge each pixel to ZOOM×ZOOM (default: about "
-                             f"{PICTURE_HEIGHT} pixels per example)")
-    parser.add_argument("--force", action="store_true", help="use weights of a changed .net file")
-    parser.add_argument("--device", default="cpu", choices=DEVICES)
-    parser.set_defaults(run=cmd_saliency)
-
-
-def cmd_saliency(args) -> int:
-    from netlang.train.commands import load_model, saved_normalization, read_input
-    from netlang.train.png import write_png
-    model, _ = load_model(args)
-    binding = model.binding
-    if binding.data_input is None:
-        raise UsageError("this model has several data inputs; compute saliency from Python "
-                         "with a dict (Model.saliency)")
-    shape, _ = binding.inputs[binding.data_input]
-    x = read_input(args.input, shape)
-    feed = x
-    norm = saved_normalization(args.weights)
-    if norm is not None:  # the run standardized its inputs: so does the gradient's input
-        feed = (x - norm["mean"].reshape(shape)) / norm["std"].reshape(shape)
-    result = saliency(model.engine, model.graph, {binding.data_input: feed}, args.target)
-    gradient = result.gradients[binding.data_input]
-    if norm is not None:  # chain rule back to the raw input
-        gradient = gradient / norm["std"].reshape(shape)
-    output = Path(args.output or f"{Path(args.input).stem}_saliency.png")
-    if output.suffix.lower() != ".png":
-        raise UsageError(f"-o {output}: the saliency map is written as a PNG (end it in .png)")
-    write_png(output, saliency_picture(x, gradient, zoom=args.zoom))
-    for i, (cls, value) in enumerate(zip(result.classes, result.scores)):
-        where = f"example {i}: " if len(x) > 1 else ""
-        print(f"{where}class {int(cls)} (score {float(value):.4f} in `{result.score}`)")
-    print(f"wrote {output}")
-    return 0

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 
 from netlang.ir.graph import Graph
 from netlang.ir.types import format_shape
-from netlang.ops.registry import get_op
+from netlang.ops import get_op
 
 
 @dataclasses.dataclass
 class LayerRow:
+    """One layer of the summary: its output shape, own parameters and multiply-adds."""
+
     name: str
     op: str
     shape: tuple
@@ -21,6 +24,8 @@ class LayerRow:
 
 @dataclasses.dataclass
 class Summary:
+    """What `netlang check` and `model.summary()` show; prints as the table."""
+
     rows: list
     total_params: int
     trainable_params: int
@@ -31,7 +36,26 @@ class Summary:
     outputs: dict
     losses: list
 
+    def __str__(self) -> str:
+        return self.render()
+
+    def __repr__(self) -> str:
+        # A REPL shows the table, not a dump of the dataclass's fields.
+        return self.render()
+
+    def _repr_html_(self) -> str:
+        """The table as HTML, for notebooks."""
+        head = "".join(f"<th>{h}</th>" for h in ("Layer", "Op", "Output shape", "Params",
+                                                 "Mult-adds"))
+        body = "".join(
+            f"<tr><td>{html.escape(r.name)}</td><td>{html.escape(r.op)}</td>"
+            f"<td>{html.escape(format_shape(r.shape))}</td><td>{r.params:,}</td>"
+            f"<td>{r.macs:,}</td></tr>" for r in self.rows)
+        totals = "<br>".join(html.escape(line) for line in self._totals())
+        return f"<table><tr>{head}</tr>{body}</table><p>{totals}</p>"
+
     def to_json(self) -> dict:
+        """The summary as JSON-ready data (what `netlang check --json` prints)."""
         return {
             "layers": [{"name": r.name, "op": r.op, "shape": list(r.shape), "params": r.params,
                         "macs": r.macs, "inputs": r.inputs} for r in self.rows],
@@ -46,6 +70,7 @@ class Summary:
         }
 
     def render(self, title: str = "") -> str:
+        """The table `netlang check` prints: one row per layer, then the totals."""
         header = ("Layer", "Op", "Output shape", "Params", "Mult-adds")
         body = [(r.name, r.op, format_shape(r.shape), f"{r.params:,}", f"{r.macs:,}") for r in self.rows]
         widths = [max(len(str(row[i])) for row in [header] + body) for i in range(5)]
@@ -60,19 +85,24 @@ class Summary:
         out += [rule, line(header), rule]
         out += [line(row) for row in body]
         out.append(rule)
-        out.append(f"Total params: {self.total_params:,}")
-        out.append(f"Trainable params: {self.trainable_params:,}")
-        out.append(f"Non-trainable params: {self.non_trainable_params:,}")
-        if self.buffers:
-            out.append(f"Buffers (running statistics): {self.buffers:,}")
-        out.append(f"Mult-adds per example: {self.total_macs:,}")
-        out.append("Outputs: " + ", ".join(f"{k} {format_shape(v)}" for k, v in self.outputs.items()))
-        if self.losses:
-            out.append("Losses: " + " + ".join(self.losses))
+        out += self._totals()
         return "\n".join(out)
+
+    def _totals(self) -> list[str]:
+        lines = [f"Total params: {self.total_params:,}",
+                 f"Trainable params: {self.trainable_params:,}",
+                 f"Non-trainable params: {self.non_trainable_params:,}"]
+        if self.buffers:
+            lines.append(f"Buffers (running statistics): {self.buffers:,}")
+        lines.append(f"Mult-adds per example: {self.total_macs:,}")
+        lines.append("Outputs: " + ", ".join(f"{k} {format_shape(v)}" for k, v in self.outputs.items()))
+        if self.losses:
+            lines.append("Losses: " + " + ".join(self.losses))
+        return lines
 
 
 def summarize(graph: Graph) -> Summary:
+    """The summary of a lowered graph: one row per layer and input, in execution order."""
     frozen = set(graph.graph["train"].freeze) if graph.graph.get("train") else set()
     rows = []
     param_nodes = graph.parameters()

@@ -1,7 +1,15 @@
-"""Settings shared by the whole suite, applied before any test imports netlang's back ends."""
+"""Settings shared by the whole suite, applied before any test imports netlang's back ends;
+the CUDA passes' sizes and skips, the real MNIST files, and the random batches tests feed."""
 
+import functools
 import os
+import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
+
+from netlang.data.mnist import FILES, find_file, search_dirs   # no back end: Numba comes later
 
 # Every pass's output is verified in tests (a broken invariant fails where it broke).
 os.environ.setdefault("NETLANG_VERIFY", "1")
@@ -11,26 +19,65 @@ os.environ.setdefault("NETLANG_VERIFY", "1")
 # tests/test_cpu_engine.py's worker tests split batches among several explicitly.
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
-# Real MNIST, where the checkout has shared/ beside it (CI does); tests that need it skip otherwise.
+# Real MNIST: where NETLANG_DATA points, else in shared/ beside the checkout (CI has it there),
+# else in the download cache, as netlang's loader looks.  The directories are read now, before
+# any test changes the environment (tests/test_data.py hides NETLANG_DATA from its tests).
 _shared = Path(__file__).resolve().parents[2] / "shared" / "data"
 if _shared.is_dir():
     os.environ.setdefault("NETLANG_DATA", str(_shared))
+_MNIST_SEARCH = search_dirs()
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The directory holding the four real MNIST files, the first of the loader's directories
+    that has them all; the test skips, naming where it looked, when none has."""
+    for directory in _MNIST_SEARCH:
+        if all(find_file(stem, [directory]) for stem in FILES):
+            return directory
+    pytest.skip(f"real MNIST files not found in {', '.join(map(str, _MNIST_SEARCH))} "
+                f"(set NETLANG_DATA to the folder holding mnist/)")
 
 
 # ---- the CUDA back end -----------------------------------------------------------------------
-# tests/test_cuda.py runs twice: in the main pass (a GPU, if there is one; otherwise only the
-# tests that need none), and again under Numba's CUDA simulator in its own process, since
-# NUMBA_ENABLE_CUDASIM must be set before Numba is imported:
-#     NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda.py
+# tests/test_cuda.py and tests/test_conformance.py run twice: in the main pass (a GPU, if there
+# is one; otherwise only the tests that need none), and again under Numba's CUDA simulator in
+# its own process, since NUMBA_ENABLE_CUDASIM must be set before Numba is imported:
+#     NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda.py tests/test_conformance.py
 # The simulator runs every GPU thread as a Python thread: the sizes below shrink its work, and
 # a short switch interval keeps its threads from waiting out the default 5 ms slices.
-import sys  # noqa: E402
-
-import pytest  # noqa: E402
 
 CUDA_SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0")
 if CUDA_SIMULATOR:
     sys.setswitchinterval(1e-4)
+
+
+@functools.cache
+def cuda_runs() -> bool:
+    """Whether CUDA kernels run here: under the simulator, or on a GPU."""
+    if CUDA_SIMULATOR:
+        return True
+    try:
+        from numba import cuda   # only when asked: the settings above come before Numba
+        return cuda.is_available()
+    except Exception:   # no numba-cuda, no driver: no GPU, whatever the reason
+        return False
+
+
+def skip_without_cuda():
+    """The skip mark of a test that launches CUDA kernels."""
+    return pytest.mark.skipif(not cuda_runs(), reason="no CUDA GPU here; the simulator pass "
+                              "(NUMBA_ENABLE_CUDASIM=1, see tests/conftest.py) runs these kernels")
+
+
+def engines(*names):
+    """`names` as parameters of a test run by each engine, each skipped where it does not run:
+    the cuda cases where CUDA kernels cannot run, the others in the simulator's pass (the main
+    pass runs them; the simulator would only repeat them, slower)."""
+    in_main_pass = pytest.mark.skipif(CUDA_SIMULATOR, reason="run in the main pass; the "
+                                      "simulator pass runs only the cuda cases")
+    return [pytest.param(name, id=name, marks=skip_without_cuda() if name == "cuda" else in_main_pass)
+            for name in names]
 
 
 class CudaSizes:
@@ -46,19 +93,20 @@ class CudaSizes:
 
 
 def pytest_configure(config):
-    if CUDA_SIMULATOR:   # the simulator's NumPy uint64 scalars warn where the device wraps
+    """Under the simulator, its NumPy uint64 scalars warn where the device wraps silently."""
+    if CUDA_SIMULATOR:
         config.addinivalue_line("filterwarnings",
                                 "ignore:overflow encountered in scalar:RuntimeWarning")
 
 
 @pytest.fixture(scope="session")
 def cuda_sizes():
+    """The CUDA tests' sizes for this pass (`CudaSizes`)."""
     return CudaSizes(CUDA_SIMULATOR)
 
 
 def random_batch(graph, n, seed, classes=3):
     """A batch for every input of a model: standard normal floats, integers below `classes`."""
-    import numpy as np
     rng = np.random.default_rng(seed)
     feeds = {}
     for name, node in graph.graph["inputs"].items():

@@ -69,7 +69,9 @@ def test_train_eval_predict_xor(tmp_path, capsys):
                             out, "--device", "reference", "--log-every", "100")
     assert code == 0, err
     lines = stdout.splitlines()
-    assert lines[0].startswith("epoch   1/400  loss ")  # plain lines: not a terminal
+    assert lines[0] == "training xor.net on the reference engine"   # the engine used
+    assert lines[1].startswith("epoch   1/400  loss ")  # plain lines: not a terminal
+    assert json.loads((out / "run.json").read_text())["engine"] == "reference"
     assert [line.split()[1] for line in lines if line.startswith("epoch")] == \
         ["1/400", "100/400", "200/400", "300/400", "400/400"]
     assert "test: loss" in stdout and "accuracy 1.0000" in stdout

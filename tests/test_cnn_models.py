@@ -58,6 +58,7 @@ def test_lenet5_trains_on_the_reference_engine():
     assert logits.shape == (16, 10) and logits.dtype == np.float32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["alexnet", "resnet18", "googlenet"])
 def test_example_cnn_forward_and_backward(name):
     model = netlang.compile(EXAMPLES / f"{name}.net")
@@ -75,6 +76,7 @@ def test_example_cnn_forward_and_backward(name):
     assert np.abs(grads[first]).max() > 0, first
 
 
+@pytest.mark.slow
 def test_vgg16_forward_and_backward_graph():
     model = netlang.compile(EXAMPLES / "vgg16.net")
     engine = ReferenceEngine(model.graph, params=quick_params(model.graph), dtype=np.float32)

@@ -1,4 +1,9 @@
-"""The Numba CPU engine against the NumPy reference engine, step for step."""
+"""The Numba CPU engine's own: fusion, buffers, the kernel cache, worker threads, the refusal of
+ops it has no kernel for, and whole convolutional models against the reference engine.
+
+Each op's kernels, forward and backward, and the training steps of every optimiser are held
+against the reference engine by tests/test_conformance.py.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,13 @@ import pytest
 
 import netlang
 from conftest import random_batch
+from netlang.errors import UsageError
 from netlang.interp import needed_nodes
-from netlang.ops.registry import all_ops
 from netlang.passes.autodiff import differentiate
 from netlang.passes.fusion import plan_fusion
 from netlang.passes.memory import plan_buffers
 from netlang.passes.training import training_graph
+from netlang.pipeline import training_program
 from netlang.runtime.cpu import CpuEngine
 from netlang.runtime.reference import ReferenceEngine
 
@@ -46,37 +52,6 @@ def _assert_same_params(a, b, rtol=2e-5, atol=2e-6):
         np.testing.assert_allclose(a[name], b[name], rtol=rtol, atol=atol, err_msg=name)
 
 
-@pytest.mark.parametrize("optimizer,regularizer,extra", [
-    ("sgd(lr = 0.1)", "l1(1e-3)", ""),
-    # No penalty or clipping: the weight gradients' products perform the update themselves.
-    ("sgd(lr = 0.1)", "l2(0.0)", ""),
-    ("sgd(lr = 0.1, momentum = 0.9, dampening = 0.1)", "l2(0.0)", ""),
-    ("sgd(lr = 0.1, momentum = 0.9, nesterov = true, weight_decay = 1e-3)", "l2(1e-3)", "clip_norm 0.5"),
-    ("adam(lr = 0.01)", "elastic_net(l1 = 1e-4, l2 = 1e-3)", ""),
-    ("adamw(lr = 0.01)", "l2(0.0)", "clip_norm 1.0"),
-    ("adagrad(lr = 0.1)", "l2(1e-4)", ""),
-    ("rmsprop(lr = 0.001)", "l2(1e-4)", ""),
-])
-def test_training_steps_match_reference(optimizer, regularizer, extra):
-    model = netlang.compile(MODEL % (optimizer, regularizer, extra))
-    reference = ReferenceEngine(model.graph, seed=4)
-    compiled = CpuEngine(model.graph, seed=4)
-    _assert_same_params(reference.params, compiled.params, rtol=0, atol=0)
-    for step in range(4):
-        feeds = _batch(step)
-        loss_ref, out_ref = reference.train_step(feeds, 0.05)
-        loss_cpu, out_cpu = compiled.train_step(feeds, 0.05)
-        assert loss_cpu == pytest.approx(loss_ref, rel=1e-5)
-        np.testing.assert_allclose(out_cpu["z"], out_ref["z"], rtol=1e-4, atol=1e-5)
-    # The float32 bar (1e-4): RMSprop's first steps move every weight by about lr·10 whatever
-    # its gradient's size, so a tiny gradient's rounding (which differs between BLAS kernels:
-    # AMD's and Intel's builds of OpenBLAS differ by 6e-5 here after four steps) shows.
-    _assert_same_params(reference.params, compiled.params, rtol=1e-4, atol=1e-5)
-    for key in reference.optimizer.state:
-        np.testing.assert_allclose(compiled.optimizer.state[key], reference.optimizer.state[key],
-                                   rtol=1e-4, atol=1e-6, err_msg=key)
-
-
 def test_plain_and_momentum_sgd_update_inside_the_weight_gradient_product(tmp_path, monkeypatch):
     monkeypatch.setenv("NETLANG_CACHE", str(tmp_path))
     for optimizer in ("sgd(lr = 0.1)", "sgd(lr = 0.1, momentum = 0.9)"):
@@ -85,39 +60,6 @@ def test_plain_and_momentum_sgd_update_inside_the_weight_gradient_product(tmp_pa
     sources = [open(p, encoding="utf-8").read() for p in glob.glob(str(tmp_path / "nl_*.py"))]
     fused = [s.count("gemm32(True, False") for s in sources]
     assert sorted(fused) == [8, 8]  # 4 dense weights, each with a step-1 and a later-step call
-
-
-def test_gradients_forward_and_loss_match_reference():
-    model = netlang.compile(MODEL % ("sgd", "l2(0.0)", ""))
-    reference = ReferenceEngine(model.graph, seed=1)
-    compiled = CpuEngine(model.graph, seed=1)
-    feeds = _batch(7, n=5)  # an odd batch size: buffers are planned per batch size
-    loss_ref, grads_ref, _ = reference.gradients(feeds)
-    loss_cpu, grads_cpu, _ = compiled.gradients(feeds)
-    assert loss_cpu == pytest.approx(loss_ref, rel=1e-5)
-    for name in grads_ref:
-        np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(compiled.forward({"x": feeds["x"]})["z"],
-                               reference.forward({"x": feeds["x"]})["z"], rtol=1e-5, atol=1e-6)
-    assert compiled.loss(feeds) == pytest.approx(reference.loss(feeds), rel=1e-5)
-
-
-def test_dropout_masks_and_tied_weights_match_reference():
-    model = netlang.compile("""
-        input image: [4, 4, 1]
-        code = image -> flatten -> dense(6) as encoder -> sigmoid -> dropout(0.5)
-        output recon = code -> dense(16, tie = encoder) -> sigmoid -> reshape((4, 4, 1))
-        train { loss binary_cross_entropy(recon, image)  optimizer sgd(lr = 0.5, momentum = 0.5) }
-    """)
-    reference = ReferenceEngine(model.graph, seed=2)
-    compiled = CpuEngine(model.graph, seed=2)
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        feeds = {"image": rng.random((8, 4, 4, 1), dtype=np.float32)}
-        loss_ref, _ = reference.train_step(feeds, 0.5)
-        loss_cpu, _ = compiled.train_step(feeds, 0.5)
-        assert loss_cpu == pytest.approx(loss_ref, rel=1e-5)
-    _assert_same_params(reference.params, compiled.params)
 
 
 def test_dense_bias_and_activation_are_fused_into_the_product():
@@ -204,83 +146,126 @@ def test_a_second_engine_reuses_the_compiled_kernels(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == files
 
 
-# Ops whose CPU kernels arrive with later issues; the reference engine runs them meanwhile.
-PENDING_CPU = {
-    "rnn", "lstm", "gru",
-}
+LRN_MODEL = """
+input x: [3, 3, 4]
+input y: int32[]
+output z = x -> conv2d(4, 1) -> lrn(3) as norm -> flatten -> dense(2)
+train { loss cross_entropy(z, y) }
+"""
 
 
-def test_every_trainable_op_has_a_cpu_kernel_or_is_listed_pending():
-    missing = []
-    for name, op in all_ops().items():
-        if name in ("input", "param", "dropout_mask"):
-            continue
-        has_kernel = op.cpu_view or op.cpu_expr is not None or op.cpu_kernel is not None
-        if not has_kernel and name not in PENDING_CPU:
-            missing.append(name)
-        if has_kernel and name in PENDING_CPU:
-            missing.append(f"{name} (has a kernel: remove it from PENDING_CPU)")
-    assert not missing, missing
-
-
-def test_models_with_pending_ops_fall_back_to_the_reference_engine():
+def test_an_op_without_a_cpu_kernel_is_refused_in_one_line_never_run_elsewhere(monkeypatch):
+    from netlang.ops import get_op
     from netlang.runtime import make_engine
-    model = netlang.compile("""
-        input x: [5, 3]
-        input y: int32[]
-        output z = x -> rnn(4) -> dense(3)
-        train { loss cross_entropy(z, y) }
-    """)
-    assert make_engine(model.graph).name == "reference"
-    plain = netlang.compile(MODEL % ("sgd", "l2(0.0)", ""))
-    assert make_engine(plain.graph).name == "cpu"
+    model = netlang.compile(LRN_MODEL)
+    assert make_engine(model.graph).name == "cpu"
     # Convolutions, pooling and batch norm have CPU kernels.
     cnn = netlang.compile(os.path.join(os.path.dirname(__file__), "..", "examples", "lenet5.net"))
     assert make_engine(cnn.graph).name == "cpu"
+    monkeypatch.setattr(get_op("lrn"), "cpu_kernel", None)   # as an op added without one
+    with pytest.raises(UsageError) as info:
+        make_engine(model.graph)
+    message = str(info.value)
+    assert "`lrn` (layer `norm`) has no CPU kernel yet; engines that run it: reference" in message
+    assert message.endswith("use --device reference") and "\n" not in message
+    # The reference engine only when asked for.
+    assert make_engine(model.graph, device="reference").name == "reference"
+    assert netlang.compile(LRN_MODEL).to("reference").engine_name == "reference"
 
 
-def test_permute_maxout_and_hinge_loss_match_reference():
-    model = netlang.compile("""
-        input x: [2, 3, 4]
-        input y: int32[]
-        output z = x -> permute((2, 0, 1)) -> flatten -> dense(12) -> maxout(3) -> dense(3)
-        train { loss hinge(z, y, margin = 0.5)  optimizer sgd(lr = 0.1, momentum = 0.5) }
-    """)
-    reference, compiled = ReferenceEngine(model.graph, seed=3), CpuEngine(model.graph, seed=3)
-    rng = np.random.default_rng(1)
-    for _ in range(3):
-        feeds = {"x": rng.standard_normal((8, 2, 3, 4)).astype(np.float32),
-                 "y": rng.integers(0, 3, 8)}
-        loss_ref, _ = reference.train_step(feeds, 0.1)
-        loss_cpu, _ = compiled.train_step(feeds, 0.1)
-        assert loss_cpu == pytest.approx(loss_ref, rel=1e-5)
-    _assert_same_params(reference.params, compiled.params)
-    # The permuted input itself, checked through the input gradient too.
-    feeds = {"x": rng.standard_normal((4, 2, 3, 4)).astype(np.float32), "y": rng.integers(0, 3, 4)}
-    ref_grad = ReferenceEngine(model.graph, params=compiled.params, input_grads=("x",))
-    cpu_grad = CpuEngine(model.graph, params=compiled.params, input_grads=("x",))
-    loss_ref, grads_ref, _ = ref_grad.gradients(feeds)
-    loss_cpu, grads_cpu, _ = cpu_grad.gradients(feeds)
-    assert loss_cpu == pytest.approx(loss_ref, rel=1e-5)
-    for name in grads_ref:
-        np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-4, atol=1e-6,
-                                   err_msg=name)
+def test_a_backward_op_without_a_cpu_kernel_is_refused_when_training_starts(monkeypatch):
+    from netlang.ops import get_op
+    model = netlang.compile(LRN_MODEL)
+    monkeypatch.setattr(get_op("lrn_grad"), "cpu_kernel", None)
+    engine = CpuEngine(model.graph, seed=0)
+    feeds = random_batch(model.graph, 2, 0)
+    assert engine.forward(feeds)["z"].shape == (2, 2)   # the forward pass has its kernels
+    with pytest.raises(UsageError, match=r"`lrn_grad` \(layer `norm`\) has no CPU kernel yet; "
+                                         r"engines that run it: reference"):
+        engine.train_step(feeds, 0.1)
 
 
-def test_soft_cross_entropy_targets_match_reference():
-    model = netlang.compile("""
-        input x: [4]
-        input target: [3]
-        output z = x -> dense(3)
-        train { loss cross_entropy(z, target, label_smoothing = 0.1) }
-    """)
-    rng = np.random.default_rng(3)
-    feeds = {"x": rng.standard_normal((6, 4)).astype(np.float32),
-             "target": rng.random((6, 3)).astype(np.float32)}  # rows need not sum to one
-    _, grads_ref, _ = ReferenceEngine(model.graph, seed=0).gradients(feeds)
-    _, grads_cpu, _ = CpuEngine(model.graph, seed=0).gradients(feeds)
-    for name in grads_ref:
-        np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-4, atol=1e-6)
+RECURRENT = """
+input x: [5, 3]
+input y: int32[]
+output z = x -> rnn(4) as enc -> dense(3)
+train { loss cross_entropy(z, y) }
+"""
+
+
+def test_recurrent_layers_are_refused_in_one_line_naming_the_reference_engine():
+    from netlang.runtime import make_engine
+    model = netlang.compile(RECURRENT)
+    with pytest.raises(UsageError) as info:
+        make_engine(model.graph, device="cpu")
+    assert str(info.value) == ("error: `rnn` (layer `enc`) has no CPU kernel yet; engines that "
+                               "run it: reference — use --device reference")
+    assert make_engine(model.graph, device="reference").name == "reference"
+
+
+@pytest.mark.parametrize("command", [["bench", "--steps", "1"], ["predict", "x.npy"],
+                                     ["eval", "--data", "xor"]])
+def test_the_commands_refuse_a_model_with_an_lstm_in_one_line(tmp_path, capsys, command):
+    from netlang.cli import main
+    from netlang.ops.init import initialize
+    from netlang.weights import save_weights
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "char_lstm.net")
+    model = netlang.compile(path)
+    weights = tmp_path / "weights.safetensors"
+    save_weights(weights, initialize(model.graph, 0, np.float32), {},
+                 source_hash=model.source_hash)
+    np.save(tmp_path / "x.npy", np.zeros((1, 64), np.int64))
+    verb, *flags = command
+    flags = [str(tmp_path / flag) if flag.endswith(".npy") else flag for flag in flags]
+    extra = [] if verb == "bench" else ["--weights", str(weights)]
+    code = main([verb, path, *flags, *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert ("`lstm` (layer `lstm1`) has no CPU kernel yet; engines that run it: reference — "
+            "use --device reference") in err
+
+
+MODES = """
+input x: [6]
+input y: int32[]
+output z = x -> dense(8) -> batchnorm -> relu -> dropout(0.5) -> dense(8) -> dropout(0.25)
+    -> dense(3)
+train { loss cross_entropy(z, y) }
+"""
+
+
+def test_forward_and_gradients_follow_the_mode_as_the_reference_does():
+    model = netlang.compile(MODES)
+    reference, compiled = ReferenceEngine(model.graph, seed=5), CpuEngine(model.graph, seed=5)
+    compiled.params["batchnorm_1.running_var"][...] = 2.0   # running statistics not the batch's
+    reference.params["batchnorm_1.running_var"][...] = 2.0
+    feeds = _batch(3)
+    x = {"x": feeds["x"]}
+    before = {name: value.copy() for name, value in compiled.params.items()}
+    for _ in range(2):   # fresh masks at each call, drawn alike from the engines' generators
+        in_training = compiled.forward(x, "train")["z"]
+        np.testing.assert_allclose(in_training, reference.forward(x, "train")["z"],
+                                   rtol=1e-5, atol=1e-6)
+    evaluation = compiled.forward(x)["z"]
+    np.testing.assert_allclose(evaluation, reference.forward(x)["z"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(in_training, evaluation, atol=1e-3)
+    _assert_same_params(before, compiled.params, rtol=0, atol=0)   # a forward changes nothing
+    for mode in ("eval", "train"):
+        loss_ref, grads_ref, _ = reference.gradients(feeds, mode=mode)
+        loss_cpu, grads_cpu, _ = compiled.gradients(feeds, mode=mode)
+        assert loss_cpu == pytest.approx(loss_ref, rel=1e-5), mode
+        _assert_same_params(grads_ref, grads_cpu, rtol=1e-4, atol=1e-5)
+    for engine in (reference, compiled):
+        with pytest.raises(UsageError, match="unknown mode `bogus`"):
+            engine.forward(x, "bogus")
+        with pytest.raises(UsageError, match="unknown mode `bogus`"):
+            engine.gradients(feeds, mode="bogus")
+    # Through the API: the model's own engine, the CPU's, in training mode.
+    api_model = netlang.compile(MODES)
+    assert api_model.engine_name == "cpu"
+    assert api_model.forward(x, mode="train")["z"].shape == (16, 3)
+    with pytest.raises(UsageError, match="unknown mode `bogus`"):
+        api_model.forward(x, mode="bogus")
 
 
 # ---- convolutional networks ---------------------------------------------------------------------
@@ -295,29 +280,6 @@ output logits = image
   -> conv2d(6, 3) as conv2 -> relu -> maxpool(2)
   -> flatten -> dense(3) as fc
 train { loss cross_entropy(logits, label)  optimizer sgd(lr = 0.05, momentum = 0.9) }
-"""
-
-# Strided, dilated, depthwise, grouped (1×1 and 3×2) convolutions with `same` padding; LRN;
-# average pooling with padding, ceil mode and count_include_pad false, overlapping max pooling
-# with padding, global average pooling.
-CONV_ZOO = """
-input image: [9, 9, 4]
-input label: int32[]
-a = image -> conv2d(6, 3, stride = 2, padding = same) as strided -> relu
-b = image -> conv2d(4, 3, dilation = 2, padding = same) as dilated -> tanh
-  -> conv2d(4, 3, groups = 4, padding = same) as depthwise -> relu
-  -> conv2d(6, 1, groups = 2) as grouped1x1
-  -> conv2d(6, (3, 2), stride = (2, 1), groups = 3, padding = same) as grouped
-  -> lrn(size = 3, alpha = 0.1, beta = 0.75, k = 1) as norm
-c = image -> conv2d(4, 1) as pointwise
-  -> avgpool(3, stride = 2, padding = 1, ceil_mode = true, count_include_pad = false) as avg
-  -> maxpool(2, stride = 1, padding = 1) as mp
-  -> avgpool(2, ceil_mode = true) as avg2
-ga = a -> global_avgpool
-bf = b -> flatten
-cf = c -> flatten
-output logits = (ga, bf, cf) -> concat -> dense(3) as fc
-train { loss cross_entropy(logits, label)  optimizer adam(lr = 0.01) }
 """
 
 RESIDUAL_BN = """
@@ -395,15 +357,6 @@ def test_lenet_like_cnn_matches_reference():
     _same_forward(model, reference, compiled, feeds)
 
 
-def test_strided_dilated_grouped_convolutions_pooling_and_lrn_match_reference():
-    # Gradients with respect to the image too, so every convolution computes its input
-    # gradient (col2im).  (One program: training steps with Adam are the autoencoder's test.)
-    model = netlang.compile(CONV_ZOO)
-    reference = ReferenceEngine(model.graph, seed=3, input_grads=("image",))
-    compiled = CpuEngine(model.graph, seed=3, input_grads=("image",))
-    _same_gradients(model, reference, compiled, random_batch(model.graph, 4, 9))
-
-
 def test_residual_batchnorm_running_statistics_and_eval_mode_match_reference():
     model, reference, compiled = _train_both(RESIDUAL_BN)
     running = [n for n in reference.params if n.endswith(("running_mean", "running_var"))]
@@ -478,35 +431,53 @@ def test_evaluation_folds_batch_norm_into_the_product_before_it():
     assert ops.count("batchnorm_fold_weight") == 2 and ops.count("batchnorm") == 1
 
 
+# Every form a convolution's kernels take, in one model: planar (an image of one channel, stride
+# 1), direct (1×1), depthwise, grouped, strided and dilated (im2col), transposed with its input
+# gradient a convolution (`up`: output_padding within the padding) or a cropped one
+# (`up_cropped`: conv_transpose2d_grad_input).
+WORKER_CONVS = """
+input image: [7, 7, 1]
+input label: int32[]
+a = image -> conv2d(4, 3, padding = 1) as planar -> relu
+b = a -> conv2d(4, 1) as direct -> conv2d(4, 3, groups = 4, padding = same) as depthwise
+  -> conv2d(6, (3, 2), stride = 2, dilation = 2, groups = 2, padding = same) as grouped -> tanh
+c = b -> conv_transpose2d(3, 3, stride = 2, padding = 1, output_padding = 1) as up -> relu
+  -> conv_transpose2d(2, 2, stride = 2, output_padding = 1) as up_cropped
+output logits = c -> flatten -> dense(3) as fc
+train { loss cross_entropy(logits, label) }
+"""
+
+
 @pytest.mark.parametrize("workers", [1, 3])
 def test_convolutions_split_among_workers_match_reference(monkeypatch, workers):
     # The batch split into runs of examples, one per worker thread: uneven (5 among 3), and
-    # with a worker left no example (2 among 3).  Planar (image with one channel), im2col,
-    # strided, dilated, grouped and transposed convolutions, their input and weight gradients.
-    # float64: the order of the weight gradients' partial sums is the only difference left.
+    # with a worker left no example (2 among 3).  Every form of convolution (WORKER_CONVS), its
+    # input gradient (the image's too) and its weight gradient.  float64: the order of the
+    # weight gradients' partial sums is the only difference left.
     import netlang.runtime.cpu as cpu
     monkeypatch.setattr(cpu, "cpu_workers", lambda: workers)
-    for source in (LENET_LIKE, CONV_ZOO, CONV_AUTOENCODER):
-        model = netlang.compile(source)
-        image = ("image",) if source is CONV_ZOO else ()
-        reference = ReferenceEngine(model.graph, seed=3, dtype=np.float64, input_grads=image)
-        compiled = CpuEngine(model.graph, seed=3, dtype=np.float64, input_grads=image)
-        for n in (5, 2):
-            feeds = random_batch(model.graph, n, n)
-            loss_ref, grads_ref, _ = reference.gradients(feeds)
-            loss_cpu, grads_cpu, _ = compiled.gradients(feeds)
-            assert loss_cpu == pytest.approx(loss_ref, rel=1e-12)
-            _, again, _ = compiled.gradients(feeds)
-            for name in grads_ref:
-                np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-10,
-                                           atol=1e-12, err_msg=name)
-                np.testing.assert_array_equal(again[name], grads_cpu[name])   # reproducible
-        program = compiled._programs["gradients"]
-        assert program.workers == workers
-        # One worker: the serial step; several: each convolution a function of its own module.
-        parts = "".join(source for _, source in program.program.parts)
-        assert ("prange(3)" in parts) == (workers == 3)
-        assert "prange" not in program.program.source
+    model = netlang.compile(WORKER_CONVS)
+    training = training_program(model.graph, model.graph.parameters(), ("image",))
+    assert {"conv2d_grad_input", "conv_transpose2d_grad_input", "conv2d_grad_weight"} <= \
+        {training.graph.op(n) for n in training.order}
+    reference = ReferenceEngine(model.graph, seed=3, dtype=np.float64, input_grads=("image",))
+    compiled = CpuEngine(model.graph, seed=3, dtype=np.float64, input_grads=("image",))
+    for n in (5, 2):
+        feeds = random_batch(model.graph, n, n)
+        loss_ref, grads_ref, _ = reference.gradients(feeds)
+        loss_cpu, grads_cpu, _ = compiled.gradients(feeds)
+        assert loss_cpu == pytest.approx(loss_ref, rel=1e-12)
+        _, again, _ = compiled.gradients(feeds)
+        for name in grads_ref:
+            np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-10,
+                                       atol=1e-12, err_msg=name)
+            np.testing.assert_array_equal(again[name], grads_cpu[name])   # reproducible
+    program = compiled._programs["gradients"]
+    assert program.workers == workers
+    # One worker: the serial step; several: each convolution a function of its own module.
+    parts = "".join(source for _, source in program.program.parts)
+    assert ("prange(3)" in parts) == (workers == 3)
+    assert "prange" not in program.program.source
 
 
 def test_programs_share_the_modules_of_their_equal_worker_functions(monkeypatch):

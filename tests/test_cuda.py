@@ -1,9 +1,12 @@
-"""The CUDA engine against the CPU engine and the NumPy reference, step for step.
+"""What is the CUDA back end's own: tilings and blocks, trajectories against the CPU, uploads,
+device metrics, the generated source, PTX, the simulator's race, the no-GPU error.
 
-Run twice (see tests/conftest.py and docs/cuda.md): in the main pass the tests that need a GPU
-skip when there is none, and the rest (registry coverage, generated source, the no-GPU error,
-PTX compilation where a CUDA toolkit is installed) run; under NUMBA_ENABLE_CUDASIM=1 the
-simulator runs every generated kernel.
+Each op's kernels, forward and backward, and the training steps of every optimiser are held
+against the reference engine by tests/test_conformance.py, which runs its cuda cases in the
+same passes as this file.  Run twice (see tests/conftest.py and docs/cuda.md): in the main
+pass the tests that need a GPU skip when there is none, and the rest (generated source, the
+no-GPU error, PTX compilation where a CUDA toolkit is installed) run; under
+NUMBA_ENABLE_CUDASIM=1 the simulator runs every generated kernel.
 """
 
 from __future__ import annotations
@@ -21,44 +24,18 @@ import netlang
 from netlang.codegen.cuda import GPU, CudaUpdatePlan, render_program
 from netlang.codegen.cpu import ParamUpdate
 from netlang.interp import needed_nodes
-from netlang.ops.registry import all_ops
 from netlang.passes.autodiff import differentiate
 from netlang.passes.fusion import plan_fusion
 from netlang.passes.memory import plan_buffers
 from netlang.passes.training import training_graph
 
-from conftest import CUDA_SIMULATOR, random_batch
+from conftest import CUDA_SIMULATOR, cuda_runs, random_batch, skip_without_cuda
+from test_conformance import COMPOSITES, MODEL
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-
-def _cuda_runs() -> bool:
-    if CUDA_SIMULATOR:
-        return True
-    try:
-        from numba import cuda
-        return cuda.is_available()
-    except Exception:
-        return False
-
-
-needs_cuda = pytest.mark.skipif(not _cuda_runs(), reason="no CUDA GPU here; the simulator pass "
-                                "(NUMBA_ENABLE_CUDASIM=1) runs these kernels")
-
-MODEL = """
-input x: [6]
-input y: int32[]
-h = x -> dense(%(h)d) -> relu -> dense(%(h)d) -> tanh
-h2 = h -> dense(%(h)d) -> sigmoid
-output z = (h2 + h, h) -> concat -> dense(3)
-train {
-  loss cross_entropy(z, y) + 0.5 * squared_error(h2, y)
-  optimizer %(opt)s
-  regularize %(reg)s
-  %(extra)s
-}
-"""
+needs_cuda = skip_without_cuda()
 
 
 def _model(sizes, opt="sgd", reg="l2(0.0)", extra=""):
@@ -86,151 +63,9 @@ def _steps_match(reference, gpu, batches, output="z"):
         _close(gpu.params[name], reference.params[name], 2e-5, 2e-6, name)
 
 
-# ---- training steps, every optimiser ----------------------------------------------------------
+# ---- convolutions in blocks ------------------------------------------------------------------
 
-@needs_cuda
-@pytest.mark.parametrize("opt,reg,extra", [
-    ("sgd(lr = 0.1)", "l1(1e-3)", ""),
-    # No penalty or clipping: the weight gradients' products perform the update themselves.
-    ("sgd(lr = 0.1)", "l2(0.0)", ""),
-    ("sgd(lr = 0.1, momentum = 0.9, dampening = 0.1)", "l2(0.0)", ""),
-    ("sgd(lr = 0.1, momentum = 0.9, nesterov = true, weight_decay = 1e-3)", "l2(1e-3)",
-     "clip_norm 0.5"),
-    ("adam(lr = 0.01)", "elastic_net(l1 = 1e-4, l2 = 1e-3)", ""),
-    ("adamw(lr = 0.01)", "l2(0.0)", "clip_norm 1.0"),
-    ("adagrad(lr = 0.1)", "l2(1e-4)", ""),
-    ("rmsprop(lr = 0.001)", "l2(1e-4)", ""),
-])
-def test_training_steps_match_reference(cuda_sizes, opt, reg, extra):
-    # Against the reference only: the CPU engine's trajectories are compared below.
-    from netlang.runtime.cuda import CudaEngine
-    from netlang.runtime.reference import ReferenceEngine
-    model = _model(cuda_sizes, opt, reg, extra)
-    reference, gpu = ReferenceEngine(model.graph, seed=4), CudaEngine(model.graph, seed=4)
-    _steps_match(reference, gpu, [_batch(step, cuda_sizes.batch)
-                                  for step in range(cuda_sizes.steps)])
-    for key in reference.optimizer.state:   # the state, read back from the device
-        _close(gpu.optimizer.state[key], reference.optimizer.state[key], 1e-4, 1e-6, key)
-
-
-@needs_cuda
-def test_gradients_forward_and_loss_match_reference(cuda_sizes):
-    model = _model(cuda_sizes)
-    from netlang.runtime.cuda import CudaEngine
-    from netlang.runtime.reference import ReferenceEngine
-    reference, gpu = ReferenceEngine(model.graph, seed=1), CudaEngine(model.graph, seed=1)
-    feeds = _batch(7, cuda_sizes.batch + 2)   # another batch size: buffers are per batch size
-    loss_ref, grads_ref, _ = reference.gradients(feeds)
-    loss_gpu, grads_gpu, _ = gpu.gradients(feeds)
-    assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
-    for name in grads_ref:
-        _close(grads_gpu[name], grads_ref[name], 1e-4, 1e-6, name)
-    _close(gpu.forward({"x": feeds["x"]})["z"], reference.forward({"x": feeds["x"]})["z"],
-           1e-5, 1e-6, "forward")
-    assert gpu.loss(feeds) == pytest.approx(reference.loss(feeds), rel=1e-5)
-
-
-# ---- every op: forward and backward kernels ---------------------------------------------------
-# One tiny model per op (or family): the op's forward output and the gradients through its
-# backward kernel, against the reference, to a relative error of 1e-5 in float32.
-
-OP_MODELS = {
-    "activations": """
-        input x: [7]
-        input t: [7]
-        a = x -> dense(7) -> sigmoid
-        b = x -> dense(7) -> tanh
-        c = x -> dense(7) -> leaky_relu(0.1)
-        d = x -> dense(7) -> elu(0.5)
-        e = x -> dense(7) -> relu
-        f = x -> dense(7) -> identity
-        s = x -> dense(7) -> sign
-        h = x -> dense(7) -> threshold(0.2)
-        output y = (a * b + c, d + e + f, s + h) -> add
-        train { loss mse(y, t) }""",
-    "softmax": """
-        input x: [5]
-        input t: [4]
-        p = x -> dense(4) -> softmax
-        q = x -> dense(4) -> log_softmax
-        output y = p + q
-        train { loss squared_error(y, t) }""",
-    "cross_entropy_soft": """
-        input x: [5]
-        input t: [3]
-        output z = x -> dense(3)
-        train { loss cross_entropy(z, t, label_smoothing = 0.1) }""",
-    "cross_entropy_unpaired": """
-        input x: [5]
-        input y: int32[]
-        z = x -> dense(3) as a
-        output w = z -> relu -> dense(3)
-        train { loss cross_entropy(z, y) + cross_entropy(w, y, label_smoothing = 0.2) }""",
-    "bce": """
-        input x: [5]
-        input t: [3]
-        p = x -> dense(3) -> sigmoid
-        output q = x -> dense(3)
-        train { loss binary_cross_entropy(p, t) + binary_cross_entropy(q, t, logits = true) }""",
-    "maxout_permute_hinge": """
-        input x: [2, 3]
-        input y: int32[]
-        output z = x -> permute((1, 0)) -> flatten -> dense(6) -> maxout(2)
-        train { loss hinge(z, y, margin = 0.5) }""",
-    "tied_transpose_concat": """
-        input x: [6]
-        input t: [6]
-        code = x -> dense(4) as enc -> tanh
-        wide = (code, x) -> concat
-        output y = wide -> dense(4) -> dense(6, tie = enc) -> identity
-        train { loss mse(y, t) }""",
-    # Convolutions: padding, strides, dilation, groups, the direct (1×1) path, and pooling.
-    "conv_pool": """
-        input x: [6, 6, 2]
-        input t: [3]
-        a = x -> conv2d(3, 3, padding = 1) -> relu -> maxpool(2) -> flatten
-        b = x -> conv2d(4, (2, 3), stride = 2, padding = ((1, 0), (0, 1)), dilation = (1, 2),
-                        groups = 2) -> tanh -> flatten
-        c = x -> maxpool(3, stride = 2, padding = 1, ceil_mode = true) -> flatten
-        output y = (a, b, c) -> concat -> dense(3)
-        train { loss mse(y, t) }""",
-    "conv_transpose_avgpool": """
-        input x: [3, 3, 2]
-        input t: [3]
-        a = x -> conv2d(4, 1) -> relu -> conv2d(4, 1, groups = 2, bias = false)
-        b = a -> conv_transpose2d(2, 3, stride = 2, padding = 1, output_padding = 1) -> tanh
-        c = a -> conv_transpose2d(2, (2, 3), stride = 2, output_padding = 1, groups = 2)
-        d = b -> avgpool(2, padding = 1, count_include_pad = false) -> flatten
-        e = c -> avgpool(3, stride = 2, ceil_mode = true) -> flatten
-        f = a -> global_avgpool
-        output y = (d, e, f) -> concat -> dense(3)
-        train { loss mse(y, t) }""",
-}
-
-
-@needs_cuda
-@pytest.mark.parametrize("name", sorted(OP_MODELS))
-def test_every_op_forward_and_backward_kernel_matches_reference(cuda_sizes, name):
-    from netlang.runtime.cuda import CudaEngine
-    from netlang.runtime.reference import ReferenceEngine
-    model = netlang.compile(OP_MODELS[name])
-    float_inputs = [n for n, node in model.graph.graph["inputs"].items()
-                    if model.graph.type_of(node).is_float and n == "x"]
-    reference = ReferenceEngine(model.graph, seed=5, input_grads=float_inputs)
-    gpu = CudaEngine(model.graph, seed=5, input_grads=float_inputs)
-    feeds = random_batch(model.graph, cuda_sizes.image_batch if name.startswith("conv")
-                   else cuda_sizes.batch, 3)
-    if "t" in feeds:
-        feeds["t"] = np.abs(feeds["t"]) / (1 + np.abs(feeds["t"]))   # probabilities
-    inputs = {"x": feeds["x"]}
-    for out, value in reference.forward(inputs).items():
-        _close(gpu.forward(inputs)[out], value, 1e-5, 1e-6, out)
-    loss_ref, grads_ref, _ = reference.gradients(feeds)
-    loss_gpu, grads_gpu, _ = gpu.gradients(feeds)
-    assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
-    assert grads_gpu.keys() == grads_ref.keys()
-    for grad in grads_ref:
-        _close(grads_gpu[grad], grads_ref[grad], 1e-5, 1e-6, grad)
+CONV_POOL = next(case.source for case in COMPOSITES if case.id == "composite_conv_pool")
 
 
 @needs_cuda
@@ -242,7 +77,7 @@ def test_convolutions_in_many_blocks_match_reference(cuda_sizes, monkeypatch):
     from netlang.runtime.cuda import CudaEngine
     from netlang.runtime.reference import ReferenceEngine
     monkeypatch.setattr(conv_kernels, "CUDA_COLUMN_BUDGET", 100)
-    model = netlang.compile(OP_MODELS["conv_pool"])
+    model = netlang.compile(CONV_POOL)
     reference = ReferenceEngine(model.graph, seed=5, input_grads=["x"])
     gpu = CudaEngine(model.graph, seed=5, input_grads=["x"])
     feeds = random_batch(model.graph, 2, 4)   # batch 2 on a GPU too: the blocks are the point
@@ -251,28 +86,6 @@ def test_convolutions_in_many_blocks_match_reference(cuda_sizes, monkeypatch):
     assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
     for grad in grads_ref:
         _close(grads_gpu[grad], grads_ref[grad], 1e-5, 1e-6, grad)
-
-
-@needs_cuda
-def test_dropout_masks_and_tied_weights_match_reference():
-    from netlang.runtime.cuda import CudaEngine
-    from netlang.runtime.reference import ReferenceEngine
-    model = netlang.compile("""
-        input image: [4, 4, 1]
-        code = image -> flatten -> dense(6) as encoder -> sigmoid -> dropout(0.5)
-        output recon = code -> dense(16, tie = encoder) -> sigmoid -> reshape((4, 4, 1))
-        train { loss binary_cross_entropy(recon, image)  optimizer sgd(lr = 0.5, momentum = 0.5) }
-    """)
-    reference = ReferenceEngine(model.graph, seed=2)
-    gpu = CudaEngine(model.graph, seed=2)
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        feeds = {"image": rng.random((4, 4, 4, 1), dtype=np.float32)}
-        loss_ref, _ = reference.train_step(feeds, 0.5)
-        loss_gpu, _ = gpu.train_step(feeds, 0.5)
-        assert loss_gpu == pytest.approx(loss_ref, rel=1e-5)
-    for name in reference.params:
-        _close(gpu.params[name], reference.params[name], 2e-5, 2e-6, name)
 
 
 # ---- whole training runs ----------------------------------------------------------------------
@@ -571,7 +384,7 @@ train { loss cross_entropy(z, y) }
 @needs_cuda
 def test_models_with_an_op_lacking_a_cuda_kernel_are_refused_naming_it(monkeypatch):
     from netlang.errors import UsageError
-    from netlang.ops.registry import get_op
+    from netlang.ops import get_op
     from netlang.runtime import make_engine
     monkeypatch.setattr(get_op("lrn"), "cuda_kernel", None)   # as an op added without one
     model = netlang.compile(PENDING_MODEL)
@@ -581,29 +394,12 @@ def test_models_with_an_op_lacking_a_cuda_kernel_are_refused_naming_it(monkeypat
 
 # ---- no GPU needed ------------------------------------------------------------------------------
 
-# Ops whose CUDA kernels have not been written yet: models using them are refused by
-# `make_engine(device="cuda")` with a one-line error naming them (docs/cuda.md).
-PENDING_CUDA: set = set()
-
-
 @pytest.mark.parametrize("path", [os.path.join("examples", "lenet5.net"),
                                   os.path.join("benchmarks", "vgg_small.net")])
 def test_lenet_and_the_vgg_stack_have_no_pending_op(path):
     from netlang.runtime.cuda import CudaEngine
     model = netlang.compile(os.path.join(ROOT, path))
     assert CudaEngine.pending_ops(model.graph) == []
-
-
-def test_every_op_with_a_cpu_kernel_has_a_cuda_kernel_or_is_listed_pending():
-    missing = []
-    for name, op in all_ops().items():
-        if op.cpu_kernel is None:   # elementwise, views, or not compiled on the CPU either
-            continue
-        if op.cuda_kernel is None and name not in PENDING_CUDA:
-            missing.append(name)
-        if op.cuda_kernel is not None and name in PENDING_CUDA:
-            missing.append(f"{name} (has a CUDA kernel: remove it from PENDING_CUDA)")
-    assert not missing, missing
 
 
 def _render(source, *, update=True, opt_args=None):
@@ -778,7 +574,7 @@ def test_simulated_threads_of_a_block_share_one_shared_array(monkeypatch):
 
 
 def test_cuda_without_a_gpu_is_a_one_line_error():
-    if _cuda_runs():
+    if cuda_runs():
         pytest.skip("a GPU (or the simulator) is present")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     result = subprocess.run(
@@ -801,7 +597,7 @@ def test_cuda_without_a_gpu_is_a_one_line_error():
 PTX_MODELS = [MODEL % {"h": 8, "opt": "adam", "reg": "elastic_net(l1 = 1e-4, l2 = 1e-3)",
                        "extra": "clip_norm 1.0"},
               MODEL % {"h": 8, "opt": "sgd(momentum = 0.9)", "reg": "l2(0.0)", "extra": ""}] + \
-    list(OP_MODELS.values()) + [LENET_LIKE % {"size": 12}, NORM_MODEL, """
+    [case.source for case in COMPOSITES] + [LENET_LIKE % {"size": 12}, NORM_MODEL, """
         input image: [4, 4, 1]
         code = image -> flatten -> dense(6) as encoder -> sigmoid -> dropout(0.5)
         output recon = code -> dense(16, tie = encoder) -> sigmoid -> reshape((4, 4, 1))

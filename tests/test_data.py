@@ -21,12 +21,6 @@ from netlang.data import (Dataset, batches, blobs, check_labels, fit_to_shape, l
 from netlang.data import mnist
 from netlang.errors import DataError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-HAS_MNIST = all((SHARED_DATA / "mnist" / f"{stem}.gz").is_file() for stem in mnist.FILES)
-needs_mnist = pytest.mark.skipif(
-    not HAS_MNIST, reason=f"real MNIST files not found under {SHARED_DATA / 'mnist'}")
-
-
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch, tmp_path):
     """No test may download, and none may see the developer's own data or cache."""
@@ -428,9 +422,10 @@ def test_mnist_download_reports_every_failure(monkeypatch, tmp_path):
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
 
 
-@needs_mnist
-def test_mnist_download_of_a_real_file(tmp_path):
-    source = SHARED_DATA / "mnist" / "t10k-labels-idx1-ubyte.gz"
+def test_mnist_download_of_a_real_file(tmp_path, mnist_dir):
+    source = mnist_dir / "t10k-labels-idx1-ubyte.gz"
+    if not source.is_file():
+        pytest.skip(f"{mnist_dir} holds the file uncompressed: the download's checksum is the .gz's")
     path = mnist.download("t10k-labels-idx1-ubyte", tmp_path / "dl",
                           fetch=lambda url, timeout: source.read_bytes())
     assert path.read_bytes() == source.read_bytes()
@@ -438,10 +433,8 @@ def test_mnist_download_of_a_real_file(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real_mnist():
-    if not HAS_MNIST:
-        pytest.skip(f"real MNIST files not found under {SHARED_DATA / 'mnist'}")
-    return load_mnist(SHARED_DATA / "mnist", allow_download=False)
+def real_mnist(mnist_dir):
+    return load_mnist(mnist_dir, allow_download=False)
 
 
 def test_real_mnist_shapes_and_label_counts(real_mnist):
@@ -454,9 +447,8 @@ def test_real_mnist_shapes_and_label_counts(real_mnist):
         980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-@needs_mnist
-def test_real_mnist_through_netlang_data(monkeypatch):
-    monkeypatch.setenv("NETLANG_DATA", str(SHARED_DATA))
+def test_real_mnist_through_netlang_data(monkeypatch, mnist_dir):
+    monkeypatch.setenv("NETLANG_DATA", str(mnist_dir.parent))
     ds = load_dataset("mnist")
     assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
     assert ds.x_train.dtype == np.float32 and ds.x_train.min() == 0 and ds.x_train.max() == 1

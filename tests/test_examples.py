@@ -19,7 +19,7 @@ import pytest
 import netlang
 from netlang.cli import main as cli_main
 from netlang.errors import NetlangError
-from netlang.ops.registry import all_ops
+from netlang.ops import all_ops
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -16,7 +16,9 @@ from netlang.cli import main
 from netlang.errors import NetlangError
 from netlang.frontend import ast
 from netlang.frontend.format import MAX_WIDTH, expr, format_source, step
-from netlang.frontend.parser import KEYWORDS, _number, parse, parse_with_comments
+from netlang.frontend.parse_tables import KEYWORDS
+from netlang.frontend.parser import parse, parse_with_comments
+from netlang.frontend.to_ast import _number
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("**/*.net"))
@@ -71,6 +73,7 @@ h = trunk -> dense(lib_units * 2) as fc1 -> relu
 g = h -> dense(32) as fc2
 g2 = g -> dense(32, share = fc2)
 deep = h -> lib_block(32) * 2 as stack  # repeat of an imported block
+stages = h -> ( dense(32)->relu )*2 as stage -> (dense(32) -> tanh) # grouped steps repeat together
 pair = (h, deep) -> concat(axis = -1)
 mixed = h + deep * g2
 if flag { extra = mixed -> relu } else { extra = mixed }
@@ -90,6 +93,8 @@ train {  # training
 }
 # the end
 """
+
+GROUPED = "y = x -> (a -> (b # inside a group\n -> c) * 2 as g) * n -> ((d)) -> (e) as f\n"
 
 # Parses but need not compile: odd layouts and comments in awkward places.
 ODD = [
@@ -113,6 +118,7 @@ ODD = [
     "const s = \"a\\\"b(((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((\"\n",
     "input x\r\nh = x -> dense(2)  # crlf\r\n",
     "if a {} # between the if body and else\nelse {}\nif b {} else { # in an empty else\n}\n",
+    GROUPED,
     "y = x " + "".join(f"-> dense({i}) " for i in range(20)) + "# long chain\n",
 ]
 
@@ -183,6 +189,8 @@ def test_full_source_canonical_form():
     assert "optimizer adam(lr = 1e-3)  # default betas\n" in formatted
     assert "  regularize l2(1e-4) on fc1, fc2\n" in formatted
     assert "if flag {\n  extra = mixed -> relu\n} else {\n  extra = mixed\n}\n" in formatted
+    assert ("stages = h -> (dense(32) -> relu) * 2 as stage -> dense(32) -> tanh"
+            "  # grouped steps repeat together\n") in formatted
     # A chain keeps the author's breaks between steps; comments stay where they were.
     assert ("trunk = image  # comment after the source\n"
             "  -> conv2d(8, 3, padding = 1) as conv1 -> relu  # two on one line\n"
@@ -256,6 +264,17 @@ def test_comments_that_have_no_place_move_before_their_statement():
     assert format_source(ODD[6]).startswith("if a {\n  x = 1\n} else {  # why\n  if b {")
 
 
+def test_groups_print_canonically():
+    source = "y = x->( conv2d(6,5)->relu )*3 as stage->((dense(3)))->(relu)*(n+1)\n"
+    assert format_source(source) == \
+        "y = x -> (conv2d(6, 5) -> relu) * 3 as stage -> dense(3) -> (relu) * (n + 1)\n"
+    # Plain parentheses change nothing, so the canonical form drops them.
+    assert format_source("y = x -> (a -> (b -> c)) -> d\n") == "y = x -> a -> b -> c -> d\n"
+    # A group prints on one line; a comment inside it moves to the part before the group.
+    assert format_source(GROUPED) == ("y = x  # inside a group\n"
+                                      "  -> (a -> (b -> c) * 2 as g) * n -> d -> (e) as f\n")
+
+
 def test_invalid_source_raises_the_parse_error():
     with pytest.raises(NetlangError, match="unexpected"):
         format_source("input x: [2\n", "bad.net")
@@ -302,6 +321,11 @@ def _compound(children):
 EXPRESSIONS = st.recursive(LEAVES, _compound, max_leaves=12)
 STEPS = st.builds(ast.Step, NAMES, st.one_of(st.none(), _args(EXPRESSIONS)),
                   st.one_of(st.none(), EXPRESSIONS), st.one_of(st.none(), NAMES))
+# A group always has a repeat or a label: plain parentheses leave no group in the AST.
+STEPS_AND_GROUPS = st.recursive(STEPS, lambda steps: st.builds(
+    ast.Group, st.lists(steps, min_size=1, max_size=3).map(tuple),
+    st.one_of(st.none(), EXPRESSIONS), st.one_of(st.none(), NAMES)).filter(
+    lambda group: group.repeat is not None or group.label is not None), max_leaves=6)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -312,7 +336,7 @@ def test_random_expressions_reparse_equal(tree):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(EXPRESSIONS, st.lists(STEPS, min_size=1, max_size=4))
+@given(EXPRESSIONS, st.lists(STEPS_AND_GROUPS, min_size=1, max_size=4))
 def test_random_chains_reparse_equal(source, steps):
     text = f"y = {expr(source)} -> " + " -> ".join(step(s) for s in steps)
     assert parse(text).items == (ast.Assign((ast.Name("y"),), ast.Chain(source, tuple(steps))),)

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 import netlang
 from netlang.interp import ExecContext, execute, needed_nodes
+from netlang.ops import all_ops
 from netlang.ops.init import initialize
-from netlang.ops.registry import all_ops
 from netlang.passes.autodiff import differentiate
 from netlang.runtime.reference import ReferenceEngine
 
@@ -39,11 +39,7 @@ SOURCES = {"input", "param"}
 
 # Differentiable ops whose backward rule has not landed yet.  When one gains a vjp rule,
 # test_registry_coverage fails until it moves from here to a gradient case below.
-PENDING = {
-    "rnn": "backpropagation through time arrives with the recurrent training issue",
-    "lstm": "backpropagation through time arrives with the recurrent training issue",
-    "gru": "backpropagation through time arrives with the recurrent training issue",
-}
+PENDING: dict[str, str] = {}
 
 
 # ---- drawing inputs ------------------------------------------------------------------------
@@ -446,6 +442,33 @@ CASES: dict[str, list[Case]] = {
         Case("lrn_window_wider_than_channels", se_model(
             "y = x -> lrn(size = 5, alpha = 0.2) -> global_avgpool", "input x: [2, 2, 3]",
             out_shape=[3]), batch=2),
+    ],
+    # Backpropagation through time (ops/recurrent_reference.py): every parameter, the input,
+    # the initial states; `lengths` from 0 (all padding) to the whole sequence.  More in
+    # test_recurrent.py, with PyTorch.
+    "rnn": [
+        Case("rnn_tanh_lengths_states", se_model(
+            "y = x -> rnn(3, sequences = true, h0 = h, lengths = n)",
+            "input x: [4, 2]\ninput h: [3]\ninput n: int32[]", out_shape=[4, 3]),
+             draw={"n": labels(5)}),
+        Case("rnn_relu_stacked_bidirectional", se_model(
+            "y = x -> rnn(3, layers = 2, bidirectional = true, activation = relu)",
+            "input x: [4, 2]", out_shape=[6])),
+    ],
+    "lstm": [
+        Case("lstm_stacked_bidirectional_states_lengths", se_model(
+            "y = x -> lstm(3, layers = 2, bidirectional = true, h0 = h, c0 = c, lengths = n)",
+            "input x: [4, 2]\ninput h: [4, 3]\ninput c: [4, 3]\ninput n: int32[]",
+            out_shape=[6]), draw={"n": labels(5)}),
+        Case("lstm_dropout_between_layers", se_model(
+            "y = x -> lstm(3, layers = 3, dropout = 0.4, sequences = true)", "input x: [4, 2]",
+            out_shape=[4, 3])),   # the training program draws a `recurrent_dropout_mask`
+    ],
+    "gru": [
+        Case("gru_bidirectional_sequences_lengths", se_model(
+            "y = x -> gru(3, bidirectional = true, sequences = true, h0 = h, lengths = n)",
+            "input x: [4, 2]\ninput h: [2, 3]\ninput n: int32[]", out_shape=[4, 6]),
+             draw={"n": labels(5)}),
     ],
 }
 

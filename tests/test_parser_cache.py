@@ -7,6 +7,7 @@ import lark
 import pytest
 
 from netlang.errors import NetlangSyntaxError
+from netlang.frontend import parse_tables
 from netlang.frontend import parser as P
 
 SOURCE = """
@@ -21,15 +22,15 @@ output logits = h -> flatten -> dense(10)
 def cache_dir(tmp_path, monkeypatch):
     """A fresh cache location, and no parser built yet in this process."""
     monkeypatch.setenv("NETLANG_CACHE", str(tmp_path))
-    for fn in (P._parser_tables, P._parser, P._comment_parser):
+    for fn in (parse_tables.parser_tables, parse_tables.plain_parser, P._comment_parser):
         fn.cache_clear()
     yield tmp_path / "parser"
-    for fn in (P._parser_tables, P._parser, P._comment_parser):
+    for fn in (parse_tables.parser_tables, parse_tables.plain_parser, P._comment_parser):
         fn.cache_clear()
 
 
 def _fresh():
-    for fn in (P._parser_tables, P._parser, P._comment_parser):
+    for fn in (parse_tables.parser_tables, parse_tables.plain_parser, P._comment_parser):
         fn.cache_clear()
 
 

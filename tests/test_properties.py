@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import netlang
 from netlang.errors import NetlangError
-from netlang.ops.registry import ShapeContext, get_op
+from netlang.ops import ShapeContext, get_op
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)

@@ -223,7 +223,7 @@ def test_repeats_of_repeats_cannot_explode():
     error = quick_error(textwrap.dedent("""\
         block a(n) {
           input x
-          output y = x -> relu * 1000
+          output y = x -> (relu) * 1000
         }
         block b(n) {
           input x
@@ -381,14 +381,14 @@ SAMPLE_ARGUMENTS = {"reshape": ["(-1,)", "(2, -1)", "6", "(1, 1, -1)"],
 
 
 def _layer_and_loss_ops():
-    from netlang.ops.registry import all_ops
+    from netlang.ops import all_ops
     return sorted(name for name, op in all_ops().items() if op.role in ("layer", "loss"))
 
 
 @pytest.mark.parametrize("name", _layer_and_loss_ops())
 def test_every_op_on_every_input_type_compiles_or_raises_netlang_error(name):
     """Shape rules see ranks and dtypes they were not written for; none may crash."""
-    from netlang.ops.registry import get_op
+    from netlang.ops import get_op
     op = get_op(name)
     sample = {"int": "2", "float": "0.5", "bool": "true", "int or (int, int)": "1"}
     required = ", ".join(sample.get(a.type.name, "1") for a in op.args if a.required)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 
@@ -519,3 +520,87 @@ def test_repeat_names_and_shapes():
     shapes = shapes_of("input x: [4]\ny = x -> dense(4) * 3\n")
     assert shapes["y.0"] == shapes["y.1"] == shapes["y.2"] == (None, 4)
     assert shapes["y.2.weight"] == (4, 4)
+
+
+def test_grouped_repeat_names_and_shapes():
+    shapes = shapes_of("""
+input image: [12, 12, 1]
+h = image -> (conv2d(4, 3, padding = same) -> relu) * 2 as stage -> maxpool(2)
+v = h -> flatten -> (dense(8) -> relu) * 2 -> dropout(0.5)
+y = v -> (dense(6) -> tanh) * 2
+output z = y -> (dense(3) -> sigmoid) as head
+""")
+    # A named group's copies are `stage.0`, `stage.1`, as a repeated block's instances are,
+    # with the layers inside numbered afresh in each copy.
+    assert shapes["stage.0.conv2d_1"] == shapes["stage.1.relu_1"] == (None, 12, 12, 4)
+    assert shapes["stage.0.conv2d_1.weight"] == (4, 1, 3, 3)
+    assert shapes["stage.1.conv2d_1.weight"] == (4, 4, 3, 3)
+    assert shapes["h"] == (None, 6, 6, 4)
+    # Without a name, the copies' layers take automatic names where the chain is.
+    assert shapes["dense_1"] == shapes["relu_2"] == (None, 8) and "dense_3" not in shapes
+    # The last step of an assignment is named by it; a label without a repeat is one copy.
+    assert shapes["y.0.dense_1"] == shapes["y.1.tanh_1"] == (None, 6)
+    assert shapes["head.dense_1"] == shapes["head.sigmoid_1"] == (None, 3)
+
+
+def test_grouped_repeat_names_its_copies_as_a_repeated_block_does():
+    block = shapes_of("""
+block unit(n) {
+  input x
+  output out = x -> dense(n) as fc -> relu
+}
+input x: [4]
+y = x -> unit(5) * 2 as stage
+""")
+    group = shapes_of("input x: [4]\ny = x -> (dense(5) -> relu) * 2 as stage\n")
+    def copies(shapes):
+        return {name.split(".")[1] for name in shapes if name.startswith("stage.")}
+
+    assert copies(block) == copies(group) == {"0", "1"}
+    for k in (0, 1):
+        assert block[f"stage.{k}.fc.weight"] == group[f"stage.{k}.dense_1.weight"]
+
+
+def test_parentheses_without_repeat_or_label_change_nothing():
+    plain = compile_src("input x: [4]\ny = x -> dense(3) -> relu\n")
+    grouped = compile_src("input x: [4]\ny = x -> ((dense(3)) -> (relu))\n")
+    assert grouped.shapes == plain.shapes
+
+
+@pytest.mark.parametrize("chain, suggestion", [
+    ("x -> dense(4) -> relu * 3", "`(dense(4) -> relu) * 3`"),
+    ("x -> dense(4) -> dropout(0.5) -> tanh * n as t", "`(dense(4) -> dropout(0.5) -> tanh) * n as t`"),
+    ("x -> (dense(4) -> relu -> sigmoid * 2) * 2", "`(dense(4) -> relu -> sigmoid) * 2`"),
+    ("x -> relu * 2", "`(... -> relu) * 2`"),
+])
+def test_repeating_an_activation_alone_is_an_error(chain, suggestion):
+    with pytest.raises(NetlangArgumentError) as info:
+        compile_src(f"input x: [4]\nconst n = 3\ny = {chain}\n")
+    message = info.value.message
+    assert message.startswith("`* ") and "repeats only" in message and suggestion in message
+    assert info.value.line == 3 and info.value.column == chain.rindex(" -> ") + 9
+
+
+@pytest.mark.parametrize("chain", [
+    "x -> dense(4) * 3",                      # parameters of its own
+    "x -> (dense(4) -> relu) * 3",            # the group means it
+    "x -> dense(4) -> (relu) * 2",            # and so does a group of one
+    "x -> dense(4) -> relu * 1",              # one copy is no repeat
+    "x -> dense(8) -> maxout(2) * 2",         # shape-changing
+])
+def test_repeats_that_stay_legal(chain):
+    compile_src(f"input x: [4]\ny = {chain}\n")
+
+
+def test_pooling_repeats_stay_legal():
+    assert shape_of("input x: [8, 8, 2]\ny = x -> maxpool(2) * 2 -> relu\n") == (None, 2, 2, 2)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("y = x -> (dense(4) as fc -> relu) * 2", "`fc` would name a layer in every copy"),
+    ("a = x -> (dense(4) -> relu) as g\nb = x -> (dense(4) -> relu) as g", "`g` is defined twice"),
+    ("y = x -> (dense(4) -> relu) * 0", "a repeat count must be an integer from 1 to 1000, not 0"),
+])
+def test_grouped_repeat_mistakes(source, message):
+    with pytest.raises(NetlangError, match=re.escape(message)):
+        compile_src(f"input x: [4]\n{source}\n")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 
 import numpy as np
 import pytest
 
 from netlang import weights as W
+from netlang.weights import checkpoints
 from netlang.errors import WeightsError
 
 HASH = "ab12" * 16
@@ -125,7 +127,7 @@ def test_unsavable_dtype_names_tensor(tmp_path):
 def test_source_hash_mismatch_on_load(tmp_path):
     path = W.save_weights(tmp_path / "m.safetensors", params(), source_hash=HASH)
     msg = error(W.load_weights, path, source_hash=OTHER_HASH)
-    assert "different model source" in msg and "--force" in msg and str(path) in msg
+    assert "different model source" in msg and "force=True" in msg and str(path) in msg
     assert W.load_weights(path, source_hash=OTHER_HASH, force=True).params
     assert W.load_weights(path, source_hash=HASH.upper()).params
 
@@ -317,14 +319,14 @@ def test_interrupted_checkpoint_leaves_previous_loadable(tmp_path, monkeypatch, 
     rng = np.random.default_rng()
     W.save_checkpoint(run, params=p, optimizer_state=optimizer_state(p),
                       state=train_state(1, rng), source_hash=HASH)
-    real = W._write_bytes
+    real = checkpoints.write_bytes
 
     def crashing(path, data):
         if path.name == fail_on:
             raise KeyboardInterrupt  # the process dies mid-save
         real(path, data)
 
-    monkeypatch.setattr(W, "_write_bytes", crashing)
+    monkeypatch.setattr(checkpoints, "write_bytes", crashing)
     changed = {k: v + 1 for k, v in p.items()}
     with pytest.raises(KeyboardInterrupt):
         W.save_checkpoint(run, params=changed, optimizer_state={}, state=train_state(2, rng),
@@ -332,7 +334,7 @@ def test_interrupted_checkpoint_leaves_previous_loadable(tmp_path, monkeypatch, 
     loaded = W.load_checkpoint(run)
     assert loaded.state["step"] == 1
     np.testing.assert_array_equal(loaded.params["fc.bias"], p["fc.bias"])
-    monkeypatch.setattr(W, "_write_bytes", real)
+    monkeypatch.setattr(checkpoints, "write_bytes", real)
     # The next successful save cleans up whatever the crash left behind.
     W.save_checkpoint(run, params=p, optimizer_state={}, state=train_state(3, rng),
                       source_hash=HASH)
@@ -346,7 +348,7 @@ def test_checkpoint_source_hash_mismatch_and_force(tmp_path):
                       source_hash=HASH)
     msg = error(W.load_checkpoint, run, source_hash=OTHER_HASH)
     assert "was trained from a different model source" in msg
-    assert "pass --force to" in msg and str(run) in msg
+    assert "pass force=True to" in msg and str(run) in msg
     assert W.load_checkpoint(run, source_hash=OTHER_HASH, force=True).state == {"step": 5}
 
 
@@ -379,6 +381,47 @@ def test_broken_run_directories(tmp_path):
     assert "incomplete" in error(W.load_checkpoint, tmp_path)
     (tmp_path / "ckpt-00000007" / "state.json").write_text("{}")
     assert "not a netlang checkpoint" in error(W.load_checkpoint, tmp_path)
+
+
+@pytest.mark.parametrize("file, damage", [("weights.safetensors", "truncate"),
+                                          ("optimizer.safetensors", "truncate"),
+                                          ("state.json", "empty"), ("", "remove")])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, file, damage):
+    p = params()
+    run = tmp_path / "run"
+    rng = np.random.default_rng()
+    older = W.save_checkpoint(run, params=p, optimizer_state=optimizer_state(p),
+                              state=train_state(10, rng), source_hash=HASH)
+    newest = W.save_checkpoint(run, params={k: v + 1 for k, v in p.items()},
+                               optimizer_state=optimizer_state(p), state=train_state(20, rng),
+                               source_hash=HASH)
+    bad = newest / file if file else newest
+    if damage == "truncate":   # a disk that filled up mid-write
+        bad.write_bytes(bad.read_bytes()[:-7])
+    elif damage == "empty":
+        bad.write_text("")
+    else:                      # the checkpoint directory deleted by hand
+        shutil.rmtree(bad)
+    with pytest.warns(W.DamagedCheckpointWarning) as caught:
+        loaded = W.load_checkpoint(run, source_hash=HASH, expected=W.expected_of(p))
+    message = str(caught[0].message)
+    assert "\n" not in message and str(bad if file else run / "latest") in message
+    assert str(older) in message
+    assert loaded.path == older and loaded.state["step"] == 10
+    np.testing.assert_array_equal(loaded.params["fc.bias"], p["fc.bias"])
+    if file == "weights.safetensors":   # the weights a run directory stands for fall back too
+        with pytest.warns(W.DamagedCheckpointWarning):
+            assert W.find_weights(run) == older / "weights.safetensors"
+
+
+def test_a_damaged_only_checkpoint_is_an_error(tmp_path):
+    p = params()
+    ckpt = W.save_checkpoint(tmp_path, params=p, optimizer_state={}, state={"step": 3},
+                             source_hash=HASH)
+    weights = ckpt / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])
+    assert "file is truncated" in error(W.load_checkpoint, tmp_path)
+    assert "file is truncated" in error(W.find_weights, tmp_path)
 
 
 def test_find_weights(tmp_path):

@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import math
 import re
 
+from netlang.codegen.spelling import CpuSpelling
 from netlang.ir.graph import Graph
-from netlang.ops.registry import get_op
+from netlang.ops import get_op
+from netlang.ops.optim import OPTIMIZERS, cpu_penalty
 from netlang.passes.memory import EXTERNAL
 
 
@@ -73,7 +74,9 @@ class Emitter:
 
 
 class Kernel:
-    """What a `cpu_kernel` template sees: its operands' and output's variables and types."""
+    """What a `cpu_kernel` template sees: its operands' and output's variables and types, and
+    the renderer's spelling of scalar code (`const` and `math`: one `CpuSpelling`, called for
+    a constant, `k.const(0.5)`, its methods for math functions, `k.math.exp(x)`)."""
 
     def __init__(self, program: "ProgramWriter", node: int):
         self.program = program
@@ -85,7 +88,7 @@ class Kernel:
         self.in_types = [self.graph.type_of(o) for o in data["inputs"]]
         self.out = program.var(node)
         self.out_type = data["type"]
-        self.const = program.const
+        self.const = self.math = program.spelling
         # "train" (batch statistics) or "eval" (running statistics), and whether this program
         # is the training step, whose kernels also update buffers in place (a state rule).
         self.mode = program.mode
@@ -216,7 +219,7 @@ class Kernel:
         """`count` independent items (a batch's examples), one contiguous run per worker
         thread.  With several workers, what is emitted inside becomes a function of its own
         (`ProgramWriter.worker_function`) whose body is a `prange` over the workers, BLAS
-        held to the calling thread in each; yields (first, stop, worker), the names of the
+        held to one thread while it runs; yields (first, stop, worker), the names of the
         run's bounds and of the worker's index.  With one worker it emits nothing around the
         body and yields (None, None, None).  The runs depend on the worker count only."""
         workers = self.program.workers
@@ -225,17 +228,15 @@ class Kernel:
             return
         with self.program.worker_function() as worker:
             n = self.host_value(count, "n")
-            first, stop, saved = (self.fresh(p) for p in ("e", "e", "bt"))
-            threads = self.helper("blas_threads_here", "netlang.runtime.blas")
-            self.line(f"{saved} = {threads}(1)")
+            first, stop = self.fresh("e"), self.fresh("e")
             self.line(f"{first} = {n} * {worker} // {workers}")
             self.line(f"{stop} = {n} * ({worker} + 1) // {workers}")
             yield first, stop, worker
-            with self.block(f"if {saved} > 0:"):
-                self.line(f"{threads}({saved})")
 
 
 class ProgramWriter:
+    spelling = CpuSpelling()   # how constants and math functions are written (see CpuSpelling)
+
     def __init__(self, graph: Graph, order, fusion, buffers, dtype: str, mode: str = "eval",
                  workers: int = 1):
         self.graph = graph
@@ -256,15 +257,6 @@ class ProgramWriter:
         self.parts: dict[str, str] = {}   # worker functions' modules: name → source
         self.part_imports: list = []       # (module, the step's name for its worker)
 
-    def const(self, value) -> str:
-        if isinstance(value, bool):
-            return "True" if value else "False"
-        if isinstance(value, int):
-            return f"F({value}.0)"
-        if math.isinf(value):
-            return "F(np.inf)" if value > 0 else "F(-np.inf)"
-        return f"F({value!r})"
-
     def view(self, var: str, shape: str, prefix: str) -> str:
         """`var.reshape(shape)`, made once per program: a view made outside every loop serves
         every later kernel (each reshape costs Numba compile time; buffers never move)."""
@@ -284,15 +276,16 @@ class ProgramWriter:
         over the workers in a function of its own, which takes the step's variables it uses
         and which the step calls; yields the name of the worker's index.  The step stays
         serial: Numba's parallel analysis costs compile time in proportion to the function
-        it runs over.
+        it runs over.  Around the call the step holds BLAS to one thread, so a product inside
+        a worker runs on the worker's thread (`set_blas_threads` says why the step sets the
+        count, not the workers).
 
         The function goes to a module of its own (`parts`), its generated names numbered
         afresh and the module named by its content: the same kernel in another program (the
         training step's forward convolutions in the evaluation program, the layers a model
         edit left alone) is the same module, compiled once for both and cached on disk.  Its
-        source holds the worker count, so its cache is only ever built for one thread count
-        (Numba's cache of a serial caller of a parallel function broke, with segfaults, when
-        that function's cache held code for two)."""
+        source holds the worker count (the `prange`'s, which the step's workspaces were
+        planned for)."""
         outer = self.emitter
         inner = Emitter()
         inner.depth = 3   # inside the function and its loop: no view made there is the step's
@@ -332,9 +325,12 @@ class ProgramWriter:
              f"@njit(cache=True, nogil=True, parallel={WORKER_LOOPS_ONLY!r})", text, ""])
         module = "netlang_part_" + hashlib.sha256(source.encode()).hexdigest()[:24]
         self.parts[module] = source
-        function = outer.fresh("workers")
+        function, saved = outer.fresh("workers"), outer.fresh("bt")
         self.part_imports.append((module, function))
+        self.imports.add(("netlang.runtime.blas", "set_blas_threads"))
+        outer.line(f"{saved} = set_blas_threads(1)")
         outer.line(f"{function}({', '.join(params)})")
+        outer.line(f"set_blas_threads({saved})")
 
     def argument(self, kind: str, key) -> str:
         if (kind, key) not in self._arg_of:
@@ -377,7 +373,7 @@ class ProgramWriter:
         op = get_op(self.graph.op(node))
         # Variadic ops (add, multiply) read their operand count from `_arity`.
         attrs = dict(self.graph.nodes[node]["attrs"], _arity=len(operand_values))
-        template = op.cpu_expr(attrs, self.const)
+        template = op.cpu_expr(attrs, self.spelling)
         return template.format(*operand_values)
 
     def emit_elementwise(self, node: int) -> None:
@@ -558,21 +554,21 @@ class ParamUpdate:
 class UpdatePlan:
     """The optimiser update that ends a training step, as rendered into the step's source.
 
-    Where the optimiser allows it (see `CPU_ABSORB`), a weight whose gradient is a single
-    matrix product is updated by that product itself, at its place in the backward pass:
-    gemm accumulates into the momentum buffer (or the weight, for plain SGD) and the
-    gradient is never stored.  That is only done when nothing later in the step reads the
+    Where the optimiser allows it (its `gemm_update`), a weight whose gradient is a single
+    matrix product (an op that `absorbs_update`) is updated by that product itself, at its
+    place in the backward pass: gemm accumulates into the momentum buffer (or the weight, for
+    plain SGD) and the gradient is never stored.  That is only done when nothing later in the step reads the
     weight, no penalty or clipping needs the gradient, and the weight is not shared.
     """
 
     def __init__(self, graph, order, updates, optimizer, regularizers, clip_norm, dtype: str):
-        from netlang.ops.optim import CPU_ABSORB, CPU_UPDATE, STATE_SLOTS, cpu_penalty
         self.optimizer, self.regularizers, self.clip_norm = optimizer, regularizers, clip_norm
-        self.template = CPU_UPDATE[optimizer.name]
-        self.slots = STATE_SLOTS[optimizer.name](optimizer.args)
+        definition = OPTIMIZERS[optimizer.name]
+        self.template = definition.update_template
+        self.slots = definition.state_slots(optimizer.args)
         self.penalty = cpu_penalty
         self.gemm = "gemm32" if dtype == "float32" else "gemm64"
-        absorb = CPU_ABSORB.get(optimizer.name)
+        absorb = definition.gemm_update
         rule = absorb(optimizer.args) if absorb and not clip_norm else None
         position = {n: i for i, n in enumerate(order)}
         self.absorbed, self.rule = {}, rule
@@ -581,9 +577,9 @@ class UpdatePlan:
             param = graph.node_named(u.name)
             readers_after = [c for c in graph.successors(param)
                              if c in position and position[c] > position[u.grad]]
-            if (rule is not None and graph.op(u.grad) == "dense_grad_weight"
+            if (rule is not None and get_op(graph.op(u.grad)).absorbs_update
                     and not readers_after
-                    and not cpu_penalty(regularizers, u.layer, u.penalised, lambda v: "", "p")):
+                    and not cpu_penalty(regularizers, u.layer, u.penalised, CpuSpelling(), "p")):
                 self.absorbed[u.grad] = u
             else:
                 self.rest.append(u)
@@ -645,7 +641,7 @@ class UpdatePlan:
             e.line(line)
 
     def emit_tail(self, writer):
-        e, c = writer.emitter, writer.const
+        e, c = writer.emitter, writer.spelling
         flats = self.update_flats(writer)
         clip = self.clip_norm
         if clip:

@@ -15,10 +15,13 @@ rows, a slice of a view) goes to the host function, its names becoming kernel pa
 kernels read them.  Ops' kernel templates are the CPU ones where those are written with the
 three structures above (`op.cuda_kernel = op.cpu_kernel`), and CUDA-specific ones otherwise
 (with their own workspaces where an op's `cuda_workspace` rule says so); elementwise
-expressions, the optimiser and penalty templates and the fusion and buffer plans are shared
-as they are.  Host-side views (`reshape`) are made in the host function and passed to the
-kernels, whose parameters are the host variables their bodies read.  Identifiers come from
-counters; user names appear only in sanitised comments.  This module never imports Numba.
+expressions, the optimiser and penalty templates and the fusion and buffer plans are shared.
+The shared templates write constants and math functions through the renderer's spelling
+table (`CudaSpelling` in `codegen/spelling.py`: `math`'s functions where the CPU's table has
+NumPy's), so no CPU text is ever rewritten into CUDA text.  Host-side views (`reshape`) are
+made in the host function and passed to the kernels, whose parameters are the host variables
+their bodies read.  Identifiers come from counters; user names appear only in sanitised
+comments.  This module never imports Numba.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import re
 from netlang.codegen.cpu import (Emitter, Kernel, Program, ProgramWriter, UpdatePlan,
                                  emit_program_body, result_slots, sanitise_comment)
 from netlang.codegen.cpu import supported as supported_on
+from netlang.codegen.spelling import CudaSpelling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,20 +70,8 @@ GPU = LaunchGeometry()
 SIMULATOR = LaunchGeometry(threads=2, blocks=2, tile=4, wide_tile=4, micro=2, depth=4,
                            wide_from=2)
 
-# NumPy's scalar functions in the shared templates, as CUDA device code spells them.
-_DEVICE_MATH = [(re.compile(r"\bnp\.(exp|log|log1p|expm1|tanh|sqrt)\("), r"math.\1("),
-                # Inline (compile_ptx types a kernel without a GPU only if it calls no device
-                # function); the penalty templates apply it to a plain element `f3[i]`.
-                (re.compile(r"\bnp\.sign\(([^()]*)\)"),
-                 r"(1.0 if \1 > 0 else (-1.0 if \1 < 0 else 0.0))"),
-                (re.compile(r"\bnp\.inf\b"), "math.inf")]
+# A name in a kernel's body (not an attribute): a host variable it reads becomes a parameter.
 _NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*)")
-
-
-def device_source(line: str) -> str:
-    for pattern, replacement in _DEVICE_MATH:
-        line = pattern.sub(replacement, line)
-    return line
 
 
 class KernelEmitter(Emitter):
@@ -172,6 +164,11 @@ class CudaKernel(Kernel):
 
 
 class CudaProgramWriter(ProgramWriter):
+    """The CPU's program writer with the CUDA structures: kernels launched by a host function
+    (see the module's docstring)."""
+
+    spelling = CudaSpelling()
+
     def __init__(self, graph, order, fusion, buffers, dtype: str, mode: str = "eval",
                  geometry: LaunchGeometry = GPU):
         super().__init__(graph, order, fusion, buffers, dtype, mode)
@@ -216,8 +213,7 @@ class CudaProgramWriter(ProgramWriter):
                 params.append(name)
         name = self.emitter.fresh("k")
         self.kernels.append("\n".join([
-            "@cuda.jit(**_JIT)", f"def {name}({', '.join(params)}):"] +
-            [device_source(line) for line in body]))
+            "@cuda.jit(**_JIT)", f"def {name}({', '.join(params)}):"] + body))
         self.emitter.line(f"{name}[{grid}, {block}]({', '.join(params)})")
 
     @contextlib.contextmanager
@@ -571,7 +567,7 @@ class CudaUpdatePlan(UpdatePlan):
                     e.line(line.format(**names))
 
     def emit_tail(self, writer):
-        e, c = writer.emitter, writer.const
+        e, c = writer.emitter, writer.spelling
         flats = self.update_flats(writer)
         clip, norm = self.clip_norm, None
         if clip:

@@ -1,9 +1,13 @@
 """Data sets for training: one entry point, `load_dataset(spec)`, and the helpers training uses.
 
-A spec is a built-in name (`mnist`, `xor`, `blobs`, `spirals`) or a path to a
-`.npz` or `.csv` file. Every loaded set comes back the same way: float32 inputs
-with the sample axis first (channels last for images), int64 labels, and a
-class count, so the trainer never cares where the data came from.
+A spec is a built-in name (`mnist`, `xor`, `blobs`, `spirals`), a path to a
+`.npz` or `.csv` file, or `text:PATH`, a character corpus. Every loaded set comes back
+the same way: float32 inputs with the sample axis first (channels last for images), int64
+labels and a class count (or, from files, float32 target values), so the trainer never
+cares where the data came from. An `.npz` whose arrays are named after a model's inputs
+(`<input>_train`, `<input>_test`) comes back as a `NamedDataset`, for models with
+several inputs; a corpus as a `TextCorpus`, which a model cuts into windows of its sequence
+length (netlang.data.text).
 """
 
 from __future__ import annotations
@@ -14,19 +18,23 @@ from pathlib import Path
 
 import numpy as np
 
-from netlang.data.dataset import Dataset, check_labels, infer_num_classes
-from netlang.data.files import load_csv, load_npz
+from netlang.data.dataset import (Dataset, NamedDataset, check_labels, check_targets,
+                                  infer_num_classes)
+from netlang.data.files import (TARGET_KINDS, check_target_kind, load_csv, load_named_npz,
+                                load_npz, npz_layout)
 from netlang.data.idx import parse_idx, read_idx
 from netlang.data.mnist import load_mnist
 from netlang.data.prepare import (batches, fit_to_shape, normalize, train_test_split,
                                   validation_split)
 from netlang.data.synthetic import blobs, spirals, xor
+from netlang.data.text import TextCorpus, Vocabulary, is_text_spec, read_text
 from netlang.errors import DataError, did_you_mean
 
 __all__ = [
-    "BUILTIN_SETS", "Dataset", "batches", "blobs", "check_labels", "fit_to_shape",
-    "load_csv", "load_dataset", "load_mnist", "load_npz", "normalize", "parse_idx",
-    "read_idx", "spirals", "train_test_split", "validation_split", "xor",
+    "BUILTIN_SETS", "Dataset", "NamedDataset", "TARGET_KINDS", "TextCorpus", "Vocabulary",
+    "batches", "blobs", "check_labels", "check_targets", "fit_to_shape", "load_csv",
+    "load_dataset", "load_mnist", "load_named_npz", "load_npz", "normalize", "parse_idx",
+    "read_idx", "read_text", "spirals", "train_test_split", "validation_split", "xor",
 ]
 
 # Default sizes of the synthetic sets (all samples, before the train/test split).
@@ -38,37 +46,53 @@ FILE_SUFFIXES = (".npz", ".csv")
 def load_dataset(spec: str, *, seed: int = 0, samples: int | None = None,
                  test_fraction: float = 0.2, num_classes: int | None = None,
                  label_column: int | str = 0, header: bool | None = None,
-                 data_dir: str | Path | None = None, allow_download: bool = True) -> Dataset:
-    """Load the set named by `spec`, ready to train on.
+                 targets: str = "labels", target_columns: int = 1, inputs=None,
+                 label_shape: tuple = (), ids: bool = False,
+                 data_dir: str | Path | None = None,
+                 allow_download: bool = True) -> Dataset | NamedDataset | TextCorpus:
+    """Load the set named by `spec`, ready to train on (`text:PATH`: a `TextCorpus`, ready to
+    be cut into a model's windows).
 
     `seed` fixes synthetic data and every shuffle; `samples` sizes a synthetic set;
     `test_fraction` splits sets that come as one table (synthetic, CSV); `num_classes`
     checks labels against a model's output count instead of inferring it;
-    `label_column`/`header` read CSV; `data_dir`/`allow_download` locate MNIST.
+    `label_column`/`header` read CSV; `targets` ("labels" or "values") and `target_columns`
+    say how a file's targets are read (see `load_csv`, `load_npz`); `inputs` (a model's input
+    names) lets an .npz hold one array per input (see `_from_npz`); `label_shape` is the
+    per-example shape of an .npz's integer labels (`(T,)`: a label per time step); `ids` reads
+    an .npz's inputs as int64 ids (token sequences), neither scaled nor made float;
+    `data_dir`/`allow_download` locate MNIST. The built-in sets always have labels.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"empty data set name (expected one of {', '.join(BUILTIN_SETS)}, "
-                        f"or a .npz/.csv path)")
+                        f"a .npz/.csv path or text:PATH)")
+    check_target_kind(targets)
     spec = spec.strip()
     name = spec.lower()
+    if is_text_spec(spec):
+        return read_text(spec)
     if name == "mnist":
         ds = _mnist(data_dir, allow_download)
     elif name in SYNTHETIC_SAMPLES:
         ds = _synthetic(name, samples, seed, test_fraction)
+    elif name.endswith(".npz"):
+        ds = _from_npz(Path(spec), targets, inputs, tuple(label_shape), ids)
     elif name.endswith(FILE_SUFFIXES):
-        ds = _from_file(Path(spec), seed, test_fraction, label_column, header)
+        ds = _from_csv(Path(spec), seed, test_fraction, label_column, header, targets,
+                       target_columns)
     elif Path(spec).exists():
         raise DataError(f"{spec}: unsupported data file type `{Path(spec).suffix}` "
-                        f"(expected .npz or .csv)")
+                        f"(expected .npz or .csv; a character corpus is read as text:{spec})")
     else:
         raise DataError(f"unknown data set `{spec}`{did_you_mean(name, BUILTIN_SETS)} "
-                        f"(expected one of {', '.join(BUILTIN_SETS)}, or a .npz/.csv path)")
-    if num_classes is not None:
+                        f"(expected one of {', '.join(BUILTIN_SETS)}, a .npz/.csv path or "
+                        f"text:PATH)")
+    if num_classes is not None and isinstance(ds, Dataset) and ds.num_classes is not None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
                 or num_classes < 1:
             raise DataError(f"num_classes must be a positive integer, got {num_classes!r}")
         for split, y in (("train", ds.y_train), ("test", ds.y_test)):
-            check_labels(y, num_classes, what=f"{ds.name} {split} labels")
+            check_labels(y.reshape(-1), num_classes, what=f"{ds.name} {split} labels")
         ds = dataclasses.replace(ds, num_classes=int(num_classes))
     return ds
 
@@ -93,13 +117,26 @@ def _synthetic(name: str, samples: int | None, seed: int, test_fraction: float) 
     return Dataset(*train_test_split(x, y, test_fraction, seed), name, 2)
 
 
-def _from_file(path: Path, seed: int, test_fraction: float, label_column: int | str,
-               header: bool | None) -> Dataset:
-    if path.suffix.lower() == ".npz":
-        x_train, y_train, x_test, y_test = load_npz(path)
-    else:
-        x, y = load_csv(path, label_column=label_column, header=header)
-        x_train, y_train, x_test, y_test = train_test_split(x, y, test_fraction, seed)
+def _from_npz(path: Path, targets: str, inputs, label_shape: tuple,
+              ids: bool) -> Dataset | NamedDataset:
+    """The archive's layout (`npz_layout`) decides its reading: arrays named after the model's
+    `inputs` (every `<name>_train`/`<name>_test` pair when `inputs` is None), or `x_train`,
+    `y_train`, `x_test`, `y_test`."""
+    if npz_layout(path, inputs) == "named":
+        return load_named_npz(path, inputs)   # which arrays are missing, when any is
+    x_train, y_train, x_test, y_test = load_npz(path, targets=targets, label_shape=label_shape,
+                                                ids=ids)
     ds = Dataset(x_train, y_train, x_test, y_test, path.stem,
-                 infer_num_classes(y_train, y_test))
-    return normalize(ds, "auto")  # uint8 images to [0, 1]; everything else just to float32
+                 infer_num_classes(y_train, y_test) if targets == "labels" else None)
+    # uint8 images to [0, 1]; everything else just to float32; ids stay ids.
+    return ds if ids else normalize(ds, "auto")
+
+
+def _from_csv(path: Path, seed: int, test_fraction: float, label_column: int | str,
+              header: bool | None, targets: str, target_columns: int) -> Dataset:
+    x, y = load_csv(path, label_column=label_column, header=header, targets=targets,
+                    target_columns=target_columns)
+    x_train, y_train, x_test, y_test = train_test_split(x, y, test_fraction, seed)
+    ds = Dataset(x_train, y_train, x_test, y_test, path.stem,
+                 infer_num_classes(y_train, y_test) if targets == "labels" else None)
+    return normalize(ds, "auto")

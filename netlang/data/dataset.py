@@ -1,4 +1,5 @@
-"""The `Dataset` record every loader produces, and the label check every loader uses."""
+"""The records loaders produce (`Dataset`, and `NamedDataset` for several inputs), and the
+checks of labels and target values every loader uses."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ class Dataset:
     """Train and test arrays with their name and class count.
 
     `x_*` hold one sample per row (any per-sample shape, channels last for images);
-    `y_*` hold int64 class indices in 0..num_classes-1. `x_val`/`y_val` are set by
-    `validation_split`. Frozen so that helpers return new records instead of
-    editing one a caller still holds (the arrays themselves are shared, not copied).
+    `y_*` hold int64 class indices in 0..num_classes-1, or float32 target values (one-hot
+    rows, class probabilities, regression targets: any per-sample shape), for which
+    `num_classes` is None. `x_val`/`y_val` are set by `validation_split`. Frozen so that
+    helpers return new records instead of editing one a caller still holds (the arrays
+    themselves are shared, not copied).
     """
 
     x_train: np.ndarray
@@ -27,7 +30,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     name: str
-    num_classes: int
+    num_classes: int | None
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
 
@@ -47,6 +50,9 @@ class Dataset:
             if x.shape[1:] != self.x_train.shape[1:]:
                 raise DataError(f"{self.name}: {split} samples have shape {x.shape[1:]} but "
                                 f"train samples have shape {self.x_train.shape[1:]}")
+            if y.shape[1:] != self.y_train.shape[1:]:
+                raise DataError(f"{self.name}: {split} targets have shape {y.shape[1:]} but "
+                                f"train targets have shape {self.y_train.shape[1:]}")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -59,6 +65,55 @@ class Dataset:
         if self.x_val is not None:
             parts.append(f"val={self.x_val.shape}")
         return f"Dataset({', '.join(parts)}, dtype={self.x_train.dtype})"
+
+
+@dataclasses.dataclass(frozen=True, repr=False, eq=False)
+class NamedDataset:
+    """Train and test arrays by model input name, for models with several inputs.
+
+    `train` and `test` map each input's name to its arrays (one sample per row), as an
+    .npz archive holding `<name>_train` and `<name>_test` stores them; targets are inputs
+    like any other, so they are named too. Dtypes are kept as stored: the model's input
+    types decide how each array is read (binding.py). Frozen like `Dataset`.
+    """
+
+    train: dict
+    test: dict
+    name: str
+
+    def __post_init__(self) -> None:
+        if set(self.train) != set(self.test):
+            unpaired = [f"{n}_train" if n in self.train else f"{n}_test"
+                        for n in sorted(set(self.train) ^ set(self.test))]
+            raise DataError(f"{self.name}: {', '.join(unpaired)} without its counterpart "
+                            f"(every input needs <input>_train and <input>_test)")
+        if not self.train:
+            raise DataError(f"{self.name}: no arrays")
+        for split, arrays in (("train", self.train), ("test", self.test)):
+            first = next(iter(arrays))
+            for name, array in arrays.items():
+                if array.ndim < 1:
+                    raise DataError(f"{self.name}: {name}_{split} must have a sample axis, "
+                                    f"got a scalar")
+                if len(array) != len(arrays[first]):
+                    raise DataError(f"{self.name}: {name}_{split} has {len(array)} samples "
+                                    f"but {first}_{split} has {len(arrays[first])}")
+            if not len(arrays[first]):
+                raise DataError(f"{self.name}: the {split} set is empty")
+        for name, array in self.train.items():
+            if array.shape[1:] != self.test[name].shape[1:]:
+                raise DataError(f"{self.name}: {name}_train samples have shape "
+                                f"{array.shape[1:]} but {name}_test samples have shape "
+                                f"{self.test[name].shape[1:]}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The input names the arrays are for."""
+        return tuple(self.train)
+
+    def __repr__(self) -> str:  # arrays summarised, as Dataset's
+        parts = ", ".join(f"{n}={self.train[n].shape}/{self.test[n].shape}" for n in self.train)
+        return f"NamedDataset(name={self.name!r}, {parts})"
 
 
 def check_labels(y: np.ndarray, num_classes: int | None = None, *, what: str = "labels",
@@ -92,6 +147,19 @@ def check_labels(y: np.ndarray, num_classes: int | None = None, *, what: str = "
         raise DataError(f"{what}: label {_fmt(y[i])} {at(i)} is out of range "
                         f"(expected {expected})")
     return y.astype(np.int64)
+
+
+def check_targets(y: np.ndarray, *, what: str = "targets") -> np.ndarray:
+    """`y` as float32 target values (one-hot rows, probabilities or regression targets, one
+    per sample), or a one-line DataError naming the first bad value."""
+    y = np.asarray(y)
+    if y.ndim < 1:
+        raise DataError(f"{what} must have a sample axis, got a scalar")
+    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.number) \
+            or np.issubdtype(y.dtype, np.complexfloating):
+        raise DataError(f"{what} must hold real numbers, got dtype {y.dtype}")
+    check_finite(y, what)
+    return y.astype(np.float32)
 
 
 def infer_num_classes(*label_arrays: np.ndarray) -> int:

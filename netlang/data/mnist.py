@@ -52,6 +52,8 @@ Fetch = Callable[[str, float], bytes]
 
 
 class MnistArrays(NamedTuple):
+    """The four MNIST arrays as the IDX files hold them: uint8 images and uint8 labels."""
+
     x_train: np.ndarray  # (60000, 28, 28) uint8
     y_train: np.ndarray  # (60000,) uint8
     x_test: np.ndarray   # (10000, 28, 28) uint8

@@ -98,11 +98,11 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | int | None = Non
         yield order[start:start + batch_size]
 
 
-def fit_to_shape(x: np.ndarray, shape: Sequence[int | None]) -> np.ndarray:
+def fit_to_shape(x: np.ndarray, shape: Sequence[int | None], *, what: str = "data") -> np.ndarray:
     """Reshape each sample of `x` to a model's input `shape` (784 <-> 28x28x1).
 
     Only a reshape, never a resize: the per-sample sizes must agree. A leading
-    None or -1 batch axis in `shape` is ignored.
+    None or -1 batch axis in `shape` is ignored. `what` names the array in errors.
     """
     shape = tuple(shape)
     if len(shape) == x.ndim and shape and shape[0] in (None, -1):
@@ -113,8 +113,8 @@ def fit_to_shape(x: np.ndarray, shape: Sequence[int | None]) -> np.ndarray:
     if have == want:
         return x
     if _size(have) != _size(want):
-        raise DataError(f"data samples have shape {_fmt(have)} ({_size(have)} values) but the "
-                        f"model input is {_fmt(want)} ({_size(want)} values)")
+        raise DataError(f"{what} samples have shape {_fmt(have)} ({_size(have)} values) but "
+                        f"the model input is {_fmt(want)} ({_size(want)} values)")
     return x.reshape((len(x),) + want)
 
 

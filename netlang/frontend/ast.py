@@ -109,9 +109,25 @@ class Step:
 
 
 @node
+class Group:
+    """Steps in parentheses that repeat and take a label together: `-> (a -> b) * 3 as name`.
+
+    `* n` binds to the one step before it, so a group is how a chain says that several
+    steps repeat.  Parentheses with neither a repeat nor a label change nothing, and the
+    parser leaves no Group for them.
+    """
+
+    steps: tuple  # of Step and Group
+    repeat: object = None
+    label: Optional[str] = None
+    loc: Optional[SourceLocation] = _loc()
+    label_loc: Optional[SourceLocation] = _loc()
+
+
+@node
 class Chain:
     source: object
-    steps: tuple  # of Step
+    steps: tuple  # of Step and Group
     loc: Optional[SourceLocation] = _loc()
 
 

@@ -148,8 +148,12 @@ def quote(value: str) -> str:
     return f'"{escaped}"'
 
 
-def step(node: ast.Step) -> str:
-    text = node.op if node.args is None else f"{node.op}({args(node.args)})"
+def step(node) -> str:
+    """One step of a chain (an ast.Step or ast.Group) as canonical source text."""
+    if isinstance(node, ast.Group):
+        text = "(" + " -> ".join(step(s) for s in node.steps) + ")"
+    else:
+        text = node.op if node.args is None else f"{node.op}({args(node.args)})"
     if node.repeat is not None:  # the grammar takes only an atom after `*`
         text += f" * {expr(node.repeat, ATOM)}"
     return text + (f" as {node.label}" if node.label else "")

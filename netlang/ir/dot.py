@@ -108,7 +108,7 @@ def _format_value(value) -> str:
 def _defaults(op_name: str) -> dict:
     """Argument name → default value (raw and converted) for an op, from the registry."""
     try:
-        from netlang.ops.registry import get_op
+        from netlang.ops import get_op
         op = get_op(op_name)
     except Exception:  # a hand-built graph may name ops the registry does not know
         return {}

@@ -1,5 +1,27 @@
-"""The op registry and the families of ops that fill it."""
+"""The op registry: the table of ops, filled by importing every family of ops.
 
-from netlang.ops.registry import OPS, OpDef, ParamSpec, ShapeContext, ShapeProblem, all_ops, get_op
+Importing this package registers every op (each family module defines its ops
+at import time), so `get_op` and `all_ops` always see the whole table.  Code
+outside `netlang.ops` looks ops up here and reads their facts; it never
+branches on an op's name.
+"""
 
-__all__ = ["OPS", "OpDef", "ParamSpec", "ShapeContext", "ShapeProblem", "all_ops", "get_op"]
+from netlang.ops import (activations, conv, conv_kernels, core, dense, losses, merge, norm, pool,
+                         recurrent, reshape)
+from netlang.ops.registry import OPS, OpDef, ParamSpec, ShapeContext, ShapeProblem
+
+
+def get_op(name: str) -> OpDef | None:
+    """The definition of the op called `name`, or None when no family defines one."""
+    return OPS.get(name)
+
+
+def all_ops() -> dict[str, OpDef]:
+    """Every registered op by name, in the order the families define them."""
+    return dict(OPS)
+
+
+__all__ = ["OPS", "OpDef", "ParamSpec", "ShapeContext", "ShapeProblem", "all_ops", "get_op",
+           # the families, imported above for the ops they register
+           "activations", "conv", "conv_kernels", "core", "dense", "losses", "merge", "norm",
+           "pool", "recurrent", "reshape"]

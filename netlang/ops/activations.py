@@ -1,6 +1,9 @@
 """Elementwise activations, softmax and maxout."""
 
-from netlang.ops.registry import check_axis, define_op, elementwise_same
+import numpy as np
+
+from netlang.ops.registry import (check_axis, define_internal, define_op, elementwise_same,
+                                full_axis, same_type_as)
 from netlang.ops.schema import Arg, FLOAT, INT
 
 
@@ -11,25 +14,44 @@ def _elementwise(name, doc, args=()):
 
 
 identity = _elementwise("identity", "Passes its input through unchanged (a linear output unit).")
+identity.document(shape="unchanged (floating-point input).", params=None,
+                  example="input x: [3]\noutput y = x -> dense(1) -> identity")
 sign = _elementwise("sign", "The perceptron's output: -1 for negative input, +1 otherwise.")
+sign.document(shape="unchanged; −1 where the input is negative, +1 elsewhere (0 included).",
+              params=None, example="input x: [2]\noutput y = x -> dense(1) -> sign")
 threshold = _elementwise(
     "threshold", "A 0/1 step: 1 where the input is above `value`, else 0.",
     [Arg("value", FLOAT, 0.0, doc="the threshold")])
+threshold.document(shape="unchanged; 1 where the input is greater than `value`, else 0.",
+                   params=None, example="input x: [2]\noutput y = x -> dense(1) -> threshold(0.5)")
 sigmoid = _elementwise("sigmoid", "The logistic function `1 / (1 + e^-x)`.")
+sigmoid.document(shape="unchanged.", params=None,
+                 example="input x: [2]\noutput p = x -> dense(1) -> sigmoid")
 tanh = _elementwise("tanh", "The hyperbolic tangent.")
+tanh.document(shape="unchanged.", params=None, example="input x: [4]\noutput y = x -> tanh")
 relu = _elementwise("relu", "Rectified linear unit `max(0, x)`.")
+relu.document(shape="unchanged.", params=None, example="input x: [4]\noutput y = x -> relu")
 leaky_relu = _elementwise(
     "leaky_relu", "`max(slope * x, x)`; PyTorch's default slope is 0.01, the lectures' 0.1.",
     [Arg("slope", FLOAT, 0.01, min=0.0, doc="slope for negative inputs")])
+leaky_relu.document(shape="unchanged.", params=None,
+                    example="input x: [4]\noutput y = x -> leaky_relu(0.1)")
 elu = _elementwise(
     "elu", "`x` for x >= 0, else `alpha * (e^x - 1)`.",
     [Arg("alpha", FLOAT, 1.0, min=0.0, doc="saturation value for negative inputs")])
+elu.document(shape="unchanged.", params=None,
+             example="input x: [4]\noutput y = x -> elu(alpha = 1.0)")
 
 
 softmax = define_op(
     "softmax", family="activation",
     args=[Arg("axis", INT, -1, doc="the axis that sums to one")],
     doc="`e^{x_k} / sum_j e^{x_j}` along `axis` (computed stably).")
+softmax.document(
+    shape="unchanged; `axis` must be a per-example axis (0 … rank − 1, or −1 … −rank). "
+          "For training, feed `cross_entropy` the raw scores instead: it applies softmax "
+          "itself.",
+    params=None, example="input x: [10]\noutput probs = x -> softmax")
 
 
 @softmax.shape
@@ -43,13 +65,22 @@ log_softmax = define_op(
     "log_softmax", family="activation",
     args=[Arg("axis", INT, -1, doc="the axis normalised over")],
     doc="The logarithm of softmax, computed stably.")
+log_softmax.document(shape="as `softmax`.", params=None,
+                     example="input x: [5, 10]\noutput y = x -> log_softmax(axis = 0)")
 log_softmax.shape(_softmax_shape)
+# Each turns class scores into (log) probabilities: a class's score is the value before it.
+for _op in (sigmoid, softmax, log_softmax):
+    _op.normalises_scores = True
 
 maxout = define_op(
     "maxout", family="activation",
     args=[Arg("pieces", INT, 2, min=1, doc="how many consecutive features each unit takes the max of")],
     doc="Groups the last axis into units of `pieces` features and keeps each group's maximum: "
         "(..., units*pieces) → (..., units). Put a dense or conv layer with units*pieces outputs before it.")
+maxout.document(
+    shape="`(..., units·pieces)` → `(..., units)`: the last axis must be divisible by "
+          "`pieces`.",
+    params=None, example="input x: [20]\noutput y = x -> dense(3 * 64) -> maxout(3)   # (64,)")
 
 
 @maxout.shape
@@ -68,10 +99,6 @@ def _maxout_shape(ctx, a):
 #
 # Elementwise ops save nothing: each backward op reads the forward's input x or output y
 # (whichever makes the derivative cheap), so the backward pass is a graph of plain ops.
-
-import numpy as np  # noqa: E402
-
-from netlang.ops.registry import define_internal, same_type_as  # noqa: E402
 
 
 def _stable_sigmoid(x):
@@ -130,7 +157,6 @@ elu.vjp(lambda b, node, g: [b.add("elu_grad", [b.operands(node)[0], node, g],
 
 
 def _axis_of(x, axis):
-    from netlang.ops.registry import full_axis
     return full_axis(x.ndim, axis)
 
 
@@ -208,11 +234,11 @@ maxout.vjp(lambda b, node, g: [b.add("maxout_grad", [b.operands(node)[0], g],
 identity.cpu_expr = lambda a, c: "{0}"
 sign.cpu_expr = lambda a, c: f"{c(-1)} if {{0}} < 0 else {c(1)}"
 threshold.cpu_expr = lambda a, c: f"{c(1)} if {{0}} > {c(a['value'])} else {c(0)}"
-sigmoid.cpu_expr = lambda a, c: f"{c(1)} / ({c(1)} + np.exp(-{{0}}))"
-tanh.cpu_expr = lambda a, c: "np.tanh({0})"
+sigmoid.cpu_expr = lambda a, c: f"{c(1)} / ({c(1)} + {c.exp('-{0}')})"
+tanh.cpu_expr = lambda a, c: c.tanh("{0}")
 relu.cpu_expr = lambda a, c: f"{{0}} if {{0}} > 0 else {c(0)}"
 leaky_relu.cpu_expr = lambda a, c: f"{{0}} if {{0}} >= 0 else {{0}} * {c(a['slope'])}"
-elu.cpu_expr = lambda a, c: f"{{0}} if {{0}} >= 0 else {c(a['alpha'])} * np.expm1({{0}})"
+elu.cpu_expr = lambda a, c: f"{{0}} if {{0}} >= 0 else {c(a['alpha'])} * {c.expm1('{0}')}"
 sigmoid_grad.cpu_expr = lambda a, c: f"{{1}} * {{0}} * ({c(1)} - {{0}})"
 tanh_grad.cpu_expr = lambda a, c: f"{{1}} * ({c(1)} - {{0}} * {{0}})"
 relu_grad.cpu_expr = lambda a, c: f"{{1}} if {{0}} > 0 else {c(0)}"
@@ -234,12 +260,12 @@ def _softmax_rows_kernel(log: bool):
             k.line(f"{s} = 0.0")
             with k.block(f"for c in range({x}.shape[1]):"):
                 if log:
-                    k.line(f"{s} += np.exp({x}[r, c] - {m})")
+                    k.line(f"{s} += {k.math.exp(f'{x}[r, c] - {m}')}")
                 else:
-                    k.line(f"{y}[r, c] = np.exp({x}[r, c] - {m})")
+                    k.line(f"{y}[r, c] = {k.math.exp(f'{x}[r, c] - {m}')}")
                     k.line(f"{s} += {y}[r, c]")
             if log:
-                k.line(f"{s} = {m} + np.log({s})")
+                k.line(f"{s} = {m} + {k.math.log(s)}")
             with k.block(f"for c in range({x}.shape[1]):"):
                 k.line(f"{y}[r, c] = {x}[r, c] - {s}" if log else f"{y}[r, c] = {y}[r, c] / {s}")
     return kernel
@@ -257,7 +283,7 @@ def _softmax_grad_rows_kernel(log: bool):
             with k.block(f"for c in range({y}.shape[1]):"):
                 k.line(f"{s} += {g}[r, c]" if log else f"{s} += {g}[r, c] * {y}[r, c]")
             with k.block(f"for c in range({y}.shape[1]):"):
-                k.line(f"{out}[r, c] = {g}[r, c] - np.exp({y}[r, c]) * {s}" if log else
+                k.line(f"{out}[r, c] = {g}[r, c] - {k.math.exp(f'{y}[r, c]')} * {s}" if log else
                        f"{out}[r, c] = {y}[r, c] * ({g}[r, c] - {s})")
     return kernel
 

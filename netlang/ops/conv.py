@@ -1,8 +1,10 @@
 """2-D convolutions, channels-last (N, H, W, C), weights in PyTorch's layout."""
 
-import math
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-from netlang.ops.registry import ParamSpec, define_op
+from netlang.ops.init import init_args
+from netlang.ops.registry import ParamSpec, define_internal, define_op
 from netlang.ops.schema import Arg, BOOL, INT, LAYER, PAIR, PADDING
 
 
@@ -54,8 +56,24 @@ conv2d = define_op(
         Arg("groups", INT, 1, min=1, doc="channel groups; groups = input channels is depthwise"),
         Arg("bias", BOOL, True),
         Arg("share", LAYER, None, doc="use this layer's parameters (weight sharing)"),
+        *init_args("he_uniform"),
     ],
     doc="Cross-correlation over height and width of an (H, W, C) input. Weight (filters, C/groups, kh, kw).")
+conv2d.document(
+    shape="`(H, W, C)` → `(H', W', filters)`, with "
+          "`H' = floor((H + pad_top + pad_bottom − dilation·(kh − 1) − 1) / stride) + 1` "
+          "(likewise W'). `same` pads so that `H' = ceil(H / stride)`, any odd padding "
+          "going to the bottom/right. `C` and `filters` must be divisible by `groups`.",
+    params="`weight` `(filters, C / groups, kh, kw)` (`init`, He uniform by default, with "
+           "fans `C / groups · kh · kw` and `filters / groups · kh · kw`), `bias` `(filters,)` "
+           "(zeros) unless `bias = false`.",
+    example="input image: [32, 32, 3]\n"
+            "output y = image -> conv2d(16, 3, padding = 1)             # (32, 32, 16)\n"
+            "  -> conv2d(32, (3, 1), stride = 2, padding = \"same\")      # (16, 16, 32)\n"
+            "  -> conv2d(32, 3, groups = 32, bias = false)            # depthwise: (14, 14, 32)")
+# In evaluation, a batch norm after a convolution folds into its weight (axis 0: the filters)
+# and bias.
+conv2d.foldable_product = True
 
 
 @conv2d.shape
@@ -80,7 +98,8 @@ def _conv2d_params(inputs, a):
     cin = inputs[0].shape[3] // a["groups"]
     kh, kw = a["kernel"]
     fan_in, fan_out = cin * kh * kw, a["filters"] // a["groups"] * kh * kw
-    specs = [ParamSpec("weight", (a["filters"], cin, kh, kw), "he_uniform", fan_in, fan_out)]
+    specs = [ParamSpec("weight", (a["filters"], cin, kh, kw), a["init"], fan_in, fan_out,
+                       a["gain"])]
     if a["bias"]:
         specs.append(ParamSpec("bias", (a["filters"],), "zeros", fan_in, fan_out))
     return specs
@@ -104,10 +123,21 @@ conv_transpose2d = define_op(
         Arg("groups", INT, 1, min=1),
         Arg("bias", BOOL, True),
         Arg("share", LAYER, None, doc="use this layer's parameters (weight sharing)"),
+        *init_args("he_uniform"),
     ],
     doc="Transposed convolution (the gradient of conv2d with respect to its input; "
         "'deconvolution'): out = (in - 1)·stride - 2·padding + dilation·(kernel - 1) + output_padding + 1. "
         "Weight (C_in, filters/groups, kh, kw) as in PyTorch.")
+conv_transpose2d.document(
+    shape="`(H, W, C)` → `(H', W', filters)` with "
+          "`H' = (H − 1)·stride − 2·padding + dilation·(kh − 1) + output_padding + 1`. "
+          "`output_padding` must be smaller than `stride` or `dilation`.",
+    params="`weight` `(C, filters / groups, kh, kw)` (PyTorch's layout; `init`, He uniform by "
+           "default, with fans `filters / groups · kh · kw` and `C / groups · kh · kw`), `bias` "
+           "`(filters,)` (zeros) unless `bias = false`.",
+    example="input code: [7, 7, 32]\n"
+            "output up = code -> conv_transpose2d(16, 3, stride = 2, padding = 1, "
+            "output_padding = 1)   # (14, 14, 16)")
 
 
 @conv_transpose2d.shape
@@ -140,7 +170,7 @@ def _conv_transpose2d_params(inputs, a):
     kh, kw = a["kernel"]
     per_group = a["filters"] // a["groups"]
     fan_in, fan_out = per_group * kh * kw, cin // a["groups"] * kh * kw
-    specs = [ParamSpec("weight", (cin, per_group, kh, kw), "he_uniform", fan_in, fan_out)]
+    specs = [ParamSpec("weight", (cin, per_group, kh, kw), a["init"], fan_in, fan_out, a["gain"])]
     if a["bias"]:
         specs.append(ParamSpec("bias", (a["filters"],), "zeros", fan_in, fan_out))
     return specs
@@ -153,15 +183,6 @@ def _conv_transpose2d_macs(inputs, out, a):
     return x.shape[1] * x.shape[2] * x.shape[3] * (a["filters"] // a["groups"]) * kh * kw
 
 
-def spatial_output(ctx, a):
-    """Output (H, W) of a windowed op (shared with pooling)."""
-    return _spatial_out(ctx, a)
-
-
-def spatial_macs(out, kernel) -> int:
-    return math.prod(out.shape[1:]) * math.prod(kernel)
-
-
 # ---- forward and backward ------------------------------------------------------------------
 #
 # Three array functions carry every convolution, forward and backward:
@@ -171,11 +192,6 @@ def spatial_macs(out, kernel) -> int:
 # A transposed convolution is the same three with the roles swapped: its forward is conv2d's
 # input gradient, its input gradient a conv2d forward, its weight gradient conv2d's weight
 # gradient with input and gradient exchanged.  Loops run over kernel offsets only, never pixels.
-
-import numpy as np  # noqa: E402
-from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
-
-from netlang.ops.registry import define_internal  # noqa: E402
 
 
 def pad_hw(x, pads, value=0.0):

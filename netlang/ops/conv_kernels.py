@@ -15,8 +15,9 @@ weight gradient is the product of the output gradient with the columns, accumula
 blocks by gemm's beta.  A 1×1, stride-1, unpadded convolution needs no packing: the input's
 rows are its columns.
 
-The loop nests live in netlang.runtime.cnn, compiled once and shared by every model; the
-generated code holds the block loop, the products and the epilogue.
+The loop nests are plain Python in netlang/ops/conv_loops.py, compiled once by
+netlang.runtime.cnn and shared by every model; the generated code holds the block loop, the
+products and the epilogue.
 """
 
 import contextlib
@@ -84,8 +85,9 @@ class ConvGeometry:
 
     @property
     def planar(self) -> bool:
-        """Transposed columns from channel planes (netlang.runtime.cnn): a stride-1 convolution
-        of a thin input (an image's first layer), whose im2col rows would be short runs."""
+        """Transposed columns from channel planes (netlang/ops/conv_loops.py): a stride-1
+        convolution of a thin input (an image's first layer), whose im2col rows would be short
+        runs."""
         return (self.target == "cpu" and self.kind != "input" and self.groups == 1
                 and self.sh == self.sw == 1
                 and not self.direct and self.kw * self.C < 8)
@@ -439,13 +441,17 @@ conv_transpose2d.cpu_workspace = _workspace_rule(_transpose_geometry)
 conv_transpose2d.cpu_kernel = _kernel(_transpose_geometry, emit_conv_transpose, with_bias=True)
 conv2d_grad_weight.cpu_workspace = _workspace_rule(_grad_weight_geometry)
 conv2d_grad_weight.cpu_kernel = _kernel(_grad_weight_geometry, emit_conv_weight_grad)
+# Every product but the weight gradient ends in a loop over its output (the bias add), where
+# the ops fused after it run.
+for _op in (conv2d, conv2d_grad_input, conv_transpose2d, conv_transpose2d_grad_input):
+    _op.epilogue_host = True
 
 
 # ---- CUDA kernels -------------------------------------------------------------------------------
 #
 # The same blocks and products on the device (netlang/codegen/cuda.py): the host function runs
 # the loop over blocks of output lines (`_Blocks`, far larger blocks than the CPU's), and each
-# loop nest that the CPU calls from netlang.runtime.cnn is a grid-stride kernel here, one
+# loop nest that the CPU calls (netlang/ops/conv_loops.py) is a grid-stride kernel here, one
 # thread per element it writes: the weight in column order, im2col (one thread per column
 # element), col2im as a gather (one thread per input element, summing the columns read from it:
 # no atomics) and the weight gradient's reordering.  Products are the tiled `k.matmul`, a

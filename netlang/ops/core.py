@@ -1,8 +1,10 @@
 """Ops with no user-facing layer: graph inputs, parameters, and the transpose used by tying."""
 
+import numpy as np
+
 from netlang.ir.types import TensorType
-from netlang.ops.registry import define_op
-from netlang.ops.schema import Arg, INTS
+from netlang.ops.registry import define_internal, define_op, same_type_as
+from netlang.ops.schema import Arg, FLOAT, FLOATS, INTS
 
 input_op = define_op("input", family="core", arity=0, operand_names=(), role="internal",
                      doc="A graph input; its type comes from the `input` statement.")
@@ -38,11 +40,6 @@ def _transpose_shape(ctx, attrs):
 
 
 # ---- forward and backward ------------------------------------------------------------------
-
-import numpy as np  # noqa: E402
-
-from netlang.ops.registry import define_internal, same_type_as  # noqa: E402
-from netlang.ops.schema import FLOAT, FLOATS  # noqa: E402
 
 
 def _inverse(perm):

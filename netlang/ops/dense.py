@@ -2,8 +2,11 @@
 
 import math
 
+import numpy as np
+
 from netlang.ir.types import TensorType
-from netlang.ops.registry import ParamSpec, define_op
+from netlang.ops.init import init_args
+from netlang.ops.registry import ParamSpec, define_internal, define_op
 from netlang.ops.schema import Arg, BOOL, INT, LAYER
 
 dense = define_op(
@@ -13,9 +16,21 @@ dense = define_op(
         Arg("bias", BOOL, True, doc="add a learned bias"),
         Arg("tie", LAYER, None, doc="use this dense layer's weight, transposed (tied autoencoders)"),
         Arg("share", LAYER, None, doc="use this layer's parameters (weight sharing)"),
+        *init_args("glorot_uniform"),
     ],
     doc="Affine map over the last axis: `y = x W^T + b`, with W of shape (units, in) as in PyTorch. "
         "Leading axes (batch, time) are kept.")
+dense.document(
+    shape="`(..., in)` → `(..., units)`: maps the last axis and keeps the others (time "
+          "steps of a sequence included). Floating-point input with at least one feature "
+          "axis; flatten images first.",
+    params="`weight` `(units, in)` (`init`, Glorot uniform by default, with fans `in` and "
+           "`units`), `bias` `(units,)` (zeros) unless "
+           "`bias = false`. With `tie = other`, the weight is `other`'s weight transposed and "
+           "only the bias is new; `other` must be a `dense` layer whose weight is `(in, units)`.",
+    example="input x: [784]\noutput h = x -> dense(256, bias = false) -> dense(10)")
+# In evaluation, a batch norm after a dense layer folds into its weight and bias.
+dense.foldable_product = True
 
 
 @dense.shape
@@ -34,7 +49,7 @@ def _dense_shape(ctx, a):
 @dense.params
 def _dense_params(inputs, a):
     fan_in = inputs[0].shape[-1]
-    specs = [ParamSpec("weight", (a["units"], fan_in), "glorot_uniform", fan_in, a["units"])]
+    specs = [ParamSpec("weight", (a["units"], fan_in), a["init"], fan_in, a["units"], a["gain"])]
     if a["bias"]:
         specs.append(ParamSpec("bias", (a["units"],), "zeros", fan_in, a["units"]))
     return specs
@@ -51,8 +66,17 @@ embedding = define_op(
         Arg("vocab", INT, min=1, doc="number of distinct token ids"),
         Arg("dim", INT, min=1, doc="size of each embedding vector"),
         Arg("share", LAYER, None, doc="use this layer's parameters (weight sharing)"),
+        *init_args("normal"),
     ],
     doc="Looks up a learned vector for each integer token id: (..., ) → (..., dim).")
+embedding.document(
+    shape="integer ids of any shape `(...)` → `(..., dim)`, float32.",
+    params="`weight` `(vocab, dim)` (`init`, standard normal by default, with fans `vocab` "
+           "and `dim`).",
+    example="input tokens: int32[20]\noutput vectors = tokens -> embedding(5000, 64)   "
+            "# (20, 64)")
+# Token ids run below the vocabulary size.
+embedding.integer_bound = lambda index, a, in_types: a["vocab"] if index == 0 else None
 
 
 @embedding.shape
@@ -64,15 +88,11 @@ def _embedding_shape(ctx, a):
 
 @embedding.params
 def _embedding_params(inputs, a):
-    return [ParamSpec("weight", (a["vocab"], a["dim"]), "normal", a["vocab"], a["dim"])]
+    return [ParamSpec("weight", (a["vocab"], a["dim"]), a["init"], a["vocab"], a["dim"],
+                      a["gain"])]
 
 
 # ---- forward and backward ------------------------------------------------------------------
-
-import numpy as np  # noqa: E402
-
-from netlang.ops.registry import define_internal  # noqa: E402
-from netlang.ir.types import TensorType as _T  # noqa: E402
 
 
 def _dense_forward(ins, a, ctx):
@@ -98,7 +118,7 @@ dense_grad_input.forward(lambda ins, a, ctx: np.matmul(ins[0], ins[1]))
 
 def _grad_weight_shape(ctx, a):
     g, x = ctx.inputs
-    return _T((g.shape[-1], x.shape[-1]), g.dtype)
+    return TensorType((g.shape[-1], x.shape[-1]), g.dtype)
 
 
 dense_grad_weight = define_internal("dense_grad_weight", family="dense", arity=2,
@@ -107,7 +127,8 @@ dense_grad_weight.forward(lambda ins, a, ctx: ins[0].reshape(-1, ins[0].shape[-1
                           @ ins[1].reshape(-1, ins[1].shape[-1]))
 
 bias_grad = define_internal("bias_grad", family="dense",
-                            shape=lambda ctx, a: _T((ctx.inputs[0].shape[-1],), ctx.inputs[0].dtype),
+                            shape=lambda ctx, a: TensorType((ctx.inputs[0].shape[-1],),
+                                                            ctx.inputs[0].dtype),
                             doc="db = g summed over every axis but the last.")
 bias_grad.forward(lambda ins, a, ctx: ins[0].reshape(-1, ins[0].shape[-1]).sum(axis=0))
 
@@ -125,7 +146,7 @@ def _dense_vjp(b, node, g):
 embedding.forward(lambda ins, a, ctx: ins[1][ins[0]])
 embedding_grad = define_internal(
     "embedding_grad", family="dense", arity=2,
-    shape=lambda ctx, a: _T((a["vocab"], ctx.inputs[1].shape[-1]), ctx.inputs[1].dtype),
+    shape=lambda ctx, a: TensorType((a["vocab"], ctx.inputs[1].shape[-1]), ctx.inputs[1].dtype),
     args=embedding.args[:1], doc="Scatter-adds each position's gradient into its token's row.")
 
 
@@ -177,6 +198,10 @@ bias_grad.cpu_kernel = _bias_grad_kernel
 for _op in (dense, dense_grad_input, dense_grad_weight):
     _op.cuda_kernel = _op.cpu_kernel
 bias_grad.cuda_kernel = _bias_grad_reduction
+# The products end in a loop over their output, where a bias add and an activation can run.
+dense.epilogue_host = dense_grad_input.epilogue_host = True
+# dW = gᵀ·x is one gemm, which can add the optimiser's step into the weight itself.
+dense_grad_weight.absorbs_update = True
 
 
 def _embedding_kernel(k):

@@ -1,32 +1,75 @@
 """Parameter initialisation schemes, seeded.
 
-Each parameter node names its scheme (set by the op that creates it) and its
-fans; `initialize` draws every parameter from one seeded generator in creation
-order, so the same seed gives the same weights.
+Each parameter node names its scheme, its fans and a gain: the op that creates it
+picks the scheme (and a layer's `init` and `gain` arguments, from `init_args`,
+override it for the layer's weights).  `initialize` draws every parameter from
+one seeded generator in creation order, so the same seed gives the same weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Callable
 
 import numpy as np
 
+from netlang.ops.schema import Arg, FLOAT, enum
 
-def _uniform(rng, shape, bound):
-    return rng.uniform(-bound, bound, size=shape)
+
+@dataclasses.dataclass(frozen=True)
+class Scheme:
+    """How one scheme draws a tensor: its distribution and its scale at gain 1.
+
+    `gain` multiplies the scale, so it scales a uniform scheme's range, a normal
+    scheme's standard deviation and a constant, as PyTorch's `gain` does.
+    """
+
+    distribution: str  # "uniform" (over ±scale), "normal" (std scale) or "constant"
+    scale: Callable[[int, int], float]  # fn(fan_in, fan_out) -> the bound, std or value
+    doc: str  # what it draws, as docs/language.md's Initialisation table says (a test holds it)
+
+    def draw(self, rng: np.random.Generator, shape: tuple, fan_in: int, fan_out: int,
+             gain: float) -> np.ndarray:
+        """A float64 array of `shape`; a constant scheme draws nothing from `rng`."""
+        scale = gain * self.scale(fan_in, fan_out)
+        if self.distribution == "uniform":
+            return rng.uniform(-scale, scale, size=shape)
+        if self.distribution == "normal":
+            return rng.standard_normal(shape) * scale
+        return np.full(shape, scale, dtype=np.float64)
 
 
 SCHEMES = {
-    "zeros": lambda rng, shape, fan_in, fan_out: np.zeros(shape),
-    "ones": lambda rng, shape, fan_in, fan_out: np.ones(shape),
+    "zeros": Scheme("constant", lambda fan_in, fan_out: 0.0, "all zeros, whatever the gain"),
+    "ones": Scheme("constant", lambda fan_in, fan_out: 1.0, "all equal to the gain"),
+    "uniform": Scheme("uniform", lambda fan_in, fan_out: 1.0, "U(±gain)"),
+    "normal": Scheme("normal", lambda fan_in, fan_out: 1.0, "N(0, std = gain)"),
     # Xavier/Glorot: keeps activation variance through sigmoid/tanh/linear layers.
-    "glorot_uniform": lambda rng, shape, fan_in, fan_out: _uniform(rng, shape, math.sqrt(6 / (fan_in + fan_out))),
+    "glorot_uniform": Scheme("uniform", lambda fan_in, fan_out: math.sqrt(6 / (fan_in + fan_out)),
+                             "U(±gain·√(6 / (fan_in + fan_out)))"),
+    "glorot_normal": Scheme("normal", lambda fan_in, fan_out: math.sqrt(2 / (fan_in + fan_out)),
+                            "N(0, std = gain·√(2 / (fan_in + fan_out)))"),
     # He/Kaiming: the same for ReLU layers, which halve the variance.
-    "he_uniform": lambda rng, shape, fan_in, fan_out: _uniform(rng, shape, math.sqrt(6 / fan_in)),
-    "normal": lambda rng, shape, fan_in, fan_out: rng.standard_normal(shape),
-    # PyTorch's recurrent default: U(±1/√hidden) for every weight and bias.
-    "recurrent_uniform": lambda rng, shape, fan_in, fan_out: _uniform(rng, shape, 1 / math.sqrt(fan_in)),
+    "he_uniform": Scheme("uniform", lambda fan_in, fan_out: math.sqrt(6 / fan_in),
+                         "U(±gain·√(6 / fan_in))"),
+    "he_normal": Scheme("normal", lambda fan_in, fan_out: math.sqrt(2 / fan_in),
+                        "N(0, std = gain·√(2 / fan_in))"),
+    # PyTorch's recurrent default (and its dense default's bound): U(±1/√fan_in); the
+    # recurrent layers give the hidden size as fan_in, as PyTorch bounds them by it.
+    "recurrent_uniform": Scheme("uniform", lambda fan_in, fan_out: 1 / math.sqrt(fan_in),
+                                "U(±gain / √fan_in)"),
 }
+
+
+def init_args(default: str) -> list[Arg]:
+    """The `init` and `gain` arguments of a layer whose weights are drawn by `default`."""
+    return [
+        Arg("init", enum(*SCHEMES), default,
+            doc="how the weights are drawn (see Initialisation); biases stay as they are"),
+        Arg("gain", FLOAT, 1.0, min=0.0, exclusive_min=True,
+            doc="scales the weights' range or standard deviation"),
+    ]
 
 
 def initialize(graph, seed: int = 0, dtype=np.float32) -> dict:
@@ -38,7 +81,7 @@ def initialize(graph, seed: int = 0, dtype=np.float32) -> dict:
         if data["role"] not in ("param", "buffer"):
             continue
         attrs = data["attrs"]
-        draw = SCHEMES[attrs["init"]]
-        values[data["name"]] = np.ascontiguousarray(
-            draw(rng, tuple(attrs["shape"]), attrs["fan_in"], attrs["fan_out"]), dtype=dtype)
+        drawn = SCHEMES[attrs["init"]].draw(rng, tuple(attrs["shape"]), attrs["fan_in"],
+                                            attrs["fan_out"], attrs["gain"])
+        values[data["name"]] = np.ascontiguousarray(drawn, dtype=dtype)
     return values

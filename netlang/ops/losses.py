@@ -6,8 +6,10 @@ docs/language.md.  Where PyTorch's default differs (squared error), both are
 offered.
 """
 
+import numpy as np
+
 from netlang.ir.types import TensorType
-from netlang.ops.registry import define_op
+from netlang.ops.registry import OPS, define_internal, define_op, same_type_as
 from netlang.ops.schema import Arg, BOOL, FLOAT
 
 SCALAR = TensorType((), "float32")
@@ -34,6 +36,11 @@ def _class_scores_and_target(ctx, what):
     return SCALAR
 
 
+def _label_bound(index, a, in_types):
+    """An integer target labels one of the prediction's classes (its last axis)."""
+    return int(in_types[0].shape[-1]) if index == 1 else None
+
+
 def _same_shape_target(ctx, a):
     """Prediction and target of one shape; integer labels stand for one-hot rows or, for a single
     output unit, for the target value itself."""
@@ -55,27 +62,66 @@ cross_entropy = _loss(
     "The target is integer labels or a probability vector per example. Softmax is applied "
     "inside the loss, so the model outputs raw scores.",
     [Arg("label_smoothing", FLOAT, 0.0, min=0.0, max=1.0)])
+cross_entropy.document(
+    shape="prediction: raw scores `(..., C)` with a class axis; target: integer labels "
+          "`(...)` (the prediction's shape without its class axis) or a float probability "
+          "vector of the prediction's shape. The result is a scalar: the mean over the batch "
+          "(and over time for sequences).",
+    params=None,
+    example="input image: [784]\ninput label: int32[]\n"
+            "output logits = image -> dense(10)\n"
+            "train { loss cross_entropy(logits, label, label_smoothing = 0.1) }")
 cross_entropy.shape(lambda ctx, a: _class_scores_and_target(ctx, "scores"))
+cross_entropy.class_reading = "scores"
+cross_entropy.integer_bound = _label_bound
 
 binary_cross_entropy = _loss(
     "binary_cross_entropy",
     "-t log p - (1 - t) log(1 - p) summed over outputs, averaged over the batch. With "
     "`logits=true` the prediction is a pre-sigmoid score (stable; PyTorch's BCEWithLogits).",
     [Arg("logits", BOOL, False, doc="the prediction is a raw score, not a probability")])
+binary_cross_entropy.document(
+    shape="a target of the prediction's shape; or integer labels of the prediction's shape "
+          "without its last axis, which stand for one-hot rows or, when that axis has one "
+          "unit, for the target value itself. Scalar result.",
+    params=None,
+    example="input x: [2]\ninput label: int32[]\n"
+            "output score = x -> dense(1)\n"
+            "train { loss binary_cross_entropy(score, label, logits = true) }")
 binary_cross_entropy.shape(_same_shape_target)
+binary_cross_entropy.class_reading = "probability"
 
 squared_error = _loss(
     "squared_error",
     "The textbook squared error ½ Σ_j (t_j - y_j)² per example, averaged over the batch.")
+squared_error.document(
+    shape="as `binary_cross_entropy`. Scalar result.",
+    params=None,
+    example="input x: [784]\noutput recon = x -> dense(32) -> relu -> dense(784)\n"
+            "train { loss squared_error(recon, x) }")
 squared_error.shape(_same_shape_target)
+squared_error.class_reading = "value"
 
 mse = _loss("mse", "PyTorch's MSELoss: the mean of (t - y)² over every element.")
+mse.document(
+    shape="as `binary_cross_entropy`. Scalar result.",
+    params=None,
+    example="input x: [3]\ninput y: [1]\noutput pred = x -> dense(1)\ntrain { loss mse(pred, y) }")
 mse.shape(_same_shape_target)
+mse.class_reading = "value"
 
 hinge = _loss(
     "hinge",
     "Multiclass SVM loss Σ_{j≠y} max(0, s_j - s_y + margin) per example, averaged over the batch.",
     [Arg("margin", FLOAT, 1.0, min=0.0)])
+hinge.document(
+    shape="prediction: class scores `(..., C)`; target: integer labels `(...)` only. "
+          "Scalar result.",
+    params=None,
+    example="input x: [2]\ninput label: int32[]\noutput scores = x -> dense(3)\n"
+            "train { loss hinge(scores, label, margin = 1) }")
+hinge.class_reading = "scores"
+hinge.integer_bound = _label_bound
 
 
 @hinge.shape
@@ -90,10 +136,6 @@ def _hinge_shape(ctx, a):
 #
 # Each loss has one backward op, (prediction, target, g) -> d prediction, which fuses the
 # whole chain rule of the loss (softmax + cross-entropy gives the stable `p − t`).
-
-import numpy as np  # noqa: E402
-
-from netlang.ops.registry import OPS, define_internal, same_type_as  # noqa: E402
 
 
 def _positions(pred) -> int:
@@ -264,8 +306,8 @@ def _ce_kernel(k, with_loss: bool, grad_var=None):
             k.line(f"{m} = max({m}, {z}[r, c])")
         k.line(f"{s} = 0.0")
         with k.block(f"for c in range({z}.shape[1]):"):
-            k.line(f"{s} += np.exp({z}[r, c] - {m})")
-        k.line(f"{lse} = {m} + np.log({s})")
+            k.line(f"{s} += {k.math.exp(f'{z}[r, c] - {m}')}")
+        k.line(f"{lse} = {m} + {k.math.log(s)}")
         # d/dz of −Σ t·log softmax(z) is softmax·Σt − t; Σt is 1 for labels but not for any
         # float target (an unnormalised weighting is allowed).
         tsum = "1.0"
@@ -283,7 +325,7 @@ def _ce_kernel(k, with_loss: bool, grad_var=None):
             if total is not None:
                 k.line(f"{total} += {tv} * ({lse} - {z}[r, c])")
             if grad:
-                k.line(f"{grad}[r, c] = (np.exp({z}[r, c] - {lse}) * {tsum} - {tv}) * "
+                k.line(f"{grad}[r, c] = ({k.math.exp(f'{z}[r, c] - {lse}')} * {tsum} - {tv}) * "
                        f"({g} / {z}.shape[0])")
 
     if with_loss:
@@ -319,7 +361,7 @@ def _rowwise_loss_kernel(term, grad, normaliser):
             with k.block(f"for c in range({p}.shape[1]):"):
                 k.line(f"{pv} = {p}[r, c]")
                 k.line(f"{tv} = {target('r', 'c')}")
-                k.line(f"{total} += {term(pv, tv, k.attrs)}")
+                k.line(f"{total} += {term(pv, tv, k.attrs, k.math)}")
         k.reduction(f"{p}.shape[0]", "r", row,
                     lambda total: k.line(f"{k.out}[0] = {total} / ({normaliser(k, p)})"))
 
@@ -332,7 +374,7 @@ def _rowwise_loss_kernel(term, grad, normaliser):
             with k.block(f"for c in range({p}.shape[1]):"):
                 k.line(f"{pv} = {p}[r, c]")
                 k.line(f"{tv} = {target('r', 'c')}")
-                k.line(f"{out}[r, c] = ({grad(pv, tv, k.attrs)}) * {scale}")
+                k.line(f"{out}[r, c] = ({grad(pv, tv, k.attrs, k.math)}) * {scale}")
     return loss_kernel, grad_kernel
 
 
@@ -344,24 +386,24 @@ def _per_element(k, rows):
     return f"{k.ins[0]}.size"
 
 
-def _bce_term(p, t, a):
+def _bce_term(p, t, a, m):
     if a["logits"]:
-        return f"max({p}, 0.0) - {p} * {t} + np.log1p(np.exp(-abs({p})))"
-    return (f"-({t} * max(np.log({p}), -100.0) + (1.0 - {t}) * max(np.log1p(-{p}), -100.0))")
+        return f"max({p}, 0.0) - {p} * {t} + {m.log1p(m.exp(f'-abs({p})'))}"
+    return (f"-({t} * max({m.log(p)}, -100.0) + (1.0 - {t}) * max({m.log1p('-' + p)}, -100.0))")
 
 
-def _bce_grad(p, t, a):
+def _bce_grad(p, t, a, m):
     if a["logits"]:
-        return f"1.0 / (1.0 + np.exp(-{p})) - {t}"
+        return f"1.0 / (1.0 + {m.exp('-' + p)}) - {t}"
     return f"({p} - {t}) / max({p} * (1.0 - {p}), 1e-12)"
 
 
 for _op, _term, _grad, _norm in (
         (binary_cross_entropy, _bce_term, _bce_grad, _per_example),
-        (squared_error, lambda p, t, a: f"0.5 * ({p} - {t}) * ({p} - {t})",
-         lambda p, t, a: f"{p} - {t}", _per_example),
-        (mse, lambda p, t, a: f"({p} - {t}) * ({p} - {t})", lambda p, t, a: f"2.0 * ({p} - {t})",
-         _per_element)):
+        (squared_error, lambda p, t, a, m: f"0.5 * ({p} - {t}) * ({p} - {t})",
+         lambda p, t, a, m: f"{p} - {t}", _per_example),
+        (mse, lambda p, t, a, m: f"({p} - {t}) * ({p} - {t})",
+         lambda p, t, a, m: f"2.0 * ({p} - {t})", _per_element)):
     _op.cpu_kernel, OPS[f"{_op.name}_grad"].cpu_kernel = _rowwise_loss_kernel(_term, _grad, _norm)
 
 cross_entropy.cpu_kernel = _ce_loss_kernel
@@ -411,6 +453,8 @@ def _hinge_kernels():
 hinge.cpu_kernel, OPS["hinge_grad"].cpu_kernel = _hinge_kernels()
 hinge.cuda_kernel, OPS["hinge_grad"].cuda_kernel = hinge.cpu_kernel, OPS["hinge_grad"].cpu_kernel
 OPS["cross_entropy_grad"].cpu_kernel = _ce_grad_kernel
+# The loss kernel writes the gradient's softmax too when both read the same operands.
+OPS["cross_entropy_grad"].paired_loss = "cross_entropy"
 # Written with k.parallel and k.reduction only: the same templates serve the CUDA back end.
 for _op in (cross_entropy, binary_cross_entropy, squared_error, mse):
     _op.cuda_kernel = _op.cpu_kernel

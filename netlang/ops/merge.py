@@ -1,12 +1,20 @@
 """Ops that merge branches: concatenation and elementwise sums and products."""
 
-from netlang.ops.registry import check_axis, define_op
+import numpy as np
+
+from netlang.ops.registry import check_axis, define_internal, define_op, full_axis
 from netlang.ops.schema import Arg, INT
 
 concat = define_op(
     "concat", family="merge", arity=None, operand_names=("xs",),
     args=[Arg("axis", INT, -1, doc="per-example axis to join along (default: channels)")],
     doc="Joins two or more tensors along `axis`; all other axes must agree (inception blocks).")
+concat.document(
+    shape="two or more tensors of one dtype and rank whose shapes agree except along "
+          "`axis`; the output's `axis` is the sum.",
+    params=None,
+    example="input a: [8, 8, 16]\ninput b: [8, 8, 32]\n"
+            "output c = (a, b) -> concat   # (8, 8, 48)")
 
 
 @concat.shape
@@ -40,18 +48,22 @@ def _same_shapes(verb):
 
 add = define_op("add", family="merge", arity=None, operand_names=("xs",),
                 doc="Elementwise sum of tensors of one shape (residual connections); `a + b`.")
+add.document(
+    shape="two or more tensors of the same shape and dtype; the result has that shape. "
+          "`a + b` between two tensors is `(a, b) -> add`.",
+    params=None,
+    example="input x: [16]\nh = x -> dense(16) -> relu\noutput y = h + x")
 add.shape(_same_shapes("add"))
 multiply = define_op("multiply", family="merge", arity=None, operand_names=("xs",),
                      doc="Elementwise product of tensors of one shape (gating); `a * b`.")
+multiply.document(
+    shape="as `add`; `a * b` between two tensors is `(a, b) -> multiply`.",
+    params=None,
+    example="input x: [16]\ngate = x -> dense(16) -> sigmoid\noutput y = (x, gate) -> multiply")
 multiply.shape(_same_shapes("multiply"))
 
 
 # ---- forward and backward ------------------------------------------------------------------
-
-import numpy as np  # noqa: E402
-
-from netlang.ops.registry import define_internal, full_axis  # noqa: E402
-from netlang.ops.schema import INT as _INT  # noqa: E402
 
 
 def _concat_forward(ins, a, ctx):
@@ -69,7 +81,7 @@ def _slice_shape(ctx, a):
 
 slice_axis = define_internal(
     "slice_axis", family="merge", shape=_slice_shape, differentiable=False,
-    args=[Arg("axis", _INT), Arg("start", _INT), Arg("stop", _INT)],
+    args=[Arg("axis", INT), Arg("start", INT), Arg("stop", INT)],
     doc="The elements start:stop along a per-example axis (the gradient of concat).")
 
 

@@ -1,6 +1,9 @@
 """Normalisation and dropout."""
 
-from netlang.ops.registry import ParamSpec, define_op, elementwise_same
+import numpy as np
+
+from netlang.ops.registry import (ParamSpec, define_internal, define_op, elementwise_same,
+                                  same_type_as)
 from netlang.ops.schema import Arg, FLOAT, INT, LAYER
 
 batchnorm = define_op(
@@ -13,6 +16,14 @@ batchnorm = define_op(
     doc="Normalises each channel (last axis) by batch statistics in training and running "
         "statistics in evaluation, then scales and shifts: weight and bias of shape (C,); "
         "running_mean and running_var are buffers, not counted as parameters.")
+batchnorm.document(
+    shape="unchanged; normalises over the last axis (channels), which must exist "
+          "(per-example rank ≥ 1).",
+    params="`weight` `(C,)` (ones) and `bias` `(C,)` (zeros); the buffers `running_mean` and "
+           "`running_var` `(C,)` are state, not parameters, and are not counted in "
+           "`total_params`.",
+    example="input x: [28, 28, 1]\n"
+            "output y = x -> conv2d(8, 3, bias = false) -> batchnorm(momentum = 0.1) -> relu")
 
 
 @batchnorm.shape
@@ -42,6 +53,12 @@ lrn = define_op(
     ],
     doc="Local response normalisation across channels (AlexNet, GoogLeNet): "
         "x / (k + alpha/size · sum of x² over `size` neighbouring channels)^beta, as PyTorch.")
+lrn.document(
+    shape="unchanged; the input is `(C,)`-last with one or two spatial axes "
+          "(per-example rank 2 or 3).",
+    params=None,
+    example="input x: [27, 27, 96]\n"
+            "output y = x -> lrn(size = 5, alpha = 1e-4, beta = 0.75, k = 2)")
 
 
 @lrn.shape
@@ -57,14 +74,13 @@ dropout = define_op(
               "(PyTorch's convention; the lectures' keep probability p is 1 - rate)")],
     doc="Inverted dropout: in training zeroes each unit with probability `rate` and scales the "
         "rest by 1/(1 - rate); in evaluation passes its input through.")
+dropout.document(
+    shape="unchanged (floating-point input); the identity at evaluation time.",
+    params=None, example="input x: [800]\noutput y = x -> dropout(0.5)")
 dropout.shape(elementwise_same)
 
 
 # ---- forward and backward ------------------------------------------------------------------
-
-import numpy as np  # noqa: E402
-
-from netlang.ops.registry import define_internal, same_type_as  # noqa: E402
 
 
 def _dropout_forward(ins, a, ctx):
@@ -123,7 +139,21 @@ dropout_mask = define_internal(
 dropout_mask.forward(lambda ins, a, ctx: dropout_mask_array(ins[0].shape, a["rate"], ctx.rng,
                                                              ins[0].dtype)
                      if ctx.mode == "train" else np.ones_like(ins[0]))
-# In the training graph dropout has become a product with its mask (see passes/training.py);
+
+
+@dropout.training_rewrite
+def _dropout_as_masked_product(graph, node):
+    """Inside a training step dropout(x) is x · dropout_mask(x): the mask drawn in the forward
+    pass is then a node of the graph, and the backward pass multiplies by that same mask."""
+    data = graph.nodes[node]
+    x = data["inputs"][0]
+    mask = graph.add_op("dropout_mask", [x], {"rate": data["attrs"]["rate"]}, data["type"],
+                        name=graph.unique_name(f"{data['name']}.mask"), role="internal",
+                        layer=data["layer"], trace=data["trace"])
+    graph.replace_op(node, "multiply", [x, mask], {})
+
+
+# In the training graph dropout has become a product with its mask (see the rewrite above);
 # this rule serves graphs differentiated in evaluation mode, where dropout is the identity.
 dropout.vjp(lambda b, node, g: [g])
 
@@ -292,7 +322,8 @@ lrn.vjp(lambda b, node, g: [b.add("lrn_grad", [b.operands(node)[0], g], **b.attr
 
 # ---- CPU kernels: batch norm and LRN ----------------------------------------------------------
 #
-# Both work on the (rows, C) view of any rank, through netlang.runtime.cnn.  Batch norm's
+# Both work on the (rows, C) view of any rank, through the loop nests of
+# netlang/ops/norm_loops.py (compiled by netlang.runtime.cnn).  Batch norm's
 # per-channel sums accumulate in float64 workspaces in one pass (Σx, Σx², and for the
 # gradients Σg, Σg·x).  In the training step the forward kernel also moves the running
 # statistics, written in place into the buffers (passed to the program like parameters), as
@@ -346,6 +377,8 @@ def _bn_workspaces(coefficients):
 
 
 batchnorm.cpu_kernel = _batchnorm_kernel
+# Its output loop is where an activation after it runs.
+batchnorm.epilogue_host = True
 batchnorm.cpu_workspace = _bn_workspaces(True)
 batchnorm_grad_input.cpu_kernel = _batchnorm_grad_input_kernel
 batchnorm_grad_input.cpu_workspace = _bn_workspaces(True)
@@ -358,7 +391,8 @@ batchnorm_grad_weight.cpu_workspace = _bn_workspaces(False)
 # In evaluation a batch norm is a per-channel affine map of fixed coefficients, so a
 # convolution or dense layer feeding it alone can absorb it: W' = W·s (s = γ/√(var + ε), one
 # factor per output channel, axis 0 of both weight layouts), b' = (b − mean)·s + β.
-# `passes/fold_batchnorm.py` rewrites evaluation graphs so; these ops compute W' and b' from
+# `passes/fold_batchnorm.py` rewrites evaluation graphs so (by batch norm's fold rule below,
+# for the products marked `foldable_product`); these ops compute W' and b' from
 # the current parameters at every call (a pass over the weights, not over the activations).
 
 def _fold_scale(gamma, var, eps):
@@ -388,12 +422,34 @@ def _batchnorm_fold_bias(ins, a, ctx):
     return ((bias - mean) * _fold_scale(gamma, var, a["eps"]) + beta).astype(gamma.dtype)
 
 
+@batchnorm.fold_into
+def _fold_batchnorm_into_product(graph, node, product):
+    """Rewrites the batch norm `node` as a copy of the `product` feeding it (a conv2d or dense
+    layer) that reads `batchnorm_fold_weight(W, γ, var)` and `batchnorm_fold_bias(γ, β, mean,
+    var[, b])`: the node keeps its name, type and consumers, and `product` is left unread."""
+    data = graph.nodes[node]
+    x, weight, *bias = graph.operands(product)
+    gamma, beta, mean, var = data["inputs"][1:5]
+    eps = {"eps": data["attrs"]["eps"]}
+    common = dict(role="internal", layer=data["layer"], trace=data["trace"])
+    new_weight = graph.add_op("batchnorm_fold_weight", [weight, gamma, var], eps,
+                              graph.type_of(weight),
+                              name=graph.unique_name(f"{data['name']}.folded_weight"), **common)
+    new_bias = graph.add_op("batchnorm_fold_bias", [gamma, beta, mean, var] + bias, eps,
+                            graph.type_of(beta),
+                            name=graph.unique_name(f"{data['name']}.folded_bias"), **common)
+    attrs = dict(graph.nodes[product]["attrs"])
+    if "bias" in attrs:
+        attrs["bias"] = True
+    graph.replace_op(node, graph.op(product), [x, new_weight, new_bias], attrs)
+
+
 def _fold_weight_kernel(k):
     w, gamma, var = k.matrix(k.ins[0], k.in_types[0].size // k.in_types[0].shape[0]), *k.ins[1:]
     out = k.matrix(k.out, k.out_type.size // k.out_type.shape[0])
-    scale = k.fresh("sc")
+    scale, eps = k.fresh("sc"), k.const(k.attrs["eps"])
     with k.parallel(f"{w}.shape[0]", "f"):
-        k.line(f"{scale} = {gamma}[f] / np.sqrt({var}[f] + {k.const(k.attrs['eps'])})")
+        k.line(f"{scale} = {gamma}[f] / {k.math.sqrt(f'{var}[f] + {eps}')}")
         with k.block(f"for j in range({w}.shape[1]):"):
             k.line(f"{out}[f, j] = {w}[f, j] * {scale}")
 
@@ -401,9 +457,10 @@ def _fold_weight_kernel(k):
 def _fold_bias_kernel(k):
     gamma, beta, mean, var = k.ins[:4]
     bias = f"{k.ins[4]}[c]" if len(k.ins) > 4 else k.const(0)
+    eps = k.const(k.attrs["eps"])
     with k.parallel(f"{k.out}.shape[0]", "c"):
-        k.line(f"{k.out}[c] = ({bias} - {mean}[c]) * ({gamma}[c] / np.sqrt({var}[c] + "
-               f"{k.const(k.attrs['eps'])})) + {beta}[c]")
+        k.line(f"{k.out}[c] = ({bias} - {mean}[c]) * ({gamma}[c] / "
+               f"{k.math.sqrt(f'{var}[c] + {eps}')}) + {beta}[c]")
 
 
 batchnorm_fold_weight.cpu_kernel = _fold_weight_kernel

@@ -1,7 +1,9 @@
 """Max and average pooling, and global average pooling, channels-last."""
 
-from netlang.ops.conv import conv_output_size, resolve_padding
-from netlang.ops.registry import define_op
+import numpy as np
+
+from netlang.ops.conv import conv_output_size, resolve_padding, scatter_windows, windows
+from netlang.ops.registry import define_internal, define_op, same_type_as
 from netlang.ops.schema import Arg, BOOL, PAIR, PADDING
 
 
@@ -49,13 +51,30 @@ def _pool_shape(ctx, a):
 
 maxpool = define_op("maxpool", family="pool", args=_pool_args(False),
                     doc="Maximum over each window, per channel.")
+maxpool.document(
+    shape="`(H, W, C)` → `(H', W', C)`; without `ceil_mode`, "
+          "`H' = floor((H + pad_top + pad_bottom − kernel) / stride) + 1`; with it the "
+          "division rounds up, except that the last window must start inside the input or "
+          "its top/left padding (PyTorch's rule). Padding may be at most half the window.",
+    params=None,
+    example="input x: [112, 112, 64]\n"
+            "output y = x -> maxpool(3, stride = 2, ceil_mode = true)   # (56, 56, 64)")
 maxpool.shape(_pool_shape)
 avgpool = define_op("avgpool", family="pool", args=_pool_args(True),
                     doc="Mean over each window, per channel.")
+avgpool.document(
+    shape="as `maxpool`.",
+    params=None,
+    example="input x: [8, 8, 16]\n"
+            "output y = x -> avgpool(2, padding = 1, count_include_pad = false)   # (5, 5, 16)")
 avgpool.shape(_pool_shape)
 
 global_avgpool = define_op("global_avgpool", family="pool",
                            doc="Mean over height and width: (H, W, C) → (C,).")
+global_avgpool.document(
+    shape="`(H, W, C)` → `(C,)`.",
+    params=None,
+    example="input x: [7, 7, 512]\noutput y = x -> global_avgpool   # (512,)")
 
 
 @global_avgpool.shape
@@ -73,11 +92,6 @@ def _global_avgpool_shape(ctx, a):
 # and never count towards an average.  An average divides by the window clipped to the padded
 # input (count_include_pad) or to the input itself (otherwise).  Gradients are scattered back
 # one kernel offset at a time (a loop over the window, never over pixels).
-
-import numpy as np  # noqa: E402
-
-from netlang.ops.conv import scatter_windows, windows  # noqa: E402
-from netlang.ops.registry import define_internal, same_type_as  # noqa: E402
 
 
 def pool_geometry(in_hw, a):
@@ -209,8 +223,9 @@ global_avgpool.vjp(lambda b, node, g: [b.add("global_avgpool_grad", [g], in_hw=_
 
 
 # ---- CPU kernels ------------------------------------------------------------------------------
-# Calls into netlang.runtime.cnn's loop nests, which loop over output pixels and the window's
-# cells inside the input, innermost over the contiguous channels.
+# Calls into the loop nests of netlang/ops/pool_loops.py (compiled by netlang.runtime.cnn),
+# which loop over output pixels and the window's cells inside the input, innermost over the
+# contiguous channels.
 
 def _pool_args(k, x_type, with_after=False) -> str:
     """N and the geometry (H, W, C, Ho, Wo, kh, kw, sh, sw, pt[, pb], pl[, pr]) as arguments."""
@@ -271,7 +286,7 @@ global_avgpool_grad.cpu_kernel = _global_avgpool_grad_kernel
 # ---- CUDA kernels ------------------------------------------------------------------------------
 # One thread per output element (forward) and a gather per input element (backward: each input
 # cell sums the gradients of the windows holding it, so no two threads write one cell and no
-# atomics are needed).  The windows and divisors are the CPU helpers' (netlang.runtime.cnn):
+# atomics are needed).  The windows and divisors are the CPU loops' (ops/pool_loops.py):
 # clipped to the input; a max's gradient goes to the window's first cell holding its maximum.
 
 def _cuda_index(k, index, H, W, C) -> None:

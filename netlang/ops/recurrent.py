@@ -1,15 +1,37 @@
-"""Recurrent layers: rnn, lstm and gru, stacked and bidirectional.
+"""Recurrent layers: rnn, lstm and gru, stacked and bidirectional, with their gradients.
 
 Parameters follow PyTorch's names and layouts (weight_ih_l0, weight_hh_l0,
 bias_ih_l0, bias_hh_l0, `_reverse` for the backward direction; gates stacked in
 PyTorch's order: i, f, g, o for the LSTM and r, z, n for the GRU), so weights
 move between the two without reshuffling.
+
+A layer's operands are its input sequence, then the tensors its keyword arguments name
+(`h0`, `c0`, `lengths`, in that order, those given), then its parameters, and in a
+training step the dropout mask between its stacked layers (see `operand_names`).  The
+NumPy rules (forward in time, backward through it) are in recurrent_reference.py; here
+each op's schema, shape rule, parameters, and how its backward pass is built from graph
+ops: one `<kind>_grad` node runs back through time and leaves a tape of gradients, which
+the dense layer's own gradient ops turn into each parameter's gradient.
 """
 
-from netlang.ops.registry import ParamSpec, define_op
-from netlang.ops.schema import Arg, BOOL, INT, LAYER, enum
+from netlang.ir.types import TensorType
+from netlang.ops.init import init_args
+from netlang.ops.norm import dropout_mask_array
+from netlang.ops.recurrent_reference import (
+    GATES,
+    PARAMETER_PARTS,
+    Stack,
+    backprop,
+    parameter_names,
+    run,
+    tape_layout,
+    tape_size,
+)
+from netlang.ops.registry import ParamSpec, define_internal, define_op
+from netlang.ops.schema import BOOL, FLOAT, INT, INTS, LAYER, TENSOR, Arg, enum
 
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+# The tensors each kind takes by keyword, in operand order: initial states and lengths.
+STATE_ARGS = {"rnn": ("h0", "lengths"), "lstm": ("h0", "c0", "lengths"), "gru": ("h0", "lengths")}
 
 
 def _recurrent_args(kind):
@@ -18,22 +40,67 @@ def _recurrent_args(kind):
         Arg("layers", INT, 1, min=1, doc="stacked layers, each fed the previous one's sequence"),
         Arg("bidirectional", BOOL, False, doc="also run backwards in time and concatenate both"),
         Arg("sequences", BOOL, False,
-            doc="return the whole output sequence (T, units·directions) instead of the last state"),
+            doc="return the whole output sequence (T, units·directions) instead of each "
+                "direction's final state"),
     ]
     if kind == "rnn":
         args.append(Arg("activation", enum("tanh", "relu"), "tanh"))
     args.append(Arg("share", LAYER, None, doc="use this layer's parameters"))
+    args += init_args("recurrent_uniform")
+    args.append(Arg("dropout", FLOAT, 0.0, min=0.0, max=1.0,
+                    doc="in training, dropout on each stacked layer's output but the last's "
+                        "(PyTorch's `dropout`)"))
+    states = {"h0": "the initial hidden states: (layers·directions, units) per example, or "
+                    "(units,) for one layer and direction (default zeros)",
+              "c0": "the initial cell states, shaped as `h0` (default zeros)",
+              "lengths": "int32 per example: the steps of each sequence; later steps are "
+                         "padding"}
+    args += [Arg(name, TENSOR, None, doc=states[name]) for name in STATE_ARGS[kind]]
     return args
 
 
-def _recurrent_shape(ctx, a):
-    ctx.need_float(0)
-    ctx.need_rank(0, (3,), "a (time, features) sequence per example")
-    x = ctx.inputs[0]
-    width = a["units"] * (2 if a["bidirectional"] else 1)
-    if a["sequences"]:
-        return x.with_shape((x.shape[0], x.shape[1], width))
-    return x.with_shape((x.shape[0], width))
+def operand_names(kind: str, attrs: dict) -> list[str]:
+    """A recurrent node's operands by name, in order: `x`, the tensor arguments given (the
+    front end stores each as the name of the layer it came from, None when not given), the
+    parameters, and `mask` once the training rewrite has added the dropout mask."""
+    given = [name for name in STATE_ARGS[kind] if attrs.get(name) is not None]
+    names = ["x", *given, *parameter_names(attrs["layers"], 2 if attrs["bidirectional"] else 1)]
+    return names + (["mask"] if attrs.get("masked") else [])
+
+
+def _named(kind, attrs, values) -> dict:
+    """Operand name → value (or type) of a recurrent node."""
+    return dict(zip(operand_names(kind, attrs), values))
+
+
+def _recurrent_shape(kind):
+    def rule(ctx, a):
+        ctx.need_float(0)
+        ctx.need_rank(0, (3,), "a (time, features) sequence per example")
+        x = ctx.inputs[0]
+        stack = Stack.of(kind, a, x.shape)
+        positions = _named(kind, a, range(len(ctx.inputs)))
+        for state in ("h0", "c0"):
+            if state not in positions:
+                continue
+            i = positions[state]
+            shapes = [(None, stack.states, stack.units)]
+            shapes += [(None, stack.units)] if stack.states == 1 else []
+            if ctx.inputs[i].shape not in shapes or ctx.inputs[i].dtype != x.dtype:
+                alone = f" or ({stack.units},)" if stack.states == 1 else ""
+                ctx.fail(f"`{kind}` expects `{state}` of {x.dtype} ({stack.states}, "
+                         f"{stack.units}){alone} per example (layers·directions, units), got "
+                         f"{ctx.inputs[i].dtype} {ctx.describe(i)}")
+        if "lengths" in positions:
+            i = positions["lengths"]
+            if ctx.inputs[i].is_float or ctx.inputs[i].shape != (None,):
+                ctx.fail(f"`{kind}` expects `lengths` as one integer per example (int32[]), "
+                         f"got {ctx.inputs[i].dtype} {ctx.describe(i)}")
+        width = a["units"] * stack.directions
+        if a["sequences"]:
+            return x.with_shape((x.shape[0], x.shape[1], width))
+        return x.with_shape((x.shape[0], width))
+    return rule
 
 
 def _recurrent_params(kind):
@@ -44,13 +111,20 @@ def _recurrent_params(kind):
         directions = ("", "_reverse") if a["bidirectional"] else ("",)
         specs = []
         features = inputs[0].shape[-1]
+
+        def weight(name, columns):
+            # PyTorch bounds its default by the hidden size, whatever the matrix; any other
+            # scheme reads the matrix's own fans, as PyTorch's init functions do.
+            fans = (h, h) if a["init"] == "recurrent_uniform" else (columns, gates * h)
+            return ParamSpec(name, (gates * h, columns), a["init"], *fans, a["gain"])
+
         for layer in range(a["layers"]):
             fan_in = features if layer == 0 else h * len(directions)
             for suffix in directions:
                 tag = f"l{layer}{suffix}"
                 specs += [
-                    ParamSpec(f"weight_ih_{tag}", (gates * h, fan_in), "recurrent_uniform", h, h),
-                    ParamSpec(f"weight_hh_{tag}", (gates * h, h), "recurrent_uniform", h, h),
+                    weight(f"weight_ih_{tag}", fan_in),
+                    weight(f"weight_hh_{tag}", h),
                     ParamSpec(f"bias_ih_{tag}", (gates * h,), "recurrent_uniform", h, h),
                     ParamSpec(f"bias_hh_{tag}", (gates * h,), "recurrent_uniform", h, h),
                 ]
@@ -78,9 +152,179 @@ _DOCS = {
     "gru": "Gated recurrent unit: reset, update and new gates (PyTorch order r, z, n).",
 }
 
+_REFERENCE = {
+    "rnn": dict(
+        shape="`(T, F)` → `(units·D,)`: each direction's final state, concatenated "
+              "(forwards after its last step, backwards after step 0, PyTorch's `h_n` of the "
+              "top layer), or `(T, units·D)` with `sequences = true`; `D` is 2 when "
+              "bidirectional, else 1. Initial states and lengths are tensors named by keyword: "
+              "`h0` (and `c0`) `(layers·D, units)` per example (`(units,)` for one layer and "
+              "direction), zeros when not given; `lengths` `int32[]`, from 0 to `T`: the steps "
+              "at and after an example's length are padding, which keeps the state, outputs "
+              "zeros and receives no gradient. In training, `dropout` masks each stacked "
+              "layer's output sequence but the top one's, as PyTorch does.",
+        params="for each layer `l` and direction (suffix `_reverse` for the backward one): "
+               "`weight_ih_l<l>` `(G·units, in)`, `weight_hh_l<l>` `(G·units, units)`, "
+               "`bias_ih_l<l>` and `bias_hh_l<l>` `(G·units,)`, where `in` is `F` for layer 0 "
+               "and `units·D` above it; `G` is 1 for `rnn`, 4 for `lstm` (gates i, f, g, o) and "
+               "3 for `gru` (r, z, n) — PyTorch's names and layouts. The weights are drawn by "
+               "`init` (by default PyTorch's U(±1/√units)), the biases always U(±1/√units).",
+        example="input x: [50, 8]\noutput h = x -> rnn(32, activation = relu)   # (32,)"),
+    "lstm": dict(
+        shape="as `rnn`.", params="as `rnn`, with `G = 4`.",
+        example="input x: [50, 8]\n"
+                "input n: int32[]   # each sequence's length, at most 50\n"
+                "output h = x -> lstm(64, layers = 2, bidirectional = true, dropout = 0.2,\n"
+                "                     lengths = n)   # (128,): both directions' final states"),
+    "gru": dict(shape="as `rnn`.", params="as `rnn`, with `G = 3`.",
+                example="input x: [50, 8]\ninput y: [20, 8]\n"
+                        "state = x -> gru(32) as encoder   # (32,)\n"
+                        "output h = y -> gru(32, h0 = state, sequences = true) as decoder"
+                        "   # (20, 32)"),
+}
+
+
+# ---- forward, the dropout between stacked layers, and backward -------------------------------
+
+
+def _weights(stack: Stack, named: dict) -> dict:
+    """(layer, direction) → that cell's (W_ih, W_hh, b_ih, b_hh) among the operands."""
+    return {(layer, d): tuple(named[f"{part}_{tag}"] for part in PARAMETER_PARTS)
+            for layer, d, tag in stack.cells()}
+
+
+def _mask_shape(a, steps) -> tuple:
+    """The dropout mask per example: one value per stacked layer's output but the last's."""
+    return (a["layers"] - 1, steps, a["units"] * (2 if a["bidirectional"] else 1))
+
+
+def _drops(a) -> bool:
+    return a["dropout"] > 0 and a["layers"] > 1
+
+
+def _forward(kind):
+    def rule(ins, a, ctx):
+        named = _named(kind, a, ins)
+        x = named["x"]
+        mask = named.get("mask")
+        # The graph as lowered, run in training mode (a reference forward pass): the mask is
+        # drawn here, from the same stream and in the same order as the training program's
+        # mask node would draw it.
+        if mask is None and ctx.mode == "train" and _drops(a):
+            mask = dropout_mask_array((x.shape[0],) + _mask_shape(a, x.shape[1]), a["dropout"],
+                                      ctx.rng, x.dtype)
+        stack = Stack.of(kind, a, x.shape)
+        return run(stack, a, x, _weights(stack, named), named.get("h0"), named.get("c0"),
+                   named.get("lengths"), mask).output
+    return rule
+
+
+recurrent_dropout_mask = define_internal(
+    "recurrent_dropout_mask", family="recurrent",
+    args=[Arg("rate", FLOAT), Arg("shape", INTS)],
+    shape=lambda ctx, a: TensorType((None,) + tuple(a["shape"]), ctx.inputs[0].dtype),
+    doc="A fresh inverted-dropout mask of the per-example `shape` each training step, for the "
+        "outputs of a recurrent layer's stacked layers but the last; its operand (the layer's "
+        "input) gives the batch size and dtype.  Drawn as dropout's masks are.")
+recurrent_dropout_mask.forward(
+    lambda ins, a, ctx: dropout_mask_array((ins[0].shape[0],) + tuple(a["shape"]), a["rate"],
+                                           ctx.rng, ins[0].dtype))
+
+
+def _draw_dropout_mask(graph, node):
+    """Inside a training step, a recurrent layer with dropout between its stacked layers reads
+    its mask as one more operand, drawn by a node of its own, so that its backward pass
+    applies the very mask its forward pass did."""
+    data = graph.nodes[node]
+    a = data["attrs"]
+    if not _drops(a):
+        return
+    x = data["inputs"][0]
+    x_type = graph.type_of(x)
+    shape = _mask_shape(a, x_type.shape[1])
+    mask = graph.add_op("recurrent_dropout_mask", [x], {"rate": a["dropout"], "shape": shape},
+                        TensorType((None,) + shape, x_type.dtype),
+                        name=graph.unique_name(f"{data['name']}.mask"), role="internal",
+                        layer=data["layer"], trace=data["trace"])
+    graph.replace_op(node, data["op"], list(data["inputs"]) + [mask], {**a, "masked": True})
+
+
+def _grad_forward(kind):
+    def rule(ins, a, ctx):
+        named = _named(kind, a, ins[:-1])
+        x = named["x"]
+        stack = Stack.of(kind, a, x.shape)
+        weights = _weights(stack, named)
+        record = run(stack, a, x, weights, named.get("h0"), named.get("c0"),
+                     named.get("lengths"), named.get("mask"))
+        layout = tape_layout(stack, "h0" in named, "c0" in named)
+        return backprop(stack, a, record, weights, ins[-1], layout, named.get("mask"))
+    return rule
+
+
+def _grad_shape(kind):
+    def rule(ctx, a):
+        x = ctx.inputs[0]
+        named = _named(kind, a, ctx.inputs[:-1])
+        layout = tape_layout(Stack.of(kind, a, x.shape), "h0" in named, "c0" in named)
+        return TensorType((None, tape_size(layout)), x.dtype)
+    return rule
+
+
+def _vjp(kind):
+    def rule(b, node, g):
+        """One `<kind>_grad` node runs back through time; each operand's gradient is then a
+        section of its tape: reshaped for the input and the initial states, and for each
+        weight and bias the dense layer's gradient (a sum over examples and steps)."""
+        a = b.attrs(node)
+        operands = b.operands(node)
+        named = _named(kind, a, operands)
+        stack = Stack.of(kind, a, b.type(operands[0]).shape)
+        tape = b.add(f"{kind}_grad", list(operands) + [g], **a)
+        layout = tape_layout(stack, "h0" in named, "c0" in named)
+
+        def section(name, shape=None):
+            start, size = layout[name]
+            piece = b.add("slice_axis", [tape], axis=-1, start=start, stop=start + size)
+            return piece if shape is None else b.add("reshape", [piece], shape=shape)
+
+        rows, steps = stack.gates * stack.units, stack.steps
+        grads = {name: b.add("reshape_like", [section(name), named[name]])
+                 for name in ("x", "h0", "c0") if name in named}
+        for layer, _, tag in stack.cells():
+            d_ih, d_hh = section(f"ih{tag}", (steps, rows)), section(f"hh{tag}", (steps, rows))
+            read = section(f"input{layer}", (steps, stack.width(layer)))
+            grads[f"weight_ih_{tag}"] = b.add("dense_grad_weight", [d_ih, read])
+            grads[f"weight_hh_{tag}"] = b.add(
+                "dense_grad_weight", [d_hh, section(f"prev{tag}", (steps, stack.units))])
+            grads[f"bias_ih_{tag}"] = b.add("bias_grad", [d_ih])
+            grads[f"bias_hh_{tag}"] = b.add("bias_grad", [d_hh])
+        return [grads.get(name) for name in operand_names(kind, a)]   # none for lengths, mask
+    return rule
+
+
+def _lengths_bound(kind):
+    """Random benchmark lengths run from 0 to the number of steps."""
+    def bound(index, a, in_types):
+        named = _named(kind, a, range(len(in_types)))
+        return in_types[0].shape[1] + 1 if named.get("lengths") == index else None
+    return bound
+
+
 for _kind in ("rnn", "lstm", "gru"):
     _op = define_op(_kind, family="recurrent", args=_recurrent_args(_kind),
                     doc=_DOCS[_kind] + " Input (T, features) per example.")
-    _op.shape(_recurrent_shape)
+    _op.document(**_REFERENCE[_kind])
+    _op.shape(_recurrent_shape(_kind))
     _op.params(_recurrent_params(_kind))
     _op.macs(_recurrent_macs(_kind))
+    _op.forward(_forward(_kind))
+    _op.vjp(_vjp(_kind))
+    _op.training_rewrite(_draw_dropout_mask)
+    _op.integer_bound = _lengths_bound(_kind)
+    _grad = define_internal(
+        f"{_kind}_grad", family="recurrent", arity=None, args=_op.args, shape=_grad_shape(_kind),
+        doc=f"Backpropagation through time of `{_kind}`, from its operands and the gradient of "
+            f"its output: per example, a tape of the gradients of its input and initial "
+            f"states and what its parameters' gradients are sums of (recurrent_reference.py).")
+    _grad.forward(_grad_forward(_kind))

@@ -1,18 +1,22 @@
-"""The op registry: every op defined once, its parts side by side.
+"""The op table: every op defined once, its parts side by side.
 
 An `OpDef` holds an op's argument schema, its shape rule, the parameters it
-creates and its multiply-add count.  Later stages hang their parts on the same
-object (reference forward, backward rule, kernel templates), so a test can walk
-the registry and find any op that lacks one.
+creates and its multiply-add count, and every fact a later stage asks about the
+op (reference forward, backward rule, kernel templates, fusion role, how a loss
+reads classes...), so a test can walk the table and find any op that lacks a
+part, and no module outside `netlang.ops` needs to branch on an op's name.
+
+This module holds the table and the means to fill it; the family modules fill
+it, and `netlang.ops` (the package) imports every family and offers the
+look-ups `get_op` and `all_ops`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Sequence
 
-from netlang.ir.types import BATCH, TensorType, format_shape
+from netlang.ir.types import TensorType
 from netlang.ops.schema import Arg
 
 
@@ -29,12 +33,15 @@ class ParamSpec:
     init: str  # see netlang.ops.init for the schemes
     fan_in: int = 1
     fan_out: int = 1
+    # Scales the scheme's range or standard deviation (a layer's `gain` argument).
+    gain: float = 1.0
     buffer: bool = False
     # Whether weight penalties (L1, L2, elastic net) apply; by default to weights, not biases.
     penalise: bool | None = None
 
     @property
     def penalised(self) -> bool:
+        """Whether weight penalties apply: as `penalise` says, else to weights, not biases."""
         if self.penalise is not None:
             return self.penalise
         return not self.buffer and (self.name == "weight" or self.name.startswith("weight_"))
@@ -53,24 +60,31 @@ class ShapeContext:
         return f"{self.inputs[i]} from `{self.producers[i]}`"
 
     def fail(self, message: str):
+        """Rejects the operands with `message` (the caller adds where)."""
         raise ShapeProblem(message)
 
     def need_rank(self, i: int, ranks, what: str):
+        """Fails unless operand i has one of `ranks` (counting the batch axis); `what` says
+        what the op expects, in words."""
         if self.inputs[i].rank not in ranks:
             self.fail(f"`{self.op.name}` expects {what}, got {self.describe(i)}")
 
     def need_float(self, i: int):
+        """Fails unless operand i is floating-point."""
         if not self.inputs[i].is_float:
             self.fail(f"`{self.op.name}` expects floating-point input, got "
                       f"{self.inputs[i].dtype} {self.describe(i)}")
 
     def need_int(self, i: int, what: str = "integer labels"):
+        """Fails unless operand i holds integers (`what` names them)."""
         if self.inputs[i].is_float:
             self.fail(f"`{self.op.name}` expects {what}, got {self.inputs[i].dtype} {self.describe(i)}")
 
 
 @dataclasses.dataclass
 class OpDef:
+    """One op: its schema, its rules and every fact later stages read (see the fields)."""
+
     name: str
     family: str
     doc: str
@@ -99,7 +113,7 @@ class OpDef:
     # elementwise op gives a scalar expression over its operands ({0}, {1}, ...), which
     # the code generator fuses into loops; any other op emits statements; a view op
     # (flatten, reshape) gives a reshape of its operand's buffer and no code at all.
-    cpu_expr: Callable | None = None     # fn(attrs, const) -> "expr with {0}, {1}"
+    cpu_expr: Callable | None = None     # fn(attrs, c) -> "expr with {0}, {1}"; c: CpuSpelling
     cpu_kernel: Callable | None = None   # fn(kernel) -> None, emitting lines
     cpu_view: bool = False
     # Scratch arrays a `cpu_kernel` needs (im2col columns, a transposed weight, per-channel
@@ -116,34 +130,96 @@ class OpDef:
     # far larger blocks of im2col columns); None: the same as the CPU's.
     cuda_workspace: Callable | None = None
 
+    # What later stages ask about an op, so that none of them branches on its name.
+    # The kernel ends in an elementwise loop over the output (a product's bias add, batch
+    # norm's output loop), so elementwise consumers can run inside it (passes/fusion.py).
+    # Elementwise ops (those with a `cpu_expr`) host their consumers anyway.
+    epilogue_host: bool = False
+    # A loss gradient's kernel also computes this loss when both read the same operands with
+    # the same attributes, so the shared part (a softmax) is computed once (passes/fusion.py).
+    paired_loss: str | None = None
+    # A linear product x·W (+ b) of operands (x, weight[, bias]) with a `bias` attribute: a
+    # per-channel affine map after it (batch norm in evaluation) folds into its weight and bias.
+    foldable_product: bool = False
+    # For an op fed by a `foldable_product`: fn(graph, node, product) rewrites the node, in an
+    # evaluation graph, as the product itself with folded parameters (passes/fold_batchnorm.py).
+    fold_rule: Callable | None = None
+    # fn(graph, node): rewrites the node as it runs inside a training step (dropout draws its
+    # mask as a node of its own, so the backward pass multiplies by the same mask;
+    # passes/training.py).
+    training_rewrite_rule: Callable | None = None
+    # How a loss's prediction reads as classes (netlang/train/metrics.py): "scores" (one score
+    # per class; softmax gives probabilities), "probability" (of class 1 for each unit, or its
+    # logit under `logits = true`) or "value" (a regressed value: class 1 above 0.5).
+    class_reading: str | None = None
+    # The op turns class scores into probabilities (softmax, sigmoid): a class's score is read
+    # before it (netlang/saliency.py).
+    normalises_scores: bool = False
+    # How many values an integer operand can take: fn(index, attrs, in_types) -> bound, or None
+    # where the op does not say (an embedding's ids run below its vocabulary, a class label
+    # below the number of scores); random benchmark inputs are drawn within it.
+    integer_bound: Callable | None = None
+    # The kernel is one matrix product of the operands' rows, gᵀ·x (a dense layer's weight
+    # gradient), which can accumulate the optimiser's update straight into the parameter
+    # through gemm's C ← α·A·B + β·C (netlang/codegen/cpu.py UpdatePlan).
+    absorbs_update: bool = False
+    # The language reference (docs/language.md, generated by docs/gen_ops_table.py) of an op a
+    # user writes: its shape rule and parameters in words, and an example model.
+    shape_doc: str | None = None
+    params_doc: str | None = None
+    example: str | None = None
+
+    def document(self, *, shape: str, params: str | None = None, example: str) -> None:
+        """Sets the op's entry in the language reference: shape rule and parameters (None:
+        it learns nothing) in words, and an example model."""
+        self.shape_doc, self.params_doc, self.example = shape, params, example
+
     # Decorators that attach parts, so each op reads top to bottom in one place.
     def shape(self, fn):
+        """Attaches the shape rule: fn(ctx: ShapeContext, attrs) -> the result's type."""
         self.shape_rule = fn
         return fn
 
     def params(self, fn):
+        """Attaches the parameters rule: fn(input types, attrs) -> [ParamSpec]."""
         self.params_rule = fn
         return fn
 
     def macs(self, fn):
+        """Attaches the multiply-add count: fn(input types, output type, attrs) -> int."""
         self.macs_rule = fn
         return fn
 
     def forward(self, fn):
+        """Attaches the reference forward (see `forward_rule`)."""
         self.forward_rule = fn
         return fn
 
     def vjp(self, fn):
+        """Attaches the vector-Jacobian rule (see `vjp_rule`)."""
         self.vjp_rule = fn
         return fn
 
+    def fold_into(self, fn):
+        """Attaches the rule that folds this op into the product before it (see `fold_rule`)."""
+        self.fold_rule = fn
+        return fn
+
+    def training_rewrite(self, fn):
+        """Attaches the training-mode rewrite (see `training_rewrite_rule`)."""
+        self.training_rewrite_rule = fn
+        return fn
+
     def infer(self, ctx: ShapeContext, attrs: dict) -> TensorType:
+        """The result's type for these operands (raises ShapeProblem where they do not fit)."""
         return self.shape_rule(ctx, attrs)
 
     def parameter_specs(self, inputs: Sequence[TensorType], attrs: dict) -> list[ParamSpec]:
+        """The parameters a layer of this op creates (none for most ops)."""
         return list(self.params_rule(inputs, attrs)) if self.params_rule else []
 
     def count_macs(self, inputs: Sequence[TensorType], output: TensorType, attrs: dict) -> int:
+        """Multiply-adds per example (0 for ops that count none)."""
         return int(self.macs_rule(inputs, output, attrs)) if self.macs_rule else 0
 
 
@@ -153,6 +229,7 @@ OPS: dict[str, OpDef] = {}
 def define_op(name: str, *, family: str, doc: str, args: Sequence[Arg] = (), arity: int | None = 1,
               operand_names: Sequence[str] = ("x",), role: str = "layer",
               tie: str | None = None) -> OpDef:
+    """Registers a new op under `name` (once only) and returns it for its parts to attach."""
     if name in OPS:
         raise ValueError(f"op {name!r} defined twice")
     op = OpDef(name=name, family=family, doc=doc, args=tuple(args), arity=arity,
@@ -178,43 +255,12 @@ def same_type_as(index: int):
     return rule
 
 
-def get_op(name: str) -> OpDef | None:
-    _load_families()
-    return OPS.get(name)
-
-
-def all_ops() -> dict[str, OpDef]:
-    _load_families()
-    return dict(OPS)
-
-
-_loaded = False
-
-
-def _load_families() -> None:
-    # Importing the family modules registers their ops; done on first use rather
-    # than at import time of this module, so the registry has no import cycle.
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    from netlang.ops import (activations, conv, conv_kernels, core, dense, losses,  # noqa: F401
-                             merge, norm, pool, recurrent, reshape)
-
-
 # Shape helpers shared by several families.
 
 def elementwise_same(ctx: ShapeContext, attrs) -> TensorType:
+    """Shape rule of a float elementwise op: the result has its operand's type."""
     ctx.need_float(0)
     return ctx.inputs[0]
-
-
-def per_example_elements(t: TensorType) -> int:
-    return math.prod(d for d in t.shape if d is not BATCH)
-
-
-def shape_str(shape) -> str:
-    return format_shape(shape)
 
 
 def full_axis(rank: int, axis: int) -> int:
@@ -223,6 +269,7 @@ def full_axis(rank: int, axis: int) -> int:
 
 
 def check_axis(ctx, i: int, axis: int) -> int:
+    """`axis` of operand i as a full-shape axis; fails where it is not a per-example axis."""
     rank = ctx.inputs[i].rank
     full = full_axis(rank, axis)
     if not 1 <= full < rank:

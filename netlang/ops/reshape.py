@@ -3,11 +3,16 @@
 import contextlib
 import math
 
-from netlang.ops.registry import define_op
+import numpy as np
+
+from netlang.ops.registry import define_internal, define_op
 from netlang.ops.schema import Arg, INTS
 
 flatten = define_op("flatten", family="reshape",
                     doc="Collapses each example into one axis: (H, W, C) → (H·W·C,), row-major.")
+flatten.document(shape="`(d1, d2, …)` → `(d1·d2·…,)`, row-major (channels vary fastest).",
+                 params=None,
+                 example="input x: [5, 5, 16]\noutput y = x -> flatten   # (400,)")
 
 
 @flatten.shape
@@ -20,6 +25,10 @@ reshape = define_op(
     "reshape", family="reshape",
     args=[Arg("shape", INTS, doc="the new per-example shape; one entry may be -1")],
     doc="Gives each example a new shape with the same number of elements (row-major).")
+reshape.document(
+    shape="any per-example shape with the same number of elements; one entry may be −1 "
+          "and is then inferred.",
+    params=None, example="input x: [784]\noutput y = x -> reshape((28, 28, 1))")
 
 
 @reshape.shape
@@ -46,6 +55,11 @@ permute = define_op(
     "permute", family="reshape",
     args=[Arg("axes", INTS, doc="the new order of the per-example axes, e.g. (2, 0, 1)")],
     doc="Reorders the per-example axes.")
+permute.document(
+    shape="`axes` is a permutation of the per-example axes `0 … rank − 1`; output axis `i` "
+          "is input axis `axes[i]`.",
+    params=None,
+    example="input x: [28, 28, 3]\noutput y = x -> permute((2, 0, 1))   # (3, 28, 28)")
 
 
 @permute.shape
@@ -59,10 +73,6 @@ def _permute_shape(ctx, a):
 
 
 # ---- forward and backward ------------------------------------------------------------------
-
-import numpy as np  # noqa: E402
-
-from netlang.ops.registry import define_internal  # noqa: E402
 
 flatten.forward(lambda ins, a, ctx: ins[0].reshape(ins[0].shape[0], -1))
 reshape.forward(lambda ins, a, ctx: ins[0].reshape((ins[0].shape[0],) + tuple(a["shape"])))

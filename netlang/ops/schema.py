@@ -33,6 +33,9 @@ class ArgType:
     convert: Callable[[Any], Any]
     bare_words: tuple[str, ...] = ()  # enum words a user may write without quotes
     is_layer_ref: bool = False
+    # A tensor of the model named by a keyword (a recurrent layer's `h0 = state`): the front
+    # end passes it to the op as one more operand, after the ones flowing in.
+    is_tensor: bool = False
 
 
 def _int(value):
@@ -99,6 +102,7 @@ PAIR = ArgType("int or (int, int)", _pair)
 INTS = ArgType("tuple of ints", _ints)
 FLOATS = ArgType("tuple of numbers", _floats)
 LAYER = ArgType("layer name", lambda v: v, is_layer_ref=True)
+TENSOR = ArgType("tensor", lambda v: v, is_tensor=True)
 ANY = ArgType("value", lambda v: v)
 
 

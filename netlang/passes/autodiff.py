@@ -19,7 +19,7 @@ import dataclasses
 
 from netlang.errors import NetlangError
 from netlang.ir.graph import Graph
-from netlang.ops.registry import ShapeContext, get_op
+from netlang.ops import ShapeContext, get_op
 
 
 @dataclasses.dataclass

@@ -9,10 +9,10 @@ value into the host's buffer, in place, inside the host's loop.  Hosts are ops
 whose kernels end in an elementwise loop: matrix products, dense and
 convolutions alike (the bias add and activation become the product's
 epilogue), batch norm (its activation runs in its output loop) and elementwise
-ops themselves.
+ops themselves.  Which ops can host is a fact of each op (`OpDef.epilogue_host`).
 
 A loss and its gradient that read the same operands are paired, so the
-kernel computes the softmax once for both.
+kernel computes the softmax once for both (`OpDef.paired_loss`).
 """
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ from __future__ import annotations
 import dataclasses
 
 from netlang.ir.graph import Graph
-from netlang.ops.registry import get_op
-
-EPILOGUE_HOSTS = ("dense", "dense_grad_input", "conv2d", "conv2d_grad_input", "conv_transpose2d",
-                  "conv_transpose2d_grad_input", "batchnorm")
-PAIRED_LOSSES = {"cross_entropy_grad": "cross_entropy"}
+from netlang.ops import get_op
 
 
 @dataclasses.dataclass
 class FusionPlan:
+    """Which node computes which: the result of `plan_fusion`."""
+
     host_of: dict       # fused node → the node whose kernel computes it
     epilogue: dict      # host → fused nodes, in order
     paired: dict        # loss-gradient node → the loss node computed in the same kernel
 
 
 def plan_fusion(graph: Graph, order: list, keep: set) -> FusionPlan:
+    """Fuses each elementwise node of `order` into its host where it can (see the module's
+    contract) and pairs each loss gradient with its loss."""
     position = {node: i for i, node in enumerate(order)}
     consumers = {node: [] for node in order}
     for node in order:
@@ -51,7 +51,7 @@ def plan_fusion(graph: Graph, order: list, keep: set) -> FusionPlan:
                 continue
             host = host_of.get(operand, operand)
             host_op = get_op(graph.op(host))
-            can_host = graph.op(host) in EPILOGUE_HOSTS or host_op.cpu_expr is not None
+            can_host = host_op.epilogue_host or host_op.cpu_expr is not None
             if not can_host or operand in keep or len(consumers[operand]) != 1:
                 continue
             if graph.type_of(operand) != graph.type_of(node):
@@ -65,7 +65,7 @@ def plan_fusion(graph: Graph, order: list, keep: set) -> FusionPlan:
             epilogue.setdefault(host, []).append(node)
             break
     for node in order:
-        loss_name = PAIRED_LOSSES.get(graph.op(node))
+        loss_name = get_op(graph.op(node)).paired_loss
         if loss_name is None:
             continue
         prediction, target = graph.operands(node)[:2]

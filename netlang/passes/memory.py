@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from netlang.ir.graph import Graph
-from netlang.ops.registry import get_op
+from netlang.ops import get_op
 
 EXTERNAL = ("input", "param")  # values passed in, not planned here
 

@@ -13,7 +13,7 @@ import networkx as nx
 
 from netlang.errors import NetlangShapeError
 from netlang.ir.graph import Graph
-from netlang.ops.registry import ShapeContext, ShapeProblem, get_op
+from netlang.ops import ShapeContext, ShapeProblem, get_op
 
 
 def _infer(graph: Graph, node: int):

@@ -1,23 +1,51 @@
 """What every engine holds: parameters, the optimiser's state, the random generator.
 
 Engines differ in how they run a step; their state is the same, so checkpoints,
-resume and the Python API treat every engine alike.
+resume and the Python API treat every engine alike.  An engine refuses a graph
+with an op it has no kernel for, in one line that names the engines that run it
+(`require_kernels`): none falls back on another quietly.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from netlang.errors import UsageError
 from netlang.ir.train_config import TrainConfig
 from netlang.ops.init import initialize
-from netlang.train.optimizers import Optimizer
+from netlang.ops.optim import Optimizer
 
 
 class EngineBase:
-    name = "base"
+    """The state every engine holds.  Each engine class adds how it runs a program, and a
+    static `missing_kernels(graph, nodes)`: the ops among `nodes` it cannot run (sorted
+    names; empty when it runs them all), which `require_kernels` reads."""
+
+    name = "base"             # what --device, `model.to` and run.json call the engine
+    kernel_noun = "kernel"    # what the engine lacks for an op it cannot run, in errors
+    needs_gpu = False         # whether errors suggest it last (not every machine can run it)
+
+    @classmethod
+    def require_kernels(cls, graph, nodes) -> None:
+        """Nothing when this engine runs every op among `nodes`; else a one-line UsageError
+        naming the first op it cannot run, that op's layer and the engines that do run it."""
+        for node in nodes:
+            if not cls.missing_kernels(graph, [node]):
+                continue
+            data = graph.nodes[node]
+            runners = sorted((engine for engine in _engine_classes()
+                              if engine is not cls and not engine.missing_kernels(graph, [node])),
+                             key=lambda engine: engine.needs_gpu)
+            where = f"`{data['op']}` (layer `{data['layer']}`) has no {cls.kernel_noun} yet"
+            if not runners:
+                raise UsageError(f"{where}, and no engine runs it yet")
+            raise UsageError(f"{where}; engines that run it: "
+                             f"{', '.join(engine.name for engine in runners)} — use --device "
+                             f"{runners[0].name}")
 
     def __init__(self, graph, config: TrainConfig | None = None, params: dict | None = None, *,
                  seed: int = 0, dtype=np.float32, input_grads=()):
+        self.require_kernels(graph, graph.topological_order())
         self.graph = graph
         self.config = config or graph.graph.get("train") or TrainConfig()
         self.dtype = np.dtype(dtype).type
@@ -48,18 +76,14 @@ class EngineBase:
         """Running training metrics kept where the steps run, or None (see runtime/cuda.py)."""
         return None
 
-    def _vjp_graph(self, output: str):
-        """(graph, cotangent input name, Gradients): a copy of the graph differentiated from
-        `output` (an output's or any node's name) to every float input, for `vjp`."""
-        from netlang.passes import after_pass
-        from netlang.passes.autodiff import differentiate_output
-        graph = self.graph.copy()
-        node = graph.graph["outputs"].get(output)
-        if node is None:
-            node = graph.node_named(output)
-        if node is None:
-            from netlang.errors import UsageError
-            raise UsageError(f"the model has no output or layer named `{output}`")
-        wrt = [n for n in graph.graph["inputs"].values() if graph.type_of(n).is_float]
-        cotangent, grads = differentiate_output(graph, node, wrt)
-        return after_pass(graph, "autodiff"), cotangent, grads
+
+def _engine_classes() -> list:
+    """Every engine class defined so far (netlang.runtime imports them all), in the order
+    they were defined."""
+    found, pending = [], list(EngineBase.__subclasses__())
+    while pending:
+        engine = pending.pop(0)
+        if engine not in found:
+            found.append(engine)
+            pending.extend(engine.__subclasses__())
+    return found

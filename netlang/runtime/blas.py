@@ -33,8 +33,8 @@ from numba.extending import intrinsic
 
 
 def _numpy_openblas():
-    """(sgemm, dgemm, set-threads-local or None) addresses in NumPy's bundled 64-bit-integer
-    OpenBLAS, or None."""
+    """(sgemm, dgemm, (get-threads, set-threads) or None) addresses in NumPy's bundled
+    64-bit-integer OpenBLAS, or None."""
     here = os.path.dirname(np.__file__)
     patterns = [os.path.join(here, "..", "numpy.libs", "libscipy_openblas64_*"),
                 os.path.join(here, ".dylibs", "libscipy_openblas64_*")]
@@ -45,11 +45,12 @@ def _numpy_openblas():
                         ctypes.cast(lib.scipy_dgemm_64_, ctypes.c_void_p).value)
         except (OSError, AttributeError):
             continue
-        try:   # OpenBLAS 0.3.27 on: a thread count for the calling thread alone
-            local = ctypes.cast(lib.openblas_set_num_threads_local, ctypes.c_void_p).value
+        try:
+            threads = (ctypes.cast(lib.scipy_openblas_get_num_threads64_, ctypes.c_void_p).value,
+                       ctypes.cast(lib.scipy_openblas_set_num_threads64_, ctypes.c_void_p).value)
         except AttributeError:
-            local = None
-        return products + (local,)
+            threads = None
+        return products + (threads,)
     return None
 
 
@@ -66,15 +67,17 @@ _addresses = _numpy_openblas()
 ILP64 = _addresses is not None
 if not ILP64:
     _addresses = _scipy_cython_blas() + (None,)
-LOCAL_THREADS = _addresses[2] is not None
+THREAD_CONTROL = _addresses[2] is not None
 # Part of the program cache key: the library the compiled calls link to, and whether the
-# worker threads' call holding BLAS to one thread is linked in.
-BLAS_ABI = ("numpy-openblas64" if ILP64 else "scipy-cython-blas") + ("+local" if LOCAL_THREADS else "")
+# calls holding BLAS to one thread around the worker functions are linked in.
+BLAS_ABI = (("numpy-openblas64" if ILP64 else "scipy-cython-blas")
+            + ("+threads" if THREAD_CONTROL else ""))
 _SUFFIX = "ilp64" if ILP64 else "lp64"
 llvm.add_symbol(f"netlang_sgemm_{_SUFFIX}", _addresses[0])
 llvm.add_symbol(f"netlang_dgemm_{_SUFFIX}", _addresses[1])
-if LOCAL_THREADS:
-    llvm.add_symbol("netlang_blas_local_threads", _addresses[2])
+if THREAD_CONTROL:
+    llvm.add_symbol("netlang_blas_get_threads", _addresses[2][0])
+    llvm.add_symbol("netlang_blas_set_threads", _addresses[2][1])
 
 
 def _external_call(symbol):
@@ -142,19 +145,33 @@ def gemm64(transa, transb, alpha, a, b, beta, c):
 
 
 @intrinsic
-def _set_local_threads(typingctx, count):
-    signature = types.int32(types.int32)
+def _get_threads(typingctx):
+    signature = types.int32()
 
     def codegen(context, builder, sig, values):
-        fnty = ir.FunctionType(ir.IntType(32), [ir.IntType(32)])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "netlang_blas_local_threads")
-        return builder.call(fn, values)
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "netlang_blas_get_threads")
+        return builder.call(fn, [])
+    return signature, codegen
+
+
+@intrinsic
+def _set_threads(typingctx, count):
+    signature = types.void(types.int32)
+
+    def codegen(context, builder, sig, values):
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(32)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "netlang_blas_set_threads")
+        builder.call(fn, values)
+        return context.get_dummy_value()
     return signature, codegen
 
 
 @njit(cache=True, nogil=True)
-def _local_threads(count):
-    return _set_local_threads(np.int32(count))
+def _swap_threads(count):
+    previous = _get_threads()
+    _set_threads(np.int32(count))
+    return previous
 
 
 @njit(cache=True, nogil=True)
@@ -162,11 +179,15 @@ def _no_thread_control(count):
     return 0
 
 
-# Called by each worker thread of a generated function that splits a batch among the cores
-# (`Kernel.worker_chunks` in netlang/codegen/cpu.py): the workers are the parallelism, so a
-# product inside one runs on the calling thread instead of waking OpenBLAS's own threads to fight the other worker for the
-# cores; each worker restores its count (the returned one) when done, since the main thread
-# is one of them.  It sets the calling thread's count only.  Without the OpenBLAS call
-# (another BLAS, an older OpenBLAS) it does nothing (and returns 0).
-blas_threads_here = _local_threads if LOCAL_THREADS else _no_thread_control
-
+# Called by a generated step around each call of a worker function (`ProgramWriter.
+# worker_function` in netlang/codegen/cpu.py): the workers are the parallelism, so a product
+# inside one runs on the calling thread instead of waking OpenBLAS's own threads to fight the
+# other worker for the cores.  The count is OpenBLAS's process-wide one: its pthreads build
+# (the one NumPy's wheels bundle) keeps no per-thread count, and even its
+# `openblas_set_num_threads_local` sets the shared one.  So only the serial step sets it, once
+# before the workers start and once after they all finish, restoring the count returned.  When
+# each worker set and restored it, the last to finish decided whether the step's later products
+# (a dense layer's) ran on one thread or on several, and OpenBLAS's results differ in the last
+# bits between the two: the same seed gave different weights.  Without thread control (another
+# BLAS) it does nothing and returns 0.
+set_blas_threads = _swap_threads if THREAD_CONTROL else _no_thread_control

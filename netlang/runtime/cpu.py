@@ -22,20 +22,15 @@ import threading
 
 import numpy as np
 
-from netlang import __version__
+from netlang.version import __version__
 from netlang.codegen.cpu import ParamUpdate, UpdatePlan, render_program, supported
 from netlang.config import cache_dir, debug, debug_level, timed
 from netlang.errors import DataError
-from netlang.interp import needed_nodes
 from netlang.ir.train_config import TrainConfig
 from netlang.ops.norm import draw_dropout_key
-from netlang.passes import after_pass
+from netlang.pipeline import (check_mode, forward_program, input_gradient_program,
+                              plan_execution, training_program)
 from netlang.runtime.base import EngineBase
-from netlang.passes.autodiff import differentiate
-from netlang.passes.fold_batchnorm import fold_batchnorm
-from netlang.passes.fusion import plan_fusion
-from netlang.passes.memory import plan_buffers
-from netlang.passes.training import training_graph
 
 _load_lock = threading.Lock()
 
@@ -49,12 +44,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 def cpu_workers() -> int:
     """Worker threads a compiled CPU program splits a batch among: Numba's thread count,
     NUMBA_NUM_THREADS (the cores when unset).  1 compiles serial programs."""
-    import numba
+    import numba   # kept lazy: importing this module (the API does) never starts Numba
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
-
-
-class Unsupported(Exception):
-    """The graph uses an op the CPU back end cannot compile yet."""
 
 
 _helpers_digest = None
@@ -67,10 +58,13 @@ def _helpers_version() -> str:
     if _helpers_digest is None:
         here = os.path.dirname(os.path.abspath(__file__))
         digest = hashlib.sha256()
-        for name in ("blas.py", "cnn.py", "random_bits.py", "../ops/norm.py"):
+        for name in ("blas.py", "jit.py", "cnn.py", "random_bits.py", "../ops/norm.py",
+                     "../ops/conv_loops.py", "../ops/pool_loops.py", "../ops/norm_loops.py",
+                     "../ops/dense_loops.py"):
             with open(os.path.join(here, name), "rb") as handle:
                 digest.update(handle.read())
-        from netlang.runtime.blas import BLAS_ABI  # the library the compiled calls link to
+        # The library the compiled calls link to; netlang.runtime.blas imports Numba, kept lazy.
+        from netlang.runtime.blas import BLAS_ABI
         digest.update(BLAS_ABI.encode())
         _helpers_digest = digest.hexdigest()[:16]
     return _helpers_digest
@@ -80,10 +74,25 @@ def load_program(program, title: str = ""):
     """Write a program's source into the kernel cache (once) and import its function, after
     the modules of its worker functions (`program.parts`), which it imports by name."""
     with _load_lock:
+        if program.parts:
+            start_worker_threads()
         for module_name, source in program.parts:
             _load_module(source, module_name, f"a worker function of {title}")
         module = _load_module(program.source, None, title)
     return getattr(module, program.function)
+
+
+def start_worker_threads() -> None:
+    """Start Numba's thread pool, before a program that calls worker functions is loaded.
+
+    Numba's cache records, beside a parallel function's code, that loading it must start the
+    pool, and a caller compiled with that function inherits the record; but a function loaded
+    from the cache comes without it (Numba 0.68), so a program compiled against a cached
+    worker function is cached without it too.  A later process that loads that program and
+    no fresh worker would run its `prange` with no pool (a segfault: `eval` on a cold cache,
+    then `predict` twice).  Starting the pool here makes every program safe to load."""
+    import numba   # kept lazy: importing this module (the API does) never starts Numba
+    numba.get_num_threads()   # starts the pool (once per process), as the cache would
 
 
 def _load_module(source: str, module_name: str | None, title: str):
@@ -91,7 +100,7 @@ def _load_module(source: str, module_name: str | None, title: str):
     cache under a name that also holds the versions its compiled code depends on: Numba's
     cache beside it keeps compiled code per file, and does not see a change to what the code
     calls."""
-    import numba  # noqa: F401  (imported here: netlang's front end never pays for it)
+    import numba   # kept lazy: importing this module (the API does) never starts Numba
     versions = (f"{__version__}|{numba.__version__}|{np.__version__}|{sys.version_info[:2]}|"
                 f"{_helpers_version()}")
     digest = hashlib.sha256((versions + source).encode()).hexdigest()[:24]
@@ -128,10 +137,9 @@ class CompiledProgram:
         self.graph = graph
         absorbed = set(update.absorbed) if update is not None else set()
         keep = [n for n in keep if n not in absorbed]
-        fusion = plan_fusion(graph, order, set(keep))
         self.workers = self.worker_count()
-        self.buffers = plan_buffers(graph, order, fusion, set(keep), skip=absorbed,
-                                    target=self.target, workers=self.workers)
+        fusion, self.buffers = plan_execution(graph, order, keep, skip=absorbed,
+                                              target=self.target, workers=self.workers)
         self.program = self.render(graph, order, fusion, self.buffers, dtype=np.dtype(dtype).name,
                                    function=function, keep=keep, update=update, title=title,
                                    mode=mode)
@@ -143,6 +151,7 @@ class CompiledProgram:
     # -- what a target overrides ---------------------------------------------------------------
 
     def render(self, graph, order, fusion, buffers, **options):
+        """The program's source (codegen's Program), rendered for this target."""
         return render_program(graph, order, fusion, buffers, **options, workers=self.workers)
 
     def worker_count(self) -> int:
@@ -162,14 +171,17 @@ class CompiledProgram:
         return engine.params, engine.optimizer.state
 
     def dropout_key(self, engine):
+        """A dropout mask's key for one call, drawn from the engine's generator."""
         return draw_dropout_key(engine.rng)
 
     def scratch(self, key):
+        """The target's scratch array `key` (the CPU's programs take none)."""
         raise KeyError(f"no scratch array {key!r} on this target")
 
     # -- buffers and calls -----------------------------------------------------------------------
 
     def slots(self, batch: int) -> list:
+        """The program's buffers for a batch of `batch` examples, allocated on first use."""
         arrays = self._slot_arrays.get(batch)
         if arrays is None:
             arrays = []
@@ -197,6 +209,8 @@ class CompiledProgram:
         return array.reshape(((batch,) + tuple(t.shape[1:])) if t.batched else t.shape)
 
     def call(self, engine, feeds: dict, batch: int, lr: float = 0.0, t: int = 0):
+        """Run the program once on prepared `feeds` (learning rate `lr`, step number `t` for
+        an update); its kept values are then readable with `value`."""
         slots = self.slots(batch)
         params, state = self.engine_arrays(engine)
         args = []
@@ -217,26 +231,17 @@ class CompiledProgram:
 
 
 class CpuEngine(EngineBase):
+    """Runs the pipeline's programs compiled with Numba: one function per program, built on
+    first use and kept (a training step, a gradient pass per mode, an evaluation pass per
+    set of outputs and mode, an input-gradient pass per output)."""
+
     name = "cpu"
+    kernel_noun = "CPU kernel"
     # What another target's engine replaces (runtime/cuda.py): its compiled program, its
-    # rendering of the optimiser update, and its list of ops without a kernel.
+    # rendering of the optimiser update, and which ops it has kernels for.
     program_class = CompiledProgram
     update_plan_class = UpdatePlan
     missing_kernels = staticmethod(supported)
-
-    @classmethod
-    def supports(cls, graph) -> bool:
-        try:
-            train = training_graph(graph)
-            losses = train.graph.get("losses")
-            nodes = list(train.nodes)
-            if losses:
-                wrt = list(train.parameters().values())
-                differentiate(train, wrt)
-                nodes = list(train.nodes)
-            return not cls.missing_kernels(train, nodes)
-        except Exception:  # any op without a backward or kernel: the reference engine serves
-            return False
 
     def __init__(self, graph, config: TrainConfig | None = None, params: dict | None = None, *,
                  seed: int = 0, dtype=np.float32, input_grads=()):
@@ -244,74 +249,81 @@ class CpuEngine(EngineBase):
         self._programs: dict = {}
         self._title = os.path.basename(graph.graph.get("path", "model"))
 
+    @classmethod
+    def pending_ops(cls, graph) -> list[str]:
+        """Ops of the model's training step (its forward pass, for a model without a loss)
+        that this engine has no kernel for."""
+        if not graph.graph.get("losses"):
+            return cls.missing_kernels(graph, list(graph.nodes))
+        program = training_program(graph, list(graph.parameters()))
+        return cls.missing_kernels(program.graph, list(program.graph.nodes))
+
     # -- programs ---------------------------------------------------------------------------
 
     def _training(self):
+        """(graph, gradients, name → gradient node, the compiled step, (order, kept)) of the
+        training step, compiled on first use."""
         if "train" not in self._programs:
-            with timed("training graph"):
-                graph = after_pass(training_graph(self.graph), "training")
-            with timed("autodiff"):
-                wrt = [graph.node_named(n) for n in self.trainable]
-                wrt += [graph.graph["inputs"][n] for n in self.input_grads]
-                grads = differentiate(graph, wrt)
-                after_pass(graph, "autodiff")
-            missing = self.missing_kernels(graph, graph.nodes)
-            if missing:
-                raise Unsupported(", ".join(missing))
-            outputs = list(graph.graph["outputs"].values())
-            losses = [n for n, _ in graph.graph["losses"]]
-            grad_nodes = {graph.nodes[n]["name"]: g for n, g in grads.of.items() if g is not None}
-            keep = [grads.objective] + losses + outputs + list(grad_nodes.values())
-            order = needed_nodes(graph, keep)
+            program = training_program(self.graph, self.trainable, self.input_grads)
+            graph, grad_nodes, keep, order = (program.graph, program.grad_nodes, program.kept,
+                                              program.order)
+            self.require_kernels(graph, order)
             updates = [ParamUpdate(name, grad_nodes[name], self.layer_of[name],
                                    graph.nodes[graph.node_named(name)]["attrs"].get("penalise", False))
                        for name in self.trainable if name in grad_nodes]
             plan = self.update_plan_class(graph, order, updates, self.config.optimizer,
-                              self.config.regularizers, self.config.clip_norm,
-                              np.dtype(self.dtype).name)
+                                          self.config.regularizers, self.config.clip_norm,
+                                          np.dtype(self.dtype).name)
             step = self.program_class(graph, order, keep, self.dtype, "train_step",
-                                   self._title, update=plan, mode="train")
-            self._programs["train"] = (graph, grads, grad_nodes, step, (order, keep))
+                                      self._title, update=plan, mode="train")
+            self._programs["train"] = (graph, program.gradients, grad_nodes, step, (order, keep))
         return self._programs["train"]
 
-    def _gradient_program(self):
-        # Compiled on first use only: training never needs it.
-        graph, grads, grad_nodes, _, (order, keep) = self._training()
-        if "gradients" not in self._programs:
-            self._programs["gradients"] = self.program_class(graph, order, keep, self.dtype,
-                                                          "gradients", self._title, mode="train")
-        return graph, grads, grad_nodes, self._programs["gradients"]
-
-    def _inference(self, names: tuple, with_losses: bool):
-        key = ("infer", names, with_losses)
+    def _gradient_program(self, mode: str = "train"):
+        """(graph, gradients, name → gradient node, the compiled gradient pass) in `mode`.
+        Compiled on first use only: training never needs it.  In training mode it runs the
+        training step's graph, without the update."""
+        if mode == "train":
+            key = "gradients"
+            graph, grads, grad_nodes, _, (order, keep) = self._training()
+        else:
+            key = ("gradients", mode)
+            if ("differentiated", mode) not in self._programs:
+                program = training_program(self.graph, self.trainable, self.input_grads, mode)
+                self.require_kernels(program.graph, program.order)
+                self._programs[("differentiated", mode)] = program
+            program = self._programs[("differentiated", mode)]
+            graph, grads, grad_nodes, order, keep = (program.graph, program.gradients,
+                                                     program.grad_nodes, program.order,
+                                                     program.kept)
         if key not in self._programs:
-            graph = self.graph
-            targets = [graph.graph["outputs"].get(n) or graph.node_named(n) for n in names]
-            keep = list(targets)
-            if with_losses:
-                keep += [n for n, _ in graph.graph["losses"]]
-            folded = after_pass(fold_batchnorm(graph, keep), "fold_batchnorm")
-            if not self.missing_kernels(folded, needed_nodes(folded, keep)):
-                graph = folded  # node ids are kept: targets and losses read the same nodes
-            order = needed_nodes(graph, keep)
-            missing = self.missing_kernels(graph, order)
-            if missing:
-                raise Unsupported(", ".join(missing))
-            self._programs[key] = (targets, keep, self.program_class(graph, order, keep, self.dtype,
-                                                                  "infer", self._title))
+            self._programs[key] = self.program_class(graph, order, keep, self.dtype, "gradients",
+                                                     self._title, mode=mode)
+        return graph, grads, grad_nodes, self._programs[key]
+
+    def _inference(self, names: tuple, with_losses: bool, mode: str = "eval"):
+        """(target nodes, kept nodes, the compiled forward pass) computing the outputs (or
+        nodes) `names`, and the losses when `with_losses`, in `mode`."""
+        key = ("infer", names, with_losses, mode)
+        if key not in self._programs:
+            program = forward_program(self.graph, names, mode=mode, with_losses=with_losses,
+                                      fold=True)
+            self.require_kernels(program.graph, program.order)
+            compiled = self.program_class(program.graph, program.order, program.kept,
+                                          self.dtype, "infer", self._title, mode=mode)
+            self._programs[key] = (program.targets, program.kept, compiled)
         return self._programs[key]
 
     def _vjp_program(self, output: str):
+        """(graph, the cotangent input's name, name → gradient node, the compiled pass)."""
         if ("vjp", output) not in self._programs:
-            graph, cotangent, grads = self._vjp_graph(output)
-            grad_nodes = {graph.nodes[n]["name"]: g for n, g in grads.of.items() if g is not None}
-            keep = list(grad_nodes.values())
-            order = needed_nodes(graph, keep)
-            missing = self.missing_kernels(graph, order)
-            if missing:
-                raise Unsupported(", ".join(missing))
-            program = self.program_class(graph, order, keep, self.dtype, "vjp", self._title)
-            self._programs[("vjp", output)] = (graph, cotangent, grad_nodes, program)
+            program = input_gradient_program(self.graph, output)
+            self.require_kernels(program.graph, program.order)
+            compiled = self.program_class(program.graph, program.order,
+                                          list(program.grad_nodes.values()), self.dtype, "vjp",
+                                          self._title)
+            self._programs[("vjp", output)] = (program.graph, program.cotangent,
+                                               program.grad_nodes, compiled)
         return self._programs[("vjp", output)]
 
     # -- feeding ----------------------------------------------------------------------------
@@ -342,6 +354,7 @@ class CpuEngine(EngineBase):
     # -- the engine surface -----------------------------------------------------------------
 
     def train_step(self, feeds: dict, lr: float):
+        """One optimiser step on one batch; returns (loss, outputs)."""
         graph, grads, grad_nodes, step, _ = self._training()
         _, batch = self._step(feeds, lr)
         loss = float(step.value(grads.objective, batch))
@@ -358,7 +371,9 @@ class CpuEngine(EngineBase):
         return prepared, batch
 
     def gradients(self, feeds: dict, mode: str = "train"):
-        graph, grads, grad_nodes, program = self._gradient_program()
+        """(loss, name → gradient, outputs) for one batch, in `mode`; parameters (and the
+        running statistics) are not changed."""
+        graph, grads, grad_nodes, program = self._gradient_program(check_mode(mode))
         prepared, batch = self._feeds(graph, feeds, self._input_names(program))
         program.call(self, prepared, batch)
         named = {name: program.value(g, batch).copy() for name, g in grad_nodes.items()}
@@ -368,8 +383,11 @@ class CpuEngine(EngineBase):
         return float(program.value(grads.objective, batch)), named, outputs
 
     def forward(self, feeds: dict, mode: str = "eval", outputs=None) -> dict:
+        """{name: value} of the outputs (or the nodes named in `outputs`) for one batch; in
+        training mode with batch statistics and fresh dropout masks (a key drawn per mask, as
+        the reference draws them), the running statistics left as they are."""
         names = tuple(outputs or self.graph.graph["outputs"])
-        targets, _, program = self._inference(names, with_losses=False)
+        targets, _, program = self._inference(names, with_losses=False, mode=check_mode(mode))
         prepared, batch = self._feeds(self.graph, feeds, self._input_names(program))
         program.call(self, prepared, batch)
         return {name: program.value(n, batch).copy() for name, n in zip(names, targets)}
@@ -389,6 +407,7 @@ class CpuEngine(EngineBase):
         return result
 
     def loss(self, feeds: dict) -> float:
+        """The objective on one batch in evaluation mode (no dropout)."""
         names = tuple(self.graph.graph["outputs"])
         _, _, program = self._inference(names, with_losses=True)
         prepared, batch = self._feeds(self.graph, feeds, self._input_names(program))

@@ -31,8 +31,6 @@ from netlang.codegen.cuda import (GPU, METRIC_TOTALS, SIMULATOR, CudaUpdatePlan,
 from netlang.config import cuda_simulator
 from netlang.errors import DataError, UsageError
 from netlang.ops.norm import draw_dropout_key
-from netlang.passes.autodiff import differentiate
-from netlang.passes.training import training_graph
 from netlang.runtime.cpu import CompiledProgram, CpuEngine, load_program
 
 SIMULATOR_HINT = "set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels in Numba's simulator"
@@ -80,7 +78,7 @@ def _serialise_simulated_shared_arrays() -> None:
     if shared is None or getattr(shared, "_netlang_serialised", False):
         return
     simulator_array = shared.array
-    from numba.core import types
+    from numba.core import types   # lazy, as every numba import here (see above)
     from numba.np import numpy_support
 
     def array(self, shape, dtype, *args, **kwargs):
@@ -112,6 +110,7 @@ def gpu_available() -> bool:
 
 
 def is_device_array(value) -> bool:
+    """Whether `value` is an array on the device (real or simulated), not a host array."""
     # Numba's device arrays carry `__cuda_ndarray__`; the simulator's, which have no CUDA
     # array interface, carry it too (without it they read as host arrays and were copied).
     return bool(getattr(value, "__cuda_ndarray__", False)) or \
@@ -140,6 +139,7 @@ class DeviceMirror(MutableMapping):
         self._on_host = False   # whether the host copies are the current ones
 
     def device(self) -> dict:
+        """The arrays on the device, brought up to date with the host's writes first."""
         if self._on_host:
             for name, value in self._host.items():
                 target = self._device.get(name)
@@ -187,24 +187,31 @@ class CudaProgram(CompiledProgram):
         super().__init__(graph, order, keep, dtype, function, title, update=update, mode=mode)
 
     def render(self, graph, order, fusion, buffers, **options):
+        """The program's kernels and host function (codegen/cuda.py)."""
         return render_program(graph, order, fusion, buffers, **options, **launch_options())
 
     def worker_count(self) -> int:
+        """1: no host worker threads."""
         return 1   # the device's threads come from the launch geometry, not host workers
 
     def allocate(self, array: np.ndarray):
+        """A device copy of `array`."""
         return self.cuda.to_device(array)
 
     def fetch(self, array) -> np.ndarray:
+        """A host copy of a device buffer."""
         return array.copy_to_host()
 
     def engine_arrays(self, engine) -> tuple:
+        """The engine's parameters and optimiser state, on the device."""
         return engine.params.device(), engine.optimizer.state.device()
 
     def dropout_key(self, engine):
+        """A dropout mask's key for one call, as a scalar."""
         return draw_dropout_key(engine.rng)[0]  # a scalar argument of the host function
 
     def scratch(self, key):
+        """A float64 scalar on the device that the program's kernels accumulate into."""
         if key not in self._scratch:
             self._scratch[key] = self.cuda.to_device(np.zeros(1, np.float64))
         return self._scratch[key]
@@ -300,22 +307,14 @@ class DeviceDataSet:
 
 
 class CudaEngine(CpuEngine):
+    """The CPU engine's programs, rendered as CUDA kernels and run on the device."""
+
     name = "cuda"
+    kernel_noun = "CUDA kernel"
+    needs_gpu = True
     program_class = CudaProgram
     update_plan_class = CudaUpdatePlan
     missing_kernels = staticmethod(supported)
-
-    @classmethod
-    def pending_ops(cls, graph) -> list[str]:
-        """Ops of the model's training step (or, when it cannot be differentiated, its forward
-        pass) that have no CUDA kernel yet."""
-        train = training_graph(graph)
-        if train.graph.get("losses"):
-            try:
-                differentiate(train, list(train.parameters().values()))
-            except Exception:   # the engine's own construction reports what is wrong
-                pass
-        return cls.missing_kernels(train, list(train.nodes))
 
     def __init__(self, graph, config=None, params: dict | None = None, *, seed: int = 0,
                  dtype=np.float32, input_grads=()):

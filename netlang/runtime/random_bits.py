@@ -1,23 +1,14 @@
 """Dropout masks filled inside compiled programs from a per-step key.
 
-The generator itself is `netlang.ops.norm.dropout_bits`, compiled here as it is written, so
-the compiled kernels and the NumPy reference draw identical masks from identical keys.
+The generator `netlang.ops.norm.dropout_bits` and the loop that fills a mask
+(`netlang.ops.norm_loops.fill_dropout_mask`) are compiled here as they are written, so the
+compiled kernels and the NumPy reference draw identical masks from identical keys.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit
-
+from netlang.ops import norm_loops
 from netlang.ops.norm import dropout_bits
+from netlang.runtime.jit import compiled, inlined
 
-_bits = njit(inline="always")(dropout_bits)
-
-
-@njit(cache=True, nogil=True)
-def fill_dropout_mask(out, key, threshold, scale):
-    """out[i] ← scale where element i is kept (top 32 bits of its hash ≥ threshold), else 0."""
-    zero = scale - scale
-    for i in range(out.size):
-        keep = (_bits(key, np.uint64(i)) >> np.uint64(32)) >= threshold
-        out[i] = scale if keep else zero
+fill_dropout_mask = compiled(norm_loops.fill_dropout_mask, inlined(dropout_bits))

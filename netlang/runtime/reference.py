@@ -11,40 +11,47 @@ import numpy as np
 from netlang.interp import ExecContext, execute, needed_nodes
 from netlang.ir.graph import Graph
 from netlang.ir.train_config import TrainConfig
-from netlang.passes import after_pass
+from netlang.ops import get_op
+from netlang.ops.optim import regularizer_gradient
+from netlang.passes.memory import EXTERNAL
+from netlang.pipeline import check_mode, forward_program, input_gradient_program, training_program
 from netlang.runtime.base import EngineBase
-from netlang.passes.autodiff import differentiate
-from netlang.passes.training import training_graph
-from netlang.train.optimizers import regularizer_gradient
 
 
 class ReferenceEngine(EngineBase):
+    """Runs the pipeline's programs on the NumPy interpreter (netlang/interp.py)."""
+
     name = "reference"
+    kernel_noun = "reference forward"
+
+    @staticmethod
+    def missing_kernels(graph, nodes) -> list[str]:
+        """Ops among `nodes` with no reference forward (inputs and parameters are fed)."""
+        return sorted({graph.op(n) for n in nodes
+                       if graph.op(n) not in EXTERNAL and get_op(graph.op(n)).forward_rule is None})
 
     def __init__(self, graph: Graph, config: TrainConfig | None = None, params: dict | None = None,
                  *, seed: int = 0, dtype=np.float32, input_grads=()):
         super().__init__(graph, config, params, seed=seed, dtype=dtype, input_grads=input_grads)
-        self._train = None
-        self._vjp = {}  # output name → its differentiated graph (see `vjp`)
+        self._train = {}     # mode → the training program (see `_training`)
+        self._forward = {}   # (names, mode, with losses) → the forward program
+        self._vjp = {}       # output name → its input-gradient program (see `vjp`)
 
-    # The training graph is built on first use: forward-only users never pay for autodiff.
-    def _training(self):
-        if self._train is None:
-            graph = after_pass(training_graph(self.graph), "training")
-            wrt = [graph.node_named(n) for n in self.trainable]
-            wrt += [graph.graph["inputs"][n] for n in self.input_grads]
-            grads = differentiate(graph, wrt)
-            after_pass(graph, "autodiff")
-            targets = [grads.objective] + [g for g in grads.of.values() if g is not None]
-            targets += list(grads.of)  # the differentiated values too: zero gradients take their shape
-            targets += [n for n, _ in graph.graph["losses"]]
-            targets += list(graph.graph["outputs"].values())
-            self._train = (graph, grads, needed_nodes(graph, targets), targets)
-        return self._train
+    def _training(self, mode: str = "train"):
+        """(graph, gradients, order, targets) of the training program in `mode`, built on
+        first use: forward-only users never pay for autodiff."""
+        if mode not in self._train:
+            program = training_program(self.graph, self.trainable, self.input_grads, mode)
+            # The differentiated values too: a gradient with no path to the objective is zero,
+            # shaped like its value.
+            targets = program.kept + list(program.gradients.of)
+            self._train[mode] = (program.graph, program.gradients,
+                                 needed_nodes(program.graph, targets), targets)
+        return self._train[mode]
 
     def gradients(self, feeds: dict, mode: str = "train"):
-        """(loss, name → gradient) for one batch; parameters are not changed."""
-        graph, grads, order, targets = self._training()
+        """(loss, name → gradient, outputs) for one batch; parameters are not changed."""
+        graph, grads, order, targets = self._training(check_mode(mode))
         ctx = ExecContext(mode=mode, rng=self.rng, dtype=self.dtype)
         values = execute(graph, feeds, self.params, targets, ctx, order=order)
         self._state_updates = ctx.state_updates
@@ -82,11 +89,12 @@ class ReferenceEngine(EngineBase):
         for each float input that was fed; `output` names an output or any node.  Parameters
         are not changed."""
         if output not in self._vjp:
-            self._vjp[output] = self._vjp_graph(output)
-        graph, seed, grads = self._vjp[output]
+            self._vjp[output] = input_gradient_program(self.graph, output)
+        program = self._vjp[output]
+        graph, grads = program.graph, program.gradients
         ctx = ExecContext(mode="eval", rng=self.rng, dtype=self.dtype)
-        values = execute(graph, {**feeds, seed: cotangent}, self.params,
-                         [g for g in grads.of.values() if g is not None], ctx)
+        values = execute(graph, {**feeds, program.cotangent: cotangent}, self.params,
+                         list(program.grad_nodes.values()), ctx, order=program.order)
         result = {}
         for node, g in grads.of.items():
             name = graph.nodes[node]["name"]
@@ -96,15 +104,28 @@ class ReferenceEngine(EngineBase):
                 result[name] = np.zeros(np.shape(feeds[name]), dtype=self.dtype)
         return result
 
+    def _forward_program(self, names: tuple, mode: str, with_losses: bool = False):
+        key = (names, mode, with_losses)
+        if key not in self._forward:
+            self._forward[key] = forward_program(self.graph, names, mode=mode,
+                                                 with_losses=with_losses)
+        return self._forward[key]
+
     def forward(self, feeds: dict, mode: str = "eval", outputs=None) -> dict:
-        names = outputs or list(self.graph.graph["outputs"])
-        nodes = [self.graph.graph["outputs"].get(n) or self.graph.node_named(n) for n in names]
+        """{name: value} of the outputs (or the nodes named in `outputs`) for one batch; in
+        training mode with batch statistics and fresh dropout masks, the running statistics
+        left as they are."""
+        names = tuple(outputs or self.graph.graph["outputs"])
+        program = self._forward_program(names, check_mode(mode))
         ctx = ExecContext(mode=mode, rng=self.rng, dtype=self.dtype)
-        values = execute(self.graph, feeds, self.params, nodes, ctx)
-        return {name: values[node] for name, node in zip(names, nodes)}
+        values = execute(program.graph, feeds, self.params, program.targets, ctx,
+                         order=program.order)
+        return {name: values[node] for name, node in zip(names, program.targets)}
 
     def loss(self, feeds: dict) -> float:
         """The objective on one batch in evaluation mode (no dropout)."""
-        graph, grads, _, _ = self._training()
+        program = self._forward_program((), "eval", with_losses=True)
         ctx = ExecContext(mode="eval", rng=self.rng, dtype=self.dtype)
-        return float(execute(graph, feeds, self.params, [grads.objective], ctx)[grads.objective])
+        values = execute(program.graph, feeds, self.params, program.kept, ctx,
+                         order=program.order)
+        return float(sum(w * float(values[n]) for n, w in self.graph.graph["losses"]))

@@ -1,10 +1,11 @@
 """Metrics: loss, accuracy, top-k accuracy and the confusion matrix.
 
-A model's losses say how to read its outputs as classes: the prediction of a
-`cross_entropy` or `hinge` loss holds one score per class; a single unit under
-`binary_cross_entropy`, `squared_error` or `mse` is the probability (or value)
-of class 1.  `Head` records that reading for one loss; the functions here work
-on plain arrays so they are easy to test and reuse.
+A model's losses say how to read its outputs as classes, each by its op's
+`class_reading`: the prediction of a `cross_entropy` or `hinge` loss holds one
+score per class ("scores"); a single unit under `binary_cross_entropy` is the
+probability of class 1, or its logit ("probability"), and under `squared_error`
+or `mse` the value itself ("value").  `Head` records that reading for one loss;
+the functions here work on plain arrays so they are easy to test and reuse.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import dataclasses
 
 import numpy as np
 
-CLASS_SCORE_LOSSES = ("cross_entropy", "hinge")
-SINGLE_UNIT_LOSSES = ("binary_cross_entropy", "squared_error", "mse")
+from netlang.ops import all_ops, get_op
+
+# The losses whose prediction holds one score per class (their integer targets are labels).
+CLASS_SCORE_LOSSES = tuple(name for name, op in all_ops().items() if op.class_reading == "scores")
 
 
 @dataclasses.dataclass(frozen=True)
 class Head:
     """How one loss turns its prediction into classes.
 
-    `prediction` is the node name of the loss's first operand, `target` the
+    `kind` is the loss's op (its `class_reading` says how the prediction reads
+    as classes), `prediction` the node name of the loss's first operand, `target` the
     model input it is compared with (None when the target is not an input),
     `units` the size of the prediction's last axis.
     """
@@ -36,7 +40,13 @@ class Head:
 
     @property
     def num_classes(self) -> int:
+        """How many classes the prediction tells apart (a single unit: two)."""
         return self.units if self.units > 1 else 2
+
+    @property
+    def reading(self) -> str:
+        """How the loss reads its prediction: "scores", "probability" or "value"."""
+        return get_op(self.kind).class_reading
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -50,7 +60,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def single_unit_threshold(head: Head) -> float:
     """A single unit's class is 1 above this: 0 for logits, 0.5 for a probability or value."""
-    return 0.0 if head.kind == "binary_cross_entropy" and head.logits else 0.5
+    return 0.0 if head.reading == "probability" and head.logits else 0.5
 
 
 def class_scores(head: Head, values: np.ndarray) -> np.ndarray:
@@ -67,16 +77,16 @@ def class_scores(head: Head, values: np.ndarray) -> np.ndarray:
 def probabilities(head: Head, values: np.ndarray) -> np.ndarray:
     """Class probabilities, one row per example (and time step for sequence outputs)."""
     values = np.asarray(values, dtype=np.float64)
-    if head.kind in CLASS_SCORE_LOSSES:
+    if head.reading == "scores":
         return _softmax(values.reshape(-1, head.units))
-    if head.kind == "binary_cross_entropy":
+    if head.reading == "probability":
         p = _sigmoid(values) if head.logits else values
         p = np.clip(p, 0.0, 1.0)
         if head.units == 1:
             p = p.reshape(-1)
             return np.stack([1.0 - p, p], axis=1)
         return p.reshape(-1, head.units)  # independent (multi-label) probabilities
-    # squared_error / mse: the outputs are the target values themselves.
+    # "value": the outputs are the target values themselves.
     if head.units == 1:
         v = np.clip(values.reshape(-1), 0.0, 1.0)
         return np.stack([1.0 - v, v], axis=1)
@@ -128,6 +138,15 @@ def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float((predicted == labels).mean()) if labels.size else float("nan")
 
 
+def squared_error_sum(prediction: np.ndarray, target: np.ndarray) -> tuple[float, int]:
+    """(sum of squared differences, how many values): a head that predicts values (a
+    regression or a reconstruction) is scored by their ratio summed over batches, the mean
+    squared error."""
+    prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)
+    target = np.asarray(target, dtype=np.float64).reshape(-1)
+    return float(np.square(prediction - target).sum()), int(target.size)
+
+
 def top_k_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Per example: is the label among the `k` highest scores? Ties count in the label's favour."""
     scores = np.asarray(scores)
@@ -137,6 +156,7 @@ def top_k_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """The fraction of examples whose label is among their `k` highest scores."""
     correct = top_k_correct(scores, labels, k)
     return float(correct.mean()) if correct.size else float("nan")
 
@@ -174,6 +194,8 @@ class MetricAccumulator:
         self.matrix = None
 
     def add(self, loss: float | None, examples: int, prediction=None, target=None) -> None:
+        """Counts one batch: its mean loss over `examples`, and its predictions against the
+        target where the head classifies."""
         if loss is not None:
             self.loss_sum += float(loss) * examples
             self.examples += examples
@@ -196,10 +218,12 @@ class MetricAccumulator:
         return self.loss_sum, self.examples, self.correct, self.positions
 
     def set_totals(self, loss_sum: float, examples, correct, positions) -> None:
+        """Takes the totals a device summed (the inverse of `totals`)."""
         self.loss_sum = float(loss_sum)
         self.examples, self.correct, self.positions = int(examples), int(correct), int(positions)
 
     def result(self) -> dict:
+        """The metrics so far: loss, accuracy, top-k and the confusion matrix, where counted."""
         out = {}
         if self.examples:
             out["loss"] = self.loss_sum / self.examples
@@ -212,12 +236,14 @@ class MetricAccumulator:
         return out
 
     def state(self) -> dict:
+        """The running totals as plain JSON (for a checkpoint)."""
         return {"loss_sum": self.loss_sum, "examples": self.examples,
                 "positions": self.positions, "correct": self.correct,
                 "top_correct": {str(k): v for k, v in self.top_correct.items()},
                 "matrix": None if self.matrix is None else self.matrix.tolist()}
 
     def restore(self, state: dict) -> None:
+        """Takes back the totals `state` returned."""
         self.loss_sum = float(state["loss_sum"])
         self.examples = int(state["examples"])
         self.positions = int(state["positions"])

@@ -2,7 +2,7 @@
 
 `--set key=value` (and the named flags such as `--epochs`, which become the same
 `key=value` strings) are checked by compiling a one-line train section with
-netlang's own parser and `netlang.train_section`, so a value means exactly what
+netlang's own parser and `netlang.lower.train_section`, so a value means exactly what
 it would mean in the file: `--set "optimizer=adam(lr=1e-3)"`,
 `--set "schedule=step(every=5, gamma=0.5)"`, `--set "regularize=l2(1e-4) on fc1"`.
 When the model is given, its constants and layer names are in scope.
@@ -17,7 +17,10 @@ from __future__ import annotations
 import copy
 
 from netlang.errors import NetlangError, UsageError, did_you_mean
+from netlang.frontend import ast
+from netlang.frontend.parser import parse
 from netlang.ir.train_config import SETTINGS, Choice, TrainConfig
+from netlang.lower import Lowerer, ModuleEnv, Scope, lower_train_section
 
 OVERRIDABLE = tuple(s for s in SETTINGS if s != "loss") + ("lr",)
 _CLEARABLE = {"clip_norm": None, "early_stopping": None, "regularize": [], "freeze": (),
@@ -56,8 +59,6 @@ class _ModelScope:
 
 
 def _model_scope(graph):
-    from netlang.frontend import ast
-    from netlang.lower import Lowerer, ModuleEnv, Scope
     path = graph.graph.get("path") if graph is not None else None
     sources = graph.graph.get("sources") or {} if graph is not None else {}
     if path is not None and path in sources:
@@ -123,8 +124,6 @@ def _positive_float(value, what) -> float:
 
 
 def _lower_item(key: str, value: str, text: str, scope: _ModelScope) -> TrainConfig:
-    from netlang.frontend.parser import parse
-    from netlang.train_section import lower_train_section
     snippet = f"train {{\n  {key} {value}\n}}\n"
     try:
         module = parse(snippet, SOURCE_NAME)

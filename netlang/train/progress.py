@@ -12,8 +12,9 @@ import sys
 import time
 
 # Keys of an epoch record shown on the summary line, in this order, with their labels.
-_SHOWN = (("loss", "loss"), ("accuracy", "acc"), ("val_loss", "val_loss"),
-          ("val_accuracy", "val_acc"), ("test_loss", "test_loss"), ("test_accuracy", "test_acc"))
+_SHOWN = (("loss", "loss"), ("bpc", "bpc"), ("accuracy", "acc"), ("val_loss", "val_loss"),
+          ("val_bpc", "val_bpc"), ("val_accuracy", "val_acc"), ("test_loss", "test_loss"),
+          ("test_bpc", "test_bpc"), ("test_accuracy", "test_acc"))
 
 
 def format_record(record: dict, epochs: int) -> str:

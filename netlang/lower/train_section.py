@@ -1,7 +1,10 @@
 """The `train { ... }` section → loss nodes in the graph and a `TrainConfig`.
 
 Losses become graph nodes (so autodiff sees them); everything else is checked
-against the schemas in `netlang.ops.optim` and `netlang.ir.train_config`.
+against the schemas in `netlang.ops.optim` and `netlang.ir.train_config`.  The
+section is lowered after the network, in the file's top-level scope, so it can
+name the network's layers and constants; `netlang.train.overrides` lowers
+one-line sections the same way for `--set`.
 """
 
 from __future__ import annotations
@@ -11,14 +14,19 @@ import math
 from netlang.errors import did_you_mean
 from netlang.frontend import ast
 from netlang.ir.train_config import METRICS, SCALAR_SETTINGS, SETTINGS, Choice, TrainConfig
+from netlang.lower.layers import LayerBuilder
+from netlang.lower.names import Scope
+from netlang.lower.values import POISON, Poisoned, Problem, Tensor
+from netlang.ops import all_ops, get_op
 from netlang.ops.optim import OPTIMIZERS, REGULARIZERS, SCHEDULES
-from netlang.ops.registry import all_ops, get_op
 from netlang.ops.schema import ArgumentProblem, bind_arguments, describe_value
 
 
-def lower_train_section(lowerer, section: ast.Train, scope) -> None:
-    from netlang.lower import Poisoned, Problem  # the lowering machinery this section extends
+def lower_train_section(lowerer: LayerBuilder, section: ast.Train, scope: Scope) -> None:
+    """Add the section's losses to `lowerer`'s graph and its settings as graph["train"].
 
+    Every mistake is reported through `lowerer` and the other settings still checked.
+    """
     config = TrainConfig()
     seen = {}
     losses = []
@@ -36,29 +44,26 @@ def lower_train_section(lowerer, section: ast.Train, scope) -> None:
                 raise Problem("only `regularize` takes `on <layers>`", item.on[0].loc, "argument")
             if key == "loss":
                 for value in item.values:
-                    losses.extend(_loss_terms(lowerer, value, scope, Problem))
+                    losses.extend(_loss_terms(lowerer, value, scope))
             elif key == "optimizer":
-                config.optimizer = _choice(lowerer, _single(item, Problem), OPTIMIZERS, "optimizer",
-                                           scope, Problem)
+                config.optimizer = _choice(lowerer, _single(item), OPTIMIZERS, "optimizer", scope)
             elif key == "schedule":
-                config.schedule = _choice(lowerer, _single(item, Problem), SCHEDULES, "schedule",
-                                          scope, Problem)
+                config.schedule = _choice(lowerer, _single(item), SCHEDULES, "schedule", scope)
             elif key == "regularize":
-                choice = _choice(lowerer, _single(item, Problem), REGULARIZERS, "regularizer",
-                                 scope, Problem)
-                choice.layers = tuple(_layer_names(lowerer, item.on, scope, Problem))
+                choice = _choice(lowerer, _single(item), REGULARIZERS, "regularizer", scope)
+                choice.layers = tuple(_layer_names(lowerer, item.on, scope))
                 config.regularizers.append(choice)
             elif key == "freeze":
-                config.freeze = tuple(_layer_names(lowerer, item.values, scope, Problem))
+                config.freeze = tuple(_layer_names(lowerer, item.values, scope))
             elif key == "metrics":
-                config.metrics = tuple(_metric(lowerer, v, scope, Problem) for v in item.values)
+                config.metrics = tuple(_metric(lowerer, v, scope) for v in item.values)
             elif key == "data":
-                value = _single(item, Problem)
+                value = _single(item)
                 config.data = value.id if isinstance(value, ast.Name) else lowerer.evaluate(value, scope)
                 if not isinstance(config.data, str):
                     raise Problem("`data` names a data set, e.g. `data mnist`", value.loc, "argument")
             else:
-                setattr(config, key, _scalar(lowerer, key, _single(item, Problem), scope, Problem))
+                setattr(config, key, _scalar(lowerer, key, _single(item), scope))
         except Problem as problem:
             lowerer.report(problem, scope)
         except Poisoned:
@@ -67,7 +72,7 @@ def lower_train_section(lowerer, section: ast.Train, scope) -> None:
     lowerer.graph.graph["train"] = config
 
 
-def _single(item: ast.TrainItem, Problem):
+def _single(item: ast.TrainItem):
     if len(item.values) != 1:
         raise Problem(f"`{item.key.id}` takes one value", item.loc, "argument")
     return item.values[0]
@@ -80,7 +85,7 @@ def _finite(value) -> bool:
         return False
 
 
-def _scalar(lowerer, key, expr, scope, Problem):
+def _scalar(lowerer, key, expr, scope):
     kind, low, high, what = SCALAR_SETTINGS[key]
     value = lowerer.evaluate(expr, scope)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
@@ -94,7 +99,7 @@ def _scalar(lowerer, key, expr, scope, Problem):
     return value
 
 
-def _choice(lowerer, expr, table, what, scope, Problem) -> Choice:
+def _choice(lowerer, expr, table, what, scope) -> Choice:
     if isinstance(expr, ast.Name):
         name, args = expr.id, ()
     elif isinstance(expr, ast.Call):
@@ -118,8 +123,7 @@ def _choice(lowerer, expr, table, what, scope, Problem) -> Choice:
     return Choice(name, bound)
 
 
-def _layer_names(lowerer, exprs, scope, Problem):
-    from netlang.lower import POISON, Poisoned, Tensor
+def _layer_names(lowerer, exprs, scope):
     names = []
     for expr in exprs:
         if not isinstance(expr, ast.Name):
@@ -140,7 +144,7 @@ def _layer_names(lowerer, exprs, scope, Problem):
     return names
 
 
-def _metric(lowerer, expr, scope, Problem):
+def _metric(lowerer, expr, scope):
     if isinstance(expr, ast.Name) and expr.id in METRICS and expr.id != "top_k":
         return expr.id
     if isinstance(expr, ast.Call) and expr.func == "top_k":
@@ -153,14 +157,14 @@ def _metric(lowerer, expr, scope, Problem):
         return f"top_{k}"
     word = expr.id if isinstance(expr, ast.Name) else getattr(expr, "func", "?")
     raise Problem(f"unknown metric `{word}`{did_you_mean(word, METRICS)}", expr.loc, "name",
-                  [f"known: accuracy, top_k(k), loss, confusion"])
+                  ["known: accuracy, top_k(k), loss, confusion"])
 
 
-def _loss_terms(lowerer, expr, scope, Problem):
+def _loss_terms(lowerer, expr, scope):
     """A loss expression → [(node, weight)]: loss calls, scaled by numbers and summed."""
     if isinstance(expr, ast.BinOp) and expr.op == "+":
-        return (_loss_terms(lowerer, expr.left, scope, Problem)
-                + _loss_terms(lowerer, expr.right, scope, Problem))
+        return (_loss_terms(lowerer, expr.left, scope)
+                + _loss_terms(lowerer, expr.right, scope))
     if isinstance(expr, ast.BinOp) and expr.op == "*":
         if _is_loss_expr(expr.left) and _is_loss_expr(expr.right):
             raise Problem("a loss can be scaled by a number, not multiplied by another loss",
@@ -172,7 +176,7 @@ def _loss_terms(lowerer, expr, scope, Problem):
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
                 raise Problem(f"a loss weight must be a non-negative number, not "
                               f"{describe_value(weight)}", weight_expr.loc, "argument")
-            return [(node, w * weight) for node, w in _loss_terms(lowerer, loss_expr, scope, Problem)]
+            return [(node, w * weight) for node, w in _loss_terms(lowerer, loss_expr, scope)]
     if isinstance(expr, ast.Call):
         op = get_op(expr.func)
         if op is None or op.role != "loss":
@@ -184,7 +188,6 @@ def _loss_terms(lowerer, expr, scope, Problem):
             raise Problem(f"`{expr.func}` takes a prediction and a target: "
                           f"`{expr.func}(prediction, target)`", expr.loc, "argument")
         operands = [lowerer.evaluate(a.value, scope) for a in tensors]
-        from netlang.lower import Tensor
         for a, value in zip(tensors, operands):
             if not isinstance(value, Tensor):
                 raise Problem(f"`{expr.func}` needs tensors, not {describe_value(value)}", a.loc,

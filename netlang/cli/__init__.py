@@ -1,0 +1,106 @@
+"""The `netlang` command line: one module per command, over the Python API.
+
+`main` reads the command word first and imports only that command's module
+(`netlang.cli.train`, `netlang.cli.check`, ...), so `netlang check` and `--help` never load
+the training stack.  Each command module has `add_arguments(parser)` and `run(args)`; `run`
+returns the exit status.  Errors are `NetlangError`s, printed here as one line with exit
+status 2; the API spells its keywords (`force=True`) and this boundary puts them in the
+command's own flags (`--force`).  The API never imports this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import sys
+
+from netlang.version import __version__
+from netlang.errors import NetlangError, did_you_mean
+
+# Command word → (module under netlang.cli, one line of help), in the order `--help` lists them.
+COMMANDS = {
+    "check": ("check", "check a .net file and print a summary of its layers"),
+    "graph": ("graph", "draw the computation graph (DOT, SVG or PNG)"),
+    "fmt": ("fmt", "print a .net file in canonical form"),
+    "train": ("train", "train a model; writes weights, checkpoints and a metrics log"),
+    "eval": ("evaluate", "evaluate trained weights: loss, accuracy, confusion matrix"),
+    "predict": ("predict", "class probabilities for an input (.npy or .png)"),
+    "bench": ("bench", "time a model's forward pass and training step per batch"),
+    "saliency": ("saliency", "draw which input pixels the predicted class depends on"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `netlang train: error: ...` and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `netlang` parser; `command`'s arguments are added by its module, the other
+    commands are listed by name and help only (their modules stay unimported)."""
+    parser = _Parser(prog="netlang", description="Compile, check, train and run neural "
+                                                 "networks written in .net files.")
+    parser.add_argument("--version", action="version", version=f"netlang {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text)
+        if name == command:
+            module = command_module(name)
+            module.add_arguments(command_parser)
+            command_parser.set_defaults(run=module.run)
+    return parser
+
+
+def command_module(name: str):
+    """The module that implements command `name`."""
+    # Imported by name on demand: only the command that runs pays for its dependencies.
+    return importlib.import_module(f"netlang.cli.{COMMANDS[name][0]}")
+
+
+def in_flag_words(message: str, args: argparse.Namespace) -> str:
+    """An API error's message in the command's own words: a keyword the API names
+    (`force=True`) becomes the flag (`--force`) when the command has one of that name."""
+    def flag(match: re.Match) -> str:
+        name = match[1]
+        return f"--{name.replace('_', '-')}" if hasattr(args, name) else match[0]
+    return re.sub(r"`?\b([a-z][a-z_]*)=True\b`?", flag, message)
+
+
+def _command_word(argv: list[str]) -> str | None:
+    # The top-level parser has only flags without values, so the first other word is the command.
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def main(argv=None) -> int:
+    """Run `netlang` with `argv` (default: the process's arguments); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else [str(word) for word in argv]
+    command = _command_word(argv)
+    if command is not None and command not in COMMANDS:
+        print(f"netlang: error: unknown command `{command}`{did_you_mean(command, COMMANDS)} "
+              f"(commands: {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except NetlangError as error:
+        text = error.render()
+        if error.loc is None:  # not a source diagnostic: the API's words, put in flags
+            text = in_flag_words(text, args)
+        print(text, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("netlang: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as error:  # e.g. a run directory that cannot be written
+        where = f": {error.filename}" if getattr(error, "filename", None) else ""
+        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
+        return 2

@@ -1,0 +1,89 @@
+"""Each renderer's spelling of scalar code: constants and the math functions templates call.
+
+The op templates (`cpu_expr`, `cpu_kernel`, `cuda_kernel`) and the optimiser's update and
+penalty templates are shared by the CPU and CUDA renderers.  Where they need a constant or a
+math function they ask the table they are handed, never write one target's text: `c(0.5)`,
+`c.exp(x)` in an expression or an optimiser template, `k.const(0.5)`, `k.math.sqrt(x)` in a
+kernel template.  The CPU renderer hands them `CpuSpelling` (NumPy's functions), the CUDA
+renderer `CudaSpelling` (the `math` module's, as numba.cuda device code calls them), so no
+renderer's text is ever rewritten into another's.  A new function is a method on both.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+# A variable or an element of one (`f3[i]`): an operand that needs no parentheses.
+_ELEMENT = re.compile(r"[A-Za-z_]\w*(\[[\w, ]*\])?")
+
+
+class CpuSpelling:
+    """The CPU renderer's table: called, a constant of the program's float type (`c(0.5)`
+    is `F(0.5)`); its methods, NumPy's functions of a scalar expression (`c.exp("x")` is
+    `np.exp(x)`)."""
+
+    inf = "np.inf"
+
+    def __call__(self, value) -> str:
+        if isinstance(value, bool):
+            return "True" if value else "False"
+        if isinstance(value, int):
+            return f"F({value}.0)"
+        if math.isinf(value):
+            return f"F({self.inf})" if value > 0 else f"F(-{self.inf})"
+        return f"F({value!r})"
+
+    def exp(self, x: str) -> str:
+        return f"np.exp({x})"
+
+    def expm1(self, x: str) -> str:
+        return f"np.expm1({x})"
+
+    def log(self, x: str) -> str:
+        return f"np.log({x})"
+
+    def log1p(self, x: str) -> str:
+        return f"np.log1p({x})"
+
+    def tanh(self, x: str) -> str:
+        return f"np.tanh({x})"
+
+    def sqrt(self, x: str) -> str:
+        return f"np.sqrt({x})"
+
+    def sign(self, x: str) -> str:
+        """-1, 0 or 1 as `x` is negative, zero or positive."""
+        return f"np.sign({x})"
+
+
+class CudaSpelling(CpuSpelling):
+    """The CUDA renderer's table: constants as on the CPU, math functions as numba.cuda
+    device code calls them."""
+
+    inf = "math.inf"
+
+    def exp(self, x: str) -> str:
+        return f"math.exp({x})"
+
+    def expm1(self, x: str) -> str:
+        return f"math.expm1({x})"
+
+    def log(self, x: str) -> str:
+        return f"math.log({x})"
+
+    def log1p(self, x: str) -> str:
+        return f"math.log1p({x})"
+
+    def tanh(self, x: str) -> str:
+        return f"math.tanh({x})"
+
+    def sqrt(self, x: str) -> str:
+        return f"math.sqrt({x})"
+
+    def sign(self, x: str) -> str:
+        """Written inline: compile_ptx types a kernel without a GPU only if it calls no device
+        function.  `x` appears twice, so an expression is parenthesised."""
+        if not _ELEMENT.fullmatch(x):
+            x = f"({x})"
+        return f"(1.0 if {x} > 0 else (-1.0 if {x} < 0 else 0.0))"

@@ -1,0 +1,168 @@
+"""Loop nests of batch norm, LRN and dropout, as plain Python: compiled in netlang/runtime/.
+
+The templates in netlang/ops/norm.py emit calls to these (compiled by runtime/cnn.py, and
+the dropout mask by runtime/random_bits.py), one compiled function per loop nest shared by
+every model (see netlang/ops/conv_loops.py for why).  Batch norm and LRN work on the
+(rows, C) view of an array of any rank, channels last; batch norm's per-channel sums
+accumulate in float64.
+"""
+
+import numpy as np
+
+from netlang.ops.norm import dropout_bits
+
+# ---- batch norm ----------------------------------------------------------------------------------
+
+def channel_sums(x, g, acc, with_grad):
+    """acc[0] ← Σx, acc[1] ← Σx² per channel (column) of x (rows, C); with_grad: also
+    acc[2] ← Σg, acc[3] ← Σg·x."""
+    C = x.shape[1]
+    for i in range(4):
+        for c in range(C):
+            acc[i, c] = 0.0
+    for r in range(x.shape[0]):
+        for c in range(C):
+            v = np.float64(x[r, c])
+            acc[0, c] += v
+            acc[1, c] += v * v
+        if with_grad:
+            for c in range(C):
+                v = np.float64(x[r, c])
+                gv = np.float64(g[r, c])
+                acc[2, c] += gv
+                acc[3, c] += gv * v
+
+
+def batch_moments(acc, rows, c):
+    """(mean, biased variance) of channel c from channel_sums."""
+    n = max(rows, 1)
+    mean = acc[0, c] / n
+    return mean, max(acc[1, c] / n - mean * mean, 0.0)
+
+
+def batchnorm_coefficients(x, weight, running_mean, running_var, acc, coef, eps, momentum,
+                           train, update):
+    """coef[0] ← the mean and coef[1] ← weight/σ per channel: batch statistics in training
+    (and, with update, the running statistics moved towards them in place), running ones in
+    evaluation.  The output is (x − coef[0])·coef[1] + bias."""
+    C = weight.size
+    x = x.reshape((x.size // C, C))
+    rows = x.shape[0]
+    if train:
+        channel_sums(x, x, acc, False)
+    for c in range(C):
+        if train:
+            mean, var = batch_moments(acc, rows, c)
+            if update:
+                running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean
+                running_var[c] = ((1.0 - momentum) * running_var[c]
+                                  + momentum * var * (rows / max(rows - 1, 1)))
+        else:
+            mean, var = np.float64(running_mean[c]), np.float64(running_var[c])
+        coef[0, c] = mean
+        coef[1, c] = weight[c] / np.sqrt(var + eps)
+
+
+def batchnorm_apply(x, coef, bias, out):
+    """out = (x − coef[0])·coef[1] + bias, when no activation is fused into the loop."""
+    C = bias.size
+    x = x.reshape((x.size // C, C))
+    out = out.reshape((out.size // C, C))
+    for r in range(x.shape[0]):
+        for c in range(C):
+            out[r, c] = (x[r, c] - coef[0, c]) * coef[1, c] + bias[c]
+
+
+def batchnorm_grad_input(x, g, weight, running_mean, running_var, out, acc, coef, eps, train):
+    """dx = w/σ · (g − mean(g) − x̂·mean(g·x̂)) with batch statistics, w/σ · g in evaluation,
+    written as A·g + B·x + D per channel."""
+    C = weight.size
+    x = x.reshape((x.size // C, C))
+    g = g.reshape((g.size // C, C))
+    out = out.reshape((out.size // C, C))
+    rows = x.shape[0]
+    if train:
+        channel_sums(x, g, acc, True)
+        n = max(rows, 1)
+        for c in range(C):
+            mean, var = batch_moments(acc, rows, c)
+            inv = 1.0 / np.sqrt(var + eps)
+            gxhat = (acc[3, c] - mean * acc[2, c]) * inv
+            a = weight[c] * inv
+            b = -a * inv * gxhat / n
+            coef[0, c] = a
+            coef[1, c] = b
+            coef[2, c] = -a * acc[2, c] / n - b * mean
+        for r in range(rows):
+            for c in range(C):
+                out[r, c] = coef[0, c] * g[r, c] + coef[1, c] * x[r, c] + coef[2, c]
+    else:
+        for c in range(C):
+            coef[0, c] = weight[c] / np.sqrt(np.float64(running_var[c]) + eps)
+        for r in range(rows):
+            for c in range(C):
+                out[r, c] = coef[0, c] * g[r, c]
+
+
+def batchnorm_grad_weight(x, g, running_mean, running_var, out, acc, eps, train):
+    """d weight = Σ g·x̂ per channel."""
+    C = out.size
+    x = x.reshape((x.size // C, C))
+    g = g.reshape((g.size // C, C))
+    rows = x.shape[0]
+    channel_sums(x, g, acc, True)
+    for c in range(C):
+        if train:
+            mean, var = batch_moments(acc, rows, c)
+        else:
+            mean, var = np.float64(running_mean[c]), np.float64(running_var[c])
+        out[c] = (acc[3, c] - mean * acc[2, c]) / np.sqrt(var + eps)
+
+
+# ---- local response normalisation across channels ------------------------------------------------
+
+def lrn_forward(x, out, before, after, alpha_n, beta, k):
+    """out = x · (k + alpha_n · Σ x² over channels c − before … c + after)^−beta."""
+    C = x.shape[-1]
+    x = x.reshape((x.size // C, C))
+    out = out.reshape((out.size // C, C))
+    for r in range(x.shape[0]):
+        for c in range(C):
+            s = 0.0
+            for j in range(max(c - before, 0), min(c + after + 1, C)):
+                s += np.float64(x[r, j]) * x[r, j]
+            out[r, c] = x[r, c] * (k + alpha_n * s) ** -beta
+
+
+def lrn_backward(x, g, out, work, before, after, alpha_n, beta, k):
+    """dx = g·b^−β − 2·alpha_n·β · x · Σ over the windows holding x of g·x·b^(−β−1), where
+    b = k + alpha_n·Σx²; work (2, C) holds a row's b^−β and g·x·b^(−β−1)."""
+    C = x.shape[-1]
+    x = x.reshape((x.size // C, C))
+    g = g.reshape((g.size // C, C))
+    out = out.reshape((out.size // C, C))
+    for r in range(x.shape[0]):
+        for c in range(C):
+            s = 0.0
+            for j in range(max(c - before, 0), min(c + after + 1, C)):
+                s += np.float64(x[r, j]) * x[r, j]
+            base = k + alpha_n * s
+            scaled = base ** -beta
+            work[0, c] = scaled
+            work[1, c] = g[r, c] * x[r, c] * scaled / base
+        # Channel c lies in channel j's window when j − after ≤ c ≤ j + before.
+        for c in range(C):
+            s = 0.0
+            for j in range(max(c - after, 0), min(c + before + 1, C)):
+                s += work[1, j]
+            out[r, c] = g[r, c] * work[0, c] - 2.0 * alpha_n * beta * x[r, c] * s
+
+
+# ---- dropout -------------------------------------------------------------------------------------
+
+def fill_dropout_mask(out, key, threshold, scale):
+    """out[i] ← scale where element i is kept (top 32 bits of its hash ≥ threshold), else 0."""
+    zero = scale - scale
+    for i in range(out.size):
+        keep = (dropout_bits(key, np.uint64(i)) >> np.uint64(32)) >= threshold
+        out[i] = scale if keep else zero

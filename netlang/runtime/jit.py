@@ -1,0 +1,39 @@
+"""Numba compilation of the loop nests that netlang/ops/ writes as plain Python.
+
+A kernel's loop nest is written beside its op (netlang/ops/*_loops.py), in the subset of
+Python that Numba compiles, so a reader sees the op whole and nothing outside runtime/
+imports numba.  The runtime modules that generated code imports (cnn.py, random_bits.py)
+compile them with the two functions here.
+
+Inside compiled code a callee must be compiled too, while a loop nest's own module holds the
+plain callee under the name it calls.  `compiled` therefore runs the function's code in a
+copy of its module's namespace in which those names are bound to their compiled forms: a
+module compiles its callees first and names them.  Numba's disk cache (in the ops module's
+__pycache__) keys on a function's code and its source file's timestamp: editing a loop nest,
+or a callee in its file, recompiles it; a callee from another file is not seen (the one such
+callee, `dropout_bits`, lives in ops/norm.py beside the NumPy reference that shares it).
+"""
+
+from __future__ import annotations
+
+import types
+
+from numba import njit
+
+
+def inlined(function):
+    """`function` compiled to be inlined into each compiled caller, as a helper of a few lines
+    in an inner loop (a run of values, a window's bounds) must be to cost nothing."""
+    return njit(inline="always")(function)
+
+
+def compiled(function, *callees):
+    """`function` compiled once per machine (Numba's disk cache) and without the GIL, so the
+    workers of a parallel step run it at once; where its source calls a function of the same
+    name as one of the compiled `callees`, the compiled callee is called."""
+    if callees:
+        namespace = dict(function.__globals__)
+        namespace.update((callee.py_func.__name__, callee) for callee in callees)
+        function = types.FunctionType(function.__code__, namespace, function.__name__,
+                                      function.__defaults__, function.__closure__)
+    return njit(cache=True, nogil=True)(function)

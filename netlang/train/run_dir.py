@@ -1,0 +1,185 @@
+"""A training run's directory: what is in it, and reading and writing its small files.
+
+    run.json              how the run was started (model, data, overrides, device)
+    model.net             the model's source as compiled (the main file)
+    metrics.jsonl         one JSON record per epoch
+    summary.json          how the run ended, and the test figures
+    weights.safetensors   the final weights
+    normalization.safetensors   the mean and std of `--normalize standardize`
+    vocabulary.json       a text set's characters ↔ ids (netlang.data.Vocabulary)
+    curves.png            `--plot`
+    latest, ckpt-*/       checkpoints (netlang.weights.checkpoints)
+
+Everything is written atomically, so an interrupted run leaves the previous version of each
+file.  `netlang.load("run/")` compiles the `.net` file run.json names, or `model.net` when
+the model was compiled from a string and no file records it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from netlang.data import Vocabulary
+from netlang.errors import DataError, WeightsError
+from netlang.weights import atomic_write
+
+METRICS_FILE = "metrics.jsonl"
+FINAL_WEIGHTS = "weights.safetensors"
+RUN_FILE = "run.json"
+SUMMARY_FILE = "summary.json"
+NORMALIZATION_FILE = "normalization.safetensors"
+PLOT_FILE = "curves.png"
+SOURCE_FILE = "model.net"
+VOCABULARY_FILE = "vocabulary.json"
+
+
+def read_run(out) -> dict:
+    """The run.json of a run directory ({} when absent)."""
+    path = Path(out) / RUN_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: cannot read run description: {exc}") from None
+
+
+def write_run(out, info: dict) -> None:
+    """Write run.json (atomically, creating the directory): what `--resume` and
+    `netlang.load` read back."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    atomic_write(out / RUN_FILE, lambda f: f.write(data))
+
+
+def has_run(out) -> bool:
+    """Whether `out` already holds a training run (a checkpoint, weights or a log)."""
+    out = Path(out)
+    return (out / "latest").exists() or (out / FINAL_WEIGHTS).exists() \
+        or (out / METRICS_FILE).exists()
+
+
+def plot_curves(out, records=None) -> str:
+    """Write out/curves.png from the metrics log; returns a one-line message."""
+    out = Path(out)
+    if records is None:
+        path = out / METRICS_FILE
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+                   if line.strip()] if path.exists() else []
+    if not records:
+        return "--plot: no epochs logged yet, nothing to plot"
+    try:   # matplotlib is an optional dependency (netlang[plot])
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "--plot needs matplotlib (pip install 'netlang[plot]'); no plot written"
+    epochs = [r["epoch"] for r in records]
+    metrics = [m for m in ("loss", "accuracy") if any(m in r for r in records)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for prefix, label in (("", "train"), ("val_", "validation"), ("test_", "test")):
+            ys = [r.get(prefix + metric) for r in records]
+            if any(y is not None for y in ys):
+                ax.plot(epochs, [np.nan if y is None else y for y in ys], label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    target = out / PLOT_FILE
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return f"wrote {target}"
+
+
+def expected_params(graph, dtype=np.float32) -> dict:
+    """{name: (shape, dtype)} of every parameter and buffer, for checking weights files."""
+    out = {}
+    for node in sorted(graph.nodes):
+        data = graph.nodes[node]
+        if data["role"] in ("param", "buffer"):
+            out[data["name"]] = (tuple(data["attrs"]["shape"]), np.dtype(dtype))
+    return out
+
+
+def start_over(out) -> None:
+    """Remove the log and the summary of the run that `--force` starts over in `out`."""
+    for name in (METRICS_FILE, SUMMARY_FILE):
+        try:
+            (Path(out) / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def append_metrics(out, record: dict) -> None:
+    """Add one epoch's record to metrics.jsonl."""
+    with open(Path(out) / METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=False) + "\n")
+
+
+def trim_metrics(out, epoch: int) -> None:
+    """Drop the records of epochs after `epoch` from metrics.jsonl: a resumed run logged them
+    after its last checkpoint, before it was interrupted, and logs them again."""
+    path = Path(out) / METRICS_FILE
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("epoch", 0)) <= epoch:
+                kept.append(line)
+        except (ValueError, AttributeError, TypeError):
+            continue
+    data = "".join(line + "\n" for line in kept).encode("utf-8")
+    atomic_write(path, lambda f: f.write(data))
+
+
+def write_summary(out, summary: dict) -> None:
+    """Write summary.json: how the run ended (epochs, steps, early stopping, test figures)."""
+    data = (json.dumps(summary, indent=2) + "\n").encode("utf-8")
+    atomic_write(Path(out) / SUMMARY_FILE, lambda f: f.write(data))
+
+
+def save_source(out, graph) -> None:
+    """Write the model's main source text to model.net, so that a model compiled from a
+    string (which no .net file records) can be loaded from its run directory again."""
+    text = graph.graph["sources"][graph.graph["path"]]
+    data = text.encode("utf-8")
+    atomic_write(Path(out) / SOURCE_FILE, lambda f: f.write(data))
+
+
+def saved_source(out) -> str | None:
+    """The source text `save_source` wrote into `out`, or None when there is none."""
+    try:
+        return (Path(out) / SOURCE_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"{Path(out) / SOURCE_FILE}: cannot read the model source: {exc}") \
+            from None
+
+
+def save_vocabulary(out, vocabulary: Vocabulary) -> None:
+    """Write vocabulary.json: how the run read its text set, so that evaluating on another
+    file (and sampling) maps characters to ids as training did."""
+    data = vocabulary.to_json().encode("utf-8")
+    atomic_write(Path(out) / VOCABULARY_FILE, lambda f: f.write(data))
+
+
+def saved_vocabulary(weights) -> Vocabulary | None:
+    """The vocabulary a run saved: `weights` is its directory, or a weights file in it; None
+    when there is none (a run on other data, or a weights file of its own)."""
+    path = Path(weights)
+    file = (path if path.is_dir() else path.parent) / VOCABULARY_FILE
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{file}: cannot read the vocabulary: {exc}") from None
+    return Vocabulary.from_json(text, what=str(file))

@@ -1,0 +1,413 @@
+"""The trainer: epochs of an engine over bound arrays.
+
+`Trainer` runs epochs: seeded shuffling, the learning-rate schedule, validation after each
+epoch, early stopping, a JSON-lines metrics log, checkpoints that resume exactly (weights,
+optimiser moments, step, epoch, position inside the epoch, data order and dropout RNG), and
+a deferred Ctrl-C that stops at a step boundary and saves first.  Where each step's batch
+comes from and where its metrics are summed is `netlang.train.meters`; the run directory's
+files are `netlang.train.run_dir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from netlang.data import batches
+from netlang.data.text import with_bits_per_character
+from netlang.errors import WeightsError
+from netlang.ir.train_config import TrainConfig
+from netlang.train.binding import Binding, check_complete, count_examples
+from netlang.train.evaluation import evaluate, evaluated_nodes
+from netlang.train.meters import HostBatches, MetricsOnDevice, MetricsOnHost, prediction_output
+from netlang.train.metrics import MetricAccumulator, class_rule, top_k_values
+from netlang.train.progress import Progress
+from netlang.train.run_dir import FINAL_WEIGHTS, append_metrics, trim_metrics
+from netlang.train.schedules import learning_rate
+from netlang.weights import rng_from_json, rng_state_to_json, save_checkpoint, save_weights
+
+STATE_VERSION = 1
+# Steps between read-backs of the running loss and accuracy when the engine sums them on the
+# device (the CUDA engine): each read-back waits for the device, so the progress bar's figures
+# are brought up to date this often, and at the end of each epoch, instead of after each step.
+METRICS_EVERY = 50
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, raised at a step boundary after the checkpoint was saved."""
+
+    def __init__(self, checkpoint: Path | None = None, epoch: int = 0, step: int = 0):
+        super().__init__("training interrupted")
+        self.checkpoint = checkpoint
+        self.epoch = epoch
+        self.step = step
+
+
+@dataclasses.dataclass
+class History:
+    """What `fit` returns: one record per epoch, plus how the run ended."""
+
+    records: list = dataclasses.field(default_factory=list)
+    stopped_early: bool = False
+    best_epoch: int | None = None
+    test: dict | None = None
+    out: Path | None = None
+
+    def __getitem__(self, key):
+        """history["val_loss"] → that metric per epoch."""
+        return [r.get(key) for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def last(self) -> dict:
+        """The last epoch's record ({} before the first)."""
+        return self.records[-1] if self.records else {}
+
+
+class Trainer:
+    """Runs epochs of an engine over bound arrays; see the module docstring."""
+
+    def __init__(self, engine, binding: Binding, config: TrainConfig, *, source_hash: str,
+                 out: str | os.PathLike | None = None, progress: Progress | None = None,
+                 run_info: dict | None = None, checkpoint_every: float = 30.0,
+                 shuffle: bool = True, weights_metadata: dict | None = None,
+                 eval_batch_size: int | None = None, on_step=None,
+                 metrics_every: int = METRICS_EVERY, per_character: bool = False):
+        self.engine = engine
+        self.binding = binding
+        self.config = config
+        self.source_hash = source_hash
+        self.out = Path(out) if out is not None else None
+        self.progress = progress or Progress(enabled=False)
+        self.run_info = dict(run_info or {})
+        self.checkpoint_every = checkpoint_every
+        self.shuffle = shuffle
+        self.weights_metadata = dict(weights_metadata or {})
+        self.eval_batch_size = eval_batch_size or max(256, config.batch_size)
+        self.on_step = on_step
+        self.metrics_every = max(1, int(metrics_every))
+        self.per_character = per_character   # a text set's loss: each record adds its bits
+        self.top_k = top_k_values(config.metrics)
+        self.confusion = "confusion" in config.metrics
+        self._stop_requested = False
+        self._evaluation_copy = None   # (arrays, the engine's copy of them): see `held`
+        # Position in the run; replaced by `restore`.
+        self.epoch = 0            # epochs completed
+        self.batch = 0            # batches completed in the current epoch
+        self.step = 0             # optimiser steps in total
+        self.shuffle_rng = np.random.default_rng([config.seed, 2])
+        self.epoch_rng_state = None  # the shuffle RNG as it was when the current epoch began
+        self.accumulator_state = None
+        self.epoch_elapsed = 0.0
+        self.best = None
+        self.best_epoch = None
+        self.bad_epochs = 0
+        self.finished = False
+        self.stopped_early = False
+        self.last_lr = float(config.optimizer.args["lr"])
+
+    # -- state ------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop at the next step boundary, save a checkpoint and raise TrainingInterrupted."""
+        self._stop_requested = True
+
+    def state(self) -> dict:
+        """Everything a checkpoint needs to continue exactly, as JSON-able values."""
+        return {
+            "version": STATE_VERSION, "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "epochs": self.config.epochs,
+            "optimizer_steps": int(self.engine.optimizer.steps),
+            "shuffle_rng": rng_state_to_json(self.shuffle_rng),
+            "epoch_rng": self.epoch_rng_state,
+            "engine_rng": rng_state_to_json(self.engine.rng),
+            "accumulator": self.accumulator_state, "epoch_elapsed": self.epoch_elapsed,
+            "lr": self.last_lr,
+            "early_stopping": {"best": self.best, "best_epoch": self.best_epoch,
+                               "bad_epochs": self.bad_epochs},
+            "finished": self.finished, "stopped_early": self.stopped_early,
+            "run": self.run_info,
+        }
+
+    def restore(self, checkpoint) -> None:
+        """Continue from a `netlang.weights.Checkpoint` (its params are already in the engine)."""
+        state = checkpoint.state
+        if state.get("version") != STATE_VERSION:
+            raise WeightsError(f"{checkpoint.path}: training state version "
+                               f"{state.get('version')!r} is not supported")
+        opt = self.engine.optimizer
+        saved = checkpoint.optimizer_state
+        if set(saved) != set(opt.state):
+            raise WeightsError(f"{checkpoint.path}: the saved optimiser state does not fit the "
+                               f"`{opt.name}` optimiser (was the optimiser changed?)")
+        for name, value in saved.items():
+            if opt.state[name].shape != value.shape:
+                raise WeightsError(f"{checkpoint.path}: optimiser state `{name}` has shape "
+                                   f"{value.shape}, expected {opt.state[name].shape}")
+            opt.state[name][...] = value
+        opt.steps = int(state["optimizer_steps"])
+        self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), \
+            int(state["step"])
+        self.shuffle_rng = rng_from_json(state["shuffle_rng"])
+        self.epoch_rng_state = state.get("epoch_rng")
+        self.engine.rng.bit_generator.state = rng_from_json(state["engine_rng"]).bit_generator.state
+        self.accumulator_state = state.get("accumulator")
+        self.epoch_elapsed = float(state.get("epoch_elapsed") or 0.0)
+        early = state.get("early_stopping") or {}
+        self.best, self.best_epoch = early.get("best"), early.get("best_epoch")
+        self.bad_epochs = int(early.get("bad_epochs") or 0)
+        self.last_lr = float(state.get("lr") or self.last_lr)
+        self.finished = bool(state.get("finished"))
+        self.stopped_early = bool(state.get("stopped_early"))
+        if self.stopped_early:
+            self.finished = True
+
+    # -- files ------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        """A checkpoint of the whole training state in the run directory (None without one)."""
+        if self.out is None:
+            return None
+        return save_checkpoint(self.out, params=self.engine.params,
+                               optimizer_state=self.engine.optimizer.state, state=self.state(),
+                               source_hash=self.source_hash)
+
+    def save_weights(self) -> Path | None:
+        """The current weights as the run's weights.safetensors (None without a directory)."""
+        if self.out is None:
+            return None
+        meta = {**self.weights_metadata, "epoch": str(self.epoch), "step": str(self.step)}
+        return save_weights(self.out / FINAL_WEIGHTS, self.engine.params, meta,
+                            source_hash=self.source_hash)
+
+    def _log(self, record: dict) -> None:
+        if self.out is not None:
+            append_metrics(self.out, record)
+
+    def trim_log(self) -> None:
+        """Drop log records past the checkpoint (written after it, before an interruption)."""
+        if self.out is not None:
+            trim_metrics(self.out, self.epoch)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _lr(self, epoch: int, step: int, steps_per_epoch: int) -> float:
+        return learning_rate(self.config.schedule, self.config.optimizer.args["lr"], epoch,
+                             step=step, steps_per_epoch=steps_per_epoch,
+                             epochs=self.config.epochs)
+
+    def fit(self, train: dict, val: dict | None = None, *, val_name: str = "val") -> History:
+        """Train on `train` ({input: array}) for the configured epochs; validate on `val`."""
+        check_complete(self.binding, train, "training data")
+        if val is not None:
+            check_complete(self.binding, val, f"{val_name} data")
+        n = count_examples(train)
+        bs = self.config.batch_size
+        steps_per_epoch = max(1, math.ceil(n / bs))
+        history = History(out=self.out)
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+        previous = self._install_sigint()
+        last_save = time.monotonic()
+        try:
+            meter = source = None
+            while self.epoch < self.config.epochs and not self.finished:
+                if source is None:   # once there is an epoch to run (a finished run has none)
+                    meter = self._device_meter()
+                    source = self._batch_source(train, bs, meter)
+                    self._hold_for_evaluation(val)
+                record = self._epoch(source, meter, val, val_name, n, bs, steps_per_epoch)
+                history.records.append(record)
+                last = self.finished or self.epoch >= self.config.epochs
+                self.finished = last
+                self._log(record)
+                self.progress.epoch_end(record, last=last)
+                if self.out is not None and (last or time.monotonic() - last_save
+                                             >= self.checkpoint_every):
+                    self.save_checkpoint()
+                    last_save = time.monotonic()
+                if self._stop_requested and not last:
+                    self._interrupt()
+            self.finished = True
+            if self.out is not None:
+                self.save_weights()
+        finally:
+            self.progress.close()
+            self._restore_sigint(previous)
+        history.stopped_early = self.stopped_early
+        history.best_epoch = self.best_epoch
+        return history
+
+    def _batch_source(self, train: dict, batch_size: int, meter):
+        """Where the epochs' batches come from: the training set uploaded once to where the
+        engine computes, when it holds it there (the CUDA engine, memory allowing) and the
+        metrics are summed there too (`meter`), else the host arrays (metrics summed on the
+        host read the labels there)."""
+        resident = self.engine.upload(train, batch_size) if meter is not None else None
+        return resident if resident is not None else HostBatches(train)
+
+    def _hold_for_evaluation(self, arrays: dict | None) -> None:
+        """Upload the set validated on after each epoch to where the engine computes, when it
+        holds data sets there and this one fits: after the training set, whose batches are
+        read at every step and so have the first claim on the memory."""
+        names = evaluated_nodes(self.binding, arrays) if arrays is not None else []
+        copy = self.engine.upload(arrays, min(self.eval_batch_size, count_examples(arrays)),
+                                  outputs=tuple(names)) if names else None
+        self._evaluation_copy = (arrays, copy) if copy is not None else None
+
+    def held(self, arrays: dict):
+        """The engine's copy of `arrays` (for `evaluate`'s `resident`) when this run holds
+        one: the set it validates on, once training has started; else None."""
+        if self._evaluation_copy is not None and self._evaluation_copy[0] is arrays:
+            return self._evaluation_copy[1]
+        return None
+
+    def _device_meter(self):
+        """The engine's running metrics on the device (`engine.device_metrics`) for this head,
+        or None: each step's loss and outputs then come back to the host.  That is so on
+        engines that compute on host arrays, with top-k metrics (they need the scores), and
+        for a head whose labels do not line up with its scores one for one."""
+        if self.top_k:
+            return None
+        head, graph = self.binding.head, self.engine.graph
+        scores = labels = rule = None
+        if head is not None and head.classify and head.target is not None:
+            scores = prediction_output(graph, head.prediction)
+        if scores is not None:
+            shape, is_float = self.binding.inputs[head.target]
+            rule = class_rule(head, not is_float, shape)
+            predicted = graph.type_of(graph.graph["outputs"][scores])
+            labelled = math.prod(shape) // (rule.units if rule.labels == "one_hot" else 1)
+            if not predicted.batched or math.prod(predicted.shape[1:]) // rule.units != labelled:
+                return None
+            labels = head.target
+        return self.engine.device_metrics(scores, labels, rule)
+
+    def _read_metrics(self, metrics, acc, epoch: int) -> dict:
+        """The running totals brought up to date (a read-back, where the device sums them):
+        the state a checkpoint saves, and the running figures."""
+        metrics.read(epoch)
+        self.accumulator_state = acc.state()
+        return acc.result()
+
+    def _epoch(self, source, meter, val, val_name, n, bs, steps_per_epoch) -> dict:
+        epoch = self.epoch
+        if self.batch == 0 or self.epoch_rng_state is None:
+            self.epoch_rng_state = rng_state_to_json(self.shuffle_rng)
+            rng = self.shuffle_rng
+        else:  # resuming mid-epoch: replay this epoch's shuffle, then skip what was done
+            rng = rng_from_json(self.epoch_rng_state)
+        order = list(batches(n, bs, rng if self.shuffle else None))
+        if rng is not self.shuffle_rng:
+            self.shuffle_rng = rng
+        acc = MetricAccumulator(self.binding.head, top_k=self.top_k)
+        if self.batch and self.accumulator_state:
+            acc.restore(self.accumulator_state)
+        metrics = MetricsOnDevice(meter, acc, self.metrics_every) if meter is not None else \
+            MetricsOnHost(self.engine, self.binding.head, acc)
+        metrics.start()
+        take = source.epoch(order)
+        done = min(n, self.batch * bs)
+        self.progress.epoch_start(epoch + 1, self.config.epochs, n, done)
+        started = time.perf_counter() - self.epoch_elapsed
+        running = acc.result()
+        lr = self._lr(epoch, self.batch, steps_per_epoch)
+        for i in range(self.batch, len(order)):
+            count = len(order[i])
+            lr = self._lr(epoch, i, steps_per_epoch)
+            metrics.step(take(i), count, lr, epoch, i + 1)
+            self.last_lr = lr
+            self.step += 1
+            self.batch = i + 1
+            if metrics.due() or self.batch == len(order) or self._stop_requested:
+                running = self._read_metrics(metrics, acc, epoch)
+            self.epoch_elapsed = time.perf_counter() - started
+            self.progress.step(count, running.get("loss"), running.get("accuracy"))
+            if self.on_step is not None:
+                self.on_step(self)
+            if self._stop_requested and self.batch < len(order):
+                self._read_metrics(metrics, acc, epoch)   # a stop asked for since the last read
+                self._interrupt()
+        elapsed = time.perf_counter() - started
+        record = {"epoch": epoch + 1, "step": self.step, "lr": lr}
+        record.update({k: v for k, v in acc.result().items() if k != "confusion"})
+        if val is not None:
+            result = evaluate(self.engine, self.binding, val, self.eval_batch_size,
+                              top_k=self.top_k, confusion=self.confusion,
+                              resident=self.held(val))
+            for key, value in result.items():
+                if key != "examples":
+                    record[f"{val_name}_{key}"] = value
+        if self.per_character:
+            record = with_bits_per_character(record)
+        record["time_s"] = round(elapsed, 4)
+        record["samples_per_s"] = round(n / elapsed, 1) if elapsed > 0 else None
+        if record["samples_per_s"] is None:
+            del record["samples_per_s"]
+        self.epoch += 1
+        self.batch = 0
+        self.accumulator_state = None
+        self.epoch_elapsed = 0.0
+        self._early_stopping(record, val_name if val is not None and val_name == "val" else None)
+        return record
+
+    def _early_stopping(self, record: dict, val_name: str | None) -> None:
+        key = f"{val_name}_loss" if val_name else "loss"
+        value = record.get(key)
+        if value is None:
+            return
+        if self.best is None or value < self.best:
+            self.best, self.best_epoch, self.bad_epochs = float(value), record["epoch"], 0
+            if self.config.early_stopping:
+                record["best"] = True
+        else:
+            self.bad_epochs += 1
+        patience = self.config.early_stopping
+        if patience and self.bad_epochs >= patience:
+            self.finished = self.stopped_early = True
+            record["stopped_early"] = True
+            self.progress.message(
+                f"early stopping: {key} has not improved for {patience} epoch"
+                f"{'s' if patience != 1 else ''} (best {self.best:.4f} at epoch "
+                f"{self.best_epoch})")
+
+    def _interrupt(self):
+        path = self.save_checkpoint()
+        if self.out is not None:
+            self.save_weights()
+        raise TrainingInterrupted(path, self.epoch, self.step)
+
+    # Ctrl-C is deferred to the end of the current step, so parameters and optimiser state
+    # are never saved half-updated; a second Ctrl-C interrupts at once.
+    def _install_sigint(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                signal.signal(signal.SIGINT, previous if callable(previous)
+                              else signal.default_int_handler)
+                raise KeyboardInterrupt
+            self._stop_requested = True
+        try:
+            signal.signal(signal.SIGINT, handler)
+        except ValueError:
+            return None
+        return previous
+
+    def _restore_sigint(self, previous) -> None:
+        if previous is not None:
+            try:
+                signal.signal(signal.SIGINT, previous)
+            except ValueError:
+                pass
