@@ -2,7 +2,9 @@
 
 NETLANG_DEBUG   1: pass timings; 2: also the IR after each pass; 3: also generated source.
 NETLANG_VERIFY  1: verify the IR after every pass (tests set it).
-NETLANG_CACHE   where compiled kernels are cached (default: ~/.cache/netlang/kernels).
+NETLANG_CACHE   where compiled kernels are cached (default: ~/.cache/netlang/kernels), with the
+                parser's tables in its `parser` folder.
+XDG_CACHE_HOME  the user cache the defaults live in (~/.cache when unset).
 NETLANG_DATA    where data sets are looked for first (see netlang.data).
 NUMBA_ENABLE_CUDASIM  1: Numba's CUDA simulator stands in for a GPU (read here, set before
                 Numba is imported; see docs/cuda.md).
@@ -17,6 +19,10 @@ import time
 
 
 def debug_level() -> int:
+    """NETLANG_DEBUG as a number; 0 when unset or not a number.
+
+    A bad value silences debug output rather than breaking a run.
+    """
     try:
         return int(os.environ.get("NETLANG_DEBUG", "0") or 0)
     except ValueError:
@@ -24,6 +30,7 @@ def debug_level() -> int:
 
 
 def verify_enabled() -> bool:
+    """Whether NETLANG_VERIFY asks for the IR to be verified after every pass."""
     return os.environ.get("NETLANG_VERIFY", "") not in ("", "0")
 
 
@@ -32,15 +39,33 @@ def cuda_simulator() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0")
 
 
+def user_cache(*parts: str) -> str:
+    """A folder of netlang's in the user cache: XDG_CACHE_HOME, or ~/.cache where that is unset
+    or relative (the XDG spec says a relative value must be ignored)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = xdg if xdg and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "netlang", *parts)
+
+
 def cache_dir() -> str:
+    """Where compiled kernels are cached: NETLANG_CACHE, else `netlang/kernels` in the user cache."""
+    return os.environ.get("NETLANG_CACHE") or user_cache("kernels")
+
+
+def parser_cache_dir() -> str:
+    """Where the parser's tables are cached: `parser` inside NETLANG_CACHE when that is set (one
+    variable moves every cache), else `netlang/parser` in the user cache."""
     explicit = os.environ.get("NETLANG_CACHE")
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "netlang", "kernels")
+    return os.path.join(explicit, "parser") if explicit else user_cache("parser")
+
+
+def data_dir() -> str | None:
+    """NETLANG_DATA: where data sets are looked for first, or None when unset."""
+    return os.environ.get("NETLANG_DATA") or None
 
 
 def debug(level: int, message: str) -> None:
+    """Print `message` to stderr when NETLANG_DEBUG is at least `level`."""
     if debug_level() >= level:
         print(f"[netlang] {message}", file=sys.stderr)
 

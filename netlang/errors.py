@@ -28,6 +28,7 @@ class SourceLocation:
         return f"{self.path}:{self.line}:{self.column}"
 
     def sort_key(self) -> tuple:
+        """Where the span starts, `(path, line, column)`, as a key to sort or de-duplicate by."""
         return (self.path, self.line, self.column)
 
 
@@ -47,6 +48,10 @@ class Diagnostic:
     trace: tuple[tuple[str, SourceLocation], ...] = ()
 
     def render(self) -> str:
+        """The message as printed: `path:line:col: error: ...` and the source line, caret under it.
+
+        Then the notes, and each step of the trace with its own source line.
+        """
         lines = []
         prefix = f"{self.loc}: " if self.loc else ""
         lines.append(f"{prefix}error: {self.message}")
@@ -105,17 +110,21 @@ class NetlangError(Exception):
 
     @property
     def path(self) -> str | None:
+        """The file of the first diagnostic, or of the whole-file error when it has no position."""
         return self.loc.path if self.loc else self._path
 
     @property
     def line(self) -> int | None:
+        """The line of the first diagnostic, or None when it has no position."""
         return self.loc.line if self.loc else None
 
     @property
     def column(self) -> int | None:
+        """The column of the first diagnostic, or None when it has no position."""
         return self.loc.column if self.loc else None
 
     def render(self) -> str:
+        """Every diagnostic rendered, in source order."""
         return "\n".join(d.render() for d in self.diagnostics)
 
 

@@ -28,6 +28,8 @@ PICTURE_HEIGHT = 128  # small inputs are enlarged to about this many pixels per 
 
 @dataclasses.dataclass
 class Saliency:
+    """What `saliency` returns: per-input gradients, and each example's class and its score."""
+
     gradients: dict      # input name → d score / d input, shaped like the input's batch
     classes: np.ndarray  # the class whose score was differentiated, per example
     scores: np.ndarray   # that class's score, per example

@@ -71,9 +71,8 @@ PENDING_MODELS = {
 # (engine, case id) → why the engine fails that case today, and the exception it fails with.
 SOFTMAX_LAST_AXIS = ("the CPU and CUDA softmax kernels read only the last axis, and refuse "
                      "another with a NotImplementedError traceback, not a one-line error")
-GROUPED_BIAS = ("a grouped convolution's bias on CUDA: each group's product adds it (at the "
-                "group's column, ops/conv_kernels.py `_cuda_products` passes `bias` on) and the "
-                "epilogue adds it again")
+GROUPED_BIAS = ("a grouped convolution's bias on CUDA is added twice: ops/conv_kernels.py "
+                "`_cuda_products` passes `bias` to each group's product, then the epilogue adds it")
 KNOWN_GAPS = {
     **{(engine, case): (SOFTMAX_LAST_AXIS, NotImplementedError) for engine in ("cpu", "cuda")
        for case in ("softmax_axis0_3d", "softmax_middle_axis", "log_softmax_axis0_3d")},

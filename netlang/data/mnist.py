@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from netlang.config import data_dir, user_cache
 from netlang.data.idx import GZIP_MAGIC, decompress_if_gzipped, parse_idx, read_idx_bytes
 from netlang.errors import DataError
 
@@ -62,17 +63,14 @@ class MnistArrays(NamedTuple):
 
 def cache_dir() -> Path:
     """Where downloads go: `$XDG_CACHE_HOME/netlang/mnist` or `~/.cache/netlang/mnist`."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    # The XDG spec says relative values are invalid and must be ignored.
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path(os.path.expanduser("~")) / ".cache"
-    return base / "netlang" / "mnist"
+    return Path(user_cache("mnist"))
 
 
 def search_dirs() -> list[Path]:
     """Directories searched for the files, in order. Read at call time, not import time."""
     dirs = []
-    if os.environ.get(ENV_VAR):
-        dirs.append(Path(os.environ[ENV_VAR]).expanduser() / "mnist")
+    if data_dir():
+        dirs.append(Path(data_dir()).expanduser() / "mnist")
     dirs.append(cache_dir())
     return dirs
 

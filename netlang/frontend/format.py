@@ -74,12 +74,19 @@ def _indent(code: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Comment:
+    """A `#` comment as the lexer found it: where it starts and its text, `#` included.
+
+    Comments are not in the AST; the formatter places each by comparing its position with
+    the statements' spans.
+    """
+
     line: int
     column: int
     text: str
 
     @property
     def pos(self):
+        """`(line, column)`, comparable with the start and end of an AST node."""
         return (self.line, self.column)
 
     def __post_init__(self):  # `# note  \r` and `# note` are the same comment
@@ -138,6 +145,7 @@ def _expr(node):
 
 
 def args(arguments) -> str:
+    """Call or step arguments as source text: `6, 5, stride = 2`."""
     return ", ".join(expr(a.value) if a.name is None else f"{a.name} = {expr(a.value)}"
                      for a in arguments)
 

@@ -22,6 +22,8 @@ import tempfile
 
 import lark
 
+from netlang.config import parser_cache_dir
+
 KEYWORDS = ("import", "const", "input", "output", "block", "train", "if", "else", "as", "on",
             "and", "or", "not", "true", "false")
 
@@ -43,12 +45,7 @@ def plain_parser() -> lark.Lark:
 
 
 def _parser_cache_path():
-    base = os.environ.get("NETLANG_CACHE")
-    if base:
-        directory = os.path.join(base, "parser")
-    else:
-        home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        directory = os.path.join(home, "netlang", "parser")
+    directory = parser_cache_dir()
     if not os.path.isabs(directory):  # no home directory to be found: no cache
         raise OSError("no cache directory")
     key = hashlib.sha256("\0".join([

@@ -54,6 +54,11 @@ class Graph(nx.MultiDiGraph):
     def add_op(self, op: str, inputs=(), attrs=None, type: TensorType | None = None, *,
                name: str, role: str = "layer", layer: str | None = None,
                loc=None, trace=()) -> int:
+        """Add a node applying `op` to `inputs` (node ids, in operand order) and return its id.
+
+        The edges are made from `inputs`, one per operand position.  `name` must be new to the
+        graph; `layer` defaults to the node's own name.
+        """
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         if name in self._names:
@@ -69,6 +74,7 @@ class Graph(nx.MultiDiGraph):
         return node
 
     def set_type(self, node: int, type: TensorType) -> None:
+        """Set the type `node` produces, on the node and on its outgoing edges alike."""
         self.nodes[node]["type"] = type
         for _, target, key in list(self.out_edges(node, keys=True)):
             self.edges[node, target, key]["type"] = type
@@ -83,6 +89,11 @@ class Graph(nx.MultiDiGraph):
             self.add_edge(source, node, key=position, type=self.nodes[source]["type"])
 
     def copy(self, as_view=False):
+        """A copy with its own id counter and name indexes, so nodes added to it cannot clash.
+
+        Graph-level dicts and lists (`outputs`, `losses`, ...) are copied one level deep, since
+        passes edit them; nx's own copy would share them.
+        """
         copied = super().copy(as_view=as_view)
         if not as_view:
             copied._ids = itertools.count(max(self.nodes, default=-1) + 1)
@@ -95,9 +106,11 @@ class Graph(nx.MultiDiGraph):
         return copied
 
     def node_named(self, name: str) -> int | None:
+        """The node called `name`, or None."""
         return self._names.get(name)
 
     def has_name(self, name: str) -> bool:
+        """Whether some node is called `name`."""
         return name in self._names
 
     def has_prefix(self, prefix: str) -> bool:
@@ -115,12 +128,15 @@ class Graph(nx.MultiDiGraph):
         raise AssertionError("unreachable")
 
     def op(self, node: int) -> str:
+        """The registry name of `node`'s op."""
         return self.nodes[node]["op"]
 
     def operands(self, node: int) -> tuple:
+        """`node`'s operands, in order (the same node twice for `x * x`)."""
         return self.nodes[node]["inputs"]
 
     def type_of(self, node: int) -> TensorType:
+        """The TensorType `node` produces."""
         return self.nodes[node]["type"]
 
     def topological_order(self) -> list[int]:
@@ -128,6 +144,7 @@ class Graph(nx.MultiDiGraph):
         return list(nx.lexicographical_topological_sort(self, key=lambda n: n))
 
     def nodes_with_role(self, role: str) -> list[int]:
+        """The nodes of one role (`param`, `layer`, ...) in topological order."""
         return [n for n in self.topological_order() if self.nodes[n]["role"] == role]
 
     def parameters(self) -> dict[str, int]:
@@ -136,5 +153,6 @@ class Graph(nx.MultiDiGraph):
                 if self.nodes[n]["role"] == "param"}
 
     def buffers(self) -> dict[str, int]:
+        """Saved state that is not trained (batchnorm's running statistics), name → node."""
         return {self.nodes[n]["name"]: n for n in sorted(self.nodes)
                 if self.nodes[n]["role"] == "buffer"}

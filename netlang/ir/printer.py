@@ -19,6 +19,10 @@ def _value(v) -> str:
 
 
 def format_node(graph: Graph, node: int) -> str:
+    """One node as a line of the canonical form (see this module's docstring).
+
+    Attributes that are None are left out, the rest sorted by name.
+    """
     data = graph.nodes[node]
     operands = ", ".join(f"%{o}" for o in data["inputs"])
     attrs = {k: v for k, v in data["attrs"].items() if v is not None}
@@ -30,6 +34,7 @@ def format_node(graph: Graph, node: int) -> str:
 
 
 def format_graph(graph: Graph) -> str:
+    """The whole graph in topological order, then its outputs and its weighted losses."""
     lines = [format_node(graph, n) for n in graph.topological_order()]
     for name, node in graph.graph.get("outputs", {}).items():
         lines.append(f"output {name} = %{node}")

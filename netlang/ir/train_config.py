@@ -20,6 +20,12 @@ class Choice:
 
 @dataclasses.dataclass
 class TrainConfig:
+    """Every setting of a `train` section, with the default used when the file leaves it out.
+
+    `regularizers` holds Choices; `freeze` names layers whose parameters are not updated;
+    `data` names a dataset (`mnist`, `"text:input.txt"`).
+    """
+
     optimizer: Choice = dataclasses.field(default_factory=lambda: Choice("sgd", {
         "lr": 0.01, "momentum": 0.0, "nesterov": False, "dampening": 0.0, "weight_decay": 0.0}))
     schedule: Choice = dataclasses.field(default_factory=lambda: Choice("constant", {}))

@@ -19,15 +19,22 @@ INT_DTYPES = ("int32", "int64")
 
 @dataclasses.dataclass(frozen=True)
 class TensorType:
+    """The shape and dtype of a value in the graph.
+
+    `shape` starts with `BATCH` when the value varies per example (see the module docstring).
+    """
+
     shape: tuple
     dtype: str = "float32"
 
     @property
     def rank(self) -> int:
+        """The number of dimensions, the batch dimension included."""
         return len(self.shape)
 
     @property
     def batched(self) -> bool:
+        """Whether the first dimension is the batch (a per-example tensor, not a parameter)."""
         return bool(self.shape) and self.shape[0] is BATCH
 
     @property
@@ -42,9 +49,11 @@ class TensorType:
 
     @property
     def is_float(self) -> bool:
+        """Whether the dtype is float32 or float64 (integer tensors carry labels and ids)."""
         return self.dtype in FLOAT_DTYPES
 
     def with_shape(self, shape) -> "TensorType":
+        """The same dtype with another shape."""
         return TensorType(tuple(shape), self.dtype)
 
     def __str__(self) -> str:
@@ -52,6 +61,7 @@ class TensorType:
 
 
 def format_shape(shape) -> str:
+    """`(None, 28, 28, 1)`: the batch written `None`, and a 1-tuple keeps its comma: `(10,)`."""
     dims = ", ".join("None" if d is BATCH else str(d) for d in shape)
     if len(shape) == 1:
         dims += ","

@@ -9,6 +9,11 @@ from netlang.ops.schema import Arg, BOOL, INT, LAYER, PAIR, PADDING
 
 
 def conv_output_size(size: int, kernel: int, stride: int, dilation: int, pad_total: int) -> int:
+    """Output length along one axis of a convolution or pool.
+
+    `pad_total` is both sides' padding together; a last window that would overrun the padded
+    input is dropped.
+    """
     return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -344,6 +349,11 @@ def _conv2d_vjp(b, node, g):
 
 
 def transpose_output_hw(in_hw, a):
+    """(H, W) of conv_transpose2d's output: the input size of the conv it reverses.
+
+    `output_padding` picks among the sizes, since a strided conv maps several input sizes to one
+    output size.
+    """
     return tuple((size - 1) * s - 2 * p + d * (k - 1) + op + 1
                  for size, k, s, p, op, d in zip(in_hw, a["kernel"], a["stride"], a["padding"],
                                                  a["output_padding"], a["dilation"]))

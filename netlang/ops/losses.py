@@ -195,8 +195,11 @@ def _bce_forward(ins, a, ctx):
         # log(1 + e^-|s|) form: stable for scores of any size.
         loss = np.maximum(pred, 0) - pred * t + np.log1p(np.exp(-np.abs(pred)))
     else:
-        # PyTorch clamps each log at -100 so a saturated probability gives a finite loss.
-        loss = -(t * np.maximum(np.log(pred), -100) + (1 - t) * np.maximum(np.log1p(-pred), -100))
+        # PyTorch clamps each log at -100 so a saturated probability gives a finite loss; the
+        # log of an exact 0 or 1 is that clamp's business, not a warning for the user.
+        with np.errstate(divide="ignore"):
+            loss = -(t * np.maximum(np.log(pred), -100)
+                     + (1 - t) * np.maximum(np.log1p(-pred), -100))
     return np.asarray(loss.sum() / _batch(pred), dtype=pred.dtype)
 
 

@@ -107,6 +107,7 @@ ANY = ArgType("value", lambda v: v)
 
 
 def enum(*choices: str) -> ArgType:
+    """An ArgType that accepts one of `choices`, written bare or quoted: `padding = same`."""
     def convert(value):
         if value not in choices:
             raise ValueError("one of " + ", ".join(f"`{c}`" for c in choices))
@@ -131,6 +132,11 @@ PADDING = padding_type()
 
 @dataclasses.dataclass(frozen=True)
 class Arg:
+    """One argument in a schema: name, type, default (REQUIRED when it has none) and doc text.
+
+    `min` and `max` bound every number in the value, those inside tuples included.
+    """
+
     name: str
     type: ArgType
     default: Any = REQUIRED
@@ -141,9 +147,14 @@ class Arg:
 
     @property
     def required(self) -> bool:
+        """Whether the argument has no default and must be given."""
         return self.default is REQUIRED
 
     def check(self, value):
+        """`value` converted to the argument's canonical form.
+
+        Raises ArgumentProblem, naming the argument, for a wrong type or a value out of bounds.
+        """
         try:
             value = self.type.convert(value)
         except ValueError as exc:
@@ -168,6 +179,10 @@ def _numbers_in(value):
 
 
 def describe_value(value) -> str:
+    """`value` as a user would write it, for messages: `true`, `"same"`, `(3,)`, `0.5`.
+
+    Anything else, such as a tensor, by its `description` or its type's name.
+    """
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
     if isinstance(value, str):

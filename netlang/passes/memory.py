@@ -23,6 +23,11 @@ EXTERNAL = ("input", "param")  # values passed in, not planned here
 
 @dataclasses.dataclass
 class BufferPlan:
+    """What plan_buffers decides: the buffer slot of each stored value and of each workspace.
+
+    Also what each slot holds, and which node owns the buffer an alias lives in.
+    """
+
     slot_of: dict        # node → slot index (aliases share their root's slot)
     slots: list          # slot index → (per-example shape, batched, dtype)
     root_of: dict        # node → the node that owns the buffer it lives in

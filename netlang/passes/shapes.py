@@ -28,6 +28,11 @@ def _infer(graph: Graph, node: int):
 
 
 def infer_shapes(graph: Graph) -> Graph:
+    """Recompute every node's type from its op's shape rule, in topological order, and store it.
+
+    Edits `graph` in place and returns it; a shape that does not fit raises NetlangShapeError
+    at the node's source position.
+    """
     for node in graph.topological_order():
         graph.set_type(node, _infer(graph, node))
     return graph
@@ -38,6 +43,10 @@ class VerifyError(AssertionError):
 
 
 def verify(graph: Graph, stage: str = "") -> None:
+    """Raise VerifyError where `graph` breaks an invariant listed in this module's docstring.
+
+    `stage` names the pass that produced `graph`, so the message says which pass broke it.
+    """
     where = f" after {stage}" if stage else ""
     if not nx.is_directed_acyclic_graph(graph):
         raise VerifyError(f"the graph has a cycle{where}")
