@@ -159,11 +159,13 @@ def _gelu_slope(x, approximate: str):
     """d/dx of x·Φ(x): Φ(x) + x·φ(x) exactly, or the derivative of the tanh form."""
     if approximate == "tanh":
         t = np.tanh(_SQRT_2_OVER_PI * (x + _CUBIC * x ** 3))
-        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * _CUBIC * x * x)
+        inner_slope = _SQRT_2_OVER_PI * (1.0 + 3 * _CUBIC * x * x)
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * inner_slope
     return _normal_cdf(x, "none") + x * _INV_SQRT_2PI * np.exp(-0.5 * x * x)
 
 
-gelu.forward(lambda ins, a, ctx: (ins[0] * _normal_cdf(ins[0], a["approximate"])).astype(ins[0].dtype))
+gelu.forward(lambda ins, a, ctx: (ins[0] * _normal_cdf(ins[0], a["approximate"]))
+             .astype(ins[0].dtype))
 
 # Backward ops: (y or x, g) -> dx.
 sigmoid_grad = define_internal("sigmoid_grad", family="activation", arity=2, shape=same_type_as(1),
@@ -307,11 +309,13 @@ silu.cpu_expr = lambda a, c: f"{{0}} / ({c(1)} + {c.exp('-{0}')})"
 
 
 def _sigmoid_of(x: str, c) -> str:
+    """σ(x) as an expression over the operand `x`, in the renderer's spelling `c`."""
     return f"({c(1)} / ({c(1)} + {c.exp(f'-{x}')}))"
 
 
-# σ(x)·(1 + x·(1 − σ(x))), σ written twice (the compiler computes it once): the form
-# (1 + e + x·e)/(1 + e)² with e = e^-x would need one exp but gives inf − inf for x < −88.
+# σ(x)·(1 + x·(1 − σ(x))), σ written out twice (a template is one expression, without
+# temporaries): the form (1 + e + x·e)/(1 + e)², e = e^-x, needs one exp but gives inf − inf
+# for x < −88 in float32, where this one gives 0.
 silu_grad.cpu_expr = lambda a, c: (f"{{1}} * {_sigmoid_of('{0}', c)} * "
                                    f"({c(1)} + {{0}} * ({c(1)} - {_sigmoid_of('{0}', c)}))")
 
