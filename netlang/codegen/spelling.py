@@ -24,7 +24,7 @@ _ELEMENT = re.compile(r"[A-Za-z_]\w*(\[[\w, ]*\])?")
 class CpuSpelling:
     """The CPU renderer's table: called, a constant of the program's float type (`c(0.5)`
     is `F(0.5)`); its methods, NumPy's functions of a scalar expression (`c.exp("x")` is
-    `np.exp(x)`)."""
+    `np.exp(x)`), or Python's `math` function where NumPy has none (`erf`)."""
 
     inf = "np.inf"
     # What the spellings below call besides NumPy (which every generated module imports).
