@@ -98,6 +98,16 @@ COMPOSITES = [
         h = x -> dense(7) -> threshold(0.2)
         output y = (a * b + c, d + e + f, s + h) -> add
         train { loss mse(y, t) }"""),
+    # silu and both GELUs fused into their products' epilogues, one after another in `c`;
+    # their gradients fused into the products that compute the incoming gradient.
+    Case("composite_smooth_activations", """
+        input x: [6]
+        input t: [6]
+        a = x -> dense(6) -> silu
+        b = x -> dense(6) -> gelu
+        c = x -> dense(6) -> silu -> gelu(approximate = tanh)
+        output y = (a, b, c) -> add -> dense(6)
+        train { loss mse(y, t) }"""),
     Case("composite_softmax", """
         input x: [5]
         input t: [4]
@@ -326,6 +336,55 @@ def test_pending_ops_are_refused_in_one_line_naming_them(engine_name):
             engine = make_engine(graph, device=engine_name)
             engine.gradients(feeds)
         assert "\n" not in str(refused.value)
+
+
+# ---- the smooth activations against PyTorch, on every engine ----------------------------------
+
+# Values from 0 out to where float32's e^-x overflows (x < -88) and the products saturate.
+SMOOTH_X = np.concatenate([np.linspace(-6.0, 6.0, 25), [-100.0, -90.0, -30.0, 30.0, 90.0,
+                                                        100.0, -1e-3, 1e-3]]).reshape(-1, 1)
+# (rtol, atol) against torch: in float64 only the last bits of exp, erf and tanh differ; in
+# float32 the engines' bar against the reference (1 + erf(x/√2) cancels for x ≲ −4, so a value
+# of 1e-6 there keeps only a few bits, in torch's float32 as in ours).
+TORCH_TOLERANCE = {"float64": (1e-12, 1e-14), "float32": SAME_PRECISION["float32"]}
+
+
+# e^-x overflowing to inf is the path under test; the simulator computes `math.exp` as a Python
+# float and NumPy warns when it becomes an infinite float32 (a GPU and the CPU say nothing).
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("engine_name", engines("reference", "cpu", "cuda"))
+def test_smooth_activations_match_torch(engine_name, dtype):
+    """silu and gelu (exact and tanh) forward and gradient against torch.nn.functional, at
+    large magnitudes too (no inf − inf or 0 · inf there)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    graph = netlang.compile("""
+        input a: [1]
+        input b: [1]
+        input c: [1]
+        input t: [3]
+        p = a -> silu
+        q = b -> gelu
+        r = c -> gelu(approximate = tanh)
+        output y = (p, q, r) -> concat
+        train { loss squared_error(y, t) }""").graph
+    x = SMOOTH_X.astype(dtype)
+    feeds = {"a": x, "b": x, "c": x, "t": np.zeros((len(x), 3), dtype)}
+    engine = make_engine(graph, device=engine_name, dtype=getattr(np, dtype),
+                         input_grads=("a", "b", "c"))
+    _, grads, outputs = engine.gradients(feeds)
+
+    inputs = {name: torch.tensor(x, requires_grad=True) for name in "abc"}
+    y = torch.cat([F.silu(inputs["a"]), F.gelu(inputs["b"]),
+                   F.gelu(inputs["c"], approximate="tanh")], dim=1)
+    (0.5 * (y ** 2).sum() / len(x)).backward()   # squared_error against t = 0
+    rtol, atol = TORCH_TOLERANCE[dtype]
+    np.testing.assert_allclose(outputs["y"], y.detach().numpy(), rtol=rtol, atol=atol)
+    for name, value in inputs.items():
+        assert np.isfinite(grads[name]).all(), name
+        np.testing.assert_allclose(grads[name], value.grad.numpy(), rtol=rtol, atol=atol,
+                                   err_msg=name)
 
 
 # ---- training steps, once for every compiled engine --------------------------------------------

@@ -168,6 +168,17 @@ CASES: dict[str, list[Case]] = {
                                    out_shape=[2]),
              draw={"x": away_from(0.0)}),
     ],
+    "silu": [
+        Case("silu", se_model("y = x -> silu -> dense(3)", "input x: [5]", out_shape=[3]),
+             draw={"x": normal(3.0)}),
+    ],
+    "gelu": [
+        Case("gelu_exact", se_model("y = x -> gelu -> dense(3)", "input x: [5]", out_shape=[3]),
+             draw={"x": normal(2.0)}),
+        Case("gelu_tanh", se_model("y = x -> dense(4) -> gelu(approximate = tanh)",
+                                   "input x: [5]", out_shape=[4]),
+             draw={"x": normal(2.0)}),
+    ],
     "softmax": [
         Case("softmax_last", se_model("y = x -> softmax", "input x: [5]", out_shape=[5]),
              draw={"t": probabilities}),

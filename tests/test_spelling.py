@@ -33,13 +33,19 @@ VALUES = [dict(a=0.75, b=2.0), dict(a=1.5, b=0.25), dict(a=0.5, b=3.0)]
 
 
 def _evaluate(text: str, values: dict, renderer: str) -> float:
-    """A rendered scalar expression's value, in the namespace its renderer's source gives it."""
-    names = {"np": np, "F": np.float64} if renderer == "cpu" else {"math": math, "F": np.float64}
+    """A rendered scalar expression's value, in the namespace its renderer's source gives it:
+    NumPy and the float type `F`, which every generated module defines, and the table's own
+    imports."""
+    table = CPU if renderer == "cpu" else CUDA
+    names = {"np": np, "F": np.float64}
+    exec("\n".join(table.imports), names)
+    if renderer == "cuda":
+        del names["np"]   # a CUDA kernel calls no NumPy function
     return float(eval(text, names, dict(values)))
 
 
 def test_the_cuda_table_spells_every_function_of_the_cpu_table_its_own_way():
-    assert set(FUNCTIONS) >= {"exp", "expm1", "log", "log1p", "tanh", "sqrt", "sign"}
+    assert set(FUNCTIONS) >= {"exp", "expm1", "log", "log1p", "tanh", "sqrt", "sign", "erf"}
     for name in FUNCTIONS:
         assert getattr(CudaSpelling, name) is not getattr(CpuSpelling, name), name
         assert "np." not in getattr(CUDA, name)("x"), name
@@ -78,7 +84,7 @@ def test_constants_are_spelt_by_each_table():
 MODEL = """
 input x: [5]
 input t: [3]
-h = x -> dense(4) -> elu(0.5) -> dense(4) -> tanh -> dense(3) -> sigmoid
+h = x -> dense(4) -> elu(0.5) -> dense(4) -> gelu -> tanh -> dense(3) -> sigmoid
 s = x -> dense(3) -> log_softmax
 output y = h + s
 train {
@@ -120,7 +126,9 @@ def test_each_renderers_programs_carry_only_its_own_spelling():
     for function in ("exp", "expm1", "log", "log1p", "tanh", "sqrt", "sign"):
         assert f"np.{function}(" in cpu_text, function
         assert f"np.{function}(" not in cuda_text, function
-    for function in ("exp", "expm1", "log", "log1p", "tanh", "sqrt"):
+    for function in ("exp", "expm1", "log", "log1p", "tanh", "sqrt", "erf"):
         assert f"math.{function}(" in cuda_text, function
     assert "(1.0 if " in cuda_text   # sign, inline
     assert "math." not in cpu_text
+    # NumPy has no erf: the CPU's is Python's, imported by name at the top of the program.
+    assert " erf(" in cpu_text and "\nfrom math import erf\n" in cpu_text

@@ -6,7 +6,10 @@ math function they ask the table they are handed, never write one target's text:
 `c.exp(x)` in an expression or an optimiser template, `k.const(0.5)`, `k.math.sqrt(x)` in a
 kernel template.  The CPU renderer hands them `CpuSpelling` (NumPy's functions), the CUDA
 renderer `CudaSpelling` (the `math` module's, as numba.cuda device code calls them), so no
-renderer's text is ever rewritten into another's.  A new function is a method on both.
+renderer's text is ever rewritten into another's.  A new function is a method on both, and
+where a spelling names something the generated module does not define (NumPy has no erf, so
+the CPU's erf is Python's `math.erf`, which Numba compiles), its import joins the table's
+`imports`, which the renderer writes at the top of every module it generates.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ _ELEMENT = re.compile(r"[A-Za-z_]\w*(\[[\w, ]*\])?")
 class CpuSpelling:
     """The CPU renderer's table: called, a constant of the program's float type (`c(0.5)`
     is `F(0.5)`); its methods, NumPy's functions of a scalar expression (`c.exp("x")` is
-    `np.exp(x)`)."""
+    `np.exp(x)`), or Python's `math` function where NumPy has none (`erf`)."""
 
     inf = "np.inf"
+    # What the spellings below call besides NumPy (which every generated module imports).
+    imports = ("from math import erf",)
 
     def __call__(self, value) -> str:
         if isinstance(value, bool):
@@ -56,12 +61,17 @@ class CpuSpelling:
         """-1, 0 or 1 as `x` is negative, zero or positive."""
         return f"np.sign({x})"
 
+    def erf(self, x: str) -> str:
+        """The error function (NumPy has none: `math.erf`, imported as `erf`)."""
+        return f"erf({x})"
+
 
 class CudaSpelling(CpuSpelling):
     """The CUDA renderer's table: constants as on the CPU, math functions as numba.cuda
     device code calls them."""
 
     inf = "math.inf"
+    imports = ("import math",)
 
     def exp(self, x: str) -> str:
         return f"math.exp({x})"
@@ -80,6 +90,9 @@ class CudaSpelling(CpuSpelling):
 
     def sqrt(self, x: str) -> str:
         return f"math.sqrt({x})"
+
+    def erf(self, x: str) -> str:
+        return f"math.erf({x})"
 
     def sign(self, x: str) -> str:
         """Written inline: compile_ptx types a kernel without a GPU only if it calls no device

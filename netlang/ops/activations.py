@@ -1,10 +1,12 @@
 """Elementwise activations, softmax and maxout."""
 
+import math
+
 import numpy as np
 
 from netlang.ops.registry import (check_axis, define_internal, define_op, elementwise_same,
                                 full_axis, same_type_as)
-from netlang.ops.schema import Arg, FLOAT, INT
+from netlang.ops.schema import Arg, FLOAT, INT, enum
 
 
 def _elementwise(name, doc, args=()):
@@ -41,6 +43,15 @@ elu = _elementwise(
     [Arg("alpha", FLOAT, 1.0, min=0.0, doc="saturation value for negative inputs")])
 elu.document(shape="unchanged.", params=None,
              example="input x: [4]\noutput y = x -> elu(alpha = 1.0)")
+silu = _elementwise("silu", "`x · sigmoid(x)` (also called swish), as PyTorch's `silu`.")
+silu.document(shape="unchanged.", params=None, example="input x: [4]\noutput y = x -> silu")
+gelu = _elementwise(
+    "gelu", "`x · Φ(x)`, Φ the standard normal CDF, as PyTorch's `gelu`; `approximate = tanh` "
+            "takes Φ(x) ≈ ½(1 + tanh(√(2/π)(x + 0.044715x³))) instead.",
+    [Arg("approximate", enum("none", "tanh"), "none",
+         doc="`none`: the exact form, with erf; `tanh`: the tanh approximation")])
+gelu.document(shape="unchanged.", params=None,
+              example="input x: [8]\noutput y = x -> dense(8) -> gelu(approximate = tanh)")
 
 
 softmax = define_op(
@@ -125,6 +136,36 @@ relu.forward(lambda ins, a, ctx: np.maximum(ins[0], 0))
 leaky_relu.forward(lambda ins, a, ctx: np.where(ins[0] >= 0, ins[0], ins[0] * a["slope"]).astype(ins[0].dtype))
 elu.forward(lambda ins, a, ctx: np.where(ins[0] >= 0, ins[0], a["alpha"] * np.expm1(np.minimum(ins[0], 0)))
             .astype(ins[0].dtype))
+silu.forward(lambda ins, a, ctx: ins[0] * _stable_sigmoid(ins[0]))
+
+# GELU's constants: 1/√2 (Φ(x) = ½(1 + erf(x/√2))), 1/√(2π) (the normal density φ), and the
+# tanh approximation's √(2/π) and cubic coefficient.
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_CUBIC = 0.044715
+# NumPy has no erf: the reference takes the C library's, element by element (in float64).
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _normal_cdf(x, approximate: str):
+    """Φ(x), exactly or (approximate = "tanh") by the tanh approximation, in x's dtype."""
+    if approximate == "tanh":
+        return 0.5 * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + _CUBIC * x ** 3)))
+    return 0.5 * (1.0 + _erf(x * _SQRT_HALF).astype(x.dtype))
+
+
+def _gelu_slope(x, approximate: str):
+    """d/dx of x·Φ(x): Φ(x) + x·φ(x) exactly, or the derivative of the tanh form."""
+    if approximate == "tanh":
+        t = np.tanh(_SQRT_2_OVER_PI * (x + _CUBIC * x ** 3))
+        inner_slope = _SQRT_2_OVER_PI * (1.0 + 3 * _CUBIC * x * x)
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * inner_slope
+    return _normal_cdf(x, "none") + x * _INV_SQRT_2PI * np.exp(-0.5 * x * x)
+
+
+gelu.forward(lambda ins, a, ctx: (ins[0] * _normal_cdf(ins[0], a["approximate"]))
+             .astype(ins[0].dtype))
 
 # Backward ops: (y or x, g) -> dx.
 sigmoid_grad = define_internal("sigmoid_grad", family="activation", arity=2, shape=same_type_as(1),
@@ -146,6 +187,22 @@ elu_grad = define_internal(
     doc="g where x >= 0, g · (y + alpha) elsewhere, from input x and output y.")
 elu_grad.forward(lambda ins, a, ctx: np.where(ins[0] >= 0, ins[2], ins[2] * (ins[1] + a["alpha"]))
                  .astype(ins[2].dtype))
+silu_grad = define_internal("silu_grad", family="activation", arity=2, shape=same_type_as(1),
+                            doc="g · σ(x)(1 + x(1 − σ(x))), from the input x.")
+
+
+def _silu_grad(ins, a, ctx):
+    x, g = ins
+    s = _stable_sigmoid(x)
+    return g * s * (1 + x * (1 - s))
+
+
+silu_grad.forward(_silu_grad)
+gelu_grad = define_internal(
+    "gelu_grad", family="activation", arity=2, shape=same_type_as(1), args=gelu.args,
+    doc="g · (Φ(x) + x·φ(x)) (or the tanh form's slope), from the input x.")
+gelu_grad.forward(lambda ins, a, ctx: (ins[1] * _gelu_slope(ins[0], a["approximate"]))
+                  .astype(ins[1].dtype))
 
 sigmoid.vjp(lambda b, node, g: [b.add("sigmoid_grad", [node, g])])
 tanh.vjp(lambda b, node, g: [b.add("tanh_grad", [node, g])])
@@ -154,6 +211,9 @@ leaky_relu.vjp(lambda b, node, g: [b.add("leaky_relu_grad", [b.operands(node)[0]
                                          slope=b.attrs(node)["slope"])])
 elu.vjp(lambda b, node, g: [b.add("elu_grad", [b.operands(node)[0], node, g],
                                   alpha=b.attrs(node)["alpha"])])
+silu.vjp(lambda b, node, g: [b.add("silu_grad", [b.operands(node)[0], g])])
+gelu.vjp(lambda b, node, g: [b.add("gelu_grad", [b.operands(node)[0], g],
+                                   approximate=b.attrs(node)["approximate"])])
 
 
 def _axis_of(x, axis):
@@ -244,6 +304,46 @@ tanh_grad.cpu_expr = lambda a, c: f"{{1}} * ({c(1)} - {{0}} * {{0}})"
 relu_grad.cpu_expr = lambda a, c: f"{{1}} if {{0}} > 0 else {c(0)}"
 leaky_relu_grad.cpu_expr = lambda a, c: f"{{1}} if {{0}} >= 0 else {{1}} * {c(a['slope'])}"
 elu_grad.cpu_expr = lambda a, c: f"{{2}} if {{0}} >= 0 else {{2}} * ({{1}} + {c(a['alpha'])})"
+# x / (1 + e^-x): for very negative x, e^-x overflows to inf and the quotient is -0, not NaN.
+silu.cpu_expr = lambda a, c: f"{{0}} / ({c(1)} + {c.exp('-{0}')})"
+
+
+def _sigmoid_of(x: str, c) -> str:
+    """σ(x) as an expression over the operand `x`, in the renderer's spelling `c`."""
+    return f"({c(1)} / ({c(1)} + {c.exp(f'-{x}')}))"
+
+
+# σ(x)·(1 + x·(1 − σ(x))), σ written out twice (a template is one expression, without
+# temporaries): the form (1 + e + x·e)/(1 + e)², e = e^-x, needs one exp but gives inf − inf
+# for x < −88 in float32, where this one gives 0.
+silu_grad.cpu_expr = lambda a, c: (f"{{1}} * {_sigmoid_of('{0}', c)} * "
+                                   f"({c(1)} + {{0}} * ({c(1)} - {_sigmoid_of('{0}', c)}))")
+
+
+def _gelu_tanh(x: str, c) -> str:
+    """tanh(√(2/π)(x + 0.044715x³)), the tanh approximation's inner term."""
+    return c.tanh(f"{c(_SQRT_2_OVER_PI)} * ({x} + {c(_CUBIC)} * {x} * {x} * {x})")
+
+
+def _gelu_expr(a, c) -> str:
+    if a["approximate"] == "tanh":
+        return f"{c(0.5)} * {{0}} * ({c(1)} + {_gelu_tanh('{0}', c)})"
+    return f"{c(0.5)} * {{0}} * ({c(1)} + {c.erf(f'{{0}} * {c(_SQRT_HALF)}')})"
+
+
+def _gelu_grad_expr(a, c) -> str:
+    if a["approximate"] == "tanh":
+        t = _gelu_tanh("{0}", c)
+        slope = (f"{c(0.5)} * ({c(1)} + {t}) + {c(0.5)} * {{0}} * ({c(1)} - {t} * {t}) * "
+                 f"{c(_SQRT_2_OVER_PI)} * ({c(1)} + {c(3 * _CUBIC)} * {{0}} * {{0}})")
+    else:
+        slope = (f"{c(0.5)} * ({c(1)} + {c.erf(f'{{0}} * {c(_SQRT_HALF)}')}) + "
+                 f"{{0}} * {c(_INV_SQRT_2PI)} * {c.exp(f'{c(-0.5)} * {{0}} * {{0}}')}")
+    return f"{{1}} * ({slope})"
+
+
+gelu.cpu_expr = _gelu_expr
+gelu_grad.cpu_expr = _gelu_grad_expr
 
 
 def _softmax_rows_kernel(log: bool):
