@@ -296,7 +296,8 @@ def test_every_op_with_a_forward_rule_is_in_a_conformance_case():
     missing = sorted(with_forward - covered)
     assert not missing, f"ops no conformance case runs (give them a case in test_gradients.py's " \
                         f"CASES): {missing}"
-    assert set(all_ops()) - with_forward - LEAVES <= set(PENDING_MODELS)
+    expanded = {name for name, op in all_ops().items() if op.expand_rule is not None}
+    assert set(all_ops()) - with_forward - LEAVES - expanded <= set(PENDING_MODELS)
 
 
 @pytest.mark.parametrize("engine_name", sorted(PENDING))
