@@ -96,7 +96,8 @@ def test_split_gives_a_tuple_of_named_slices():
     for i, (start, stop) in enumerate([(0, 1), (1, 3), (3, 6)]):
         node = graph.node_named(f"p.{i}")
         assert graph.op(node) == "slice"
-        assert (graph.nodes[node]["attrs"]["start"], graph.nodes[node]["attrs"]["stop"]) == (start, stop)
+        attrs = graph.nodes[node]["attrs"]
+        assert (attrs["start"], attrs["stop"]) == (start, stop)
     x = np.random.default_rng(2).normal(size=(3, 2, 6))
     out = ReferenceEngine(graph, dtype=np.float64).forward({"x": x})
     np.testing.assert_allclose(out["y"], x[..., 3:].sum(axis=-1))

@@ -17,11 +17,8 @@ from netlang.lower.layers import LayerBuilder
 from netlang.lower.names import Scope
 from netlang.lower.values import Problem, Tensor
 from netlang.ops import ShapeContext, ShapeProblem, get_op
-from netlang.ops.elementwise import broadcast_shape
+from netlang.ops.elementwise import TENSOR_OPERATORS, broadcast_shape, number_arithmetic
 from netlang.ops.schema import describe_value
-
-# The op of each operator between two tensors (of one shape, after broadcasting).
-_BETWEEN_TENSORS = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide"}
 
 
 class TensorMath(LayerBuilder):
@@ -31,10 +28,10 @@ class TensorMath(LayerBuilder):
         """`left op right` where at least one side is a tensor; the Tensor it makes."""
         where = expr.op_loc or expr.loc
         if isinstance(left, Tensor) and isinstance(right, Tensor):
-            if expr.op not in _BETWEEN_TENSORS:
+            if expr.op not in TENSOR_OPERATORS:
                 raise Problem(f"cannot apply `{expr.op}` to two tensors; tensors support "
                               f"`+`, `-`, `*` and `/` between them", where, "argument")
-            op = get_op(_BETWEEN_TENSORS[expr.op])
+            op = get_op(TENSOR_OPERATORS[expr.op])
             ctx = ShapeContext(op, [left.type, right.type], [left.layer, right.layer])
             try:
                 shape = broadcast_shape(ctx)
@@ -49,7 +46,7 @@ class TensorMath(LayerBuilder):
                           where, "argument")
         if expr.op == "/" and tensor is left and number == 0:
             raise Problem("division by zero", where, "argument")
-        steps = _with_number(expr.op, number, tensor_first=tensor is left)
+        steps = number_arithmetic(expr.op, number, tensor_first=tensor is left)
         if steps is None:
             raise Problem(f"cannot apply `{expr.op}` to {describe_value(left)} and "
                           f"{describe_value(right)}", where, "argument")
@@ -63,8 +60,8 @@ class TensorMath(LayerBuilder):
     def tensor_negate(self, expr: ast.UnaryOp, tensor: Tensor, scope: Scope,
                       name_hint: str | None):
         """`-x` for a tensor x."""
-        return self.apply_op(get_op("scale"), (tensor,), {"factor": -1.0}, name_hint, scope,
-                             expr.loc)
+        [(name, attrs)] = number_arithmetic("*", -1.0, tensor_first=True)
+        return self.apply_op(get_op(name), (tensor,), attrs, name_hint, scope, expr.loc)
 
     def tensor_call(self, expr: ast.Call, op, tensor: Tensor, scope: Scope,
                     name_hint: str | None):
@@ -79,24 +76,3 @@ class TensorMath(LayerBuilder):
         return self.apply_op(get_op("broadcast_to"), (tensor,), {"shape": shape}, None, scope,
                              where)
 
-
-def _with_number(operator: str, number, tensor_first: bool):
-    """The ops, as [(op name, attributes)], computing `tensor operator number` (or, with
-    `tensor_first` false, `number operator tensor`); None where the operator does not apply
-    to a tensor and a number."""
-    value = float(number)
-    if operator == "+":
-        return [("add_scalar", {"value": value})]
-    if operator == "*":
-        return [("scale", {"factor": value})]
-    if operator == "-":
-        if tensor_first:
-            return [("add_scalar", {"value": -value})]
-        return [("scale", {"factor": -1.0}), ("add_scalar", {"value": value})]
-    if operator == "/":
-        if not tensor_first:
-            return [("rdivide_scalar", {"value": value})]
-        return [("scale", {"factor": 1.0 / value})]
-    if operator == "**" and tensor_first:
-        return [("pow", {"k": value})]
-    return None

@@ -83,7 +83,7 @@ divide = define_op("divide", family="math", arity=2, operand_names=("a", "b"),
                    doc="Elementwise quotient `a / b` of two tensors of one shape; `a / b`.")
 divide.shape(_same_shapes_of_two("divide"))
 divide.document(shape="as `subtract`.", params=None,
-                example="input a: [4]\ninput b: [4]\noutput y = a / (b -> softplus)")
+                example="input a: [4]\ninput b: [4]\noutput y = a / softplus(b)")
 
 # Arithmetic with a number, which the front end writes for `x + 1`, `2 * x`, `1 / x`
 # (`x * 0.5` and `x / 2` are the core `scale`).
@@ -93,6 +93,33 @@ add_scalar = define_internal("add_scalar", family="math", shape=elementwise_same
 rdivide_scalar = define_internal("rdivide_scalar", family="math", shape=elementwise_same,
                                  args=[Arg("value", FLOAT)], differentiable=True,
                                  doc="value / x (`1 / x`).")
+
+
+# How the language's operators lower on tensors (netlang/lower/tensor_math.py): between two
+# tensors, once broadcast to one shape, each operator is one op; with a number, see below.
+TENSOR_OPERATORS = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide"}
+
+
+def number_arithmetic(operator: str, number, tensor_first: bool):
+    """The ops, as [(op name, attributes)], computing `tensor operator number` (or, with
+    `tensor_first` false, `number operator tensor`); None where the operator does not apply
+    to a tensor and a number."""
+    value = float(number)
+    if operator == "+":
+        return [("add_scalar", {"value": value})]
+    if operator == "*":
+        return [("scale", {"factor": value})]
+    if operator == "-":
+        if tensor_first:
+            return [("add_scalar", {"value": -value})]
+        return [("scale", {"factor": -1.0}), ("add_scalar", {"value": value})]
+    if operator == "/":
+        if not tensor_first:
+            return [("rdivide_scalar", {"value": value})]
+        return [("scale", {"factor": 1.0 / value})]
+    if operator == "**" and tensor_first:
+        return [("pow", {"k": value})]
+    return None
 
 
 def broadcast_shape(ctx) -> tuple:
@@ -194,7 +221,8 @@ softplus_grad = define_internal("softplus_grad", family="math", arity=2, shape=s
                                 doc="σ(x)·g, from the input x.")
 softplus_grad.forward(lambda ins, a, ctx: (_sigmoid(ins[0]) * ins[1]).astype(ins[1].dtype))
 clip_grad = define_internal("clip_grad", family="math", arity=2, shape=same_type_as(1),
-                            args=clip.args, doc="g where lo ≤ x ≤ hi, else 0, from the input x.")
+                            args=clip.args,
+                            doc="g where lo ≤ x ≤ hi, else 0, from the input x.")
 clip_grad.forward(lambda ins, a, ctx: np.where((ins[0] >= a["lo"]) & (ins[0] <= a["hi"]),
                                                ins[1], 0).astype(ins[1].dtype))
 pow_grad = define_internal("pow_grad", family="math", arity=2, shape=same_type_as(1),
@@ -290,7 +318,8 @@ def example_coordinates(k, flat: str, shape) -> list[str]:
     for axis, extent in enumerate(shape):
         inner = math.prod(shape[axis + 1:])
         coord = k.fresh("c")
-        k.line(f"{coord} = ({rest} // {inner}) % {extent}" if axis else f"{coord} = {rest} // {inner}")
+        k.line(f"{coord} = ({rest} // {inner}) % {extent}" if axis else
+               f"{coord} = {rest} // {inner}")
         coords.append(coord)
     return coords
 

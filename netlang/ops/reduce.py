@@ -269,7 +269,8 @@ def _slice_grad_kernel(k):
     with k.parallel(f"{out}.size", "i"):
         at = k.fresh("p")
         k.line(f"{at} = (i // {inner}) % {whole}")
-        read = f"(i // {whole * inner}) * {width * inner} + ({at} - {start}) * {inner} + i % {inner}"
+        read = (f"(i // {whole * inner}) * {width * inner} + ({at} - {start}) * {inner} "
+                f"+ i % {inner}")
         k.line(f"{out}[i] = {g}[{read}] if {at} >= {start} and {at} < {stop} else {k.const(0)}")
 
 
