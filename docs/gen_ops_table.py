@@ -34,6 +34,7 @@ FAMILIES = [
     ("recurrent", "Recurrent"),
     ("reshape", "Reshaping"),
     ("merge", "Merging branches"),
+    ("math", "Tensor math"),
     ("loss", "Losses (train section only)"),
 ]
 

@@ -308,9 +308,9 @@ def test_cli_check_reports_errors_with_exit_status_2(tmp_path, capsys):
     assert main(["check", str(path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith(f"{path}:3:5: error: cannot add (None, 3) from `y` and (None, 4) "
-                                   f"from `x`")
-    assert "   3 | z = y + x\n" in captured.err and "     |     ^^^^^\n" in captured.err
+    assert captured.err.startswith(f"{path}:3:7: error: cannot broadcast (None, 3) from `y` and "
+                                   f"(None, 4) from `x`")
+    assert "   3 | z = y + x\n" in captured.err and "     |       ^\n" in captured.err
     assert "Traceback" not in captured.err
 
 
@@ -377,7 +377,8 @@ def _input_types():
 
 INPUT_TYPES = list(_input_types())
 SAMPLE_ARGUMENTS = {"reshape": ["(-1,)", "(2, -1)", "6", "(1, 1, -1)"],
-                    "permute": ["(0,)", "(1, 0)", "(2, 0, 1)", "()"]}
+                    "permute": ["(0,)", "(1, 0)", "(2, 0, 1)", "()"],
+                    "slice": ["0, 1", "1, 3, axis = 0"]}
 
 
 def _layer_and_loss_ops():
@@ -398,7 +399,7 @@ def test_every_op_on_every_input_type_compiles_or_raises_netlang_error(name):
             if op.role == "loss":
                 sources = [f"input a: {first}\ninput b: {second}\np = a -> identity\n"
                            f"train {{\n  loss {name}(a, b)\n}}\n" for second in INPUT_TYPES]
-            elif op.arity is None:
+            elif op.arity is None or op.arity == 2:
                 sources = [f"input a: {first}\ninput b: {second}\ny = (a, b) -> {name}({args})\n"
                            for second in INPUT_TYPES]
             else:

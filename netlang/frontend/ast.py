@@ -101,6 +101,7 @@ class BinOp:
     left: object
     right: object
     loc: Optional[SourceLocation] = _loc()
+    op_loc: Optional[SourceLocation] = _loc()   # the operator itself, where the parser has it
 
 
 @node

@@ -187,12 +187,13 @@ class ToAst(lark.Transformer):
 
     def comparison(self, meta, left, op, right):
         """`a < b` (one comparison, not chained) → ast.BinOp."""
-        return ast.BinOp(str(op), left, right, loc=self.loc(meta))
+        return ast.BinOp(str(op), left, right, loc=self.loc(meta), op_loc=self.tok_loc(op))
 
     def _infix(self, meta, parts):
         result = parts[0]
         for op, operand in zip(parts[1::2], parts[2::2]):
-            result = ast.BinOp(str(op), result, operand, loc=self.loc(meta))
+            result = ast.BinOp(str(op), result, operand, loc=self.loc(meta),
+                               op_loc=self.tok_loc(op))
         return result
 
     def sum(self, meta, *parts):

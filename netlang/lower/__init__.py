@@ -17,7 +17,7 @@ The modules, each importing only those before it:
 - `values`: what expressions evaluate to, the size limits, `Problem` and `Poisoned`;
 - `names`: module environments, scopes, and which names a statement defines and uses;
 - `state`: what one run holds (graph, diagnostics, loaded files) and `report`;
-- `expressions`, `layers`, `blocks`, `statements`, `loader`: one class each, each
+- `expressions`, `layers`, `tensor_math`, `blocks`, `statements`, `loader`: one class each, each
   adding a part of the language to the one before, ending in `Lowerer`.  The
   language is recursive (a chain is an expression, a block body holds statements),
   so a class calls methods that a later one adds: each module's docstring says which;

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from netlang.errors import did_you_mean
 from netlang.frontend import ast
-from netlang.lower.layers import LayerBuilder
 from netlang.lower.names import BlockInfo, Scope
+from netlang.lower.tensor_math import TensorMath
 from netlang.lower.values import MAX_BLOCK_DEPTH, POISON, Poisoned, Problem, Tensor
 
 
-class BlockExpander(LayerBuilder):
+class BlockExpander(TensorMath):
     """Instantiates blocks: binds their parameters and inputs, lowers their bodies."""
 
     def instantiate(self, block: BlockInfo, step: ast.Step, incoming, scope: Scope, label):

@@ -3,10 +3,11 @@
 Arguments, repeat counts and dimensions are expressions evaluated while lowering
 (`dense(2 * hidden)`, `x.shape[-1]`): names, numbers, strings, tuples, arithmetic,
 comparisons and the built-in functions.  A name is bound once per scope and never
-to a built-in's name.  A chain (`x -> dense(3)`) and `+` or `*`
-between tensors are expressions too, whose value is a tensor: the evaluator hands
-those to `lower_chain` and `apply_op`, which `LayerBuilder` (netlang.lower.layers)
-adds on top of this class.
+to a built-in's name.  A chain (`x -> dense(3)`), arithmetic on tensors (`a + b`,
+`x * 0.5`, `-x`) and a call of an op on a tensor (`exp(x)`) are expressions too, whose
+value is a tensor: the evaluator hands those to `lower_chain`, `tensor_binary`,
+`tensor_negate` and `tensor_call`, which `LayerBuilder` (netlang.lower.layers) and
+`TensorMath` (netlang.lower.tensor_math) add on top of this class.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from netlang.frontend.limits import MAX_INT_BITS
 from netlang.lower.names import Scope, user_op
 from netlang.lower.state import LoweringState
 from netlang.lower.values import MAX_SEQUENCE, POISON, Poisoned, Problem, Tensor
-from netlang.ops import get_op
 from netlang.ops.schema import describe_value
 
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
@@ -100,6 +100,8 @@ class ExpressionEvaluator(LoweringState):
             return self.binary(expr, scope, name_hint)
         if isinstance(expr, ast.UnaryOp):
             operand = self.evaluate(expr.operand, scope)
+            if isinstance(operand, Tensor) and expr.op == "-":
+                return self.tensor_negate(expr, operand, scope, name_hint)
             if expr.op == "not":
                 if not isinstance(operand, bool):
                     raise Problem(f"`not` needs true or false, not {describe_value(operand)}",
@@ -133,11 +135,28 @@ class ExpressionEvaluator(LoweringState):
                               expr.index.loc, "argument")
             return value[index]
         if isinstance(expr, ast.Call):
-            return self.call_builtin(expr, scope)
+            return self.call(expr, scope, name_hint)
         raise Problem(f"unsupported expression {type(expr).__name__}", getattr(expr, "loc", None))
 
-    def call_builtin(self, expr: ast.Call, scope: Scope):
-        """Call a built-in function (`min`, `max`, `abs`, `int`, `round`, `ceil`) on numbers."""
+    def call(self, expr: ast.Call, scope: Scope, name_hint: str | None = None):
+        """`f(...)`: an op applied to the tensor in its first argument (`exp(x)`,
+        `sum(x, axis = 0)`), else a built-in function on numbers."""
+        op = user_op(expr.func) if expr.func not in scope.module.blocks else None
+        first = expr.args[0] if expr.args and expr.args[0].name is None else None
+        if op is None or first is None:
+            return self.call_builtin(expr, scope)
+        value = self.evaluate(first.value, scope)
+        if isinstance(value, Tensor):
+            return self.tensor_call(expr, op, value, scope, name_hint)
+        if expr.func not in _BUILTINS:
+            raise Problem(f"`{expr.func}` is a layer: apply it to a tensor, `{expr.func}(x, ...)` "
+                          f"or `x -> {expr.func}(...)`, not to {describe_value(value)}",
+                          first.loc, "argument")
+        return self.call_builtin(expr, scope, first_value=value)
+
+    def call_builtin(self, expr: ast.Call, scope: Scope, first_value=POISON):
+        """Call a built-in function (`min`, `max`, `abs`, `int`, `round`, `ceil`) on numbers;
+        `first_value`, where given, is the first argument's value, already evaluated."""
         if expr.func not in _BUILTINS:
             if expr.func in scope.module.blocks or user_op(expr.func) is not None:
                 raise Problem(f"`{expr.func}` is a layer; use it in a chain: `x -> {expr.func}(...)`",
@@ -146,7 +165,8 @@ class ExpressionEvaluator(LoweringState):
                           expr.loc, "name")
         if any(a.name for a in expr.args):
             raise Problem(f"`{expr.func}` takes no keyword arguments", expr.loc, "argument")
-        values = [self.evaluate(a.value, scope) for a in expr.args]
+        values = [first_value if i == 0 and first_value is not POISON else
+                  self.evaluate(a.value, scope) for i, a in enumerate(expr.args)]
         if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
             raise Problem(f"`{expr.func}` needs numbers", expr.loc, "argument")
         try:
@@ -159,7 +179,7 @@ class ExpressionEvaluator(LoweringState):
 
     def binary(self, expr: ast.BinOp, scope: Scope, name_hint: str | None = None):
         """An infix operation: logic (short-circuit), comparison, arithmetic within bounds,
-        joining tuples or strings, or `+`/`*` between tensors as an add/multiply layer."""
+        joining tuples or strings, or arithmetic on tensors (`tensor_binary`)."""
         op = expr.op
         if op in ("and", "or"):
             left = self.evaluate(expr.left, scope)
@@ -180,13 +200,8 @@ class ExpressionEvaluator(LoweringState):
             raise
         right = self.evaluate(expr.right, scope)
         if isinstance(left, Tensor) or isinstance(right, Tensor):
-            merge = {"+": "add", "*": "multiply"}.get(op)
-            if merge is None or not (isinstance(left, Tensor) and isinstance(right, Tensor)):
-                raise Problem(f"cannot apply `{op}` to {describe_value(left)} and "
-                              f"{describe_value(right)}; tensors support `+` and `*` between tensors",
-                              expr.loc, "argument")
             # `y = a + b` names the add layer `y`, as `y = (a, b) -> add` does.
-            return self.apply_op(get_op(merge), (left, right), {}, name_hint, scope, expr.loc)
+            return self.tensor_binary(expr, left, right, scope, name_hint)
         if op in _COMPARE:
             if op in ("==", "!=") or _both_numbers(left, right):
                 return _COMPARE[op](left, right)

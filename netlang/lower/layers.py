@@ -138,7 +138,30 @@ class LayerBuilder(ExpressionEvaluator):
         op = self.layer_op(step, scope)
         attrs = self.bind_op_args(op, step.args or (), scope, step)
         operands = incoming if isinstance(incoming, tuple) else (incoming,)
+        if op.expand_rule is not None:
+            return self.apply_expansion(op, operands, attrs, label, scope, step)
         return self.apply_op(op, operands, attrs, label, scope, step.loc, arity_loc=step.op_loc)
+
+    def apply_expansion(self, op, operands, attrs, label, scope: Scope, step: ast.Step):
+        """A step naming an op that is shorthand for several (`split`): the tuple of their
+        results, named `label.0`, `label.1`, ... (or after the op, `split_1.0`, ...)."""
+        if op.arity is not None and len(operands) != op.arity:
+            raise Problem(f"`{op.name}` takes {op.arity} input tensor"
+                          f"{'s' if op.arity != 1 else ''}, got {len(operands)}", step.op_loc,
+                          "argument")
+        ctx = ShapeContext(op, [t.type for t in operands], [t.layer for t in operands])
+        try:
+            parts = op.expand_rule(ctx, attrs)
+        except ShapeProblem as problem:
+            raise Problem(str(problem), step.loc, "shape") from None
+        try:
+            base = self.layer_name(op.name, label, scope)[len(scope.prefix):]
+        except Problem as problem:
+            problem.loc = step.loc
+            raise
+        return tuple(self.apply_op(get_op(name), operands, part_attrs, f"{base}.{i}", scope,
+                                   step.loc)
+                     for i, (name, part_attrs) in enumerate(parts))
 
     def layer_op(self, step: ast.Step, scope: Scope):
         """The op a step names, or a Problem saying why it names none."""

@@ -6,8 +6,8 @@ outside `netlang.ops` looks ops up here and reads their facts; it never
 branches on an op's name.
 """
 
-from netlang.ops import (activations, conv, conv_kernels, core, dense, losses, merge, norm, pool,
-                         recurrent, reshape)
+from netlang.ops import (activations, conv, conv_kernels, core, dense, elementwise, losses, merge,
+                         norm, pool, recurrent, reduce, reshape)
 from netlang.ops.registry import OPS, OpDef, ParamSpec, ShapeContext, ShapeProblem
 
 
@@ -23,5 +23,5 @@ def all_ops() -> dict[str, OpDef]:
 
 __all__ = ["OPS", "OpDef", "ParamSpec", "ShapeContext", "ShapeProblem", "all_ops", "get_op",
            # the families, imported above for the ops they register
-           "activations", "conv", "conv_kernels", "core", "dense", "losses", "merge", "norm",
-           "pool", "recurrent", "reshape"]
+           "activations", "conv", "conv_kernels", "core", "dense", "elementwise", "losses",
+           "merge", "norm", "pool", "recurrent", "reduce", "reshape"]
