@@ -28,8 +28,8 @@ from netlang.ir.graph import Graph
 from netlang.ir.types import TensorType
 from netlang.ops import ShapeContext, ShapeProblem, get_op
 
-# The ops a graph feeds rather than computes: copied as they are.
-_FED = ("input", "param")
+# The roles of the values a graph is fed rather than computes: copied as they are.
+_FED = ("param", "buffer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +130,7 @@ def step_graph(graph: Graph, sequence_input: str, outputs) -> StepGraph:
                                        role=data["role"], layer=data["layer"], loc=data["loc"])
             in_time.add(new_of[node])
             continue
-        if data["op"] in _FED and data["role"] == "input":
+        if data["role"] == "input":
             raise UsageError(f"`{', '.join(outputs)}` reads the input `{data['name']}` besides "
                              f"the sequence `{sequence_input}`: running it one step at a time "
                              f"is pending")
@@ -146,7 +146,7 @@ def step_graph(graph: Graph, sequence_input: str, outputs) -> StepGraph:
         if reads_time and not op.is_step_local(data["attrs"], types):
             raise UsageError(f"`{data['op']}` (layer `{data['layer']}`) mixes the steps of "
                              f"the sequence, so the model cannot run one step at a time")
-        out_type = (data["type"] if data["op"] in _FED
+        out_type = (data["type"] if data["role"] in _FED
                     else _infer(step, op, operands, data["attrs"], data))
         new_of[node] = step.add_op(data["op"], operands, data["attrs"], out_type,
                                    name=data["name"], role=data["role"], layer=data["layer"],
