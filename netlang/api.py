@@ -10,8 +10,10 @@ from netlang.config import timed
 from netlang.data.text import with_bits_per_character
 from netlang.lower import lower_source
 from netlang.passes import after_pass
+from netlang.data.text import Vocabulary
 from netlang.runtime import check_device
 from netlang.saliency import saliency
+from netlang.sampling import TextModel, TextSampler
 from netlang.summary import Summary, summarize
 
 
@@ -29,6 +31,10 @@ class Model:
         self.device = device
         self._engine = None
         self._engine_key = None
+        # The characters ↔ ids of a character model, as the run that made its weights saved
+        # them (`load_weights` reads them); None: the default alphabet (`sample`).
+        self.vocabulary = None
+        self._sampler = None
 
     @property
     def inputs(self) -> dict:
@@ -262,6 +268,26 @@ class Model:
             write_png(path, image)
         return image
 
+    def sample(self, prime: str = "\n", *, length: int = 200, temperature: float = 1.0,
+               top_k: int | None = None, seed: int | None = None,
+               vocabulary: Vocabulary | None = None) -> str:
+        """`length` characters a character model writes after `prime`: the prime read one
+        character at a time, then each character drawn from softmax(scores / temperature)
+        (among the `top_k` most likely when given; temperature 0: the most likely) and fed
+        back, each recurrent layer's state carried from one character to the next.  The same
+        `seed` gives the same text.  Characters are read and written with `vocabulary`, else
+        the one saved with the weights loaded (a run directory's vocabulary.json), else the
+        default alphabet.  A prime with a character outside it is a one-line UsageError.
+        See netlang/sampling/text.py."""
+        engine = self.engine
+        if self._sampler is None or self._sampler.source_engine is not engine:
+            self._sampler = TextSampler(self.graph, self.binding, engine)
+        if vocabulary is None:
+            vocabulary = self.vocabulary or Vocabulary.for_text(TextModel.of(self.binding).ids,
+                                                                what="sampling")
+        return self._sampler.generate(vocabulary, prime, length, temperature=temperature,
+                                      top_k=top_k, seed=seed)
+
     def bench(self, *, batch=None, steps=10, device=None, dtype="float32", seed=0) -> dict:
         """Seconds per batch of the forward pass and the training step on random inputs,
         as `netlang bench --json` prints them (see netlang/bench.py).  A fresh engine runs
@@ -294,12 +320,14 @@ class Model:
         `strict=False` only the tensors that fit are loaded.  Returns the load report.
         """
         from netlang.train.loop import expected_params
+        from netlang.train.run_dir import saved_vocabulary
         from netlang.weights import find_weights, load_weights
         loaded = load_weights(find_weights(path), expected_params(self.graph), strict=strict,
                               source_hash=self.source_hash, force=force)
         params = self.engine.params
         for name, value in loaded.params.items():
             params[name][...] = value
+        self.vocabulary = saved_vocabulary(path) or self.vocabulary
         return loaded.report
 
     def _model_ref(self) -> str:

@@ -11,7 +11,10 @@ in one order, written here and nowhere else:
   batch norm folded into the product before it (passes/fold_batchnorm.py) where the engine
   compiles kernels; in training mode the training rewrite (batch statistics, fresh masks);
 - an input-gradient program (`input_gradient_program`): autodiff from one output seeded by a
-  cotangent the caller feeds (a vector-Jacobian product, e.g. saliency), in evaluation mode.
+  cotangent the caller feeds (a vector-Jacobian product, e.g. saliency), in evaluation mode;
+- a step program (`step_program`): the model reading one step of a sequence input, its
+  recurrent layers' states carried in and out (passes/stepping.py); an engine made on its
+  graph runs its forward program, so sampling runs one character per call.
 
 A compiled engine then plans how a program runs (`plan_execution`: fusion, then memory).
 Every pass that changes a graph is followed by `after_pass`, which verifies the IR when
@@ -32,6 +35,7 @@ from netlang.passes.autodiff import Gradients, differentiate, differentiate_outp
 from netlang.passes.fold_batchnorm import fold_batchnorm
 from netlang.passes.fusion import FusionPlan, plan_fusion
 from netlang.passes.memory import BufferPlan, plan_buffers
+from netlang.passes.stepping import StepGraph, step_graph
 from netlang.passes.training import training_graph
 
 # What a program computes: "train" with batch statistics and fresh dropout masks, "eval" with
@@ -164,6 +168,15 @@ def input_gradient_program(graph: Graph, output: str) -> InputGradientProgram:
     wrt = [n for n in program.graph["inputs"].values() if program.type_of(n).is_float]
     cotangent, gradients = differentiate_output(program, node, wrt)
     return InputGradientProgram(after_pass(program, "autodiff"), cotangent, gradients)
+
+
+def step_program(graph: Graph, sequence_input: str, outputs) -> StepGraph:
+    """`graph` computing `outputs` (names) at one step of the input `sequence_input`, the
+    states of its recurrent layers fed in and given out (passes/stepping.py)."""
+    with timed("stepping"):
+        step = step_graph(graph, sequence_input, outputs)
+    after_pass(step.graph, "stepping")
+    return step
 
 
 def plan_execution(graph: Graph, order, kept, *, skip=(), target: str = "cpu",

@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from netlang.ops.registry import (check_axis, define_internal, define_op, elementwise_same,
-                                full_axis, same_type_as)
+                               full_axis, off_the_time_axis, same_type_as)
 from netlang.ops.schema import Arg, FLOAT, INT, enum
 
 
@@ -79,6 +79,7 @@ log_softmax = define_op(
 log_softmax.document(shape="as `softmax`.", params=None,
                      example="input x: [5, 10]\noutput y = x -> log_softmax(axis = 0)")
 log_softmax.shape(_softmax_shape)
+softmax.step_local = log_softmax.step_local = off_the_time_axis
 # Each turns class scores into (log) probabilities: a class's score is the value before it.
 for _op in (sigmoid, softmax, log_softmax):
     _op.normalises_scores = True

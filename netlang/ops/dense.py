@@ -6,7 +6,7 @@ import numpy as np
 
 from netlang.ir.types import TensorType
 from netlang.ops.init import init_args
-from netlang.ops.registry import ParamSpec, define_internal, define_op
+from netlang.ops.registry import ParamSpec, always, define_internal, define_op
 from netlang.ops.schema import Arg, BOOL, INT, LAYER
 
 dense = define_op(
@@ -31,6 +31,8 @@ dense.document(
     example="input x: [784]\noutput h = x -> dense(256, bias = false) -> dense(10)")
 # In evaluation, a batch norm after a dense layer folds into its weight and bias.
 dense.foldable_product = True
+# Each step of a sequence is mapped alone (passes/stepping.py).
+dense.step_local = always
 
 
 @dense.shape
@@ -77,6 +79,7 @@ embedding.document(
             "# (20, 64)")
 # Token ids run below the vocabulary size.
 embedding.integer_bound = lambda index, a, in_types: a["vocab"] if index == 0 else None
+embedding.step_local = always
 
 
 @embedding.shape

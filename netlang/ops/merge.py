@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from netlang.ops.registry import check_axis, define_internal, define_op, full_axis
+from netlang.ops.registry import (check_axis, define_internal, define_op, full_axis,
+                                   off_the_time_axis)
 from netlang.ops.schema import Arg, INT
 
 concat = define_op(
@@ -71,6 +72,7 @@ def _concat_forward(ins, a, ctx):
 
 
 concat.forward(_concat_forward)
+concat.step_local = off_the_time_axis
 
 
 def _slice_shape(ctx, a):
@@ -93,6 +95,7 @@ def _slice_forward(ins, a, ctx):
 
 
 slice_axis.forward(_slice_forward)
+slice_axis.step_local = off_the_time_axis
 
 
 @concat.vjp

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from netlang.ops.registry import (ParamSpec, define_internal, define_op, elementwise_same,
-                                  same_type_as)
+from netlang.ops.registry import (ParamSpec, always, define_internal, define_op,
+                                  elementwise_same, same_type_as)
 from netlang.ops.schema import Arg, FLOAT, INT, LAYER
 
 batchnorm = define_op(
@@ -78,6 +78,7 @@ dropout.document(
     shape="unchanged (floating-point input); the identity at evaluation time.",
     params=None, example="input x: [800]\noutput y = x -> dropout(0.5)")
 dropout.shape(elementwise_same)
+dropout.step_local = always   # the identity where steps are run one at a time (evaluation)
 
 
 # ---- forward and backward ------------------------------------------------------------------

@@ -27,7 +27,7 @@ from netlang.ops.recurrent_reference import (
     tape_layout,
     tape_size,
 )
-from netlang.ops.registry import ParamSpec, define_internal, define_op
+from netlang.ops.registry import ParamSpec, ShapeProblem, define_internal, define_op
 from netlang.ops.schema import BOOL, FLOAT, INT, INTS, LAYER, TENSOR, Arg, enum
 
 # The tensors each kind takes by keyword, in operand order: initial states and lengths.
@@ -303,6 +303,91 @@ def _vjp(kind):
     return rule
 
 
+# ---- one step at a time (passes/stepping.py) ------------------------------------------------
+#
+# Sampling runs a model one step at a time, carrying each recurrent layer's state from a step to
+# the next.  A layer's step is written here with graph ops (dense, the gate nonlinearities,
+# products and sums), so every engine that runs those runs it; tests/test_sampling.py checks it
+# against the whole-sequence forward above, step by step.
+
+
+def _carried_states(kind):
+    def rule(a, in_types):
+        if a["bidirectional"]:
+            raise ShapeProblem(f"`{kind}` with `bidirectional = true` reads the sequence "
+                               f"backwards too, so it cannot run one step at a time")
+        given = [name for name in STATE_ARGS[kind] if a.get(name) is not None]
+        if given:
+            raise ShapeProblem(f"`{kind}` takes `{given[0]}` from `{a[given[0]]}`: running it "
+                               f"one step at a time is pending")
+        stack = Stack.of(kind, a, in_types[0].shape)
+        return {name: (stack.states, stack.units) for name in STATE_ARGS[kind]
+                if name != "lengths"}
+    return rule
+
+
+def _blocks(b, v, units: int, count: int) -> list:
+    """The `count` blocks of `units` columns of v (B, count·units): a cell's gates."""
+    return [b.add("slice_axis", [v], axis=-1, start=k * units, stop=(k + 1) * units)
+            for k in range(count)]
+
+
+def _rnn_cell(b, a, gi, gh, held, units):
+    return {"h0": b.add(a["activation"], [b.add("add", [gi, gh])])}
+
+
+def _lstm_cell(b, a, gi, gh, held, units):
+    i, f, g, o = _blocks(b, b.add("add", [gi, gh]), units, 4)
+    i, f, o = (b.add("sigmoid", [v]) for v in (i, f, o))
+    c = b.add("add", [b.add("multiply", [f, held["c0"]]),
+                      b.add("multiply", [i, b.add("tanh", [g])])])
+    return {"h0": b.add("multiply", [o, b.add("tanh", [c])]), "c0": c}
+
+
+def _gru_cell(b, a, gi, gh, held, units):
+    i_r, i_z, i_n = _blocks(b, gi, units, 3)
+    h_r, h_z, h_n = _blocks(b, gh, units, 3)
+    r = b.add("sigmoid", [b.add("add", [i_r, h_r])])
+    z = b.add("sigmoid", [b.add("add", [i_z, h_z])])
+    n = b.add("tanh", [b.add("add", [i_n, b.add("multiply", [r, h_n])])])
+    # (1 − z)·n + z·h, as n + z·(h − n)
+    h_minus_n = b.add("add", [held["h0"], b.add("scale", [n], factor=-1.0)])
+    return {"h0": b.add("add", [n, b.add("multiply", [z, h_minus_n])])}
+
+
+STEP_CELLS = {"rnn": _rnn_cell, "lstm": _lstm_cell, "gru": _gru_cell}
+
+
+def _step(kind):
+    def rule(b, a, operands, states):
+        """One step of the stack: each layer's cell on the step's input and its held state,
+        the new states stacked as the initial ones are, (layers, units)."""
+        named = _named(kind, a, operands)
+        stack = Stack.of(kind, a, b.type(named["x"]).shape)
+        units, rows = stack.units, stack.gates * stack.units
+        x = b.add("reshape", [named["x"]], shape=(stack.features,))   # the one step (B, F)
+        after = {name: [] for name in states}
+        for layer, _, tag in stack.cells():
+            held = {}
+            for name, state in states.items():
+                row = state if stack.layers == 1 else b.add("slice_axis", [state], axis=0,
+                                                            start=layer, stop=layer + 1)
+                held[name] = b.add("reshape", [row], shape=(units,))
+            gi = b.add("dense", [x, named[f"weight_ih_{tag}"], named[f"bias_ih_{tag}"]],
+                       units=rows)
+            gh = b.add("dense", [held["h0"], named[f"weight_hh_{tag}"],
+                                 named[f"bias_hh_{tag}"]], units=rows)
+            new = STEP_CELLS[kind](b, a, gi, gh, held, units)
+            for name in states:
+                after[name].append(b.add("reshape", [new[name]], shape=(1, units)))
+            x = new["h0"]
+        stacked = {name: rows_[0] if len(rows_) == 1 else b.add("concat", rows_, axis=0)
+                   for name, rows_ in after.items()}
+        output = b.add("reshape", [x], shape=(1, units)) if a["sequences"] else x
+        return output, stacked, a["sequences"]
+    return rule
+
+
 def _lengths_bound(kind):
     """Random benchmark lengths run from 0 to the number of steps."""
     def bound(index, a, in_types):
@@ -322,6 +407,8 @@ for _kind in ("rnn", "lstm", "gru"):
     _op.vjp(_vjp(_kind))
     _op.training_rewrite(_draw_dropout_mask)
     _op.integer_bound = _lengths_bound(_kind)
+    _op.carried_states = _carried_states(_kind)
+    _op.step_rule = _step(_kind)
     _grad = define_internal(
         f"{_kind}_grad", family="recurrent", arity=None, args=_op.args, shape=_grad_shape(_kind),
         doc=f"Backpropagation through time of `{_kind}`, from its operands and the gradient of "
