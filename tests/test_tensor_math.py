@@ -171,3 +171,18 @@ def test_a_math_model_matches_torch():
     for name, tensor in (("x", tx), ("fc.weight", w), ("fc.bias", b)):
         np.testing.assert_allclose(grads[name], tensor.grad.numpy(), rtol=1e-10, atol=1e-12,
                                    err_msg=name)
+
+
+def test_an_op_name_may_name_a_value():
+    """A VAE's `mean` and `sum` are values; the same words as a call or a step are the ops."""
+    model = netlang.compile("""
+input x: [6]
+mean = x -> dense(4)
+sum = x -> dense(4)
+output total = mean(mean + sum, axis = -1)
+output steps = x -> mean(axis = -1)
+""")
+    assert model.outputs == {"total": (None,), "steps": (None,)}
+    assert [o for o in _ops(model.graph) if o == "mean"] == ["mean", "mean"]
+    with pytest.raises(netlang.NetlangError, match="`max` is the name of a built-in"):
+        netlang.compile("input x: [2]\nmax = x -> relu\noutput y = max\n")

@@ -43,7 +43,10 @@ class ExpressionEvaluator(LoweringState):
                 where = (f" (first on line {first.line})" if name.loc is None or first.line != name.loc.line
                          else f" (first at column {first.column})")
             raise Problem(f"`{name.id}` is defined twice{where}", name.loc, "name")
-        if name.id in _BUILTINS or user_op(name.id) is not None:
+        # An op's name may name a value (`mean = h -> dense(20)` in a VAE): a step or a call
+        # (`x -> mean`, `mean(x)`) always means the op, a bare name always the value.  The
+        # built-in functions of numbers stay reserved, since `max(a, b)` reads either way.
+        if name.id in _BUILTINS:
             raise Problem(f"`{name.id}` is the name of a built-in; choose another name", name.loc,
                           "name")
 
