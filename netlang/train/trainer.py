@@ -264,6 +264,7 @@ class Trainer:
         evaluated = tuple(evaluated_nodes(self.binding, val)) if val is not None else ()
         eval_batch = min(self.eval_batch_size, count_examples(val)) if val is not None else 0
         pending = self.engine.compilations(batch, evaluated, eval_batch)
+        self.compiled = None
         announced = [compilation.title for compilation in pending
                      if compilation.needs_compiling]
         if announced:
