@@ -22,10 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Widths used nowhere else in the suite: the generated modules are named by their source, and
 # a module another test already imported would be ready in this process, with nothing to compile.
+# The dropout layer gives the training step a key argument, whose type the compilation must get right.
 TINY_NET = """
 input x: [2]
 input label: int32[]
-output logits = x -> dense(11) -> relu -> dense(2)
+output logits = x -> dense(11) -> relu -> dropout(0.1) -> dense(2)
 train {
   loss cross_entropy(logits, label)
   batch_size 16
