@@ -21,7 +21,7 @@ from netlang.train.progress import Progress
 ROOT = Path(__file__).resolve().parent.parent
 
 # Widths used nowhere else in the suite: the generated modules are named by their source, and
-# a module another test already imported would be ready in this process, with nothing to compile.
+# a module another test already imported would be ready in this process, nothing to compile.
 # The dropout layer gives the training step a key argument, whose type the compilation must get right.
 TINY_NET = """
 input x: [2]
@@ -95,6 +95,8 @@ def test_the_programs_made_ready_are_the_ones_the_steps_call(tmp_path, monkeypat
         assert sum(program.function.stats.cache_misses.values()) == 1
     assert history.records[0]["compile_s"] > 0 and "compile_s" not in history.records[1]
     assert history.records[0]["time_s"] < history.records[0]["compile_s"]
+    again = model.fit(data="blobs", limit=200, val_split=0.25)   # the same engine: all ready
+    assert all("compile_s" not in record for record in again.records)
 
 
 def test_compiling_lines_on_a_terminal_and_piped():

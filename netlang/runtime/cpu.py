@@ -248,7 +248,9 @@ class CompiledProgram:
                 t = self.graph.type_of(self.graph.graph["inputs"][arg.key])
                 feeds[arg.key] = np.zeros((batch,) + tuple(t.shape[1:]),
                                           self.dtype if t.is_float else np.int64)
-        unused_key = draw_dropout_key(np.random.default_rng(0))   # the engine's generator is not drawn
+        # A key of the type the engine draws, from a generator of its own: the engine's stays
+        # where it is, so a seeded run draws the same masks as it did without this.
+        unused_key = draw_dropout_key(np.random.default_rng(0))
         arguments = self.arguments(engine, feeds, batch, 0.0, 0, lambda: unused_key)
         return ProgramCompilation(title, self.function, arguments)
 

@@ -263,7 +263,9 @@ class Trainer:
         run.json get."""
         evaluated = tuple(evaluated_nodes(self.binding, val)) if val is not None else ()
         eval_batch = min(self.eval_batch_size, count_examples(val)) if val is not None else 0
-        pending = self.engine.compilations(batch, evaluated, eval_batch)
+        pending = [compilation for compilation in
+                   self.engine.compilations(batch, evaluated, eval_batch)
+                   if not compilation.ready]   # ready: compiled by an earlier fit of this engine
         self.compiled = None
         announced = [compilation.title for compilation in pending
                      if compilation.needs_compiling]
