@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import netlang
 from netlang.cli import main
+from netlang.errors import UsageError
 from netlang.train.png import decode_png, encode_png, image_to_input
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,11 +211,18 @@ def test_predict_input_errors(tmp_path, capsys):
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_plot_without_matplotlib_is_a_message(tmp_path, capsys, monkeypatch):
+def test_plot_without_matplotlib_is_refused_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
-    code, stdout, _ = run(capsys, "train", XOR, "--epochs", "2", "--out", tmp_path / "r",
-                          "--device", "reference", "--plot")
-    assert code == 0 and "--plot needs matplotlib" in stdout
+    code, stdout, err = run(capsys, "train", XOR, "--epochs", "2", "--out", tmp_path / "r",
+                            "--device", "reference", "--plot")
+    assert code == 2 and stdout == "" and not (tmp_path / "r").exists()
+    assert err == "error: --plot needs matplotlib, which is not installed: pip install " \
+                  "'netlang[plot]'\n"
+    model = netlang.compile(XOR)
+    model.device = "reference"
+    with pytest.raises(UsageError) as info:
+        model.fit(data="xor", epochs=2, out=tmp_path / "r", plot=True)
+    assert "plot=True needs matplotlib" in str(info.value) and not (tmp_path / "r").exists()
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_exactly(tmp_path):

@@ -72,6 +72,14 @@ class EngineBase:
         batch's inputs for `forward`."""
         return None
 
+    def compilations(self, batch: int, evaluated: tuple = (), eval_batch: int = 0) -> list:
+        """The programs a training run calls, each a `ProgramCompilation`
+        (netlang/runtime/compilation.py) that makes it ready before the first step: the
+        training step for batches of `batch` examples, and the evaluation pass computing the
+        nodes `evaluated` for batches of `eval_batch`.  None for an engine that compiles
+        nothing."""
+        return []
+
     def device_metrics(self, scores: str | None = None, labels: str | None = None, rule=None):
         """Running training metrics kept where the steps run, or None (see runtime/cuda.py)."""
         return None

@@ -31,6 +31,7 @@ from netlang.ops.norm import draw_dropout_key
 from netlang.pipeline import (check_mode, forward_program, input_gradient_program,
                               plan_execution, training_program)
 from netlang.runtime.base import EngineBase
+from netlang.runtime.compilation import ProgramCompilation
 
 _load_lock = threading.Lock()
 
@@ -144,7 +145,7 @@ class CompiledProgram:
                                    function=function, keep=keep, update=update, title=title,
                                    mode=mode)
         self.dtype = dtype
-        with timed(f"compile {function}"):
+        with timed(f"import {function}"):   # Numba compiles at the first call (see compilation)
             self.function = load_program(self.program, title)
         self._slot_arrays: dict[int, list] = {}
 
@@ -208,9 +209,9 @@ class CompiledProgram:
             return array.reshape(())
         return array.reshape(((batch,) + tuple(t.shape[1:])) if t.batched else t.shape)
 
-    def call(self, engine, feeds: dict, batch: int, lr: float = 0.0, t: int = 0):
-        """Run the program once on prepared `feeds` (learning rate `lr`, step number `t` for
-        an update); its kept values are then readable with `value`."""
+    def arguments(self, engine, feeds: dict, batch: int, lr: float, t: int, key) -> list:
+        """What the compiled function is passed for one call on prepared `feeds` of `batch`
+        examples; `key()` gives each dropout mask's key, in program order."""
         slots = self.slots(batch)
         params, state = self.engine_arrays(engine)
         args = []
@@ -221,13 +222,37 @@ class CompiledProgram:
                 args.append(params[arg.key])
             elif arg.kind == "state":
                 args.append(state[arg.key])
-            elif arg.kind == "key":  # drawn in program order, as the reference draws its masks
-                args.append(self.dropout_key(engine))
+            elif arg.kind == "key":
+                args.append(key())
             elif arg.kind == "scratch":
                 args.append(self.scratch(arg.key))
             else:
                 args.append(slots[arg.key])
-        self.function(*args, float(lr), int(t))
+        return args + [float(lr), int(t)]
+
+    def call(self, engine, feeds: dict, batch: int, lr: float = 0.0, t: int = 0):
+        """Run the program once on prepared `feeds` (learning rate `lr`, step number `t` for
+        an update); its kept values are then readable with `value`."""
+        # Keys drawn in program order, as the reference draws its masks.
+        self.function(*self.arguments(engine, feeds, batch, lr, t,
+                                      lambda: self.dropout_key(engine)))
+
+    def compilation(self, engine, batch: int, title: str) -> ProgramCompilation | None:
+        """This program made ready, before its first call, for calls on batches of `batch`
+        examples (a smaller last batch has the same argument types): see
+        netlang/runtime/compilation.py.  The arguments are the first call's, with zeros for
+        the inputs and a key that draws nothing from the engine's generator."""
+        feeds = {}
+        for arg in self.program.args:
+            if arg.kind == "input":
+                t = self.graph.type_of(self.graph.graph["inputs"][arg.key])
+                feeds[arg.key] = np.zeros((batch,) + tuple(t.shape[1:]),
+                                          self.dtype if t.is_float else np.int64)
+        # A key of the type the engine draws, from a generator of its own: the engine's stays
+        # where it is, so a seeded run draws the same masks as it did without this.
+        unused_key = draw_dropout_key(np.random.default_rng(0))
+        arguments = self.arguments(engine, feeds, batch, 0.0, 0, lambda: unused_key)
+        return ProgramCompilation(title, self.function, arguments)
 
 
 class CpuEngine(EngineBase):
@@ -325,6 +350,16 @@ class CpuEngine(EngineBase):
             self._programs[("vjp", output)] = (program.graph, program.cotangent,
                                                program.grad_nodes, compiled)
         return self._programs[("vjp", output)]
+
+    def compilations(self, batch: int, evaluated: tuple = (), eval_batch: int = 0) -> list:
+        """The training step, for batches of `batch` examples, and the evaluation pass that
+        computes the nodes `evaluated` (none: no evaluation), for batches of `eval_batch`,
+        each as a `ProgramCompilation` to make ready before the first step."""
+        found = [self._training()[3].compilation(self, batch, "training step")]
+        if evaluated:
+            evaluation = self._inference(tuple(evaluated), with_losses=False)[2]
+            found.append(evaluation.compilation(self, eval_batch, "evaluation"))
+        return [compilation for compilation in found if compilation is not None]
 
     # -- feeding ----------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from netlang.train.prepared_data import PreparedData, prepare_data, split_arrays
 from netlang.train.progress import Progress
 from netlang.train.reconstructions import write_reconstructions
 from netlang.train.run_dir import (FINAL_WEIGHTS, NORMALIZATION_FILE, expected_params, has_run,
-                                   plot_curves, read_run, save_source, save_vocabulary,
+                                   plot_curves, pyplot, read_run, save_source, save_vocabulary,
                                    saved_vocabulary, start_over, write_run, write_summary)
 from netlang.train.trainer import History, Trainer, TrainingInterrupted
 from netlang.weights import load_checkpoint, save_weights
@@ -62,6 +62,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     checkpoints, metrics.jsonl); `resume` a run directory to continue from.
     """
     progress = progress or Progress(enabled=False)
+    if plot:
+        pyplot()   # a missing matplotlib is said now, not after the training it would end
     binding = bind(model.graph)
     if not binding.losses:
         raise UsageError(f"{model.path}: this model has no loss to train: add a `train` section "

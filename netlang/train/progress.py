@@ -1,5 +1,9 @@
 """Training progress: a bar per epoch on a terminal, one plain line per epoch otherwise.
 
+Before the first step, the programs that must be compiled are named on one line, and each
+one's compile time follows as it finishes (`compiling`, `compiled`); the epochs' samples/s
+and ETA never include that time.
+
 On a terminal (stderr is a TTY) each epoch shows a tqdm bar with the running
 loss and accuracy, samples/s and the ETA, and leaves one summary line when it
 ends.  Piped or redirected output gets only the summary lines, so logs and CI
@@ -56,6 +60,7 @@ class Progress:
         self._epoch = 0
         self._epochs = 0
         self._started = 0.0
+        self._compiling = 0   # programs announced by `compiling` still to be reported
 
     # -- lines ------------------------------------------------------------------------------
 
@@ -66,6 +71,30 @@ class Progress:
             self._bar.write(text, file=self.out)
         else:
             print(text, file=self.out, flush=True)
+
+    # -- compilation ------------------------------------------------------------------------
+
+    def compiling(self, titles: list) -> None:
+        """`compiling 2 kernels (training step, evaluation)...`, before the first is compiled;
+        `compiled` then reports each.  On a terminal the times complete this line as they
+        come; otherwise each gets a line of its own."""
+        self._compiling = len(titles)
+        if not self.enabled:
+            return
+        noun = "kernel" if len(titles) == 1 else "kernels"
+        header = f"compiling {len(titles)} {noun} ({', '.join(titles)})..."
+        print(header, end="" if self.tty else "\n", file=self.out, flush=True)
+
+    def compiled(self, title: str, seconds: float) -> None:
+        """One program announced by `compiling` finished compiling, in `seconds`."""
+        self._compiling -= 1
+        if not self.enabled:
+            return
+        if self.tty:
+            ending = "\n" if self._compiling <= 0 else ","
+            print(f" {title} {seconds:.1f}s", end=ending, file=self.out, flush=True)
+        else:
+            print(f"  {title}: {seconds:.1f}s", file=self.out, flush=True)
 
     # -- epochs -----------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from netlang.data import Vocabulary
-from netlang.errors import DataError, WeightsError
+from netlang.errors import DataError, UsageError, WeightsError
 from netlang.weights import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
@@ -63,6 +63,19 @@ def has_run(out) -> bool:
         or (out / METRICS_FILE).exists()
 
 
+def pyplot():
+    """matplotlib's pyplot, drawing to files; a one-line UsageError naming the package to
+    install when matplotlib is missing (a run with --plot asks for it before training)."""
+    try:   # imported here: matplotlib is an optional dependency (netlang[plot])
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot
+    except ImportError:
+        raise UsageError("plot=True needs matplotlib, which is not installed: "
+                         "pip install 'netlang[plot]'") from None
+    return matplotlib.pyplot
+
+
 def plot_curves(out, records=None) -> str:
     """Write out/curves.png from the metrics log; returns a one-line message."""
     out = Path(out)
@@ -72,12 +85,7 @@ def plot_curves(out, records=None) -> str:
                    if line.strip()] if path.exists() else []
     if not records:
         return "--plot: no epochs logged yet, nothing to plot"
-    try:   # matplotlib is an optional dependency (netlang[plot])
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "--plot needs matplotlib (pip install 'netlang[plot]'); no plot written"
+    plt = pyplot()
     epochs = [r["epoch"] for r in records]
     metrics = [m for m in ("loss", "accuracy") if any(m in r for r in records)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from netlang.config import debug
 from netlang.data import batches
 from netlang.data.text import with_bits_per_character
 from netlang.errors import WeightsError
@@ -29,7 +30,8 @@ from netlang.train.evaluation import evaluate, evaluated_nodes
 from netlang.train.meters import HostBatches, MetricsOnDevice, MetricsOnHost, prediction_output
 from netlang.train.metrics import MetricAccumulator, class_rule, top_k_values
 from netlang.train.progress import Progress
-from netlang.train.run_dir import FINAL_WEIGHTS, append_metrics, trim_metrics
+from netlang.train.run_dir import (FINAL_WEIGHTS, append_metrics, read_run, trim_metrics,
+                                   write_run)
 from netlang.train.schedules import learning_rate
 from netlang.weights import rng_from_json, rng_state_to_json, save_checkpoint, save_weights
 
@@ -100,6 +102,7 @@ class Trainer:
         self.confusion = "confusion" in config.metrics
         self._stop_requested = False
         self._evaluation_copy = None   # (arrays, the engine's copy of them): see `held`
+        self.compiled = None   # {"seconds", "programs": {title: seconds}} this process compiled
         # Position in the run; replaced by `restore`.
         self.epoch = 0            # epochs completed
         self.batch = 0            # batches completed in the current epoch
@@ -220,12 +223,17 @@ class Trainer:
         last_save = time.monotonic()
         try:
             meter = source = None
+            compile_logged = False
             while self.epoch < self.config.epochs and not self.finished:
                 if source is None:   # once there is an epoch to run (a finished run has none)
                     meter = self._device_meter()
                     source = self._batch_source(train, bs, meter)
                     self._hold_for_evaluation(val)
+                    self._make_programs_ready(min(n, bs), val)
                 record = self._epoch(source, meter, val, val_name, n, bs, steps_per_epoch)
+                if self.compiled is not None and not compile_logged:
+                    record["compile_s"] = self.compiled["seconds"]
+                    compile_logged = True
                 history.records.append(record)
                 last = self.finished or self.epoch >= self.config.epochs
                 self.finished = last
@@ -246,6 +254,38 @@ class Trainer:
         history.stopped_early = self.stopped_early
         history.best_epoch = self.best_epoch
         return history
+
+    def _make_programs_ready(self, batch: int, val: dict | None) -> None:
+        """Compile (or load from the cache) every program the epochs call, before the first
+        step, so the epochs' samples/s and ETA count steps alone: first the line naming the
+        programs to compile, then each one's time.  What was compiled, and for how long, is
+        kept in `compiled` (None when nothing was), which the first record of the log and
+        run.json get."""
+        evaluated = tuple(evaluated_nodes(self.binding, val)) if val is not None else ()
+        eval_batch = min(self.eval_batch_size, count_examples(val)) if val is not None else 0
+        pending = [compilation for compilation in
+                   self.engine.compilations(batch, evaluated, eval_batch)
+                   if not compilation.ready]   # ready: compiled by an earlier fit of this engine
+        self.compiled = None
+        announced = [compilation.title for compilation in pending
+                     if compilation.needs_compiling]
+        if announced:
+            self.progress.compiling(announced)
+        programs = {}
+        for compilation in pending:
+            seconds, was_compiled = compilation.run()
+            if compilation.title in announced:
+                self.progress.compiled(compilation.title, seconds)
+            elif was_compiled:   # its cache entry failed to load
+                self.progress.message(f"compiled {compilation.title} in {seconds:.1f}s")
+            else:
+                debug(1, f"{compilation.title}: loaded in {seconds * 1000:.1f} ms")
+            if was_compiled:
+                programs[compilation.title] = round(seconds, 3)
+        if programs:
+            self.compiled = {"seconds": round(sum(programs.values()), 3), "programs": programs}
+            if self.out is not None:
+                write_run(self.out, {**read_run(self.out), "compile": self.compiled})
 
     def _batch_source(self, train: dict, batch_size: int, meter):
         """Where the epochs' batches come from: the training set uploaded once to where the
