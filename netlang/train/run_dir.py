@@ -71,13 +71,13 @@ def plot_curves(out, records=None) -> str:
         records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
                    if line.strip()] if path.exists() else []
     if not records:
-        return "--plot: no epochs logged yet, nothing to plot"
+        return "`plot=True`: no epochs logged yet, nothing to plot"
     try:   # matplotlib is an optional dependency (netlang[plot])
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "--plot needs matplotlib (pip install 'netlang[plot]'); no plot written"
+        return "`plot=True` needs matplotlib (pip install 'netlang[plot]'); no plot written"
     epochs = [r["epoch"] for r in records]
     metrics = [m for m in ("loss", "accuracy") if any(m in r for r in records)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
