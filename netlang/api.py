@@ -25,7 +25,6 @@ from netlang.saliency import saliency
 from netlang.summary import Summary, summarize
 from netlang.train.binding import as_arrays, bind, check_complete
 from netlang.train.evaluation import evaluate, predict
-from netlang.train.loop import engine_settings, train
 from netlang.train.metrics import top_k_values
 from netlang.train.overrides import apply_overrides, override_strings
 from netlang.train.png import write_png
@@ -137,6 +136,9 @@ class Model:
     def _new_engine(self, config, params=None, seed=None):
         """An engine for this model's device and dtype under `config`, remembered as the
         model's, with `params` (else fresh weights from `seed`, else the config's seed)."""
+        # Kept lazy, as in `fit`: `netlang check` compiles through this module and never loads
+        # the training loop (tests/test_cli.py holds it).
+        from netlang.train.loop import engine_settings
         self._engine = make_engine(self.graph, config, params,
                                    seed=seed if seed is not None else (config.seed if config
                                                                        else 0),
@@ -290,6 +292,9 @@ class Model:
         Progress is printed to stdout (a line per epoch; a bar on a terminal): `verbose=0`
         prints nothing.
         """
+        # Kept lazy: `netlang check` compiles through this module and never loads the training
+        # loop (tests/test_cli.py holds it).
+        from netlang.train.loop import engine_settings, train
         overrides = override_strings(
             epochs=epochs, batch_size=batch_size, optimizer=optimizer, schedule=schedule,
             seed=seed, val_split=val_split, early_stopping=early_stopping,
