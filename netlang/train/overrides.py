@@ -1,9 +1,9 @@
 """Overriding a model's train-section settings from the command line or from Python.
 
 `--set key=value` (and the named flags such as `--epochs`, which become the same
-`key=value` strings; in Python, `fit`'s keywords and `settings=`) are checked by compiling a one-line train section with
-netlang's own parser and `netlang.lower.train_section`, so a value means exactly what
-it would mean in the file: `--set "optimizer=adam(lr=1e-3)"`,
+`key=value` strings; in Python, `fit`'s keywords and `settings=`) are checked by compiling a
+one-line train section with netlang's own parser and `netlang.lower.train_section`, so a
+value means exactly what it would mean in the file: `--set "optimizer=adam(lr=1e-3)"`,
 `--set "schedule=step(every=5, gamma=0.5)"`, `--set "regularize=l2(1e-4) on fc1"`.
 When the model is given, its constants and layer names are in scope.
 
