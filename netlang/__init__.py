@@ -7,7 +7,8 @@ __all__ = ["NetlangError", "__version__", "compile", "load"]
 
 
 def compile(source_or_path, **options):
-    """Compile a `.net` file (a path) or `.net` source text into a `Model`."""
+    """Compile a `.net` file (a path) or `.net` source text into a `Model`; `dtype="float64"`
+    computes in double precision (see `netlang.api.compile` and docs/embedding.md)."""
     from netlang.api import compile as _compile
     return _compile(source_or_path, **options)
 

@@ -1,40 +1,107 @@
-"""The public Python surface: `netlang.compile(...)` and the `Model` it returns."""
+"""The public Python surface: `netlang.compile(...)` and the `Model` it returns.
+
+What an embedding program uses is documented in docs/embedding.md: the float width
+(`compile(..., dtype="float64")`), one optimiser step at a time (`Model.train_step`), gradients
+with the outputs (`Model.gradients`), and the weights (`Model.parameters`, `Model.buffers`).
+"""
 
 from __future__ import annotations
 
 import os
+import typing
+
+import numpy as np
 
 from netlang.bench import bench
-from netlang.ir.graph import Graph
 from netlang.config import timed
 from netlang.data.text import with_bits_per_character
+from netlang.errors import NetlangFileError, UsageError, WeightsError
+from netlang.ir.graph import Graph
 from netlang.lower import lower_source
 from netlang.passes import after_pass
 from netlang.data.text import Vocabulary
-from netlang.runtime import check_device
+from netlang.runtime import check_device, make_engine
+from netlang.runtime.cuda import cuda_module
 from netlang.saliency import saliency
 from netlang.sampling import TextModel, TextSampler
 from netlang.summary import Summary, summarize
+from netlang.train.binding import as_arrays, bind, check_complete
+from netlang.train.evaluation import evaluate, predict
+from netlang.train.metrics import top_k_values
+from netlang.train.overrides import apply_overrides, override_strings
+from netlang.train.png import write_png
+from netlang.train.prepared_data import prepare_data
+from netlang.train.progress import Progress, auto_log_every
+from netlang.train.reconstructions import reconstruction_grid
+from netlang.train.run_dir import (FINAL_WEIGHTS, expected_params, read_run, save_source,
+                                   saved_source, saved_vocabulary, write_run)
+from netlang.train.schedules import depends_on_epochs, describe, step_rate
+from netlang.weights import find_weights, load_weights, read_header, save_weights
+
+# The float widths an engine computes in: parameters, activations and float inputs.
+DTYPES = ("float32", "float64")
+
+
+def _shapes(arrays: dict) -> str:
+    return ", ".join(f"{name}: {tuple(np.shape(value))}" for name, value in arrays.items())
+
+
+class Step(typing.NamedTuple):
+    """What `Model.train_step` returns: the batch's loss (before the update, as `fit` logs
+    it) and {output name: array} (the outputs in training mode, before the update)."""
+
+    loss: float
+    outputs: dict
+
+    def __repr__(self) -> str:
+        return f"Step(loss={self.loss:.6g}, outputs={{{_shapes(self.outputs)}}})"
+
+
+class Gradients(typing.NamedTuple):
+    """What `Model.gradients` returns: the batch's loss, {parameter name: gradient} for every
+    trainable parameter, and {output name: array}, all from one pass."""
+
+    loss: float
+    gradients: dict
+    outputs: dict
+
+    def __repr__(self) -> str:
+        return (f"Gradients(loss={self.loss:.6g}, gradients={{{_shapes(self.gradients)}}}, "
+                f"outputs={{{_shapes(self.outputs)}}})")
+
+
+def check_dtype(dtype) -> str:
+    """`dtype` (a name or a NumPy type) as "float32" or "float64"; a UsageError else."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype `{dtype}`: use float32 or float64")
+    return name
 
 
 class Model:
     """A compiled `.net` model: its graph IR, shapes and summary, and its weights.
 
     The weights live in an execution engine (`netlang.runtime.make_engine`) that is
-    created on first use, seeded by the train section's `seed`: `compile` stays
-    fast and never starts NumPy kernels or Numba.  See docs/training.md.
+    created on first use, seeded by the train section's `seed`, in the model's `dtype`:
+    `compile` stays fast and never starts NumPy kernels or Numba.  See docs/training.md and,
+    for programs that embed netlang, docs/embedding.md.
     """
 
-    def __init__(self, graph: Graph, path: str, *, device: str = "cpu"):
+    def __init__(self, graph: Graph, path: str, *, device: str = "cpu", dtype="float32"):
         self.graph = graph
         self.path = path
         self.device = device
+        self.dtype = check_dtype(dtype)
         self._engine = None
         self._engine_key = None
         # The characters ↔ ids of a character model, as the run that made its weights saved
         # them (`load_weights` reads them); None: the default alphabet (`sample`).
         self.vocabulary = None
         self._sampler = None
+        self._binding = None
 
     @property
     def inputs(self) -> dict:
@@ -43,6 +110,7 @@ class Model:
 
     @property
     def outputs(self) -> dict:
+        """Output name → full shape (batch dimension first, as None)."""
         return {k: self.graph.type_of(v).shape for k, v in self.graph.graph["outputs"].items()}
 
     @property
@@ -52,6 +120,7 @@ class Model:
 
     @property
     def train_config(self):
+        """The train section's settings (a `netlang.ir.train_config.TrainConfig`)."""
         return self.graph.graph["train"]
 
     @property
@@ -61,6 +130,7 @@ class Model:
         return self.graph.graph["source_hash"]
 
     def summary(self) -> Summary:
+        """The rows and totals `netlang check` prints (a table in a REPL)."""
         return summarize(self.graph)
 
     def __repr__(self) -> str:
@@ -69,16 +139,24 @@ class Model:
 
     # -- weights and running ----------------------------------------------------------------
 
+    def _new_engine(self, config, params=None, seed=None):
+        """An engine for this model's device and dtype under `config`, remembered as the
+        model's, with `params` (else fresh weights from `seed`, else the config's seed)."""
+        # Kept lazy, as in `fit`: `netlang check` compiles through this module and never loads
+        # the training loop (tests/test_cli.py holds it).
+        from netlang.train.loop import engine_settings
+        self._engine = make_engine(self.graph, config, params,
+                                   seed=seed if seed is not None else (config.seed if config
+                                                                       else 0),
+                                   device=self.device, dtype=self.dtype)
+        self._engine_key = engine_settings(config) if config else None
+        return self._engine
+
     @property
     def engine(self):
         """The execution engine holding the weights (created on first use)."""
         if self._engine is None:
-            from netlang.runtime import make_engine
-            from netlang.train.loop import _engine_key
-            config = self.train_config
-            self._engine = make_engine(self.graph, config, seed=config.seed if config else 0,
-                                       device=self.device)
-            self._engine_key = _engine_key(config) if config else None
+            self._new_engine(self.train_config)
         return self._engine
 
     @property
@@ -88,26 +166,35 @@ class Model:
 
     @property
     def binding(self):
-        from netlang.train.loop import bind
-        cached = getattr(self, "_binding", None)
-        if cached is None:
-            cached = self._binding = bind(self.graph)
-        return cached
+        """How data arrays feed the model's inputs (`netlang.train.binding.Binding`)."""
+        if self._binding is None:
+            self._binding = bind(self.graph)
+        return self._binding
 
     def parameters(self) -> dict:
-        """Parameter (and buffer) name → NumPy array, in definition order.
+        """Parameter name → NumPy array, trainable and frozen, in definition order; the
+        running statistics (batch norm's mean and variance) are `buffers()`.
 
-        The arrays are the engine's own: writing into them (`p[...] = ...`) changes the model.
-        """
-        return dict(self.engine.params)
+        The arrays are the engine's own (views, not copies): writing into them (`p[...] = w`)
+        changes the model, and training changes them, until `to`, `reset` or a `fit` with
+        other optimiser settings gives the model another engine.  Copy them
+        (`{k: v.copy() for k, v in model.parameters().items()}`) to keep a snapshot."""
+        return self._named(self.graph.parameters())
+
+    def buffers(self) -> dict:
+        """Buffer name → NumPy array: the running statistics that training updates without
+        gradients (batch norm's `running_mean`, `running_var`); views, as `parameters()`."""
+        return self._named(self.graph.buffers())
+
+    def _named(self, names) -> dict:
+        params = self.engine.params
+        return {name: params[name] for name in params if name in names}
 
     def to(self, device: str) -> "Model":
         """Run this model on `device` from now on (`cpu`, `cuda`, `auto` or `reference`),
         keeping its weights and the optimiser's state: `model.to("cuda").fit(...)`.  Without a
         GPU, `to("cuda")` raises a UsageError saying so, and the model stays where it was."""
         if self._engine is not None:
-            import numpy as np
-            from netlang.runtime import make_engine
             old = self._engine
             params = {name: np.array(value) for name, value in old.params.items()}
             engine = make_engine(self.graph, old.config, params, seed=0, device=device,
@@ -119,7 +206,6 @@ class Model:
             engine.rng.bit_generator.state = old.rng.bit_generator.state
             self._engine = engine
         elif device == "cuda":   # fail now, not at the first use, when there is no GPU
-            from netlang.runtime.cuda import cuda_module
             cuda_module()
         else:   # an unknown device fails now too
             check_device(device)
@@ -128,39 +214,76 @@ class Model:
 
     def reset(self, seed: int | None = None) -> "Model":
         """Fresh initial weights (from `seed`, else the train section's seed) and optimiser."""
-        from netlang.runtime import make_engine
-        from netlang.train.loop import _engine_key
-        config = self.train_config
-        seed = seed if seed is not None else (config.seed if config else 0)
-        self._engine = make_engine(self.graph, config, seed=seed, device=self.device)
-        self._engine_key = _engine_key(config) if config else None
+        self._new_engine(self.train_config, seed=seed)
         return self
 
     def _arrays(self, inputs, targets=None, what="inputs"):
-        from netlang.train.loop import as_arrays
-        return as_arrays(self.binding, inputs, targets, what=what)
+        return as_arrays(self.binding, inputs, targets, what=what, dtype=self.dtype)
 
     def forward(self, inputs, *, mode: str = "eval") -> dict:
-        """Run the model: {output name: array}.
+        """Run the model: {output name: array} (fresh arrays).
 
         `inputs` is an array for the model's data input, or a dict {input name: array};
-        arrays hold a batch (examples first).
+        arrays hold a batch (examples first).  Float inputs are converted to the model's
+        dtype (float32 unless compiled with dtype="float64"; a float64 model keeps float64
+        inputs as they are).
         """
         return self.engine.forward(self._arrays(inputs), mode)
 
-    def gradients(self, inputs, targets=None):
-        """(loss, {parameter name: gradient}) on one batch; the weights do not change.
+    def gradients(self, inputs, targets=None, *, mode: str = "train") -> Gradients:
+        """Loss, gradients and outputs of one batch, from one pass: a `Gradients`
+        (`loss, grads, outputs = model.gradients(x, y)`); the weights do not change.
 
-        `targets` is the label array (or a dict of target inputs); in training mode, so
-        dropout is active.
+        `targets` is the label array (or a dict of target inputs).  `mode="train"` (the
+        default) computes what a training step would: dropout active, batch statistics;
+        `mode="eval"` the evaluation pass's values.  The gradients are those of the train
+        section's objective (the weighted sum of the losses), without its regularisers; the
+        arrays are fresh copies.
         """
-        loss, grads, _ = self.engine.gradients(self._arrays(inputs, targets))
-        return float(loss), grads
+        arrays = self._arrays(inputs, targets, what="gradient batch")
+        check_complete(self.binding, arrays, "gradient batch")
+        loss, grads, outputs = self.engine.gradients(arrays, mode)
+        return Gradients(float(loss), grads, outputs)
+
+    def train_step(self, inputs, targets=None, *, steps_per_epoch: int | None = None) -> Step:
+        """One optimiser step on one batch, exactly as `fit` takes it; returns a `Step`
+        (`loss, outputs = model.train_step(x, y)`): the loss and the outputs, in training
+        mode, before the update.
+
+        The step follows the engine's train settings (the train section's, or those of the
+        last `fit` that changed the optimiser): its optimiser and state, regularisers, gradient
+        clipping, dropout and running statistics.  Its learning rate is the schedule's at the
+        optimiser's step count (every step since the weights were made, `fit`'s included):
+        the k-th call on a fresh model uses the rate `fit` uses at its k-th batch.  A schedule
+        that changes the rate (any but `constant`) needs `steps_per_epoch`, the batches in
+        one of `fit`'s epochs.  So `n` calls on the batches `fit(shuffle=False)` would take
+        give the weights that fit gives.  A non-finite loss is returned as it is (`fit`
+        stops the run on one).
+        """
+        if not self.binding.losses:
+            raise UsageError(f"{self.path}: this model has no loss to train: add a `train` "
+                             f"section with `loss ...`")
+        engine = self.engine
+        config = engine.config
+        if steps_per_epoch is None:
+            if depends_on_epochs(config.schedule):
+                raise UsageError(f"the schedule `{describe(config.schedule)}` sets the rate "
+                                 f"by epoch: pass steps_per_epoch=, the batches per epoch")
+            steps_per_epoch = 1
+        elif isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) \
+                or steps_per_epoch < 1:
+            raise UsageError(f"steps_per_epoch= must be a positive integer, got "
+                             f"{steps_per_epoch!r}")
+        arrays = self._arrays(inputs, targets, what="training batch")
+        check_complete(self.binding, arrays, "training batch")
+        lr = step_rate(config, engine.optimizer.steps, steps_per_epoch)
+        loss, outputs = engine.train_step(arrays, lr)
+        return Step(float(loss), outputs)
 
     def fit(self, x=None, y=None, *, data=None, epochs=None, batch_size=None, lr=None,
             optimizer=None, schedule=None, seed=None, val_split=None, early_stopping=None,
             clip_norm=None, settings=(), validation_data=None, out=None, resume=False,
-            force=False, shuffle=True, verbose=False, limit=None, normalize="auto",
+            force=False, shuffle=True, verbose=1, limit=None, normalize="auto",
             checkpoint_every=30.0, plot=False):
         """Train; returns a `History` (one record per epoch: loss, accuracy, val_loss, ...).
 
@@ -172,11 +295,12 @@ class Model:
         `out` writes a run directory (weights, checkpoints, metrics.jsonl), `resume=True`
         continues the run in `out`.  Training continues from the current weights; the
         optimiser state carries over between calls unless the optimiser settings change.
+        Progress is printed to stdout (a line per epoch; a bar on a terminal): `verbose=0`
+        prints nothing.
         """
-        from netlang.runtime import make_engine
-        from netlang.train.loop import _engine_key, train
-        from netlang.train.overrides import apply_overrides, override_strings
-        from netlang.train.progress import Progress, auto_log_every
+        # Kept lazy: `netlang check` compiles through this module and never loads the training
+        # loop (tests/test_cli.py holds it).
+        from netlang.train.loop import engine_settings, train
         overrides = override_strings(
             epochs=epochs, batch_size=batch_size, optimizer=optimizer, schedule=schedule,
             seed=seed, val_split=val_split, early_stopping=early_stopping,
@@ -184,25 +308,23 @@ class Model:
         engine = None
         if not resume:
             config = apply_overrides(self.train_config, overrides, self.graph)
-            key = _engine_key(config)
+            key = engine_settings(config)
             if self._engine is None:
-                engine = make_engine(self.graph, config, seed=config.seed, device=self.device)
+                engine = self._new_engine(config)
             elif key != self._engine_key:
-                engine = make_engine(self.graph, config, self._engine.params,
-                                     seed=config.seed, device=self.device)
+                engine = self._new_engine(config, self._engine.params)
             else:
                 engine = self._engine
-            self._engine, self._engine_key = engine, key
         if resume and out is None:
-            raise ValueError("fit(resume=True) needs out=, the run directory to continue")
+            raise UsageError("fit(resume=True) needs out=, the run directory to continue")
         progress = Progress(enabled=bool(verbose),
                             log_every=auto_log_every(epochs or self.train_config.epochs))
         history, engine, config = train(
             self, data=data, x=x, y=y, validation_data=validation_data, overrides=overrides,
             out=out, resume=out if resume else None, force=force, device=self.device,
             limit=limit, normalize=normalize, progress=progress, engine=engine,
-            checkpoint_every=checkpoint_every, plot=plot, shuffle=shuffle)
-        self._engine, self._engine_key = engine, _engine_key(config)
+            checkpoint_every=checkpoint_every, plot=plot, shuffle=shuffle, dtype=self.dtype)
+        self._engine, self._engine_key = engine, engine_settings(config)
         return history
 
     def evaluate(self, x=None, y=None, *, data=None, split: str = "test", batch_size: int = 256,
@@ -218,8 +340,6 @@ class Model:
         Arrays `x`, `y` (dicts for several inputs), or `data=` a set name/path or data set
         (its `split`: "test" or "train").
         """
-        from netlang.train.loop import evaluate, prepare_data
-        from netlang.train.metrics import top_k_values
         if x is not None and (isinstance(x, str) or hasattr(x, "x_train")):
             data, x = x, None
         per_character = False   # a text set's loss, reported in bits per character too
@@ -228,7 +348,7 @@ class Model:
         else:
             spec = data if data is not None else self.train_config.data
             if spec is None:
-                raise ValueError("evaluate needs arrays x, y or data=")
+                raise UsageError("evaluate needs arrays x, y or data=")
             prepared = prepare_data(spec, self.binding, self.train_config, limit=limit)
             arrays = split_of(prepared, split)
             per_character = prepared.per_character
@@ -242,7 +362,6 @@ class Model:
     def predict(self, x, *, batch_size: int = 256):
         """Class probabilities, shape (examples, classes), for a model with a classification
         loss; otherwise {output name: array}."""
-        from netlang.train.loop import predict
         return predict(self.engine, self.binding, self._arrays(x, what="prediction input"),
                        batch_size)
 
@@ -260,11 +379,9 @@ class Model:
         """For an autoencoder (a loss compares an output with an input): a uint8 image of
         the first 8 examples of `x` over their reconstructions; written as a PNG to `path`
         when given.  Training writes the same picture to its run directory."""
-        from netlang.train.reconstructions import reconstruction_grid
         image = reconstruction_grid(self.engine, self.graph,
                                     self._arrays(x, what="reconstruction input"))
         if path is not None:
-            from netlang.train.png import write_png
             write_png(path, image)
         return image
 
@@ -288,19 +405,18 @@ class Model:
         return self._sampler.generate(vocabulary, prime, length, temperature=temperature,
                                       top_k=top_k, seed=seed)
 
-    def bench(self, *, batch=None, steps=10, device=None, dtype="float32", seed=0) -> dict:
+    def bench(self, *, batch=None, steps=10, device=None, dtype=None, seed=0) -> dict:
         """Seconds per batch of the forward pass and the training step on random inputs,
-        as `netlang bench --json` prints them (see netlang/bench.py).  A fresh engine runs
-        them: the model's weights do not change."""
+        as `netlang bench --json` prints them (see netlang/bench.py), in `dtype` (the
+        model's unless given).  A fresh engine runs them: the model's weights do not change."""
         return bench(self.graph, batch=batch, steps=steps, device=device or self.device,
-                     dtype=dtype, seed=seed, path=self.path)
+                     dtype=check_dtype(dtype or self.dtype), seed=seed, path=self.path)
 
     def save(self, path) -> str:
         """Write the weights: `path` ending in .safetensors is the file; any other path is a
         directory that gets weights.safetensors, run.json and the model's source (so
-        `netlang.load(dir)` works, also for a model compiled from a string)."""
-        from netlang.train.run_dir import FINAL_WEIGHTS, save_source, write_run
-        from netlang.weights import save_weights
+        `netlang.load(dir)` works, also for a model compiled from a string).  Tensors are
+        saved in the model's dtype."""
         path = os.fspath(path)
         meta = {"model": self._model_ref()}
         if path.endswith(".safetensors"):
@@ -317,13 +433,11 @@ class Model:
         """Load weights from a .safetensors file or a run directory into this model.
 
         A file saved from a different model source is refused unless `force`; with
-        `strict=False` only the tensors that fit are loaded.  Returns the load report.
+        `strict=False` only the tensors that fit are loaded.  The file's tensors must be in
+        the model's dtype.  Returns the load report.
         """
-        from netlang.train.loop import expected_params
-        from netlang.train.run_dir import saved_vocabulary
-        from netlang.weights import find_weights, load_weights
-        loaded = load_weights(find_weights(path), expected_params(self.graph), strict=strict,
-                              source_hash=self.source_hash, force=force)
+        loaded = load_weights(find_weights(path), expected_params(self.graph, self.dtype),
+                              strict=strict, source_hash=self.source_hash, force=force)
         params = self.engine.params
         for name, value in loaded.params.items():
             params[name][...] = value
@@ -338,33 +452,35 @@ def _looks_like_path(text: str) -> bool:
     return "\n" not in text and (text.endswith(".net") or os.path.exists(text)) and "->" not in text
 
 
-def compile(source_or_path, *, path: str | None = None) -> Model:
+def compile(source_or_path, *, path: str | None = None, dtype="float32") -> Model:
     """Compile `.net` source text, or the file at a path, into a `Model`.
 
     A `str` that names an existing file or ends in `.net` (and has no newline) is
-    read as a path; anything else is source text.  Raises `netlang.NetlangError`.
+    read as a path; anything else is source text (`path` then names it in errors).
+    `dtype` is the float width the model computes in, "float32" or "float64": its
+    parameters, activations and gradients, and the float inputs it is given (converted to
+    it).  Raises `netlang.NetlangError`.
     """
+    dtype = check_dtype(dtype)
     if isinstance(source_or_path, os.PathLike) or (isinstance(source_or_path, str)
                                                    and _looks_like_path(source_or_path)):
         file_path = os.fspath(source_or_path)
         with timed("front end"):
             graph = after_pass(lower_source(None, file_path), "lower")
-        return Model(graph, file_path)
+        return Model(graph, file_path, dtype=dtype)
     if not isinstance(source_or_path, str):
         raise TypeError("netlang.compile takes a path or .net source text")
     name = path or "<string>"
     if not source_or_path.strip():
-        from netlang.errors import NetlangFileError
         raise NetlangFileError(f"{name} is empty: a model needs at least one `input`", path=name)
     with timed("front end"):
         graph = after_pass(lower_source(source_or_path, name), "lower")
-    return Model(graph, name)
+    return Model(graph, name, dtype=dtype)
 
 
 def split_of(prepared, split: str) -> dict:
     """The arrays of one split ("test", "train" or "val") of prepared data; a UsageError
     names a split the data does not have (`netlang eval --split` reads it too)."""
-    from netlang.errors import UsageError
     table = {"test": prepared.test, "train": prepared.train, "val": prepared.val}
     if split not in table:
         raise UsageError(f"unknown split `{split}` (expected test, train or val)")
@@ -375,7 +491,7 @@ def split_of(prepared, split: str) -> dict:
 
 
 def load(path, *, weights=None, force: bool = False, strict: bool = True,
-         device: str = "cpu") -> Model:
+         device: str = "cpu", dtype="float32") -> Model:
     """A compiled model with trained weights.
 
     - `load("run/")` or `load("model.safetensors")`: the model recorded when the run or
@@ -384,11 +500,9 @@ def load(path, *, weights=None, force: bool = False, strict: bool = True,
     - `load("model.net", weights="run/")`: this model, with the weights of a run directory
       or .safetensors file.
 
-    Weights saved from a different model source are refused unless `force=True`.
+    Weights saved from a different model source are refused unless `force=True`; `dtype`
+    is the model's float width, the one its weights were saved in.
     """
-    from netlang.errors import UsageError, WeightsError
-    from netlang.train.run_dir import read_run, saved_source
-    from netlang.weights import find_weights, read_header
     path = os.fspath(path)
     if weights is None:
         if path.endswith(".net") and not os.path.isdir(path):
@@ -404,7 +518,7 @@ def load(path, *, weights=None, force: bool = False, strict: bool = True,
         from_string = not model_path or model_path.startswith("<")
         source = saved_source(path) if from_string and os.path.isdir(path) else None
         if source is not None:   # a model compiled from a string: its source was saved
-            model = compile(source, path=model_path or None)
+            model = compile(source, path=model_path or None, dtype=dtype)
         elif from_string:
             raise WeightsError(f"{path}: does not record which .net file it belongs to; use "
                                f"netlang.load(model_path, weights={path!r})")
@@ -412,9 +526,9 @@ def load(path, *, weights=None, force: bool = False, strict: bool = True,
             raise WeightsError(f"{path}: was trained from {model_path}, which no longer exists; "
                                f"use netlang.load(model_path, weights={path!r})")
         else:
-            model = compile(model_path)
+            model = compile(model_path, dtype=dtype)
     else:
-        model = compile(path)
+        model = compile(path, dtype=dtype)
     model.device = device
     model.load_weights(weights, force=force, strict=strict)
     return model

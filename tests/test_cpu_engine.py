@@ -167,7 +167,7 @@ def test_an_op_without_a_cpu_kernel_is_refused_in_one_line_never_run_elsewhere(m
         make_engine(model.graph)
     message = str(info.value)
     assert "`lrn` (layer `norm`) has no CPU kernel yet; engines that run it: reference" in message
-    assert message.endswith("use --device reference") and "\n" not in message
+    assert message.endswith('use `device="reference"`') and "\n" not in message
     # The reference engine only when asked for.
     assert make_engine(model.graph, device="reference").name == "reference"
     assert netlang.compile(LRN_MODEL).to("reference").engine_name == "reference"
@@ -199,7 +199,7 @@ def test_recurrent_layers_are_refused_in_one_line_naming_the_reference_engine():
     with pytest.raises(UsageError) as info:
         make_engine(model.graph, device="cpu")
     assert str(info.value) == ("error: `rnn` (layer `enc`) has no CPU kernel yet; engines that "
-                               "run it: reference — use --device reference")
+                               "run it: reference — use `device=\"reference\"`")
     assert make_engine(model.graph, device="reference").name == "reference"
 
 

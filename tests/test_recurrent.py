@@ -324,4 +324,4 @@ def test_the_cpu_engine_refuses_recurrent_layers_in_one_line():
     with pytest.raises(UsageError) as error:
         make_engine(model.graph, device="cpu")
     assert str(error.value) == ("error: `lstm` (layer `rec`) has no CPU kernel yet; engines "
-                                "that run it: reference — use --device reference")
+                                "that run it: reference — use `device=\"reference\"`")

@@ -61,13 +61,26 @@ def command_module(name: str):
     return importlib.import_module(f"netlang.cli.{COMMANDS[name][0]}")
 
 
+# How the API names its keywords in messages, and the setting a message is about.
+_KEYWORD = re.compile(r"`([a-z][a-z_]*)=([^`]*)`|\b([a-z][a-z_]*)=True\b")
+_SETTING = re.compile(r"(^|: )training setting `([^`]*)`")   # what a message is about
+
+
 def in_flag_words(message: str, args: argparse.Namespace) -> str:
-    """An API error's message in the command's own words: a keyword the API names
-    (`force=True`) becomes the flag (`--force`) when the command has one of that name."""
+    """An API message in the command's own words, where the command has the flag: a keyword
+    the API names (`force=True`, `` `data=` ``, `` `epochs=N` ``, `` `device="cpu"` ``)
+    becomes the flag (`--force`, `--data`, `--epochs N`, `--device cpu`), and a message about
+    a "training setting `key=value`" names `--set key=value`."""
     def flag(match: re.Match) -> str:
-        name = match[1]
-        return f"--{name.replace('_', '-')}" if hasattr(args, name) else match[0]
-    return re.sub(r"`?\b([a-z][a-z_]*)=True\b`?", flag, message)
+        name = match[1] or match[3]
+        value = match[2] if match[1] else "True"
+        if not hasattr(args, name):
+            return match[0]
+        words = f"--{name.replace('_', '-')}"
+        return words if value in ("", "True") else f"{words} {value.strip(chr(34))}"
+    if hasattr(args, "settings"):   # the dest of --set
+        message = _SETTING.sub(r"\1--set \2", message)
+    return _KEYWORD.sub(flag, message)
 
 
 def _command_word(argv: list[str]) -> str | None:

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from netlang.cli import in_flag_words
 from netlang.cli.common import (DATA_HELP, NORMALIZE, add_device, compile_model, data_set,
                                 number, positive_int)
 from netlang.train.loop import train
@@ -94,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     epochs = apply_overrides(model.train_config, [o for o in overrides
                                                   if o.startswith("epochs=")]).epochs
     progress = Progress(enabled=not args.quiet,
-                        log_every=args.log_every or auto_log_every(epochs))
+                        log_every=args.log_every or auto_log_every(epochs),
+                        wording=lambda text: in_flag_words(text, args))
     run_dir = Path(out if out is not None else args.resume)
     try:
         history, _, _ = train(

@@ -40,8 +40,8 @@ class EngineBase:
             if not runners:
                 raise UsageError(f"{where}, and no engine runs it yet")
             raise UsageError(f"{where}; engines that run it: "
-                             f"{', '.join(engine.name for engine in runners)} — use --device "
-                             f"{runners[0].name}")
+                             f"{', '.join(engine.name for engine in runners)} — use "
+                             f"`device=\"{runners[0].name}\"`")
 
     def __init__(self, graph, config: TrainConfig | None = None, params: dict | None = None, *,
                  seed: int = 0, dtype=np.float32, input_grads=()):

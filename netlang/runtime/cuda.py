@@ -41,15 +41,15 @@ def cuda_module():
     try:
         from numba import cuda
     except ImportError:
-        raise UsageError("--device cuda: Numba's CUDA support is not installed "
+        raise UsageError("`device=\"cuda\"`: Numba's CUDA support is not installed "
                          "(pip install 'netlang[cuda]')") from None
     try:
         available = cuda.is_available()
     except Exception:   # a broken driver or toolkit install reads as no GPU
         available = False
     if not available:
-        raise UsageError(f"--device cuda: no CUDA GPU is available on this machine ({SIMULATOR_HINT}, "
-                         f"slowly, or use --device cpu)")
+        raise UsageError(f"`device=\"cuda\"`: no CUDA GPU is available on this machine "
+                         f"({SIMULATOR_HINT}, slowly, or use `device=\"cpu\"`)")
     if cuda_simulator():
         _serialise_simulated_shared_arrays()
     return cuda

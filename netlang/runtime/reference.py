@@ -50,7 +50,8 @@ class ReferenceEngine(EngineBase):
         return self._train[mode]
 
     def gradients(self, feeds: dict, mode: str = "train"):
-        """(loss, name → gradient, outputs) for one batch; parameters are not changed."""
+        """(loss, name → gradient, outputs) for one batch, fresh arrays; parameters are not
+        changed."""
         graph, grads, order, targets = self._training(check_mode(mode))
         ctx = ExecContext(mode=mode, rng=self.rng, dtype=self.dtype)
         values = execute(graph, feeds, self.params, targets, ctx, order=order)
@@ -59,8 +60,10 @@ class ReferenceEngine(EngineBase):
         for node, g in grads.of.items():
             name = graph.nodes[node]["name"]
             # No path to the objective: the gradient is zero, shaped like the value itself.
-            named[name] = values[g] if g is not None else np.zeros_like(values[node])
-        outputs = {name: values[n] for name, n in graph.graph["outputs"].items()}
+            # Copies: an interpreted value may be a parameter or an input itself, and the
+            # caller owns what comes back, as from the compiled engines.
+            named[name] = np.array(values[g]) if g is not None else np.zeros_like(values[node])
+        outputs = {name: np.array(values[n]) for name, n in graph.graph["outputs"].items()}
         return float(values[grads.objective]), named, outputs
 
     def train_step(self, feeds: dict, lr: float):
@@ -120,7 +123,7 @@ class ReferenceEngine(EngineBase):
         ctx = ExecContext(mode=mode, rng=self.rng, dtype=self.dtype)
         values = execute(program.graph, feeds, self.params, program.targets, ctx,
                          order=program.order)
-        return {name: values[node] for name, node in zip(names, program.targets)}
+        return {name: np.array(values[node]) for name, node in zip(names, program.targets)}
 
     def loss(self, feeds: dict) -> float:
         """The objective on one batch in evaluation mode (no dropout)."""

@@ -139,10 +139,11 @@ def _named_heads(heads: list) -> dict:
     return {(name if counts[name] == 1 else f"{name}/{head.loss}"): head for name, head in heads}
 
 
-def fit_input(binding: Binding, name: str, array, what: str) -> np.ndarray:
+def fit_input(binding: Binding, name: str, array, what: str, dtype=np.float32) -> np.ndarray:
     """`array` checked and converted for input `name`: its examples shaped like the input's,
-    uint8 images scaled to [0, 1], labels as int64; anything else is a one-line DataError
-    that starts with `what` (what the array is, e.g. `digits (train)`)."""
+    a float input's values in `dtype` (the engine's float width: any other width or integer
+    type is converted, uint8 images scaled to [0, 1]), labels as int64; anything else is a
+    one-line DataError that starts with `what` (what the array is, e.g. `digits (train)`)."""
     if name not in binding.inputs:
         known = ", ".join(f"`{n}`" for n in binding.inputs)
         raise DataError(f"{what}: the model has no input `{name}` (its inputs: {known})")
@@ -174,8 +175,8 @@ def fit_input(binding: Binding, name: str, array, what: str) -> np.ndarray:
         array = fit_to_shape(array, shape, what=f"{what}: `{name}`")
     if is_float:
         if array.dtype == np.uint8:
-            return array.astype(np.float32) / np.float32(255.0)
-        array = array.astype(np.float32, copy=False)
+            return array.astype(dtype) / np.dtype(dtype).type(255.0)
+        array = array.astype(dtype, copy=False)
         if not np.isfinite(array).all():
             raise DataError(f"{what}: input `{name}` contains NaN or infinite values")
         return array
@@ -201,23 +202,24 @@ def check_examples(binding: Binding, arrays: dict, what: str) -> None:
         raise DataError(f"{what}: no examples")
 
 
-def as_arrays(binding: Binding, x, y=None, *, what: str = "data") -> dict:
-    """{input name: array} from `x` (an array for the data input, or a dict) and `y`."""
+def as_arrays(binding: Binding, x, y=None, *, what: str = "data", dtype=np.float32) -> dict:
+    """{input name: array} from `x` (an array for the data input, or a dict) and `y`; float
+    inputs in `dtype` (see `fit_input`)."""
     arrays = {}
     if isinstance(x, dict):
         for name, value in x.items():
-            arrays[name] = fit_input(binding, name, value, what)
+            arrays[name] = fit_input(binding, name, value, what, dtype)
     elif x is not None:
         if binding.data_input is None:
             names = ", ".join(f"`{n}`" for n in binding.data_inputs)
             raise DataError(f"{what}: the model has several data inputs ({names}); pass a dict "
                             f"{{input name: array}}")
-        arrays[binding.data_input] = fit_input(binding, binding.data_input, x, what)
+        arrays[binding.data_input] = fit_input(binding, binding.data_input, x, what, dtype)
     if isinstance(y, dict):
         for name, value in y.items():
-            arrays[name] = fit_input(binding, name, value, what)
+            arrays[name] = fit_input(binding, name, value, what, dtype)
     elif y is not None and binding.label_input is not None:
-        arrays[binding.label_input] = fit_input(binding, binding.label_input, y, what)
+        arrays[binding.label_input] = fit_input(binding, binding.label_input, y, what, dtype)
     check_examples(binding, arrays, what)
     return arrays
 

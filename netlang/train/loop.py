@@ -45,21 +45,20 @@ def engine_settings(config: TrainConfig) -> tuple:
     return (config.optimizer, list(config.regularizers), config.clip_norm, tuple(config.freeze))
 
 
-_engine_key = engine_settings   # the old private name, until netlang.api imports the new one
-
-
 def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(), out=None,
           resume=None, force: bool = False, device: str | None = None,
           limit: int | None = None,
           normalize: str = "auto", samples: int | None = None, data_dir=None,
           progress: Progress | None = None, engine=None, checkpoint_every: float = 30.0,
           plot: bool = False, shuffle: bool = True, on_step=None,
-          evaluate_test: bool = True):
+          evaluate_test: bool = True, dtype: str = "float32"):
     """One training run of `model` (a netlang.api.Model); returns (history, engine, config).
 
     Data comes from `data` (a set name, a path or a Dataset; falls back to the train
     section's `data`) or from arrays `x`/`y`.  `out` is the run directory (weights,
-    checkpoints, metrics.jsonl); `resume` a run directory to continue from.
+    checkpoints, metrics.jsonl); `resume` a run directory to continue from.  `dtype` is the
+    float width of an engine made here, and of arrays `x`/`y` (data sets are converted as
+    the engine takes each batch).
     """
     progress = progress or Progress(enabled=False)
     if plot:
@@ -104,7 +103,7 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         if isinstance(x, str) or hasattr(x, "x_train"):
             data, x = x, None
     if x is not None:
-        train_arrays = as_arrays(binding, x, y, what="training data")
+        train_arrays = as_arrays(binding, x, y, what="training data", dtype=dtype)
         prepared = PreparedData(train_arrays, None, None, "arrays", binding.num_classes)
         if validation_data is None and config.val_split:
             prepared.train, prepared.val = split_arrays(train_arrays, config.val_split,
@@ -113,7 +112,7 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     else:
         spec = data if data is not None else config.data
         if spec is None:
-            raise UsageError("no training data: pass --data (mnist, xor, blobs, spirals, "
+            raise UsageError("no training data: pass `data=` (mnist, xor, blobs, spirals, "
                              "FILE.npz, FILE.csv or text:FILE.txt) or add `data ...` to the "
                              "train section")
         prepared = prepare_data(spec, binding, config, limit=limit, normalize=normalize,
@@ -121,17 +120,18 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
                                 vocabulary=saved_vocabulary(resume) if resume else None)
     if validation_data is not None:
         if isinstance(validation_data, dict):
-            prepared.val = as_arrays(binding, validation_data, what="validation data")
+            prepared.val = as_arrays(binding, validation_data, what="validation data",
+                                    dtype=dtype)
         else:
             vx, vy = validation_data
-            prepared.val = as_arrays(binding, vx, vy, what="validation data")
+            prepared.val = as_arrays(binding, vx, vy, what="validation data", dtype=dtype)
 
     # Engine.
     if checkpoint is not None:
         engine = make_engine(model.graph, config, checkpoint.params, seed=config.seed,
-                             device=device)
+                             device=device, dtype=dtype)
     elif engine is None:
-        engine = make_engine(model.graph, config, seed=config.seed, device=device)
+        engine = make_engine(model.graph, config, seed=config.seed, device=device, dtype=dtype)
     run_info = {"model": os.path.abspath(model.path) if not model.path.startswith("<")
                 else model.path, "source_hash": model.source_hash,
                 "data": spec if isinstance(spec, str) else None, "limit": limit,
@@ -153,7 +153,7 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         if trainer.finished:
             progress.message(f"{resume}: training already finished at epoch {trainer.epoch}"
                              + (" (stopped early)" if trainer.stopped_early else
-                                "; pass --epochs N to train longer"))
+                                "; pass `epochs=N` to train longer"))
         else:
             progress.message(f"resuming {resume} at epoch {trainer.epoch + 1}"
                              + (f", step {trainer.batch + 1} of the epoch" if trainer.batch

@@ -38,7 +38,7 @@ def output_value(graph, outputs: dict, node_name: str):
 def divergence_error(loss: float, epoch: int, step: int) -> DataError:
     """The one-line error for a loss that became NaN or infinite (`epoch` counts from 0)."""
     return DataError(f"training diverged: the loss became {loss} at epoch {epoch + 1}, "
-                     f"step {step} (try a smaller learning rate, --lr)")
+                     f"step {step} (try a smaller learning rate, `lr=`)")
 
 
 class HostBatches:

@@ -1,15 +1,18 @@
 """Overriding a model's train-section settings from the command line or from Python.
 
 `--set key=value` (and the named flags such as `--epochs`, which become the same
-`key=value` strings) are checked by compiling a one-line train section with
-netlang's own parser and `netlang.lower.train_section`, so a value means exactly what
-it would mean in the file: `--set "optimizer=adam(lr=1e-3)"`,
+`key=value` strings; in Python, `fit`'s keywords and `settings=`) are checked by compiling a
+one-line train section with netlang's own parser and `netlang.lower.train_section`, so a
+value means exactly what it would mean in the file: `--set "optimizer=adam(lr=1e-3)"`,
 `--set "schedule=step(every=5, gamma=0.5)"`, `--set "regularize=l2(1e-4) on fc1"`.
 When the model is given, its constants and layer names are in scope.
 
 Besides the train-section settings, `lr=X` sets the optimiser's learning rate
 (keeping the optimiser), and `none` clears `clip_norm`, `early_stopping`,
 `regularize`, `freeze` and `schedule`.
+
+Errors name a setting as "training setting `key=value`"; the command line words that as
+`--set key=value` (`netlang.cli.in_flag_words`).
 """
 
 from __future__ import annotations
@@ -32,15 +35,15 @@ SOURCE_NAME = "<--set>"
 def split_override(text: str) -> tuple[str, str]:
     """`"batch-size = 64"` → `("batch_size", "64")`, or a one-line UsageError."""
     if not isinstance(text, str) or "=" not in text:
-        raise UsageError(f"--set expects key=value (e.g. --set epochs=5), got `{text}`")
+        raise UsageError(f"training setting `{text}`: expected key=value, such as epochs=5")
     key, value = text.split("=", 1)
     key = key.strip().replace("-", "_")
     value = value.strip()
     if key == "loss":
-        raise UsageError("--set loss: the loss is part of the model and cannot be overridden; "
-                         "edit the train section instead")
+        raise UsageError("training setting `loss`: the loss is part of the model and cannot be "
+                         "overridden; edit the train section instead")
     if key not in OVERRIDABLE:
-        raise UsageError(f"--set {key}: unknown training setting{did_you_mean(key, OVERRIDABLE)} "
+        raise UsageError(f"unknown training setting `{key}`{did_you_mean(key, OVERRIDABLE)} "
                          f"(known: {', '.join(OVERRIDABLE)})")
     return key, value
 
@@ -85,7 +88,7 @@ def apply_overrides(config: TrainConfig, overrides, graph=None) -> TrainConfig:
     for text in overrides or ():
         key, value = split_override(text)
         if key == "lr":
-            lr = _positive_float(value, "--set lr")
+            lr = _positive_float(value, "training setting `lr`")
             continue
         if value.lower() in ("none", "") and key in _CLEARABLE:
             if key == "schedule":
@@ -128,24 +131,25 @@ def _lower_item(key: str, value: str, text: str, scope: _ModelScope) -> TrainCon
     try:
         module = parse(snippet, SOURCE_NAME)
     except NetlangError as error:
-        raise UsageError(f"--set {text}: cannot read `{value}`: {error.message}") from None
+        raise UsageError(f"training setting `{text}`: cannot read `{value}`: "
+                         f"{error.message}") from None
     trains = [i for i in module.items if type(i).__name__ == "Train"]
     if len(trains) != 1 or len(trains[0].items) != 1:
-        raise UsageError(f"--set {text}: expected one value for `{key}`")
+        raise UsageError(f"training setting `{text}`: expected one value for `{key}`")
     lowerer, model_scope = scope.get()
     before = len(lowerer.diagnostics)
     saved = dict(lowerer.graph.graph)
     try:
         lower_train_section(lowerer, trains[0], model_scope)
     except NetlangError as error:
-        raise UsageError(f"--set {text}: {error.message}") from None
+        raise UsageError(f"training setting `{text}`: {error.message}") from None
     new = lowerer.diagnostics[before:]
     del lowerer.diagnostics[before:]
     parsed = lowerer.graph.graph["train"]
     lowerer.graph.graph.clear()
     lowerer.graph.graph.update(saved)
     if new:
-        raise UsageError(f"--set {text}: {new[0].message}")
+        raise UsageError(f"training setting `{text}`: {new[0].message}")
     return parsed
 
 

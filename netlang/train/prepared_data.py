@@ -63,12 +63,12 @@ def prepare_data(spec, binding: Binding, config: TrainConfig, *, limit: int | No
                           target_columns=binding.target_columns if targets == "values" else 1,
                           label_shape=label_shape, ids=takes_ids)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise UsageError(f"--limit must be a positive integer, got {limit!r}")
+        raise UsageError(f"`limit=` must be a positive integer, got {limit!r}")
     if isinstance(ds, NamedDataset):
         return _prepare_named(ds, binding, config, limit, normalize)
     if takes_ids and normalize not in (None, "auto", "none"):
-        raise UsageError(f"input `{binding.data_input}` takes integer ids, which --normalize "
-                         f"{normalize} does not apply to")
+        raise UsageError(f"input `{binding.data_input}` takes integer ids, which "
+                         f"`normalize=\"{normalize}\"` does not apply to")
     notes = []
     if isinstance(ds, TextCorpus):
         corpus = ds
@@ -220,7 +220,7 @@ def _prepare_named(ds: NamedDataset, binding: Binding, config: TrainConfig,
         raise DataError(f"unknown normalization `{normalize}` (expected one of "
                         f"{', '.join(NORMALIZE_METHODS)})")
     if normalize == "standardize":
-        raise UsageError(f"{ds.name}: --normalize standardize works on one input (x_train); "
+        raise UsageError(f"{ds.name}: `normalize=\"standardize\"` works on one input (x_train); "
                          f"standardize named arrays before saving them")
     splits = {}
     for split, arrays in (("train", ds.train), ("test", ds.test)):

@@ -44,11 +44,13 @@ def format_record(record: dict, epochs: int) -> str:
 
 class Progress:
     """Reports a training run. `tty=None` detects a terminal on `stream` (default stderr);
-    summary lines go to `out` (default stdout)."""
+    summary lines go to `out` (default stdout).  Messages name the API's keywords
+    (`epochs=N`); `wording` rewrites them for another caller (the command line's flags)."""
 
     def __init__(self, *, enabled: bool = True, tty: bool | None = None, stream=None, out=None,
-                 log_every: int = 1):
+                 log_every: int = 1, wording=None):
         self.enabled = enabled
+        self.wording = wording
         self.stream = stream if stream is not None else sys.stderr
         self.out = out if out is not None else sys.stdout
         if tty is None:
@@ -65,8 +67,11 @@ class Progress:
     # -- lines ------------------------------------------------------------------------------
 
     def message(self, text: str) -> None:
+        """Print one line (between bars), in the caller's words."""
         if not self.enabled:
             return
+        if self.wording is not None:
+            text = self.wording(text)
         if self._bar is not None:
             self._bar.write(text, file=self.out)
         else:

@@ -84,7 +84,7 @@ def plot_curves(out, records=None) -> str:
         records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
                    if line.strip()] if path.exists() else []
     if not records:
-        return "--plot: no epochs logged yet, nothing to plot"
+        return "`plot=True`: no epochs logged yet, nothing to plot"
     plt = pyplot()
     epochs = [r["epoch"] for r in records]
     metrics = [m for m in ("loss", "accuracy") if any(m in r for r in records)]

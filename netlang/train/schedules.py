@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from netlang.ir.train_config import Choice
+from netlang.ir.train_config import Choice, TrainConfig
 
 
 def learning_rate(schedule: Choice | None, base_lr: float, epoch: int, *, step: int = 0,
@@ -47,6 +47,20 @@ def learning_rate(schedule: Choice | None, base_lr: float, epoch: int, *, step: 
         progress = min(1.0, max(0.0, (start - warmup) / total)) if total > 0 else 1.0
         return float(min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress)))
     raise ValueError(f"unknown schedule `{name}`")
+
+
+def step_rate(config: TrainConfig, step_number: int, steps_per_epoch: int) -> float:
+    """The rate a run under `config` (its optimiser's `lr`, schedule and epochs) uses at its
+    `step_number`-th step (0-based) when each epoch has `steps_per_epoch` steps."""
+    steps_per_epoch = max(1, int(steps_per_epoch))
+    epoch, step = divmod(int(step_number), steps_per_epoch)
+    return learning_rate(config.schedule, config.optimizer.args["lr"], epoch, step=step,
+                         steps_per_epoch=steps_per_epoch, epochs=config.epochs)
+
+
+def depends_on_epochs(schedule: Choice | None) -> bool:
+    """Whether the schedule's rate changes over the run (every schedule but `constant`)."""
+    return schedule is not None and schedule.name != "constant"
 
 
 def epoch_rates(schedule: Choice | None, base_lr: float, epochs: int) -> list[float]:

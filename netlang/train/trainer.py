@@ -32,7 +32,7 @@ from netlang.train.metrics import MetricAccumulator, class_rule, top_k_values
 from netlang.train.progress import Progress
 from netlang.train.run_dir import (FINAL_WEIGHTS, append_metrics, read_run, trim_metrics,
                                    write_run)
-from netlang.train.schedules import learning_rate
+from netlang.train.schedules import step_rate
 from netlang.weights import rng_from_json, rng_state_to_json, save_checkpoint, save_weights
 
 STATE_VERSION = 1
@@ -204,9 +204,7 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
 
     def _lr(self, epoch: int, step: int, steps_per_epoch: int) -> float:
-        return learning_rate(self.config.schedule, self.config.optimizer.args["lr"], epoch,
-                             step=step, steps_per_epoch=steps_per_epoch,
-                             epochs=self.config.epochs)
+        return step_rate(self.config, epoch * steps_per_epoch + step, steps_per_epoch)
 
     def fit(self, train: dict, val: dict | None = None, *, val_name: str = "val") -> History:
         """Train on `train` ({input: array}) for the configured epochs; validate on `val`."""
