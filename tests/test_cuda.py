@@ -22,7 +22,7 @@ import pytest
 
 import netlang
 from netlang.codegen.cuda import GPU, CudaUpdatePlan, render_program
-from netlang.codegen.cpu import ParamUpdate
+from netlang.codegen.update import ParamUpdate
 from netlang.interp import needed_nodes
 from netlang.passes.autodiff import differentiate
 from netlang.passes.fusion import plan_fusion

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import netlang
-from netlang.codegen import cpu, cuda
+from netlang.codegen import cpu, cuda, update
 from netlang.codegen.spelling import CpuSpelling, CudaSpelling
 from netlang.interp import needed_nodes
 from netlang.passes.autodiff import differentiate
@@ -98,7 +98,7 @@ train {
 
 def _training_step_source(graph, target: str) -> str:
     """The source of `graph`'s training step as `target`'s renderer writes it (not compiled)."""
-    render, plan_class = {"cpu": (cpu.render_program, cpu.UpdatePlan),
+    render, plan_class = {"cpu": (cpu.render_program, update.UpdatePlan),
                           "cuda": (cuda.render_program, cuda.CudaUpdatePlan)}[target]
     graph = training_graph(graph)
     grads = differentiate(graph, list(graph.parameters().values()))
@@ -107,7 +107,7 @@ def _training_step_source(graph, target: str) -> str:
         list(graph.graph["outputs"].values()) + list(grad_nodes.values())
     order = needed_nodes(graph, keep)
     config = graph.graph["train"]
-    updates = [cpu.ParamUpdate(name, g, graph.nodes[graph.node_named(name)]["layer"],
+    updates = [update.ParamUpdate(name, g, graph.nodes[graph.node_named(name)]["layer"],
                                graph.nodes[graph.node_named(name)]["attrs"].get("penalise", False))
                for name, g in grad_nodes.items()]
     plan = plan_class(graph, order, updates, config.optimizer, config.regularizers,

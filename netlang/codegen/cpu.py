@@ -19,18 +19,20 @@ import re
 from netlang.codegen.spelling import CpuSpelling
 from netlang.ir.graph import Graph
 from netlang.ops import get_op
-from netlang.ops.optim import OPTIMIZERS, cpu_penalty
 from netlang.passes.memory import EXTERNAL
 
 
 @dataclasses.dataclass
 class ProgramArg:
-    kind: str   # input, key (a dropout mask's per-step key), param, state, slot
-    key: object  # input/param/state name, dropout_mask node, slot index
+    """One positional argument of a generated program: what the engine passes there."""
+    kind: str   # input, key (a dropout mask's per-step key), param, state, slot, scratch
+    key: object  # input/param/state name, dropout_mask node, slot index, scratch name
 
 
 @dataclasses.dataclass
 class Program:
+    """A rendered program: its module's source, the function to call, what to pass it (after
+    which come `lr` and `t`), and the slots in which it leaves the values the caller keeps."""
     source: str
     function: str
     args: list           # ProgramArg per positional argument
@@ -55,10 +57,12 @@ class Emitter:
         self.issued: list[str] = []   # the names `fresh` gave out, in order
 
     def line(self, text: str) -> None:
+        """Appends `text` at the current indentation."""
         self.lines.append("    " * self.depth + text)
 
     @contextlib.contextmanager
     def block(self, header: str):
+        """Emits `header` (a `for`, an `if`) and indents what is emitted inside the `with`."""
         self.line(header)
         self.depth += 1
         try:
@@ -67,6 +71,8 @@ class Emitter:
             self.depth -= 1
 
     def fresh(self, prefix: str = "t") -> str:
+        """A new name: `prefix` and the next number of this emitter's counter (a worker function's
+        emitter continues the program's, so names never repeat within a program)."""
         self._count += 1
         name = f"{prefix}{self._count}"
         self.issued.append(name)
@@ -110,12 +116,15 @@ class Kernel:
         return self.program.argument("slot", self.program.buffers.workspaces[self.node][i])
 
     def line(self, text: str) -> None:
+        """Emits a line of the kernel's code (into the worker function while one is open)."""
         self.emitter.line(text)
 
     def block(self, header: str):
+        """Emits `header` (a `for`, an `if`) and indents what the `with` emits."""
         return self.emitter.block(header)
 
     def fresh(self, prefix: str = "t") -> str:
+        """A new variable name, unique in the program."""
         return self.emitter.fresh(prefix)
 
     def rows(self, var: str, type_) -> str:
@@ -127,6 +136,7 @@ class Kernel:
         return self.program.view(var, f"({var}.size // {width}, {width})", "v")
 
     def flat(self, var: str) -> str:
+        """A 1-D view of an array variable (`var.reshape(var.size)`)."""
         return self.program.view(var, f"{var}.size", "f")
 
     def epilogue(self, out2d: str, bias: str | None = None, row0: str | None = None) -> None:
@@ -205,6 +215,7 @@ class Kernel:
 
     @property
     def emitter(self):
+        """Where the kernel's lines go: the program's emitter, or a worker function's."""
         return self.program.emitter   # a worker function's while one is being written
 
     # Splitting a batch among the CPU's cores.
@@ -235,6 +246,9 @@ class Kernel:
 
 
 class ProgramWriter:
+    """Writes one program's source from the ops' CPU templates: each node's code in order, the
+    variable holding each node's value, and the arguments the program takes.  A target's
+    renderer subclasses it and overrides only what differs (`codegen/cuda.py`)."""
     spelling = CpuSpelling()   # how constants and math functions are written (see CpuSpelling)
 
     def __init__(self, graph: Graph, order, fusion, buffers, dtype: str, mode: str = "eval",
@@ -333,6 +347,9 @@ class ProgramWriter:
         outer.line(f"set_blas_threads({saved})")
 
     def argument(self, kind: str, key) -> str:
+        """The parameter (`a0`, `a1`, ...) through which the program receives `key` of `kind`
+        (see ProgramArg).  Added on first use, so the arguments come in the order the code first
+        reads them."""
         if (kind, key) not in self._arg_of:
             name = f"a{len(self.args)}"
             self.args.append(ProgramArg(kind, key))
@@ -370,6 +387,8 @@ class ProgramWriter:
     # -- elementwise ------------------------------------------------------------------------
 
     def expression(self, node: int, operand_values: list[str]) -> str:
+        """The value of an elementwise op as one scalar expression of `operand_values` (variable
+        names), from its `cpu_expr` template written with this writer's spelling."""
         op = get_op(self.graph.op(node))
         # Variadic ops (add, multiply) read their operand count from `_arity`.
         attrs = dict(self.graph.nodes[node]["attrs"], _arity=len(operand_values))
@@ -433,6 +452,10 @@ class ProgramWriter:
         return current
 
     def emit_epilogue(self, host: int, out2d: str, bias: str | None, row0: str | None = None) -> None:
+        """The loop that ends a matrix product into `out2d`: adds `bias` (one per column) and
+        runs `host`'s fused elementwise ops on each element in place; nothing when there are
+        neither.  With `row0`, `out2d` is the block of the output's rows that starts there, which
+        is how the fused ops' operands are indexed."""
         chain = self.fusion.epilogue.get(host, [])
         if not chain and bias is None:
             return
@@ -451,6 +474,9 @@ class ProgramWriter:
     # -- the program ------------------------------------------------------------------------
 
     def emit_node(self, node: int) -> None:
+        """Emits the code that computes `node`, or none: inputs and parameters are passed in, a
+        fused op is computed by its host's kernel, a view is only a variable, and a weight
+        gradient the update absorbs is its product into the update's target."""
         data = self.graph.nodes[node]
         op_name = data["op"]
         if op_name in EXTERNAL or node in self.fusion.host_of:
@@ -470,6 +496,8 @@ class ProgramWriter:
     # A target's renderer overrides this: which template an op's kernel comes from, and what
     # the template sees.
     def emit_kernel(self, op, node: int) -> None:
+        """A non-elementwise op's kernel, from its `cpu_kernel` template.  An op without one is
+        refused (NotImplementedError), never computed some other way."""
         if op.cpu_kernel is None:
             raise NotImplementedError(f"op `{op.name}` has no CPU kernel")
         op.cpu_kernel(Kernel(self, node))
@@ -541,128 +569,3 @@ def render_program(graph: Graph, order, fusion, buffers, *, dtype: str, function
     source = "\n".join(header + body + ["    return 0", ""])
     return Program(source, function, writer.args, result_slots(buffers, keep),
                    tuple(writer.parts.items()))
-
-
-@dataclasses.dataclass
-class ParamUpdate:
-    name: str        # parameter name
-    grad: int        # its gradient node
-    layer: str       # the layer owning it (regularisers may name layers)
-    penalised: bool  # whether weight penalties apply to it
-
-
-class UpdatePlan:
-    """The optimiser update that ends a training step, as rendered into the step's source.
-
-    Where the optimiser allows it (its `gemm_update`), a weight whose gradient is a single
-    matrix product (an op that `absorbs_update`) is updated by that product itself, at its
-    place in the backward pass: gemm accumulates into the momentum buffer (or the weight, for
-    plain SGD) and the gradient is never stored.  That is only done when nothing later in the step reads the
-    weight, no penalty or clipping needs the gradient, and the weight is not shared.
-    """
-
-    def __init__(self, graph, order, updates, optimizer, regularizers, clip_norm, dtype: str):
-        self.optimizer, self.regularizers, self.clip_norm = optimizer, regularizers, clip_norm
-        definition = OPTIMIZERS[optimizer.name]
-        self.template = definition.update_template
-        self.slots = definition.state_slots(optimizer.args)
-        self.penalty = cpu_penalty
-        self.gemm = "gemm32" if dtype == "float32" else "gemm64"
-        absorb = definition.gemm_update
-        rule = absorb(optimizer.args) if absorb and not clip_norm else None
-        position = {n: i for i, n in enumerate(order)}
-        self.absorbed, self.rule = {}, rule
-        self.rest = []
-        for u in updates:
-            param = graph.node_named(u.name)
-            readers_after = [c for c in graph.successors(param)
-                             if c in position and position[c] > position[u.grad]]
-            if (rule is not None and get_op(graph.op(u.grad)).absorbs_update
-                    and not readers_after
-                    and not cpu_penalty(regularizers, u.layer, u.penalised, CpuSpelling(), "p")):
-                self.absorbed[u.grad] = u
-            else:
-                self.rest.append(u)
-
-    def _state_flats(self, writer, u, slots):
-        names = {}
-        for slot in slots:
-            s = writer.argument("state", f"{u.name}.{slot}")
-            names[slot] = (s, writer.view(s, f"{s}.size", "f"))
-        return names
-
-    def emit_absorbed(self, writer, node):
-        """The weight gradient's product, accumulating straight into the update's target."""
-        e, u, rule = writer.emitter, self.absorbed[node], self.rule
-        graph = writer.graph
-        g, x = graph.operands(node)
-        g2 = _rows(writer, writer.var(g), graph.type_of(g))
-        x2 = _rows(writer, writer.var(x), graph.type_of(x))
-        p = writer.argument("param", u.name)
-        state = self._state_flats(writer, u, self.slots)
-        target = p if rule.target == "param" else state[rule.target][0]
-        e.line(f"# {sanitise_comment(u.name)}: gradient product fused with the update")
-        with e.block("if t == 1:"):
-            e.line(f"{self.gemm}(True, False, {rule.first[0]}, {g2}, {x2}, {rule.first[1]}, {target})")
-        with e.block("else:"):
-            e.line(f"{self.gemm}(True, False, {rule.later[0]}, {g2}, {x2}, {rule.later[1]}, {target})")
-        if rule.after:
-            pf = e.fresh("f")
-            e.line(f"{pf} = {p}.reshape({p}.size)")
-            names = {"p": pf, **{slot: flat for slot, (_, flat) in state.items()}}
-            with e.block(f"for i in range({pf}.size):"):
-                for line in rule.after:
-                    e.line(line.format(**names))
-
-    def update_flats(self, writer) -> list:
-        """(update, flat parameter, flat gradient, template names) of each parameter updated
-        after the products, on every target."""
-        flats = []
-        if self.rest:
-            writer.emitter.line("# optimiser update")
-        for u in self.rest:
-            p = writer.argument("param", u.name)
-            g = writer.var(u.grad)
-            pf, gf = writer.view(p, f"{p}.size", "f"), writer.view(g, f"{g}.size", "f")
-            names = {"p": pf, **{slot: flat for slot, (_, flat) in
-                                 self._state_flats(writer, u, self.slots).items()}}
-            flats.append((u, pf, gf, names))
-        return flats
-
-    def emit_element_update(self, e, c, u, pf, gf, body) -> None:
-        """One element's update inside the loop over a parameter: its gradient, the penalty,
-        the clipping factor and the optimiser's lines."""
-        e.line(f"gi = {gf}[i]")
-        for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
-            e.line(line)
-        if self.clip_norm:
-            e.line("gi = gi * clipf")
-        for line in body:
-            e.line(line)
-
-    def emit_tail(self, writer):
-        e, c = writer.emitter, writer.spelling
-        flats = self.update_flats(writer)
-        clip = self.clip_norm
-        if clip:
-            e.line("norm2 = 0.0")
-            for u, pf, gf, names in flats:
-                with e.block(f"for i in range({gf}.size):"):
-                    e.line(f"gi = {gf}[i]")
-                    for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
-                        e.line(line)
-                    e.line("norm2 += gi * gi")
-            e.line("clipf = 1.0")
-            with e.block(f"if np.sqrt(norm2) > {clip!r}:"):
-                e.line(f"clipf = {clip!r} / (np.sqrt(norm2) + 1e-6)")
-        for u, pf, gf, names in flats:
-            prologue, body = self.template(self.optimizer.args, c, names)
-            for line in prologue:
-                e.line(line)
-            with e.block(f"for i in range({gf}.size):"):
-                self.emit_element_update(e, c, u, pf, gf, body)
-
-
-def _rows(writer, var, type_):
-    width = type_.shape[-1]
-    return writer.view(var, f"({var}.size // {width}, {width})", "v")

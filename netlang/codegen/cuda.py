@@ -30,10 +30,11 @@ import contextlib
 import dataclasses
 import re
 
-from netlang.codegen.cpu import (Emitter, Kernel, Program, ProgramWriter, UpdatePlan,
-                                 emit_program_body, result_slots, sanitise_comment)
+from netlang.codegen.cpu import (Emitter, Kernel, Program, ProgramWriter, emit_program_body,
+                                 result_slots, sanitise_comment)
 from netlang.codegen.cpu import supported as supported_on
 from netlang.codegen.spelling import CudaSpelling
+from netlang.codegen.update import UpdatePlan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,21 +85,27 @@ class KernelEmitter(Emitter):
 
     @property
     def in_kernel(self) -> bool:
+        """Whether a kernel's body is being written (so `line` writes into it)."""
         return self._host is not None
 
     def open_kernel(self) -> None:
+        """Starts a kernel's body: later lines go to a fresh list at depth 1 until
+        `close_kernel`, the host function's set aside.  Kernels do not nest."""
         if self._host is not None:
             raise NotImplementedError("a kernel template opened a kernel inside a kernel")
         self._host = (self.lines, self.depth)
         self.lines, self.depth = [], 1
 
     def close_kernel(self) -> list:
+        """Ends the kernel's body and returns its lines; lines go to the host function again."""
         body = self.lines
         self.lines, self.depth = self._host
         self._host = None
         return body
 
     def host_line(self, text: str) -> None:
+        """A line of the host function, even while a kernel is open: a view a kernel reads is
+        made on the host, before the kernel's launch."""
         if self._host is None:
             self.line(text)
         else:
@@ -107,6 +114,8 @@ class KernelEmitter(Emitter):
 
     @property
     def host_depth(self) -> int:
+        """The host function's indentation, whether or not a kernel is open (1: outside every
+        block)."""
         return self.depth if self._host is None else self._host[1]
 
 
@@ -115,38 +124,52 @@ class CudaKernel(Kernel):
     Its lines must lie inside them: a line for the host function would run on the host."""
 
     def line(self, text: str) -> None:
+        """A line of the open kernel's body; refused outside a kernel, where it would run on the
+        host."""
         if not self.program.emitter.in_kernel:
             raise NotImplementedError(f"`{self.graph.op(self.node)}`'s template writes host code")
         self.program.emitter.line(text)
 
     def block(self, header: str):
+        """A block (`for`, `if`) of the open kernel's body; refused outside a kernel."""
         if not self.program.emitter.in_kernel:
             raise NotImplementedError(f"`{self.graph.op(self.node)}`'s template writes host code")
         return self.program.emitter.block(header)
 
     def fresh(self, prefix: str = "t") -> str:
+        """A new variable name, unique in the program."""
         return self.program.emitter.fresh(prefix)
 
     def helper(self, name: str, module: str = "") -> str:
+        """Refused: a CUDA template cannot call a CPU helper."""
         # CPU helpers are host code; device functions would need a GPU to type a kernel
         # (compile_ptx), so CUDA templates write their loops out.
         raise NotImplementedError(f"`{self.graph.op(self.node)}` calls the CPU helper {name}")
 
     def epilogue(self, out2d, bias=None, row0=None):
+        """Refused: on the GPU the epilogue is part of the product's kernel (`matmul`)."""
         raise NotImplementedError("the CUDA renderer fuses epilogues into k.matmul")
 
     def parallel(self, size: str, index: str = "i"):
+        """Independent iterations `index` < `size`: a kernel with a grid-stride loop."""
         return self.program.grid_loop(index, size)
 
     def reduction(self, size, index, body, finish, groups=None, group="g") -> None:
+        """Σ over `index` < `size` as a block reduction in shared memory, one block per group
+        (`CudaProgramWriter.reduction`)."""
         self.program.reduction(size, index, body, finish, groups, group)
 
     def matmul(self, a, b, out, trans_a=False, trans_b=False, bias=None, epilogue=True,
                row0=None, accumulate=False) -> None:
+        """out ← op(a)·op(b) (+ out, with `accumulate`) as a tiled product kernel whose epilogue
+        adds `bias` and, with `epilogue`, runs this node's fused ops; `out` may be the block of
+        the output's rows that starts at row `row0`."""
         self.program.gemm(self.node if epilogue else None, a, b, out, trans_a, trans_b,
                           bias=bias, row0=row0, beta="1.0" if accumulate else "0.0")
 
     def host_value(self, expr: str, prefix: str = "h") -> str:
+        """A host-function variable holding `expr` (a view, a slice, a block bound); kernels that
+        read it take it as a parameter.  Refused inside a kernel."""
         if self.program.emitter.in_kernel:
             raise NotImplementedError(f"`{self.graph.op(self.node)}`'s template writes host "
                                       "code inside a kernel")
@@ -156,6 +179,8 @@ class CudaKernel(Kernel):
         return name
 
     def host_block(self, header: str, defines=()):
+        """A block (`for`, `if`) of the host function; `defines`, the names its header binds,
+        become parameters of the kernels that read them.  Refused inside a kernel."""
         if self.program.emitter.in_kernel:
             raise NotImplementedError(f"`{self.graph.op(self.node)}`'s template writes host "
                                       "code inside a kernel")
@@ -180,11 +205,15 @@ class CudaProgramWriter(ProgramWriter):
     # -- host variables ---------------------------------------------------------------------
 
     def argument(self, kind: str, key) -> str:
+        """As on the CPU; the argument is also a host variable, so a kernel that reads it takes
+        it as a parameter."""
         name = super().argument(kind, key)
         self.host_names.add(name)
         return name
 
     def view(self, var: str, shape: str, prefix: str) -> str:
+        """`var.reshape(shape)`, made in the host function (even while a kernel is open) and
+        passed to the kernels that read it; made once per program outside every host block."""
         key = (var, shape)
         if key in self._views:
             return self._views[key]
@@ -227,6 +256,7 @@ class CudaProgramWriter(ProgramWriter):
                 yield
 
     def loop(self, index: str, size: str):
+        """An elementwise op's loop: a kernel with a grid-stride loop."""
         return self.grid_loop(index, size)
 
     def reduction(self, size, index, body, finish, groups=None, group="g") -> None:
@@ -359,6 +389,8 @@ class CudaProgramWriter(ProgramWriter):
     # -- the program --------------------------------------------------------------------------
 
     def emit_kernel(self, op, node: int) -> None:
+        """A non-elementwise op's kernel, from its `cuda_kernel` template.  An op without one is
+        refused (NotImplementedError), never run on the CPU instead."""
         if op.cuda_kernel is None:
             raise NotImplementedError(f"op `{op.name}` has no CUDA kernel")
         op.cuda_kernel(CudaKernel(self, node))
@@ -547,6 +579,9 @@ class CudaUpdatePlan(UpdatePlan):
     which every update kernel reads."""
 
     def emit_absorbed(self, writer, node):
+        """The weight gradient's product as a tiled product kernel accumulating into the update's
+        target with the optimiser rule's α and β (one pair for the first step, one for later
+        steps), then the rule's per-element lines as a grid-stride kernel."""
         e, u, rule = writer.emitter, self.absorbed[node], self.rule
         graph = writer.graph
         g, x = graph.operands(node)
@@ -567,6 +602,10 @@ class CudaUpdatePlan(UpdatePlan):
                     e.line(line.format(**names))
 
     def emit_tail(self, writer):
+        """The update of every parameter not absorbed into its gradient's product, one grid-stride
+        kernel each running the optimiser's template.  With clipping, the squared global norm is
+        first summed into a scratch scalar (a reduction per gradient), from which each update
+        kernel computes the clipping factor."""
         e, c = writer.emitter, writer.spelling
         flats = self.update_flats(writer)
         clip, norm = self.clip_norm, None

@@ -31,6 +31,9 @@ class CpuSpelling:
     imports = ("from math import erf",)
 
     def __call__(self, value) -> str:
+        """`value` as a constant of the generated module's float type `F`: `F(0.5)`; an int as a
+        float literal, `F(2.0)`; an infinity through `inf` (its repr, `inf`, names nothing in the
+        module); a bool stays `True` or `False`."""
         if isinstance(value, bool):
             return "True" if value else "False"
         if isinstance(value, int):
@@ -40,21 +43,27 @@ class CpuSpelling:
         return f"F({value!r})"
 
     def exp(self, x: str) -> str:
+        """eˣ of the scalar expression `x`."""
         return f"np.exp({x})"
 
     def expm1(self, x: str) -> str:
+        """eˣ − 1, accurate for small `x`, where exp(x) − 1 cancels."""
         return f"np.expm1({x})"
 
     def log(self, x: str) -> str:
+        """The natural logarithm of `x`."""
         return f"np.log({x})"
 
     def log1p(self, x: str) -> str:
+        """log(1 + x), accurate for small `x`."""
         return f"np.log1p({x})"
 
     def tanh(self, x: str) -> str:
+        """The hyperbolic tangent of `x`."""
         return f"np.tanh({x})"
 
     def sqrt(self, x: str) -> str:
+        """The square root of `x`."""
         return f"np.sqrt({x})"
 
     def sign(self, x: str) -> str:
@@ -74,24 +83,31 @@ class CudaSpelling(CpuSpelling):
     imports = ("import math",)
 
     def exp(self, x: str) -> str:
+        """eˣ, through `math` as numba.cuda device code calls it."""
         return f"math.exp({x})"
 
     def expm1(self, x: str) -> str:
+        """eˣ − 1, accurate for small `x`, through `math`."""
         return f"math.expm1({x})"
 
     def log(self, x: str) -> str:
+        """The natural logarithm of `x`, through `math`."""
         return f"math.log({x})"
 
     def log1p(self, x: str) -> str:
+        """log(1 + x), accurate for small `x`, through `math`."""
         return f"math.log1p({x})"
 
     def tanh(self, x: str) -> str:
+        """The hyperbolic tangent of `x`, through `math`."""
         return f"math.tanh({x})"
 
     def sqrt(self, x: str) -> str:
+        """The square root of `x`, through `math`."""
         return f"math.sqrt({x})"
 
     def erf(self, x: str) -> str:
+        """The error function: `math.erf`, which the table's `import math` already covers."""
         return f"math.erf({x})"
 
     def sign(self, x: str) -> str:

@@ -161,7 +161,7 @@ class OpDef:
     integer_bound: Callable | None = None
     # The kernel is one matrix product of the operands' rows, gᵀ·x (a dense layer's weight
     # gradient), which can accumulate the optimiser's update straight into the parameter
-    # through gemm's C ← α·A·B + β·C (netlang/codegen/cpu.py UpdatePlan).
+    # through gemm's C ← α·A·B + β·C (netlang/codegen/update.py UpdatePlan).
     absorbs_update: bool = False
     # The op is shorthand for several ops applied to its operands, and a step naming it yields
     # the tuple of their results (`split`: one `slice` per part): fn(ctx: ShapeContext, attrs)

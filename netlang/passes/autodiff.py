@@ -24,7 +24,10 @@ from netlang.ops import ShapeContext, get_op
 
 @dataclasses.dataclass
 class Gradients:
-    objective: int               # the scalar training objective
+    """What a backward pass added: the node differentiated (the training objective, or the
+    output `differentiate_output` started from) and, for each requested node, its gradient node
+    (None where no path reaches the objective: the gradient is zero)."""
+    objective: int               # the scalar training objective, or the output differentiated
     of: dict                     # differentiated node → its gradient node
 
 
@@ -37,15 +40,22 @@ class GradBuilder:
         self._count = 0
 
     def operands(self, node):
+        """The node's operands, in order: the order its vjp rule returns their gradients in."""
         return self.graph.operands(node)
 
     def attrs(self, node):
+        """The attributes the forward node was built with."""
         return self.graph.nodes[node]["attrs"]
 
     def type(self, node):
+        """The TensorType (dtype, shape) the node produces."""
         return self.graph.type_of(node)
 
     def add(self, op_name: str, inputs, **attrs) -> int:
+        """Adds the op `op_name` on `inputs` with `attrs`, its type inferred by the op's own shape
+        rule; returns the new node.  It is named after, and put in the layer of, the forward node
+        whose gradient is being built (`current`; before the first, `objective`), so each backward
+        node is attributed to the layer whose forward op it differentiates."""
         op = get_op(op_name)
         types = [self.graph.type_of(i) for i in inputs]
         producers = [self.graph.nodes[i]["name"] for i in inputs]

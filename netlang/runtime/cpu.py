@@ -23,7 +23,8 @@ import threading
 import numpy as np
 
 from netlang.version import __version__
-from netlang.codegen.cpu import ParamUpdate, UpdatePlan, render_program, supported
+from netlang.codegen.cpu import render_program, supported
+from netlang.codegen.update import ParamUpdate, UpdatePlan
 from netlang.config import cache_dir, debug, debug_level, timed
 from netlang.errors import DataError
 from netlang.ir.train_config import TrainConfig

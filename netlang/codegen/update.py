@@ -1,0 +1,147 @@
+"""The optimiser update that ends a CPU training step, rendered into the step's source.
+
+Split from netlang/codegen/cpu.py, whose program writer calls it: which parameters the step
+updates (`ParamUpdate`), which of them a weight-gradient product updates itself through
+gemm's β, and the per-parameter loops that apply penalties, clipping and the optimiser's
+rule (`UpdatePlan`, from the templates in `netlang.ops.optim`).  The CUDA renderer
+(codegen/cuda.py) derives its plan from this one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from netlang.codegen.cpu import sanitise_comment
+from netlang.codegen.spelling import CpuSpelling
+from netlang.ops import get_op
+from netlang.ops.optim import OPTIMIZERS, cpu_penalty
+
+
+@dataclasses.dataclass
+class ParamUpdate:
+    """A parameter the training step updates, and what its update depends on."""
+    name: str        # parameter name
+    grad: int        # its gradient node
+    layer: str       # the layer owning it (regularisers may name layers)
+    penalised: bool  # whether weight penalties apply to it
+
+
+class UpdatePlan:
+    """The optimiser update that ends a training step, as rendered into the step's source.
+
+    Where the optimiser allows it (its `gemm_update`), a weight whose gradient is a single
+    matrix product (an op that `absorbs_update`) is updated by that product itself, at its
+    place in the backward pass: gemm accumulates into the momentum buffer (or the weight, for
+    plain SGD) and the gradient is never stored.  That is only done when nothing later in the step reads the
+    weight, no penalty or clipping needs the gradient, and the weight is not shared.
+    """
+
+    def __init__(self, graph, order, updates, optimizer, regularizers, clip_norm, dtype: str):
+        self.optimizer, self.regularizers, self.clip_norm = optimizer, regularizers, clip_norm
+        definition = OPTIMIZERS[optimizer.name]
+        self.template = definition.update_template
+        self.slots = definition.state_slots(optimizer.args)
+        self.penalty = cpu_penalty
+        self.gemm = "gemm32" if dtype == "float32" else "gemm64"
+        absorb = definition.gemm_update
+        rule = absorb(optimizer.args) if absorb and not clip_norm else None
+        position = {n: i for i, n in enumerate(order)}
+        self.absorbed, self.rule = {}, rule
+        self.rest = []
+        for u in updates:
+            param = graph.node_named(u.name)
+            readers_after = [c for c in graph.successors(param)
+                             if c in position and position[c] > position[u.grad]]
+            if (rule is not None and get_op(graph.op(u.grad)).absorbs_update
+                    and not readers_after
+                    and not cpu_penalty(regularizers, u.layer, u.penalised, CpuSpelling(), "p")):
+                self.absorbed[u.grad] = u
+            else:
+                self.rest.append(u)
+
+    def _state_flats(self, writer, u, slots):
+        names = {}
+        for slot in slots:
+            s = writer.argument("state", f"{u.name}.{slot}")
+            names[slot] = (s, writer.view(s, f"{s}.size", "f"))
+        return names
+
+    def emit_absorbed(self, writer, node):
+        """The weight gradient's product, accumulating straight into the update's target."""
+        e, u, rule = writer.emitter, self.absorbed[node], self.rule
+        graph = writer.graph
+        g, x = graph.operands(node)
+        g2 = _rows(writer, writer.var(g), graph.type_of(g))
+        x2 = _rows(writer, writer.var(x), graph.type_of(x))
+        p = writer.argument("param", u.name)
+        state = self._state_flats(writer, u, self.slots)
+        target = p if rule.target == "param" else state[rule.target][0]
+        e.line(f"# {sanitise_comment(u.name)}: gradient product fused with the update")
+        with e.block("if t == 1:"):
+            e.line(f"{self.gemm}(True, False, {rule.first[0]}, {g2}, {x2}, {rule.first[1]}, {target})")
+        with e.block("else:"):
+            e.line(f"{self.gemm}(True, False, {rule.later[0]}, {g2}, {x2}, {rule.later[1]}, {target})")
+        if rule.after:
+            pf = e.fresh("f")
+            e.line(f"{pf} = {p}.reshape({p}.size)")
+            names = {"p": pf, **{slot: flat for slot, (_, flat) in state.items()}}
+            with e.block(f"for i in range({pf}.size):"):
+                for line in rule.after:
+                    e.line(line.format(**names))
+
+    def update_flats(self, writer) -> list:
+        """(update, flat parameter, flat gradient, template names) of each parameter updated
+        after the products, on every target."""
+        flats = []
+        if self.rest:
+            writer.emitter.line("# optimiser update")
+        for u in self.rest:
+            p = writer.argument("param", u.name)
+            g = writer.var(u.grad)
+            pf, gf = writer.view(p, f"{p}.size", "f"), writer.view(g, f"{g}.size", "f")
+            names = {"p": pf, **{slot: flat for slot, (_, flat) in
+                                 self._state_flats(writer, u, self.slots).items()}}
+            flats.append((u, pf, gf, names))
+        return flats
+
+    def emit_element_update(self, e, c, u, pf, gf, body) -> None:
+        """One element's update inside the loop over a parameter: its gradient, the penalty,
+        the clipping factor and the optimiser's lines."""
+        e.line(f"gi = {gf}[i]")
+        for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
+            e.line(line)
+        if self.clip_norm:
+            e.line("gi = gi * clipf")
+        for line in body:
+            e.line(line)
+
+    def emit_tail(self, writer):
+        """The end of the step: the update of every parameter whose gradient's product did not
+        absorb it, one loop over its elements each, running the optimiser's template.  With
+        clipping, first the global norm of the (penalised) gradients, whose factor every update
+        multiplies the gradient by."""
+        e, c = writer.emitter, writer.spelling
+        flats = self.update_flats(writer)
+        clip = self.clip_norm
+        if clip:
+            e.line("norm2 = 0.0")
+            for u, pf, gf, names in flats:
+                with e.block(f"for i in range({gf}.size):"):
+                    e.line(f"gi = {gf}[i]")
+                    for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
+                        e.line(line)
+                    e.line("norm2 += gi * gi")
+            e.line("clipf = 1.0")
+            with e.block(f"if np.sqrt(norm2) > {clip!r}:"):
+                e.line(f"clipf = {clip!r} / (np.sqrt(norm2) + 1e-6)")
+        for u, pf, gf, names in flats:
+            prologue, body = self.template(self.optimizer.args, c, names)
+            for line in prologue:
+                e.line(line)
+            with e.block(f"for i in range({gf}.size):"):
+                self.emit_element_update(e, c, u, pf, gf, body)
+
+
+def _rows(writer, var, type_):
+    width = type_.shape[-1]
+    return writer.view(var, f"({var}.size // {width}, {width})", "v")
