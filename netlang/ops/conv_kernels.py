@@ -57,10 +57,12 @@ class ConvGeometry:
 
     @property
     def Cg(self) -> int:
+        """Input channels per group."""
         return self.C // self.groups
 
     @property
     def Fg(self) -> int:
+        """Filters (output channels) per group."""
         return self.F // self.groups
 
     @property
@@ -70,6 +72,7 @@ class ConvGeometry:
 
     @property
     def K(self) -> int:
+        """Columns of the whole column matrix, every group's: kh·kw·C."""
         return self.groups * self.Kg
 
     @property
@@ -94,6 +97,7 @@ class ConvGeometry:
 
     @property
     def Wp(self) -> int:
+        """Width of a planar row: the output's columns plus the kernel's dilated reach."""
         return self.Wo + (self.kw - 1) * self.dw
 
     @property

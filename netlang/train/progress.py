@@ -118,6 +118,7 @@ class Progress:
 
     def step(self, examples: int, loss: float | None = None,
              accuracy: float | None = None) -> None:
+        """Advance the bar by a batch of `examples`, showing its running loss and accuracy."""
         if self._bar is None:
             return
         postfix = {}
@@ -129,6 +130,8 @@ class Progress:
         self._bar.update(examples)
 
     def epoch_end(self, record: dict, last: bool = False) -> None:
+        """Close the epoch's bar and print its record (every `log_every` epochs, the first,
+        the last and an early stop)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -139,6 +142,7 @@ class Progress:
             print(format_record(record, self._epochs), file=self.out, flush=True)
 
     def close(self) -> None:
+        """Close a bar left open (an interrupted run)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
