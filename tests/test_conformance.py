@@ -69,12 +69,7 @@ PENDING_MODELS = {
 }
 
 # (engine, case id) → why the engine fails that case today, and the exception it fails with.
-SOFTMAX_LAST_AXIS = ("the CPU and CUDA softmax kernels read only the last axis, and refuse "
-                     "another with a NotImplementedError traceback, not a one-line error")
-KNOWN_GAPS = {
-    **{(engine, case): (SOFTMAX_LAST_AXIS, NotImplementedError) for engine in ("cpu", "cuda")
-       for case in ("softmax_axis0_3d", "softmax_middle_axis", "log_softmax_axis0_3d")},
-}
+KNOWN_GAPS: dict = {}
 
 # Several ops together, as models use them: elementwise chains fused into their products, a
 # loss whose logits also feed a layer (not fused with its gradient), soft targets that are not
@@ -154,6 +149,18 @@ COMPOSITES = [
         y = exp(-abs(centred)) * 0.5 + clip(x, -1, 1) * gate - max(h, axis = 0) / (1 + gate)
         output z = sqrt(1 + y ** 2) - 1 / (2 + stop_gradient(sigmoid(x)))
         train { loss mse(z, t) }""", batch=2),
+    # softmax and log_softmax along each axis of an example: the last axis's contiguous rows
+    # and the strided lanes of the others (the outer axes and the batch on either side).
+    Case("composite_softmax_axes", """
+        input x: [2, 3, 4]
+        input t: [2, 3, 4]
+        a = x -> softmax(axis = 0)
+        b = x -> softmax(axis = -2)
+        c = x -> log_softmax(axis = 1)
+        d = x -> log_softmax(axis = 0) -> tanh
+        e = x -> softmax
+        output y = a * b + c * 0.25 + d - e
+        train { loss mse(y, t) }""", batch=2),
     Case("composite_conv_pool", """
         input x: [6, 6, 2]
         input t: [3]
