@@ -1,5 +1,6 @@
 """Elementwise activations, softmax and maxout."""
 
+import contextlib
 import math
 
 import numpy as np
@@ -347,48 +348,90 @@ gelu.cpu_expr = _gelu_expr
 gelu_grad.cpu_expr = _gelu_grad_expr
 
 
-def _softmax_rows_kernel(log: bool):
-    """Softmax over the last axis, row by row (rows in parallel), shifted by the row maximum."""
+class _AxisLanes:
+    """The runs (lanes) of a softmax's operands along its axis, one per iteration `r` of a
+    parallel loop (one GPU thread each): lane r's c-th element of a view is `at(view, c)`,
+    c < `count`.
+
+    The last axis, the common case (class scores), is the rows of a (rows, axis) view, each
+    contiguous.  Another axis is a run of stride `inner`, the size of the axes after it: in a
+    (size // inner, inner) view, lane r = (o, i), o = r // inner counting the batch and the
+    axes before the axis, i = r % inner, reads rows o·count + c of column i.  Neighbouring
+    lanes are neighbouring columns, so a GPU's neighbouring threads read adjacent elements."""
+
+    def __init__(self, k, arrays):
+        t = k.in_types[0]
+        axis = full_axis(t.rank, k.attrs["axis"])
+        self.k = k
+        self.inner = math.prod(t.shape[axis + 1:])
+        if self.inner == 1:
+            self.views = [k.rows(var, t) for var in arrays]
+            self.count = f"{self.views[0]}.shape[1]"
+        else:
+            self.views = [k.matrix(var, self.inner) for var in arrays]
+            self.count = str(t.shape[axis])
+            self._row, self._column = k.fresh("o"), k.fresh("i")
+
+    @contextlib.contextmanager
+    def each(self):
+        """The parallel loop over lanes; what is emitted inside runs once per lane."""
+        k = self.k
+        if self.inner == 1:
+            with k.parallel(f"{self.views[0]}.shape[0]", "r"):
+                yield
+            return
+        with k.parallel(f"{self.views[0]}.size // {self.count}", "r"):
+            k.line(f"{self._row} = r // {self.inner} * {self.count}")
+            k.line(f"{self._column} = r % {self.inner}")
+            yield
+
+    def at(self, view: str, c: str) -> str:
+        if self.inner == 1:
+            return f"{view}[r, {c}]"
+        return f"{view}[{self._row} + {c}, {self._column}]"
+
+
+def _softmax_kernel(log: bool):
+    """Softmax (or its log) along the op's axis, lane by lane (lanes in parallel), shifted by
+    the lane's maximum."""
     def kernel(k):
-        if k.attrs["axis"] not in (-1, k.in_types[0].rank - 2):
-            raise NotImplementedError("softmax over an axis other than the last")
-        x, y = k.rows(k.ins[0], k.in_types[0]), k.rows(k.out, k.out_type)
+        lanes = _AxisLanes(k, [k.ins[0], k.out])
+        x, y = lanes.views
         m, s = k.fresh("m"), k.fresh("s")
-        with k.parallel(f"{x}.shape[0]", "r"):
-            k.line(f"{m} = {x}[r, 0]")
-            with k.block(f"for c in range(1, {x}.shape[1]):"):
-                k.line(f"{m} = max({m}, {x}[r, c])")
+        with lanes.each():
+            k.line(f"{m} = {lanes.at(x, '0')}")
+            with k.block(f"for c in range(1, {lanes.count}):"):
+                k.line(f"{m} = max({m}, {lanes.at(x, 'c')})")
             k.line(f"{s} = 0.0")
-            with k.block(f"for c in range({x}.shape[1]):"):
+            xc, yc = lanes.at(x, "c"), lanes.at(y, "c")
+            with k.block(f"for c in range({lanes.count}):"):
                 if log:
-                    k.line(f"{s} += {k.math.exp(f'{x}[r, c] - {m}')}")
+                    k.line(f"{s} += {k.math.exp(f'{xc} - {m}')}")
                 else:
-                    k.line(f"{y}[r, c] = {k.math.exp(f'{x}[r, c] - {m}')}")
-                    k.line(f"{s} += {y}[r, c]")
+                    k.line(f"{yc} = {k.math.exp(f'{xc} - {m}')}")
+                    k.line(f"{s} += {yc}")
             if log:
                 k.line(f"{s} = {m} + {k.math.log(s)}")
-            with k.block(f"for c in range({x}.shape[1]):"):
-                k.line(f"{y}[r, c] = {x}[r, c] - {s}" if log else f"{y}[r, c] = {y}[r, c] / {s}")
+            with k.block(f"for c in range({lanes.count}):"):
+                k.line(f"{yc} = {xc} - {s}" if log else f"{yc} = {yc} / {s}")
     return kernel
 
 
-def _softmax_grad_rows_kernel(log: bool):
+def _softmax_grad_kernel(log: bool):
+    """The gradient from the (log-)softmax's output y and the incoming g, lane by lane."""
     def kernel(k):
-        if k.attrs["axis"] not in (-1, k.in_types[0].rank - 2):
-            raise NotImplementedError("softmax over an axis other than the last")
-        y, g, out = (k.rows(k.ins[0], k.in_types[0]), k.rows(k.ins[1], k.in_types[1]),
-                     k.rows(k.out, k.out_type))
+        lanes = _AxisLanes(k, [k.ins[0], k.ins[1], k.out])
+        y, g, out = lanes.views
         s = k.fresh("s")
-        with k.parallel(f"{y}.shape[0]", "r"):
+        with lanes.each():
             k.line(f"{s} = 0.0")
-            with k.block(f"for c in range({y}.shape[1]):"):
-                k.line(f"{s} += {g}[r, c]" if log else f"{s} += {g}[r, c] * {y}[r, c]")
-            with k.block(f"for c in range({y}.shape[1]):"):
-                k.line(f"{out}[r, c] = {g}[r, c] - {k.math.exp(f'{y}[r, c]')} * {s}" if log else
-                       f"{out}[r, c] = {y}[r, c] * ({g}[r, c] - {s})")
+            yc, gc, oc = (lanes.at(view, "c") for view in (y, g, out))
+            with k.block(f"for c in range({lanes.count}):"):
+                k.line(f"{s} += {gc}" if log else f"{s} += {gc} * {yc}")
+            with k.block(f"for c in range({lanes.count}):"):
+                k.line(f"{oc} = {gc} - {k.math.exp(yc)} * {s}" if log else
+                       f"{oc} = {yc} * ({gc} - {s})")
     return kernel
-
-
 
 
 def _maxout_kernel(k):
@@ -427,10 +470,10 @@ maxout_grad.cpu_kernel = _maxout_grad_kernel
 maxout.cuda_kernel, maxout_grad.cuda_kernel = _maxout_kernel, _maxout_grad_kernel
 
 
-softmax.cpu_kernel = _softmax_rows_kernel(log=False)
-log_softmax.cpu_kernel = _softmax_rows_kernel(log=True)
-softmax_grad.cpu_kernel = _softmax_grad_rows_kernel(log=False)
-log_softmax_grad.cpu_kernel = _softmax_grad_rows_kernel(log=True)
-# Row by row, one thread per row on a GPU: the same templates serve the CUDA back end.
+softmax.cpu_kernel = _softmax_kernel(log=False)
+log_softmax.cpu_kernel = _softmax_kernel(log=True)
+softmax_grad.cpu_kernel = _softmax_grad_kernel(log=False)
+log_softmax_grad.cpu_kernel = _softmax_grad_kernel(log=True)
+# Lane by lane, one thread per lane on a GPU: the same templates serve the CUDA back end.
 for _op in (softmax, log_softmax, softmax_grad, log_softmax_grad):
     _op.cuda_kernel = _op.cpu_kernel

@@ -558,20 +558,25 @@ def _cuda_epilogue(k, block, row0, bias) -> None:
         k.line(f"{block}[row, col] = {s}")
 
 
-def _cuda_products(k, geo, a, b, c, a_cols: bool, c_cols: bool, **options) -> None:
-    """One `k.matmul` (groups = 1), else one per group on column blocks: of `a` (a_cols: by
-    columns, else by its F rows of b) and of `c`.  `options` go to each product."""
+def _cuda_products(k, geo, a, b, c, a_cols: bool, c_cols: bool, *, bias=None, row0=None,
+                   epilogue=True, **options) -> None:
+    """c ← the product, + bias, + fused ops (epilogue): one `k.matmul` with its own epilogue
+    (groups = 1), else one bare product per group on column blocks, of `a` (a_cols: by
+    columns, else by its F rows of b) and of `c`, then the epilogue over all of `c` as a kernel
+    of its own (a group's product sees only its block of columns, so the bias is added once,
+    there).  `options` go to each product."""
     if geo.groups == 1:
-        k.matmul(a, b, c, **options)
+        k.matmul(a, b, c, bias=bias, row0=row0, epilogue=epilogue, **options)
         return
-    options["epilogue"] = False
     grp = k.fresh("g")
     with k.host_block(f"for {grp} in range({geo.groups}):", defines=(grp,)):
         ks = f"{grp} * {geo.Kg}:({grp} + 1) * {geo.Kg}"
         fs = f"{grp} * {geo.Fg}:({grp} + 1) * {geo.Fg}"
         k.matmul(k.host_value(f"{a}[:, {ks if a_cols else fs}]", "v"),
                  k.host_value(f"{b}[{fs}]", "v"),
-                 k.host_value(f"{c}[:, {ks if c_cols else fs}]", "v"), **options)
+                 k.host_value(f"{c}[:, {ks if c_cols else fs}]", "v"), epilogue=False, **options)
+    if epilogue:
+        _cuda_epilogue(k, c, row0, bias)
 
 
 def _cuda_block_columns(k, geo, b, x, x2, ws) -> str:
@@ -595,8 +600,6 @@ def emit_conv_cuda(k, geo, x, w, out, bias=None):
         a = _cuda_block_columns(k, geo, b, x, x2, ws)
         c = k.host_value(f"{out2}[{b.r0}:{b.r1}]", "v")
         _cuda_products(k, geo, a, wr, c, True, False, trans_b=True, bias=bias, row0=b.r0)
-        if geo.groups > 1:
-            _cuda_epilogue(k, c, b.r0, bias)
 
 
 def emit_conv_transpose_cuda(k, geo, g, w, out, bias=None):
@@ -615,8 +618,6 @@ def emit_conv_transpose_cuda(k, geo, g, w, out, bias=None):
         if geo.direct:
             c = k.host_value(f"{out2}[{b.r0}:{b.r1}]", "v")
             _cuda_products(k, geo, a, wr, c, False, True, bias=bias, row0=b.r0)
-            if geo.groups > 1:
-                _cuda_epilogue(k, c, b.r0, bias)
         else:
             c = k.host_value(f"{ws['columns']}[:{b.r1} - {b.r0}]", "v")
             _cuda_products(k, geo, a, wr, c, False, True, epilogue=False)
