@@ -56,6 +56,24 @@ def _section(k, array: str, start: int, shape: tuple) -> str:
     return k.host_value(f"{flat}[{n} * {start}:{n} * {start + size}].reshape(({dims},))", "sec")
 
 
+class _OneBlasThread:
+    """The time loops hold BLAS to one thread: their products are small (B×H by H×G·H per
+    step), and waking BLAS's threads for each costs more than they share (on this project's
+    shared two-core machine a 128×128 by 128×512 product took 2.3 ms on two threads, 0.14 ms
+    on one).  The serial step sets the count, as around the worker functions
+    (netlang/runtime/blas.py `set_blas_threads`)."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def __enter__(self):
+        self.saved = self.k.fresh("blas")
+        self.k.line(f"{self.saved} = {self.k.helper('set_blas_threads', 'netlang.runtime.blas')}(1)")
+
+    def __exit__(self, *exc):
+        self.k.line(f"set_blas_threads({self.saved})")
+
+
 def _sections(k, array: str, layout: dict) -> dict:
     return {name: _section(k, array, start, shape) for name, (start, shape) in layout.items()}
 
@@ -146,7 +164,7 @@ def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
             if stack.kind == "rnn":
                 arguments.append(str(a["activation"] == "relu"))
             s = k.fresh("s")
-            with k.block(f"for {s} in range({T}):"):
+            with _OneBlasThread(k), k.block(f"for {s} in range({T}):"):
                 t = f"{T - 1} - {s}" if d else s
                 k.line(f"{k.gemm}(False, True, 1.0, {h}, {w_hh}, 0.0, {hw})")
                 k.line(f"{step}({t}, {steps}, {proj_steps}, {hw}, {b_ih}, {b_hh}, "
@@ -243,7 +261,7 @@ def _grad_kernel(kind: str):
                     arguments.append(str(a["activation"] == "relu"))
                 through = tape[hh_section(stack, tag)]
                 s = k.fresh("s")
-                with k.block(f"for {s} in range({T}):"):
+                with _OneBlasThread(k), k.block(f"for {s} in range({T}):"):
                     # Back through a direction's steps in the reverse of their order.
                     t = k.host_value(s if d else f"{T - 1} - {s}", "t")
                     k.line(f"{back}({t}, {steps}, {', '.join(arguments)})")

@@ -18,46 +18,46 @@ passes gradients through unchanged, as in the reference.  Each step's innermost 
 over one example's H contiguous units, on one-dimensional views of each gate's block, so
 that it vectorises.
 
-The nonlinearities are `tanh` and `sigmoid` below (the reference's formulas): NumPy's exact
-tanh, which is what the plain Python runs and what the float64 kernels compile.  The float32
-kernels bind `tanh` to `rational_tanh`, which vectorises (see there).
+The nonlinearities are `tanh` and `sigmoid` below (the reference's formulas): NumPy's tanh,
+which is what the plain Python runs and what the float64 kernels compile.  The float32
+kernels bind `tanh` to `float32_tanh`, which vectorises (see there).
 """
+
+import math
 
 import numpy as np
 
 from netlang.errors import DataError
 
-# Eigen's rational approximation of tanh in float32 (numerator p(x²)·x, denominator q(x²)),
-# exact to within 2 float32 ulps on the range it clamps to; beyond it tanh is ±1 in float32.
-_TANH_CLAMP = np.float32(7.90531110763549805)
-_P0, _P1, _P2, _P3, _P4, _P5, _P6 = (np.float32(v) for v in (
-    -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
-    1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03))
-_Q0, _Q1, _Q2, _Q3 = (np.float32(v) for v in (
-    1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03))
+# expm1's Taylor coefficients 1/n!, n = 1..11, and the value past which tanh is ±1 in float32.
+_C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11 = (1.0 / math.factorial(n)
+                                                            for n in range(1, 12))
+_TANH_LIMIT = 9.0
 
 
-def rational_tanh(v):
-    """tanh(v) for float32 v, in arithmetic alone: Numba's tanh is a call into the C library
-    per element (about 15-25 ns), which no loop around it can vectorise; this is a few
-    vector instructions per 16 elements."""
-    v = v if v < _TANH_CLAMP else _TANH_CLAMP
-    v = v if v > -_TANH_CLAMP else -_TANH_CLAMP
-    v2 = v * v
-    p = v2 * _P0 + _P1
-    p = v2 * p + _P2
-    p = v2 * p + _P3
-    p = v2 * p + _P4
-    p = v2 * p + _P5
-    p = v2 * p + _P6
-    q = v2 * _Q0 + _Q1
-    q = v2 * q + _Q2
-    q = v2 * q + _Q3
-    return v * p / q
+def float32_tanh(v):
+    """tanh(v) for float32 programs, in arithmetic alone: Numba's tanh is a call into the C
+    library per element (15-25 ns here), which no loop around it can vectorise; this is
+    about 1 ns, and correctly rounded to float32 (NumPy's own float32 tanh is within 1.4
+    ulps).  In float64: a = e^(−2x) − 1 from expm1's series at s = −2x/32 (|s| ≤ 0.57, so
+    eleven terms leave 2e-12), squared up five times as (1 + a)² − 1 = a·(2 + a), which never
+    subtracts two near values; then tanh x = (1 − e^(−2x)) / (1 + e^(−2x)) = −a / (2 + a)."""
+    x = float(v)
+    x = x if x < _TANH_LIMIT else _TANH_LIMIT
+    x = x if x > -_TANH_LIMIT else -_TANH_LIMIT
+    s = x * -0.0625
+    a = s * (_C1 + s * (_C2 + s * (_C3 + s * (_C4 + s * (_C5 + s * (_C6 + s * (
+        _C7 + s * (_C8 + s * (_C9 + s * (_C10 + s * _C11))))))))))
+    a = a * (2.0 + a)
+    a = a * (2.0 + a)
+    a = a * (2.0 + a)
+    a = a * (2.0 + a)
+    a = a * (2.0 + a)
+    return np.float32(-a / (2.0 + a))
 
 
 def tanh(v):
-    """The hyperbolic tangent (the float32 kernels compile `rational_tanh` in its place)."""
+    """The hyperbolic tangent (the float32 kernels compile `float32_tanh` in its place)."""
     return np.tanh(v)
 
 
@@ -118,101 +118,89 @@ def copy_flat(source, offset, target):
 
 
 def rnn_step(t, steps, proj, hw, bias_ih, bias_hh, h, prev, gates, out, col, emit, relu):
-    """One step of an Elman layer: h' = act(proj + hw + b_ih + b_hh)."""
+    """One step of an Elman layer: h' = act(proj + b_ih + hw + b_hh)."""
     H = h.shape[1]
     zero = h.dtype.type(0.0)
     for b in range(h.shape[0]):
         p, q, hb, pv, gv = proj[b, t], hw[b], h[b], prev[b, t], gates[b, t]
-        o = out[b, t, col:col + H]
+        for j in range(H):
+            pv[j] = hb[j]
         if t < steps[b]:
             for j in range(H):
                 pre = p[j] + bias_ih[j] + q[j] + bias_hh[j]
-                new = (pre if pre > zero else zero) if relu else tanh(pre)
-                pv[j] = hb[j]
-                gv[j] = new
-                hb[j] = new
-                if emit:
-                    o[j] = new
-        else:
+                gv[j] = (pre if pre > zero else zero) if relu else tanh(pre)
             for j in range(H):
-                pv[j] = hb[j]
-                gv[j] = 0.0
-                if emit:
-                    o[j] = 0.0
+                hb[j] = gv[j]
+        else:
+            gv[:] = 0.0
+        emit_output(out, b, t, col, hb, emit, t < steps[b])
+
+
+def emit_output(out, b, t, col, state, emit, kept):
+    """out[b, t, col:col + H] ← the new state, or zeros at a padded step (when `emit`)."""
+    if emit:
+        o = out[b, t, col:col + state.size]
+        for j in range(state.size):
+            o[j] = state[j] if kept else 0.0
 
 
 def lstm_step(t, steps, proj, hw, bias_ih, bias_hh, h, c, prev, gates, cells, tanhc, out, col,
               emit):
-    """One step of an LSTM: (i, f, g, o) = (σ, σ, tanh, σ)(proj + hw + b_ih + b_hh),
-    c' = f·c + i·g, h' = o·tanh(c')."""
+    """One step of an LSTM: (i, f, g, o) = (σ, σ, tanh, σ)(proj + b_ih + hw + b_hh),
+    c' = f·c + i·g, h' = o·tanh(c').  A loop per part: one that reads or writes a dozen
+    arrays does not vectorise (LLVM gives up on checking that they do not overlap)."""
     H = h.shape[1]
     half, one = h.dtype.type(0.5), h.dtype.type(1.0)
     for b in range(h.shape[0]):
         p, q, hb, cb = proj[b, t], hw[b], h[b], c[b]
         pv, cv, tv, gv = prev[b, t], cells[b, t], tanhc[b, t], gates[b, t]
-        o = out[b, t, col:col + H]
+        for j in range(H):
+            pv[j] = hb[j]
         if t < steps[b]:
-            gi, gf, gg, go = gv[0:H], gv[H:2 * H], gv[2 * H:3 * H], gv[3 * H:4 * H]
-            pi, pf, pg, po = p[0:H], p[H:2 * H], p[2 * H:3 * H], p[3 * H:4 * H]
-            qi, qf, qg, qo = q[0:H], q[H:2 * H], q[2 * H:3 * H], q[3 * H:4 * H]
-            bi, bf, bg, bo = bias_ih[0:H], bias_ih[H:2 * H], bias_ih[2 * H:3 * H], bias_ih[3 * H:]
-            ci, cf, cg, co = bias_hh[0:H], bias_hh[H:2 * H], bias_hh[2 * H:3 * H], bias_hh[3 * H:]
+            for j in range(2 * H):   # i, f
+                gv[j] = sigmoid(p[j] + bias_ih[j] + q[j] + bias_hh[j], half, one)
+            for j in range(2 * H, 3 * H):   # g
+                gv[j] = tanh(p[j] + bias_ih[j] + q[j] + bias_hh[j])
+            for j in range(3 * H, 4 * H):   # o
+                gv[j] = sigmoid(p[j] + bias_ih[j] + q[j] + bias_hh[j], half, one)
             for j in range(H):
-                i = sigmoid(pi[j] + bi[j] + qi[j] + ci[j], half, one)
-                f = sigmoid(pf[j] + bf[j] + qf[j] + cf[j], half, one)
-                g = tanh(pg[j] + bg[j] + qg[j] + cg[j])
-                og = sigmoid(po[j] + bo[j] + qo[j] + co[j], half, one)
                 c_old = cb[j]
-                c_new = f * c_old + i * g
-                tc = tanh(c_new)
-                gi[j], gf[j], gg[j], go[j] = i, f, g, og
-                pv[j], cv[j], tv[j] = hb[j], c_old, tc
-                cb[j] = c_new
-                hb[j] = og * tc
-                if emit:
-                    o[j] = og * tc
-        else:
+                cv[j] = c_old
+                cb[j] = gv[H + j] * c_old + gv[j] * gv[2 * H + j]
             for j in range(H):
-                pv[j], cv[j], tv[j] = hb[j], 0.0, 0.0
-                if emit:
-                    o[j] = 0.0
-            for j in range(gv.size):
-                gv[j] = 0.0
+                tc = tanh(cb[j])
+                tv[j] = tc
+                hb[j] = gv[3 * H + j] * tc
+        else:
+            gv[:] = 0.0
+            cv[:] = 0.0
+            tv[:] = 0.0
+        emit_output(out, b, t, col, hb, emit, t < steps[b])
 
 
 def gru_step(t, steps, proj, hw, bias_ih, bias_hh, h, prev, gates, hn, out, col, emit):
-    """One step of a GRU: (r, z) = σ(proj + b_ih + hw + b_hh) on their rows,
+    """One step of a GRU: (r, z) = σ((proj + b_ih) + (hw + b_hh)) on their rows,
     n = tanh(proj_n + b_in + r·(hw_n + b_hn)), h' = (1 − z)·n + z·h."""
     H = h.shape[1]
     half, one = h.dtype.type(0.5), h.dtype.type(1.0)
     for b in range(h.shape[0]):
         p, q, hb, pv, gv, nv = proj[b, t], hw[b], h[b], prev[b, t], gates[b, t], hn[b, t]
-        o = out[b, t, col:col + H]
+        for j in range(H):
+            pv[j] = hb[j]
         if t < steps[b]:
-            gr, gz, gn = gv[0:H], gv[H:2 * H], gv[2 * H:3 * H]
-            pr, pz, pn = p[0:H], p[H:2 * H], p[2 * H:3 * H]
-            qr, qz, qn = q[0:H], q[H:2 * H], q[2 * H:3 * H]
-            br, bz, bn = bias_ih[0:H], bias_ih[H:2 * H], bias_ih[2 * H:3 * H]
-            cr, cz, cn = bias_hh[0:H], bias_hh[H:2 * H], bias_hh[2 * H:3 * H]
+            for j in range(2 * H):   # r, z
+                gv[j] = sigmoid((p[j] + bias_ih[j]) + (q[j] + bias_hh[j]), half, one)
             for j in range(H):
-                r = sigmoid((pr[j] + br[j]) + (qr[j] + cr[j]), half, one)
-                z = sigmoid((pz[j] + bz[j]) + (qz[j] + cz[j]), half, one)
-                h_n = qn[j] + cn[j]
-                n = tanh(pn[j] + bn[j] + r * h_n)
-                h_old = hb[j]
-                new = (one - z) * n + z * h_old
-                gr[j], gz[j], gn[j] = r, z, n
-                pv[j], nv[j] = h_old, h_n
-                hb[j] = new
-                if emit:
-                    o[j] = new
+                h_n = q[2 * H + j] + bias_hh[2 * H + j]
+                nv[j] = h_n
+                gv[2 * H + j] = tanh(p[2 * H + j] + bias_ih[2 * H + j] + gv[j] * h_n)
+            for j in range(H):
+                z = gv[H + j]
+                hb[j] = (one - z) * gv[2 * H + j] + z * hb[j]
         else:
-            for j in range(H):
-                pv[j], nv[j] = hb[j], 0.0
-                if emit:
-                    o[j] = 0.0
-            for j in range(gv.size):
-                gv[j] = 0.0
+            gv[:] = 0.0
+            nv[:] = 0.0
+        emit_output(out, b, t, col, hb, emit, t < steps[b])
 
 
 # ---- one step back --------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Written as plain Python in netlang/ops/recurrent_loops.py and compiled here once per machine
 (Numba's disk cache), shared by every model.  Each step function is compiled twice: for
-float64 programs as written (NumPy's tanh), and for float32 programs with `rational_tanh` in
+float64 programs as written (NumPy's tanh), and for float32 programs with `float32_tanh` in
 place of `tanh`, which vectorises (the `…32` names).  The templates in
 netlang/ops/recurrent_kernels.py pick the pair's member by the program's dtype.
 """
@@ -14,8 +14,9 @@ from netlang.runtime.jit import compiled, inlined
 
 _tanh = inlined(loops.tanh)
 _sigmoid = inlined(loops.sigmoid, _tanh)
-_rational_tanh = inlined(loops.rational_tanh)
-_sigmoid32 = inlined(loops.sigmoid, tanh=_rational_tanh)
+_float32_tanh = inlined(loops.float32_tanh)
+_sigmoid32 = inlined(loops.sigmoid, tanh=_float32_tanh)
+_emit_output = inlined(loops.emit_output)
 
 fill_steps = compiled(loops.fill_steps)
 start_state = compiled(loops.start_state)
@@ -26,8 +27,9 @@ copy_flat = compiled(loops.copy_flat)
 
 def _both(step):
     """The float64 and float32 versions of a step function."""
-    exact = compiled(step, _tanh, _sigmoid)
-    fast = compiled(step, vector_division=True, tanh=_rational_tanh, sigmoid=_sigmoid32)
+    exact = compiled(step, _tanh, _sigmoid, _emit_output)
+    fast = compiled(step, _emit_output, vector_division=True, tanh=_float32_tanh,
+                    sigmoid=_sigmoid32)
     return exact, fast
 
 
