@@ -18,7 +18,7 @@ import pytest
 from test_gradients import check_gradients, random_params
 
 import netlang
-from netlang.errors import DataError, NetlangError, UsageError
+from netlang.errors import DataError, NetlangError
 from netlang.runtime import make_engine
 
 try:

@@ -68,7 +68,8 @@ class _OneBlasThread:
 
     def __enter__(self):
         self.saved = self.k.fresh("blas")
-        self.k.line(f"{self.saved} = {self.k.helper('set_blas_threads', 'netlang.runtime.blas')}(1)")
+        threads = self.k.helper("set_blas_threads", "netlang.runtime.blas")
+        self.k.line(f"{self.saved} = {threads}(1)")
 
     def __exit__(self, *exc):
         self.k.line(f"set_blas_threads({self.saved})")
