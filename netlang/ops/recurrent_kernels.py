@@ -179,7 +179,8 @@ def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
 
 def _record_kernel(kind: str):
     """`<kind>_record`: the forward pass, its record the output."""
-    plan = lambda stack, a: _forward_plan(stack, a, False)   # noqa: E731
+    def plan(stack, a):
+        return _forward_plan(stack, a, with_record=False)
 
     def kernel(k):
         named = named_operands(kind, k.attrs, k.ins)
@@ -192,7 +193,8 @@ def _layer_kernel(kind: str):
     """The layer: inside a training step it copies its output out of its record operand;
     elsewhere it runs the forward pass into a record of its own first.  The output is the
     record's first section."""
-    plan = lambda stack, a: [] if a.get("recorded") else _forward_plan(stack, a, True)  # noqa
+    def plan(stack, a):
+        return [] if a.get("recorded") else _forward_plan(stack, a, with_record=True)
 
     def kernel(k):
         named = named_operands(kind, k.attrs, k.ins)
