@@ -8,9 +8,14 @@ Each measurement trains on random data of the model's shapes for a fixed time
 after a warm-up (the first step compiles; that time is reported separately).
 PyTorch runs the same architecture (rebuilt from netlang's graph when it is a
 chain of dense, conv2d, maxpool, avgpool, global_avgpool, batchnorm, flatten,
-dropout and relu/sigmoid/tanh layers, with a softmax cross-entropy), same batch,
-float32, same thread count, in its own process, so the two runtimes' thread
-pools never share a process.  netlang's images are channels-last (N, H, W, C);
+dropout, embedding, rnn/lstm/gru (torch.nn.RNN, LSTM, GRU, batch first) and
+relu/sigmoid/tanh layers, with a softmax cross-entropy, per example or per time
+step, and the model's gradient clipping), same batch, float32, same thread
+count, in its own process, so the two runtimes' thread pools never share a
+process.  The recurrent rows of the issue:
+
+    python benchmarks/train_throughput.py --model examples/lstm_mnist_rows.net --batches 128
+    python benchmarks/train_throughput.py --model examples/char_lstm.net --batches 64  netlang's images are channels-last (N, H, W, C);
 PyTorch gets NCHW tensors of the same sizes, its native layout.
 Figures depend on OPENBLAS_CORETYPE (OpenBLAS's kernel choice): the script
 prints the value it ran under and never changes it.
@@ -66,9 +71,30 @@ import torch
 spec = json.loads(sys.argv[1])
 torch.set_num_threads(spec["threads"])
 torch.manual_seed(0)
+# torch's RNN, LSTM or GRU, batch first, returning the whole output sequence or each
+# direction's final state of the top layer, concatenated (netlang's `sequences`).
+class Recurrent(torch.nn.Module):
+    def __init__(self, arg):
+        super().__init__()
+        options = {"nonlinearity": arg["activation"]} if arg["kind"] == "RNN" else {}
+        self.inner = getattr(torch.nn, arg["kind"])(
+            arg["features"], arg["units"], num_layers=arg["layers"],
+            bidirectional=arg["bidirectional"], dropout=arg["dropout"], batch_first=True,
+            **options)
+        self.sequences, self.directions = arg["sequences"], 2 if arg["bidirectional"] else 1
+    def forward(self, x):
+        out, final = self.inner(x)
+        if self.sequences:
+            return out
+        final = final[0] if isinstance(final, tuple) else final
+        return torch.cat([final[d - self.directions] for d in range(self.directions)], -1)
 layers = []
 for kind, arg in spec["layers"]:
-    if kind == "dense":
+    if kind == "recurrent":
+        layers.append(Recurrent(arg))
+    elif kind == "embedding":
+        layers.append(torch.nn.Embedding(arg[0], arg[1]))
+    elif kind == "dense":
         layers.append(torch.nn.Linear(arg[0], arg[1]))
     elif kind == "flatten":
         layers.append(torch.nn.Flatten())
@@ -105,12 +131,18 @@ b = spec["batch"]
 shape = tuple(spec["input"])
 if len(shape) == 3:   # netlang's (H, W, C) image: PyTorch's NCHW of the same sizes
     shape = (shape[2], shape[0], shape[1])
-x = torch.rand((b,) + shape)
-y = torch.randint(0, spec["classes"], (b,))
+if spec["tokens"]:   # token ids below the vocabulary
+    x = torch.randint(0, spec["tokens"], (b,) + shape)
+else:
+    x = torch.rand((b,) + shape)
+y = torch.randint(0, spec["classes"], (b,) + tuple(spec["label"]))
 def step():
     opt.zero_grad(set_to_none=True)
-    loss = loss_fn(net(x), y)
+    scores = net(x)   # a loss per time step: averaged over the batch and the steps
+    loss = loss_fn(scores.reshape(-1, spec["classes"]), y.reshape(-1))
     loss.backward()
+    if spec["clip_norm"]:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), spec["clip_norm"])
     opt.step()
 for _ in range(10):
     step()
@@ -120,6 +152,10 @@ while clock() - start < spec["seconds"]:
     step(); steps += 1
 print(json.dumps({"samples_per_s": steps * b / (clock() - start)}))
 """
+
+
+# netlang's recurrent ops and the torch modules of the same equations and parameter layouts.
+RECURRENT = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
 def torch_spec(model_path: str):
@@ -144,6 +180,16 @@ def torch_spec(model_path: str):
         if op == "dense":
             w = graph.type_of(data["inputs"][1])
             layers.append(("dense", [w.shape[1], w.shape[0]]))
+        elif op in RECURRENT:
+            if any(a.get(name) is not None for name in ("h0", "c0", "lengths")):
+                return None, None
+            layers.append(("recurrent", {
+                "kind": RECURRENT[op], "features": xt.shape[-1], "units": a["units"],
+                "layers": a["layers"], "bidirectional": a["bidirectional"],
+                "sequences": a["sequences"], "dropout": a["dropout"],
+                "activation": a.get("activation", "tanh")}))
+        elif op == "embedding":
+            layers.append(("embedding", [a["vocab"], a["dim"]]))
         elif op == "conv2d":
             pads = conv_pads(tuple(xt.shape[1:3]), a)
             layers.append(("conv2d", {"cin": xt.shape[3], "filters": a["filters"],
@@ -171,10 +217,13 @@ def torch_spec(model_path: str):
     if optimizer.name not in ("sgd", "adam"):
         return None, None
     args = optimizer.args
-    image = next(iter(model.inputs.values()))
+    image, label = list(model.inputs.values())[:2]
     outputs = next(iter(model.outputs.values()))
+    first = layers[0]
     return layers, {"lr": args["lr"], "momentum": args.get("momentum", 0.0),
-                    "optimizer": optimizer.name, "input": list(image[1:]), "classes": outputs[-1]}
+                    "optimizer": optimizer.name, "input": list(image[1:]), "classes": outputs[-1],
+                    "label": list(label[1:]), "clip_norm": model.train_config.clip_norm,
+                    "tokens": first[1][0] if first[0] == "embedding" else 0}
 
 
 def torch_throughput(model_path, batch, seconds, threads, cpu_time=False):

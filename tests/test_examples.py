@@ -40,6 +40,7 @@ EXPECTED_PARAMS = {
     # Not canonical models; the counts are the ones worked out in each file's header.
     "conv_autoencoder.net": 9_569,
     "char_lstm.net": 886_880,
+    "lstm_mnist_rows.net": 82_186,
     "multitask.net": 425_803,
     "two_stream.net": 26_213,
     "small_resnet.net": 272_474,

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import netlang.ops
-from netlang.ops import conv_loops, dense_loops, norm_loops, pool_loops
-from netlang.runtime import cnn, cpu, random_bits
+from netlang.ops import conv_loops, dense_loops, norm_loops, pool_loops, recurrent_loops
+from netlang.runtime import cnn, cpu, random_bits, recurrent
 
 LOOP_MODULES = [module.name for module in pkgutil.iter_modules(netlang.ops.__path__)
                 if module.name.endswith("_loops")]
@@ -25,7 +25,7 @@ LOOP_MODULES = [module.name for module in pkgutil.iter_modules(netlang.ops.__pat
 def _compiled_functions():
     """{code object: compiled dispatcher} over the runtime modules that compile loop nests."""
     found = {}
-    for module in (cnn, random_bits):
+    for module in (cnn, random_bits, recurrent):
         for value in vars(module).values():
             if hasattr(value, "py_func"):
                 found[value.py_func.__code__] = value
@@ -115,3 +115,65 @@ def test_dropout_mask_compiled_as_written():
     with np.errstate(over="ignore"):   # the hash wraps around on purpose
         norm_loops.fill_dropout_mask(masks[1], key, threshold, scale)
     np.testing.assert_array_equal(masks[0], masks[1])
+
+
+def test_float32_tanh_is_correctly_rounded():
+    x = np.concatenate([np.linspace(-12, 12, 20_001), [0.0, 1e-30, -1e-6, 3e-4, 9.0, 30.0]])
+    x = x.astype(np.float32)
+    plain = np.array([recurrent_loops.float32_tanh(v) for v in x], np.float32)
+    compiled = np.array([recurrent._float32_tanh(v) for v in x[::37]], np.float32)
+    np.testing.assert_array_equal(compiled, plain[::37])
+    exact = np.tanh(x.astype(np.float64))
+    spacing = np.spacing(np.abs(exact).astype(np.float32))
+    assert (np.abs(plain - exact) <= 0.5 * np.maximum(spacing, 1e-45)).all()
+
+
+def _recurrent_step_arrays(dtype, kind, rng):
+    B, T, H = 3, 4, 5
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
+    arrays = {"proj": rng.normal(size=(B, T, G * H)), "hw": rng.normal(size=(B, G * H)),
+              "bias_ih": rng.normal(size=G * H), "bias_hh": rng.normal(size=G * H),
+              "h": rng.normal(size=(B, H)), "c": rng.normal(size=(B, H)),
+              "prev": np.zeros((B, T, H)), "gates": np.zeros((B, T, G * H)),
+              "cells": np.zeros((B, T, H)), "tanhc": np.zeros((B, T, H)),
+              "hn": np.zeros((B, T, H)), "out": np.zeros((B, T, 2 * H)),
+              "dh": rng.normal(size=(B, H)), "dc": rng.normal(size=(B, H)),
+              "d_ih": np.zeros((B, T, G * H)), "d_hh": np.zeros((B, T, G * H))}
+    return {name: value.astype(dtype) for name, value in arrays.items()}
+
+
+STEP_ARGUMENTS = {
+    "rnn": (["h", "prev", "gates", "out"], ["dh", "out", "gates", "d_ih"]),
+    "lstm": (["h", "c", "prev", "gates", "cells", "tanhc", "out"],
+             ["dh", "dc", "out", "gates", "cells", "tanhc", "d_ih"]),
+    "gru": (["h", "prev", "gates", "hn", "out"], ["dh", "out", "prev", "gates", "hn", "d_ih",
+                                                  "d_hh"]),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_recurrent_steps_compiled_as_written(kind, dtype):
+    """One step forward and one back, on a batch whose second example is past its length:
+    the float64 functions compute what the plain Python computes; the float32 ones, with
+    their own tanh, within float32 rounding of it."""
+    suffix = "32" if dtype == np.float32 else "64"
+    forward_names, back_names = STEP_ARGUMENTS[kind]
+    results = []
+    for step, back in ((getattr(recurrent, f"{kind}_step{suffix}"),
+                        getattr(recurrent, f"{kind}_step_back{suffix}")),
+                       (getattr(recurrent_loops, f"{kind}_step"),
+                        getattr(recurrent_loops, f"{kind}_step_back"))):
+        arrays = _recurrent_step_arrays(dtype, kind, np.random.default_rng(2))
+        steps = np.array([4, 1, 3])
+        extra = (False,) if kind == "rnn" else ()
+        step(2, steps, arrays["proj"], arrays["hw"], arrays["bias_ih"], arrays["bias_hh"],
+             *(arrays[name] for name in forward_names), 5, True, *extra)
+        front = back_names[:1 + (kind == "lstm")]
+        back(2, steps, *(arrays[name] for name in front), arrays["out"], 0, True,
+             *(arrays[name] for name in back_names[len(front) + 1:]), *extra)
+        results.append(arrays)
+    tolerance = {"rtol": 1e-12} if dtype == np.float64 else {"rtol": 2e-6, "atol": 2e-6}
+    for name in results[0]:
+        np.testing.assert_allclose(results[0][name], results[1][name], err_msg=name, **tolerance)
+    assert not results[0]["gates"][1, 2].any() and not results[0]["d_ih"][1, 2].any()

@@ -7,8 +7,8 @@ bidirectional, returning sequences or final states, with initial states and with
 (PyTorch's packed sequences).  Gradients against central differences are test_gradients.py's
 cases (the registry walk files them there); here, what those cannot show: padded steps,
 dropout between stacked layers, the errors, the reference engine training a model (from
-Python and from `netlang train --device reference`), and the CPU engine refusing the layers
-in one line.
+Python and from `netlang train --device reference`), and the CPU engine's training steps
+against the reference's.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from test_gradients import check_gradients, random_params
 
 import netlang
-from netlang.errors import DataError, NetlangError, UsageError
+from netlang.errors import DataError, NetlangError
 from netlang.runtime import make_engine
 
 try:
@@ -319,9 +319,78 @@ def test_netlang_train_runs_a_recurrent_model_on_the_reference_engine(tmp_path, 
     assert (tmp_path / "run").is_dir()
 
 
-def test_the_cpu_engine_refuses_recurrent_layers_in_one_line():
-    model = _model("lstm", 1, False, False)
-    with pytest.raises(UsageError) as error:
-        make_engine(model.graph, device="cpu")
-    assert str(error.value) == ("error: `lstm` (layer `rec`) has no CPU kernel yet; engines "
-                                "that run it: reference — use `device=\"reference\"`")
+# ---- the CPU engine against the reference ---------------------------------------------------
+# Each op's kernels, forward and back, are held to the reference by tests/test_conformance.py;
+# here whole training runs: several steps of a classifier of each kind and of a character
+# model, in float32 (the precision models train in, and the CPU's fast tanh), parameters and
+# losses compared after every step.
+
+CLASSIFIER = """
+input x: [7, 4]
+input n: int32[]
+input y: int32[]
+output z = x -> %s(6, layers = 2, bidirectional = true, dropout = 0.25, lengths = n%s) as rec
+    -> dense(3)
+train {
+  loss cross_entropy(z, y)
+  optimizer adam(lr = 0.01)
+}
+"""
+
+CHAR_MODEL = """
+input tokens: int32[12]
+input next: int32[12]
+output logits = tokens -> embedding(20, 8) -> lstm(16, sequences = true) as lstm1
+    -> dropout(0.2) -> lstm(16, sequences = true) as lstm2 -> dense(20)
+train {
+  loss cross_entropy(logits, next)
+  optimizer adam(lr = 2e-3)
+  clip_norm 5
+}
+"""
+
+
+def _train_both(model, batches, lr):
+    """The reference and CPU engines from one seed, through the same steps: the largest
+    relative difference of the losses and of each parameter after each step."""
+    reference = make_engine(model.graph, device="reference", seed=3)
+    compiled = make_engine(model.graph, device="cpu", seed=3)
+    assert compiled.name == "cpu"
+    for feeds in batches:
+        loss_ref, out_ref = reference.train_step(feeds, lr)
+        loss, out = compiled.train_step(feeds, lr)
+        assert loss == pytest.approx(loss_ref, rel=1e-5)
+        for name in out_ref:
+            np.testing.assert_allclose(out[name], out_ref[name], rtol=1e-4, atol=1e-5)
+        for name, value in reference.params.items():
+            np.testing.assert_allclose(compiled.params[name], value, rtol=1e-4, atol=1e-5,
+                                       err_msg=name)
+
+
+@pytest.mark.parametrize("op, extra", [("lstm", ""), ("gru", ""), ("rnn", ", activation = relu"),
+                                       ("rnn", "")])
+def test_cpu_training_steps_of_a_classifier_match_the_reference(op, extra):
+    """Stacked, bidirectional, with lengths (0 to 7) and dropout between the layers: the masks
+    are drawn alike, and the padded steps pass gradients through alike."""
+    model = netlang.compile(CLASSIFIER % (op, extra))
+    rng = np.random.default_rng(4)
+    batches = [{"x": rng.normal(size=(9, 7, 4)).astype(np.float32),
+                "n": rng.integers(0, 8, 9).astype(np.int32), "y": rng.integers(0, 3, 9)}
+               for _ in range(3)]
+    _train_both(model, batches, 0.01)
+
+
+def test_cpu_training_steps_of_a_character_model_match_the_reference():
+    model = netlang.compile(CHAR_MODEL)
+    rng = np.random.default_rng(5)
+    batches = [{"tokens": rng.integers(0, 20, (6, 12)), "next": rng.integers(0, 20, (6, 12))}
+               for _ in range(3)]
+    _train_both(model, batches, 2e-3)
+
+
+def test_the_cpu_engine_refuses_lengths_past_the_sequence_in_one_line():
+    model = _model("gru", 1, False, False, lengths=True)
+    feeds = _feeds(model, np.random.default_rng(0), np.float32, [5, 6, 1])
+    with pytest.raises(DataError) as error:
+        make_engine(model.graph, device="cpu").forward(feeds)
+    assert error.value.message == "`lengths` holds a value outside 0 to the number of steps"

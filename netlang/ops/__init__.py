@@ -7,7 +7,7 @@ branches on an op's name.
 """
 
 from netlang.ops import (activations, conv, conv_kernels, core, dense, elementwise, losses, merge,
-                         norm, pool, recurrent, reduce, reshape)
+                         norm, pool, recurrent, recurrent_kernels, reduce, reshape)
 from netlang.ops.registry import OPS, OpDef, ParamSpec, ShapeContext, ShapeProblem
 
 
@@ -24,4 +24,4 @@ def all_ops() -> dict[str, OpDef]:
 __all__ = ["OPS", "OpDef", "ParamSpec", "ShapeContext", "ShapeProblem", "all_ops", "get_op",
            # the families, imported above for the ops they register
            "activations", "conv", "conv_kernels", "core", "dense", "elementwise", "losses",
-           "merge", "norm", "pool", "recurrent", "reduce", "reshape"]
+           "merge", "norm", "pool", "recurrent", "recurrent_kernels", "reduce", "reshape"]

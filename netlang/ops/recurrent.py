@@ -8,10 +8,17 @@ move between the two without reshuffling.
 A layer's operands are its input sequence, then the tensors its keyword arguments name
 (`h0`, `c0`, `lengths`, in that order, those given), then its parameters, and in a
 training step the dropout mask between its stacked layers (see `operand_names`).  The
-NumPy rules (forward in time, backward through it) are in recurrent_reference.py; here
-each op's schema, shape rule, parameters, and how its backward pass is built from graph
-ops: one `<kind>_grad` node runs back through time and leaves a tape of gradients, which
-the dense layer's own gradient ops turn into each parameter's gradient.
+NumPy rules (forward in time, backward through it) are in recurrent_reference.py, the CPU
+kernels in recurrent_kernels.py; here each op's schema, shape rule, parameters, and how its
+backward pass is built from graph ops.
+
+Inside a training step the layer's forward pass is a `<kind>_record` node, which leaves
+the record the pass back reads, and the layer itself reads its output from that record (the
+rewrite `_record_for_training`).  The backward pass is one `<kind>_grad` node, which runs back
+through time and leaves a tape of gate gradients; each parameter's gradient is then one
+product over all examples and steps (`recurrent_weight_grad`) or a column sum
+(`recurrent_bias_grad`) of a tape section, the input's a product with W_ih
+(`recurrent_input_grad`) and the initial states' a section of the tape (`recurrent_section`).
 """
 
 from netlang.ir.types import TensorType
@@ -22,10 +29,14 @@ from netlang.ops.recurrent_reference import (
     PARAMETER_PARTS,
     Stack,
     backprop,
+    hh_section,
+    layout_size,
     parameter_names,
+    record_array,
+    record_layout,
     run,
+    section,
     tape_layout,
-    tape_size,
 )
 from netlang.ops.registry import ParamSpec, ShapeProblem, define_internal, define_op
 from netlang.ops.schema import BOOL, FLOAT, INT, INTS, LAYER, TENSOR, Arg, enum
@@ -62,13 +73,15 @@ def _recurrent_args(kind):
 def operand_names(kind: str, attrs: dict) -> list[str]:
     """A recurrent node's operands by name, in order: `x`, the tensor arguments given (the
     front end stores each as the name of the layer it came from, None when not given), the
-    parameters, and `mask` once the training rewrite has added the dropout mask."""
+    parameters, `mask` once the training rewrite has added the dropout mask, and `record`
+    where the layer reads its output from a `<kind>_record` node."""
     given = [name for name in STATE_ARGS[kind] if attrs.get(name) is not None]
     names = ["x", *given, *parameter_names(attrs["layers"], 2 if attrs["bidirectional"] else 1)]
-    return names + (["mask"] if attrs.get("masked") else [])
+    return names + (["mask"] if attrs.get("masked") else []) + \
+        (["record"] if attrs.get("recorded") else [])
 
 
-def _named(kind, attrs, values) -> dict:
+def named_operands(kind: str, attrs: dict, values) -> dict:
     """Operand name → value (or type) of a recurrent node."""
     return dict(zip(operand_names(kind, attrs), values))
 
@@ -79,7 +92,7 @@ def _recurrent_shape(kind):
         ctx.need_rank(0, (3,), "a (time, features) sequence per example")
         x = ctx.inputs[0]
         stack = Stack.of(kind, a, x.shape)
-        positions = _named(kind, a, range(len(ctx.inputs)))
+        positions = named_operands(kind, a, range(len(ctx.inputs)))
         for state in ("h0", "c0"):
             if state not in positions:
                 continue
@@ -204,8 +217,11 @@ def _drops(a) -> bool:
 
 def _forward(kind):
     def rule(ins, a, ctx):
-        named = _named(kind, a, ins)
+        named = named_operands(kind, a, ins)
         x = named["x"]
+        if "record" in named:
+            layout = record_layout(Stack.of(kind, a, x.shape), a["sequences"])
+            return section(named["record"], layout, "output")
         mask = named.get("mask")
         # The graph as lowered, run in training mode (a reference forward pass): the mask is
         # drawn here, from the same stream and in the same order as the training program's
@@ -231,27 +247,60 @@ recurrent_dropout_mask.forward(
                                            ctx.rng, ins[0].dtype))
 
 
-def _draw_dropout_mask(graph, node):
-    """Inside a training step, a recurrent layer with dropout between its stacked layers reads
-    its mask as one more operand, drawn by a node of its own, so that its backward pass
-    applies the very mask its forward pass did."""
+def _without_record(attrs: dict) -> dict:
+    return {name: value for name, value in attrs.items() if name != "recorded"}
+
+
+def _record_for_training(graph, node):
+    """Inside a training step the layer's forward pass runs as a `<kind>_record` node, whose
+    record the backward pass reads, and the layer reads its output from it.  A layer with
+    dropout between its stacked layers reads its mask as one more operand, drawn by a node of
+    its own, so that its backward pass applies the very mask its forward pass did."""
     data = graph.nodes[node]
-    a = data["attrs"]
-    if not _drops(a):
-        return
+    a, kind = data["attrs"], data["op"]
     x = data["inputs"][0]
     x_type = graph.type_of(x)
-    shape = _mask_shape(a, x_type.shape[1])
-    mask = graph.add_op("recurrent_dropout_mask", [x], {"rate": a["dropout"], "shape": shape},
-                        TensorType((None,) + shape, x_type.dtype),
-                        name=graph.unique_name(f"{data['name']}.mask"), role="internal",
-                        layer=data["layer"], trace=data["trace"])
-    graph.replace_op(node, data["op"], list(data["inputs"]) + [mask], {**a, "masked": True})
+    operands = list(data["inputs"])
+    if _drops(a):
+        shape = _mask_shape(a, x_type.shape[1])
+        mask = graph.add_op("recurrent_dropout_mask", [x], {"rate": a["dropout"], "shape": shape},
+                            TensorType((None,) + shape, x_type.dtype),
+                            name=graph.unique_name(f"{data['name']}.mask"), role="internal",
+                            layer=data["layer"], trace=data["trace"])
+        operands.append(mask)
+        a = {**a, "masked": True}
+    layout = record_layout(Stack.of(kind, a, x_type.shape), a["sequences"])
+    record = graph.add_op(f"{kind}_record", operands, a,
+                          TensorType((None, layout_size(layout)), x_type.dtype),
+                          name=graph.unique_name(f"{data['name']}.record"), role="internal",
+                          layer=data["layer"], trace=data["trace"])
+    graph.replace_op(node, kind, operands + [record], {**a, "recorded": True})
+
+
+def _record_forward(kind):
+    def rule(ins, a, ctx):
+        named = named_operands(kind, a, ins)
+        x = named["x"]
+        stack = Stack.of(kind, a, x.shape)
+        record = run(stack, a, x, _weights(stack, named), named.get("h0"), named.get("c0"),
+                     named.get("lengths"), named.get("mask"))
+        return record_array(stack, record, record_layout(stack, a["sequences"]))
+    return rule
+
+
+def _record_shape(kind):
+    def rule(ctx, a):
+        x = ctx.inputs[0]
+        layout = record_layout(Stack.of(kind, a, x.shape), a["sequences"])
+        return TensorType((None, layout_size(layout)), x.dtype)
+    return rule
 
 
 def _grad_forward(kind):
     def rule(ins, a, ctx):
-        named = _named(kind, a, ins[:-1])
+        # The reference runs the layer forward again rather than read the record operand
+        # (a function of the others): the NumPy pass keeps its per-step values as arrays.
+        named = named_operands(kind, a, ins[:-1])
         x = named["x"]
         stack = Stack.of(kind, a, x.shape)
         weights = _weights(stack, named)
@@ -265,40 +314,53 @@ def _grad_forward(kind):
 def _grad_shape(kind):
     def rule(ctx, a):
         x = ctx.inputs[0]
-        named = _named(kind, a, ctx.inputs[:-1])
+        named = named_operands(kind, a, ctx.inputs[:-1])
         layout = tape_layout(Stack.of(kind, a, x.shape), "h0" in named, "c0" in named)
-        return TensorType((None, tape_size(layout)), x.dtype)
+        return TensorType((None, layout_size(layout)), x.dtype)
     return rule
 
 
 def _vjp(kind):
     def rule(b, node, g):
-        """One `<kind>_grad` node runs back through time; each operand's gradient is then a
-        section of its tape: reshaped for the input and the initial states, and for each
-        weight and bias the dense layer's gradient (a sum over examples and steps)."""
+        """One `<kind>_grad` node runs back through time, reading the record of the forward
+        pass (a `<kind>_record` node of its own outside a training step, where the layer
+        keeps none); each operand's gradient is then built from sections of its tape."""
         a = b.attrs(node)
-        operands = b.operands(node)
-        named = _named(kind, a, operands)
+        operands = list(b.operands(node))
+        named = named_operands(kind, a, operands)
         stack = Stack.of(kind, a, b.type(operands[0]).shape)
-        tape = b.add(f"{kind}_grad", list(operands) + [g], **a)
-        layout = tape_layout(stack, "h0" in named, "c0" in named)
-
-        def section(name, shape=None):
-            start, size = layout[name]
-            piece = b.add("slice_axis", [tape], axis=-1, start=start, stop=start + size)
-            return piece if shape is None else b.add("reshape", [piece], shape=shape)
-
-        rows, steps = stack.gates * stack.units, stack.steps
-        grads = {name: b.add("reshape_like", [section(name), named[name]])
-                 for name in ("x", "h0", "c0") if name in named}
+        if "record" in named:
+            operands.pop()
+        record = named["record"] if "record" in named else \
+            b.add(f"{kind}_record", operands, **_without_record(a))
+        tape = b.add(f"{kind}_grad", operands + [record, g], **{**a, "recorded": True})
+        tape_at = tape_layout(stack, "h0" in named, "c0" in named)
+        record_at = record_layout(stack, a["sequences"])
+        steps, rows = stack.steps, stack.gates * stack.units
+        grads = {}
+        for name in ("h0", "c0"):
+            if name in named:
+                start, shape = tape_at[name]
+                piece = b.add("recurrent_section", [tape], start=start, shape=shape)
+                grads[name] = b.add("reshape_like", [piece, named[name]])
+        first = [tag for layer, _, tag in stack.cells() if layer == 0]
+        grads["x"] = b.add("recurrent_input_grad",
+                           [tape] + [named[f"weight_ih_{tag}"] for tag in first],
+                           starts=tuple(tape_at[f"ih{tag}"][0] for tag in first), steps=steps)
         for layer, _, tag in stack.cells():
-            d_ih, d_hh = section(f"ih{tag}", (steps, rows)), section(f"hh{tag}", (steps, rows))
-            read = section(f"input{layer}", (steps, stack.width(layer)))
-            grads[f"weight_ih_{tag}"] = b.add("dense_grad_weight", [d_ih, read])
+            ih, hh = tape_at[f"ih{tag}"][0], tape_at[hh_section(stack, tag)][0]
+            source, at = (named["x"], 0) if layer == 0 else \
+                (record, record_at[f"input{layer}"][0])
+            grads[f"weight_ih_{tag}"] = b.add(
+                "recurrent_weight_grad", [tape, source], starts=(ih, at), steps=steps,
+                columns=(rows, stack.width(layer)))
             grads[f"weight_hh_{tag}"] = b.add(
-                "dense_grad_weight", [d_hh, section(f"prev{tag}", (steps, stack.units))])
-            grads[f"bias_ih_{tag}"] = b.add("bias_grad", [d_ih])
-            grads[f"bias_hh_{tag}"] = b.add("bias_grad", [d_hh])
+                "recurrent_weight_grad", [tape, record], steps=steps, columns=(rows, stack.units),
+                starts=(hh, record_at[f"prev{tag}"][0]))
+            grads[f"bias_ih_{tag}"] = b.add("recurrent_bias_grad", [tape], start=ih, steps=steps,
+                                            columns=rows)
+            grads[f"bias_hh_{tag}"] = b.add("recurrent_bias_grad", [tape], start=hh, steps=steps,
+                                            columns=rows)
         return [grads.get(name) for name in operand_names(kind, a)]   # none for lengths, mask
     return rule
 
@@ -391,7 +453,7 @@ def _step(kind):
 def _lengths_bound(kind):
     """Random benchmark lengths run from 0 to the number of steps."""
     def bound(index, a, in_types):
-        named = _named(kind, a, range(len(in_types)))
+        named = named_operands(kind, a, range(len(in_types)))
         return in_types[0].shape[1] + 1 if named.get("lengths") == index else None
     return bound
 
@@ -405,13 +467,82 @@ for _kind in ("rnn", "lstm", "gru"):
     _op.macs(_recurrent_macs(_kind))
     _op.forward(_forward(_kind))
     _op.vjp(_vjp(_kind))
-    _op.training_rewrite(_draw_dropout_mask)
+    _op.training_rewrite(_record_for_training)
     _op.integer_bound = _lengths_bound(_kind)
     _op.carried_states = _carried_states(_kind)
     _op.step_rule = _step(_kind)
+    _record = define_internal(
+        f"{_kind}_record", family="recurrent", arity=None, args=_op.args,
+        shape=_record_shape(_kind),
+        doc=f"`{_kind}` run forward, leaving per example the record its backward pass reads and "
+            f"its output (recurrent_reference.py `record_layout`).")
+    _record.forward(_record_forward(_kind))
     _grad = define_internal(
         f"{_kind}_grad", family="recurrent", arity=None, args=_op.args, shape=_grad_shape(_kind),
-        doc=f"Backpropagation through time of `{_kind}`, from its operands and the gradient of "
-            f"its output: per example, a tape of the gradients of its input and initial "
-            f"states and what its parameters' gradients are sums of (recurrent_reference.py).")
+        doc=f"Backpropagation through time of `{_kind}`, from its operands, its record and the "
+            f"gradient of its output: per example, a tape of the gradients of its initial "
+            f"states and of its gates' pre-activations (recurrent_reference.py `tape_layout`).")
     _grad.forward(_grad_forward(_kind))
+
+
+# ---- the gradients, from sections of the tape and the record ---------------------------------
+#
+# A section of a section-major (B, size) array starts at element B·start of its flat buffer and
+# holds B·steps rows of `columns` values (recurrent_reference.py); an operand that is a plain
+# sequence (B, T, F) is its own section at start 0.
+
+
+def _rows(array, start: int, steps: int, columns: int):
+    """Section rows (B·steps, columns) of `array`, starting at per-example offset `start`."""
+    batch = array.shape[0]
+    return array.reshape(-1)[batch * start:batch * (start + steps * columns)].reshape(-1, columns)
+
+
+recurrent_section = define_internal(
+    "recurrent_section", family="recurrent",
+    args=[Arg("start", INT), Arg("shape", INTS)],
+    shape=lambda ctx, a: TensorType((None,) + tuple(a["shape"]), ctx.inputs[0].dtype),
+    doc="A section of a section-major tape, as (B, *shape).")
+recurrent_section.forward(
+    lambda ins, a, ctx: section(ins[0], {"it": (a["start"], tuple(a["shape"]))}, "it"))
+
+recurrent_weight_grad = define_internal(
+    "recurrent_weight_grad", family="recurrent", arity=2,
+    args=[Arg("starts", INTS), Arg("steps", INT), Arg("columns", INTS)],
+    shape=lambda ctx, a: TensorType(tuple(a["columns"]), ctx.inputs[0].dtype),
+    doc="A weight's gradient: Σ over examples and steps of a tape section's gate gradients "
+        "times what the weight multiplied (a section of the record, or the input).")
+recurrent_weight_grad.forward(
+    lambda ins, a, ctx: _rows(ins[0], a["starts"][0], a["steps"], a["columns"][0]).T
+    @ _rows(ins[1], a["starts"][1], a["steps"], a["columns"][1]))
+
+recurrent_bias_grad = define_internal(
+    "recurrent_bias_grad", family="recurrent",
+    args=[Arg("start", INT), Arg("steps", INT), Arg("columns", INT)],
+    shape=lambda ctx, a: TensorType((a["columns"],), ctx.inputs[0].dtype),
+    doc="A bias's gradient: a tape section's gate gradients summed over examples and steps.")
+recurrent_bias_grad.forward(
+    lambda ins, a, ctx: _rows(ins[0], a["start"], a["steps"], a["columns"]).sum(axis=0))
+
+
+def _input_grad_shape(ctx, a):
+    weight = ctx.inputs[1]
+    return TensorType((None, a["steps"], weight.shape[1]), ctx.inputs[0].dtype)
+
+
+recurrent_input_grad = define_internal(
+    "recurrent_input_grad", family="recurrent", arity=None,
+    args=[Arg("starts", INTS), Arg("steps", INT)], shape=_input_grad_shape,
+    doc="The input's gradient: the first layer's gate gradients (a tape section per direction) "
+        "times each direction's W_ih, summed.")
+
+
+def _input_grad_forward(ins, a, ctx):
+    tape, weights = ins[0], ins[1:]
+    batch = tape.shape[0]
+    total = sum(_rows(tape, start, a["steps"], w.shape[0]) @ w
+                for start, w in zip(a["starts"], weights))
+    return total.reshape(batch, a["steps"], -1)
+
+
+recurrent_input_grad.forward(_input_grad_forward)

@@ -15,14 +15,20 @@ With `lengths`, the steps at and after an example's length are padding: they lea
 state as it is, output zeros (as PyTorch's `pad_packed_sequence`) and receive no gradient,
 so the final state is each example's own, in both directions.
 
-The backward rule is one pass back through time (`backprop`).  It writes, per example, one
-flat row (the *tape*, laid out by `tape_layout`): the gradients of the input and of the
-initial states, and what the weight gradients are sums of — the gradient of each gate's
-pre-activation at every step (`ih`, and `hh` for the part that multiplies W_hh, which only
-the GRU's n-gate makes different), each layer's input and each step's previous state.  Each
-weight's gradient is then a sum over examples and steps of a gate gradient times what the
-weight multiplied, and each bias's a sum of gate gradients: the dense layer's own gradient
-ops on sections of the tape (netlang/ops/recurrent.py), so one pass back serves them all.
+The forward pass of a training step leaves a *record* (`record_layout`), and the backward
+rule, one pass back through time (`backprop`), a *tape* (`tape_layout`).  The record holds
+what the pass back reads — each cell's state before every step, its gate values (and the
+LSTM's cell states, the GRU's W_hn·h + b_hn), the sequence each upper layer read — and the
+layer's output; the tape, the gradients of the initial states and of each gate's
+pre-activation at every step (`ih`, and `hh` for the part that multiplies W_hh, which only the
+GRU's n-gate makes different).  Each weight's gradient is then one product over all examples
+and steps of a gate gradient with what the weight multiplied, each bias's a column sum, and
+the input's gradient a product with W_ih (netlang/ops/recurrent.py builds them as graph ops).
+
+Both are laid out *section-major*: a (B, size) tensor whose flat buffer holds one section
+after the other, each section all B examples' values ((B, T, width) for a sequence), so a
+section is one contiguous matrix of B·T rows for a matrix product.  `section` reads one.
+Steps past an example's length hold zeros in both (the state before them: its last state).
 """
 
 from __future__ import annotations
@@ -83,36 +89,82 @@ def parameter_names(layers: int, directions: int) -> list[str]:
             for d in range(directions) for part in PARAMETER_PARTS]
 
 
-# ---- the tape: what one backward pass leaves for the gradients ------------------------------
+# ---- the record and the tape: what the forward pass and the pass back leave ----------------
 
 
-def tape_layout(stack: Stack, with_h0: bool, with_c0: bool) -> dict:
-    """Section name → (offset, size) within one example's tape row, in order.
+# Besides the state before each step and the gate values, what each kind's pass back reads
+# per step: the LSTM's cell state before the step and tanh of the one after, the GRU's
+# W_hn·h + b_hn.
+CELL_EXTRAS = {"rnn": (), "lstm": ("cells", "tanhc"), "gru": ("hn",)}
 
-    `x`: the input's gradient (T·F); `h0`, `c0`: the initial states' gradients (L·D·H each,
-    when given); `input<l>`: the sequence layer l read (T·width); per cell `ih<tag>`,
-    `hh<tag>`: the gradients of the gate pre-activations at each step (T·G·H), `prev<tag>`:
-    the state before each step (T·H).
-    """
-    T, H = stack.steps, stack.units
-    sizes = [("x", T * stack.features)]
-    sizes += [(name, stack.states * H) for name, given in (("h0", with_h0), ("c0", with_c0))
-              if given]
-    sizes += [(f"input{layer}", T * stack.width(layer)) for layer in range(stack.layers)]
-    for _, _, tag in stack.cells():
-        sizes += [(f"ih{tag}", T * stack.gates * H), (f"hh{tag}", T * stack.gates * H),
-                  (f"prev{tag}", T * H)]
+
+def _offsets(sections) -> dict:
+    """Name → (offset, per-example shape) of `sections` [(name, shape)], one after the other;
+    offsets count elements per example (a section starts at B·offset in the flat buffer)."""
     layout, offset = {}, 0
-    for name, size in sizes:
-        layout[name] = (offset, size)
-        offset += size
+    for name, shape in sections:
+        layout[name] = (offset, tuple(shape))
+        offset += int(np.prod(shape))
     return layout
 
 
-def tape_size(layout: dict) -> int:
-    """Elements in one example's tape row."""
-    offset, size = list(layout.values())[-1]
-    return offset + size
+def record_layout(stack: Stack, sequences: bool) -> dict:
+    """Sections of the forward pass's record: `output` (the layer's output), `input<l>` for
+    each layer l ≥ 1 (the sequence it read, after the dropout mask), and per cell
+    `prev<tag>` (the state before each step), `gates<tag>` (each gate's value: i, f, g, o;
+    r, z, n; the RNN's new state) and CELL_EXTRAS."""
+    T, H, D = stack.steps, stack.units, stack.directions
+    sections = [("output", (T, D * H) if sequences else (D * H,))]
+    sections += [(f"input{layer}", (T, D * H)) for layer in range(1, stack.layers)]
+    for _, _, tag in stack.cells():
+        sections += [(f"prev{tag}", (T, H)), (f"gates{tag}", (T, stack.gates * H))]
+        sections += [(f"{extra}{tag}", (T, H)) for extra in CELL_EXTRAS[stack.kind]]
+    return _offsets(sections)
+
+
+def tape_layout(stack: Stack, with_h0: bool, with_c0: bool) -> dict:
+    """Sections of the pass back's tape: `h0`, `c0` (the initial states' gradients, when
+    given), and per cell `ih<tag>` (the gradient of each gate's pre-activation at each step),
+    with `hh<tag>` for the GRU (its W_hh part: the n-gate's times r)."""
+    T, H = stack.steps, stack.units
+    sections = [(name, (stack.states, H)) for name, given in (("h0", with_h0), ("c0", with_c0))
+                if given]
+    for _, _, tag in stack.cells():
+        sections.append((f"ih{tag}", (T, stack.gates * H)))
+        if stack.kind == "gru":
+            sections.append((f"hh{tag}", (T, stack.gates * H)))
+    return _offsets(sections)
+
+
+def hh_section(stack: Stack, tag: str) -> str:
+    """The tape section whose product with W_hh passes the gradient back a step: `hh<tag>`
+    for the GRU, else the gate gradients themselves (`ih<tag>`)."""
+    return f"hh{tag}" if stack.kind == "gru" else f"ih{tag}"
+
+
+def layout_size(layout: dict) -> int:
+    """Elements per example of a record or tape."""
+    offset, shape = list(layout.values())[-1]
+    return offset + int(np.prod(shape))
+
+
+def section(array: np.ndarray, layout: dict, name: str) -> np.ndarray:
+    """Section `name` of a section-major record or tape (B, size), as (B, *its shape)."""
+    batch = array.shape[0]
+    offset, shape = layout[name]
+    size = int(np.prod(shape))
+    return array.reshape(-1)[batch * offset:batch * (offset + size)].reshape((batch,) + shape)
+
+
+def pack(layout: dict, values: dict, batch: int, dtype) -> np.ndarray:
+    """A section-major (B, size) array holding `values` (name → (B, *shape)), zeros where a
+    section has no value."""
+    flat = np.zeros(batch * layout_size(layout), dtype=dtype)
+    for name, (offset, shape) in layout.items():
+        if name in values:
+            size = int(np.prod(shape))
+            flat[batch * offset:batch * (offset + size)] = np.reshape(values[name], -1)
+    return flat.reshape(batch, -1)
 
 
 # ---- one step of each cell, forward and back ------------------------------------------------
@@ -282,19 +334,37 @@ def _backprop_direction(stack, attrs, run_: Pass, valid, w_hh, d_out, dh):
     return d_ih, d_hh, dh, dc
 
 
+# What each kind's record holds of a step's saved values (see the cells above), per step.
+_RECORDED = {
+    "rnn": lambda saved: {"gates": saved[0]},
+    "lstm": lambda saved: {"gates": np.concatenate(saved[1:5], axis=-1), "cells": saved[0],
+                           "tanhc": saved[5]},
+    "gru": lambda saved: {"gates": np.concatenate(saved[1:4], axis=-1), "hn": saved[4]},
+}
+
+
+def record_array(stack: Stack, record: Record, layout: dict) -> np.ndarray:
+    """The record (B, size) of the forward run `record`, laid out by `layout`."""
+    batch = record.output.shape[0]
+    keep = record.valid[:, :, None]
+    values = {"output": record.output}
+    values.update({f"input{layer}": record.inputs[layer] for layer in range(1, stack.layers)})
+    for layer, d, tag in stack.cells():
+        run_ = record.passes[layer, d]
+        values[f"prev{tag}"] = run_.previous
+        steps = [_RECORDED[stack.kind](saved) for saved in run_.saved]
+        for name in steps[0]:
+            values[f"{name}{tag}"] = np.stack([step[name] for step in steps], axis=1) * keep
+    return pack(layout, values, batch, record.output.dtype)
+
+
 def backprop(stack: Stack, attrs: dict, record: Record, weights: dict, g, layout: dict,
              mask=None) -> np.ndarray:
-    """The tape (B, tape size) of one backward pass through the stack run as `record`, from
-    `g`, the gradient of its output."""
+    """The tape (B, size) of one backward pass through the stack run as `record`, from `g`,
+    the gradient of its output; laid out by `layout` (tape_layout)."""
     batch, H, D = g.shape[0], stack.units, stack.directions
-    tape = np.zeros((batch, tape_size(layout)), dtype=g.dtype)
-
-    def put(name, value):
-        start, size = layout[name]
-        tape[:, start:start + size] = value.reshape(batch, size)
-
-    d_states = {"h0": np.zeros((batch, stack.states, H), dtype=g.dtype)}
-    d_states["c0"] = np.zeros_like(d_states["h0"])
+    values = {"h0": np.zeros((batch, stack.states, H), dtype=g.dtype)}
+    values["c0"] = np.zeros_like(values["h0"])
     if attrs["sequences"]:
         d_seq, d_final = g, [np.zeros((batch, H), dtype=g.dtype)] * D
     else:
@@ -305,21 +375,14 @@ def backprop(stack: Stack, attrs: dict, record: Record, weights: dict, g, layout
         for d in range(D):
             w_ih, w_hh = weights[layer, d][:2]
             tag = f"l{layer}{'_reverse' if d else ''}"
-            run_ = record.passes[layer, d]
             final = d_final[d] if layer == stack.layers - 1 else np.zeros((batch, H), g.dtype)
-            d_ih, d_hh, dh, dc = _backprop_direction(stack, attrs, run_, record.valid, w_hh,
+            d_ih, d_hh, dh, dc = _backprop_direction(stack, attrs, record.passes[layer, d],
+                                                     record.valid, w_hh,
                                                      d_seq[..., d * H:(d + 1) * H], final)
             d_input += d_ih @ w_ih
-            put(f"ih{tag}", d_ih)
-            put(f"hh{tag}", d_hh)
-            put(f"prev{tag}", run_.previous)
-            d_states["h0"][:, layer * D + d] = dh
+            values[f"ih{tag}"], values[f"hh{tag}"] = d_ih, d_hh
+            values["h0"][:, layer * D + d] = dh
             if dc is not None:
-                d_states["c0"][:, layer * D + d] = dc
-        put(f"input{layer}", record.inputs[layer])
+                values["c0"][:, layer * D + d] = dc
         d_seq = d_input if mask is None or layer == 0 else d_input * mask[:, layer - 1]
-    put("x", d_input)
-    for name in ("h0", "c0"):
-        if name in layout:
-            put(name, d_states[name])
-    return tape
+    return pack(layout, values, batch, g.dtype)

@@ -1,0 +1,344 @@
+"""CPU kernel templates of the recurrent layers.
+
+The ops (arguments, shape rules, parameters, reference rules, the backward pass as graph
+ops) are in netlang/ops/recurrent.py; this module attaches their CPU kernels.  The loop nests
+they call are plain Python in netlang/ops/recurrent_loops.py, compiled by
+netlang.runtime.recurrent.
+
+Forward (`<kind>_record`, and the layer itself outside a training step), for each layer and
+direction: one matrix product for the input's part of every step's gates (all B·T rows at
+once), then per step one product h·W_hhᵀ and one step function, which adds the parts and the
+biases, applies the nonlinearities, and writes the state, the record and the output.  Back
+(`<kind>_grad`), per step, last first: one step function writes the gate gradients into the
+tape, and one product adds their W_hh part, da·W_hh, to the state's gradient; then one product
+per direction gives the gradient of the sequence the layer read, which the layer below reads
+(through the dropout mask).  The weights' gradients are then one product each over all
+examples and steps (`recurrent_weight_grad`), the biases' column sums.  States, products and
+gradients live in planned buffers (the kernels' workspaces, the record and the tape):
+nothing is allocated per step.
+
+The step functions come in two versions, by the program's dtype (see
+netlang/runtime/recurrent.py); records and tapes are section-major (recurrent_reference.py),
+so every section is a view of the flat buffer, made once before the loops.
+"""
+
+from __future__ import annotations
+
+import math
+
+from netlang.ops.norm import dropout_mask
+from netlang.ops.recurrent import (named_operands, recurrent_bias_grad, recurrent_dropout_mask,
+                                   recurrent_input_grad, recurrent_section,
+                                   recurrent_weight_grad)
+from netlang.ops.recurrent_reference import (CELL_EXTRAS, PARAMETER_PARTS, Stack, hh_section,
+                                             layout_size, record_layout, tape_layout)
+from netlang.ops.registry import OPS
+
+RUNTIME = "netlang.runtime.recurrent"
+
+
+def _helper(k, name: str) -> str:
+    return k.helper(name, RUNTIME)
+
+
+def _step_function(k, name: str) -> str:
+    """A step function in the program's precision (`lstm_step32`, `gru_step_back64`...)."""
+    return _helper(k, f"{name}{'32' if k.program.dtype == 'float32' else '64'}")
+
+
+def _section(k, array: str, start: int, shape: tuple) -> str:
+    """A view (B, *shape) of a section-major array's section starting at `start` (elements
+    per example): the slice of its flat buffer from B·start."""
+    flat = k.flat(array)
+    n = f"{array}.shape[0]"
+    size = math.prod(shape)
+    dims = ", ".join([n] + [str(d) for d in shape])
+    return k.host_value(f"{flat}[{n} * {start}:{n} * {start + size}].reshape(({dims},))", "sec")
+
+
+class _OneBlasThread:
+    """The time loops hold BLAS to one thread: their products are small (B×H by H×G·H per
+    step), and waking BLAS's threads for each costs more than they share (on this project's
+    shared two-core machine a 128×128 by 128×512 product took 2.3 ms on two threads, 0.14 ms
+    on one).  The serial step sets the count, as around the worker functions
+    (netlang/runtime/blas.py `set_blas_threads`)."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def __enter__(self):
+        self.saved = self.k.fresh("blas")
+        threads = self.k.helper("set_blas_threads", "netlang.runtime.blas")
+        self.k.line(f"{self.saved} = {threads}(1)")
+
+    def __exit__(self, *exc):
+        self.k.line(f"set_blas_threads({self.saved})")
+
+
+def _sections(k, array: str, layout: dict) -> dict:
+    return {name: _section(k, array, start, shape) for name, (start, shape) in layout.items()}
+
+
+def _fill_steps(k, steps: str, named: dict, stack: Stack) -> None:
+    """Each example's length (checked), or the whole sequence without `lengths`."""
+    if "lengths" in named:
+        k.line(f"{_helper(k, 'fill_steps')}({steps}, {k.flat(named['lengths'])}, {stack.steps})")
+    else:
+        k.line(f"{steps}[:] = {stack.steps}")
+
+
+def _states(k, named: dict, name: str, stack: Stack) -> str | None:
+    """An initial state operand (or its gradient's section) as (B, L·D, H), when given."""
+    if name not in named:
+        return None
+    state = named[name]
+    return k.host_value(f"{state}.reshape(({state}.shape[0], {stack.states}, {stack.units}))",
+                        "st")
+
+
+def _workspace_rule(kind: str, plan):
+    """The op's `cpu_workspace` rule from `plan(stack, attrs)`: [(name, spec)]."""
+    def rule(in_types, out_type, a):
+        return [spec for _, spec in plan(Stack.of(kind, a, in_types[0].shape), a)]
+    return rule
+
+
+def _workspaces(k, kind: str, plan) -> dict:
+    stack = Stack.of(kind, k.attrs, k.in_types[0].shape)
+    return {name: k.workspace(i) for i, (name, _) in enumerate(plan(stack, k.attrs))}
+
+
+# ---- forward --------------------------------------------------------------------------------
+
+def _forward_plan(stack: Stack, a: dict, with_record: bool) -> list:
+    """Each example's length, the state h (and the LSTM's c), a step's h·W_hhᵀ, the input's
+    part of every step's gates, and the record where the kernel keeps it to itself."""
+    rows = stack.gates * stack.units
+    plan = [("steps", ((1,), True, "int64")), ("h", ((stack.units,), True))]
+    if stack.kind == "lstm":
+        plan.append(("c", ((stack.units,), True)))
+    plan += [("hw", ((rows,), True)), ("proj", ((stack.steps, rows), True))]
+    if with_record:
+        plan.append(("record", ((layout_size(record_layout(stack, a["sequences"])),), True)))
+    return plan
+
+
+def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
+    """The layer forward, into `record` (a section-major (B, size) array): every section of
+    recurrent_reference.py's `record_layout`, the output included."""
+    a = k.attrs
+    T, H, D, G = stack.steps, stack.units, stack.directions, stack.gates
+    steps, h, c, hw, proj = k.flat(ws["steps"]), ws["h"], ws.get("c"), ws["hw"], ws["proj"]
+    n = k.host_value(f"{named['x']}.shape[0]", "n")
+    proj_rows = k.host_value(f"{proj}.reshape(({n} * {T}, {G * H}))", "pr")
+    proj_steps = k.host_value(f"{proj}.reshape(({n}, {T}, {G * H}))", "pr")
+    sections = _sections(k, record, record_layout(stack, a["sequences"]))
+    h0, c0 = _states(k, named, "h0", stack), _states(k, named, "c0", stack)
+    mask = named.get("mask")
+    _fill_steps(k, steps, named, stack)
+    step = _step_function(k, f"{stack.kind}_step")
+    last = stack.layers - 1
+    for layer in range(stack.layers):
+        if layer == 0:
+            source = k.matrix(named["x"], stack.features)
+        else:
+            source = k.host_value(f"{sections[f'input{layer}']}.reshape(({n} * {T}, {D * H}))",
+                                  "in")
+        for d in range(D):
+            tag = f"l{layer}{'_reverse' if d else ''}"
+            w_ih, w_hh, b_ih, b_hh = (named[f"{part}_{tag}"] for part in PARAMETER_PARTS)
+            k.line(f"{k.gemm}(False, True, 1.0, {source}, {w_ih}, 0.0, {proj_rows})")
+            for state, initial in ((h, h0), (c, c0)):
+                if state is not None and initial is None:
+                    k.line(f"{state}[:, :] = 0.0")
+                elif state is not None:
+                    k.line(f"{_helper(k, 'start_state')}({state}, {initial}, {layer * D + d})")
+            emit = layer < last or a["sequences"]
+            if layer < last:
+                out = sections[f"input{layer + 1}"]
+            else:   # without `sequences` the top layer outputs no sequence: a placeholder
+                out = sections["output"] if a["sequences"] else sections[f"prev{tag}"]
+            arguments = [h] + ([c] if c is not None else []) + \
+                [sections[f"prev{tag}"], sections[f"gates{tag}"]] + \
+                [sections[f"{extra}{tag}"] for extra in CELL_EXTRAS[stack.kind]] + \
+                [out, str(d * H), str(emit)]
+            if stack.kind == "rnn":
+                arguments.append(str(a["activation"] == "relu"))
+            s = k.fresh("s")
+            with _OneBlasThread(k), k.block(f"for {s} in range({T}):"):
+                t = f"{T - 1} - {s}" if d else s
+                k.line(f"{k.gemm}(False, True, 1.0, {h}, {w_hh}, 0.0, {hw})")
+                k.line(f"{step}({t}, {steps}, {proj_steps}, {hw}, {b_ih}, {b_hh}, "
+                       f"{', '.join(arguments)})")
+            if layer == last and not a["sequences"]:
+                final = k.host_value(f"{sections['output']}.reshape(({n}, {D}, {H}))", "fin")
+                k.line(f"{_helper(k, 'store_state')}({h}, {final}, {d})")
+        if mask is not None and layer < last:
+            k.line(f"{_helper(k, 'apply_mask')}({sections[f'input{layer + 1}']}, {mask}, {layer})")
+
+
+def _record_kernel(kind: str):
+    """`<kind>_record`: the forward pass, its record the output."""
+    def plan(stack, a):
+        return _forward_plan(stack, a, with_record=False)
+
+    def kernel(k):
+        named = named_operands(kind, k.attrs, k.ins)
+        emit_forward(k, Stack.of(kind, k.attrs, k.in_types[0].shape), named, k.out,
+                     _workspaces(k, kind, plan))
+    return kernel, _workspace_rule(kind, plan)
+
+
+def _layer_kernel(kind: str):
+    """The layer: inside a training step it copies its output out of its record operand;
+    elsewhere it runs the forward pass into a record of its own first.  The output is the
+    record's first section."""
+    def plan(stack, a):
+        return [] if a.get("recorded") else _forward_plan(stack, a, with_record=True)
+
+    def kernel(k):
+        named = named_operands(kind, k.attrs, k.ins)
+        record = named.get("record")
+        if record is None:
+            ws = _workspaces(k, kind, plan)
+            record = ws["record"]
+            emit_forward(k, Stack.of(kind, k.attrs, k.in_types[0].shape), named, record, ws)
+        k.line(f"{_helper(k, 'copy_flat')}({record}, 0, {k.out})")
+    return kernel, _workspace_rule(kind, plan)
+
+
+# ---- back through time ------------------------------------------------------------------------
+
+def _grad_plan(stack: Stack, a: dict) -> list:
+    """Each example's length, the state's gradient dh (and the LSTM's dc), and the gradients
+    of the sequences that the layers above the first read: two, used in turn."""
+    plan = [("steps", ((1,), True, "int64")), ("dh", ((stack.units,), True))]
+    if stack.kind == "lstm":
+        plan.append(("dc", ((stack.units,), True)))
+    sequence = ((stack.steps, stack.units * stack.directions), True)
+    plan += [(f"d_input{i}", sequence) for i in range(min(stack.layers - 1, 2))]
+    return plan
+
+
+def _grad_kernel(kind: str):
+    def kernel(k):
+        a = k.attrs
+        stack = Stack.of(kind, a, k.in_types[0].shape)
+        T, H, D, G = stack.steps, stack.units, stack.directions, stack.gates
+        named = named_operands(kind, a, k.ins[:-1])
+        g = k.ins[-1]
+        ws = _workspaces(k, kind, _grad_plan)
+        steps, dh, dc = k.flat(ws["steps"]), ws["dh"], ws.get("dc")
+        n = k.host_value(f"{named['x']}.shape[0]", "n")
+        record = _sections(k, named["record"], record_layout(stack, a["sequences"]))
+        tape_at = tape_layout(stack, "h0" in named, "c0" in named)
+        tape = _sections(k, k.out, tape_at)
+        gradients = {name: _states(k, tape, name, stack) for name in ("h0", "c0")}
+        _fill_steps(k, steps, named, stack)
+        back = _step_function(k, f"{kind}_step_back")
+        last = stack.layers - 1
+        # The gradient of the sequence the layer reads: the output's, for the top layer with
+        # `sequences`; the one the layer above left (masked) for the others.
+        above = k.host_value(f"{g}.reshape(({n}, {T}, {D * H}))", "ga") if a["sequences"] else None
+        for layer in reversed(range(stack.layers)):
+            for d in range(D):
+                tag = f"l{layer}{'_reverse' if d else ''}"
+                w_hh = named[f"weight_hh_{tag}"]
+                if layer == last and not a["sequences"]:
+                    final = k.host_value(f"{g}.reshape(({n}, {D}, {H}))", "gf")
+                    k.line(f"{_helper(k, 'start_state')}({dh}, {final}, {d})")
+                else:
+                    k.line(f"{dh}[:, :] = 0.0")
+                if dc is not None:
+                    k.line(f"{dc}[:, :] = 0.0")
+                arguments = [dh] + ([dc] if dc is not None else [])
+                arguments += [above or tape[f"ih{tag}"], str(d * H), str(above is not None)]
+                if kind == "gru":
+                    arguments.append(record[f"prev{tag}"])
+                arguments += [record[f"gates{tag}"]]
+                arguments += [record[f"{extra}{tag}"] for extra in CELL_EXTRAS[kind]]
+                arguments.append(tape[f"ih{tag}"])
+                if kind == "gru":
+                    arguments.append(tape[f"hh{tag}"])
+                if kind == "rnn":
+                    arguments.append(str(a["activation"] == "relu"))
+                through = tape[hh_section(stack, tag)]
+                s = k.fresh("s")
+                with _OneBlasThread(k), k.block(f"for {s} in range({T}):"):
+                    # Back through a direction's steps in the reverse of their order.
+                    t = k.host_value(s if d else f"{T - 1} - {s}", "t")
+                    k.line(f"{back}({t}, {steps}, {', '.join(arguments)})")
+                    product = (f"{k.gemm}(False, False, 1.0, {through}[:, {t}, :], {w_hh}, 1.0, "
+                               f"{dh})")
+                    if gradients["h0"] is not None:
+                        k.line(product)
+                    else:   # the state before the first step has no gradient to keep
+                        with k.block(f"if {s} < {T - 1}:"):
+                            k.line(product)
+                for name, state in (("h0", dh), ("c0", dc)):
+                    if gradients[name] is not None:
+                        k.line(f"{_helper(k, 'store_state')}({state}, {gradients[name]}, "
+                               f"{layer * D + d})")
+            if layer == 0:
+                break   # the input's gradient is recurrent_input_grad's
+            below = ws[f"d_input{(last - layer) % 2}"]   # not the one it reads
+            rows = k.host_value(f"{below}.reshape(({n} * {T}, {D * H}))", "di")
+            for d in range(D):
+                tag = f"l{layer}{'_reverse' if d else ''}"
+                gates = k.host_value(f"{tape[f'ih{tag}']}.reshape(({n} * {T}, {G * H}))", "dg")
+                k.line(f"{k.gemm}(False, False, 1.0, {gates}, {named[f'weight_ih_{tag}']}, "
+                       f"{1.0 if d else 0.0}, {rows})")
+            if "mask" in named:
+                k.line(f"{_helper(k, 'apply_mask')}({below}, {named['mask']}, {layer - 1})")
+            above = below
+    return kernel, _workspace_rule(kind, _grad_plan)
+
+
+# ---- the gradients from sections --------------------------------------------------------------
+
+def _rows(k, array: str, start: int, steps: int, columns: int) -> str:
+    """Rows (B·steps, columns) of a section starting at `start` elements per example."""
+    flat = k.flat(array)
+    n = f"{array}.shape[0]"
+    return k.host_value(f"{flat}[{n} * {start}:{n} * {start + steps * columns}]"
+                        f".reshape(({n} * {steps}, {columns}))", "rw")
+
+
+def _section_kernel(k):
+    k.line(f"{_helper(k, 'copy_flat')}({k.ins[0]}, {k.ins[0]}.shape[0] * {k.attrs['start']}, "
+           f"{k.out})")
+
+
+def _weight_grad_kernel(k):
+    (a_start, b_start), (a_columns, b_columns) = k.attrs["starts"], k.attrs["columns"]
+    steps = k.attrs["steps"]
+    gates = _rows(k, k.ins[0], a_start, steps, a_columns)
+    read = _rows(k, k.ins[1], b_start, steps, b_columns)
+    k.line(f"{k.gemm}(True, False, 1.0, {gates}, {read}, 0.0, {k.out})")
+
+
+def _bias_grad_kernel(k):
+    gates = _rows(k, k.ins[0], k.attrs["start"], k.attrs["steps"], k.attrs["columns"])
+    k.line(f"{k.helper('column_sums')}({gates}, {k.out})")
+
+
+def _input_grad_kernel(k):
+    steps = k.attrs["steps"]
+    out = k.matrix(k.out, k.out_type.shape[-1])
+    for i, (start, weight) in enumerate(zip(k.attrs["starts"], k.ins[1:])):
+        columns = k.in_types[1 + i].shape[0]
+        gates = _rows(k, k.ins[0], start, steps, columns)
+        k.line(f"{k.gemm}(False, False, 1.0, {gates}, {weight}, {1.0 if i else 0.0}, {out})")
+
+
+for _kind in ("rnn", "lstm", "gru"):
+    OPS[_kind].cpu_kernel, OPS[_kind].cpu_workspace = _layer_kernel(_kind)
+    OPS[f"{_kind}_record"].cpu_kernel, OPS[f"{_kind}_record"].cpu_workspace = \
+        _record_kernel(_kind)
+    OPS[f"{_kind}_grad"].cpu_kernel, OPS[f"{_kind}_grad"].cpu_workspace = _grad_kernel(_kind)
+recurrent_section.cpu_kernel = _section_kernel
+recurrent_weight_grad.cpu_kernel = _weight_grad_kernel
+recurrent_bias_grad.cpu_kernel = _bias_grad_kernel
+recurrent_input_grad.cpu_kernel = _input_grad_kernel
+# The same mask as dropout's, over the per-example shape of the stacked layers' outputs.
+recurrent_dropout_mask.cpu_kernel = dropout_mask.cpu_kernel

@@ -1,0 +1,285 @@
+"""Loop nests of the recurrent layers' CPU kernels, as plain Python: compiled by
+netlang.runtime.recurrent.
+
+The templates (netlang/ops/recurrent_kernels.py) emit, for each layer and direction, one
+matrix product for the input's part of every step's gates, then the loop over time: per step
+one product h·W_hhᵀ and one call of a `*_step` below, which adds the two parts and the biases,
+applies the gate nonlinearities and writes the new state, the record (netlang/ops/
+recurrent_reference.py `record_layout`) and the output, all in one pass over the step's
+values.  Back through time, per step, one `*_step_back` writes the gradients of the gate
+pre-activations (the tape) and leaves in `dh` what does not pass through W_hh, and one product
+with W_hh adds the rest.  Nothing is allocated: states, gradients and products live in the
+kernel's workspaces and in the record and tape.
+
+Arrays are C-contiguous views made once by the generated code: a sequence section (B, T, X),
+a state (B, H), a bias (G·H,).  `steps` holds each example's length (T without `lengths`): a
+step at or past it is padding, which keeps the state, outputs zeros, records zeros and
+passes gradients through unchanged, as in the reference.  Each step's innermost loop runs
+over one example's H contiguous units, on one-dimensional views of each gate's block, so
+that it vectorises.
+
+The nonlinearities are `tanh` and `sigmoid` below (the reference's formulas): NumPy's tanh,
+which is what the plain Python runs and what the float64 kernels compile.  The float32
+kernels bind `tanh` to `float32_tanh`, which vectorises (see there).
+"""
+
+import math
+
+import numpy as np
+
+from netlang.errors import DataError
+
+# expm1's Taylor coefficients 1/n!, n = 1..11, and the value past which tanh is ±1 in float32.
+_C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11 = (1.0 / math.factorial(n)
+                                                            for n in range(1, 12))
+_TANH_LIMIT = 9.0
+
+
+def float32_tanh(v):
+    """tanh(v) for float32 programs, in arithmetic alone: Numba's tanh is a call into the C
+    library per element (15-25 ns here), which no loop around it can vectorise; this is
+    about 1 ns, and correctly rounded to float32 (NumPy's own float32 tanh is within 1.4
+    ulps).  In float64: a = e^(−2x) − 1 from expm1's series at s = −2x/32 (|s| ≤ 0.57, so
+    eleven terms leave 2e-12), squared up five times as (1 + a)² − 1 = a·(2 + a), which never
+    subtracts two near values; then tanh x = (1 − e^(−2x)) / (1 + e^(−2x)) = −a / (2 + a)."""
+    x = float(v)
+    x = x if x < _TANH_LIMIT else _TANH_LIMIT
+    x = x if x > -_TANH_LIMIT else -_TANH_LIMIT
+    s = x * -0.0625
+    a = s * (_C1 + s * (_C2 + s * (_C3 + s * (_C4 + s * (_C5 + s * (_C6 + s * (
+        _C7 + s * (_C8 + s * (_C9 + s * (_C10 + s * _C11))))))))))
+    a = a * (2.0 + a)
+    a = a * (2.0 + a)
+    a = a * (2.0 + a)
+    a = a * (2.0 + a)
+    a = a * (2.0 + a)
+    return np.float32(-a / (2.0 + a))
+
+
+def tanh(v):
+    """The hyperbolic tangent (the float32 kernels compile `float32_tanh` in its place)."""
+    return np.tanh(v)
+
+
+def sigmoid(v, half, one):
+    """1 / (1 + e^−v), as the reference writes it (no overflow); `half` and `one` in v's
+    precision, so a float32 value is never widened."""
+    return half * (one + tanh(half * v))
+
+
+def fill_steps(steps, lengths, T):
+    """steps (B,) ← each example's length, checked to lie in 0..T."""
+    for b in range(steps.size):
+        n = lengths[b]
+        if n < 0 or n > T:
+            raise DataError("`lengths` holds a value outside 0 to the number of steps")
+        steps[b] = n
+
+
+def start_state(state, initial, k):
+    """state (B, H) ← the initial states' k-th (B, L·D, H), or zeros when `k` < 0."""
+    for b in range(state.shape[0]):
+        for j in range(state.shape[1]):
+            state[b, j] = initial[b, k, j] if k >= 0 else 0.0
+
+
+def store_state(state, target, k):
+    """target[:, k] ← state (B, H): a final state, or an initial state's gradient, into a
+    (B, K, H) section."""
+    for b in range(state.shape[0]):
+        for j in range(state.shape[1]):
+            target[b, k, j] = state[b, j]
+
+
+def apply_mask(values, mask, layer):
+    """values (B, T, W) ×= mask[:, layer] (B, L − 1, T, W): dropout between stacked layers."""
+    for b in range(values.shape[0]):
+        for t in range(values.shape[1]):
+            row, m = values[b, t], mask[b, layer, t]
+            for j in range(row.size):
+                row[j] *= m[j]
+
+
+def copy_flat(source, offset, target):
+    """target ← source's flat elements from `offset` on (a section of a record)."""
+    flat_source = source.reshape(source.size)
+    flat_target = target.reshape(target.size)
+    for i in range(flat_target.size):
+        flat_target[i] = flat_source[offset + i]
+
+
+# ---- one step forward -----------------------------------------------------------------------
+#
+# Common arguments: t, the step; steps (B,); proj (B, T, G·H): every step's x·W_ihᵀ; hw (B, G·H):
+# this step's h·W_hhᵀ; the biases; h (B, H) (and the LSTM's c): the state, updated in place;
+# prev, gates (and CELL_EXTRAS): the cell's record sections (B, T, ·); out (B, T, W): where the
+# output goes, at columns col..col + H, when `emit` (the top layer of a layer returning its
+# final states emits none).
+
+
+def rnn_step(t, steps, proj, hw, bias_ih, bias_hh, h, prev, gates, out, col, emit, relu):
+    """One step of an Elman layer: h' = act(proj + b_ih + hw + b_hh)."""
+    H = h.shape[1]
+    zero = h.dtype.type(0.0)
+    for b in range(h.shape[0]):
+        p, q, hb, pv, gv = proj[b, t], hw[b], h[b], prev[b, t], gates[b, t]
+        for j in range(H):
+            pv[j] = hb[j]
+        if t < steps[b]:
+            for j in range(H):
+                pre = p[j] + bias_ih[j] + q[j] + bias_hh[j]
+                gv[j] = (pre if pre > zero else zero) if relu else tanh(pre)
+            for j in range(H):
+                hb[j] = gv[j]
+        else:
+            gv[:] = 0.0
+        emit_output(out, b, t, col, hb, emit, t < steps[b])
+
+
+def emit_output(out, b, t, col, state, emit, kept):
+    """out[b, t, col:col + H] ← the new state, or zeros at a padded step (when `emit`)."""
+    if emit:
+        o = out[b, t, col:col + state.size]
+        for j in range(state.size):
+            o[j] = state[j] if kept else 0.0
+
+
+def lstm_step(t, steps, proj, hw, bias_ih, bias_hh, h, c, prev, gates, cells, tanhc, out, col,
+              emit):
+    """One step of an LSTM: (i, f, g, o) = (σ, σ, tanh, σ)(proj + b_ih + hw + b_hh),
+    c' = f·c + i·g, h' = o·tanh(c').  A loop per part: one that reads or writes a dozen
+    arrays does not vectorise (LLVM gives up on checking that they do not overlap)."""
+    H = h.shape[1]
+    half, one = h.dtype.type(0.5), h.dtype.type(1.0)
+    for b in range(h.shape[0]):
+        p, q, hb, cb = proj[b, t], hw[b], h[b], c[b]
+        pv, cv, tv, gv = prev[b, t], cells[b, t], tanhc[b, t], gates[b, t]
+        for j in range(H):
+            pv[j] = hb[j]
+        if t < steps[b]:
+            for j in range(2 * H):   # i, f
+                gv[j] = sigmoid(p[j] + bias_ih[j] + q[j] + bias_hh[j], half, one)
+            for j in range(2 * H, 3 * H):   # g
+                gv[j] = tanh(p[j] + bias_ih[j] + q[j] + bias_hh[j])
+            for j in range(3 * H, 4 * H):   # o
+                gv[j] = sigmoid(p[j] + bias_ih[j] + q[j] + bias_hh[j], half, one)
+            for j in range(H):
+                c_old = cb[j]
+                cv[j] = c_old
+                cb[j] = gv[H + j] * c_old + gv[j] * gv[2 * H + j]
+            for j in range(H):
+                tc = tanh(cb[j])
+                tv[j] = tc
+                hb[j] = gv[3 * H + j] * tc
+        else:
+            gv[:] = 0.0
+            cv[:] = 0.0
+            tv[:] = 0.0
+        emit_output(out, b, t, col, hb, emit, t < steps[b])
+
+
+def gru_step(t, steps, proj, hw, bias_ih, bias_hh, h, prev, gates, hn, out, col, emit):
+    """One step of a GRU: (r, z) = σ((proj + b_ih) + (hw + b_hh)) on their rows,
+    n = tanh(proj_n + b_in + r·(hw_n + b_hn)), h' = (1 − z)·n + z·h."""
+    H = h.shape[1]
+    half, one = h.dtype.type(0.5), h.dtype.type(1.0)
+    for b in range(h.shape[0]):
+        p, q, hb, pv, gv, nv = proj[b, t], hw[b], h[b], prev[b, t], gates[b, t], hn[b, t]
+        for j in range(H):
+            pv[j] = hb[j]
+        if t < steps[b]:
+            for j in range(2 * H):   # r, z
+                gv[j] = sigmoid((p[j] + bias_ih[j]) + (q[j] + bias_hh[j]), half, one)
+            for j in range(H):
+                h_n = q[2 * H + j] + bias_hh[2 * H + j]
+                nv[j] = h_n
+                gv[2 * H + j] = tanh(p[2 * H + j] + bias_ih[2 * H + j] + gv[j] * h_n)
+            for j in range(H):
+                z = gv[H + j]
+                hb[j] = (one - z) * gv[2 * H + j] + z * hb[j]
+        else:
+            gv[:] = 0.0
+            nv[:] = 0.0
+        emit_output(out, b, t, col, hb, emit, t < steps[b])
+
+
+# ---- one step back --------------------------------------------------------------------------
+#
+# Common arguments: t; steps; dh (B, H): the gradient of the state after step t, which leaves
+# as the part of the previous state's gradient that does not pass through W_hh (the product
+# with W_hh adds the rest); the LSTM's dc likewise, whole; d_out (B, T, W): the gradient of
+# the layer's output sequence, at columns col..col + H, read when `seq`; the record sections;
+# d_ih (B, T, G·H): the tape's gate gradients at step t (and the GRU's d_hh).  At a padded
+# step the gate gradients are zeros and dh, dc pass through unchanged.
+
+
+def rnn_step_back(t, steps, dh, d_out, col, seq, gates, d_ih, relu):
+    """da = dh·act'(pre), from the new state (tanh: 1 − h'²; relu: h' > 0)."""
+    H = dh.shape[1]
+    zero, one = dh.dtype.type(0.0), dh.dtype.type(1.0)
+    for b in range(dh.shape[0]):
+        hb, gv, da = dh[b], gates[b, t], d_ih[b, t]
+        g_out = d_out[b, t, col:col + H]
+        if t < steps[b]:
+            for j in range(H):
+                dhj = hb[j] + g_out[j] if seq else hb[j]
+                new = gv[j]
+                da[j] = (dhj if new > zero else zero) if relu else dhj * (one - new * new)
+                hb[j] = 0.0
+        else:
+            for j in range(H):
+                da[j] = 0.0
+
+
+def lstm_step_back(t, steps, dh, dc, d_out, col, seq, gates, cells, tanhc, d_ih):
+    """dc += dh·o·(1 − tanh²c'); da = (dc·g·i(1−i), dc·c·f(1−f), dc·i·(1−g²),
+    dh·tanh c'·o(1−o)); dc ← dc·f."""
+    H = dh.shape[1]
+    one = dh.dtype.type(1.0)
+    for b in range(dh.shape[0]):
+        hb, cb, gv, cv, tv, da = dh[b], dc[b], gates[b, t], cells[b, t], tanhc[b, t], d_ih[b, t]
+        g_out = d_out[b, t, col:col + H]
+        if t < steps[b]:
+            gi, gf, gg, go = gv[0:H], gv[H:2 * H], gv[2 * H:3 * H], gv[3 * H:4 * H]
+            di, df, dg, do = da[0:H], da[H:2 * H], da[2 * H:3 * H], da[3 * H:4 * H]
+            for j in range(H):
+                dhj = hb[j] + g_out[j] if seq else hb[j]
+                i, f, g, o, tc = gi[j], gf[j], gg[j], go[j], tv[j]
+                dcj = cb[j] + dhj * o * (one - tc * tc)
+                di[j] = dcj * g * i * (one - i)
+                df[j] = dcj * cv[j] * f * (one - f)
+                dg[j] = dcj * i * (one - g * g)
+                do[j] = dhj * tc * o * (one - o)
+                cb[j] = dcj * f
+                hb[j] = 0.0
+        else:
+            for j in range(da.size):
+                da[j] = 0.0
+
+
+def gru_step_back(t, steps, dh, d_out, col, seq, prev, gates, hn, d_ih, d_hh):
+    """dn = dh(1−z)(1−n²), dz = dh(h−n)z(1−z), dr = dn·h_n·r(1−r); d_ih = (dr, dz, dn),
+    d_hh = (dr, dz, dn·r); dh ← dh·z."""
+    H = dh.shape[1]
+    one = dh.dtype.type(1.0)
+    for b in range(dh.shape[0]):
+        hb, pv, gv, nv = dh[b], prev[b, t], gates[b, t], hn[b, t]
+        ia, ha = d_ih[b, t], d_hh[b, t]
+        g_out = d_out[b, t, col:col + H]
+        if t < steps[b]:
+            gr, gz, gn = gv[0:H], gv[H:2 * H], gv[2 * H:3 * H]
+            ir, iz, i_n = ia[0:H], ia[H:2 * H], ia[2 * H:3 * H]
+            hr, hz, h_n = ha[0:H], ha[H:2 * H], ha[2 * H:3 * H]
+            for j in range(H):
+                dhj = hb[j] + g_out[j] if seq else hb[j]
+                r, z, n = gr[j], gz[j], gn[j]
+                dn = dhj * (one - z) * (one - n * n)
+                dz = dhj * (pv[j] - n) * z * (one - z)
+                dr = dn * nv[j] * r * (one - r)
+                ir[j], iz[j], i_n[j] = dr, dz, dn
+                hr[j], hz[j], h_n[j] = dr, dz, dn * r
+                hb[j] = dhj * z
+        else:
+            for j in range(ia.size):
+                ia[j] = 0.0
+                ha[j] = 0.0
