@@ -424,7 +424,7 @@ def _step(kind):
     def rule(b, a, operands, states):
         """One step of the stack: each layer's cell on the step's input and its held state,
         the new states stacked as the initial ones are, (layers, units)."""
-        named = _named(kind, a, operands)
+        named = named_operands(kind, a, operands)
         stack = Stack.of(kind, a, b.type(named["x"]).shape)
         units, rows = stack.units, stack.gates * stack.units
         x = b.add("reshape", [named["x"]], shape=(stack.features,))   # the one step (B, F)
