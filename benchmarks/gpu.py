@@ -48,11 +48,11 @@ MODELS = {"mlp": os.path.join(ROOT, "examples", "mlp.net"),
 def netlang_throughput(path: str, batch: int, seconds: float) -> dict:
     import numpy as np
     from numba import cuda
+    from train_throughput import _random_feeds
 
     import netlang
     from netlang.errors import UsageError
     from netlang.runtime import make_engine
-    from train_throughput import _random_feeds
 
     model = netlang.compile(path)
     try:

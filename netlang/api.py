@@ -14,12 +14,11 @@ import numpy as np
 
 from netlang.bench import bench
 from netlang.config import timed
-from netlang.data.text import with_bits_per_character
+from netlang.data.text import Vocabulary, with_bits_per_character
 from netlang.errors import NetlangFileError, UsageError, WeightsError
 from netlang.ir.graph import Graph
 from netlang.lower import lower_source
 from netlang.passes import after_pass
-from netlang.data.text import Vocabulary
 from netlang.runtime import check_device, make_engine
 from netlang.runtime.cuda import cuda_module
 from netlang.saliency import saliency
@@ -33,8 +32,15 @@ from netlang.train.png import write_png
 from netlang.train.prepared_data import prepare_data
 from netlang.train.progress import Progress, auto_log_every
 from netlang.train.reconstructions import reconstruction_grid
-from netlang.train.run_dir import (FINAL_WEIGHTS, expected_params, read_run, save_source,
-                                   saved_source, saved_vocabulary, write_run)
+from netlang.train.run_dir import (
+    FINAL_WEIGHTS,
+    expected_params,
+    read_run,
+    save_source,
+    saved_source,
+    saved_vocabulary,
+    write_run,
+)
 from netlang.train.schedules import depends_on_epochs, describe, step_rate
 from netlang.weights import find_weights, load_weights, read_header, save_weights
 

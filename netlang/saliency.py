@@ -20,8 +20,7 @@ import numpy as np
 
 from netlang.errors import UsageError
 from netlang.ops import get_op
-from netlang.train.image_grid import (GAP, as_picture, display_range, enlarge, image_grid,
-                                      to_uint8)
+from netlang.train.image_grid import GAP, as_picture, display_range, enlarge, image_grid, to_uint8
 
 PICTURE_HEIGHT = 128  # small inputs are enlarged to about this many pixels per example
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netlang.data.mnist import FILES, find_file, search_dirs   # no back end: Numba comes later
+from netlang.data.mnist import FILES, find_file, search_dirs  # no back end: Numba comes later
 
 # Every pass's output is verified in tests (a broken invariant fails where it broke).
 os.environ.setdefault("NETLANG_VERIFY", "1")
@@ -58,7 +58,7 @@ def cuda_runs() -> bool:
     if CUDA_SIMULATOR:
         return True
     try:
-        from numba import cuda   # only when asked: the settings above come before Numba
+        from numba import cuda  # only when asked: the settings above come before Numba
         return cuda.is_available()
     except Exception:   # no numba-cuda, no driver: no GPU, whatever the reason
         return False

@@ -9,7 +9,6 @@ Tiny models: most tests run on the NumPy reference engine; the step-for-step com
 from __future__ import annotations
 
 import ast
-import os
 import re
 from argparse import Namespace
 from pathlib import Path

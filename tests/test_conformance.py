@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import CUDA_SIMULATOR, engines, random_batch
+from test_gradients import CASES, Case, compile_case, differentiable_inputs, draw_feeds, labels, unit_interval
 
 import netlang
-from conftest import CUDA_SIMULATOR, engines, random_batch
 from netlang.errors import UsageError
 from netlang.ops import all_ops
 from netlang.pipeline import forward_program, training_program
 from netlang.runtime import CpuEngine, CudaEngine, ReferenceEngine, make_engine
-from test_gradients import (CASES, Case, compile_case, differentiable_inputs, draw_feeds, labels,
-                            unit_interval)
 
 ENGINE_CLASSES = {engine.name: engine for engine in (ReferenceEngine, CpuEngine, CudaEngine)}
 

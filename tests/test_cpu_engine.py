@@ -13,9 +13,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import random_batch
 
 import netlang
-from conftest import random_batch
 from netlang.errors import UsageError
 from netlang.interp import needed_nodes
 from netlang.passes.autodiff import differentiate

@@ -19,18 +19,17 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import CUDA_SIMULATOR, cuda_runs, random_batch, skip_without_cuda
+from test_conformance import COMPOSITES, MODEL
 
 import netlang
-from netlang.codegen.cuda import GPU, CudaUpdatePlan, render_program
+from netlang.codegen.cuda import CudaUpdatePlan, GPU, render_program
 from netlang.codegen.update import ParamUpdate
 from netlang.interp import needed_nodes
 from netlang.passes.autodiff import differentiate
 from netlang.passes.fusion import plan_fusion
 from netlang.passes.memory import plan_buffers
 from netlang.passes.training import training_graph
-
-from conftest import CUDA_SIMULATOR, cuda_runs, random_batch, skip_without_cuda
-from test_conformance import COMPOSITES, MODEL
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -209,6 +208,7 @@ def test_model_to_cuda_keeps_weights_and_optimiser_state(cuda_sizes):
 @needs_cuda
 def test_a_data_set_uploaded_once_feeds_the_steps(cuda_sizes):
     from numba import cuda
+
     from netlang.runtime.cuda import CudaEngine
     model = _model(cuda_sizes)
     host = _batch(3, cuda_sizes.batch)
@@ -257,6 +257,7 @@ def _loop_data(name, n=12):
 def _trainer(name, *, metrics_every=2, **options):
     """A Trainer of the CUDA engine over 12 examples in batches of 5 (3 steps an epoch)."""
     import dataclasses
+
     from netlang.runtime.cuda import CudaEngine
     from netlang.train.loop import Trainer, bind
     model = netlang.compile(LOOP_MODELS[name])
@@ -511,9 +512,10 @@ def test_both_matrix_product_tilings_match_reference(geometry, monkeypatch):
                                              (True, True)])
 def test_the_matrix_product_alone_matches_numpy_in_both_tilings(trans_a, trans_b, monkeypatch):
     # Single rows and columns, a depth of one, and sizes just past a tile's edge.
+    from numba import cuda
+
     from netlang.codegen.cuda import SIMULATOR, render_product
     from netlang.runtime.cpu import load_program
-    from numba import cuda
     geometry = dataclasses.replace(SIMULATOR if CUDA_SIMULATOR else GPU, wide_tile=8,
                                    micro=2, depth=4)
     program = render_product(trans_a=trans_a, trans_b=trans_b, geometry=geometry, cache=False)
@@ -551,7 +553,9 @@ def test_simulated_threads_of_a_block_share_one_shared_array(monkeypatch):
     # uninitialised copy (a wrong loss once in ~50 runs).  Widening that window with a slow
     # allocation made the race certain before netlang serialised the allocation.
     import time
+
     from numba import cuda, float64
+
     from netlang.runtime.cuda import cuda_module
     cuda_module()   # installs the serialised allocation
 
@@ -626,6 +630,7 @@ def _compile_launches(program, args, tmp_path, name):
     """Runs a program's host function on NumPy `args` (then `lr`, `t`) with every launch
     recorded, and compiles each launched kernel to PTX with the argument types it was given."""
     import importlib.util
+
     from numba import typeof
     cuda = _ptx_toolkit()
     path = tmp_path / "kernels.py"
@@ -719,6 +724,7 @@ def _validation_data():
 
 def _validating_trainer(epochs=2, metrics=("accuracy",)):
     import dataclasses
+
     from netlang.runtime.cuda import CudaEngine
     from netlang.train.loop import Trainer, bind
     model = netlang.compile(LOOP_MODELS["softmax"])
@@ -732,6 +738,7 @@ def _no_room_for_validation(monkeypatch):
     """Free device memory of twice the training set: the training set takes all of
     DATA_SET_SHARE, and the validation set, smaller as it is, no longer fits beside it."""
     from numba import cuda
+
     from netlang.runtime.cuda import DATA_SET_SHARE
     train = _loop_data("softmax")
     room = (train["x"].nbytes + train["y"].astype(np.int64).nbytes) / DATA_SET_SHARE

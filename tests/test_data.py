@@ -15,11 +15,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netlang.data import (Dataset, batches, blobs, check_labels, fit_to_shape, load_csv,
-                          load_dataset, load_mnist, load_npz, normalize, parse_idx, read_idx,
-                          spirals, validation_split, xor)
-from netlang.data import mnist
+from netlang.data import (
+    Dataset,
+    batches,
+    blobs,
+    check_labels,
+    fit_to_shape,
+    load_csv,
+    load_dataset,
+    load_mnist,
+    load_npz,
+    mnist,
+    normalize,
+    parse_idx,
+    read_idx,
+    spirals,
+    validation_split,
+    xor,
+)
 from netlang.errors import DataError
+
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch, tmp_path):

@@ -50,7 +50,7 @@ ACTIVATIONS = ["relu", "sigmoid", "tanh", "identity", "sign", "elu", "softmax", 
 @st.composite
 def vector_chains(draw):
     features = draw(st.integers(1, 64))
-    width, steps, params = features, [], 0
+    width = features
     expected = []  # (step text, output width, parameter shapes)
     for _ in range(draw(st.integers(1, 12))):
         kind = draw(st.sampled_from(["dense", "activation", "dropout", "batchnorm", "maxout"]))

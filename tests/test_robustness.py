@@ -19,7 +19,7 @@ import pytest
 
 import netlang
 from netlang.cli import main
-from netlang.errors import (NetlangError, NetlangFileError, NetlangImportError, NetlangSyntaxError)
+from netlang.errors import NetlangError, NetlangFileError, NetlangImportError, NetlangSyntaxError
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = "input x: [4]\ny = x -> dense(3) -> relu\n"
@@ -170,7 +170,7 @@ def test_deep_blocks_around_long_expressions():
     blocks = "".join(
         f"block b{i}(n) {{\n  input x\n  const c = {expression}\n  output y = x -> b{i + 1}(n * c)\n}}\n"
         for i in range(30))
-    blocks += f"block b30(n) {{\n  input x\n  output y = x -> dense(n)\n}}\n"
+    blocks += "block b30(n) {\n  input x\n  output y = x -> dense(n)\n}\n"
     source = blocks + "input x: [4]\nz = x -> b0(3)\n"
     assert list(netlang.compile(source).outputs.values()) == [(None, 3)]
     # Where Python's stack is too small for it, the outcome is a NetlangError at the statement

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_gradients import random_params, se_model
 
 import netlang
 from netlang.errors import NetlangArgumentError, NetlangShapeError
@@ -18,7 +19,6 @@ from netlang.interp import needed_nodes
 from netlang.passes.fusion import plan_fusion
 from netlang.runtime import make_engine
 from netlang.runtime.reference import ReferenceEngine
-from test_gradients import random_params, se_model
 
 
 def _ops(graph) -> list[str]:

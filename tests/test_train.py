@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -509,6 +508,7 @@ def test_compile_does_not_create_an_engine():
 
 def test_progress_plain_lines_and_tty_bar():
     import io
+
     from netlang.train.progress import Progress
     out, err = io.StringIO(), io.StringIO()
     plain = Progress(tty=False, stream=err, out=out)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from netlang import weights as W
-from netlang.weights import checkpoints
 from netlang.errors import WeightsError
+from netlang.weights import checkpoints
 
 HASH = "ab12" * 16
 OTHER_HASH = "cd34" * 16

@@ -15,8 +15,8 @@ import importlib
 import re
 import sys
 
-from netlang.version import __version__
 from netlang.errors import NetlangError, did_you_mean
+from netlang.version import __version__
 
 # Command word → (module under netlang.cli, one line of help), in the order `--help` lists them.
 COMMANDS = {

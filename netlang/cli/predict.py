@@ -8,8 +8,13 @@ import json
 import numpy as np
 
 from netlang.cli.common import positive_int
-from netlang.cli.trained import (add_weights_arguments, load_model, read_input,
-                                 saved_normalization, standardized)
+from netlang.cli.trained import (
+    add_weights_arguments,
+    load_model,
+    read_input,
+    saved_normalization,
+    standardized,
+)
 from netlang.errors import UsageError
 from netlang.train.evaluation import predict
 

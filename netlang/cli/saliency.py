@@ -7,8 +7,13 @@ import argparse
 from pathlib import Path
 
 from netlang.cli.common import positive_int
-from netlang.cli.trained import (add_weights_arguments, load_model, read_input,
-                                 saved_normalization, standardized)
+from netlang.cli.trained import (
+    add_weights_arguments,
+    load_model,
+    read_input,
+    saved_normalization,
+    standardized,
+)
 from netlang.errors import UsageError
 from netlang.saliency import PICTURE_HEIGHT, saliency, saliency_picture
 from netlang.train.png import write_png

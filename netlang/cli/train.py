@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 from netlang.cli import in_flag_words
-from netlang.cli.common import (DATA_HELP, NORMALIZE, add_device, compile_model, data_set,
-                                number, positive_int)
+from netlang.cli.common import DATA_HELP, NORMALIZE, add_device, compile_model, data_set, number, positive_int
 from netlang.train.loop import train
 from netlang.train.overrides import apply_overrides, split_override
 from netlang.train.progress import Progress, auto_log_every

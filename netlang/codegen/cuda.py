@@ -30,8 +30,15 @@ import contextlib
 import dataclasses
 import re
 
-from netlang.codegen.cpu import (Emitter, Kernel, Program, ProgramWriter, emit_program_body,
-                                 result_slots, sanitise_comment)
+from netlang.codegen.cpu import (
+    Emitter,
+    Kernel,
+    Program,
+    ProgramWriter,
+    emit_program_body,
+    result_slots,
+    sanitise_comment,
+)
 from netlang.codegen.cpu import supported as supported_on
 from netlang.codegen.spelling import CudaSpelling
 from netlang.codegen.update import UpdatePlan

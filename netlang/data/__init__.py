@@ -18,14 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from netlang.data.dataset import (Dataset, NamedDataset, check_labels, check_targets,
-                                  infer_num_classes)
-from netlang.data.files import (TARGET_KINDS, check_target_kind, load_csv, load_named_npz,
-                                load_npz, npz_layout)
+from netlang.data.dataset import Dataset, NamedDataset, check_labels, check_targets, infer_num_classes
+from netlang.data.files import TARGET_KINDS, check_target_kind, load_csv, load_named_npz, load_npz, npz_layout
 from netlang.data.idx import parse_idx, read_idx
 from netlang.data.mnist import load_mnist
-from netlang.data.prepare import (batches, fit_to_shape, normalize, train_test_split,
-                                  validation_split)
+from netlang.data.prepare import batches, fit_to_shape, normalize, train_test_split, validation_split
 from netlang.data.synthetic import blobs, spirals, xor
 from netlang.data.text import TextCorpus, Vocabulary, is_text_spec, read_text
 from netlang.errors import DataError, did_you_mean

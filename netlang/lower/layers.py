@@ -22,18 +22,18 @@ from netlang.ir.types import TensorType
 from netlang.lower.expressions import ExpressionEvaluator
 from netlang.lower.names import Scope, walk
 from netlang.lower.values import (
+    LayerRef,
     MAX_DIM,
     MAX_ELEMENTS,
     MAX_LAYERS,
     MAX_REPEAT,
     POISON,
-    LayerRef,
     Poisoned,
     Problem,
     Tensor,
 )
 from netlang.ops import ShapeContext, ShapeProblem, all_ops, get_op
-from netlang.ops.schema import REQUIRED, ArgumentProblem, bind_arguments, describe_value
+from netlang.ops.schema import ArgumentProblem, REQUIRED, bind_arguments, describe_value
 
 
 class LayerBuilder(ExpressionEvaluator):

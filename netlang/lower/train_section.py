@@ -13,7 +13,7 @@ import math
 
 from netlang.errors import did_you_mean
 from netlang.frontend import ast
-from netlang.ir.train_config import METRICS, SCALAR_SETTINGS, SETTINGS, Choice, TrainConfig
+from netlang.ir.train_config import Choice, METRICS, SCALAR_SETTINGS, SETTINGS, TrainConfig
 from netlang.lower.layers import LayerBuilder
 from netlang.lower.names import Scope
 from netlang.lower.values import POISON, Poisoned, Problem, Tensor

@@ -6,8 +6,22 @@ outside `netlang.ops` looks ops up here and reads their facts; it never
 branches on an op's name.
 """
 
-from netlang.ops import (activations, conv, conv_kernels, core, dense, elementwise, losses, merge,
-                         norm, pool, recurrent, recurrent_kernels, reduce, reshape)
+from netlang.ops import (
+    activations,
+    conv,
+    conv_kernels,
+    core,
+    dense,
+    elementwise,
+    losses,
+    merge,
+    norm,
+    pool,
+    recurrent,
+    recurrent_kernels,
+    reduce,
+    reshape,
+)
 from netlang.ops.registry import OPS, OpDef, ParamSpec, ShapeContext, ShapeProblem
 
 

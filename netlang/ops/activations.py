@@ -5,8 +5,15 @@ import math
 
 import numpy as np
 
-from netlang.ops.registry import (check_axis, define_internal, define_op, elementwise_same,
-                               full_axis, off_the_time_axis, same_type_as)
+from netlang.ops.registry import (
+    check_axis,
+    define_internal,
+    define_op,
+    elementwise_same,
+    full_axis,
+    off_the_time_axis,
+    same_type_as,
+)
 from netlang.ops.schema import Arg, FLOAT, INT, enum
 
 

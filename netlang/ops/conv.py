@@ -5,7 +5,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from netlang.ops.init import init_args
 from netlang.ops.registry import ParamSpec, define_internal, define_op
-from netlang.ops.schema import Arg, BOOL, INT, LAYER, PAIR, PADDING
+from netlang.ops.schema import Arg, BOOL, INT, LAYER, PADDING, PAIR
 
 
 def conv_output_size(size: int, kernel: int, stride: int, dilation: int, pad_total: int) -> int:

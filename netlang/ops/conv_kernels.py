@@ -23,8 +23,15 @@ products and the epilogue.
 import contextlib
 import dataclasses
 
-from netlang.ops.conv import (_transpose_pads, conv2d, conv2d_grad_input, conv2d_grad_weight,
-                              conv_pads, conv_transpose2d, conv_transpose2d_grad_input)
+from netlang.ops.conv import (
+    _transpose_pads,
+    conv2d,
+    conv2d_grad_input,
+    conv2d_grad_weight,
+    conv_pads,
+    conv_transpose2d,
+    conv_transpose2d_grad_input,
+)
 
 COLUMN_BUDGET = 1 << 16   # elements of a block's column matrix (256 KiB in float32)
 # On a GPU a block is one launch of each kernel: far larger (16 MiB in float32), yet bounded,

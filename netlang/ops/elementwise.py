@@ -13,9 +13,7 @@ import math
 
 import numpy as np
 
-from netlang.ir.types import TensorType
-from netlang.ops.registry import (ShapeProblem, define_internal, define_op, elementwise_same,
-                                  same_type_as)
+from netlang.ops.registry import define_internal, define_op, elementwise_same, same_type_as
 from netlang.ops.schema import Arg, FLOAT, INTS
 
 

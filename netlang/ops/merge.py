@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from netlang.ops.registry import (check_axis, define_internal, define_op, full_axis,
-                                   off_the_time_axis)
+from netlang.ops.registry import check_axis, define_internal, define_op, full_axis, off_the_time_axis
 from netlang.ops.schema import Arg, INT
 
 concat = define_op(

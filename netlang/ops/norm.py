@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from netlang.ops.registry import (ParamSpec, always, define_internal, define_op,
-                                  elementwise_same, same_type_as)
+from netlang.ops.registry import ParamSpec, always, define_internal, define_op, elementwise_same, same_type_as
 from netlang.ops.schema import Arg, FLOAT, INT, LAYER
 
 batchnorm = define_op(

@@ -4,7 +4,7 @@ import numpy as np
 
 from netlang.ops.conv import conv_output_size, resolve_padding, scatter_windows, windows
 from netlang.ops.registry import define_internal, define_op, same_type_as
-from netlang.ops.schema import Arg, BOOL, PAIR, PADDING
+from netlang.ops.schema import Arg, BOOL, PADDING, PAIR
 
 
 def pool_output_size(size, kernel, stride, pad_before, pad_after, ceil_mode):

@@ -39,7 +39,7 @@ from netlang.ops.recurrent_reference import (
     tape_layout,
 )
 from netlang.ops.registry import ParamSpec, ShapeProblem, define_internal, define_op
-from netlang.ops.schema import BOOL, FLOAT, INT, INTS, LAYER, TENSOR, Arg, enum
+from netlang.ops.schema import Arg, BOOL, FLOAT, INT, INTS, LAYER, TENSOR, enum
 
 # The tensors each kind takes by keyword, in operand order: initial states and lengths.
 STATE_ARGS = {"rnn": ("h0", "lengths"), "lstm": ("h0", "c0", "lengths"), "gru": ("h0", "lengths")}

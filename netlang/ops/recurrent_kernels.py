@@ -27,11 +27,23 @@ from __future__ import annotations
 import math
 
 from netlang.ops.norm import dropout_mask
-from netlang.ops.recurrent import (named_operands, recurrent_bias_grad, recurrent_dropout_mask,
-                                   recurrent_input_grad, recurrent_section,
-                                   recurrent_weight_grad)
-from netlang.ops.recurrent_reference import (CELL_EXTRAS, PARAMETER_PARTS, Stack, hh_section,
-                                             layout_size, record_layout, tape_layout)
+from netlang.ops.recurrent import (
+    named_operands,
+    recurrent_bias_grad,
+    recurrent_dropout_mask,
+    recurrent_input_grad,
+    recurrent_section,
+    recurrent_weight_grad,
+)
+from netlang.ops.recurrent_reference import (
+    CELL_EXTRAS,
+    PARAMETER_PARTS,
+    Stack,
+    hh_section,
+    layout_size,
+    record_layout,
+    tape_layout,
+)
 from netlang.ops.registry import OPS
 
 RUNTIME = "netlang.runtime.recurrent"

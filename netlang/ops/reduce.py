@@ -15,7 +15,7 @@ import numpy as np
 from netlang.ops.elementwise import example_coordinates
 from netlang.ops.merge import _slice_cuda_kernel, _slice_forward, _slice_kernel
 from netlang.ops.registry import check_axis, define_internal, define_op, full_axis, same_type_as
-from netlang.ops.schema import BOOL, INT, INTS, Arg, ArgType
+from netlang.ops.schema import Arg, ArgType, BOOL, INT, INTS
 
 _REDUCE_ARGS = [
     Arg("axis", INTS, -1, doc="the per-example axis, or a tuple of axes, to reduce"),

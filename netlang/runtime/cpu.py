@@ -22,17 +22,22 @@ import threading
 
 import numpy as np
 
-from netlang.version import __version__
 from netlang.codegen.cpu import render_program, supported
 from netlang.codegen.update import ParamUpdate, UpdatePlan
 from netlang.config import cache_dir, debug, debug_level, timed
 from netlang.errors import DataError
 from netlang.ir.train_config import TrainConfig
 from netlang.ops.norm import draw_dropout_key
-from netlang.pipeline import (check_mode, forward_program, input_gradient_program,
-                              plan_execution, training_program)
+from netlang.pipeline import (
+    check_mode,
+    forward_program,
+    input_gradient_program,
+    plan_execution,
+    training_program,
+)
 from netlang.runtime.base import EngineBase
 from netlang.runtime.compilation import ProgramCompilation
+from netlang.version import __version__
 
 _load_lock = threading.Lock()
 
@@ -46,7 +51,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 def cpu_workers() -> int:
     """Worker threads a compiled CPU program splits a batch among: Numba's thread count,
     NUMBA_NUM_THREADS (the cores when unset).  1 compiles serial programs."""
-    import numba   # kept lazy: importing this module (the API does) never starts Numba
+    import numba  # kept lazy: importing this module (the API does) never starts Numba
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 
@@ -93,7 +98,7 @@ def start_worker_threads() -> None:
     worker function is cached without it too.  A later process that loads that program and
     no fresh worker would run its `prange` with no pool (a segfault: `eval` on a cold cache,
     then `predict` twice).  Starting the pool here makes every program safe to load."""
-    import numba   # kept lazy: importing this module (the API does) never starts Numba
+    import numba  # kept lazy: importing this module (the API does) never starts Numba
     numba.get_num_threads()   # starts the pool (once per process), as the cache would
 
 
@@ -102,7 +107,7 @@ def _load_module(source: str, module_name: str | None, title: str):
     cache under a name that also holds the versions its compiled code depends on: Numba's
     cache beside it keeps compiled code per file, and does not see a change to what the code
     calls."""
-    import numba   # kept lazy: importing this module (the API does) never starts Numba
+    import numba  # kept lazy: importing this module (the API does) never starts Numba
     versions = (f"{__version__}|{numba.__version__}|{np.__version__}|{sys.version_info[:2]}|"
                 f"{_helpers_version()}")
     digest = hashlib.sha256((versions + source).encode()).hexdigest()[:24]

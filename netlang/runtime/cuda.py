@@ -26,8 +26,16 @@ from collections.abc import MutableMapping
 
 import numpy as np
 
-from netlang.codegen.cuda import (GPU, METRIC_TOTALS, SIMULATOR, CudaUpdatePlan, render_gather,
-                                  render_metrics, render_program, supported)
+from netlang.codegen.cuda import (
+    CudaUpdatePlan,
+    GPU,
+    METRIC_TOTALS,
+    SIMULATOR,
+    render_gather,
+    render_metrics,
+    render_program,
+    supported,
+)
 from netlang.config import cuda_simulator
 from netlang.errors import DataError, UsageError
 from netlang.ops.norm import draw_dropout_key
@@ -78,7 +86,7 @@ def _serialise_simulated_shared_arrays() -> None:
     if shared is None or getattr(shared, "_netlang_serialised", False):
         return
     simulator_array = shared.array
-    from numba.core import types   # lazy, as every numba import here (see above)
+    from numba.core import types  # lazy, as every numba import here (see above)
     from numba.np import numpy_support
 
     def array(self, shape, dtype, *args, **kwargs):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from netlang.version import __version__
 from netlang.data.text import with_bits_per_character
 from netlang.errors import UsageError
 from netlang.ir.train_config import TrainConfig
@@ -25,10 +24,23 @@ from netlang.train.overrides import apply_overrides
 from netlang.train.prepared_data import PreparedData, prepare_data, split_arrays
 from netlang.train.progress import Progress
 from netlang.train.reconstructions import write_reconstructions
-from netlang.train.run_dir import (FINAL_WEIGHTS, NORMALIZATION_FILE, expected_params, has_run,
-                                   plot_curves, pyplot, read_run, save_source, save_vocabulary,
-                                   saved_vocabulary, start_over, write_run, write_summary)
+from netlang.train.run_dir import (
+    FINAL_WEIGHTS,
+    NORMALIZATION_FILE,
+    expected_params,
+    has_run,
+    plot_curves,
+    pyplot,
+    read_run,
+    save_source,
+    save_vocabulary,
+    saved_vocabulary,
+    start_over,
+    write_run,
+    write_summary,
+)
 from netlang.train.trainer import History, Trainer, TrainingInterrupted
+from netlang.version import __version__
 from netlang.weights import load_checkpoint, save_weights
 
 __all__ = [

@@ -22,7 +22,7 @@ import copy
 from netlang.errors import NetlangError, UsageError, did_you_mean
 from netlang.frontend import ast
 from netlang.frontend.parser import parse
-from netlang.ir.train_config import SETTINGS, Choice, TrainConfig
+from netlang.ir.train_config import Choice, SETTINGS, TrainConfig
 from netlang.lower import Lowerer, ModuleEnv, Scope, lower_train_section
 
 OVERRIDABLE = tuple(s for s in SETTINGS if s != "loss") + ("lr",)

@@ -16,14 +16,12 @@ import math
 
 import numpy as np
 
-from netlang.data import (Dataset, NamedDataset, TextCorpus, Vocabulary, load_dataset,
-                          validation_split)
+from netlang.data import Dataset, NamedDataset, TextCorpus, Vocabulary, load_dataset, validation_split
 from netlang.data import normalize as normalize_dataset
 from netlang.data.prepare import NORMALIZE_METHODS
 from netlang.errors import DataError, UsageError
 from netlang.ir.train_config import TrainConfig
-from netlang.train.binding import (Binding, as_arrays, check_examples, count_examples, fit_input,
-                                   take_examples)
+from netlang.train.binding import Binding, as_arrays, check_examples, count_examples, fit_input, take_examples
 
 
 @dataclasses.dataclass

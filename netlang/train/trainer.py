@@ -30,8 +30,7 @@ from netlang.train.evaluation import evaluate, evaluated_nodes
 from netlang.train.meters import HostBatches, MetricsOnDevice, MetricsOnHost, prediction_output
 from netlang.train.metrics import MetricAccumulator, class_rule, top_k_values
 from netlang.train.progress import Progress
-from netlang.train.run_dir import (FINAL_WEIGHTS, append_metrics, read_run, trim_metrics,
-                                   write_run)
+from netlang.train.run_dir import FINAL_WEIGHTS, append_metrics, read_run, trim_metrics, write_run
 from netlang.train.schedules import step_rate
 from netlang.weights import rng_from_json, rng_state_to_json, save_checkpoint, save_weights
 

@@ -15,11 +15,22 @@ tensor.  The on-disk formats are described for users in docs/weights.md.
 """
 
 from netlang.weights.atomic import atomic_file, atomic_write
-from netlang.weights.checkpoints import (Checkpoint, DamagedCheckpointWarning, find_weights,
-                                         load_checkpoint, save_checkpoint)
+from netlang.weights.checkpoints import (
+                                         Checkpoint,
+                                         DamagedCheckpointWarning,
+                                         find_weights,
+                                         load_checkpoint,
+                                         save_checkpoint,
+)
 from netlang.weights.rng_state import rng_from_json, rng_state_to_json
-from netlang.weights.safetensors_files import (LoadedWeights, WeightsReport, expected_of,
-                                               load_weights, read_header, save_weights)
+from netlang.weights.safetensors_files import (
+                                         LoadedWeights,
+                                         WeightsReport,
+                                         expected_of,
+                                         load_weights,
+                                         read_header,
+                                         save_weights,
+)
 
 __all__ = [
     "atomic_file", "atomic_write", "save_weights", "load_weights", "read_header",

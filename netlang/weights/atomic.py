@@ -12,7 +12,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import Any, Callable, IO, Iterator
 
 from netlang.errors import WeightsError
 

@@ -34,12 +34,18 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from netlang.version import __version__
 from netlang.errors import WeightsError
+from netlang.version import __version__
 from netlang.weights.atomic import current_umask, fsync_directory, write_bytes
-from netlang.weights.safetensors_files import (Expected, WeightsReport, check_source_hash,
-                                              load_weights, read_header, serialize,
-                                              source_mismatch)
+from netlang.weights.safetensors_files import (
+    Expected,
+    WeightsReport,
+    check_source_hash,
+    load_weights,
+    read_header,
+    serialize,
+    source_mismatch,
+)
 
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"

@@ -21,8 +21,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save as save_safetensors
 
-from netlang.version import __version__
 from netlang.errors import WeightsError, did_you_mean
+from netlang.version import __version__
 from netlang.weights.atomic import write_bytes
 
 # safetensors dtype codes -> numpy.  Codes numpy cannot represent (BF16, F8_*) are rejected
