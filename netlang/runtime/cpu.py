@@ -41,11 +41,6 @@ from netlang.version import __version__
 
 _load_lock = threading.Lock()
 
-# Numba's OpenMP threading layer reads this when it starts (at the first parallel call):
-# workers that wait by spinning fight OpenBLAS's spinning threads for the cores, and a
-# training step ran 20 times slower beside them.  Waiting passively costs nothing measurable
-# here (a worker sleeps only between kernels).  The user's own setting stands.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 
 def cpu_workers() -> int:
@@ -98,6 +93,13 @@ def start_worker_threads() -> None:
     worker function is cached without it too.  A later process that loads that program and
     no fresh worker would run its `prange` with no pool (a segfault: `eval` on a cold cache,
     then `predict` twice).  Starting the pool here makes every program safe to load."""
+    # Numba's OpenMP threading layer reads this when the pool starts: workers that wait by
+    # spinning fight OpenBLAS's spinning threads for the cores, and a training step ran 20
+    # times slower beside them.  Waiting passively costs nothing measurable here (a worker
+    # sleeps only between kernels).  The user's own setting stands.  Set here, not at import:
+    # importing netlang must not change the environment of the processes a user starts (a
+    # PyTorch process started beside it ran 40% slower with passive OpenMP waits).
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     import numba  # kept lazy: importing this module (the API does) never starts Numba
     numba.get_num_threads()   # starts the pool (once per process), as the cache would
 
