@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from netlang.errors import UsageError
-from netlang.ops import get_op
+from netlang.ops import stated_integer_bounds
 
 DTYPES = ("float32", "float64")
 DEFAULT_STEPS = 10
@@ -39,15 +39,9 @@ def random_feeds(graph, batch: int, dtype, rng: np.random.Generator) -> dict:
 
 
 def _integer_range(graph, node) -> int:
-    """How many values an integer input may take: the tightest bound among its consumers
-    (each op says, by its `integer_bound`, how many values its integer operands take)."""
-    bounds = []
-    for user in graph.successors(node):
-        rule, operands = get_op(graph.op(user)).integer_bound, graph.operands(user)
-        bound = None if rule is None else rule(operands.index(node), graph.nodes[user]["attrs"],
-                                               [graph.type_of(o) for o in operands])
-        # None: a binary label (a single sigmoid unit), or a use we cannot read: 0 or 1
-        bounds.append(2 if bound is None else int(bound))
+    """How many values an integer input may take: the tightest bound among its consumers; a
+    consumer that states none reads a binary label (a single sigmoid unit): 0 or 1."""
+    bounds = [2 if bound is None else bound for bound in stated_integer_bounds(graph, node)]
     return max(1, min(bounds, default=2))
 
 

@@ -108,7 +108,7 @@ class Kernel:
 
     def key(self) -> str:
         """A one-element uint64 array the engine fills before each call: this node's random key
-        (see `netlang.ops.norm.dropout_bits`)."""
+        (see `netlang.ops.norm_loops.dropout_bits`)."""
         return self.program.argument("key", self.node)
 
     def workspace(self, i: int) -> str:

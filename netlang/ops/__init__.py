@@ -25,6 +25,19 @@ from netlang.ops import (
 from netlang.ops.registry import OPS, OpDef, ParamSpec, ShapeContext, ShapeProblem
 
 
+def stated_integer_bounds(graph, node) -> list:
+    """For each consumer of integer value `node`: how many values its op says that operand
+    takes (`OpDef.integer_bound`: an embedding's vocabulary, a loss's classes), or None where
+    it says nothing."""
+    bounds = []
+    for user in graph.successors(node):
+        rule, operands = get_op(graph.op(user)).integer_bound, graph.operands(user)
+        bound = None if rule is None else rule(operands.index(node), graph.nodes[user]["attrs"],
+                                               [graph.type_of(o) for o in operands])
+        bounds.append(None if bound is None else int(bound))
+    return bounds
+
+
 def get_op(name: str) -> OpDef | None:
     """The definition of the op called `name`, or None when no family defines one."""
     return OPS.get(name)
@@ -36,6 +49,7 @@ def all_ops() -> dict[str, OpDef]:
 
 
 __all__ = ["OPS", "OpDef", "ParamSpec", "ShapeContext", "ShapeProblem", "all_ops", "get_op",
+           "stated_integer_bounds",
            # the families, imported above for the ops they register
            "activations", "conv", "conv_kernels", "core", "dense", "elementwise", "losses",
            "merge", "norm", "pool", "recurrent", "recurrent_kernels", "reduce", "reshape"]

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from netlang.ops.norm_loops import GOLDEN, MIX1, MIX2, dropout_bits
 from netlang.ops.registry import ParamSpec, always, define_internal, define_op, elementwise_same, same_type_as
 from netlang.ops.schema import Arg, FLOAT, INT, LAYER
 
@@ -95,18 +96,8 @@ def _dropout_forward(ins, a, ctx):
 # CPU kernels, the CUDA ones) computes the same mask from the same key, each element on its
 # own, so a kernel fills a mask in one parallel pass with no generator state to carry, and a
 # run resumes exactly from the RNG state alone.  The hash is splitmix64's output function.
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-def dropout_bits(key, index):
-    """64 random bits for element `index` (uint64, scalar or array) of the stream `key`.
-    Written with NumPy uint64 operations only, so Numba compiles the very same function."""
-    z = key + (index + np.uint64(1)) * _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
+# The hash itself lives with the mask's loop nest (norm_loops.py), so that Numba's cache of
+# the compiled mask, which keys on that file, sees an edit to it.
 
 
 def dropout_threshold(rate: float) -> int:
@@ -190,9 +181,9 @@ def _dropout_mask_cuda_kernel(k):
             return
         z = k.fresh("z")
         u = "np.uint64"
-        k.line(f"{z} = {u}({key}) + ({u}(i) + {u}(1)) * {u}({int(_GOLDEN)})")
-        k.line(f"{z} = ({z} ^ ({z} >> {u}(30))) * {u}({int(_MIX1)})")
-        k.line(f"{z} = ({z} ^ ({z} >> {u}(27))) * {u}({int(_MIX2)})")
+        k.line(f"{z} = {u}({key}) + ({u}(i) + {u}(1)) * {u}({int(GOLDEN)})")
+        k.line(f"{z} = ({z} ^ ({z} >> {u}(30))) * {u}({int(MIX1)})")
+        k.line(f"{z} = ({z} ^ ({z} >> {u}(27))) * {u}({int(MIX2)})")
         k.line(f"{z} = {z} ^ ({z} >> {u}(31))")
         k.line(f"{out}[i] = F(1.0) / {k.const(1 - rate)} if ({z} >> {u}(32)) >= "
                f"{u}({dropout_threshold(rate)}) else F(0.0)")

@@ -9,7 +9,20 @@ accumulate in float64.
 
 import numpy as np
 
-from netlang.ops.norm import dropout_bits
+# The dropout hash (splitmix64's output function) shared by the NumPy reference (norm.py),
+# this mask's loop nest and the CUDA template, which writes it out with these constants.
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def dropout_bits(key, index):
+    """64 random bits for element `index` (uint64, scalar or array) of the stream `key`.
+    Written with NumPy uint64 operations only, so Numba compiles the very same function."""
+    z = key + (index + np.uint64(1)) * GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * MIX1
+    z = (z ^ (z >> np.uint64(27))) * MIX2
+    return z ^ (z >> np.uint64(31))
 
 # ---- batch norm ----------------------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ plain callee under the name it calls.  `compiled` therefore runs the function's 
 copy of its module's namespace in which those names are bound to their compiled forms: a
 module compiles its callees first and names them.  Numba's disk cache (in the ops module's
 __pycache__) keys on a function's code and its source file's timestamp: editing a loop nest,
-or a callee in its file, recompiles it; a callee from another file is not seen (the one such
-callee, `dropout_bits`, lives in ops/norm.py beside the NumPy reference that shares it).
+or a callee in its file, recompiles it; a callee from another file is not seen, so a loop nest's
+callees live in its own file (`dropout_bits` is in norm_loops.py, and the NumPy reference in
+norm.py imports it from there).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import numpy as np
 
 from netlang.data import check_labels, fit_to_shape
 from netlang.errors import DataError
-from netlang.ops import get_op
+from netlang.ops import stated_integer_bounds
 from netlang.train.metrics import CLASS_SCORE_LOSSES, Head
 
 
@@ -119,15 +119,7 @@ def bind(graph) -> Binding:
 def _id_bound(graph, node) -> int | None:
     """How many values an integer input's ids may take: the tightest bound its consumers
     state by their op's `integer_bound`; None where none states one."""
-    bounds = []
-    for user in graph.successors(node):
-        rule, operands = get_op(graph.op(user)).integer_bound, graph.operands(user)
-        if rule is not None:
-            bound = rule(operands.index(node), graph.nodes[user]["attrs"],
-                         [graph.type_of(o) for o in operands])
-            if bound is not None:
-                bounds.append(int(bound))
-    return min(bounds, default=None)
+    return min((b for b in stated_integer_bounds(graph, node) if b is not None), default=None)
 
 
 def _named_heads(heads: list) -> dict:
