@@ -219,3 +219,22 @@ def test_vae_objective_matches_torch():
     for name, tensor in weights.items():
         np.testing.assert_allclose(grads[name], tensor.grad.numpy(), rtol=1e-9, atol=1e-12,
                                    err_msg=name)
+
+
+def test_kl_normal_equals_the_expression_written_out():
+    """`kl_normal(mu, logvar)` and the KL term written with tensor math (as docs/language.md
+    shows it): one value, one gradient."""
+    written = VAE.replace("kl_normal(mu, logvar)",
+                          "-0.5 * sum(1 + logvar - square(mu) - exp(logvar), axis = 0)")
+    built_in = netlang.compile(VAE, dtype="float64").to("reference")
+    by_hand = netlang.compile(written, dtype="float64").to("reference")
+    params = random_params(built_in.graph, np.random.default_rng(9))
+    for model in (built_in, by_hand):
+        for name, value in model.parameters().items():
+            value[...] = params[name]
+    feeds = _feeds_vae(5, seed=4)
+    expected, expected_grads, _ = built_in.gradients(feeds)
+    loss, grads, _ = by_hand.gradients(feeds)
+    assert loss == pytest.approx(expected, rel=1e-12)
+    for name, grad in expected_grads.items():
+        np.testing.assert_allclose(grads[name], grad, rtol=1e-10, atol=1e-14, err_msg=name)
