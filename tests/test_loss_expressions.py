@@ -98,6 +98,8 @@ def test_the_nodes_of_an_expression_term_belong_to_the_loss():
     ("kl_normal(y)", "`kl_normal` takes 2 tensors: `kl_normal(mu, logvar)`", 8),
     ("kl_normal(y, s)", "`kl_normal` needs `mu` and `logvar` of one shape", 8),
     ("mse(y, t) / 0", "division by zero", 20),
+    ("1e300 * (1e300 * mse(y, t))", "the weights of this loss multiply to a number too large",
+     8),
     ("0 * mse(y, t)", "every loss term has weight 0: training would change nothing", 3),
     ("mse(y, t) + sum(t, axis = 0)", "this loss term depends on no parameter of the model", 20),
 ])

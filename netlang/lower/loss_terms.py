@@ -46,7 +46,11 @@ def loss_terms(lowerer: TensorMath, expr, scope: Scope) -> list[tuple[int, float
     """
     before = set(lowerer.graph.nodes)
     try:
-        return _terms(lowerer, expr, scope, 1.0)
+        found = _terms(lowerer, expr, scope, 1.0)
+        if not all(math.isfinite(weight) for _, weight in found):  # `1e300 * (1e300 * ...)`
+            raise Problem("the weights of this loss multiply to a number too large", expr.loc,
+                          "argument")
+        return found
     finally:
         for node in set(lowerer.graph.nodes) - before:
             if lowerer.graph.nodes[node]["role"] in ("layer", "internal"):
