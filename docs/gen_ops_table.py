@@ -152,7 +152,7 @@ def ops_reference() -> str:
             out += [f"#### `{op.name}`", ""]
             if op.role == "loss":
                 extra = "".join(f", {a.name} = {_sig_default(a)}" for a in op.args)
-                usage = f"`loss {op.name}(prediction, target{extra})`"
+                usage = f"`loss {op.name}({', '.join(op.operand_names)}{extra})`"
             elif op.arity is None:
                 usage = f"`(a, b, ...) -> {signature(op)}`"
             else:

@@ -97,8 +97,23 @@ class Summary:
         lines.append(f"Mult-adds per example: {self.total_macs:,}")
         lines.append("Outputs: " + ", ".join(f"{k} {format_shape(v)}" for k, v in self.outputs.items()))
         if self.losses:
-            lines.append("Losses: " + " + ".join(self.losses))
+            # A negative weight reads as a subtraction: `a - 0.1 × b`.
+            text = self.losses[0] + "".join(f" - {t[1:]}" if t.startswith("-") else f" + {t}"
+                                            for t in self.losses[1:])
+            lines.append("Losses: " + text)
         return lines
+
+
+def _loss_term_text(graph: Graph, node) -> str:
+    """A loss as the summary shows it: `op(operands)` for a loss op, and for a term written as
+    an expression (an internal op averages it over the batch) the expression as written."""
+    d = graph.nodes[node]
+    loc = d["loc"]
+    if get_op(d["op"]).role != "loss" and loc is not None and loc.source and \
+            loc.end_line == loc.line and loc.end_column:
+        return loc.source.splitlines()[loc.line - 1][loc.column - 1:loc.end_column - 1]
+    operands = ", ".join(graph.nodes[o]["layer"] for o in d["inputs"])
+    return f"{d['op']}({operands})"
 
 
 def summarize(graph: Graph) -> Summary:
@@ -126,10 +141,9 @@ def summarize(graph: Graph) -> Summary:
     buffers = sum(graph.type_of(n).size for n in graph.buffers().values())
     losses = []
     for node, weight in graph.graph.get("losses", []):
-        d = graph.nodes[node]
-        operands = ", ".join(graph.nodes[o]["layer"] for o in d["inputs"])
-        term = f"{d['op']}({operands})"
-        losses.append(term if weight == 1 else f"{weight:g} × {term}")
+        term = _loss_term_text(graph, node)
+        losses.append(term if weight == 1 else "-" + term if weight == -1
+                      else f"{weight:g} × {term}")
     return Summary(
         rows=rows, total_params=total, trainable_params=total - frozen_count,
         non_trainable_params=frozen_count, buffers=buffers,

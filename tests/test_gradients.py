@@ -422,6 +422,21 @@ CASES: dict[str, list[Case]] = {
              "train { loss mse(y, label) }\n",
              draw={"label": labels(4)}),
     ],
+    "kl_normal": [
+        Case("kl_normal_dense",
+             "input x: [4]\nmu = x -> dense(3)\nlogvar = x -> tanh -> dense(3)\noutput mu\n"
+             "train { loss kl_normal(mu, logvar) }\n"),
+        Case("kl_normal_inputs", "input m: [2, 3]\ninput v: [2, 3]\n"
+                                 "train { loss 0.5 * kl_normal(m, v) }\n"),
+    ],
+    "batch_mean": [
+        # Terms written as expressions: a [1] and two [] per example, one weighted negative.
+        Case("batch_mean_expressions",
+             "input x: [4]\ns = x -> dense(1)\nh = x -> tanh -> dense(2)\noutput s\n"
+             "train { loss softplus(-s) - 0.3 * sum(square(h), axis = 0) "
+             "+ mean(h * s, axis = 0) / 2 }\n"),
+        Case("batch_mean_inputs", "input x: [3]\ntrain { loss sum(x * x, axis = 0) }\n"),
+    ],
     "hinge": [
         Case("hinge_scores",
              "input s: [4]\ninput label: int[]\ny = s -> identity\noutput y\n"
@@ -619,7 +634,8 @@ def draw_feeds(graph, case: Case, rng, batch):
 
 def differentiable_inputs(graph) -> list[str]:
     """Float data inputs: not loss targets (the losses pass no gradient to their target)."""
-    targets = {graph.operands(node)[1] for node, _ in graph.graph["losses"]}
+    targets = {graph.operands(node)[1] for node, _ in graph.graph["losses"]
+               if all_ops()[graph.op(node)].operand_names == ("prediction", "target")}
     return [name for name, node in graph.graph["inputs"].items()
             if graph.type_of(node).is_float and node not in targets]
 

@@ -21,6 +21,8 @@ The modules, each importing only those before it:
   adding a part of the language to the one before, ending in `Lowerer`.  The
   language is recursive (a chain is an expression, a block body holds statements),
   so a class calls methods that a later one adds: each module's docstring says which;
+- `loss_terms`: a `loss` line split into weighted terms (loss calls, per-example scalar
+  expressions);
 - `train_section`: the `train { ... }` section, lowered after the network;
 - `model`: `lower_source`, from a file to a checked Graph, and `source_hash`.
 """

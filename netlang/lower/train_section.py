@@ -1,6 +1,7 @@
 """The `train { ... }` section → loss nodes in the graph and a `TrainConfig`.
 
-Losses become graph nodes (so autodiff sees them); everything else is checked
+Losses become graph nodes (so autodiff sees them; each `loss` line is split into weighted
+terms by netlang.lower.loss_terms); everything else is checked
 against the schemas in `netlang.ops.optim` and `netlang.ir.train_config`.  The
 section is lowered after the network, in the file's top-level scope, so it can
 name the network's layers and constants; `netlang.train.overrides` lowers
@@ -15,9 +16,9 @@ from netlang.errors import did_you_mean
 from netlang.frontend import ast
 from netlang.ir.train_config import Choice, METRICS, SCALAR_SETTINGS, SETTINGS, TrainConfig
 from netlang.lower.layers import LayerBuilder
+from netlang.lower.loss_terms import loss_terms
 from netlang.lower.names import Scope
 from netlang.lower.values import POISON, Poisoned, Problem, Tensor
-from netlang.ops import all_ops, get_op
 from netlang.ops.optim import OPTIMIZERS, REGULARIZERS, SCHEDULES
 from netlang.ops.schema import ArgumentProblem, bind_arguments, describe_value
 
@@ -44,7 +45,7 @@ def lower_train_section(lowerer: LayerBuilder, section: ast.Train, scope: Scope)
                 raise Problem("only `regularize` takes `on <layers>`", item.on[0].loc, "argument")
             if key == "loss":
                 for value in item.values:
-                    losses.extend(_loss_terms(lowerer, value, scope))
+                    losses.extend(loss_terms(lowerer, value, scope))
             elif key == "optimizer":
                 config.optimizer = _choice(lowerer, _single(item), OPTIMIZERS, "optimizer", scope)
             elif key == "schedule":
@@ -68,6 +69,9 @@ def lower_train_section(lowerer: LayerBuilder, section: ast.Train, scope: Scope)
             lowerer.report(problem, scope)
         except Poisoned:
             pass
+    if losses and not any(weight for _, weight in losses):
+        lowerer.report(Problem("every loss term has weight 0: training would change nothing",
+                               seen["loss"], "argument"), scope)
     lowerer.graph.graph["losses"] = losses
     lowerer.graph.graph["train"] = config
 
@@ -158,52 +162,3 @@ def _metric(lowerer, expr, scope):
     word = expr.id if isinstance(expr, ast.Name) else getattr(expr, "func", "?")
     raise Problem(f"unknown metric `{word}`{did_you_mean(word, METRICS)}", expr.loc, "name",
                   ["known: accuracy, top_k(k), loss, confusion"])
-
-
-def _loss_terms(lowerer, expr, scope):
-    """A loss expression → [(node, weight)]: loss calls, scaled by numbers and summed."""
-    if isinstance(expr, ast.BinOp) and expr.op == "+":
-        return (_loss_terms(lowerer, expr.left, scope)
-                + _loss_terms(lowerer, expr.right, scope))
-    if isinstance(expr, ast.BinOp) and expr.op == "*":
-        if _is_loss_expr(expr.left) and _is_loss_expr(expr.right):
-            raise Problem("a loss can be scaled by a number, not multiplied by another loss",
-                          expr.loc, "argument")
-        for weight_expr, loss_expr in ((expr.left, expr.right), (expr.right, expr.left)):
-            if not _is_loss_expr(loss_expr):
-                continue
-            weight = lowerer.evaluate(weight_expr, scope)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-                raise Problem(f"a loss weight must be a non-negative number, not "
-                              f"{describe_value(weight)}", weight_expr.loc, "argument")
-            return [(node, w * weight) for node, w in _loss_terms(lowerer, loss_expr, scope)]
-    if isinstance(expr, ast.Call):
-        op = get_op(expr.func)
-        if op is None or op.role != "loss":
-            losses = [n for n, o in all_ops().items() if o.role == "loss"]
-            raise Problem(f"unknown loss `{expr.func}`{did_you_mean(expr.func, losses)}", expr.loc,
-                          "name", [f"known: {', '.join(sorted(losses))}"])
-        tensors = [a for a in expr.args if a.name is None]
-        if len(tensors) != 2:
-            raise Problem(f"`{expr.func}` takes a prediction and a target: "
-                          f"`{expr.func}(prediction, target)`", expr.loc, "argument")
-        operands = [lowerer.evaluate(a.value, scope) for a in tensors]
-        for a, value in zip(tensors, operands):
-            if not isinstance(value, Tensor):
-                raise Problem(f"`{expr.func}` needs tensors, not {describe_value(value)}", a.loc,
-                              "argument")
-        keyword_args = tuple(a for a in expr.args if a.name is not None)
-        attrs = lowerer.bind_op_args(op, keyword_args, scope, None)
-        tensor = lowerer.apply_op(op, operands, attrs, None, scope, expr.loc)
-        return [(tensor.node, 1.0)]
-    raise Problem("a loss is a loss function such as `cross_entropy(logits, label)`, optionally "
-                  "weighted (`0.5 * ...`) and summed (`+`)", expr.loc, "argument")
-
-
-def _is_loss_expr(expr) -> bool:
-    if isinstance(expr, ast.Call):
-        op = get_op(expr.func)
-        return op is not None and op.role == "loss"
-    if isinstance(expr, ast.BinOp) and expr.op in ("+", "*"):
-        return _is_loss_expr(expr.left) or _is_loss_expr(expr.right)
-    return False

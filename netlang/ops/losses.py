@@ -3,7 +3,9 @@
 The batch mean is taken over the leading batch axis and, for sequence outputs,
 over time too; the per-example sums follow the textbook definitions in
 docs/language.md.  Where PyTorch's default differs (squared error), both are
-offered.
+offered.  The losses that compare no prediction with a target (`kl_normal`, and
+`batch_mean`, which makes any per-example scalar a loss term) are in
+netlang/ops/loss_terms.py.
 """
 
 import numpy as np
@@ -353,7 +355,7 @@ def _ce_grad_kernel(k):
     _ce_kernel(k, with_loss=False, grad_var=k.out)
 
 
-def _rowwise_loss_kernel(term, grad, normaliser):
+def rowwise_loss_kernels(term, grad, normaliser):
     """A loss or gradient that is a sum over elements of term(p, t) or an elementwise grad(p, t)."""
     def loss_kernel(k):
         p = k.rows(k.ins[0], k.in_types[0])
@@ -381,7 +383,8 @@ def _rowwise_loss_kernel(term, grad, normaliser):
     return loss_kernel, grad_kernel
 
 
-def _per_example(k, rows):
+def per_example(k, rows):
+    """Normaliser of a loss averaged over the examples of the batch."""
     return f"{k.ins[0]}.shape[0]"
 
 
@@ -402,12 +405,12 @@ def _bce_grad(p, t, a, m):
 
 
 for _op, _term, _grad, _norm in (
-        (binary_cross_entropy, _bce_term, _bce_grad, _per_example),
+        (binary_cross_entropy, _bce_term, _bce_grad, per_example),
         (squared_error, lambda p, t, a, m: f"0.5 * ({p} - {t}) * ({p} - {t})",
-         lambda p, t, a, m: f"{p} - {t}", _per_example),
+         lambda p, t, a, m: f"{p} - {t}", per_example),
         (mse, lambda p, t, a, m: f"({p} - {t}) * ({p} - {t})",
          lambda p, t, a, m: f"2.0 * ({p} - {t})", _per_element)):
-    _op.cpu_kernel, OPS[f"{_op.name}_grad"].cpu_kernel = _rowwise_loss_kernel(_term, _grad, _norm)
+    _op.cpu_kernel, OPS[f"{_op.name}_grad"].cpu_kernel = rowwise_loss_kernels(_term, _grad, _norm)
 
 cross_entropy.cpu_kernel = _ce_loss_kernel
 

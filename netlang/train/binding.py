@@ -18,7 +18,7 @@ import numpy as np
 from netlang.data import check_labels, fit_to_shape
 from netlang.errors import DataError
 from netlang.ops import stated_integer_bounds
-from netlang.train.metrics import CLASS_SCORE_LOSSES, Head
+from netlang.train.metrics import CLASS_SCORE_LOSSES, Head, compares_prediction
 
 
 @dataclasses.dataclass
@@ -71,7 +71,8 @@ def bind(graph) -> Binding:
     for name, node in graph.graph["inputs"].items():
         t = graph.type_of(node)
         inputs[name] = (tuple(t.shape[1:]), t.is_float)
-    loss_nodes = {n for n, _ in graph.graph.get("losses") or []}
+    # The losses and the nodes that compute loss terms written as expressions (role `loss`).
+    loss_nodes = {n for n, _ in graph.graph.get("losses") or []} | set(graph.nodes_with_role("loss"))
     target_only = []
     for name, node in graph.graph["inputs"].items():
         users = set(graph.successors(node))
@@ -84,6 +85,8 @@ def bind(graph) -> Binding:
     losses, heads = [], []
     for node, weight in graph.graph.get("losses") or []:
         losses.append((graph.nodes[node]["name"], float(weight)))
+        if not compares_prediction(graph, node):
+            continue  # kl_normal, a term written as an expression: nothing to read as classes
         prediction, target = graph.operands(node)
         data = graph.nodes[node]
         target_name = graph.nodes[target]["name"] if graph.nodes[target]["op"] == "input" else None

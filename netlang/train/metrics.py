@@ -20,6 +20,12 @@ from netlang.ops import all_ops, get_op
 CLASS_SCORE_LOSSES = tuple(name for name, op in all_ops().items() if op.class_reading == "scores")
 
 
+def compares_prediction(graph, node) -> bool:
+    """Whether the loss `node` compares a prediction with a target, as every loss that reads
+    classes does (`kl_normal` and a term written as an expression compare none)."""
+    return get_op(graph.op(node)).operand_names == ("prediction", "target")
+
+
 @dataclasses.dataclass(frozen=True)
 class Head:
     """How one loss turns its prediction into classes.

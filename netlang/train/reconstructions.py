@@ -17,6 +17,7 @@ import numpy as np
 
 from netlang.errors import UsageError
 from netlang.train.image_grid import as_picture, display_range, image_grid, to_uint8
+from netlang.train.metrics import compares_prediction
 
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 EXAMPLES = 8  # one row of inputs over one row of reconstructions
@@ -35,6 +36,8 @@ def find_reconstruction(graph) -> Reconstruction | None:
     """The first loss of `graph` that reconstructs one of its data inputs, if any."""
     losses = [loss for loss, _ in graph.graph.get("losses") or []]
     for loss in losses:
+        if not compares_prediction(graph, loss):
+            continue
         prediction, target = graph.operands(loss)
         target_data = graph.nodes[target]
         if target_data["op"] != "input" or not graph.type_of(target).is_float:
