@@ -52,11 +52,10 @@ class EngineBase:
         # Parameters and buffers by name; the engine updates these arrays in place.
         self.params = params if params is not None else initialize(graph, seed, dtype)
         self.rng = np.random.default_rng([seed, 1])  # dropout masks: a stream apart from init's
-        frozen = set(self.config.freeze)
         self.layer_of = {graph.nodes[n]["name"]: graph.nodes[n]["layer"]
                          for n in list(graph.parameters().values()) + list(graph.buffers().values())}
         self.trainable = [name for name, node in graph.parameters().items()
-                          if graph.nodes[node]["layer"] not in frozen]
+                          if self.config.updates_layer(graph.nodes[node]["layer"])]
         self.input_grads = tuple(input_grads)
         self.optimizer = Optimizer(self.config.optimizer, {n: self.params[n] for n in self.trainable})
 

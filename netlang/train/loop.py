@@ -21,6 +21,7 @@ from netlang.runtime import make_engine
 from netlang.train.binding import Binding, as_arrays, bind
 from netlang.train.evaluation import evaluate, predict
 from netlang.train.overrides import apply_overrides
+from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
 from netlang.train.prepared_data import PreparedData, prepare_data, split_arrays
 from netlang.train.progress import Progress
 from netlang.train.reconstructions import write_reconstructions
@@ -138,8 +139,15 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
             vx, vy = validation_data
             prepared.val = as_arrays(binding, vx, vy, what="validation data", dtype=dtype)
 
-    # Engine.
-    if checkpoint is not None:
+    # Engine: one per phase, sharing the parameters, for a file with named train sections.
+    runs = None
+    if has_phases(model.graph):
+        params = checkpoint.params if checkpoint is not None else \
+            (engine.params if engine is not None else None)
+        runs = phase_runs(model.graph, config, lambda graph, settings, shared: make_engine(
+            graph, settings, shared, seed=config.seed, device=device, dtype=dtype), params)
+        engine = runs[-1].engine
+    elif checkpoint is not None:
         engine = make_engine(model.graph, config, checkpoint.params, seed=config.seed,
                              device=device, dtype=dtype)
     elif engine is None:
@@ -152,15 +160,18 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     progress.message(f"training {Path(model.path).name} on the {engine.name} engine")
     for note in prepared.notes:
         progress.message(note)
-    trainer = Trainer(engine, binding, config, source_hash=model.source_hash, out=out,
-                      progress=progress, run_info=run_info, checkpoint_every=checkpoint_every,
-                      shuffle=shuffle, on_step=on_step, per_character=prepared.per_character,
-                      weights_metadata={"model": str(run_info["model"]),
-                                        "netlang_version": __version__})
+    options = dict(source_hash=model.source_hash, out=out, progress=progress,
+                   run_info=run_info, checkpoint_every=checkpoint_every, shuffle=shuffle,
+                   on_step=on_step, per_character=prepared.per_character,
+                   weights_metadata={"model": str(run_info["model"]),
+                                     "netlang_version": __version__})
+    trainer = PhasedTrainer(runs, binding, config, **options) if runs is not None else \
+        Trainer(engine, binding, config, **options)
     if checkpoint is not None:
         trainer.restore(checkpoint)
         trainer.trim_log()
-        if trainer.finished and not trainer.stopped_early and config.epochs > trainer.epoch:
+        if trainer.finished and not trainer.stopped_early and \
+                trainer.config.epochs > trainer.epoch:
             trainer.finished = False  # resumed with more epochs than the run had
         if trainer.finished:
             progress.message(f"{resume}: training already finished at epoch {trainer.epoch}"
