@@ -182,6 +182,8 @@ def lower_train_sections(lowerer: LayerBuilder, sections: list, scope: Scope) ->
     phases = {name: _lower_phase(lowerer, section, scope, base) for name, section in
               defined.items()}
     if base.phases is None:
+        if unnamed and any(item.key.id == "phases" for item in unnamed[0].items):
+            return   # its `phases` line is wrong, and that error is already reported
         first = named[0]
         lowerer.report(Problem(f"phase `{first.name.id}` needs an order: add `phases "
                                f"alternate(...)` or `phases sequence(...)` to the unnamed "
