@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 import netlang
+from netlang.cli import main
+from netlang.errors import UsageError
 from netlang.frontend.format import format_source
 from netlang.frontend.parser import parse
 from netlang.train.loop import train
@@ -269,3 +271,51 @@ def test_resume_mid_round_matches_an_uninterrupted_run(tmp_path, stop_step):
     assert records(tmp_path / "a") == records(tmp_path / "b")
     saved = json.loads(next((tmp_path / "b").glob("ckpt-*/state.json")).read_text())["state"]
     assert set(saved["phases"]) == {"first", "second"}
+
+
+# -- the surfaces: --set, the command line, the Python API ----------------------------------
+
+def test_update_in_the_unnamed_section_and_from_set():
+    model = compile_text(PLAIN.replace("out = x -> dense(3) -> tanh -> dense(2) as head",
+                                       "out = x -> dense(3) as body -> tanh -> dense(2) as head")
+                         + "  update head\n}\n")
+    data = two_head_data()
+    data = {"x": data["x"], "y": data["y"]}
+    _, engine, _ = train(model, x=data, device="reference", evaluate_test=False)
+    assert {engine.layer_of[name] for name in engine.trainable} == {"head"}
+    _, engine, _ = train(model, x=data, device="reference", evaluate_test=False,
+                         overrides=["update=none"])
+    assert {engine.layer_of[name] for name in engine.trainable} == {"body", "head"}
+    _, engine, _ = train(model, x=data, device="reference", evaluate_test=False,
+                         overrides=["update=body"])
+    assert {engine.layer_of[name] for name in engine.trainable} == {"body"}
+    with pytest.raises(UsageError, match="unknown training setting `phases`"):
+        apply_overrides(model.train_config, ["phases=sequence(a)"], model.graph)
+
+
+def test_train_and_eval_print_each_phase(tmp_path, capsys):
+    (tmp_path / "seq.net").write_text(PRETRAIN_FINETUNE)
+    train_set, test_set = classes_data(32), classes_data(16, seed=1)
+    np.savez(tmp_path / "seq.npz", x_train=train_set["x"], y_train=train_set["label"],
+             x_test=test_set["x"], y_test=test_set["label"])
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "seq.net"), "--data", str(tmp_path / "seq.npz"),
+                 "--out", str(run), "--device", "reference"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("epoch 1/5  pretrain:  loss[pretrain] ") for line in lines)
+    assert any(line.startswith("epoch 5/5  finetune:  loss[finetune] ") for line in lines)
+    assert main(["eval", str(tmp_path / "seq.net"), "--weights", str(run), "--device",
+                 "reference", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["phases"]) == {"pretrain", "finetune"}
+    assert result["loss"] == pytest.approx(result["phases"]["finetune"])
+
+
+def test_fit_trains_the_phases():
+    model = compile_text(TWO_HEADS)
+    history = model.fit(x=two_head_data(), verbose=0, epochs=1)
+    assert set(history.last["phases"]) == {"first", "second"}
+    before = {name: value.copy() for name, value in model.engine.params.items()}
+    model.fit(x=two_head_data(), verbose=0, epochs=1)   # goes on from the trained weights
+    assert any(not np.array_equal(before[name], model.engine.params[name]) for name in before)
+    assert set(model.evaluate(x=two_head_data())["phases"]) == {"first", "second"}

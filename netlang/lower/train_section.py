@@ -15,14 +15,14 @@ import math
 from netlang.errors import did_you_mean
 from netlang.frontend import ast
 from netlang.ir.train_config import (
+    Choice,
     METRICS,
     PHASE_ORDERS,
     PHASE_SETTINGS,
-    SCALAR_SETTINGS,
-    SETTINGS,
-    Choice,
     Phase,
     PhaseOrder,
+    SCALAR_SETTINGS,
+    SETTINGS,
     TrainConfig,
 )
 from netlang.lower.layers import LayerBuilder
