@@ -245,7 +245,7 @@ def test_a_lone_phase_trains_as_the_unnamed_section_does():
 
 # -- checkpoints ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("stop_step", [2, 6])
+@pytest.mark.parametrize("stop_step", [2, 5, 6])   # in a round, at an epoch's end, both
 def test_resume_mid_round_matches_an_uninterrupted_run(tmp_path, stop_step):
     model = compile_text(TWO_HEADS)
     data = two_head_data(18)
@@ -319,3 +319,11 @@ def test_fit_trains_the_phases():
     model.fit(x=two_head_data(), verbose=0, epochs=1)   # goes on from the trained weights
     assert any(not np.array_equal(before[name], model.engine.params[name]) for name in before)
     assert set(model.evaluate(x=two_head_data())["phases"]) == {"first", "second"}
+
+
+def test_check_names_each_phase_and_counts_what_no_phase_updates():
+    summary = netlang.summary.summarize(compile_text(TWO_HEADS.replace("update A, B1",
+                                                                       "update B1")).graph)
+    assert summary.phases == {"first": ["mse(B1, y)"], "second": ["mse(B2, t)"]}
+    assert summary.non_trainable_params == 4 * 3 + 3   # layer A: no phase updates it
+    assert "Losses of phase first: mse(B1, y)" in summary.render()
