@@ -30,7 +30,6 @@ import numpy as np
 
 from netlang.errors import UsageError, WeightsError
 from netlang.ir.train_config import Phase, TrainConfig, phases_of
-from netlang.lower.train_section import reads_data
 from netlang.train.binding import bind
 from netlang.train.meters import MetricsOnHost
 from netlang.train.metrics import MetricAccumulator
@@ -49,14 +48,13 @@ def has_phases(graph) -> bool:
 
 @dataclasses.dataclass
 class PhaseRun:
-    """One phase as a run trains it: the phase, its settings, its engine, the metrics head
-    of its losses, and whether its steps read the data."""
+    """One phase as a run trains it: the phase, its settings, its engine, and the metrics
+    head of its losses."""
 
     phase: Phase
     config: TrainConfig
     engine: object
     head: object
-    reads_data: bool
 
     @property
     def name(self) -> str:
@@ -81,8 +79,7 @@ def phase_runs(graph, base: TrainConfig, make_engine, params=None) -> list[Phase
         # Each phase draws its dropout keys from a stream of its own.
         engine.rng = np.random.default_rng([base.seed, 1, index])
         params = engine.params
-        runs.append(PhaseRun(phase, config, engine, bind(phase_graph).head,
-                             reads_data(graph, phase.losses)))
+        runs.append(PhaseRun(phase, config, engine, bind(phase_graph).head))
     return runs
 
 
