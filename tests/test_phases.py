@@ -18,8 +18,10 @@ from netlang.cli import main
 from netlang.errors import UsageError
 from netlang.frontend.format import format_source
 from netlang.frontend.parser import parse
+from netlang.runtime import make_engine
 from netlang.train.loop import train
 from netlang.train.overrides import apply_overrides
+from netlang.train.phased import phase_runs
 from netlang.train.progress import format_record
 from netlang.train.trainer import TrainingInterrupted
 
@@ -153,16 +155,24 @@ def test_phases_inherit_the_unnamed_section():
 
 def test_a_phase_program_differentiates_only_its_parameters():
     model = compile_text(TWO_HEADS)
-    _, engine, _ = train(model, x=two_head_data(), device="reference", evaluate_test=False,
-                         overrides=["epochs=1"])
-    second = engine   # the last phase's engine, the one a run hands back
-    assert sorted(second.layer_of[name] for name in second.trainable) == ["B2", "B2"]
-    graph, gradients, _, _ = second._training("train")
-    differentiated = {graph.nodes[node]["name"] for node in gradients.of}
-    assert differentiated == set(second.trainable)
-    # No backward node of the other phase's layers: autodiff walked only what it needed.
-    layers = {graph.nodes[n]["layer"] for n in graph.nodes if n not in model.graph.nodes}
-    assert "B1" not in layers
+    engine = make_engine(model.graph, model.train_config, device="reference")
+    first, second = phase_runs(model.graph, model.train_config, lambda graph, config, params:
+                               make_engine(graph, config, params, device="reference"),
+                               engine.params)
+    assert first.engine.params is second.engine.params is engine.params
+    assert sorted(first.engine.layer_of[name] for name in first.engine.trainable) == \
+        ["A", "A", "B1", "B1"]
+    assert sorted(second.engine.layer_of[name] for name in second.engine.trainable) == \
+        ["B2", "B2"]
+    graph, gradients, order, _ = second.engine._training("train")
+    assert {graph.nodes[node]["name"] for node in gradients.of} == set(second.engine.trainable)
+    # No backward node of another layer (autodiff walked only what it needed), and no
+    # forward node of the other head (its output is not one this phase's loss reads).
+    loss_layer = graph.nodes[second.phase.losses[0][0]]["layer"]
+    added = [node for node in order if node not in model.graph.nodes]
+    assert {graph.nodes[node]["layer"] for node in added} <= {"B2", loss_layer, "objective"}
+    assert "B1" not in {graph.nodes[node]["layer"] for node in order}
+    assert list(second.engine.graph.graph["outputs"]) == ["B2"]
 
 
 # -- alternation ----------------------------------------------------------------------------

@@ -71,10 +71,11 @@ class EngineBase:
         batch's inputs for `forward`."""
         return None
 
-    def compilations(self, batch: int, evaluated: tuple = (), eval_batch: int = 0) -> list:
+    def compilations(self, batch: int | None, evaluated: tuple = (), eval_batch: int = 0) -> list:
         """The programs a training run calls, each a `ProgramCompilation`
         (netlang/runtime/compilation.py) that makes it ready before the first step: the
-        training step for batches of `batch` examples, and the evaluation pass computing the
+        training step for batches of `batch` examples (None: no training step, for an engine
+        that only evaluates while others step), and the evaluation pass computing the
         nodes `evaluated` for batches of `eval_batch`.  None for an engine that compiles
         nothing."""
         return []

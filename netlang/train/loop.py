@@ -139,19 +139,17 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
             vx, vy = validation_data
             prepared.val = as_arrays(binding, vx, vy, what="validation data", dtype=dtype)
 
-    # Engine: one per phase, sharing the parameters, for a file with named train sections.
-    runs = None
-    if has_phases(model.graph):
-        params = checkpoint.params if checkpoint is not None else \
-            (engine.params if engine is not None else None)
-        runs = phase_runs(model.graph, config, lambda graph, settings, shared: make_engine(
-            graph, settings, shared, seed=config.seed, device=device, dtype=dtype), params)
-        engine = runs[-1].engine
-    elif checkpoint is not None:
+    # Engine.
+    if checkpoint is not None:
         engine = make_engine(model.graph, config, checkpoint.params, seed=config.seed,
                              device=device, dtype=dtype)
     elif engine is None:
         engine = make_engine(model.graph, config, seed=config.seed, device=device, dtype=dtype)
+    # A file with named train sections: one engine per phase steps, over the same parameters;
+    # the model's engine evaluates.
+    runs = phase_runs(model.graph, config, lambda graph, settings, shared: make_engine(
+        graph, settings, shared, seed=config.seed, device=device, dtype=dtype),
+        engine.params) if has_phases(model.graph) else None
     run_info = {"model": os.path.abspath(model.path) if not model.path.startswith("<")
                 else model.path, "source_hash": model.source_hash,
                 "data": spec if isinstance(spec, str) else None, "limit": limit,
@@ -165,8 +163,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
                    on_step=on_step, per_character=prepared.per_character,
                    weights_metadata={"model": str(run_info["model"]),
                                      "netlang_version": __version__})
-    trainer = PhasedTrainer(runs, binding, config, **options) if runs is not None else \
-        Trainer(engine, binding, config, **options)
+    trainer = PhasedTrainer(engine, runs, binding, config, **options) if runs is not None \
+        else Trainer(engine, binding, config, **options)
     if checkpoint is not None:
         trainer.restore(checkpoint)
         trainer.trim_log()

@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from netlang.errors import UsageError, WeightsError
+from netlang.interp import needed_nodes
 from netlang.ir.train_config import Phase, TrainConfig, phases_of
 from netlang.train.binding import bind
 from netlang.train.meters import MetricsOnHost
@@ -62,23 +63,27 @@ class PhaseRun:
         return self.phase.name
 
 
-def phase_runs(graph, base: TrainConfig, make_engine, params=None) -> list[PhaseRun]:
-    """One PhaseRun per phase of `graph`, in order, their engines sharing one `params` dict
-    (`params`, or the first engine's fresh initialisation).  `base` is the unnamed section's
-    settings with any overrides; `make_engine(graph, config, params)` makes an engine."""
+def phase_runs(graph, base: TrainConfig, make_engine, params) -> list[PhaseRun]:
+    """One PhaseRun per phase of `graph`, in order, their engines sharing the `params` dict
+    (the model engine's).  `base` is the unnamed section's settings with any overrides;
+    `make_engine(graph, config, params)` makes an engine."""
     runs = []
     for index, phase in enumerate(phases_of(graph)):
         config = phase.settings(base)
         phase_graph = graph.copy()
         phase_graph.graph["losses"] = list(phase.losses)
         phase_graph.graph["train"] = config
+        # A step computes only the outputs its losses read: a generator's step does not run
+        # the discriminator on the real images.
+        needed = set(needed_nodes(graph, [node for node, _ in phase.losses]))
+        phase_graph.graph["outputs"] = {name: node for name, node in
+                                        graph.graph["outputs"].items() if node in needed}
         engine = make_engine(phase_graph, config, params)
         if engine.name not in PHASED_ENGINES:
             raise UsageError(f"training phases run on the {' and '.join(PHASED_ENGINES)} "
                              f"engines (the {engine.name} engine's is pending)")
         # Each phase draws its dropout keys from a stream of its own.
         engine.rng = np.random.default_rng([base.seed, 1, index])
-        params = engine.params
         runs.append(PhaseRun(phase, config, engine, bind(phase_graph).head))
     return runs
 
@@ -86,15 +91,15 @@ def phase_runs(graph, base: TrainConfig, make_engine, params=None) -> list[Phase
 class PhasedTrainer(Trainer):
     """The Trainer over several phases (see the module docstring)."""
 
-    def __init__(self, runs: list[PhaseRun], binding, config: TrainConfig, **options):
+    def __init__(self, engine, runs: list[PhaseRun], binding, config: TrainConfig, **options):
+        """`engine`: the model's engine, which evaluates; `runs` step over its parameters."""
         self.runs = runs
         self.kind = config.phases.kind
         if self.kind == "sequence":
             total = sum(run.config.epochs for run in runs)
         else:
             total = config.epochs
-        super().__init__(runs[-1].engine, binding, dataclasses.replace(config, epochs=total),
-                         **options)
+        super().__init__(engine, binding, dataclasses.replace(config, epochs=total), **options)
         self.turn = 0     # alternation: the phase whose turn it is in the round
         self.taken = 0    # ... and the steps it has taken in this turn
         self.phase_steps = {run.name: 0 for run in runs}   # steps each phase has taken
@@ -141,11 +146,11 @@ class PhasedTrainer(Trainer):
     def _compilations(self, batch: int, evaluated: tuple, eval_batch: int) -> list:
         found = []
         for run in self.runs:
-            mine = evaluated if run.engine is self.engine else ()
-            for compilation in run.engine.compilations(batch, mine, eval_batch):
+            for compilation in run.engine.compilations(batch):
                 compilation.title = f"{compilation.title} ({run.name})"
                 found.append(compilation)
-        return found
+        # The model's engine evaluates, and never steps.
+        return found + self.engine.compilations(None, evaluated, eval_batch)
 
     # -- the epochs -------------------------------------------------------------------------
 
