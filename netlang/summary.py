@@ -6,6 +6,7 @@ import dataclasses
 import html
 
 from netlang.ir.graph import Graph
+from netlang.ir.train_config import phases_of
 from netlang.ir.types import format_shape
 from netlang.ops import get_op
 
@@ -35,6 +36,7 @@ class Summary:
     inputs: dict
     outputs: dict
     losses: list
+    phases: dict = dataclasses.field(default_factory=dict)  # phase → its loss terms
 
     def __str__(self) -> str:
         return self.render()
@@ -67,6 +69,7 @@ class Summary:
             "inputs": {k: list(v) for k, v in self.inputs.items()},
             "outputs": {k: list(v) for k, v in self.outputs.items()},
             "losses": self.losses,
+            **({"phases": self.phases} if self.phases else {}),
         }
 
     def render(self, title: str = "") -> str:
@@ -96,11 +99,11 @@ class Summary:
             lines.append(f"Buffers (running statistics): {self.buffers:,}")
         lines.append(f"Mult-adds per example: {self.total_macs:,}")
         lines.append("Outputs: " + ", ".join(f"{k} {format_shape(v)}" for k, v in self.outputs.items()))
-        if self.losses:
-            # A negative weight reads as a subtraction: `a - 0.1 × b`.
-            text = self.losses[0] + "".join(f" - {t[1:]}" if t.startswith("-") else f" + {t}"
-                                            for t in self.losses[1:])
-            lines.append("Losses: " + text)
+        if self.phases:   # named training phases: each one's losses; the model's is the last's
+            lines += [f"Losses of phase {name}: " + _sum_text(terms)
+                      for name, terms in self.phases.items()]
+        elif self.losses:
+            lines.append("Losses: " + _sum_text(self.losses))
         return lines
 
 
@@ -118,7 +121,8 @@ def _loss_term_text(graph: Graph, node) -> str:
 
 def summarize(graph: Graph) -> Summary:
     """The summary of a lowered graph: one row per layer and input, in execution order."""
-    frozen = set(graph.graph["train"].freeze) if graph.graph.get("train") else set()
+    # Frozen: a parameter that no training phase (or the one train section) updates.
+    phases = phases_of(graph)
     rows = []
     param_nodes = graph.parameters()
     for node in graph.topological_order():
@@ -137,17 +141,30 @@ def summarize(graph: Graph) -> Summary:
         rows.append(LayerRow(data["name"], data["op"], data["type"].shape, params, macs, inputs))
     total = sum(graph.type_of(n).size for n in param_nodes.values())
     frozen_count = sum(graph.type_of(n).size for n in param_nodes.values()
-                       if graph.nodes[n]["layer"] in frozen)
+                       if not any(phase.config.updates_layer(graph.nodes[n]["layer"])
+                                  for phase in phases))
     buffers = sum(graph.type_of(n).size for n in graph.buffers().values())
-    losses = []
-    for node, weight in graph.graph.get("losses", []):
-        term = _loss_term_text(graph, node)
-        losses.append(term if weight == 1 else "-" + term if weight == -1
-                      else f"{weight:g} × {term}")
     return Summary(
         rows=rows, total_params=total, trainable_params=total - frozen_count,
         non_trainable_params=frozen_count, buffers=buffers,
         total_macs=sum(r.macs for r in rows),
         inputs={k: graph.type_of(v).shape for k, v in graph.graph["inputs"].items()},
         outputs={k: graph.type_of(v).shape for k, v in graph.graph["outputs"].items()},
-        losses=losses)
+        losses=_loss_terms(graph, graph.graph.get("losses", [])),
+        phases={phase.name: _loss_terms(graph, phase.losses) for phase in phases
+                if phase.name is not None})
+
+
+def _loss_terms(graph: Graph, losses) -> list:
+    """`mse(B2, t)`, `0.5 × cross_entropy(head, label)`: each loss term, named by its layers."""
+    terms = []
+    for node, weight in losses:
+        term = _loss_term_text(graph, node)
+        terms.append(term if weight == 1 else "-" + term if weight == -1
+                     else f"{weight:g} × {term}")
+    return terms
+
+
+def _sum_text(terms: list) -> str:
+    """Loss terms joined into one sum, a negative weight read as a subtraction: `a - 0.1 × b`."""
+    return terms[0] + "".join(f" - {t[1:]}" if t.startswith("-") else f" + {t}" for t in terms[1:])

@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if "loss" in result:
         summed = f"  ({_weighted_sum(heads)})" if len(heads) > 1 else ""
         print(f"loss      {result['loss']:.4f}{summed}")
+    for phase, loss in result.get("phases", {}).items():   # a model with training phases
+        print(f"loss of phase {phase}: {loss:.4f}")
     if "bpc" in result:
         print(f"bpc       {result['bpc']:.4f} (bits per character; the loss is in nats per "
               f"character)")

@@ -294,9 +294,14 @@ class TrainItem:
 
 @node
 class Train:
-    """`train { loss ... optimizer ... }`: how to train the network, at a file's top level."""
+    """`train { loss ... optimizer ... }`: how to train the network, at a file's top level.
+
+    With a name (`train discriminator { ... }`) it is a training phase: its settings override
+    those of the unnamed section, and the unnamed section's `phases` orders the phases.
+    """
 
     items: tuple
+    name: Optional[Name] = None  # None for the unnamed section
     loc: Optional[SourceLocation] = _loc()
 
 

@@ -270,7 +270,8 @@ class _Formatter:
             return self.braced(f"{indent}block {item.name.id}({params}) {{", item.body, comments,
                                self.brace("{", _end(item.name)), indent)
         if isinstance(item, ast.Train):
-            return self.braced(f"{indent}train {{", item.items, comments,
+            title = f"train {item.name.id}" if item.name is not None else "train"
+            return self.braced(f"{indent}{title} {{", item.items, comments,
                                self.brace("{", _start(item)), indent)
         if isinstance(item, ast.If):
             return self.if_stmt(item, comments, indent)

@@ -116,9 +116,10 @@ class ToAst(lark.Transformer):
         """`NAME [= default]` in a block definition → ast.BlockParam."""
         return ast.BlockParam(self.name_node(name), default, loc=self.loc(meta))
 
-    def train_block(self, meta, *items):
-        """`train { ... }` → ast.Train."""
-        return ast.Train(tuple(items), loc=self.loc(meta))
+    def train_block(self, meta, name, *items):
+        """`train [NAME] { ... }` → ast.Train (named: a training phase)."""
+        return ast.Train(tuple(items), self.name_node(name) if name is not None else None,
+                         loc=self.loc(meta))
 
     def train_stmt(self, meta, key, *rest):
         """`key value, ... [on layers]` → ast.TrainItem."""

@@ -1,7 +1,10 @@
-"""The training section of a model, as the IR carries it (`graph.graph["train"]`).
+"""The training section of a model, as the IR carries it (`graph.graph["train"]`), and its
+training phases (`graph.graph["phases"]`).
 
 Every setting has a default, so a file without a `train` section still trains;
-the CLI overrides any of them.
+the CLI overrides any of them.  A file with named sections (`train generator { ... }`) has
+one `Phase` per section, each with its own losses and a TrainConfig that starts from the
+unnamed section's; a file without them has one implicit phase, the whole section.
 """
 
 from __future__ import annotations
@@ -38,7 +41,65 @@ class TrainConfig:
     early_stopping: int | None = None  # patience in epochs
     metrics: tuple = ("accuracy",)
     freeze: tuple = ()
+    update: tuple | None = None  # the only layers whose parameters change (None: every layer)
     data: str | None = None
+    phases: PhaseOrder | None = None  # how named phases take turns (None: no named phases)
+
+    def updates_layer(self, layer: str) -> bool:
+        """Whether the parameters of `layer` change in a step under these settings."""
+        if layer in self.freeze:
+            return False
+        return self.update is None or layer in self.update
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseOrder:
+    """`phases alternate(d * 5, g)` or `phases sequence(pretrain, finetune)`.
+
+    `kind` is "alternate" (per round, each phase takes its `steps`) or "sequence" (each
+    phase in turn for its own epochs); `steps` holds (phase name, steps per round).
+    """
+
+    kind: str
+    steps: tuple
+    # Where each phase is named in `phases`, for errors found later; not part of the order.
+    locations: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclasses.dataclass
+class Phase:
+    """One training phase: its name (None for the implicit phase of a file without named
+    sections), its losses [(loss node, weight)], its settings, and its steps per round of an
+    alternation (1 otherwise)."""
+
+    name: str | None
+    losses: list
+    config: TrainConfig
+    steps: int = 1
+    own: tuple = ()   # the settings its section sets itself (the rest come from the unnamed)
+
+    def settings(self, base: TrainConfig) -> TrainConfig:
+        """This phase's settings over `base` (the unnamed section's, `--set` overrides
+        applied): what its section sets itself, the rest from `base`."""
+        if self.name is None:
+            return base
+        config = dataclasses.replace(base, phases=None)
+        for key in self.own:   # `loss` is the phase's losses, not a setting
+            if key == "regularize":
+                config.regularizers = list(self.config.regularizers)
+            elif key in ("update", "freeze"):   # either one replaces both
+                config.update, config.freeze = self.config.update, self.config.freeze
+            elif key != "loss":
+                setattr(config, key, getattr(self.config, key))
+        return config
+
+
+def phases_of(graph) -> list:
+    """The training phases of a lowered graph: its named phases in the order `phases` gives,
+    or one implicit phase holding the whole train section (its defaults without one)."""
+    return graph.graph.get("phases") or [
+        Phase(None, list(graph.graph.get("losses") or []),
+              graph.graph.get("train") or TrainConfig())]
 
 
 # Scalar settings: name → (type, minimum, maximum, what they mean).
@@ -52,4 +113,8 @@ SCALAR_SETTINGS = {
 }
 METRICS = ("accuracy", "top_k", "loss", "confusion")
 SETTINGS = tuple(SCALAR_SETTINGS) + ("loss", "optimizer", "schedule", "regularize", "metrics",
-                                     "freeze", "data")
+                                     "freeze", "update", "data", "phases")
+# What a named section (a phase) may set; the rest belongs to the unnamed section alone.
+PHASE_SETTINGS = ("loss", "optimizer", "schedule", "regularize", "clip_norm", "update", "freeze",
+                  "epochs")
+PHASE_ORDERS = ("alternate", "sequence")

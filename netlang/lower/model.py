@@ -15,7 +15,7 @@ from netlang.frontend import ast
 from netlang.ir.graph import Graph
 from netlang.lower.loader import Lowerer
 from netlang.lower.names import Scope, forget_names
-from netlang.lower.train_section import lower_train_section
+from netlang.lower.train_section import lower_train_sections
 from netlang.lower.values import Problem
 
 
@@ -69,11 +69,9 @@ def _lower(lowerer: Lowerer, source: str | None, path: str) -> Graph:
     main_statements = [i for i in statements if not isinstance(i, ast.Train)]
     lowerer.run_statements(main_statements, scope, module_level=True)
     trains = [i for i in statements if isinstance(i, ast.Train)]
-    for extra in trains[1:]:
-        lowerer.report(Problem("a file has at most one `train` section", extra.loc, "name"), scope)
     graph = lowerer.graph
     if trains:
-        lower_train_section(lowerer, trains[0], scope)
+        lower_train_sections(lowerer, trains, scope)
     if not graph.graph["inputs"] and not lowerer.diagnostics:
         lowerer.report(Problem("this file defines no `input`; a model needs at least one "
                                "(a file of blocks is imported, not checked)",

@@ -10,11 +10,22 @@ one-line sections the same way for `--set`.
 
 from __future__ import annotations
 
+import copy
 import math
 
 from netlang.errors import did_you_mean
 from netlang.frontend import ast
-from netlang.ir.train_config import Choice, METRICS, SCALAR_SETTINGS, SETTINGS, TrainConfig
+from netlang.ir.train_config import (
+    Choice,
+    METRICS,
+    PHASE_ORDERS,
+    PHASE_SETTINGS,
+    Phase,
+    PhaseOrder,
+    SCALAR_SETTINGS,
+    SETTINGS,
+    TrainConfig,
+)
 from netlang.lower.layers import LayerBuilder
 from netlang.lower.loss_terms import loss_terms
 from netlang.lower.names import Scope
@@ -29,6 +40,15 @@ def lower_train_section(lowerer: LayerBuilder, section: ast.Train, scope: Scope)
     Every mistake is reported through `lowerer` and the other settings still checked.
     """
     config = TrainConfig()
+    losses = _lower_items(lowerer, section, scope, config, SETTINGS)
+    lowerer.graph.graph["losses"] = losses
+    lowerer.graph.graph["train"] = config
+
+
+def _lower_items(lowerer, section: ast.Train, scope: Scope, config: TrainConfig,
+                 allowed) -> list:
+    """Set `config` from the section's lines (keys outside `allowed` are refused); returns
+    the section's losses [(node, weight)]."""
     seen = {}
     losses = []
     for item in section.items:
@@ -37,9 +57,19 @@ def lower_train_section(lowerer: LayerBuilder, section: ast.Train, scope: Scope)
             if key not in SETTINGS:
                 raise Problem(f"unknown training setting `{key}`{did_you_mean(key, SETTINGS)}",
                               item.key.loc, "name", [f"known: {', '.join(SETTINGS)}"])
+            if key not in allowed:
+                raise Problem(f"a phase cannot set `{key}`: set it in the unnamed `train` "
+                              f"section (a phase sets {', '.join(allowed)})", item.key.loc,
+                              "name")
             if key not in ("loss", "regularize") and key in seen:
                 raise Problem(f"`{key}` is set twice (first on line {seen[key].line})",
                               item.key.loc, "name")
+            if key == "regularize" and key not in seen:
+                config.regularizers = []   # a phase's own list replaces the inherited one
+            if key in ("update", "freeze") and not ({"update", "freeze"} & set(seen)):
+                # A section that names layers to update or freeze states its own choice: the
+                # inherited `update` and `freeze` no longer apply.
+                config.update, config.freeze = None, ()
             seen[key] = item.key.loc
             if item.on and key != "regularize":
                 raise Problem("only `regularize` takes `on <layers>`", item.on[0].loc, "argument")
@@ -54,8 +84,11 @@ def lower_train_section(lowerer: LayerBuilder, section: ast.Train, scope: Scope)
                 choice = _choice(lowerer, _single(item), REGULARIZERS, "regularizer", scope)
                 choice.layers = tuple(_layer_names(lowerer, item.on, scope))
                 config.regularizers.append(choice)
-            elif key == "freeze":
-                config.freeze = tuple(_layer_names(lowerer, item.values, scope))
+            elif key in ("freeze", "update"):
+                layers = tuple(_layer_names(lowerer, item.values, scope))
+                _refuse_both(item, layers, config.update if key == "freeze" else config.freeze,
+                             seen)
+                setattr(config, key, layers)
             elif key == "metrics":
                 config.metrics = tuple(_metric(lowerer, v, scope) for v in item.values)
             elif key == "data":
@@ -63,6 +96,8 @@ def lower_train_section(lowerer: LayerBuilder, section: ast.Train, scope: Scope)
                 config.data = value.id if isinstance(value, ast.Name) else lowerer.evaluate(value, scope)
                 if not isinstance(config.data, str):
                     raise Problem("`data` names a data set, e.g. `data mnist`", value.loc, "argument")
+            elif key == "phases":
+                config.phases = _phase_order(lowerer, _single(item), scope)
             else:
                 setattr(config, key, _scalar(lowerer, key, _single(item), scope))
         except Problem as problem:
@@ -72,8 +107,175 @@ def lower_train_section(lowerer: LayerBuilder, section: ast.Train, scope: Scope)
     if losses and not any(weight for _, weight in losses):
         lowerer.report(Problem("every loss term has weight 0: training would change nothing",
                                seen["loss"], "argument"), scope)
-    lowerer.graph.graph["losses"] = losses
-    lowerer.graph.graph["train"] = config
+    return losses
+
+
+def _refuse_both(item: ast.TrainItem, layers: tuple, other: tuple | None, seen: dict) -> None:
+    """A one-line error when a layer of this `update`/`freeze` line is in the other one."""
+    for name, layer in zip(item.values, layers):
+        if other and layer in other:
+            other_key = "update" if item.key.id == "freeze" else "freeze"
+            raise Problem(f"layer `{layer}` is both updated and frozen (`{other_key}` on line "
+                          f"{seen[other_key].line})", name.loc, "argument")
+
+
+def _phase_order(lowerer, expr, scope) -> PhaseOrder:
+    """`alternate(a * 5, b)` or `sequence(a, b)` → a PhaseOrder (names checked later)."""
+    if not isinstance(expr, ast.Call) or expr.func not in PHASE_ORDERS:
+        raise Problem("`phases` is `alternate(a * k, b)` or `sequence(a, b)`", expr.loc,
+                      "argument")
+    steps = []
+    for arg in expr.args:
+        value, count = arg.value, 1
+        if arg.name is not None:
+            raise Problem("`phases` takes phase names, not keywords", arg.loc, "argument")
+        if isinstance(value, ast.BinOp) and value.op == "*" and isinstance(value.left, ast.Name):
+            if expr.func == "sequence":
+                raise Problem("a sequence runs each phase for its own `epochs`; steps per round "
+                              "(`* k`) belong to `alternate`", value.loc, "argument")
+            count = lowerer.evaluate(value.right, scope)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise Problem(f"a phase's steps per round must be a positive integer, not "
+                              f"{describe_value(count)}", value.right.loc, "argument")
+            value = value.left
+        if not isinstance(value, ast.Name):
+            raise Problem("expected the name of a phase (a `train NAME { ... }` section)",
+                          value.loc, "argument")
+        if any(name == value.id for name, _, _ in steps):
+            raise Problem(f"phase `{value.id}` is listed twice", value.loc, "argument")
+        steps.append((value.id, count, value.loc))
+    if not steps:
+        raise Problem(f"`{expr.func}` needs at least one phase", expr.loc, "argument")
+    return PhaseOrder(expr.func, tuple((name, count) for name, count, _ in steps),
+                      {name: loc for name, _, loc in steps})
+
+
+def lower_train_sections(lowerer: LayerBuilder, sections: list, scope: Scope) -> None:
+    """Lower a file's train sections: graph["train"] holds the unnamed section's settings,
+    graph["phases"] one Phase per named section (in the order `phases` gives) or the one
+    implicit phase, and graph["losses"] the losses of the last phase (the model's own loss:
+    what evaluation reports as `loss`)."""
+    unnamed = [s for s in sections if s.name is None]
+    named = [s for s in sections if s.name is not None]
+    for extra in unnamed[1:]:
+        lowerer.report(Problem("a file has at most one unnamed `train` section (name the "
+                               "others: `train NAME { ... }`)", extra.loc, "name"), scope)
+    graph = lowerer.graph
+    if unnamed:
+        lower_train_section(lowerer, unnamed[0], scope)
+    else:
+        graph.graph["losses"], graph.graph["train"] = [], TrainConfig()
+    base = graph.graph["train"]
+    if not named:
+        if base.phases is not None:
+            lowerer.report(Problem("`phases` orders named train sections, and this file has "
+                                   "none (`train NAME { ... }`)", _item_loc(unnamed[0], "phases"),
+                                   "name"), scope)
+        graph.graph["phases"] = [Phase(None, graph.graph["losses"], base)]
+        return
+    graph.graph["phases"] = []
+    defined = {}
+    for section in named:
+        name = section.name.id
+        if name in defined:
+            lowerer.report(Problem(f"phase `{name}` is defined twice (first on line "
+                                   f"{defined[name].name.loc.line})", section.name.loc,
+                                   "name"), scope)
+            continue
+        defined[name] = section
+    phases = {name: _lower_phase(lowerer, section, scope, base) for name, section in
+              defined.items()}
+    if base.phases is None:
+        if unnamed and any(item.key.id == "phases" for item in unnamed[0].items):
+            return   # its `phases` line is wrong, and that error is already reported
+        first = named[0]
+        lowerer.report(Problem(f"phase `{first.name.id}` needs an order: add `phases "
+                               f"alternate(...)` or `phases sequence(...)` to the unnamed "
+                               f"`train` section", first.name.loc, "name"), scope)
+        return
+    _check_order(lowerer, scope, base.phases, defined, phases, unnamed[0])
+
+
+def _item_loc(section: ast.Train, key: str):
+    return next(item.key.loc for item in section.items if item.key.id == key)
+
+
+def _lower_phase(lowerer, section: ast.Train, scope: Scope, base: TrainConfig):
+    """One named section → its Phase (None when its losses failed to lower)."""
+    config = copy.deepcopy(base)
+    config.phases = None
+    before = len(lowerer.diagnostics)
+    losses = _lower_items(lowerer, section, scope, config, PHASE_SETTINGS)
+    if len(lowerer.diagnostics) > before:
+        return None
+    losses = losses or list(lowerer.graph.graph["losses"])
+    graph = lowerer.graph
+    if not losses:
+        lowerer.report(Problem(f"phase `{section.name.id}` has no loss: add `loss ...` to it "
+                               f"or to the unnamed `train` section", section.name.loc, "name"),
+                       scope)
+        return None
+    if not any(config.updates_layer(graph.nodes[node]["layer"])
+               for node in graph.parameters().values()):
+        lowerer.report(Problem(f"phase `{section.name.id}` updates no parameter (check its "
+                               f"`update` and `freeze`)", section.name.loc, "name"), scope)
+        return None
+    own = tuple(dict.fromkeys(item.key.id for item in section.items))
+    return Phase(section.name.id, losses, config, own=own)
+
+
+def _check_order(lowerer, scope, order: PhaseOrder, defined: dict, phases: dict,
+                 unnamed: ast.Train) -> None:
+    """Every phase of `phases` defined, every defined phase in it, and an order that ends."""
+    locations = order.locations
+    ok = True
+    for name, _ in order.steps:
+        if name not in defined:
+            ok = False
+            lowerer.report(Problem(f"unknown phase `{name}`{did_you_mean(name, defined)}",
+                                   locations[name], "name",
+                                   [f"defined: {', '.join(defined)}"]), scope)
+    listed = {name for name, _ in order.steps}
+    for name, section in defined.items():
+        if name not in listed:
+            ok = False
+            lowerer.report(Problem(f"phase `{name}` is not in `phases {order.kind}(...)`",
+                                   section.name.loc, "name"), scope)
+    if not ok or any(phases[name] is None for name, _ in order.steps):
+        return
+    graph = lowerer.graph
+    for name, count in order.steps:
+        phase = phases[name]
+        phase.steps = count
+        if order.kind == "alternate" and any(item.key.id == "epochs"
+                                             for item in defined[name].items):
+            lowerer.report(Problem(f"in an alternation every phase runs for the unnamed "
+                                   f"section's `epochs`; phase `{name}` cannot set its own",
+                                   _item_loc(defined[name], "epochs"), "name"), scope)
+        if order.kind == "sequence" and not reads_data(graph, phase.losses):
+            lowerer.report(Problem(f"phase `{name}` reads no data, so its epochs would never "
+                                   f"end", locations[name], "name"), scope)
+    if order.kind == "alternate" and not any(reads_data(graph, phases[name].losses)
+                                             for name, _ in order.steps):
+        lowerer.report(Problem("no phase of this alternation reads data, so its epochs would "
+                               "never end", _item_loc(unnamed, "phases"), "name"), scope)
+    graph.graph["phases"] = [phases[name] for name, _ in order.steps]
+    graph.graph["losses"] = list(graph.graph["phases"][-1].losses)
+
+
+def reads_data(graph, losses) -> bool:
+    """Whether computing `losses` reads an input that a data set feeds: a phase that does
+    takes the next batch at each of its steps."""
+    seen, pending = set(), [n for n, _ in losses]
+    while pending:
+        node = pending.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if graph.nodes[node]["role"] == "input":
+            return True
+        pending.extend(graph.operands(node))
+    return False
 
 
 def _single(item: ast.TrainItem):

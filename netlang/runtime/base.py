@@ -52,11 +52,10 @@ class EngineBase:
         # Parameters and buffers by name; the engine updates these arrays in place.
         self.params = params if params is not None else initialize(graph, seed, dtype)
         self.rng = np.random.default_rng([seed, 1])  # dropout masks: a stream apart from init's
-        frozen = set(self.config.freeze)
         self.layer_of = {graph.nodes[n]["name"]: graph.nodes[n]["layer"]
                          for n in list(graph.parameters().values()) + list(graph.buffers().values())}
         self.trainable = [name for name, node in graph.parameters().items()
-                          if graph.nodes[node]["layer"] not in frozen]
+                          if self.config.updates_layer(graph.nodes[node]["layer"])]
         self.input_grads = tuple(input_grads)
         self.optimizer = Optimizer(self.config.optimizer, {n: self.params[n] for n in self.trainable})
 
@@ -72,10 +71,11 @@ class EngineBase:
         batch's inputs for `forward`."""
         return None
 
-    def compilations(self, batch: int, evaluated: tuple = (), eval_batch: int = 0) -> list:
+    def compilations(self, batch: int | None, evaluated: tuple = (), eval_batch: int = 0) -> list:
         """The programs a training run calls, each a `ProgramCompilation`
         (netlang/runtime/compilation.py) that makes it ready before the first step: the
-        training step for batches of `batch` examples, and the evaluation pass computing the
+        training step for batches of `batch` examples (None: no training step, for an engine
+        that only evaluates while others step), and the evaluation pass computing the
         nodes `evaluated` for batches of `eval_batch`.  None for an engine that compiles
         nothing."""
         return []

@@ -359,11 +359,13 @@ class CpuEngine(EngineBase):
                                                program.grad_nodes, compiled)
         return self._programs[("vjp", output)]
 
-    def compilations(self, batch: int, evaluated: tuple = (), eval_batch: int = 0) -> list:
-        """The training step, for batches of `batch` examples, and the evaluation pass that
-        computes the nodes `evaluated` (none: no evaluation), for batches of `eval_batch`,
-        each as a `ProgramCompilation` to make ready before the first step."""
-        found = [self._training()[3].compilation(self, batch, "training step")]
+    def compilations(self, batch: int | None, evaluated: tuple = (), eval_batch: int = 0) -> list:
+        """The training step, for batches of `batch` examples (None: an engine that only
+        evaluates), and the evaluation pass that computes the nodes `evaluated` (none: no
+        evaluation), for batches of `eval_batch`, each as a `ProgramCompilation` to make ready
+        before the first step."""
+        found = [self._training()[3].compilation(self, batch, "training step")] \
+            if batch is not None else []
         if evaluated:
             evaluation = self._inference(tuple(evaluated), with_losses=False)[2]
             found.append(evaluation.compilation(self, eval_batch, "evaluation"))

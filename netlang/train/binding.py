@@ -17,6 +17,7 @@ import numpy as np
 
 from netlang.data import check_labels, fit_to_shape
 from netlang.errors import DataError
+from netlang.ir.train_config import phases_of
 from netlang.ops import stated_integer_bounds
 from netlang.train.metrics import CLASS_SCORE_LOSSES, Head, compares_prediction
 
@@ -36,6 +37,8 @@ class Binding:
     # Integer input → how many values its ids may take, where a consumer says (an
     # embedding's vocabulary, a loss's class count): the tightest such bound.
     id_bounds: dict = dataclasses.field(default_factory=dict)
+    # Phase name → its losses [(loss node name, weight)], for a model with named phases.
+    phases: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int | None:
@@ -71,8 +74,10 @@ def bind(graph) -> Binding:
     for name, node in graph.graph["inputs"].items():
         t = graph.type_of(node)
         inputs[name] = (tuple(t.shape[1:]), t.is_float)
-    # The losses and the nodes that compute loss terms written as expressions (role `loss`).
-    loss_nodes = {n for n, _ in graph.graph.get("losses") or []} | set(graph.nodes_with_role("loss"))
+    # Every phase's losses: an input that only the losses of some phase read is a target.
+    phases = phases_of(graph)
+    loss_nodes = {n for phase in phases for n, _ in phase.losses}
+    loss_nodes |= set(graph.nodes_with_role("loss"))  # nodes of loss terms written as expressions
     target_only = []
     for name, node in graph.graph["inputs"].items():
         users = set(graph.successors(node))
@@ -116,7 +121,9 @@ def bind(graph) -> Binding:
     return Binding(inputs=inputs, data_input=data_inputs[0] if len(data_inputs) == 1 else None,
                    label_input=label_input, head=head, losses=losses,
                    data_inputs=data_inputs, label_inputs=label_inputs,
-                   heads=_named_heads(heads), id_bounds=id_bounds)
+                   heads=_named_heads(heads), id_bounds=id_bounds,
+                   phases={phase.name: [(graph.nodes[n]["name"], float(w)) for n, w in phase.losses]
+                           for phase in phases if phase.name is not None})
 
 
 def _id_bound(graph, node) -> int | None:

@@ -31,6 +31,8 @@ def evaluated_nodes(binding: Binding, arrays: dict, *, per_head: bool = False) -
     names = list(dict.fromkeys(head.prediction for head in heads))
     if all(name in arrays for name in binding.inputs):
         names += [name for name, _ in binding.losses]
+        names += [name for losses in binding.phases.values() for name, _ in losses
+                  if name not in names]
     return names
 
 
@@ -64,7 +66,8 @@ def evaluate(engine, binding: Binding, arrays: dict, batch_size: int = 256, *, t
              confusion: bool = True, resident=None, per_head: bool = False) -> dict:
     """Loss and metrics of the current weights over `arrays` (evaluation mode, in order).
 
-    The loss is the train section's weighted sum; accuracy, top-k and the confusion matrix are
+    The loss is the train section's weighted sum (with named phases, the last phase's, and
+    "phases" holds each phase's: {name: loss}); accuracy, top-k and the confusion matrix are
     the metrics head's.  `per_head` adds "heads": {head name: its own loss and metric} (see
     `HeadScore`) for every loss of the model.  `resident` is the engine's own copy of `arrays`
     (`engine.upload` with the evaluated nodes as `outputs`): the engine is fed its batches
@@ -80,6 +83,7 @@ def evaluate(engine, binding: Binding, arrays: dict, batch_size: int = 256, *, t
     scores = {name: HeadScore(h, weights[h.loss]) for name, h in binding.heads.items()} \
         if per_head else {}
     names = evaluated_nodes(binding, arrays, per_head=per_head)
+    phase_totals = {name: 0.0 for name in binding.phases} if has_targets else {}
     for start in range(0, n, batch_size):
         feeds = take_examples(arrays, slice(start, start + batch_size))
         count = count_examples(feeds)
@@ -92,6 +96,9 @@ def evaluate(engine, binding: Binding, arrays: dict, batch_size: int = 256, *, t
                 loss = sum(w * float(values[name]) for name, w in binding.losses)
             else:
                 loss = float(engine.loss(fed))
+        for phase, total in phase_totals.items():
+            phase_totals[phase] = total + count * sum(w * float(values[name])
+                                                      for name, w in binding.phases[phase])
         prediction = values.get(head.prediction) if head is not None else None
         target = feeds.get(head.target) if head is not None and head.target else None
         acc.add(loss, count, prediction, target)
@@ -102,6 +109,8 @@ def evaluate(engine, binding: Binding, arrays: dict, batch_size: int = 256, *, t
                       feeds.get(score.head.target) if score.head.target else None)
     result = acc.result()
     result["examples"] = n
+    if phase_totals:   # each phase's own loss (the model's `loss` is its last phase's)
+        result["phases"] = {phase: total / n for phase, total in phase_totals.items()}
     if per_head:
         result["heads"] = {name: score.result() for name, score in scores.items()}
     return result

@@ -21,6 +21,7 @@ from netlang.runtime import make_engine
 from netlang.train.binding import Binding, as_arrays, bind
 from netlang.train.evaluation import evaluate, predict
 from netlang.train.overrides import apply_overrides
+from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
 from netlang.train.prepared_data import PreparedData, prepare_data, split_arrays
 from netlang.train.progress import Progress
 from netlang.train.reconstructions import write_reconstructions
@@ -144,6 +145,11 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
                              device=device, dtype=dtype)
     elif engine is None:
         engine = make_engine(model.graph, config, seed=config.seed, device=device, dtype=dtype)
+    # A file with named train sections: one engine per phase steps, over the same parameters;
+    # the model's engine evaluates.
+    runs = phase_runs(model.graph, config, lambda graph, settings, shared: make_engine(
+        graph, settings, shared, seed=config.seed, device=device, dtype=dtype),
+        engine.params) if has_phases(model.graph) else None
     run_info = {"model": os.path.abspath(model.path) if not model.path.startswith("<")
                 else model.path, "source_hash": model.source_hash,
                 "data": spec if isinstance(spec, str) else None, "limit": limit,
@@ -152,15 +158,18 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     progress.message(f"training {Path(model.path).name} on the {engine.name} engine")
     for note in prepared.notes:
         progress.message(note)
-    trainer = Trainer(engine, binding, config, source_hash=model.source_hash, out=out,
-                      progress=progress, run_info=run_info, checkpoint_every=checkpoint_every,
-                      shuffle=shuffle, on_step=on_step, per_character=prepared.per_character,
-                      weights_metadata={"model": str(run_info["model"]),
-                                        "netlang_version": __version__})
+    options = dict(source_hash=model.source_hash, out=out, progress=progress,
+                   run_info=run_info, checkpoint_every=checkpoint_every, shuffle=shuffle,
+                   on_step=on_step, per_character=prepared.per_character,
+                   weights_metadata={"model": str(run_info["model"]),
+                                     "netlang_version": __version__})
+    trainer = PhasedTrainer(engine, runs, binding, config, **options) if runs is not None \
+        else Trainer(engine, binding, config, **options)
     if checkpoint is not None:
         trainer.restore(checkpoint)
         trainer.trim_log()
-        if trainer.finished and not trainer.stopped_early and config.epochs > trainer.epoch:
+        if trainer.finished and not trainer.stopped_early and \
+                trainer.config.epochs > trainer.epoch:
             trainer.finished = False  # resumed with more epochs than the run had
         if trainer.finished:
             progress.message(f"{resume}: training already finished at epoch {trainer.epoch}"

@@ -25,9 +25,10 @@ from netlang.frontend.parser import parse
 from netlang.ir.train_config import Choice, SETTINGS, TrainConfig
 from netlang.lower import Lowerer, ModuleEnv, Scope, lower_train_section
 
-OVERRIDABLE = tuple(s for s in SETTINGS if s != "loss") + ("lr",)
+# The losses and the order of the phases are part of the model's graph, not run settings.
+OVERRIDABLE = tuple(s for s in SETTINGS if s not in ("loss", "phases")) + ("lr",)
 _CLEARABLE = {"clip_norm": None, "early_stopping": None, "regularize": [], "freeze": (),
-              "schedule": None, "metrics": ()}
+              "update": None, "schedule": None, "metrics": ()}
 _FIELD = {"regularize": "regularizers"}
 SOURCE_NAME = "<--set>"
 

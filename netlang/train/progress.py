@@ -25,7 +25,14 @@ def format_record(record: dict, epochs: int) -> str:
     """`epoch 3/20  loss 0.1234  acc 0.9650  val_loss ...  lr 0.05  12,345 samples/s  4.2s`."""
     width = len(str(epochs))
     parts = [f"epoch {record['epoch']:>{width}}/{epochs}"]
-    for key, label in _SHOWN:
+    shown = _SHOWN
+    if "phases" in record:   # a run of several phases: each phase's own loss, not one
+        if "phase" in record:
+            parts.append(f"{record['phase']}:")
+        parts += [f"loss[{name}] {figures['loss']:.4f}" for name, figures in
+                  record["phases"].items() if figures.get("loss") is not None]
+        shown = [(key, label) for key, label in _SHOWN if key not in ("loss", "bpc")]
+    for key, label in shown:
         if key in record:
             parts.append(f"{label} {record[key]:.4f}")
     for key in sorted(record):
@@ -117,12 +124,16 @@ class Progress:
                          desc=f"epoch {epoch}/{epochs}")
 
     def step(self, examples: int, loss: float | None = None,
-             accuracy: float | None = None) -> None:
-        """Advance the bar by a batch of `examples`, showing its running loss and accuracy."""
+             accuracy: float | None = None, phases: dict | None = None) -> None:
+        """Advance the bar by a batch of `examples`, showing its running loss and accuracy;
+        with `phases` ({phase: running loss}), each phase's loss instead of one."""
         if self._bar is None:
             return
         postfix = {}
-        if loss is not None:
+        if phases:
+            postfix.update({f"loss[{name}]": f"{value:.4f}" for name, value in phases.items()
+                            if value is not None})
+        elif loss is not None:
             postfix["loss"] = f"{loss:.4f}"
         if accuracy is not None:
             postfix["acc"] = f"{accuracy:.4f}"

@@ -146,17 +146,7 @@ class Trainer:
         if state.get("version") != STATE_VERSION:
             raise WeightsError(f"{checkpoint.path}: training state version "
                                f"{state.get('version')!r} is not supported")
-        opt = self.engine.optimizer
-        saved = checkpoint.optimizer_state
-        if set(saved) != set(opt.state):
-            raise WeightsError(f"{checkpoint.path}: the saved optimiser state does not fit the "
-                               f"`{opt.name}` optimiser (was the optimiser changed?)")
-        for name, value in saved.items():
-            if opt.state[name].shape != value.shape:
-                raise WeightsError(f"{checkpoint.path}: optimiser state `{name}` has shape "
-                                   f"{value.shape}, expected {opt.state[name].shape}")
-            opt.state[name][...] = value
-        opt.steps = int(state["optimizer_steps"])
+        self._restore_optimizers(checkpoint)
         self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), \
             int(state["step"])
         self.shuffle_rng = rng_from_json(state["shuffle_rng"])
@@ -173,6 +163,31 @@ class Trainer:
         if self.stopped_early:
             self.finished = True
 
+    @staticmethod
+    def _restore_optimizer(opt, checkpoint, saved: dict) -> None:
+        """Put the saved moments `saved` ({state name: array}) into the optimiser `opt`."""
+        if set(saved) != set(opt.state):
+            raise WeightsError(f"{checkpoint.path}: the saved optimiser state does not fit the "
+                               f"`{opt.name}` optimiser (was the optimiser changed?)")
+        for name, value in saved.items():
+            if opt.state[name].shape != value.shape:
+                raise WeightsError(f"{checkpoint.path}: optimiser state `{name}` has shape "
+                                   f"{value.shape}, expected {opt.state[name].shape}")
+            opt.state[name][...] = value
+
+    def _restore_optimizers(self, checkpoint) -> None:
+        """The optimiser's moments and step count, from `checkpoint`."""
+        self._restore_optimizer(self.engine.optimizer, checkpoint, checkpoint.optimizer_state)
+        self.engine.optimizer.steps = int(checkpoint.state["optimizer_steps"])
+
+    def _optimizer_state(self) -> dict:
+        """The optimiser moments a checkpoint saves: {state name: array}."""
+        return self.engine.optimizer.state
+
+    def _compilations(self, batch: int, evaluated: tuple, eval_batch: int) -> list:
+        """The programs the epochs call (see `EngineBase.compilations`)."""
+        return self.engine.compilations(batch, evaluated, eval_batch)
+
     # -- files ------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path | None:
@@ -180,7 +195,7 @@ class Trainer:
         if self.out is None:
             return None
         return save_checkpoint(self.out, params=self.engine.params,
-                               optimizer_state=self.engine.optimizer.state, state=self.state(),
+                               optimizer_state=self._optimizer_state(), state=self.state(),
                                source_hash=self.source_hash)
 
     def save_weights(self) -> Path | None:
@@ -260,8 +275,7 @@ class Trainer:
         run.json get."""
         evaluated = tuple(evaluated_nodes(self.binding, val)) if val is not None else ()
         eval_batch = min(self.eval_batch_size, count_examples(val)) if val is not None else 0
-        pending = [compilation for compilation in
-                   self.engine.compilations(batch, evaluated, eval_batch)
+        pending = [compilation for compilation in self._compilations(batch, evaluated, eval_batch)
                    if not compilation.ready]   # ready: compiled by an earlier fit of this engine
         self.compiled = None
         announced = [compilation.title for compilation in pending
@@ -338,14 +352,7 @@ class Trainer:
 
     def _epoch(self, source, meter, val, val_name, n, bs, steps_per_epoch) -> dict:
         epoch = self.epoch
-        if self.batch == 0 or self.epoch_rng_state is None:
-            self.epoch_rng_state = rng_state_to_json(self.shuffle_rng)
-            rng = self.shuffle_rng
-        else:  # resuming mid-epoch: replay this epoch's shuffle, then skip what was done
-            rng = rng_from_json(self.epoch_rng_state)
-        order = list(batches(n, bs, rng if self.shuffle else None))
-        if rng is not self.shuffle_rng:
-            self.shuffle_rng = rng
+        order = self._epoch_order(n, bs)
         acc = MetricAccumulator(self.binding.head, top_k=self.top_k)
         if self.batch and self.accumulator_state:
             acc.restore(self.accumulator_state)
@@ -377,6 +384,25 @@ class Trainer:
         elapsed = time.perf_counter() - started
         record = {"epoch": epoch + 1, "step": self.step, "lr": lr}
         record.update({k: v for k, v in acc.result().items() if k != "confusion"})
+        self._finish_epoch(record, val, val_name, n, elapsed)
+        return record
+
+    def _epoch_order(self, n: int, bs: int) -> list:
+        """The batches of the current epoch (index arrays), in the order its steps take them:
+        the epoch's shuffle, replayed from its saved start when resuming mid-epoch."""
+        if self.batch == 0 or self.epoch_rng_state is None:
+            self.epoch_rng_state = rng_state_to_json(self.shuffle_rng)
+            rng = self.shuffle_rng
+        else:  # resuming mid-epoch: replay this epoch's shuffle, then skip what was done
+            rng = rng_from_json(self.epoch_rng_state)
+        order = list(batches(n, bs, rng if self.shuffle else None))
+        if rng is not self.shuffle_rng:
+            self.shuffle_rng = rng
+        return order
+
+    def _finish_epoch(self, record: dict, val, val_name: str, n: int, elapsed: float) -> None:
+        """Complete an epoch's `record` (validation, timing, early stopping) and move the
+        position to the start of the next epoch."""
         if val is not None:
             result = evaluate(self.engine, self.binding, val, self.eval_batch_size,
                               top_k=self.top_k, confusion=self.confusion,
@@ -385,7 +411,7 @@ class Trainer:
                 if key != "examples":
                     record[f"{val_name}_{key}"] = value
         if self.per_character:
-            record = with_bits_per_character(record)
+            record.update(with_bits_per_character(record))
         record["time_s"] = round(elapsed, 4)
         record["samples_per_s"] = round(n / elapsed, 1) if elapsed > 0 else None
         if record["samples_per_s"] is None:
@@ -395,7 +421,6 @@ class Trainer:
         self.accumulator_state = None
         self.epoch_elapsed = 0.0
         self._early_stopping(record, val_name if val is not None and val_name == "val" else None)
-        return record
 
     def _early_stopping(self, record: dict, val_name: str | None) -> None:
         key = f"{val_name}_loss" if val_name else "loss"

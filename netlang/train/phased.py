@@ -1,0 +1,231 @@
+"""Training with several phases: `train NAME { ... }` sections taking turns.
+
+A file with named train sections has one `Phase` per section (`graph.graph["phases"]`,
+netlang/lower/train_section.py).  Each phase trains through its own engine: a copy of the
+model's graph whose losses are the phase's, with the phase's settings, so its step program is
+differentiated only to the parameters it updates, and its optimiser holds only their moments.
+The engines share one `params` dict, so a step of one phase is seen by the next.
+
+The order is the unnamed section's `phases`:
+
+- `alternate(a * k, b)`: rounds in which `a` takes k steps, then `b` one; every step takes the
+  next batch, and an epoch is one pass of the data, so a round may run on into the next epoch
+  (where it stands is part of the checkpoint);
+- `sequence(a, b)`: `a` for its own `epochs`, then `b` for its own.
+
+`PhasedTrainer` is the `Trainer` with these epochs; checkpoints hold every phase's optimiser
+moments (saved as `PHASE/NAME`), step counts and random generator, and where the round stands,
+so a resumed run continues bit for bit.  Each epoch's record holds every phase that stepped
+under "phases" ({name: {"loss", "steps", ...}}); its top-level loss and metrics are those of the
+last phase that stepped (in an alternation, the last of the round; in a sequence, the stage
+that ran).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from netlang.errors import UsageError, WeightsError
+from netlang.interp import needed_nodes
+from netlang.ir.train_config import Phase, TrainConfig, phases_of
+from netlang.train.binding import bind
+from netlang.train.meters import MetricsOnHost
+from netlang.train.metrics import MetricAccumulator
+from netlang.train.schedules import learning_rate
+from netlang.train.trainer import Trainer
+from netlang.weights import rng_from_json, rng_state_to_json
+
+# Engines whose parameters live in host memory, so that phases can share one `params` dict.
+PHASED_ENGINES = ("cpu", "reference")
+
+
+def has_phases(graph) -> bool:
+    """Whether the model's file has named train sections (phases)."""
+    return phases_of(graph)[0].name is not None
+
+
+@dataclasses.dataclass
+class PhaseRun:
+    """One phase as a run trains it: the phase, its settings, its engine, and the metrics
+    head of its losses."""
+
+    phase: Phase
+    config: TrainConfig
+    engine: object
+    head: object
+
+    @property
+    def name(self) -> str:
+        """The phase's name."""
+        return self.phase.name
+
+
+def phase_runs(graph, base: TrainConfig, make_engine, params) -> list[PhaseRun]:
+    """One PhaseRun per phase of `graph`, in order, their engines sharing the `params` dict
+    (the model engine's).  `base` is the unnamed section's settings with any overrides;
+    `make_engine(graph, config, params)` makes an engine."""
+    runs = []
+    for index, phase in enumerate(phases_of(graph)):
+        config = phase.settings(base)
+        phase_graph = graph.copy()
+        phase_graph.graph["losses"] = list(phase.losses)
+        phase_graph.graph["train"] = config
+        # A step computes only the outputs its losses read: a generator's step does not run
+        # the discriminator on the real images.
+        needed = set(needed_nodes(graph, [node for node, _ in phase.losses]))
+        phase_graph.graph["outputs"] = {name: node for name, node in
+                                        graph.graph["outputs"].items() if node in needed}
+        engine = make_engine(phase_graph, config, params)
+        if engine.name not in PHASED_ENGINES:
+            raise UsageError(f"training phases run on the {' and '.join(PHASED_ENGINES)} "
+                             f"engines (the {engine.name} engine's is pending)")
+        # Each phase draws its dropout keys from a stream of its own.
+        engine.rng = np.random.default_rng([base.seed, 1, index])
+        runs.append(PhaseRun(phase, config, engine, bind(phase_graph).head))
+    return runs
+
+
+class PhasedTrainer(Trainer):
+    """The Trainer over several phases (see the module docstring)."""
+
+    def __init__(self, engine, runs: list[PhaseRun], binding, config: TrainConfig, **options):
+        """`engine`: the model's engine, which evaluates; `runs` step over its parameters."""
+        self.runs = runs
+        self.kind = config.phases.kind
+        if self.kind == "sequence":
+            total = sum(run.config.epochs for run in runs)
+        else:
+            total = config.epochs
+        super().__init__(engine, binding, dataclasses.replace(config, epochs=total), **options)
+        self.turn = 0     # alternation: the phase whose turn it is in the round
+        self.taken = 0    # ... and the steps it has taken in this turn
+        self.phase_steps = {run.name: 0 for run in runs}   # steps each phase has taken
+        self.epoch_start_steps = dict(self.phase_steps)     # ... when the epoch began
+
+    # -- state ------------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        """The Trainer's state, with every phase's position and random generator."""
+        state = super().state()
+        state["phases"] = {run.name: {"optimizer_steps": int(run.engine.optimizer.steps),
+                                      "engine_rng": rng_state_to_json(run.engine.rng),
+                                      "steps": self.phase_steps[run.name],
+                                      "epoch_start_steps": self.epoch_start_steps[run.name]}
+                           for run in self.runs}
+        state["round"] = {"turn": self.turn, "taken": self.taken}
+        return state
+
+    def _optimizer_state(self) -> dict:
+        return {f"{run.name}/{key}": value for run in self.runs
+                for key, value in run.engine.optimizer.state.items()}
+
+    def _restore_optimizers(self, checkpoint) -> None:
+        """Every phase's moments (saved as `PHASE/NAME`), step count and position."""
+        saved = checkpoint.state.get("phases")
+        if not isinstance(saved, dict) or set(saved) != {run.name for run in self.runs}:
+            raise WeightsError(f"{checkpoint.path}: the checkpoint's phases do not match the "
+                               f"model's ({', '.join(run.name for run in self.runs)})")
+        moments = {run.name: {} for run in self.runs}
+        for key, value in checkpoint.optimizer_state.items():
+            phase, _, name = key.partition("/")
+            moments.setdefault(phase, {})[name] = value
+        for run in self.runs:
+            own = saved[run.name]
+            self._restore_optimizer(run.engine.optimizer, checkpoint, moments[run.name])
+            run.engine.optimizer.steps = int(own["optimizer_steps"])
+            run.engine.rng.bit_generator.state = \
+                rng_from_json(own["engine_rng"]).bit_generator.state
+            self.phase_steps[run.name] = int(own["steps"])
+            self.epoch_start_steps[run.name] = int(own["epoch_start_steps"])
+        self.turn = int(checkpoint.state["round"]["turn"])
+        self.taken = int(checkpoint.state["round"]["taken"])
+
+    def _compilations(self, batch: int, evaluated: tuple, eval_batch: int) -> list:
+        found = []
+        for run in self.runs:
+            for compilation in run.engine.compilations(batch):
+                compilation.title = f"{compilation.title} ({run.name})"
+                found.append(compilation)
+        # The model's engine evaluates, and never steps.
+        return found + self.engine.compilations(None, evaluated, eval_batch)
+
+    # -- the epochs -------------------------------------------------------------------------
+
+    def _stage(self, epoch: int) -> tuple[list, int]:
+        """(the runs that step in `epoch`, the epoch counted within their stage)."""
+        if self.kind == "alternate":
+            return self.runs, epoch
+        start = 0
+        for run in self.runs:
+            if epoch < start + run.config.epochs:
+                return [run], epoch - start
+            start += run.config.epochs
+        raise AssertionError("unreachable: `fit` runs no epoch past the last stage's")
+
+    def _next_run(self, active: list) -> PhaseRun:
+        """The run whose step is next: a sequence's stage, or the alternation's turn."""
+        return active[0] if self.kind == "sequence" else active[self.turn]
+
+    def _advance(self, run: PhaseRun) -> None:
+        if self.kind == "alternate":
+            self.taken += 1
+            if self.taken >= run.phase.steps:
+                self.turn, self.taken = (self.turn + 1) % len(self.runs), 0
+
+    def _epoch(self, source, meter, val, val_name, n, bs, steps_per_epoch) -> dict:
+        """One pass of the data, each step by the phase whose turn it is."""
+        epoch = self.epoch
+        active, stage_epoch = self._stage(epoch)
+        order = self._epoch_order(n, bs)
+        accs = {run.name: MetricAccumulator(run.head, top_k=self.top_k) for run in active}
+        if self.batch and self.accumulator_state:
+            for name, saved in self.accumulator_state.items():
+                accs[name].restore(saved)
+        meters = {run.name: MetricsOnHost(run.engine, run.head, accs[run.name])
+                  for run in active}
+        if self.batch == 0:
+            self.epoch_start_steps = dict(self.phase_steps)
+        steps_before = self.epoch_start_steps
+        take = source.epoch(order)
+        self.progress.epoch_start(epoch + 1, self.config.epochs, n, min(n, self.batch * bs))
+        started = time.perf_counter() - self.epoch_elapsed
+        lr = self.last_lr
+        for i in range(self.batch, len(order)):
+            run = self._next_run(active)
+            count = len(order[i])
+            lr = learning_rate(run.config.schedule, run.config.optimizer.args["lr"], stage_epoch,
+                               step=i, steps_per_epoch=steps_per_epoch,
+                               epochs=run.config.epochs)
+            meters[run.name].step(take(i), count, lr, epoch, i + 1)
+            self.last_lr = lr
+            self.step += 1
+            self.phase_steps[run.name] += 1
+            self.batch = i + 1
+            self._advance(run)
+            self.accumulator_state = {name: acc.state() for name, acc in accs.items()}
+            self.epoch_elapsed = time.perf_counter() - started
+            self.progress.step(count, accs[run.name].result().get("loss"),
+                               phases={name: acc.result().get("loss")
+                                       for name, acc in accs.items()})
+            if self.on_step is not None:
+                self.on_step(self)
+            if self._stop_requested and self.batch < len(order):
+                self._interrupt()
+        elapsed = time.perf_counter() - started
+        record = {"epoch": epoch + 1, "step": self.step, "lr": lr}
+        stepped = [run for run in active if self.phase_steps[run.name] > steps_before[run.name]]
+        if self.kind == "sequence":
+            record["phase"] = active[0].name
+        if stepped:
+            record.update({k: v for k, v in accs[stepped[-1].name].result().items()
+                           if k != "confusion"})
+        record["phases"] = {run.name: {**{k: v for k, v in accs[run.name].result().items()
+                                          if k != "confusion"},
+                                       "steps": self.phase_steps[run.name]
+                                       - steps_before[run.name]}
+                            for run in stepped}
+        self._finish_epoch(record, val, val_name, n, elapsed)
+        return record
