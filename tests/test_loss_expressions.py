@@ -15,11 +15,11 @@ import json
 
 import numpy as np
 import pytest
+from test_gradients import Case, check_gradients, draw_feeds, random_params, unit_interval
 
 import netlang
 from netlang.cli import main
 from netlang.runtime import make_engine
-from test_gradients import Case, check_gradients, draw_feeds, random_params, unit_interval
 
 # A VAE's objective with a deterministic latent (z = mu): no sampling op is needed to check it.
 VAE = """
