@@ -18,6 +18,7 @@ from netlang.ops import (
     norm,
     pool,
     recurrent,
+    recurrent_cuda,
     recurrent_kernels,
     reduce,
     reshape,
@@ -52,4 +53,4 @@ __all__ = ["OPS", "OpDef", "ParamSpec", "ShapeContext", "ShapeProblem", "all_ops
            "stated_integer_bounds",
            # the families, imported above for the ops they register
            "activations", "conv", "conv_kernels", "core", "dense", "elementwise", "losses",
-           "merge", "norm", "pool", "recurrent", "recurrent_kernels", "reduce", "reshape"]
+           "merge", "norm", "pool", "recurrent", "recurrent_cuda", "recurrent_kernels", "reduce", "reshape"]
