@@ -729,7 +729,8 @@ PTX_MODELS = [MODEL % {"h": 8, "opt": "adam", "reg": "elastic_net(l1 = 1e-4, l2 
         input image: [4, 4, 1]
         code = image -> flatten -> dense(6) as encoder -> sigmoid -> dropout(0.5)
         output recon = code -> dense(16, tie = encoder) -> sigmoid -> reshape((4, 4, 1))
-        train { loss binary_cross_entropy(recon, image)  optimizer rmsprop(momentum = 0.5) }"""]
+        train { loss binary_cross_entropy(recon, image)  optimizer rmsprop(momentum = 0.5) }"""] + \
+    [RECURRENT_MODELS[kind] for kind in sorted(RECURRENT_MODELS)]   # tanh and relu, c0, masks
 
 
 def _ptx_toolkit():

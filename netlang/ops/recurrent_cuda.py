@@ -55,6 +55,7 @@ from netlang.ops.recurrent_kernels import (
 )
 from netlang.ops.recurrent_reference import (
     CELL_EXTRAS,
+    PARAMETER_PARTS,
     Stack,
     hh_section,
     layout_size,
@@ -181,8 +182,7 @@ def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
                                   "in")
         for d in range(D):
             tag = _tag(layer, d)
-            w_ih, w_hh, b_ih, b_hh = (named[f"{part}_{tag}"] for part in
-                                      ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            w_ih, w_hh, b_ih, b_hh = (named[f"{part}_{tag}"] for part in PARAMETER_PARTS)
             k.matmul(source, w_ih, proj_rows, trans_b=True, epilogue=False)
             with k.parallel(f"{H * G * H}", "i"):   # weight_t[m, r] = W_hh[r, m]
                 k.line(f"{weight_t}[i // {G * H}, i % {G * H}] = {w_hh}[i % {G * H}, i // {G * H}]")
