@@ -53,4 +53,5 @@ __all__ = ["OPS", "OpDef", "ParamSpec", "ShapeContext", "ShapeProblem", "all_ops
            "stated_integer_bounds",
            # the families, imported above for the ops they register
            "activations", "conv", "conv_kernels", "core", "dense", "elementwise", "losses",
-           "merge", "norm", "pool", "recurrent", "recurrent_cuda", "recurrent_kernels", "reduce", "reshape"]
+           "merge", "norm", "pool", "recurrent", "recurrent_cuda", "recurrent_kernels", "reduce",
+           "reshape"]
