@@ -1,17 +1,19 @@
 """Training throughput on an NVIDIA GPU: netlang's CUDA engine against PyTorch CUDA.
 
-    python benchmarks/gpu.py [--models mlp,lenet5,vgg_small] [--batches 128,1024]
+    python benchmarks/gpu.py [--models mlp,lenet5,vgg_small,lstm] [--batches 128,1024]
                              [--seconds 3] [--no-torch] [--json]
 
-For each model (examples/mlp.net, examples/lenet5.net, benchmarks/vgg_small.net) and batch
+For each model (examples/mlp.net, examples/lenet5.net, benchmarks/vgg_small.net, and
+examples/lstm_mnist_rows.net as `lstm`: an LSTM of 128 units over 28 steps) and batch
 size: training samples per second of `netlang`'s CUDA engine on random data of the model's
 shapes, uploaded to the device once (each step then copies only its loss and outputs back,
 as the training loop does), after a warm-up whose first step (kernel compilation) is
 reported apart; then PyTorch CUDA on the same architecture (rebuilt as in
 benchmarks/train_throughput.py), same batch, float32, in its own process, and the ratio.
-Every op of the three models has a CUDA kernel (convolutions as im2col and the tiled product,
-pooling, see docs/cuda.md); a model with an op that has none is reported as pending, naming
-the op.
+Every op of the four models has a CUDA kernel (convolutions as im2col and the tiled product,
+pooling, the recurrent layers' fused step kernels, see docs/cuda.md); a model with an op
+that has none is reported as pending, naming the op.  Both sides clip by the global norm
+where the model's train section says so (the LSTM recipe's `clip_norm 5`).
 Each model row also counts the kernels one training step launches and times an empty
 launch with as many arguments, so that the step's time can be split into what launching
 costs on the host and the rest (the "launch-bound share"; a share near 1 means the GPU
@@ -42,7 +44,8 @@ sys.path.insert(0, ROOT)
 
 MODELS = {"mlp": os.path.join(ROOT, "examples", "mlp.net"),
           "lenet5": os.path.join(ROOT, "examples", "lenet5.net"),
-          "vgg_small": os.path.join(HERE, "vgg_small.net")}
+          "vgg_small": os.path.join(HERE, "vgg_small.net"),
+          "lstm": os.path.join(ROOT, "examples", "lstm_mnist_rows.net")}
 
 
 def netlang_throughput(path: str, batch: int, seconds: float) -> dict:
@@ -251,6 +254,8 @@ def step():
     opt.zero_grad(set_to_none=True)
     loss = loss_fn(net(x), y)
     loss.backward()
+    if spec["clip_norm"]:   # as netlang's step clips (the LSTM recipe's clip_norm 5)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), spec["clip_norm"])
     opt.step()
     return loss
 for _ in range(10):

@@ -12,8 +12,10 @@ NUMBA_ENABLE_CUDASIM=1 the simulator runs every generated kernel.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -393,6 +395,128 @@ def test_models_with_an_op_lacking_a_cuda_kernel_are_refused_naming_it(monkeypat
         make_engine(model.graph, device="cuda")
 
 
+# ---- recurrent layers ---------------------------------------------------------------------------
+# Each layer with every option its kernels branch on (stacked, bidirectional, sequences or the
+# final states, dropout between layers, initial states, lengths from 0 to T), held against the
+# CPU engine on the same weights and dropout keys; sizes the simulator runs (T ≤ 4, batch 3,
+# units ≤ 5).  The conformance suite holds the same ops against the reference engine.
+
+RECURRENT_MODELS = {
+    "lstm": """
+        input x: [4, 2]
+        input h: [4, 3]
+        input c: [4, 3]
+        input n: int32[]
+        input y: int32[]
+        output z = x -> lstm(3, layers = 2, bidirectional = true, dropout = 0.4, h0 = h,
+                             c0 = c, lengths = n) -> dense(2)
+        train { loss cross_entropy(z, y) }""",
+    "gru": """
+        input x: [4, 2]
+        input h: [4, 3]
+        input n: int32[]
+        input y: int32[]
+        output z = x -> gru(3, layers = 2, bidirectional = true, sequences = true,
+                            dropout = 0.3, h0 = h, lengths = n) -> flatten -> dense(2)
+        train { loss cross_entropy(z, y) }""",
+    "rnn": """
+        input x: [4, 2]
+        input h: [2, 5]
+        input y: int32[]
+        s = x -> rnn(5, layers = 2, activation = relu, sequences = true, h0 = h)
+        output z = s -> rnn(2, bidirectional = true) -> dense(2)
+        train { loss cross_entropy(z, y) }""",
+}
+
+RECURRENT_CLASSIFIER = """
+input x: [4, 3]
+input y: int32[]
+output z = x -> lstm(5) -> dense(3)
+train { loss cross_entropy(z, y)  optimizer adam(lr = 0.05) }
+"""
+
+
+def _recurrent_feeds(graph, seed, batch=3):
+    """A batch of a recurrent model: lengths of 0 (all padding), the whole sequence, and
+    between."""
+    feeds = random_batch(graph, batch, seed)
+    if "n" in feeds:
+        feeds["n"] = np.array([0, 4, 2][:batch])
+    return feeds
+
+
+def _near_at_scale(actual, expected, what):
+    """Float32's bar against another engine: each array within 1e-5 of its largest value
+    (only the order of sums differs; test_conformance.py's SAME_PRECISION)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, what
+    error, scale = np.abs(actual - expected).max(), np.abs(expected).max()
+    assert error <= 1e-5 * scale + 1e-6, f"{what}: max error {error:.3g} at {scale:.3g}"
+
+
+@needs_cuda
+@pytest.mark.parametrize("kind", sorted(RECURRENT_MODELS))
+def test_recurrent_layers_forward_and_gradients_match_the_cpu(kind):
+    from netlang.runtime.cpu import CpuEngine
+    from netlang.runtime.cuda import CudaEngine
+    graph = netlang.compile(RECURRENT_MODELS[kind]).graph
+    states = [name for name in ("x", "h", "c") if name in graph.graph["inputs"]]
+    cpu = CpuEngine(graph, seed=4, input_grads=states)
+    gpu = CudaEngine(graph, seed=4, input_grads=states,
+                     params={name: np.array(value) for name, value in cpu.params.items()})
+    feeds = _recurrent_feeds(graph, 2)
+    # The training-mode pass: dropout masks from the same keys, gradients through time.
+    loss_cpu, grads_cpu, outputs_cpu = cpu.gradients(feeds)
+    loss_gpu, grads_gpu, outputs_gpu = gpu.gradients(feeds)
+    assert loss_gpu == pytest.approx(loss_cpu, rel=1e-5)
+    assert grads_gpu.keys() == grads_cpu.keys() and set(states) <= set(grads_gpu)
+    for name in grads_cpu:
+        _near_at_scale(grads_gpu[name], grads_cpu[name], name)
+    _near_at_scale(outputs_gpu["z"], outputs_cpu["z"], "training-mode output")
+    inputs = {name: value for name, value in feeds.items() if name != "y"}
+    _near_at_scale(gpu.forward(inputs)["z"], cpu.forward(inputs)["z"], "evaluation output")
+
+
+@needs_cuda
+def test_a_tiny_lstm_classifier_trains_step_for_step_as_on_the_cpu(cuda_sizes):
+    from netlang.runtime.cpu import CpuEngine
+    from netlang.runtime.cuda import CudaEngine
+    graph = netlang.compile(RECURRENT_CLASSIFIER).graph
+    cpu, gpu = CpuEngine(graph, seed=8), CudaEngine(graph, seed=8)
+    _steps_match(cpu, gpu, [random_batch(graph, 3, step) for step in range(cuda_sizes.steps)])
+
+
+@needs_cuda
+def test_recurrent_lengths_outside_the_sequence_are_a_one_line_error():
+    from netlang.errors import DataError
+    from netlang.runtime.cuda import CudaEngine
+    graph = netlang.compile(RECURRENT_MODELS["gru"]).graph
+    feeds = _recurrent_feeds(graph, 1)
+    feeds["n"] = np.array([1, 5, 2])
+    with pytest.raises(DataError, match="`lengths` holds 5, outside 0..4") as refused:
+        CudaEngine(graph, seed=0).gradients(feeds)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("kind", sorted(RECURRENT_MODELS))
+def test_recurrent_time_loops_launch_one_kernel_per_step_and_allocate_nothing(kind):
+    # Forward and back through time, each layer and direction: a host loop over the steps
+    # whose body launches one fused kernel; states and gates live in planned buffers.
+    graph, program = _render(RECURRENT_MODELS[kind], update=False)
+    host = program.source.split(f"def {program.function}")[1].splitlines()
+    loops = [i for i, line in enumerate(host) if re.match(r"\s*for s\d+ in range\(4\):", line)]
+    cells = sum(node["attrs"]["layers"] * (2 if node["attrs"]["bidirectional"] else 1)
+                for _, node in graph.nodes(data=True) if node["op"] == kind)
+    assert len(loops) == 2 * cells
+    for start in loops:
+        depth = len(host[start]) - len(host[start].lstrip())
+        body = itertools.takewhile(lambda line: len(line) - len(line.lstrip()) > depth,
+                                   host[start + 1:])
+        assert sum(bool(re.search(r"\bk\d+\[", line)) for line in body) == 1
+    for allocation in ("device_array", "to_device", "np.zeros", "np.empty"):
+        assert allocation not in program.source
+
+
 # ---- no GPU needed ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", [os.path.join("examples", "lenet5.net"),
@@ -605,7 +729,8 @@ PTX_MODELS = [MODEL % {"h": 8, "opt": "adam", "reg": "elastic_net(l1 = 1e-4, l2 
         input image: [4, 4, 1]
         code = image -> flatten -> dense(6) as encoder -> sigmoid -> dropout(0.5)
         output recon = code -> dense(16, tie = encoder) -> sigmoid -> reshape((4, 4, 1))
-        train { loss binary_cross_entropy(recon, image)  optimizer rmsprop(momentum = 0.5) }"""]
+        train { loss binary_cross_entropy(recon, image)  optimizer rmsprop(momentum = 0.5) }"""] + \
+    [RECURRENT_MODELS[kind] for kind in sorted(RECURRENT_MODELS)]   # tanh and relu, c0, masks
 
 
 def _ptx_toolkit():

@@ -153,6 +153,13 @@ class CudaKernel(Kernel):
         # (compile_ptx), so CUDA templates write their loops out.
         raise NotImplementedError(f"`{self.graph.op(self.node)}` calls the CPU helper {name}")
 
+    def host_function(self, name: str, module: str) -> str:
+        """A plain Python function that the host function calls between launches (a check of
+        an input the kernels cannot report on), imported by the program's module; call it in a
+        `host_value`."""
+        self.program.imports.add((module, name))
+        return name
+
     def epilogue(self, out2d, bias=None, row0=None):
         """Refused: on the GPU the epilogue is part of the product's kernel (`matmul`)."""
         raise NotImplementedError("the CUDA renderer fuses epilogues into k.matmul")

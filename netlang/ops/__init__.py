@@ -19,6 +19,7 @@ from netlang.ops import (
     norm,
     pool,
     recurrent,
+    recurrent_cuda,
     recurrent_kernels,
     reduce,
     reshape,
@@ -52,5 +53,6 @@ def all_ops() -> dict[str, OpDef]:
 __all__ = ["OPS", "OpDef", "ParamSpec", "ShapeContext", "ShapeProblem", "all_ops", "get_op",
            "stated_integer_bounds",
            # the families, imported above for the ops they register
-           "activations", "conv", "conv_kernels", "core", "dense", "elementwise", "loss_terms", "losses",
-           "merge", "norm", "pool", "recurrent", "recurrent_kernels", "reduce", "reshape"]
+           "activations", "conv", "conv_kernels", "core", "dense", "elementwise", "loss_terms",
+           "losses", "merge", "norm", "pool", "recurrent", "recurrent_cuda", "recurrent_kernels",
+           "reduce", "reshape"]

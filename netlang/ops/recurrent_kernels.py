@@ -58,7 +58,7 @@ def _step_function(k, name: str) -> str:
     return _helper(k, f"{name}{'32' if k.program.dtype == 'float32' else '64'}")
 
 
-def _section(k, array: str, start: int, shape: tuple) -> str:
+def section_view(k, array: str, start: int, shape: tuple) -> str:
     """A view (B, *shape) of a section-major array's section starting at `start` (elements
     per example): the slice of its flat buffer from B·start."""
     flat = k.flat(array)
@@ -87,8 +87,9 @@ class _OneBlasThread:
         self.k.line(f"set_blas_threads({self.saved})")
 
 
-def _sections(k, array: str, layout: dict) -> dict:
-    return {name: _section(k, array, start, shape) for name, (start, shape) in layout.items()}
+def section_views(k, array: str, layout: dict) -> dict:
+    """A view of every section of a record or tape laid out by `layout`: name → variable."""
+    return {name: section_view(k, array, start, shape) for name, (start, shape) in layout.items()}
 
 
 def _fill_steps(k, steps: str, named: dict, stack: Stack) -> None:
@@ -99,7 +100,7 @@ def _fill_steps(k, steps: str, named: dict, stack: Stack) -> None:
         k.line(f"{steps}[:] = {stack.steps}")
 
 
-def _states(k, named: dict, name: str, stack: Stack) -> str | None:
+def state_view(k, named: dict, name: str, stack: Stack) -> str | None:
     """An initial state operand (or its gradient's section) as (B, L·D, H), when given."""
     if name not in named:
         return None
@@ -108,14 +109,16 @@ def _states(k, named: dict, name: str, stack: Stack) -> str | None:
                         "st")
 
 
-def _workspace_rule(kind: str, plan):
-    """The op's `cpu_workspace` rule from `plan(stack, attrs)`: [(name, spec)]."""
+def workspace_rule(kind: str, plan):
+    """The op's workspace rule from `plan(stack, attrs)`: [(name, spec)] (its CUDA kernels'
+    plans too, netlang/ops/recurrent_cuda.py)."""
     def rule(in_types, out_type, a):
         return [spec for _, spec in plan(Stack.of(kind, a, in_types[0].shape), a)]
     return rule
 
 
-def _workspaces(k, kind: str, plan) -> dict:
+def named_workspaces(k, kind: str, plan) -> dict:
+    """The kernel's workspaces by the names `plan` gives them."""
     stack = Stack.of(kind, k.attrs, k.in_types[0].shape)
     return {name: k.workspace(i) for i, (name, _) in enumerate(plan(stack, k.attrs))}
 
@@ -144,8 +147,8 @@ def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
     n = k.host_value(f"{named['x']}.shape[0]", "n")
     proj_rows = k.host_value(f"{proj}.reshape(({n} * {T}, {G * H}))", "pr")
     proj_steps = k.host_value(f"{proj}.reshape(({n}, {T}, {G * H}))", "pr")
-    sections = _sections(k, record, record_layout(stack, a["sequences"]))
-    h0, c0 = _states(k, named, "h0", stack), _states(k, named, "c0", stack)
+    sections = section_views(k, record, record_layout(stack, a["sequences"]))
+    h0, c0 = state_view(k, named, "h0", stack), state_view(k, named, "c0", stack)
     mask = named.get("mask")
     _fill_steps(k, steps, named, stack)
     step = _step_function(k, f"{stack.kind}_step")
@@ -197,8 +200,8 @@ def _record_kernel(kind: str):
     def kernel(k):
         named = named_operands(kind, k.attrs, k.ins)
         emit_forward(k, Stack.of(kind, k.attrs, k.in_types[0].shape), named, k.out,
-                     _workspaces(k, kind, plan))
-    return kernel, _workspace_rule(kind, plan)
+                     named_workspaces(k, kind, plan))
+    return kernel, workspace_rule(kind, plan)
 
 
 def _layer_kernel(kind: str):
@@ -212,11 +215,11 @@ def _layer_kernel(kind: str):
         named = named_operands(kind, k.attrs, k.ins)
         record = named.get("record")
         if record is None:
-            ws = _workspaces(k, kind, plan)
+            ws = named_workspaces(k, kind, plan)
             record = ws["record"]
             emit_forward(k, Stack.of(kind, k.attrs, k.in_types[0].shape), named, record, ws)
         k.line(f"{_helper(k, 'copy_flat')}({record}, 0, {k.out})")
-    return kernel, _workspace_rule(kind, plan)
+    return kernel, workspace_rule(kind, plan)
 
 
 # ---- back through time ------------------------------------------------------------------------
@@ -239,13 +242,13 @@ def _grad_kernel(kind: str):
         T, H, D, G = stack.steps, stack.units, stack.directions, stack.gates
         named = named_operands(kind, a, k.ins[:-1])
         g = k.ins[-1]
-        ws = _workspaces(k, kind, _grad_plan)
+        ws = named_workspaces(k, kind, _grad_plan)
         steps, dh, dc = k.flat(ws["steps"]), ws["dh"], ws.get("dc")
         n = k.host_value(f"{named['x']}.shape[0]", "n")
-        record = _sections(k, named["record"], record_layout(stack, a["sequences"]))
+        record = section_views(k, named["record"], record_layout(stack, a["sequences"]))
         tape_at = tape_layout(stack, "h0" in named, "c0" in named)
-        tape = _sections(k, k.out, tape_at)
-        gradients = {name: _states(k, tape, name, stack) for name in ("h0", "c0")}
+        tape = section_views(k, k.out, tape_at)
+        gradients = {name: state_view(k, tape, name, stack) for name in ("h0", "c0")}
         _fill_steps(k, steps, named, stack)
         back = _step_function(k, f"{kind}_step_back")
         last = stack.layers - 1
@@ -303,12 +306,12 @@ def _grad_kernel(kind: str):
             if "mask" in named:
                 k.line(f"{_helper(k, 'apply_mask')}({below}, {named['mask']}, {layer - 1})")
             above = below
-    return kernel, _workspace_rule(kind, _grad_plan)
+    return kernel, workspace_rule(kind, _grad_plan)
 
 
 # ---- the gradients from sections --------------------------------------------------------------
 
-def _rows(k, array: str, start: int, steps: int, columns: int) -> str:
+def section_rows(k, array: str, start: int, steps: int, columns: int) -> str:
     """Rows (B·steps, columns) of a section starting at `start` elements per example."""
     flat = k.flat(array)
     n = f"{array}.shape[0]"
@@ -324,13 +327,13 @@ def _section_kernel(k):
 def _weight_grad_kernel(k):
     (a_start, b_start), (a_columns, b_columns) = k.attrs["starts"], k.attrs["columns"]
     steps = k.attrs["steps"]
-    gates = _rows(k, k.ins[0], a_start, steps, a_columns)
-    read = _rows(k, k.ins[1], b_start, steps, b_columns)
+    gates = section_rows(k, k.ins[0], a_start, steps, a_columns)
+    read = section_rows(k, k.ins[1], b_start, steps, b_columns)
     k.line(f"{k.gemm}(True, False, 1.0, {gates}, {read}, 0.0, {k.out})")
 
 
 def _bias_grad_kernel(k):
-    gates = _rows(k, k.ins[0], k.attrs["start"], k.attrs["steps"], k.attrs["columns"])
+    gates = section_rows(k, k.ins[0], k.attrs["start"], k.attrs["steps"], k.attrs["columns"])
     k.line(f"{k.helper('column_sums')}({gates}, {k.out})")
 
 
@@ -339,7 +342,7 @@ def _input_grad_kernel(k):
     out = k.matrix(k.out, k.out_type.shape[-1])
     for i, (start, weight) in enumerate(zip(k.attrs["starts"], k.ins[1:])):
         columns = k.in_types[1 + i].shape[0]
-        gates = _rows(k, k.ins[0], start, steps, columns)
+        gates = section_rows(k, k.ins[0], start, steps, columns)
         k.line(f"{k.gemm}(False, False, 1.0, {gates}, {weight}, {1.0 if i else 0.0}, {out})")
 
 
