@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import netlang
 from netlang.interp import ExecContext, execute, needed_nodes
-from netlang.ops import all_ops
+from netlang.ops import all_ops, get_op
 from netlang.ops.init import initialize
 from netlang.passes.autodiff import differentiate
 from netlang.runtime.reference import ReferenceEngine
