@@ -35,9 +35,12 @@ class Transfer:
     def lines(self) -> list[str]:
         """What training prints about it: the layers copied, then those drawn fresh."""
         out = [f"initialised from {self.source}: {', '.join(self.copied)}"]
-        if self.fresh:
-            out.append("initialised fresh: " + ", ".join(f"{layer} ({why})"
-                                                          for layer, why in self.fresh.items()))
+        by_reason: dict[str, list[str]] = {}   # layers that share a reason are listed together
+        for layer, why in self.fresh.items():
+            by_reason.setdefault(why, []).append(layer)
+        if by_reason:
+            out.append("initialised fresh: " + ", ".join(
+                f"{', '.join(layers)} ({why})" for why, layers in by_reason.items()))
         return out
 
 
@@ -53,13 +56,14 @@ def _shape(shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _misfit(tensors: list[str], params: dict, source: dict, where: Path) -> str | None:
-    """Why a layer's tensors cannot come from `source`, or None when they all can."""
+def _misfit(tensors: list[str], params: dict, source: dict) -> str | None:
+    """Why a layer's tensors cannot come from `source` (in words that follow the source's
+    name), or None when they all can."""
     absent = [name for name in tensors if name not in source]
     if len(absent) == len(tensors):
-        return f"not in {where.name}"
+        return "not there"
     if absent:
-        return f"`{absent[0]}` is not in {where.name}"
+        return f"`{absent[0]}` is not there"
     for name in tensors:
         there, here = np.shape(source[name]), np.shape(params[name])
         if there != here:
@@ -86,15 +90,16 @@ def transfer_weights(graph, params: dict, init, layers=None) -> Transfer:
                 raise UsageError(f"`init_layers=` names `{layer}`, which is not a layer with "
                                  f"weights in this model{did_you_mean(layer, model_layers)} "
                                  f"(layers: {', '.join(model_layers)})")
-            why = _misfit(model_layers[layer], params, source, path)
+            why = _misfit(model_layers[layer], params, source)
             if why is not None:
-                raise WeightsError(f"{path}: cannot initialise layer `{layer}` from it: {why}")
+                raise WeightsError(f"{path}: layer `{layer}`, named in `init_layers=`, cannot "
+                                   f"start from these weights: {why}")
     copied, fresh = [], {}
     for layer, tensors in model_layers.items():
         if layers is not None and layer not in layers:
             fresh[layer] = "not named in `init_layers=`"
             continue
-        why = _misfit(tensors, params, source, path)
+        why = _misfit(tensors, params, source)
         if why is not None:
             fresh[layer] = why
             continue
