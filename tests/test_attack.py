@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import netlang
+from conftest import engines
 from netlang.cli import main
 from netlang.data import Dataset, normalize
 from netlang.errors import UsageError
@@ -56,7 +57,7 @@ def softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("device", ["reference", "cpu"])
+@pytest.mark.parametrize("device", engines("reference", "cpu", "cuda"))
 def test_fgsm_moves_each_value_by_eps_along_the_sign_of_the_hand_computed_gradient(device):
     model = netlang.compile(LINEAR, dtype="float64")
     model.to(device)
