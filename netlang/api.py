@@ -12,7 +12,7 @@ import typing
 
 import numpy as np
 
-from netlang.attack import Attacker, AttackResult
+from netlang.attack import AttackResult, Attacker
 from netlang.bench import bench
 from netlang.config import timed
 from netlang.data.text import Vocabulary, with_bits_per_character

@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import engines
 
 import netlang
-from conftest import engines
 from netlang.cli import main
 from netlang.data import Dataset, normalize
 from netlang.errors import UsageError
@@ -188,3 +188,6 @@ def test_the_command_reports_both_accuracies_and_writes_the_attacked_inputs(
     code, _, err = run(capsys, "attack", "blobs.net", "--weights", "run", "--method", "fgsm",
                        "--eps", "0.1", "-o", "adv.png", "--device", "reference")
     assert code == 2 and "end it in .npy" in err
+    code, _, err = run(capsys, "attack", "blobs.net", "--weights", "run", "--method", "fgsm",
+                       "--eps", "0.1", "--clip", "0,1,2", "--device", "reference")
+    assert code == 2 and "--clip 0,1,2: expected LO,HI (such as 0,1) or none" in err

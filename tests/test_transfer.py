@@ -96,6 +96,7 @@ def test_the_run_records_where_its_weights_started(features_run, tmp_path, capsy
     assert code == 0, err
     assert "initialised from" in stdout and ": feat\n" in stdout
     assert "initialised fresh: hidden, out (not named in --init-layers)" in stdout
+    assert "frozen but" not in stdout
     assert json.loads((tmp_path / "head" / "run.json").read_text())["init"].endswith(
         "weights.safetensors")
     head = netlang.load(tmp_path / "head", device="reference")
@@ -130,6 +131,10 @@ def test_named_layers_must_fit_and_errors_speak_the_callers_words(features_run, 
                                                                       "freeze first"))
     with pytest.raises(WeightsError, match="no layer of this model is there"):
         unrelated.fit(init=out, verbose=0)
+    hidden_frozen = compiled(HEAD.replace("freeze feat", "freeze feat, hidden"))
+    hidden_frozen.fit(init=out, epochs=1)
+    assert ("frozen but fresh: hidden (kept at random initial weights)"
+            in capsys.readouterr().out.splitlines())
 
     (tmp_path / "head.net").write_text(HEAD)
     for argv, words in [(["--init-layers", "feat,out"], "named in --init-layers, cannot"),

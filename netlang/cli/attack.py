@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from netlang.api import split_of
-from netlang.attack import METHODS, PGD_STEP_FACTOR, PGD_STEPS, Attacker
+from netlang.attack import Attacker, METHODS, PGD_STEPS, PGD_STEP_FACTOR
 from netlang.cli.common import DATA_HELP, data_set, number, positive_int
 from netlang.cli.trained import add_weights_arguments, load_model
 from netlang.errors import UsageError

@@ -163,7 +163,7 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     if transfer is not None:
         run_info["init"] = str(transfer.source)
     progress.message(f"training {Path(model.path).name} on the {engine.name} engine")
-    for line in transfer.lines() if transfer is not None else ():
+    for line in transfer.lines(config.freeze) if transfer is not None else ():
         progress.message(line)
     for note in prepared.notes:
         progress.message(note)

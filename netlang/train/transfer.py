@@ -32,8 +32,10 @@ class Transfer:
     copied: list                                       # layer names, in definition order
     fresh: dict = dataclasses.field(default_factory=dict)   # layer name → why
 
-    def lines(self) -> list[str]:
-        """What training prints about it: the layers copied, then those drawn fresh."""
+    def lines(self, frozen=()) -> list[str]:
+        """What training prints about it: the layers copied, those drawn fresh, and those of
+        the `frozen` layers that are fresh (they will keep their random weights: often a
+        layer name that differs between the two models)."""
         out = [f"initialised from {self.source}: {', '.join(self.copied)}"]
         by_reason: dict[str, list[str]] = {}   # layers that share a reason are listed together
         for layer, why in self.fresh.items():
@@ -41,6 +43,9 @@ class Transfer:
         if by_reason:
             out.append("initialised fresh: " + ", ".join(
                 f"{', '.join(layers)} ({why})" for why, layers in by_reason.items()))
+        stuck = [layer for layer in self.fresh if layer in frozen]
+        if stuck:
+            out.append(f"frozen but fresh: {', '.join(stuck)} (kept at random initial weights)")
         return out
 
 
