@@ -137,11 +137,14 @@ def test_named_layers_must_fit_and_errors_speak_the_callers_words(features_run, 
             in capsys.readouterr().out.splitlines())
 
     (tmp_path / "head.net").write_text(HEAD)
-    for argv, words in [(["--init-layers", "feat,out"], "named in --init-layers, cannot"),
-                        (["--init-layers", "fet"], "--init-layers names `fet`"),
-                        (["--resume", tmp_path / "elsewhere"], "--init starts a run from")]:
+    elsewhere = ["--out", tmp_path / "head"]
+    for argv, words in [
+            (["--init-layers", "feat,out", *elsewhere], "named in --init-layers, cannot"),
+            (["--init-layers", "fet", *elsewhere], "--init-layers names `fet`"),
+            (["--resume", tmp_path / "elsewhere"], "--init starts a run from"),
+            (["--out", out, "--force"], "give the new run another --out")]:
         code, _, err = run(capsys, "train", tmp_path / "head.net", "--init", out, *argv,
-                           "--out", tmp_path / "head", "--device", "reference")
+                           "--device", "reference")
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert words in err and "init_layers=" not in err and "init=" not in err, err
 

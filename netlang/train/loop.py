@@ -90,6 +90,10 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     if init is not None and resume is not None:
         raise UsageError("`init=` starts a run from another run's weights and `resume=` "
                          "continues a run from its own: pass one of them")
+    if init is not None and out is not None \
+            and Path(out).resolve() in (Path(init).resolve(), *Path(init).resolve().parents):
+        raise UsageError(f"`init=` reads {init}, inside the run directory {out} that this run "
+                         f"writes: give the new run another `out=`")
     if resume is not None:
         resume = Path(resume)
         checkpoint = load_checkpoint(resume, source_hash=model.source_hash, force=force,
