@@ -12,6 +12,7 @@ import typing
 
 import numpy as np
 
+from netlang.attack import AttackResult, Attacker
 from netlang.bench import bench
 from netlang.config import timed
 from netlang.data.text import Vocabulary, with_bits_per_character
@@ -107,6 +108,7 @@ class Model:
         # them (`load_weights` reads them); None: the default alphabet (`sample`).
         self.vocabulary = None
         self._sampler = None
+        self._attacker = None
         self._binding = None
 
     @property
@@ -290,7 +292,7 @@ class Model:
             optimizer=None, schedule=None, seed=None, val_split=None, early_stopping=None,
             clip_norm=None, settings=(), validation_data=None, out=None, resume=False,
             force=False, shuffle=True, verbose=1, limit=None, normalize="auto",
-            checkpoint_every=30.0, plot=False):
+            checkpoint_every=30.0, plot=False, init=None, init_layers=None):
         """Train; returns a `History` (one record per epoch: loss, accuracy, val_loss, ...).
 
         Data: arrays `x` (or a dict of input arrays) and labels `y`; or `data=` a set name
@@ -302,7 +304,10 @@ class Model:
         continues the run in `out`.  Training continues from the current weights; the
         optimiser state carries over between calls unless the optimiser settings change.
         Progress is printed to stdout (a line per epoch; a bar on a terminal): `verbose=0`
-        prints nothing.
+        prints nothing.  `init=` a run directory or weights file of any model starts each
+        layer it holds under the same name and shapes from its weights (transfer learning;
+        `init_layers=["a", "b"]` copies those alone, and each must fit); the progress names
+        the layers copied and those drawn fresh.
         """
         # Kept lazy: `netlang check` compiles through this module and never loads the training
         # loop (tests/test_cli.py holds it).
@@ -329,7 +334,8 @@ class Model:
             self, data=data, x=x, y=y, validation_data=validation_data, overrides=overrides,
             out=out, resume=out if resume else None, force=force, device=self.device,
             limit=limit, normalize=normalize, progress=progress, engine=engine,
-            checkpoint_every=checkpoint_every, plot=plot, shuffle=shuffle, dtype=self.dtype)
+            checkpoint_every=checkpoint_every, plot=plot, shuffle=shuffle, dtype=self.dtype,
+            init=init, init_layers=init_layers)
         self._engine, self._engine_key = engine, engine_settings(config)
         return history
 
@@ -380,6 +386,39 @@ class Model:
         arrays = self._arrays(x, what="saliency input")
         gradients = saliency(self.engine, self.graph, arrays, target).gradients
         return gradients if isinstance(x, dict) else gradients[self.binding.data_input]
+
+    def attack(self, x=None, y=None, *, data=None, method: str = "fgsm", eps, steps=None,
+               step_size=None, clip="auto", split: str = "test", limit=None,
+               batch_size: int = 256, seed: int = 0) -> AttackResult:
+        """Adversarial examples: each input moved by at most `eps` per value along the sign
+        of the loss gradient, and the accuracy before and after (an `AttackResult`:
+        `.accuracy`, `.adversarial_accuracy`, `.adversarial`, the attacked inputs).
+
+        `method="fgsm"` takes one step of size eps; `"pgd"` takes `steps` (10) of
+        `step_size` (2.5·eps/steps) from a random start in the ball (drawn from `seed`).
+        Inputs: arrays `x`, `y`, or `data=` a set name/path or data set (its `split`, the
+        first `limit` examples).  `clip=(low, high)` keeps attacked inputs in that range;
+        "auto" (the default) is the data set's known range ([0, 1] for images scaled from
+        uint8, as MNIST), none for arrays; None: no clipping.  See netlang/attack.py."""
+        if x is not None and (isinstance(x, str) or hasattr(x, "x_train")):
+            data, x = x, None
+        value_range = None
+        if x is not None:
+            arrays = self._arrays(x, y, what="attack data")
+        else:
+            spec = data if data is not None else self.train_config.data
+            if spec is None:
+                raise UsageError("attack needs arrays x, y or data=")
+            prepared = prepare_data(spec, self.binding, self.train_config, limit=limit)
+            arrays, value_range = split_of(prepared, split), prepared.value_range
+        check_complete(self.binding, arrays, "attack data")
+        engine = self.engine
+        if self._attacker is None or self._attacker.source_engine is not engine:
+            self._attacker = Attacker(engine, self.graph, self.binding)
+        return self._attacker.run(arrays, method=method, eps=eps, steps=steps,
+                                  step_size=step_size,
+                                  clip=value_range if isinstance(clip, str) and clip == "auto"
+                                  else clip, batch_size=batch_size, seed=seed)
 
     def reconstructions(self, x, path=None):
         """For an autoencoder (a loss compares an output with an input): a uint8 image of

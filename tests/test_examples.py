@@ -44,7 +44,12 @@ EXPECTED_PARAMS = {
     "multitask.net": 425_803,
     "two_stream.net": 26_213,
     "small_resnet.net": 272_474,
+    "transfer_features.net": 9_098,
+    "transfer_head.net": 9_098,   # conv1, conv2 (1,248, frozen) and a new head
 }
+
+# Parameters in frozen layers (`freeze`), counted but not trained.
+FROZEN_PARAMS = {"transfer_head.net": 1_248}
 
 EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.net"))
 
@@ -82,7 +87,7 @@ def test_example_compiles(name, models):
 def test_parameter_count(name, expected, models):
     summary = models(name).summary()
     assert summary.total_params == expected
-    assert summary.trainable_params == expected  # nothing frozen in the examples
+    assert summary.trainable_params == expected - FROZEN_PARAMS.get(name, 0)
     assert sum(row.params for row in summary.rows) == expected
 
 

@@ -28,6 +28,7 @@ COMMANDS = {
     "predict": ("predict", "class probabilities for an input (.npy or .png)"),
     "bench": ("bench", "time a model's forward pass and training step per batch"),
     "saliency": ("saliency", "draw which input pixels the predicted class depends on"),
+    "attack": ("attack", "accuracy under adversarial examples (FGSM, PGD)"),
     "sample": ("sample", "text a trained character model writes after a prime"),
 }
 

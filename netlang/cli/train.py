@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "\"regularize=l2(1e-4)\" (repeatable)")
     parser.add_argument("--out", help="run directory (default: runs/<model name>)")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
+    parser.add_argument("--init", metavar="RUN",
+                        help="start from the weights of another run (a run directory or "
+                             ".safetensors file, of any model): each layer held there under "
+                             "the same name and shapes is copied (transfer learning)")
+    parser.add_argument("--init-layers", metavar="A,B", dest="init_layers",
+                        help="with --init: copy these layers alone; each must fit")
     parser.add_argument("--force", action="store_true",
                         help="resume although the .net file changed, or overwrite an "
                              "existing run")
@@ -102,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             model, data=args.data, overrides=overrides, out=out, resume=args.resume,
             force=args.force, device=args.device, limit=args.limit, normalize=args.normalize,
             samples=args.samples, progress=progress, checkpoint_every=args.checkpoint_every,
-            plot=args.plot)
+            plot=args.plot, init=args.init, init_layers=args.init_layers)
     except TrainingInterrupted as stop:
         where = f"epoch {stop.epoch + 1}" if stop.checkpoint else ""
         print(f"interrupted at {where}: checkpoint saved in {run_dir}; continue with "

@@ -20,7 +20,9 @@ class Dataset:
     `x_*` hold one sample per row (any per-sample shape, channels last for images);
     `y_*` hold int64 class indices in 0..num_classes-1, or float32 target values (one-hot
     rows, class probabilities, regression targets: any per-sample shape), for which
-    `num_classes` is None. `x_val`/`y_val` are set by `validation_split`. Frozen so that
+    `num_classes` is None. `x_val`/`y_val` are set by `validation_split`. `value_range`
+    is (low, high) when every input value lies there by construction (images scaled from
+    uint8 to [0, 1]), else None: what an attack keeps its inputs within. Frozen so that
     helpers return new records instead of editing one a caller still holds (the arrays
     themselves are shared, not copied).
     """
@@ -33,6 +35,7 @@ class Dataset:
     num_classes: int | None
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    value_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         splits = [("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)]

@@ -23,7 +23,8 @@ def normalize(ds: Dataset, method: str = "auto") -> Dataset:
     `scale` maps uint8 images to [0, 1] (dividing by 255); `standardize` subtracts the
     train set's per-feature mean and divides by its std, applied to every split so
     test data never leaks into the statistics; `auto` scales uint8 and leaves other
-    types' values alone; `none` only converts to float32.
+    types' values alone; `none` only converts to float32.  The copy's `value_range` is
+    where its inputs lie by construction ([0, 1] once uint8 is scaled; None standardized).
     """
     if method not in NORMALIZE_METHODS:
         raise DataError(f"unknown normalization `{method}` (expected one of "
@@ -40,6 +41,7 @@ def normalize(ds: Dataset, method: str = "auto") -> Dataset:
             out -= mean32
             out /= std32
             return out
+        value_range = None   # each feature's range differs once standardized
     elif method == "scale" or (method == "auto" and ds.x_train.dtype == np.uint8):
         if ds.x_train.dtype != np.uint8:
             raise DataError(f"{ds.name}: `scale` expects uint8 images, got {ds.x_train.dtype} "
@@ -47,12 +49,14 @@ def normalize(ds: Dataset, method: str = "auto") -> Dataset:
 
         def convert(x: np.ndarray) -> np.ndarray:
             return x.astype(np.float32) / np.float32(255.0)
+        value_range = (0.0, 1.0)
     else:
         def convert(x: np.ndarray) -> np.ndarray:
             return x.astype(np.float32)
+        value_range = (0.0, 255.0) if ds.x_train.dtype == np.uint8 else ds.value_range
     return dataclasses.replace(
         ds, x_train=convert(ds.x_train), x_test=convert(ds.x_test),
-        x_val=None if ds.x_val is None else convert(ds.x_val))
+        x_val=None if ds.x_val is None else convert(ds.x_val), value_range=value_range)
 
 
 def train_test_split(x: np.ndarray, y: np.ndarray, test_fraction: float,

@@ -41,6 +41,7 @@ from netlang.train.run_dir import (
     write_summary,
 )
 from netlang.train.trainer import History, Trainer, TrainingInterrupted
+from netlang.train.transfer import transfer_weights
 from netlang.version import __version__
 from netlang.weights import load_checkpoint, save_weights
 
@@ -64,14 +65,15 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
           normalize: str = "auto", samples: int | None = None, data_dir=None,
           progress: Progress | None = None, engine=None, checkpoint_every: float = 30.0,
           plot: bool = False, shuffle: bool = True, on_step=None,
-          evaluate_test: bool = True, dtype: str = "float32"):
+          evaluate_test: bool = True, dtype: str = "float32", init=None, init_layers=None):
     """One training run of `model` (a netlang.api.Model); returns (history, engine, config).
 
     Data comes from `data` (a set name, a path or a Dataset; falls back to the train
     section's `data`) or from arrays `x`/`y`.  `out` is the run directory (weights,
     checkpoints, metrics.jsonl); `resume` a run directory to continue from.  `dtype` is the
     float width of an engine made here, and of arrays `x`/`y` (data sets are converted as
-    the engine takes each batch).
+    the engine takes each batch).  `init` (a run directory or weights file) starts the
+    weights from another run's layers, `init_layers` naming which (netlang.train.transfer).
     """
     progress = progress or Progress(enabled=False)
     if plot:
@@ -83,6 +85,16 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     checkpoint = None
     saved = {}
     overrides = list(overrides)
+    if init is None and init_layers is not None:
+        raise UsageError("`init_layers=` picks layers of `init=`, the weights to start from: "
+                         "pass `init=` too")
+    if init is not None and resume is not None:
+        raise UsageError("`init=` starts a run from another run's weights and `resume=` "
+                         "continues a run from its own: pass one of them")
+    if init is not None and out is not None \
+            and Path(out).resolve() in (Path(init).resolve(), *Path(init).resolve().parents):
+        raise UsageError(f"`init=` reads {init}, inside the run directory {out} that this run "
+                         f"writes: give the new run another `out=`")
     if resume is not None:
         resume = Path(resume)
         checkpoint = load_checkpoint(resume, source_hash=model.source_hash, force=force,
@@ -145,6 +157,10 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
                              device=device, dtype=dtype)
     elif engine is None:
         engine = make_engine(model.graph, config, seed=config.seed, device=device, dtype=dtype)
+    # Weights from another run first: the phases' engines and optimisers hold these arrays.
+    transfer = None
+    if init is not None:
+        transfer = transfer_weights(model.graph, engine.params, init, init_layers)
     # A file with named train sections: one engine per phase steps, over the same parameters;
     # the model's engine evaluates.
     runs = phase_runs(model.graph, config, lambda graph, settings, shared: make_engine(
@@ -155,7 +171,11 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
                 "data": spec if isinstance(spec, str) else None, "limit": limit,
                 "samples": samples, "normalize": normalize, "overrides": overrides,
                 "device": device, "engine": engine.name}
+    if transfer is not None:
+        run_info["init"] = str(transfer.source)
     progress.message(f"training {Path(model.path).name} on the {engine.name} engine")
+    for line in transfer.lines(config.freeze) if transfer is not None else ():
+        progress.message(line)
     for note in prepared.notes:
         progress.message(note)
     options = dict(source_hash=model.source_hash, out=out, progress=progress,

@@ -40,6 +40,9 @@ class PreparedData:
     per_character: bool = False
     # What the loader made of the data, worth a line when training starts (a reshape, windows).
     notes: list = dataclasses.field(default_factory=list)
+    # Where the data input's values lie by construction ([0, 1]: images scaled from uint8),
+    # else None (netlang.data.Dataset.value_range): the range an attack stays within.
+    value_range: tuple | None = None
 
 
 def prepare_data(spec, binding: Binding, config: TrainConfig, *, limit: int | None = None,
@@ -106,7 +109,8 @@ def prepare_data(spec, binding: Binding, config: TrainConfig, *, limit: int | No
         if ds.x_test is not None and len(ds.x_test) else None
     return PreparedData(train, val, test, ds.name, ds.num_classes, normalization,
                         vocabulary=vocabulary, notes=notes,
-                        per_character=vocabulary is not None and _loss_per_character(binding))
+                        per_character=vocabulary is not None and _loss_per_character(binding),
+                        value_range=ds.value_range)
 
 
 def _text_windows(corpus: TextCorpus, binding: Binding,
