@@ -15,6 +15,7 @@ from netlang.ops import (
     elementwise,
     losses,
     merge,
+    noise,
     norm,
     pool,
     recurrent,
