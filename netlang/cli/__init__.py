@@ -28,7 +28,7 @@ COMMANDS = {
     "predict": ("predict", "class probabilities for an input (.npy or .png)"),
     "bench": ("bench", "time a model's forward pass and training step per batch"),
     "saliency": ("saliency", "draw which input pixels the predicted class depends on"),
-    "sample": ("sample", "text a trained character model writes after a prime"),
+    "sample": ("sample", "samples of a generative model, or text a character model writes"),
 }
 
 

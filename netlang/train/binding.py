@@ -36,6 +36,9 @@ class Binding:
     # Integer input → how many values its ids may take, where a consumer says (an
     # embedding's vocabulary, a loss's class count): the tightest such bound.
     id_bounds: dict = dataclasses.field(default_factory=dict)
+    # Noise inputs (`input z: [64] ~ normal`): name → per-example shape.  They are not in
+    # `inputs`: the engine draws them for every batch, and data never feeds them.
+    noise_inputs: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int | None:
@@ -67,13 +70,18 @@ class Binding:
 
 def bind(graph) -> Binding:
     """Work out the data input, the label input and the heads of a graph."""
-    inputs = {}
+    inputs, noise_inputs = {}, {}
     for name, node in graph.graph["inputs"].items():
         t = graph.type_of(node)
-        inputs[name] = (tuple(t.shape[1:]), t.is_float)
+        if graph.nodes[node]["attrs"].get("noise") is not None:
+            noise_inputs[name] = tuple(t.shape[1:])
+        else:
+            inputs[name] = (tuple(t.shape[1:]), t.is_float)
     loss_nodes = {n for n, _ in graph.graph.get("losses") or []}
     target_only = []
     for name, node in graph.graph["inputs"].items():
+        if name in noise_inputs:
+            continue
         users = set(graph.successors(node))
         if users and users <= loss_nodes:
             target_only.append(name)
@@ -107,13 +115,16 @@ def bind(graph) -> Binding:
         label_input = target_only[0]
     id_bounds = {}
     for name, node in graph.graph["inputs"].items():
+        if name in noise_inputs:
+            continue
         bound = None if inputs[name][1] else _id_bound(graph, node)
         if bound is not None:
             id_bounds[name] = bound
     return Binding(inputs=inputs, data_input=data_inputs[0] if len(data_inputs) == 1 else None,
                    label_input=label_input, head=head, losses=losses,
                    data_inputs=data_inputs, label_inputs=label_inputs,
-                   heads=_named_heads(heads), id_bounds=id_bounds)
+                   heads=_named_heads(heads), id_bounds=id_bounds,
+                   noise_inputs=noise_inputs)
 
 
 def _id_bound(graph, node) -> int | None:
@@ -136,6 +147,9 @@ def fit_input(binding: Binding, name: str, array, what: str, dtype=np.float32) -
     a float input's values in `dtype` (the engine's float width: any other width or integer
     type is converted, uint8 images scaled to [0, 1]), labels as int64; anything else is a
     one-line DataError that starts with `what` (what the array is, e.g. `digits (train)`)."""
+    if name in binding.noise_inputs:
+        raise DataError(f"{what}: input `{name}` is a noise input, drawn afresh for every batch; "
+                        f"data never feeds it")
     if name not in binding.inputs:
         known = ", ".join(f"`{n}`" for n in binding.inputs)
         raise DataError(f"{what}: the model has no input `{name}` (its inputs: {known})")
