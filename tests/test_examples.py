@@ -44,6 +44,7 @@ EXPECTED_PARAMS = {
     "multitask.net": 425_803,
     "two_stream.net": 26_213,
     "small_resnet.net": 272_474,
+    "denoising_autoencoder.net": 402_448,
 }
 
 EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.net"))
