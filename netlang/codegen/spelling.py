@@ -70,6 +70,10 @@ class CpuSpelling:
         """The cosine of `x` (radians)."""
         return f"np.cos({x})"
 
+    def sin(self, x: str) -> str:
+        """The sine of `x` (radians)."""
+        return f"np.sin({x})"
+
     def sign(self, x: str) -> str:
         """-1, 0 or 1 as `x` is negative, zero or positive."""
         return f"np.sign({x})"
@@ -117,6 +121,10 @@ class CudaSpelling(CpuSpelling):
     def cos(self, x: str) -> str:
         """The cosine of `x` (radians), through `math`."""
         return f"math.cos({x})"
+
+    def sin(self, x: str) -> str:
+        """The sine of `x` (radians), through `math`."""
+        return f"math.sin({x})"
 
     def sign(self, x: str) -> str:
         """Written inline: compile_ptx types a kernel without a GPU only if it calls no device

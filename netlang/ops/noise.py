@@ -5,7 +5,7 @@ Every draw comes from the counter-based generator dropout masks use (netlang/ops
 op per call from the engine's seeded generator, so the NumPy reference, the Numba CPU kernels
 and the CUDA kernels compute the same values from the same key, each element on its own, and
 a run resumes exactly from the generator's state.  Uniform and normal draws are defined in
-norm_loops.py (`uniform_draw`, `normal_draw`), computed in float64 and rounded once.
+norm_loops.py (`uniform_draw`, `normal_pair`), computed in float64 and rounded once.
 
 - `gaussian_noise(std)` and `masking_noise(p)` corrupt their input in training only (a
   denoising autoencoder's corruption) and pass it through otherwise, as dropout does: the
@@ -29,7 +29,7 @@ import dataclasses
 import numpy as np
 
 from netlang.ops.norm import draw_dropout_key, dropout_threshold
-from netlang.ops.norm_loops import GOLDEN, MIX1, MIX2, dropout_bits, normal_draw, uniform_draw
+from netlang.ops.norm_loops import GOLDEN, MIX1, MIX2, dropout_bits, normal_pair, uniform_draw
 from netlang.ops.registry import always, define_internal, define_op, elementwise_same, same_type_as
 from netlang.ops.schema import Arg, FLOAT
 
@@ -95,9 +95,17 @@ def _indices(shape) -> np.ndarray:
     return np.arange(int(np.prod(shape)), dtype=np.uint64).reshape(shape)
 
 
+def standard_normal(shape, key) -> np.ndarray:
+    """Standard normal draws of stream `key` in float64, element i the i-th of the flattened
+    shape (pair p giving elements 2p and 2p + 1, as norm_loops.py `normal_pair` says)."""
+    size = int(np.prod(shape))
+    first, second = normal_pair(np.uint64(key), np.arange((size + 1) // 2, dtype=np.uint64))
+    return np.stack([first, second], axis=1).reshape(-1)[:size].reshape(shape)
+
+
 def normal_array(shape, key, mean: float = 0.0, std: float = 1.0, dtype=np.float32):
     """mean + std · (normal draws of stream `key`), element i the i-th of the flattened shape."""
-    return (mean + std * normal_draw(np.uint64(key), _indices(shape))).astype(dtype)
+    return (mean + std * standard_normal(shape, key)).astype(dtype)
 
 
 def uniform_array(shape, key, low: float = 0.0, high: float = 1.0, dtype=np.float32):
@@ -126,7 +134,7 @@ masking_noise.forward(
 
 def _sample_normal_forward(ins, a, ctx):
     mu, logvar = ins
-    eps = normal_draw(_draw_key(ctx), _indices(mu.shape))
+    eps = standard_normal(mu.shape, _draw_key(ctx))
     return (mu.astype(np.float64) + np.exp(0.5 * logvar.astype(np.float64)) * eps).astype(mu.dtype)
 
 
@@ -252,12 +260,15 @@ def _cuda_uniform(k, key: str, index: str) -> str:
 
 
 def _cuda_normal(k, key: str, index: str) -> str:
-    """Emits `normal_draw(key, index)` in float64; returns its variable."""
-    first = _cuda_uniform(k, key, f"np.uint64({index}) * np.uint64(2)")
-    second = _cuda_uniform(k, key, f"np.uint64({index}) * np.uint64(2) + np.uint64(1)")
-    value = k.fresh("n")
+    """Emits normal draw `index` of stream `key` in float64 (its half of `normal_pair`: the
+    cosine's for an even index, the sine's for an odd one); returns its variable."""
+    pair = f"(np.uint64({index}) >> np.uint64(1))"
+    first = _cuda_uniform(k, key, f"{pair} * np.uint64(2)")
+    second = _cuda_uniform(k, key, f"{pair} * np.uint64(2) + np.uint64(1)")
+    angle, value = k.fresh("angle"), k.fresh("n")
+    k.line(f"{angle} = {2.0 * np.pi!r} * {second}")
     k.line(f"{value} = {k.math.sqrt(f'-2.0 * {k.math.log(first)}')} * "
-           f"{k.math.cos(f'{2.0 * np.pi!r} * {second}')}")
+           f"({k.math.sin(angle)} if {index} % 2 == 1 else {k.math.cos(angle)})")
     return value
 
 

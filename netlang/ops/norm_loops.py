@@ -188,8 +188,10 @@ def fill_dropout_mask(out, key, threshold, scale):
 #
 # Element i of a stream `key` is a function of (key, i) alone, as a dropout mask's is: a uniform
 # draw is the top 53 bits of the hash of (key, i), centred in their interval, so it lies in
-# (0, 1) and never reaches 0 or 1; a normal draw is Box and Muller's transform of the uniform
-# draws of indices 2i and 2i + 1.  All of it in float64, rounded once to the engine's type.
+# (0, 1) and never reaches 0 or 1.  Normal draws come in pairs, by Box and Muller's transform:
+# pair p turns the uniform draws of indices 2p and 2p + 1 into a radius and an angle, and
+# gives elements 2p (the cosine's) and 2p + 1 (the sine's), so one logarithm and one square
+# root serve two elements.  All of it in float64, rounded once to the engine's type.
 
 UNIT_53 = 2.0 ** -53
 TWO_PI = 2.0 * np.pi
@@ -200,24 +202,33 @@ def uniform_draw(key, index):
     return (np.float64(dropout_bits(key, index) >> np.uint64(11)) + 0.5) * UNIT_53
 
 
-def normal_draw(key, index):
-    """A standard normal draw for element `index` (uint64, scalar or array) of stream `key`."""
-    first = uniform_draw(key, index * np.uint64(2))
-    second = uniform_draw(key, index * np.uint64(2) + np.uint64(1))
-    return np.sqrt(-2.0 * np.log(first)) * np.cos(TWO_PI * second)
+def normal_pair(key, pair):
+    """The standard normal draws of elements 2·pair and 2·pair + 1 (uint64 `pair`, scalar or
+    array) of stream `key`."""
+    radius = np.sqrt(-2.0 * np.log(uniform_draw(key, pair * np.uint64(2))))
+    angle = TWO_PI * uniform_draw(key, pair * np.uint64(2) + np.uint64(1))
+    return radius * np.cos(angle), radius * np.sin(angle)
 
 
 def fill_normal(out, key, mean, std):
     """out[i] ← mean + std · (normal draw i of stream `key`)."""
-    for i in range(out.size):
-        out[i] = mean + std * normal_draw(key, np.uint64(i))
+    size = out.size
+    for pair in range((size + 1) // 2):
+        first, second = normal_pair(key, np.uint64(pair))
+        out[2 * pair] = mean + std * first
+        if 2 * pair + 1 < size:
+            out[2 * pair + 1] = mean + std * second
 
 
 def fill_reparameterised(out, mu, logvar, key):
     """out[i] ← mu[i] + exp(logvar[i] / 2) · (normal draw i of stream `key`), in float64."""
-    for i in range(out.size):
-        out[i] = np.float64(mu[i]) + np.exp(0.5 * np.float64(logvar[i])) * \
-            normal_draw(key, np.uint64(i))
+    size = out.size
+    for pair in range((size + 1) // 2):
+        first, second = normal_pair(key, np.uint64(pair))
+        i = 2 * pair
+        out[i] = np.float64(mu[i]) + np.exp(0.5 * np.float64(logvar[i])) * first
+        if i + 1 < size:
+            out[i + 1] = np.float64(mu[i + 1]) + np.exp(0.5 * np.float64(logvar[i + 1])) * second
 
 
 def fill_bernoulli(out, p, key):
