@@ -16,6 +16,7 @@ from netlang.frontend.format import format_source
 from netlang.ops.noise import masking_array, noise_input_array, normal_array, uniform_array
 from netlang.ops.norm import dropout_mask_array
 from netlang.runtime import make_engine
+from netlang.train.loop import TrainingInterrupted, train
 from netlang.train.png import read_png
 
 # Every sampling op and a noise input, each an output of its own, so each draw is compared.
@@ -241,3 +242,41 @@ def test_a_denoising_autoencoder_learns_on_the_cpu_engine():
     losses = [record["loss"] for record in history.records]
     assert losses[-1] < 0.5 * losses[0], losses
     assert model.evaluate(x=images)["loss"] < losses[0]
+
+
+NOISY_SPIRALS = """
+input x: [2]
+input label: int32[]
+input z: [3] ~ normal(std = 0.1)
+h = x -> gaussian_noise(0.05) -> dense(8) -> tanh
+mu = h -> dense(3)
+logvar = h -> dense(3)
+code = (mu, logvar) -> sample_normal
+s = code + z
+output logits = s -> dense(2)
+train {
+  loss cross_entropy(logits, label)
+  optimizer adam(lr = 0.02)
+  batch_size 16
+  epochs 2
+  seed 3
+  val_split 0.2
+}
+"""
+
+
+def test_resume_draws_what_the_uninterrupted_run_draws(tmp_path):
+    """Noise inputs and sampling ops draw from the engine's generator, which checkpoints hold:
+    a run stopped inside epoch 2 and resumed ends with the uninterrupted run's weights."""
+    model = netlang.compile(NOISY_SPIRALS)
+    model.device = "reference"
+    _, full, _ = train(model, data="spirals", out=tmp_path / "a", device="reference")
+
+    def stop(trainer):
+        if trainer.step == 21:
+            trainer.request_stop()
+    with pytest.raises(TrainingInterrupted):
+        train(model, data="spirals", out=tmp_path / "b", device="reference", on_step=stop)
+    _, resumed, _ = train(model, resume=tmp_path / "b", device="reference")
+    for name, value in full.params.items():
+        assert np.array_equal(value, resumed.params[name]), name
