@@ -180,7 +180,7 @@ def test_sample_draws_the_output_computed_from_noise_alone():
 def test_sample_needs_one_output_from_noise_alone_or_a_name():
     two = netlang.compile("input z: [2] ~ uniform\noutput a = z -> dense(3)\n"
                           "output b = z -> dense(4)\n")
-    with pytest.raises(UsageError, match="several outputs .*`a`, `b`.*--output"):
+    with pytest.raises(UsageError, match="several outputs .*`a`, `b`.*`output=`"):
         two.sample(count=2)
     assert two.sample(count=2, output="b").shape == (2, 4)
     plain = netlang.compile("input x: [2]\noutput y = x -> dense(2)\n")
@@ -221,6 +221,18 @@ def test_netlang_sample_refuses_a_model_without_noise_in_one_line(tmp_path, caps
     error = capsys.readouterr().err.strip()
     assert "needs a character model" in error and "no noise input" in error
     assert "\n" not in error
+
+
+def test_netlang_sample_names_its_flag_when_several_outputs_read_noise(tmp_path, capsys):
+    net = tmp_path / "two.net"
+    net.write_text("input z: [2] ~ uniform\noutput a = z -> dense(3)\noutput b = z -> dense(4)\n")
+    weights = netlang.compile(str(net)).save(tmp_path / "w.safetensors")
+    base = ["sample", str(net), "--weights", str(weights), "-o", str(tmp_path / "s.npy")]
+    assert main(base) == 2
+    error = capsys.readouterr().err.strip()
+    assert "several outputs" in error and "--output" in error and "\n" not in error
+    assert main(base + ["--output", "b", "--count", "3"]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (3, 4)
 
 
 def test_a_denoising_autoencoder_learns_on_the_cpu_engine():

@@ -59,7 +59,7 @@ class NoiseModel:
                              f"({_names(binding.noise_inputs)}) alone: nothing to sample")
         if len(sampled) > 1:
             raise UsageError(f"several outputs are computed from noise inputs alone "
-                             f"({_names(sampled)}): name one with --output")
+                             f"({_names(sampled)}): name one with `output=`")
         name, noise = next(iter(sampled.items()))
         return cls(name, noise)
 
