@@ -31,6 +31,7 @@ FAMILIES = [
     ("pool", "Pooling"),
     ("activation", "Activations"),
     ("norm", "Normalisation and dropout"),
+    ("noise", "Noise and sampling"),
     ("recurrent", "Recurrent"),
     ("reshape", "Reshaping"),
     ("merge", "Merging branches"),

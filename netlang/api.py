@@ -23,7 +23,7 @@ from netlang.passes import after_pass
 from netlang.runtime import check_device, make_engine
 from netlang.runtime.cuda import cuda_module
 from netlang.saliency import saliency
-from netlang.sampling import TextModel, TextSampler
+from netlang.sampling import NoiseModel, TextModel, TextSampler, draw_samples
 from netlang.summary import Summary, summarize
 from netlang.train.binding import as_arrays, bind, check_complete
 from netlang.train.evaluation import evaluate, predict
@@ -430,25 +430,41 @@ class Model:
             write_png(path, image)
         return image
 
-    def sample(self, prime: str = "\n", *, length: int = 200, temperature: float = 1.0,
-               top_k: int | None = None, seed: int | None = None,
-               vocabulary: Vocabulary | None = None) -> str:
-        """`length` characters a character model writes after `prime`: the prime read one
-        character at a time, then each character drawn from softmax(scores / temperature)
-        (among the `top_k` most likely when given; temperature 0: the most likely) and fed
-        back, each recurrent layer's state carried from one character to the next.  The same
-        `seed` gives the same text.  Characters are read and written with `vocabulary`, else
-        the one saved with the weights loaded (a run directory's vocabulary.json), else the
-        default alphabet.  A prime with a character outside it is a one-line UsageError.
-        See netlang/sampling/text.py."""
+    def sample(self, prime: str | None = None, *, count: int | None = None, output=None,
+               length: int = 200, temperature: float = 1.0, top_k: int | None = None,
+               seed: int | None = None, vocabulary: Vocabulary | None = None):
+        """Samples from the model, as what it is says.
+
+        A model with noise inputs (`input z: [64] ~ normal`): `count` samples (64 unless
+        given) of `output`, else of the one output computed from noise inputs alone, as a
+        float32 array (count,) + the output's shape; the same `seed` gives the same samples.
+        See netlang/sampling/noise.py.
+
+        A character model: `length` characters written after `prime` (a newline unless
+        given): the prime read one character at a time, then each character drawn from
+        softmax(scores / temperature) (among the `top_k` most likely when given; temperature
+        0: the most likely) and fed back, each recurrent layer's state carried from one
+        character to the next.  The same `seed` gives the same text.  Characters are read and
+        written with `vocabulary`, else the one saved with the weights loaded (a run
+        directory's vocabulary.json), else the default alphabet.  A prime with a character
+        outside it is a one-line UsageError.  See netlang/sampling/text.py."""
         engine = self.engine
+        if self.binding.noise_inputs:
+            if prime is not None:
+                raise UsageError("a prime is for character models; this model samples from "
+                                 "its noise inputs")
+            model = NoiseModel.of(self.graph, self.binding, output)
+            return draw_samples(engine, model, 64 if count is None else count, seed)
+        if count is not None or output is not None:
+            raise UsageError("`count` and `output` sample a model with noise inputs "
+                             "(`input z: [64] ~ normal`); this model has none")
         if self._sampler is None or self._sampler.source_engine is not engine:
             self._sampler = TextSampler(self.graph, self.binding, engine)
         if vocabulary is None:
             vocabulary = self.vocabulary or Vocabulary.for_text(TextModel.of(self.binding).ids,
                                                                 what="sampling")
-        return self._sampler.generate(vocabulary, prime, length, temperature=temperature,
-                                      top_k=top_k, seed=seed)
+        return self._sampler.generate(vocabulary, "\n" if prime is None else prime, length,
+                                      temperature=temperature, top_k=top_k, seed=seed)
 
     def bench(self, *, batch=None, steps=10, device=None, dtype=None, seed=0) -> dict:
         """Seconds per batch of the forward pass and the training step on random inputs,

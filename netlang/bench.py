@@ -3,7 +3,8 @@
 
 Any model runs on random inputs of its own shapes: float inputs (images, float loss
 targets) uniform in [0, 1), integer inputs in the range their consumers accept (class
-labels below the number of classes, token ids below the vocabulary).  A fresh engine,
+labels below the number of classes, token ids below the vocabulary), noise inputs from
+their own distribution.  A fresh engine,
 seeded, holds the weights, so benchmarking never touches a model's trained weights.
 
 The first call of each kind compiles its program (with Numba on the CPU engine): its
@@ -20,6 +21,7 @@ import numpy as np
 
 from netlang.errors import UsageError
 from netlang.ops import stated_integer_bounds
+from netlang.ops.noise import noise_input_array
 
 DTYPES = ("float32", "float64")
 DEFAULT_STEPS = 10
@@ -31,7 +33,10 @@ def random_feeds(graph, batch: int, dtype, rng: np.random.Generator) -> dict:
     for name, node in graph.graph["inputs"].items():
         t = graph.type_of(node)
         shape = (batch,) + tuple(t.shape[1:])
-        if t.is_float:
+        noise = graph.nodes[node]["attrs"].get("noise")
+        if noise is not None:   # drawn from its own distribution, as training draws it
+            feeds[name] = noise_input_array(noise, shape, rng.integers(0, 2 ** 63), dtype)
+        elif t.is_float:
             feeds[name] = rng.random(shape).astype(dtype)
         else:
             feeds[name] = rng.integers(0, _integer_range(graph, node), shape)

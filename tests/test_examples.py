@@ -46,6 +46,7 @@ EXPECTED_PARAMS = {
     "small_resnet.net": 272_474,
     "transfer_features.net": 9_098,
     "transfer_head.net": 9_098,   # conv1, conv2 (1,248, frozen) and a new head
+    "denoising_autoencoder.net": 402_448,
 }
 
 # Parameters in frozen layers (`freeze`), counted but not trained.

@@ -344,6 +344,27 @@ CASES: dict[str, list[Case]] = {
         Case("dropout_train", se_model("y = x -> dense(6) -> dropout(0.5) -> dense(2)",
                                        "input x: [3]", out_shape=[2])),
     ],
+    # The sampling ops (netlang/ops/noise.py): each check replays one fixed draw, as dropout's.
+    "gaussian_noise": [
+        Case("gaussian_noise_train", se_model("y = x -> dense(5) -> gaussian_noise(0.7) -> dense(2)",
+                                              "input x: [3]", out_shape=[2])),
+    ],
+    "masking_noise": [
+        Case("masking_noise_train", se_model("y = x -> dense(6) -> masking_noise(0.4) -> dense(2)",
+                                             "input x: [3]", out_shape=[2])),
+    ],
+    "sample_normal": [
+        Case("sample_normal_reparameterised", se_model(
+            "mu = x -> dense(4)\nlogvar = x -> dense(4)\ny = (mu, logvar) -> sample_normal -> dense(2)",
+            "input x: [3]", out_shape=[2])),
+    ],
+    "bernoulli": [
+        # No gradient through the draw: only the other branch's parameters get one (a draw
+        # this close to its threshold would flip under the finite difference: none is).
+        Case("bernoulli_no_gradient", se_model(
+            "b = x -> dense(3) -> sigmoid -> bernoulli\nd = x -> dense(3)\ny = b + d",
+            "input x: [4]", out_shape=[3])),
+    ],
     "transpose": [
         Case("transpose_tied_autoencoder",
              se_model("h = x -> dense(2) as enc -> sigmoid\ny = h -> dense(4, tie = enc)",

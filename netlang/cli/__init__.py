@@ -29,7 +29,7 @@ COMMANDS = {
     "bench": ("bench", "time a model's forward pass and training step per batch"),
     "saliency": ("saliency", "draw which input pixels the predicted class depends on"),
     "attack": ("attack", "accuracy under adversarial examples (FGSM, PGD)"),
-    "sample": ("sample", "text a trained character model writes after a prime"),
+    "sample": ("sample", "samples of a generative model, or text a character model writes"),
 }
 
 

@@ -66,6 +66,14 @@ class CpuSpelling:
         """The square root of `x`."""
         return f"np.sqrt({x})"
 
+    def cos(self, x: str) -> str:
+        """The cosine of `x` (radians)."""
+        return f"np.cos({x})"
+
+    def sin(self, x: str) -> str:
+        """The sine of `x` (radians)."""
+        return f"np.sin({x})"
+
     def sign(self, x: str) -> str:
         """-1, 0 or 1 as `x` is negative, zero or positive."""
         return f"np.sign({x})"
@@ -109,6 +117,14 @@ class CudaSpelling(CpuSpelling):
     def erf(self, x: str) -> str:
         """The error function: `math.erf`, which the table's `import math` already covers."""
         return f"math.erf({x})"
+
+    def cos(self, x: str) -> str:
+        """The cosine of `x` (radians), through `math`."""
+        return f"math.cos({x})"
+
+    def sin(self, x: str) -> str:
+        """The sine of `x` (radians), through `math`."""
+        return f"math.sin({x})"
 
     def sign(self, x: str) -> str:
         """Written inline: compile_ptx types a kernel without a GPU only if it calls no device

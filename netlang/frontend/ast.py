@@ -209,8 +209,20 @@ class TensorTypeExpr:
 
 
 @node
+class Noise:
+    """`~ normal(std = 0.5)` after an input's type: the distribution the input is drawn from
+    (its arguments optional), instead of being fed data."""
+
+    distribution: str
+    args: tuple  # of Arg
+    loc: Optional[SourceLocation] = _loc()
+    op_loc: Optional[SourceLocation] = _loc()
+
+
+@node
 class Input:
-    """`input image: [28, 28, 1]`: a tensor fed to the network.
+    """`input image: [28, 28, 1]`: a tensor fed to the network; `input z: [64] ~ normal`, one
+    drawn afresh for every batch (`noise`).
 
     Inside a block, `input x` (type optional) names a tensor handed to the block, and a
     type, when given, is checked against it.
@@ -218,6 +230,7 @@ class Input:
 
     name: Name
     type: Optional[TensorTypeExpr]
+    noise: Optional[Noise] = None
     loc: Optional[SourceLocation] = _loc()
 
 

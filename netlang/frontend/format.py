@@ -251,6 +251,10 @@ class _Formatter:
             if item.type is not None:
                 dims = ", ".join(expr(d) for d in item.type.dims)
                 text += f": {item.type.dtype or ''}[{dims}]"
+            if item.noise is not None:
+                text += f" ~ {item.noise.distribution}"
+                if item.noise.args:
+                    text += f"({args(item.noise.args)})"
             return [Line(text)], comments
         if isinstance(item, ast.Output):
             if item.value is None:

@@ -78,9 +78,14 @@ class ToAst(lark.Transformer):
         """`const NAME = expr` → ast.Const."""
         return ast.Const(self.name_node(name), value, loc=self.loc(meta))
 
-    def input_stmt(self, meta, name, type_):
-        """`input NAME: [dims]` → ast.Input."""
-        return ast.Input(self.name_node(name), type_, loc=self.loc(meta))
+    def input_stmt(self, meta, name, type_, noise):
+        """`input NAME: [dims] [~ distribution(args)]` → ast.Input."""
+        return ast.Input(self.name_node(name), type_, noise, loc=self.loc(meta))
+
+    def noise(self, meta, distribution, args):
+        """`~ NAME(args)` after an input's type → ast.Noise."""
+        return ast.Noise(str(distribution), args or (), loc=self.loc(meta),
+                         op_loc=self.tok_loc(distribution))
 
     def tensor_type(self, meta, dtype, *dims):
         """`dtype[d1, d2]` → ast.TensorTypeExpr (the dtype is optional)."""

@@ -15,6 +15,7 @@ from netlang.ir.types import BATCH, DTYPES, TensorType
 from netlang.lower.blocks import BlockExpander
 from netlang.lower.names import Scope, block_free_names, defined_names, used_names
 from netlang.lower.values import MAX_DIM, POISON, Poisoned, Problem, Tensor
+from netlang.ops.noise import NOISE_DISTRIBUTIONS
 from netlang.ops.schema import describe_value
 
 DTYPE_ALIASES = {"float": "float32", "int": "int32", "long": "int64", "double": "float64"}
@@ -101,6 +102,10 @@ class StatementRunner(BlockExpander):
         """Add an `input` to the graph, or, inside a block, check the tensor bound to it."""
         if in_block:
             # A block's input: bound to the instantiation's incoming tensors before the body runs.
+            if item.noise is not None:
+                raise Problem(f"block input `{item.name.id}` is handed a tensor; only a model's "
+                              f"own inputs are drawn from a distribution", item.noise.loc,
+                              "argument")
             if item.name.id not in scope.values:
                 raise Problem(f"block input `{item.name.id}` was not given a tensor", item.loc, "name")
             if item.type is not None:
@@ -119,10 +124,27 @@ class StatementRunner(BlockExpander):
         name = item.name.id
         if self.graph.has_name(name):
             raise Problem(f"`{name}` is defined twice", item.name.loc, "name")
-        node = self.graph.add_op("input", (), {"shape": type_.shape, "dtype": type_.dtype}, type_,
-                                 name=name, role="input", loc=item.loc)
+        attrs = {"shape": type_.shape, "dtype": type_.dtype}
+        if item.noise is not None:
+            attrs["noise"] = self.noise_attrs(item, type_, scope)
+        node = self.graph.add_op("input", (), attrs, type_, name=name, role="input", loc=item.loc)
         self.graph.graph["inputs"][name] = node
         self.bind(scope, item.name, Tensor(node, type_, name))
+
+    def noise_attrs(self, item: ast.Input, type_: TensorType, scope: Scope) -> dict:
+        """{"distribution": name, **its arguments} of a noise input (`~ normal(std = 0.5)`)."""
+        noise = item.noise
+        distribution = NOISE_DISTRIBUTIONS.get(noise.distribution)
+        if distribution is None:
+            known = ", ".join(f"`{n}`" for n in NOISE_DISTRIBUTIONS)
+            raise Problem(f"unknown distribution `{noise.distribution}` (known: {known})"
+                          f"{did_you_mean(noise.distribution, NOISE_DISTRIBUTIONS)}",
+                          noise.op_loc, "name")
+        if not type_.is_float:
+            raise Problem(f"noise input `{item.name.id}` must be floating-point, not "
+                          f"{type_.dtype}", item.type.loc, "shape")
+        return {"distribution": distribution.name,
+                **self.bind_op_args(distribution, noise.args, scope, noise)}
 
     def tensor_type(self, expr: ast.TensorTypeExpr, scope: Scope) -> TensorType:
         """The TensorType of `[d1, d2]` or `dtype[d1, d2]`, with the batch dimension first."""

@@ -16,6 +16,7 @@ from netlang.ops import (
     loss_terms,
     losses,
     merge,
+    noise,
     norm,
     pool,
     recurrent,

@@ -1,8 +1,11 @@
-"""Loop nests of batch norm, LRN and dropout, as plain Python: compiled in netlang/runtime/.
+"""Loop nests of batch norm, LRN, dropout and the noise ops, as plain Python: compiled in
+netlang/runtime/.
 
-The templates in netlang/ops/norm.py emit calls to these (compiled by runtime/cnn.py, and
-the dropout mask by runtime/random_bits.py), one compiled function per loop nest shared by
-every model (see netlang/ops/conv_loops.py for why).  Batch norm and LRN work on the
+The templates in netlang/ops/norm.py and netlang/ops/noise.py emit calls to these (compiled by
+runtime/cnn.py, and the random draws by runtime/random_bits.py), one compiled function per
+loop nest shared by every model (see netlang/ops/conv_loops.py for why).  The noise ops' loops
+live here, beside the hash they draw from, because Numba's disk cache sees edits to a callee
+only in the caller's own file (runtime/jit.py).  Batch norm and LRN work on the
 (rows, C) view of an array of any rank, channels last; batch norm's per-channel sums
 accumulate in float64.
 """
@@ -179,3 +182,56 @@ def fill_dropout_mask(out, key, threshold, scale):
     for i in range(out.size):
         keep = (dropout_bits(key, np.uint64(i)) >> np.uint64(32)) >= threshold
         out[i] = scale if keep else zero
+
+
+# ---- noise (netlang/ops/noise.py): uniform and normal draws from the same hash ------------------
+#
+# Element i of a stream `key` is a function of (key, i) alone, as a dropout mask's is: a uniform
+# draw is the top 53 bits of the hash of (key, i), centred in their interval, so it lies in
+# (0, 1) and never reaches 0 or 1.  Normal draws come in pairs, by Box and Muller's transform:
+# pair p turns the uniform draws of indices 2p and 2p + 1 into a radius and an angle, and
+# gives elements 2p (the cosine's) and 2p + 1 (the sine's), so one logarithm and one square
+# root serve two elements.  All of it in float64, rounded once to the engine's type.
+
+UNIT_53 = 2.0 ** -53
+TWO_PI = 2.0 * np.pi
+
+
+def uniform_draw(key, index):
+    """A uniform draw in (0, 1) for element `index` (uint64, scalar or array) of stream `key`."""
+    return (np.float64(dropout_bits(key, index) >> np.uint64(11)) + 0.5) * UNIT_53
+
+
+def normal_pair(key, pair):
+    """The standard normal draws of elements 2·pair and 2·pair + 1 (uint64 `pair`, scalar or
+    array) of stream `key`."""
+    radius = np.sqrt(-2.0 * np.log(uniform_draw(key, pair * np.uint64(2))))
+    angle = TWO_PI * uniform_draw(key, pair * np.uint64(2) + np.uint64(1))
+    return radius * np.cos(angle), radius * np.sin(angle)
+
+
+def fill_normal(out, key, mean, std):
+    """out[i] ← mean + std · (normal draw i of stream `key`)."""
+    size = out.size
+    for pair in range((size + 1) // 2):
+        first, second = normal_pair(key, np.uint64(pair))
+        out[2 * pair] = mean + std * first
+        if 2 * pair + 1 < size:
+            out[2 * pair + 1] = mean + std * second
+
+
+def fill_reparameterised(out, mu, logvar, key):
+    """out[i] ← mu[i] + exp(logvar[i] / 2) · (normal draw i of stream `key`), in float64."""
+    size = out.size
+    for pair in range((size + 1) // 2):
+        first, second = normal_pair(key, np.uint64(pair))
+        i = 2 * pair
+        out[i] = np.float64(mu[i]) + np.exp(0.5 * np.float64(logvar[i])) * first
+        if i + 1 < size:
+            out[i + 1] = np.float64(mu[i + 1]) + np.exp(0.5 * np.float64(logvar[i + 1])) * second
+
+
+def fill_bernoulli(out, p, key):
+    """out[i] ← 1 where uniform draw i of stream `key` falls below p[i], else 0."""
+    for i in range(out.size):
+        out[i] = 1.0 if uniform_draw(key, np.uint64(i)) < np.float64(p[i]) else 0.0

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from netlang.errors import UsageError
+from netlang.errors import DataError, UsageError
 from netlang.ir.train_config import TrainConfig
 from netlang.ops.init import initialize
+from netlang.ops.noise import noise_input_array
+from netlang.ops.norm import draw_dropout_key
 from netlang.ops.optim import Optimizer
 
 
@@ -58,6 +60,33 @@ class EngineBase:
                           if self.config.updates_layer(graph.nodes[node]["layer"])]
         self.input_grads = tuple(input_grads)
         self.optimizer = Optimizer(self.config.optimizer, {n: self.params[n] for n in self.trainable})
+        # Noise inputs (`input z: [64] ~ normal`): name → {"distribution": ..., its arguments}.
+        self.noise_inputs = {name: graph.nodes[node]["attrs"]["noise"]
+                             for name, node in graph.graph["inputs"].items()
+                             if graph.nodes[node]["attrs"].get("noise") is not None}
+
+    def with_noise(self, feeds: dict, count: int | None = None) -> dict:
+        """`feeds` with every noise input it lacks drawn afresh: one key per noise input (in
+        the order the file declares them) from the engine's generator, as a dropout mask takes
+        one, so draws follow the seed and the calls before; example e's element j is draw
+        e · size + j of the key's stream (netlang/ops/noise.py `noise_input_array`), the same on
+        every engine.  The batch has as many examples as the other feeds, or `count` when
+        nothing else is fed (a generator reads noise alone)."""
+        missing = [name for name in self.noise_inputs if name not in feeds]
+        if not missing:
+            return feeds
+        if count is None:
+            fed = list(feeds.values())
+            if not fed:
+                raise DataError(f"no batch size for noise input `{missing[0]}`: nothing else is "
+                                f"fed, so say how many examples to draw")
+            count = int(fed[0].shape[0] if hasattr(fed[0], "shape") else len(fed[0]))
+        drawn = dict(feeds)
+        for name in missing:
+            shape = (count,) + tuple(self.graph.type_of(self.graph.graph["inputs"][name]).shape[1:])
+            drawn[name] = noise_input_array(self.noise_inputs[name], shape,
+                                            draw_dropout_key(self.rng)[0], self.dtype)
+        return drawn
 
     # The training loop's hooks for an engine whose memory is not the host's (runtime/cuda.py);
     # engines that compute on host arrays keep the defaults: nothing to upload, and each step's

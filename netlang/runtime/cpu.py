@@ -409,6 +409,7 @@ class CpuEngine(EngineBase):
     def _step(self, feeds: dict, lr: float) -> tuple[dict, int]:
         """One training step, its loss and outputs left in the step's buffers: (the batch as
         the step took it, its size).  The CUDA engine's device metrics read them there."""
+        feeds = self.with_noise(feeds)
         graph, _, _, step, _ = self._training()
         prepared, batch = self._feeds(graph, feeds, self._input_names(step))
         self.optimizer.steps += 1
@@ -418,6 +419,7 @@ class CpuEngine(EngineBase):
     def gradients(self, feeds: dict, mode: str = "train"):
         """(loss, name → gradient, outputs) for one batch, in `mode`; parameters (and the
         running statistics) are not changed."""
+        feeds = self.with_noise(feeds)
         graph, grads, grad_nodes, program = self._gradient_program(check_mode(mode))
         prepared, batch = self._feeds(graph, feeds, self._input_names(program))
         program.call(self, prepared, batch)
@@ -431,6 +433,7 @@ class CpuEngine(EngineBase):
         """{name: value} of the outputs (or the nodes named in `outputs`) for one batch; in
         training mode with batch statistics and fresh dropout masks (a key drawn per mask, as
         the reference draws them), the running statistics left as they are."""
+        feeds = self.with_noise(feeds)
         names = tuple(outputs or self.graph.graph["outputs"])
         targets, _, program = self._inference(names, with_losses=False, mode=check_mode(mode))
         prepared, batch = self._feeds(self.graph, feeds, self._input_names(program))
@@ -440,6 +443,7 @@ class CpuEngine(EngineBase):
     def vjp(self, feeds: dict, output: str, cotangent) -> dict:
         """{input name: gradient of Σ output · cotangent} for one batch, in evaluation mode,
         for each float input that was fed; `output` names an output or any node."""
+        feeds = self.with_noise(feeds)
         graph, seed, grad_nodes, program = self._vjp_program(output)
         prepared, batch = self._feeds(graph, {**feeds, seed: cotangent},
                                       self._input_names(program))
@@ -453,6 +457,7 @@ class CpuEngine(EngineBase):
 
     def loss(self, feeds: dict) -> float:
         """The objective on one batch in evaluation mode (no dropout)."""
+        feeds = self.with_noise(feeds)
         names = tuple(self.graph.graph["outputs"])
         _, _, program = self._inference(names, with_losses=True)
         prepared, batch = self._feeds(self.graph, feeds, self._input_names(program))

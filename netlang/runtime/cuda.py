@@ -353,7 +353,8 @@ class CudaEngine(CpuEngine):
         else:
             graph = self.graph
             _, _, program = self._inference(tuple(outputs), with_losses=False)
-        names = self._input_names(program)
+        # Noise inputs are drawn for each batch (`with_noise`), never part of a data set.
+        names = [name for name in self._input_names(program) if name not in self.noise_inputs]
         program.slots(batch_size)   # the program's buffers first: it needs them either way
         size = 0
         for name in names:

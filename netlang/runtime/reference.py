@@ -52,6 +52,7 @@ class ReferenceEngine(EngineBase):
     def gradients(self, feeds: dict, mode: str = "train"):
         """(loss, name → gradient, outputs) for one batch, fresh arrays; parameters are not
         changed."""
+        feeds = self.with_noise(feeds)
         graph, grads, order, targets = self._training(check_mode(mode))
         ctx = ExecContext(mode=mode, rng=self.rng, dtype=self.dtype)
         values = execute(graph, feeds, self.params, targets, ctx, order=order)
@@ -91,6 +92,7 @@ class ReferenceEngine(EngineBase):
         """{input name: gradient of Σ output · cotangent} for one batch, in evaluation mode,
         for each float input that was fed; `output` names an output or any node.  Parameters
         are not changed."""
+        feeds = self.with_noise(feeds)
         if output not in self._vjp:
             self._vjp[output] = input_gradient_program(self.graph, output)
         program = self._vjp[output]
@@ -118,6 +120,7 @@ class ReferenceEngine(EngineBase):
         """{name: value} of the outputs (or the nodes named in `outputs`) for one batch; in
         training mode with batch statistics and fresh dropout masks, the running statistics
         left as they are."""
+        feeds = self.with_noise(feeds)
         names = tuple(outputs or self.graph.graph["outputs"])
         program = self._forward_program(names, check_mode(mode))
         ctx = ExecContext(mode=mode, rng=self.rng, dtype=self.dtype)
@@ -127,6 +130,7 @@ class ReferenceEngine(EngineBase):
 
     def loss(self, feeds: dict) -> float:
         """The objective on one batch in evaluation mode (no dropout)."""
+        feeds = self.with_noise(feeds)
         program = self._forward_program((), "eval", with_losses=True)
         ctx = ExecContext(mode="eval", rng=self.rng, dtype=self.dtype)
         values = execute(program.graph, feeds, self.params, program.kept, ctx,

@@ -51,8 +51,8 @@ class TextModel:
         if text_input is None or binding.inputs[text_input][1] \
                 or text_input not in binding.id_bounds:
             raise UsageError(f"sampling text needs a character model: {_CHARACTER_MODEL}; "
-                             f"this model has no such input (drawing samples from a model "
-                             f"with noise inputs is pending)")
+                             f"this model has no such input, and no noise input to sample "
+                             f"from (`input z: [64] ~ normal`)")
         if head is None or not head.classify or head.reading != "scores":
             raise UsageError(f"sampling text needs a character model: {_CHARACTER_MODEL}; "
                              f"this model has no loss that scores characters")

@@ -39,6 +39,9 @@ class Binding:
     id_bounds: dict = dataclasses.field(default_factory=dict)
     # Phase name → its losses [(loss node name, weight)], for a model with named phases.
     phases: dict = dataclasses.field(default_factory=dict)
+    # Noise inputs (`input z: [64] ~ normal`): name → per-example shape.  They are not in
+    # `inputs`: the engine draws them for every batch, and data never feeds them.
+    noise_inputs: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int | None:
@@ -70,16 +73,21 @@ class Binding:
 
 def bind(graph) -> Binding:
     """Work out the data input, the label input and the heads of a graph."""
-    inputs = {}
+    inputs, noise_inputs = {}, {}
     for name, node in graph.graph["inputs"].items():
         t = graph.type_of(node)
-        inputs[name] = (tuple(t.shape[1:]), t.is_float)
+        if graph.nodes[node]["attrs"].get("noise") is not None:
+            noise_inputs[name] = tuple(t.shape[1:])
+        else:
+            inputs[name] = (tuple(t.shape[1:]), t.is_float)
     # Every phase's losses: an input that only the losses of some phase read is a target.
     phases = phases_of(graph)
     loss_nodes = {n for phase in phases for n, _ in phase.losses}
     loss_nodes |= set(graph.nodes_with_role("loss"))  # nodes of loss terms written as expressions
     target_only = []
     for name, node in graph.graph["inputs"].items():
+        if name in noise_inputs:
+            continue
         users = set(graph.successors(node))
         if users and users <= loss_nodes:
             target_only.append(name)
@@ -115,6 +123,8 @@ def bind(graph) -> Binding:
         label_input = target_only[0]
     id_bounds = {}
     for name, node in graph.graph["inputs"].items():
+        if name in noise_inputs:
+            continue
         bound = None if inputs[name][1] else _id_bound(graph, node)
         if bound is not None:
             id_bounds[name] = bound
@@ -122,6 +132,7 @@ def bind(graph) -> Binding:
                    label_input=label_input, head=head, losses=losses,
                    data_inputs=data_inputs, label_inputs=label_inputs,
                    heads=_named_heads(heads), id_bounds=id_bounds,
+                   noise_inputs=noise_inputs,
                    phases={phase.name: [(graph.nodes[n]["name"], float(w)) for n, w in phase.losses]
                            for phase in phases if phase.name is not None})
 
@@ -146,6 +157,9 @@ def fit_input(binding: Binding, name: str, array, what: str, dtype=np.float32) -
     a float input's values in `dtype` (the engine's float width: any other width or integer
     type is converted, uint8 images scaled to [0, 1]), labels as int64; anything else is a
     one-line DataError that starts with `what` (what the array is, e.g. `digits (train)`)."""
+    if name in binding.noise_inputs:
+        raise DataError(f"{what}: input `{name}` is a noise input, drawn afresh for every batch; "
+                        f"data never feeds it")
     if name not in binding.inputs:
         known = ", ".join(f"`{n}`" for n in binding.inputs)
         raise DataError(f"{what}: the model has no input `{name}` (its inputs: {known})")
