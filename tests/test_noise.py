@@ -13,7 +13,7 @@ import netlang
 from netlang.cli import main
 from netlang.errors import DataError, UsageError
 from netlang.frontend.format import format_source
-from netlang.ops.noise import masking_array, noise_input_array, normal_array, uniform_array
+from netlang.ops.noise import masking_array, normal_array, uniform_array
 from netlang.ops.norm import dropout_mask_array
 from netlang.runtime import make_engine
 from netlang.train.loop import TrainingInterrupted, train

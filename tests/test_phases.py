@@ -213,6 +213,72 @@ def test_cpu_and_reference_phases_agree():
         np.testing.assert_allclose(cpu.params[name], value, rtol=1e-5, atol=1e-6)
 
 
+# A GAN in miniature: the generator's phase reads noise alone, so it takes no batch.
+TINY_GAN = """\
+input real: [3]
+input z: [2] ~ normal
+fake = z -> dense(3) as G
+real_score = real -> dense(1) as D
+fake_score = fake -> dense(1, share = D)
+output fake
+
+train {
+  batch_size 4
+  epochs 2
+  seed 5
+  optimizer adam(lr = 0.01)
+  phases alternate(discriminator, generator)
+}
+
+train discriminator {
+  loss softplus(-real_score) + softplus(fake_score)
+  update D
+}
+
+train generator {
+  loss softplus(-fake_score)
+  update G
+}
+"""
+
+
+def test_a_phase_fed_by_noise_alone_takes_no_batch():
+    model = compile_text(TINY_GAN)
+    runs = {run.name: run.reads_data for run in phase_runs(
+        model.graph, model.graph.graph["train"],
+        lambda graph, settings, shared: make_engine(graph, settings, shared), None)}
+    assert runs == {"discriminator": True, "generator": False}
+    seen = []
+    data = {"real": np.random.default_rng(0).normal(2.0, 0.5, (10, 3)).astype(np.float32)}
+    history, engine, _ = train(model, x=data, device="cpu", evaluate_test=False,
+                               on_step=lambda trainer: seen.append(
+                                   (trainer.batch, dict(trainer.phase_steps))))
+    # 10 examples, batches of 4: 3 batches an epoch, each followed by a generator step.
+    assert [r["phases"][name]["steps"] for r in history.records
+            for name in ("discriminator", "generator")] == [3, 3, 3, 3]
+    assert [batch for batch, _ in seen[:6]] == [1, 1, 2, 2, 3, 3]
+    assert all(np.isfinite(r["loss"]) for r in history.records)
+
+
+@pytest.mark.parametrize("stop_step", [3, 6])   # after a batch, at an epoch's end
+def test_a_noise_phase_resumes_bit_for_bit(tmp_path, stop_step):
+    model = compile_text(TINY_GAN)
+    data = {"real": np.random.default_rng(1).normal(2.0, 0.5, (10, 3)).astype(np.float32)}
+
+    def stop(trainer):
+        if trainer.step == stop_step:
+            trainer.request_stop()
+
+    _, full, _ = train(model, x=data, device="cpu", out=tmp_path / "a", evaluate_test=False)
+    with pytest.raises(TrainingInterrupted):
+        train(model, x=data, device="cpu", out=tmp_path / "b", on_step=stop,
+              evaluate_test=False)
+    _, resumed, _ = train(model, x=data, device="cpu", resume=tmp_path / "b",
+                          evaluate_test=False)
+    for name, value in full.params.items():
+        assert np.array_equal(value, resumed.params[name]), name
+
+
 # -- sequence -------------------------------------------------------------------------------
 
 def test_sequence_pretrains_then_fine_tunes():

@@ -102,6 +102,23 @@ def phases_of(graph) -> list:
               graph.graph.get("train") or TrainConfig())]
 
 
+def reads_data(graph, losses) -> bool:
+    """Whether computing `losses` reads an input that a data set feeds (a noise input, drawn
+    afresh, does not count): a phase that does takes the next batch at each of its steps, one
+    that does not (a GAN's generator) steps on noise alone."""
+    seen, pending = set(), [n for n, _ in losses]
+    while pending:
+        node = pending.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        data = graph.nodes[node]
+        if data["role"] == "input" and data["attrs"].get("noise") is None:
+            return True
+        pending.extend(graph.operands(node))
+    return False
+
+
 # Scalar settings: name → (type, minimum, maximum, what they mean).
 SCALAR_SETTINGS = {
     "batch_size": (int, 1, None, "examples per step"),

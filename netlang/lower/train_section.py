@@ -25,6 +25,7 @@ from netlang.ir.train_config import (
     SCALAR_SETTINGS,
     SETTINGS,
     TrainConfig,
+    reads_data,
 )
 from netlang.lower.layers import LayerBuilder
 from netlang.lower.loss_terms import loss_terms
@@ -261,21 +262,6 @@ def _check_order(lowerer, scope, order: PhaseOrder, defined: dict, phases: dict,
                                "never end", _item_loc(unnamed, "phases"), "name"), scope)
     graph.graph["phases"] = [phases[name] for name, _ in order.steps]
     graph.graph["losses"] = list(graph.graph["phases"][-1].losses)
-
-
-def reads_data(graph, losses) -> bool:
-    """Whether computing `losses` reads an input that a data set feeds: a phase that does
-    takes the next batch at each of its steps."""
-    seen, pending = set(), [n for n, _ in losses]
-    while pending:
-        node = pending.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if graph.nodes[node]["role"] == "input":
-            return True
-        pending.extend(graph.operands(node))
-    return False
 
 
 def _single(item: ast.TrainItem):

@@ -55,5 +55,6 @@ __all__ = ["OPS", "OpDef", "ParamSpec", "ShapeContext", "ShapeProblem", "all_ops
            "stated_integer_bounds",
            # the families, imported above for the ops they register
            "activations", "conv", "conv_kernels", "core", "dense", "elementwise", "loss_terms",
-           "losses", "merge", "norm", "pool", "recurrent", "recurrent_cuda", "recurrent_kernels",
+           "losses", "merge", "noise", "norm", "pool", "recurrent", "recurrent_cuda",
+           "recurrent_kernels",
            "reduce", "reshape"]

@@ -33,7 +33,6 @@ from netlang.ops.norm_loops import GOLDEN, MIX1, MIX2, dropout_bits, normal_pair
 from netlang.ops.registry import always, define_internal, define_op, elementwise_same, same_type_as
 from netlang.ops.schema import Arg, FLOAT
 
-
 # ---- the ops -----------------------------------------------------------------------------------
 
 gaussian_noise = define_op(

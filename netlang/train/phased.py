@@ -30,7 +30,7 @@ import numpy as np
 
 from netlang.errors import UsageError, WeightsError
 from netlang.interp import needed_nodes
-from netlang.ir.train_config import Phase, TrainConfig, phases_of
+from netlang.ir.train_config import Phase, TrainConfig, phases_of, reads_data
 from netlang.train.binding import bind
 from netlang.train.meters import MetricsOnHost
 from netlang.train.metrics import MetricAccumulator
@@ -56,6 +56,7 @@ class PhaseRun:
     config: TrainConfig
     engine: object
     head: object
+    reads_data: bool = True   # False: a phase fed by noise inputs alone takes no batch
 
     @property
     def name(self) -> str:
@@ -84,7 +85,8 @@ def phase_runs(graph, base: TrainConfig, make_engine, params) -> list[PhaseRun]:
                              f"engines (the {engine.name} engine's is pending)")
         # Each phase draws its dropout keys from a stream of its own.
         engine.rng = np.random.default_rng([base.seed, 1, index])
-        runs.append(PhaseRun(phase, config, engine, bind(phase_graph).head))
+        runs.append(PhaseRun(phase, config, engine, bind(phase_graph).head,
+                             reads_data(graph, phase.losses)))
     return runs
 
 
@@ -193,26 +195,38 @@ class PhasedTrainer(Trainer):
         self.progress.epoch_start(epoch + 1, self.config.epochs, n, min(n, self.batch * bs))
         started = time.perf_counter() - self.epoch_elapsed
         lr = self.last_lr
-        for i in range(self.batch, len(order)):
+        i = self.batch
+        while True:
             run = self._next_run(active)
-            count = len(order[i])
+            if run.reads_data:
+                if i >= len(order):
+                    break
+                feeds, count = take(i), len(order[i])
+                i += 1
+            elif i >= len(order) and self.turn == 0:
+                break   # the data ran out at the end of a round
+            else:
+                # A phase fed by noise alone (a GAN's generator) takes no batch: it draws a
+                # batch's worth of noise; the epoch's last round still ends with its turn.
+                feeds, count = run.engine.with_noise({}, count=bs), bs
             lr = learning_rate(run.config.schedule, run.config.optimizer.args["lr"], stage_epoch,
-                               step=i, steps_per_epoch=steps_per_epoch,
+                               step=max(i - 1, 0), steps_per_epoch=steps_per_epoch,
                                epochs=run.config.epochs)
-            meters[run.name].step(take(i), count, lr, epoch, i + 1)
+            meters[run.name].step(feeds, count, lr, epoch, i)
             self.last_lr = lr
             self.step += 1
             self.phase_steps[run.name] += 1
-            self.batch = i + 1
+            self.batch = i
             self._advance(run)
             self.accumulator_state = {name: acc.state() for name, acc in accs.items()}
             self.epoch_elapsed = time.perf_counter() - started
-            self.progress.step(count, accs[run.name].result().get("loss"),
+            self.progress.step(count if run.reads_data else 0,
+                               accs[run.name].result().get("loss"),
                                phases={name: acc.result().get("loss")
                                        for name, acc in accs.items()})
             if self.on_step is not None:
                 self.on_step(self)
-            if self._stop_requested and self.batch < len(order):
+            if self._stop_requested and (self.batch < len(order) or self.turn != 0):
                 self._interrupt()
         elapsed = time.perf_counter() - started
         record = {"epoch": epoch + 1, "step": self.step, "lr": lr}
