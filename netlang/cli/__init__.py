@@ -29,6 +29,7 @@ COMMANDS = {
     "bench": ("bench", "time a model's forward pass and training step per batch"),
     "saliency": ("saliency", "draw which input pixels the predicted class depends on"),
     "sample": ("sample", "text a trained character model writes after a prime"),
+    "export": ("export", "write a model's inference pass as an ONNX file"),
 }
 
 

@@ -248,3 +248,20 @@ def _embedding_grad_cuda_kernel(k):
 
 embedding.cuda_kernel = _embedding_cuda_kernel
 embedding_grad.cuda_kernel = _embedding_grad_cuda_kernel
+
+
+# ---- ONNX export ------------------------------------------------------------------------------
+
+
+def _onnx_dense(step):
+    x, weight = step.input(0), step.input(1)
+    bias = [step.input(2)] if len(step.in_types) > 2 else []
+    if step.in_types[0].rank == 2:
+        return step.node("Gemm", [x, weight] + bias, transB=1)
+    # A dense layer maps the last axis of a longer tensor (each step of a sequence).
+    y = step.node("MatMul", [x, step.node("Transpose", [weight], perm=[1, 0])])
+    return step.node("Add", [y] + bias) if bias else y
+
+
+dense.onnx_rule = _onnx_dense
+embedding.onnx_rule = lambda step: step.node("Gather", [step.input(1), step.input(0)], axis=0)
