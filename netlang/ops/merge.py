@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from netlang.ops.onnx_forms import chained, common_layout, laid_out, layout_axis, slice_rule
+from netlang.ops.onnx_forms import chained, common_layout, laid_out, layout_axis
 from netlang.ops.registry import check_axis, define_internal, define_op, full_axis, off_the_time_axis
 from netlang.ops.schema import Arg, INT
 
@@ -214,4 +214,3 @@ def _onnx_add(step):
 concat.onnx_rule = _onnx_concat
 add.onnx_rule = _onnx_add
 multiply.onnx_rule = chained("Mul")
-slice_axis.onnx_rule = slice_rule

@@ -23,8 +23,8 @@ product over all examples and steps (`recurrent_weight_grad`) or a column sum
 
 from netlang.ir.types import TensorType
 from netlang.ops.init import init_args
-from netlang.ops.recurrent_onnx import onnx_rule as recurrent_onnx_rule
 from netlang.ops.norm import dropout_mask_array
+from netlang.ops.recurrent_onnx import onnx_rule as recurrent_onnx_rule
 from netlang.ops.recurrent_reference import (
     GATES,
     PARAMETER_PARTS,
