@@ -4,6 +4,8 @@ refusals; the command.  Skipped where `onnx` or `onnxruntime` is not installed."
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -137,7 +139,10 @@ OP_CASES = {
     "global_avgpool": ["input x: [4, 3, 5]\noutput y = x -> global_avgpool"],
     "rnn": ["input x: [6, 3]\noutput y = x -> rnn(4, activation = relu, layers = 2, "
             "bidirectional = true, sequences = true)",
-            "input x: [6, 3]\noutput y = x -> rnn(4)"],
+            "input x: [6, 3]\noutput y = x -> rnn(4)",
+            # Past each sequence's end: zeros in the output, the backward pass starting at it.
+            "input x: [6, 3]\ninput n: int32[]\noutput y = x -> rnn(4, bidirectional = true, "
+            "sequences = true, lengths = n)"],
     "lstm": ["input x: [6, 3]\ninput n: int32[]\ninput h: [2, 4]\ninput c: [2, 4]\n"
              "output y = x -> lstm(4, layers = 2, h0 = h, c0 = c, lengths = n)",
              "input x: [6, 3]\noutput y = x -> lstm(4, bidirectional = true, sequences = true)"],
@@ -251,6 +256,7 @@ def test_an_opset_outside_the_range_is_refused(tmp_path):
 
 @pytest.mark.parametrize("opset", [13, 21])
 def test_reductions_at_both_ends_of_the_opset_range(opset, tmp_path):
+    # ReduceMean and ReduceMax take their axes as an attribute before opset 18, an input after.
     check_source("input x: [5, 3]\noutput y = mean(x, axis = 1) + max(x, axis = 1) - "
                  "sum(x, axis = 1)\noutput z = x -> maxout(3)", tmp_path, opset=opset)
 
@@ -296,3 +302,12 @@ def test_export_command_writes_trained_weights(tmp_path, capsys):
     assert_close({"y": session.run(None, {"x": x})[0]}, model.forward(x))
     assert main(["export", str(source), "-o", str(out), "--opset", "5"]) == 2
     assert "opset 5 is not offered" in capsys.readouterr().err
+
+
+def test_without_the_onnx_package_the_export_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)   # `import onnx` now raises ImportError
+    model = netlang.compile("input x: [5]\noutput y = x -> dense(2)").to("reference")
+    with pytest.raises(netlang.NetlangError) as error:
+        model.export(tmp_path / "m.onnx")
+    assert str(error.value) == ("error: ONNX export needs the `onnx` package: pip install "
+                                "'netlang[onnx]'")
