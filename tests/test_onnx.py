@@ -311,3 +311,7 @@ def test_without_the_onnx_package_the_export_says_how_to_install_it(tmp_path, mo
         model.export(tmp_path / "m.onnx")
     assert str(error.value) == ("error: ONNX export needs the `onnx` package: pip install "
                                 "'netlang[onnx]'")
+
+
+def test_one_value_as_two_outputs_and_an_input_as_an_output(tmp_path):
+    check_source("input x: [5]\noutput a = x -> dense(3)\noutput b = a\noutput c = x", tmp_path)

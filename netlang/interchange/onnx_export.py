@@ -71,17 +71,22 @@ def _values(builder: OnnxGraphBuilder, graph: Graph, order, params: dict) -> tup
     return values, inputs
 
 
-def _name_output(builder: OnnxGraphBuilder, name: str, value: str, produced: dict) -> None:
-    """Makes the ONNX value `value` the graph output `name`: renames the node output that
-    computes it, or adds an Identity where it is an input, a constant or another output."""
-    node = produced.pop(value, None)
-    if node is None:
-        builder.add("Identity", [value], name)
-        builder.nodes[-1].outputs = [name]
-        return
-    node.outputs = [name if out == value else out for out in node.outputs]
-    for other in builder.nodes:
-        other.inputs = [name if i == value else i for i in other.inputs]
+def _name_outputs(builder: OnnxGraphBuilder, final: dict) -> None:
+    """Makes each ONNX value of `final` (output name → value) the graph output so named:
+    renames the node output that computes it, or adds an Identity where the value is an input,
+    a constant or already another output."""
+    produced = {out: node for node in builder.nodes for out in node.outputs}
+    renamed = {}
+    for name, value in final.items():
+        node = produced.pop(value, None)
+        if node is None:
+            builder.add("Identity", [renamed.get(value, value)], name)
+            builder.nodes[-1].outputs = [name]
+            continue
+        renamed[value] = name
+        node.outputs = [name if out == value else out for out in node.outputs]
+        for other in builder.nodes:
+            other.inputs = [name if i == value else i for i in other.inputs]
 
 
 def build_model(graph: Graph, params: dict, *, opset: int = DEFAULT_OPSET,
@@ -102,9 +107,7 @@ def build_model(graph: Graph, params: dict, *, opset: int = DEFAULT_OPSET,
     values, inputs = _values(builder, graph, program.order, params)
     final = {name: builder.in_layout(values[node], None, graph.type_of(node).rank, name)
              for name, node in outputs.items()}
-    produced = {out: node for node in builder.nodes for out in node.outputs}
-    for name, value in final.items():
-        _name_output(builder, name, value, produced)
+    _name_outputs(builder, final)
 
     first_axis = BATCH_AXIS if dynamic_batch else batch
 

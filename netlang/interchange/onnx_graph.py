@@ -165,9 +165,9 @@ class ExportStep:
         """Adds an ONNX node named after this layer; returns its output name (or names)."""
         return self.builder.add(op_type, inputs, self.layer, outputs, **attrs)
 
-    def constant(self, array, dtype=None) -> str:
+    def constant(self, array) -> str:
         """A constant tensor, named after this layer."""
-        return self.builder.constant(np.asarray(array, dtype=dtype), f"{self.layer}/const")
+        return self.builder.constant(np.asarray(array), f"{self.layer}/const")
 
     def ints(self, values) -> str:
         """A constant int64 vector (shapes, axes, slice bounds)."""
