@@ -26,8 +26,8 @@ from netlang.ops import get_op
 from netlang.pipeline import forward_program
 from netlang.version import __version__
 
-# The opset written unless asked otherwise (ONNX Runtime 1.16 and later run it), and the range
-# offered: 13 is where the ops used here took their present form (Softmax over one axis,
+# The opset written unless asked otherwise (from 2022, so runtimes of that age read it), and
+# the range offered: 13 is where the ops used here took their present form (Softmax over one axis,
 # ReduceSum's axes as an input).
 DEFAULT_OPSET = 17
 OPSETS = range(13, 22)
