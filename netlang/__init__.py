@@ -3,7 +3,8 @@
 from netlang.errors import NetlangError
 from netlang.version import __version__
 
-__all__ = ["NetlangError", "__version__", "compile", "load"]
+__all__ = ["NetlangError", "__version__", "compile", "from_state_dict", "load",
+           "weights_to_state_dict"]
 
 
 def compile(source_or_path, **options):
@@ -17,3 +18,17 @@ def load(path, **options):
     """Load a model and its trained weights from a run directory or weights file."""
     from netlang.api import load as _load
     return _load(path, **options)
+
+
+def weights_to_state_dict(weights):
+    """A model's weights (or a mapping name → array) as a PyTorch-style state dict of NumPy
+    arrays (see netlang/interchange/state_dict.py and docs/interchange.md)."""
+    from netlang.interchange.state_dict import weights_to_state_dict as _to_state_dict
+    return _to_state_dict(weights)
+
+
+def from_state_dict(model, state_dict, **options):
+    """Loads a PyTorch-style state dict into `model` (`rename=`, `strict=`); returns the model
+    (see netlang/interchange/state_dict.py and docs/interchange.md)."""
+    from netlang.interchange.state_dict import from_state_dict as _from_state_dict
+    return _from_state_dict(model, state_dict, **options)

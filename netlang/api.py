@@ -17,6 +17,7 @@ from netlang.bench import bench
 from netlang.config import timed
 from netlang.data.text import Vocabulary, with_bits_per_character
 from netlang.errors import NetlangFileError, UsageError, WeightsError
+from netlang.interchange import DEFAULT_OPSET, export_onnx
 from netlang.ir.graph import Graph
 from netlang.lower import lower_source
 from netlang.passes import after_pass
@@ -489,6 +490,16 @@ class Model:
         write_run(path, {"model": self._model_ref(), "source_hash": self.source_hash})
         save_source(path, self.graph)
         return target
+
+    def export(self, path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
+               batch: int = 1) -> str:
+        """Write the model's inference pass, with its current weights, as an ONNX file (needs
+        the `onnx` package); returns the path.  Inputs and outputs keep their names and
+        layouts (batch first, channels last); the batch axis is `batch` examples, or named
+        and free with `dynamic_batch`.  See docs/interchange.md."""
+        return export_onnx(self.graph, self.engine.params, path, opset=opset,
+                           dynamic_batch=dynamic_batch, batch=batch,
+                           doc=self._model_ref())
 
     def load_weights(self, path, *, force: bool = False, strict: bool = True):
         """Load weights from a .safetensors file or a run directory into this model.

@@ -30,6 +30,7 @@ COMMANDS = {
     "saliency": ("saliency", "draw which input pixels the predicted class depends on"),
     "attack": ("attack", "accuracy under adversarial examples (FGSM, PGD)"),
     "sample": ("sample", "samples of a generative model, or text a character model writes"),
+    "export": ("export", "write a model's inference pass as an ONNX file"),
 }
 
 

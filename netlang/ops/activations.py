@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from netlang.ops.onnx_forms import float_of, laid_out, layout_axis, map_elements, passthrough, unary
 from netlang.ops.registry import (
     check_axis,
     define_internal,
@@ -484,3 +485,59 @@ log_softmax_grad.cpu_kernel = _softmax_grad_kernel(log=True)
 # Lane by lane, one thread per lane on a GPU: the same templates serve the CUDA back end.
 for _op in (softmax, log_softmax, softmax_grad, log_softmax_grad):
     _op.cuda_kernel = _op.cpu_kernel
+
+
+# ---- ONNX export ------------------------------------------------------------------------------
+
+
+def _onnx_sign(step, x):
+    # ONNX's Sign gives 0 at 0; netlang's sign gives 1 there (x < 0 → −1, else 1).
+    negative = step.node("Less", [x, step.scalar(0.0)])
+    return step.node("Where", [negative, step.scalar(-1.0), step.scalar(1.0)])
+
+
+def _onnx_gelu(step, x):
+    # Written out rather than as opset 20's Gelu, so every opset the exporter offers has it.
+    if step.attrs["approximate"] == "tanh":
+        cube = step.node("Mul", [step.node("Mul", [x, x]), x])
+        inner = step.node("Add", [x, step.node("Mul", [cube, step.scalar(_CUBIC)])])
+        phi = step.node("Tanh", [step.node("Mul", [inner, step.scalar(_SQRT_2_OVER_PI)])])
+    else:
+        phi = step.node("Erf", [step.node("Mul", [x, step.scalar(_SQRT_HALF)])])
+    half_x = step.node("Mul", [x, step.scalar(0.5)])
+    return step.node("Mul", [half_x, step.node("Add", [phi, step.scalar(1.0)])])
+
+
+def _onnx_softmax(op_type):
+    def rule(step):
+        value = step.value(0)
+        axis = layout_axis(full_axis(step.in_types[0].rank, step.attrs["axis"]),
+                                      value.perm)
+        return laid_out(step.node(op_type, [value.name], axis=axis), value.perm)
+    return rule
+
+
+def _onnx_maxout(step):
+    # (..., C) → (..., C/k, k), pieces of a unit adjacent, as the reference reshapes.
+    rank, pieces = step.in_types[0].rank, step.attrs["pieces"]
+    width = step.in_types[0].shape[-1]
+    grouped = step.node("Reshape", [step.input(0),
+                                    step.ints([0] * (rank - 1) + [width // pieces, pieces])])
+    return step.reduce("ReduceMax", grouped, [rank], keepdims=False)
+
+
+identity.onnx_rule = passthrough
+sign.onnx_rule = map_elements(_onnx_sign)
+threshold.onnx_rule = map_elements(lambda step, x: float_of(
+    step, step.node("Greater", [x, step.scalar(step.attrs["value"])])))
+sigmoid.onnx_rule = unary("Sigmoid")
+tanh.onnx_rule = unary("Tanh")
+relu.onnx_rule = unary("Relu")
+leaky_relu.onnx_rule = lambda step: unary("LeakyRelu", alpha=step.attrs["slope"])(step)
+elu.onnx_rule = lambda step: unary("Elu", alpha=step.attrs["alpha"])(step)
+silu.onnx_rule = map_elements(
+    lambda step, x: step.node("Mul", [x, step.node("Sigmoid", [x])]))
+gelu.onnx_rule = map_elements(_onnx_gelu)
+softmax.onnx_rule = _onnx_softmax("Softmax")
+log_softmax.onnx_rule = _onnx_softmax("LogSoftmax")
+maxout.onnx_rule = _onnx_maxout

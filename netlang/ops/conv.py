@@ -4,6 +4,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from netlang.ops.init import init_args
+from netlang.ops.onnx_forms import channels_first_perm, laid_out
 from netlang.ops.registry import ParamSpec, define_internal, define_op
 from netlang.ops.schema import Arg, BOOL, INT, LAYER, PADDING, PAIR
 
@@ -408,3 +409,27 @@ def _conv_transpose2d_vjp(b, node, g):
     if len(operands) > 2:
         grads.append(b.add("bias_grad", [g]))
     return grads
+
+
+# ---- ONNX export: Conv and ConvTranspose read and write channels first ----------------------
+
+
+def _onnx_conv(op_type):
+    def rule(step):
+        a = step.attrs
+        if op_type == "Conv":
+            (top, bottom), (left, right) = conv_pads(step.in_types[0].shape[1:3], a)
+            extra = {}
+        else:
+            (top, bottom), (left, right) = _transpose_pads(a)
+            extra = {"output_padding": list(a["output_padding"])}
+        inputs = [step.channels_first(0), step.input(1)] + ([step.input(2)] if a["bias"] else [])
+        y = step.node(op_type, inputs, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                      dilations=list(a["dilation"]), group=a["groups"],
+                      pads=[top, left, bottom, right], **extra)
+        return laid_out(y, channels_first_perm(4))
+    return rule
+
+
+conv2d.onnx_rule = _onnx_conv("Conv")
+conv_transpose2d.onnx_rule = _onnx_conv("ConvTranspose")

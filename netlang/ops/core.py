@@ -3,6 +3,7 @@
 import numpy as np
 
 from netlang.ir.types import TensorType
+from netlang.ops.onnx_forms import transposed, with_constant
 from netlang.ops.registry import define_internal, define_op, same_type_as
 from netlang.ops.schema import Arg, FLOAT, FLOATS, INTS
 
@@ -98,3 +99,10 @@ zeros_like.cpu_expr = lambda a, c: c(0)
 ones_like.cpu_expr = lambda a, c: c(1)
 scale.cpu_expr = lambda a, c: f"{{0}} * {c(a['factor'])}"
 loss_sum.cpu_expr = lambda a, c: " + ".join(f"{c(w)} * {{{i}}}" for i, w in enumerate(a["weights"]))
+
+
+# ---- ONNX export (the leaves, `input` and `param`, are the exporter's own) --------------------
+
+
+transpose_op.onnx_rule = lambda step: transposed(step, step.value(0), tuple(step.attrs["perm"]))
+scale.onnx_rule = with_constant("Mul", "factor")

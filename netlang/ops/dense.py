@@ -6,6 +6,7 @@ import numpy as np
 
 from netlang.ir.types import TensorType
 from netlang.ops.init import init_args
+from netlang.ops.onnx_forms import laid_out
 from netlang.ops.registry import ParamSpec, always, define_internal, define_op
 from netlang.ops.schema import Arg, BOOL, INT, LAYER
 
@@ -248,3 +249,23 @@ def _embedding_grad_cuda_kernel(k):
 
 embedding.cuda_kernel = _embedding_cuda_kernel
 embedding_grad.cuda_kernel = _embedding_grad_cuda_kernel
+
+
+# ---- ONNX export ------------------------------------------------------------------------------
+
+
+def _onnx_dense(step):
+    weight = step.input(1)
+    bias = [step.input(2)] if len(step.in_types) > 2 else []
+    if step.in_types[0].rank == 2:
+        return step.node("Gemm", [step.input(0), weight] + bias, transB=1)
+    # A dense layer maps the last axis of a longer tensor (each step of a sequence), in any
+    # layout that keeps that axis last (a recurrent layer's output, left time first).
+    value, rank = step.value(0), step.in_types[0].rank
+    perm = value.perm if value.perm is not None and value.perm[-1] == rank - 1 else None
+    y = step.node("MatMul", [step.input(0, perm), step.node("Transpose", [weight], perm=[1, 0])])
+    return laid_out(step.node("Add", [y] + bias) if bias else y, perm)
+
+
+dense.onnx_rule = _onnx_dense
+embedding.onnx_rule = lambda step: step.node("Gather", [step.input(1), step.input(0)], axis=0)

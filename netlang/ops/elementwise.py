@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from netlang.ops.onnx_forms import chained, map_elements, passthrough, unary, with_constant
 from netlang.ops.registry import define_internal, define_op, elementwise_same, same_type_as
 from netlang.ops.schema import Arg, FLOAT, INTS
 
@@ -341,3 +342,31 @@ def _broadcast_kernel(k):
 
 
 broadcast_to.cpu_kernel = broadcast_to.cuda_kernel = _broadcast_kernel
+
+
+# ---- ONNX export ------------------------------------------------------------------------------
+
+
+def _onnx_broadcast(step):
+    own, target = step.in_types[0].sample_shape, tuple(step.attrs["shape"])
+    # The batch axis kept (Reshape's 0), missing leading axes made 1, then repeated.
+    padded = step.node("Reshape", [step.input(0),
+                                   step.ints([0] + [1] * (len(target) - len(own)) + list(own))])
+    return step.node("Expand", [padded, step.batch_shape(padded, target)])
+
+
+exp.onnx_rule = unary("Exp")
+log.onnx_rule = unary("Log")
+sqrt.onnx_rule = unary("Sqrt")
+square.onnx_rule = map_elements(lambda step, x: step.node("Mul", [x, x]))
+abs_.onnx_rule = unary("Abs")
+softplus.onnx_rule = unary("Softplus")
+clip.onnx_rule = map_elements(lambda step, x: step.node(
+    "Clip", [x, step.scalar(step.attrs["lo"]), step.scalar(step.attrs["hi"])]))
+pow_.onnx_rule = map_elements(lambda step, x: step.node("Pow", [x, step.scalar(step.attrs["k"])]))
+stop_gradient.onnx_rule = passthrough
+subtract.onnx_rule = chained("Sub")
+divide.onnx_rule = chained("Div")
+add_scalar.onnx_rule = with_constant("Add", "value")
+rdivide_scalar.onnx_rule = with_constant("Div", "value", constant_first=True)
+broadcast_to.onnx_rule = _onnx_broadcast

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from netlang.ops.onnx_forms import chained, common_layout, laid_out, layout_axis
 from netlang.ops.registry import check_axis, define_internal, define_op, full_axis, off_the_time_axis
 from netlang.ops.schema import Arg, INT
 
@@ -194,3 +195,22 @@ def _slice_cuda_kernel(k):
 
 concat.cuda_kernel = _concat_cuda_kernel
 slice_axis.cuda_kernel = _slice_cuda_kernel
+
+
+# ---- ONNX export ------------------------------------------------------------------------------
+
+
+def _onnx_concat(step):
+    names, perm = common_layout(step)
+    axis = layout_axis(full_axis(step.in_types[0].rank, step.attrs["axis"]), perm)
+    return laid_out(step.node("Concat", names, axis=axis), perm)
+
+
+def _onnx_add(step):
+    names, perm = common_layout(step)
+    return laid_out(step.node("Add", names) if len(names) == 2 else step.node("Sum", names), perm)
+
+
+concat.onnx_rule = _onnx_concat
+add.onnx_rule = _onnx_add
+multiply.onnx_rule = chained("Mul")

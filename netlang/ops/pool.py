@@ -3,6 +3,7 @@
 import numpy as np
 
 from netlang.ops.conv import conv_output_size, resolve_padding, scatter_windows, windows
+from netlang.ops.onnx_forms import channels_first_perm, laid_out
 from netlang.ops.registry import define_internal, define_op, same_type_as
 from netlang.ops.schema import Arg, BOOL, PADDING, PAIR
 
@@ -419,3 +420,39 @@ avgpool.cuda_kernel = _avgpool_cuda_kernel
 avgpool_grad.cuda_kernel = _avgpool_grad_cuda_kernel
 global_avgpool.cuda_kernel = _global_avgpool_cuda_kernel
 global_avgpool_grad.cuda_kernel = _global_avgpool_grad_cuda_kernel
+
+
+# ---- ONNX export: pools read and write channels first ----------------------------------------
+
+
+def _onnx_pool(op_type):
+    def rule(step):
+        a = step.attrs
+        kernel, stride, pads, _, reach = pool_geometry(step.in_types[0].shape[1:3], a)
+        extra, ceil_mode = {}, 0
+        if op_type == "AveragePool":
+            extra["count_include_pad"] = int(a["count_include_pad"])
+        if op_type == "AveragePool" and a["count_include_pad"] and reach != pads:
+            # Padding the input out to the last window would count the extension in the
+            # divisor: let ONNX's ceil mode place the last window instead (PyTorch's rule).
+            ceil_mode = 1
+        else:
+            # Padding out to the last window (with -inf for max, uncounted for the average)
+            # places every window where the reference does, whatever ONNX's ceil rule.
+            pads = reach
+        (top, bottom), (left, right) = pads
+        y = step.node(op_type, [step.channels_first(0)], kernel_shape=list(kernel),
+                      strides=list(stride), pads=[top, left, bottom, right],
+                      ceil_mode=ceil_mode, **extra)
+        return laid_out(y, channels_first_perm(4))
+    return rule
+
+
+def _onnx_global_avgpool(step):
+    pooled = step.node("GlobalAveragePool", [step.channels_first(0)])   # (N, C, 1, 1)
+    return step.node("Flatten", [pooled], axis=1)
+
+
+maxpool.onnx_rule = _onnx_pool("MaxPool")
+avgpool.onnx_rule = _onnx_pool("AveragePool")
+global_avgpool.onnx_rule = _onnx_global_avgpool

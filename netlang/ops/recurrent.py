@@ -24,6 +24,7 @@ product over all examples and steps (`recurrent_weight_grad`) or a column sum
 from netlang.ir.types import TensorType
 from netlang.ops.init import init_args
 from netlang.ops.norm import dropout_mask_array
+from netlang.ops.recurrent_onnx import onnx_rule as recurrent_onnx_rule
 from netlang.ops.recurrent_reference import (
     GATES,
     PARAMETER_PARTS,
@@ -458,6 +459,11 @@ def _lengths_bound(kind):
     return bound
 
 
+def _operand_positions(kind):
+    """fn(attrs, count) → operand name → position, for the ONNX rule."""
+    return lambda a, count: named_operands(kind, a, range(count))
+
+
 for _kind in ("rnn", "lstm", "gru"):
     _op = define_op(_kind, family="recurrent", args=_recurrent_args(_kind),
                     doc=_DOCS[_kind] + " Input (T, features) per example.")
@@ -471,6 +477,7 @@ for _kind in ("rnn", "lstm", "gru"):
     _op.integer_bound = _lengths_bound(_kind)
     _op.carried_states = _carried_states(_kind)
     _op.step_rule = _step(_kind)
+    _op.onnx_rule = recurrent_onnx_rule(_kind, _operand_positions(_kind))
     _record = define_internal(
         f"{_kind}_record", family="recurrent", arity=None, args=_op.args,
         shape=_record_shape(_kind),

@@ -14,6 +14,7 @@ import numpy as np
 
 from netlang.ops.elementwise import example_coordinates
 from netlang.ops.merge import _slice_cuda_kernel, _slice_forward, _slice_kernel
+from netlang.ops.onnx_forms import slice_rule
 from netlang.ops.registry import check_axis, define_internal, define_op, full_axis, same_type_as
 from netlang.ops.schema import Arg, ArgType, BOOL, INT, INTS
 
@@ -313,3 +314,19 @@ def _split_expansion(ctx, a):
     starts = np.cumsum((0,) + parts)
     return [("slice", {"start": int(starts[i]), "stop": int(starts[i + 1]), "axis": a["axis"]})
             for i in range(len(parts))]
+
+
+# ---- ONNX export ------------------------------------------------------------------------------
+
+
+def _onnx_reduce(op_type):
+    def rule(step):
+        axes = reduced_axes(step.in_types[0].rank, step.attrs["axis"])
+        return step.reduce(op_type, step.input(0), axes, step.attrs["keepdims"])
+    return rule
+
+
+sum_.onnx_rule = _onnx_reduce("ReduceSum")
+mean.onnx_rule = _onnx_reduce("ReduceMean")
+max_.onnx_rule = _onnx_reduce("ReduceMax")
+slice_.onnx_rule = slice_rule

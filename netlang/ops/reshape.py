@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from netlang.ops.onnx_forms import transposed
 from netlang.ops.registry import define_internal, define_op
 from netlang.ops.schema import Arg, INTS
 
@@ -123,3 +124,16 @@ def _permute_kernel(k):
 
 permute.cpu_kernel = _permute_kernel
 permute.cuda_kernel = _permute_kernel
+
+
+# ---- ONNX export ------------------------------------------------------------------------------
+
+
+flatten.onnx_rule = lambda step: step.node("Flatten", [step.input(0)], axis=1)
+# Reshape's 0 keeps the batch axis as it is, whatever the batch.
+reshape.onnx_rule = lambda step: step.node(
+    "Reshape", [step.input(0), step.ints([0] + list(step.out_type.sample_shape))])
+# A permutation moves no data here: the value keeps its ONNX tensor and records the new layout,
+# so a later op that wants it in netlang's layout transposes once (or not at all).
+permute.onnx_rule = lambda step: transposed(
+    step, step.value(0), (0,) + tuple(1 + i for i in step.attrs["axes"]))
