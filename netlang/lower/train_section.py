@@ -30,8 +30,24 @@ from netlang.lower.layers import LayerBuilder
 from netlang.lower.loss_terms import loss_terms
 from netlang.lower.names import Scope
 from netlang.lower.values import POISON, Poisoned, Problem, Tensor
-from netlang.ops.optim import OPTIMIZERS, REGULARIZERS, SCHEDULES
-from netlang.ops.schema import ArgumentProblem, bind_arguments, describe_value
+from netlang.ops.optim import OPTIMIZERS, REGULARIZERS, SCHEDULES, Configurable
+from netlang.ops.schema import FLOAT, INT, Arg, ArgumentProblem, bind_arguments, describe_value
+
+_EPS = Arg("eps", FLOAT, min=0.0, exclusive_min=True,
+           doc="the largest change of any input value (the L∞ radius)")
+_WEIGHT = Arg("weight", FLOAT, 0.5, min=0.0, max=1.0,
+              doc="the attacked copy's share of the loss: (1 - weight)·L(x) + weight·L(x_adv)")
+# The attacks `adversarial` takes (netlang/train/adversarial.py trains with them, through
+# netlang/attack.py); PGD's `steps` and `step_size` left out take the attack's defaults there.
+ADVERSARIAL_ATTACKS = {
+    "fgsm": Configurable("fgsm", "attack", (_EPS, _WEIGHT),
+                         "one step of eps along the sign of the input gradient"),
+    "pgd": Configurable("pgd", "attack", (
+        _EPS, Arg("steps", INT, None, min=1, doc="signed gradient steps (default 10)"),
+        Arg("step_size", FLOAT, None, min=0.0, exclusive_min=True,
+            doc="the size of each step (default 2.5·eps/steps)"), _WEIGHT),
+        "steps signed gradient steps from a random start in the eps ball"),
+}
 
 
 def lower_train_section(lowerer: LayerBuilder, section: ast.Train, scope: Scope) -> None:
@@ -98,6 +114,9 @@ def _lower_items(lowerer, section: ast.Train, scope: Scope, config: TrainConfig,
                     raise Problem("`data` names a data set, e.g. `data mnist`", value.loc, "argument")
             elif key == "phases":
                 config.phases = _phase_order(lowerer, _single(item), scope)
+            elif key == "adversarial":
+                config.adversarial = _choice(lowerer, _single(item), ADVERSARIAL_ATTACKS,
+                                             "attack", scope)
             else:
                 setattr(config, key, _scalar(lowerer, key, _single(item), scope))
         except Problem as problem:
@@ -107,7 +126,40 @@ def _lower_items(lowerer, section: ast.Train, scope: Scope, config: TrainConfig,
     if losses and not any(weight for _, weight in losses):
         lowerer.report(Problem("every loss term has weight 0: training would change nothing",
                                seen["loss"], "argument"), scope)
+    if "adversarial" in seen and config.adversarial is not None:
+        try:   # after every line: the losses say which inputs are labels
+            _check_attackable(lowerer.graph, losses or lowerer.graph.graph.get("losses") or [],
+                              seen["adversarial"])
+        except Problem as problem:
+            lowerer.report(problem, scope)
     return losses
+
+
+def _check_attackable(graph, losses: list, loc) -> None:
+    """A one-line error at `loc` unless adversarial training can attack this model: one data
+    input (an input that more than the losses read), holding floats, and no running
+    statistics (their update from two passes per step is pending)."""
+    loss_nodes = {node for node, _ in losses} | set(graph.nodes_with_role("loss"))
+    data = []
+    for name, node in graph.graph["inputs"].items():
+        readers = set(graph.successors(node))
+        if not readers or not readers <= loss_nodes:
+            data.append(name)
+    if not data:
+        raise Problem("adversarial training attacks the data input, and this model has none",
+                      loc, "argument")
+    if len(data) > 1:
+        raise Problem(f"adversarial training attacks one data input, and this model has "
+                      f"{len(data)} ({', '.join(f'`{name}`' for name in data)})", loc,
+                      "argument")
+    if not graph.type_of(graph.graph["inputs"][data[0]]).is_float:
+        raise Problem(f"adversarial training moves a float data input (an image, a feature "
+                      f"vector), and input `{data[0]}` holds integers, which have no gradient",
+                      loc, "argument")
+    buffers = list(graph.buffers().values())
+    if buffers:
+        raise Problem(f"adversarial training of a model with running statistics (layer "
+                      f"`{graph.nodes[buffers[0]]['layer']}`) is pending", loc, "argument")
 
 
 def _refuse_both(item: ast.TrainItem, layers: tuple, other: tuple | None, seen: dict) -> None:
