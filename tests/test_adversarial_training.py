@@ -262,3 +262,31 @@ train {
     with pytest.raises(NetlangError) as caught:
         netlang.compile(source)
     assert "input `tokens` holds integers" in str(caught.value)
+
+
+def test_set_overrides_it_and_a_phase_may_set_it():
+    x, y = robust_task(100, seed=3)
+    data = {"x": x, "label": y}
+    model = netlang.compile(ROBUST_SOURCE.replace("SETTING", "").replace("epochs 8", "epochs 1"))
+    _, _, config = train(model, x=data, device="reference", evaluate_test=False,
+                         overrides=["adversarial=pgd(eps = 0.2, steps = 2)"])
+    assert config.adversarial.name == "pgd"
+    assert config.adversarial.args == {"eps": 0.2, "steps": 2, "step_size": None, "weight": 0.5}
+
+    # Plain training, then a robust stage: only the second phase's steps attack.
+    phased = netlang.compile(ROBUST_SOURCE.replace("SETTING", "phases sequence(plain, robust)")
+                             + "train plain {\n  epochs 1\n}\n"
+                             + "train robust {\n  epochs 1\n  adversarial fgsm(eps = 0.4)\n}\n")
+    attacked = []
+    original = AdversarialSteps.attacked
+
+    def spy(self, feeds):
+        attacked.append(len(feeds["x"]))
+        return original(self, feeds)
+    AdversarialSteps.attacked = spy
+    try:
+        history, _, _ = train(phased, x=data, device="reference", evaluate_test=False)
+    finally:
+        AdversarialSteps.attacked = original
+    assert [record["phase"] for record in history.records] == ["plain", "robust"]
+    assert attacked == [50, 50]   # the robust epoch's two batches, and none of plain's

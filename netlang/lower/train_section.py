@@ -126,19 +126,32 @@ def _lower_items(lowerer, section: ast.Train, scope: Scope, config: TrainConfig,
     if losses and not any(weight for _, weight in losses):
         lowerer.report(Problem("every loss term has weight 0: training would change nothing",
                                seen["loss"], "argument"), scope)
-    if "adversarial" in seen and config.adversarial is not None:
-        try:   # after every line: the losses say which inputs are labels
-            _check_attackable(lowerer.graph, losses or lowerer.graph.graph.get("losses") or [],
-                              seen["adversarial"])
-        except Problem as problem:
-            lowerer.report(problem, scope)
     return losses
 
 
-def _check_attackable(graph, losses: list, loc) -> None:
-    """A one-line error at `loc` unless adversarial training can attack this model: one data
-    input (an input that more than the losses read), holding floats, and no running
-    statistics (their update from two passes per step is pending)."""
+def _check_attackable(lowerer, scope, sections: list, config: TrainConfig,
+                      losses: list) -> None:
+    """When `config` trains adversarially, an error at the `adversarial` line of the first of
+    `sections` that has one (a phase's own, else the unnamed section's it inherits) unless
+    adversarial training can attack the model with these losses (see `_attack_problem`).
+    Checked once the losses are known, as they say which inputs are labels (a `--set`
+    override is checked by the run, netlang/attack.py)."""
+    loc = next((item.key.loc for section in sections for item in section.items
+                if item.key.id == "adversarial"), None)
+    if loc is None or config.adversarial is None:
+        return
+    if any(diagnostic.loc == loc for diagnostic in lowerer.diagnostics):
+        return   # the unnamed section's line, already reported for an earlier phase
+    try:
+        _attack_problem(lowerer.graph, losses, loc)
+    except Problem as problem:
+        lowerer.report(problem, scope)
+
+
+def _attack_problem(graph, losses: list, loc) -> None:
+    """A Problem at `loc` unless adversarial training can attack this model: one data input
+    (an input that more than the losses read), holding floats, and no running statistics
+    (their update from two passes per step is pending)."""
     loss_nodes = {node for node, _ in losses} | set(graph.nodes_with_role("loss"))
     data = []
     for name, node in graph.graph["inputs"].items():
@@ -215,6 +228,9 @@ def lower_train_sections(lowerer: LayerBuilder, sections: list, scope: Scope) ->
     graph = lowerer.graph
     if unnamed:
         lower_train_section(lowerer, unnamed[0], scope)
+        if not named:   # else each phase is checked with its own losses
+            _check_attackable(lowerer, scope, [unnamed[0]], graph.graph["train"],
+                              graph.graph["losses"])
     else:
         graph.graph["losses"], graph.graph["train"] = [], TrainConfig()
     base = graph.graph["train"]
@@ -235,8 +251,8 @@ def lower_train_sections(lowerer: LayerBuilder, sections: list, scope: Scope) ->
                                    "name"), scope)
             continue
         defined[name] = section
-    phases = {name: _lower_phase(lowerer, section, scope, base) for name, section in
-              defined.items()}
+    phases = {name: _lower_phase(lowerer, section, scope, base, unnamed[:1]) for name, section
+              in defined.items()}
     if base.phases is None:
         if unnamed and any(item.key.id == "phases" for item in unnamed[0].items):
             return   # its `phases` line is wrong, and that error is already reported
@@ -252,8 +268,10 @@ def _item_loc(section: ast.Train, key: str):
     return next(item.key.loc for item in section.items if item.key.id == key)
 
 
-def _lower_phase(lowerer, section: ast.Train, scope: Scope, base: TrainConfig):
-    """One named section → its Phase (None when its losses failed to lower)."""
+def _lower_phase(lowerer, section: ast.Train, scope: Scope, base: TrainConfig,
+                 unnamed: list):
+    """One named section → its Phase (None when its losses failed to lower); `unnamed` holds
+    the unnamed section, if any, whose settings it inherits."""
     config = copy.deepcopy(base)
     config.phases = None
     before = len(lowerer.diagnostics)
@@ -272,6 +290,7 @@ def _lower_phase(lowerer, section: ast.Train, scope: Scope, base: TrainConfig):
         lowerer.report(Problem(f"phase `{section.name.id}` updates no parameter (check its "
                                f"`update` and `freeze`)", section.name.loc, "name"), scope)
         return None
+    _check_attackable(lowerer, scope, [section, *unnamed], config, losses)
     own = tuple(dict.fromkeys(item.key.id for item in section.items))
     return Phase(section.name.id, losses, config, own=own)
 
