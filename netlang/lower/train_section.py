@@ -133,7 +133,7 @@ def _check_attackable(lowerer, scope, sections: list, config: TrainConfig,
                       losses: list) -> None:
     """When `config` trains adversarially, an error at the `adversarial` line of the first of
     `sections` that has one (a phase's own, else the unnamed section's it inherits) unless
-    adversarial training can attack the model with these losses (see `_attack_problem`).
+    adversarial training can attack the model with these losses (see `_require_attackable`).
     Checked once the losses are known, as they say which inputs are labels (a `--set`
     override is checked by the run, netlang/attack.py)."""
     loc = next((item.key.loc for section in sections for item in section.items
@@ -143,12 +143,12 @@ def _check_attackable(lowerer, scope, sections: list, config: TrainConfig,
     if any(diagnostic.loc == loc for diagnostic in lowerer.diagnostics):
         return   # the unnamed section's line, already reported for an earlier phase
     try:
-        _attack_problem(lowerer.graph, losses, loc)
+        _require_attackable(lowerer.graph, losses, loc)
     except Problem as problem:
         lowerer.report(problem, scope)
 
 
-def _attack_problem(graph, losses: list, loc) -> None:
+def _require_attackable(graph, losses: list, loc) -> None:
     """A Problem at `loc` unless adversarial training can attack this model: one data input
     (an input that more than the losses read), holding floats, and no running statistics
     (their update from two passes per step is pending)."""
