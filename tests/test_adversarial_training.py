@@ -272,6 +272,10 @@ def test_set_overrides_it_and_a_phase_may_set_it():
                          overrides=["adversarial=pgd(eps = 0.2, steps = 2)"])
     assert config.adversarial.name == "pgd"
     assert config.adversarial.args == {"eps": 0.2, "steps": 2, "step_size": None, "weight": 0.5}
+    robust = netlang.compile(ROBUST_SOURCE.replace("SETTING", "adversarial fgsm(eps = 0.3)"))
+    _, _, config = train(robust, x=data, device="reference", evaluate_test=False,
+                         overrides=["epochs=1", "adversarial=none"])
+    assert config.adversarial is None   # the same model trained plainly, for comparison
 
     # Plain training, then a robust stage: only the second phase's steps attack.
     phased = netlang.compile(ROBUST_SOURCE.replace("SETTING", "phases sequence(plain, robust)")
@@ -290,3 +294,16 @@ def test_set_overrides_it_and_a_phase_may_set_it():
         AdversarialSteps.attacked = original
     assert [record["phase"] for record in history.records] == ["plain", "robust"]
     assert attacked == [50, 50]   # the robust epoch's two batches, and none of plain's
+
+
+def test_running_statistics_are_refused_from_the_file_and_from_set():
+    source = ROBUST_SOURCE.replace("-> dense(2) as out", "-> batchnorm as norm -> dense(2) as out")
+    with pytest.raises(NetlangError) as caught:
+        netlang.compile(source.replace("SETTING", "adversarial fgsm(eps = 0.1)"))
+    assert "running statistics (layer `norm`) is pending" in str(caught.value)
+    x, y = robust_task(100, seed=4)
+    with pytest.raises(UsageError) as caught:
+        train(netlang.compile(source.replace("SETTING", "")), x={"x": x, "label": y},
+              device="reference", evaluate_test=False,
+              overrides=["adversarial=fgsm(eps = 0.1)"])
+    assert "running statistics (layer `norm`) is pending" in str(caught.value)

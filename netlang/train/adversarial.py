@@ -51,6 +51,10 @@ class AdversarialSteps:
             raise UsageError(f"adversarial training runs on the "
                              f"{' and '.join(ADVERSARIAL_ENGINES)} engines (the {engine.name} "
                              f"engine's is pending)")
+        buffers = list(engine.graph.buffers().values())
+        if buffers:   # a file's `adversarial` line says so at lowering; a `--set` one here
+            raise UsageError(f"adversarial training of a model with running statistics (layer "
+                             f"`{engine.graph.nodes[buffers[0]]['layer']}`) is pending")
         args = setting.args
         self.method, self.eps, self.steps, self.step_size, self.clip = check_settings(
             setting.name, args["eps"], args.get("steps"), args.get("step_size"), clip)
