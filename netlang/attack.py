@@ -129,30 +129,43 @@ class Attacker:
         _, gradients, _ = self.engine.gradients(arrays, mode="eval")
         return gradients[self.binding.data_input]
 
+    def perturb(self, batch: dict, method: str, eps: float, steps: int, step_size: float,
+                clip, rng: np.random.Generator) -> np.ndarray:
+        """The data input of one `batch` ({input name: array}, labels included) attacked
+        from the weights the attacker's engine holds now; the settings are `check_settings`'s
+        and `rng` draws PGD's random start."""
+        name = self.binding.data_input
+        x = np.asarray(batch[name])
+        if method == "pgd":
+            moved = _within(x + rng.uniform(-eps, eps, x.shape).astype(x.dtype), x, eps, clip)
+        else:
+            moved = x
+        for _ in range(steps):
+            step = step_size * np.sign(self.gradient({**batch, name: moved}))
+            moved = _within(moved + step.astype(x.dtype), x, eps, clip)
+        return moved
+
+    def refresh_weights(self) -> None:
+        """Copy the source engine's current weights into the attacker's engine."""
+        for name, value in self.source_engine.params.items():
+            if self.engine.params[name] is not value:   # shared arrays need no copy
+                self.engine.params[name][...] = value
+
     def run(self, arrays: dict, *, method: str = "fgsm", eps, steps=None, step_size=None,
             clip=None, batch_size: int = 256, seed: int = 0) -> AttackResult:
         """Attack every example of `arrays` ({input name: array}, labels included) and
         evaluate the model on the clean and the attacked inputs."""
         method, eps, steps, step_size, clip = check_settings(method, eps, steps, step_size,
                                                              clip)
-        for name, value in self.source_engine.params.items():   # the model's current weights
-            self.engine.params[name][...] = value
+        self.refresh_weights()
         name = self.binding.data_input
         clean = np.asarray(arrays[name])
         rng = np.random.default_rng(seed)
         attacked = np.empty_like(clean)
         for start in range(0, count_examples(arrays), batch_size):
             batch = {key: value[start:start + batch_size] for key, value in arrays.items()}
-            x = batch[name]
-            if method == "pgd":
-                moved = _within(x + rng.uniform(-eps, eps, x.shape).astype(x.dtype), x, eps,
-                                clip)
-            else:
-                moved = x
-            for _ in range(steps):
-                step = step_size * np.sign(self.gradient({**batch, name: moved}))
-                moved = _within(moved + step.astype(x.dtype), x, eps, clip)
-            attacked[start:start + batch_size] = moved
+            attacked[start:start + batch_size] = self.perturb(batch, method, eps, steps,
+                                                              step_size, clip, rng)
         engine = self.source_engine
         accuracy = evaluate(engine, self.binding, arrays, batch_size)["accuracy"]
         under_attack = evaluate(engine, self.binding, {**arrays, name: attacked},

@@ -207,8 +207,8 @@ def test_the_commands_refuse_a_layer_without_a_kernel_in_one_line(tmp_path, caps
     code = main([verb, path, *flags, *extra])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert ("`lstm` (layer `lstm1`) has no CPU kernel yet; engines that run it: reference — "
-            "use --device reference") in err
+    assert ("`lstm` (layer `lstm1`) has no CPU kernel yet; engines that run it: reference, "
+            "cuda — use --device reference") in err
 
 
 MODES = """

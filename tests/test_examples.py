@@ -32,6 +32,7 @@ EXPECTED_PARAMS = {
     "mlp.net": 636_010,
     "mlp_500_300.net": 545_810,
     "lenet5.net": 61_706,
+    "lenet5_adversarial.net": 61_706,
     "alexnet.net": 62_378_344,
     "vgg16.net": 138_357_544,
     "resnet18.net": 11_689_512,

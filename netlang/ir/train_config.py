@@ -44,6 +44,8 @@ class TrainConfig:
     update: tuple | None = None  # the only layers whose parameters change (None: every layer)
     data: str | None = None
     phases: PhaseOrder | None = None  # how named phases take turns (None: no named phases)
+    # Adversarial training: `fgsm` or `pgd` with eps, weight (and steps, step_size), or None.
+    adversarial: Choice | None = None
 
     def updates_layer(self, layer: str) -> bool:
         """Whether the parameters of `layer` change in a step under these settings."""
@@ -130,8 +132,8 @@ SCALAR_SETTINGS = {
 }
 METRICS = ("accuracy", "top_k", "loss", "confusion")
 SETTINGS = tuple(SCALAR_SETTINGS) + ("loss", "optimizer", "schedule", "regularize", "metrics",
-                                     "freeze", "update", "data", "phases")
+                                     "freeze", "update", "data", "phases", "adversarial")
 # What a named section (a phase) may set; the rest belongs to the unnamed section alone.
 PHASE_SETTINGS = ("loss", "optimizer", "schedule", "regularize", "clip_norm", "update", "freeze",
-                  "epochs")
+                  "epochs", "adversarial")
 PHASE_ORDERS = ("alternate", "sequence")

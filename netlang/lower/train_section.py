@@ -31,8 +31,24 @@ from netlang.lower.layers import LayerBuilder
 from netlang.lower.loss_terms import loss_terms
 from netlang.lower.names import Scope
 from netlang.lower.values import POISON, Poisoned, Problem, Tensor
-from netlang.ops.optim import OPTIMIZERS, REGULARIZERS, SCHEDULES
-from netlang.ops.schema import ArgumentProblem, bind_arguments, describe_value
+from netlang.ops.optim import Configurable, OPTIMIZERS, REGULARIZERS, SCHEDULES
+from netlang.ops.schema import Arg, ArgumentProblem, FLOAT, INT, bind_arguments, describe_value
+
+_EPS = Arg("eps", FLOAT, min=0.0, exclusive_min=True,
+           doc="the largest change of any input value (the L∞ radius)")
+_WEIGHT = Arg("weight", FLOAT, 0.5, min=0.0, max=1.0,
+              doc="the attacked copy's share of the loss: (1 - weight)·L(x) + weight·L(x_adv)")
+# The attacks `adversarial` takes (netlang/train/adversarial.py trains with them, through
+# netlang/attack.py); PGD's `steps` and `step_size` left out take the attack's defaults there.
+ADVERSARIAL_ATTACKS = {
+    "fgsm": Configurable("fgsm", "attack", (_EPS, _WEIGHT),
+                         "one step of eps along the sign of the input gradient"),
+    "pgd": Configurable("pgd", "attack", (
+        _EPS, Arg("steps", INT, None, min=1, doc="signed gradient steps (default 10)"),
+        Arg("step_size", FLOAT, None, min=0.0, exclusive_min=True,
+            doc="the size of each step (default 2.5·eps/steps)"), _WEIGHT),
+        "steps signed gradient steps from a random start in the eps ball"),
+}
 
 
 def lower_train_section(lowerer: LayerBuilder, section: ast.Train, scope: Scope) -> None:
@@ -99,6 +115,9 @@ def _lower_items(lowerer, section: ast.Train, scope: Scope, config: TrainConfig,
                     raise Problem("`data` names a data set, e.g. `data mnist`", value.loc, "argument")
             elif key == "phases":
                 config.phases = _phase_order(lowerer, _single(item), scope)
+            elif key == "adversarial":
+                config.adversarial = _choice(lowerer, _single(item), ADVERSARIAL_ATTACKS,
+                                             "attack", scope)
             else:
                 setattr(config, key, _scalar(lowerer, key, _single(item), scope))
         except Problem as problem:
@@ -109,6 +128,52 @@ def _lower_items(lowerer, section: ast.Train, scope: Scope, config: TrainConfig,
         lowerer.report(Problem("every loss term has weight 0: training would change nothing",
                                seen["loss"], "argument"), scope)
     return losses
+
+
+def _check_attackable(lowerer, scope, sections: list, config: TrainConfig,
+                      losses: list) -> None:
+    """When `config` trains adversarially, an error at the `adversarial` line of the first of
+    `sections` that has one (a phase's own, else the unnamed section's it inherits) unless
+    adversarial training can attack the model with these losses (see `_require_attackable`).
+    Checked once the losses are known, as they say which inputs are labels (a `--set`
+    override is checked by the run, netlang/attack.py)."""
+    loc = next((item.key.loc for section in sections for item in section.items
+                if item.key.id == "adversarial"), None)
+    if loc is None or config.adversarial is None:
+        return
+    if any(diagnostic.loc == loc for diagnostic in lowerer.diagnostics):
+        return   # the unnamed section's line, already reported for an earlier phase
+    try:
+        _require_attackable(lowerer.graph, losses, loc)
+    except Problem as problem:
+        lowerer.report(problem, scope)
+
+
+def _require_attackable(graph, losses: list, loc) -> None:
+    """A Problem at `loc` unless adversarial training can attack this model: one data input
+    (an input that more than the losses read), holding floats, and no running statistics
+    (their update from two passes per step is pending)."""
+    loss_nodes = {node for node, _ in losses} | set(graph.nodes_with_role("loss"))
+    data = []
+    for name, node in graph.graph["inputs"].items():
+        readers = set(graph.successors(node))
+        if not readers or not readers <= loss_nodes:
+            data.append(name)
+    if not data:
+        raise Problem("adversarial training attacks the data input, and this model has none",
+                      loc, "argument")
+    if len(data) > 1:
+        raise Problem(f"adversarial training attacks one data input, and this model has "
+                      f"{len(data)} ({', '.join(f'`{name}`' for name in data)})", loc,
+                      "argument")
+    if not graph.type_of(graph.graph["inputs"][data[0]]).is_float:
+        raise Problem(f"adversarial training moves a float data input (an image, a feature "
+                      f"vector), and input `{data[0]}` holds integers, which have no gradient",
+                      loc, "argument")
+    buffers = list(graph.buffers().values())
+    if buffers:
+        raise Problem(f"adversarial training of a model with running statistics (layer "
+                      f"`{graph.nodes[buffers[0]]['layer']}`) is pending", loc, "argument")
 
 
 def _refuse_both(item: ast.TrainItem, layers: tuple, other: tuple | None, seen: dict) -> None:
@@ -164,6 +229,9 @@ def lower_train_sections(lowerer: LayerBuilder, sections: list, scope: Scope) ->
     graph = lowerer.graph
     if unnamed:
         lower_train_section(lowerer, unnamed[0], scope)
+        if not named:   # else each phase is checked with its own losses
+            _check_attackable(lowerer, scope, [unnamed[0]], graph.graph["train"],
+                              graph.graph["losses"])
     else:
         graph.graph["losses"], graph.graph["train"] = [], TrainConfig()
     base = graph.graph["train"]
@@ -184,8 +252,8 @@ def lower_train_sections(lowerer: LayerBuilder, sections: list, scope: Scope) ->
                                    "name"), scope)
             continue
         defined[name] = section
-    phases = {name: _lower_phase(lowerer, section, scope, base) for name, section in
-              defined.items()}
+    phases = {name: _lower_phase(lowerer, section, scope, base, unnamed[:1]) for name, section
+              in defined.items()}
     if base.phases is None:
         if unnamed and any(item.key.id == "phases" for item in unnamed[0].items):
             return   # its `phases` line is wrong, and that error is already reported
@@ -201,8 +269,10 @@ def _item_loc(section: ast.Train, key: str):
     return next(item.key.loc for item in section.items if item.key.id == key)
 
 
-def _lower_phase(lowerer, section: ast.Train, scope: Scope, base: TrainConfig):
-    """One named section → its Phase (None when its losses failed to lower)."""
+def _lower_phase(lowerer, section: ast.Train, scope: Scope, base: TrainConfig,
+                 unnamed: list):
+    """One named section → its Phase (None when its losses failed to lower); `unnamed` holds
+    the unnamed section, if any, whose settings it inherits."""
     config = copy.deepcopy(base)
     config.phases = None
     before = len(lowerer.diagnostics)
@@ -221,6 +291,7 @@ def _lower_phase(lowerer, section: ast.Train, scope: Scope, base: TrainConfig):
         lowerer.report(Problem(f"phase `{section.name.id}` updates no parameter (check its "
                                f"`update` and `freeze`)", section.name.loc, "name"), scope)
         return None
+    _check_attackable(lowerer, scope, [section, *unnamed], config, losses)
     own = tuple(dict.fromkeys(item.key.id for item in section.items))
     return Phase(section.name.id, losses, config, own=own)
 

@@ -15,7 +15,7 @@ from netlang.ir.train_config import TrainConfig
 from netlang.ops.init import initialize
 from netlang.ops.noise import noise_input_array
 from netlang.ops.norm import draw_dropout_key
-from netlang.ops.optim import Optimizer
+from netlang.ops.optim import Optimizer, regularizer_gradient
 
 
 class EngineBase:
@@ -88,6 +88,28 @@ class EngineBase:
                                             draw_dropout_key(self.rng)[0], self.dtype)
         return drawn
 
+    def apply_gradients(self, grads: dict, lr: float) -> None:
+        """One optimiser step from gradients computed apart ({parameter name: gradient}, as
+        `gradients` returns them), on parameters in host memory: the regularisers' penalties
+        added, the global norm clipped, then the optimiser's reference rule, in place.  The
+        reference engine's steps take it; adversarial training (netlang/train/adversarial.py)
+        takes it on the CPU engine too, for gradients mixed from two passes."""
+        grads = {n: grads[n] for n in self.trainable}
+        for name in self.trainable:
+            node = self.graph.node_named(name)
+            penalty = regularizer_gradient(self.config.regularizers, self.layer_of[name],
+                                           self.graph.nodes[node]["attrs"].get("penalise", False),
+                                           self.params[name])
+            if penalty is not None:
+                grads[name] = grads[name] + penalty
+        if self.config.clip_norm:
+            norm = float(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum())
+                                     for g in grads.values())))
+            if norm > self.config.clip_norm:
+                factor = self.config.clip_norm / (norm + 1e-6)
+                grads = {n: g * factor for n, g in grads.items()}
+        self.optimizer.step(self.params, grads, lr)
+
     # The training loop's hooks for an engine whose memory is not the host's (runtime/cuda.py);
     # engines that compute on host arrays keep the defaults: nothing to upload, and each step's
     # loss and outputs are read on the host as they are.
@@ -100,11 +122,13 @@ class EngineBase:
         batch's inputs for `forward`."""
         return None
 
-    def compilations(self, batch: int | None, evaluated: tuple = (), eval_batch: int = 0) -> list:
+    def compilations(self, batch: int | None, evaluated: tuple = (), eval_batch: int = 0,
+                     gradients_mode: str | None = None) -> list:
         """The programs a training run calls, each a `ProgramCompilation`
         (netlang/runtime/compilation.py) that makes it ready before the first step: the
         training step for batches of `batch` examples (None: no training step, for an engine
-        that only evaluates while others step), and the evaluation pass computing the
+        that only evaluates while others step), or the gradient pass in `gradients_mode`
+        when the run's steps call `gradients` instead, and the evaluation pass computing the
         nodes `evaluated` for batches of `eval_batch`.  None for an engine that compiles
         nothing."""
         return []

@@ -359,13 +359,21 @@ class CpuEngine(EngineBase):
                                                program.grad_nodes, compiled)
         return self._programs[("vjp", output)]
 
-    def compilations(self, batch: int | None, evaluated: tuple = (), eval_batch: int = 0) -> list:
+    def compilations(self, batch: int | None, evaluated: tuple = (), eval_batch: int = 0,
+                     gradients_mode: str | None = None) -> list:
         """The training step, for batches of `batch` examples (None: an engine that only
         evaluates), and the evaluation pass that computes the nodes `evaluated` (none: no
         evaluation), for batches of `eval_batch`, each as a `ProgramCompilation` to make ready
-        before the first step."""
-        found = [self._training()[3].compilation(self, batch, "training step")] \
-            if batch is not None else []
+        before the first step.  With `gradients_mode` ("train" or "eval") the gradient pass
+        in that mode takes the training step's place: a run whose steps call `gradients`
+        (adversarial training) never calls the step."""
+        if batch is None:
+            found = []
+        elif gradients_mode is not None:
+            found = [self._gradient_program(check_mode(gradients_mode))[3].compilation(
+                self, batch, f"gradient pass ({gradients_mode})")]
+        else:
+            found = [self._training()[3].compilation(self, batch, "training step")]
         if evaluated:
             evaluation = self._inference(tuple(evaluated), with_losses=False)[2]
             found.append(evaluation.compilation(self, eval_batch, "evaluation"))

@@ -181,6 +181,7 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     options = dict(source_hash=model.source_hash, out=out, progress=progress,
                    run_info=run_info, checkpoint_every=checkpoint_every, shuffle=shuffle,
                    on_step=on_step, per_character=prepared.per_character,
+                   input_range=prepared.value_range,
                    weights_metadata={"model": str(run_info["model"]),
                                      "netlang_version": __version__})
     trainer = PhasedTrainer(engine, runs, binding, config, **options) if runs is not None \

@@ -28,7 +28,7 @@ from netlang.lower import Lowerer, ModuleEnv, Scope, lower_train_section
 # The losses and the order of the phases are part of the model's graph, not run settings.
 OVERRIDABLE = tuple(s for s in SETTINGS if s not in ("loss", "phases")) + ("lr",)
 _CLEARABLE = {"clip_norm": None, "early_stopping": None, "regularize": [], "freeze": (),
-              "update": None, "schedule": None, "metrics": ()}
+              "update": None, "schedule": None, "metrics": (), "adversarial": None}
 _FIELD = {"regularize": "regularizers"}
 SOURCE_NAME = "<--set>"
 

@@ -31,6 +31,7 @@ import numpy as np
 from netlang.errors import UsageError, WeightsError
 from netlang.interp import needed_nodes
 from netlang.ir.train_config import Phase, TrainConfig, phases_of, reads_data
+from netlang.train.adversarial import adversarial_steps
 from netlang.train.binding import bind
 from netlang.train.meters import MetricsOnHost
 from netlang.train.metrics import MetricAccumulator
@@ -145,10 +146,18 @@ class PhasedTrainer(Trainer):
         self.turn = int(checkpoint.state["round"]["turn"])
         self.taken = int(checkpoint.state["round"]["taken"])
 
+    def _stepper(self):
+        """Each phase's stepper (its engine, or its adversarial steps under its settings),
+        by phase name; the model's engine never steps."""
+        self.steppers = {run.name: adversarial_steps(run.engine, bind(run.engine.graph),
+                                                     run.config, self.input_range)
+                         for run in self.runs}
+        return self.engine
+
     def _compilations(self, batch: int, evaluated: tuple, eval_batch: int) -> list:
         found = []
         for run in self.runs:
-            for compilation in run.engine.compilations(batch):
+            for compilation in self.steppers[run.name].compilations(batch):
                 compilation.title = f"{compilation.title} ({run.name})"
                 found.append(compilation)
         # The model's engine evaluates, and never steps.
@@ -186,7 +195,7 @@ class PhasedTrainer(Trainer):
         if self.batch and self.accumulator_state:
             for name, saved in self.accumulator_state.items():
                 accs[name].restore(saved)
-        meters = {run.name: MetricsOnHost(run.engine, run.head, accs[run.name])
+        meters = {run.name: MetricsOnHost(self.steppers[run.name], run.head, accs[run.name])
                   for run in active}
         if self.batch == 0:
             self.epoch_start_steps = dict(self.phase_steps)

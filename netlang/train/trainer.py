@@ -25,6 +25,7 @@ from netlang.data import batches
 from netlang.data.text import with_bits_per_character
 from netlang.errors import WeightsError
 from netlang.ir.train_config import TrainConfig
+from netlang.train.adversarial import adversarial_steps
 from netlang.train.binding import Binding, check_complete, count_examples
 from netlang.train.evaluation import evaluate, evaluated_nodes
 from netlang.train.meters import HostBatches, MetricsOnDevice, MetricsOnHost, prediction_output
@@ -82,7 +83,8 @@ class Trainer:
                  run_info: dict | None = None, checkpoint_every: float = 30.0,
                  shuffle: bool = True, weights_metadata: dict | None = None,
                  eval_batch_size: int | None = None, on_step=None,
-                 metrics_every: int = METRICS_EVERY, per_character: bool = False):
+                 metrics_every: int = METRICS_EVERY, per_character: bool = False,
+                 input_range: tuple | None = None):
         self.engine = engine
         self.binding = binding
         self.config = config
@@ -97,6 +99,7 @@ class Trainer:
         self.on_step = on_step
         self.metrics_every = max(1, int(metrics_every))
         self.per_character = per_character   # a text set's loss: each record adds its bits
+        self.input_range = input_range   # the data's valid range: adversarial inputs stay in it
         self.top_k = top_k_values(config.metrics)
         self.confusion = "confusion" in config.metrics
         self._stop_requested = False
@@ -116,6 +119,8 @@ class Trainer:
         self.finished = False
         self.stopped_early = False
         self.last_lr = float(config.optimizer.args["lr"])
+        # What takes each step: the engine, or its adversarial steps (train/adversarial.py).
+        self.stepper = self._stepper()
 
     # -- state ------------------------------------------------------------------------------
 
@@ -186,7 +191,12 @@ class Trainer:
 
     def _compilations(self, batch: int, evaluated: tuple, eval_batch: int) -> list:
         """The programs the epochs call (see `EngineBase.compilations`)."""
-        return self.engine.compilations(batch, evaluated, eval_batch)
+        return self.stepper.compilations(batch, evaluated, eval_batch)
+
+    def _stepper(self):
+        """What `train_step` is called on: the engine, or under an `adversarial` setting its
+        AdversarialSteps (netlang/train/adversarial.py)."""
+        return adversarial_steps(self.engine, self.binding, self.config, self.input_range)
 
     # -- files ------------------------------------------------------------------------------
 
@@ -327,7 +337,7 @@ class Trainer:
         or None: each step's loss and outputs then come back to the host.  That is so on
         engines that compute on host arrays, with top-k metrics (they need the scores), and
         for a head whose labels do not line up with its scores one for one."""
-        if self.top_k:
+        if self.top_k or self.stepper is not self.engine:   # adversarial steps run on the host
             return None
         head, graph = self.binding.head, self.engine.graph
         scores = labels = rule = None
@@ -357,7 +367,7 @@ class Trainer:
         if self.batch and self.accumulator_state:
             acc.restore(self.accumulator_state)
         metrics = MetricsOnDevice(meter, acc, self.metrics_every) if meter is not None else \
-            MetricsOnHost(self.engine, self.binding.head, acc)
+            MetricsOnHost(self.stepper, self.binding.head, acc)
         metrics.start()
         take = source.epoch(order)
         done = min(n, self.batch * bs)
