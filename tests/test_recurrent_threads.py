@@ -18,8 +18,10 @@ import numpy as np
 
 from netlang.weights import load_weights
 
-# 70 examples: blocks of 32, 32 and 6, shared 3 | — one worker; 1 | 2 — two; 1 | 1 | 1 —
-# three.  Two layers, both directions and lengths: every section of the kernels is cut.
+# Batches of 300 examples: blocks of 64, 64, 64, 64 and 44 (recurrent_kernels.py
+# `BLOCK_EXAMPLES`), shared 5 by one worker, 2 | 3 by two, 1 | 2 | 2 by three; an epoch's
+# last, short batch (140 of 1040 examples: 64, 64 and 12) too.  Two layers, both directions
+# and lengths: every section of the kernels is cut.
 MODEL = """\
 input x: [6, 3]
 input n: int32[]
@@ -30,7 +32,7 @@ output z = x -> lstm(8, layers = 2, bidirectional = true, lengths = n) as rec ->
 train {
   loss cross_entropy(z, y)
   optimizer adam(lr = 0.01)
-  batch_size 70
+  batch_size 300
   epochs 2
 }
 """
@@ -56,7 +58,7 @@ def test_same_seed_same_weights_on_one_two_and_three_threads(tmp_path):
         lengths = rng.integers(1, 7, count).astype(np.int32)
         return x, lengths, (x[:, 0, 0] > 0).astype(np.int64) + (lengths > 3)
 
-    (x, n, y), (x_test, n_test, y_test) = split(280), split(70)
+    (x, n, y), (x_test, n_test, y_test) = split(1040), split(100)
     np.savez(tmp_path / "data.npz", x_train=x, n_train=n, y_train=y, x_test=x_test,
              n_test=n_test, y_test=y_test)
     runs = {threads: _train(tmp_path, threads) for threads in (1, 2, 3)}

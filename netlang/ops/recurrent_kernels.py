@@ -95,18 +95,20 @@ class _OneBlasThread:
         self.k.line(f"set_blas_threads({self.saved})")
 
 
-# A batch is cut into blocks of examples (at least BLOCK_EXAMPLES, and at most MAX_BLOCKS of
-# them): each block runs every layer and step on its own, and the worker threads share the
-# blocks.  The cut depends on the batch alone, never on the thread count, because OpenBLAS's
-# result for a row of a product depends on how many rows the product has (its kernels differ
-# by size): so a given seed trains the same weights on any number of threads.  32 examples
-# keep the per-step product within 15% of the whole batch's speed (128×128 by 128×512 here:
-# 104 GFLOPS in blocks of 32, 121 at once) and let a batch of 64 use two cores.
-BLOCK_EXAMPLES = 32
+# A batch is cut into blocks of examples: each block runs every layer and step on its own, and
+# the worker threads share the blocks.  The cut depends on the batch alone, never on the
+# thread count, because OpenBLAS's result for a row of a product depends on how many rows the
+# product has (its kernels differ by size): so a given seed trains the same weights on any
+# number of threads.  A block is half the batch, at most BLOCK_EXAMPLES, and at least a
+# MAX_BLOCKS-th of it: few rows make the per-step product slow (128×128 by 128×512, float32,
+# one thread, OpenBLAS's SkylakeX kernels: 99 GFLOPS in blocks of 32 rows, 142 in blocks of
+# 64, 179 at once), so two cores share a batch of 128 in two blocks of 64, and one of 64 in
+# two of 32 (2 × 96 against 136 at once).
+BLOCK_EXAMPLES = 64
 MAX_BLOCKS = 8
 # The weight gradients' products are cut along their rows (the gates' units, G·H), and the
 # input gradient's along the B·T rows of the sequence, for the same reason.
-BLOCK_GATE_ROWS = 128
+BLOCK_GATE_ROWS = 256
 BLOCK_SEQUENCE_ROWS = 512
 
 
@@ -138,9 +140,10 @@ def _blocks(k, count: str, size: str):
 
 
 def _example_blocks(k, array: str):
-    """The batch of `array` in blocks of examples (BLOCK_EXAMPLES, MAX_BLOCKS)."""
+    """The batch of `array` in blocks of examples (see BLOCK_EXAMPLES)."""
     n = f"{array}.shape[0]"
-    return _blocks(k, n, f"max({BLOCK_EXAMPLES}, ({n} + {MAX_BLOCKS - 1}) // {MAX_BLOCKS})")
+    return _blocks(k, n, f"max(min({BLOCK_EXAMPLES}, ({n} + 1) // 2), "
+                         f"({n} + {MAX_BLOCKS - 1}) // {MAX_BLOCKS})")
 
 
 def _part(k, array: str | None, first: str, stop: str) -> str | None:
