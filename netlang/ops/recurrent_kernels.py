@@ -402,11 +402,14 @@ def _emit_back(k, stack: Stack, named: dict, g: str, ws: dict, steps: str, first
 # ---- the gradients from sections --------------------------------------------------------------
 
 def _rows(k, array: str, start: int, steps: int, columns: int) -> str:
-    """Rows (B·steps, columns) of a section starting at `start` elements per example."""
+    """Rows (B·steps, columns) of a section starting at `start` elements per example: a view
+    the step makes once, which a worker function takes as an argument, so that the worker
+    functions of equal products (every weight gradient of a stack of equal layers) have the
+    same source and compile once (`ProgramWriter.worker_function`)."""
     flat = k.flat(array)
     n = f"{array}.shape[0]"
-    return k.host_value(f"{flat}[{n} * {start}:{n} * {start + steps * columns}]"
-                        f".reshape(({n} * {steps}, {columns}))", "rw")
+    return k.program.view(f"{flat}[{n} * {start}:{n} * {start + steps * columns}]",
+                          f"({n} * {steps}, {columns})", "rw")
 
 
 def _section_kernel(k):
@@ -419,9 +422,9 @@ def _weight_grad_kernel(k):
     the gates' units), each one product."""
     (a_start, b_start), (a_columns, b_columns) = k.attrs["starts"], k.attrs["columns"]
     steps = k.attrs["steps"]
+    gates = _rows(k, k.ins[0], a_start, steps, a_columns)
+    read = _rows(k, k.ins[1], b_start, steps, b_columns)
     with _blocks(k, str(a_columns), str(BLOCK_GATE_ROWS)) as (first, stop):
-        gates = _rows(k, k.ins[0], a_start, steps, a_columns)
-        read = _rows(k, k.ins[1], b_start, steps, b_columns)
         k.line(f"{k.gemm}(True, False, 1.0, {gates}[:, {first}:{stop}], {read}, 0.0, "
                f"{k.out}[{first}:{stop}])")
 
@@ -436,9 +439,10 @@ def _input_grad_kernel(k):
     (BLOCK_SEQUENCE_ROWS)."""
     steps = k.attrs["steps"]
     out = k.matrix(k.out, k.out_type.shape[-1])
+    operands = [(_rows(k, k.ins[0], start, steps, k.in_types[1 + i].shape[0]), weight)
+                for i, (start, weight) in enumerate(zip(k.attrs["starts"], k.ins[1:]))]
     with _blocks(k, f"{out}.shape[0]", str(BLOCK_SEQUENCE_ROWS)) as (first, stop):
-        for i, (start, weight) in enumerate(zip(k.attrs["starts"], k.ins[1:])):
-            gates = _rows(k, k.ins[0], start, steps, k.in_types[1 + i].shape[0])
+        for i, (gates, weight) in enumerate(operands):
             k.line(f"{k.gemm}(False, False, 1.0, {gates}[{first}:{stop}], {weight}, "
                    f"{1.0 if i else 0.0}, {out}[{first}:{stop}])")
 
