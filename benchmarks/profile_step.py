@@ -23,7 +23,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-VIEW = re.compile(r"^    ([a-z]+\d+) = (a\d+|[a-z]+\d+)\.reshape\(")
+# The step's top-level views and sizes (`v3 = a0.reshape(...)`, `n2 = a0.shape[0]`, a section
+# `s6 = f5[...]`), which later pieces use: each piece repeats those of the pieces before it.
+VIEW = re.compile(r"^    ([a-z]+\d+) = (a\d+|[a-z]+\d+)(\.reshape\(|\.shape\[|\[)")
 
 
 def sections(source: str):
@@ -35,8 +37,8 @@ def sections(source: str):
             if title is not None:
                 out.append((title, lines))
             title, lines = line[6:], []
-        elif line.strip() != "return 0":
-            lines.append(line)
+        elif line.strip() != "return 0" and "blas_threads" not in line:
+            lines.append(line)   # a step with workers holds BLAS to one thread: see main
     if title is not None:
         out.append((title, lines))
     return out
@@ -82,6 +84,10 @@ def main(argv=None):
         return best
 
     whole = timed(step.function)
+    if "blas_threads = set_blas_threads(1)" in step.program.source:
+        # The step holds BLAS to one thread from its first line to its last: so do its pieces.
+        from netlang.runtime.blas import set_blas_threads
+        set_blas_threads(1)
     source = step.program.source
     header, _ = source.split("@njit", 1)
     signature = source.split("def train_step(", 1)[1].split(")", 1)[0]

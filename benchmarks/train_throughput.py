@@ -15,7 +15,9 @@ count, in its own process, so the two runtimes' thread pools never share a
 process.  The recurrent rows of the issue:
 
     python benchmarks/train_throughput.py --model examples/lstm_mnist_rows.net --batches 128
-    python benchmarks/train_throughput.py --model examples/char_lstm.net --batches 64  netlang's images are channels-last (N, H, W, C);
+    python benchmarks/train_throughput.py --model examples/char_lstm.net --batches 64
+
+netlang's images are channels-last (N, H, W, C);
 PyTorch gets NCHW tensors of the same sizes, its native layout.
 Figures depend on OPENBLAS_CORETYPE (OpenBLAS's kernel choice): the script
 prints the value it ran under and never changes it.

@@ -17,6 +17,12 @@ examples and steps (`recurrent_weight_grad`), the biases' column sums.  States, 
 gradients live in planned buffers (the kernels' workspaces, the record and the tape):
 nothing is allocated per step.
 
+The examples of a batch are independent through every layer and step, so the forward and back
+kernels cut the batch into blocks of examples, each of which runs the whole stack on its own,
+and a program with worker threads shares the blocks among them: one parallel region per
+kernel, no synchronisation per step.  The weights' and the input's gradients are cut into
+blocks of rows likewise.  The cuts depend on the batch alone (`_blocks` says why).
+
 The step functions come in two versions, by the program's dtype (see
 netlang/runtime/recurrent.py); records and tapes are section-major (recurrent_reference.py),
 so every section is a view of the flat buffer, made once before the loops.
@@ -24,6 +30,7 @@ so every section is a view of the flat buffer, made once before the loops.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 from netlang.ops.norm import dropout_mask
@@ -69,11 +76,12 @@ def section_view(k, array: str, start: int, shape: tuple) -> str:
 
 
 class _OneBlasThread:
-    """The time loops hold BLAS to one thread: their products are small (B×H by H×G·H per
-    step), and waking BLAS's threads for each costs more than they share (on this project's
-    shared two-core machine a 128×128 by 128×512 product took 2.3 ms on two threads, 0.14 ms
-    on one).  The serial step sets the count, as around the worker functions
-    (netlang/runtime/blas.py `set_blas_threads`)."""
+    """The recurrent kernels' products run on one BLAS thread: they are small (B×H by H×G·H
+    per step), and waking BLAS's threads for each costs more than they share (on this
+    project's shared two-core machine a 128×128 by 128×512 product took 2.3 ms on two threads,
+    0.14 ms on one); the cores are shared among blocks of examples instead (`_blocks`).  A
+    step with worker functions holds BLAS to one thread throughout; a serial one sets the count
+    here, as around the worker functions (netlang/runtime/blas.py `set_blas_threads`)."""
 
     def __init__(self, k):
         self.k = k
@@ -85,6 +93,62 @@ class _OneBlasThread:
 
     def __exit__(self, *exc):
         self.k.line(f"set_blas_threads({self.saved})")
+
+
+# A batch is cut into blocks of examples: each block runs every layer and step on its own, and
+# the worker threads share the blocks.  The cut depends on the batch alone, never on the
+# thread count, because OpenBLAS's result for a row of a product depends on how many rows the
+# product has (its kernels differ by size): so a given seed trains the same weights on any
+# number of threads.  A block is half the batch, at most BLOCK_EXAMPLES, and at least a
+# MAX_BLOCKS-th of it: few rows make the per-step product slow (128×128 by 128×512, float32,
+# one thread, OpenBLAS's SkylakeX kernels: 99 GFLOPS in blocks of 32 rows, 142 in blocks of
+# 64, 179 at once), so two cores share a batch of 128 in two blocks of 64, and one of 64 in
+# two of 32 (2 × 96 against 136 at once).
+BLOCK_EXAMPLES = 64
+MAX_BLOCKS = 8
+# The weight gradients' products are cut along their rows (the gates' units, G·H), and the
+# input gradient's along the B·T rows of the sequence, for the same reason.
+BLOCK_GATE_ROWS = 256
+BLOCK_SEQUENCE_ROWS = 512
+
+
+@contextlib.contextmanager
+def _blocks(k, count: str, size: str):
+    """`count` rows in blocks of `size` (expressions, evaluated once), spread over the
+    program's worker threads as contiguous runs of blocks (`ProgramWriter.worker_function`),
+    or run in turn by a serial program, on one BLAS thread either way; what is emitted inside
+    is one block's work.  Yields the names of the block's first row and of the row after its
+    last."""
+    workers = k.workers
+    with contextlib.ExitStack() as scope:
+        if workers > 1:
+            worker = scope.enter_context(k.program.worker_function())
+        else:
+            scope.enter_context(_OneBlasThread(k))
+        n = k.host_value(count, "n")
+        rows = k.host_value(size, "bs")
+        blocks = k.host_value(f"({n} + {rows} - 1) // {rows}", "nb")
+        if workers > 1:
+            span = f"{blocks} * {worker} // {workers}, {blocks} * ({worker} + 1) // {workers}"
+        else:
+            span = blocks
+        block = k.fresh("blk")
+        with k.block(f"for {block} in range({span}):"):
+            first = k.host_value(f"{block} * {rows}", "e")
+            stop = k.host_value(f"min({first} + {rows}, {n})", "e")
+            yield first, stop
+
+
+def _example_blocks(k, array: str):
+    """The batch of `array` in blocks of examples (see BLOCK_EXAMPLES)."""
+    n = f"{array}.shape[0]"
+    return _blocks(k, n, f"max(min({BLOCK_EXAMPLES}, ({n} + 1) // 2), "
+                         f"({n} + {MAX_BLOCKS - 1}) // {MAX_BLOCKS})")
+
+
+def _part(k, array: str | None, first: str, stop: str) -> str | None:
+    """A block's examples of a batched array (a view; None stays None)."""
+    return None if array is None else k.host_value(f"{array}[{first}:{stop}]", "b")
 
 
 def section_views(k, array: str, layout: dict) -> dict:
@@ -140,56 +204,68 @@ def _forward_plan(stack: Stack, a: dict, with_record: bool) -> list:
 
 def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
     """The layer forward, into `record` (a section-major (B, size) array): every section of
-    recurrent_reference.py's `record_layout`, the output included."""
+    recurrent_reference.py's `record_layout`, the output included.  Each block of examples
+    (`_example_blocks`) runs all the layers and steps on its own."""
     a = k.attrs
     T, H, D, G = stack.steps, stack.units, stack.directions, stack.gates
-    steps, h, c, hw, proj = k.flat(ws["steps"]), ws["h"], ws.get("c"), ws["hw"], ws["proj"]
-    n = k.host_value(f"{named['x']}.shape[0]", "n")
-    proj_rows = k.host_value(f"{proj}.reshape(({n} * {T}, {G * H}))", "pr")
-    proj_steps = k.host_value(f"{proj}.reshape(({n}, {T}, {G * H}))", "pr")
-    sections = section_views(k, record, record_layout(stack, a["sequences"]))
-    h0, c0 = state_view(k, named, "h0", stack), state_view(k, named, "c0", stack)
-    mask = named.get("mask")
-    _fill_steps(k, steps, named, stack)
+    steps = k.flat(ws["steps"])
+    _fill_steps(k, steps, named, stack)   # serial: it may raise, which a worker must not
     step = _step_function(k, f"{stack.kind}_step")
     last = stack.layers - 1
-    for layer in range(stack.layers):
-        if layer == 0:
-            source = k.matrix(named["x"], stack.features)
-        else:
-            source = k.host_value(f"{sections[f'input{layer}']}.reshape(({n} * {T}, {D * H}))",
-                                  "in")
-        for d in range(D):
-            tag = f"l{layer}{'_reverse' if d else ''}"
-            w_ih, w_hh, b_ih, b_hh = (named[f"{part}_{tag}"] for part in PARAMETER_PARTS)
-            k.line(f"{k.gemm}(False, True, 1.0, {source}, {w_ih}, 0.0, {proj_rows})")
-            for state, initial in ((h, h0), (c, c0)):
-                if state is not None and initial is None:
-                    k.line(f"{state}[:, :] = 0.0")
-                elif state is not None:
-                    k.line(f"{_helper(k, 'start_state')}({state}, {initial}, {layer * D + d})")
-            emit = layer < last or a["sequences"]
-            if layer < last:
-                out = sections[f"input{layer + 1}"]
-            else:   # without `sequences` the top layer outputs no sequence: a placeholder
-                out = sections["output"] if a["sequences"] else sections[f"prev{tag}"]
-            arguments = [h] + ([c] if c is not None else []) + \
-                [sections[f"prev{tag}"], sections[f"gates{tag}"]] + \
-                [sections[f"{extra}{tag}"] for extra in CELL_EXTRAS[stack.kind]] + \
-                [out, str(d * H), str(emit)]
-            if stack.kind == "rnn":
-                arguments.append(str(a["activation"] == "relu"))
-            s = k.fresh("s")
-            with _OneBlasThread(k), k.block(f"for {s} in range({T}):"):
-                t = f"{T - 1} - {s}" if d else s
-                k.line(f"{k.gemm}(False, True, 1.0, {h}, {w_hh}, 0.0, {hw})")
-                k.line(f"{step}({t}, {steps}, {proj_steps}, {hw}, {b_ih}, {b_hh}, "
-                       f"{', '.join(arguments)})")
-            if layer == last and not a["sequences"]:
-                final = k.host_value(f"{sections['output']}.reshape(({n}, {D}, {H}))", "fin")
-                k.line(f"{_helper(k, 'store_state')}({h}, {final}, {d})")
-        if mask is not None and layer < last:
-            k.line(f"{_helper(k, 'apply_mask')}({sections[f'input{layer + 1}']}, {mask}, {layer})")
+    with _example_blocks(k, named["x"]) as (first, stop):
+        def part(array):
+            return _part(k, array, first, stop)
+        n = k.host_value(f"{stop} - {first}", "n")
+        h, c, hw = (part(ws.get(name)) for name in ("h", "c", "hw"))
+        proj = part(k.host_value(f"{ws['proj']}.reshape(({named['x']}.shape[0], {T}, {G * H}))",
+                                 "pr"))
+        block_steps = part(steps)
+        proj_rows = k.host_value(f"{proj}.reshape(({n} * {T}, {G * H}))", "pr")
+        sections = {name: part(view) for name, view in
+                    section_views(k, record, record_layout(stack, a["sequences"])).items()}
+        h0, c0 = part(state_view(k, named, "h0", stack)), part(state_view(k, named, "c0", stack))
+        mask = part(named.get("mask"))
+        for layer in range(stack.layers):
+            if layer == 0:
+                inputs = part(named["x"])
+                source = k.host_value(f"{inputs}.reshape(({n} * {T}, {stack.features}))", "in")
+            else:
+                source = k.host_value(
+                    f"{sections[f'input{layer}']}.reshape(({n} * {T}, {D * H}))", "in")
+            for d in range(D):
+                tag = f"l{layer}{'_reverse' if d else ''}"
+                w_ih, w_hh, b_ih, b_hh = (named[f"{part_}_{tag}"] for part_ in PARAMETER_PARTS)
+                k.line(f"{k.gemm}(False, True, 1.0, {source}, {w_ih}, 0.0, {proj_rows})")
+                for state, initial in ((h, h0), (c, c0)):
+                    if state is not None and initial is None:
+                        k.line(f"{state}[:, :] = 0.0")
+                    elif state is not None:
+                        k.line(f"{_helper(k, 'start_state')}({state}, {initial}, "
+                               f"{layer * D + d})")
+                emit = layer < last or a["sequences"]
+                if layer < last:
+                    out = sections[f"input{layer + 1}"]
+                else:   # without `sequences` the top layer outputs no sequence: a placeholder
+                    out = sections["output"] if a["sequences"] else sections[f"prev{tag}"]
+                arguments = [h] + ([c] if c is not None else []) + \
+                    [sections[f"prev{tag}"], sections[f"gates{tag}"]] + \
+                    [sections[f"{extra}{tag}"] for extra in CELL_EXTRAS[stack.kind]] + \
+                    [out, str(d * H), str(emit)]
+                if stack.kind == "rnn":
+                    arguments.append(str(a["activation"] == "relu"))
+                arguments.append(str(H))
+                s = k.fresh("s")
+                with k.block(f"for {s} in range({T}):"):
+                    t = f"{T - 1} - {s}" if d else s
+                    k.line(f"{k.gemm}(False, True, 1.0, {h}, {w_hh}, 0.0, {hw})")
+                    k.line(f"{step}({t}, {block_steps}, {proj}, {hw}, {b_ih}, {b_hh}, "
+                           f"{', '.join(arguments)})")
+                if layer == last and not a["sequences"]:
+                    final = k.host_value(f"{sections['output']}.reshape(({n}, {D}, {H}))", "fin")
+                    k.line(f"{_helper(k, 'store_state')}({h}, {final}, {d})")
+            if mask is not None and layer < last:
+                k.line(f"{_helper(k, 'apply_mask')}({sections[f'input{layer + 1}']}, {mask}, "
+                       f"{layer})")
 
 
 def _record_kernel(kind: str):
@@ -239,84 +315,104 @@ def _grad_kernel(kind: str):
     def kernel(k):
         a = k.attrs
         stack = Stack.of(kind, a, k.in_types[0].shape)
-        T, H, D, G = stack.steps, stack.units, stack.directions, stack.gates
         named = named_operands(kind, a, k.ins[:-1])
-        g = k.ins[-1]
         ws = named_workspaces(k, kind, _grad_plan)
-        steps, dh, dc = k.flat(ws["steps"]), ws["dh"], ws.get("dc")
-        n = k.host_value(f"{named['x']}.shape[0]", "n")
-        record = section_views(k, named["record"], record_layout(stack, a["sequences"]))
-        tape_at = tape_layout(stack, "h0" in named, "c0" in named)
-        tape = section_views(k, k.out, tape_at)
-        gradients = {name: state_view(k, tape, name, stack) for name in ("h0", "c0")}
-        _fill_steps(k, steps, named, stack)
-        back = _step_function(k, f"{kind}_step_back")
-        last = stack.layers - 1
-        # The gradient of the sequence the layer reads: the output's, for the top layer with
-        # `sequences`; the one the layer above left (masked) for the others.
-        above = k.host_value(f"{g}.reshape(({n}, {T}, {D * H}))", "ga") if a["sequences"] else None
-        for layer in reversed(range(stack.layers)):
-            for d in range(D):
-                tag = f"l{layer}{'_reverse' if d else ''}"
-                w_hh = named[f"weight_hh_{tag}"]
-                if layer == last and not a["sequences"]:
-                    final = k.host_value(f"{g}.reshape(({n}, {D}, {H}))", "gf")
-                    k.line(f"{_helper(k, 'start_state')}({dh}, {final}, {d})")
-                else:
-                    k.line(f"{dh}[:, :] = 0.0")
-                if dc is not None:
-                    k.line(f"{dc}[:, :] = 0.0")
-                arguments = [dh] + ([dc] if dc is not None else [])
-                arguments += [above or tape[f"ih{tag}"], str(d * H), str(above is not None)]
-                if kind == "gru":
-                    arguments.append(record[f"prev{tag}"])
-                arguments += [record[f"gates{tag}"]]
-                arguments += [record[f"{extra}{tag}"] for extra in CELL_EXTRAS[kind]]
-                arguments.append(tape[f"ih{tag}"])
-                if kind == "gru":
-                    arguments.append(tape[f"hh{tag}"])
-                if kind == "rnn":
-                    arguments.append(str(a["activation"] == "relu"))
-                through = tape[hh_section(stack, tag)]
-                s = k.fresh("s")
-                with _OneBlasThread(k), k.block(f"for {s} in range({T}):"):
-                    # Back through a direction's steps in the reverse of their order.
-                    t = k.host_value(s if d else f"{T - 1} - {s}", "t")
-                    k.line(f"{back}({t}, {steps}, {', '.join(arguments)})")
-                    product = (f"{k.gemm}(False, False, 1.0, {through}[:, {t}, :], {w_hh}, 1.0, "
-                               f"{dh})")
-                    if gradients["h0"] is not None:
-                        k.line(product)
-                    else:   # the state before the first step has no gradient to keep
-                        with k.block(f"if {s} < {T - 1}:"):
-                            k.line(product)
-                for name, state in (("h0", dh), ("c0", dc)):
-                    if gradients[name] is not None:
-                        k.line(f"{_helper(k, 'store_state')}({state}, {gradients[name]}, "
-                               f"{layer * D + d})")
-            if layer == 0:
-                break   # the input's gradient is recurrent_input_grad's
-            below = ws[f"d_input{(last - layer) % 2}"]   # not the one it reads
-            rows = k.host_value(f"{below}.reshape(({n} * {T}, {D * H}))", "di")
-            for d in range(D):
-                tag = f"l{layer}{'_reverse' if d else ''}"
-                gates = k.host_value(f"{tape[f'ih{tag}']}.reshape(({n} * {T}, {G * H}))", "dg")
-                k.line(f"{k.gemm}(False, False, 1.0, {gates}, {named[f'weight_ih_{tag}']}, "
-                       f"{1.0 if d else 0.0}, {rows})")
-            if "mask" in named:
-                k.line(f"{_helper(k, 'apply_mask')}({below}, {named['mask']}, {layer - 1})")
-            above = below
+        steps = k.flat(ws["steps"])
+        _fill_steps(k, steps, named, stack)   # serial: it may raise, which a worker must not
+        with _example_blocks(k, named["x"]) as (first, stop):
+            _emit_back(k, stack, named, k.ins[-1], ws, steps, first, stop)
     return kernel, workspace_rule(kind, _grad_plan)
+
+
+def _emit_back(k, stack: Stack, named: dict, g: str, ws: dict, steps: str, first: str,
+               stop: str) -> None:
+    """Back through time for the examples first..stop: every layer's and direction's gate
+    gradients into the tape (the kernel's output), the initial states' gradients, and between
+    layers the gradient of the sequence the upper layer read."""
+    def part(array):
+        return _part(k, array, first, stop)
+    a, kind = k.attrs, stack.kind
+    T, H, D, G = stack.steps, stack.units, stack.directions, stack.gates
+    n = k.host_value(f"{stop} - {first}", "n")
+    dh, dc, block_steps = part(ws["dh"]), part(ws.get("dc")), part(steps)
+    record = {name: part(view) for name, view in
+              section_views(k, named["record"], record_layout(stack, a["sequences"])).items()}
+    tape_at = tape_layout(stack, "h0" in named, "c0" in named)
+    tape = {name: part(view) for name, view in section_views(k, k.out, tape_at).items()}
+    gradients = {name: state_view(k, tape, name, stack) for name in ("h0", "c0")}
+    back = _step_function(k, f"{kind}_step_back")
+    last = stack.layers - 1
+    # The gradient of the sequence the layer reads: the output's, for the top layer with
+    # `sequences`; the one the layer above left (masked) for the others.
+    above = None
+    if a["sequences"]:
+        above = part(k.host_value(f"{g}.reshape(({g}.shape[0], {T}, {D * H}))", "ga"))
+    mask = part(named.get("mask"))
+    for layer in reversed(range(stack.layers)):
+        for d in range(D):
+            tag = f"l{layer}{'_reverse' if d else ''}"
+            w_hh = named[f"weight_hh_{tag}"]
+            if layer == last and not a["sequences"]:
+                final = part(k.host_value(f"{g}.reshape(({g}.shape[0], {D}, {H}))", "gf"))
+                k.line(f"{_helper(k, 'start_state')}({dh}, {final}, {d})")
+            else:
+                k.line(f"{dh}[:, :] = 0.0")
+            if dc is not None:
+                k.line(f"{dc}[:, :] = 0.0")
+            arguments = [dh] + ([dc] if dc is not None else [])
+            arguments += [above or tape[f"ih{tag}"], str(d * H), str(above is not None)]
+            if kind == "gru":
+                arguments.append(record[f"prev{tag}"])
+            arguments += [record[f"gates{tag}"]]
+            arguments += [record[f"{extra}{tag}"] for extra in CELL_EXTRAS[kind]]
+            arguments.append(tape[f"ih{tag}"])
+            if kind == "gru":
+                arguments.append(tape[f"hh{tag}"])
+            if kind == "rnn":
+                arguments.append(str(a["activation"] == "relu"))
+            arguments.append(str(H))
+            through = tape[hh_section(stack, tag)]
+            s = k.fresh("s")
+            with k.block(f"for {s} in range({T}):"):
+                # Back through a direction's steps in the reverse of their order.
+                t = k.host_value(s if d else f"{T - 1} - {s}", "t")
+                k.line(f"{back}({t}, {block_steps}, {', '.join(arguments)})")
+                product = (f"{k.gemm}(False, False, 1.0, {through}[:, {t}, :], {w_hh}, 1.0, "
+                           f"{dh})")
+                if gradients["h0"] is not None:
+                    k.line(product)
+                else:   # the state before the first step has no gradient to keep
+                    with k.block(f"if {s} < {T - 1}:"):
+                        k.line(product)
+            for name, state in (("h0", dh), ("c0", dc)):
+                if gradients[name] is not None:
+                    k.line(f"{_helper(k, 'store_state')}({state}, {gradients[name]}, "
+                           f"{layer * D + d})")
+        if layer == 0:
+            break   # the input's gradient is recurrent_input_grad's
+        below = part(ws[f"d_input{(last - layer) % 2}"])   # not the one it reads
+        rows = k.host_value(f"{below}.reshape(({n} * {T}, {D * H}))", "di")
+        for d in range(D):
+            tag = f"l{layer}{'_reverse' if d else ''}"
+            gates = k.host_value(f"{tape[f'ih{tag}']}.reshape(({n} * {T}, {G * H}))", "dg")
+            k.line(f"{k.gemm}(False, False, 1.0, {gates}, {named[f'weight_ih_{tag}']}, "
+                   f"{1.0 if d else 0.0}, {rows})")
+        if mask is not None:
+            k.line(f"{_helper(k, 'apply_mask')}({below}, {mask}, {layer - 1})")
+        above = below
 
 
 # ---- the gradients from sections --------------------------------------------------------------
 
 def section_rows(k, array: str, start: int, steps: int, columns: int) -> str:
-    """Rows (B·steps, columns) of a section starting at `start` elements per example."""
+    """Rows (B·steps, columns) of a section starting at `start` elements per example: a view
+    the step makes once, which a worker function takes as an argument, so that the worker
+    functions of equal products (every weight gradient of a stack of equal layers) have the
+    same source and compile once (`ProgramWriter.worker_function`)."""
     flat = k.flat(array)
     n = f"{array}.shape[0]"
-    return k.host_value(f"{flat}[{n} * {start}:{n} * {start + steps * columns}]"
-                        f".reshape(({n} * {steps}, {columns}))", "rw")
+    return k.program.view(f"{flat}[{n} * {start}:{n} * {start + steps * columns}]",
+                          f"({n} * {steps}, {columns})", "rw")
 
 
 def _section_kernel(k):
@@ -325,11 +421,15 @@ def _section_kernel(k):
 
 
 def _weight_grad_kernel(k):
+    """dW = daᵀ·read over all examples and steps, in blocks of dW's rows (BLOCK_GATE_ROWS:
+    the gates' units), each one product."""
     (a_start, b_start), (a_columns, b_columns) = k.attrs["starts"], k.attrs["columns"]
     steps = k.attrs["steps"]
     gates = section_rows(k, k.ins[0], a_start, steps, a_columns)
     read = section_rows(k, k.ins[1], b_start, steps, b_columns)
-    k.line(f"{k.gemm}(True, False, 1.0, {gates}, {read}, 0.0, {k.out})")
+    with _blocks(k, str(a_columns), str(BLOCK_GATE_ROWS)) as (first, stop):
+        k.line(f"{k.gemm}(True, False, 1.0, {gates}[:, {first}:{stop}], {read}, 0.0, "
+               f"{k.out}[{first}:{stop}])")
 
 
 def _bias_grad_kernel(k):
@@ -338,12 +438,16 @@ def _bias_grad_kernel(k):
 
 
 def _input_grad_kernel(k):
+    """dx = Σ da·W_ih over the first layer's directions, in blocks of the B·T rows
+    (BLOCK_SEQUENCE_ROWS)."""
     steps = k.attrs["steps"]
     out = k.matrix(k.out, k.out_type.shape[-1])
-    for i, (start, weight) in enumerate(zip(k.attrs["starts"], k.ins[1:])):
-        columns = k.in_types[1 + i].shape[0]
-        gates = section_rows(k, k.ins[0], start, steps, columns)
-        k.line(f"{k.gemm}(False, False, 1.0, {gates}, {weight}, {1.0 if i else 0.0}, {out})")
+    operands = [(section_rows(k, k.ins[0], start, steps, k.in_types[1 + i].shape[0]), weight)
+                for i, (start, weight) in enumerate(zip(k.attrs["starts"], k.ins[1:]))]
+    with _blocks(k, f"{out}.shape[0]", str(BLOCK_SEQUENCE_ROWS)) as (first, stop):
+        for i, (gates, weight) in enumerate(operands):
+            k.line(f"{k.gemm}(False, False, 1.0, {gates}[{first}:{stop}], {weight}, "
+                   f"{1.0 if i else 0.0}, {out}[{first}:{stop}])")
 
 
 for _kind in ("rnn", "lstm", "gru"):
