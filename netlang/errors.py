@@ -38,7 +38,7 @@ def printable(text: str) -> str:
         text = "".join(ch.encode("unicode_escape").decode("ascii") if _unprintable(ch) else ch
                        for ch in text)
     text = _QUOTED.sub(lambda m: m.group() if len(m.group()) <= MAX_ECHO + 2
-                       else m.group()[:MAX_ECHO] + "…" + m.group()[-1], text)
+                       else m.group()[:MAX_ECHO + 1] + "…" + m.group()[-1], text)
     return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…"
 
 
@@ -137,7 +137,7 @@ class NetlangError(Exception):
         self.diagnostics = in_source_order(diagnostics)
         self._path = path  # for an error about a whole file (missing, a directory): no position
         first = self.diagnostics[0]
-        self.message = first.message
+        self.message = printable(first.message)  # as rendered: safe to print on its own
         self.loc = first.loc
         super().__init__(self.render())
 
