@@ -13,10 +13,10 @@ import gzip
 import io
 import os
 import stat
-import subprocess
 import sys
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,11 @@ import pytest
 
 import netlang
 from netlang.cli import main
+from netlang.data import load_dataset
+from netlang.data.files import MAX_DATA_BYTES, load_csv, load_npz
+from netlang.data.idx import MAX_IDX_BYTES, read_idx
 from netlang.errors import (
+    DataError,
     Diagnostic,
     NetlangError,
     NetlangImportError,
@@ -33,6 +37,7 @@ from netlang.errors import (
     UsageError,
     printable,
 )
+from netlang.train.divergence import check_not_stuck
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -247,3 +252,122 @@ def test_damaged_numba_cache_files_are_a_cache_miss(kernel_cache, capsys, which)
     assert "Numba's cache of bump" in notice and notice.endswith("recompiling")
     assert _load(NUMBA_SOURCE, "hd_numba").bump(3) == 4  # rebuilt: loads without a notice
     assert capsys.readouterr().err == ""
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+SMALL = {"x_train": np.ones((4, 2), np.float32), "y_train": np.arange(4) % 2,
+         "x_test": np.ones((2, 2), np.float32), "y_test": np.arange(2)}
+
+
+def one_line(call, *args, match: str, **kwargs) -> str:
+    """The DataError `call` raises: one line, matching `match`."""
+    with pytest.raises(DataError, match=match) as info:
+        call(*args, **kwargs)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def _npy(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _archive(path: Path, first: bytes, compression=zipfile.ZIP_STORED, **zip_options) -> Path:
+    with zipfile.ZipFile(path, "w", compression, **zip_options) as archive:
+        archive.writestr("x_train.npy", first)
+        for key, value in SMALL.items():
+            if key != "x_train":
+                archive.writestr(f"{key}.npy", _npy(value))
+    return path
+
+
+def test_an_npy_member_claiming_a_huge_shape_is_refused_before_allocation(tmp_path):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (2 ** 40, 2)})
+    path = _archive(tmp_path / "huge.npz", header.getvalue() + bytes(16))
+    one_line(load_npz, path, match=r"x_train declares shape \(1099511627776, 2\) of float32")
+
+
+def test_a_zip_bomb_is_refused_from_its_declared_sizes(tmp_path):
+    zeros = _npy(np.zeros((2 ** 24 + 1, 1), np.float32))  # 64 MiB of zeros: deflates ~1000:1
+    path = _archive(tmp_path / "bomb.npz", zeros, zipfile.ZIP_DEFLATED, compresslevel=1)
+    assert path.stat().st_size < 2 ** 20
+    one_line(load_npz, path, match="more than a data set compresses .*zip bomb")
+
+
+def test_a_member_beyond_the_data_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr("netlang.data.files.MAX_DATA_BYTES", 100)
+    path = _archive(tmp_path / "big.npz", _npy(np.ones((100, 2), np.float32)))
+    one_line(load_npz, path, match="netlang loads data of up to 100 bytes")
+    assert MAX_DATA_BYTES == 8 * 2 ** 30
+
+
+def test_real_archives_still_load(tmp_path):
+    np.savez(tmp_path / "plain.npz", **SMALL)
+    np.savez_compressed(tmp_path / "packed.npz", **SMALL)
+    for name in ("plain.npz", "packed.npz"):
+        assert load_npz(tmp_path / name)[0].shape == (4, 2)
+
+
+def test_a_csv_field_over_the_csv_limit_is_one_line(tmp_path):
+    path = tmp_path / "wide.csv"
+    path.write_text('1,2\n3,"' + "x" * 200_000 + '"\n', "utf-8")
+    one_line(load_csv, path, match=r"wide.csv:2: field larger than field limit")
+
+
+def test_a_gzip_bomb_as_mnist_is_refused_after_the_header_says_enough(tmp_path):
+    header = bytes([0, 0, 8, 1]) + np.array([16], ">u4").tobytes()
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = compressor.compress(header) + b"".join(
+        compressor.compress(bytes(2 ** 20)) for _ in range(64)) + compressor.flush()
+    (tmp_path / "bomb.gz").write_bytes(bomb)  # 64 MiB of zeros after a 16-byte IDX
+    start = time.perf_counter()
+    one_line(read_idx, tmp_path / "bomb.gz", match="unexpected bytes after the IDX data")
+    assert time.perf_counter() - start < 1.0  # read 17 bytes, not 64 MiB
+    declared = bytes([0, 0, 8, 2]) + np.array([2 ** 20, 2 ** 20], ">u4").tobytes()
+    (tmp_path / "declared.gz").write_bytes(gzip.compress(declared + bytes(100)))
+    one_line(read_idx, tmp_path / "declared.gz", match=f"up to {MAX_IDX_BYTES:,} bytes")
+
+
+def test_a_gzipped_idx_in_two_members_still_reads(tmp_path):
+    data = bytes([0, 0, 8, 1]) + np.array([3], ">u4").tobytes() + bytes([1, 2, 3])
+    (tmp_path / "two.gz").write_bytes(gzip.compress(data[:5]) + gzip.compress(data[5:]))
+    assert read_idx(tmp_path / "two.gz").tolist() == [1, 2, 3]
+
+
+def test_too_many_synthetic_samples_is_one_line():
+    one_line(load_dataset, "xor", samples=10_000_000_000, match="samples must be an integer from 1")
+
+
+def test_the_cli_refuses_too_many_samples(tmp_path, capsys):
+    assert main(["train", str(ROOT / "examples" / "xor.net"), "--samples", "10000000000",
+                 "--out", str(tmp_path / "run"), "--device", "reference"]) == 2
+    assert "samples must be an integer from 1 to 10,000,000" in capsys.readouterr().err
+
+
+# ---- divergence at a clamp -----------------------------------------------------------------
+
+def test_a_loss_stuck_above_its_start_is_divergence():
+    records = [{"loss": 0.6932}, {"loss": 50.0}, {"loss": 50.0}]
+    check_not_stuck(records)  # two epochs at 50 are not yet stuck
+    with pytest.raises(DataError, match="the loss has stayed at 50.0000 for 3 epochs"):
+        check_not_stuck(records + [{"loss": 50.0}])
+
+
+@pytest.mark.parametrize("losses", [
+    [0.7, 0.35, 0.35, 0.35, 0.35],   # a plateau below the start: a local minimum, not divergence
+    [0.7, 0.7, 0.7, 0.7],            # learning rate 0: nothing changes
+    [0.7, 2.0, 3.0, 4.0],            # worse, but still moving
+])
+def test_plateaus_and_moving_losses_are_not_divergence(losses):
+    check_not_stuck([{"loss": loss} for loss in losses])
+
+
+def test_xor_at_a_huge_learning_rate_stops_as_diverged(tmp_path, capsys):
+    status = main(["train", str(ROOT / "examples" / "xor.net"), "--lr", "1e9", "--epochs", "8",
+                   "--out", str(tmp_path / "run"), "--device", "reference"])
+    assert status == 2
+    assert "training diverged: the loss has stayed at 50.0000" in capsys.readouterr().err
