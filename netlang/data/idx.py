@@ -114,7 +114,7 @@ def parse_idx(data: bytes, name: str = "<idx data>") -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     dtype = IDX_DTYPES[code]
     # Python ints: a hostile header cannot overflow the size computation.
-    expected = declared_idx_size(data[:header_size], name)
+    expected = header_size + dtype.itemsize * _product(dims)
     if len(data) < expected:
         raise DataError(f"{name}: truncated IDX data ({len(data)} of {expected} bytes for "
                         f"shape {dims})")
