@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import time
 
@@ -57,6 +58,27 @@ def parser_cache_dir() -> str:
     variable moves every cache), else `netlang/parser` in the user cache."""
     explicit = os.environ.get("NETLANG_CACHE")
     return os.path.join(explicit, "parser") if explicit else user_cache("parser")
+
+
+def owned_privately(stat_result) -> bool:
+    """Owned by this user and writable by no one else (always true where there are no uids)."""
+    if not hasattr(os, "getuid"):
+        return True
+    return stat_result.st_uid == os.getuid() and not stat_result.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def private_directory(directory: str) -> str | None:
+    """Create the cache folder `directory` (mode 0700) if it is missing; None when it is this
+    user's and writable by no one else, else why not, in words (`is writable by other users
+    (mode 0777)`).  A cache holds what netlang runs or loads, so only its owner may write it;
+    a folder that fails the check is neither fixed nor used (it may be shared on purpose)."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    found = os.stat(directory)
+    if hasattr(os, "getuid") and found.st_uid != os.getuid():
+        return "belongs to another user"
+    if not owned_privately(found):
+        return f"is writable by other users (mode {stat.S_IMODE(found.st_mode):04o})"
+    return None
 
 
 def data_dir() -> str | None:

@@ -10,7 +10,36 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
+import unicodedata
 from typing import Iterable, Sequence
+
+# How long a quoted name or string may be in a message before it is cut with an ellipsis, and
+# how long a whole message may be: a 1 MB identifier must not make a 1 MB diagnostic.
+MAX_ECHO = 80
+MAX_MESSAGE = 2000
+# Bidirectional overrides reorder what a terminal shows; they are escaped as control characters.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Quoted echoes, paired left to right as a reader pairs them.
+_QUOTED = re.compile(r"`[^`\n]*`|\"[^\"\n]*\"")
+
+
+def _unprintable(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cs") or ch in _BIDI
+
+
+def printable(text: str) -> str:
+    """`text` safe to print on one line: control characters (newline, ANSI escape), lone
+    surrogates and bidirectional overrides escaped as `\\n`, `\\x1b`, `\\ud800`; each quoted
+    echo (`name` or "string") over MAX_ECHO characters cut with an ellipsis; the whole cut at
+    MAX_MESSAGE.  A user's string can then neither forge a second diagnostic line, nor drive
+    the terminal, nor flood it."""
+    if any(_unprintable(ch) for ch in text):
+        text = "".join(ch.encode("unicode_escape").decode("ascii") if _unprintable(ch) else ch
+                       for ch in text)
+    text = _QUOTED.sub(lambda m: m.group() if len(m.group()) <= MAX_ECHO + 2
+                       else m.group()[:MAX_ECHO + 1] + "…" + m.group()[-1], text)
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +54,7 @@ class SourceLocation:
     source: str | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}:{self.column}"
+        return f"{printable(self.path)}:{self.line}:{self.column}"
 
     def sort_key(self) -> tuple:
         """Where the span starts, `(path, line, column)`, as a key to sort or de-duplicate by."""
@@ -54,13 +83,13 @@ class Diagnostic:
         """
         lines = []
         prefix = f"{self.loc}: " if self.loc else ""
-        lines.append(f"{prefix}error: {self.message}")
+        lines.append(f"{prefix}error: {printable(self.message)}")
         if self.loc is not None:
             lines.extend(_source_excerpt(self.loc))
         for note in self.notes:
-            lines.append(f"  = note: {note}")
+            lines.append(f"  = note: {printable(note)}")
         for what, where in self.trace:
-            lines.append(f"{where}: note: in {what}")
+            lines.append(f"{where}: note: in {printable(what)}")
             lines.extend(_source_excerpt(where))
         return "\n".join(lines)
 
@@ -69,10 +98,14 @@ def _source_excerpt(loc: SourceLocation) -> list[str]:
     """The source line of `loc` with a caret span under the culprit."""
     if not loc.source:
         return []
-    source_lines = loc.source.splitlines()
+    # Lines as the lexer counts them: at "\n" only (splitlines also splits at \x0c, \x1c, ...).
+    source_lines = [line.rstrip("\r") for line in loc.source.split("\n")]
     if not 1 <= loc.line <= len(source_lines):
         return []
-    text = source_lines[loc.line - 1].expandtabs(1)
+    # One column per character, so the caret stays under the culprit: whatever cannot be shown
+    # safely (a control character, a lone surrogate) is shown as U+FFFD.
+    text = "".join("\ufffd" if _unprintable(ch) else ch
+                   for ch in source_lines[loc.line - 1].expandtabs(1))
     if len(text) > 200:  # keep very long lines readable: show a window around the column
         start = max(0, loc.column - 80)
         text = text[start:start + 160]
@@ -104,7 +137,7 @@ class NetlangError(Exception):
         self.diagnostics = in_source_order(diagnostics)
         self._path = path  # for an error about a whole file (missing, a directory): no position
         first = self.diagnostics[0]
-        self.message = first.message
+        self.message = printable(first.message)  # as rendered: safe to print on its own
         self.loc = first.loc
         super().__init__(self.render())
 

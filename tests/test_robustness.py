@@ -2,8 +2,9 @@
 
 Missing, empty, binary, non-UTF-8 files and directories; absurdly deep nesting
 and very long files; numbers and repeat counts that would blow up; the CLI's
-exit status and stderr; and that compiling never imports the code generator's
-heavy dependencies.
+exit status and stderr; that compiling never imports the code generator's
+heavy dependencies; and the examples mutated by hypothesis (tests/mutations.py: op swaps,
+huge numbers, deep nesting, text that is not Unicode, import chains), never escaping.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mutations import make_import_chain, mutate, op_names
 
 import netlang
 from netlang.cli import main
@@ -412,3 +416,34 @@ def test_every_op_on_every_input_type_compiles_or_raises_netlang_error(name):
                     assert error.line is not None, source
                     outcomes.add("error")
     assert "ok" in outcomes  # the sample arguments are sound: some input fits the op
+
+
+# ---- mutated examples ----------------------------------------------------------------------
+
+EXAMPLES = {str(p): p.read_text("utf-8") for p in sorted((ROOT / "examples").glob("*.net"))}
+OPS = op_names()
+
+
+@pytest.fixture(scope="module")
+def import_chain(tmp_path_factory):
+    """The head of a chain of imports longer than the import limit."""
+    return make_import_chain(tmp_path_factory.mktemp("chain"))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(sorted(EXAMPLES)), st.randoms(use_true_random=False), st.integers(1, 3))
+def test_mutated_examples_compile_or_raise_a_printable_positioned_error(import_chain, path, rng,
+                                                                         count):
+    text = EXAMPLES[path]
+    for _ in range(count):
+        text = mutate(text, rng, OPS, import_chain)
+    start = time.perf_counter()
+    try:
+        netlang.compile(text, path=path)
+    except NetlangError as error:
+        rendered = error.render()
+        rendered.encode("utf-8")  # printable: no lone surrogate reaches the terminal
+        assert "\x1b" not in rendered and "SECRET" not in rendered
+        assert error.loc is not None or error.path is not None, rendered
+    assert time.perf_counter() - start < 20

@@ -101,10 +101,14 @@ def _mnist(data_dir: str | Path | None, allow_download: bool) -> Dataset:
     return normalize(ds, "scale")
 
 
+# A synthetic set is made whole in memory: ten million 2-D points are 80 MB of float32.
+MAX_SAMPLES = 10_000_000
+
+
 def _synthetic(name: str, samples: int | None, seed: int, test_fraction: float) -> Dataset:
     n = SYNTHETIC_SAMPLES[name] if samples is None else samples
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise DataError(f"{name}: samples must be a positive integer, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_SAMPLES:
+        raise DataError(f"{name}: samples must be an integer from 1 to {MAX_SAMPLES:,}, got {n!r}")
     if name == "xor":
         # Four points cannot be split: train on the repeated table, test on the table itself.
         x, y = xor(repeat=math.ceil(n / 4), seed=seed)

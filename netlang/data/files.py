@@ -9,6 +9,7 @@ a data file can never run code.
 from __future__ import annotations
 
 import csv
+import math
 import warnings
 import zipfile
 import zlib
@@ -20,6 +21,13 @@ from netlang.data.dataset import NamedDataset, check_finite, check_labels, check
 from netlang.errors import DataError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# A data set is read whole into memory: an archive member or a CSV file beyond this is refused
+# before it is read.
+MAX_DATA_BYTES = 8 * 2 ** 30
+# Deflate's ratio on real data is under 10:1 (even MNIST's images, mostly zeros, are about 8:1);
+# a member of more than _SMALL bytes that claims more is refused as a zip bomb.
+MAX_COMPRESSION = 200
+_SMALL = 64 * 2 ** 20
 SPLITS = ("train", "test")
 # How targets are read: integer class indices, or float values of any shape per sample.
 TARGET_KINDS = ("labels", "values")
@@ -157,6 +165,9 @@ def load_csv(path: str | Path, *, label_column: int | str = 0, header: bool | No
         raise DataError(f"target_columns must be a positive integer (1 for labels), got "
                         f"{target_columns!r}")
     path = _existing_file(path)
+    if path.stat().st_size > MAX_DATA_BYTES:
+        raise DataError(f"{path}: {path.stat().st_size:,} bytes; netlang loads data of up to "
+                        f"{MAX_DATA_BYTES:,} bytes")
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: drop the BOM Excel writes
     except (OSError, UnicodeDecodeError) as exc:
@@ -166,7 +177,7 @@ def load_csv(path: str | Path, *, label_column: int | str = 0, header: bool | No
     if not rows:
         raise DataError(f"{path}: no data rows")
     names = None
-    first = _split(rows[0][1], delimiter)
+    first = _split(rows[0][1], delimiter, f"{path}:{rows[0][0]}")
     is_header = header if header is not None else not all(_is_float(f) for f in first)
     if is_header:
         names = [name.strip() for name in first]
@@ -259,8 +270,11 @@ def check_target_kind(targets: str) -> None:
 
 
 def _read_member(archive, key: str, path: Path) -> np.ndarray:
+    _check_member_size(archive, key, path)
     try:
         return archive[key]
+    except MemoryError:
+        raise DataError(f"{path}: {key} does not fit in memory") from None
     except ValueError as exc:
         if "pickle" in str(exc):  # object arrays need pickle, which we refuse
             raise DataError(f"{path}: {key} is an object array; store plain numeric "
@@ -271,6 +285,34 @@ def _read_member(archive, key: str, path: Path) -> np.ndarray:
                         f"({_reason(exc)})") from None
 
 
+def _check_member_size(archive, key: str, path: Path) -> None:
+    """Refuse a member before numpy allocates it: the size its `.npy` header declares must be
+    what the member holds (an array claiming shape (2**40, 2) in a few bytes is refused), at
+    most MAX_DATA_BYTES, and, where large, compressed no more than MAX_COMPRESSION:1 (a zip
+    bomb's ratio; real data sets compress far less)."""
+    info = archive.zip.getinfo(key if key in archive.zip.namelist() else f"{key}.npy")
+    if info.file_size > MAX_DATA_BYTES:
+        raise DataError(f"{path}: {key} is {info.file_size:,} bytes uncompressed; netlang "
+                        f"loads data of up to {MAX_DATA_BYTES:,} bytes")
+    if info.file_size > _SMALL and info.file_size > MAX_COMPRESSION * max(info.compress_size, 1):
+        raise DataError(f"{path}: {key} claims {info.file_size:,} bytes from "
+                        f"{info.compress_size:,} compressed, more than a data set compresses "
+                        f"({MAX_COMPRESSION}:1); is it a zip bomb?")
+    try:
+        with archive.zip.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(member)
+            header_size = member.tell()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: {key} is not a readable .npy array ({_reason(exc)})") from None
+    size = header_size + math.prod(shape) * dtype.itemsize  # Python ints: cannot overflow
+    if not dtype.hasobject and size != info.file_size:
+        raise DataError(f"{path}: {key} declares shape {shape} of {dtype} ({size:,} bytes with "
+                        f"its header) but holds {info.file_size:,} bytes")
+
+
 def _parse_numbers(rows: list[tuple[int, str]], path: Path, delimiter: str) -> np.ndarray:
     """numpy's C parser for speed; on failure, a Python scan finds the exact line to blame."""
     try:
@@ -279,9 +321,9 @@ def _parse_numbers(rows: list[tuple[int, str]], path: Path, delimiter: str) -> n
             table = np.loadtxt([line for _, line in rows], delimiter=delimiter, ndmin=2,
                                dtype=np.float64, quotechar='"', comments=None)
     except ValueError:
-        width = len(_split(rows[0][1], delimiter))
+        width = len(_split(rows[0][1], delimiter, f"{path}:{rows[0][0]}"))
         for number, line in rows:
-            fields = _split(line, delimiter)
+            fields = _split(line, delimiter, f"{path}:{number}")
             if len(fields) != width:
                 raise DataError(f"{path}:{number}: expected {width} columns like the first row, "
                                 f"found {len(fields)}") from None
@@ -310,8 +352,13 @@ def _label_index(label_column: int | str, names: list[str] | None, width: int,
     return int(label_column) % width
 
 
-def _split(line: str, delimiter: str) -> list[str]:
-    return next(csv.reader([line], delimiter=delimiter), [])
+def _split(line: str, delimiter: str, where: str) -> list[str]:
+    """The fields of one CSV line; a DataError at `where` (`path:line`) for a field beyond the
+    csv module's limit (128 KiB), which no number needs."""
+    try:
+        return next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error as exc:
+        raise DataError(f"{where}: {_reason(exc)}") from None
 
 
 def _is_float(field: str) -> bool:

@@ -8,7 +8,6 @@ long, unknown code, bad gzip stream) becomes a one-line `DataError`.
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from pathlib import Path
 
@@ -29,19 +28,73 @@ IDX_DTYPES = {
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+# The largest IDX file netlang reads whole (MNIST's largest is 47 MB uncompressed).
+MAX_IDX_BYTES = 2 ** 30
+_CHUNK = 1 << 20
+
+
 def decompress_if_gzipped(data: bytes, name: str) -> bytes:
     """Gunzip `data` when it starts with the gzip magic; otherwise return it unchanged.
 
     The magic decides, not the file suffix: browsers and some mirrors hand out
-    already-decompressed files that keep their `.gz` name.
+    already-decompressed files that keep their `.gz` name.  The stream is decompressed
+    piece by piece, no further than the IDX header it starts with says the file holds (and
+    one byte more, to notice trailing data), so a gzip bomb is refused after a few bytes
+    instead of filling memory; `parse_idx` then checks the bytes against the header.
     """
     if not data.startswith(GZIP_MAGIC):
         return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        reason = str(exc) or type(exc).__name__
-        raise DataError(f"{name}: corrupt or truncated gzip data ({reason})") from None
+    stream = _GzipStream(data, name)
+    head = stream.read(4)
+    if len(head) == 4:
+        head += stream.read(4 * head[3])
+    expected = declared_idx_size(head, name)
+    return head + stream.read(expected - len(head) + 1) if expected is not None else head
+
+
+class _GzipStream:
+    """The decompressed bytes of a gzip stream (members one after another), read on demand."""
+
+    def __init__(self, data: bytes, name: str):
+        self.name = name
+        self.pending = data
+        self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)  # 16+: a gzip header
+        self.done = False
+
+    def read(self, count: int) -> bytes:
+        """Up to `count` more bytes; fewer only where the stream ends."""
+        out = bytearray()
+        try:
+            while len(out) < count and not self.done:
+                chunk = self.decompressor.decompress(self.pending, min(count - len(out), _CHUNK))
+                self.pending = self.decompressor.unconsumed_tail
+                out += chunk
+                if self.decompressor.eof:
+                    rest = self.decompressor.unused_data
+                    self.done = not rest.strip(b"\0")  # gzip allows zero padding after a member
+                    self.pending = rest
+                    self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                elif not chunk and not self.pending:
+                    raise EOFError("the stream ends before its end-of-stream marker")
+        except (EOFError, zlib.error) as exc:
+            raise DataError(f"{self.name}: corrupt or truncated gzip data ({exc})") from None
+        return bytes(out)
+
+
+def declared_idx_size(head: bytes, name: str) -> int | None:
+    """The size in bytes (header included) an IDX header declares, checked against
+    MAX_IDX_BYTES; None when `head` is not a whole, valid header (`parse_idx` says why)."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in IDX_DTYPES or not head[3]:
+        return None
+    header_size = 4 + 4 * head[3]
+    if len(head) < header_size:
+        return None
+    dims = tuple(int(d) for d in np.frombuffer(head, ">u4", count=head[3], offset=4))
+    size = header_size + IDX_DTYPES[head[2]].itemsize * _product(dims)
+    if size > MAX_IDX_BYTES:
+        raise DataError(f"{name}: the IDX header declares shape {dims}, {size:,} bytes; "
+                        f"netlang reads IDX files of up to {MAX_IDX_BYTES:,} bytes")
+    return size
 
 
 def parse_idx(data: bytes, name: str = "<idx data>") -> np.ndarray:

@@ -4,7 +4,8 @@ Each check runs before the stage it protects: the file's size before reading it
 (`read_source`), the token count before Lark (whose
 LALR parser takes ~60 µs a token), bracket nesting and tree depth before the
 recursive tree transform, AST depth before lowering evaluates expressions
-recursively.  Each refuses with a NetlangSyntaxError at a position, never a
+recursively; before all of them, characters that are not text at all
+(`check_characters`).  Each refuses with a NetlangSyntaxError at a position, never a
 traceback.
 """
 
@@ -32,6 +33,26 @@ MAX_TOKENS = 50_000
 MAX_INT_BITS = 256
 
 _ROUGH_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|[A-Za-z0-9_.]+|->|\*\*|//|[=!<>]=|\S')
+
+
+_NOT_TEXT = re.compile("[\0\ud800-\udfff]")
+
+
+def check_characters(source: str, path: str) -> None:
+    """Refuse text that no file could hold: a NUL (read_source calls such a file binary) or a
+    lone surrogate (half of a UTF-16 pair; not Unicode text, and it cannot be encoded, so it
+    could be neither hashed nor printed).  Only a string given to `netlang.compile` can carry
+    either; a comment too, which the parser would skip."""
+    found = _NOT_TEXT.search(source)
+    if found is None:
+        return
+    start = found.start()
+    line = source.count("\n", 0, start) + 1
+    column = start - (source.rfind("\n", 0, start) + 1) + 1
+    what = "a NUL character" if found.group() == "\0" else \
+        f"a lone surrogate (U+{ord(found.group()):04X}), which is not Unicode text"
+    loc = SourceLocation(path, line, column, line, column + 1, source)
+    raise NetlangSyntaxError(f"this text contains {what}", loc)
 
 
 def check_token_count(source: str, path: str) -> None:

@@ -16,13 +16,12 @@ import hashlib
 import importlib.resources
 import marshal
 import os
-import stat
 import sys
 import tempfile
 
 import lark
 
-from netlang.config import parser_cache_dir
+from netlang.config import owned_privately, parser_cache_dir, private_directory
 
 KEYWORDS = ("import", "const", "input", "output", "block", "train", "if", "else", "as", "on",
             "and", "or", "not", "true", "false")
@@ -54,20 +53,13 @@ def _parser_cache_path():
     return directory, os.path.join(directory, f"lalr-{key[:40]}.marshal"), key
 
 
-def _trusted(stat_result) -> bool:
-    """Owned by this user and writable by no one else (always true where there are no uids)."""
-    if not hasattr(os, "getuid"):
-        return True
-    return stat_result.st_uid == os.getuid() and not stat_result.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
 def _read_cached_tables():
     try:
         directory, path, key = _parser_cache_path()
-        if not _trusted(os.stat(directory)):
+        if not owned_privately(os.stat(directory)):
             return None
         with open(path, "rb") as handle:
-            if not _trusted(os.fstat(handle.fileno())):
+            if not owned_privately(os.fstat(handle.fileno())):
                 return None
             blob = handle.read()
         record = marshal.loads(blob)
@@ -81,8 +73,7 @@ def _read_cached_tables():
 def _write_cached_tables(data, memo) -> None:
     try:
         directory, path, key = _parser_cache_path()
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        if not _trusted(os.stat(directory)):
+        if private_directory(directory) is not None:
             return
         blob = marshal.dumps({"key": key, "data": data, "memo": memo})
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lalr-", suffix=".tmp")

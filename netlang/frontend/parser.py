@@ -21,6 +21,7 @@ from netlang.frontend import ast
 from netlang.frontend.limits import (
     MAX_SOURCE_BYTES,
     check_ast_depth,
+    check_characters,
     check_nesting,
     check_token_count,
     check_tree_depth,
@@ -65,6 +66,7 @@ def parse_with_comments(source: str, path: str = "<string>"):
 def _parse_with(parser: lark.Lark, source: str, path: str) -> ast.Module:
     if source.startswith("\ufeff"):  # a byte-order mark, as some editors write
         source = source[1:]
+    check_characters(source, path)
     check_token_count(source, path)
     check_nesting(source, path)
     try:

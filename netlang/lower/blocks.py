@@ -26,6 +26,7 @@ class BlockExpander(TensorMath):
         if name in self.block_stack or len(self.block_stack) >= MAX_BLOCK_DEPTH:
             raise Problem(f"block `{name}` instantiates itself" if name in self.block_stack else
                           f"blocks nested more than {MAX_BLOCK_DEPTH} deep", step.op_loc, "name")
+        self.count_toward_limits(step.op_loc, 1)
         instance = self.layer_name(name, label, scope) if not label else scope.prefix + label
         if self.graph.has_name(instance) or self.graph.has_prefix(instance):
             raise Problem(f"a layer named `{instance}` already exists", step.loc, "name")

@@ -26,6 +26,7 @@ from netlang.lower.values import (
     MAX_DIM,
     MAX_ELEMENTS,
     MAX_LAYERS,
+    MAX_PARAMETER_TENSORS,
     MAX_REPEAT,
     POISON,
     Poisoned,
@@ -306,20 +307,31 @@ class LayerBuilder(ExpressionEvaluator):
             if any(d > MAX_DIM for d in dims) or math.prod(dims) > MAX_ELEMENTS:
                 raise Problem(f"`{op.name}` would make an {what} of shape {type_}, too large to "
                               f"build", loc, "shape")
-        if self.layer_count >= MAX_LAYERS:
-            if self.too_large:  # already reported once; stop building quietly
-                raise Poisoned()
-            self.too_large = True
-            raise Problem(f"this model has more than {MAX_LAYERS:,} layers; check the repeat counts",
-                          loc, "shape")
-        if op.role != "loss":
-            self.layer_count += 1
+        self.count_toward_limits(loc, 0 if op.role == "loss" else 1, len(plan))
         param_nodes = [self.materialise_param(entry, name, scope) for entry in plan]
         stored = {k: (v.name if isinstance(v, LayerRef) else v.layer if isinstance(v, Tensor)
                       else v) for k, v in attrs.items()}
         node = self.graph.add_op(op.name, [t.node for t in operands] + param_nodes, stored, out_type,
                                  name=name, role=op.role, loc=loc, trace=scope.trace)
         return Tensor(node, out_type, name)
+
+    def count_toward_limits(self, loc, layers: int, parameter_tensors: int = 0) -> None:
+        """Count `layers` more layers and `parameter_tensors` more parameters before they are
+        built, refusing the model (once; later steps stop quietly) past MAX_LAYERS or
+        MAX_PARAMETER_TENSORS.  A block instance counts as a layer however little it holds:
+        blocks of repeats of empty blocks multiply work as layers do."""
+        self.layer_count += layers
+        self.parameter_count += parameter_tensors
+        if self.layer_count <= MAX_LAYERS and self.parameter_count <= MAX_PARAMETER_TENSORS:
+            return
+        if self.too_large:  # already reported once
+            raise Poisoned()
+        self.too_large = True
+        if self.layer_count > MAX_LAYERS:
+            raise Problem(f"this model has more than {MAX_LAYERS:,} layers (block instances "
+                          f"count as layers); check the repeat counts", loc, "shape")
+        raise Problem(f"this model has more than {MAX_PARAMETER_TENSORS:,} parameter tensors; "
+                      f"check the repeat counts and stacked `layers`", loc, "shape")
 
     def plan_params(self, op, in_types, attrs, layer, scope, loc, producers=None):
         """(kind, type, producer, payload) for each parameter operand the layer needs.

@@ -16,7 +16,7 @@ from netlang.frontend import ast
 from netlang.frontend.parser import parse, read_source
 from netlang.lower.names import BlockInfo, ModuleEnv, Scope, user_op
 from netlang.lower.statements import StatementRunner
-from netlang.lower.values import Problem
+from netlang.lower.values import MAX_IMPORT_DEPTH, Problem
 
 
 class Lowerer(StatementRunner):
@@ -52,9 +52,28 @@ class Lowerer(StatementRunner):
         return env, module_ast
 
     def _import(self, env: ModuleEnv, item: ast.Import):
+        """Load the file an `import` names, once, and add its blocks and constants to `env`.
+
+        The policy (docs/language.md, Imports): a path is relative to the importing file's
+        directory (to the working directory for source text); absolute paths and `..` are
+        allowed; only a file whose name, symbolic links resolved, ends in `.net` is read, so an
+        import of another file on the machine is refused at the import without showing any of it.
+        """
+        if "\0" in item.path:
+            self.report(Problem("an import path cannot contain a NUL character", item.loc,
+                                "import"), None)
+            return
+        if len(self._loading) > MAX_IMPORT_DEPTH:
+            self.report(Problem(f"imports nested more than {MAX_IMPORT_DEPTH} deep (a file that "
+                                f"imports a file that imports ...)", item.loc, "import"), None)
+            return
         base = os.path.dirname(env.path) if env.path and not env.path.startswith("<") else os.getcwd()
         target = os.path.normpath(os.path.join(base, item.path))
         key = os.path.realpath(target)
+        if not (target.endswith(".net") and key.endswith(".net")):
+            self.report(Problem(f"`{item.path}` is not a netlang file (an import names a `.net` "
+                                f"file)", item.loc, "import"), None)
+            return
         if key in self._loading:
             chain = " → ".join(os.path.basename(p) for p in self._loading[self._loading.index(key):])
             self.report(Problem(f"import cycle: {chain} → {os.path.basename(key)}", item.loc,

@@ -25,6 +25,7 @@ class LoweringState:
         self.block_stack: list[str] = []
         self.sources: dict[str, str] = {}
         self.layer_count = 0
+        self.parameter_count = 0
         self.too_large = False
         self.current_statement = None  # the top-level statement being lowered
 

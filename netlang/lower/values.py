@@ -16,10 +16,16 @@ from netlang.ir.types import TensorType
 
 MAX_REPEAT = 1000
 MAX_BLOCK_DEPTH = 32
+# Imports within imports: counted, so a long chain is refused at its import whatever Python's
+# recursion limit (each level nests the parser's and the lowering's frames).
+MAX_IMPORT_DEPTH = 32
 # Limits that keep a hostile file from hanging the compiler: layers in one model (repeats of
 # blocks of repeats multiply), sizes, items of a tuple or string (and MAX_INT_BITS, the bits
 # of an integer, from the parser).
 MAX_LAYERS = 20_000
+# Parameter tensors in one model (20,000 dense layers hold 40,000): a stacked recurrent layer
+# plans a few per stacked layer.
+MAX_PARAMETER_TENSORS = 60_000
 MAX_DIM = 2 ** 31 - 1
 MAX_ELEMENTS = 2 ** 40
 MAX_SEQUENCE = 10_000

@@ -46,10 +46,14 @@ from netlang.ops.schema import Arg, BOOL, FLOAT, INT, INTS, LAYER, TENSOR, enum
 STATE_ARGS = {"rnn": ("h0", "lengths"), "lstm": ("h0", "c0", "lengths"), "gru": ("h0", "lengths")}
 
 
+# Each stacked layer plans its own parameters, so the count is bounded before any is planned.
+MAX_STACKED_LAYERS = 256
+
+
 def _recurrent_args(kind):
     args = [
         Arg("units", INT, min=1, doc="hidden state size per direction"),
-        Arg("layers", INT, 1, min=1, doc="stacked layers, each fed the previous one's sequence"),
+        Arg("layers", INT, 1, min=1, max=MAX_STACKED_LAYERS, doc="stacked layers, each fed the previous one's sequence"),
         Arg("bidirectional", BOOL, False, doc="also run backwards in time and concatenate both"),
         Arg("sequences", BOOL, False,
             doc="return the whole output sequence (T, units·directions) instead of each "

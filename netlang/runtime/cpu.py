@@ -14,18 +14,20 @@ This module and its siblings are the only places netlang imports Numba.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import importlib.util
 import os
 import sys
+import tempfile
 import threading
+import types
 
 import numpy as np
 
 from netlang.codegen.cpu import render_program, supported
 from netlang.codegen.update import ParamUpdate, UpdatePlan
-from netlang.config import cache_dir, debug, debug_level, timed
-from netlang.errors import DataError
+from netlang.config import cache_dir, debug, debug_level, private_directory, timed
+from netlang.errors import DataError, UsageError
 from netlang.ir.train_config import TrainConfig
 from netlang.ops.norm import draw_dropout_key
 from netlang.pipeline import (
@@ -108,30 +110,95 @@ def _load_module(source: str, module_name: str | None, title: str):
     """The module of `source` (named `module_name`, or after its digest), written to the kernel
     cache under a name that also holds the versions its compiled code depends on: Numba's
     cache beside it keeps compiled code per file, and does not see a change to what the code
-    calls."""
+    calls.
+
+    The cache is code, so it is trusted no further than it is checked (docs/compiler.md, The
+    kernel cache): its folder must be private to the user; the file is compared with `source`
+    before use, and rewritten when it differs (a notice on stderr); and what runs is `source`
+    itself, compiled in memory, never the file's text nor a `.pyc` beside it."""
     import numba  # kept lazy: importing this module (the API does) never starts Numba
     versions = (f"{__version__}|{numba.__version__}|{np.__version__}|{sys.version_info[:2]}|"
                 f"{_helpers_version()}")
     digest = hashlib.sha256((versions + source).encode()).hexdigest()[:24]
-    directory = cache_dir()
-    os.makedirs(directory, exist_ok=True)
+    directory = kernel_cache_dir()
     path = os.path.join(directory, f"nl_{digest}.py")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(source)
-        os.replace(tmp, path)
+    _write_verified(path, source)
     if debug_level() >= 3:
         debug(3, f"generated source for {title} ({path}):\n{source}")
     module_name = module_name or f"netlang_kernels_{digest}"
     module = sys.modules.get(module_name)
     if module is not None:
         return module
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = types.ModuleType(module_name)
+    module.__file__ = path  # Numba's disk cache sits beside the file its functions come from
+    # Registered first, as an import does: Numba's cached entries name the module they belong to.
     sys.modules[module_name] = module
+    try:
+        exec(compile(source, path, "exec"), module.__dict__)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    _drop_unloadable_indexes(module)
     return module
+
+
+def kernel_cache_dir() -> str:
+    """The kernel cache folder, created private (0700); a UsageError when it is not private."""
+    directory = cache_dir()
+    try:
+        problem = private_directory(directory)
+    except OSError as exc:
+        raise UsageError(f"cannot create the kernel cache {directory}: {exc.strerror or exc}") \
+            from None
+    if problem is not None:
+        raise UsageError(f"the kernel cache {directory} {problem}; netlang runs what it holds, "
+                         f"so make it yours alone (chmod 700) or set NETLANG_CACHE to another "
+                         f"folder")
+    return directory
+
+
+def _write_verified(path: str, source: str) -> None:
+    """Make the file at `path` hold exactly `source`: anything else there (unreadable, cut
+    short, changed) is a cache miss, rewritten atomically, with a one-line notice."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() == source:
+                return
+        print(f"netlang: kernel cache file {path} did not match its source; rebuilt",
+              file=sys.stderr)
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError):
+        print(f"netlang: kernel cache file {path} could not be read; rebuilt", file=sys.stderr)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".nl-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(source)
+        os.replace(tmp, path)  # a concurrent reader sees the old file or the new one
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _drop_unloadable_indexes(module) -> None:
+    """Numba's cache of each function of `module` (its index and the entries it lists), read
+    as Numba will read it; a cache that fails to load (corrupt, cut short) loses its index, so
+    Numba compiles the function afresh instead of raising from deep inside its loader.  (Numba
+    0.68's `_load_index` and `_load_data`; netlang.runtime.compilation reads the index too.)
+    Reading an entry twice costs little beside rebuilding it: it is a few pickled bytes."""
+    for value in list(vars(module).values()):
+        cache_file = getattr(getattr(value, "_cache", None), "_cache_file", None)
+        if cache_file is None or not hasattr(cache_file, "_load_index"):
+            continue
+        try:
+            for data_name in cache_file._load_index().values():
+                cache_file._load_data(data_name)
+        except Exception:  # whatever a damaged pickle raises: the entry is a cache miss
+            print(f"netlang: Numba's cache of {value.__name__} in {cache_file._index_path} could "
+                  f"not be read; recompiling", file=sys.stderr)
+            with contextlib.suppress(OSError):
+                os.unlink(cache_file._index_path)
 
 
 class CompiledProgram:

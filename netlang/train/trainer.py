@@ -27,6 +27,7 @@ from netlang.errors import WeightsError
 from netlang.ir.train_config import TrainConfig
 from netlang.train.adversarial import adversarial_steps
 from netlang.train.binding import Binding, check_complete, count_examples
+from netlang.train.divergence import check_not_stuck
 from netlang.train.evaluation import evaluate, evaluated_nodes
 from netlang.train.meters import HostBatches, MetricsOnDevice, MetricsOnHost, prediction_output
 from netlang.train.metrics import MetricAccumulator, class_rule, top_k_values
@@ -257,6 +258,7 @@ class Trainer:
                     record["compile_s"] = self.compiled["seconds"]
                     compile_logged = True
                 history.records.append(record)
+                check_not_stuck(history.records)
                 last = self.finished or self.epoch >= self.config.epochs
                 self.finished = last
                 self._log(record)
