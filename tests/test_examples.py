@@ -52,6 +52,11 @@ EXPECTED_PARAMS = {
 
 EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.net"))
 
+# The long-dependency examples' recipes, tested on 100-step sequences of 4 classes (chance
+# 25%): the LSTM measured 100% (75-79% from epoch 11 to 17, 100% from epoch 18), the RNN 27.4%.
+LSTM_ACCURACY = 0.7    # at least
+RNN_ACCURACY = 0.35    # at most
+
 
 @pytest.fixture(scope="module")
 def models():
