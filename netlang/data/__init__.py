@@ -124,8 +124,8 @@ def _synthetic(name: str, samples: int | None, seed: int,
 def _first_element(n: int, seed: int, test_fraction: float) -> NamedDataset:
     """`first_element` sequences of 100 steps: the test split all full length, the training
     split of lengths from 1 to 100, so that training sees the dependency at every distance
-    (from PyTorch's initial weights, neither an LSTM nor an RNN learns it from 100-step
-    sequences alone: see examples/long_dependency_lstm.net)."""
+    (from PyTorch's initial weights an LSTM does not learn it from 100-step sequences alone,
+    and the Elman RNN not even with the shorter ones: examples/long_dependency_lstm.net)."""
     tested = max(1, int(round(n * test_fraction)))
     if n - tested < 1:
         raise DataError(f"first_element: {n} samples leave none to train on after the test "
