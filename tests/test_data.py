@@ -20,6 +20,7 @@ from netlang.data import (
     batches,
     blobs,
     check_labels,
+    first_element,
     fit_to_shape,
     load_csv,
     load_dataset,
@@ -67,6 +68,33 @@ def test_synthetic_is_deterministic_per_seed(make):
     assert x1.ndim == 2 and x1.shape[1] == 2 and len(x1) == len(y1)
     assert x1.tobytes() == x2.tobytes() and np.array_equal(y1, y2)
     assert not np.array_equal(x1, x3)
+
+
+def test_first_element_labels_the_first_symbol_and_pads_after_each_length():
+    x, lengths, y = first_element(300, steps=20, classes=3, seed=4)
+    assert x.shape == (300, 20, 4) and x.dtype == np.float32
+    assert lengths.dtype == np.int32 and y.dtype == np.int64
+    assert (x[:, 0, :3].argmax(axis=1) == y).all() and (x[:, 0, 3] == 1).all()
+    steps = np.arange(20)[None, :]
+    inside = steps < lengths[:, None]
+    assert (x.sum(axis=2) == np.where(inside, np.where(steps == 0, 2, 1), 0)).all()
+    assert (x[:, 1:, 3] == 0).all()   # only the first step carries the start mark
+    assert set(lengths) == set(range(1, 21)) and set(y) == {0, 1, 2}
+    # The symbols after the first are noise: they do not follow the label.
+    later = x[:, 1:, :3].argmax(axis=2)[inside[:, 1:]]
+    assert 0.25 < (later == np.repeat(y, lengths - 1)).mean() < 0.42
+    again = first_element(300, steps=20, classes=3, seed=4)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip((x, lengths, y), again))
+    assert (first_element(50, steps=20, shortest=20)[1] == 20).all()
+    raises_one_line(first_element, 5, steps=10, shortest=11, match="shortest must be at most")
+
+
+def test_first_element_by_name_tests_on_full_length_sequences():
+    ds = load_dataset("first_element", samples=100, seed=2)
+    assert ds.names == ("sequence", "length", "label")
+    assert len(ds.train["label"]) == 80 and len(ds.test["label"]) == 20
+    assert ds.train["sequence"].shape[1:] == (100, 5)
+    assert (ds.test["length"] == 100).all() and ds.train["length"].min() < 100
 
 
 def test_xor_is_the_truth_table():

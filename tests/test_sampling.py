@@ -1,6 +1,6 @@
 """Text sampling (`netlang sample`, `Model.sample`): the step program of a character model
 (passes/stepping.py) against the whole-sequence forward, and what a trained model writes
-(netlang/sampling/text.py), on the reference engine."""
+(netlang/sampling/text.py), on the reference engine and on the CPU engine."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 import netlang
 from netlang.cli import main
+from netlang.data.text import bigram_loss, read_text
 from netlang.errors import UsageError
 from netlang.pipeline import step_program
 from netlang.runtime import make_engine
@@ -222,6 +223,76 @@ def test_netlang_sample_prints_the_prime_and_its_continuation(trained_run, capsy
     assert code == 0 and len(again) == 1 + 40 + 1
     assert cli(capsys, "sample", net, "--weights", run, "--device", "reference", "--prime",
                "a", "--length", "40", "--temperature", "3", "--seed", "5")[1] == again
+
+
+# -- the CPU engine -----------------------------------------------------------------------------
+
+def test_on_the_cpu_engine_the_step_program_after_n_steps_equals_the_sequence_forward():
+    # The CPU engine runs the step program (dense layers, gates and sums) with its own kernels
+    # and the whole sequence with its recurrent kernels: two paths that must agree.
+    model = netlang.compile(char_net("lstm(6, layers = 2, sequences = true) -> gru(5, "
+                                     "sequences = true)"))
+    engine = make_engine(model.graph, device="cpu", seed=1)
+    sampler = TextSampler(model.graph, model.binding, engine)
+    assert isinstance(sampler.engine, CpuEngine)
+    ids = np.random.default_rng(0).integers(0, 96, size=(3, 7))
+    full = engine.forward({"tokens": ids}, "eval")["logits"]
+    states = sampler.initial_states(3)
+    for t in range(7):
+        scores, states = sampler.advance(ids[:, t], states)
+        np.testing.assert_allclose(scores, full[:, t], rtol=1e-4, atol=1e-5)
+
+
+def test_netlang_sample_on_the_cpu_engine_writes_what_the_reference_engine_writes(
+        trained_run, capsys):
+    net, run = trained_run
+    code, out, err = cli(capsys, "sample", net, "--weights", run, "--device", "cpu",
+                         "--prime", "bc", "--length", "10", "--temperature", "0")
+    assert code == 0, err
+    assert out == "bcabcabcabca\n"
+    argv = ["sample", net, "--weights", run, "--prime", "ca", "--length", "25", "--seed", "2"]
+    assert cli(capsys, *argv, "--device", "cpu")[1] == \
+        cli(capsys, *argv, "--device", "reference")[1]
+
+
+# A character model small enough to train on this repository's documentation in a minute.
+DOCS_NET = """
+input tokens: int32[64]
+input next: int32[64]
+output logits = tokens -> embedding(96, 32) -> lstm(128, sequences = true) -> dense(96)
+train {
+  loss cross_entropy(logits, next)
+  optimizer adam(lr = 5e-3)
+  clip_norm 5
+  batch_size 32
+  epochs 3
+}
+"""
+
+
+@pytest.mark.slow
+def test_a_character_lstm_trained_on_the_docs_beats_the_bigram_and_samples_on_the_cpu(
+        tmp_path, capsys):
+    root = Path(__file__).resolve().parents[1]
+    corpus = tmp_path / "corpus.txt"   # as docs/training.md makes it: README.md docs/*.md
+    corpus.write_text("".join(path.read_text(encoding="utf-8") for path in
+                              [root / "README.md", *sorted((root / "docs").glob("*.md"))]),
+                      encoding="utf-8")
+    net = tmp_path / "docs_lstm.net"
+    net.write_text(DOCS_NET, encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["train", str(net), "--data", f"text:{corpus}", "--out", str(run), "-q"]) == 0
+    text = read_text(f"text:{corpus}")
+    bigram = bigram_loss(text.windows(64, text.vocabulary(96)), smoothing=0.1)
+    model = netlang.load(net, weights=run)
+    held_out = model.evaluate(data=f"text:{corpus}")["loss"]
+    assert held_out < bigram - 0.2, (held_out, bigram)
+    capsys.readouterr()
+    code, out, err = cli(capsys, "sample", net, "--weights", run, "--prime", "The model ",
+                         "--length", "120", "--seed", "3")
+    assert code == 0, err
+    # 120 characters, then a newline unless the last of them is one.
+    assert out.startswith("The model ") and len(out) - len("The model ") in (120, 121)
 
 
 def test_netlang_sample_refuses_bad_input_in_one_line(trained_run, capsys):

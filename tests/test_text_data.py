@@ -4,6 +4,7 @@ integer sequences with a target per time step (netlang.data.text, netlang.train)
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import netlang
 from netlang.cli import main
 from netlang.data import TextCorpus, Vocabulary, load_dataset
+from netlang.data.text import bigram_loss
 from netlang.errors import DataError
 from netlang.train.prepared_data import prepare_data
 
@@ -141,6 +143,23 @@ def test_the_last_tenth_of_the_windows_is_the_test_split(tmp_path):
     # The windows cover the text in order: the test windows are its end.
     assert vocab.decode(ds.x_train.reshape(-1)) + vocab.decode(ds.x_test.reshape(-1)) \
         == TEXT[:count * 8]
+
+
+def test_the_bigram_baseline_is_the_held_out_loss_of_smoothed_pair_counts(tmp_path):
+    text = "abcab cabba\n" * 30 + "xyz abc"   # the test split holds pairs training lacks
+    corpus = load_dataset(f"text:{write(tmp_path / 'c.txt', text)}")
+    windows = corpus.windows(8, corpus.vocabulary(96))
+    cut = len(windows.x_train) * 8   # training predicts text[1..cut], testing the rest
+    end = cut + len(windows.x_test) * 8
+    pairs = collections.Counter(zip(text[:cut], text[1:cut + 1]))
+    firsts = collections.Counter(text[:cut])
+    for smoothing in (0.1, 1.0):
+        expected = -np.mean([math.log((pairs[a, b] + smoothing) / (firsts[a] + 96 * smoothing))
+                             for a, b in zip(text[cut:end], text[cut + 1:end + 1])])
+        assert bigram_loss(windows, smoothing=smoothing) == pytest.approx(expected, rel=1e-12)
+    assert bigram_loss(windows, smoothing=0.1) < math.log(96)   # pairs repeat: below uniform
+    with pytest.raises(DataError, match="smoothing must be a number above 0"):
+        bigram_loss(windows, smoothing=0)
 
 
 def test_line_endings_and_a_byte_order_mark_are_normalised(tmp_path):

@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=positive_int, metavar="N",
                         help="use only the first N examples of each split")
     parser.add_argument("--samples", type=positive_int,
-                        help="size of a synthetic data set (xor, blobs, spirals)")
+                        help="size of a synthetic data set (xor, blobs, spirals, first_element)")
     parser.add_argument("--normalize", choices=NORMALIZE, default="auto",
                         help="input scaling (auto: uint8 images to [0, 1])")
     parser.add_argument("--plot", action="store_true",

@@ -1,6 +1,6 @@
 """Data sets for training: one entry point, `load_dataset(spec)`, and the helpers training uses.
 
-A spec is a built-in name (`mnist`, `xor`, `blobs`, `spirals`), a path to a
+A spec is a built-in name (`mnist`, `xor`, `blobs`, `spirals`, `first_element`), a path to a
 `.npz` or `.csv` file, or `text:PATH`, a character corpus. Every loaded set comes back
 the same way: float32 inputs with the sample axis first (channels last for images), int64
 labels and a class count (or, from files, float32 target values), so the trainer never
@@ -23,20 +23,24 @@ from netlang.data.files import TARGET_KINDS, check_target_kind, load_csv, load_n
 from netlang.data.idx import parse_idx, read_idx
 from netlang.data.mnist import load_mnist
 from netlang.data.prepare import batches, fit_to_shape, normalize, train_test_split, validation_split
-from netlang.data.synthetic import blobs, spirals, xor
+from netlang.data.synthetic import blobs, first_element, spirals, xor
 from netlang.data.text import TextCorpus, Vocabulary, is_text_spec, read_text
 from netlang.errors import DataError, did_you_mean
 
 __all__ = [
     "BUILTIN_SETS", "Dataset", "NamedDataset", "TARGET_KINDS", "TextCorpus", "Vocabulary",
-    "batches", "blobs", "check_labels", "check_targets", "fit_to_shape", "load_csv",
+    "batches", "blobs", "check_labels", "check_targets", "first_element", "fit_to_shape",
+    "load_csv",
     "load_dataset", "load_mnist", "load_named_npz", "load_npz", "normalize", "parse_idx",
     "read_idx", "read_text", "spirals", "train_test_split", "validation_split", "xor",
 ]
 
 # Default sizes of the synthetic sets (all samples, before the train/test split).
-SYNTHETIC_SAMPLES = {"xor": 4, "blobs": 200, "spirals": 400}
+SYNTHETIC_SAMPLES = {"xor": 4, "blobs": 200, "spirals": 400, "first_element": 2500}
 BUILTIN_SETS = ("mnist", *SYNTHETIC_SAMPLES)
+# The arrays of `first_element`, by the input names a model gives them
+# (examples/long_dependency_lstm.net): sequences, their lengths, the class of the first step.
+FIRST_ELEMENT_INPUTS = ("sequence", "length", "label")
 FILE_SUFFIXES = (".npz", ".csv")
 
 
@@ -105,10 +109,13 @@ def _mnist(data_dir: str | Path | None, allow_download: bool) -> Dataset:
 MAX_SAMPLES = 10_000_000
 
 
-def _synthetic(name: str, samples: int | None, seed: int, test_fraction: float) -> Dataset:
+def _synthetic(name: str, samples: int | None, seed: int,
+               test_fraction: float) -> Dataset | NamedDataset:
     n = SYNTHETIC_SAMPLES[name] if samples is None else samples
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_SAMPLES:
         raise DataError(f"{name}: samples must be an integer from 1 to {MAX_SAMPLES:,}, got {n!r}")
+    if name == "first_element":
+        return _first_element(n, seed, test_fraction)
     if name == "xor":
         # Four points cannot be split: train on the repeated table, test on the table itself.
         x, y = xor(repeat=math.ceil(n / 4), seed=seed)
@@ -116,6 +123,23 @@ def _synthetic(name: str, samples: int | None, seed: int, test_fraction: float) 
         return Dataset(x, y, x_test, y_test, name, 2)
     x, y = (blobs if name == "blobs" else spirals)(n, seed=seed)
     return Dataset(*train_test_split(x, y, test_fraction, seed), name, 2)
+
+
+def _first_element(n: int, seed: int, test_fraction: float) -> NamedDataset:
+    """`first_element` sequences of 100 steps: the test split all full length, the training
+    split of lengths from 1 to 100, so that training sees the dependency at every distance
+    (from PyTorch's initial weights an LSTM does not learn it from 100-step sequences alone,
+    and the Elman RNN not even with the shorter ones: examples/long_dependency_lstm.net)."""
+    tested = max(1, int(round(n * test_fraction)))
+    if n - tested < 1:
+        raise DataError(f"first_element: {n} samples leave none to train on after the test "
+                        f"split of {test_fraction}")
+    rng = np.random.default_rng(seed)
+    splits = [first_element(n - tested, seed=rng),
+              first_element(tested, shortest=100, seed=rng)]
+    train, test = ({name: array for name, array in zip(FIRST_ELEMENT_INPUTS, split)}
+                   for split in splits)
+    return NamedDataset(train, test, "first_element")
 
 
 def _from_npz(path: Path, targets: str, inputs, label_shape: tuple,

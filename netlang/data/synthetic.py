@@ -1,7 +1,8 @@
-"""Small built-in 2-D sets for smoke tests and the lectures' toy problems.
+"""Small built-in sets for smoke tests and the lectures' toy problems.
 
-Each generator returns `x` float32 (N, 2) and `y` int64 (N,), and is a pure
-function of its arguments: the same seed gives the same bytes on every run.
+The 2-D sets (`xor`, `blobs`, `spirals`) return `x` float32 (N, 2) and `y` int64 (N,);
+`first_element`, a sequence task, returns sequences, their lengths and labels.  Every
+generator is a pure function of its arguments: the same seed gives the same bytes on every run.
 """
 
 from __future__ import annotations
@@ -65,6 +66,35 @@ def spirals(n: int = 400, *, turns: float = 1.5, noise: float = 0.05,
     x = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
     x += rng.normal(0.0, noise, x.shape)
     return x.astype(np.float32), y
+
+
+def first_element(n: int = 2000, *, steps: int = 100, classes: int = 4, shortest: int = 1,
+                  seed: Seed = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A long-dependency task: the label is the first symbol of a sequence of random symbols.
+
+    Returns `x` float32 (n, steps, classes + 1), `lengths` int32 (n,) and `y` int64 (n,).  Each
+    step before the sequence's length holds one of `classes` symbols, one-hot in the first
+    `classes` features; the symbol of step 0 is the label, and only step 0 sets the last
+    feature, a start mark.  The later symbols are drawn at random, noise that writes to the same
+    features as the label.  Steps at and after the length are zeros (padding, which a recurrent
+    layer given `lengths` never reads).  Lengths are drawn uniformly from `shortest` to
+    `steps`: `shortest = steps` gives sequences of the full length, whose label lies
+    `steps - 1` noise steps behind the last one.
+    """
+    _check_count("n", n, minimum=1)
+    _check_count("steps", steps, minimum=1)
+    _check_count("classes", classes, minimum=2)
+    _check_count("shortest", shortest, minimum=1)
+    if shortest > steps:
+        raise DataError(f"shortest must be at most steps ({steps}), got {shortest}")
+    rng = _rng(seed)
+    symbols = rng.integers(0, classes, (n, steps))
+    lengths = rng.integers(shortest, steps + 1, n).astype(np.int32)
+    x = np.zeros((n, steps, classes + 1), dtype=np.float32)
+    x[np.arange(n)[:, None], np.arange(steps)[None, :], symbols] = 1.0
+    x[:, 0, classes] = 1.0
+    x[np.arange(steps)[None, :] >= lengths[:, None]] = 0.0
+    return x, lengths, symbols[:, 0].astype(np.int64)
 
 
 GENERATORS = {"xor": xor, "blobs": blobs, "spirals": spirals}

@@ -13,6 +13,10 @@ returns the `TextCorpus`), and `TextCorpus.windows(length, vocabulary)` cuts it 
 
 `Vocabulary` maps characters to ids and back; its JSON form is saved with a training run, so
 that evaluation and sampling read and write text as the run did.
+
+`bigram_loss` is the baseline a character model has to beat: the held-out loss, in the same
+nats per character on the same windows, of predicting each character from the one before it
+alone (benchmarks/char_bigram.py prints it for a corpus).
 """
 
 from __future__ import annotations
@@ -229,6 +233,28 @@ def with_bits_per_character(figures: dict) -> dict:
         if key == "loss" or key.endswith("_loss"):
             out[key[:-len("loss")] + "bpc"] = value / math.log(2)
     return out
+
+
+def bigram_loss(windows: Dataset, *, smoothing: float = 0.5) -> float:
+    """The test split's cross-entropy, in nats per character, of a bigram model counted on the
+    training split of `windows` (what `TextCorpus.windows` returns).
+
+    Each window's character pairs (input id, target id) are what the character model is scored
+    on, so both losses average over the same predictions.  P(next | current) is the training
+    count of the pair plus `smoothing`, over the count of `current` plus `smoothing` times the
+    number of ids (`windows.num_classes`): additive smoothing, so that a pair the training
+    split never shows costs a finite loss, as it does a model's softmax.
+    """
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) \
+            or not math.isfinite(smoothing) or smoothing <= 0:
+        raise DataError(f"bigram smoothing must be a number above 0, got {smoothing!r}")
+    ids = windows.num_classes
+    counts = np.zeros((ids, ids), dtype=np.float64)
+    np.add.at(counts, (windows.x_train.reshape(-1), windows.y_train.reshape(-1)), 1.0)
+    log_probability = np.log(counts + smoothing) \
+        - np.log(counts.sum(axis=1, keepdims=True) + smoothing * ids)
+    current, following = windows.x_test.reshape(-1), windows.y_test.reshape(-1)
+    return float(-log_probability[current, following].mean())
 
 
 def _is_count(value) -> bool:

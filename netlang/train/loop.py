@@ -138,8 +138,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         spec = data if data is not None else config.data
         if spec is None:
             raise UsageError("no training data: pass `data=` (mnist, xor, blobs, spirals, "
-                             "FILE.npz, FILE.csv or text:FILE.txt) or add `data ...` to the "
-                             "train section")
+                             "first_element, FILE.npz, FILE.csv or text:FILE.txt) or add "
+                             "`data ...` to the train section")
         prepared = prepare_data(spec, binding, config, limit=limit, normalize=normalize,
                                 samples=samples, data_dir=data_dir,
                                 vocabulary=saved_vocabulary(resume) if resume else None)
