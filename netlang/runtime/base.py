@@ -13,7 +13,7 @@ import numpy as np
 from netlang.errors import UsageError
 from netlang.ir.train_config import TrainConfig
 from netlang.ops.init import initialize
-from netlang.ops.optim import Optimizer
+from netlang.ops.optim import Optimizer, regularizer_gradient
 
 
 class EngineBase:
@@ -52,12 +52,37 @@ class EngineBase:
         # Parameters and buffers by name; the engine updates these arrays in place.
         self.params = params if params is not None else initialize(graph, seed, dtype)
         self.rng = np.random.default_rng([seed, 1])  # dropout masks: a stream apart from init's
+        # The batch's first example is this example of a larger batch, which other processes
+        # compute the rest of (netlang/train/distributed.py): dropout masks are drawn as that
+        # batch's rows, so that they do not depend on how many processes share it.
+        self.example_offset = 0
         self.layer_of = {graph.nodes[n]["name"]: graph.nodes[n]["layer"]
                          for n in list(graph.parameters().values()) + list(graph.buffers().values())}
         self.trainable = [name for name, node in graph.parameters().items()
                           if self.config.updates_layer(graph.nodes[node]["layer"])]
         self.input_grads = tuple(input_grads)
         self.optimizer = Optimizer(self.config.optimizer, {n: self.params[n] for n in self.trainable})
+
+    def apply_gradients(self, grads: dict, lr: float) -> None:
+        """One optimiser step from gradients computed elsewhere ({trainable name: gradient}),
+        on the host with the reference rule: the penalties of the regularisers, clipping to
+        the global norm, then the optimiser.  The reference engine's step, and a data-parallel
+        step's after the processes summed their gradients."""
+        grads = dict(grads)
+        for name in self.trainable:
+            node = self.graph.node_named(name)
+            penalty = regularizer_gradient(self.config.regularizers, self.layer_of[name],
+                                           self.graph.nodes[node]["attrs"].get("penalise", False),
+                                           self.params[name])
+            if penalty is not None:
+                grads[name] = grads[name] + penalty
+        if self.config.clip_norm:
+            norm = float(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum())
+                                     for g in grads.values())))
+            if norm > self.config.clip_norm:
+                factor = self.config.clip_norm / (norm + 1e-6)
+                grads = {n: g * factor for n, g in grads.items()}
+        self.optimizer.step(self.params, grads, lr)
 
     # The training loop's hooks for an engine whose memory is not the host's (runtime/cuda.py);
     # engines that compute on host arrays keep the defaults: nothing to upload, and each step's

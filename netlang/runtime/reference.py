@@ -12,7 +12,6 @@ from netlang.interp import ExecContext, execute, needed_nodes
 from netlang.ir.graph import Graph
 from netlang.ir.train_config import TrainConfig
 from netlang.ops import get_op
-from netlang.ops.optim import regularizer_gradient
 from netlang.passes.memory import EXTERNAL
 from netlang.pipeline import check_mode, forward_program, input_gradient_program, training_program
 from netlang.runtime.base import EngineBase
@@ -69,20 +68,7 @@ class ReferenceEngine(EngineBase):
     def train_step(self, feeds: dict, lr: float):
         """One optimiser step on one batch; returns (loss, outputs)."""
         loss, grads, outputs = self.gradients(feeds)
-        grads = {n: grads[n] for n in self.trainable}
-        for name in self.trainable:
-            node = self.graph.node_named(name)
-            penalty = regularizer_gradient(self.config.regularizers, self.layer_of[name],
-                                           self.graph.nodes[node]["attrs"].get("penalise", False),
-                                           self.params[name])
-            if penalty is not None:
-                grads[name] = grads[name] + penalty
-        if self.config.clip_norm:
-            norm = float(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values())))
-            if norm > self.config.clip_norm:
-                factor = self.config.clip_norm / (norm + 1e-6)
-                grads = {n: g * factor for n, g in grads.items()}
-        self.optimizer.step(self.params, grads, lr)
+        self.apply_gradients({n: grads[n] for n in self.trainable}, lr)
         for name, value in self._state_updates.items():  # running statistics
             self.params[name][...] = value
         return loss, outputs

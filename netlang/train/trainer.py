@@ -26,6 +26,7 @@ from netlang.data.text import with_bits_per_character
 from netlang.errors import WeightsError
 from netlang.ir.train_config import TrainConfig
 from netlang.train.binding import Binding, check_complete, count_examples
+from netlang.train.distributed import DataParallelSteps, ShareOfBatches, evaluate_across
 from netlang.train.evaluation import evaluate, evaluated_nodes
 from netlang.train.meters import HostBatches, MetricsOnDevice, MetricsOnHost, prediction_output
 from netlang.train.metrics import MetricAccumulator, class_rule, top_k_values
@@ -82,7 +83,8 @@ class Trainer:
                  run_info: dict | None = None, checkpoint_every: float = 30.0,
                  shuffle: bool = True, weights_metadata: dict | None = None,
                  eval_batch_size: int | None = None, on_step=None,
-                 metrics_every: int = METRICS_EVERY, per_character: bool = False):
+                 metrics_every: int = METRICS_EVERY, per_character: bool = False,
+                 ranks=None):
         self.engine = engine
         self.binding = binding
         self.config = config
@@ -97,6 +99,8 @@ class Trainer:
         self.on_step = on_step
         self.metrics_every = max(1, int(metrics_every))
         self.per_character = per_character   # a text set's loss: each record adds its bits
+        # The MPI processes this one trains with (netlang.train.distributed.Ranks), or None.
+        self.ranks = ranks
         self.top_k = top_k_values(config.metrics)
         self.confusion = "confusion" in config.metrics
         self._stop_requested = False
@@ -122,6 +126,11 @@ class Trainer:
     def request_stop(self) -> None:
         """Stop at the next step boundary, save a checkpoint and raise TrainingInterrupted."""
         self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether a stop was asked for (Ctrl-C, `request_stop`) and not yet carried out."""
+        return self._stop_requested
 
     def state(self) -> dict:
         """Everything a checkpoint needs to continue exactly, as JSON-able values."""
@@ -185,8 +194,13 @@ class Trainer:
         return self.engine.optimizer.state
 
     def _compilations(self, batch: int, evaluated: tuple, eval_batch: int) -> list:
-        """The programs the epochs call (see `EngineBase.compilations`)."""
-        return self.engine.compilations(batch, evaluated, eval_batch)
+        """The programs the epochs call (see `EngineBase.compilations`): with other processes,
+        the gradient pass of this process's share of a batch instead of the training step."""
+        if self.ranks is None:
+            return self.engine.compilations(batch, evaluated, eval_batch)
+        start, stop = self.ranks.bounds(batch)
+        return [self.engine.gradient_compilation(stop - start)] + \
+            self.engine.compilations(None, evaluated, eval_batch)
 
     # -- files ------------------------------------------------------------------------------
 
@@ -303,6 +317,8 @@ class Trainer:
         engine computes, when it holds it there (the CUDA engine, memory allowing) and the
         metrics are summed there too (`meter`), else the host arrays (metrics summed on the
         host read the labels there)."""
+        if self.ranks is not None:
+            return ShareOfBatches(train, self.ranks)
         resident = self.engine.upload(train, batch_size) if meter is not None else None
         return resident if resident is not None else HostBatches(train)
 
@@ -327,7 +343,7 @@ class Trainer:
         or None: each step's loss and outputs then come back to the host.  That is so on
         engines that compute on host arrays, with top-k metrics (they need the scores), and
         for a head whose labels do not line up with its scores one for one."""
-        if self.top_k:
+        if self.top_k or self.ranks is not None:
             return None
         head, graph = self.binding.head, self.engine.graph
         scores = labels = rule = None
@@ -356,8 +372,13 @@ class Trainer:
         acc = MetricAccumulator(self.binding.head, top_k=self.top_k)
         if self.batch and self.accumulator_state:
             acc.restore(self.accumulator_state)
-        metrics = MetricsOnDevice(meter, acc, self.metrics_every) if meter is not None else \
-            MetricsOnHost(self.engine, self.binding.head, acc)
+        if self.ranks is not None:
+            metrics = DataParallelSteps(self.engine, self.binding.head, acc, self.ranks, self,
+                                        self.metrics_every)
+        elif meter is not None:
+            metrics = MetricsOnDevice(meter, acc, self.metrics_every)
+        else:
+            metrics = MetricsOnHost(self.engine, self.binding.head, acc)
         metrics.start()
         take = source.epoch(order)
         done = min(n, self.batch * bs)
@@ -404,9 +425,7 @@ class Trainer:
         """Complete an epoch's `record` (validation, timing, early stopping) and move the
         position to the start of the next epoch."""
         if val is not None:
-            result = evaluate(self.engine, self.binding, val, self.eval_batch_size,
-                              top_k=self.top_k, confusion=self.confusion,
-                              resident=self.held(val))
+            result = self.evaluate(val, confusion=self.confusion)
             for key, value in result.items():
                 if key != "examples":
                     record[f"{val_name}_{key}"] = value
@@ -421,6 +440,15 @@ class Trainer:
         self.accumulator_state = None
         self.epoch_elapsed = 0.0
         self._early_stopping(record, val_name if val is not None and val_name == "val" else None)
+
+    def evaluate(self, arrays: dict, *, confusion: bool) -> dict:
+        """`evaluate` over `arrays` with the current weights; split among the processes when
+        there are several."""
+        if self.ranks is not None:
+            return evaluate_across(self.ranks, self.engine, self.binding, arrays,
+                                   self.eval_batch_size, top_k=self.top_k, confusion=confusion)
+        return evaluate(self.engine, self.binding, arrays, self.eval_batch_size,
+                        top_k=self.top_k, confusion=confusion, resident=self.held(arrays))
 
     def _early_stopping(self, record: dict, val_name: str | None) -> None:
         key = f"{val_name}_loss" if val_name else "loss"
