@@ -83,7 +83,8 @@ needs_mpi = pytest.mark.skipif(MPIEXEC is None or not has_mpi4py(),
 def environment() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["NUMBA_NUM_THREADS"] = "1"   # two processes share the machine's cores
+    # Two processes share the machine's cores: one thread each (Numba's and OpenBLAS's).
+    env["NUMBA_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "1"
     return env
 
 
@@ -177,6 +178,34 @@ def test_two_processes_train_as_one(tmp_path, mlp):
     test_two = json.loads((two / "summary.json").read_text())["test"]
     assert test_two["examples"] == test_one["examples"]
     assert test_two["loss"] == pytest.approx(test_one["loss"], rel=1e-5)
+
+
+FIT = """
+import json, sys
+import numpy as np
+import netlang
+rng = np.random.default_rng(0)
+x = rng.normal(size=(480, 2)).astype(np.float32)
+y = (x[:, 0] * x[:, 1] > 0).astype(np.int32) + (x[:, 0] > 1)
+history = netlang.compile(sys.argv[1]).fit(x, y, epochs=2, verbose=0, val_split=0.25)
+print(json.dumps([history["loss"], history["val_loss"]]))
+"""
+
+
+@needs_mpi
+def test_fit_under_mpiexec_trains_as_one_process(tmp_path, mlp):
+    """`Model.fit` in a script started by mpiexec: every process's history is one process's."""
+    script = tmp_path / "fit.py"
+    script.write_text(FIT)
+    status, out, err = run([sys.executable, str(script), str(mlp)])
+    assert status == 0, err
+    single = json.loads(out)
+    status, out, err = run([sys.executable, str(script), str(mlp)], processes=2)
+    assert status == 0, err
+    histories = [json.loads(line) for line in out.splitlines()]
+    assert len(histories) == 2
+    for history in histories:
+        assert np.allclose(history, single, rtol=1e-5, atol=0)
 
 
 @needs_mpi
