@@ -135,7 +135,8 @@ def measure_model(name: str, ranks, repeats: int, batch_size: int | None = None)
 
         # The data-parallel step itself, as an epoch runs it (no trainer: nothing stops it).
         steps = DataParallelSteps(engine, None, MetricAccumulator(None), ranks,
-                                  SimpleNamespace(stop_requested=False), every=50)
+                                  SimpleNamespace(stop_requested=False,
+                                                  agree_to_stop=lambda agreed: None), every=50)
         steps.start()
         step = lambda: steps.step(feeds, batch, lr, 0, 1)  # noqa: E731
         row["step_ms"] = fastest_ms(step, repeats)

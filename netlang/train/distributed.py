@@ -12,7 +12,8 @@ goes:
 2. the gradients, each weighted by its share's size over the batch's (every netlang loss is a
    mean over the batch's examples), are summed with one MPI Allreduce over one contiguous
    buffer, which also carries the share's loss sum (a NaN anywhere stops every process at the
-   same step) and whether a process was asked to stop (Ctrl-C: all stop at the same step);
+   same step) and whether a process was asked to stop (Ctrl-C, which each process sees at its
+   own moment: all stop at the same step, `Trainer.stopping`);
 3. every process applies the same optimiser step to the same sum, on the host with the
    reference rule (`EngineBase.apply_gradients`), so the parameters stay identical without
    ever being sent.
@@ -236,8 +237,7 @@ class DataParallelSteps:
         total = float(buffer[LOSS_SUM]) / count
         if not np.isfinite(total):
             raise divergence_error(total, epoch, number)
-        if buffer[STOP] > 0:
-            self.trainer.request_stop()
+        self.trainer.agree_to_stop(bool(buffer[STOP] > 0))
         engine.apply_gradients({name: buffer[a:b].reshape(self.shapes[name])
                                 for name, (a, b) in self.spans.items()}, lr)
         if mine:

@@ -104,6 +104,8 @@ class Trainer:
         self.top_k = top_k_values(config.metrics)
         self.confusion = "confusion" in config.metrics
         self._stop_requested = False
+        # With other processes, the stop they all agreed to at the last step (see `stopping`).
+        self._stop_agreed = False
         self._evaluation_copy = None   # (arrays, the engine's copy of them): see `held`
         self.compiled = None   # {"seconds", "programs": {title: seconds}} this process compiled
         # Position in the run; replaced by `restore`.
@@ -131,6 +133,17 @@ class Trainer:
     def stop_requested(self) -> bool:
         """Whether a stop was asked for (Ctrl-C, `request_stop`) and not yet carried out."""
         return self._stop_requested
+
+    def agree_to_stop(self, agreed: bool) -> None:
+        """What the processes training together agreed at this step: whether any of them was
+        asked to stop (netlang/train/distributed.py sums the requests with the gradients)."""
+        self._stop_agreed = agreed
+
+    def stopping(self) -> bool:
+        """Whether to stop at this step boundary: when asked to, or, with other processes,
+        when they all agreed to at the last step, since each sees its Ctrl-C at its own moment
+        and all must stop at the same step."""
+        return self._stop_requested if self.ranks is None else self._stop_agreed
 
     def state(self) -> dict:
         """Everything a checkpoint needs to continue exactly, as JSON-able values."""
@@ -269,7 +282,7 @@ class Trainer:
                                              >= self.checkpoint_every):
                     self.save_checkpoint()
                     last_save = time.monotonic()
-                if self._stop_requested and not last:
+                if self.stopping() and not last:
                     self._interrupt()
             self.finished = True
             if self.out is not None:
@@ -393,13 +406,13 @@ class Trainer:
             self.last_lr = lr
             self.step += 1
             self.batch = i + 1
-            if metrics.due() or self.batch == len(order) or self._stop_requested:
+            if metrics.due() or self.batch == len(order) or self.stopping():
                 running = self._read_metrics(metrics, acc, epoch)
             self.epoch_elapsed = time.perf_counter() - started
             self.progress.step(count, running.get("loss"), running.get("accuracy"))
             if self.on_step is not None:
                 self.on_step(self)
-            if self._stop_requested and self.batch < len(order):
+            if self.stopping() and self.batch < len(order):
                 self._read_metrics(metrics, acc, epoch)   # a stop asked for since the last read
                 self._interrupt()
         elapsed = time.perf_counter() - started
