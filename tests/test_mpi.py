@@ -209,6 +209,22 @@ def test_fit_under_mpiexec_trains_as_one_process(tmp_path, mlp):
 
 
 @needs_mpi
+def test_a_last_batch_of_one_example_leaves_a_process_idle_and_in_step(tmp_path, mlp):
+    """301 blobs leave 241 to train on: each epoch's last batch has 1 example, so rank 1 has
+    none and draws no dropout key; it must still take the sum, and rank 0's generator."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    losses = []
+    for out, processes in ((one, 1), (two, 2)):
+        status, _, err = run([sys.executable, "-m", "netlang.cli", "train", str(mlp),
+                              "--samples", "301", "--val-split", "0", "--epochs", "2",
+                              "--out", str(out)], processes=processes)
+        assert status == 0, err
+        records = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        losses.append([value for r in records for value in (r["loss"], r["test_loss"])])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+@needs_mpi
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
 def test_resume_with_another_number_of_processes(tmp_path, mlp, first, then):
     """Two epochs with `first` processes, resumed for a third with `then`: the losses of an
