@@ -153,6 +153,22 @@ def world() -> Ranks | None:
     return Ranks(comm, MPI) if comm.Get_size() > 1 else None
 
 
+def across_processes(run):
+    """`run` (a training run, taking `ranks=`) given the processes training together when
+    there are several (`world()`), an error in any of them ending the job: the others would
+    wait for it forever.  Alone, `run` as it is."""
+    @functools.wraps(run)
+    def run_here(*args, **options):
+        ranks = world()
+        if ranks is None:
+            return run(*args, **options)
+        try:
+            return run(*args, ranks=ranks, **options)
+        except Exception as error:   # not Ctrl-C: all processes stop at one step for that
+            ranks.fail(error)
+    return run_here
+
+
 def check_batch_size(ranks: Ranks, batch_size: int) -> None:
     """The global batch must split evenly among the processes (a one-line UsageError)."""
     if batch_size % ranks.size:

@@ -19,7 +19,7 @@ from netlang.errors import UsageError
 from netlang.ir.train_config import TrainConfig
 from netlang.runtime import make_engine
 from netlang.train.binding import Binding, as_arrays, bind
-from netlang.train.distributed import check_batch_size, check_supported, world
+from netlang.train.distributed import across_processes, check_batch_size, check_supported
 from netlang.train.evaluation import evaluate, predict
 from netlang.train.overrides import apply_overrides
 from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
@@ -59,20 +59,8 @@ def engine_settings(config: TrainConfig) -> tuple:
     return (config.optimizer, list(config.regularizers), config.clip_norm, tuple(config.freeze))
 
 
-def train(model, **options):
-    """One training run of `model` (a netlang.api.Model); returns (history, engine, config).
-    The options are `run_training`'s.  Under an MPI launcher with several processes, they
-    train together (netlang/train/distributed.py), and an error in one ends them all."""
-    ranks = world()
-    if ranks is None:
-        return run_training(model, **options)
-    try:
-        return run_training(model, ranks=ranks, **options)
-    except Exception as error:   # not Ctrl-C: every process stops at the same step for that
-        ranks.fail(error)
-
-
-def run_training(model, *, data=None, x=None, y=None, validation_data=None, overrides=(), out=None,
+@across_processes
+def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(), out=None,
           resume=None, force: bool = False, device: str | None = None,
           limit: int | None = None,
           normalize: str = "auto", samples: int | None = None, data_dir=None,
@@ -85,8 +73,9 @@ def run_training(model, *, data=None, x=None, y=None, validation_data=None, over
     section's `data`) or from arrays `x`/`y`.  `out` is the run directory (weights,
     checkpoints, metrics.jsonl); `resume` a run directory to continue from.  `dtype` is the
     float width of an engine made here, and of arrays `x`/`y` (data sets are converted as
-    the engine takes each batch).  `ranks`: the MPI processes training together
-    (`netlang.train.distributed.world()`), of which only rank 0 prints and writes files.
+    the engine takes each batch).  Under an MPI launcher with several processes, they train
+    together (`ranks`, given by `across_processes`): only rank 0 prints and writes files, and
+    an error in one ends them all.
     """
     if ranks is not None and not ranks.root:
         progress, plot = None, False
