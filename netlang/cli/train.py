@@ -12,7 +12,7 @@ from pathlib import Path
 
 from netlang.cli import in_flag_words
 from netlang.cli.common import DATA_HELP, NORMALIZE, add_device, compile_model, data_set, number, positive_int
-from netlang.train.distributed import world
+from netlang.train.distributed import RefusedOnEveryProcess, world
 from netlang.train.loop import train
 from netlang.train.overrides import apply_overrides, split_override
 from netlang.train.progress import Progress, auto_log_every
@@ -104,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
             force=args.force, device=args.device, limit=args.limit, normalize=args.normalize,
             samples=args.samples, progress=progress, checkpoint_every=args.checkpoint_every,
             plot=args.plot)
+    except RefusedOnEveryProcess:
+        if not prints_here():   # said once, by rank 0
+            return 1
+        raise
     except TrainingInterrupted as stop:
         if not prints_here():
             return 130

@@ -49,6 +49,11 @@ from netlang.train.metrics import MetricAccumulator
 LOSS_SUM, STOP = -2, -1
 
 
+class RefusedOnEveryProcess(UsageError):
+    """A refusal every process makes alike, from the settings and the model alone: each
+    raises it, so none waits for another, and it ends them as an ordinary error would."""
+
+
 class Ranks:
     """The processes MPI started (its world communicator): this one's rank, their number,
     and the collective calls a data-parallel run makes, each watched by a timeout."""
@@ -164,33 +169,36 @@ def across_processes(run):
             return run(*args, **options)
         try:
             return run(*args, ranks=ranks, **options)
+        except RefusedOnEveryProcess:
+            raise
         except Exception as error:   # not Ctrl-C: all processes stop at one step for that
             ranks.fail(error)
     return run_here
 
 
 def check_batch_size(ranks: Ranks, batch_size: int) -> None:
-    """The global batch must split evenly among the processes (a one-line UsageError)."""
+    """The global batch must split evenly among the processes (a one-line error)."""
     if batch_size % ranks.size:
-        raise UsageError(f"the batch size {batch_size} does not split evenly among "
-                         f"{ranks.size} MPI processes: pass a --batch-size that is a multiple "
-                         f"of {ranks.size}")
+        raise RefusedOnEveryProcess(
+            f"the batch size {batch_size} does not split evenly among {ranks.size} MPI "
+            f"processes: choose a multiple of {ranks.size} (`batch_size={ranks.size * 32}`)")
 
 
 def check_supported(ranks: Ranks, engine, phased: bool) -> None:
     """Refuse, in one line, what data-parallel training does not do yet."""
     if engine.name != "cpu":
-        raise UsageError(f"training across {ranks.size} MPI processes runs on the CPU engine "
-                         f"only (the {engine.name} engine's is pending): pass --device cpu")
+        raise RefusedOnEveryProcess(
+            f"training across {ranks.size} MPI processes runs on the CPU engine only (the "
+            f"{engine.name} engine's is pending): use `device=\"cpu\"`")
     if phased:
-        raise UsageError(f"training phases across {ranks.size} MPI processes are pending: "
-                         f"train this model in one process")
+        raise RefusedOnEveryProcess(f"training phases across {ranks.size} MPI processes are "
+                                    f"pending: train this model in one process")
     buffers = engine.graph.buffers()
     if buffers:
         layer = engine.layer_of[next(iter(buffers))]
-        raise UsageError(f"layer `{layer}` normalises with batch statistics, and synchronising "
-                         f"them across {ranks.size} MPI processes is pending: train this "
-                         f"model in one process")
+        raise RefusedOnEveryProcess(
+            f"layer `{layer}` normalises with batch statistics, and synchronising them across "
+            f"{ranks.size} MPI processes is pending: train this model in one process")
 
 
 class ShareOfBatches:
