@@ -8,6 +8,11 @@ XDG_CACHE_HOME  the user cache the defaults live in (~/.cache when unset).
 NETLANG_DATA    where data sets are looked for first (see netlang.data).
 NUMBA_ENABLE_CUDASIM  1: Numba's CUDA simulator stands in for a GPU (read here, set before
                 Numba is imported; see docs/cuda.md).
+NETLANG_MPI_TIMEOUT  seconds a process training with others under MPI waits for them at a
+                step before it ends the job (default 300; see docs/training.md).
+PMI_SIZE, OMPI_COMM_WORLD_SIZE, PMIX_RANK  set by an MPI launcher (MPICH's and Intel's
+                mpiexec, Open MPI's mpirun, Slurm's srun): whether this process is one of
+                several that MPI started (netlang/train/distributed.py).
 """
 
 from __future__ import annotations
@@ -100,3 +105,20 @@ def timed(what: str):
         yield
     finally:
         debug(1, f"{what}: {(time.perf_counter() - start) * 1000:.1f} ms")
+
+
+# What the common MPI launchers set in each process they start: MPICH's Hydra, Intel MPI and
+# Slurm's PMI-2 `PMI_SIZE`, Open MPI `OMPI_COMM_WORLD_SIZE`, PMIx (Slurm's srun --mpi=pmix,
+# Open MPI 5) `PMIX_RANK`.
+MPI_LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+
+
+def launched_by_mpi() -> bool:
+    """Whether an MPI launcher started this process (see MPI_LAUNCHER_VARIABLES): only then
+    is mpi4py imported, so a process outside mpiexec never loads MPI."""
+    return any(name in os.environ for name in MPI_LAUNCHER_VARIABLES)
+
+
+def mpi_timeout() -> float:
+    """NETLANG_MPI_TIMEOUT: seconds to wait for the other processes at a step (default 300)."""
+    return float(os.environ.get("NETLANG_MPI_TIMEOUT", "") or 300.0)

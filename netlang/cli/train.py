@@ -12,6 +12,7 @@ from pathlib import Path
 
 from netlang.cli import in_flag_words
 from netlang.cli.common import DATA_HELP, NORMALIZE, add_device, compile_model, data_set, number, positive_int
+from netlang.train.distributed import RefusedOnEveryProcess, world
 from netlang.train.loop import train
 from netlang.train.overrides import apply_overrides, split_override
 from netlang.train.progress import Progress, auto_log_every
@@ -109,15 +110,29 @@ def run(args: argparse.Namespace) -> int:
             force=args.force, device=args.device, limit=args.limit, normalize=args.normalize,
             samples=args.samples, progress=progress, checkpoint_every=args.checkpoint_every,
             plot=args.plot, init=args.init, init_layers=args.init_layers)
+    except RefusedOnEveryProcess:
+        if not prints_here():   # said once, by rank 0
+            return 1
+        raise
     except TrainingInterrupted as stop:
+        if not prints_here():
+            return 130
         where = f"epoch {stop.epoch + 1}" if stop.checkpoint else ""
         print(f"interrupted at {where}: checkpoint saved in {run_dir}; continue with "
               f"`netlang train {args.file} --resume {run_dir}`", file=sys.stderr)
         return 130
+    if not prints_here():
+        return 0
     if history.test is not None:
         print(test_line(history.test))
     print(f"saved weights to {run_dir / 'weights.safetensors'}")
     return 0
+
+
+def prints_here() -> bool:
+    """Whether this process prints: the only one, or rank 0 of several under MPI."""
+    ranks = world()
+    return ranks is None or ranks.root
 
 
 def test_line(test: dict) -> str:

@@ -111,6 +111,15 @@ def draw_dropout_key(rng) -> np.ndarray:
     return rng.integers(0, 2 ** 63, size=1, dtype=np.int64).astype(np.uint64)
 
 
+def dropout_key_at(key: np.ndarray, first_element: int) -> np.ndarray:
+    """The key of the part of `key`'s mask that starts at element `first_element`: the hash
+    reads key + (index + 1)·GOLDEN, so element i under the returned key is element
+    first_element + i under `key`.  A process computing rows r0.. of a batch thus draws its
+    rows of the whole batch's mask (netlang/train/distributed.py); 0 leaves the key as it is."""
+    # Arrays wrap around modulo 2**64 without a warning, as the hash itself does.
+    return key + np.array([first_element], dtype=np.uint64) * GOLDEN
+
+
 def dropout_mask_array(shape, rate, rng, dtype):
     """Inverted dropout's mask: 0 with probability `rate`, else 1/(1 − rate)."""
     key = draw_dropout_key(rng)[0]

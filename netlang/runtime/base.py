@@ -54,6 +54,10 @@ class EngineBase:
         # Parameters and buffers by name; the engine updates these arrays in place.
         self.params = params if params is not None else initialize(graph, seed, dtype)
         self.rng = np.random.default_rng([seed, 1])  # dropout masks: a stream apart from init's
+        # The batch's first example is this example of a larger batch, which other processes
+        # compute the rest of (netlang/train/distributed.py): dropout masks are drawn as that
+        # batch's rows, so that they do not depend on how many processes share it.
+        self.example_offset = 0
         self.layer_of = {graph.nodes[n]["name"]: graph.nodes[n]["layer"]
                          for n in list(graph.parameters().values()) + list(graph.buffers().values())}
         self.trainable = [name for name, node in graph.parameters().items()
@@ -92,8 +96,9 @@ class EngineBase:
         """One optimiser step from gradients computed apart ({parameter name: gradient}, as
         `gradients` returns them), on parameters in host memory: the regularisers' penalties
         added, the global norm clipped, then the optimiser's reference rule, in place.  The
-        reference engine's steps take it; adversarial training (netlang/train/adversarial.py)
-        takes it on the CPU engine too, for gradients mixed from two passes."""
+        reference engine's steps take it; on the CPU engine, adversarial training
+        (netlang/train/adversarial.py) takes it for gradients mixed from two passes, and a
+        data-parallel step (netlang/train/distributed.py) for gradients summed over processes."""
         grads = {n: grads[n] for n in self.trainable}
         for name in self.trainable:
             node = self.graph.node_named(name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from netlang.codegen.update import ParamUpdate, UpdatePlan
 from netlang.config import cache_dir, debug, debug_level, private_directory, timed
 from netlang.errors import DataError, UsageError
 from netlang.ir.train_config import TrainConfig
-from netlang.ops.norm import draw_dropout_key
+from netlang.ops.norm import draw_dropout_key, dropout_key_at
 from netlang.pipeline import (
     check_mode,
     forward_program,
@@ -246,9 +247,15 @@ class CompiledProgram:
         """(parameters, optimiser state) as the compiled function takes them."""
         return engine.params, engine.optimizer.state
 
-    def dropout_key(self, engine):
-        """A dropout mask's key for one call, drawn from the engine's generator."""
-        return draw_dropout_key(engine.rng)
+    def dropout_key(self, engine, node):
+        """The key of the mask `node` for one call, drawn from the engine's generator and
+        moved to the engine's first example (`example_offset`), so that a process computing
+        part of a batch draws its rows of the whole batch's mask."""
+        key = draw_dropout_key(engine.rng)
+        if not engine.example_offset:
+            return key
+        per_example = math.prod(self.graph.type_of(node).shape[1:])
+        return dropout_key_at(key, engine.example_offset * per_example)
 
     def scratch(self, key):
         """The target's scratch array `key` (the CPU's programs take none)."""
@@ -286,7 +293,7 @@ class CompiledProgram:
 
     def arguments(self, engine, feeds: dict, batch: int, lr: float, t: int, key) -> list:
         """What the compiled function is passed for one call on prepared `feeds` of `batch`
-        examples; `key()` gives each dropout mask's key, in program order."""
+        examples; `key(node)` gives the dropout mask `node`'s key, in program order."""
         slots = self.slots(batch)
         params, state = self.engine_arrays(engine)
         args = []
@@ -298,7 +305,7 @@ class CompiledProgram:
             elif arg.kind == "state":
                 args.append(state[arg.key])
             elif arg.kind == "key":
-                args.append(key())
+                args.append(key(arg.key))
             elif arg.kind == "scratch":
                 args.append(self.scratch(arg.key))
             else:
@@ -310,7 +317,7 @@ class CompiledProgram:
         an update); its kept values are then readable with `value`."""
         # Keys drawn in program order, as the reference draws its masks.
         self.function(*self.arguments(engine, feeds, batch, lr, t,
-                                      lambda: self.dropout_key(engine)))
+                                      lambda node: self.dropout_key(engine, node)))
 
     def compilation(self, engine, batch: int, title: str) -> ProgramCompilation | None:
         """This program made ready, before its first call, for calls on batches of `batch`
@@ -326,7 +333,7 @@ class CompiledProgram:
         # A key of the type the engine draws, from a generator of its own: the engine's stays
         # where it is, so a seeded run draws the same masks as it did without this.
         unused_key = draw_dropout_key(np.random.default_rng(0))
-        arguments = self.arguments(engine, feeds, batch, 0.0, 0, lambda: unused_key)
+        arguments = self.arguments(engine, feeds, batch, 0.0, 0, lambda node: unused_key)
         return ProgramCompilation(title, self.function, arguments)
 
 
@@ -445,6 +452,12 @@ class CpuEngine(EngineBase):
             evaluation = self._inference(tuple(evaluated), with_losses=False)[2]
             found.append(evaluation.compilation(self, eval_batch, "evaluation"))
         return [compilation for compilation in found if compilation is not None]
+
+    def gradient_compilation(self, batch: int) -> ProgramCompilation:
+        """The training-mode gradient pass (`gradients`) made ready for batches of `batch`
+        examples: a data-parallel step's (netlang/train/distributed.py), whose update waits
+        for the other processes' gradients."""
+        return self._gradient_program("train")[3].compilation(self, batch, "gradient pass")
 
     # -- feeding ----------------------------------------------------------------------------
 

@@ -220,8 +220,9 @@ class CudaProgram(CompiledProgram):
         """The engine's parameters and optimiser state, on the device."""
         return engine.params.device(), engine.optimizer.state.device()
 
-    def dropout_key(self, engine):
-        """A dropout mask's key for one call, as a scalar."""
+    def dropout_key(self, engine, node):
+        """A dropout mask's key for one call, as a scalar (the CUDA engine computes whole
+        batches: data-parallel training across processes is CPU-only so far)."""
         return draw_dropout_key(engine.rng)[0]  # a scalar argument of the host function
 
     def scratch(self, key):

@@ -19,6 +19,7 @@ from netlang.errors import UsageError
 from netlang.ir.train_config import TrainConfig
 from netlang.runtime import make_engine
 from netlang.train.binding import Binding, as_arrays, bind
+from netlang.train.distributed import across_processes, check_batch_size, check_supported
 from netlang.train.evaluation import evaluate, predict
 from netlang.train.overrides import apply_overrides
 from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
@@ -59,13 +60,15 @@ def engine_settings(config: TrainConfig) -> tuple:
     return (config.optimizer, list(config.regularizers), config.clip_norm, tuple(config.freeze))
 
 
+@across_processes
 def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(), out=None,
           resume=None, force: bool = False, device: str | None = None,
           limit: int | None = None,
           normalize: str = "auto", samples: int | None = None, data_dir=None,
           progress: Progress | None = None, engine=None, checkpoint_every: float = 30.0,
           plot: bool = False, shuffle: bool = True, on_step=None,
-          evaluate_test: bool = True, dtype: str = "float32", init=None, init_layers=None):
+          evaluate_test: bool = True, dtype: str = "float32", init=None, init_layers=None,
+          ranks=None):
     """One training run of `model` (a netlang.api.Model); returns (history, engine, config).
 
     Data comes from `data` (a set name, a path or a Dataset; falls back to the train
@@ -74,7 +77,11 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     float width of an engine made here, and of arrays `x`/`y` (data sets are converted as
     the engine takes each batch).  `init` (a run directory or weights file) starts the
     weights from another run's layers, `init_layers` naming which (netlang.train.transfer).
+    Under an MPI launcher with several processes, they train together (`ranks`, given by
+    `across_processes`): only rank 0 prints and writes files, and an error in one ends them all.
     """
+    if ranks is not None and not ranks.root:
+        progress, plot = None, False
     progress = progress or Progress(enabled=False)
     if plot:
         pyplot()   # a missing matplotlib is said now, not after the training it would end
@@ -115,6 +122,10 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         from netlang.runtime.cuda import cuda_module
         cuda_module()
     config = apply_overrides(model.train_config, overrides, model.graph)
+    if ranks is not None:
+        check_batch_size(ranks, config.batch_size)
+        if not ranks.root:
+            out = None
     if out is not None:
         out = Path(out)
         if checkpoint is None and has_run(out):
@@ -166,6 +177,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     runs = phase_runs(model.graph, config, lambda graph, settings, shared: make_engine(
         graph, settings, shared, seed=config.seed, device=device, dtype=dtype),
         engine.params) if has_phases(model.graph) else None
+    if ranks is not None:
+        check_supported(ranks, engine, runs is not None, config.adversarial is not None)
     run_info = {"model": os.path.abspath(model.path) if not model.path.startswith("<")
                 else model.path, "source_hash": model.source_hash,
                 "data": spec if isinstance(spec, str) else None, "limit": limit,
@@ -183,7 +196,7 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
                    on_step=on_step, per_character=prepared.per_character,
                    input_range=prepared.value_range,
                    weights_metadata={"model": str(run_info["model"]),
-                                     "netlang_version": __version__})
+                                     "netlang_version": __version__}, ranks=ranks)
     trainer = PhasedTrainer(engine, runs, binding, config, **options) if runs is not None \
         else Trainer(engine, binding, config, **options)
     if checkpoint is not None:
@@ -213,9 +226,7 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         val, val_name = prepared.test, "test"
     history = trainer.fit(prepared.train, val, val_name=val_name)
     if evaluate_test and prepared.test is not None:
-        history.test = evaluate(engine, binding, prepared.test, trainer.eval_batch_size,
-                                top_k=trainer.top_k, confusion=True,
-                                resident=trainer.held(prepared.test))
+        history.test = trainer.evaluate(prepared.test, confusion=True)
         if prepared.per_character:
             history.test = with_bits_per_character(history.test)
     if out is not None:

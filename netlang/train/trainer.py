@@ -27,6 +27,7 @@ from netlang.errors import WeightsError
 from netlang.ir.train_config import TrainConfig
 from netlang.train.adversarial import adversarial_steps
 from netlang.train.binding import Binding, check_complete, count_examples
+from netlang.train.distributed import DataParallelSteps, ShareOfBatches, evaluate_across
 from netlang.train.divergence import check_not_stuck
 from netlang.train.evaluation import evaluate, evaluated_nodes
 from netlang.train.meters import HostBatches, MetricsOnDevice, MetricsOnHost, prediction_output
@@ -85,7 +86,7 @@ class Trainer:
                  shuffle: bool = True, weights_metadata: dict | None = None,
                  eval_batch_size: int | None = None, on_step=None,
                  metrics_every: int = METRICS_EVERY, per_character: bool = False,
-                 input_range: tuple | None = None):
+                 input_range: tuple | None = None, ranks=None):
         self.engine = engine
         self.binding = binding
         self.config = config
@@ -101,9 +102,13 @@ class Trainer:
         self.metrics_every = max(1, int(metrics_every))
         self.per_character = per_character   # a text set's loss: each record adds its bits
         self.input_range = input_range   # the data's valid range: adversarial inputs stay in it
+        # The MPI processes this one trains with (netlang.train.distributed.Ranks), or None.
+        self.ranks = ranks
         self.top_k = top_k_values(config.metrics)
         self.confusion = "confusion" in config.metrics
         self._stop_requested = False
+        # With other processes, the stop they all agreed to at the last step (see `stopping`).
+        self._stop_agreed = False
         self._evaluation_copy = None   # (arrays, the engine's copy of them): see `held`
         self.compiled = None   # {"seconds", "programs": {title: seconds}} this process compiled
         # Position in the run; replaced by `restore`.
@@ -128,6 +133,22 @@ class Trainer:
     def request_stop(self) -> None:
         """Stop at the next step boundary, save a checkpoint and raise TrainingInterrupted."""
         self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether a stop was asked for (Ctrl-C, `request_stop`) and not yet carried out."""
+        return self._stop_requested
+
+    def agree_to_stop(self, agreed: bool) -> None:
+        """What the processes training together agreed at this step: whether any of them was
+        asked to stop (netlang/train/distributed.py sums the requests with the gradients)."""
+        self._stop_agreed = agreed
+
+    def stopping(self) -> bool:
+        """Whether to stop at this step boundary: when asked to, or, with other processes,
+        when they all agreed to at the last step, since each sees its Ctrl-C at its own moment
+        and all must stop at the same step."""
+        return self._stop_requested if self.ranks is None else self._stop_agreed
 
     def state(self) -> dict:
         """Everything a checkpoint needs to continue exactly, as JSON-able values."""
@@ -191,8 +212,13 @@ class Trainer:
         return self.engine.optimizer.state
 
     def _compilations(self, batch: int, evaluated: tuple, eval_batch: int) -> list:
-        """The programs the epochs call (see `EngineBase.compilations`)."""
-        return self.stepper.compilations(batch, evaluated, eval_batch)
+        """The programs the epochs call (see `EngineBase.compilations`): with other processes,
+        the gradient pass of this process's share of a batch instead of the training step."""
+        if self.ranks is None:
+            return self.stepper.compilations(batch, evaluated, eval_batch)
+        start, stop = self.ranks.bounds(batch)
+        return [self.engine.gradient_compilation(stop - start)] + \
+            self.engine.compilations(None, evaluated, eval_batch)
 
     def _stepper(self):
         """What `train_step` is called on: the engine, or under an `adversarial` setting its
@@ -267,7 +293,7 @@ class Trainer:
                                              >= self.checkpoint_every):
                     self.save_checkpoint()
                     last_save = time.monotonic()
-                if self._stop_requested and not last:
+                if self.stopping() and not last:
                     self._interrupt()
             self.finished = True
             if self.out is not None:
@@ -315,6 +341,8 @@ class Trainer:
         engine computes, when it holds it there (the CUDA engine, memory allowing) and the
         metrics are summed there too (`meter`), else the host arrays (metrics summed on the
         host read the labels there)."""
+        if self.ranks is not None:
+            return ShareOfBatches(train, self.ranks)
         resident = self.engine.upload(train, batch_size) if meter is not None else None
         return resident if resident is not None else HostBatches(train)
 
@@ -339,7 +367,7 @@ class Trainer:
         or None: each step's loss and outputs then come back to the host.  That is so on
         engines that compute on host arrays, with top-k metrics (they need the scores), and
         for a head whose labels do not line up with its scores one for one."""
-        if self.top_k or self.stepper is not self.engine:   # adversarial steps run on the host
+        if self.top_k or self.stepper is not self.engine or self.ranks is not None:
             return None
         head, graph = self.binding.head, self.engine.graph
         scores = labels = rule = None
@@ -368,8 +396,13 @@ class Trainer:
         acc = MetricAccumulator(self.binding.head, top_k=self.top_k)
         if self.batch and self.accumulator_state:
             acc.restore(self.accumulator_state)
-        metrics = MetricsOnDevice(meter, acc, self.metrics_every) if meter is not None else \
-            MetricsOnHost(self.stepper, self.binding.head, acc)
+        if self.ranks is not None:
+            metrics = DataParallelSteps(self.engine, self.binding.head, acc, self.ranks, self,
+                                        self.metrics_every)
+        elif meter is not None:
+            metrics = MetricsOnDevice(meter, acc, self.metrics_every)
+        else:
+            metrics = MetricsOnHost(self.stepper, self.binding.head, acc)
         metrics.start()
         take = source.epoch(order)
         done = min(n, self.batch * bs)
@@ -384,13 +417,13 @@ class Trainer:
             self.last_lr = lr
             self.step += 1
             self.batch = i + 1
-            if metrics.due() or self.batch == len(order) or self._stop_requested:
+            if metrics.due() or self.batch == len(order) or self.stopping():
                 running = self._read_metrics(metrics, acc, epoch)
             self.epoch_elapsed = time.perf_counter() - started
             self.progress.step(count, running.get("loss"), running.get("accuracy"))
             if self.on_step is not None:
                 self.on_step(self)
-            if self._stop_requested and self.batch < len(order):
+            if self.stopping() and self.batch < len(order):
                 self._read_metrics(metrics, acc, epoch)   # a stop asked for since the last read
                 self._interrupt()
         elapsed = time.perf_counter() - started
@@ -416,9 +449,7 @@ class Trainer:
         """Complete an epoch's `record` (validation, timing, early stopping) and move the
         position to the start of the next epoch."""
         if val is not None:
-            result = evaluate(self.engine, self.binding, val, self.eval_batch_size,
-                              top_k=self.top_k, confusion=self.confusion,
-                              resident=self.held(val))
+            result = self.evaluate(val, confusion=self.confusion)
             for key, value in result.items():
                 if key != "examples":
                     record[f"{val_name}_{key}"] = value
@@ -433,6 +464,15 @@ class Trainer:
         self.accumulator_state = None
         self.epoch_elapsed = 0.0
         self._early_stopping(record, val_name if val is not None and val_name == "val" else None)
+
+    def evaluate(self, arrays: dict, *, confusion: bool) -> dict:
+        """`evaluate` over `arrays` with the current weights; split among the processes when
+        there are several."""
+        if self.ranks is not None:
+            return evaluate_across(self.ranks, self.engine, self.binding, arrays,
+                                   self.eval_batch_size, top_k=self.top_k, confusion=confusion)
+        return evaluate(self.engine, self.binding, arrays, self.eval_batch_size,
+                        top_k=self.top_k, confusion=confusion, resident=self.held(arrays))
 
     def _early_stopping(self, record: dict, val_name: str | None) -> None:
         key = f"{val_name}_loss" if val_name else "loss"

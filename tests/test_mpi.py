@@ -1,0 +1,337 @@
+"""Data-parallel training across MPI processes (netlang/train/distributed.py).
+
+The tests that start processes run `mpiexec -n 2` (oversubscribed on a small machine, one
+Numba thread per process) on tiny models, and skip, saying why, where mpi4py or mpiexec is
+absent (`pip install "netlang[mpi]"` brings both).  The others need no MPI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from netlang.ops.norm import draw_dropout_key, dropout_key_at, dropout_mask_array
+from netlang.ops.norm_loops import dropout_bits
+from netlang.train.distributed import combine_results
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# An MLP with dropout on three blobs: 1,600 training examples in batches of 16 make 100 steps
+# an epoch, 300 in three epochs.
+MLP = """
+input x: [2]
+input label: int32[]
+h = x -> dense(16) -> relu -> dropout(0.3) -> dense(16) -> tanh -> dropout(0.2)
+output logits = h -> dense(3)
+train {
+  loss cross_entropy(logits, label)
+  optimizer adam(lr = 0.01)
+  regularize l2(1e-4)
+  batch_size 16
+  epochs 3
+  val_split 0.2
+  metrics accuracy
+  data blobs
+}
+"""
+
+BATCHNORM = """
+input x: [2]
+input label: int32[]
+output logits = x -> dense(8) -> batchnorm -> relu -> dense(3)
+train {
+  loss cross_entropy(logits, label)
+  batch_size 16
+  epochs 1
+  data blobs
+}
+"""
+
+
+def find_mpiexec() -> str | None:
+    """mpiexec on the PATH, or beside this Python's scripts (where the mpich wheel puts it)."""
+    found = shutil.which("mpiexec")
+    if found:
+        return found
+    beside = Path(sysconfig.get_path("scripts")) / "mpiexec"
+    return str(beside) if beside.exists() else None
+
+
+def has_mpi4py() -> bool:
+    try:
+        import mpi4py  # noqa: F401  (only whether it is installed)
+    except ImportError:
+        return False
+    return True
+
+
+MPIEXEC = find_mpiexec()
+needs_mpi = pytest.mark.skipif(MPIEXEC is None or not has_mpi4py(),
+                               reason="needs mpi4py and mpiexec: pip install \"netlang[mpi]\"")
+
+
+def environment() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    # Two processes share the machine's cores: one thread each (Numba's and OpenBLAS's).
+    env["NUMBA_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "1"
+    return env
+
+
+def train_command(model: Path, out: Path, *extra) -> list:
+    return [sys.executable, "-m", "netlang.cli", "train", str(model), "--samples", "2000",
+            "--out", str(out), *map(str, extra)]
+
+
+def run(command: list, *, processes: int = 1, timeout: float = 300, env=None):
+    """(status, stdout, stderr) of `command`, under `mpiexec -n processes` when more than 1."""
+    if processes > 1:
+        command = [MPIEXEC, "-n", str(processes)] + command
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env=env or environment())
+    return done.returncode, done.stdout, done.stderr
+
+
+def epoch_losses(out: Path) -> list:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["loss"], r["val_loss"], r["accuracy"]) for r in records]
+
+
+@pytest.fixture
+def mlp(tmp_path) -> Path:
+    path = tmp_path / "mlp.net"
+    path.write_text(MLP)
+    return path
+
+
+# -- without MPI ------------------------------------------------------------------------------
+
+def test_a_shifted_key_draws_the_rows_of_the_whole_batch_mask():
+    """Rows r0.. of a batch's mask, drawn alone with `dropout_key_at`, are those rows of the
+    mask of the whole batch: what makes masks independent of the process count."""
+    key = draw_dropout_key(np.random.default_rng(3))
+    whole = dropout_bits(key[0], np.arange(64 * 5, dtype=np.uint64)).reshape(64, 5)
+    for first_row in (0, 1, 17, 63):
+        part = dropout_bits(dropout_key_at(key, first_row * 5)[0],
+                            np.arange((64 - first_row) * 5, dtype=np.uint64))
+        assert np.array_equal(part.reshape(-1, 5), whole[first_row:])
+    assert np.array_equal(dropout_key_at(key, 0), key)   # one process: the key as it was
+    # And the reference mask draws exactly these bits.
+    mask = dropout_mask_array((64, 5), 0.5, np.random.default_rng(3), np.float64)
+    kept = (whole >> np.uint64(32)) >= np.uint64(2 ** 31)
+    assert np.array_equal(mask != 0, kept)
+
+
+def test_results_of_parts_combine_into_the_whole():
+    parts = [{"loss": 1.0, "accuracy": 0.5, "examples": 10, "confusion": [[1, 2], [3, 4]],
+              "phases": {"a": 2.0}, "heads": {"h": {"op": "cross_entropy", "loss": 1.0}}},
+             {"loss": 4.0, "accuracy": 1.0, "examples": 30, "confusion": [[1, 0], [0, 1]],
+              "phases": {"a": 6.0}, "heads": {"h": {"op": "cross_entropy", "loss": 2.0}}}]
+    whole = combine_results(parts)
+    assert whole["examples"] == 40
+    assert whole["loss"] == pytest.approx((10 * 1.0 + 30 * 4.0) / 40)
+    assert whole["accuracy"] == pytest.approx((5 + 30) / 40)
+    assert whole["confusion"] == [[2, 2], [3, 5]]
+    assert whole["phases"]["a"] == pytest.approx(5.0)
+    assert whole["heads"]["h"] == {"op": "cross_entropy", "loss": pytest.approx(1.75)}
+
+
+def test_a_process_outside_mpiexec_never_imports_mpi4py(tmp_path, mlp):
+    code = ("import sys, netlang\n"
+            f"netlang.compile({str(mlp)!r}).fit(data='blobs', epochs=1, verbose=0, "
+            "limit=64, settings=['val_split=0'])\n"
+            "assert 'mpi4py' not in sys.modules, 'mpi4py was imported'\n")
+    env = {k: v for k, v in environment().items()
+           if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")}
+    status, out, err = run([sys.executable, "-c", code], env=env)
+    assert status == 0, err
+
+
+# -- two processes -----------------------------------------------------------------------------
+
+@needs_mpi
+def test_two_processes_train_as_one(tmp_path, mlp):
+    """300 steps of an MLP with dropout and an L2 penalty: the per-epoch losses of 2 processes
+    are one process's to 1e-5; only rank 0 printed and wrote the run directory."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    status, out, err = run(train_command(mlp, one))
+    assert status == 0, err
+    status, out, err = run(train_command(mlp, two), processes=2)
+    assert status == 0, err
+    for single, shared in zip(epoch_losses(one), epoch_losses(two), strict=True):
+        assert shared == pytest.approx(single, rel=1e-5)
+    assert out.count("epoch 1/3") == 1 and out.count("saved weights") == 1, out
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    records = (two / "metrics.jsonl").read_text().splitlines()
+    assert len(records) == 3   # one writer: no record twice
+    test_one = json.loads((one / "summary.json").read_text())["test"]
+    test_two = json.loads((two / "summary.json").read_text())["test"]
+    assert test_two["examples"] == test_one["examples"]
+    assert test_two["loss"] == pytest.approx(test_one["loss"], rel=1e-5)
+
+
+FIT = """
+import json, os, sys
+from pathlib import Path
+import numpy as np
+import netlang
+rng = np.random.default_rng(0)
+x = rng.normal(size=(480, 2)).astype(np.float32)
+y = (x[:, 0] * x[:, 1] > 0).astype(np.int32) + (x[:, 0] > 1)
+history = netlang.compile(sys.argv[1]).fit(x, y, epochs=2, verbose=0, val_split=0.25)
+# A file per process: the processes' printed lines may interleave.
+Path(sys.argv[2], os.environ.get("PMI_RANK", "alone")).write_text(
+    json.dumps(history["loss"] + history["val_loss"]))
+"""
+
+
+@needs_mpi
+def test_fit_under_mpiexec_trains_as_one_process(tmp_path, mlp):
+    """`Model.fit` in a script started by mpiexec: every process's history is one process's."""
+    script = tmp_path / "fit.py"
+    script.write_text(FIT)
+    status, out, err = run([sys.executable, str(script), str(mlp), str(tmp_path)])
+    assert status == 0, err
+    single = json.loads((tmp_path / "alone").read_text())
+    status, out, err = run([sys.executable, str(script), str(mlp), str(tmp_path)], processes=2)
+    assert status == 0, err
+    for rank in ("0", "1"):
+        assert json.loads((tmp_path / rank).read_text()) == pytest.approx(single, rel=1e-5)
+
+
+@needs_mpi
+def test_a_last_batch_of_one_example_leaves_a_process_idle_and_in_step(tmp_path, mlp):
+    """301 blobs leave 241 to train on: each epoch's last batch has 1 example, so rank 1 has
+    none and draws no dropout key; it must still take the sum, and rank 0's generator."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    losses = []
+    for out, processes in ((one, 1), (two, 2)):
+        status, _, err = run([sys.executable, "-m", "netlang.cli", "train", str(mlp),
+                              "--samples", "301", "--val-split", "0", "--epochs", "2",
+                              "--out", str(out)], processes=processes)
+        assert status == 0, err
+        records = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        losses.append([value for r in records for value in (r["loss"], r["test_loss"])])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+@needs_mpi
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_resume_with_another_number_of_processes(tmp_path, mlp, first, then):
+    """Two epochs with `first` processes, resumed for a third with `then`: the losses of an
+    uninterrupted run in one process, to 1e-5."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    status, _, err = run(train_command(mlp, straight))
+    assert status == 0, err
+    status, _, err = run(train_command(mlp, split, "--epochs", 2), processes=first)
+    assert status == 0, err
+    status, out, err = run([sys.executable, "-m", "netlang.cli", "train", str(mlp),
+                            "--resume", str(split), "--epochs", "3"], processes=then)
+    assert status == 0, err
+    assert out.count("resuming") == 1
+    for whole, resumed in zip(epoch_losses(straight), epoch_losses(split), strict=True):
+        assert resumed == pytest.approx(whole, rel=1e-5)
+
+
+@needs_mpi
+def test_ctrl_c_stops_every_process_at_one_step_and_one_process_resumes(tmp_path, mlp):
+    """Ctrl-C to mpiexec (which passes it to both processes, each at its own moment): one
+    message, status 130, and a checkpoint mid-epoch that one process resumes to the losses of
+    a run never interrupted."""
+    split, straight = tmp_path / "split", tmp_path / "straight"
+    job = subprocess.Popen([MPIEXEC, "-n", "2"] + train_command(mlp, split, "--epochs", 1000),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=environment())
+    try:
+        deadline = time.monotonic() + 240
+        while not (split / "metrics.jsonl").exists():   # an epoch is done
+            assert job.poll() is None, job.communicate()
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        job.send_signal(signal.SIGINT)
+        out, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 130, err
+    assert err.count("interrupted at epoch") == 1, err
+    epoch = int(err.split("interrupted at epoch ")[1].split(":")[0])
+    status, out, err = run([sys.executable, "-m", "netlang.cli", "train", str(mlp),
+                            "--resume", str(split), "--epochs", str(epoch + 1)])
+    assert status == 0, err
+    status, _, err = run(train_command(mlp, straight, "--epochs", epoch + 1))
+    assert status == 0, err
+    for whole, resumed in zip(epoch_losses(straight), epoch_losses(split), strict=True):
+        assert resumed == pytest.approx(whole, rel=1e-5)
+
+
+@needs_mpi
+def test_a_batch_the_processes_cannot_share_is_refused(tmp_path, mlp):
+    status, _, err = run(train_command(mlp, tmp_path / "run", "--batch-size", 15), processes=2)
+    assert status != 0
+    assert "error: the batch size 15 does not split evenly among 2 MPI processes" in err
+
+
+@needs_mpi
+def test_batch_norm_across_processes_is_refused_as_pending(tmp_path):
+    model = tmp_path / "bn.net"
+    model.write_text(BATCHNORM)
+    status, _, err = run(train_command(model, tmp_path / "run"), processes=2)
+    assert status != 0
+    assert "synchronising them across 2 MPI processes is pending" in err
+
+
+KILLABLE = """
+import os, sys
+from pathlib import Path
+Path(sys.argv[1], os.environ["PMI_RANK"]).write_text(str(os.getpid()))
+from netlang.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+def test_a_process_that_dies_or_hangs_ends_the_job_with_an_error(tmp_path, mlp, fault):
+    """Rank 1 killed while training: MPICH's mpiexec ends the job at once.  Rank 1 stopped
+    (SIGSTOP: alive, but never answering): rank 0 gives up after NETLANG_MPI_TIMEOUT seconds
+    and ends the job with an error naming itself."""
+    script = tmp_path / "killable.py"
+    script.write_text(KILLABLE)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {**environment(), "NETLANG_MPI_TIMEOUT": "5"}
+    command = [MPIEXEC, "-n", "2", sys.executable, str(script), str(pids), "train", str(mlp),
+               "--samples", "2000", "--epochs", "1000", "--out", str(tmp_path / "run")]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "run" / "metrics.jsonl").exists():   # training has started
+            assert job.poll() is None, job.communicate()
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        os.kill(int((pids / "1").read_text()),
+                signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
+        started = time.monotonic()
+        out, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0
+    assert time.monotonic() - started < 60
+    if fault == "hung":
+        # Where rank 0 waits depends on when rank 1 stopped: summing a step's gradients, or
+        # combining an epoch's evaluation.
+        assert "error: MPI rank 0 of 2 waited 5 s for the other processes while " in err, \
+            (job.returncode, out, err)
