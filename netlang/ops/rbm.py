@@ -70,8 +70,8 @@ rbm.document(
     params="`weight` `(hidden, features)` (`init`, N(0, 0.01) by default: `gain` 0.01), `bias` "
            "`(hidden,)` and `visible_bias` `(features,)` (zeros); with `persistent = true` the "
            "buffer `chain` `(chains, features)`, the persistent chains (zeros at first).",
-    example="input x: [784]\nrbm1 = x -> rbm(500, k = 1) as rbm1\noutput h = x -> "
-            "dense(500, share = rbm1) -> sigmoid\ntrain { loss rbm1 }")
+    example="input x: [784]\ngap = x -> rbm(500, k = 1) as rbm1\noutput h = x -> "
+            "dense(500, share = rbm1) -> sigmoid\ntrain { loss gap }")
 # A dense layer sharing these parameters reads `weight` and `bias`: W x + c.
 rbm.lends_parameters_to = ("dense",)
 
@@ -104,6 +104,7 @@ def _rbm_macs(inputs, out, a):
 # ---- the reference: NumPy, in float64 --------------------------------------------------------
 
 def _sigmoid(a):
+    # rbm_loops.py `logistic`'s formula, so both compare their draws with the same value.
     return 0.5 * (1.0 + np.tanh(0.5 * a))
 
 

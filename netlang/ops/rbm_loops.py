@@ -28,12 +28,18 @@ def softplus(a):
     return max(a, 0.0) + np.log1p(np.exp(-abs(a)))
 
 
+def logistic(a):
+    """σ(a) = ½(1 + tanh(a/2)): no overflow, and the NumPy reference's formula to the last bit,
+    so a draw compares with the same probability on every engine."""
+    return 0.5 * (1.0 + np.tanh(0.5 * a))
+
+
 def hidden_probabilities(v, weight, hidden_bias):
     """σ(v·Wᵀ + c) in float64, one row per row of `v` (float64)."""
     pre = np.dot(v, np.ascontiguousarray(weight.T).astype(np.float64))
     for r in range(pre.shape[0]):
         for j in range(pre.shape[1]):
-            pre[r, j] = 1.0 / (1.0 + np.exp(-(pre[r, j] + hidden_bias[j])))
+            pre[r, j] = logistic(pre[r, j] + hidden_bias[j])
     return pre
 
 
@@ -62,7 +68,7 @@ def gibbs_chain(start, weight, hidden_bias, visible_bias, steps, key, gaussian, 
                     v[r, i] = centre + first
                 else:
                     index = np.uint64(base + r * visible + i)
-                    v[r, i] = 1.0 if uniform_draw(key, index) < 1.0 / (1.0 + np.exp(-centre)) else 0.0
+                    v[r, i] = 1.0 if uniform_draw(key, index) < logistic(centre) else 0.0
     for r in range(rows):
         for i in range(visible):
             out[r, i] = v[r, i]
@@ -136,7 +142,8 @@ def gradient_weight(g, x, model, weight, hidden_bias, persistent, out):
     gd = g.astype(np.float64)
     positive = weighted_hidden(xd, weight, hidden_bias, gd)
     negative = weighted_hidden(md, weight, hidden_bias, row_weights(gd, md.shape[0], persistent))
-    grad = np.dot(np.ascontiguousarray(negative.T), md) - np.dot(np.ascontiguousarray(positive.T), xd)
+    grad = (np.dot(np.ascontiguousarray(negative.T), md)
+            - np.dot(np.ascontiguousarray(positive.T), xd))
     for j in range(grad.shape[0]):
         for i in range(grad.shape[1]):
             out[j, i] = grad[j, i]
