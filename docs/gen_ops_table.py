@@ -32,6 +32,7 @@ FAMILIES = [
     ("activation", "Activations"),
     ("norm", "Normalisation and dropout"),
     ("noise", "Noise and sampling"),
+    ("rbm", "Energy-based models"),
     ("recurrent", "Recurrent"),
     ("reshape", "Reshaping"),
     ("merge", "Merging branches"),

@@ -62,6 +62,10 @@ def execute(graph: Graph, feeds: dict, params: dict, targets, ctx: ExecContext |
             if ctx.mode == "train" and opdef.state_rule is not None:
                 for index, value in opdef.state_rule(inputs, data["attrs"], ctx).items():
                     ctx.state_updates[graph.nodes[data["inputs"][index]]["name"]] = value
+            if (ctx.mode == "train" and opdef.output_state is not None
+                    and opdef.output_state < len(inputs)):
+                buffer = graph.nodes[data["inputs"][opdef.output_state]]["name"]
+                ctx.state_updates[buffer] = values[node]
     return values
 
 

@@ -45,13 +45,18 @@ ENGINE_CLASSES = {engine.name: engine for engine in (ReferenceEngine, CpuEngine,
 
 # Ops an engine cannot run yet, with the reason.  An op that gains its forward rule or kernel
 # fails test_every_kernel_is_present_or_pending until it leaves this table.
-PENDING: dict = {"reference": {}, "cpu": {}, "cuda": {}}
+_RBM_ON_CUDA = "the RBM's CUDA kernels are pending (its loop nests call CPU helpers)"
+PENDING: dict = {"reference": {}, "cpu": {},
+                 "cuda": {op: _RBM_ON_CUDA for op in ("rbm", "rbm_chain", "rbm_gap",
+                                                      "rbm_gap_grad")}}
 
-# A model for each layer an engine cannot run, to see that engine refuse it (none now: every
-# engine runs every layer; test_cuda.py sees an op without a CUDA kernel refused); the op of
+# A model for each layer an engine cannot run, to see that engine refuse it (the RBM on CUDA;
+# test_cuda.py also sees an op without a CUDA kernel refused); the op of
 # each gradient case, so that the walk leaves out the cases of ops an engine has no kernel for.
 CASE_OPS = {case.id: op for op, cases in CASES.items() for case in cases}
-PENDING_MODELS: dict = {}
+PENDING_MODELS: dict = {
+    "rbm": "input x: [4]\ng = x -> rbm(3) as layer\noutput g\ntrain { loss g }\n",
+}
 
 # (engine, case id) → why the engine fails that case today, and the exception it fails with.
 KNOWN_GAPS: dict = {}
@@ -61,6 +66,14 @@ KNOWN_GAPS: dict = {}
 # distributions, convolutions with padding, strides, dilation, groups and the direct (1×1)
 # path, transposed convolutions, pooling with padding and ceil mode.
 COMPOSITES = [
+    # An RBM as a file writes it: the evaluation pass runs the layer itself, the training pass
+    # its rewrite (rbm_chain, rbm_gap); a dense layer shares its weight and hidden bias.
+    Case("composite_rbm", """
+        input x: [5]
+        g = x -> rbm(3, k = 2) as r
+        output h = x -> dense(3, share = r) -> sigmoid
+        output g
+        train { loss g }""", draw={"x": unit_interval}),
     Case("composite_activations", """
         input x: [7]
         input t: [7]

@@ -52,6 +52,8 @@ EXPECTED_PARAMS = {
     "transfer_features.net": 9_098,
     "transfer_head.net": 9_098,   # conv1, conv2 (1,248, frozen) and a new head
     "denoising_autoencoder.net": 402_448,
+    "rbm.net": 393_284,
+    "dbn.net": 1_666_794,
 }
 
 # Parameters in frozen layers (`freeze`), counted but not trained.

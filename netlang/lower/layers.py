@@ -361,7 +361,7 @@ class LayerBuilder(ExpressionEvaluator):
         if shared is not None:
             owned = self.params_of(shared.name)
             other_op = self.graph.op(self.graph.node_named(shared.name))
-            if other_op != op.name:
+            if other_op != op.name and op.name not in get_op(other_op).lends_parameters_to:
                 raise Problem(f"cannot share parameters with `{shared.name}`: it is a `{other_op}`, "
                               f"this is a `{op.name}`", shared.loc, "argument")
             for spec in specs:

@@ -19,6 +19,7 @@ from netlang.ops import (
     noise,
     norm,
     pool,
+    rbm,
     recurrent,
     recurrent_cuda,
     recurrent_kernels,
@@ -55,6 +56,6 @@ __all__ = ["OPS", "OpDef", "ParamSpec", "ShapeContext", "ShapeProblem", "all_ops
            "stated_integer_bounds",
            # the families, imported above for the ops they register
            "activations", "conv", "conv_kernels", "core", "dense", "elementwise", "loss_terms",
-           "losses", "merge", "noise", "norm", "pool", "recurrent", "recurrent_cuda",
+           "losses", "merge", "noise", "norm", "pool", "rbm", "recurrent", "recurrent_cuda",
            "recurrent_kernels",
            "reduce", "reshape"]

@@ -109,6 +109,13 @@ class OpDef:
     # Training-mode side effect on buffer operands (batch norm's running statistics):
     # fn(inputs, attrs, ctx) -> {operand index: new value}, applied after the step.
     state_rule: Callable | None = None
+    # The operand index of a buffer that takes the op's output after a training step, where the
+    # node has that operand (an RBM's persistent chains continue from the sample the step
+    # drew), or None.
+    output_state: int | None = None
+    # Ops whose layers may share this op's parameters (`share = layer`): each reads the ones
+    # it names from this op's (a dense layer takes an RBM's weight and hidden bias).
+    lends_parameters_to: tuple[str, ...] = ()
     # CPU kernel templates, rendered into Numba source by netlang.codegen.cpu.  An
     # elementwise op gives a scalar expression over its operands ({0}, {1}, ...), which
     # the code generator fuses into loops; any other op emits statements; a view op

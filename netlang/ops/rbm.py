@@ -1,0 +1,329 @@
+"""Restricted Boltzmann machines, trained by contrastive divergence (CD-k) or persistent CD.
+
+An RBM with visible units v, binary hidden units h, weight W (hidden × visible, as a dense
+layer's), hidden bias c and visible bias b has the energy E(v, h) = −bᵀv − cᵀh − vᵀWᵀh (binary
+visible units; Gaussian ones of unit variance have ½‖v − b‖² in place of −bᵀv), and, summing
+out h, the free energy F(v) = −bᵀv − Σⱼ softplus(W v + c)ⱼ.  The log-likelihood's gradient is
+−∂F(v)/∂θ at the data minus its expectation under the model; contrastive divergence estimates
+the expectation at a sample ṽ drawn by k Gibbs steps started at the data, persistent CD by
+chains that carry on from one step to the next (Tieleman 2008).
+
+So the layer `x -> rbm(hidden)` outputs, per example, the free-energy gap F(x) − F(ṽ) with ṽ
+held constant: its gradient is CD-k's update (∂F/∂W = −p(h|v)ᵀ v, so descending the gap moves
+W by ⟨p(h|x) xᵀ⟩ − ⟨p(h|ṽ) ṽᵀ⟩), and a train section writes `loss gap` (with `update` naming
+the RBM in a deep belief net's pretraining phases).  In a training step the layer is
+rewritten as two ops, `rbm_chain` (the Gibbs chain: draws, no gradient) and `rbm_gap` (the
+differentiable gap), so the backward pass reads the very sample the forward pass drew.  The
+persistent chains are a buffer, `chain` (chains × visible), that `rbm_chain` continues from and
+overwrites after each step (`OpDef.output_state`), saved in checkpoints like batch norm's
+running statistics.  A dense layer may share the RBM's weight and hidden bias
+(`dense(hidden, share = rbm_layer)` computes W x + c, so `sigmoid` after it is p(h = 1 | x)):
+a deep belief net stacks RBMs on such layers and fine-tunes them with backpropagation.
+
+Draws come from the counter-based generator the noise ops use (one key per call; the index
+scheme is rbm_loops.py `chain_index`); the NumPy reference below and the compiled loop nests of
+rbm_loops.py compute in float64 from the same draws.  CUDA kernels are pending: the CUDA engine
+refuses these ops in one line.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from netlang.ir.types import TensorType
+from netlang.ops.init import SCHEMES
+from netlang.ops.norm import draw_dropout_key
+from netlang.ops.norm_loops import uniform_draw
+from netlang.ops.rbm_loops import chain_index
+from netlang.ops.registry import ParamSpec, define_internal, define_op
+from netlang.ops.schema import Arg, BOOL, FLOAT, INT, enum
+
+VISIBLE_UNITS = ("binary", "gaussian")
+GAP_PARTS = ("input", "weight", "bias", "visible_bias")
+
+rbm = define_op(
+    "rbm", family="rbm",
+    args=[
+        Arg("hidden", INT, min=1, doc="binary hidden units"),
+        Arg("k", INT, 1, min=1, doc="Gibbs steps of the negative chain (CD-k)"),
+        Arg("persistent", BOOL, False,
+            doc="continue the chains from the previous step's (persistent CD) instead of "
+                "starting them at the data"),
+        Arg("chains", INT, 100, min=1, doc="persistent chains (with `persistent = true`)"),
+        Arg("visible", enum(*VISIBLE_UNITS), "binary",
+            doc="visible units: binary, or Gaussian of unit variance (standardise the data)"),
+        Arg("init", enum(*SCHEMES), "normal",
+            doc="how the weight is drawn (see Initialisation); the biases start at zero"),
+        # Small normal weights, as Hinton's practical guide to training RBMs advises.
+        Arg("gain", FLOAT, 0.01, min=0.0, exclusive_min=True,
+            doc="scales the weight's range or standard deviation"),
+    ],
+    doc="A restricted Boltzmann machine over its input's features: outputs, per example, the "
+        "free-energy gap F(x) − F(ṽ) with ṽ drawn by `k` Gibbs steps from x (or from the "
+        "persistent chains) and held constant, whose gradient is contrastive divergence's "
+        "update. A `dense(hidden, share = this layer)` computes its hidden pre-activations.")
+rbm.document(
+    shape="`(features,)` → a scalar per example (the free-energy gap); floating-point input. "
+          "Binary visible units take values in [0, 1].",
+    params="`weight` `(hidden, features)` (`init`, N(0, 0.01) by default: `gain` 0.01), `bias` "
+           "`(hidden,)` and `visible_bias` `(features,)` (zeros); with `persistent = true` the "
+           "buffer `chain` `(chains, features)`, the persistent chains (zeros at first).",
+    example="input x: [784]\ngap = x -> rbm(500, k = 1) as rbm1\noutput h = x -> "
+            "dense(500, share = rbm1) -> sigmoid\ntrain { loss gap }")
+# A dense layer sharing these parameters reads `weight` and `bias`: W x + c.
+rbm.lends_parameters_to = ("dense",)
+
+
+@rbm.shape
+def _rbm_shape(ctx, a):
+    ctx.need_float(0)
+    ctx.need_rank(0, (2,), "a batch of feature vectors (flatten images first)")
+    return TensorType((ctx.inputs[0].shape[0],), ctx.inputs[0].dtype)
+
+
+@rbm.params
+def _rbm_params(inputs, a):
+    visible = inputs[0].shape[-1]
+    specs = [ParamSpec("weight", (a["hidden"], visible), a["init"], visible, a["hidden"],
+                       a["gain"]),
+             ParamSpec("bias", (a["hidden"],), "zeros", visible, a["hidden"]),
+             ParamSpec("visible_bias", (visible,), "zeros", visible, a["hidden"])]
+    if a["persistent"]:
+        specs.append(ParamSpec("chain", (a["chains"], visible), "zeros", buffer=True))
+    return specs
+
+
+@rbm.macs
+def _rbm_macs(inputs, out, a):
+    # Per example: the data's hidden pre-activations, and 2k + 1 products of the chain.
+    return (2 * a["k"] + 2) * a["hidden"] * inputs[0].shape[-1]
+
+
+# ---- the reference: NumPy, in float64 --------------------------------------------------------
+
+def _sigmoid(a):
+    # rbm_loops.py `logistic`'s formula, so both compare their draws with the same value.
+    return 0.5 * (1.0 + np.tanh(0.5 * a))
+
+
+def hidden_probabilities(v, weight, hidden_bias):
+    """p(h = 1 | v) = σ(v·Wᵀ + c) per row, float64."""
+    return _sigmoid(v.astype(np.float64) @ weight.astype(np.float64).T + hidden_bias)
+
+
+def gibbs_chain_reference(start, weight, hidden_bias, visible_bias, steps, key, gaussian):
+    """The visible units after `steps` Gibbs steps from `start`, drawn as rbm_loops.py
+    `gibbs_chain` draws them (float64)."""
+    rows, visible = start.shape
+    hidden = weight.shape[0]
+    v = start.astype(np.float64)
+    w = weight.astype(np.float64)
+    for s in range(steps):
+        base = chain_index(2 * s, rows, hidden, visible)
+        index = np.arange(rows * hidden, dtype=np.uint64).reshape(rows, hidden) + np.uint64(base)
+        h = (uniform_draw(key, index) < hidden_probabilities(v, weight, hidden_bias)) * 1.0
+        centre = h @ w + visible_bias
+        base = chain_index(2 * s + 1, rows, hidden, visible)
+        offsets = np.arange(rows * visible, dtype=np.uint64).reshape(rows, visible)
+        if gaussian:
+            # Normal pair p holds uniform draws 2p and 2p + 1: pairs from base / 2 on.
+            first = _first_of_pairs(key, offsets + np.uint64(base // 2))
+            v = centre + first
+        else:
+            v = (uniform_draw(key, offsets + np.uint64(base)) < _sigmoid(centre)) * 1.0
+    return v
+
+
+def _first_of_pairs(key, pairs):
+    """The first standard normal draw of each normal pair in `pairs` (uint64 array)."""
+    radius = np.sqrt(-2.0 * np.log(uniform_draw(key, pairs * np.uint64(2))))
+    angle = 2.0 * math.pi * uniform_draw(key, pairs * np.uint64(2) + np.uint64(1))
+    return radius * np.cos(angle)
+
+
+def free_energy(v, weight, hidden_bias, visible_bias, gaussian):
+    """F(v) per row, float64 (see the module's docstring)."""
+    v = v.astype(np.float64)
+    pre = v @ weight.astype(np.float64).T + hidden_bias
+    softplus = np.logaddexp(0.0, pre).sum(axis=1)
+    if gaussian:
+        return 0.5 * np.square(v - visible_bias).sum(axis=1) - softplus
+    return -(v @ visible_bias.astype(np.float64)) - softplus
+
+
+def _chain_start(x, chain, a):
+    return chain if a["persistent"] else x
+
+
+def _gaussian(a):
+    return a["visible"] == "gaussian"
+
+
+def _gap(x, model, weight, bias, visible_bias, a):
+    data = free_energy(x, weight, bias, visible_bias, _gaussian(a))
+    negative = free_energy(model, weight, bias, visible_bias, _gaussian(a))
+    return data - (negative.mean() if a["persistent"] else negative)
+
+
+def _chain(ins, a, ctx):
+    x, weight, bias, visible_bias = ins[:4]
+    start = _chain_start(x, ins[4] if len(ins) > 4 else None, a)
+    key = draw_dropout_key(ctx.rng)[0]
+    return gibbs_chain_reference(start, weight, bias, visible_bias, a["k"], key, _gaussian(a))
+
+
+@rbm.forward
+def _rbm_forward(ins, a, ctx):
+    x, weight, bias, visible_bias = ins[:4]
+    model = _chain(ins, a, ctx)
+    return _gap(x, model, weight, bias, visible_bias, a).astype(x.dtype)
+
+
+rbm_chain = define_internal(
+    "rbm_chain", family="rbm", arity=None, args=rbm.args,
+    doc="(x, weight, bias, visible_bias[, chain]) → the visible units after k Gibbs steps from "
+        "x (or from the persistent chains, which take the result after the step); no gradient.")
+
+
+@rbm_chain.shape
+def _rbm_chain_shape(ctx, a):
+    x = ctx.inputs[0]
+    return ctx.inputs[4] if a["persistent"] else x
+
+
+rbm_chain.forward(lambda ins, a, ctx: _chain(ins, a, ctx).astype(ins[0].dtype))
+# The persistent chains continue, next step, from where this one left them.
+rbm_chain.output_state = 4
+
+rbm_gap = define_internal(
+    "rbm_gap", family="rbm", arity=5, args=rbm.args, differentiable=True,
+    shape=lambda ctx, a: TensorType((ctx.inputs[0].shape[0],), ctx.inputs[0].dtype),
+    doc="(x, model sample, weight, bias, visible_bias) → F(x) − F(sample) per example (the mean "
+        "over the chains for persistent CD), the sample held constant.")
+rbm_gap.forward(lambda ins, a, ctx: _gap(*ins, a).astype(ins[0].dtype))
+
+rbm_gap_grad = define_internal(
+    "rbm_gap_grad", family="rbm", arity=6,
+    args=(*rbm.args, Arg("part", enum(*GAP_PARTS), doc="the operand differentiated")),
+    # The gradient has its operand's type: x (operand 1), or a parameter (operands 3 to 5).
+    shape=lambda ctx, a: ctx.inputs[1 if a["part"] == "input" else 2 + GAP_PARTS.index(a["part"])],
+    doc="(g, x, model sample, weight, bias, visible_bias) → the gradient of Σ g·gap with respect "
+        "to `part`, the sample held constant.")
+
+
+def gap_gradient_reference(part, g, x, model, weight, bias, visible_bias, a):
+    """The gradient of Σₑ gₑ·gapₑ with respect to `part` (see rbm_loops.py `gradient_*`)."""
+    gaussian = _gaussian(a)
+    g, x, model = (t.astype(np.float64) for t in (g, x, model))
+    model_weights = (np.full(len(model), g.sum() / len(model)) if a["persistent"] else g)
+    p_data = hidden_probabilities(x, weight, bias)
+    if part == "input":
+        visible_part = x - visible_bias if gaussian else -visible_bias
+        return g[:, None] * (visible_part - p_data @ weight.astype(np.float64))
+    p_model = hidden_probabilities(model, weight, bias)
+    if part == "weight":
+        return (p_model * model_weights[:, None]).T @ model - (p_data * g[:, None]).T @ x
+    if part == "bias":
+        return model_weights @ p_model - g @ p_data
+    data_visible = x - visible_bias if gaussian else x
+    model_visible = model - visible_bias if gaussian else model
+    return model_weights @ model_visible - g @ data_visible
+
+
+rbm_gap_grad.forward(lambda ins, a, ctx: gap_gradient_reference(
+    a["part"], *ins, a).astype(ins[1].dtype))
+
+
+@rbm_gap.vjp
+def _rbm_gap_vjp(b, node, g):
+    x, model, weight, bias, visible_bias = b.operands(node)
+    attrs = b.attrs(node)
+    grads = [b.add("rbm_gap_grad", [g, x, model, weight, bias, visible_bias], **attrs, part=part)
+             for part in GAP_PARTS]
+    # No gradient reaches the sample: it is held constant, as the gap's definition says.
+    return [grads[0], None, grads[1], grads[2], grads[3]]
+
+
+@rbm.training_rewrite
+def _rbm_as_chain_and_gap(graph, node):
+    """Inside a training step rbm(x) is rbm_gap(x, rbm_chain(x)): the sample is a node of the
+    graph, so the backward pass reads the draw the forward pass made."""
+    data = graph.nodes[node]
+    operands = data["inputs"]
+    x, weight, bias, visible_bias = operands[:4]
+    chain_type = graph.type_of(operands[4]) if data["attrs"]["persistent"] else graph.type_of(x)
+    model = graph.add_op("rbm_chain", list(operands), data["attrs"], chain_type,
+                         name=graph.unique_name(f"{data['name']}.chain"), role="internal",
+                         layer=data["layer"], trace=data["trace"])
+    graph.replace_op(node, "rbm_gap", [x, model, weight, bias, visible_bias], data["attrs"])
+
+
+# The layer itself has no backward rule: a training step differentiates it as rbm_gap, after
+# the rewrite above, and outside one (an input gradient in evaluation) the chain's draw would
+# not be the forward pass's, so autodiff refuses it in one line.
+
+
+# ---- CPU kernels: the compiled loop nests of rbm_loops.py -------------------------------------
+
+def _flags(a):
+    return f"{_gaussian(a)}, {bool(a['persistent'])}"
+
+
+def _rbm_chain_kernel(k):
+    chain = k.helper("gibbs_chain", "netlang.runtime.rbm")
+    x, weight, bias, visible_bias = k.ins[:4]
+    start = k.ins[4] if k.attrs["persistent"] else k.rows(x, k.in_types[0])
+    out = k.rows(k.out, k.out_type)
+    k.line(f"{chain}({start}, {weight}, {bias}, {visible_bias}, {int(k.attrs['k'])}, "
+           f"{k.key()}[0], {_gaussian(k.attrs)}, {out})")
+    if k.attrs["persistent"]:
+        # The chains continue from here next step (the reference's `output_state`).
+        k.line(f"{k.ins[4]}[:, :] = {out}")
+
+
+def _rbm_gap_kernel(k):
+    gap = k.helper("free_energy_gap", "netlang.runtime.rbm")
+    x, model = k.rows(k.ins[0], k.in_types[0]), k.rows(k.ins[1], k.in_types[1])
+    k.line(f"{gap}({x}, {model}, {k.ins[2]}, {k.ins[3]}, {k.ins[4]}, {_flags(k.attrs)}, "
+           f"{k.flat(k.out)})")
+
+
+def _rbm_gap_grad_kernel(k):
+    g = k.flat(k.ins[0])
+    x, model = k.rows(k.ins[1], k.in_types[1]), k.rows(k.ins[2], k.in_types[2])
+    weight, bias, visible_bias = k.ins[3:6]
+    gaussian, persistent = _gaussian(k.attrs), bool(k.attrs["persistent"])
+    part = k.attrs["part"]
+    helper = k.helper(f"gradient_{'hidden_bias' if part == 'bias' else part}",
+                      "netlang.runtime.rbm")
+    if part == "input":
+        k.line(f"{helper}({g}, {x}, {weight}, {bias}, {visible_bias}, {gaussian}, "
+               f"{k.rows(k.out, k.out_type)})")
+    elif part == "visible_bias":
+        k.line(f"{helper}({g}, {x}, {model}, {visible_bias}, {gaussian}, {persistent}, {k.out})")
+    else:
+        k.line(f"{helper}({g}, {x}, {model}, {weight}, {bias}, {persistent}, {k.out})")
+
+
+rbm_chain.cpu_kernel = _rbm_chain_kernel
+rbm_gap.cpu_kernel = _rbm_gap_kernel
+rbm_gap_grad.cpu_kernel = _rbm_gap_grad_kernel
+
+
+def _rbm_forward_kernel(k):
+    """Evaluation: the chain into a scratch array, then the gap."""
+    chain, gap = (k.helper(n, "netlang.runtime.rbm") for n in ("gibbs_chain", "free_energy_gap"))
+    x = k.rows(k.ins[0], k.in_types[0])
+    weight, bias, visible_bias = k.ins[1:4]
+    start = k.ins[4] if k.attrs["persistent"] else x
+    model = k.fresh("model")
+    k.line(f"{model} = np.empty({start}.shape, dtype=np.float64)")
+    k.line(f"{chain}({start}, {weight}, {bias}, {visible_bias}, {int(k.attrs['k'])}, "
+           f"{k.key()}[0], {_gaussian(k.attrs)}, {model})")
+    k.line(f"{gap}({x}, {model}, {weight}, {bias}, {visible_bias}, {_flags(k.attrs)}, "
+           f"{k.flat(k.out)})")
+
+
+rbm.cpu_kernel = _rbm_forward_kernel
