@@ -171,6 +171,8 @@ NOT_EXPORTED = {
     "sample_normal": "draws from netlang's counter-based generator, which ONNX's random ops "
                      "cannot reproduce (pending)",
     "bernoulli": "draws from netlang's counter-based generator (pending, as sample_normal)",
+    "rbm": "its output is a training objective (a free-energy gap over Gibbs draws); the dense "
+           "layers that share an RBM's weights export as any dense layer",
 }
 
 

@@ -173,7 +173,7 @@ def test_gaussian_visible_gradient_with_the_sample_fixed(persistent):
 @pytest.mark.parametrize("gaussian", [False, True])
 @pytest.mark.parametrize("persistent", [False, True])
 def test_compiled_loops_match_the_reference(gaussian, persistent):
-    from netlang.runtime import rbm as compiled   # numba is imported by the runtime alone
+    from netlang.runtime import rbm as compiled  # numba is imported by the runtime alone
     rng = np.random.default_rng(11)
     attrs = {"visible": "gaussian" if gaussian else "binary", "persistent": persistent}
     x = rng.random((4, 7))
