@@ -1,7 +1,7 @@
 """Do a GAN's samples read as digits?  A classifier trained apart judges them.
 
     python benchmarks/gan_quality.py --gan RUN [--classifier RUN] [--count 1000] [--seed 0]
-                                     [--model examples/gan.net]
+                                     [--model examples/gan.net] [--force]
 
 Draws `--count` samples from the GAN run's weights with `netlang sample` (the command line, as
 a user would), has an MNIST classifier predict each one, and prints the mean top-class
@@ -71,12 +71,14 @@ def main(argv=None) -> int:
     parser.add_argument("--classifier", help="a classifier's run directory (MNIST, 28×28×1)")
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true",
+                        help="sample although the .net file changed since the GAN's run")
     args = parser.parse_args(argv)
     classifier = netlang.load(classifier_run(args.classifier))
     with tempfile.TemporaryDirectory() as scratch:
         path = os.path.join(scratch, "samples.npy")
         netlang_cli("sample", args.model, "--weights", args.gan, "--count", str(args.count),
-                    "--seed", str(args.seed), "-o", path)
+                    "--seed", str(args.seed), "-o", path, *(["--force"] if args.force else []))
         samples = np.load(path)
     images = samples.reshape(len(samples), 28, 28, 1)   # the classifier's input shape
     confidence, shares = judge(classifier.predict(images))
