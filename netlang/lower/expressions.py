@@ -143,7 +143,8 @@ class ExpressionEvaluator(LoweringState):
 
     def call(self, expr: ast.Call, scope: Scope, name_hint: str | None = None):
         """`f(...)`: an op applied to the tensor in its first argument (`exp(x)`,
-        `sum(x, axis = 0)`), else a built-in function on numbers."""
+        `sum(x, axis = 0)`), or in its first two for an op of two input tensors
+        (`sample_normal(mu, logvar)`), else a built-in function on numbers."""
         op = user_op(expr.func) if expr.func not in scope.module.blocks else None
         first = expr.args[0] if expr.args and expr.args[0].name is None else None
         if op is None or first is None:
