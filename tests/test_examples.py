@@ -54,6 +54,8 @@ EXPECTED_PARAMS = {
     "denoising_autoencoder.net": 402_448,
     "rbm.net": 393_284,
     "dbn.net": 1_666_794,
+    "vae.net": 652_824,     # encoder 784-400-(20, 20), decoder 20-400-784
+    "gan.net": 1_084_689,   # generator 64-256-512-784 with batch norm, discriminator 784-512-256-1
 }
 
 # Parameters in frozen layers (`freeze`), counted but not trained.

@@ -121,11 +121,27 @@ def test_stop_gradient_blocks_the_gradient():
     assert not np.allclose(grads["x"], 2 * x * (x * x - t) / 2)
 
 
+def test_an_op_of_two_tensors_is_called_on_both():
+    """`sample_normal(mu, logvar)` is the chain `(mu, logvar) -> sample_normal`."""
+    head = "input mu: [3]\ninput logvar: [3]\n"
+    called = netlang.compile(head + "output z = sample_normal(mu, logvar)").graph
+    chained = netlang.compile(head + "output z = (mu, logvar) -> sample_normal").graph
+    node = called.graph["outputs"]["z"]
+    assert called.nodes[node]["op"] == "sample_normal"
+    assert [called.nodes[a]["name"] for a in called.operands(node)] == ["mu", "logvar"]
+    feeds = {"mu": np.zeros((2, 3)), "logvar": np.zeros((2, 3))}
+    drawn = [ReferenceEngine(g, dtype=np.float64, seed=4).forward(feeds)["z"]
+             for g in (called, chained)]
+    np.testing.assert_array_equal(drawn[0], drawn[1])
+
+
 @pytest.mark.parametrize("source,error,column", [
     ("input b: [4]\ny = x - b", NetlangShapeError, 7),           # x: [4, 3]
     ("y = x / 0", NetlangArgumentError, 7),
     ("y = 2 - exp(3)", NetlangArgumentError, 13),
     ("y = sum(x, axis = 2)", NetlangShapeError, 5),
+    ("y = sample_normal(x)", NetlangArgumentError, 5),
+    ("y = sample_normal(x, 2)", NetlangArgumentError, 22),
 ])
 def test_mistakes_are_reported_where_they_are(source, error, column):
     with pytest.raises(error) as raised:

@@ -143,19 +143,38 @@ class ExpressionEvaluator(LoweringState):
 
     def call(self, expr: ast.Call, scope: Scope, name_hint: str | None = None):
         """`f(...)`: an op applied to the tensor in its first argument (`exp(x)`,
-        `sum(x, axis = 0)`), else a built-in function on numbers."""
+        `sum(x, axis = 0)`), or in its first two for an op of two input tensors
+        (`sample_normal(mu, logvar)`), else a built-in function on numbers."""
         op = user_op(expr.func) if expr.func not in scope.module.blocks else None
         first = expr.args[0] if expr.args and expr.args[0].name is None else None
         if op is None or first is None:
             return self.call_builtin(expr, scope)
         value = self.evaluate(first.value, scope)
         if isinstance(value, Tensor):
-            return self.tensor_call(expr, op, value, scope, name_hint)
+            operands = (value,) + self.more_operands(expr, op, scope)
+            return self.tensor_call(expr, op, operands, scope, name_hint)
         if expr.func not in _BUILTINS:
             raise Problem(f"`{expr.func}` is a layer: apply it to a tensor, `{expr.func}(x, ...)` "
                           f"or `x -> {expr.func}(...)`, not to {describe_value(value)}",
                           first.loc, "argument")
         return self.call_builtin(expr, scope, first_value=value)
+
+    def more_operands(self, expr: ast.Call, op, scope: Scope) -> tuple:
+        """The tensors after the first of a call of an op that takes a fixed number of them
+        (`sample_normal(mu, logvar)`): its next positional arguments, each a tensor."""
+        if op.arity is None or op.arity < 2:
+            return ()
+        rest = expr.args[1:op.arity]
+        if len(rest) < op.arity - 1 or any(a.name is not None for a in rest):
+            given = 1 + sum(1 for a in rest if a.name is None)
+            raise Problem(f"`{op.name}` takes {op.arity} input tensors, got {given}", expr.loc,
+                          "argument")
+        tensors = tuple(self.evaluate(a.value, scope) for a in rest)
+        for argument, value in zip(rest, tensors):
+            if not isinstance(value, Tensor):
+                raise Problem(f"`{op.name}` takes {op.arity} input tensors, not "
+                              f"{describe_value(value)}", argument.loc, "argument")
+        return tensors
 
     def call_builtin(self, expr: ast.Call, scope: Scope, first_value=POISON):
         """Call a built-in function (`min`, `max`, `abs`, `int`, `round`, `ceil`) on numbers;

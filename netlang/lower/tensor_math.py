@@ -63,11 +63,13 @@ class TensorMath(LayerBuilder):
         [(name, attrs)] = number_arithmetic("*", -1.0, tensor_first=True)
         return self.apply_op(get_op(name), (tensor,), attrs, name_hint, scope, expr.loc)
 
-    def tensor_call(self, expr: ast.Call, op, tensor: Tensor, scope: Scope,
+    def tensor_call(self, expr: ast.Call, op, tensors: tuple, scope: Scope,
                     name_hint: str | None):
-        """`op(x, args...)` for a tensor x: the step `x -> op(args...)`."""
-        step = ast.Step(expr.func, expr.args[1:], loc=expr.loc, op_loc=expr.loc)
-        return self.apply_one(step, tensor, scope, name_hint)
+        """`op(x, args...)` for a tensor x: the step `x -> op(args...)`; `op(a, b, args...)`
+        for an op of two input tensors, `(a, b) -> op(args...)`."""
+        step = ast.Step(expr.func, expr.args[len(tensors):], loc=expr.loc, op_loc=expr.loc)
+        incoming = tensors[0] if len(tensors) == 1 else tensors
+        return self.apply_one(step, incoming, scope, name_hint)
 
     def _widen(self, tensor: Tensor, shape: tuple, scope: Scope, where) -> Tensor:
         """`tensor` broadcast to the per-example `shape` (itself where it has that shape)."""

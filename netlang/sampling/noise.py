@@ -40,12 +40,7 @@ class NoiseModel:
         if not binding.noise_inputs:
             raise UsageError("sampling needs noise inputs (`input z: [64] ~ normal`) or a "
                              "character model; this model has neither")
-        inputs = {node: name for name, node in graph.graph["inputs"].items()}
-        sampled = {}
-        for name, node in graph.graph["outputs"].items():
-            read = {inputs[a] for a in _upstream(graph, node) if a in inputs}
-            if read and read <= set(binding.noise_inputs):
-                sampled[name] = tuple(n for n in binding.noise_inputs if n in read)
+        sampled = noise_outputs(graph, binding)
         if output is not None:
             if output not in graph.graph["outputs"]:
                 known = ", ".join(f"`{n}`" for n in graph.graph["outputs"])
@@ -62,6 +57,18 @@ class NoiseModel:
                              f"({_names(sampled)}): name one with `output=`")
         name, noise = next(iter(sampled.items()))
         return cls(name, noise)
+
+
+def noise_outputs(graph, binding) -> dict:
+    """{output name: the noise inputs it reads} for each output of `graph` computed from
+    noise inputs alone, in the graph's order of outputs."""
+    inputs = {node: name for name, node in graph.graph["inputs"].items()}
+    sampled = {}
+    for name, node in graph.graph["outputs"].items():
+        read = {inputs[a] for a in _upstream(graph, node) if a in inputs}
+        if read and read <= set(binding.noise_inputs):
+            sampled[name] = tuple(n for n in binding.noise_inputs if n in read)
+    return sampled
 
 
 def _upstream(graph, node) -> set:

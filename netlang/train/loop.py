@@ -25,7 +25,7 @@ from netlang.train.overrides import apply_overrides
 from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
 from netlang.train.prepared_data import PreparedData, prepare_data, split_arrays
 from netlang.train.progress import Progress
-from netlang.train.reconstructions import write_reconstructions
+from netlang.train.reconstructions import write_reconstructions, write_samples
 from netlang.train.run_dir import (
     FINAL_WEIGHTS,
     NORMALIZATION_FILE,
@@ -238,6 +238,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         write_summary(out, summary)
         pictured = write_reconstructions(out, engine, model.graph, prepared)  # autoencoders
         if pictured is not None:
+            progress.message(f"wrote {pictured}")
+        for pictured in write_samples(out, engine, model.graph, binding):  # generative models
             progress.message(f"wrote {pictured}")
         if plot:
             progress.message(plot_curves(out))

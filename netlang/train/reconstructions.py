@@ -1,4 +1,4 @@
-"""Autoencoders: which output reconstructs which input, and a picture of how well it does.
+"""Pictures of what a trained model makes: reconstructions, and samples of generative models.
 
 A model counts as an autoencoder when one of its losses compares a prediction with one
 of the model's own data inputs of the same shape, as `binary_cross_entropy(reconstruction,
@@ -6,6 +6,11 @@ image)` does.  Nothing else is assumed about it, so a dense autoencoder of flatt
 digits and a convolutional one are treated alike.  Training writes `reconstructions.png`
 into the run directory for such a model: a row of inputs over the row of their
 reconstructions (see netlang/train/image_grid.py for how examples become pictures).
+
+A model with an output computed from noise inputs alone (a GAN's generator, a VAE's
+decoder fed the prior) also gets `samples.png`: 64 samples of that output, drawn as
+`netlang sample --count 64 --seed 0` draws them (netlang/sampling/noise.py), one picture
+per such output (`samples_NAME.png` when there are several).
 """
 
 from __future__ import annotations
@@ -16,11 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from netlang.errors import UsageError
+from netlang.sampling.noise import NoiseModel, draw_samples, noise_outputs, sample_grid
 from netlang.train.image_grid import as_picture, display_range, image_grid, to_uint8
 from netlang.train.metrics import compares_prediction
+from netlang.train.png import write_png
 
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 EXAMPLES = 8  # one row of inputs over one row of reconstructions
+SAMPLES_FILE = "samples.png"
+SAMPLES = 64  # an 8×8 grid
+SAMPLES_SEED = 0  # the same picture for the same weights, whatever the run's seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +89,18 @@ def write_reconstructions(out, engine, graph, prepared) -> Path | None:
     autoencoder."""
     if find_reconstruction(graph) is None:
         return None
-    from netlang.train.png import write_png
     arrays = next(a for a in (prepared.test, prepared.val, prepared.train) if a)
     return write_png(Path(out) / RECONSTRUCTIONS_FILE,
                      reconstruction_grid(engine, graph, arrays))
+
+
+def write_samples(out, engine, graph, binding) -> list[Path]:
+    """Write `out`/samples.png (see the module docstring) for each output of `graph` computed
+    from noise inputs alone; the paths written, none for a model without such an output."""
+    outputs = noise_outputs(graph, binding) if binding.noise_inputs else {}
+    written = []
+    for name, noise in outputs.items():
+        samples = draw_samples(engine, NoiseModel(name, noise), SAMPLES, SAMPLES_SEED)
+        file = SAMPLES_FILE if len(outputs) == 1 else f"samples_{name}.png"
+        written.append(write_png(Path(out) / file, sample_grid(samples)))
+    return written
