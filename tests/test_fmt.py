@@ -286,7 +286,10 @@ NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,4}", fullmatch=True).filter(
     lambda s: s not in KEYWORDS)
 NUMBER_TEXTS = st.from_regex(
     r"([0-9][0-9_]{0,3}(\.[0-9_]{0,3})?|\.[0-9][0-9_]{0,3})([eE][+-]?[0-9]{1,2})?", fullmatch=True)
-STRINGS = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
+# No lone surrogate or NUL: no source text may hold one (netlang/frontend/limits.py), and no
+# escape writes one, so no string value has one.
+STRINGS = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                  max_size=8)
 BINARY_OPS = ("or", "and", "==", "!=", "<", "<=", ">", ">=", "+", "-", "*", "/", "//", "%", "**")
 
 

@@ -360,6 +360,7 @@ def test_a_loss_stuck_above_its_start_is_divergence():
 @pytest.mark.parametrize("losses", [
     [0.7, 0.35, 0.35, 0.35, 0.35],   # a plateau below the start: a local minimum, not divergence
     [0.7, 0.7, 0.7, 0.7],            # learning rate 0: nothing changes
+    [0.6931, 0.69315, 0.69315, 0.69315],   # XOR at its saddle, a hair above the start
     [0.7, 2.0, 3.0, 4.0],            # worse, but still moving
 ])
 def test_plateaus_and_moving_losses_are_not_divergence(losses):

@@ -16,7 +16,7 @@ import pytest
 
 import netlang.ops
 from netlang.ops import conv_loops, dense_loops, norm_loops, pool_loops, recurrent_loops
-from netlang.runtime import cnn, cpu, random_bits, recurrent
+from netlang.runtime import cnn, cpu, random_bits, rbm, recurrent
 
 LOOP_MODULES = [module.name for module in pkgutil.iter_modules(netlang.ops.__path__)
                 if module.name.endswith("_loops")]
@@ -25,7 +25,7 @@ LOOP_MODULES = [module.name for module in pkgutil.iter_modules(netlang.ops.__pat
 def _compiled_functions():
     """{code object: compiled dispatcher} over the runtime modules that compile loop nests."""
     found = {}
-    for module in (cnn, random_bits, recurrent):
+    for module in (cnn, random_bits, rbm, recurrent):
         for value in vars(module).values():
             if hasattr(value, "py_func"):
                 found[value.py_func.__code__] = value
@@ -128,9 +128,12 @@ def test_float32_tanh_is_correctly_rounded():
     assert (np.abs(plain - exact) <= 0.5 * np.maximum(spacing, 1e-45)).all()
 
 
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
 def _recurrent_step_arrays(dtype, kind, rng):
     B, T, H = 3, 4, 5
-    G = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
+    G = GATES[kind]
     arrays = {"proj": rng.normal(size=(B, T, G * H)), "hw": rng.normal(size=(B, G * H)),
               "bias_ih": rng.normal(size=G * H), "bias_hh": rng.normal(size=G * H),
               "h": rng.normal(size=(B, H)), "c": rng.normal(size=(B, H)),
@@ -167,11 +170,12 @@ def test_recurrent_steps_compiled_as_written(kind, dtype):
         arrays = _recurrent_step_arrays(dtype, kind, np.random.default_rng(2))
         steps = np.array([4, 1, 3])
         extra = (False,) if kind == "rnn" else ()
+        units = arrays["hw"].shape[1] // GATES[kind]   # the step functions take H as an argument
         step(2, steps, arrays["proj"], arrays["hw"], arrays["bias_ih"], arrays["bias_hh"],
-             *(arrays[name] for name in forward_names), 5, True, *extra)
+             *(arrays[name] for name in forward_names), 5, True, *extra, units)
         front = back_names[:1 + (kind == "lstm")]
         back(2, steps, *(arrays[name] for name in front), arrays["out"], 0, True,
-             *(arrays[name] for name in back_names[len(front) + 1:]), *extra)
+             *(arrays[name] for name in back_names[len(front) + 1:]), *extra, units)
         results.append(arrays)
     tolerance = {"rtol": 1e-12} if dtype == np.float64 else {"rtol": 2e-6, "atol": 2e-6}
     for name in results[0]:

@@ -63,9 +63,10 @@ def _helpers_version() -> str:
     if _helpers_digest is None:
         here = os.path.dirname(os.path.abspath(__file__))
         digest = hashlib.sha256()
-        for name in ("blas.py", "jit.py", "cnn.py", "random_bits.py", "recurrent.py",
+        for name in ("blas.py", "jit.py", "cnn.py", "random_bits.py", "recurrent.py", "rbm.py",
                      "../ops/norm.py", "../ops/conv_loops.py", "../ops/pool_loops.py",
-                     "../ops/norm_loops.py", "../ops/dense_loops.py", "../ops/recurrent_loops.py"):
+                     "../ops/norm_loops.py", "../ops/dense_loops.py", "../ops/recurrent_loops.py",
+                     "../ops/rbm_loops.py"):
             with open(os.path.join(here, name), "rb") as handle:
                 digest.update(handle.read())
         # The library the compiled calls link to; netlang.runtime.blas imports Numba, kept lazy.
