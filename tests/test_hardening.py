@@ -190,13 +190,16 @@ def test_a_cli_path_is_always_a_path(tmp_path, monkeypatch, capsys):
 
 @pytest.fixture
 def kernel_cache(tmp_path, monkeypatch):
-    """A fresh kernel cache folder; the modules loaded from it are forgotten afterwards."""
+    """A fresh kernel cache folder; the modules loaded from it are forgotten afterwards (only
+    those: forgetting a Numba module imported lazily during the test would make Numba register
+    its types twice when it is imported again)."""
     directory = tmp_path / "kernels"
     monkeypatch.setenv("NETLANG_CACHE", str(directory))
     before = set(sys.modules)
     yield directory
     for name in set(sys.modules) - before:
-        del sys.modules[name]
+        if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(directory)):
+            del sys.modules[name]
 
 
 def _load(source: str, name: str):

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from netlang.weights import load_weights
 
@@ -49,6 +50,7 @@ def _train(tmp_path, threads: int):
     return load_weights(out / "weights.safetensors").params
 
 
+@pytest.mark.slow   # three trainings, each compiling its programs afresh: about 80 s
 def test_same_seed_same_weights_on_one_two_and_three_threads(tmp_path):
     (tmp_path / "rec.net").write_text(MODEL)
     rng = np.random.default_rng(0)
