@@ -47,7 +47,9 @@ from netlang.ops.recurrent import (
     recurrent_weight_grad,
 )
 from netlang.ops.recurrent_kernels import (
+    layer_kernel,
     named_workspaces,
+    record_kernel,
     section_rows,
     section_views,
     state_view,
@@ -250,33 +252,8 @@ def _copy_from(k, source: str, start: str, out: str) -> None:
         k.line(f"{out_flat}[i] = {source_flat}[{start} + i]")
 
 
-def _record_kernel(kind: str):
-    """`<kind>_record`: the forward pass, its record the output."""
-    def plan(stack, a):
-        return _forward_plan(stack, a, with_record=False)
-
-    def kernel(k):
-        named = named_operands(kind, k.attrs, k.ins)
-        emit_forward(k, Stack.of(kind, k.attrs, k.in_types[0].shape), named, k.out,
-                     named_workspaces(k, kind, plan))
-    return kernel, workspace_rule(kind, plan)
-
-
-def _layer_kernel(kind: str):
-    """The layer: its output copied out of its record operand inside a training step, else out
-    of a record of its own that it runs the forward pass into first."""
-    def plan(stack, a):
-        return [] if a.get("recorded") else _forward_plan(stack, a, with_record=True)
-
-    def kernel(k):
-        named = named_operands(kind, k.attrs, k.ins)
-        record = named.get("record")
-        if record is None:
-            ws = named_workspaces(k, kind, plan)
-            record = ws["record"]
-            emit_forward(k, Stack.of(kind, k.attrs, k.in_types[0].shape), named, record, ws)
-        _copy_from(k, record, "0", k.out)
-    return kernel, workspace_rule(kind, plan)
+def _copy_record_out(k, record: str) -> None:
+    _copy_from(k, record, "0", k.out)
 
 
 # ---- back through time ----------------------------------------------------------------------
@@ -456,9 +433,10 @@ def _input_grad_kernel(k):
 
 
 for _kind in ("rnn", "lstm", "gru"):
-    OPS[_kind].cuda_kernel, OPS[_kind].cuda_workspace = _layer_kernel(_kind)
+    OPS[_kind].cuda_kernel, OPS[_kind].cuda_workspace = \
+        layer_kernel(_kind, emit_forward, _forward_plan, _copy_record_out)
     OPS[f"{_kind}_record"].cuda_kernel, OPS[f"{_kind}_record"].cuda_workspace = \
-        _record_kernel(_kind)
+        record_kernel(_kind, emit_forward, _forward_plan)
     OPS[f"{_kind}_grad"].cuda_kernel, OPS[f"{_kind}_grad"].cuda_workspace = _grad_kernel(_kind)
 recurrent_section.cuda_kernel = _section_kernel
 recurrent_weight_grad.cuda_kernel = _weight_grad_kernel

@@ -268,24 +268,26 @@ def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
                        f"{layer})")
 
 
-def _record_kernel(kind: str):
-    """`<kind>_record`: the forward pass, its record the output."""
+def record_kernel(kind: str, emit, forward_plan):
+    """`<kind>_record`: the forward pass, its record the output; `emit(k, stack, named, record,
+    workspaces)` and `forward_plan(stack, a, with_record)` are the back end's (CPU here, CUDA
+    in recurrent_cuda.py).  Returns (kernel, workspace rule)."""
     def plan(stack, a):
-        return _forward_plan(stack, a, with_record=False)
+        return forward_plan(stack, a, with_record=False)
 
     def kernel(k):
         named = named_operands(kind, k.attrs, k.ins)
-        emit_forward(k, Stack.of(kind, k.attrs, k.in_types[0].shape), named, k.out,
-                     named_workspaces(k, kind, plan))
+        emit(k, Stack.of(kind, k.attrs, k.in_types[0].shape), named, k.out,
+             named_workspaces(k, kind, plan))
     return kernel, workspace_rule(kind, plan)
 
 
-def _layer_kernel(kind: str):
+def layer_kernel(kind: str, emit, forward_plan, copy_out):
     """The layer: inside a training step it copies its output out of its record operand;
     elsewhere it runs the forward pass into a record of its own first.  The output is the
-    record's first section."""
+    record's first section, which `copy_out(k, record)` copies to `k.out`."""
     def plan(stack, a):
-        return [] if a.get("recorded") else _forward_plan(stack, a, with_record=True)
+        return [] if a.get("recorded") else forward_plan(stack, a, with_record=True)
 
     def kernel(k):
         named = named_operands(kind, k.attrs, k.ins)
@@ -293,9 +295,13 @@ def _layer_kernel(kind: str):
         if record is None:
             ws = named_workspaces(k, kind, plan)
             record = ws["record"]
-            emit_forward(k, Stack.of(kind, k.attrs, k.in_types[0].shape), named, record, ws)
-        k.line(f"{_helper(k, 'copy_flat')}({record}, 0, {k.out})")
+            emit(k, Stack.of(kind, k.attrs, k.in_types[0].shape), named, record, ws)
+        copy_out(k, record)
     return kernel, workspace_rule(kind, plan)
+
+
+def _copy_record_out(k, record: str) -> None:
+    k.line(f"{_helper(k, 'copy_flat')}({record}, 0, {k.out})")
 
 
 # ---- back through time ------------------------------------------------------------------------
@@ -451,9 +457,10 @@ def _input_grad_kernel(k):
 
 
 for _kind in ("rnn", "lstm", "gru"):
-    OPS[_kind].cpu_kernel, OPS[_kind].cpu_workspace = _layer_kernel(_kind)
+    OPS[_kind].cpu_kernel, OPS[_kind].cpu_workspace = \
+        layer_kernel(_kind, emit_forward, _forward_plan, _copy_record_out)
     OPS[f"{_kind}_record"].cpu_kernel, OPS[f"{_kind}_record"].cpu_workspace = \
-        _record_kernel(_kind)
+        record_kernel(_kind, emit_forward, _forward_plan)
     OPS[f"{_kind}_grad"].cpu_kernel, OPS[f"{_kind}_grad"].cpu_workspace = _grad_kernel(_kind)
 recurrent_section.cpu_kernel = _section_kernel
 recurrent_weight_grad.cpu_kernel = _weight_grad_kernel
