@@ -116,3 +116,14 @@ def random_batch(graph, n, seed, classes=3):
         else:
             feeds[name] = rng.integers(0, classes, (n,) + tuple(t.shape[1:]))
     return feeds
+
+
+def run_cli(capsys, *argv):
+    """(exit status, stdout, stderr) of the CLI, in-process."""
+    from netlang.cli import main  # here, not at the top: conftest loads no back end early
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit:  # argparse errors and --help
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err

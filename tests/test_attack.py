@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 from conftest import engines
+from conftest import run_cli as run
 
 import netlang
-from netlang.cli import main
 from netlang.data import Dataset, normalize
 from netlang.errors import UsageError
 
@@ -41,15 +41,6 @@ train {
 }
 """
 
-
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of the CLI, in-process."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit:  # argparse errors
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def softmax(z):

@@ -9,9 +9,10 @@ from argparse import Namespace
 from pathlib import Path
 
 import pytest
+from conftest import run_cli as run
 
 import netlang
-from netlang.cli import COMMANDS, in_flag_words, main
+from netlang.cli import COMMANDS, in_flag_words
 from netlang.errors import UsageError, WeightsError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,15 +23,6 @@ def pyproject() -> dict:
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
-
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of the CLI, in-process."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit:  # argparse errors and --help
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def command_help(capsys, command: str) -> str:

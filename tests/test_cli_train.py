@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli as run
 
 import netlang
-from netlang.cli import main
 from netlang.errors import UsageError
 from netlang.train.png import decode_png, encode_png, image_to_input
 
@@ -34,15 +34,6 @@ train {
 }
 """
 
-
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of the CLI, in-process."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit:  # argparse errors
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def image_data(n, seed):

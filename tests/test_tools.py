@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli as run
 
 import netlang
 from netlang.bench import random_feeds
-from netlang.cli import main
 from netlang.errors import UsageError
 from netlang.runtime.cpu import CpuEngine
 from netlang.runtime.reference import ReferenceEngine
@@ -68,15 +68,6 @@ train {
 }
 """
 
-
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of the CLI, in-process."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit:  # argparse errors
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(code, err, words):

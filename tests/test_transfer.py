@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli as run
 
 import netlang
-from netlang.cli import main
 from netlang.data import load_dataset
 from netlang.errors import UsageError, WeightsError
 from netlang.train.transfer import transfer_weights
@@ -43,15 +43,6 @@ train {
 }
 """
 
-
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of the CLI, in-process."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit:  # argparse errors
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
