@@ -81,6 +81,11 @@ def losses_logged(out: Path) -> list:
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def logged(log: Path) -> int:
+    """The lines in the log `log` (0 before it exists)."""
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
 def assert_same_run(out: Path, reference: Path) -> None:
     """`out` ended as the uninterrupted run `reference` did: each epoch logged once, with the
     same losses, and bit-identical final weights."""
@@ -89,8 +94,13 @@ def assert_same_run(out: Path, reference: Path) -> None:
     a, _ = load_weights(out / "weights.safetensors")
     b, _ = load_weights(reference / "weights.safetensors")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp") or
-                p.name.endswith(".tmp")]
+    assert not leftovers(out)
+
+
+def leftovers(out: Path) -> list:
+    """The temporary directories and files of writes in `out` that never finished."""
+    return [p.name for p in out.iterdir() if p.name.startswith(".tmp") or
+            p.name.endswith(".tmp")]
 
 
 @pytest.fixture(scope="module")
@@ -211,43 +221,57 @@ def test_killed_at_a_checkpoint_resume_ends_as_an_uninterrupted_run(tmp_path, un
     killed = driven(tmp_path, target, call, "SIGKILL", *TRAIN, "--epochs", EPOCHS,
                     "--out", out)
     assert killed.returncode == -signal.SIGKILL
+    assert bool(leftovers(out)) == moment.startswith("inside")
     refused = netlang_cli(*TRAIN, "--epochs", EPOCHS, "--out", out)
     assert refused.returncode == 2 and "already holds a training run" in refused.stderr
+    assert not leftovers(out)   # the next writer cleared them, even one then refused
     resumed = netlang_cli("train", XOR, "--resume", out)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(out, uninterrupted)
 
 
 @pytest.mark.slow
-def test_killed_at_random_moments_resume_or_restart_ends_as_an_uninterrupted_run(
-        tmp_path, uninterrupted):
-    """kill -9 from outside at random moments of a run, then go on: `--resume` where a
-    checkpoint was committed, a plain restart where none was; the run ends as if never
-    killed, whichever moment the kill hit."""
+def test_killed_at_random_moments_resume_or_restart_ends_as_an_uninterrupted_run(tmp_path):
+    """kill -9 from outside at random moments of a run (starting up, before the first
+    checkpoint, between and inside checkpoints), then go on: `--resume` where a checkpoint
+    was committed, a plain restart where none was; the run ends as if never killed."""
+    settings = [*TRAIN, "--samples", "4000", "--epochs", "6"]   # 400 steps an epoch
+    reference = tmp_path / "uninterrupted"
+    assert netlang_cli(*settings, "--out", reference).returncode == 0
     moments = random.Random(18)
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "netlang.cli", *TRAIN, "--epochs", str(EPOCHS),
-               "--out", str(out)]
-    for attempt in range(6):
-        if (out / "latest").exists():
-            command = [sys.executable, "-m", "netlang.cli", "train", XOR, "--resume",
-                       str(out)]
-        run = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-        log = out / "metrics.jsonl"
+    log = out / "metrics.jsonl"
+    killed = []   # (epochs logged, a checkpoint committed) when each kill came
+    while len(killed) < 6:
+        command = ["train", XOR, "--resume", out] if (out / "latest").exists() \
+            else [*settings, "--out", out]
+        run = subprocess.Popen([sys.executable, "-m", "netlang.cli", *map(str, command)],
+                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+        # Wait for this many more epochs in the log (0-2: in its start-up, before the first
+        # checkpoint, or later), then a moment more.
+        lines = logged(log) + moments.randrange(0, 3)
         deadline = time.monotonic() + 60
-        while run.poll() is None and time.monotonic() < deadline and \
-                not (log.exists() and log.stat().st_size):
+        while run.poll() is None and time.monotonic() < deadline and logged(log) < lines:
             time.sleep(0.002)
-        time.sleep(moments.uniform(0, 0.15))
+        time.sleep(moments.uniform(0, 0.3))
         run.kill()
         _, err = run.communicate(timeout=60)
         assert run.returncode in (0, -signal.SIGKILL), err
-    final = (["train", XOR, "--resume", out] if (out / "latest").exists()
-             else [*TRAIN, "--epochs", EPOCHS, "--out", out])
+        if run.returncode == -signal.SIGKILL:
+            killed.append((logged(log), (out / "latest").exists()))
+        else:   # finished before the kill: start a new run over it
+            start_over(out)
+    final = ["train", XOR, "--resume", out] if (out / "latest").exists() \
+        else [*settings, "--out", out]
     result = netlang_cli(*final)
     assert result.returncode == 0, result.stderr
-    assert_same_run(out, uninterrupted)
+    assert epochs_logged(out) == list(range(1, 7))
+    assert losses_logged(out) == losses_logged(reference)
+    a, _ = load_weights(out / "weights.safetensors")
+    b, _ = load_weights(reference / "weights.safetensors")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    print("kills (epochs logged, checkpoint committed):", killed)
 
 
 def test_the_next_writer_clears_what_a_killed_one_left(tmp_path):
