@@ -3,7 +3,7 @@
 `Trainer` runs epochs: seeded shuffling, the learning-rate schedule, validation after each
 epoch, early stopping, a JSON-lines metrics log, checkpoints that resume exactly (weights,
 optimiser moments, step, epoch, position inside the epoch, data order and dropout RNG), and
-a deferred Ctrl-C that stops at a step boundary and saves first.  Where each step's batch
+a deferred Ctrl-C (or SIGTERM) that stops at a step boundary and saves first.  Where each step's batch
 comes from and where its metrics are summed is `netlang.train.meters`; the run directory's
 files are `netlang.train.run_dir`.
 """
