@@ -20,7 +20,6 @@ from netlang.train.overrides import apply_overrides, split_override
 from netlang.train.progress import Progress, auto_log_every
 from netlang.train.trainer import TrainingInterrupted
 
-
 # A command stopped by a signal exits with 128 plus the signal's number, as the shell reports a
 # process the signal killed: 130 after Ctrl-C, 143 after SIGTERM.
 SIGNALLED = 128
