@@ -119,8 +119,12 @@ def test_a_second_writer_is_refused_in_one_line_naming_the_holder(tmp_path):
     with RunLock(out):
         result = netlang_cli(*TRAIN, "--epochs", 1, "--out", out)
         model = netlang.compile(XOR)
+        model.device = "reference"
+        # Other descriptors of this very process are refused too.
         with pytest.raises(UsageError, match="in use by another netlang process"):
-            model.save(out)   # another descriptor of this very process is refused too
+            model.save(out)
+        with pytest.raises(UsageError, match="in use by another netlang process"):
+            model.fit(data="xor", epochs=1, out=out, verbose=0)
         assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]   # nothing written
     assert result.returncode == 2
     assert result.stderr == (f"error: {out} is in use by another netlang process (pid "
@@ -298,13 +302,20 @@ def test_starting_over_removes_the_old_runs_checkpoints_first(tmp_path):
 # -- signals --------------------------------------------------------------------------------
 
 
+# When a signal comes too late to cut a run short: after its last step, as its final
+# checkpoint is saved; and after the test figures, as the summary is written.
+LATE = {"final checkpoint": ("netlang.train.trainer:save_checkpoint", EPOCHS),
+        "summary": ("netlang.train.loop:write_summary", 1)}
+
+
+@pytest.mark.parametrize("moment", LATE)
 @pytest.mark.parametrize("signal_name, status", [("SIGINT", 130), ("SIGTERM", 143)])
-def test_a_signal_after_the_final_checkpoint_says_the_run_is_complete(tmp_path, uninterrupted,
-                                                                      signal_name, status):
+def test_a_signal_after_the_last_step_says_the_run_is_complete(tmp_path, uninterrupted,
+                                                               signal_name, status, moment):
     out = tmp_path / "run"
-    # The signal comes as the summary is written, after the test figures.
-    result = driven(tmp_path, "netlang.train.loop:write_summary", 1, signal_name,
-                    *TRAIN, "--epochs", EPOCHS, "--out", out)
+    target, call = LATE[moment]
+    result = driven(tmp_path, target, call, signal_name, *TRAIN, "--epochs", EPOCHS,
+                    "--out", out)
     assert result.returncode == status, result.stderr
     assert result.stderr == "interrupted after the final checkpoint; the run is complete\n"
     assert "saved weights to" in result.stdout and (out / "summary.json").exists()
