@@ -43,6 +43,7 @@ from netlang.train.run_dir import (
     saved_vocabulary,
     write_run,
 )
+from netlang.train.run_lock import RunLock
 from netlang.train.schedules import depends_on_epochs, describe, step_rate
 from netlang.weights import find_weights, load_weights, read_header, save_weights
 
@@ -484,11 +485,11 @@ class Model:
         if path.endswith(".safetensors"):
             save_weights(path, self.engine.params, meta, source_hash=self.source_hash)
             return path
-        os.makedirs(path, exist_ok=True)
         target = os.path.join(path, FINAL_WEIGHTS)
-        save_weights(target, self.engine.params, meta, source_hash=self.source_hash)
-        write_run(path, {"model": self._model_ref(), "source_hash": self.source_hash})
-        save_source(path, self.graph)
+        with RunLock(path):   # never into a run directory that a training run is writing
+            save_weights(target, self.engine.params, meta, source_hash=self.source_hash)
+            write_run(path, {"model": self._model_ref(), "source_hash": self.source_hash})
+            save_source(path, self.graph)
         return target
 
     def export(self, path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,

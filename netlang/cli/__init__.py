@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import signal
 import sys
 
 from netlang.errors import NetlangError, did_you_mean
@@ -91,8 +92,25 @@ def _command_word(argv: list[str]) -> str | None:
 
 
 def main(argv=None) -> int:
-    """Run `netlang` with `argv` (default: the process's arguments); returns the exit status."""
-    argv = sys.argv[1:] if argv is None else [str(word) for word in argv]
+    """Run `netlang` with `argv` (default: the process's arguments); returns the exit status.
+
+    Without `argv` this is the process's entry point, and the process ends when it returns:
+    a SIGINT or SIGTERM from then on is ignored, so that the command's status stands."""
+    if argv is not None:
+        return run_command([str(word) for word in argv])
+    try:
+        return run_command(sys.argv[1:])
+    finally:
+        # The command is done and the process ends next.  A signal during Python's shutdown
+        # would stop it with KeyboardInterrupt, or, once the shutdown has put back the default
+        # actions, kill it: status -2, without a word, after the work was complete (a
+        # training run whose last line was printed).  Ignored signals stay ignored to the end.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
+
+def run_command(argv: list[str]) -> int:
+    """Run the `netlang` command line `argv`; returns the exit status."""
     command = _command_word(argv)
     if command is not None and command not in COMMANDS:
         print(f"netlang: error: unknown command `{command}`{did_you_mean(command, COMMANDS)} "

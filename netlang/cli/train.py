@@ -1,6 +1,8 @@
 """`netlang train FILE`: train a model, writing weights, checkpoints and a metrics log.
 
-Ctrl-C saves a checkpoint and exits with status 130, naming the command that resumes.
+Ctrl-C (or SIGTERM) saves a checkpoint and exits with status 130 (143), naming the command
+that resumes; after the final checkpoint, the run is complete: it says so in one line, with
+the same status.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from netlang.train.loop import train
 from netlang.train.overrides import apply_overrides, split_override
 from netlang.train.progress import Progress, auto_log_every
 from netlang.train.trainer import TrainingInterrupted
+
+# A command stopped by a signal exits with 128 plus the signal's number, as the shell reports a
+# process the signal killed: 130 after Ctrl-C, 143 after SIGTERM.
+SIGNALLED = 128
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +96,7 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, print the progress and the test figures; 130 after Ctrl-C."""
+    """Train, print the progress and the test figures; 130 after Ctrl-C, 143 after SIGTERM."""
     model = compile_model(args.file)
     overrides = overrides_of(args)
     for text in overrides:
@@ -116,17 +122,20 @@ def run(args: argparse.Namespace) -> int:
         raise
     except TrainingInterrupted as stop:
         if not prints_here():
-            return 130
+            return SIGNALLED + stop.signal
         where = f"epoch {stop.epoch + 1}" if stop.checkpoint else ""
         print(f"interrupted at {where}: checkpoint saved in {run_dir}; continue with "
               f"`netlang train {args.file} --resume {run_dir}`", file=sys.stderr)
-        return 130
+        return SIGNALLED + stop.signal
+    status = 0 if history.late_signal is None else SIGNALLED + history.late_signal
     if not prints_here():
-        return 0
+        return status
     if history.test is not None:
         print(test_line(history.test))
     print(f"saved weights to {run_dir / 'weights.safetensors'}")
-    return 0
+    if history.late_signal is not None:
+        print("interrupted after the final checkpoint; the run is complete", file=sys.stderr)
+    return status
 
 
 def prints_here() -> bool:

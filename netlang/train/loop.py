@@ -11,6 +11,7 @@ re-exported until their importers move to the modules that define them.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from netlang.train.reconstructions import write_reconstructions, write_samples
 from netlang.train.run_dir import (
     FINAL_WEIGHTS,
     NORMALIZATION_FILE,
+    clear_leftovers,
     expected_params,
     has_run,
     plot_curves,
@@ -38,9 +40,11 @@ from netlang.train.run_dir import (
     save_vocabulary,
     saved_vocabulary,
     start_over,
+    stopped_before_checkpoint,
     write_run,
     write_summary,
 )
+from netlang.train.run_lock import RunLock
 from netlang.train.trainer import History, Trainer, TrainingInterrupted
 from netlang.train.transfer import transfer_weights
 from netlang.version import __version__
@@ -60,7 +64,24 @@ def engine_settings(config: TrainConfig) -> tuple:
     return (config.optimizer, list(config.regularizers), config.clip_norm, tuple(config.freeze))
 
 
+def holding_the_run_directory(run):
+    """`run` (`train`) with the directory it writes locked for its whole length (RunLock),
+    and what a writer killed there left cleared first: `out`, or the run `resume` continues
+    in place.  Under MPI only rank 0 writes, so only it locks."""
+    @functools.wraps(run)
+    def locked(model, *, out=None, resume=None, ranks=None, **options):
+        directory = out if out is not None else resume
+        if directory is None or (ranks is not None and not ranks.root) \
+                or (out is None and not Path(resume).is_dir()):   # `run` refuses it, in a line
+            return run(model, out=out, resume=resume, ranks=ranks, **options)
+        with RunLock(directory):
+            clear_leftovers(directory)
+            return run(model, out=out, resume=resume, ranks=ranks, **options)
+    return locked
+
+
 @across_processes
+@holding_the_run_directory
 def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(), out=None,
           resume=None, force: bool = False, device: str | None = None,
           limit: int | None = None,
@@ -104,9 +125,14 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
                          f"writes: give the new run another `out=`")
     if resume is not None:
         resume = Path(resume)
-        checkpoint = load_checkpoint(resume, source_hash=model.source_hash, force=force,
-                                     expected=expected_params(model.graph))
-        saved = dict(checkpoint.state.get("run") or {})
+        if stopped_before_checkpoint(resume):   # killed before it saved anything to resume
+            progress.message(f"{resume}: the run stopped before its first checkpoint; "
+                             f"training it again from the beginning")
+            saved = read_run(resume)
+        else:
+            checkpoint = load_checkpoint(resume, source_hash=model.source_hash, force=force,
+                                         expected=expected_params(model.graph))
+            saved = dict(checkpoint.state.get("run") or {})
         overrides = list(saved.get("overrides") or []) + overrides
         data = data if data is not None or x is not None else saved.get("data")
         limit = limit if limit is not None else saved.get("limit")
@@ -132,6 +158,11 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
             if not force:
                 raise UsageError(f"{out} already holds a training run: continue it with "
                                  f"resume=True, or pass force=True to start over")
+            start_over(out)
+        elif checkpoint is None and stopped_before_checkpoint(out):
+            if resume is None or out != resume:   # a resumed one said so above
+                progress.message(f"{out}: the run there stopped before its first checkpoint; "
+                                 f"starting over")
             start_over(out)
 
     # Data.
@@ -225,22 +256,28 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     if val is None and prepared.test is not None:
         val, val_name = prepared.test, "test"
     history = trainer.fit(prepared.train, val, val_name=val_name)
-    if evaluate_test and prepared.test is not None:
-        history.test = trainer.evaluate(prepared.test, confusion=True)
-        if prepared.per_character:
-            history.test = with_bits_per_character(history.test)
-    if out is not None:
-        summary = {"epochs": trainer.epoch, "steps": trainer.step,
-                   "stopped_early": trainer.stopped_early, "best_epoch": trainer.best_epoch,
-                   "data": run_info["data"]}
-        if history.test is not None:
-            summary["test"] = history.test
-        write_summary(out, summary)
-        pictured = write_reconstructions(out, engine, model.graph, prepared)  # autoencoders
-        if pictured is not None:
-            progress.message(f"wrote {pictured}")
-        for pictured in write_samples(out, engine, model.graph, binding):  # generative models
-            progress.message(f"wrote {pictured}")
-        if plot:
-            progress.message(plot_curves(out))
+    # The run is complete (its final checkpoint saved): a signal from here on cannot cut it
+    # short, and waits for the test figures and the summary (a second one stops at once).
+    with trainer.deferred_signals():
+        if evaluate_test and prepared.test is not None:
+            history.test = trainer.evaluate(prepared.test, confusion=True)
+            if prepared.per_character:
+                history.test = with_bits_per_character(history.test)
+        if out is not None:
+            summary = {"epochs": trainer.epoch, "steps": trainer.step,
+                       "stopped_early": trainer.stopped_early,
+                       "best_epoch": trainer.best_epoch, "data": run_info["data"]}
+            if history.test is not None:
+                summary["test"] = history.test
+            write_summary(out, summary)
+            # Autoencoders get reconstructions, generative models samples.
+            pictured = write_reconstructions(out, engine, model.graph, prepared)
+            if pictured is not None:
+                progress.message(f"wrote {pictured}")
+            for pictured in write_samples(out, engine, model.graph, binding):
+                progress.message(f"wrote {pictured}")
+            if plot:
+                progress.message(plot_curves(out))
+    if trainer.stop_requested:
+        history.late_signal = trainer.stop_signal
     return history, engine, config

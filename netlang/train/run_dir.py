@@ -9,6 +9,7 @@
     vocabulary.json       a text set's characters ↔ ids (netlang.data.Vocabulary)
     curves.png            `--plot`
     latest, ckpt-*/       checkpoints (netlang.weights.checkpoints)
+    .lock                 held by the process writing the run (netlang.train.run_lock)
 
 Everything is written atomically, so an interrupted run leaves the previous version of each
 file.  `netlang.load("run/")` compiles the `.net` file run.json names, or `model.net` when
@@ -18,6 +19,8 @@ the model was compiled from a string and no file records it.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ import numpy as np
 from netlang.data import Vocabulary
 from netlang.errors import DataError, UsageError, WeightsError
 from netlang.weights import atomic_write
+from netlang.weights.checkpoints import LATEST_FILE
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_WEIGHTS = "weights.safetensors"
@@ -34,6 +38,10 @@ NORMALIZATION_FILE = "normalization.safetensors"
 PLOT_FILE = "curves.png"
 SOURCE_FILE = "model.net"
 VOCABULARY_FILE = "vocabulary.json"
+# What a writer killed in the middle of a write leaves behind: a checkpoint's temporary
+# directory (netlang.weights.checkpoints) and a file's temporary copy (netlang.weights.atomic,
+# named `.<file>.<random>.tmp`).
+_LEFTOVER = re.compile(r"\.tmp-ckpt-.+|\..+\.[a-z0-9_]+\.tmp")
 
 
 def read_run(out) -> dict:
@@ -57,10 +65,27 @@ def write_run(out, info: dict) -> None:
 
 
 def has_run(out) -> bool:
-    """Whether `out` already holds a training run (a checkpoint, weights or a log)."""
+    """Whether `out` already holds a training run, or a saved model: a committed checkpoint
+    or final weights.  A run stopped before its first checkpoint holds neither: it is
+    `stopped_before_checkpoint`, and a new run may start over in its place."""
     out = Path(out)
-    return (out / "latest").exists() or (out / FINAL_WEIGHTS).exists() \
-        or (out / METRICS_FILE).exists()
+    return (out / LATEST_FILE).exists() or (out / FINAL_WEIGHTS).exists()
+
+
+def stopped_before_checkpoint(out) -> bool:
+    """Whether `out` holds a training run that stopped (killed, or crashed) before it
+    committed a checkpoint: it wrote run.json or a log line, and no checkpoint or weights."""
+    out = Path(out)
+    return not has_run(out) and ((out / RUN_FILE).exists() or (out / METRICS_FILE).exists())
+
+
+def clear_leftovers(out) -> None:
+    """Remove what a writer killed in the middle of a write left in `out`: temporary
+    checkpoint directories and temporary copies of files.  Called with the run directory
+    locked (netlang.train.run_lock), when no other process can be writing them."""
+    for entry in Path(out).iterdir():
+        if _LEFTOVER.fullmatch(entry.name):
+            _remove(entry)
 
 
 def pyplot():
@@ -116,12 +141,25 @@ def expected_params(graph, dtype=np.float32) -> dict:
 
 
 def start_over(out) -> None:
-    """Remove the log and the summary of the run that `--force` starts over in `out`."""
-    for name in (METRICS_FILE, SUMMARY_FILE):
-        try:
-            (Path(out) / name).unlink()
-        except FileNotFoundError:
-            pass
+    """Remove what the run that a new one starts over in `out` (after `--force`, or after
+    it stopped before its first checkpoint) produced: its checkpoints, final weights, log,
+    summary and curves, so that none of it is taken for the new run's.  The `latest` pointer
+    goes first: a process killed during the removal leaves a run with no checkpoint, which
+    starts over again."""
+    out = Path(out)
+    for name in (LATEST_FILE, FINAL_WEIGHTS, METRICS_FILE, SUMMARY_FILE, PLOT_FILE):
+        (out / name).unlink(missing_ok=True)
+    for entry in out.iterdir():
+        if entry.name.startswith("ckpt-") and entry.is_dir():
+            _remove(entry)
+
+
+def _remove(entry: Path) -> None:
+    """Delete a file or a directory tree (a symlink is removed, never followed)."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink(missing_ok=True)
 
 
 def append_metrics(out, record: dict) -> None:

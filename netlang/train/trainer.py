@@ -3,13 +3,14 @@
 `Trainer` runs epochs: seeded shuffling, the learning-rate schedule, validation after each
 epoch, early stopping, a JSON-lines metrics log, checkpoints that resume exactly (weights,
 optimiser moments, step, epoch, position inside the epoch, data order and dropout RNG), and
-a deferred Ctrl-C that stops at a step boundary and saves first.  Where each step's batch
+a deferred Ctrl-C (or SIGTERM) that stops at a step boundary and saves first.  Where each step's batch
 comes from and where its metrics are summed is `netlang.train.meters`; the run directory's
 files are `netlang.train.run_dir`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -42,16 +43,22 @@ STATE_VERSION = 1
 # device (the CUDA engine): each read-back waits for the device, so the progress bar's figures
 # are brought up to date this often, and at the end of each epoch, instead of after each step.
 METRICS_EVERY = 50
+# The signals that stop a run at the next step boundary, after a checkpoint: Ctrl-C, and the
+# SIGTERM a cluster's scheduler sends before it kills a job.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training, raised at a step boundary after the checkpoint was saved."""
+    """Ctrl-C (or SIGTERM) during training, raised at a step boundary after the checkpoint
+    was saved; `signal` is the signal's number (SIGINT for `request_stop`)."""
 
-    def __init__(self, checkpoint: Path | None = None, epoch: int = 0, step: int = 0):
+    def __init__(self, checkpoint: Path | None = None, epoch: int = 0, step: int = 0,
+                 signal_number: int = signal.SIGINT):
         super().__init__("training interrupted")
         self.checkpoint = checkpoint
         self.epoch = epoch
         self.step = step
+        self.signal = signal_number
 
 
 @dataclasses.dataclass
@@ -60,6 +67,9 @@ class History:
 
     records: list = dataclasses.field(default_factory=list)
     stopped_early: bool = False
+    # The signal (SIGINT, SIGTERM) that asked for a stop too late to cut the run short: in
+    # its last epoch, or after; the run completed.  None when none came.
+    late_signal: int | None = None
     best_epoch: int | None = None
     test: dict | None = None
     out: Path | None = None
@@ -107,6 +117,7 @@ class Trainer:
         self.top_k = top_k_values(config.metrics)
         self.confusion = "confusion" in config.metrics
         self._stop_requested = False
+        self.stop_signal = signal.SIGINT   # what asked for the stop (see `deferred_signals`)
         # With other processes, the stop they all agreed to at the last step (see `stopping`).
         self._stop_agreed = False
         self._evaluation_copy = None   # (arrays, the engine's copy of them): see `held`
@@ -268,9 +279,8 @@ class Trainer:
         history = History(out=self.out)
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
-        previous = self._install_sigint()
         last_save = time.monotonic()
-        try:
+        with self.deferred_signals(), contextlib.closing(self.progress):
             meter = source = None
             compile_logged = False
             while self.epoch < self.config.epochs and not self.finished:
@@ -298,9 +308,6 @@ class Trainer:
             self.finished = True
             if self.out is not None:
                 self.save_weights()
-        finally:
-            self.progress.close()
-            self._restore_sigint(previous)
         history.stopped_early = self.stopped_early
         history.best_epoch = self.best_epoch
         return history
@@ -498,30 +505,34 @@ class Trainer:
         path = self.save_checkpoint()
         if self.out is not None:
             self.save_weights()
-        raise TrainingInterrupted(path, self.epoch, self.step)
+        raise TrainingInterrupted(path, self.epoch, self.step, self.stop_signal)
 
-    # Ctrl-C is deferred to the end of the current step, so parameters and optimiser state
-    # are never saved half-updated; a second Ctrl-C interrupts at once.
-    def _install_sigint(self):
+    # Ctrl-C, and SIGTERM (what a cluster's scheduler sends), are deferred to the end of the
+    # current step, so parameters and optimiser state are never saved half-updated; a second
+    # signal interrupts at once.
+    @contextlib.contextmanager
+    def deferred_signals(self):
+        """Within the block, SIGINT and SIGTERM ask for a stop (`stop_signal` records which)
+        instead of interrupting; a second one raises KeyboardInterrupt at once.  Outside the
+        main thread, where Python cannot handle signals, nothing changes."""
         if threading.current_thread() is not threading.main_thread():
-            return None
-        previous = signal.getsignal(signal.SIGINT)
+            yield
+            return
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
         def handler(signum, frame):
             if self._stop_requested:
-                signal.signal(signal.SIGINT, previous if callable(previous)
-                              else signal.default_int_handler)
+                for number, action in previous.items():
+                    signal.signal(number, action if action is not None else signal.SIG_DFL)
                 raise KeyboardInterrupt
             self._stop_requested = True
-        try:
-            signal.signal(signal.SIGINT, handler)
-        except ValueError:
-            return None
-        return previous
+            self.stop_signal = signum
 
-    def _restore_sigint(self, previous) -> None:
-        if previous is not None:
-            try:
-                signal.signal(signal.SIGINT, previous)
-            except ValueError:
-                pass
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, handler)
+        try:
+            yield
+        finally:
+            for signum, action in previous.items():
+                # None: a handler installed outside Python, which cannot be put back.
+                signal.signal(signum, action if action is not None else signal.SIG_DFL)
