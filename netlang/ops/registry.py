@@ -271,6 +271,28 @@ class OpDef:
 
 OPS: dict[str, OpDef] = {}
 
+# How ONNX ops are read back into netlang layers (`netlang import`): ONNX op type → fn(step)
+# → the node's value(s), adding layers through the importer's `ImportStep`
+# (netlang/interchange/onnx_import_graph.py).  Each family registers its readers with
+# `reads_onnx`, beside its ops' `onnx_rule`; an ONNX op type with none is refused by name.
+ONNX_READERS: dict[str, Callable] = {}
+# The ONNX op types that read their first operand channels first, (N, C, ...): a 4-D graph
+# input that only they read is taken as an image in netlang's (N, H, W, C) layout.
+ONNX_CHANNELS_FIRST: set[str] = set()
+
+
+def reads_onnx(*op_types: str, channels_first: bool = False):
+    """Registers the decorated fn(step) as the reader of the ONNX op types `op_types`."""
+    def attach(fn):
+        for op_type in op_types:
+            if op_type in ONNX_READERS:
+                raise ValueError(f"ONNX op {op_type!r} has two readers")
+            ONNX_READERS[op_type] = fn
+            if channels_first:
+                ONNX_CHANNELS_FIRST.add(op_type)
+        return fn
+    return attach
+
 
 def define_op(name: str, *, family: str, doc: str, args: Sequence[Arg] = (), arity: int | None = 1,
               operand_names: Sequence[str] = ("x",), role: str = "layer",
