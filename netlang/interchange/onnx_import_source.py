@@ -25,16 +25,19 @@ KEYWORDS = {"and", "as", "block", "const", "else", "false", "if", "import", "inp
 class Names:
     """Netlang identifiers for ONNX names: sanitised, unique, and never a keyword or an op."""
 
-    def __init__(self):
+    def __init__(self, changed: list):
         self.taken = set(KEYWORDS) | set(all_ops())
-        self.changed: list[tuple[str, str, str]] = []   # (what, ONNX name, netlang name)
+        self.changed = changed   # (what, ONNX name, netlang name) of each name made anew
 
-    def make(self, onnx_name: str, what: str | None = None) -> str:
-        """A fresh identifier for `onnx_name`; `what` (input, output, layer) records a change
-        of name for the comment."""
+    def make(self, onnx_name: str, what: str | None = None, clash: str = "") -> str:
+        """A fresh identifier for `onnx_name` (with `clash` appended where it is taken, and
+        then numbered); `what` (input, output, layer) records a change of name for the
+        comment."""
         base = re.sub(r"[^A-Za-z0-9_]", "_", onnx_name) or "value"
         if base[0].isdigit():
             base = f"v{base}"
+        if base in self.taken:
+            base += clash
         name, count = base, 1
         while name in self.taken:
             count += 1
@@ -68,36 +71,39 @@ def write_source(model: ImportedModel, origin: str, opset: int) -> tuple[str, di
     """The .net text of `model` (in canonical form) and its weights, name → array, as the
     compiled file names them."""
     layers = model.layers
-    names = Names()
     readers: dict[int, list[int]] = {}
     for index, layer in enumerate(layers):
         for operand in layer.operands:
             readers.setdefault(operand, []).append(index)
-    output_of: dict[int, list[str]] = {}
-    for output, index in model.outputs.items():
-        output_of.setdefault(index, []).append(output)
+    # A value needs a name where it is an input or an output, read twice, or merged.
+    named = {index for index, layer in enumerate(layers) if layer.op == "input"}
+    named |= set(model.outputs.values())
+    named |= {operand for layer in layers for operand in layer.operands
+              if len(layer.operands) > 1 or len(readers[operand]) > 1}
 
-    value_name: dict[int, str] = {}
-    for index, layer in enumerate(layers):
-        if layer.op == "input":
-            value_name[index] = names.make(layer.source, "input")
-    declared = {}   # layer → the output it is declared as (`output logits = ...`)
-    for output, index in model.outputs.items():
-        if index not in value_name:
-            value_name[index] = names.make(output, "output")
-            declared[index] = output
+    # Layers and values share one namespace (a layer without `as` is named after the value it
+    # computes), so a value named after its layer is `conv2_out`.
+    changed: list = []
+    layer_names = value_names = Names(changed)
     layer_name, weights = {}, {}
     for index, layer in enumerate(layers):
         if layer.weights:
-            layer_name[index] = names.make(layer.name_hint, "layer")
+            layer_name[index] = layer_names.make(layer.name_hint, "layer")
             for param, array in layer.weights.items():
                 weights[f"{layer_name[index]}.{param}"] = array
+    value_name: dict[int, str] = {}
     for index, layer in enumerate(layers):
-        multiple = len(layers[index].operands) > 1
-        for operand in layer.operands:
-            if multiple or len(readers[operand]) > 1 or operand in output_of:
-                if operand not in value_name:
-                    value_name[operand] = names.make(layers[operand].source)
+        if layer.op == "input":
+            value_name[index] = value_names.make(layer.source, "input")
+    declared = {}   # layer → the output it is declared as (`output logits = ...`)
+    for output, index in model.outputs.items():
+        if index not in value_name:
+            value_name[index] = value_names.make(output, "output")
+            declared[index] = output
+    for index in sorted(named - set(value_name)):
+        # The ONNX tensor's name, less the op netlang's export appends (`block1/Relu`).
+        value_name[index] = value_names.make(layers[index].source.rsplit("/", 1)[0],
+                                             clash="_out")
 
     def chain(index: int) -> str:
         steps = []
@@ -113,8 +119,9 @@ def write_source(model: ImportedModel, origin: str, opset: int) -> tuple[str, di
             return " -> ".join([start, *reversed(steps)])
 
     lines = [f"# Imported from {origin} (ONNX opset {opset}) by `netlang import`."]
-    for what, onnx_name, name in names.changed:
-        lines.append(f"# The ONNX {what} `{onnx_name}` is `{name}` here.")
+    if changed:
+        lines.append("# ONNX names that are not netlang identifiers, renamed:")
+        lines.extend(f"#   {what} `{onnx_name}` is `{name}`" for what, onnx_name, name in changed)
     lines.append("")
     for index, layer in enumerate(layers):
         if layer.op == "input":
@@ -130,5 +137,5 @@ def write_source(model: ImportedModel, origin: str, opset: int) -> tuple[str, di
         lines.append(f"{keyword}{value_name[index]} = {chain(index)}")
     for output, index in model.outputs.items():
         if declared.get(index) != output:
-            lines.append(f"output {names.make(output, 'output')} = {value_name[index]}")
+            lines.append(f"output {value_names.make(output, 'output')} = {value_name[index]}")
     return format_source("\n".join(lines) + "\n"), weights
