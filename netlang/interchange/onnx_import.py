@@ -158,7 +158,7 @@ class OnnxImporter:
                 raise UsageError(f"{self.path}: input `{info.name}` has ONNX element type "
                                  f"{self.onnx.TensorProto.DataType.Name(elem)}, which netlang "
                                  f"inputs do not take (float32, int32, int64)")
-            if len(shape) < 2 or any(size is None for size in shape[1:]):
+            if not shape or any(size is None for size in shape[1:]):
                 raise UsageError(f"{self.path}: input `{info.name}` has shape "
                                  f"{_shape_text(shape)}: netlang needs a batch axis first and "
                                  f"fixed sizes after it")

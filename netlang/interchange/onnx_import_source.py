@@ -85,12 +85,6 @@ def write_source(model: ImportedModel, origin: str, opset: int) -> tuple[str, di
     # computes), so a value named after its layer is `conv2_out`.
     changed: list = []
     layer_names = value_names = Names(changed)
-    layer_name, weights = {}, {}
-    for index, layer in enumerate(layers):
-        if layer.weights:
-            layer_name[index] = layer_names.make(layer.name_hint, "layer")
-            for param, array in layer.weights.items():
-                weights[f"{layer_name[index]}.{param}"] = array
     value_name: dict[int, str] = {}
     for index, layer in enumerate(layers):
         if layer.op == "input":
@@ -100,6 +94,14 @@ def write_source(model: ImportedModel, origin: str, opset: int) -> tuple[str, di
         if index not in value_name:
             value_name[index] = value_names.make(output, "output")
             declared[index] = output
+    # Inputs and outputs are the model's interface: they keep their names, and a layer whose
+    # name they took (netlang names an unnamed layer after its value) yields.
+    layer_name, weights = {}, {}
+    for index, layer in enumerate(layers):
+        if layer.weights:
+            layer_name[index] = layer_names.make(layer.name_hint, "layer", clash="_layer")
+            for param, array in layer.weights.items():
+                weights[f"{layer_name[index]}.{param}"] = array
     for index in sorted(named - set(value_name)):
         # The ONNX tensor's name, less the op netlang's export appends (`block1/Relu`).
         value_name[index] = value_names.make(layers[index].source.rsplit("/", 1)[0],
@@ -120,7 +122,7 @@ def write_source(model: ImportedModel, origin: str, opset: int) -> tuple[str, di
 
     lines = [f"# Imported from {origin} (ONNX opset {opset}) by `netlang import`."]
     if changed:
-        lines.append("# ONNX names that are not netlang identifiers, renamed:")
+        lines.append("# ONNX names renamed (not netlang identifiers, or taken):")
         lines.extend(f"#   {what} `{onnx_name}` is `{name}`" for what, onnx_name, name in changed)
     lines.append("")
     for index, layer in enumerate(layers):

@@ -2,7 +2,14 @@
 
 import numpy as np
 
-from netlang.ops.onnx_forms import chained, common_layout, laid_out, layout_axis, per_example_axis
+from netlang.ops.onnx_forms import (
+                                   chained,
+                                   common_layout,
+                                   laid_out,
+                                   layout_axis,
+                                   per_example_axis,
+                                   read_merge,
+)
 from netlang.ops.registry import (
     check_axis,
     define_internal,
@@ -226,19 +233,6 @@ multiply.onnx_rule = chained("Mul")
 # ---- ONNX import: Add, Sum, Mul, Concat of tensors ---------------------------------------------
 
 
-def _read_merge(op):
-    def reader(step):
-        count = step.input_count
-        if any(step.constant(i) is not None for i in range(count)):
-            step.refuse("a constant operand has no netlang form (netlang adds layers' outputs)")
-        if len({step.shape(i) for i in range(count)}) != 1:
-            step.refuse("its operands' shapes differ: netlang merges tensors of one shape")
-        perm = step.value(0).perm
-        layer = step.layer(op, {}, [step.input(i, perm) for i in range(count)])
-        return step.result(layer, perm)
-    return reader
-
-
 @reads_onnx("Concat")
 def _read_concat(step):
     axis, perm = per_example_axis(step, 0, step.attr("axis"))
@@ -247,5 +241,5 @@ def _read_concat(step):
     return step.result(layer, perm)
 
 
-reads_onnx("Add", "Sum")(_read_merge("add"))
-reads_onnx("Mul")(_read_merge("multiply"))
+reads_onnx("Add", "Sum")(read_merge("add"))
+reads_onnx("Mul")(read_merge("multiply"))

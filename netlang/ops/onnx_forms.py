@@ -176,3 +176,27 @@ def read_one(step, name: str, expected, what: str) -> None:
     value = step.attr(name, expected)
     if (list(value) if isinstance(value, (list, tuple)) else value) != expected:
         step.refuse(f"{name} = {value}: {what}")
+
+
+def read_merge(op: str):
+    """An ONNX op of tensors of one shape that is netlang's `op` of layers' outputs (Add, Sub,
+    Mul, Sum), in the first operand's layout."""
+    def reader(step):
+        count = step.input_count
+        if any(step.constant(i) is not None for i in range(count)):
+            step.refuse(f"a constant operand has no netlang form (netlang's `{op}` reads "
+                        f"layers' outputs)")
+        if len({step.shape(i) for i in range(count)}) != 1:
+            step.refuse(f"its operands' shapes differ: netlang's `{op}` takes one shape")
+        perm = step.value(0).perm
+        layer = step.layer(op, {}, [step.input(i, perm) for i in range(count)])
+        return step.result(layer, perm)
+    return reader
+
+
+def scalar_input(step, i: int, what: str) -> float:
+    """Input i, a constant holding one number."""
+    array = step.weight(i, what)
+    if array.size != 1:
+        step.refuse(f"its {what} is not one number")
+    return float(str(np.float32(array.reshape(-1)[0])))
