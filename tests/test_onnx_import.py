@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from test_onnx import EXAMPLES, OP_CASES, assert_close, draw_inputs, randomise_buffers
 
 import netlang
 from netlang.frontend.format import format_source
 from netlang.interchange import ImportRefused
-
-from conftest import run_cli
 
 onnx = pytest.importorskip("onnx", reason="ONNX import needs the onnx package (netlang[onnx])")
 ort = pytest.importorskip("onnxruntime", reason="the round trips are checked by onnxruntime")

@@ -20,14 +20,14 @@ import numpy as np
 from netlang.errors import UsageError
 from netlang.interchange.onnx_export import onnx_package
 from netlang.interchange.onnx_import_graph import (
-                                                   ImportedModel,
-                                                   ImportRefused,
-                                                   ImportStep,
-                                                   Layer,
-                                                   OnnxNodeView,
-                                                   Value,
-                                                   identity,
-                                                   relaid,
+    ImportRefused,
+    ImportStep,
+    ImportedModel,
+    Layer,
+    OnnxNodeView,
+    Value,
+    identity,
+    relaid,
 )
 from netlang.interchange.onnx_import_source import write_source
 from netlang.ops import onnx_reader, reads_channels_first
