@@ -5,6 +5,8 @@ refusals, and the command.  Skipped where `onnx` or `onnxruntime` is not install
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import run_cli
@@ -25,11 +27,11 @@ def run_onnx(path, feeds: dict) -> dict:
     return dict(zip([o.name for o in session.get_outputs()], outputs))
 
 
-def round_trip(model, tmp_path, batch: int = 2) -> str:
+def round_trip(model, tmp_path, batch: int = 2, opset: int = 17) -> str:
     """Exports `model`, imports the file (weights as a run directory), loads the run back
     through the .net file, and exports that: checks both ONNX files give the same outputs and
     the imported model netlang's original ones.  Returns the imported source."""
-    first = model.export(tmp_path / "first.onnx", batch=batch)
+    first = model.export(tmp_path / "first.onnx", batch=batch, opset=opset)
     netlang.import_onnx(first, tmp_path / "imported.net", weights_out=tmp_path / "run")
     imported = netlang.load(tmp_path / "imported.net", weights=tmp_path / "run",
                             device="reference")
@@ -56,7 +58,8 @@ IMPORTED_CASES = ["identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "s
                   "log_softmax", "conv2d", "conv_transpose2d", "dense", "embedding", "exp",
                   "log", "sqrt", "square", "abs", "clip", "pow", "subtract", "divide", "concat",
                   "add", "multiply", "batchnorm", "lrn", "dropout", "maxpool", "avgpool",
-                  "global_avgpool", "lstm", "flatten", "reshape", "permute"]
+                  "global_avgpool", "lstm", "sum", "mean", "max", "slice", "flatten", "reshape",
+                  "permute"]
 
 
 @pytest.mark.parametrize("source", [pytest.param(source, id=f"{op}-{i}")
@@ -67,6 +70,13 @@ def test_an_exported_op_round_trips(source, tmp_path):
     model = netlang.compile(source).to("reference")
     randomise_buffers(model)
     round_trip(model, tmp_path)
+
+
+@pytest.mark.parametrize("opset", [13, 21])
+@pytest.mark.parametrize("op", ["sum", "mean", "max"])
+def test_reductions_read_at_both_ends_of_the_opset_range(op, opset, tmp_path):
+    # Their axes are an attribute before opset 18 (13 for ReduceSum), an input from it.
+    round_trip(netlang.compile(OP_CASES[op][0]).to("reference"), tmp_path, opset=opset)
 
 
 @pytest.mark.parametrize("layer", ["rnn(5, activation = relu, sequences = true)",
@@ -200,3 +210,58 @@ def test_the_import_command_writes_a_file_check_and_fmt_accept(tmp_path, capsys)
     assert code == 2 and "exists: --force overwrites it" in err
     assert run_cli(capsys, "import", tmp_path / "lenet5.onnx", "-o", tmp_path / "lenet5.net",
                    "--force")[0] == 0
+
+
+def torch_cases():
+    """Small PyTorch modules (built here when torch is installed) and an input for each."""
+    torch = pytest.importorskip("torch", reason="PyTorch's own export is read where installed")
+    nn = torch.nn
+    torch.manual_seed(0)
+
+    class Cnn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                          nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, 2))
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x):
+            pooled = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+            return torch.softmax(self.head(torch.flatten(pooled, 1)), dim=1)
+
+    class Recurrent(nn.Module):
+        def __init__(self, kind, **options):
+            super().__init__()
+            self.rnn = getattr(nn, kind)(4, 6, batch_first=True, **options)
+            self.fc = nn.Linear(12 if options.get("bidirectional") else 6, 3)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0])
+
+    sequence = torch.randn(2, 7, 4)
+    return torch, {"cnn": (Cnn(), torch.randn(2, 3, 12, 12)),
+                   "lstm": (Recurrent("LSTM"), sequence),
+                   "gru_bidirectional": (Recurrent("GRU", bidirectional=True), sequence),
+                   "rnn_stacked": (Recurrent("RNN", num_layers=2), sequence),
+                   "lstm_stacked_bidirectional": (Recurrent("LSTM", num_layers=2,
+                                                            bidirectional=True), sequence)}
+
+
+@pytest.mark.parametrize("name", ["cnn", "lstm", "gru_bidirectional", "rnn_stacked",
+                                  "lstm_stacked_bidirectional"])
+def test_pytorchs_own_export_is_read(name, tmp_path):
+    # PyTorch folds batch norm into the convolution, names layers by module (`/rnn/LSTM`),
+    # writes zero initial states as an Expand to the batch, and reads Y through a Squeeze.
+    torch, cases = torch_cases()
+    module, x = cases[name]
+    module.eval()
+    path = tmp_path / "torch.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation notice
+        torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["x"],
+                          output_names=["y"], opset_version=17)
+    model = netlang.import_onnx(path, tmp_path / "m.net").to("reference")
+    images = x.numpy().transpose(0, 2, 3, 1) if x.dim() == 4 else x.numpy()
+    with torch.no_grad():
+        want = module(x).numpy()
+    assert_close({"y": model.forward({"x": images})["y"]}, {"y": want})

@@ -26,11 +26,12 @@ from netlang.interchange.onnx_import_graph import (
     Layer,
     OnnxNodeView,
     Value,
+    Zeros,
     identity,
     relaid,
 )
 from netlang.interchange.onnx_import_source import write_source
-from netlang.ops import onnx_reader, reads_channels_first
+from netlang.ops import onnx_constant_op, onnx_inputs_read, onnx_reader, reads_channels_first
 
 # The opsets read: from 13, where the ops took the forms the readers know (Softmax over one
 # axis, Squeeze's axes as an input), to the newest the exporter writes.
@@ -82,10 +83,15 @@ class OnnxImporter:
                                                            *self.graph.value_info,
                                                            *self.graph.output]}
         self.constants = {t.name: onnx.numpy_helper.to_array(t) for t in self.graph.initializer}
-        self.values: dict[str, Value] = {}
         self.graph_outputs = [o.name for o in self.graph.output]
         self.views = [OnnxNodeView(node, {a.name: self._attribute(a) for a in node.attribute})
                       for node in self.graph.node]
+        self.settled: set = set()
+        self.values: dict = {}
+        for view in self.views:   # Constant nodes first: a reader may look past its node
+            if onnx_constant_op(view.op_type):
+                self._store(view, onnx_reader(view.op_type)(ImportStep(self, view)))
+                self.settled.add(id(view.node))
         self.needed = self._needed()
         # Who reads a tensor, among the nodes the outputs need (an exported recurrent layer's
         # unread sequence output still has its reshape).
@@ -95,7 +101,6 @@ class OnnxImporter:
                 continue
             for name in view.inputs:
                 self.consumers.setdefault(name, []).append(view)
-        self.settled: set = set()
         self.model = ImportedModel()
 
     def _attribute(self, attribute):
@@ -134,7 +139,7 @@ class OnnxImporter:
             if isinstance(value, np.ndarray):
                 self.constants[name] = value
             else:
-                self.values[name] = value if isinstance(value, Value) else Value(value)
+                self.values[name] = value if isinstance(value, (Value, Zeros)) else Value(value)
 
     def _needed(self) -> set:
         """The nodes the graph's outputs depend on (by id of their protobuf node)."""
@@ -145,7 +150,10 @@ class OnnxImporter:
             if view is None or id(view.node) in needed:
                 continue
             needed.add(id(view.node))
-            todo.extend(view.inputs)
+            inputs_read = onnx_inputs_read(view.op_type)
+            read = range(len(view.inputs)) if inputs_read is None else \
+                inputs_read(view.attr, lambda i, view=view: self.constants.get(view.inputs[i]))
+            todo.extend(view.inputs[i] for i in read)
         return needed
 
     def _inputs(self) -> None:

@@ -62,6 +62,12 @@ class Value:
     unit_axes: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Zeros:
+    """A tensor of zeros whose shape follows the batch (PyTorch's initial recurrent states, an
+    Expand of a zero constant): a reader may take it as "not given"."""
+
+
 def identity(rank: int) -> tuple:
     """The permutation that moves nothing."""
     return tuple(range(rank))
@@ -156,10 +162,22 @@ class ImportStep:
     def value(self, i: int) -> Value:
         """Input i as a netlang value, whatever its layout."""
         name = self.view.inputs[i]
+        if isinstance(self._importer.values.get(name), Zeros):
+            self.refuse(f"input {i} (`{name}`) is zeros expanded to the batch, which netlang "
+                        f"reads only as a recurrent layer's initial state")
         if name in self._importer.constants:
             self.refuse(f"input {i} (`{name}`) is a constant, which netlang reads only as a "
                         f"layer's weights")
         return self._importer.values[name]
+
+    def is_zeros(self, i: int) -> bool:
+        """Whether input i is zeros expanded to the batch (see `Zeros`)."""
+        return self.has_input(i) and isinstance(self._importer.values.get(self.view.inputs[i]),
+                                                Zeros)
+
+    def zeros(self) -> Zeros:
+        """The node's value: zeros expanded to the batch."""
+        return Zeros()
 
     def shape(self, i: int) -> tuple | None:
         """Input i's ONNX shape (None for an axis of unknown size; None when not inferred)."""
@@ -202,7 +220,7 @@ class ImportStep:
         hint = None
         if weights:
             source = self.view.inputs[name_from] if name_from is not None else ""
-            hint = layer_name_of(source) or self.name
+            hint = layer_name_of(source) or module_of_node(self.name)
         return self._importer.model.add(Layer(op, dict(args), list(operands), dict(weights or {}),
                                               hint, self.view.outputs[0]))
 
@@ -251,6 +269,13 @@ def layer_name_of(initializer: str) -> str:
     if "." in initializer:
         return initializer.rsplit(".", 1)[0]
     return ""
+
+
+def module_of_node(name: str) -> str:
+    """The module a node's name gives, where PyTorch and netlang name nodes by module and op:
+    `/features/features.0/Conv` → `features/features.0`, `/fc/MatMul` → `fc`."""
+    parts = [part for part in name.split("/") if part]
+    return "/".join(parts[:-1]) if len(parts) > 1 else name
 
 
 def arguments_written(op: str, args: dict) -> tuple[list, dict]:

@@ -29,6 +29,8 @@ from netlang.ops import (
 )
 from netlang.ops.registry import (
                                   ONNX_CHANNELS_FIRST,
+                                  ONNX_CONSTANT_OPS,
+                                  ONNX_INPUTS_READ,
                                   ONNX_READERS,
                                   OPS,
                                   OpDef,
@@ -71,8 +73,19 @@ def reads_channels_first(op_type: str) -> bool:
     return op_type in ONNX_CHANNELS_FIRST
 
 
+def onnx_constant_op(op_type: str) -> bool:
+    """Whether ONNX op `op_type` computes a constant by nature (read before the others)."""
+    return op_type in ONNX_CONSTANT_OPS
+
+
+def onnx_inputs_read(op_type: str):
+    """fn(attribute, constant) → the inputs ONNX op `op_type`'s reader reads, or None: all."""
+    return ONNX_INPUTS_READ.get(op_type)
+
+
 __all__ = ["OPS", "OpDef", "ParamSpec", "ShapeContext", "ShapeProblem", "all_ops", "get_op",
-           "onnx_reader", "reads_channels_first", "stated_integer_bounds",
+           "onnx_constant_op", "onnx_inputs_read", "onnx_reader", "reads_channels_first",
+           "stated_integer_bounds",
            # the families, imported above for the ops they register
            "activations", "conv", "conv_kernels", "core", "dense", "elementwise", "loss_terms",
            "losses", "merge", "noise", "norm", "norm_onnx", "pool", "rbm", "recurrent", "recurrent_cuda",

@@ -108,7 +108,7 @@ transpose_op.onnx_rule = lambda step: transposed(step, step.value(0), tuple(step
 scale.onnx_rule = with_constant("Mul", "factor")
 
 
-@reads_onnx("Constant")
+@reads_onnx("Constant", constant=True)
 def _read_constant(step):
     """A constant node: its tensor, which readers take as weights or shapes."""
     if step.attr("value") is None:

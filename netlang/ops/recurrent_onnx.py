@@ -150,7 +150,9 @@ def onnx_reader(kind: str):
         if kind == "gru" and step.attr("linear_before_reset", 0) != 1:
             step.refuse("linear_before_reset = 0: netlang's GRU is PyTorch's (1)")
         for i, name in enumerate(OPTIONAL_INPUTS[:step.input_count - 4], 4):
-            if step.has_input(i):
+            # Initial states of zeros (PyTorch writes them out) are the states netlang starts
+            # from when none are given.
+            if step.has_input(i) and not (name.startswith("initial") and step.is_zeros(i)):
                 step.refuse(f"its {name} input has no netlang form here")
         direction = step.attr("direction", "forward")
         if direction not in ("forward", "bidirectional"):
@@ -193,6 +195,21 @@ def onnx_reader(kind: str):
             _follow(step, outputs[1], [1, 0, 2], [0, -1], 0, directions, step.result(layer))
         return []
     return reader
+
+
+def _zero_source(constant) -> bool:
+    source = constant(0)
+    return source is not None and not np.any(source)
+
+
+@reads_onnx("Expand", inputs_read=lambda attribute, constant: [0] if _zero_source(constant)
+            else [0, 1])
+def _read_expand(step):
+    """An Expand of zeros: the initial states PyTorch's export writes for RNN, LSTM and GRU
+    (the shape it expands to, computed from the batch, is never read)."""
+    if not _zero_source(step.constant):
+        step.refuse("netlang reads an Expand only of zeros, as a recurrent layer's initial state")
+    return step.zeros()
 
 
 reads_onnx("RNN")(onnx_reader("rnn"))
