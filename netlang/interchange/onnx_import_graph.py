@@ -49,6 +49,9 @@ class Layer:
     shape: tuple = ()
     dtype: str = "float32"
     note: str = ""
+    # Tensor math instead of a layer call: the expression, its operands as {0}, {1}
+    # (`{0} * 0.5`); the front end lowers it to its own ops.
+    expression: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +226,11 @@ class ImportStep:
             hint = layer_name_of(source) or module_of_node(self.name)
         return self._importer.model.add(Layer(op, dict(args), list(operands), dict(weights or {}),
                                               hint, self.view.outputs[0]))
+
+    def expression(self, template: str, operands: list) -> int:
+        """Adds tensor math over the layers `operands` (`{0} * 0.5`); returns its index."""
+        return self._importer.model.add(Layer("", {}, list(operands), {}, None,
+                                              self.view.outputs[0], expression=template))
 
     def result(self, layer: int, perm: tuple | None = None, unit_axes: int = 0) -> Value:
         """The node's value: netlang layer `layer`'s output laid out by `perm`."""

@@ -79,7 +79,7 @@ def write_source(model: ImportedModel, origin: str, opset: int) -> tuple[str, di
     named = {index for index, layer in enumerate(layers) if layer.op == "input"}
     named |= set(model.outputs.values())
     named |= {operand for layer in layers for operand in layer.operands
-              if len(layer.operands) > 1 or len(readers[operand]) > 1}
+              if len(layer.operands) > 1 or len(readers[operand]) > 1 or layer.expression}
 
     # Layers and values share one namespace (a layer without `as` is named after the value it
     # computes), so a value named after its layer is `conv2_out`.
@@ -111,8 +111,11 @@ def write_source(model: ImportedModel, origin: str, opset: int) -> tuple[str, di
         steps = []
         while True:
             layer = layers[index]
-            steps.append(_call(layer, layer_name.get(index)))
             operands = layer.operands
+            if layer.expression:   # tensor math starts a chain: its operands are named
+                start = layer.expression.format(*(value_name[o] for o in operands))
+                return " -> ".join([start, *reversed(steps)])
+            steps.append(_call(layer, layer_name.get(index)))
             if len(operands) == 1 and operands[0] not in value_name:
                 index = operands[0]
                 continue

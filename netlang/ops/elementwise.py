@@ -397,5 +397,5 @@ reads_onnx("Softplus")(read_elementwise("softplus"))
 reads_onnx("Clip")(read_elementwise("clip", lambda step: {
     "lo": scalar_input(step, 1, "minimum"), "hi": scalar_input(step, 2, "maximum")}))
 reads_onnx("Pow")(read_elementwise("pow", lambda step: {"k": scalar_input(step, 1, "exponent")}))
-reads_onnx("Sub")(read_merge("subtract"))
-reads_onnx("Div")(read_merge("divide"))
+reads_onnx("Sub")(read_merge("subtract", "-"))
+reads_onnx("Div")(read_merge("divide", "/"))

@@ -241,5 +241,5 @@ def _read_concat(step):
     return step.result(layer, perm)
 
 
-reads_onnx("Add", "Sum")(read_merge("add"))
-reads_onnx("Mul")(read_merge("multiply"))
+reads_onnx("Add", "Sum")(read_merge("add", "+"))
+reads_onnx("Mul")(read_merge("multiply", "*"))

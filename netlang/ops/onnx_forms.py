@@ -178,14 +178,24 @@ def read_one(step, name: str, expected, what: str) -> None:
         step.refuse(f"{name} = {value}: {what}")
 
 
-def read_merge(op: str):
+def read_merge(op: str, operator: str | None = None):
     """An ONNX op of tensors of one shape that is netlang's `op` of layers' outputs (Add, Sub,
-    Mul, Sum), in the first operand's layout."""
+    Mul, Div, Sum), in the first operand's layout; with one operand a number, tensor math with
+    `operator` (`x * 0.5`, `1 / x`), in any layout."""
     def reader(step):
         count = step.input_count
+        numbers = [i for i in range(count) if step.constant(i) is not None
+                   and step.constant(i).size == 1]
+        if operator is not None and count == 2 and len(numbers) == 1:
+            tensor = 1 - numbers[0]
+            value = step.value(tensor)
+            number = scalar_input(step, numbers[0], "constant")
+            sides = ["{0}", repr(number)] if tensor == 0 else [repr(number), "{0}"]
+            layer = step.expression(f" {operator} ".join(sides), [value.layer])
+            return step.result(layer, value.perm, value.unit_axes)
         if any(step.constant(i) is not None for i in range(count)):
-            step.refuse(f"a constant operand has no netlang form (netlang's `{op}` reads "
-                        f"layers' outputs)")
+            step.refuse(f"a constant tensor operand has no netlang form (netlang's `{op}` "
+                        f"reads layers' outputs, and numbers)")
         if len({step.shape(i) for i in range(count)}) != 1:
             step.refuse(f"its operands' shapes differ: netlang's `{op}` takes one shape")
         perm = step.value(0).perm
