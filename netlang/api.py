@@ -562,11 +562,13 @@ def split_of(prepared, split: str) -> dict:
     return table[split]
 
 
-def import_onnx(path, output, *, weights_out=None, force: bool = False) -> Model:
+def import_onnx(path, output, *, weights_out=None, force: bool = False,
+                device: str = "cpu") -> Model:
     """Read the ONNX model at `path` into a .net file written at `output` (canonical form),
-    and return it compiled with the ONNX model's weights; `weights_out` also saves them as a
-    run directory (or .safetensors file) that `--weights` takes.  An existing `output` or
-    `weights_out` is kept unless `force`.  Needs the `onnx` package; see docs/interchange.md."""
+    and return it compiled with the ONNX model's weights, to run on `device`; `weights_out`
+    also saves them as a run directory (or .safetensors file) that `--weights` takes.  An
+    existing `output` or `weights_out` is kept unless `force`.  Needs the `onnx` package; see
+    docs/interchange.md."""
     output = os.fspath(output)
     for target in (output, weights_out):
         if target is not None and os.path.exists(target) and not force:
@@ -578,7 +580,7 @@ def import_onnx(path, output, *, weights_out=None, force: bool = False) -> Model
     from_state_dict(model, weights)
     if weights_out is not None:
         model.save(weights_out)
-    return model
+    return model.to(device)
 
 
 def load(path, *, weights=None, force: bool = False, strict: bool = True,

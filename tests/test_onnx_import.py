@@ -216,7 +216,7 @@ def test_the_import_command_writes_a_file_check_and_fmt_accept(tmp_path, capsys)
     code, out, err = run_cli(capsys, "import", tmp_path / "lenet5.onnx", "-o",
                              tmp_path / "lenet5.net", "--weights-out", tmp_path / "run")
     assert code == 0, err
-    assert out.startswith(f"wrote {tmp_path / 'lenet5.net'} (1 outputs, 61,706 weights")
+    assert out.startswith(f"wrote {tmp_path / 'lenet5.net'} (1 output, 61,706 weights")
     assert run_cli(capsys, "check", tmp_path / "lenet5.net")[0] == 0
     assert run_cli(capsys, "fmt", "--check", tmp_path / "lenet5.net")[0] == 0
     # The run directory is what --weights takes; written again only with --force.

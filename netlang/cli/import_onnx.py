@@ -19,10 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the file (and the weights) and say what was written."""
-    model = import_onnx(args.file, args.output, weights_out=args.weights_out, force=args.force)
+    model = import_onnx(args.file, args.output, weights_out=args.weights_out, force=args.force,
+                        device="reference")
     count = sum(array.size for array in {**model.parameters(), **model.buffers()}.values())
+    outputs = len(model.graph.graph["outputs"])
     where = f"weights in {args.weights_out}" if args.weights_out else \
         "weights not written (--weights-out RUN writes them)"
-    print(f"wrote {args.output} ({len(model.graph.graph['outputs'])} outputs, {count:,} "
+    print(f"wrote {args.output} ({outputs} output{'s' if outputs != 1 else ''}, {count:,} "
           f"weights; {where})")
     return 0
