@@ -192,6 +192,24 @@ def test_a_use_netlang_cannot_express_is_refused_saying_why(tmp_path):
         netlang.import_onnx(path, tmp_path / "m.net")
 
 
+def test_a_dynamic_batch_export_reads_back(tmp_path):
+    model = netlang.compile("examples/lenet5.net").to("reference")
+    path = model.export(tmp_path / "m.onnx", dynamic_batch=True)
+    imported = netlang.import_onnx(path, tmp_path / "m.net").to("reference")
+    images = np.random.default_rng(0).standard_normal((3, 28, 28, 1)).astype(np.float32)
+    assert_close(imported.forward({"image": images}), model.forward({"image": images}))
+
+
+def test_a_layout_that_moves_the_batch_axis_is_refused_by_name(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2, 4])
+    path = tmp_path / "m.onnx"
+    onnx.save(one_node_graph(helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0, 2]),
+                             [x], [y]), path)
+    with pytest.raises(ImportRefused, match=r"^error: ONNX output `y` is not batch first$"):
+        netlang.import_onnx(path, tmp_path / "m.net")
+
+
 def test_a_malformed_file_is_one_line(tmp_path, capsys):
     path = tmp_path / "junk.onnx"
     path.write_bytes(b"\x08\x07 this is not a protobuf \xff\xff")
