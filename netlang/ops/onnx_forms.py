@@ -1,4 +1,4 @@
-"""Shapes of ONNX export rules that several op families share.
+"""Shapes of ONNX export rules, and of ONNX import readers, that several op families share.
 
 An op's `onnx_rule` (see registry.py) is fn(step) → the node's value, where `step` is the
 exporter's `ExportStep` (netlang/interchange/onnx_graph.py): `step.node(op_type, inputs,

@@ -11,6 +11,10 @@ ONNX's ops read (T, N, F), time first, and write Y (T, D, N, H) and Y_h (D, N, H
 is unrolled as one ONNX op per layer, each fed the previous one's Y as (T, N, D·H).  Lengths
 become `sequence_lens` (ONNX, like the reference, leaves the state unchanged past a sequence's
 end, writes zeros to Y there, and runs the backward direction from each sequence's last step).
+
+Import reads each ONNX op back as one netlang layer, its gates reordered back, and its Y or
+Y_h through the nodes netlang's export (Transpose, Reshape) or PyTorch's (Squeeze) put after
+it; PyTorch's zero initial states (an Expand of zeros) are the layer's own zero start.
 """
 
 from __future__ import annotations
