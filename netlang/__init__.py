@@ -3,7 +3,7 @@
 from netlang.errors import NetlangError
 from netlang.version import __version__
 
-__all__ = ["NetlangError", "__version__", "compile", "from_state_dict", "load",
+__all__ = ["NetlangError", "__version__", "compile", "from_state_dict", "import_onnx", "load",
            "weights_to_state_dict"]
 
 
@@ -18,6 +18,14 @@ def load(path, **options):
     """Load a model and its trained weights from a run directory or weights file."""
     from netlang.api import load as _load
     return _load(path, **options)
+
+
+def import_onnx(path, output, **options):
+    """Read an ONNX model into a .net file at `output` and return it compiled with the ONNX
+    model's weights (`weights_out=` saves them as a run directory, `force=` overwrites; see
+    netlang.api.import_onnx and docs/interchange.md)."""
+    from netlang.api import import_onnx as _import_onnx
+    return _import_onnx(path, output, **options)
 
 
 def weights_to_state_dict(weights):

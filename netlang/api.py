@@ -17,7 +17,7 @@ from netlang.bench import bench
 from netlang.config import timed
 from netlang.data.text import Vocabulary, with_bits_per_character
 from netlang.errors import NetlangFileError, UsageError, WeightsError
-from netlang.interchange import DEFAULT_OPSET, export_onnx
+from netlang.interchange import DEFAULT_OPSET, export_onnx, from_state_dict, onnx_to_source
 from netlang.ir.graph import Graph
 from netlang.lower import lower_source
 from netlang.passes import after_pass
@@ -45,7 +45,7 @@ from netlang.train.run_dir import (
 )
 from netlang.train.run_lock import RunLock
 from netlang.train.schedules import depends_on_epochs, describe, step_rate
-from netlang.weights import find_weights, load_weights, read_header, save_weights
+from netlang.weights import atomic_write, find_weights, load_weights, read_header, save_weights
 
 # The float widths an engine computes in: parameters, activations and float inputs.
 DTYPES = ("float32", "float64")
@@ -561,6 +561,27 @@ def split_of(prepared, split: str) -> dict:
         hint = " (the run has no validation split)" if split == "val" else ""
         raise UsageError(f"the data has no {split} split{hint}")
     return table[split]
+
+
+def import_onnx(path, output, *, weights_out=None, force: bool = False,
+                device: str = "cpu") -> Model:
+    """Read the ONNX model at `path` into a .net file written at `output` (canonical form),
+    and return it compiled with the ONNX model's weights, to run on `device`; `weights_out`
+    also saves them as a run directory (or .safetensors file) that `--weights` takes.  An
+    existing `output` or `weights_out` is kept unless `force`.  Needs the `onnx` package; see
+    docs/interchange.md."""
+    output = os.fspath(output)
+    for target in (output, weights_out):
+        if target is not None and os.path.exists(target) and not force:
+            raise UsageError(f"{os.fspath(target)} exists: `force=True` overwrites it")
+    source, weights = onnx_to_source(path)
+    atomic_write(output, lambda f: f.write(source.encode()))
+    model = compile(output)
+    model.device = "reference"   # holds the weights; compiles no kernels
+    from_state_dict(model, weights)
+    if weights_out is not None:
+        model.save(weights_out)
+    return model.to(device)
 
 
 def load(path, *, weights=None, force: bool = False, strict: bool = True,

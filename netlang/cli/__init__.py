@@ -32,6 +32,7 @@ COMMANDS = {
     "attack": ("attack", "accuracy under adversarial examples (FGSM, PGD)"),
     "sample": ("sample", "samples of a generative model, or text a character model writes"),
     "export": ("export", "write a model's inference pass as an ONNX file"),
+    "import": ("import_onnx", "read an ONNX model into a .net file and a run directory"),
 }
 
 

@@ -18,6 +18,7 @@ from netlang.ops import (
     merge,
     noise,
     norm,
+    norm_onnx,
     pool,
     rbm,
     recurrent,
@@ -26,7 +27,17 @@ from netlang.ops import (
     reduce,
     reshape,
 )
-from netlang.ops.registry import OPS, OpDef, ParamSpec, ShapeContext, ShapeProblem
+from netlang.ops.registry import (
+                                  ONNX_CHANNELS_FIRST,
+                                  ONNX_CONSTANT_OPS,
+                                  ONNX_INPUTS_READ,
+                                  ONNX_READERS,
+                                  OPS,
+                                  OpDef,
+                                  ParamSpec,
+                                  ShapeContext,
+                                  ShapeProblem,
+)
 
 
 def stated_integer_bounds(graph, node) -> list:
@@ -52,10 +63,31 @@ def all_ops() -> dict[str, OpDef]:
     return dict(OPS)
 
 
+def onnx_reader(op_type: str):
+    """The rule reading ONNX op `op_type` into netlang layers (`netlang import`), or None."""
+    return ONNX_READERS.get(op_type)
+
+
+def reads_channels_first(op_type: str) -> bool:
+    """Whether ONNX op `op_type` reads its first operand channels first, (N, C, ...)."""
+    return op_type in ONNX_CHANNELS_FIRST
+
+
+def onnx_constant_op(op_type: str) -> bool:
+    """Whether ONNX op `op_type` computes a constant by nature (read before the others)."""
+    return op_type in ONNX_CONSTANT_OPS
+
+
+def onnx_inputs_read(op_type: str):
+    """fn(attribute, constant) → the inputs ONNX op `op_type`'s reader reads, or None: all."""
+    return ONNX_INPUTS_READ.get(op_type)
+
+
 __all__ = ["OPS", "OpDef", "ParamSpec", "ShapeContext", "ShapeProblem", "all_ops", "get_op",
+           "onnx_constant_op", "onnx_inputs_read", "onnx_reader", "reads_channels_first",
            "stated_integer_bounds",
            # the families, imported above for the ops they register
            "activations", "conv", "conv_kernels", "core", "dense", "elementwise", "loss_terms",
-           "losses", "merge", "noise", "norm", "pool", "rbm", "recurrent", "recurrent_cuda",
+           "losses", "merge", "noise", "norm", "norm_onnx", "pool", "rbm", "recurrent", "recurrent_cuda",
            "recurrent_kernels",
            "reduce", "reshape"]

@@ -5,7 +5,17 @@ import math
 
 import numpy as np
 
-from netlang.ops.onnx_forms import float_of, laid_out, layout_axis, map_elements, passthrough, unary
+from netlang.ops.onnx_forms import (
+                                   float_of,
+                                   laid_out,
+                                   layout_axis,
+                                   map_elements,
+                                   passthrough,
+                                   per_example_axis,
+                                   read_elementwise,
+                                   read_identity,
+                                   unary,
+)
 from netlang.ops.registry import (
     check_axis,
     define_internal,
@@ -13,6 +23,7 @@ from netlang.ops.registry import (
     elementwise_same,
     full_axis,
     off_the_time_axis,
+    reads_onnx,
     same_type_as,
 )
 from netlang.ops.schema import Arg, FLOAT, INT, enum
@@ -541,3 +552,25 @@ gelu.onnx_rule = map_elements(_onnx_gelu)
 softmax.onnx_rule = _onnx_softmax("Softmax")
 log_softmax.onnx_rule = _onnx_softmax("LogSoftmax")
 maxout.onnx_rule = _onnx_maxout
+
+
+# ---- ONNX import ------------------------------------------------------------------------------
+
+
+def _read_softmax(op):
+    def reader(step):
+        axis, perm = per_example_axis(step, 0, step.attr("axis", -1))
+        layer = step.layer(op, {"axis": axis}, [step.value(0).layer])
+        return step.result(layer, perm)
+    return reader
+
+
+reads_onnx("Identity")(read_identity)
+reads_onnx("Relu")(read_elementwise("relu"))
+reads_onnx("Sigmoid")(read_elementwise("sigmoid"))
+reads_onnx("Tanh")(read_elementwise("tanh"))
+reads_onnx("LeakyRelu")(read_elementwise("leaky_relu",
+                                         lambda step: {"slope": step.attr("alpha", 0.01)}))
+reads_onnx("Elu")(read_elementwise("elu", lambda step: {"alpha": step.attr("alpha", 1.0)}))
+reads_onnx("Softmax")(_read_softmax("softmax"))
+reads_onnx("LogSoftmax")(_read_softmax("log_softmax"))

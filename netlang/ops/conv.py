@@ -4,8 +4,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from netlang.ops.init import init_args
-from netlang.ops.onnx_forms import channels_first_perm, laid_out
-from netlang.ops.registry import ParamSpec, define_internal, define_op
+from netlang.ops.onnx_forms import channels_first_perm, laid_out, pair, read_padding
+from netlang.ops.registry import ParamSpec, define_internal, define_op, reads_onnx
 from netlang.ops.schema import Arg, BOOL, INT, LAYER, PADDING, PAIR
 
 
@@ -433,3 +433,51 @@ def _onnx_conv(op_type):
 
 conv2d.onnx_rule = _onnx_conv("Conv")
 conv_transpose2d.onnx_rule = _onnx_conv("ConvTranspose")
+
+
+# ---- ONNX import: Conv and ConvTranspose, channels first --------------------------------------
+
+
+@reads_onnx("Conv", channels_first=True)
+def _read_conv(step):
+    if step.rank(0) != 4:
+        step.refuse("netlang convolves images only, (N, C, H, W) in ONNX")
+    weight = step.weight(1, "weight")
+    args = {"filters": weight.shape[0], "kernel": pair(weight.shape[2:]),
+            "stride": pair(step.attr("strides", [1, 1])), "padding": read_padding(step),
+            "dilation": pair(step.attr("dilations", [1, 1])), "groups": step.attr("group", 1)}
+    weights = {"weight": weight}
+    if step.has_input(2):
+        weights["bias"] = step.weight(2, "bias")
+    else:
+        args["bias"] = False
+    layer = step.layer("conv2d", args, [step.input(0, channels_first_perm(4))], weights,
+                       name_from=1)
+    return step.result(layer, channels_first_perm(4))
+
+
+@reads_onnx("ConvTranspose", channels_first=True)
+def _read_conv_transpose(step):
+    if step.rank(0) != 4:
+        step.refuse("netlang convolves images only, (N, C, H, W) in ONNX")
+    if step.attr("output_shape") is not None:
+        step.refuse("an output_shape has no netlang form; give pads and output_padding")
+    padding = read_padding(step)
+    padding = 0 if padding == "valid" else padding
+    if isinstance(padding, str) or (isinstance(padding, tuple) and isinstance(padding[0], tuple)):
+        step.refuse("netlang's conv_transpose2d removes the same rows at the top and bottom "
+                    "(and columns left and right)")
+    weight = step.weight(1, "weight")
+    groups = step.attr("group", 1)
+    args = {"filters": weight.shape[1] * groups, "kernel": pair(weight.shape[2:]),
+            "stride": pair(step.attr("strides", [1, 1])), "padding": padding,
+            "output_padding": pair(step.attr("output_padding", [0, 0])),
+            "dilation": pair(step.attr("dilations", [1, 1])), "groups": groups}
+    weights = {"weight": weight}
+    if step.has_input(2):
+        weights["bias"] = step.weight(2, "bias")
+    else:
+        args["bias"] = False
+    layer = step.layer("conv_transpose2d", args, [step.input(0, channels_first_perm(4))],
+                       weights, name_from=1)
+    return step.result(layer, channels_first_perm(4))

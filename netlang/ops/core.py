@@ -4,7 +4,7 @@ import numpy as np
 
 from netlang.ir.types import TensorType
 from netlang.ops.onnx_forms import transposed, with_constant
-from netlang.ops.registry import define_internal, define_op, same_type_as
+from netlang.ops.registry import define_internal, define_op, reads_onnx, same_type_as
 from netlang.ops.schema import Arg, FLOAT, FLOATS, INTS
 
 input_op = define_op("input", family="core", arity=0, operand_names=(), role="internal",
@@ -106,3 +106,11 @@ loss_sum.cpu_expr = lambda a, c: " + ".join(f"{c(w)} * {{{i}}}" for i, w in enum
 
 transpose_op.onnx_rule = lambda step: transposed(step, step.value(0), tuple(step.attrs["perm"]))
 scale.onnx_rule = with_constant("Mul", "factor")
+
+
+@reads_onnx("Constant", constant=True)
+def _read_constant(step):
+    """A constant node: its tensor, which readers take as weights or shapes."""
+    if step.attr("value") is None:
+        step.refuse("only a tensor `value` is read (not value_float, value_ints, ...)")
+    return np.asarray(step.attr("value"))

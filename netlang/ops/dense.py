@@ -7,7 +7,7 @@ import numpy as np
 from netlang.ir.types import TensorType
 from netlang.ops.init import init_args
 from netlang.ops.onnx_forms import laid_out
-from netlang.ops.registry import ParamSpec, always, define_internal, define_op
+from netlang.ops.registry import ParamSpec, always, define_internal, define_op, reads_onnx
 from netlang.ops.schema import Arg, BOOL, INT, LAYER
 
 dense = define_op(
@@ -269,3 +269,59 @@ def _onnx_dense(step):
 
 dense.onnx_rule = _onnx_dense
 embedding.onnx_rule = lambda step: step.node("Gather", [step.input(1), step.input(0)], axis=0)
+
+
+# ---- ONNX import: Gemm, MatMul (+ Add of a bias), Gather ---------------------------------------
+
+
+@reads_onnx("Gemm")
+def _read_gemm(step):
+    if step.attr("transA", 0):
+        step.refuse("transA = 1 (the input transposed) has no netlang form")
+    x = step.input(0)
+    weight = step.weight(1, "weight") * step.attr("alpha", 1.0)
+    weight = weight if step.attr("transB", 0) else weight.T
+    units = weight.shape[0]
+    weights = {"weight": np.ascontiguousarray(weight, dtype=np.float32)}
+    if step.has_input(2):
+        bias = step.weight(2, "bias") * step.attr("beta", 1.0)
+        weights["bias"] = np.broadcast_to(bias.reshape(-1), (units,)).astype(np.float32)
+    args = {"units": units, "bias": step.has_input(2)}
+    return step.layer("dense", args, [x], weights, name_from=1)
+
+
+@reads_onnx("MatMul")
+def _read_matmul(step):
+    weight = step.weight(1, "weight")
+    if weight.ndim != 2:
+        step.refuse("netlang's dense multiplies by a matrix, not a stack of them")
+    value = step.value(0)
+    rank = step.rank(0)
+    # A dense layer maps the last axis of a tensor in any layout that keeps that axis last.
+    keeps_last = value.perm is None or value.perm[-1] == rank - 1
+    x = value.layer if keeps_last and not value.unit_axes else step.input(0)
+    perm = value.perm if keeps_last else None
+    weights = {"weight": np.ascontiguousarray(weight.T, dtype=np.float32)}
+    # A bias added right after (netlang's export writes dense over a sequence as MatMul, Add).
+    adder = step.only_consumer(step.view.outputs[0])
+    bias = None
+    if adder is not None and adder.op_type == "Add":
+        bias = step.constant_of(adder, 1 - adder.inputs.index(step.view.outputs[0]))
+    if bias is not None and bias.size == weight.shape[1]:
+        weights["bias"] = bias.reshape(-1).astype(np.float32)
+        layer = step.layer("dense", {"units": weight.shape[1]}, [x], weights, name_from=1)
+        step.settle(adder, step.result(layer, perm))
+        return step.result(layer, perm)
+    layer = step.layer("dense", {"units": weight.shape[1], "bias": False}, [x], weights,
+                       name_from=1)
+    return step.result(layer, perm)
+
+
+@reads_onnx("Gather")
+def _read_gather(step):
+    table = step.weight(0, "table")
+    if step.attr("axis", 0) != 0 or table.ndim != 2:
+        step.refuse("netlang's embedding looks up rows of a matrix (axis 0)")
+    layer = step.layer("embedding", {"vocab": table.shape[0], "dim": table.shape[1]},
+                       [step.input(1)], {"weight": table.astype(np.float32)}, name_from=0)
+    return layer

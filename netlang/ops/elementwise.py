@@ -13,8 +13,23 @@ import math
 
 import numpy as np
 
-from netlang.ops.onnx_forms import chained, map_elements, passthrough, unary, with_constant
-from netlang.ops.registry import define_internal, define_op, elementwise_same, same_type_as
+from netlang.ops.onnx_forms import (
+                                   chained,
+                                   map_elements,
+                                   passthrough,
+                                   read_elementwise,
+                                   read_merge,
+                                   scalar_input,
+                                   unary,
+                                   with_constant,
+)
+from netlang.ops.registry import (
+    define_internal,
+    define_op,
+    elementwise_same,
+    reads_onnx,
+    same_type_as,
+)
 from netlang.ops.schema import Arg, FLOAT, INTS
 
 
@@ -370,3 +385,17 @@ divide.onnx_rule = chained("Div")
 add_scalar.onnx_rule = with_constant("Add", "value")
 rdivide_scalar.onnx_rule = with_constant("Div", "value", constant_first=True)
 broadcast_to.onnx_rule = _onnx_broadcast
+
+
+# ---- ONNX import ------------------------------------------------------------------------------
+
+reads_onnx("Exp")(read_elementwise("exp"))
+reads_onnx("Log")(read_elementwise("log"))
+reads_onnx("Sqrt")(read_elementwise("sqrt"))
+reads_onnx("Abs")(read_elementwise("abs"))
+reads_onnx("Softplus")(read_elementwise("softplus"))
+reads_onnx("Clip")(read_elementwise("clip", lambda step: {
+    "lo": scalar_input(step, 1, "minimum"), "hi": scalar_input(step, 2, "maximum")}))
+reads_onnx("Pow")(read_elementwise("pow", lambda step: {"k": scalar_input(step, 1, "exponent")}))
+reads_onnx("Sub")(read_merge("subtract", "-"))
+reads_onnx("Div")(read_merge("divide", "/"))

@@ -2,8 +2,22 @@
 
 import numpy as np
 
-from netlang.ops.onnx_forms import chained, common_layout, laid_out, layout_axis
-from netlang.ops.registry import check_axis, define_internal, define_op, full_axis, off_the_time_axis
+from netlang.ops.onnx_forms import (
+                                   chained,
+                                   common_layout,
+                                   laid_out,
+                                   layout_axis,
+                                   per_example_axis,
+                                   read_merge,
+)
+from netlang.ops.registry import (
+    check_axis,
+    define_internal,
+    define_op,
+    full_axis,
+    off_the_time_axis,
+    reads_onnx,
+)
 from netlang.ops.schema import Arg, INT
 
 concat = define_op(
@@ -214,3 +228,18 @@ def _onnx_add(step):
 concat.onnx_rule = _onnx_concat
 add.onnx_rule = _onnx_add
 multiply.onnx_rule = chained("Mul")
+
+
+# ---- ONNX import: Add, Sum, Mul, Concat of tensors ---------------------------------------------
+
+
+@reads_onnx("Concat")
+def _read_concat(step):
+    axis, perm = per_example_axis(step, 0, step.attr("axis"))
+    layer = step.layer("concat", {"axis": axis},
+                       [step.input(i, perm) for i in range(step.input_count)])
+    return step.result(layer, perm)
+
+
+reads_onnx("Add", "Sum")(read_merge("add", "+"))
+reads_onnx("Mul")(read_merge("multiply", "*"))

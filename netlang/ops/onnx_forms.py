@@ -1,4 +1,4 @@
-"""Shapes of ONNX export rules that several op families share.
+"""Shapes of ONNX export rules, and of ONNX import readers, that several op families share.
 
 An op's `onnx_rule` (see registry.py) is fn(step) → the node's value, where `step` is the
 exporter's `ExportStep` (netlang/interchange/onnx_graph.py): `step.node(op_type, inputs,
@@ -107,3 +107,106 @@ def slice_rule(step):
     y = step.node("Slice", [value.name, step.ints([step.attrs["start"]]),
                             step.ints([step.attrs["stop"]]), step.ints([axis])])
     return laid_out(y, value.perm)
+
+
+# ---- ONNX import: readers that several families share -----------------------------------------
+# A reader (registered with `reads_onnx`, registry.py) is fn(step) → the node's value, where
+# `step` is the importer's `ImportStep` (netlang/interchange/onnx_import_graph.py): `step.value(i)`
+# is input i as a netlang layer and layout, `step.layer(op, args, operands)` adds a layer, and
+# `step.result(layer, perm)` is what the node computes.  A reader may also return a NumPy array
+# (a constant it folded) or a list, one entry per ONNX output.
+
+
+def read_identity(step):
+    """Identity, Dropout (inference): the operand itself."""
+    if len(step.view.outputs) > 1 and step.is_read(step.view.outputs[1]):
+        step.refuse("its mask output is read")
+    value = step.constant(0)
+    return value if value is not None else step.value(0)
+
+
+def read_elementwise(op: str, args_of=None):
+    """An ONNX op that is netlang's elementwise `op` (arguments `args_of(step)`), in any
+    layout."""
+    def reader(step):
+        value = step.value(0)
+        layer = step.layer(op, args_of(step) if args_of else {}, [value.layer])
+        return step.result(layer, value.perm, value.unit_axes)
+    return reader
+
+
+def per_example_axis(step, i: int, onnx_axis: int) -> tuple[int, tuple | None]:
+    """Netlang's per-example axis (counted from 0, or -1 for the last) of ONNX axis `onnx_axis`
+    of input i, and input i's layout; refuses the batch axis."""
+    value = step.value(i)
+    rank = step.rank(i) - value.unit_axes
+    if value.unit_axes:
+        step.refuse("it works on a tensor with a global pool's axes of size 1")
+    axis = onnx_axis % rank
+    full = (value.perm or tuple(range(rank)))[axis]
+    if full == 0:
+        step.refuse("it works along the batch axis")
+    return (-1 if full == rank - 1 else full - 1), value.perm
+
+
+def pair(values):
+    """An ONNX pair of sizes as netlang writes it: `3` for (3, 3), else `(3, 5)`."""
+    first, second = (int(v) for v in values)
+    return first if first == second else (first, second)
+
+
+def read_padding(step):
+    """A conv's or pool's ONNX padding (`auto_pad`, `pads` [top, left, bottom, right]) as
+    netlang's `padding`: `valid`, `same`, `2`, `(1, 2)` or ((top, bottom), (left, right))."""
+    auto_pad = step.attr("auto_pad", "NOTSET")
+    if auto_pad == "VALID":
+        return "valid"
+    if auto_pad == "SAME_UPPER":   # the extra row and column at the bottom and right: netlang's
+        return "same"
+    if auto_pad != "NOTSET":
+        step.refuse(f"auto_pad {auto_pad} (the extra padding first) has no netlang form")
+    top, left, bottom, right = (int(p) for p in step.attr("pads", [0, 0, 0, 0]))
+    if top == bottom and left == right:
+        return "valid" if top == left == 0 else pair((top, left))
+    return ((top, bottom), (left, right))
+
+
+def read_one(step, name: str, expected, what: str) -> None:
+    """Refuses the node unless its attribute `name` is `expected` (its default when absent)."""
+    value = step.attr(name, expected)
+    if (list(value) if isinstance(value, (list, tuple)) else value) != expected:
+        step.refuse(f"{name} = {value}: {what}")
+
+
+def read_merge(op: str, operator: str | None = None):
+    """An ONNX op of tensors of one shape that is netlang's `op` of layers' outputs (Add, Sub,
+    Mul, Div, Sum), in the first operand's layout; with one operand a number, tensor math with
+    `operator` (`x * 0.5`, `1 / x`), in any layout."""
+    def reader(step):
+        count = step.input_count
+        numbers = [i for i in range(count) if step.constant(i) is not None
+                   and step.constant(i).size == 1]
+        if operator is not None and count == 2 and len(numbers) == 1:
+            tensor = 1 - numbers[0]
+            value = step.value(tensor)
+            number = scalar_input(step, numbers[0], "constant")
+            sides = ["{0}", repr(number)] if tensor == 0 else [repr(number), "{0}"]
+            layer = step.expression(f" {operator} ".join(sides), [value.layer])
+            return step.result(layer, value.perm, value.unit_axes)
+        if any(step.constant(i) is not None for i in range(count)):
+            step.refuse(f"a constant tensor operand has no netlang form (netlang's `{op}` "
+                        f"reads layers' outputs, and numbers)")
+        if len({step.shape(i) for i in range(count)}) != 1:
+            step.refuse(f"its operands' shapes differ: netlang's `{op}` takes one shape")
+        perm = step.value(0).perm
+        layer = step.layer(op, {}, [step.input(i, perm) for i in range(count)])
+        return step.result(layer, perm)
+    return reader
+
+
+def scalar_input(step, i: int, what: str) -> float:
+    """Input i, a constant holding one number."""
+    array = step.weight(i, what)
+    if array.size != 1:
+        step.refuse(f"its {what} is not one number")
+    return float(str(np.float32(array.reshape(-1)[0])))

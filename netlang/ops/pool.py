@@ -3,8 +3,8 @@
 import numpy as np
 
 from netlang.ops.conv import conv_output_size, resolve_padding, scatter_windows, windows
-from netlang.ops.onnx_forms import channels_first_perm, laid_out
-from netlang.ops.registry import define_internal, define_op, same_type_as
+from netlang.ops.onnx_forms import channels_first_perm, laid_out, pair, read_one, read_padding
+from netlang.ops.registry import define_internal, define_op, reads_onnx, same_type_as
 from netlang.ops.schema import Arg, BOOL, PADDING, PAIR
 
 
@@ -456,3 +456,36 @@ def _onnx_global_avgpool(step):
 maxpool.onnx_rule = _onnx_pool("MaxPool")
 avgpool.onnx_rule = _onnx_pool("AveragePool")
 global_avgpool.onnx_rule = _onnx_global_avgpool
+
+
+# ---- ONNX import: pools, channels first --------------------------------------------------------
+
+
+def _read_pool(op):
+    def reader(step):
+        if step.rank(0) != 4:
+            step.refuse("netlang pools images only, (N, C, H, W) in ONNX")
+        if len(step.view.outputs) > 1 and step.is_read(step.view.outputs[1]):
+            step.refuse("its indices output is read")
+        read_one(step, "dilations", [1, 1], "netlang's pools have no dilation")
+        kernel = pair(step.attr("kernel_shape"))
+        stride = pair(step.attr("strides", [1, 1]))
+        args = {"kernel": kernel, "stride": None if stride == kernel else stride,
+                "padding": read_padding(step), "ceil_mode": bool(step.attr("ceil_mode", 0))}
+        if op == "avgpool":
+            args["count_include_pad"] = bool(step.attr("count_include_pad", 0))
+        layer = step.layer(op, args, [step.input(0, channels_first_perm(4))])
+        return step.result(layer, channels_first_perm(4))
+    return reader
+
+
+@reads_onnx("GlobalAveragePool", channels_first=True)
+def _read_global_avgpool(step):
+    if step.rank(0) != 4:
+        step.refuse("netlang's global_avgpool reads images only, (N, C, H, W) in ONNX")
+    layer = step.layer("global_avgpool", {}, [step.input(0, channels_first_perm(4))])
+    return step.result(layer, unit_axes=2)   # ONNX keeps (N, C, 1, 1); netlang's is (N, C)
+
+
+reads_onnx("MaxPool", channels_first=True)(_read_pool("maxpool"))
+reads_onnx("AveragePool", channels_first=True)(_read_pool("avgpool"))

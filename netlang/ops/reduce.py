@@ -14,8 +14,15 @@ import numpy as np
 
 from netlang.ops.elementwise import example_coordinates
 from netlang.ops.merge import _slice_cuda_kernel, _slice_forward, _slice_kernel
-from netlang.ops.onnx_forms import slice_rule
-from netlang.ops.registry import check_axis, define_internal, define_op, full_axis, same_type_as
+from netlang.ops.onnx_forms import per_example_axis, slice_rule
+from netlang.ops.registry import (
+    check_axis,
+    define_internal,
+    define_op,
+    full_axis,
+    reads_onnx,
+    same_type_as,
+)
 from netlang.ops.schema import Arg, ArgType, BOOL, INT, INTS
 
 _REDUCE_ARGS = [
@@ -330,3 +337,55 @@ sum_.onnx_rule = _onnx_reduce("ReduceSum")
 mean.onnx_rule = _onnx_reduce("ReduceMean")
 max_.onnx_rule = _onnx_reduce("ReduceMax")
 slice_.onnx_rule = slice_rule
+
+
+# ---- ONNX import: reductions over one axis, Slice ---------------------------------------------
+
+
+def _one_axis(step, axes, what: str) -> int:
+    axes = [int(a) for a in np.asarray(axes).reshape(-1)] if axes is not None else []
+    if len(axes) != 1:
+        step.refuse(f"netlang's {what} works along one axis, not {axes or 'all of them'}")
+    return axes[0]
+
+
+def _read_reduce(op):
+    def reader(step):
+        axes = step.attr("axes")
+        if axes is None and step.has_input(1):
+            axes = step.weight(1, "axes")
+        onnx_axis = _one_axis(step, axes, op) % step.rank(0)
+        axis, perm = per_example_axis(step, 0, onnx_axis)
+        keepdims = bool(step.attr("keepdims", 1))
+        layer = step.layer(op, {"axis": axis, "keepdims": keepdims}, [step.value(0).layer])
+        if keepdims or perm is None:
+            return step.result(layer, perm)
+        # The reduced axis leaves the layout; the axes after it move up one.
+        reduced = perm[onnx_axis]
+        return step.result(layer, tuple(a - (a > reduced) for a in perm if a != reduced))
+    return reader
+
+
+@reads_onnx("Slice")
+def _read_slice(step):
+    shape = step.shape(0)
+    onnx_axis = _one_axis(step, step.weight(3, "axes") if step.has_input(3) else
+                          list(range(len(shape))) if len(shape) == 1 else None, "slice")
+    onnx_axis %= len(shape)
+    if step.has_input(4) and int(step.weight(4, "steps").reshape(-1)[0]) != 1:
+        step.refuse("netlang's slice takes every element (steps = 1)")
+    size = shape[onnx_axis]
+    if size is None:
+        step.refuse("the sliced axis has no fixed size")
+    start, stop = (int(step.weight(i, what).reshape(-1)[0]) for i, what in ((1, "starts"),
+                                                                             (2, "ends")))
+    start, stop = (min(max(v + size if v < 0 else v, 0), size) for v in (start, stop))
+    axis, perm = per_example_axis(step, 0, onnx_axis)
+    layer = step.layer("slice", {"start": start, "stop": stop, "axis": axis},
+                       [step.value(0).layer])
+    return step.result(layer, perm)
+
+
+reads_onnx("ReduceSum")(_read_reduce("sum"))
+reads_onnx("ReduceMean")(_read_reduce("mean"))
+reads_onnx("ReduceMax")(_read_reduce("max"))

@@ -271,6 +271,41 @@ class OpDef:
 
 OPS: dict[str, OpDef] = {}
 
+# How ONNX ops are read back into netlang layers (`netlang import`): ONNX op type → fn(step)
+# → the node's value(s), adding layers through the importer's `ImportStep`
+# (netlang/interchange/onnx_import_graph.py).  Each family registers its readers with
+# `reads_onnx`, beside its ops' `onnx_rule`; an ONNX op type with none is refused by name.
+ONNX_READERS: dict[str, Callable] = {}
+# The ONNX op types that read their first operand channels first, (N, C, ...): a 4-D graph
+# input that only they read is taken as an image in netlang's (N, H, W, C) layout.
+ONNX_CHANNELS_FIRST: set[str] = set()
+# ONNX op types whose value is a constant by nature (Constant): read before the walk, so a
+# reader looking past its node finds them (a shape after a recurrent op).
+ONNX_CONSTANT_OPS: set[str] = set()
+# ONNX op type → fn(attribute, constant) → the input indices its reader reads, where not all
+# of them (an Expand of zeros never reads the shape it is expanded to): what computes the
+# others is not read.  `attribute(name)` and `constant(i)` look at the node.
+ONNX_INPUTS_READ: dict[str, Callable] = {}
+
+
+def reads_onnx(*op_types: str, channels_first: bool = False, constant: bool = False,
+               inputs_read: Callable | None = None):
+    """Registers the decorated fn(step) as the reader of the ONNX op types `op_types`
+    (`channels_first`, `constant` and `inputs_read` fill the tables above)."""
+    def attach(fn):
+        for op_type in op_types:
+            if op_type in ONNX_READERS:
+                raise ValueError(f"ONNX op {op_type!r} has two readers")
+            ONNX_READERS[op_type] = fn
+            if channels_first:
+                ONNX_CHANNELS_FIRST.add(op_type)
+            if constant:
+                ONNX_CONSTANT_OPS.add(op_type)
+            if inputs_read is not None:
+                ONNX_INPUTS_READ[op_type] = inputs_read
+        return fn
+    return attach
+
 
 def define_op(name: str, *, family: str, doc: str, args: Sequence[Arg] = (), arity: int | None = 1,
               operand_names: Sequence[str] = ("x",), role: str = "layer",

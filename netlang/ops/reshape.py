@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from netlang.ops.onnx_forms import transposed
-from netlang.ops.registry import define_internal, define_op
+from netlang.ops.registry import define_internal, define_op, reads_onnx
 from netlang.ops.schema import Arg, INTS
 
 flatten = define_op("flatten", family="reshape",
@@ -137,3 +137,51 @@ reshape.onnx_rule = lambda step: step.node(
 # so a later op that wants it in netlang's layout transposes once (or not at all).
 permute.onnx_rule = lambda step: transposed(
     step, step.value(0), (0,) + tuple(1 + i for i in step.attrs["axes"]))
+
+
+# ---- ONNX import: Flatten, Reshape, Transpose ------------------------------------------------
+
+
+def _flattened(step, value):
+    """Input 0 as (N, features), netlang's flatten of it (features in the ONNX tensor's order)."""
+    if value.unit_axes and step.rank(0) - value.unit_axes == 2:
+        return step.result(value.layer)   # a global pool's (N, C, 1, 1): netlang's is (N, C)
+    x = step.input(0)
+    return x if step.rank(0) == 2 else step.layer("flatten", {}, [x])
+
+
+@reads_onnx("Flatten")
+def _read_flatten(step):
+    if step.attr("axis", 1) != 1:
+        step.refuse("netlang's flatten keeps the batch axis only (axis = 1)")
+    return _flattened(step, step.value(0))
+
+
+@reads_onnx("Reshape")
+def _read_reshape(step):
+    value = step.value(0)
+    out, shape = step.out_shape(), step.shape(0)
+    if out is None or shape is None or any(size is None for size in out[1:]):
+        step.refuse("its output's shape is not known")
+    if out[0] != shape[0] or (out[0] is None and step.weight(1, "shape")[0] not in (0, -1)):
+        step.refuse("it changes the batch axis, which netlang keeps")
+    if len(out) == 2:
+        return _flattened(step, value)
+    x = step.input(0)
+    if tuple(out) == tuple(shape):
+        return x
+    return step.layer("reshape", {"shape": tuple(int(size) for size in out[1:])}, [x])
+
+
+@reads_onnx("Transpose")
+def _read_transpose(step):
+    folded = step.constant(0)
+    perm = step.attr("perm")
+    if folded is not None:   # a weight stored transposed (a tied dense layer's)
+        return np.ascontiguousarray(np.transpose(folded, perm))
+    value = step.value(0)
+    if value.unit_axes:
+        step.refuse("it moves a global pool's axes of size 1")
+    have = value.perm or tuple(range(step.rank(0)))
+    perm = perm if perm is not None else list(reversed(range(len(have))))
+    return step.result(value.layer, tuple(have[axis] for axis in perm))
