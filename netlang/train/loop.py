@@ -34,6 +34,7 @@ from netlang.train.run_dir import (
     plot_curves,
     pyplot,
     read_run,
+    save_class_names,
     save_source,
     save_vocabulary,
     saved_vocabulary,
@@ -149,7 +150,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         spec = data if data is not None else config.data
         if spec is None:
             raise UsageError("no training data: pass `data=` (mnist, xor, blobs, spirals, "
-                             "first_element, FILE.npz, FILE.csv or text:FILE.txt) or add "
+                             "first_element, FILE.npz, FILE.csv, text:FILE.txt or "
+                             "folder:PATH) or add "
                              "`data ...` to the train section")
         prepared = prepare_data(spec, binding, config, limit=limit, normalize=normalize,
                                 samples=samples, data_dir=data_dir,
@@ -218,6 +220,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         save_source(out, model.graph)
         if prepared.vocabulary is not None:
             save_vocabulary(out, prepared.vocabulary)
+        if prepared.class_names is not None:
+            save_class_names(out, prepared.class_names)
         if prepared.normalization is not None:
             save_weights(out / NORMALIZATION_FILE, prepared.normalization,
                          source_hash=model.source_hash)
@@ -225,6 +229,7 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     if val is None and prepared.test is not None:
         val, val_name = prepared.test, "test"
     history = trainer.fit(prepared.train, val, val_name=val_name)
+    history.class_names = prepared.class_names
     if evaluate_test and prepared.test is not None:
         history.test = trainer.evaluate(prepared.test, confusion=True)
         if prepared.per_character:
