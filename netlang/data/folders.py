@@ -146,7 +146,7 @@ def read_images(paths, shape: tuple[int, int, int], image_size: str = "check") -
                         f"{MAX_DECODED_BYTES // 2 ** 30} GiB a data set may hold in memory")
     out = np.empty((len(paths), height, width, channels), dtype=np.float32)
     mode = "L" if channels == 1 else "RGB"
-    scale = np.float32(1 / 255)
+    scale = np.float32(255)   # divided, as netlang.data.normalize scales uint8
     for i, path in enumerate(paths):
         with _open(path) as image:
             if image.size != (width, height):
@@ -155,7 +155,7 @@ def read_images(paths, shape: tuple[int, int, int], image_size: str = "check") -
                                     f"model reads {width}x{height} (image_size resize resizes "
                                     f"it)")
             pixels = _decode(image, path, mode, (width, height))
-        np.multiply(pixels.reshape(height, width, channels), scale, out=out[i])
+        np.divide(pixels.reshape(height, width, channels), scale, out=out[i])
     return out
 
 
