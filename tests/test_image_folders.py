@@ -9,17 +9,17 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import run_cli as run
 
-Image = pytest.importorskip("PIL.Image", reason="image folders are decoded with Pillow")
+import netlang
+from netlang.data import load_dataset, load_image_folder
+from netlang.errors import DataError, UsageError
+from netlang.ir.train_config import Choice
+from netlang.train.augment import Augmenter
+from netlang.weights import load_weights
 
-import netlang  # noqa: E402  (after the skip: this module needs Pillow)
-from netlang.data import load_dataset, load_image_folder  # noqa: E402
-from netlang.errors import DataError, UsageError  # noqa: E402
-from netlang.ir.train_config import Choice  # noqa: E402
-from netlang.train.augment import Augmenter  # noqa: E402
-from netlang.weights import load_weights  # noqa: E402
+# The tests write their images with Pillow (netlang imports it only when it reads images).
+Image = pytest.importorskip("PIL.Image", reason="image folders are decoded with Pillow")
 
 CLASSES = ("bar", "column", "square")
 SIZE = 12
@@ -269,3 +269,18 @@ def test_augment_applies_to_image_arrays_from_any_source(shapes, tmp_path):
     model.device = "reference"
     history = model.fit(x=ds.x_train, y=ds.y_train, epochs=3, verbose=0)
     assert history.last["accuracy"] >= 0.6 and history.class_names is None
+
+
+def test_jpeg_and_colour_images_convert_to_the_model_channels(tmp_path):
+    root = make_folder(tmp_path / "c", (("train", 1), ("test", 1)))
+    colour = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
+    colour[..., 0] = 200   # pure red
+    Image.fromarray(colour).save(root / "train" / "bar" / "001.jpg", quality=100)
+    Image.fromarray(colour).save(root / "test" / "bar" / "001.png")
+    grey = load_image_folder(root, input_shape=(12, 12, 1))
+    assert grey.x_train.shape == (4, 12, 12, 1)
+    red_as_grey = round(200 * 299 / 1000) / 255   # ITU-R 601 luma of (200, 0, 0)
+    assert np.allclose(grey.x_test[1], red_as_grey)
+    assert np.allclose(grey.x_train[1], red_as_grey, atol=3 / 255)   # JPEG is lossy
+    rgb = load_image_folder(root, input_shape=(12, 12, 3))
+    assert np.allclose(rgb.x_test[1], np.array([200, 0, 0]) / 255)

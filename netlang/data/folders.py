@@ -176,7 +176,8 @@ def _open(path: Path):
     Image = pillow()
     try:
         with warnings.catch_warnings():
-            # Pillow warns between its limit and twice it, and refuses beyond: refuse both.
+            # Pillow checks the size in the header against its limit: it warns between the
+            # limit and twice it, and refuses beyond; both are refused here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path, formats=("PNG", "JPEG"))
     except FileNotFoundError:
@@ -186,10 +187,6 @@ def _open(path: Path):
                         f"(a decompression bomb, or far larger than a model reads)") from None
     except Exception as exc:  # Pillow raises many types for files it cannot identify
         raise DataError(f"{path}: not a readable PNG or JPEG image ({_reason(exc)})") from None
-    if image.width * image.height > MAX_IMAGE_PIXELS:
-        image.close()
-        raise DataError(f"{path}: the image is {image.width}x{image.height}, over "
-                        f"{MAX_IMAGE_PIXELS:,} pixels")
     return image
 
 
