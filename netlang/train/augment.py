@@ -112,9 +112,12 @@ def _move(images: np.ndarray, limit: int, draws, mode: str) -> np.ndarray:
     n, height, width, _ = images.shape
     padded = np.pad(images, ((0, 0), (limit, limit), (limit, limit), (0, 0)), mode=mode)
     top, left = _below(draws[0], 2 * limit + 1), _below(draws[1], 2 * limit + 1)
-    rows = top[:, None] + np.arange(height)[None, :]
-    cols = left[:, None] + np.arange(width)[None, :]
-    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    out = np.empty_like(images)
+    # A slice per image: a copy of contiguous rows, several times faster than one gather of
+    # the whole batch with index arrays.
+    for i in range(n):
+        out[i] = padded[i, top[i]:top[i] + height, left[i]:left[i] + width]
+    return out
 
 
 def _crop(images, args, draws):
