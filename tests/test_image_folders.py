@@ -131,6 +131,10 @@ def test_train_from_python_and_evaluate(shapes, tmp_path):
     history = model.fit(data=f"folder:{shapes}", verbose=0)
     assert history.class_names == CLASSES and model.class_names == CLASSES
     assert model.evaluate(data=f"folder:{shapes}")["accuracy"] >= 0.9
+    # The train section names the folder: `data "folder:PATH"`.
+    named = netlang.compile(str(model_file(tmp_path, f'data "folder:{shapes}"', "named.net")))
+    named.device = "reference"
+    assert named.fit(verbose=0, epochs=1).class_names == CLASSES
 
 
 def test_another_size_is_an_error_naming_the_file_unless_resized(tmp_path, capsys):

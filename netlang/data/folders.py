@@ -6,8 +6,8 @@ decoded with Pillow (an optional dependency, `netlang[images]`), converted to th
 channels (1: grey "L", 3: "RGB"), laid out channels-last `[H, W, C]` as float32 in [0, 1],
 and either checked against the model's size or resized to it (`image_size`). Every file is
 untrusted: an unreadable, corrupt or oversized image is a one-line `DataError` naming it, and
-the decoded set goes into one array allocated up front from the file count and the shape, so
-memory never holds more than the set itself and one image.
+each split is decoded into one array allocated up front from its file count and the shape,
+so memory never holds more than the set itself and one image.
 """
 
 from __future__ import annotations
@@ -73,9 +73,6 @@ def load_image_folder(spec: str | Path, *, input_shape=None,
         folder = root / split
         if split == "val" and not folder.is_dir():
             continue
-        if not folder.is_dir():
-            raise DataError(f"{folder}: no such folder (an image folder holds train/<class>/ "
-                            f"and test/<class>/ folders of images)")
         extra = [name for name in _class_folders(folder, root) if name not in classes]
         if extra:
             raise DataError(f"{folder / extra[0]}: class `{extra[0]}` has no folder in "
