@@ -149,8 +149,8 @@ def read_images(paths, shape: tuple[int, int, int], image_size: str = "check") -
             if image.size != (width, height):
                 if image_size == "check":
                     raise DataError(f"{path}: the image is {image.width}x{image.height} but the "
-                                    f"model reads {width}x{height} (--image-size resize, or "
-                                    f"`image_size resize` in the train section, resizes it)")
+                                    f"model reads {width}x{height} (`image_size=\"resize\"` "
+                                    f"resizes it)")
             pixels = _decode(image, path, mode, (width, height))
         np.divide(pixels.reshape(height, width, channels), scale, out=out[i])
     return out
