@@ -174,7 +174,10 @@ def test_unreadable_and_huge_images_are_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.setattr("netlang.data.folders.MAX_IMAGE_PIXELS", 100)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
     with pytest.raises(DataError, match=r"000\.png: the image is over 100 pixels"):
-        load_image_folder(root)
+        load_image_folder(root)   # 144 pixels: over the cap, where Pillow only warns
+    monkeypatch.setattr("netlang.data.folders.MAX_IMAGE_PIXELS", 50)
+    with pytest.raises(DataError, match=r"000\.png: the image is over 50 pixels"):
+        load_image_folder(root)   # over twice the cap, where Pillow raises
 
 
 def test_folder_layout_errors(tmp_path):
