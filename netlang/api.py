@@ -39,6 +39,7 @@ from netlang.train.run_dir import (
     expected_params,
     read_run,
     save_source,
+    saved_class_names,
     saved_source,
     saved_vocabulary,
     write_run,
@@ -109,6 +110,9 @@ class Model:
         # The characters ↔ ids of a character model, as the run that made its weights saved
         # them (`load_weights` reads them); None: the default alphabet (`sample`).
         self.vocabulary = None
+        # The names of the classes (an image folder's), from the data trained on or the run
+        # whose weights were loaded; None: classes are known by index only.
+        self.class_names = None
         self._sampler = None
         self._attacker = None
         self._binding = None
@@ -339,6 +343,7 @@ class Model:
             checkpoint_every=checkpoint_every, plot=plot, shuffle=shuffle, dtype=self.dtype,
             init=init, init_layers=init_layers)
         self._engine, self._engine_key = engine, engine_settings(config)
+        self.class_names = history.class_names or self.class_names
         return history
 
     def evaluate(self, x=None, y=None, *, data=None, split: str = "test", batch_size: int = 256,
@@ -515,6 +520,7 @@ class Model:
         for name, value in loaded.params.items():
             params[name][...] = value
         self.vocabulary = saved_vocabulary(path) or self.vocabulary
+        self.class_names = saved_class_names(path) or self.class_names
         return loaded.report
 
     def _model_ref(self) -> str:

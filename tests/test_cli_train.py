@@ -197,7 +197,7 @@ def test_predict_input_errors(tmp_path, capsys):
     big = tmp_path / "big.png"
     big.write_bytes(encode_png(np.zeros((8, 8), dtype=np.uint8)))
     for path, words in ((wrong, "model input is 2"), (text, "expected an .npy array"),
-                        (big, "resize it first"), (tmp_path / "none.npy", "no such file")):
+                        (big, "a flat input of 2 values"), (tmp_path / "none.npy", "no such file")):
         code, _, err = run(capsys, "predict", XOR, "--weights", out, path)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
 

@@ -13,7 +13,8 @@ from netlang.data import BUILTIN_SETS
 
 DEVICES = ("cpu", "cuda", "auto", "reference")
 NORMALIZE = ("auto", "scale", "standardize", "none")
-DATA_HELP = "mnist, xor, blobs, spirals, first_element, FILE.npz, FILE.csv or text:FILE.txt"
+DATA_HELP = ("mnist, xor, blobs, spirals, first_element, FILE.npz, FILE.csv, text:FILE.txt or "
+             "folder:PATH (images in train/<class>/, test/<class>/)")
 
 
 def positive_int(text: str) -> int:

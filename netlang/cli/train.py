@@ -14,6 +14,7 @@ from pathlib import Path
 
 from netlang.cli import in_flag_words
 from netlang.cli.common import DATA_HELP, NORMALIZE, add_device, compile_model, data_set, number, positive_int
+from netlang.ir.train_config import IMAGE_SIZES
 from netlang.train.distributed import RefusedOnEveryProcess, world
 from netlang.train.loop import train
 from netlang.train.overrides import apply_overrides, split_override
@@ -68,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use only the first N examples of each split")
     parser.add_argument("--samples", type=positive_int,
                         help="size of a synthetic data set (xor, blobs, spirals, first_element)")
+    parser.add_argument("--image-size", choices=IMAGE_SIZES,
+                        help="images of a folder:PATH set of another size than the model "
+                             "input: check (refuse them, the default) or resize them")
     parser.add_argument("--normalize", choices=NORMALIZE, default="auto",
                         help="input scaling (auto: uint8 images to [0, 1])")
     parser.add_argument("--plot", action="store_true",
@@ -87,7 +91,7 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
     named = [("epochs", args.epochs), ("batch_size", args.batch_size),
              ("optimizer", args.optimizer), ("schedule", args.schedule), ("seed", args.seed),
              ("val_split", args.val_split), ("early_stopping", args.early_stopping),
-             ("clip_norm", args.clip_norm)]
+             ("clip_norm", args.clip_norm), ("image_size", args.image_size)]
     out = [f"{key}={value}" for key, value in named if value is not None]
     out += list(args.settings)
     if args.lr is not None:

@@ -1,7 +1,8 @@
 """Data sets for training: one entry point, `load_dataset(spec)`, and the helpers training uses.
 
 A spec is a built-in name (`mnist`, `xor`, `blobs`, `spirals`, `first_element`), a path to a
-`.npz` or `.csv` file, or `text:PATH`, a character corpus. Every loaded set comes back
+`.npz` or `.csv` file, `text:PATH`, a character corpus, or `folder:PATH`, a folder of images
+in a sub-folder per class (netlang.data.folders). Every loaded set comes back
 the same way: float32 inputs with the sample axis first (channels last for images), int64
 labels and a class count (or, from files, float32 target values), so the trainer never
 cares where the data came from. An `.npz` whose arrays are named after a model's inputs
@@ -20,6 +21,7 @@ import numpy as np
 
 from netlang.data.dataset import Dataset, NamedDataset, check_labels, check_targets, infer_num_classes
 from netlang.data.files import TARGET_KINDS, check_target_kind, load_csv, load_named_npz, load_npz, npz_layout
+from netlang.data.folders import IMAGE_SIZES, is_folder_spec, load_image_folder, read_images
 from netlang.data.idx import parse_idx, read_idx
 from netlang.data.mnist import load_mnist
 from netlang.data.prepare import batches, fit_to_shape, normalize, train_test_split, validation_split
@@ -28,11 +30,12 @@ from netlang.data.text import TextCorpus, Vocabulary, is_text_spec, read_text
 from netlang.errors import DataError, did_you_mean
 
 __all__ = [
-    "BUILTIN_SETS", "Dataset", "NamedDataset", "TARGET_KINDS", "TextCorpus", "Vocabulary",
+    "BUILTIN_SETS", "Dataset", "IMAGE_SIZES", "NamedDataset", "TARGET_KINDS", "TextCorpus", "Vocabulary",
     "batches", "blobs", "check_labels", "check_targets", "first_element", "fit_to_shape",
     "load_csv",
-    "load_dataset", "load_mnist", "load_named_npz", "load_npz", "normalize", "parse_idx",
-    "read_idx", "read_text", "spirals", "train_test_split", "validation_split", "xor",
+    "load_dataset", "load_image_folder", "load_mnist", "load_named_npz", "load_npz",
+    "normalize", "parse_idx",
+    "read_idx", "read_images", "read_text", "spirals", "train_test_split", "validation_split", "xor",
 ]
 
 # Default sizes of the synthetic sets (all samples, before the train/test split).
@@ -50,7 +53,8 @@ def load_dataset(spec: str, *, seed: int = 0, samples: int | None = None,
                  targets: str = "labels", target_columns: int = 1, inputs=None,
                  label_shape: tuple = (), ids: bool = False,
                  data_dir: str | Path | None = None,
-                 allow_download: bool = True) -> Dataset | NamedDataset | TextCorpus:
+                 allow_download: bool = True, input_shape=None,
+                 image_size: str = "check") -> Dataset | NamedDataset | TextCorpus:
     """Load the set named by `spec`, ready to train on (`text:PATH`: a `TextCorpus`, ready to
     be cut into a model's windows).
 
@@ -62,17 +66,21 @@ def load_dataset(spec: str, *, seed: int = 0, samples: int | None = None,
     names) lets an .npz hold one array per input (see `_from_npz`); `label_shape` is the
     per-example shape of an .npz's integer labels (`(T,)`: a label per time step); `ids` reads
     an .npz's inputs as int64 ids (token sequences), neither scaled nor made float;
-    `data_dir`/`allow_download` locate MNIST. The built-in sets always have labels.
+    `data_dir`/`allow_download` locate MNIST; `input_shape` (the model input's shape) and
+    `image_size` ("check" or "resize") say how a `folder:PATH` set's images are read (see
+    `load_image_folder`). The built-in sets always have labels.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"empty data set name (expected one of {', '.join(BUILTIN_SETS)}, "
-                        f"a .npz/.csv path or text:PATH)")
+                        f"a .npz/.csv path, text:PATH or folder:PATH)")
     check_target_kind(targets)
     spec = spec.strip()
     name = spec.lower()
     if is_text_spec(spec):
         return read_text(spec)
-    if name == "mnist":
+    if is_folder_spec(spec):
+        ds = load_image_folder(spec, input_shape=input_shape, image_size=image_size)
+    elif name == "mnist":
         ds = _mnist(data_dir, allow_download)
     elif name in SYNTHETIC_SAMPLES:
         ds = _synthetic(name, samples, seed, test_fraction)
@@ -83,7 +91,8 @@ def load_dataset(spec: str, *, seed: int = 0, samples: int | None = None,
                        target_columns)
     elif Path(spec).exists():
         raise DataError(f"{spec}: unsupported data file type `{Path(spec).suffix}` "
-                        f"(expected .npz or .csv; a character corpus is read as text:{spec})")
+                        f"(expected .npz or .csv; a character corpus is read as text:{spec}, "
+                        f"a folder of images as folder:{spec})")
     else:
         raise DataError(f"unknown data set `{spec}`{did_you_mean(name, BUILTIN_SETS)} "
                         f"(expected one of {', '.join(BUILTIN_SETS)}, a .npz/.csv path or "

@@ -22,7 +22,8 @@ class Dataset:
     rows, class probabilities, regression targets: any per-sample shape), for which
     `num_classes` is None. `x_val`/`y_val` are set by `validation_split`. `value_range`
     is (low, high) when every input value lies there by construction (images scaled from
-    uint8 to [0, 1]), else None: what an attack keeps its inputs within. Frozen so that
+    uint8 to [0, 1]), else None: what an attack keeps its inputs within. `class_names` name
+    the labels (an image folder's class folders), else None. Frozen so that
     helpers return new records instead of editing one a caller still holds (the arrays
     themselves are shared, not copied).
     """
@@ -36,6 +37,7 @@ class Dataset:
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
     value_range: tuple[float, float] | None = None
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         splits = [("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)]

@@ -46,6 +46,12 @@ class TrainConfig:
     phases: PhaseOrder | None = None  # how named phases take turns (None: no named phases)
     # Adversarial training: `fgsm` or `pgd` with eps, weight (and steps, step_size), or None.
     adversarial: Choice | None = None
+    # Augmentations of the training images, applied in order to each batch
+    # (netlang/train/augment.py): Choices `crop`, `flip`, `shift`.
+    augment: tuple = ()
+    # How images of an image folder (or given to `predict`) of another size than the model
+    # input are read: "check" refuses them, "resize" resizes them (netlang/data/folders.py).
+    image_size: str = "check"
 
     def updates_layer(self, layer: str) -> bool:
         """Whether the parameters of `layer` change in a step under these settings."""
@@ -130,9 +136,12 @@ SCALAR_SETTINGS = {
     "clip_norm": (float, 0.0, None, "clip the global gradient norm to this value"),
     "early_stopping": (int, 1, None, "stop after this many epochs without validation improvement"),
 }
+# How images of another size than the model input are read (netlang/data/folders.py).
+IMAGE_SIZES = ("check", "resize")
 METRICS = ("accuracy", "top_k", "loss", "confusion")
 SETTINGS = tuple(SCALAR_SETTINGS) + ("loss", "optimizer", "schedule", "regularize", "metrics",
-                                     "freeze", "update", "data", "phases", "adversarial")
+                                     "freeze", "update", "data", "phases", "adversarial",
+                                     "augment", "image_size")
 # What a named section (a phase) may set; the rest belongs to the unnamed section alone.
 PHASE_SETTINGS = ("loss", "optimizer", "schedule", "regularize", "clip_norm", "update", "freeze",
                   "epochs", "adversarial")

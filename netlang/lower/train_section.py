@@ -17,6 +17,7 @@ from netlang.errors import did_you_mean
 from netlang.frontend import ast
 from netlang.ir.train_config import (
     Choice,
+    IMAGE_SIZES,
     METRICS,
     PHASE_ORDERS,
     PHASE_SETTINGS,
@@ -48,6 +49,19 @@ ADVERSARIAL_ATTACKS = {
         Arg("step_size", FLOAT, None, min=0.0, exclusive_min=True,
             doc="the size of each step (default 2.5·eps/steps)"), _WEIGHT),
         "steps signed gradient steps from a random start in the eps ball"),
+}
+# The augmentations `augment` takes, applied in the order given to each training batch of an
+# image input [H, W, C] (netlang/train/augment.py applies them).
+AUGMENTATIONS = {
+    "crop": Configurable("crop", "augmentation", (
+        Arg("padding", INT, 4, min=1, doc="zeros added on each side before cropping back"),),
+        "a random crop of the image padded with zeros (torchvision's RandomCrop(padding))"),
+    "flip": Configurable("flip", "augmentation", (
+        Arg("p", FLOAT, 0.5, min=0.0, max=1.0, doc="the probability of a flip"),),
+        "a horizontal (left-right) flip"),
+    "shift": Configurable("shift", "augmentation", (
+        Arg("pixels", INT, 2, min=1, doc="the largest move along each axis"),),
+        "a move by up to `pixels` along each axis; vacated pixels repeat the edge"),
 }
 
 
@@ -118,6 +132,10 @@ def _lower_items(lowerer, section: ast.Train, scope: Scope, config: TrainConfig,
             elif key == "adversarial":
                 config.adversarial = _choice(lowerer, _single(item), ADVERSARIAL_ATTACKS,
                                              "attack", scope)
+            elif key == "augment":
+                config.augment = _augmentations(lowerer, item, scope)
+            elif key == "image_size":
+                config.image_size = _image_size(_single(item))
             else:
                 setattr(config, key, _scalar(lowerer, key, _single(item), scope))
         except Problem as problem:
@@ -174,6 +192,24 @@ def _require_attackable(graph, losses: list, loc) -> None:
     if buffers:
         raise Problem(f"adversarial training of a model with running statistics (layer "
                       f"`{graph.nodes[buffers[0]]['layer']}`) is pending", loc, "argument")
+
+
+def _augmentations(lowerer, item: ast.TrainItem, scope) -> tuple:
+    """`augment crop(padding = 4), flip, shift(2)` → Choices, each augmentation at most once."""
+    choices = []
+    for value in item.values:
+        choice = _choice(lowerer, value, AUGMENTATIONS, "augmentation", scope)
+        if any(c.name == choice.name for c in choices):
+            raise Problem(f"`{choice.name}` is listed twice", value.loc, "argument")
+        choices.append(choice)
+    return tuple(choices)
+
+
+def _image_size(value) -> str:
+    """`image_size check` or `image_size resize`."""
+    if not isinstance(value, ast.Name) or value.id not in IMAGE_SIZES:
+        raise Problem(f"`image_size` is {' or '.join(IMAGE_SIZES)}", value.loc, "argument")
+    return value.id
 
 
 def _refuse_both(item: ast.TrainItem, layers: tuple, other: tuple | None, seen: dict) -> None:

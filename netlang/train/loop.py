@@ -36,6 +36,7 @@ from netlang.train.run_dir import (
     plot_curves,
     pyplot,
     read_run,
+    save_class_names,
     save_source,
     save_vocabulary,
     saved_vocabulary,
@@ -180,7 +181,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         spec = data if data is not None else config.data
         if spec is None:
             raise UsageError("no training data: pass `data=` (mnist, xor, blobs, spirals, "
-                             "first_element, FILE.npz, FILE.csv or text:FILE.txt) or add "
+                             "first_element, FILE.npz, FILE.csv, text:FILE.txt or "
+                             "folder:PATH) or add "
                              "`data ...` to the train section")
         prepared = prepare_data(spec, binding, config, limit=limit, normalize=normalize,
                                 samples=samples, data_dir=data_dir,
@@ -249,6 +251,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         save_source(out, model.graph)
         if prepared.vocabulary is not None:
             save_vocabulary(out, prepared.vocabulary)
+        if prepared.class_names is not None:
+            save_class_names(out, prepared.class_names)
         if prepared.normalization is not None:
             save_weights(out / NORMALIZATION_FILE, prepared.normalization,
                          source_hash=model.source_hash)
@@ -256,6 +260,7 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     if val is None and prepared.test is not None:
         val, val_name = prepared.test, "test"
     history = trainer.fit(prepared.train, val, val_name=val_name)
+    history.class_names = prepared.class_names
     # The run is complete (its final checkpoint saved): a signal from here on cannot cut it
     # short, and waits for the test figures and the summary (a second one stops at once).
     with trainer.deferred_signals():

@@ -1,7 +1,7 @@
 """Data sets → arrays: a named or given data set loaded, limited, normalised and split.
 
 `prepare_data` turns what `--data` names (a built-in set, a .npz/.csv file, a `text:PATH`
-corpus, a `netlang.data.Dataset`, `NamedDataset` or `TextCorpus`) into {input name: array} per
+corpus, a `folder:PATH` of images read at the model input's shape, a `netlang.data.Dataset`, `NamedDataset` or `TextCorpus`) into {input name: array} per
 split, bound to the model's inputs: a data set's `x`/`y` to its data input and target, a named
 set's arrays each to the input of its name, a corpus's windows to the model's text input (the
 integer sequence its embedding reads) and their next characters to its target;
@@ -43,6 +43,8 @@ class PreparedData:
     # Where the data input's values lie by construction ([0, 1]: images scaled from uint8),
     # else None (netlang.data.Dataset.value_range): the range an attack stays within.
     value_range: tuple | None = None
+    # The labels' names (an image folder's classes), saved with the run as classes.json.
+    class_names: tuple | None = None
 
 
 def prepare_data(spec, binding: Binding, config: TrainConfig, *, limit: int | None = None,
@@ -62,7 +64,10 @@ def prepare_data(spec, binding: Binding, config: TrainConfig, *, limit: int | No
                           num_classes=binding.num_classes if binding.label_input else None,
                           targets=targets, inputs=tuple(binding.inputs), data_dir=data_dir,
                           target_columns=binding.target_columns if targets == "values" else 1,
-                          label_shape=label_shape, ids=takes_ids)
+                          label_shape=label_shape, ids=takes_ids,
+                          input_shape=binding.inputs[binding.data_input][0]
+                          if binding.data_input is not None else None,
+                          image_size=config.image_size)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UsageError(f"`limit=` must be a positive integer, got {limit!r}")
     if isinstance(ds, NamedDataset):
@@ -81,6 +86,8 @@ def prepare_data(spec, binding: Binding, config: TrainConfig, *, limit: int | No
         raise DataError(_needs_named_arrays(ds.name, binding))
     if isinstance(spec, str) and spec.strip().lower().endswith(".csv"):
         _check_csv_columns(spec.strip(), ds, binding)
+    if ds.class_names is not None:
+        notes.append(_describe_classes(ds))
     reshaped = _reshape_note(ds, binding)
     if reshaped:
         notes.append(reshaped)
@@ -96,6 +103,9 @@ def prepare_data(spec, binding: Binding, config: TrainConfig, *, limit: int | No
             std = before.std(axis=0, dtype=np.float64)
             std[std == 0] = 1.0
             normalization = {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+    if config.val_split and ds.x_val is not None:
+        raise DataError(f"{ds.name}: the data has its own validation split (an image folder's "
+                        f"val/), which val_split={config.val_split} would replace: set one")
     if config.val_split:
         if len(ds.x_train) < 2:
             raise DataError(f"{ds.name}: {len(ds.x_train)} training example(s) cannot be split "
@@ -110,7 +120,7 @@ def prepare_data(spec, binding: Binding, config: TrainConfig, *, limit: int | No
     return PreparedData(train, val, test, ds.name, ds.num_classes, normalization,
                         vocabulary=vocabulary, notes=notes,
                         per_character=vocabulary is not None and _loss_per_character(binding),
-                        value_range=ds.value_range)
+                        value_range=ds.value_range, class_names=ds.class_names)
 
 
 def _text_windows(corpus: TextCorpus, binding: Binding,
@@ -158,6 +168,16 @@ def _describe_windows(corpus: TextCorpus, ds: Dataset, vocabulary: Vocabulary) -
         line += (f"; {unknown:,} character{'s' if unknown != 1 else ''} outside its "
                  f"{len(vocabulary.symbols)}-symbol vocabulary read as {stand_in!r}")
     return line
+
+
+def _describe_classes(ds: Dataset) -> str:
+    """`shapes: 90 training images of 12x12x1 in 3 classes (bar, column, square), 30 to test`."""
+    names = ", ".join(ds.class_names[:10]) + (", ..." if len(ds.class_names) > 10 else "")
+    line = (f"{ds.name}: {len(ds.x_train):,} training images of "
+            f"{_shape_text(ds.x_train.shape[1:])} in {len(ds.class_names)} classes ({names})")
+    if ds.x_val is not None:
+        line += f", {len(ds.x_val):,} to validate"
+    return line + f", {len(ds.x_test):,} to test"
 
 
 def _loss_per_character(binding: Binding) -> bool:

@@ -7,6 +7,7 @@
     weights.safetensors   the final weights
     normalization.safetensors   the mean and std of `--normalize standardize`
     vocabulary.json       a text set's characters ↔ ids (netlang.data.Vocabulary)
+    classes.json          the class names of an image folder, in label order
     curves.png            `--plot`
     latest, ckpt-*/       checkpoints (netlang.weights.checkpoints)
     .lock                 held by the process writing the run (netlang.train.run_lock)
@@ -38,6 +39,7 @@ NORMALIZATION_FILE = "normalization.safetensors"
 PLOT_FILE = "curves.png"
 SOURCE_FILE = "model.net"
 VOCABULARY_FILE = "vocabulary.json"
+CLASSES_FILE = "classes.json"
 # What a writer killed in the middle of a write leaves behind: a checkpoint's temporary
 # directory (netlang.weights.checkpoints) and a file's temporary copy (netlang.weights.atomic,
 # named `.<file>.<random>.tmp`).
@@ -229,3 +231,26 @@ def saved_vocabulary(weights) -> Vocabulary | None:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{file}: cannot read the vocabulary: {exc}") from None
     return Vocabulary.from_json(text, what=str(file))
+
+
+def save_class_names(out, names) -> None:
+    """Write classes.json: the names of the labels 0, 1, ... (an image folder's class
+    folders), which `netlang predict` prints instead of indices."""
+    data = (json.dumps({"classes": list(names)}, indent=2) + "\n").encode("utf-8")
+    atomic_write(Path(out) / CLASSES_FILE, lambda f: f.write(data))
+
+
+def saved_class_names(weights) -> tuple[str, ...] | None:
+    """The class names a run saved: `weights` is its directory, or a weights file in it; None
+    when there are none (a run on data without names, or a weights file of its own)."""
+    path = Path(weights)
+    file = (path if path.is_dir() else path.parent) / CLASSES_FILE
+    try:
+        names = json.loads(file.read_text(encoding="utf-8"))["classes"]
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{file}: cannot read the class names: {exc}") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{file}: `classes` must be a list of names")
+    return tuple(names)

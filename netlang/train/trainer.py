@@ -27,6 +27,7 @@ from netlang.data.text import with_bits_per_character
 from netlang.errors import WeightsError
 from netlang.ir.train_config import TrainConfig
 from netlang.train.adversarial import adversarial_steps
+from netlang.train.augment import AugmentedBatches, augmenter_for
 from netlang.train.binding import Binding, check_complete, count_examples
 from netlang.train.distributed import DataParallelSteps, ShareOfBatches, evaluate_across
 from netlang.train.divergence import check_not_stuck
@@ -73,6 +74,8 @@ class History:
     best_epoch: int | None = None
     test: dict | None = None
     out: Path | None = None
+    # The labels' names, when the data has them (an image folder's classes).
+    class_names: tuple | None = None
 
     def __getitem__(self, key):
         """history["val_loss"] → that metric per epoch."""
@@ -138,6 +141,8 @@ class Trainer:
         self.last_lr = float(config.optimizer.args["lr"])
         # What takes each step: the engine, or its adversarial steps (train/adversarial.py).
         self.stepper = self._stepper()
+        # The train section's `augment` of the training images (train/augment.py), or None.
+        self.augmenter = augmenter_for(config, binding, ranks)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -347,9 +352,12 @@ class Trainer:
         """Where the epochs' batches come from: the training set uploaded once to where the
         engine computes, when it holds it there (the CUDA engine, memory allowing) and the
         metrics are summed there too (`meter`), else the host arrays (metrics summed on the
-        host read the labels there)."""
+        host read the labels there).  Augmented batches are made on the host, from the host
+        arrays."""
         if self.ranks is not None:
             return ShareOfBatches(train, self.ranks)
+        if self.augmenter is not None:
+            return AugmentedBatches(train, self.augmenter, lambda: self.epoch)
         resident = self.engine.upload(train, batch_size) if meter is not None else None
         return resident if resident is not None else HostBatches(train)
 
