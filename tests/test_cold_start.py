@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,11 +125,10 @@ def test_after_warmup_a_training_run_compiles_nothing(tmp_path):
     assert _warmup_report(cache, model)["compiled"] == {}
 
 
-def test_warmup_refuses_an_engine_that_compiles_nothing():
-    import netlang
-    from netlang.errors import UsageError
-    with pytest.raises(UsageError, match="the reference engine compiles nothing"):
-        netlang.compile(TINY_NET).warmup(device="reference")
+def test_warmup_refuses_an_engine_that_compiles_nothing(capsys):
+    code, out, err = run_cli(capsys, "warmup", "examples/xor.net", "--device", "reference")
+    assert code == 2 and not out and len(err.splitlines()) == 1
+    assert "the reference engine has no programs to compile ahead of time" in err
 
 
 # -- the cache under a killed process and concurrent ones --------------------------------------

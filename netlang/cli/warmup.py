@@ -7,10 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from netlang.cli.common import compile_model, positive_int
-
-DEVICES = ("cpu", "cuda")
-DTYPES = ("float32", "float64")
+from netlang.bench import DTYPES
+from netlang.cli.common import add_device, compile_model, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="the .net file")
     parser.add_argument("--batch", type=positive_int,
                         help="examples per training batch (default: the train section's)")
-    parser.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="the engine to compile for (default cpu)")
+    add_device(parser, default="cpu",
+               help="the engine to compile for: cpu (default) or auto (cuda when a GPU is "
+                    "present); the cuda engine compiles each kernel at its first launch and "
+                    "reference compiles nothing, so neither has anything to warm up")
     parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="floating-point width of weights and activations")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

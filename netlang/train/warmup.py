@@ -15,6 +15,8 @@ What is not covered, and compiles on first use: the programs of a run with other
 under MPI (each process's gradient pass), the pictures a generative model's run writes
 (samples, reconstructions), the input-gradient passes of `saliency` and `attack`, and a
 run whose `--set` overrides change the optimiser or its settings (they are other programs).
+The CUDA engine compiles each kernel at its first launch, so it has nothing to warm up yet
+(pending, as is making its programs ready before a run's first step).
 """
 
 from __future__ import annotations
@@ -93,7 +95,9 @@ def warmup(model, *, batch: int | None = None, device: str = "cpu",
         binding.head.classify else tuple(model.graph.graph["outputs"])
     compilations += [("inference", c) for c in engine.compilations(None, predicted, batch)]
     if not compilations:
-        raise UsageError(f"the {engine.name} engine compiles nothing: nothing to warm up")
+        raise UsageError(f"the {engine.name} engine has no programs to compile ahead of "
+                         f"time: the reference engine compiles nothing, and the CUDA engine's "
+                         f"kernels compile at their first launch (warming them up is pending)")
     compiled, loaded = {}, []
     for title, compilation in compilations:
         if compilation.ready:   # the same program as one before it (one head: per head)
