@@ -473,7 +473,7 @@ class Model:
         section's) and inference of this model call into the disk caches, without data, so
         that a later run (`fit`, `netlang train`, in this process or another) compiles
         nothing; returns a `netlang.train.warmup.Warmup` (what was compiled, what was
-        already cached, the seconds).  `verbose=1` prints each program's compile time."""
+        already cached, the seconds).  `verbose=1` prints each program's line as it is ready."""
         # Kept lazy, as fit's training loop is: `netlang check` never loads the trainer.
         from netlang.train.warmup import warmup
         return warmup(self, batch=batch, device=device or self.device,

@@ -17,10 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Compile the programs a training run of the model calls (the training step, the "
         "evaluation pass) and its inference pass, into netlang's kernel cache and Numba's "
         "disk cache, then say what was compiled and how long it took.  A later run with the "
-        "same caches, batch settings and NUMBA_NUM_THREADS compiles nothing.")
+        "same caches, settings and NUMBA_NUM_THREADS compiles nothing.")
     parser.add_argument("file", help="the .net file")
     parser.add_argument("--batch", type=positive_int,
-                        help="examples per training batch (default: the train section's)")
+                        help="examples per training batch (default: the train section's; the "
+                             "CPU engine compiles the same programs for every batch size)")
     add_device(parser, default="cpu",
                help="the engine to compile for: cpu (default) or auto (cuda when a GPU is "
                     "present); the cuda engine compiles each kernel at its first launch and "
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compile, then print the report (or JSON with `--json`)."""
+    # Each program's line as it is made ready (minutes for a convolutional model), then the total.
     done = compile_model(args.file).warmup(batch=args.batch, device=args.device,
-                                           dtype=args.dtype, verbose=0)
-    print(json.dumps(done.to_json()) if args.json else "\n".join(done.lines()))
+                                           dtype=args.dtype, verbose=not args.json)
+    print(json.dumps(done.to_json()) if args.json else done.lines()[-1])
     return 0

@@ -47,10 +47,16 @@ class Warmup:
     batch: int
     workers: int
 
+    @staticmethod
+    def line(title: str, seconds: float | None) -> str:
+        """One program's line: compiled in `seconds`, or (None) found in the cache."""
+        return f"{title}: already in the cache" if seconds is None else \
+            f"compiled {title} in {seconds:.1f}s"
+
     def lines(self) -> list[str]:
         """The report `netlang warmup` prints: a line per program, then the total."""
-        found = [f"compiled {title} in {seconds:.1f}s" for title, seconds in self.compiled.items()]
-        found += [f"{title}: already in the cache" for title in self.loaded]
+        found = [self.line(title, seconds) for title, seconds in self.compiled.items()]
+        found += [self.line(title, None) for title in self.loaded]
         total = (f"compiled {len(self.compiled)} program{'s' * (len(self.compiled) != 1)} in "
                  f"{self.seconds:.1f}s" if self.compiled else
                  f"nothing to compile ({self.seconds:.1f}s)")
@@ -66,7 +72,8 @@ def warmup(model, *, batch: int | None = None, device: str = "cpu",
            dtype: str = "float32", progress=None) -> Warmup:
     """Make every program a training run of `model` (a netlang.api.Model) with batches of
     `batch` (default: the train section's) and its inference call ready in the disk caches;
-    `progress` (a netlang.train.progress.Progress) is told each program's compile time."""
+    `progress` (a netlang.train.progress.Progress) is told each program's line as it is made
+    ready (`Warmup.line`)."""
     start = time.perf_counter()
     binding = bind(model.graph)
     config = apply_overrides(model.train_config, override_strings(batch_size=batch),
@@ -105,10 +112,10 @@ def warmup(model, *, batch: int | None = None, device: str = "cpu",
         seconds, was_compiled = compilation.run()
         if was_compiled:
             compiled[title] = round(seconds, 3)
-            if progress is not None:
-                progress.message(f"compiled {title} in {seconds:.1f}s")
         else:
             loaded.append(title)
+        if progress is not None:   # as each finishes: a convolutional model takes minutes
+            progress.message(Warmup.line(title, seconds if was_compiled else None))
     workers = cpu_workers() if engine.name == "cpu" else 1
     return Warmup(compiled, loaded, round(time.perf_counter() - start, 3), engine.name, batch,
                   workers)
