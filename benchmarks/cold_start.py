@@ -79,6 +79,7 @@ import json, sys, time
 import torch
 from torch import nn
 spec = json.loads(sys.argv[1])
+torch.set_num_threads(spec["threads"])
 torch.manual_seed(0)
 class Block(nn.Module):
     def __init__(self, cin, cout, stride):
