@@ -36,6 +36,7 @@ printed beside the figures.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -49,8 +50,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)   # train_throughput's torch_spec and TORCH_MODEL
 sys.path.insert(0, ROOT)   # this checkout's netlang
-import netlang  # noqa: E402
 from train_throughput import TORCH_MODEL, torch_spec  # noqa: E402
+
+import netlang  # noqa: E402
 
 MODELS = {"mlp": None, "lenet5": None, "resnet18": 32, "vgg16": 32}   # name → batch (None: the file's)
 
@@ -154,11 +156,7 @@ def netlang_round(model_path: str, batch: int, timeout: float) -> dict:
 def torch_round(name: str, model_path: str, batch: int, timeout: float) -> dict | None:
     """PyTorch eager's first step in a fresh process, or None when torch is missing or the
     model is neither a chain torch_spec rebuilds nor ResNet-18."""
-    try:
-        import importlib.util
-        if importlib.util.find_spec("torch") is None:
-            return None
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:   # the table says n/a
         return None
     layers, extra = torch_spec(model_path)
     if layers is not None:
