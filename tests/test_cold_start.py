@@ -121,7 +121,11 @@ def test_after_warmup_a_training_run_compiles_nothing(tmp_path):
     assert run.returncode == 0, run.stderr
     assert not _compile_lines(run.stdout), run.stdout
     assert "compile" not in json.loads((tmp_path / "run" / "run.json").read_text())
-    # What the run then computes for its predictions is loaded too.
+    # Evaluating the trained weights writes nothing new into the cache: its programs were there.
+    cached = sorted(path.name for path in cache.rglob("*"))
+    evaluated = _run(cache, "eval", model, "--weights", tmp_path / "run", "--data", "blobs")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert sorted(path.name for path in cache.rglob("*")) == cached
     assert _warmup_report(cache, model)["compiled"] == {}
 
 
