@@ -67,7 +67,9 @@ def _random_feeds(graph, batch, np):
     return random_feeds(graph, batch, np.float32, np.random.default_rng(0))
 
 
-TORCH_SCRIPT = r"""
+# The model, its optimiser, a random batch and `step()`, in PyTorch (benchmarks/cold_start.py
+# times the first step of the same).
+TORCH_MODEL = r"""
 import json, sys, time
 import torch
 spec = json.loads(sys.argv[1])
@@ -146,6 +148,9 @@ def step():
     if spec["clip_norm"]:
         torch.nn.utils.clip_grad_norm_(net.parameters(), spec["clip_norm"])
     opt.step()
+"""
+
+TORCH_SCRIPT = TORCH_MODEL + r"""
 for _ in range(10):
     step()
 clock = time.process_time if spec["cpu_time"] else time.perf_counter

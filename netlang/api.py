@@ -473,6 +473,18 @@ class Model:
         return self._sampler.generate(vocabulary, "\n" if prime is None else prime, length,
                                       temperature=temperature, top_k=top_k, seed=seed)
 
+    def warmup(self, *, batch: int | None = None, device: str | None = None,
+               dtype: str | None = None, verbose: int = 0):
+        """Compile every program a training run (batches of `batch`, default the train
+        section's) and inference of this model call into the disk caches, without data, so
+        that a later run (`fit`, `netlang train`, in this process or another) compiles
+        nothing; returns a `netlang.train.warmup.Warmup` (what was compiled, what was
+        already cached, the seconds).  `verbose=1` prints each program's line as it is ready."""
+        # Kept lazy, as fit's training loop is: `netlang check` never loads the trainer.
+        from netlang.train.warmup import warmup
+        return warmup(self, batch=batch, device=device or self.device,
+                      dtype=dtype or self.dtype, progress=Progress(enabled=bool(verbose)))
+
     def bench(self, *, batch=None, steps=10, device=None, dtype=None, seed=0) -> dict:
         """Seconds per batch of the forward pass and the training step on random inputs,
         as `netlang bench --json` prints them (see netlang/bench.py), in `dtype` (the

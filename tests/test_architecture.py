@@ -228,6 +228,58 @@ def test_compiling_and_rendering_kernels_does_not_load_numba():
     assert result.stdout.strip() == "False"
 
 
+def _load_time_imports(module: str, path: Path) -> set[str]:
+    """What `module` imports when it is loaded (its body's imports, not its functions', which
+    run only when called): the netlang modules, and the top-level names of other packages."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    functions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+    in_functions = {id(inner) for node in ast.walk(tree) if isinstance(node, functions)
+                    for inner in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in in_functions:
+            continue
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            found.add(target.split(".")[0])
+            while target and target not in MODULES:
+                target = target.rpartition(".")[0]
+            if target:
+                found.add(target)
+    return found
+
+
+def test_what_the_api_and_the_command_line_load_imports_numba_only_inside_functions():
+    # `import netlang`, `netlang check` and `--help` never start Numba (tests/test_cold_start.py
+    # runs them): every module the API or a command module loads, and every module those load
+    # in turn, keeps `import numba` inside the functions that compile or run kernels.
+    pending = ["netlang", "netlang.api"] + [m for m in MODULES if m.startswith("netlang.cli")]
+    loaded_by = {module: None for module in pending}
+    while pending:
+        module = pending.pop()
+        for target in _load_time_imports(module, MODULES[module]):
+            if target in ("numba", "llvmlite"):
+                chain, at = [], module
+                while at is not None:
+                    chain.append(at)
+                    at = loaded_by[at]
+                raise AssertionError(f"{target} loaded at import time: "
+                                     f"{' <- '.join(chain)}")
+            if target in MODULES and target not in loaded_by:
+                loaded_by[target] = module
+                pending.append(target)
+
+
 # ---- (d) modules a reader can hold ---------------------------------------------------------------
 
 def test_no_module_is_longer_than_700_lines():

@@ -57,7 +57,7 @@ def test_every_command_has_help_and_the_top_level_lists_them_all(capsys):
 def test_device_choices_are_the_same_everywhere_and_include_reference(capsys):
     with_device = [name for name in COMMANDS if "--device" in command_help(capsys, name)]
     assert set(with_device) == {"train", "eval", "predict", "bench", "saliency", "sample",
-                                "attack"}
+                                "attack", "warmup"}
     for name in with_device:
         assert "--device {cpu,cuda,auto,reference}" in command_help(capsys, name), name
 

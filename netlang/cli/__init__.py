@@ -28,6 +28,7 @@ COMMANDS = {
     "eval": ("evaluate", "evaluate trained weights: loss, accuracy, confusion matrix"),
     "predict": ("predict", "class probabilities for an input (.npy or .png)"),
     "bench": ("bench", "time a model's forward pass and training step per batch"),
+    "warmup": ("warmup", "compile a model's kernels ahead of time, into the disk caches"),
     "saliency": ("saliency", "draw which input pixels the predicted class depends on"),
     "attack": ("attack", "accuracy under adversarial examples (FGSM, PGD)"),
     "sample": ("sample", "samples of a generative model, or text a character model writes"),

@@ -1,0 +1,191 @@
+"""A first run out of the user's way (issue 14): commands that compile nothing never load
+Numba; `netlang warmup` fills the caches so that a following `netlang train` compiles
+nothing; and the kernel cache survives a process killed while compiling and two processes
+compiling the same model at once.
+
+Each run is a process of its own, on a kernel cache in the test's folder (Numba's cache of
+the generated programs sits beside them there), serial (NUMBA_NUM_THREADS=1) to keep the
+compiles short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A width no other test uses: the generated modules are named by their source.
+TINY_NET = """
+input x: [2]
+input label: int32[]
+output logits = x -> dense(17) -> relu -> dense(2)
+train {
+  loss cross_entropy(logits, label)
+  batch_size 16
+  epochs 1
+}
+"""
+
+PROGRAMS = {"training step", "evaluation", "inference"}
+
+
+def _env(cache: Path) -> dict:
+    env = {**os.environ, "NETLANG_CACHE": str(cache), "NUMBA_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for name in ("NETLANG_DEBUG", "NUMBA_CACHE_DIR"):   # Numba's cache beside the kernels
+        env.pop(name, None)
+    return env
+
+
+def _netlang(cache: Path, *argv) -> list:
+    return [sys.executable, "-m", "netlang.cli", *map(str, argv)]
+
+
+def _run(cache: Path, *argv) -> subprocess.CompletedProcess:
+    return subprocess.run(_netlang(cache, *argv), env=_env(cache), capture_output=True,
+                          text=True, timeout=600)
+
+
+def _warmup_report(cache: Path, model: Path) -> dict:
+    done = _run(cache, "warmup", model, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _compile_lines(stdout: str) -> list:
+    """A training run's lines about compiling (`compiling 2 kernels (...)`, `compiled ...`)."""
+    return [line for line in stdout.splitlines() if line.lstrip().startswith("compil")]
+
+
+def _model(tmp_path: Path) -> Path:
+    model = tmp_path / "tiny.net"
+    model.write_text(TINY_NET)
+    return model
+
+
+# -- what never loads Numba ----------------------------------------------------------------
+
+NUMBA_FREE = """
+import contextlib, io, sys
+from netlang.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as exit:
+        code = exit.code
+loaded = [name for name in ("numba", "llvmlite") if name in sys.modules]
+assert not loaded, f"{sys.argv[1:]} imported {loaded}"
+assert code in (0, None), code
+"""
+
+
+def test_import_netlang_loads_neither_numba_nor_the_compiler_stack():
+    done = subprocess.run([sys.executable, "-c",
+                           "import sys, netlang; loaded = [m for m in ('numba', 'llvmlite', "
+                           "'networkx', 'lark') if m in sys.modules]; assert not loaded, loaded"],
+                          env=_env(ROOT / "unused"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("argv", [["check", "examples/mlp.net"], ["fmt", "examples/lenet5.net"],
+                                  ["--help"], ["train", "--help"], ["warmup", "--help"]])
+def test_commands_that_compile_nothing_never_import_numba(argv, tmp_path):
+    done = subprocess.run([sys.executable, "-c", NUMBA_FREE, *argv], cwd=ROOT,
+                          env=_env(tmp_path / "cache"), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+# -- warmup --------------------------------------------------------------------------------
+
+@pytest.mark.slow   # two processes, one compiling three programs: about 20 s on a loaded machine
+def test_after_warmup_a_training_run_compiles_nothing(tmp_path):
+    model, cache = _model(tmp_path), tmp_path / "cache"
+    warm = _run(cache, "warmup", model)
+    assert warm.returncode == 0, warm.stderr
+    lines = warm.stdout.splitlines()
+    assert {line.split(" in ")[0] for line in lines[:-1]} == \
+        {f"compiled {title}" for title in PROGRAMS}, warm.stdout
+    assert lines[-1].startswith("compiled 3 programs in ") and "batch 16, 1 worker)" in lines[-1]
+
+    run = _run(cache, "train", model, "--data", "blobs", "--out", tmp_path / "run")
+    assert run.returncode == 0, run.stderr
+    assert not _compile_lines(run.stdout), run.stdout
+    assert "compile" not in json.loads((tmp_path / "run" / "run.json").read_text())
+    # Evaluating the trained weights writes nothing new into the cache: its programs were there.
+    cached = sorted(path.name for path in cache.rglob("*"))
+    evaluated = _run(cache, "eval", model, "--weights", tmp_path / "run", "--data", "blobs")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert sorted(path.name for path in cache.rglob("*")) == cached
+    assert _warmup_report(cache, model)["compiled"] == {}
+
+
+def test_warmup_refuses_an_engine_that_compiles_nothing(capsys):
+    code, out, err = run_cli(capsys, "warmup", "examples/xor.net", "--device", "reference")
+    assert code == 2 and not out and len(err.splitlines()) == 1
+    assert "the reference engine has no programs to compile ahead of time" in err
+
+
+# -- the cache under a killed process and concurrent ones --------------------------------------
+
+def _kill_when(process: subprocess.Popen, ready, what: str) -> None:
+    """SIGKILL `process` as soon as `ready()` holds; fails when it ended before that."""
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert process.poll() is None, f"the process ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} in 300 s"
+        time.sleep(0.05)
+    assert process.poll() is None, f"the process ended before it could be killed ({what})"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+
+
+@pytest.mark.slow   # three compiles of the tiny model
+@pytest.mark.parametrize("moment", ["source written", "first program cached"])
+def test_a_process_killed_while_compiling_leaves_a_cache_the_next_run_uses(tmp_path, moment):
+    model, cache = _model(tmp_path), tmp_path / "cache"
+    numba_files = cache / "__pycache__"
+
+    def ready():
+        if moment == "source written":   # Numba is compiling the first program
+            return any(cache.glob("nl_*.py"))
+        return any(numba_files.glob("*.nbi"))   # one program's index written, others to come
+    process = subprocess.Popen(_netlang(cache, "warmup", model), env=_env(cache),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(process, ready, moment)
+
+    after = _warmup_report(cache, model)
+    assert set(after["compiled"]) | set(after["loaded"]) == PROGRAMS
+    if moment == "first program cached":
+        assert after["loaded"], after   # what the killed process finished is used
+    again = _warmup_report(cache, model)
+    assert again["compiled"] == {} and set(again["loaded"]) == PROGRAMS, again
+
+
+@pytest.mark.slow   # two compiles at once
+def test_two_processes_compiling_into_one_empty_cache_both_succeed_and_leave_it_sound(tmp_path):
+    model, cache = _model(tmp_path), tmp_path / "cache"
+    both = [subprocess.Popen(_netlang(cache, "warmup", model, "--json"), env=_env(cache),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    reports = []
+    for process in both:
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+        assert "did not match" not in err and "could not be read" not in err, err
+        reports.append(json.loads(out))
+    assert all(set(r["compiled"]) | set(r["loaded"]) == PROGRAMS for r in reports)
+
+    run = _run(cache, "train", model, "--data", "blobs", "--out", tmp_path / "run")
+    assert run.returncode == 0, run.stderr
+    assert not _compile_lines(run.stdout) and "recompiling" not in run.stderr, run.stdout
+    assert "compile" not in json.loads((tmp_path / "run" / "run.json").read_text())
