@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     if binding.data_input is None:
         raise UsageError("this model has several data inputs; predict from Python with a dict")
     shape, _ = binding.inputs[binding.data_input]
-    x = standardized(read_input(args.input, shape), saved_normalization(args.weights), shape)
+    norm = saved_normalization(args.weights, shape)
+    x = standardized(read_input(args.input, shape), norm, shape)
     result = predict(model.engine, binding, {binding.data_input: x})
     if not isinstance(result, np.ndarray):  # no classification loss: raw outputs
         if args.json:
