@@ -27,7 +27,13 @@ from netlang.errors import NetlangError, WeightsError
 from netlang.train.loop import train
 from netlang.train.resume_state import check_training_state
 from netlang.train.run_dir import plot_curves, read_run, trim_metrics
-from netlang.weights import load_checkpoint, load_weights, read_header, save_weights
+from netlang.weights import (
+    find_weights,
+    load_checkpoint,
+    load_weights,
+    read_header,
+    save_weights,
+)
 from netlang.weights.safe_read import MAX_JSON_DEPTH, json_depth
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +90,7 @@ def netlang_cli(*argv, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.run([sys.executable, "-m", "netlang.cli", *map(str, argv)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=60)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -> None:
@@ -151,6 +157,16 @@ def test_run_json_linked_to_dev_zero_is_refused(run):
         read_run(run)
 
 
+@needs_fifo
+@needs_dev_zero
+def test_weights_given_as_a_fifo_or_a_device_are_refused(tmp_path):
+    os.mkfifo(tmp_path / "fifo.safetensors")
+    with pytest.raises(WeightsError, match="is a FIFO"):
+        find_weights(tmp_path / "fifo.safetensors")
+    with pytest.raises(WeightsError, match="is a character device"):
+        find_weights("/dev/zero")
+
+
 # ---- JSON nested too deep ----------------------------------------------------------------------
 
 def test_json_depth_counts_brackets_outside_strings_only():
@@ -199,12 +215,9 @@ def safetensors_file(path: Path, header: dict, data: bytes = b"") -> Path:
 
 @pytest.mark.parametrize("tensor, expected", [
     ({"dtype": "F32", "shape": [2**64], "data_offsets": [0, 4]}, "needs 73786976294838206464 "),
-    ({"dtype": "F32", "shape": [2**32, 2**32], "data_offsets": [0, 4]}, "needs "),
+    ({"dtype": "F32", "shape": [2**32, 2**32], "data_offsets": [0, 4]},
+     "needs 73786976294838206464 "),
     ({"dtype": "F32", "shape": [1] * 40, "data_offsets": [0, 4]}, "at most 32 dimensions"),
-    ({"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}, "invalid shape [-1]"),
-    ({"dtype": "F32", "shape": [1.0], "data_offsets": [0, 4]}, "invalid shape [1.0]"),
-    ({"dtype": "F32", "shape": [1], "data_offsets": [0, 2**70]}, "data_offsets span"),
-    ({"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}, "invalid data_offsets"),
     ({"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}, 'dtype "Q7"'),
     ({"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}, 'dtype ["F32"]'),
 ])
@@ -213,13 +226,6 @@ def test_malformed_safetensors_headers_are_one_line_errors(tmp_path, tensor, exp
     with pytest.raises(WeightsError) as info:
         load_weights(path)
     assert expected in info.value.message and "\n" not in info.value.render()
-
-
-def test_overlapping_tensors_are_refused(tmp_path):
-    header = {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
-              "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
-    with pytest.raises(WeightsError, match="overlapping"):
-        load_weights(safetensors_file(tmp_path / "o.safetensors", header, b"\0" * 8))
 
 
 def test_tensors_are_read_from_the_checked_file(tmp_path):

@@ -37,7 +37,13 @@ import numpy as np
 from netlang.errors import WeightsError
 from netlang.version import __version__
 from netlang.weights.atomic import current_umask, fsync_directory, write_bytes
-from netlang.weights.safe_read import POINTER_CAP, STATE_CAP, read_json, read_text_capped
+from netlang.weights.safe_read import (
+    POINTER_CAP,
+    STATE_CAP,
+    open_regular,
+    read_json,
+    read_text_capped,
+)
 from netlang.weights.safetensors_files import (
     Expected,
     WeightsReport,

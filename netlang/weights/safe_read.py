@@ -21,7 +21,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import Any, Callable, IO, Iterator
 
 import numpy as np
 

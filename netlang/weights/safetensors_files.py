@@ -218,13 +218,12 @@ def _read_tensors(path: Path, f, entries: Mapping[str, _Entry], data_start: int,
         for name in wanted:
             entry = entries[name]
             f.seek(data_start + entry.start)
-            data = f.read(entry.stop - entry.start)
-            if len(data) != entry.stop - entry.start:
+            # Read straight into the array handed out: no zero-filling, no second copy.
+            array = np.empty(entry.shape, dtype=_DTYPES[entry.code].newbyteorder("<"))
+            if f.readinto(memoryview(array.reshape(-1).view(np.uint8))) != array.nbytes:
                 raise WeightsError(f"{path}: file is truncated: tensor `{name}` ends past "
                                    "the end of the file (was it changed while being read?)")
-            dtype = _DTYPES[entry.code]
-            array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(entry.shape)
-            params[name] = array.astype(dtype.newbyteorder("="))
+            params[name] = array.astype(_DTYPES[entry.code], copy=False)   # copies on big-endian
     except OSError as exc:
         raise WeightsError(f"{path}: cannot read tensors: {exc.strerror or exc}") from None
     return params
