@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import struct
 import subprocess
@@ -23,10 +24,15 @@ import numpy as np
 import pytest
 
 import netlang
-from netlang.errors import NetlangError, WeightsError
+from netlang.errors import DataError, NetlangError, WeightsError
 from netlang.train.loop import train
 from netlang.train.resume_state import check_training_state
-from netlang.train.run_dir import plot_curves, read_run, trim_metrics
+from netlang.train.run_dir import (
+    plot_curves,
+    read_run,
+    saved_vocabulary,
+    trim_metrics,
+)
 from netlang.weights import (
     find_weights,
     load_checkpoint,
@@ -85,12 +91,24 @@ def checkpoint(run: Path) -> Path:
     return run / (run / "latest").read_text().strip()
 
 
-def netlang_cli(*argv, cwd: Path) -> subprocess.CompletedProcess:
-    """The command line in a process of its own: a hang is a failed test (TimeoutExpired)."""
+def _limit_memory() -> None:
+    """Run in the child before it starts: reading /dev/zero until memory runs out (what the
+    code before these checks did) ends in a MemoryError at 3 GiB, not in the OOM killer."""
+    resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+
+
+def in_subprocess(argv: list, cwd: Path) -> subprocess.CompletedProcess:
+    """`argv` run by this Python in a process of its own, with memory limited: a hang is a
+    failed test (TimeoutExpired), not a stopped suite."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.run([sys.executable, "-m", "netlang.cli", *map(str, argv)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60, preexec_fn=_limit_memory)
+
+
+def netlang_cli(*argv, cwd: Path) -> subprocess.CompletedProcess:
+    """The command line in a process of its own (see in_subprocess)."""
+    return in_subprocess(["-m", "netlang.cli", *argv], cwd)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -> None:
@@ -147,14 +165,18 @@ def test_a_fifo_as_run_json_is_refused_not_waited_on(run):
 def test_a_symlink_to_dev_zero_is_refused_not_read(run, where):
     target = run / where.replace("ckpt", checkpoint(run).name)
     replace_with(target, "zero")
-    assert "is a character device" in resume_error(run)
+    result = netlang_cli("train", "model.net", "--resume", run, "--device", "reference",
+                         cwd=run.parent)
+    assert_one_line_error(result, str(target), "is a character device")
 
 
 @needs_dev_zero
 def test_run_json_linked_to_dev_zero_is_refused(run):
     replace_with(run / "run.json", "zero")
-    with pytest.raises(WeightsError, match="is a character device"):
-        read_run(run)
+    np.save(run.parent / "x.npy", np.zeros((1, 2), np.float32))
+    result = netlang_cli("predict", "model.net", "x.npy", "--weights", run, "--device",
+                         "reference", cwd=run.parent)
+    assert_one_line_error(result, "run.json", "is a character device")
 
 
 @needs_fifo
@@ -165,6 +187,24 @@ def test_weights_given_as_a_fifo_or_a_device_are_refused(tmp_path):
         find_weights(tmp_path / "fifo.safetensors")
     with pytest.raises(WeightsError, match="is a character device"):
         find_weights("/dev/zero")
+
+
+@needs_fifo
+@pytest.mark.parametrize("file, reader", [("model.net", "saved_source"),
+                                          ("vocabulary.json", "saved_vocabulary")])
+def test_the_saved_source_and_vocabulary_are_refused_as_fifos(run, file, reader):
+    if (run / file).exists():
+        (run / file).unlink()
+    os.mkfifo(run / file)
+    result = in_subprocess(["-c", f"from netlang.train.run_dir import {reader}\n"
+                            f"{reader}({str(run)!r})"], run.parent)
+    assert result.returncode != 0
+    assert f"{run / file}: is a FIFO" in result.stderr.splitlines()[-1]
+
+
+def test_a_pointer_larger_than_its_cap_is_refused(run):
+    (run / "latest").write_text("ckpt-" + "0" * 100_000)
+    assert "checkpoint pointer is larger than 65,536 bytes" in resume_error(run)
 
 
 # ---- JSON nested too deep ----------------------------------------------------------------------
@@ -192,6 +232,12 @@ def test_deep_safetensors_header_is_a_one_line_error(tmp_path):
     path.write_bytes(struct.pack("<Q", len(header)) + header)
     with pytest.raises(WeightsError, match="nested 100001 levels deep"):
         read_header(path)
+
+
+def test_a_deep_vocabulary_is_a_one_line_error(run):
+    (run / "vocabulary.json").write_text(DEEP)
+    with pytest.raises(DataError, match="vocabulary.json: JSON nested 100000 levels deep"):
+        saved_vocabulary(run)
 
 
 def test_a_deep_metrics_line_is_dropped_on_resume_and_refused_by_the_plot(run):
