@@ -394,7 +394,8 @@ def test_an_intact_run_still_resumes(run):
 @pytest.mark.parametrize("edit, expected", [
     (setter("model", 3), 'field "model" must be a string, not 3'),
     (setter("overrides", [1]), 'field "overrides" must be a list of strings, not [1]'),
-    (setter("compile", {"train": "slow"}), 'field "compile.train" must be a finite number'),
+    (setter("compile", {"seconds": 1.0, "programs": {"train": "slow"}}),
+     'field "compile.programs.train" must be a finite number >= 0, not "slow"'),
 ])
 def test_a_malformed_run_json_field_is_named(run, edit, expected):
     info = json.loads((run / "run.json").read_text())
@@ -403,6 +404,13 @@ def test_a_malformed_run_json_field_is_named(run, edit, expected):
     with pytest.raises(WeightsError) as error:
         read_run(run)
     assert expected in error.value.message
+
+
+def test_a_run_json_as_training_writes_it_is_read(run):
+    info = json.loads((run / "run.json").read_text())
+    info["compile"] = {"seconds": 1.5, "programs": {"training step": 1.25, "evaluation": 0.25}}
+    (run / "run.json").write_text(json.dumps(info))
+    assert read_run(run) == info
 
 
 def test_run_json_that_is_not_an_object_is_refused(run):

@@ -56,9 +56,12 @@ def check_run_info(run: Fields) -> None:
     run.integer("limit", optional=True)
     run.integer("samples", optional=True)
     run.texts("overrides", optional=True)
-    compiled = run.object("compile", optional=True)
-    for program in compiled.doc if compiled is not None else ():
-        compiled.number(program, low=0)
+    compiled = run.object("compile", optional=True)   # {"seconds", "programs": {title: s}}
+    if compiled is not None:
+        compiled.number("seconds", low=0)
+        programs = compiled.object("programs")
+        for title in programs.doc:
+            programs.number(title, low=0)
 
 
 def read_run(out) -> dict:

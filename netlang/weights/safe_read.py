@@ -114,7 +114,7 @@ def read_text_capped(path: str | os.PathLike, cap: int, *,
 def json_depth(text: str) -> int:
     """How deep the arrays and objects of the JSON `text` nest (brackets inside strings do not
     count), found in one linear pass without recursion."""
-    brackets = np.frombuffer(_NOT_A_BRACKET.sub("", text).encode("ascii", "replace"), np.uint8)
+    brackets = np.frombuffer(_NOT_A_BRACKET.sub("", text).encode("ascii"), np.uint8)
     if not brackets.size:
         return 0
     # A quote left over (only in text that is not JSON) counts as neither.
