@@ -81,7 +81,7 @@ def saved_normalization(weights, shape) -> dict | None:
     path = Path(weights)
     directory = path if path.is_dir() else path.parent
     file = directory / NORMALIZATION_FILE
-    if not file.exists():   # a FIFO or a device is there, and load_weights refuses it
+    if not file.exists():   # only when absent: a FIFO or a device there is refused below
         return None
     stored = _normalization_shapes(file, math.prod(shape))
     params, _ = load_weights(file, {name: (stored[name], np.float32) for name in stored})
