@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         x = read_images(names, image_shape(names[0], shape, args.image_size
                                            or config.image_size),
                         args.image_size or config.image_size).reshape((len(names),) + shape)
-    x = standardized(x, saved_normalization(args.weights), shape)
+    x = standardized(x, saved_normalization(args.weights, shape), shape)
     result = predict(model.engine, binding, {binding.data_input: x})
     if not isinstance(result, np.ndarray):  # no classification loss: raw outputs
         if args.json:

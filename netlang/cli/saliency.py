@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                          "with a dict (Model.saliency)")
     shape, _ = binding.inputs[binding.data_input]
     x = read_input(args.input, shape)
-    norm = saved_normalization(args.weights)
+    norm = saved_normalization(args.weights, shape)
     # The run standardized its inputs: so does the gradient's input.
     result = saliency(model.engine, model.graph, {binding.data_input: standardized(x, norm, shape)},
                       args.target)

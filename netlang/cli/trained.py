@@ -4,6 +4,7 @@ model with its weights, the run that made them, and model inputs read from files
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,10 @@ import numpy as np
 from netlang.api import Model
 from netlang.cli.common import add_device, compile_model
 from netlang.data import fit_to_shape
-from netlang.errors import DataError
+from netlang.errors import DataError, WeightsError
 from netlang.train.png import PNG_SIGNATURE, image_to_input, read_png
 from netlang.train.run_dir import NORMALIZATION_FILE, read_run
-from netlang.weights import load_weights
+from netlang.weights import load_weights, read_header
 
 
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,15 +75,33 @@ def read_input(path, shape) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def saved_normalization(weights) -> dict | None:
-    """The mean/std a run standardized its inputs with, if it did."""
+def saved_normalization(weights, shape) -> dict | None:
+    """The mean/std a run standardized its inputs with, if it did: each must hold one value
+    per element of an input of `shape` (a one-line WeightsError otherwise)."""
     path = Path(weights)
     directory = path if path.is_dir() else path.parent
     file = directory / NORMALIZATION_FILE
-    if not file.is_file():
+    if not file.exists():   # only when absent: a FIFO or a device there is refused below
         return None
-    params, _ = load_weights(file)
+    stored = _normalization_shapes(file, math.prod(shape))
+    params, _ = load_weights(file, {name: (stored[name], np.float32) for name in stored})
     return params
+
+
+def _normalization_shapes(file: Path, size: int) -> dict[str, tuple[int, ...]]:
+    """The shapes of `mean` and `std` in the normalization file, each holding `size` values
+    (the data set's shape of an example, which the model's input may reshape)."""
+    entries, _ = read_header(file)
+    shapes = {}
+    for name in ("mean", "std"):
+        if name not in entries:
+            raise WeightsError(f"{file}: tensor `{name}` is missing")
+        shape, _ = entries[name]
+        if math.prod(shape) != size:
+            raise WeightsError(f"{file}: tensor `{name}` has shape {shape}, {math.prod(shape)} "
+                               f"values; the model's input has {size}")
+        shapes[name] = shape
+    return shapes
 
 
 def standardized(x: np.ndarray, norm: dict | None, shape) -> np.ndarray:

@@ -27,6 +27,7 @@ from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
 from netlang.train.prepared_data import PreparedData, prepare_data, split_arrays
 from netlang.train.progress import Progress
 from netlang.train.reconstructions import write_reconstructions, write_samples
+from netlang.train.resume_state import check_training_state
 from netlang.train.run_dir import (
     FINAL_WEIGHTS,
     NORMALIZATION_FILE,
@@ -132,7 +133,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
             saved = read_run(resume)
         else:
             checkpoint = load_checkpoint(resume, source_hash=model.source_hash, force=force,
-                                         expected=expected_params(model.graph))
+                                         expected=expected_params(model.graph),
+                                         check_state=check_training_state)
             saved = dict(checkpoint.state.get("run") or {})
         overrides = list(saved.get("overrides") or []) + overrides
         data = data if data is not None or x is not None else saved.get("data")

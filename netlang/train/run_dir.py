@@ -28,8 +28,18 @@ import numpy as np
 
 from netlang.data import Vocabulary
 from netlang.errors import DataError, UsageError, WeightsError
+from netlang.frontend.limits import MAX_SOURCE_BYTES
 from netlang.weights import atomic_write
 from netlang.weights.checkpoints import LATEST_FILE
+from netlang.weights.json_fields import Fields
+from netlang.weights.safe_read import (
+    METRICS_CAP,
+    RUN_CAP,
+    check_json_depth,
+    parse_json,
+    read_json,
+    read_text_capped,
+)
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_WEIGHTS = "weights.safetensors"
@@ -44,17 +54,36 @@ CLASSES_FILE = "classes.json"
 # directory (netlang.weights.checkpoints) and a file's temporary copy (netlang.weights.atomic,
 # named `.<file>.<random>.tmp`).
 _LEFTOVER = re.compile(r"\.tmp-ckpt-.+|\..+\.[a-z0-9_]+\.tmp")
+# A vocabulary lists each symbol once: a few KiB even for every Unicode character used.
+VOCABULARY_CAP = 16 * 2**20
+
+
+def check_run_info(run: Fields) -> None:
+    """The fields of a run's description (run.json, and the copy in each checkpoint's state)
+    have the types the code that reads them back relies on."""
+    for key in ("model", "source_hash", "data", "normalize", "device", "engine", "init"):
+        run.text(key, optional=True)
+    run.integer("limit", optional=True)
+    run.integer("samples", optional=True)
+    run.texts("overrides", optional=True)
+    compiled = run.object("compile", optional=True)   # {"seconds", "programs": {title: s}}
+    if compiled is not None:
+        compiled.number("seconds", low=0)
+        programs = compiled.object("programs")
+        for title in programs.doc:
+            programs.number(title, low=0)
 
 
 def read_run(out) -> dict:
-    """The run.json of a run directory ({} when absent)."""
+    """The run.json of a run directory ({} when absent); a file that is not a regular file,
+    too large, nested too deep or with a field of the wrong type is a one-line WeightsError."""
     path = Path(out) / RUN_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        run = read_json(path, RUN_CAP, what="run description")
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"{path}: cannot read run description: {exc}") from None
+    check_run_info(Fields(run, path))
+    return run
 
 
 def write_run(out, info: dict) -> None:
@@ -107,9 +136,7 @@ def plot_curves(out, records=None) -> str:
     """Write out/curves.png from the metrics log; returns a one-line message."""
     out = Path(out)
     if records is None:
-        path = out / METRICS_FILE
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-                   if line.strip()] if path.exists() else []
+        records = [_plotted(record, where) for where, record in _metrics_records(out)]
     if not records:
         return "`plot=True`: no epochs logged yet, nothing to plot"
     plt = pyplot()
@@ -170,19 +197,47 @@ def append_metrics(out, record: dict) -> None:
         f.write(json.dumps(record, sort_keys=False) + "\n")
 
 
+def _metrics_records(out) -> list[tuple[str, object]]:
+    """`(file:line, record)` of each non-blank line of metrics.jsonl ([] when there is
+    none); a line that is not JSON, or nested too deep, is a one-line WeightsError."""
+    path = Path(out) / METRICS_FILE
+    try:
+        text = read_text_capped(path, METRICS_CAP, what="metrics log")
+    except FileNotFoundError:
+        return []
+    return [(f"{path}:{number}", parse_json(line, f"{path}:{number}"))
+            for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _plotted(record, where: str) -> dict:
+    """A metrics record with the fields plot_curves draws checked: an epoch number, and
+    numbers (NaN and infinity included: a diverged run draws its curve too) or null."""
+    fields = Fields(record, where)
+    fields.integer("epoch", low=1)
+    for prefix in ("", "val_", "test_"):
+        for metric in ("loss", "accuracy"):
+            fields.number(prefix + metric, optional=True, finite=False)
+    return record
+
+
 def trim_metrics(out, epoch: int) -> None:
     """Drop the records of epochs after `epoch` from metrics.jsonl: a resumed run logged them
-    after its last checkpoint, before it was interrupted, and logs them again."""
+    after its last checkpoint, before it was interrupted, and logs them again.  A line that
+    is not a record with an integer epoch (a line cut short by a crash) is dropped too."""
     path = Path(out) / METRICS_FILE
-    if not path.exists():
+    try:
+        text = read_text_capped(path, METRICS_CAP, what="metrics log")
+    except FileNotFoundError:
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
-            if int(json.loads(line).get("epoch", 0)) <= epoch:
-                kept.append(line)
-        except (ValueError, AttributeError, TypeError):
+            record = parse_json(line, str(path))
+        except WeightsError:   # a line cut short by a crash, or garbage: dropped
             continue
+        logged = record.get("epoch") if isinstance(record, dict) else None
+        if isinstance(logged, int) and not isinstance(logged, bool) and logged <= epoch:
+            kept.append(line)
     data = "".join(line + "\n" for line in kept).encode("utf-8")
     atomic_write(path, lambda f: f.write(data))
 
@@ -204,12 +259,10 @@ def save_source(out, graph) -> None:
 def saved_source(out) -> str | None:
     """The source text `save_source` wrote into `out`, or None when there is none."""
     try:
-        return (Path(out) / SOURCE_FILE).read_text(encoding="utf-8")
+        return read_text_capped(Path(out) / SOURCE_FILE, MAX_SOURCE_BYTES,
+                                what="saved model source")
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WeightsError(f"{Path(out) / SOURCE_FILE}: cannot read the model source: {exc}") \
-            from None
 
 
 def save_vocabulary(out, vocabulary: Vocabulary) -> None:
@@ -225,11 +278,10 @@ def saved_vocabulary(weights) -> Vocabulary | None:
     path = Path(weights)
     file = (path if path.is_dir() else path.parent) / VOCABULARY_FILE
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_text_capped(file, VOCABULARY_CAP, error=DataError, what="vocabulary")
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{file}: cannot read the vocabulary: {exc}") from None
+    check_json_depth(text, str(file), error=DataError)   # from_json's parser has no bound
     return Vocabulary.from_json(text, what=str(file))
 
 
@@ -246,11 +298,10 @@ def saved_class_names(weights) -> tuple[str, ...] | None:
     path = Path(weights)
     file = (path if path.is_dir() else path.parent) / CLASSES_FILE
     try:
-        names = json.loads(file.read_text(encoding="utf-8"))["classes"]
+        document = read_json(file, VOCABULARY_CAP, error=DataError, what="class names")
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{file}: cannot read the class names: {exc}") from None
+    names = document.get("classes") if isinstance(document, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise DataError(f"{file}: `classes` must be a list of names")
     return tuple(names)

@@ -5,8 +5,11 @@ PyTorch users read it directly); a training run directory holds checkpoints that
 exactly.  The package is laid out in the order the pieces build on each other:
 
 - `atomic`: files that appear whole or not at all;
+- `safe_read`: reading back: regular files only, never blocking, sizes capped, JSON nesting
+  bounded;
+- `json_fields`: a JSON object read back field by field, each failure naming the field;
 - `safetensors_files`: reading (every check named) and writing weights files;
-- `rng_state`: random generator state as JSON;
+- `rng_state`: random generator state as JSON, checked against what each generator accepts;
 - `checkpoints`: ckpt-* directories, the `latest` pointer, and the fallback to the previous
   checkpoint when the committed one is damaged.
 

@@ -30,13 +30,20 @@ import tempfile
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from netlang.errors import WeightsError
 from netlang.version import __version__
 from netlang.weights.atomic import current_umask, fsync_directory, write_bytes
+from netlang.weights.safe_read import (
+    POINTER_CAP,
+    STATE_CAP,
+    open_regular,
+    read_json,
+    read_text_capped,
+)
 from netlang.weights.safetensors_files import (
     Expected,
     WeightsReport,
@@ -55,6 +62,9 @@ CHECKPOINT_FORMAT = "netlang-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 
 _CKPT_NAME = re.compile(r"ckpt-(\d+)(?:-(\d+))?")
+
+# Checks a checkpoint's saved state (the dict under "state") read from the given state file.
+StateCheck = Callable[[dict, Path], None]
 
 
 class DamagedCheckpointWarning(UserWarning):
@@ -88,11 +98,9 @@ def _committed(run_dir: Path) -> str | None:
     """The checkpoint name `latest` points at, or None when nothing was committed yet."""
     pointer = run_dir / LATEST_FILE
     try:
-        name = pointer.read_text(encoding="utf-8").strip()
+        name = read_text_capped(pointer, POINTER_CAP, what="checkpoint pointer").strip()
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WeightsError(f"{pointer}: cannot read checkpoint pointer: {exc}") from None
     # The name is joined onto run_dir: refuse anything that could point elsewhere.
     if not _CKPT_NAME.fullmatch(name):
         raise WeightsError(f"{pointer}: does not name a checkpoint directory ({name[:40]!r})")
@@ -213,11 +221,9 @@ def _resolve(run_dir: Path, check) -> tuple[Path, Any]:
 
 def _read_state(path: Path) -> dict:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = read_json(path, STATE_CAP, what="checkpoint state file")
     except FileNotFoundError:
         raise WeightsError(f"{path}: checkpoint is incomplete (file missing)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{path}: not a valid checkpoint state file: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(f"{path}: not a netlang checkpoint state file")
     if doc.get("format_version") != CHECKPOINT_FORMAT_VERSION:
@@ -229,10 +235,12 @@ def _read_state(path: Path) -> dict:
     return doc
 
 
-def _check_intact(ckpt: Path) -> dict:
+def _check_intact(ckpt: Path, check_state: StateCheck | None = None) -> dict:
     """The state document of `ckpt`, once its three files are known to be whole and to
-    belong together (headers only: no tensor is read)."""
+    belong together (headers only: no tensor is read), and its state passes `check_state`."""
     doc = _read_state(ckpt / STATE_FILE)
+    if check_state is not None:
+        check_state(doc["state"], ckpt / STATE_FILE)
     for file in (WEIGHTS_FILE, OPTIMIZER_FILE):
         _, meta = read_header(ckpt / file)
         if meta.get("checkpoint_id") != doc["checkpoint_id"]:
@@ -243,14 +251,16 @@ def _check_intact(ckpt: Path) -> dict:
 
 def load_checkpoint(run_dir: str | os.PathLike, *, source_hash: str | None = None,
                     force: bool = False, expected: Expected | None = None,
-                    strict: bool = True) -> Checkpoint:
+                    strict: bool = True, check_state: StateCheck | None = None) -> Checkpoint:
     """Load the committed checkpoint of a run directory for resuming training.
 
     A damaged committed checkpoint falls back to the previous one (see the module
     docstring).  With `source_hash`, a checkpoint trained from a different model source is
     refused unless `force`.  `expected`/`strict` check the weights as in load_weights.
+    `check_state(state, state_file)` checks the saved state field by field (the trainer
+    knows its fields), raising WeightsError; a state that fails counts as damage.
     """
-    ckpt, doc = _resolve(Path(run_dir), _check_intact)
+    ckpt, doc = _resolve(Path(run_dir), lambda ckpt: _check_intact(ckpt, check_state))
     if source_hash is not None and not force \
             and doc["source_hash"].lower() != source_hash.lower():
         raise source_mismatch(Path(run_dir), doc["source_hash"], source_hash,
@@ -274,6 +284,10 @@ def find_weights(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if path.exists() and not path.is_dir():
+        # Opening it only to say what it is: a FIFO is not waited on, a device never read.
+        with open_regular(path, what="weights file or run directory"):
+            pass
     if path.is_dir():
         is_run = (path / LATEST_FILE).exists() or (path / STATE_FILE).exists()
         weights = (_resolve(path, _weights_intact)[0] if is_run else path) / WEIGHTS_FILE

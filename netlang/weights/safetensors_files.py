@@ -10,7 +10,7 @@ line naming the file and the tensor.  The format is described for users in docs/
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
 import re
 import struct
@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from safetensors import safe_open
 from safetensors.numpy import save as save_safetensors
 
 from netlang.errors import WeightsError, did_you_mean
 from netlang.version import __version__
 from netlang.weights.atomic import write_bytes
+from netlang.weights.safe_read import open_regular, parse_json, shown
 
 # safetensors dtype codes -> numpy.  Codes numpy cannot represent (BF16, F8_*) are rejected
 # with a message rather than silently converted.
@@ -36,6 +36,8 @@ _CODES = {dtype: code for code, dtype in _DTYPES.items()}
 
 # The same cap the Rust reader uses: a hostile 8-byte prefix must not make us allocate 2**64.
 _MAX_HEADER = 100_000_000
+# NumPy's limit on the dimensions of an array.
+_MAX_DIMS = 32
 _HEX = re.compile(r"[0-9a-fA-F]+")
 
 
@@ -107,40 +109,39 @@ def _header_pairs(path: Path, pairs: list[tuple[str, Any]]) -> dict:
     return dict(pairs)
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple[tuple[int, ...], str]],
-                                                  dict[str, str]]:
-    """Parse and fully validate a safetensors header without reading tensor data.
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """One tensor as the header describes it: where its bytes lie in the data section."""
 
-    Returns ({name: (shape, dtype code)}, metadata).  Doing our own validation (rather than
-    relying on the Rust reader's errors) lets every failure name the file and the tensor, and
-    catches truncation before any tensor is read.
-    """
-    path = Path(path)
+    shape: tuple[int, ...]
+    code: str
+    start: int
+    stop: int
+
+
+def _parse_header(path: Path, f, size: int) -> tuple[dict[str, _Entry], dict[str, str], int]:
+    """The validated header of the open safetensors file `f` of `size` bytes: its tensors,
+    its metadata and where its data section starts (see read_header)."""
     bad = f"{path}: not a valid safetensors file"
     try:
-        if path.is_dir():
-            raise WeightsError(f"{path}: is a directory, expected a .safetensors file")
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise WeightsError(f"{bad}: file is {'empty' if not prefix else 'too short'} "
-                                   f"({size} bytes)")
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > _MAX_HEADER or header_len > size - 8:
-                raise WeightsError(f"{bad}: header claims {header_len} bytes but the file "
-                                   f"has {size - 8} after the length prefix (truncated or "
-                                   "not safetensors)")
-            raw = f.read(header_len)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: no such weights file") from None
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise WeightsError(f"{bad}: file is {'empty' if not prefix else 'too short'} "
+                               f"({size} bytes)")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > _MAX_HEADER or header_len > size - 8:
+            raise WeightsError(f"{bad}: header claims {header_len} bytes but the file "
+                               f"has {size - 8} after the length prefix (truncated or "
+                               "not safetensors)")
+        raw = f.read(header_len)
     except OSError as exc:
         raise WeightsError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        header = json.loads(raw.decode("utf-8"),
-                            object_pairs_hook=lambda pairs: _header_pairs(path, pairs))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise WeightsError(f"{bad}: header is not JSON") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WeightsError(f"{bad}: header is not UTF-8 text (byte {exc.start})") from None
+    header = parse_json(text, f"{bad}: header",
+                        object_pairs_hook=lambda pairs: _header_pairs(path, pairs))
     if not isinstance(header, dict):
         raise WeightsError(f"{bad}: header is not a JSON object")
 
@@ -151,43 +152,81 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple[tuple[int, ...
 
     data_len = size - 8 - header_len
     entries = {}
-    spans = []
     for name, info in header.items():
         where = f"{bad}: tensor `{name}`"
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
             raise WeightsError(f"{where} lacks dtype, shape or data_offsets")
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if not (isinstance(shape, list)
+        if not (isinstance(shape, list) and len(shape) <= _MAX_DIMS
                 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                         for d in shape)):
-            raise WeightsError(f"{where} has an invalid shape {shape!r}")
+            raise WeightsError(f"{where} has an invalid shape {shown(shape)} (at most "
+                               f"{_MAX_DIMS} dimensions, each an integer >= 0)")
         if not (isinstance(offsets, list) and len(offsets) == 2
                 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
                 and 0 <= offsets[0] <= offsets[1]):
-            raise WeightsError(f"{where} has invalid data_offsets {offsets!r}")
-        if code not in _DTYPES:
-            raise WeightsError(f"{path}: tensor `{name}` has dtype {code!r}, which netlang "
-                               "cannot load (supported: " + ", ".join(_DTYPES) + ")")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * _DTYPES[code].itemsize
+            raise WeightsError(f"{where} has invalid data_offsets {shown(offsets)}")
+        if not isinstance(code, str) or code not in _DTYPES:
+            raise WeightsError(f"{path}: tensor `{name}` has dtype {shown(code)}, which "
+                               "netlang cannot load (supported: " + ", ".join(_DTYPES) + ")")
+        # Python integers: a shape of 2**64 must be compared, not overflow a C integer.
+        nbytes = math.prod(shape) * _DTYPES[code].itemsize
         if offsets[1] - offsets[0] != nbytes:
-            raise WeightsError(f"{where}: shape {format_shape(shape)} {code} needs {nbytes} "
-                               f"bytes but data_offsets span {offsets[1] - offsets[0]}")
+            raise WeightsError(f"{where}: shape {format_shape(shape)[:60]} {code} needs "
+                               f"{shown(nbytes)} bytes but data_offsets span "
+                               f"{shown(offsets[1] - offsets[0])}")
         if offsets[1] > data_len:
             raise WeightsError(f"{path}: file is truncated: tensor `{name}` needs data up to "
-                               f"byte {offsets[1]} but only {data_len} bytes are present")
-        entries[name] = (tuple(shape), code)
-        spans.append((offsets[0], offsets[1], name))
+                               f"byte {shown(offsets[1])} but only {data_len} bytes are "
+                               "present")
+        entries[name] = _Entry(tuple(shape), code, offsets[0], offsets[1])
     # Tensors must tile the data section exactly; overlap would alias two parameters.
-    spans.sort()
     end = 0
-    for start, stop, name in spans:
-        if start != end:
-            raise WeightsError(f"{bad}: tensor `{name}` data starts at byte {start}, "
+    for name, entry in sorted(entries.items(), key=lambda item: (item[1].start, item[1].stop)):
+        if entry.start != end:
+            raise WeightsError(f"{bad}: tensor `{name}` data starts at byte {entry.start}, "
                                f"expected {end} (overlapping or gapped tensors)")
-        end = stop
+        end = entry.stop
     if end != data_len:
         raise WeightsError(f"{bad}: {data_len - end} stray bytes after the last tensor")
-    return entries, metadata
+    return entries, metadata, 8 + header_len
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple[tuple[int, ...], str]],
+                                                  dict[str, str]]:
+    """Parse and fully validate a safetensors header without reading tensor data.
+
+    Returns ({name: (shape, dtype code)}, metadata).  Doing our own validation (rather than
+    relying on the Rust reader's errors) lets every failure name the file and the tensor, and
+    catches truncation before any tensor is read.
+    """
+    path = Path(path)
+    try:
+        with open_regular(path, what=".safetensors file") as (f, size):
+            entries, metadata, _ = _parse_header(path, f, size)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such weights file") from None
+    return {name: (entry.shape, entry.code) for name, entry in entries.items()}, metadata
+
+
+def _read_tensors(path: Path, f, entries: Mapping[str, _Entry], data_start: int,
+                  wanted: list[str]) -> dict[str, np.ndarray]:
+    """The tensors `wanted`, read from the open file `f` whose header gave `entries`: native
+    byte order, C order and writeable (training updates parameters in place)."""
+    params = {}
+    try:
+        for name in wanted:
+            entry = entries[name]
+            f.seek(data_start + entry.start)
+            # Read straight into the array handed out: no zero-filling, no second copy.
+            array = np.empty(entry.shape, dtype=_DTYPES[entry.code].newbyteorder("<"))
+            if f.readinto(memoryview(array.reshape(-1).view(np.uint8))) != array.nbytes:
+                raise WeightsError(f"{path}: file is truncated: tensor `{name}` ends past "
+                                   "the end of the file (was it changed while being read?)")
+            params[name] = array.astype(_DTYPES[entry.code], copy=False)   # copies on big-endian
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read tensors: {exc.strerror or exc}") from None
+    return params
 
 
 @dataclasses.dataclass
@@ -275,7 +314,23 @@ def load_weights(path: str | os.PathLike, expected: Expected | None = None, *,
     (files without a recorded hash, e.g. converted from PyTorch, are accepted).
     """
     path = Path(path)
-    entries, metadata = read_header(path)
+    try:
+        with open_regular(path, what=".safetensors file") as (f, size):
+            entries, metadata, data_start = _parse_header(path, f, size)
+            report, wanted = _fit(path, entries, metadata, expected, strict, source_hash,
+                                  force)
+            params = _read_tensors(path, f, entries, data_start, wanted)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such weights file") from None
+    report.loaded = list(params)
+    return LoadedWeights(params, dict(metadata), report)
+
+
+def _fit(path: Path, entries: Mapping[str, _Entry], metadata: Mapping[str, str],
+         expected: Expected | None, strict: bool, source_hash: str | None,
+         force: bool) -> tuple[WeightsReport, list[str]]:
+    """What load_weights takes from a file with these `entries`: the report, and the names of
+    the tensors to read (a file that does not fit raises WeightsError: see load_weights)."""
     saved_hash = metadata.get("source_hash")
     if source_hash is not None and saved_hash and not force \
             and saved_hash.lower() != source_hash.lower():
@@ -294,7 +349,7 @@ def load_weights(path: str | os.PathLike, expected: Expected | None = None, *,
                                 f"{format_shape(shape)} {dtype})"
                                 + did_you_mean(name, set(entries) - set(expected)))
                 continue
-            got_shape, code = entries[name]
+            got_shape, code = entries[name].shape, entries[name].code
             if got_shape != shape:
                 why = (f"shape {format_shape(got_shape)} in file, model expects "
                        f"{format_shape(shape)}")
@@ -313,16 +368,4 @@ def load_weights(path: str | os.PathLike, expected: Expected | None = None, *,
             raise WeightsError(f"{path}: weights do not fit the model: {_limited(problems)}")
         wanted = [n for n in expected if n in entries and n not in report.mismatched]
 
-    params = {}
-    try:
-        with safe_open(str(path), framework="np") as f:
-            for name in wanted:
-                array = f.get_tensor(name)
-                # Training updates parameters in place, so never hand out read-only views.
-                params[name] = array if array.flags.writeable else array.copy()
-    except WeightsError:
-        raise
-    except Exception as exc:  # header passed our checks, so this is I/O or a race
-        raise WeightsError(f"{path}: cannot read tensors: {exc}") from None
-    report.loaded = list(params)
-    return LoadedWeights(params, dict(metadata), report)
+    return report, wanted
