@@ -29,31 +29,43 @@ import numpy as np
 
 from netlang.errors import DataError
 
-# expm1's Taylor coefficients 1/n!, n = 1..11, and the value past which tanh is ±1 in float32.
-_C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11 = (1.0 / math.factorial(n)
-                                                            for n in range(1, 12))
-_TANH_LIMIT = 9.0
+# float32_tanh's constants, all float32: ln 2 split in two (LN2_HI has 16 significant bits, so
+# n·LN2_HI is exact for the n it meets), 1/ln 2, expm1's Taylor coefficients 1/k! for k = 2..7,
+# and the value past which tanh is ±1 in float32.
+_F32 = np.float32
+_LN2_HI = _F32(0.693145751953125)
+_LN2_LO = _F32(math.log(2.0) - 0.693145751953125)
+_INV_LN2 = _F32(1.0 / math.log(2.0))
+_C2, _C3, _C4, _C5, _C6, _C7 = (_F32(1.0 / math.factorial(k)) for k in range(2, 8))
+_TANH_LIMIT = _F32(9.0)
 
 
 def float32_tanh(v):
-    """tanh(v) for float32 programs, in arithmetic alone: Numba's tanh is a call into the C
-    library per element (15-25 ns here), which no loop around it can vectorise; this is
-    about 1 ns, and correctly rounded to float32 (NumPy's own float32 tanh is within 1.4
-    ulps).  In float64: a = e^(−2x) − 1 from expm1's series at s = −2x/32 (|s| ≤ 0.57, so
-    eleven terms leave 2e-12), squared up five times as (1 + a)² − 1 = a·(2 + a), which never
-    subtracts two near values; then tanh x = (1 − e^(−2x)) / (1 + e^(−2x)) = −a / (2 + a)."""
-    x = float(v)
-    x = x if x < _TANH_LIMIT else _TANH_LIMIT
-    x = x if x > -_TANH_LIMIT else -_TANH_LIMIT
-    s = x * -0.0625
-    a = s * (_C1 + s * (_C2 + s * (_C3 + s * (_C4 + s * (_C5 + s * (_C6 + s * (
-        _C7 + s * (_C8 + s * (_C9 + s * (_C10 + s * _C11))))))))))
-    a = a * (2.0 + a)
-    a = a * (2.0 + a)
-    a = a * (2.0 + a)
-    a = a * (2.0 + a)
-    a = a * (2.0 + a)
-    return np.float32(-a / (2.0 + a))
+    """tanh(v) for float32 programs, in float32 arithmetic alone, which vectorises 16 values to
+    an instruction: Numba's tanh is a call into the C library per element (15-25 ns here), and
+    the same formula in float64 took twice as long (0.93 ns against 0.45 a value, this
+    project's machine).  Within 2.5 ulps of the exact value (NumPy's own float32 tanh is
+    within 1.4).  With y = −2|v| (clamped to −18, where tanh is ±1 in float32): y = n·ln 2 + r,
+    |r| ≤ ln 2 / 2, so e^y − 1 = 2^n·expm1(r) + (2^n − 1), expm1(r) from its Taylor series
+    (seven terms leave 5e-9); 2^n is a product of powers of two picked by n's bits, which is
+    exact and needs no bit casts; then tanh|v| = (1 − e^y) / (1 + e^y) = −(e^y − 1) / (2 +
+    (e^y − 1)), which never subtracts two near values."""
+    a = abs(_F32(v))
+    a = a if a < _TANH_LIMIT else _TANH_LIMIT
+    y = _F32(-2.0) * a
+    m = np.int32(_F32(0.5) - y * _INV_LN2)   # the integer nearest −y / ln 2 (≥ 0: truncates)
+    n = -_F32(m)
+    r = (y - n * _LN2_HI) - n * _LN2_LO
+    em1_r = r * (_F32(1.0) + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
+    scale = _F32(1.0)   # 2^n = 2^−m, m < 32
+    scale *= _F32(0.5) if m & 1 else _F32(1.0)
+    scale *= _F32(0.25) if m & 2 else _F32(1.0)
+    scale *= _F32(2.0 ** -4) if m & 4 else _F32(1.0)
+    scale *= _F32(2.0 ** -8) if m & 8 else _F32(1.0)
+    scale *= _F32(2.0 ** -16) if m & 16 else _F32(1.0)
+    em1 = scale * em1_r + (scale - _F32(1.0))
+    t = -em1 / (_F32(2.0) + em1)
+    return t if v >= 0 else -t
 
 
 def tanh(v):
@@ -98,6 +110,14 @@ def apply_mask(values, mask, layer):
             row, m = values[b, t], mask[b, layer, t]
             for j in range(row.size):
                 row[j] *= m[j]
+
+
+def transpose(source, target, k):
+    """target[k] ← sourceᵀ: a layer's W_hh (G·H, H) as (H, G·H), which the forward pass's
+    per-step product h·W_hh reads row by row (see netlang/ops/recurrent_kernels.py)."""
+    for i in range(source.shape[0]):
+        for j in range(source.shape[1]):
+            target[k, j, i] = source[i, j]
 
 
 def copy_flat(source, offset, target):
