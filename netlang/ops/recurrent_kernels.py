@@ -10,12 +10,12 @@ direction: one matrix product for the input's part of every step's gates (all B�
 once) into the record's gate values, then per step one product h·W_hhᵀ (from W_hh transposed
 once), added to the step's gate values in place (the GRU's apart), and one step function,
 which adds the biases, applies the nonlinearities in place, and writes the state, the rest of
-the record and the output.  Back
-(`<kind>_grad`), per step, last first: one step function writes the gate gradients into the
-tape, and one product adds their W_hh part, da·W_hh, to the state's gradient; then one product
-per direction gives the gradient of the sequence the layer read, which the layer below reads
-(through the dropout mask).  The weights' gradients are then one product each over all
-examples and steps (`recurrent_weight_grad`), the biases' column sums.  States, products and
+the record and the output.  Back (`<kind>_grad`), per step, last first: one step function
+writes the gate gradients into the tape, and one product adds their W_hh part, da·W_hh, to
+the state's gradient; then one product per direction gives the gradient of the sequence the
+layer read, which the layer below reads (through the dropout mask).  The weights' gradients
+are then one product each over all examples and steps (`recurrent_weight_grad`), the biases'
+column sums.  States, products and
 gradients live in planned buffers (the kernels' workspaces, the record and the tape):
 nothing is allocated per step.
 
@@ -218,7 +218,7 @@ def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
     T, H, D, G = stack.steps, stack.units, stack.directions, stack.gates
     steps = k.flat(ws["steps"])
     _fill_steps(k, steps, named, stack)   # serial: it may raise, which a worker must not
-    # The per-step product h·W_hhᵀ reads W_hh transposed, made once per step (a product whose
+    # The per-step product h·W_hhᵀ reads W_hh transposed, made once per call (a product whose
     # second operand is transposed ran 1.3 times as long: 64×128 by 128×512 in float32,
     # 56 µs against 41 µs, OpenBLAS's SkylakeX kernels on one thread).
     for layer in range(stack.layers):
@@ -276,12 +276,10 @@ def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
                     if hw is None:   # the step's gates: x·W_ihᵀ + h·W_hhᵀ, in place
                         k.line(f"{k.gemm}(False, False, 1.0, {h}, {w_hh_t}, 1.0, "
                                f"{gates}[:, {t}])")
-                        apart = []
                     else:
                         k.line(f"{k.gemm}(False, False, 1.0, {h}, {w_hh_t}, 0.0, {hw})")
-                        apart = [hw]
-                    k.line(f"{step}({t}, {block_steps}, {', '.join(apart)}"
-                           f"{', ' if apart else ''}{b_ih}, {b_hh}, {', '.join(arguments)})")
+                    leading = [t, block_steps] + ([hw] if hw is not None else []) + [b_ih, b_hh]
+                    k.line(f"{step}({', '.join(leading + arguments)})")
                 if layer == last and not a["sequences"]:
                     final = k.host_value(f"{sections['output']}.reshape(({n}, {D}, {H}))", "fin")
                     k.line(f"{_helper(k, 'store_state')}({h}, {final}, {d})")

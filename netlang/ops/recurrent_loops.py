@@ -7,10 +7,11 @@ gate values, then the loop over time: per step one product h·W_hhᵀ, added to 
 values in place (the GRU's goes apart: its n gate reads it alone), and one call of a `*_step`
 below, which adds the biases, applies the gate nonlinearities in place and writes the new
 state, the rest of the record (netlang/ops/recurrent_reference.py `record_layout`) and the
-output, all in one pass over the step's values.  Back through time, per step, one `*_step_back` writes the gradients of the gate
-pre-activations (the tape) and leaves in `dh` what does not pass through W_hh, and one product
-with W_hh adds the rest.  Nothing is allocated: states, gradients and products live in the
-kernel's workspaces and in the record and tape.
+output, all in one pass over the step's values.  Back through time, per step, one
+`*_step_back` writes the gradients of the gate pre-activations (the tape) and leaves in `dh`
+what does not pass through W_hh, and one product with W_hh adds the rest.  Nothing is
+allocated: states, gradients and products live in the kernel's workspaces and in the record
+and tape.
 
 Arrays are C-contiguous views made once by the generated code: a sequence section (B, T, X),
 a state (B, H), a bias (G·H,).  `steps` holds each example's length (T without `lengths`): a
@@ -44,13 +45,13 @@ _TANH_LIMIT = _F32(9.0)
 def float32_tanh(v):
     """tanh(v) for float32 programs, in float32 arithmetic alone, which vectorises 16 values to
     an instruction: Numba's tanh is a call into the C library per element (15-25 ns here), and
-    an earlier version in float64 (correctly rounded) took twice as long (0.93 ns against 0.45 a value, this
-    project's machine).  Within 2.5 ulps of the exact value (NumPy's own float32 tanh is
-    within 1.4).  With y = −2|v| (clamped to −18, where tanh is ±1 in float32): y = n·ln 2 + r,
-    |r| ≤ ln 2 / 2, so e^y − 1 = 2^n·expm1(r) + (2^n − 1), expm1(r) from its Taylor series
-    (seven terms leave 5e-9); 2^n is a product of powers of two picked by n's bits, which is
-    exact and needs no bit casts; then tanh|v| = (1 − e^y) / (1 + e^y) = −(e^y − 1) / (2 +
-    (e^y − 1)), which never subtracts two near values."""
+    an earlier version in float64 (correctly rounded) took twice as long (0.93 ns against 0.45
+    a value, this project's machine).  Within 2.5 ulps of the exact value (NumPy's own float32
+    tanh is within 1.4).  With y = −2|v| (clamped to −18, where tanh is ±1 in float32):
+    y = n·ln 2 + r, |r| ≤ ln 2 / 2, so e^y − 1 = 2^n·expm1(r) + (2^n − 1), expm1(r) from its
+    Taylor series (seven terms leave 5e-9); 2^n is a product of powers of two picked by n's
+    bits, which is exact and needs no bit casts; then tanh|v| = (1 − e^y) / (1 + e^y) =
+    −(e^y − 1) / (2 + (e^y − 1)), which never subtracts two near values."""
     a = abs(_F32(v))
     a = a if a < _TANH_LIMIT else _TANH_LIMIT
     y = _F32(-2.0) * a
