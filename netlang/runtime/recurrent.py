@@ -23,6 +23,7 @@ start_state = compiled(loops.start_state)
 store_state = compiled(loops.store_state)
 apply_mask = compiled(loops.apply_mask)
 copy_flat = compiled(loops.copy_flat)
+transpose = compiled(loops.transpose)
 
 
 def _both(step):
