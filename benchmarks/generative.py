@@ -9,7 +9,8 @@ Two models, each trained at its own batch size on random data of MNIST's shape:
   ELBO (binary cross-entropy summed over the pixels plus the KL term, both averaged over
   the batch), the latent drawn by the reparameterisation;
 - examples/gan.net (batch 64): one round is the discriminator's step on a batch of real
-  digits and a batch of fakes, then the generator's step on a fresh batch of noise (the file's
+  digits and a batch of fakes (its loss with one-sided label smoothing, dropout in its hidden
+  layers), then the generator's step on a fresh batch of noise (the file's
   `phases alternate(discriminator, generator)`), each phase updating only its own layers.
 
 Samples/s counts the real examples a second of training consumes (the VAE's batch per
@@ -115,15 +116,16 @@ else:
     G = nn.Sequential(nn.Linear(64, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(),
                       nn.Linear(256, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(),
                       nn.Linear(512, 784), nn.Sigmoid())
-    D = nn.Sequential(nn.Linear(784, 512), nn.LeakyReLU(0.2), nn.Linear(512, 256),
-                      nn.LeakyReLU(0.2), nn.Linear(256, 1))
+    D = nn.Sequential(nn.Linear(784, 512), nn.LeakyReLU(0.2), nn.Dropout(0.3),
+                      nn.Linear(512, 256), nn.LeakyReLU(0.2), nn.Dropout(0.3), nn.Linear(256, 1))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     def step():
         with torch.no_grad():
             fake = G(torch.randn(batch, 64))
         opt_d.zero_grad(set_to_none=True)
-        (F.softplus(-D(images)).mean() + F.softplus(D(fake)).mean()).backward()
+        real = D(images)
+        (0.9 * F.softplus(-real) + 0.1 * F.softplus(real) + F.softplus(D(fake))).mean().backward()
         opt_d.step()
         D.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)

@@ -28,7 +28,9 @@ FUNCTIONS = sorted(name for name, _ in inspect.getmembers(CpuSpelling, inspect.i
                    if not name.startswith("_"))
 # Arguments each function is defined for, some written as expressions with nested parentheses.
 ARGUMENTS = {"log": ["a", "a * (b + 1.0)"], "sqrt": ["a", "a * (b + 1.0)"],
-             "log1p": ["a", "-a * (b - 1.5)"]}
+             "log1p": ["a", "-a * (b - 1.5)"], "divide": [("a", "b"), ("a - b", "b * (a + 1.0)")]}
+# The functions of two operands (the others take one).
+BINARY = {"divide"}
 VALUES = [dict(a=0.75, b=2.0), dict(a=1.5, b=0.25), dict(a=0.5, b=3.0)]
 
 
@@ -47,17 +49,19 @@ def _evaluate(text: str, values: dict, renderer: str) -> float:
 def test_the_cuda_table_spells_every_function_of_the_cpu_table_its_own_way():
     assert set(FUNCTIONS) >= {"exp", "expm1", "log", "log1p", "tanh", "sqrt", "sign", "erf"}
     for name in FUNCTIONS:
+        operands = ("x", "y") if name in BINARY else ("x",)
         assert getattr(CudaSpelling, name) is not getattr(CpuSpelling, name), name
-        assert "np." not in getattr(CUDA, name)("x"), name
-        assert "math." not in getattr(CPU, name)("x"), name
+        assert "np." not in getattr(CUDA, name)(*operands), name
+        assert "math." not in getattr(CPU, name)(*operands), name
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_both_spellings_of_a_function_compute_the_same_value(name):
     for argument in ARGUMENTS.get(name, ["a", "a * (b - 1.0)", "-(a - (b - a))"]):
         for values in VALUES:
-            on_cpu = _evaluate(getattr(CPU, name)(argument), values, "cpu")
-            on_cuda = _evaluate(getattr(CUDA, name)(argument), values, "cuda")
+            operands = argument if name in BINARY else (argument,)
+            on_cpu = _evaluate(getattr(CPU, name)(*operands), values, "cpu")
+            on_cuda = _evaluate(getattr(CUDA, name)(*operands), values, "cuda")
             assert on_cuda == pytest.approx(on_cpu, rel=1e-12), (name, argument, values)
 
 
@@ -129,6 +133,7 @@ def test_each_renderers_programs_carry_only_its_own_spelling():
     for function in ("exp", "expm1", "log", "log1p", "tanh", "sqrt", "erf"):
         assert f"math.{function}(" in cuda_text, function
     assert "(1.0 if " in cuda_text   # sign, inline
+    assert "np.divide(" in cpu_text and "np.divide(" not in cuda_text   # adam's update
     assert "math." not in cpu_text
     # NumPy has no erf: the CPU's is Python's, imported by name at the top of the program.
     assert " erf(" in cpu_text and "\nfrom math import erf\n" in cpu_text

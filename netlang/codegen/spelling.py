@@ -82,6 +82,12 @@ class CpuSpelling:
         """The error function (NumPy has none: `math.erf`, imported as `erf`)."""
         return f"erf({x})"
 
+    def divide(self, x: str, y: str) -> str:
+        """x / y as NumPy divides (a zero `y` gives inf or NaN).  Numba's `/` checks every
+        divisor for zero to raise Python's error, and that check keeps a loop from
+        vectorising: the optimisers' updates divide through this."""
+        return f"np.divide({x}, {y})"
+
 
 class CudaSpelling(CpuSpelling):
     """The CUDA renderer's table: constants as on the CPU, math functions as numba.cuda
@@ -125,6 +131,10 @@ class CudaSpelling(CpuSpelling):
     def sin(self, x: str) -> str:
         """The sine of `x` (radians), through `math`."""
         return f"math.sin({x})"
+
+    def divide(self, x: str, y: str) -> str:
+        """x / y: numba.cuda compiles kernels with NumPy's error model, so `/` checks nothing."""
+        return f"({x}) / ({y})"
 
     def sign(self, x: str) -> str:
         """Written inline: compile_ptx types a kernel without a GPU only if it calls no device

@@ -261,33 +261,43 @@ adamw = _optimizer("adamw", "Adam with decoupled weight decay (Loshchilov & Hutt
 
 def _adam_step(decoupled):
     def step(a, state, w, g, lr, t):
+        # PyTorch's arrangement, in the parameter's precision: the bias corrections fold into a
+        # step size and a divisor of the root, each computed once in float64.
+        real = w.dtype.type
         if a["weight_decay"]:
             if decoupled:
-                w *= 1 - lr * a["weight_decay"]
+                w *= real(1 - lr * a["weight_decay"])
             else:
-                g = g + a["weight_decay"] * w
+                g = g + real(a["weight_decay"]) * w
         m, v = state["m"], state["v"]
         m *= a["beta1"]
         m += (1 - a["beta1"]) * g
         v *= a["beta2"]
         v += (1 - a["beta2"]) * g * g
-        m_hat = m / (1 - a["beta1"] ** t)
-        v_hat = v / (1 - a["beta2"] ** t)
-        w -= (lr * m_hat / (np.sqrt(v_hat) + a["eps"])).astype(w.dtype)
+        step_size = real(lr / (1 - a["beta1"] ** t))
+        root_bc2 = real(np.sqrt(1 - a["beta2"] ** t))
+        w -= step_size * (m / (np.sqrt(v) / root_bc2 + real(a["eps"])))
     return step
 
 
 def _adam_update(decoupled):
     def template(a, c, v):
         m, s, p = v["m"], v["v"], v["p"]
-        prologue = [f"bc1 = 1.0 - {a['beta1']!r} ** t", f"bc2 = 1.0 - {a['beta2']!r} ** t"]
+        beta1, beta2, decay = a["beta1"], a["beta2"], a["weight_decay"]
+        # As the reference: every element's arithmetic in the parameter's type `F` (float64
+        # would halve the vector width), with divisions that let the loop vectorise.
+        prologue = [f"step_size = F(lr / (1.0 - {beta1!r} ** t))",
+                    f"root_bc2 = F({c.sqrt(f'1.0 - {beta2!r} ** t')})"]
         body = []
-        if a["weight_decay"]:
-            body.append(f"{p}[i] *= 1.0 - lr * {a['weight_decay']!r}" if decoupled else
-                        f"gi += {c(a['weight_decay'])} * {p}[i]")
-        body += [f"{m}[i] = {c(a['beta1'])} * {m}[i] + {c(1 - a['beta1'])} * gi",
-                 f"{s}[i] = {c(a['beta2'])} * {s}[i] + {c(1 - a['beta2'])} * gi * gi",
-                 f"{p}[i] -= lr * ({m}[i] / bc1) / ({c.sqrt(s + '[i] / bc2')} + {c(a['eps'])})"]
+        if decay and decoupled:
+            prologue.append(f"shrink = F(1.0 - lr * {decay!r})")
+            body.append(f"{p}[i] *= shrink")
+        elif decay:
+            body.append(f"gi += {c(decay)} * {p}[i]")
+        denominator = f"{c.divide(c.sqrt(f'{s}[i]'), 'root_bc2')} + {c(a['eps'])}"
+        body += [f"{m}[i] = {c(beta1)} * {m}[i] + {c(1 - beta1)} * gi",
+                 f"{s}[i] = {c(beta2)} * {s}[i] + {c(1 - beta2)} * gi * gi",
+                 f"{p}[i] -= step_size * {c.divide(f'{m}[i]', denominator)}"]
         return prologue, body
     return template
 
