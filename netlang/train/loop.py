@@ -25,6 +25,7 @@ from netlang.train.overrides import apply_overrides
 from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
 from netlang.train.prepared_data import PreparedData, prepare_data, split_arrays
 from netlang.train.progress import Progress
+from netlang.train.rbm_report import write_rbm_pictures
 from netlang.train.reconstructions import write_reconstructions, write_samples
 from netlang.train.run_dir import (
     FINAL_WEIGHTS,
@@ -240,6 +241,10 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         if pictured is not None:
             progress.message(f"wrote {pictured}")
         for pictured in write_samples(out, engine, model.graph, binding):  # generative models
+            progress.message(f"wrote {pictured}")
+        pictured_set = next((a for a in (prepared.test, prepared.val, prepared.train) if a), None)
+        for pictured in write_rbm_pictures(out, engine, model.graph, pictured_set) \
+                if pictured_set is not None else ():   # RBM layers: filters, Gibbs samples
             progress.message(f"wrote {pictured}")
         if plot:
             progress.message(plot_curves(out))
