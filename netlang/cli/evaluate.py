@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from netlang.api import split_of
 from netlang.cli.common import DATA_HELP, data_set, positive_int
@@ -18,6 +19,7 @@ from netlang.train.evaluation import evaluate
 from netlang.train.metrics import format_confusion, top_k_values
 from netlang.train.overrides import apply_overrides
 from netlang.train.prepared_data import prepare_data
+from netlang.train.rbm_report import reconstruction_errors, write_rbm_pictures
 from netlang.train.run_dir import saved_vocabulary
 
 
@@ -31,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--limit", type=positive_int, metavar="N")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--pictures", metavar="DIR",
+                        help="write pictures of each RBM layer into DIR: filters_LAYER.png "
+                             "(its hidden units' weights) and gibbs_LAYER.png (Gibbs chains "
+                             "from the split's first examples)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +61,12 @@ def run(args: argparse.Namespace) -> int:
                       confusion=not prepared.per_character, per_head=True)
     if prepared.per_character:
         result = with_bits_per_character(result)
+    reconstruction = reconstruction_errors(model.engine, model.graph, arrays, args.batch_size)
+    if reconstruction:   # a model with RBM layers
+        result["reconstruction_error"] = reconstruction
+    if args.pictures is not None:
+        for path in write_rbm_pictures(args.pictures, model.engine, model.graph, arrays):
+            print(f"wrote {path}", file=sys.stderr)
     if args.json:
         print(json.dumps({"data": spec if isinstance(spec, str) else None, "split": args.split,
                           **result}))
@@ -66,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"loss      {result['loss']:.4f}{summed}")
     for phase, loss in result.get("phases", {}).items():   # a model with training phases
         print(f"loss of phase {phase}: {loss:.4f}")
+    for layer, error in result.get("reconstruction_error", {}).items():
+        print(f"reconstruction error of {layer}: {error:.5f} (mean squared error per visible "
+              f"unit, one up-down pass)")
     if "bpc" in result:
         print(f"bpc       {result['bpc']:.4f} (bits per character; the loss is in nats per "
               f"character)")

@@ -76,6 +76,7 @@ rbm.document(
 rbm.lends_parameters_to = ("dense",)
 
 
+
 @rbm.shape
 def _rbm_shape(ctx, a):
     ctx.need_float(0)
@@ -179,6 +180,31 @@ def _rbm_forward(ins, a, ctx):
     x, weight, bias, visible_bias = ins[:4]
     model = _chain(ins, a, ctx)
     return _gap(x, model, weight, bias, visible_bias, a).astype(x.dtype)
+
+
+class VisibleModel:
+    """What an RBM says about its visible units, in NumPy (float64): an evaluation's
+    reconstruction and a picture's Gibbs samples.  The params are the layer's `weight`,
+    `bias` (hidden) and `visible_bias`."""
+
+    def __init__(self, gaussian: bool):
+        self.gaussian = gaussian
+
+    def reconstruction(self, v, weight, hidden_bias, visible_bias):
+        """p(v | h) (its mean, for Gaussian units) with h at p(h = 1 | v): one deterministic
+        up-down pass, the reconstruction Hinton's practical guide monitors."""
+        centre = hidden_probabilities(v, weight, hidden_bias) @ weight.astype(np.float64) \
+            + visible_bias
+        return centre if self.gaussian else _sigmoid(centre)
+
+    def gibbs(self, start, weight, hidden_bias, visible_bias, steps, key):
+        """The visible units after `steps` Gibbs steps from `start`, drawn with `key` as the
+        training chain draws (`gibbs_chain_reference`)."""
+        return gibbs_chain_reference(start, weight, hidden_bias, visible_bias, steps, key,
+                                     self.gaussian)
+
+
+rbm.visible_model = lambda attrs: VisibleModel(_gaussian(attrs))
 
 
 rbm_chain = define_internal(

@@ -116,6 +116,12 @@ class OpDef:
     # Ops whose layers may share this op's parameters (`share = layer`): each reads the ones
     # it names from this op's (a dense layer takes an RBM's weight and hidden bias).
     lends_parameters_to: tuple[str, ...] = ()
+    # An energy-based layer's model of its input (an RBM's): fn(attrs) -> an object with
+    # `reconstruction(v, *params)` (p(v | h) after one up-down pass) and
+    # `gibbs(start, *params, steps, key)` (visible samples), in NumPy; its params are the
+    # node's parameter operands in order.  `netlang eval` and training's pictures read it
+    # (netlang/train/rbm_report.py).
+    visible_model: Callable | None = None
     # CPU kernel templates, rendered into Numba source by netlang.codegen.cpu.  An
     # elementwise op gives a scalar expression over its operands ({0}, {1}, ...), which
     # the code generator fuses into loops; any other op emits statements; a view op

@@ -26,6 +26,7 @@ from netlang.train.overrides import apply_overrides
 from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
 from netlang.train.prepared_data import PreparedData, prepare_data, split_arrays
 from netlang.train.progress import Progress
+from netlang.train.rbm_report import write_rbm_pictures
 from netlang.train.reconstructions import write_reconstructions, write_samples
 from netlang.train.resume_state import check_training_state
 from netlang.train.run_dir import (
@@ -283,6 +284,12 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
                 progress.message(f"wrote {pictured}")
             for pictured in write_samples(out, engine, model.graph, binding):
                 progress.message(f"wrote {pictured}")
+            # RBM layers: their filters and Gibbs chains.
+            pictured_set = next((a for a in (prepared.test, prepared.val, prepared.train) if a),
+                                None)
+            if pictured_set is not None:
+                for pictured in write_rbm_pictures(out, engine, model.graph, pictured_set):
+                    progress.message(f"wrote {pictured}")
             if plot:
                 progress.message(plot_curves(out))
     if trainer.stop_requested:

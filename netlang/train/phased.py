@@ -33,6 +33,7 @@ from netlang.interp import needed_nodes
 from netlang.ir.train_config import Phase, TrainConfig, phases_of, reads_data
 from netlang.train.adversarial import adversarial_steps
 from netlang.train.binding import bind
+from netlang.train.evaluation import evaluate
 from netlang.train.meters import MetricsOnHost
 from netlang.train.metrics import MetricAccumulator
 from netlang.train.schedules import learning_rate
@@ -107,6 +108,10 @@ class PhasedTrainer(Trainer):
         self.taken = 0    # ... and the steps it has taken in this turn
         self.phase_steps = {run.name: 0 for run in runs}   # steps each phase has taken
         self.epoch_start_steps = dict(self.phase_steps)     # ... when the epoch began
+        # The phases whose losses an epoch's validation computes: a sequence's stage alone
+        # (None: every phase, as the final test does).  A deep belief net's pretraining
+        # would otherwise run every RBM's Gibbs chains over the validation set each epoch.
+        self.validated_phases = None
 
     # -- state ------------------------------------------------------------------------------
 
@@ -160,8 +165,36 @@ class PhasedTrainer(Trainer):
             for compilation in self.steppers[run.name].compilations(batch):
                 compilation.title = f"{compilation.title} ({run.name})"
                 found.append(compilation)
-        # The model's engine evaluates, and never steps.
-        return found + self.engine.compilations(None, evaluated, eval_batch)
+        # The model's engine evaluates, and never steps: every phase's losses at the end,
+        # a sequence stage's own after each of its epochs.
+        found += self.engine.compilations(None, evaluated, eval_batch)
+        if evaluated and self.kind == "sequence":
+            for run in self.runs:
+                for compilation in self.engine.compilations(
+                        None, self._stage_nodes(evaluated, [run.name]), eval_batch):
+                    compilation.title = f"{compilation.title} ({run.name})"
+                    found.append(compilation)
+        return found
+
+    def _stage_binding(self, phases: list):
+        """The binding with only the losses of `phases` among its phases'."""
+        return dataclasses.replace(self.binding, phases={
+            name: losses for name, losses in self.binding.phases.items() if name in phases})
+
+    def _stage_nodes(self, evaluated: tuple, phases: list) -> tuple:
+        """The nodes of `evaluated` that a validation of `phases` alone computes."""
+        others = {name for phase, losses in self.binding.phases.items() if phase not in phases
+                  for name, _ in losses} - {name for name, _ in self.binding.losses}
+        return tuple(name for name in evaluated if name not in others)
+
+    def evaluate(self, arrays: dict, *, confusion: bool) -> dict:
+        """The Trainer's evaluation, of the phases in `validated_phases` alone when set
+        (phased training runs in one process: `check_supported` refuses ranks)."""
+        if self.validated_phases is None:
+            return super().evaluate(arrays, confusion=confusion)
+        return evaluate(self.engine, self._stage_binding(self.validated_phases), arrays,
+                        self.eval_batch_size, top_k=self.top_k, confusion=confusion,
+                        resident=self.held(arrays))
 
     # -- the epochs -------------------------------------------------------------------------
 
@@ -250,5 +283,10 @@ class PhasedTrainer(Trainer):
                                        "steps": self.phase_steps[run.name]
                                        - steps_before[run.name]}
                             for run in stepped}
-        self._finish_epoch(record, val, val_name, n, elapsed)
+        if self.kind == "sequence":
+            self.validated_phases = [active[0].name]
+        try:
+            self._finish_epoch(record, val, val_name, n, elapsed)
+        finally:
+            self.validated_phases = None
         return record
