@@ -328,7 +328,10 @@ lrn.vjp(lambda b, node, g: [b.add("lrn_grad", [b.operands(node)[0], g], **b.attr
 # per-channel sums accumulate in float64 workspaces in one pass (Σx, Σx², and for the
 # gradients Σg, Σg·x).  In the training step the forward kernel also moves the running
 # statistics, written in place into the buffers (passed to the program like parameters), as
-# the state rule does after a reference step; the gradient program leaves them alone.
+# the state rule does after a reference step; the gradient program leaves them alone, but
+# for a data-parallel run's, whose statistics are the whole batch's: its kernels sum the
+# per-channel sums across the processes (`Kernel.sum_across_processes`) before using them,
+# forward and backward, and it moves the running statistics as the step would.
 # Elementwise ops that follow a batch norm (its activation) run in its output loop.
 
 def _batchnorm_kernel(k):
@@ -342,8 +345,16 @@ def _batchnorm_kernel(k):
     buffers = k.graph.operands(k.node)[3:5]
     last = not any(k.graph.op(n) == "batchnorm" and k.graph.operands(n)[3:5] == buffers
                    for n in later)
-    k.line(f"{k.helper('batchnorm_coefficients')}({x}, {weight}, {rm}, {rv}, {acc}, {coef}, "
-           f"{k.attrs['eps']!r}, {k.attrs['momentum']!r}, {train}, {train and k.updates_state and last})")
+    update = train and k.updates_state and last
+    if train and k.statistics_across_processes:
+        rows = k.fresh("rows")
+        k.line(f"{rows} = {k.helper('batchnorm_sums')}({x}, {acc}, {x}, False)")
+        total = k.sum_across_processes(acc, rows, with_gradients=False)
+        k.line(f"{k.helper('batchnorm_coefficients_from_sums')}({weight}, {rm}, {rv}, {acc}, "
+               f"{coef}, {total}, {k.attrs['eps']!r}, {k.attrs['momentum']!r}, True, {update})")
+    else:
+        k.line(f"{k.helper('batchnorm_coefficients')}({x}, {weight}, {rm}, {rv}, {acc}, "
+               f"{coef}, {k.attrs['eps']!r}, {k.attrs['momentum']!r}, {train}, {update})")
     if not k.fused:
         k.line(f"{k.helper('batchnorm_apply')}({x}, {coef}, {bias}, {k.out})")
         return
@@ -359,12 +370,31 @@ def _batchnorm_kernel(k):
 
 def _batchnorm_grad_input_kernel(k):
     x, weight, rm, rv, g = k.ins
+    if k.mode == "train" and k.statistics_across_processes:
+        # The whole batch's Σg and Σg·x̂ too: dx of an example depends on every example's dy.
+        acc = k.workspace(0)
+        rows = k.fresh("rows")
+        k.line(f"{rows} = {k.helper('batchnorm_sums')}({x}, {acc}, {g}, True)")
+        total = k.sum_across_processes(acc, rows, with_gradients=True)
+        k.line(f"{k.helper('batchnorm_grad_input_from_sums')}({x}, {g}, {weight}, {k.out}, "
+               f"{acc}, {k.workspace(1)}, {total}, {k.attrs['eps']!r})")
+        return
     k.line(f"{k.helper('batchnorm_grad_input')}({x}, {g}, {weight}, {rm}, {rv}, {k.out}, "
            f"{k.workspace(0)}, {k.workspace(1)}, {k.attrs['eps']!r}, {k.mode == 'train'})")
 
 
 def _batchnorm_grad_weight_kernel(k):
     x, rm, rv, g = k.ins
+    if k.mode == "train" and k.statistics_across_processes:
+        # The whole batch's statistics, this process's Σg·x̂: the weight's gradient is summed
+        # across the processes with the others.
+        acc = k.workspace(0)
+        rows = k.fresh("rows")
+        k.line(f"{rows} = {k.helper('batchnorm_sums')}({x}, {acc}, {g}, True)")
+        total = k.sum_across_processes(acc, rows, with_gradients=False)
+        k.line(f"{k.helper('batchnorm_grad_weight_from_sums')}({rm}, {rv}, {k.out}, {acc}, "
+               f"{total}, {k.attrs['eps']!r}, True)")
+        return
     k.line(f"{k.helper('batchnorm_grad_weight')}({x}, {g}, {rm}, {rv}, {k.out}, "
            f"{k.workspace(0)}, {k.attrs['eps']!r}, {k.mode == 'train'})")
 
