@@ -16,9 +16,10 @@ import warnings
 
 import numpy as np
 
-# Numba warns that the object-mode block of a synchronised pass takes the GIL although the
-# function is compiled with nogil=True: it must, to call MPI, and the pass is serial there.
-warnings.filterwarnings("ignore", message="Code running in object mode won't allow parallel")
+# Numba warns, once per batch norm, that the object-mode block of a synchronised pass takes
+# the GIL although the function is compiled with nogil=True: it must, to call MPI, and the
+# pass is serial there.  (The message starts with terminal colour codes, hence the `.*`.)
+warnings.filterwarnings("ignore", message=".*Code running in object mode won't allow parallel")
 
 _reduction = None
 
