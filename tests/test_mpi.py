@@ -345,6 +345,63 @@ def test_batch_norm_refuses_a_last_batch_that_leaves_a_process_none(tmp_path):
             "and batch norm needs statistics from every process") in err
 
 
+HALVES = """
+import os, sys
+from types import SimpleNamespace
+import numpy as np
+import netlang
+from netlang.runtime import make_engine
+from netlang.train.distributed import DataParallelSteps, world
+from netlang.train.metrics import MetricAccumulator
+engine = make_engine(netlang.compile(sys.argv[1]).graph, seed=0)
+rng = np.random.default_rng(1)
+batches = [{"x": rng.normal(size=(16, 2)).astype(np.float32),
+            "label": rng.integers(0, 3, size=16)} for _ in range(200)]
+ranks = world()
+if ranks is not None:
+    steps = DataParallelSteps(engine, None, MetricAccumulator(None), ranks, SimpleNamespace(
+        stop_requested=False, agree_to_stop=lambda agreed: None), every=50)
+    steps.start()
+    start, stop = ranks.bounds(16)
+    for batch in batches:
+        steps.step({k: v[start:stop] for k, v in batch.items()}, 16, 0.01, 0, 1)
+else:
+    for batch in batches:
+        state, total = engine.rng.bit_generator.state, 0
+        for start in (0, 8):
+            engine.rng.bit_generator.state = state   # each process draws the same key
+            engine.example_offset = start
+            _, grads, _ = engine.gradients({k: v[start:start + 8] for k, v in batch.items()})
+            total = total + np.concatenate([(grads[n] * np.float32(0.5)).ravel()
+                                            for n in engine.trainable])
+        engine.example_offset, at = 0, 0
+        update = {}
+        for n in engine.trainable:
+            update[n] = total[at:at + engine.params[n].size].reshape(engine.params[n].shape)
+            at += engine.params[n].size
+        engine.apply_gradients(update, 0.01)
+np.savez(os.path.join(sys.argv[2], os.environ.get("PMI_RANK", "alone")),
+         **{n: engine.params[n] for n in engine.trainable})
+"""
+
+
+@needs_mpi
+def test_two_processes_sum_what_one_sums_from_two_halves(tmp_path, mlp):
+    """200 float32 steps of the MLP with dropout: 2 processes end bit for bit where one
+    process ends that computes each half of every batch apart, weights each gradient by 0.5
+    and adds them: the data-parallel step computes exactly that sum; what parts it from one
+    process's training is the fused step's rounding (docs/scaling.md)."""
+    script = tmp_path / "halves.py"
+    script.write_text(HALVES)
+    for processes in (1, 2):
+        status, _, err = run([sys.executable, str(script), str(mlp), str(tmp_path)],
+                             processes=processes)
+        assert status == 0, err
+    alone, shared = np.load(tmp_path / "alone.npz"), np.load(tmp_path / "0.npz")
+    for name in alone.files:
+        assert np.array_equal(alone[name], shared[name]), name
+
+
 KILLABLE = """
 import os, sys
 from pathlib import Path
