@@ -118,10 +118,9 @@ class Kernel:
         returns the variable holding the whole batch's rows.  Object mode, as MPI is called
         from Python."""
         total = self.fresh("rows")
-        self.helper("objmode", "numba")
-        with self.block(f"with objmode({total}='int64'):"):
-            self.line(f"{total} = {self.helper('sum_batch_statistics', 'netlang.runtime.statistics')}"
-                      f"({sums}, {rows}, {with_gradients})")
+        reduce = self.helper("sum_batch_statistics", "netlang.runtime.statistics")
+        with self.block(f"with {self.helper('objmode', 'numba')}({total}='int64'):"):
+            self.line(f"{total} = {reduce}({sums}, {rows}, {with_gradients})")
         return total
 
     def key(self) -> str:
