@@ -19,8 +19,8 @@ beside the figures).
   the model's penalties, `EngineBase.apply_gradients`);
 - `allreduce_ms` (K > 1): MPI Allreduce of the model's gradients in one flat buffer, and
   split into 4 and 16 buckets;
-- `step_ms` (K > 1): a whole data-parallel step as training runs it (gradients, copy into
-  the buffer, allreduce, update).
+- `step_ms` (K > 1): a whole data-parallel step as training runs it (gradients, with batch
+  norm's statistics summed across the processes, copy into the buffer, allreduce, update).
 
 Under mpiexec every rank also sweeps Allreduce over float32 messages of 4 B to 64 MiB.  `--project` reads the two files and
 prints the projection: a step on K nodes costs
