@@ -19,8 +19,8 @@ beside the figures).
   the model's penalties, `EngineBase.apply_gradients`);
 - `allreduce_ms` (K > 1): MPI Allreduce of the model's gradients in one flat buffer, and
   split into 4 and 16 buckets;
-- `step_ms` (K > 1): a whole data-parallel step as training runs it (gradients, copy into
-  the buffer, allreduce, update).
+- `step_ms` (K > 1): a whole data-parallel step as training runs it (gradients, with batch
+  norm's statistics summed across the processes, copy into the buffer, allreduce, update).
 
 Under mpiexec every rank also sweeps Allreduce over float32 messages of 4 B to 64 MiB.  `--project` reads the two files and
 prints the projection: a step on K nodes costs
@@ -54,7 +54,11 @@ sys.path.insert(0, str(ROOT))
 import netlang  # noqa: E402  (after the checkout is on the path)
 from netlang.bench import random_feeds  # noqa: E402
 from netlang.runtime import make_engine  # noqa: E402
-from netlang.train.distributed import DataParallelSteps, world  # noqa: E402
+from netlang.train.distributed import (  # noqa: E402
+    DataParallelSteps,
+    share_batch_statistics,
+    world,
+)
 from netlang.train.metrics import MetricAccumulator  # noqa: E402
 
 MODELS = {"mlp_500_300": "examples/mlp_500_300.net", "lenet5": "examples/lenet5.net",
@@ -115,6 +119,10 @@ def measure_model(name: str, ranks, repeats: int, batch_size: int | None = None)
     size = ranks.size if ranks is not None else 1
     share = batch // size
     engine = make_engine(model.graph, seed=0)
+    if ranks is not None:
+        # Batch norm's statistics summed across the processes, as training sums them: only
+        # the whole step (`step_ms`) does, `gradients_ms` times the pass on its share alone.
+        share_batch_statistics(engine)
     lr = float(engine.config.optimizer.args["lr"])
     feeds = random_feeds(model.graph, share, np.float32, np.random.default_rng(0))
     params = sum(engine.params[n].size for n in engine.trainable)

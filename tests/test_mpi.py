@@ -45,16 +45,38 @@ train {
 }
 """
 
+# A small CNN with batch norm after its convolution and its dense layer, fitted by `FIT_CNN`
+# on random 6×6 images (as many as its third argument says).
 BATCHNORM = """
-input x: [2]
+input image: [6, 6, 1]
 input label: int32[]
-output logits = x -> dense(8) -> batchnorm -> relu -> dense(3)
+output logits = image
+  -> conv2d(4, 3, bias = false) -> batchnorm(momentum = 0.2) -> relu -> maxpool(2)
+  -> flatten -> dense(8, bias = false) -> batchnorm -> tanh -> dense(3)
 train {
   loss cross_entropy(logits, label)
+  optimizer sgd(lr = 0.05, momentum = 0.9)
   batch_size 16
-  epochs 1
-  data blobs
+  epochs 4
+  val_split 0.2
+  metrics accuracy
 }
+"""
+
+FIT_CNN = """
+import json, os, sys
+from pathlib import Path
+import numpy as np
+import netlang
+rng = np.random.default_rng(0)
+x = rng.normal(size=(int(sys.argv[3]), 6, 6, 1)).astype(np.float32)
+y = ((x[:, :3].sum(axis=(1, 2, 3)) > 0).astype(np.int32)
+     + (x[:, :, :3].sum(axis=(1, 2, 3)) > 1).astype(np.int32))
+model = netlang.compile(sys.argv[1])
+history = model.fit(x, y, verbose=0)
+name = os.environ.get("PMI_RANK", "alone")
+Path(sys.argv[2], name + ".json").write_text(json.dumps(history["loss"] + history["val_loss"]))
+np.savez(Path(sys.argv[2], name + ".npz"), **model.parameters(), **model.buffers())
 """
 
 
@@ -283,12 +305,101 @@ def test_a_batch_the_processes_cannot_share_is_refused(tmp_path, mlp):
 
 
 @needs_mpi
-def test_batch_norm_across_processes_is_refused_as_pending(tmp_path):
-    model = tmp_path / "bn.net"
+def test_batch_norm_across_processes_trains_as_one_process(tmp_path):
+    """324 steps of a CNN with two batch norms, each process normalising with the whole
+    batch's statistics: 2 processes' per-epoch losses are one process's to 1e-5, and so
+    are their weights and running statistics, alike in both processes.  1,604 images leave
+    1,283 to train on: each epoch ends with a batch of 3, which the processes share 2 and 1
+    (`DataParallelSteps.sum_statistics` weights their Σg)."""
+    model, script = tmp_path / "bn.net", tmp_path / "fit.py"
     model.write_text(BATCHNORM)
-    status, _, err = run(train_command(model, tmp_path / "run"), processes=2)
+    script.write_text(FIT_CNN)
+    for processes in (1, 2):
+        status, _, err = run([sys.executable, str(script), str(model), str(tmp_path), "1604"],
+                             processes=processes)
+        assert status == 0, err
+    single = json.loads((tmp_path / "alone.json").read_text())
+    alone = np.load(tmp_path / "alone.npz")
+    ranks = [np.load(tmp_path / f"{rank}.npz") for rank in (0, 1)]
+    assert any("running_var" in name for name in alone.files)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"{rank}.json").read_text()) == pytest.approx(single,
+                                                                                  rel=1e-5)
+    for name in alone.files:
+        assert np.array_equal(ranks[0][name], ranks[1][name]), name
+        np.testing.assert_allclose(ranks[0][name], alone[name], rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+
+
+@needs_mpi
+def test_batch_norm_refuses_a_last_batch_that_leaves_a_process_none(tmp_path):
+    """1,601 images leave 1,281 to train on, and a last batch of 1: the other process would
+    have no statistics to contribute."""
+    model, script = tmp_path / "bn.net", tmp_path / "fit.py"
+    model.write_text(BATCHNORM)
+    script.write_text(FIT_CNN)
+    status, _, err = run([sys.executable, str(script), str(model), str(tmp_path), "1601"],
+                         processes=2)
     assert status != 0
-    assert "synchronising them across 2 MPI processes is pending" in err
+    assert ("the last batch of epoch 1 has 1 example, fewer than the 2 MPI processes, "
+            "and batch norm needs statistics from every process") in err
+
+
+HALVES = """
+import os, sys
+from types import SimpleNamespace
+import numpy as np
+import netlang
+from netlang.runtime import make_engine
+from netlang.train.distributed import DataParallelSteps, world
+from netlang.train.metrics import MetricAccumulator
+engine = make_engine(netlang.compile(sys.argv[1]).graph, seed=0)
+rng = np.random.default_rng(1)
+batches = [{"x": rng.normal(size=(16, 2)).astype(np.float32),
+            "label": rng.integers(0, 3, size=16)} for _ in range(200)]
+ranks = world()
+if ranks is not None:
+    steps = DataParallelSteps(engine, None, MetricAccumulator(None), ranks, SimpleNamespace(
+        stop_requested=False, agree_to_stop=lambda agreed: None), every=50)
+    steps.start()
+    start, stop = ranks.bounds(16)
+    for batch in batches:
+        steps.step({k: v[start:stop] for k, v in batch.items()}, 16, 0.01, 0, 1)
+else:
+    for batch in batches:
+        state, total = engine.rng.bit_generator.state, 0
+        for start in (0, 8):
+            engine.rng.bit_generator.state = state   # each process draws the same key
+            engine.example_offset = start
+            _, grads, _ = engine.gradients({k: v[start:start + 8] for k, v in batch.items()})
+            total = total + np.concatenate([(grads[n] * np.float32(0.5)).ravel()
+                                            for n in engine.trainable])
+        engine.example_offset, at = 0, 0
+        update = {}
+        for n in engine.trainable:
+            update[n] = total[at:at + engine.params[n].size].reshape(engine.params[n].shape)
+            at += engine.params[n].size
+        engine.apply_gradients(update, 0.01)
+np.savez(os.path.join(sys.argv[2], os.environ.get("PMI_RANK", "alone")),
+         **{n: engine.params[n] for n in engine.trainable})
+"""
+
+
+@needs_mpi
+def test_two_processes_sum_what_one_sums_from_two_halves(tmp_path, mlp):
+    """200 float32 steps of the MLP with dropout: 2 processes end bit for bit where one
+    process ends that computes each half of every batch apart, weights each gradient by 0.5
+    and adds them: the data-parallel step computes exactly that sum; what parts it from one
+    process's training is the fused step's rounding (docs/scaling.md)."""
+    script = tmp_path / "halves.py"
+    script.write_text(HALVES)
+    for processes in (1, 2):
+        status, _, err = run([sys.executable, str(script), str(mlp), str(tmp_path)],
+                             processes=processes)
+        assert status == 0, err
+    alone, shared = np.load(tmp_path / "alone.npz"), np.load(tmp_path / "0.npz")
+    for name in alone.files:
+        assert np.array_equal(alone[name], shared[name]), name
 
 
 KILLABLE = """

@@ -3,7 +3,6 @@
 import numpy as np
 
 from netlang.ops.norm_loops import GOLDEN, MIX1, MIX2, dropout_bits
-from netlang.ops.onnx_forms import channels_first_perm, laid_out, passthrough
 from netlang.ops.registry import ParamSpec, always, define_internal, define_op, elementwise_same, same_type_as
 from netlang.ops.schema import Arg, FLOAT, INT, LAYER
 
@@ -328,8 +327,20 @@ lrn.vjp(lambda b, node, g: [b.add("lrn_grad", [b.operands(node)[0], g], **b.attr
 # per-channel sums accumulate in float64 workspaces in one pass (Σx, Σx², and for the
 # gradients Σg, Σg·x).  In the training step the forward kernel also moves the running
 # statistics, written in place into the buffers (passed to the program like parameters), as
-# the state rule does after a reference step; the gradient program leaves them alone.
-# Elementwise ops that follow a batch norm (its activation) run in its output loop.
+# the state rule does after a reference step; the gradient program leaves them alone, but for
+# a data-parallel run's (`_whole_batch_sums`).  An activation after a batch norm runs in its
+# output loop.
+
+
+def _whole_batch_sums(k, x, g, with_gradients: bool):
+    """In a data-parallel gradient pass, emits the per-channel sums of x and g into workspace 0
+    summed across the processes (Σg and Σg·x too `with_gradients`), and returns the variable
+    of the whole batch's rows; elsewhere None."""
+    if k.mode != "train" or not k.statistics_across_processes:
+        return None
+    rows = k.fresh("rows")
+    k.line(f"{rows} = {k.helper('batchnorm_sums')}({x}, {k.workspace(0)}, {g}, {g != x})")
+    return k.sum_across_processes(k.workspace(0), rows, with_gradients)
 
 def _batchnorm_kernel(k):
     x, weight, bias, rm, rv = k.ins
@@ -342,8 +353,15 @@ def _batchnorm_kernel(k):
     buffers = k.graph.operands(k.node)[3:5]
     last = not any(k.graph.op(n) == "batchnorm" and k.graph.operands(n)[3:5] == buffers
                    for n in later)
-    k.line(f"{k.helper('batchnorm_coefficients')}({x}, {weight}, {rm}, {rv}, {acc}, {coef}, "
-           f"{k.attrs['eps']!r}, {k.attrs['momentum']!r}, {train}, {train and k.updates_state and last})")
+    settings = f"{k.attrs['eps']!r}, {k.attrs['momentum']!r}, {train}, " \
+               f"{train and k.updates_state and last}"
+    total = _whole_batch_sums(k, x, x, with_gradients=False)
+    if total is None:
+        k.line(f"{k.helper('batchnorm_coefficients')}({x}, {weight}, {rm}, {rv}, {acc}, "
+               f"{coef}, {settings})")
+    else:
+        k.line(f"{k.helper('batchnorm_coefficients_from_sums')}({weight}, {rm}, {rv}, {acc}, "
+               f"{coef}, {total}, {settings})")
     if not k.fused:
         k.line(f"{k.helper('batchnorm_apply')}({x}, {coef}, {bias}, {k.out})")
         return
@@ -359,12 +377,24 @@ def _batchnorm_kernel(k):
 
 def _batchnorm_grad_input_kernel(k):
     x, weight, rm, rv, g = k.ins
+    # The whole batch's Σg and Σg·x̂ too: an example's dx depends on every example's dy.
+    total = _whole_batch_sums(k, x, g, with_gradients=True)
+    if total is not None:
+        k.line(f"{k.helper('batchnorm_grad_input_from_sums')}({x}, {g}, {weight}, {k.out}, "
+               f"{k.workspace(0)}, {k.workspace(1)}, {total}, {k.attrs['eps']!r})")
+        return
     k.line(f"{k.helper('batchnorm_grad_input')}({x}, {g}, {weight}, {rm}, {rv}, {k.out}, "
            f"{k.workspace(0)}, {k.workspace(1)}, {k.attrs['eps']!r}, {k.mode == 'train'})")
 
 
 def _batchnorm_grad_weight_kernel(k):
     x, rm, rv, g = k.ins
+    # This process's Σg·x̂ alone: the step sums the weight's gradient with the others.
+    total = _whole_batch_sums(k, x, g, with_gradients=False)
+    if total is not None:
+        k.line(f"{k.helper('batchnorm_grad_weight_from_sums')}({rm}, {rv}, {k.out}, "
+               f"{k.workspace(0)}, {total}, {k.attrs['eps']!r}, True)")
+        return
     k.line(f"{k.helper('batchnorm_grad_weight')}({x}, {g}, {rm}, {rv}, {k.out}, "
            f"{k.workspace(0)}, {k.attrs['eps']!r}, {k.mode == 'train'})")
 
@@ -650,36 +680,3 @@ def _lrn_grad_cuda_kernel(k):
 lrn.cuda_kernel = _lrn_cuda_kernel
 lrn_grad.cuda_kernel = _lrn_grad_cuda_kernel
 lrn_grad.cuda_workspace = lambda in_types, out_type, a: []   # recomputes instead
-
-
-# ---- ONNX export ------------------------------------------------------------------------------
-
-
-def _onnx_batchnorm(step):
-    # Evaluation form: the running statistics, ONNX's BatchNormalization in inference mode,
-    # whose channels are axis 1 (channels first for an image or a sequence).
-    rank = step.in_types[0].rank
-    perm = channels_first_perm(rank) if rank > 2 else None
-    x = step.input(0, perm)
-    y = step.node("BatchNormalization", [x] + [step.input(i) for i in range(1, 5)],
-                  epsilon=step.attrs["eps"])
-    return laid_out(y, perm)
-
-
-def _onnx_lrn(step):
-    size = step.attrs["size"]
-    if step.in_types[0].rank != 4:
-        step.refuse("ONNX's LRN normalises images only, (H, W, C) per example")
-    if size % 2 == 0:
-        # ONNX centres an even window one channel later than PyTorch (and netlang) do.
-        step.refuse(f"an even window ({size} channels) is placed differently by ONNX's LRN; "
-                    f"use an odd size")
-    a = step.attrs
-    y = step.node("LRN", [step.channels_first(0)], size=size, alpha=a["alpha"], beta=a["beta"],
-                  bias=a["k"])
-    return laid_out(y, channels_first_perm(4))
-
-
-batchnorm.onnx_rule = _onnx_batchnorm
-lrn.onnx_rule = _onnx_lrn
-dropout.onnx_rule = passthrough   # inference: dropout is the identity

@@ -56,17 +56,23 @@ def batch_moments(acc, rows, c):
     return mean, max(acc[1, c] / n - mean * mean, 0.0)
 
 
-def batchnorm_coefficients(x, weight, running_mean, running_var, acc, coef, eps, momentum,
-                           train, update):
-    """coef[0] ← the mean and coef[1] ← weight/σ per channel: batch statistics in training
-    (and, with update, the running statistics moved towards them in place), running ones in
-    evaluation.  The output is (x − coef[0])·coef[1] + bias."""
-    C = weight.size
+def batchnorm_sums(x, acc, g, with_grad):
+    """The per-channel sums of `channel_sums` over the (rows, C) view of x (and of g, with
+    with_grad), C being acc's width; returns the rows.  A data-parallel gradient pass sums
+    them across processes before it uses them (netlang/runtime/statistics.py)."""
+    C = acc.shape[1]
     x = x.reshape((x.size // C, C))
-    rows = x.shape[0]
-    if train:
-        channel_sums(x, x, acc, False)
-    for c in range(C):
+    g = g.reshape((g.size // C, C))
+    channel_sums(x, g, acc, with_grad)
+    return x.shape[0]
+
+
+def batchnorm_coefficients_from_sums(weight, running_mean, running_var, acc, coef, rows, eps,
+                                     momentum, train, update):
+    """coef[0] ← the mean and coef[1] ← weight/σ per channel: batch statistics from the sums
+    acc over `rows` rows in training (and, with update, the running statistics moved towards
+    them in place), running ones in evaluation."""
+    for c in range(weight.size):
         if train:
             mean, var = batch_moments(acc, rows, c)
             if update:
@@ -79,6 +85,18 @@ def batchnorm_coefficients(x, weight, running_mean, running_var, acc, coef, eps,
         coef[1, c] = weight[c] / np.sqrt(var + eps)
 
 
+def batchnorm_coefficients(x, weight, running_mean, running_var, acc, coef, eps, momentum,
+                           train, update):
+    """`batchnorm_coefficients_from_sums` of x's own sums in training.  The output is
+    (x − coef[0])·coef[1] + bias."""
+    C = weight.size
+    rows = x.size // C
+    if train:
+        channel_sums(x.reshape((rows, C)), x.reshape((rows, C)), acc, False)
+    batchnorm_coefficients_from_sums(weight, running_mean, running_var, acc, coef, rows, eps,
+                                     momentum, train, update)
+
+
 def batchnorm_apply(x, coef, bias, out):
     """out = (x − coef[0])·coef[1] + bias, when no activation is fused into the loop."""
     C = bias.size
@@ -89,30 +107,39 @@ def batchnorm_apply(x, coef, bias, out):
             out[r, c] = (x[r, c] - coef[0, c]) * coef[1, c] + bias[c]
 
 
-def batchnorm_grad_input(x, g, weight, running_mean, running_var, out, acc, coef, eps, train):
-    """dx = w/σ · (g − mean(g) − x̂·mean(g·x̂)) with batch statistics, w/σ · g in evaluation,
-    written as A·g + B·x + D per channel."""
+def batchnorm_grad_input_from_sums(x, g, weight, out, acc, coef, rows, eps):
+    """dx = w/σ · (g − mean(g) − x̂·mean(g·x̂)) from the sums acc (Σx, Σx², Σg, Σg·x) over
+    `rows` rows, written as A·g + B·x + D per channel."""
     C = weight.size
     x = x.reshape((x.size // C, C))
     g = g.reshape((g.size // C, C))
     out = out.reshape((out.size // C, C))
-    rows = x.shape[0]
-    if train:
-        channel_sums(x, g, acc, True)
-        n = max(rows, 1)
+    n = max(rows, 1)
+    for c in range(C):
+        mean, var = batch_moments(acc, rows, c)
+        inv = 1.0 / np.sqrt(var + eps)
+        gxhat = (acc[3, c] - mean * acc[2, c]) * inv
+        a = weight[c] * inv
+        b = -a * inv * gxhat / n
+        coef[0, c] = a
+        coef[1, c] = b
+        coef[2, c] = -a * acc[2, c] / n - b * mean
+    for r in range(x.shape[0]):
         for c in range(C):
-            mean, var = batch_moments(acc, rows, c)
-            inv = 1.0 / np.sqrt(var + eps)
-            gxhat = (acc[3, c] - mean * acc[2, c]) * inv
-            a = weight[c] * inv
-            b = -a * inv * gxhat / n
-            coef[0, c] = a
-            coef[1, c] = b
-            coef[2, c] = -a * acc[2, c] / n - b * mean
-        for r in range(rows):
-            for c in range(C):
-                out[r, c] = coef[0, c] * g[r, c] + coef[1, c] * x[r, c] + coef[2, c]
+            out[r, c] = coef[0, c] * g[r, c] + coef[1, c] * x[r, c] + coef[2, c]
+
+
+def batchnorm_grad_input(x, g, weight, running_mean, running_var, out, acc, coef, eps, train):
+    """dx with batch statistics (`batchnorm_grad_input_from_sums` of x's and g's own sums),
+    w/σ · g in evaluation."""
+    C = weight.size
+    rows = x.size // C
+    if train:
+        channel_sums(x.reshape((rows, C)), g.reshape((rows, C)), acc, True)
+        batchnorm_grad_input_from_sums(x, g, weight, out, acc, coef, rows, eps)
     else:
+        g = g.reshape((rows, C))
+        out = out.reshape((rows, C))
         for c in range(C):
             coef[0, c] = weight[c] / np.sqrt(np.float64(running_var[c]) + eps)
         for r in range(rows):
@@ -120,19 +147,23 @@ def batchnorm_grad_input(x, g, weight, running_mean, running_var, out, acc, coef
                 out[r, c] = coef[0, c] * g[r, c]
 
 
-def batchnorm_grad_weight(x, g, running_mean, running_var, out, acc, eps, train):
-    """d weight = Σ g·x̂ per channel."""
-    C = out.size
-    x = x.reshape((x.size // C, C))
-    g = g.reshape((g.size // C, C))
-    rows = x.shape[0]
-    channel_sums(x, g, acc, True)
-    for c in range(C):
+def batchnorm_grad_weight_from_sums(running_mean, running_var, out, acc, rows, eps, train):
+    """d weight = Σ g·x̂ per channel, from the sums acc; x̂ by the batch statistics of `rows`
+    rows in training, by the running ones in evaluation."""
+    for c in range(out.size):
         if train:
             mean, var = batch_moments(acc, rows, c)
         else:
             mean, var = np.float64(running_mean[c]), np.float64(running_var[c])
         out[c] = (acc[3, c] - mean * acc[2, c]) / np.sqrt(var + eps)
+
+
+def batchnorm_grad_weight(x, g, running_mean, running_var, out, acc, eps, train):
+    """d weight = Σ g·x̂ per channel (`batchnorm_grad_weight_from_sums` of x's and g's sums)."""
+    C = out.size
+    rows = x.size // C
+    channel_sums(x.reshape((rows, C)), g.reshape((rows, C)), acc, True)
+    batchnorm_grad_weight_from_sums(running_mean, running_var, out, acc, rows, eps, train)
 
 
 # ---- local response normalisation across channels ------------------------------------------------

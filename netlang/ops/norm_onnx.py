@@ -1,13 +1,50 @@
-"""ONNX import of the normalisation family (norm.py, whose export rules sit at its end):
-BatchNormalization in inference form, LRN, and Dropout, the identity at inference.  Here and
-not in norm.py only to keep that module short enough to read."""
+"""ONNX export and import of the normalisation family (norm.py): BatchNormalization in
+inference form, LRN, and Dropout, the identity at inference.  Here and not in norm.py only to
+keep that module short enough to read."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from netlang.ops.onnx_forms import channels_first_perm, read_identity
+from netlang.ops.norm import batchnorm, dropout, lrn
+from netlang.ops.onnx_forms import channels_first_perm, laid_out, passthrough, read_identity
 from netlang.ops.registry import reads_onnx
+
+
+# ---- ONNX export ------------------------------------------------------------------------------
+
+
+def _onnx_batchnorm(step):
+    # Evaluation form: the running statistics, ONNX's BatchNormalization in inference mode,
+    # whose channels are axis 1 (channels first for an image or a sequence).
+    rank = step.in_types[0].rank
+    perm = channels_first_perm(rank) if rank > 2 else None
+    x = step.input(0, perm)
+    y = step.node("BatchNormalization", [x] + [step.input(i) for i in range(1, 5)],
+                  epsilon=step.attrs["eps"])
+    return laid_out(y, perm)
+
+
+def _onnx_lrn(step):
+    size = step.attrs["size"]
+    if step.in_types[0].rank != 4:
+        step.refuse("ONNX's LRN normalises images only, (H, W, C) per example")
+    if size % 2 == 0:
+        # ONNX centres an even window one channel later than PyTorch (and netlang) do.
+        step.refuse(f"an even window ({size} channels) is placed differently by ONNX's LRN; "
+                    f"use an odd size")
+    a = step.attrs
+    y = step.node("LRN", [step.channels_first(0)], size=size, alpha=a["alpha"], beta=a["beta"],
+                  bias=a["k"])
+    return laid_out(y, channels_first_perm(4))
+
+
+batchnorm.onnx_rule = _onnx_batchnorm
+lrn.onnx_rule = _onnx_lrn
+dropout.onnx_rule = passthrough   # inference: dropout is the identity
+
+
+# ---- ONNX import ------------------------------------------------------------------------------
 
 
 @reads_onnx("BatchNormalization", channels_first=True)

@@ -58,6 +58,10 @@ class EngineBase:
         # compute the rest of (netlang/train/distributed.py): dropout masks are drawn as that
         # batch's rows, so that they do not depend on how many processes share it.
         self.example_offset = 0
+        # Batch statistics are those of that larger batch: the training-mode gradient pass
+        # sums them across the processes (netlang/runtime/statistics.py), and moves the
+        # running statistics.  Set before the pass is first compiled.
+        self.statistics_across_processes = False
         self.layer_of = {graph.nodes[n]["name"]: graph.nodes[n]["layer"]
                          for n in list(graph.parameters().values()) + list(graph.buffers().values())}
         self.trainable = [name for name, node in graph.parameters().items()

@@ -50,9 +50,19 @@ column_sums = compiled(dense_loops.column_sums)
 
 channel_sums = compiled(norm_loops.channel_sums)
 batch_moments = compiled(norm_loops.batch_moments)
-batchnorm_coefficients = compiled(norm_loops.batchnorm_coefficients, channel_sums, batch_moments)
+batchnorm_sums = compiled(norm_loops.batchnorm_sums, channel_sums)
+batchnorm_coefficients_from_sums = compiled(norm_loops.batchnorm_coefficients_from_sums,
+                                            batch_moments)
+batchnorm_coefficients = compiled(norm_loops.batchnorm_coefficients, channel_sums,
+                                  batchnorm_coefficients_from_sums)
 batchnorm_apply = compiled(norm_loops.batchnorm_apply)
-batchnorm_grad_input = compiled(norm_loops.batchnorm_grad_input, channel_sums, batch_moments)
-batchnorm_grad_weight = compiled(norm_loops.batchnorm_grad_weight, channel_sums, batch_moments)
+batchnorm_grad_input_from_sums = compiled(norm_loops.batchnorm_grad_input_from_sums,
+                                          batch_moments)
+batchnorm_grad_input = compiled(norm_loops.batchnorm_grad_input, channel_sums,
+                                batchnorm_grad_input_from_sums)
+batchnorm_grad_weight_from_sums = compiled(norm_loops.batchnorm_grad_weight_from_sums,
+                                           batch_moments)
+batchnorm_grad_weight = compiled(norm_loops.batchnorm_grad_weight, channel_sums,
+                                 batchnorm_grad_weight_from_sums)
 lrn_forward = compiled(norm_loops.lrn_forward)
 lrn_backward = compiled(norm_loops.lrn_backward)

@@ -211,7 +211,8 @@ class CompiledProgram:
 
     target = "cpu"   # whose workspace rules the buffer plan follows
 
-    def __init__(self, graph, order, keep, dtype, function, title, update=None, mode="eval"):
+    def __init__(self, graph, order, keep, dtype, function, title, update=None, mode="eval",
+                 statistics_across_processes=False):
         self.graph = graph
         absorbed = set(update.absorbed) if update is not None else set()
         keep = [n for n in keep if n not in absorbed]
@@ -220,7 +221,10 @@ class CompiledProgram:
                                               target=self.target, workers=self.workers)
         self.program = self.render(graph, order, fusion, self.buffers, dtype=np.dtype(dtype).name,
                                    function=function, keep=keep, update=update, title=title,
-                                   mode=mode)
+                                   mode=mode,
+                                   # Only the CPU renderer sums statistics across processes.
+                                   **({"statistics_across_processes": True}
+                                      if statistics_across_processes else {}))
         self.dtype = dtype
         with timed(f"import {function}"):   # Numba compiles at the first call (see compilation)
             self.function = load_program(self.program, title)
@@ -404,9 +408,13 @@ class CpuEngine(EngineBase):
             graph, grads, grad_nodes, order, keep = (program.graph, program.gradients,
                                                      program.grad_nodes, program.order,
                                                      program.kept)
+        across = mode == "train" and self.statistics_across_processes
+        if across:
+            key = "gradients across processes"
         if key not in self._programs:
-            self._programs[key] = self.program_class(graph, order, keep, self.dtype, "gradients",
-                                                     self._title, mode=mode)
+            self._programs[key] = self.program_class(
+                graph, order, keep, self.dtype, "gradients", self._title, mode=mode,
+                **({"statistics_across_processes": True} if across else {}))
         return graph, grads, grad_nodes, self._programs[key]
 
     def _inference(self, names: tuple, with_losses: bool, mode: str = "eval"):
@@ -507,7 +515,8 @@ class CpuEngine(EngineBase):
 
     def gradients(self, feeds: dict, mode: str = "train"):
         """(loss, name → gradient, outputs) for one batch, in `mode`; parameters (and the
-        running statistics) are not changed."""
+        running statistics) are not changed, but for a data-parallel run's training-mode pass
+        (`statistics_across_processes`), which moves the running statistics."""
         feeds = self.with_noise(feeds)
         graph, grads, grad_nodes, program = self._gradient_program(check_mode(mode))
         prepared, batch = self._feeds(graph, feeds, self._input_names(program))

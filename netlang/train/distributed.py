@@ -25,8 +25,14 @@ NETLANG_MPI_TIMEOUT seconds (default 300) for the others ends the whole job with
 naming itself (MPI_Abort), and so does an error raised in one process (`Ranks.fail`): the
 others would otherwise wait for it forever.
 
-Refused in one line each (`check_supported`), and pending: synchronised batch norm (a layer
-with running statistics), training phases, and engines other than the CPU's.
+A batch norm normalises with the whole batch's statistics (synchronised batch norm): the
+gradient pass sums its per-channel sums across the processes before using them, Σx and Σx²
+forward, and Σg and Σg·x too for the input's gradient (netlang/runtime/statistics.py calls
+`DataParallelSteps.sum_statistics`), and moves the running statistics by the whole batch's,
+alike in every process.
+
+Refused in one line each (`check_supported`), and pending: training phases, and engines other
+than the CPU's.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import numpy as np
 
 from netlang.config import launched_by_mpi, mpi_timeout
 from netlang.errors import UsageError
+from netlang.runtime.statistics import reduce_statistics_with
 from netlang.train.binding import count_examples, take_examples
 from netlang.train.evaluation import evaluate
 from netlang.train.meters import divergence_error, output_value
@@ -196,12 +203,13 @@ def check_supported(ranks: Ranks, engine, phased: bool, adversarial: bool = Fals
     if adversarial:
         raise RefusedOnEveryProcess(f"adversarial training across {ranks.size} MPI processes "
                                     f"is pending: train this model in one process")
-    buffers = engine.graph.buffers()
-    if buffers:
-        layer = engine.layer_of[next(iter(buffers))]
-        raise RefusedOnEveryProcess(
-            f"layer `{layer}` normalises with batch statistics, and synchronising them across "
-            f"{ranks.size} MPI processes is pending: train this model in one process")
+
+
+def share_batch_statistics(engine) -> None:
+    """Have `engine`'s gradient pass normalise with the whole batch's statistics, summed
+    across the processes (before the pass is first compiled): a model without batch norm
+    compiles the same pass as alone."""
+    engine.statistics_across_processes = bool(engine.graph.buffers())
 
 
 class ShareOfBatches:
@@ -236,6 +244,28 @@ class DataParallelSteps:
         # The scaling benchmark compares it with buckets (benchmarks/scaling.py).
         self.buffer = np.zeros(size + 2, dtype=engine.dtype)
         self.base, self.local, self.unread = None, None, 0
+        # (this process's examples, the batch's) of the step in progress, for sum_statistics.
+        self.share = (0, 0)
+        if engine.statistics_across_processes:
+            reduce_statistics_with(self.sum_statistics)
+
+    def sum_statistics(self, sums: np.ndarray, rows: int, with_gradients: bool) -> int:
+        """A batch norm's per-channel sums over this process's `rows` rows (Σx, Σx², and
+        with_gradients Σg, Σg·x) made the whole batch's, in place; returns its rows.
+
+        Each process's g is that of its own share's mean loss: count/mine times the whole
+        batch's.  Σg and Σg·x are scaled by mine·K/count before the sum, so that every
+        process's count alike (K times the batch's), and back after, so that each process's
+        input gradient stays its own loss's, which the step weights by mine/count as it does
+        every gradient.  The scale is 1 when the batch splits evenly."""
+        mine, count = self.share
+        weight = mine * self.ranks.size / count
+        if with_gradients and weight != 1.0:
+            sums[2:] *= weight
+        self.ranks.sum(sums, "summing batch-norm statistics")
+        if with_gradients and weight != 1.0:
+            sums[2:] /= weight
+        return rows * count // mine
 
     def start(self) -> None:
         """The epoch's totals so far (every process restored the same) are the base; each
@@ -247,9 +277,17 @@ class DataParallelSteps:
         """One step: this process's share `feeds` of a batch of `count` examples."""
         start, stop = self.ranks.bounds(count)
         mine, buffer, engine = stop - start, self.buffer, self.engine
+        if count < self.ranks.size and engine.statistics_across_processes:
+            raise RefusedOnEveryProcess(
+                f"the last batch of epoch {epoch + 1} has {count} example"
+                f"{'s' if count != 1 else ''}, fewer than the {self.ranks.size} MPI processes, "
+                f"and batch norm needs statistics from every process: choose a batch size "
+                f"that leaves at least {self.ranks.size} examples in the last batch, or fewer "
+                f"processes")
         outputs = None
         if mine:
             engine.example_offset = start
+            self.share = (mine, count)
             loss, grads, outputs = engine.gradients(feeds, "train")
             weight = mine / count
             for name, (a, b) in self.spans.items():

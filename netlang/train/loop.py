@@ -20,7 +20,12 @@ from netlang.errors import UsageError
 from netlang.ir.train_config import TrainConfig
 from netlang.runtime import make_engine
 from netlang.train.binding import Binding, as_arrays, bind
-from netlang.train.distributed import across_processes, check_batch_size, check_supported
+from netlang.train.distributed import (
+    across_processes,
+    check_batch_size,
+    check_supported,
+    share_batch_statistics,
+)
 from netlang.train.evaluation import evaluate, predict
 from netlang.train.overrides import apply_overrides
 from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
@@ -215,6 +220,7 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         engine.params) if has_phases(model.graph) else None
     if ranks is not None:
         check_supported(ranks, engine, runs is not None, config.adversarial is not None)
+        share_batch_statistics(engine)
     run_info = {"model": os.path.abspath(model.path) if not model.path.startswith("<")
                 else model.path, "source_hash": model.source_hash,
                 "data": spec if isinstance(spec, str) else None, "limit": limit,
