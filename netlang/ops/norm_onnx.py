@@ -10,7 +10,6 @@ from netlang.ops.norm import batchnorm, dropout, lrn
 from netlang.ops.onnx_forms import channels_first_perm, laid_out, passthrough, read_identity
 from netlang.ops.registry import reads_onnx
 
-
 # ---- ONNX export ------------------------------------------------------------------------------
 
 
