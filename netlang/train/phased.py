@@ -39,6 +39,7 @@ from netlang.train.schedules import learning_rate
 from netlang.train.trainer import Trainer
 from netlang.weights import rng_from_json, rng_state_to_json
 
+
 def has_phases(graph) -> bool:
     """Whether the model's file has named train sections (phases)."""
     return phases_of(graph)[0].name is not None
