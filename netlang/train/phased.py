@@ -4,7 +4,8 @@ A file with named train sections has one `Phase` per section (`graph.graph["phas
 netlang/lower/train_section.py).  Each phase trains through its own engine: a copy of the
 model's graph whose losses are the phase's, with the phase's settings, so its step program is
 differentiated only to the parameters it updates, and its optimiser holds only their moments.
-The engines share one `params` dict, so a step of one phase is seen by the next.
+The engines share one `params` mapping (on the CUDA engine one DeviceMirror, the arrays on the
+device), so a step of one phase is seen by the next.
 
 The order is the unnamed section's `phases`:
 
