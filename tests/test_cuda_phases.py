@@ -107,26 +107,35 @@ def gaussian_data(n: int = 7) -> dict:
     return {"x": np.random.default_rng(3).normal(size=(n, 5)).astype(np.float32)}
 
 
-# (model, its data): an alternation fed by noise alone in one phase, an alternation with
-# `update` and `freeze` and an optimiser per phase, a sequence, and the RBMs.
+# (model, its data, its validation data or None): an alternation fed by noise alone in one
+# phase, an alternation with `update` and `freeze` and an optimiser per phase, a sequence
+# validated after each epoch (each phase's loss on the set the model's engine holds), and the
+# RBMs.
 RUNS = {
-    "gan": (TINY_GAN, gan_data),
-    "two_heads": (TWO_HEADS, lambda: two_head_data(12)),
-    "pretrain_finetune": (PRETRAIN_FINETUNE, lambda: classes_data(16)),
-    "dbn": (TINY_DBN, unit_classes),
-    "gaussian_rbm": (GAUSSIAN_RBM, gaussian_data),
+    "gan": (TINY_GAN, gan_data, None),
+    "two_heads": (TWO_HEADS, lambda: two_head_data(12), None),
+    "pretrain_finetune": (PRETRAIN_FINETUNE, lambda: classes_data(16),
+                          lambda: classes_data(8, seed=1)),
+    "dbn": (TINY_DBN, unit_classes, None),
+    "gaussian_rbm": (GAUSSIAN_RBM, gaussian_data, None),
 }
 
 
 def _run(name: str, device: str, **options):
-    source, data = RUNS[name]
+    source, data, validation = RUNS[name]
+    if validation is not None:
+        options["validation_data"] = validation()
     return train(compile_text(source, f"{name}.net"), x=data(), device=device,
                  evaluate_test=False, **options)
 
 
 def _phase_losses(history) -> list:
-    return [(record["epoch"], phase, values["loss"]) for record in history.records
-            for phase, values in sorted(record.get("phases", {"": record}).items())]
+    """(epoch, phase, loss) of every phase that stepped, then of every phase validated."""
+    stepped = [(record["epoch"], phase, values["loss"]) for record in history.records
+               for phase, values in sorted(record.get("phases", {"": record}).items())]
+    validated = [(record["epoch"], f"val {phase}", loss) for record in history.records
+                 for phase, loss in sorted(record.get("val_phases", {}).items())]
+    return stepped + validated
 
 
 @needs_cuda
