@@ -39,6 +39,7 @@ def _model_rows(a: dict, width: int) -> tuple:
 
 
 def _per_example(width: int) -> tuple:
+    """A float64 workspace spec of `width` values per example."""
     return ((width,), True, "acc64")
 
 
@@ -53,17 +54,24 @@ def _sizes(weight_type) -> tuple[int, int]:
     return int(hidden), int(visible)
 
 
+def _hidden_probability(k, v: str, weight: str, bias: str, hidden: int, visible: int) -> str:
+    """In a kernel with a thread per (row, hidden unit), thread q's row `r`, unit `j` and
+    p = σ(Σᵢ v[r, i]·W[j, i] + c[j]) (float64); returns the variable holding p."""
+    k.line(f"r = q // {hidden}")
+    k.line(f"j = q % {hidden}")
+    k.line("acc = 0.0")
+    with k.block(f"for i in range({visible}):"):
+        k.line(f"acc += np.float64({v}[r, i]) * np.float64({weight}[j, i])")
+    k.line(f"p = {_logistic(f'acc + np.float64({bias}[j])')}")
+    return "p"
+
+
 def _hidden_probabilities(k, v: str, rows: str, weight: str, bias: str, out: str,
                           hidden: int, visible: int, scale=None) -> None:
-    """out[r, j] ← σ(Σᵢ v[r, i]·W[j, i] + c[j]), times `scale(r)` when given (the row's weight
-    in a gradient): a thread per (row, hidden unit)."""
+    """out[r, j] ← p(h_j = 1 | v[r]), times `scale(r)` when given (the row's weight in a
+    gradient)."""
     with k.parallel(f"{rows} * {hidden}", "q"):
-        k.line(f"r = q // {hidden}")
-        k.line(f"j = q % {hidden}")
-        k.line("acc = 0.0")
-        with k.block(f"for i in range({visible}):"):
-            k.line(f"acc += np.float64({v}[r, i]) * np.float64({weight}[j, i])")
-        p = _logistic(f"acc + np.float64({bias}[j])")
+        p = _hidden_probability(k, v, weight, bias, hidden, visible)
         k.line(f"{out}[r, j] = {p}" + (f" * ({scale('r')})" if scale else ""))
 
 
@@ -85,15 +93,11 @@ def emit_gibbs_chain(k, start: str, rows: str, weight: str, bias: str, visible_b
         hidden_base = k.host_value(f"{index}(2 * {s}, {rows}, {hidden}, {visible})", "hb")
         visible_base = k.host_value(f"{index}(2 * {s} + 1, {rows}, {hidden}, {visible})", "vb")
         with k.parallel(f"{rows} * {hidden}", "q"):
-            # Thread q is unit j = q % hidden of row r = q // hidden: its draw is q's.
-            k.line(f"r = q // {hidden}")
-            k.line(f"j = q % {hidden}")
-            k.line("acc = 0.0")
-            with k.block(f"for i in range({visible}):"):
-                k.line(f"acc += {v}[r, i] * np.float64({weight}[j, i])")
-            k.line(f"p = {_logistic(f'acc + np.float64({bias}[j])')}")
+            p = _hidden_probability(k, v, weight, bias, hidden, visible)
+            # Thread q is unit j = q % hidden of row r = q // hidden: its draw is number q of
+            # the step's block, as gibbs_chain's index r·hidden + j.
             draw = cuda_uniform(k, key, f"{hidden_base} + q")
-            k.line(f"{h}[r, j] = 1.0 if {draw} < p else 0.0")
+            k.line(f"{h}[r, j] = 1.0 if {draw} < {p} else 0.0")
         with k.parallel(f"{rows} * {visible}", "q"):
             k.line(f"r = q // {visible}")
             k.line(f"i = q % {visible}")
