@@ -40,10 +40,12 @@ def mnist_dir() -> Path:
 
 
 # ---- the CUDA back end -----------------------------------------------------------------------
-# tests/test_cuda.py and tests/test_conformance.py run twice: in the main pass (a GPU, if there
-# is one; otherwise only the tests that need none), and again under Numba's CUDA simulator in
-# its own process, since NUMBA_ENABLE_CUDASIM must be set before Numba is imported:
-#     NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda.py tests/test_conformance.py
+# tests/test_cuda.py, test_conformance.py and test_cuda_phases.py run twice: in the main pass
+# (a GPU, if there is one; otherwise only the tests that need none), and again under Numba's
+# CUDA simulator in its own process, since NUMBA_ENABLE_CUDASIM must be set before Numba is
+# imported:
+#     NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda.py tests/test_conformance.py \
+#         tests/test_cuda_phases.py
 # The simulator runs every GPU thread as a Python thread: the sizes below shrink its work, and
 # a short switch interval keeps its threads from waiting out the default 5 ms slices.
 

@@ -45,14 +45,13 @@ ENGINE_CLASSES = {engine.name: engine for engine in (ReferenceEngine, CpuEngine,
 
 # Ops an engine cannot run yet, with the reason.  An op that gains its forward rule or kernel
 # fails test_every_kernel_is_present_or_pending until it leaves this table.
-_RBM_ON_CUDA = "the RBM's CUDA kernels are pending (its loop nests call CPU helpers)"
-PENDING: dict = {"reference": {}, "cpu": {},
-                 "cuda": {op: _RBM_ON_CUDA for op in ("rbm", "rbm_chain", "rbm_gap",
-                                                      "rbm_gap_grad")}}
+PENDING: dict = {"reference": {}, "cpu": {}, "cuda": {}}
 
-# A model for each layer an engine cannot run, to see that engine refuse it (the RBM on CUDA;
-# test_cuda.py also sees an op without a CUDA kernel refused); the op of
-# each gradient case, so that the walk leaves out the cases of ops an engine has no kernel for.
+# A model for each layer whose kernels an engine lacked (the RBM, on CUDA until
+# netlang/ops/rbm_cuda.py): every engine must have them or list them in PENDING, and one that
+# lists them refuses the model in one line (test_cuda.py also sees an op without a CUDA kernel
+# refused); the op of each gradient case, so that the walk leaves out the cases of ops an
+# engine has no kernel for.
 CASE_OPS = {case.id: op for op, cases in CASES.items() for case in cases}
 PENDING_MODELS: dict = {
     "rbm": "input x: [4]\ng = x -> rbm(3) as layer\noutput g\ntrain { loss g }\n",
@@ -74,6 +73,12 @@ COMPOSITES = [
         output h = x -> dense(3, share = r) -> sigmoid
         output g
         train { loss g }""", draw={"x": unit_interval}),
+    # Gaussian visible units drawn by persistent chains (normal draws; the mean over chains).
+    Case("composite_rbm_gaussian", """
+        input x: [4]
+        g = x -> rbm(3, k = 2, visible = gaussian, persistent = true, chains = 3) as r
+        output g
+        train { loss g }"""),
     Case("composite_activations", """
         input x: [7]
         input t: [7]

@@ -783,11 +783,9 @@ def _compile_launches(program, args, tmp_path, name):
         assert ".entry" in ptx
 
 
-@needs_nvvm
-@pytest.mark.parametrize("index", range(len(PTX_MODELS)))
-def test_every_generated_kernel_compiles_to_ptx(index, tmp_path):
-    graph, program = _render(PTX_MODELS[index])
-    batch = 3
+def ptx_arguments(graph, program, batch: int = 3) -> list:
+    """Zero NumPy arrays (and a key) for a program's host function, as the engine passes them:
+    inputs of `batch` examples, parameters, optimiser state and planned buffers."""
     args = []
     for arg in program.args:
         if arg.kind == "input":
@@ -804,7 +802,15 @@ def test_every_generated_kernel_compiles_to_ptx(index, tmp_path):
         else:
             shape, batched, dtype = _slot(program, arg.key)
             args.append(np.zeros(((batch,) if batched else ()) + tuple(shape), dtype))
-    _compile_launches(program, args + [0.1, 1], tmp_path, f"ptx_{index}")
+    return args
+
+
+@needs_nvvm
+@pytest.mark.parametrize("index", range(len(PTX_MODELS)))
+def test_every_generated_kernel_compiles_to_ptx(index, tmp_path):
+    graph, program = _render(PTX_MODELS[index])
+    _compile_launches(program, ptx_arguments(graph, program) + [0.1, 1], tmp_path,
+                      f"ptx_{index}")
 
 
 @needs_nvvm

@@ -299,10 +299,3 @@ def test_errors_point_at_their_cause(source, message):
     with pytest.raises(NetlangError, match=message) as raised:
         netlang.compile(source, path="bad.net")
     assert "bad.net:" in str(raised.value)
-
-
-def test_cuda_refuses_the_rbm_in_one_line():
-    from netlang.runtime import CudaEngine
-    graph = netlang.compile("input x: [4]\ng = x -> rbm(3) as r\noutput g\n"
-                            "train { loss g }\n").graph
-    assert "rbm" in CudaEngine.missing_kernels(graph, list(graph.nodes))

@@ -21,6 +21,7 @@ from netlang.ops import (
     norm_onnx,
     pool,
     rbm,
+    rbm_cuda,
     recurrent,
     recurrent_cuda,
     recurrent_kernels,
@@ -88,6 +89,7 @@ __all__ = ["OPS", "OpDef", "ParamSpec", "ShapeContext", "ShapeProblem", "all_ops
            "stated_integer_bounds",
            # the families, imported above for the ops they register
            "activations", "conv", "conv_kernels", "core", "dense", "elementwise", "loss_terms",
-           "losses", "merge", "noise", "norm", "norm_onnx", "pool", "rbm", "recurrent", "recurrent_cuda",
+           "losses", "merge", "noise", "norm", "norm_onnx", "pool", "rbm", "rbm_cuda", "recurrent",
+           "recurrent_cuda",
            "recurrent_kernels",
            "reduce", "reshape"]

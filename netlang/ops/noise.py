@@ -240,9 +240,10 @@ bernoulli.cpu_kernel = _bernoulli_kernel
 
 # CUDA: one element per thread, the CUDA engine passing the key as a scalar.  The hash and the
 # draws are norm_loops.py's written out (a kernel calling no device function compiles to PTX
-# without a GPU), in float64 as there; tests compare the draws with the reference's.
+# without a GPU), in float64 as there; tests compare the draws with the reference's.  The RBM's
+# Gibbs sampling kernels (netlang/ops/rbm_cuda.py) draw through these too.
 
-def _cuda_bits(k, key: str, index: str) -> str:
+def cuda_bits(k, key: str, index: str) -> str:
     """Emits `dropout_bits(key, index)`; returns the variable holding it."""
     z, u = k.fresh("z"), "np.uint64"
     k.line(f"{z} = {u}({key}) + ({u}({index}) + {u}(1)) * {u}({int(GOLDEN)})")
@@ -252,19 +253,19 @@ def _cuda_bits(k, key: str, index: str) -> str:
     return z
 
 
-def _cuda_uniform(k, key: str, index: str) -> str:
+def cuda_uniform(k, key: str, index: str) -> str:
     """Emits `uniform_draw(key, index)` in float64; returns its variable."""
-    bits, value = _cuda_bits(k, key, index), k.fresh("u")
+    bits, value = cuda_bits(k, key, index), k.fresh("u")
     k.line(f"{value} = (np.float64({bits} >> np.uint64(11)) + 0.5) * {2.0 ** -53!r}")
     return value
 
 
-def _cuda_normal(k, key: str, index: str) -> str:
+def cuda_normal(k, key: str, index: str) -> str:
     """Emits normal draw `index` of stream `key` in float64 (its half of `normal_pair`: the
     cosine's for an even index, the sine's for an odd one); returns its variable."""
     pair = f"(np.uint64({index}) >> np.uint64(1))"
-    first = _cuda_uniform(k, key, f"{pair} * np.uint64(2)")
-    second = _cuda_uniform(k, key, f"{pair} * np.uint64(2) + np.uint64(1)")
+    first = cuda_uniform(k, key, f"{pair} * np.uint64(2)")
+    second = cuda_uniform(k, key, f"{pair} * np.uint64(2) + np.uint64(1)")
     angle, value = k.fresh("angle"), k.fresh("n")
     k.line(f"{angle} = {2.0 * np.pi!r} * {second}")
     k.line(f"{value} = {k.math.sqrt(f'-2.0 * {k.math.log(first)}')} * "
@@ -275,14 +276,14 @@ def _cuda_normal(k, key: str, index: str) -> str:
 def _normal_noise_cuda_kernel(k):
     out, key = k.flat(k.out), k.key()
     with k.parallel(f"{out}.size", "i"):
-        draw = _cuda_normal(k, key, "i")
+        draw = cuda_normal(k, key, "i")
         k.line(f"{out}[i] = {float(k.attrs['std'])!r} * {draw}")
 
 
 def _masking_mask_cuda_kernel(k):
     out, key = k.flat(k.out), k.key()
     with k.parallel(f"{out}.size", "i"):
-        bits = _cuda_bits(k, key, "i")
+        bits = cuda_bits(k, key, "i")
         k.line(f"{out}[i] = F(1.0) if ({bits} >> np.uint64(32)) >= "
                f"np.uint64({dropout_threshold(k.attrs['p'])}) else F(0.0)")
 
@@ -291,7 +292,7 @@ def _sample_normal_cuda_kernel(k):
     out, key = k.flat(k.out), k.key()
     mu, logvar = (k.flat(x) for x in k.ins)
     with k.parallel(f"{out}.size", "i"):
-        draw = _cuda_normal(k, key, "i")
+        draw = cuda_normal(k, key, "i")
         k.line(f"{out}[i] = np.float64({mu}[i]) + "
                f"{k.math.exp(f'0.5 * np.float64({logvar}[i])')} * {draw}")
 
@@ -299,7 +300,7 @@ def _sample_normal_cuda_kernel(k):
 def _bernoulli_cuda_kernel(k):
     out, key, p = k.flat(k.out), k.key(), k.flat(k.ins[0])
     with k.parallel(f"{out}.size", "i"):
-        draw = _cuda_uniform(k, key, "i")
+        draw = cuda_uniform(k, key, "i")
         k.line(f"{out}[i] = F(1.0) if {draw} < np.float64({p}[i]) else F(0.0)")
 
 

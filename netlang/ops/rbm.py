@@ -22,8 +22,8 @@ a deep belief net stacks RBMs on such layers and fine-tunes them with backpropag
 
 Draws come from the counter-based generator the noise ops use (one key per call; the index
 scheme is rbm_loops.py `chain_index`); the NumPy reference below and the compiled loop nests of
-rbm_loops.py compute in float64 from the same draws.  CUDA kernels are pending: the CUDA engine
-refuses these ops in one line.
+rbm_loops.py compute in float64 from the same draws, and so do the CUDA kernels of
+rbm_cuda.py.
 """
 
 from __future__ import annotations

@@ -334,11 +334,12 @@ class CudaEngine(CpuEngine):
     def __init__(self, graph, config=None, params: dict | None = None, *, seed: int = 0,
                  dtype=np.float32, input_grads=()):
         cuda = cuda_module()
-        if isinstance(params, DeviceMirror):   # another engine's weights: a host copy of them
-            params = {name: np.array(value) for name, value in params.items()}
+        # Another CUDA engine's weights are shared, as CPU engines share one dict: the phases
+        # of a training run (netlang/train/phased.py) step the same device arrays in turn.
+        shared = params if isinstance(params, DeviceMirror) else None
         super().__init__(graph, config, params, seed=seed, dtype=dtype, input_grads=input_grads)
         self.cuda = cuda
-        self.params = DeviceMirror(self.params, cuda)
+        self.params = shared if shared is not None else DeviceMirror(self.params, cuda)
         self.optimizer.state = DeviceMirror(self.optimizer.state, cuda)
         self._data_sets = weakref.WeakSet()   # uploaded and still in use: memory not free
 

@@ -4,7 +4,8 @@ A file with named train sections has one `Phase` per section (`graph.graph["phas
 netlang/lower/train_section.py).  Each phase trains through its own engine: a copy of the
 model's graph whose losses are the phase's, with the phase's settings, so its step program is
 differentiated only to the parameters it updates, and its optimiser holds only their moments.
-The engines share one `params` dict, so a step of one phase is seen by the next.
+The engines share one `params` mapping (on the CUDA engine one DeviceMirror, the arrays on the
+device), so a step of one phase is seen by the next.
 
 The order is the unnamed section's `phases`:
 
@@ -28,7 +29,7 @@ import time
 
 import numpy as np
 
-from netlang.errors import UsageError, WeightsError
+from netlang.errors import WeightsError
 from netlang.interp import needed_nodes
 from netlang.ir.train_config import Phase, TrainConfig, phases_of, reads_data
 from netlang.train.adversarial import adversarial_steps
@@ -39,9 +40,6 @@ from netlang.train.metrics import MetricAccumulator
 from netlang.train.schedules import learning_rate
 from netlang.train.trainer import Trainer
 from netlang.weights import rng_from_json, rng_state_to_json
-
-# Engines whose parameters live in host memory, so that phases can share one `params` dict.
-PHASED_ENGINES = ("cpu", "reference")
 
 
 def has_phases(graph) -> bool:
@@ -82,9 +80,6 @@ def phase_runs(graph, base: TrainConfig, make_engine, params) -> list[PhaseRun]:
         phase_graph.graph["outputs"] = {name: node for name, node in
                                         graph.graph["outputs"].items() if node in needed}
         engine = make_engine(phase_graph, config, params)
-        if engine.name not in PHASED_ENGINES:
-            raise UsageError(f"training phases run on the {' and '.join(PHASED_ENGINES)} "
-                             f"engines (the {engine.name} engine's is pending)")
         # Each phase draws its dropout keys from a stream of its own.
         engine.rng = np.random.default_rng([base.seed, 1, index])
         runs.append(PhaseRun(phase, config, engine, bind(phase_graph).head,
@@ -158,6 +153,12 @@ class PhasedTrainer(Trainer):
                                                      run.config, self.input_range)
                          for run in self.runs}
         return self.engine
+
+    def _device_meter(self):
+        """None: each phase's loss comes back after its step (MetricsOnHost), and the batches
+        from the host arrays, on every engine; the model's engine, which never steps, has no
+        training program to sum on the device."""
+        return None
 
     def _compilations(self, batch: int, evaluated: tuple, eval_batch: int) -> list:
         found = []
