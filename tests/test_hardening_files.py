@@ -340,6 +340,15 @@ def test_a_malformed_state_field_is_named_on_resume(run, edit, expected):
     assert f"{checkpoint(run) / 'state.json'}: {expected}" in message
 
 
+def test_a_batch_past_the_end_of_its_epoch_is_refused_on_resume(run):
+    # step is raised too, so the check of the batch against the steps taken passes: only
+    # the epoch's batch count (160 training examples in batches of 50: 4) can refuse it.
+    edit_state(run, lambda s: s.update(batch=10**18, step=10**18))
+    message = resume_error(run)
+    assert (f'{checkpoint(run) / "state.json"}: field "batch" must be at most the 4 batches '
+            f'of an epoch (160 examples in batches of 50), not 1000000000000000000') in message
+
+
 def test_epoch_written_as_1e400_is_refused(run):
     path = checkpoint(run) / "state.json"
     doc = json.loads(path.read_text())
