@@ -108,6 +108,17 @@ def test_train_from_the_cli_and_predict_names_on_a_folder(shapes, tmp_path, caps
            "test" in stdout
     assert json.loads((out / "summary.json").read_text())["test"]["accuracy"] >= 0.9  # chance: 1/3
     assert json.loads((out / "classes.json").read_text()) == {"classes": list(CLASSES)}
+    # eval names the classes in the confusion matrix, as predict does.
+    code, stdout, err = run(capsys, "eval", model_file(tmp_path), "--weights", out,
+                            "--device", "reference")
+    assert code == 0, err
+    matrix = stdout.split("confusion matrix:\n")[1].splitlines()
+    assert matrix[1].split() == list(CLASSES)
+    assert [row.split("|")[0].strip() for row in matrix[2:]] == list(CLASSES)
+    code, stdout, err = run(capsys, "eval", model_file(tmp_path), "--weights", out, "--json",
+                            "--device", "reference")
+    assert code == 0, err
+    assert json.loads(stdout)["classes"] == list(CLASSES)
     code, stdout, err = run(capsys, "predict", model_file(tmp_path), "--weights", out,
                             shapes / "test", "--json", "--top-k", "2")
     assert code == 0, err

@@ -55,9 +55,11 @@ def run(args: argparse.Namespace) -> int:
                       confusion=not prepared.per_character, per_head=True)
     if prepared.per_character:
         result = with_bits_per_character(result)
+    classes = _class_names(prepared, result)
     if args.json:
+        named = {"classes": list(classes)} if classes is not None else {}
         print(json.dumps({"data": spec if isinstance(spec, str) else None, "split": args.split,
-                          **result}))
+                          **result, **named}))
         return 0
     heads = result["heads"]
     print(f"{spec} {args.split}: {result['examples']:,} examples")
@@ -84,8 +86,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key + of_main:<9} {value:.4f}")
     if "confusion" in result:
         print(f"confusion matrix{of_main}:")
-        print(format_confusion(result["confusion"]))
+        print(format_confusion(result["confusion"], classes))
     return 0
+
+
+def _class_names(prepared, result: dict) -> tuple | None:
+    """The names of the classes (an image folder's), when the data has one per row of the
+    confusion matrix; None: the classes are shown by index."""
+    names = prepared.class_names
+    if names is None or len(names) != len(result.get("confusion") or ()):
+        return None
+    return names
 
 
 def _weighted_sum(heads: dict) -> str:
