@@ -202,6 +202,29 @@ def test_folder_layout_errors(tmp_path):
         load_image_folder(root)
 
 
+def test_a_class_without_images_or_a_class_count_the_model_lacks_is_an_error(tmp_path):
+    root = make_folder(tmp_path / "f", (("train", 1), ("test", 1)))
+    (root / "train" / "circle").mkdir()
+    (root / "train" / "circle" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"train/circle: class `circle` has no \.png or \.jpg "
+                                        r"images to train on"):
+        load_image_folder(root)
+    (root / "train" / "circle" / "notes.txt").unlink()
+    (root / "train" / "circle").rmdir()
+    path = tmp_path / "four.net"
+    path.write_text(CNN.replace("dense(3)", "dense(4)").replace("AUGMENT", ""))
+    model = netlang.compile(str(path))
+    model.device = "reference"
+    with pytest.raises(DataError, match=r"f: 3 classes \(bar, column, square\), but the model "
+                                        r"predicts 4"):
+        model.fit(data=f"folder:{root}", verbose=0, epochs=1)
+    with pytest.raises(DataError, match=r"f: 3 classes \(bar, column, square\), but the model "
+                                        r"predicts 2"):
+        load_dataset(f"folder:{root}", num_classes=2)
+    with pytest.raises(DataError, match=r"four\.net: not a folder"):
+        load_image_folder(path)
+
+
 def test_without_pillow_the_error_names_the_extra(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "p", (("train", 1), ("test", 1)))
     monkeypatch.setitem(sys.modules, "PIL", None)   # the import fails as if not installed

@@ -60,6 +60,9 @@ def load_image_folder(spec: str | Path, *, input_shape=None,
     check_image_size(image_size)
     text = str(spec).strip()
     root = Path(text[len(FOLDER_PREFIX):] if is_folder_spec(text) else text)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: not a folder (an image folder holds train/<class>/ and "
+                        f"test/<class>/ folders of .png or .jpg images)")
     if not root.is_dir():
         raise DataError(f"{root}: no such folder (an image folder holds train/<class>/ and "
                         f"test/<class>/ folders of .png or .jpg images)")
@@ -79,6 +82,11 @@ def load_image_folder(spec: str | Path, *, input_shape=None,
                             f"{root / 'train'} (its classes: {', '.join(classes)})")
         files[split] = [(path, label) for label, name in enumerate(classes)
                         for path in image_files(folder / name)]
+        if split == "train":   # a class never trained on could never be predicted
+            empty = next((name for name in classes if not image_files(folder / name)), None)
+            if empty is not None:
+                raise DataError(f"{folder / empty}: class `{empty}` has no .png or .jpg images "
+                                f"to train on")
         if not files[split]:
             raise DataError(f"{folder}: no .png or .jpg images in its class folders")
     shape = image_shape(files["train"][0][0], input_shape, image_size)
