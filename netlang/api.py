@@ -589,6 +589,15 @@ def import_onnx(path, output, *, weights_out=None, force: bool = False,
     existing `output` or `weights_out` is kept unless `force`.  Needs the `onnx` package; see
     docs/interchange.md."""
     output = os.fspath(output)
+    if os.path.isdir(output):
+        raise UsageError(f"{output}: a folder, not a .net file to write")
+    # Checked before anything is written, so a failure leaves no .net file without weights.
+    files = [output] + ([os.fspath(weights_out)] if weights_out is not None
+                        and os.fspath(weights_out).endswith(".safetensors") else [])
+    for file in files:
+        folder, name = os.path.split(file)
+        if folder and not os.path.isdir(folder):
+            raise UsageError(f"{folder}: no such folder to write {name} in")
     for target in (output, weights_out):
         if target is not None and os.path.exists(target) and not force:
             raise UsageError(f"{os.fspath(target)} exists: `force=True` overwrites it")

@@ -218,6 +218,24 @@ def test_a_malformed_file_is_one_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_paths_that_cannot_be_read_or_written_are_one_line_before_anything_is_written(
+        tmp_path, capsys):
+    netlang.compile("examples/mlp.net").to("reference").export(tmp_path / "mlp.onnx")
+    (tmp_path / "folder").mkdir()
+    for argv, expected in [
+            (["-o", tmp_path / "folder", "--force"],
+             f"error: {tmp_path / 'folder'}: a folder, not a .net file to write"),
+            (["-o", tmp_path / "missing" / "m.net"],
+             f"error: {tmp_path / 'missing'}: no such folder to write m.net in"),
+            (["-o", tmp_path / "m.net", "--weights-out", tmp_path / "missing" / "w.safetensors"],
+             f"error: {tmp_path / 'missing'}: no such folder to write w.safetensors in")]:
+        code, out, err = run_cli(capsys, "import", tmp_path / "mlp.onnx", *argv)
+        assert (code, err.strip()) == (2, expected)
+        assert not (tmp_path / "m.net").exists() and not (tmp_path / "missing").exists()
+    code, out, err = run_cli(capsys, "import", tmp_path / "folder", "-o", tmp_path / "m.net")
+    assert (code, err.strip()) == (2, f"error: {tmp_path / 'folder'}: a folder, not an ONNX file")
+
+
 def test_an_invalid_graph_is_one_line(tmp_path, capsys):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
