@@ -27,7 +27,7 @@ from netlang.saliency import saliency
 from netlang.sampling import NoiseModel, TextModel, TextSampler, draw_samples
 from netlang.summary import Summary, summarize
 from netlang.train.binding import as_arrays, bind, check_complete
-from netlang.train.evaluation import evaluate, predict
+from netlang.train.evaluation import check_has_loss, evaluate, predict
 from netlang.train.metrics import top_k_values
 from netlang.train.overrides import apply_overrides, override_strings
 from netlang.train.png import write_png
@@ -361,6 +361,7 @@ class Model:
         """
         if x is not None and (isinstance(x, str) or hasattr(x, "x_train")):
             data, x = x, None
+        check_has_loss(self.binding, self.path)
         per_character = False   # a text set's loss, reported in bits per character too
         if x is not None:
             arrays = self._arrays(x, y, what="evaluation data")

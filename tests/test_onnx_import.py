@@ -236,6 +236,20 @@ def test_paths_that_cannot_be_read_or_written_are_one_line_before_anything_is_wr
     assert (code, err.strip()) == (2, f"error: {tmp_path / 'folder'}: a folder, not an ONNX file")
 
 
+def test_evaluating_an_imported_model_without_a_loss_says_what_to_add(tmp_path, capsys):
+    # ONNX holds the inference pass only: the .net file written has no loss to score against.
+    netlang.compile("examples/mlp.net").to("reference").export(tmp_path / "mlp.onnx")
+    model = netlang.import_onnx(tmp_path / "mlp.onnx", tmp_path / "m.net",
+                                weights_out=tmp_path / "run", device="reference")
+    expected = f"{tmp_path / 'm.net'}: this model has no loss to evaluate: declare its target"
+    with pytest.raises(netlang.NetlangError, match=expected):
+        model.evaluate(data="mnist")
+    code, out, err = run_cli(capsys, "eval", tmp_path / "m.net", "--weights", tmp_path / "run",
+                             "--data", "mnist", "--device", "reference")
+    assert code == 2 and err.startswith(f"error: {expected}") and "--force" in err
+    assert len(err.strip().splitlines()) == 1 and out == ""
+
+
 def test_an_invalid_graph_is_one_line(tmp_path, capsys):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])

@@ -14,7 +14,7 @@ from netlang.cli.common import DATA_HELP, data_set, positive_int
 from netlang.cli.trained import add_weights_arguments, load_model
 from netlang.data.text import with_bits_per_character
 from netlang.errors import UsageError
-from netlang.train.evaluation import evaluate
+from netlang.train.evaluation import check_has_loss, evaluate
 from netlang.train.metrics import format_confusion, top_k_values
 from netlang.train.overrides import apply_overrides
 from netlang.train.prepared_data import prepare_data
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     prepared it (its overrides, normalisation and synthetic size)."""
     model, run_info = load_model(args)
     binding = model.binding
+    check_has_loss(binding, args.file)
     config = apply_overrides(model.train_config, run_info.get("overrides") or [], model.graph)
     spec = args.data or run_info.get("data") or config.data
     if spec is None:
