@@ -129,6 +129,14 @@ def test_train_from_the_cli_and_predict_names_on_a_folder(shapes, tmp_path, caps
     assert {entry["class"] for entry in first["top_k"]} <= set(CLASSES)
     right = sum(entry["predicted"] == entry["file"].split("/")[-2] for entry in result["top"])
     assert right >= 27
+    # A file that is neither an image nor an array, alone or among images, is named as such.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    for inputs in ([notes], [notes, shapes / "test" / "bar" / "000.png"]):
+        code, stdout, err = run(capsys, "predict", model_file(tmp_path), "--weights", out,
+                                *inputs, "--device", "reference")
+        assert code == 2
+        assert err == f"error: {notes}: expected an .npy array or a PNG or JPEG image\n"
     code, stdout, _ = run(capsys, "predict", model_file(tmp_path), "--weights", out,
                           shapes / "test" / "square" / "000.png",
                           shapes / "test" / "bar" / "001.png", "--top-k", "1")

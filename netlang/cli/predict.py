@@ -25,6 +25,11 @@ from netlang.train.overrides import apply_overrides
 from netlang.train.png import PNG_SIGNATURE
 from netlang.train.run_dir import saved_class_names
 
+# The bytes that open every .npy file (numpy.lib.format), and every JPEG (its SOI marker and
+# the first byte of the next marker).
+NPY_SIGNATURE = b"\x93NUMPY"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `netlang predict`."""
@@ -119,15 +124,26 @@ def image_paths(inputs) -> list[Path]:
             raise DataError(f"{path}: no such file")
         elif _is_array(path):
             raise DataError(f"{path}: an .npy array is predicted on its own, not among images")
+        elif path.suffix.lower() not in IMAGE_SUFFIXES and not _has_image_signature(path):
+            raise DataError(f"{path}: expected an .npy array or a PNG or JPEG image")
         else:
             paths.append(path)
     return paths
 
 
+def _has_image_signature(path: Path) -> bool:
+    """Whether the file at `path` opens as a PNG or a JPEG does (whatever its name)."""
+    with open(path, "rb") as f:
+        start = f.read(len(PNG_SIGNATURE))
+    return start.startswith((PNG_SIGNATURE, JPEG_SIGNATURE))
+
+
 def _is_array(path: Path) -> bool:
-    """Whether `path` is read as an array (an .npy file, or anything neither an image by its
-    suffix nor a PNG by its signature): `read_input` then reads it, or says what it is not."""
-    if path.suffix.lower() in IMAGE_SUFFIXES or path.is_dir() or not path.is_file():
+    """Whether `path` is an .npy array (by its suffix or NumPy's signature), which `read_input`
+    reads; anything else is read as an image, whose reader names a file that is neither."""
+    if path.suffix.lower() == ".npy":
+        return True
+    if not path.is_file():
         return False
     with open(path, "rb") as f:
-        return f.read(8) != PNG_SIGNATURE
+        return f.read(len(NPY_SIGNATURE)) == NPY_SIGNATURE
