@@ -30,6 +30,7 @@ from netlang.train.resume_state import check_training_state
 from netlang.train.run_dir import (
     plot_curves,
     read_run,
+    saved_class_names,
     saved_vocabulary,
     trim_metrics,
 )
@@ -347,6 +348,19 @@ def test_a_batch_past_the_end_of_its_epoch_is_refused_on_resume(run):
     message = resume_error(run)
     assert (f'{checkpoint(run) / "state.json"}: field "batch" must be at most the 4 batches '
             f'of an epoch (160 examples in batches of 50), not 1000000000000000000') in message
+
+
+def test_a_class_names_file_is_read_safely_and_checked(tmp_path):
+    run = tmp_path / "run"
+    (run / "classes.json").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"classes\.json: is a directory, expected a class names "
+                                        r"file \(only regular files are read\)$"):
+        saved_class_names(run)
+    (run / "classes.json").rmdir()
+    (run / "classes.json").write_text('{"classes": ["cat", "dog", "cat"]}')
+    with pytest.raises(DataError, match=r"classes\.json: `classes` must name each class once, "
+                                        r"not `cat` twice$"):
+        saved_class_names(run)
 
 
 def test_epoch_written_as_1e400_is_refused(run):

@@ -298,10 +298,13 @@ def saved_class_names(weights) -> tuple[str, ...] | None:
     path = Path(weights)
     file = (path if path.is_dir() else path.parent) / CLASSES_FILE
     try:
-        document = read_json(file, VOCABULARY_CAP, error=DataError, what="class names")
+        document = read_json(file, VOCABULARY_CAP, error=DataError, what="class names file")
     except FileNotFoundError:
         return None
     names = document.get("classes") if isinstance(document, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise DataError(f"{file}: `classes` must be a list of names")
+    if len(set(names)) != len(names):   # a prediction named twice could be either class
+        twice = next(name for name in names if names.count(name) > 1)
+        raise DataError(f"{file}: `classes` must name each class once, not `{twice}` twice")
     return tuple(names)
