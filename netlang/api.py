@@ -347,7 +347,7 @@ class Model:
         return history
 
     def evaluate(self, x=None, y=None, *, data=None, split: str = "test", batch_size: int = 256,
-                 limit=None, top_k=(5,)) -> dict:
+                 limit=None, top_k=(5,), settings=()) -> dict:
         """Loss and metrics of the current weights: {"loss", "accuracy", "top_5",
         "confusion" (a list of rows: true class, columns: predicted), "examples", "heads"}.
 
@@ -357,7 +357,8 @@ class Model:
         "accuracy" for a head that reads classes, or "mse" for one that predicts values};
         for a text set (`text:PATH`), "bpc": the loss in bits per character.
         Arrays `x`, `y` (dicts for several inputs), or `data=` a set name/path or data set
-        (its `split`: "test" or "train").
+        (its `split`: "test" or "train"), read with the train section's settings and
+        `settings` ("key=value" strings, as `fit` takes them: `["image_size=resize"]`).
         """
         if x is not None and (isinstance(x, str) or hasattr(x, "x_train")):
             data, x = x, None
@@ -369,7 +370,8 @@ class Model:
             spec = data if data is not None else self.train_config.data
             if spec is None:
                 raise UsageError("evaluate needs arrays x, y or data=")
-            prepared = prepare_data(spec, self.binding, self.train_config, limit=limit)
+            config = apply_overrides(self.train_config, list(settings), self.graph)
+            prepared = prepare_data(spec, self.binding, config, limit=limit)
             arrays = split_of(prepared, split)
             per_character = prepared.per_character
         ks = sorted(set(top_k) | set(top_k_values(self.train_config.metrics)))

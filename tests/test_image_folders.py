@@ -176,6 +176,15 @@ def test_another_size_is_an_error_naming_the_file_unless_resized(tmp_path, capsy
                        "--out", tmp_path / "r", "--device", "reference", "--epochs", "1",
                        "--image-size", "resize", "-q")
     assert code == 0, err
+    # eval applies the run's setting; from Python, evaluate takes it as fit does.
+    code, out, err = run(capsys, "eval", model_file(tmp_path), "--weights", tmp_path / "r",
+                         "--device", "reference")
+    assert code == 0 and "folder:" in out, err
+    model = netlang.load(tmp_path / "r", device="reference")
+    with pytest.raises(DataError, match=r"001\.png: the image is 10x14"):
+        model.evaluate(data=f"folder:{root}", split="train")
+    assert model.evaluate(data=f"folder:{root}", split="train",
+                          settings=["image_size=resize"])["examples"] == 6
 
 
 def test_unreadable_and_huge_images_are_one_line_errors(tmp_path, monkeypatch):
