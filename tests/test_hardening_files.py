@@ -419,6 +419,8 @@ def test_an_intact_run_still_resumes(run):
     (setter("overrides", [1]), 'field "overrides" must be a list of strings, not [1]'),
     (setter("compile", {"seconds": 1.0, "programs": {"train": "slow"}}),
      'field "compile.programs.train" must be a finite number >= 0, not "slow"'),
+    (setter("normalize", "bogus"),
+     'field "normalize" must be one of auto, scale, standardize, none, not "bogus"'),
 ])
 def test_a_malformed_run_json_field_is_named(run, edit, expected):
     info = json.loads((run / "run.json").read_text())

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from netlang.data import Vocabulary
+from netlang.data.prepare import NORMALIZE_METHODS
 from netlang.errors import DataError, UsageError, WeightsError
 from netlang.frontend.limits import MAX_SOURCE_BYTES
 from netlang.weights import atomic_write
@@ -60,9 +61,13 @@ VOCABULARY_CAP = 16 * 2**20
 
 def check_run_info(run: Fields) -> None:
     """The fields of a run's description (run.json, and the copy in each checkpoint's state)
-    have the types the code that reads them back relies on."""
-    for key in ("model", "source_hash", "data", "normalize", "device", "engine", "init"):
+    have the types the code that reads them back relies on, and `normalize` is a method
+    `prepare_data` knows (else the error would not name the file)."""
+    for key in ("model", "source_hash", "data", "device", "engine", "init"):
         run.text(key, optional=True)
+    normalize = run.text("normalize", optional=True)
+    if normalize is not None and normalize not in NORMALIZE_METHODS:
+        raise run.error("normalize", f"one of {', '.join(NORMALIZE_METHODS)}", normalize)
     run.integer("limit", optional=True)
     run.integer("samples", optional=True)
     run.texts("overrides", optional=True)
