@@ -292,8 +292,10 @@ def test_the_next_writer_clears_what_a_killed_one_left(tmp_path):
 def test_starting_over_removes_the_old_runs_checkpoints_first(tmp_path):
     out = tmp_path / "run"
     (out / "ckpt-00000020").mkdir(parents=True)
+    # The old run's class names, vocabulary and normalization go too: a new run on other data
+    # writes none, and predict would read the old ones as its own.
     for name in ("latest", "weights.safetensors", "metrics.jsonl", "summary.json",
-                 "run.json"):
+                 "run.json", "classes.json", "vocabulary.json", "normalization.safetensors"):
         (out / name).write_text("old")
     start_over(out)
     assert sorted(p.name for p in out.iterdir()) == ["run.json"]

@@ -177,11 +177,13 @@ def expected_params(graph, dtype=np.float32) -> dict:
 def start_over(out) -> None:
     """Remove what the run that a new one starts over in `out` (after `--force`, or after
     it stopped before its first checkpoint) produced: its checkpoints, final weights, log,
-    summary and curves, so that none of it is taken for the new run's.  The `latest` pointer
+    summary, curves, class names, vocabulary and normalization, so that none of it is taken
+    for the new run's (which writes the last three only for data that has them).  The `latest` pointer
     goes first: a process killed during the removal leaves a run with no checkpoint, which
     starts over again."""
     out = Path(out)
-    for name in (LATEST_FILE, FINAL_WEIGHTS, METRICS_FILE, SUMMARY_FILE, PLOT_FILE):
+    for name in (LATEST_FILE, FINAL_WEIGHTS, METRICS_FILE, SUMMARY_FILE, PLOT_FILE,
+                 CLASSES_FILE, VOCABULARY_FILE, NORMALIZATION_FILE):
         (out / name).unlink(missing_ok=True)
     for entry in out.iterdir():
         if entry.name.startswith("ckpt-") and entry.is_dir():
