@@ -42,6 +42,7 @@ from netlang.train.run_dir import (
     saved_class_names,
     saved_source,
     saved_vocabulary,
+    start_over,
     write_run,
 )
 from netlang.train.run_lock import RunLock
@@ -610,6 +611,11 @@ def import_onnx(path, output, *, weights_out=None, force: bool = False,
     model.device = "reference"   # holds the weights; compiles no kernels
     from_state_dict(model, weights)
     if weights_out is not None:
+        if os.path.isdir(weights_out):
+            # A training run there (forced over) goes first: its checkpoints would load before
+            # the weights saved here, and its class names would name another model's classes.
+            with RunLock(weights_out):
+                start_over(weights_out)
         model.save(weights_out)
     return model.to(device)
 

@@ -250,6 +250,22 @@ def test_evaluating_an_imported_model_without_a_loss_says_what_to_add(tmp_path, 
     assert len(err.strip().splitlines()) == 1 and out == ""
 
 
+def test_weights_imported_over_a_training_run_are_the_ones_loaded(tmp_path):
+    # A run directory's checkpoints load before its weights.safetensors: --force must replace
+    # the old run, not leave its last checkpoint to shadow the imported weights.
+    (tmp_path / "xor.net").write_text(open("examples/xor.net").read())
+    trained = netlang.compile(str(tmp_path / "xor.net")).to("reference")
+    trained.fit(out=tmp_path / "run", epochs=1, verbose=0)
+    fresh = netlang.compile("examples/xor.net").to("reference")
+    fresh.export(tmp_path / "xor.onnx")
+    netlang.import_onnx(tmp_path / "xor.onnx", tmp_path / "m.net", weights_out=tmp_path / "run",
+                        force=True)
+    assert not list((tmp_path / "run").glob("ckpt-*"))
+    loaded = netlang.load(tmp_path / "m.net", weights=tmp_path / "run", device="reference")
+    x = {"x": np.array([[0, 1], [1, 1]], dtype=np.float32)}
+    assert_close(loaded.forward(x), fresh.forward(x))
+
+
 def test_an_invalid_graph_is_one_line(tmp_path, capsys):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
