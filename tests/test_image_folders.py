@@ -13,6 +13,7 @@ from conftest import run_cli as run
 
 import netlang
 from netlang.data import load_dataset, load_image_folder
+from netlang.data.folders import read_images
 from netlang.errors import DataError, UsageError
 from netlang.ir.train_config import Choice
 from netlang.train.augment import Augmenter
@@ -329,6 +330,14 @@ def test_augment_applies_to_image_arrays_from_any_source(shapes, tmp_path):
     model.device = "reference"
     history = model.fit(x=ds.x_train, y=ds.y_train, epochs=3, verbose=0)
     assert history.last["accuracy"] >= 0.6 and history.class_names is None
+
+
+def test_a_sixteen_bit_grey_png_is_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 144).reshape(12, 12).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    pixels = read_images([tmp_path / "deep.png"], (12, 12, 1))[0, ..., 0]
+    # 8 bits of 16: within one step of 1/255 of the value itself.
+    assert np.abs(pixels - ramp / 65535).max() <= 1 / 255
 
 
 def test_jpeg_and_colour_images_convert_to_the_model_channels(tmp_path):

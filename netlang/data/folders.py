@@ -31,6 +31,9 @@ MAX_DECODED_BYTES = 8 * 2 ** 30
 SPLITS = ("train", "val", "test")
 # Pillow modes that are grey already; everything else converts to grey through RGB.
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+# The modes Pillow opens a 16-bit grey PNG in: its convert("L") clips them at 255 instead of
+# scaling, so they are brought to 8 bits first (65535 / 257 = 255).
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L")
 
 
 def is_folder_spec(spec: str) -> bool:
@@ -201,6 +204,9 @@ def _decode(image, path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
     Image = pillow()
     try:
         image.load()
+        if image.mode in _SIXTEEN_BIT_MODES:
+            eight_bit = np.rint(np.asarray(image, dtype=np.float64) / 257).clip(0, 255)
+            image = Image.fromarray(eight_bit.astype(np.uint8), "L")
         converted = image if image.mode == mode else image.convert(mode)
         if converted.size != size:
             converted = converted.resize(size, Image.Resampling.BILINEAR)
