@@ -48,6 +48,7 @@ from netlang.train.run_dir import (
 from netlang.train.run_lock import RunLock
 from netlang.train.schedules import depends_on_epochs, describe, step_rate
 from netlang.weights import atomic_write, find_weights, load_weights, read_header, save_weights
+from netlang.weights.checkpoints import LATEST_FILE
 
 # The float widths an engine computes in: parameters, activations and float inputs.
 DTYPES = ("float32", "float64")
@@ -508,6 +509,10 @@ class Model:
             return path
         target = os.path.join(path, FINAL_WEIGHTS)
         with RunLock(path):   # never into a run directory that a training run is writing
+            if os.path.exists(os.path.join(path, LATEST_FILE)):
+                raise UsageError(f"{path} holds a training run, whose last checkpoint loads "
+                                 f"before weights saved beside it: save into another "
+                                 f"directory or a .safetensors file")
             save_weights(target, self.engine.params, meta, source_hash=self.source_hash)
             write_run(path, {"model": self._model_ref(), "source_hash": self.source_hash})
             save_source(path, self.graph)
