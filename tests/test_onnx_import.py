@@ -248,6 +248,12 @@ def test_evaluating_an_imported_model_without_a_loss_says_what_to_add(tmp_path, 
                              "--data", "mnist", "--device", "reference")
     assert code == 2 and err.startswith(f"error: {expected}") and "--force" in err
     assert len(err.strip().splitlines()) == 1 and out == ""
+    # predict prints its outputs whole, and says so when asked for the top classes.
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28, 1), dtype=np.float32))
+    code, out, err = run_cli(capsys, "predict", tmp_path / "m.net", "--weights", tmp_path / "run",
+                             tmp_path / "x.npy", "--top-k", "2", "--device", "reference")
+    assert (code, err) == (2, "error: --top-k lists classes, and this model has no "
+                              "classification loss: its outputs are printed whole\n")
 
 
 def test_weights_imported_over_a_training_run_are_the_ones_loaded(tmp_path):

@@ -29,6 +29,7 @@ from netlang.train.run_dir import saved_class_names
 # the first byte of the next marker).
 NPY_SIGNATURE = b"\x93NUMPY"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+DEFAULT_TOP_K = 10   # classes listed per example when --top-k is not given
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an .npy array (one example or a batch), or image files (.png, "
                              ".jpg) and folders of them")
     add_weights_arguments(parser)
-    parser.add_argument("--top-k", "--top", dest="top", type=positive_int, default=10,
+    parser.add_argument("--top-k", "--top", dest="top", type=positive_int,
                         metavar="K", help="classes listed per example (default 10)")
     parser.add_argument("--image-size", choices=IMAGE_SIZES,
                         help="an image of another size than the model input: check (refuse "
@@ -65,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     x = standardized(x, saved_normalization(args.weights, shape), shape)
     result = predict(model.engine, binding, {binding.data_input: x})
     if not isinstance(result, np.ndarray):  # no classification loss: raw outputs
+        if args.top is not None:
+            raise UsageError("--top-k lists classes, and this model has no classification "
+                             "loss: its outputs are printed whole")
         if args.json:
             print(json.dumps({k: v.tolist() for k, v in result.items()}))
         else:
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                         f"predicts {probs.shape[1]}")
     label = (lambda c: classes[c]) if classes is not None else int
     predicted = probs.argmax(axis=1)
-    top = min(args.top, probs.shape[1])
+    top = min(args.top or DEFAULT_TOP_K, probs.shape[1])
     orders = [np.argsort(-row, kind="stable")[:top] for row in probs]
     if args.json:
         result = {"predicted": predicted.tolist(), "probabilities": np.round(probs, 6).tolist()}
