@@ -27,7 +27,7 @@ from netlang.saliency import saliency
 from netlang.sampling import NoiseModel, TextModel, TextSampler, draw_samples
 from netlang.summary import Summary, summarize
 from netlang.train.binding import as_arrays, bind, check_complete
-from netlang.train.evaluation import evaluate, predict
+from netlang.train.evaluation import check_has_loss, evaluate, predict
 from netlang.train.metrics import top_k_values
 from netlang.train.overrides import apply_overrides, override_strings
 from netlang.train.png import write_png
@@ -42,11 +42,13 @@ from netlang.train.run_dir import (
     saved_class_names,
     saved_source,
     saved_vocabulary,
+    start_over,
     write_run,
 )
 from netlang.train.run_lock import RunLock
 from netlang.train.schedules import depends_on_epochs, describe, step_rate
 from netlang.weights import atomic_write, find_weights, load_weights, read_header, save_weights
+from netlang.weights.checkpoints import LATEST_FILE
 
 # The float widths an engine computes in: parameters, activations and float inputs.
 DTYPES = ("float32", "float64")
@@ -347,7 +349,7 @@ class Model:
         return history
 
     def evaluate(self, x=None, y=None, *, data=None, split: str = "test", batch_size: int = 256,
-                 limit=None, top_k=(5,)) -> dict:
+                 limit=None, top_k=(5,), settings=()) -> dict:
         """Loss and metrics of the current weights: {"loss", "accuracy", "top_5",
         "confusion" (a list of rows: true class, columns: predicted), "examples", "heads"}.
 
@@ -357,10 +359,12 @@ class Model:
         "accuracy" for a head that reads classes, or "mse" for one that predicts values};
         for a text set (`text:PATH`), "bpc": the loss in bits per character.
         Arrays `x`, `y` (dicts for several inputs), or `data=` a set name/path or data set
-        (its `split`: "test" or "train").
+        (its `split`: "test" or "train"), read with the train section's settings and
+        `settings` ("key=value" strings, as `fit` takes them: `["image_size=resize"]`).
         """
         if x is not None and (isinstance(x, str) or hasattr(x, "x_train")):
             data, x = x, None
+        check_has_loss(self.binding, self.path)
         per_character = False   # a text set's loss, reported in bits per character too
         if x is not None:
             arrays = self._arrays(x, y, what="evaluation data")
@@ -368,7 +372,8 @@ class Model:
             spec = data if data is not None else self.train_config.data
             if spec is None:
                 raise UsageError("evaluate needs arrays x, y or data=")
-            prepared = prepare_data(spec, self.binding, self.train_config, limit=limit)
+            config = apply_overrides(self.train_config, list(settings), self.graph)
+            prepared = prepare_data(spec, self.binding, config, limit=limit)
             arrays = split_of(prepared, split)
             per_character = prepared.per_character
         ks = sorted(set(top_k) | set(top_k_values(self.train_config.metrics)))
@@ -504,6 +509,10 @@ class Model:
             return path
         target = os.path.join(path, FINAL_WEIGHTS)
         with RunLock(path):   # never into a run directory that a training run is writing
+            if os.path.exists(os.path.join(path, LATEST_FILE)):
+                raise UsageError(f"{path} holds a training run, whose last checkpoint loads "
+                                 f"before weights saved beside it: save into another "
+                                 f"directory or a .safetensors file")
             save_weights(target, self.engine.params, meta, source_hash=self.source_hash)
             write_run(path, {"model": self._model_ref(), "source_hash": self.source_hash})
             save_source(path, self.graph)
@@ -589,6 +598,15 @@ def import_onnx(path, output, *, weights_out=None, force: bool = False,
     existing `output` or `weights_out` is kept unless `force`.  Needs the `onnx` package; see
     docs/interchange.md."""
     output = os.fspath(output)
+    if os.path.isdir(output):
+        raise UsageError(f"{output}: a folder, not a .net file to write")
+    # Checked before anything is written, so a failure leaves no .net file without weights.
+    files = [output] + ([os.fspath(weights_out)] if weights_out is not None
+                        and os.fspath(weights_out).endswith(".safetensors") else [])
+    for file in files:
+        folder, name = os.path.split(file)
+        if folder and not os.path.isdir(folder):
+            raise UsageError(f"{folder}: no such folder to write {name} in")
     for target in (output, weights_out):
         if target is not None and os.path.exists(target) and not force:
             raise UsageError(f"{os.fspath(target)} exists: `force=True` overwrites it")
@@ -598,6 +616,11 @@ def import_onnx(path, output, *, weights_out=None, force: bool = False,
     model.device = "reference"   # holds the weights; compiles no kernels
     from_state_dict(model, weights)
     if weights_out is not None:
+        if os.path.isdir(weights_out):
+            # A training run there (forced over) goes first: its checkpoints would load before
+            # the weights saved here, and its class names would name another model's classes.
+            with RunLock(weights_out):
+                start_over(weights_out)
         model.save(weights_out)
     return model.to(device)
 

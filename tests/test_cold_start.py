@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from netlang.train.warmup import Warmup
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # A width no other test uses: the generated modules are named by their source.
@@ -127,6 +129,15 @@ def test_after_warmup_a_training_run_compiles_nothing(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     assert sorted(path.name for path in cache.rglob("*")) == cached
     assert _warmup_report(cache, model)["compiled"] == {}
+
+
+def test_a_warmup_that_compiled_nothing_says_what_the_cache_held():
+    report = Warmup(compiled={}, loaded=["training step", "evaluation"], seconds=2.34,
+                    engine="cpu", batch=32, workers=2)
+    assert report.lines() == ["training step: already in the cache",
+                              "evaluation: already in the cache",
+                              "nothing to compile: 2 programs loaded from the cache in 2.3s "
+                              "(cpu engine, batch 32, 2 workers)"]
 
 
 def test_warmup_refuses_an_engine_that_compiles_nothing(capsys):

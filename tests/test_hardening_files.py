@@ -30,6 +30,7 @@ from netlang.train.resume_state import check_training_state
 from netlang.train.run_dir import (
     plot_curves,
     read_run,
+    saved_class_names,
     saved_vocabulary,
     trim_metrics,
 )
@@ -340,6 +341,28 @@ def test_a_malformed_state_field_is_named_on_resume(run, edit, expected):
     assert f"{checkpoint(run) / 'state.json'}: {expected}" in message
 
 
+def test_a_batch_past_the_end_of_its_epoch_is_refused_on_resume(run):
+    # step is raised too, so the check of the batch against the steps taken passes: only
+    # the epoch's batch count (160 training examples in batches of 50: 4) can refuse it.
+    edit_state(run, lambda s: s.update(batch=10**18, step=10**18))
+    message = resume_error(run)
+    assert (f'{checkpoint(run) / "state.json"}: field "batch" must be at most the 4 batches '
+            f'of an epoch (160 examples in batches of 50), not 1000000000000000000') in message
+
+
+def test_a_class_names_file_is_read_safely_and_checked(tmp_path):
+    run = tmp_path / "run"
+    (run / "classes.json").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"classes\.json: is a directory, expected a class names "
+                                        r"file \(only regular files are read\)$"):
+        saved_class_names(run)
+    (run / "classes.json").rmdir()
+    (run / "classes.json").write_text('{"classes": ["cat", "dog", "cat"]}')
+    with pytest.raises(DataError, match=r"classes\.json: `classes` must name each class once, "
+                                        r"not `cat` twice$"):
+        saved_class_names(run)
+
+
 def test_epoch_written_as_1e400_is_refused(run):
     path = checkpoint(run) / "state.json"
     doc = json.loads(path.read_text())
@@ -396,6 +419,8 @@ def test_an_intact_run_still_resumes(run):
     (setter("overrides", [1]), 'field "overrides" must be a list of strings, not [1]'),
     (setter("compile", {"seconds": 1.0, "programs": {"train": "slow"}}),
      'field "compile.programs.train" must be a finite number >= 0, not "slow"'),
+    (setter("normalize", "bogus"),
+     'field "normalize" must be one of auto, scale, standardize, none, not "bogus"'),
 ])
 def test_a_malformed_run_json_field_is_named(run, edit, expected):
     info = json.loads((run / "run.json").read_text())

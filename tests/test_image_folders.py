@@ -13,6 +13,7 @@ from conftest import run_cli as run
 
 import netlang
 from netlang.data import load_dataset, load_image_folder
+from netlang.data.folders import read_images
 from netlang.errors import DataError, UsageError
 from netlang.ir.train_config import Choice
 from netlang.train.augment import Augmenter
@@ -108,6 +109,17 @@ def test_train_from_the_cli_and_predict_names_on_a_folder(shapes, tmp_path, caps
            "test" in stdout
     assert json.loads((out / "summary.json").read_text())["test"]["accuracy"] >= 0.9  # chance: 1/3
     assert json.loads((out / "classes.json").read_text()) == {"classes": list(CLASSES)}
+    # eval names the classes in the confusion matrix, as predict does.
+    code, stdout, err = run(capsys, "eval", model_file(tmp_path), "--weights", out,
+                            "--device", "reference")
+    assert code == 0, err
+    matrix = stdout.split("confusion matrix:\n")[1].splitlines()
+    assert matrix[1].split() == list(CLASSES)
+    assert [row.split("|")[0].strip() for row in matrix[2:]] == list(CLASSES)
+    code, stdout, err = run(capsys, "eval", model_file(tmp_path), "--weights", out, "--json",
+                            "--device", "reference")
+    assert code == 0, err
+    assert json.loads(stdout)["classes"] == list(CLASSES)
     code, stdout, err = run(capsys, "predict", model_file(tmp_path), "--weights", out,
                             shapes / "test", "--json", "--top-k", "2")
     assert code == 0, err
@@ -118,6 +130,14 @@ def test_train_from_the_cli_and_predict_names_on_a_folder(shapes, tmp_path, caps
     assert {entry["class"] for entry in first["top_k"]} <= set(CLASSES)
     right = sum(entry["predicted"] == entry["file"].split("/")[-2] for entry in result["top"])
     assert right >= 27
+    # A file that is neither an image nor an array, alone or among images, is named as such.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    for inputs in ([notes], [notes, shapes / "test" / "bar" / "000.png"]):
+        code, stdout, err = run(capsys, "predict", model_file(tmp_path), "--weights", out,
+                                *inputs, "--device", "reference")
+        assert code == 2
+        assert err == f"error: {notes}: expected an .npy array or a PNG or JPEG image\n"
     code, stdout, _ = run(capsys, "predict", model_file(tmp_path), "--weights", out,
                           shapes / "test" / "square" / "000.png",
                           shapes / "test" / "bar" / "001.png", "--top-k", "1")
@@ -157,6 +177,15 @@ def test_another_size_is_an_error_naming_the_file_unless_resized(tmp_path, capsy
                        "--out", tmp_path / "r", "--device", "reference", "--epochs", "1",
                        "--image-size", "resize", "-q")
     assert code == 0, err
+    # eval applies the run's setting; from Python, evaluate takes it as fit does.
+    code, out, err = run(capsys, "eval", model_file(tmp_path), "--weights", tmp_path / "r",
+                         "--device", "reference")
+    assert code == 0 and "folder:" in out, err
+    model = netlang.load(tmp_path / "r", device="reference")
+    with pytest.raises(DataError, match=r"001\.png: the image is 10x14"):
+        model.evaluate(data=f"folder:{root}", split="train")
+    assert model.evaluate(data=f"folder:{root}", split="train",
+                          settings=["image_size=resize"])["examples"] == 6
 
 
 def test_unreadable_and_huge_images_are_one_line_errors(tmp_path, monkeypatch):
@@ -189,6 +218,29 @@ def test_folder_layout_errors(tmp_path):
     (root / "test" / "circle").mkdir(parents=True)
     with pytest.raises(DataError, match=r"class `circle` has no folder in"):
         load_image_folder(root)
+
+
+def test_a_class_without_images_or_a_class_count_the_model_lacks_is_an_error(tmp_path):
+    root = make_folder(tmp_path / "f", (("train", 1), ("test", 1)))
+    (root / "train" / "circle").mkdir()
+    (root / "train" / "circle" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"train/circle: class `circle` has no \.png or \.jpg "
+                                        r"images to train on"):
+        load_image_folder(root)
+    (root / "train" / "circle" / "notes.txt").unlink()
+    (root / "train" / "circle").rmdir()
+    path = tmp_path / "four.net"
+    path.write_text(CNN.replace("dense(3)", "dense(4)").replace("AUGMENT", ""))
+    model = netlang.compile(str(path))
+    model.device = "reference"
+    with pytest.raises(DataError, match=r"f: 3 classes \(bar, column, square\), but the model "
+                                        r"predicts 4"):
+        model.fit(data=f"folder:{root}", verbose=0, epochs=1)
+    with pytest.raises(DataError, match=r"f: 3 classes \(bar, column, square\), but the model "
+                                        r"predicts 2"):
+        load_dataset(f"folder:{root}", num_classes=2)
+    with pytest.raises(DataError, match=r"four\.net: not a folder"):
+        load_image_folder(path)
 
 
 def test_without_pillow_the_error_names_the_extra(tmp_path, monkeypatch):
@@ -278,6 +330,14 @@ def test_augment_applies_to_image_arrays_from_any_source(shapes, tmp_path):
     model.device = "reference"
     history = model.fit(x=ds.x_train, y=ds.y_train, epochs=3, verbose=0)
     assert history.last["accuracy"] >= 0.6 and history.class_names is None
+
+
+def test_a_sixteen_bit_grey_png_is_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 144).reshape(12, 12).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    pixels = read_images([tmp_path / "deep.png"], (12, 12, 1))[0, ..., 0]
+    # 8 bits of 16: within one step of 1/255 of the value itself.
+    assert np.abs(pixels - ramp / 65535).max() <= 1 / 255
 
 
 def test_jpeg_and_colour_images_convert_to_the_model_channels(tmp_path):

@@ -218,6 +218,60 @@ def test_a_malformed_file_is_one_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_paths_that_cannot_be_read_or_written_are_one_line_before_anything_is_written(
+        tmp_path, capsys):
+    netlang.compile("examples/mlp.net").to("reference").export(tmp_path / "mlp.onnx")
+    (tmp_path / "folder").mkdir()
+    for argv, expected in [
+            (["-o", tmp_path / "folder", "--force"],
+             f"error: {tmp_path / 'folder'}: a folder, not a .net file to write"),
+            (["-o", tmp_path / "missing" / "m.net"],
+             f"error: {tmp_path / 'missing'}: no such folder to write m.net in"),
+            (["-o", tmp_path / "m.net", "--weights-out", tmp_path / "missing" / "w.safetensors"],
+             f"error: {tmp_path / 'missing'}: no such folder to write w.safetensors in")]:
+        code, out, err = run_cli(capsys, "import", tmp_path / "mlp.onnx", *argv)
+        assert (code, err.strip()) == (2, expected)
+        assert not (tmp_path / "m.net").exists() and not (tmp_path / "missing").exists()
+    code, out, err = run_cli(capsys, "import", tmp_path / "folder", "-o", tmp_path / "m.net")
+    assert (code, err.strip()) == (2, f"error: {tmp_path / 'folder'}: a folder, not an ONNX file")
+
+
+def test_evaluating_an_imported_model_without_a_loss_says_what_to_add(tmp_path, capsys):
+    # ONNX holds the inference pass only: the .net file written has no loss to score against.
+    netlang.compile("examples/mlp.net").to("reference").export(tmp_path / "mlp.onnx")
+    model = netlang.import_onnx(tmp_path / "mlp.onnx", tmp_path / "m.net",
+                                weights_out=tmp_path / "run", device="reference")
+    expected = f"{tmp_path / 'm.net'}: this model has no loss to evaluate: declare its target"
+    with pytest.raises(netlang.NetlangError, match=expected):
+        model.evaluate(data="mnist")
+    code, out, err = run_cli(capsys, "eval", tmp_path / "m.net", "--weights", tmp_path / "run",
+                             "--data", "mnist", "--device", "reference")
+    assert code == 2 and err.startswith(f"error: {expected}") and "--force" in err
+    assert len(err.strip().splitlines()) == 1 and out == ""
+    # predict prints its outputs whole, and says so when asked for the top classes.
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28, 1), dtype=np.float32))
+    code, out, err = run_cli(capsys, "predict", tmp_path / "m.net", "--weights", tmp_path / "run",
+                             tmp_path / "x.npy", "--top-k", "2", "--device", "reference")
+    assert (code, err) == (2, "error: --top-k lists classes, and this model has no "
+                              "classification loss: its outputs are printed whole\n")
+
+
+def test_weights_imported_over_a_training_run_are_the_ones_loaded(tmp_path):
+    # A run directory's checkpoints load before its weights.safetensors: --force must replace
+    # the old run, not leave its last checkpoint to shadow the imported weights.
+    (tmp_path / "xor.net").write_text(open("examples/xor.net").read())
+    trained = netlang.compile(str(tmp_path / "xor.net")).to("reference")
+    trained.fit(out=tmp_path / "run", epochs=1, verbose=0)
+    fresh = netlang.compile("examples/xor.net").to("reference")
+    fresh.export(tmp_path / "xor.onnx")
+    netlang.import_onnx(tmp_path / "xor.onnx", tmp_path / "m.net", weights_out=tmp_path / "run",
+                        force=True)
+    assert not list((tmp_path / "run").glob("ckpt-*"))
+    loaded = netlang.load(tmp_path / "m.net", weights=tmp_path / "run", device="reference")
+    x = {"x": np.array([[0, 1], [1, 1]], dtype=np.float32)}
+    assert_close(loaded.forward(x), fresh.forward(x))
+
+
 def test_an_invalid_graph_is_one_line(tmp_path, capsys):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])

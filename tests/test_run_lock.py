@@ -133,6 +133,19 @@ def test_a_second_writer_is_refused_in_one_line_naming_the_holder(tmp_path):
     assert netlang_cli(*TRAIN, "--epochs", 1, "--out", out).returncode == 0   # released
 
 
+def test_saving_into_a_training_runs_directory_is_refused(tmp_path):
+    # Its last checkpoint loads before a weights.safetensors beside it: the weights saved
+    # there would never be the ones loaded.
+    model = netlang.compile(XOR)
+    model.device = "reference"
+    model.fit(data="xor", epochs=1, out=tmp_path / "run", verbose=0)
+    with pytest.raises(UsageError, match=r"run holds a training run, whose last checkpoint "
+                                         r"loads before weights saved beside it"):
+        model.save(tmp_path / "run")
+    model.save(tmp_path / "saved")   # a directory of its own, or a file, is written
+    model.save(tmp_path / "run" / "copy.safetensors")
+
+
 def test_the_lock_dies_with_its_process(tmp_path):
     out = tmp_path / "run"
     holder = ("import os, signal, sys\nfrom netlang.train.run_lock import RunLock\n"
@@ -292,8 +305,10 @@ def test_the_next_writer_clears_what_a_killed_one_left(tmp_path):
 def test_starting_over_removes_the_old_runs_checkpoints_first(tmp_path):
     out = tmp_path / "run"
     (out / "ckpt-00000020").mkdir(parents=True)
+    # The old run's class names, vocabulary and normalization go too: a new run on other data
+    # writes none, and predict would read the old ones as its own.
     for name in ("latest", "weights.safetensors", "metrics.jsonl", "summary.json",
-                 "run.json"):
+                 "run.json", "classes.json", "vocabulary.json", "normalization.safetensors"):
         (out / name).write_text("old")
     start_over(out)
     assert sorted(p.name for p in out.iterdir()) == ["run.json"]

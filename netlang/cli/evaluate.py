@@ -15,7 +15,7 @@ from netlang.cli.common import DATA_HELP, data_set, positive_int
 from netlang.cli.trained import add_weights_arguments, load_model
 from netlang.data.text import with_bits_per_character
 from netlang.errors import UsageError
-from netlang.train.evaluation import evaluate
+from netlang.train.evaluation import check_has_loss, evaluate
 from netlang.train.metrics import format_confusion, top_k_values
 from netlang.train.overrides import apply_overrides
 from netlang.train.prepared_data import prepare_data
@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     prepared it (its overrides, normalisation and synthetic size)."""
     model, run_info = load_model(args)
     binding = model.binding
+    check_has_loss(binding, args.file)
     config = apply_overrides(model.train_config, run_info.get("overrides") or [], model.graph)
     spec = args.data or run_info.get("data") or config.data
     if spec is None:
@@ -67,9 +68,11 @@ def run(args: argparse.Namespace) -> int:
     if args.pictures is not None:
         for path in write_rbm_pictures(args.pictures, model.engine, model.graph, arrays):
             print(f"wrote {path}", file=sys.stderr)
+    classes = _class_names(prepared, result)
     if args.json:
+        named = {"classes": list(classes)} if classes is not None else {}
         print(json.dumps({"data": spec if isinstance(spec, str) else None, "split": args.split,
-                          **result}))
+                          **result, **named}))
         return 0
     heads = result["heads"]
     print(f"{spec} {args.split}: {result['examples']:,} examples")
@@ -99,8 +102,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key + of_main:<9} {value:.4f}")
     if "confusion" in result:
         print(f"confusion matrix{of_main}:")
-        print(format_confusion(result["confusion"]))
+        print(format_confusion(result["confusion"], classes))
     return 0
+
+
+def _class_names(prepared, result: dict) -> tuple | None:
+    """The names of the classes (an image folder's), when the data has one per row of the
+    confusion matrix; None: the classes are shown by index."""
+    names = prepared.class_names
+    if names is None or len(names) != len(result.get("confusion") or ()):
+        return None
+    return names
 
 
 def _weighted_sum(heads: dict) -> str:

@@ -25,6 +25,12 @@ from netlang.train.overrides import apply_overrides
 from netlang.train.png import PNG_SIGNATURE
 from netlang.train.run_dir import saved_class_names
 
+# The bytes that open every .npy file (numpy.lib.format), and every JPEG (its SOI marker and
+# the first byte of the next marker).
+NPY_SIGNATURE = b"\x93NUMPY"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+DEFAULT_TOP_K = 10   # classes listed per example when --top-k is not given
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `netlang predict`."""
@@ -33,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an .npy array (one example or a batch), or image files (.png, "
                              ".jpg) and folders of them")
     add_weights_arguments(parser)
-    parser.add_argument("--top-k", "--top", dest="top", type=positive_int, default=10,
+    parser.add_argument("--top-k", "--top", dest="top", type=positive_int,
                         metavar="K", help="classes listed per example (default 10)")
     parser.add_argument("--image-size", choices=IMAGE_SIZES,
                         help="an image of another size than the model input: check (refuse "
@@ -60,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     x = standardized(x, saved_normalization(args.weights, shape), shape)
     result = predict(model.engine, binding, {binding.data_input: x})
     if not isinstance(result, np.ndarray):  # no classification loss: raw outputs
+        if args.top is not None:
+            raise UsageError("--top-k lists classes, and this model has no classification "
+                             "loss: its outputs are printed whole")
         if args.json:
             print(json.dumps({k: v.tolist() for k, v in result.items()}))
         else:
@@ -74,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                         f"predicts {probs.shape[1]}")
     label = (lambda c: classes[c]) if classes is not None else int
     predicted = probs.argmax(axis=1)
-    top = min(args.top, probs.shape[1])
+    top = min(args.top or DEFAULT_TOP_K, probs.shape[1])
     orders = [np.argsort(-row, kind="stable")[:top] for row in probs]
     if args.json:
         result = {"predicted": predicted.tolist(), "probabilities": np.round(probs, 6).tolist()}
@@ -119,15 +128,26 @@ def image_paths(inputs) -> list[Path]:
             raise DataError(f"{path}: no such file")
         elif _is_array(path):
             raise DataError(f"{path}: an .npy array is predicted on its own, not among images")
+        elif path.suffix.lower() not in IMAGE_SUFFIXES and not _has_image_signature(path):
+            raise DataError(f"{path}: expected an .npy array or a PNG or JPEG image")
         else:
             paths.append(path)
     return paths
 
 
+def _has_image_signature(path: Path) -> bool:
+    """Whether the file at `path` opens as a PNG or a JPEG does (whatever its name)."""
+    with open(path, "rb") as f:
+        start = f.read(len(PNG_SIGNATURE))
+    return start.startswith((PNG_SIGNATURE, JPEG_SIGNATURE))
+
+
 def _is_array(path: Path) -> bool:
-    """Whether `path` is read as an array (an .npy file, or anything neither an image by its
-    suffix nor a PNG by its signature): `read_input` then reads it, or says what it is not."""
-    if path.suffix.lower() in IMAGE_SUFFIXES or path.is_dir() or not path.is_file():
+    """Whether `path` is an .npy array (by its suffix or NumPy's signature), which `read_input`
+    reads; anything else is read as an image, whose reader names a file that is neither."""
+    if path.suffix.lower() == ".npy":
+        return True
+    if not path.is_file():
         return False
     with open(path, "rb") as f:
-        return f.read(8) != PNG_SIGNATURE
+        return f.read(len(NPY_SIGNATURE)) == NPY_SIGNATURE

@@ -101,6 +101,12 @@ def load_dataset(spec: str, *, seed: int = 0, samples: int | None = None,
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
                 or num_classes < 1:
             raise DataError(f"num_classes must be a positive integer, got {num_classes!r}")
+        # Named classes (an image folder's) are the model's: more would be labels out of
+        # range, fewer a run whose names `netlang predict` refuses.
+        if ds.class_names is not None and len(ds.class_names) != num_classes:
+            names = ", ".join(ds.class_names[:10]) + (", ..." if len(ds.class_names) > 10 else "")
+            raise DataError(f"{ds.name}: {len(ds.class_names)} classes ({names}), but the "
+                            f"model predicts {num_classes}")
         for split, y in (("train", ds.y_train), ("test", ds.y_test)):
             check_labels(y.reshape(-1), num_classes, what=f"{ds.name} {split} labels")
         ds = dataclasses.replace(ds, num_classes=int(num_classes))

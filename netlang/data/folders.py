@@ -31,6 +31,9 @@ MAX_DECODED_BYTES = 8 * 2 ** 30
 SPLITS = ("train", "val", "test")
 # Pillow modes that are grey already; everything else converts to grey through RGB.
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+# The modes Pillow opens a 16-bit grey PNG in: its convert("L") clips them at 255 instead of
+# scaling, so they are brought to 8 bits first (65535 / 257 = 255).
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L")
 
 
 def is_folder_spec(spec: str) -> bool:
@@ -60,6 +63,9 @@ def load_image_folder(spec: str | Path, *, input_shape=None,
     check_image_size(image_size)
     text = str(spec).strip()
     root = Path(text[len(FOLDER_PREFIX):] if is_folder_spec(text) else text)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: not a folder (an image folder holds train/<class>/ and "
+                        f"test/<class>/ folders of .png or .jpg images)")
     if not root.is_dir():
         raise DataError(f"{root}: no such folder (an image folder holds train/<class>/ and "
                         f"test/<class>/ folders of .png or .jpg images)")
@@ -79,6 +85,11 @@ def load_image_folder(spec: str | Path, *, input_shape=None,
                             f"{root / 'train'} (its classes: {', '.join(classes)})")
         files[split] = [(path, label) for label, name in enumerate(classes)
                         for path in image_files(folder / name)]
+        if split == "train":   # a class never trained on could never be predicted
+            empty = next((name for name in classes if not image_files(folder / name)), None)
+            if empty is not None:
+                raise DataError(f"{folder / empty}: class `{empty}` has no .png or .jpg images "
+                                f"to train on")
         if not files[split]:
             raise DataError(f"{folder}: no .png or .jpg images in its class folders")
     shape = image_shape(files["train"][0][0], input_shape, image_size)
@@ -193,6 +204,9 @@ def _decode(image, path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
     Image = pillow()
     try:
         image.load()
+        if image.mode in _SIXTEEN_BIT_MODES:
+            eight_bit = np.rint(np.asarray(image, dtype=np.float64) / 257).clip(0, 255)
+            image = Image.fromarray(eight_bit.astype(np.uint8), "L")
         converted = image if image.mode == mode else image.convert(mode)
         if converted.size != size:
             converted = converted.resize(size, Image.Resampling.BILINEAR)

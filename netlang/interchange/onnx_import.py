@@ -47,6 +47,8 @@ def read_model(path):
     or invalid file."""
     onnx = onnx_package()
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: a folder, not an ONNX file")
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such file")
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from netlang.errors import DataError
+from netlang.errors import DataError, UsageError
 from netlang.train.binding import Binding, count_examples, take_examples
 from netlang.train.metrics import MetricAccumulator, probabilities, squared_error_sum
 
@@ -21,6 +21,15 @@ def forward_nodes(engine, feeds: dict, names: list) -> dict:
         return engine.forward(feeds, "eval", outputs=names)
     except TypeError:  # an engine whose forward only returns the declared outputs
         return engine.forward(feeds, "eval")
+
+
+def check_has_loss(binding: Binding, path: str) -> None:
+    """A model evaluated has a loss to score its predictions against; one without (an ONNX
+    import, which holds the inference pass only) is a one-line UsageError saying what to add."""
+    if not binding.losses:
+        raise UsageError(f"{path}: this model has no loss to evaluate: declare its target "
+                         f"(`input label: int32[]`) and a `train` section with `loss ...` "
+                         f"(weights saved before then load with `force=True`)")
 
 
 def evaluated_nodes(binding: Binding, arrays: dict, *, per_head: bool = False) -> list:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from netlang.data import Vocabulary
+from netlang.data.prepare import NORMALIZE_METHODS
 from netlang.errors import DataError, UsageError, WeightsError
 from netlang.frontend.limits import MAX_SOURCE_BYTES
 from netlang.weights import atomic_write
@@ -60,9 +61,13 @@ VOCABULARY_CAP = 16 * 2**20
 
 def check_run_info(run: Fields) -> None:
     """The fields of a run's description (run.json, and the copy in each checkpoint's state)
-    have the types the code that reads them back relies on."""
-    for key in ("model", "source_hash", "data", "normalize", "device", "engine", "init"):
+    have the types the code that reads them back relies on, and `normalize` is a method
+    `prepare_data` knows (else the error would not name the file)."""
+    for key in ("model", "source_hash", "data", "device", "engine", "init"):
         run.text(key, optional=True)
+    normalize = run.text("normalize", optional=True)
+    if normalize is not None and normalize not in NORMALIZE_METHODS:
+        raise run.error("normalize", f"one of {', '.join(NORMALIZE_METHODS)}", normalize)
     run.integer("limit", optional=True)
     run.integer("samples", optional=True)
     run.texts("overrides", optional=True)
@@ -172,11 +177,13 @@ def expected_params(graph, dtype=np.float32) -> dict:
 def start_over(out) -> None:
     """Remove what the run that a new one starts over in `out` (after `--force`, or after
     it stopped before its first checkpoint) produced: its checkpoints, final weights, log,
-    summary and curves, so that none of it is taken for the new run's.  The `latest` pointer
+    summary, curves, class names, vocabulary and normalization, so that none of it is taken
+    for the new run's (which writes the last three only for data that has them).  The `latest` pointer
     goes first: a process killed during the removal leaves a run with no checkpoint, which
     starts over again."""
     out = Path(out)
-    for name in (LATEST_FILE, FINAL_WEIGHTS, METRICS_FILE, SUMMARY_FILE, PLOT_FILE):
+    for name in (LATEST_FILE, FINAL_WEIGHTS, METRICS_FILE, SUMMARY_FILE, PLOT_FILE,
+                 CLASSES_FILE, VOCABULARY_FILE, NORMALIZATION_FILE):
         (out / name).unlink(missing_ok=True)
     for entry in out.iterdir():
         if entry.name.startswith("ckpt-") and entry.is_dir():
@@ -298,10 +305,13 @@ def saved_class_names(weights) -> tuple[str, ...] | None:
     path = Path(weights)
     file = (path if path.is_dir() else path.parent) / CLASSES_FILE
     try:
-        document = read_json(file, VOCABULARY_CAP, error=DataError, what="class names")
+        document = read_json(file, VOCABULARY_CAP, error=DataError, what="class names file")
     except FileNotFoundError:
         return None
     names = document.get("classes") if isinstance(document, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise DataError(f"{file}: `classes` must be a list of names")
+    if len(set(names)) != len(names):   # a prediction named twice could be either class
+        twice = next(name for name in names if names.count(name) > 1)
+        raise DataError(f"{file}: `classes` must name each class once, not `{twice}` twice")
     return tuple(names)

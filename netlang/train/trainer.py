@@ -138,6 +138,7 @@ class Trainer:
         self.bad_epochs = 0
         self.finished = False
         self.stopped_early = False
+        self.restored_from = None   # the state.json `restore` read, named if its position is wrong
         self.last_lr = float(config.optimizer.args["lr"])
         # What takes each step: the engine, or its adversarial steps (train/adversarial.py).
         self.stepper = self._stepper()
@@ -190,6 +191,7 @@ class Trainer:
             raise WeightsError(f"{checkpoint.path}: training state version "
                                f"{state.get('version')!r} is not supported")
         self._restore_optimizers(checkpoint)
+        self.restored_from = Path(checkpoint.path) / "state.json"
         self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), \
             int(state["step"])
         self.shuffle_rng = rng_from_json(state["shuffle_rng"])
@@ -281,6 +283,7 @@ class Trainer:
         n = count_examples(train)
         bs = self.config.batch_size
         steps_per_epoch = max(1, math.ceil(n / bs))
+        self._check_position(steps_per_epoch, n, bs)
         history = History(out=self.out)
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -316,6 +319,14 @@ class Trainer:
         history.stopped_early = self.stopped_early
         history.best_epoch = self.best_epoch
         return history
+
+    def _check_position(self, steps_per_epoch: int, n: int, bs: int) -> None:
+        """A restored position inside the epoch is one of its batches: the state file's check
+        (train/resume_state.py) cannot know how many an epoch has, which the data sets here."""
+        if self.restored_from is not None and self.batch > steps_per_epoch:
+            raise WeightsError(f'{self.restored_from}: field "batch" must be at most the '
+                               f"{steps_per_epoch} batches of an epoch ({n:,} examples in "
+                               f"batches of {bs}), not {self.batch}")
 
     def _make_programs_ready(self, batch: int, val: dict | None) -> None:
         """Compile (or load from the cache) every program the epochs call, before the first

@@ -59,7 +59,8 @@ class Warmup:
         found += [self.line(title, None) for title in self.loaded]
         total = (f"compiled {len(self.compiled)} program{'s' * (len(self.compiled) != 1)} in "
                  f"{self.seconds:.1f}s" if self.compiled else
-                 f"nothing to compile ({self.seconds:.1f}s)")
+                 f"nothing to compile: {len(self.loaded)} program"
+                 f"{'s' * (len(self.loaded) != 1)} loaded from the cache in {self.seconds:.1f}s")
         return found + [f"{total} ({self.engine} engine, batch {self.batch}, "
                         f"{self.workers} worker{'s' * (self.workers != 1)})"]
 
