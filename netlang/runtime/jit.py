@@ -20,6 +20,8 @@ from __future__ import annotations
 import types
 
 from numba import njit
+from numba.core import types as numba_types
+from numba.core.registry import CPUDispatcher
 
 
 def _rebound(function, callees, named):
@@ -41,6 +43,48 @@ def inlined(function, *callees, **named):
     return njit(inline="always")(_rebound(function, callees, named))
 
 
+class GenericDispatcher(CPUDispatcher):
+    """A compiled function that compiled callers call with the types of their arguments'
+    values, not with the values themselves.
+
+    Numba types a constant argument at a call site as a literal (`Literal[int](28)`, a
+    convolution's height; `Literal[bool](False)`, a product's transpose flag) and compiles
+    the callee once per set of such values: every geometry of every model compiled each loop
+    nest afresh (LeNet-5's two pooling layers compiled `maxpool_forward` twice, and its five
+    kinds of product compiled `gemm32` five times).  Typed as plain integers and booleans, a
+    loop nest is compiled once per dtype and array layout, and shared by every model, as
+    netlang/runtime/cnn.py intends.  The steady-state cost of the lost constants was measured
+    nil (docs/compiler.md, Where compile time goes)."""
+
+    # Whether array arguments are typed with any layout ('A'), contiguous or not: for a
+    # function that hands their pointers and strides on (a BLAS call) and never loops over
+    # them, so one compilation serves views and whole buffers alike.
+    any_layout = False
+
+    def get_call_template(self, args, kws):
+        """The call's template for `args` and `kws` with every literal type made plain."""
+        return super().get_call_template(tuple(self._generic(arg) for arg in args),
+                                         {name: self._generic(arg) for name, arg in kws.items()})
+
+    def _generic(self, arg):
+        arg = numba_types.unliteral(arg)
+        if self.any_layout and isinstance(arg, numba_types.Array) and arg.layout != "A":
+            return arg.copy(layout="A")
+        return arg
+
+
+def generic(function, any_layout: bool = False, **options):
+    """`function` compiled as a `GenericDispatcher` (`any_layout`: its array arguments typed
+    with layout 'A'), once per machine (Numba's disk cache) and without the GIL; `options` are
+    Numba's (`error_model`)."""
+    dispatcher = GenericDispatcher(py_func=function, locals={},
+                                   targetoptions={"nopython": True, "nogil": True,
+                                                  "boundscheck": None, **options})
+    dispatcher.any_layout = any_layout
+    dispatcher.enable_caching()
+    return dispatcher
+
+
 def compiled(function, *callees, vector_division: bool = False, **named):
     """`function` compiled once per machine (Numba's disk cache) and without the GIL, so the
     workers of a parallel step run it at once; where its source calls a function of the same
@@ -50,4 +94,4 @@ def compiled(function, *callees, vector_division: bool = False, **named):
     NaN, as in NumPy, instead of raising: Numba's check before every division otherwise keeps
     a loop that divides from vectorising."""
     options = {"error_model": "numpy"} if vector_division else {}
-    return njit(cache=True, nogil=True, **options)(_rebound(function, callees, named))
+    return generic(_rebound(function, callees, named), **options)
