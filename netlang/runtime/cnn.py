@@ -11,7 +11,7 @@ tiny helpers that other loop nests call are inlined into them.
 from __future__ import annotations
 
 from netlang.ops import conv_loops, dense_loops, norm_loops, pool_loops
-from netlang.runtime.jit import compiled, inlined
+from netlang.runtime.jit import compiled_generic, inlined
 
 # ---- convolutions ------------------------------------------------------------------------------
 
@@ -20,39 +20,39 @@ _add_run = inlined(conv_loops.add_run)
 _zero_run = inlined(conv_loops.zero_run)
 _inner_columns = inlined(conv_loops.inner_columns)
 
-weight_to_rows = compiled(conv_loops.weight_to_rows)
-rows_to_weight = compiled(conv_loops.rows_to_weight)
-sum_partials = compiled(conv_loops.sum_partials)
-add_bias = compiled(conv_loops.add_bias)
-im2col = compiled(conv_loops.im2col, _copy_run, _zero_run, _inner_columns)
-col2im = compiled(conv_loops.col2im, _add_run, _inner_columns)
-planar_columns = compiled(conv_loops.planar_columns, _copy_run)
-planar_to_rows = compiled(conv_loops.planar_to_rows)
-rows_to_planar = compiled(conv_loops.rows_to_planar)
+weight_to_rows = compiled_generic(conv_loops.weight_to_rows)
+rows_to_weight = compiled_generic(conv_loops.rows_to_weight)
+sum_partials = compiled_generic(conv_loops.sum_partials)
+add_bias = compiled_generic(conv_loops.add_bias)
+im2col = compiled_generic(conv_loops.im2col, _copy_run, _zero_run, _inner_columns)
+col2im = compiled_generic(conv_loops.col2im, _add_run, _inner_columns)
+planar_columns = compiled_generic(conv_loops.planar_columns, _copy_run)
+planar_to_rows = compiled_generic(conv_loops.planar_to_rows)
+rows_to_planar = compiled_generic(conv_loops.rows_to_planar)
 
 # ---- pooling -----------------------------------------------------------------------------------
 
 _clipped_window = inlined(pool_loops.clipped_window)
 _average_count = inlined(pool_loops.average_count)
 
-maxpool_forward = compiled(pool_loops.maxpool_forward, _clipped_window)
-maxpool_backward = compiled(pool_loops.maxpool_backward, _clipped_window)
-avgpool_forward = compiled(pool_loops.avgpool_forward, _clipped_window, _average_count)
-avgpool_backward = compiled(pool_loops.avgpool_backward, _clipped_window, _average_count)
-global_avgpool_forward = compiled(pool_loops.global_avgpool_forward)
-global_avgpool_backward = compiled(pool_loops.global_avgpool_backward)
+maxpool_forward = compiled_generic(pool_loops.maxpool_forward, _clipped_window)
+maxpool_backward = compiled_generic(pool_loops.maxpool_backward, _clipped_window)
+avgpool_forward = compiled_generic(pool_loops.avgpool_forward, _clipped_window, _average_count)
+avgpool_backward = compiled_generic(pool_loops.avgpool_backward, _clipped_window, _average_count)
+global_avgpool_forward = compiled_generic(pool_loops.global_avgpool_forward)
+global_avgpool_backward = compiled_generic(pool_loops.global_avgpool_backward)
 
 # ---- biases ------------------------------------------------------------------------------------
 
-column_sums = compiled(dense_loops.column_sums)
+column_sums = compiled_generic(dense_loops.column_sums)
 
 # ---- batch norm and LRN ------------------------------------------------------------------------
 
-channel_sums = compiled(norm_loops.channel_sums)
-batch_moments = compiled(norm_loops.batch_moments)
-batchnorm_coefficients = compiled(norm_loops.batchnorm_coefficients, channel_sums, batch_moments)
-batchnorm_apply = compiled(norm_loops.batchnorm_apply)
-batchnorm_grad_input = compiled(norm_loops.batchnorm_grad_input, channel_sums, batch_moments)
-batchnorm_grad_weight = compiled(norm_loops.batchnorm_grad_weight, channel_sums, batch_moments)
-lrn_forward = compiled(norm_loops.lrn_forward)
-lrn_backward = compiled(norm_loops.lrn_backward)
+channel_sums = compiled_generic(norm_loops.channel_sums)
+batch_moments = compiled_generic(norm_loops.batch_moments)
+batchnorm_coefficients = compiled_generic(norm_loops.batchnorm_coefficients, channel_sums, batch_moments)
+batchnorm_apply = compiled_generic(norm_loops.batchnorm_apply)
+batchnorm_grad_input = compiled_generic(norm_loops.batchnorm_grad_input, channel_sums, batch_moments)
+batchnorm_grad_weight = compiled_generic(norm_loops.batchnorm_grad_weight, channel_sums, batch_moments)
+lrn_forward = compiled_generic(norm_loops.lrn_forward)
+lrn_backward = compiled_generic(norm_loops.lrn_backward)

@@ -21,7 +21,8 @@ import types
 
 from numba import njit
 from numba.core import types as numba_types
-from numba.core.registry import CPUDispatcher
+
+from netlang.runtime.linkage import SymbolDispatcher
 
 
 def _rebound(function, callees, named):
@@ -43,7 +44,7 @@ def inlined(function, *callees, **named):
     return njit(inline="always")(_rebound(function, callees, named))
 
 
-class GenericDispatcher(CPUDispatcher):
+class GenericDispatcher(SymbolDispatcher):
     """A compiled function that compiled callers call with the types of their arguments'
     values, not with the values themselves.
 
@@ -92,6 +93,15 @@ def compiled(function, *callees, vector_division: bool = False, **named):
     a name in `named`, the compiled function given for it (one loop nest compiled twice, with
     two versions of a function it calls).  `vector_division`: a division by zero gives inf or
     NaN, as in NumPy, instead of raising: Numba's check before every division otherwise keeps
-    a loop that divides from vectorising."""
+    a loop that divides from vectorising.  A constant argument at a compiled call site is
+    compiled in as a constant, once per value (the recurrent step functions are compiled so,
+    per unit count, as they were measured); `compiled_generic` compiles once for all values."""
     options = {"error_model": "numpy"} if vector_division else {}
-    return generic(_rebound(function, callees, named), **options)
+    return njit(cache=True, nogil=True, **options)(_rebound(function, callees, named))
+
+
+def compiled_generic(function, *callees, **named):
+    """`function` compiled as `compiled` compiles it, but once for all values of its constant
+    arguments (a `GenericDispatcher`): for loop nests whose sizes vary from model to model (a
+    convolution's geometry) and whose speed does not depend on knowing them when compiled."""
+    return generic(_rebound(function, callees, named))
