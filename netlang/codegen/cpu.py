@@ -313,13 +313,22 @@ class ProgramWriter:
             self.emitter = outer
             outer._count = inner._count
         # Without comments: they may hold user names, which would tell equal kernels apart.
-        body = "\n".join(line[4:] for line in inner.lines if not line.lstrip().startswith("#"))
+        body = "\n".join(line[8:] for line in inner.lines if not line.lstrip().startswith("#"))
         params = []
         for name in re.findall(r"\b[a-z]+\d+\b", body):
             if name in self.step_names and name not in params:
                 params.append(name)
-        text = "\n".join([f"def worker({', '.join(params)}):",
-                          f"    for {worker} in prange({self.workers}):", body])
+        # One worker's share is a serial function of its own, and the parallel loop only calls
+        # it: Numba's parallel transform types and compiles the loop's body once more, as a
+        # function of its own, and its analysis grows with the body (LeNet-5's five worker
+        # functions spent a third of their compile time there).
+        text = "\n".join([f"def share({', '.join([worker] + params)}):", body, "", "",
+                          f"@symbol_jit(parallel={WORKER_LOOPS_ONLY!r})",
+                          f"def worker({', '.join(params)}):",
+                          f"    for {worker} in prange({self.workers}):",
+                          # int64 as the step's own typing sees it (the parallel loop's
+                          # copy counts in uint64): one compilation of the share, not two.
+                          f"        share({', '.join([f'np.int64({worker})'] + params)})"])
         # Generated names renumbered in order of appearance: the text then depends only on
         # the kernel, not on how many names the program gave out before it.
         generated = set(params) | set(inner.issued)
@@ -337,7 +346,7 @@ class ProgramWriter:
              "from numba import prange", "from netlang.runtime.linkage import symbol_jit"] +
             [f"from {module} import {name}" for module, name in helpers] +
             ["", f"F = np.{self.dtype}", "", "",
-             f"@symbol_jit(parallel={WORKER_LOOPS_ONLY!r})", text, ""])
+             "@symbol_jit", text, ""])
         module = "netlang_part_" + hashlib.sha256(source.encode()).hexdigest()[:24]
         self.parts[module] = source
         function = outer.fresh("workers")
