@@ -22,7 +22,7 @@ import types
 from numba import njit
 from numba.core import types as numba_types
 
-from netlang.runtime.linkage import SymbolDispatcher
+from netlang.runtime.linkage import SymbolDispatcher, symbol_jit
 
 
 def _rebound(function, callees, named):
@@ -53,9 +53,11 @@ class GenericDispatcher(SymbolDispatcher):
     the callee once per set of such values: every geometry of every model compiled each loop
     nest afresh (LeNet-5's two pooling layers compiled `maxpool_forward` twice, and its five
     kinds of product compiled `gemm32` five times).  Typed as plain integers and booleans, a
-    loop nest is compiled once per dtype and array layout, and shared by every model, as
-    netlang/runtime/cnn.py intends.  The steady-state cost of the lost constants was measured
-    nil (docs/compiler.md, Where compile time goes)."""
+    function is compiled once per dtype and array layout and shared by every model.  Only for
+    functions whose speed does not depend on the constants: the BLAS products and the random
+    draws.  The convolution and pooling loop nests lost 15% of LeNet-5's training speed this
+    way (docs/compiler.md, Where compile time goes), and keep Numba's per-constant compilation
+    (`compiled_shared`)."""
 
     # Whether array arguments are typed with any layout ('A'), contiguous or not: for a
     # function that hands their pointers and strides on (a BLAS call) and never loops over
@@ -105,3 +107,10 @@ def compiled_generic(function, *callees, **named):
     arguments (a `GenericDispatcher`): for loop nests whose sizes vary from model to model (a
     convolution's geometry) and whose speed does not depend on knowing them when compiled."""
     return generic(_rebound(function, callees, named))
+
+
+def compiled_shared(function, *callees, **named):
+    """`function` compiled as `compiled` compiles it, once per set of constant arguments, and
+    called by name from compiled callers (a `SymbolDispatcher`, netlang/runtime/linkage.py)
+    instead of copied into each."""
+    return symbol_jit(_rebound(function, callees, named))
