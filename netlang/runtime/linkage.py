@@ -12,8 +12,9 @@ code is optimised and translated once.
 
 A caller loaded from Numba's disk cache in a later process needs those names bound before its
 machine code is linked.  Each caller therefore keeps, beside its Numba cache index, a list of
-the names it calls and whose they are (`<index>.callees`, JSON: module, function and the
-callee's mangled argument types, read back against the callee's own Numba cache index), written
+the names it calls and whose they are (`<index>.<signature digest>.callees`, one per compiled
+signature, JSON: module, function and the callee's mangled argument types, read back against
+the callee's own Numba cache index), written
 while it is being compiled, before Numba writes the cache entry.  Before a caller is compiled or
 loaded, its callees are loaded from that list; a list missing, unreadable or naming a callee
 that cannot be loaded makes the caller's cache entry a miss (its index removed), so the caller
@@ -32,7 +33,7 @@ import tempfile
 import threading
 
 import llvmlite.binding as llvm
-from numba.core import cgutils
+from numba.core import cgutils, sigutils
 from numba.core.base import OverloadSelector
 from numba.core.imputils import fix_returning_optional, impl_ret_new_ref
 from numba.core.itanium_mangler import mangle_args
@@ -100,11 +101,11 @@ def _record_call(symbol: str) -> None:
     frames = getattr(_compiling, "frames", None)
     if not frames:
         return
-    caller, called = frames[-1]
+    caller, argtypes_of_caller, called = frames[-1]
     if symbol in called:
         return
     called.add(symbol)
-    path = _callee_list_path(caller)
+    path = _callee_list_path(caller, argtypes_of_caller)
     if path is None:
         return
     dispatcher, argtypes = _bound[symbol]
@@ -113,10 +114,15 @@ def _record_call(symbol: str) -> None:
     _write_atomically(path, json.dumps(entries, sort_keys=True))
 
 
-def _callee_list_path(dispatcher) -> str | None:
+def _callee_list_path(dispatcher, argtypes) -> str | None:
+    """Where the names that the dispatcher's cache entry for `argtypes` calls are listed: one
+    file per signature, so processes compiling two signatures at once never merge lists."""
     cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
     index_path = getattr(cache_file, "_index_path", None)
-    return None if index_path is None else index_path + ".callees"
+    if index_path is None:
+        return None
+    digest = hashlib.sha256(mangle_args(argtypes).encode()).hexdigest()[:16]
+    return f"{index_path}.{digest}.callees"
 
 
 def _read_callee_list(path: str) -> dict | None:
@@ -147,6 +153,10 @@ def _load_callee(module_name: str, name: str, mangled: str) -> bool:
     form is `mangled`, from its own cache index; whether its name is now bound."""
     module = sys.modules.get(module_name)
     if module is None:
+        # Only netlang's own modules are imported on a cache file's word; generated modules
+        # are in sys.modules already (the program's loader imports its parts first).
+        if not module_name.startswith("netlang."):
+            return False
         try:
             module = importlib.import_module(module_name)
         except ImportError:
@@ -195,33 +205,42 @@ class SymbolDispatcher(CPUDispatcher):
     def compile(self, sig):
         """Numba's, after binding the names a cached entry of this function calls (or, where
         they cannot be bound, with the entry dropped so the function is compiled afresh)."""
+        argtypes = tuple(sigutils.normalize_signature(sig)[0])
         with _lock:
-            self._bind_callees()
+            self._bind_callees(argtypes)
             frames = _compiling.__dict__.setdefault("frames", [])
-            frames.append((self, set()))
+            frames.append((self, argtypes, set()))
             try:
                 entry = super().compile(sig)
             finally:
                 frames.pop()
             # A function that calls nothing by name still has its (empty) list: an entry
             # without one is one whose list was never finished.
-            path = _callee_list_path(self)
+            path = _callee_list_path(self, argtypes)
             if path is not None and not os.path.exists(path):
                 _write_atomically(path, "{}")
             return entry
 
-    def _bind_callees(self) -> None:
-        path = _callee_list_path(self)
-        if path is None or not os.path.exists(self._cache._cache_file._index_path):
+    def _bind_callees(self, argtypes) -> None:
+        """Load the callees that the cache entry for `argtypes` lists, if there is one; drop the
+        cache's index when that fails, so the entry is compiled afresh."""
+        path = _callee_list_path(self, argtypes)
+        if path is None or argtypes in self.overloads:
+            return
+        cache_file = self._cache._cache_file
+        try:
+            cached = any(key[0] == argtypes for key in cache_file._load_index())
+        except Exception:  # a damaged index: cpu.py's check drops it, Numba compiles afresh
+            return
+        if not cached:
             return
         entries = _read_callee_list(path)
         if entries is None or not all(
-                symbol in _bound or _load_callee(*entry)
+                symbol in _bound or (isinstance(entry, list) and len(entry) == 3
+                                     and _load_callee(*entry) and symbol in _bound)
                 for symbol, entry in entries.items()):
             with contextlib.suppress(OSError):
-                os.unlink(self._cache._cache_file._index_path)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+                os.unlink(cache_file._index_path)
 
 
 def symbol_jit(function=None, **options):
