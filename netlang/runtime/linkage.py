@@ -1,0 +1,255 @@
+"""Compiled functions that their compiled callers call by name, instead of carrying a copy.
+
+Numba links the whole compiled code of every function a compiled function calls into the
+caller's own module, and optimises and translates that module to machine code again: LeNet-5's
+training step carried its five worker functions, each carrying im2col, the products and the
+pooling loops, and the workers' parallel loops carried them once more; three quarters of its
+cold first step was LLVM working on code it had compiled already (docs/compiler.md, Where
+compile time goes).  A `SymbolDispatcher` instead gives each compiled signature a name of its
+own in LLVM's symbol table (`netlang_fn_` and a digest of the function's module, name and
+argument types) bound to its machine code, and its callers call that name: each function's
+code is optimised and translated once.
+
+A caller loaded from Numba's disk cache in a later process needs those names bound before its
+machine code is linked.  Each caller therefore keeps, beside its Numba cache index, a list of
+the names it calls and whose they are (`<index>.<signature digest>.callees`, one per compiled
+signature, JSON: module, function and the callee's mangled argument types, read back against
+the callee's own Numba cache index), written
+while it is being compiled, before Numba writes the cache entry.  Before a caller is compiled or
+loaded, its callees are loaded from that list; a list missing, unreadable or naming a callee
+that cannot be loaded makes the caller's cache entry a miss (its index removed), so the caller
+is compiled afresh rather than linked against a name that nothing binds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import sys
+import tempfile
+import threading
+
+import llvmlite.binding as llvm
+from numba.core import cgutils, sigutils
+from numba.core.base import OverloadSelector
+from numba.core.imputils import fix_returning_optional, impl_ret_new_ref
+from numba.core.itanium_mangler import mangle_args
+from numba.core.registry import CPUDispatcher
+
+# symbol name → the dispatcher and signature it is bound to, in this process.
+_bound: dict[str, tuple] = {}
+# The callers being compiled on this thread, innermost last (a callee is compiled while its
+# caller is being typed): each as (dispatcher, the names its code calls so far).
+_compiling = threading.local()
+_lock = threading.RLock()
+
+
+def _home(dispatcher) -> tuple[str, str]:
+    """(module, name) under which the dispatcher is found again in a later process: its
+    function's module, or a netlang module that holds it (netlang/runtime/cnn.py holds loop
+    nests written in netlang/ops/); found once."""
+    home = getattr(dispatcher, "_netlang_home", None)
+    if home is None:
+        own = dispatcher.py_func.__module__
+        candidates = [own] + sorted(name for name in list(sys.modules)
+                                    if name.startswith("netlang") and name != own)
+        home = (own, dispatcher.py_func.__name__)
+        for module_name in candidates:
+            module = sys.modules.get(module_name)
+            found = [name for name, value in vars(module).items() if value is dispatcher] \
+                if module is not None else []
+            if found:
+                home = (module_name, found[0])
+                break
+        dispatcher._netlang_home = home
+    return home
+
+
+def _symbol(dispatcher, argtypes) -> str:
+    module, name = _home(dispatcher)
+    key = f"{module}.{name}({mangle_args(argtypes)})"
+    return "netlang_fn_" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _call_by_symbol(fndesc, symbol):
+    """The lowering of a call of the function `fndesc` describes, through `symbol`: as Numba's
+    own call of a compiled function (`numba.core.imputils.user_function`), but declaring the
+    bound name instead of linking the callee's code in."""
+
+    def call(context, builder, sig, args):
+        fnty = context.call_conv.get_function_type(fndesc.restype, fndesc.argtypes)
+        function = cgutils.get_or_insert_function(builder.module, fnty, symbol)
+        status, value = context.call_conv.call_function(builder, function, fndesc.restype,
+                                                        fndesc.argtypes, args)
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        value = fix_returning_optional(context, builder, sig, status, value)
+        _record_call(symbol)
+        return impl_ret_new_ref(context, builder, fndesc.restype, value)
+
+    call.signature = fndesc.argtypes
+    call.libs = ()
+    return call
+
+
+def _record_call(symbol: str) -> None:
+    """Note that the caller being compiled calls `symbol`, in its list on disk at once: the list
+    must be complete before Numba writes the caller's cache entry."""
+    frames = getattr(_compiling, "frames", None)
+    if not frames:
+        return
+    caller, argtypes_of_caller, called = frames[-1]
+    if symbol in called:
+        return
+    called.add(symbol)
+    path = _callee_list_path(caller, argtypes_of_caller)
+    if path is None:
+        return
+    dispatcher, argtypes = _bound[symbol]
+    entries = _read_callee_list(path) or {}
+    entries[symbol] = [*_home(dispatcher), mangle_args(argtypes)]
+    _write_atomically(path, json.dumps(entries, sort_keys=True))
+
+
+def _callee_list_path(dispatcher, argtypes) -> str | None:
+    """Where the names that the dispatcher's cache entry for `argtypes` calls are listed: one
+    file per signature, so processes compiling two signatures at once never merge lists."""
+    cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    index_path = getattr(cache_file, "_index_path", None)
+    if index_path is None:
+        return None
+    digest = hashlib.sha256(mangle_args(argtypes).encode()).hexdigest()[:16]
+    return f"{index_path}.{digest}.callees"
+
+
+def _read_callee_list(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            entries = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return entries if isinstance(entries, dict) else None
+
+
+def _write_atomically(path: str, text: str) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".callees-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _load_callee(module_name: str, name: str, mangled: str) -> bool:
+    """Compile or load the callee `name` of `module_name` for the argument types whose mangled
+    form is `mangled`, from its own cache index; whether its name is now bound."""
+    module = sys.modules.get(module_name)
+    if module is None:
+        # Only netlang's own modules are imported on a cache file's word; generated modules
+        # are in sys.modules already (the program's loader imports its parts first).
+        if not module_name.startswith("netlang."):
+            return False
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            return False
+    dispatcher = getattr(module, name, None)
+    if not isinstance(dispatcher, SymbolDispatcher):
+        return False
+    for argtypes in list(dispatcher.overloads):
+        if mangle_args(argtypes) == mangled:
+            return True
+    cache_file = getattr(dispatcher._cache, "_cache_file", None)
+    if cache_file is None:
+        return False
+    try:
+        index = cache_file._load_index()
+    except Exception:  # a damaged index: the caller is compiled afresh instead
+        return False
+    for key in index:
+        argtypes = key[0]
+        if mangle_args(argtypes) == mangled:
+            dispatcher.compile(argtypes)
+            return True
+    return False
+
+
+class SymbolDispatcher(CPUDispatcher):
+    """A Numba dispatcher whose compiled signatures its compiled callers call by name (see the
+    module's docstring)."""
+
+    def add_overload(self, cres):
+        """Numba's, then the signature's code bound to its own name, which callers call."""
+        super().add_overload(cres)
+        if cres.objectmode:
+            return
+        symbol = _symbol(self, cres.signature.args)
+        with _lock:
+            if symbol not in _bound:
+                llvm.add_symbol(symbol, cres.library.get_pointer_to_function(
+                    cres.fndesc.llvm_func_name))
+                _bound[symbol] = (self, cres.signature.args)
+        selector = OverloadSelector()
+        implementation = _call_by_symbol(cres.fndesc, symbol)
+        selector.append(implementation, implementation.signature)
+        self.targetctx._defns[cres.entry_point] = selector
+
+    def compile(self, sig):
+        """Numba's, after binding the names a cached entry of this function calls (or, where
+        they cannot be bound, with the entry dropped so the function is compiled afresh)."""
+        argtypes = tuple(sigutils.normalize_signature(sig)[0])
+        with _lock:
+            self._bind_callees(argtypes)
+            frames = _compiling.__dict__.setdefault("frames", [])
+            frames.append((self, argtypes, set()))
+            try:
+                entry = super().compile(sig)
+            finally:
+                frames.pop()
+            # A function that calls nothing by name still has its (empty) list: an entry
+            # without one is one whose list was never finished.
+            path = _callee_list_path(self, argtypes)
+            if path is not None and not os.path.exists(path):
+                _write_atomically(path, "{}")
+            return entry
+
+    def _bind_callees(self, argtypes) -> None:
+        """Load the callees that the cache entry for `argtypes` lists, if there is one; drop the
+        cache's index when that fails, so the entry is compiled afresh."""
+        path = _callee_list_path(self, argtypes)
+        if path is None or argtypes in self.overloads:
+            return
+        cache_file = self._cache._cache_file
+        try:
+            cached = any(key[0] == argtypes for key in cache_file._load_index())
+        except Exception:  # a damaged index: cpu.py's check drops it, Numba compiles afresh
+            return
+        if not cached:
+            return
+        entries = _read_callee_list(path)
+        if entries is None or not all(
+                symbol in _bound or (isinstance(entry, list) and len(entry) == 3
+                                     and _load_callee(*entry) and symbol in _bound)
+                for symbol, entry in entries.items()):
+            with contextlib.suppress(OSError):
+                os.unlink(cache_file._index_path)
+
+
+def symbol_jit(function=None, **options):
+    """`function` compiled as a `SymbolDispatcher` with Numba's disk cache, without the GIL;
+    `options` are Numba's (`parallel`, `error_model`).  Used bare or with options, as `njit`."""
+    def make(py_function):
+        dispatcher = SymbolDispatcher(py_func=py_function, locals={},
+                                      targetoptions={"nopython": True, "nogil": True,
+                                                     "boundscheck": None, **options})
+        dispatcher.enable_caching()
+        return dispatcher
+    return make if function is None else make(function)
