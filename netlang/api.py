@@ -15,6 +15,7 @@ import numpy as np
 from netlang.attack import AttackResult, Attacker
 from netlang.bench import bench
 from netlang.config import timed
+from netlang.data.folders import image_paths, read_image_input
 from netlang.data.text import Vocabulary, with_bits_per_character
 from netlang.errors import NetlangFileError, UsageError, WeightsError
 from netlang.interchange import DEFAULT_OPSET, export_onnx, from_state_dict, onnx_to_source
@@ -388,6 +389,21 @@ class Model:
         loss; otherwise {output name: array}."""
         return predict(self.engine, self.binding, self._arrays(x, what="prediction input"),
                        batch_size)
+
+    def predict_images(self, images, *, image_size: str | None = None,
+                       batch_size: int = 256):
+        """`predict` on image files: `images` is a path or a list of paths to PNG or JPEG
+        files and folders of them (searched with their sub-folders, hidden ones skipped).
+        Returns (the image paths in the order predicted, predict's result); with class names
+        from the run the weights came from in `class_names`.  Each image is decoded to the
+        data input's shape, grey or RGB as its channels say, in [0, 1]; `image_size`
+        ("check" or "resize", default the train section's) decides what another size gets."""
+        if self.binding.data_input is None:
+            raise UsageError("this model has several data inputs: predict with a dict of arrays")
+        shape, _ = self.binding.inputs[self.binding.data_input]
+        paths = image_paths([images] if isinstance(images, (str, os.PathLike)) else images)
+        x = read_image_input(paths, shape, image_size or self.train_config.image_size)
+        return paths, self.predict(x, batch_size=batch_size)
 
     def saliency(self, x, target=None):
         """The gradient of a class score with respect to the input, shaped like `x`: the

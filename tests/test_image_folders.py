@@ -145,6 +145,15 @@ def test_train_from_the_cli_and_predict_names_on_a_folder(shapes, tmp_path, caps
     lines = stdout.splitlines()
     assert lines[0].endswith("square/000.png: square  (square: " + lines[0].split(": ")[-1])
     assert lines[1].split(": ")[1].startswith("bar")
+    # From Python: the same files, the same order and the same probabilities as the CLI's.
+    loaded = netlang.load(out)
+    loaded.device = "reference"
+    paths, probabilities = loaded.predict_images(shapes / "test")
+    assert [str(p) for p in paths] == [entry["file"] for entry in result["top"]]
+    np.testing.assert_allclose(probabilities, result["probabilities"], atol=1e-6)
+    assert loaded.class_names == CLASSES
+    with pytest.raises(DataError, match="expected an .npy array or a PNG or JPEG"):
+        loaded.predict_images([notes])
 
 
 def test_train_from_python_and_evaluate(shapes, tmp_path):

@@ -17,18 +17,13 @@ from netlang.cli.trained import (
     saved_normalization,
     standardized,
 )
-from netlang.data.folders import IMAGE_SUFFIXES, image_shape, read_images
+from netlang.data.folders import image_paths, is_npy_file, read_image_input
 from netlang.errors import DataError, UsageError
 from netlang.ir.train_config import IMAGE_SIZES
 from netlang.train.evaluation import predict
 from netlang.train.overrides import apply_overrides
-from netlang.train.png import PNG_SIGNATURE
 from netlang.train.run_dir import saved_class_names
 
-# The bytes that open every .npy file (numpy.lib.format), and every JPEG (its SOI marker and
-# the first byte of the next marker).
-NPY_SIGNATURE = b"\x93NUMPY"
-JPEG_SIGNATURE = b"\xff\xd8\xff"
 DEFAULT_TOP_K = 10   # classes listed per example when --top-k is not given
 
 
@@ -55,14 +50,12 @@ def run(args: argparse.Namespace) -> int:
     if binding.data_input is None:
         raise UsageError("this model has several data inputs; predict from Python with a dict")
     shape, _ = binding.inputs[binding.data_input]
-    if len(args.input) == 1 and _is_array(Path(args.input[0])):
+    if len(args.input) == 1 and is_npy_file(Path(args.input[0])):
         names, x = None, read_input(args.input[0], shape)
     else:
         config = apply_overrides(model.train_config, info.get("overrides") or [], model.graph)
         names = image_paths(args.input)
-        x = read_images(names, image_shape(names[0], shape, args.image_size
-                                           or config.image_size),
-                        args.image_size or config.image_size).reshape((len(names),) + shape)
+        x = read_image_input(names, shape, args.image_size or config.image_size)
     x = standardized(x, saved_normalization(args.weights, shape), shape)
     result = predict(model.engine, binding, {binding.data_input: x})
     if not isinstance(result, np.ndarray):  # no classification loss: raw outputs
@@ -111,43 +104,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def image_paths(inputs) -> list[Path]:
-    """The image files `inputs` name: files as given, and the .png/.jpg/.jpeg files in each
-    folder and its sub-folders (hidden ones skipped), sorted by path."""
-    paths = []
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            if not found:
-                raise DataError(f"{path}: no .png or .jpg images in this folder")
-            paths.extend(found)
-        elif not path.is_file():
-            raise DataError(f"{path}: no such file")
-        elif _is_array(path):
-            raise DataError(f"{path}: an .npy array is predicted on its own, not among images")
-        elif path.suffix.lower() not in IMAGE_SUFFIXES and not _has_image_signature(path):
-            raise DataError(f"{path}: expected an .npy array or a PNG or JPEG image")
-        else:
-            paths.append(path)
-    return paths
-
-
-def _has_image_signature(path: Path) -> bool:
-    """Whether the file at `path` opens as a PNG or a JPEG does (whatever its name)."""
-    with open(path, "rb") as f:
-        start = f.read(len(PNG_SIGNATURE))
-    return start.startswith((PNG_SIGNATURE, JPEG_SIGNATURE))
-
-
-def _is_array(path: Path) -> bool:
-    """Whether `path` is an .npy array (by its suffix or NumPy's signature), which `read_input`
-    reads; anything else is read as an image, whose reader names a file that is neither."""
-    if path.suffix.lower() == ".npy":
-        return True
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        return f.read(len(NPY_SIGNATURE)) == NPY_SIGNATURE

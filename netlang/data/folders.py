@@ -20,6 +20,7 @@ import numpy as np
 from netlang.data.dataset import Dataset
 from netlang.errors import DataError
 from netlang.ir.train_config import IMAGE_SIZES
+from netlang.train.png import PNG_SIGNATURE
 
 FOLDER_PREFIX = "folder:"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -29,6 +30,10 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 # A decoded set is one float32 array in memory: beyond this it is refused before decoding.
 MAX_DECODED_BYTES = 8 * 2 ** 30
 SPLITS = ("train", "val", "test")
+# The bytes that open every .npy file (numpy.lib.format), and every JPEG (its SOI marker and
+# the first byte of the next marker).
+NPY_SIGNATURE = b"\x93NUMPY"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
 # Pillow modes that are grey already; everything else converts to grey through RGB.
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 # The modes Pillow opens a 16-bit grey PNG in: its convert("L") clips them at 255 instead of
@@ -165,6 +170,59 @@ def read_images(paths, shape: tuple[int, int, int], image_size: str = "check") -
             pixels = _decode(image, path, mode, (width, height))
         np.divide(pixels.reshape(height, width, channels), scale, out=out[i])
     return out
+
+
+def read_image_input(paths, input_shape, image_size: str = "check") -> np.ndarray:
+    """The image files `paths` as one batch for a model input of shape `input_shape`
+    (channels-last [H, W, C], or flat), float32 in [0, 1]: what `netlang predict` and
+    `Model.predict_images` feed the model."""
+    paths = list(paths)
+    if not paths:
+        raise DataError("no images to read")
+    shape = image_shape(paths[0], input_shape, image_size)
+    return read_images(paths, shape, image_size).reshape((len(paths),) + tuple(input_shape))
+
+
+def image_paths(inputs) -> list[Path]:
+    """The image files `inputs` name: files as given, and the .png/.jpg/.jpeg files in each
+    folder and its sub-folders (hidden ones skipped), sorted by path."""
+    paths = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise DataError(f"{path}: no .png or .jpg images in this folder")
+            paths.extend(found)
+        elif not path.is_file():
+            raise DataError(f"{path}: no such file")
+        elif is_npy_file(path):
+            raise DataError(f"{path}: an .npy array is predicted on its own, not among images")
+        elif path.suffix.lower() not in IMAGE_SUFFIXES and not _has_image_signature(path):
+            raise DataError(f"{path}: expected an .npy array or a PNG or JPEG image")
+        else:
+            paths.append(path)
+    return paths
+
+
+def _has_image_signature(path: Path) -> bool:
+    """Whether the file at `path` opens as a PNG or a JPEG does (whatever its name)."""
+    with open(path, "rb") as f:
+        start = f.read(len(PNG_SIGNATURE))
+    return start.startswith((PNG_SIGNATURE, JPEG_SIGNATURE))
+
+
+def is_npy_file(path: Path) -> bool:
+    """Whether `path` is an .npy array (by its suffix or NumPy's signature), predicted on
+    its own rather than read as an image."""
+    if path.suffix.lower() == ".npy":
+        return True
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(len(NPY_SIGNATURE)) == NPY_SIGNATURE
 
 
 def pillow():
