@@ -28,7 +28,7 @@ import dataclasses
 
 import numpy as np
 
-from netlang.ops.norm import draw_dropout_key, dropout_threshold
+from netlang.ops.norm import draw_dropout_key, dropout_threshold, rewrite_as_masked_product
 from netlang.ops.norm_loops import GOLDEN, MIX1, MIX2, dropout_bits, normal_pair, uniform_draw
 from netlang.ops.onnx_forms import passthrough
 from netlang.ops.registry import always, define_internal, define_op, elementwise_same, same_type_as
@@ -175,12 +175,7 @@ def _gaussian_noise_as_sum(graph, node):
 def _masking_noise_as_product(graph, node):
     """Inside a training step masking_noise(x) is x · masking_mask(x): the backward pass
     multiplies by the mask the forward pass drew."""
-    data = graph.nodes[node]
-    x = data["inputs"][0]
-    mask = graph.add_op("masking_mask", [x], {"p": data["attrs"]["p"]}, data["type"],
-                        name=graph.unique_name(f"{data['name']}.mask"), role="internal",
-                        layer=data["layer"], trace=data["trace"])
-    graph.replace_op(node, "multiply", [x, mask], {})
+    rewrite_as_masked_product(graph, node, "masking_mask", {"p": graph.nodes[node]["attrs"]["p"]})
 
 
 # Outside a training step both corruptions are the identity (graphs differentiated in

@@ -141,16 +141,23 @@ dropout_mask.forward(lambda ins, a, ctx: dropout_mask_array(ins[0].shape, a["rat
                      if ctx.mode == "train" else np.ones_like(ins[0]))
 
 
-@dropout.training_rewrite
-def _dropout_as_masked_product(graph, node):
-    """Inside a training step dropout(x) is x · dropout_mask(x): the mask drawn in the forward
-    pass is then a node of the graph, and the backward pass multiplies by that same mask."""
+def rewrite_as_masked_product(graph, node, mask_op: str, attrs: dict) -> None:
+    """Replace `node`, an op of one input x, by x · mask_op(x, **attrs): the mask drawn in the
+    forward pass is then a node of the graph, and the backward pass multiplies by that same
+    mask (dropout's and masking noise's training rewrites)."""
     data = graph.nodes[node]
     x = data["inputs"][0]
-    mask = graph.add_op("dropout_mask", [x], {"rate": data["attrs"]["rate"]}, data["type"],
+    mask = graph.add_op(mask_op, [x], attrs, data["type"],
                         name=graph.unique_name(f"{data['name']}.mask"), role="internal",
                         layer=data["layer"], trace=data["trace"])
     graph.replace_op(node, "multiply", [x, mask], {})
+
+
+@dropout.training_rewrite
+def _dropout_as_masked_product(graph, node):
+    """Inside a training step dropout(x) is x · dropout_mask(x)."""
+    rewrite_as_masked_product(graph, node, "dropout_mask",
+                              {"rate": graph.nodes[node]["attrs"]["rate"]})
 
 
 # In the training graph dropout has become a product with its mask (see the rewrite above);
