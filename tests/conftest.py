@@ -129,3 +129,23 @@ def run_cli(capsys, *argv):
         code = exit.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def straight_and_resumed(model, tmp_path, stop_step, **options):
+    """The engines of two training runs of `model` (netlang.train.loop.train's keywords
+    `options`): one straight through, into tmp_path/"a"; one stopped after step `stop_step`
+    into tmp_path/"b" and resumed from its checkpoint there.  Resuming is exact when their
+    parameters are equal bit for bit."""
+    # here, not at the top: conftest loads no back end early
+    from netlang.train.loop import train
+    from netlang.train.trainer import TrainingInterrupted
+
+    def stop(trainer):
+        if trainer.step == stop_step:
+            trainer.request_stop()
+
+    _, straight, _ = train(model, out=tmp_path / "a", **options)
+    with pytest.raises(TrainingInterrupted):
+        train(model, out=tmp_path / "b", on_step=stop, **options)
+    _, resumed, _ = train(model, resume=tmp_path / "b", **options)
+    return straight, resumed

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import run_cli as run
+from conftest import straight_and_resumed
 
 import netlang
 from netlang.data import load_dataset, load_image_folder
@@ -17,8 +18,6 @@ from netlang.data.folders import read_images
 from netlang.errors import DataError, UsageError
 from netlang.ir.train_config import Choice
 from netlang.train.augment import Augmenter
-from netlang.train.loop import train
-from netlang.train.trainer import TrainingInterrupted
 from netlang.weights import load_weights
 
 # The tests write their images with Pillow (netlang imports it only when it reads images).
@@ -366,14 +365,8 @@ def test_jpeg_and_colour_images_convert_to_the_model_channels(tmp_path):
 
 def test_an_interrupted_augmented_run_resumes_to_the_same_weights(shapes, tmp_path):
     model = netlang.compile(str(model_file(tmp_path, "augment crop(padding = 2), flip")))
-    options = dict(data=f"folder:{shapes}", device="reference", overrides=["epochs=2"])
-    _, whole, _ = train(model, out=tmp_path / "a", **options)
-
-    def stop_inside_the_second_epoch(trainer):   # 90 images, 16 a batch: 6 steps an epoch
-        if trainer.step == 8:
-            trainer.request_stop()
-    with pytest.raises(TrainingInterrupted):
-        train(model, out=tmp_path / "b", on_step=stop_inside_the_second_epoch, **options)
-    _, resumed, _ = train(model, resume=tmp_path / "b", device="reference")
+    # 90 images, 16 a batch: 6 steps an epoch, so step 8 is inside the second.
+    whole, resumed = straight_and_resumed(model, tmp_path, 8, data=f"folder:{shapes}",
+                                          device="reference", overrides=["epochs=2"])
     for name, value in whole.params.items():
         assert np.array_equal(value, resumed.params[name]), name

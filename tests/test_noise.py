@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import engines
+from conftest import engines, straight_and_resumed
 
 import netlang
 from netlang.cli import main
@@ -16,7 +16,6 @@ from netlang.frontend.format import format_source
 from netlang.ops.noise import masking_array, normal_array, uniform_array
 from netlang.ops.norm import dropout_mask_array
 from netlang.runtime import make_engine
-from netlang.train.loop import TrainingInterrupted, train
 from netlang.train.png import read_png
 
 # Every sampling op and a noise input, each an output of its own, so each draw is compared.
@@ -282,13 +281,7 @@ def test_resume_draws_what_the_uninterrupted_run_draws(tmp_path):
     a run stopped inside epoch 2 and resumed ends with the uninterrupted run's weights."""
     model = netlang.compile(NOISY_SPIRALS)
     model.device = "reference"
-    _, full, _ = train(model, data="spirals", out=tmp_path / "a", device="reference")
-
-    def stop(trainer):
-        if trainer.step == 21:
-            trainer.request_stop()
-    with pytest.raises(TrainingInterrupted):
-        train(model, data="spirals", out=tmp_path / "b", device="reference", on_step=stop)
-    _, resumed, _ = train(model, resume=tmp_path / "b", device="reference")
+    full, resumed = straight_and_resumed(model, tmp_path, 21, data="spirals",
+                                         device="reference")
     for name, value in full.params.items():
         assert np.array_equal(value, resumed.params[name]), name

@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import straight_and_resumed
 
 import netlang
 from netlang.cli import main
@@ -23,7 +24,6 @@ from netlang.train.loop import train
 from netlang.train.overrides import apply_overrides
 from netlang.train.phased import phase_runs
 from netlang.train.progress import format_record
-from netlang.train.trainer import TrainingInterrupted
 
 TWO_HEADS = """\
 input x: [4]
@@ -264,17 +264,8 @@ def test_a_phase_fed_by_noise_alone_takes_no_batch():
 def test_a_noise_phase_resumes_bit_for_bit(tmp_path, stop_step):
     model = compile_text(TINY_GAN)
     data = {"real": np.random.default_rng(1).normal(2.0, 0.5, (10, 3)).astype(np.float32)}
-
-    def stop(trainer):
-        if trainer.step == stop_step:
-            trainer.request_stop()
-
-    _, full, _ = train(model, x=data, device="cpu", out=tmp_path / "a", evaluate_test=False)
-    with pytest.raises(TrainingInterrupted):
-        train(model, x=data, device="cpu", out=tmp_path / "b", on_step=stop,
-              evaluate_test=False)
-    _, resumed, _ = train(model, x=data, device="cpu", resume=tmp_path / "b",
-                          evaluate_test=False)
+    full, resumed = straight_and_resumed(model, tmp_path, stop_step, x=data, device="cpu",
+                                         evaluate_test=False)
     for name, value in full.params.items():
         assert np.array_equal(value, resumed.params[name]), name
 
@@ -327,17 +318,8 @@ def test_a_lone_phase_trains_as_the_unnamed_section_does():
 def test_resume_mid_round_matches_an_uninterrupted_run(tmp_path, stop_step):
     model = compile_text(TWO_HEADS)
     data = two_head_data(18)
-
-    def stop(trainer):
-        if trainer.step == stop_step:
-            trainer.request_stop()
-
-    _, full, _ = train(model, x=data, device="cpu", out=tmp_path / "a", evaluate_test=False)
-    with pytest.raises(TrainingInterrupted):
-        train(model, x=data, device="cpu", out=tmp_path / "b", on_step=stop,
-              evaluate_test=False)
-    _, resumed, _ = train(model, x=data, device="cpu", resume=tmp_path / "b",
-                          evaluate_test=False)
+    full, resumed = straight_and_resumed(model, tmp_path, stop_step, x=data, device="cpu",
+                                         evaluate_test=False)
     for name, value in full.params.items():
         assert np.array_equal(value, resumed.params[name]), name
 

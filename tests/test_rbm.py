@@ -15,6 +15,7 @@ import copy
 
 import numpy as np
 import pytest
+from conftest import straight_and_resumed
 
 import netlang
 from netlang.errors import NetlangError
@@ -23,7 +24,6 @@ from netlang.ops.norm import draw_dropout_key
 from netlang.ops.norm_loops import uniform_draw
 from netlang.ops.rbm_loops import chain_index
 from netlang.train.loop import train
-from netlang.train.trainer import TrainingInterrupted
 
 RBM_SOURCE = """input v: [{visible}]
 gap = v -> rbm({hidden}, k = {k}, persistent = {persistent}, chains = {chains}) as r
@@ -128,16 +128,8 @@ def test_persistent_chains_survive_a_checkpoint(tmp_path):
     model = rbm_model(persistent="true", chains=4, batch=4, epochs=2, device="cpu",
                       dtype="float32")
     data = {"v": binary_data(12, 6, seed=2).astype(np.float32)}
-
-    def stop(trainer):
-        if trainer.step == 4:   # in the second epoch
-            trainer.request_stop()
-
-    _, full, _ = train(model, x=data, device="cpu", out=tmp_path / "a", evaluate_test=False)
-    with pytest.raises(TrainingInterrupted):
-        train(model, x=data, device="cpu", out=tmp_path / "b", on_step=stop, evaluate_test=False)
-    _, resumed, _ = train(model, x=data, device="cpu", resume=tmp_path / "b",
-                          evaluate_test=False)
+    full, resumed = straight_and_resumed(model, tmp_path, 4,   # in the second epoch
+                                         x=data, device="cpu", evaluate_test=False)
     assert "r.chain" in full.params
     assert np.any(full.params["r.chain"] != 0)
     for name, value in full.params.items():
