@@ -8,9 +8,11 @@ a user would), has an MNIST classifier predict each one, and prints the mean top
 probability and the share of samples given to each class.  The goal of examples/gan.net
 (issue 12): mean confidence at least 0.9, and every class at least 4% of the samples (no
 mode left out).  Without `--classifier`, the script first trains one with `netlang train
-examples/mlp.net --data mnist --epochs 3` into runs/gan_quality_classifier (about 98% test
-accuracy) and reuses it on later calls.  The exit status is 0 when both goals are met, 1
-otherwise.
+examples/lenet5.net --data mnist` (its own 12-epoch recipe, 99.2% test accuracy) into
+runs/gan_quality_lenet5 and reuses it on later calls.  A convolutional judge, as is usual for
+MNIST GANs: a 3-epoch MLP (97.7%) is less sure of real digits too (0.971 against 0.991).  The exit status is 0 when both goals are met, 1
+otherwise.  As a yardstick, it also prints the classifier's mean confidence on the 10,000
+real MNIST test digits: what the samples would score if they were as clear as real digits.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ import tempfile
 import numpy as np
 
 import netlang
+from netlang.data import load_dataset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CLASSIFIER_MODEL = os.path.join(ROOT, "examples", "mlp.net")
-CLASSIFIER_RUN = os.path.join(ROOT, "runs", "gan_quality_classifier")
-CLASSIFIER_EPOCHS = 3
+CLASSIFIER_MODEL = os.path.join(ROOT, "examples", "lenet5.net")
+CLASSIFIER_RUN = os.path.join(ROOT, "runs", "gan_quality_lenet5")
 CONFIDENCE_GOAL = 0.9
 CLASS_SHARE_GOAL = 0.04
 
@@ -49,10 +51,10 @@ def classifier_run(given: str | None) -> str:
     if given is not None:
         return given
     if not os.path.exists(os.path.join(CLASSIFIER_RUN, "summary.json")):
-        print(f"training the classifier: {os.path.relpath(CLASSIFIER_MODEL)}, "
-              f"{CLASSIFIER_EPOCHS} epochs, into {os.path.relpath(CLASSIFIER_RUN)}")
-        netlang_cli("train", CLASSIFIER_MODEL, "--data", "mnist", "--epochs",
-                    str(CLASSIFIER_EPOCHS), "--out", CLASSIFIER_RUN, "--force", "-q")
+        print(f"training the classifier: {os.path.relpath(CLASSIFIER_MODEL)} into "
+              f"{os.path.relpath(CLASSIFIER_RUN)}")
+        netlang_cli("train", CLASSIFIER_MODEL, "--data", "mnist", "--out", CLASSIFIER_RUN,
+                    "--force", "-q")
     return CLASSIFIER_RUN
 
 
@@ -82,10 +84,12 @@ def main(argv=None) -> int:
         samples = np.load(path)
     images = samples.reshape(len(samples), 28, 28, 1)   # the classifier's input shape
     confidence, shares = judge(classifier.predict(images))
+    real_confidence, _ = judge(classifier.predict(load_dataset("mnist").x_test))
     met = confidence >= CONFIDENCE_GOAL and shares.min() >= CLASS_SHARE_GOAL
     print(f"{len(samples)} samples of {args.gan} (seed {args.seed}), judged by "
           f"{classifier_run(args.classifier)}")
-    print(f"mean top-class confidence: {confidence:.3f} (goal ≥ {CONFIDENCE_GOAL})")
+    print(f"mean top-class confidence: {confidence:.3f} (goal ≥ {CONFIDENCE_GOAL}; "
+          f"the same classifier on the real test digits: {real_confidence:.3f})")
     print("class shares: " + "  ".join(f"{digit}: {share:.1%}"
                                        for digit, share in enumerate(shares))
           + f"   (goal: each ≥ {CLASS_SHARE_GOAL:.0%}; smallest {shares.min():.1%})")
