@@ -96,6 +96,35 @@ class Ranks:
         with self._waiting(what):
             self.comm.Allreduce(self.mpi.IN_PLACE, buffer, op=self.mpi.SUM)
 
+    def tree_sum(self, buffer: np.ndarray, what: str) -> None:
+        """`buffer` (contiguous) summed over every process, in place, along the shards' tree
+        (`tree_sum`) with the processes as its leaves: at each level, process r's sum is added
+        to its neighbour's, r + 2^l's to r's.  A power-of-two number of processes exchange
+        buffers pairwise (recursive doubling: both of a pair compute the same sum, IEEE
+        addition being commutative) and all hold the total at the end; another number sends
+        each sum to its left neighbour and rank 0 broadcasts the total.  MPI moves the bytes
+        and never adds them, so the sum does not depend on how MPI orders a reduction."""
+        size, rank = self.size, self.rank
+        received = np.empty_like(buffer)
+        with self._waiting(what):
+            distance = 1
+            if size & (size - 1) == 0:
+                while distance < size:
+                    partner = rank ^ distance
+                    self.comm.Sendrecv(buffer, dest=partner, recvbuf=received, source=partner)
+                    np.add(buffer, received, out=buffer)
+                    distance *= 2
+                return
+            while distance < size:
+                if rank % (2 * distance) == distance:
+                    self.comm.Send(buffer, dest=rank - distance)
+                    break
+                if rank + distance < size:
+                    self.comm.Recv(received, source=rank + distance)
+                    np.add(buffer, received, out=buffer)
+                distance *= 2
+            self.comm.Bcast(buffer, root=0)
+
     def gather(self, value, what: str) -> list:
         """Every process's `value` (a small picklable object), in rank order."""
         with self._waiting(what):
@@ -191,127 +220,234 @@ def check_batch_size(ranks: Ranks, batch_size: int) -> None:
             f"processes: choose a multiple of {ranks.size} (`batch_size={ranks.size * 32}`)")
 
 
-def check_supported(ranks: Ranks, engine, phased: bool, adversarial: bool = False) -> None:
-    """Refuse, in one line, what data-parallel training does not do yet."""
-    if engine.name != "cpu":
+def check_supported(ranks: Ranks | None, shards: Shards, engine, phased: bool,
+                    adversarial: bool = False) -> None:
+    """Refuse, in one line, what steps summing shards' gradients do not do yet."""
+    where = f"across {ranks.size} MPI processes" if ranks is not None else \
+        f"with {shards.count} gradient shards"
+    if ranks is not None and engine.name != "cpu":
         raise RefusedOnEveryProcess(
-            f"training across {ranks.size} MPI processes runs on the CPU engine only (the "
-            f"{engine.name} engine's is pending): use `device=\"cpu\"`")
+            f"training {where} runs on the CPU engine only (the {engine.name} engine's is "
+            f"pending): use `device=\"cpu\"`")
     if phased:
-        raise RefusedOnEveryProcess(f"training phases across {ranks.size} MPI processes are "
-                                    f"pending: train this model in one process")
+        raise RefusedOnEveryProcess(f"training phases {where} are pending: train this model "
+                                    f"with `gradient_shards=1` in one process")
     if adversarial:
-        raise RefusedOnEveryProcess(f"adversarial training across {ranks.size} MPI processes "
-                                    f"is pending: train this model in one process")
+        raise RefusedOnEveryProcess(f"adversarial training {where} is pending: train this "
+                                    f"model with `gradient_shards=1` in one process")
+    if engine.graph.buffers() and shards.per_process > 1:
+        raise RefusedOnEveryProcess(
+            f"batch norm with {shards.per_process} gradient shards in one process is pending "
+            f"(each shard's pass would wait for the others' statistics): use as many "
+            f"processes as shards, or `gradient_shards=1`")
 
 
 def share_batch_statistics(engine) -> None:
     """Have `engine`'s gradient pass normalise with the whole batch's statistics, summed
-    across the processes (before the pass is first compiled): a model without batch norm
+    across the shards (before the pass is first compiled): a model without batch norm
     compiles the same pass as alone."""
     engine.statistics_across_processes = bool(engine.graph.buffers())
 
 
 class ShareOfBatches:
-    """An epoch's batches taken from host arrays, each process taking its share of each."""
+    """An epoch's batches taken from host arrays, each process taking its shards of each."""
 
-    def __init__(self, arrays: dict, ranks: Ranks):
-        self.arrays, self.ranks = arrays, ranks
+    def __init__(self, arrays: dict, shards: Shards):
+        self.arrays, self.shards = arrays, shards
 
     def epoch(self, order: list):
-        """A function of the step number in the epoch that returns this process's share of
+        """A function of the step number in the epoch that returns this process's shards of
         that step's batch."""
         def take(i):
-            start, stop = self.ranks.bounds(len(order[i]))
+            start, stop = self.shards.share(len(order[i]))
             return take_examples(self.arrays, order[i][start:stop])
         return take
 
 
-class DataParallelSteps:
-    """The meter of a data-parallel epoch (the calls of netlang/train/meters.py): each step's
-    gradients summed across the processes and applied alike by all (see the module
-    docstring); the metrics summed locally, and across the processes when read."""
+class Shards:
+    """How each batch is cut into gradient shards, and which of them this process computes.
 
-    def __init__(self, engine, head, acc: MetricAccumulator, ranks: Ranks, trainer, every: int):
+    A batch of N examples is cut into `count` contiguous shards in order, the first N % count
+    taking one more example (an empty shard's gradient is zero).  The K processes (one alone)
+    take `count / K` consecutive shards each, in rank order, so each process's share of a
+    batch is contiguous too.  `count` must be a multiple of K with a power-of-two quotient:
+    each process's shards are then one node of the fixed tree in which shards are added
+    (`tree_sum`), and the tree's upper levels pair the processes as they pair those nodes."""
+
+    def __init__(self, count: int, ranks: Ranks | None = None):
+        self.count = count
+        size, rank = (ranks.size, ranks.rank) if ranks is not None else (1, 0)
+        self.per_process = count // size
+        self.first = rank * self.per_process   # this process's first shard
+
+    def bounds(self, examples: int, shard: int) -> tuple[int, int]:
+        """[start, stop) of shard `shard` of a batch of `examples` examples."""
+        base, extra = divmod(examples, self.count)
+        start = shard * base + min(shard, extra)
+        return start, start + base + (1 if shard < extra else 0)
+
+    def mine(self) -> range:
+        """The shards this process computes."""
+        return range(self.first, self.first + self.per_process)
+
+    def share(self, examples: int, first: int | None = None) -> tuple[int, int]:
+        """[start, stop) of the examples of a process's shards (this one's, or those that
+        start at shard `first`) in a batch of `examples`."""
+        first = self.first if first is None else first
+        return (self.bounds(examples, first)[0],
+                self.bounds(examples, first + self.per_process - 1)[1])
+
+    def largest(self, examples: int) -> int:
+        """The examples of the largest shard of a batch of `examples` (the first)."""
+        start, stop = self.bounds(examples, 0)
+        return stop - start
+
+
+def gradient_shards(config, ranks: Ranks | None) -> Shards:
+    """The shards of a run's steps: the train section's `gradient_shards`, or, left at 1
+    under K processes, one shard per process; refused in one line where the processes cannot
+    share them along the tree."""
+    size = ranks.size if ranks is not None else 1
+    count = config.gradient_shards if config.gradient_shards > 1 else size
+    quotient = count // size
+    if count % size or (size > 1 and quotient & (quotient - 1)):
+        raise RefusedOnEveryProcess(
+            f"gradient_shards {count} cannot be shared among {size} MPI processes: each must "
+            f"take the same power-of-two number of shards (e.g. `gradient_shards="
+            f"{size * (1 << max(0, (quotient - 1).bit_length()))}`, or {size} processes of "
+            f"{count} shards: one each)")
+    return Shards(count, ranks)
+
+
+def tree_sum(values: list) -> np.ndarray:
+    """The sum of `values` (arrays of one shape, shard order) in the shards' fixed tree:
+    neighbours added pairwise, (0 + 1), (2 + 3), ..., an odd last one passed up as it is,
+    level after level.  In place: the total is left in values[0]."""
+    values = list(values)
+    while len(values) > 1:
+        for i in range(0, len(values) - 1, 2):
+            np.add(values[i], values[i + 1], out=values[i])
+        values = values[::2]
+    return values[0]
+
+
+class ShardedSteps:
+    """The meter of an epoch whose steps sum shards' gradients (the calls of
+    netlang/train/meters.py), in one process (`ranks` None) or several.
+
+    Each step: every shard this process computes is one call of the gradient pass on its rows
+    (each product over the batch's axis then runs over the same rows whatever the number of
+    processes: OpenBLAS's result for a row depends on how many rows a product has), with the
+    dropout generator as it was when the step began and the shard's first example as the
+    engine's `example_offset`, so that each shard draws its rows of the whole batch's masks;
+    its gradient is weighted by its size over the batch's (every netlang loss is a mean over
+    the batch's examples) into a buffer of its own, which also carries the shard's loss sum and
+    whether this process was asked to stop.  The buffers are added in the shards' tree
+    (`tree_sum`), then across the processes along the same tree (`Ranks.tree_sum`: pairs of
+    processes exchanging buffers, never MPI's own reduction, whose order MPI chooses), and
+    every process applies the same optimiser step to the same total on the host
+    (`EngineBase.apply_gradients`).  The arithmetic is the same for any number of processes
+    dividing the shards: the same seed gives the same bits.  The running metrics are summed
+    locally, and across the processes when read."""
+
+    def __init__(self, engine, head, acc: MetricAccumulator, ranks: Ranks | None, trainer,
+                 every: int, shards: Shards):
         self.engine, self.head, self.acc, self.ranks = engine, head, acc, ranks
-        self.trainer, self.every = trainer, every
+        self.trainer, self.every, self.shards = trainer, every, shards
         self.shapes, self.spans, size = {}, {}, 0
         for name in engine.trainable:
             value = engine.params[name]
             self.shapes[name], self.spans[name] = value.shape, (size, size + value.size)
             size += value.size
-        # One buffer for the whole step: the gradients, then the loss sum and the stop flag.
-        # The scaling benchmark compares it with buckets (benchmarks/scaling.py).
-        self.buffer = np.zeros(size + 2, dtype=engine.dtype)
+        # One buffer per shard: its weighted gradients, then its loss sum and the stop flag.
+        self.buffers = [np.zeros(size + 2, dtype=engine.dtype) for _ in shards.mine()]
         self.base, self.local, self.unread = None, None, 0
-        # (this process's examples, the batch's) of the step in progress, for sum_statistics.
+        # (this shard's examples, the batch's) of the pass in progress, for sum_statistics.
         self.share = (0, 0)
         if engine.statistics_across_processes:
             reduce_statistics_with(self.sum_statistics)
 
     def sum_statistics(self, sums: np.ndarray, rows: int, with_gradients: bool) -> int:
-        """A batch norm's per-channel sums over this process's `rows` rows (Σx, Σx², and
-        with_gradients Σg, Σg·x) made the whole batch's, in place; returns its rows.
+        """A batch norm's per-channel sums over this shard's `rows` rows (Σx, Σx², and
+        with_gradients Σg, Σg·x) made the whole batch's, in place, along the shards' tree (one
+        shard per process: `statistics_across_processes` is set only then); returns its rows.
 
-        Each process's g is that of its own share's mean loss: count/mine times the whole
-        batch's.  Σg and Σg·x are scaled by mine·K/count before the sum, so that every
-        process's count alike (K times the batch's), and back after, so that each process's
-        input gradient stays its own loss's, which the step weights by mine/count as it does
-        every gradient.  The scale is 1 when the batch splits evenly."""
+        Each shard's g is that of its own mean loss: count/mine times the whole batch's.  Σg
+        and Σg·x are scaled by mine·S/count before the sum, so that every shard's count alike
+        (S times the batch's), and back after, so that each shard's input gradient stays its
+        own loss's, which the step weights by mine/count as it does every gradient.  The scale
+        is 1 when the batch splits evenly."""
         mine, count = self.share
-        weight = mine * self.ranks.size / count
+        weight = mine * self.shards.count / count
         if with_gradients and weight != 1.0:
             sums[2:] *= weight
-        self.ranks.sum(sums, "summing batch-norm statistics")
+        self.ranks.tree_sum(sums, "summing batch-norm statistics")
         if with_gradients and weight != 1.0:
             sums[2:] /= weight
         return rows * count // mine
 
     def start(self) -> None:
         """The epoch's totals so far (every process restored the same) are the base; each
-        process then counts its own shares."""
+        process then counts its own shards."""
         self.base = self.acc.state()
         self.local = MetricAccumulator(self.head, top_k=self.acc.top_k)
 
     def step(self, feeds: dict, count: int, lr: float, epoch: int, number: int) -> None:
-        """One step: this process's share `feeds` of a batch of `count` examples."""
-        start, stop = self.ranks.bounds(count)
-        mine, buffer, engine = stop - start, self.buffer, self.engine
-        if count < self.ranks.size and engine.statistics_across_processes:
+        """One step: `feeds`, this process's shards of a batch of `count` examples."""
+        engine, shards, ranks = self.engine, self.shards, self.ranks
+        if engine.statistics_across_processes and count < shards.count:
             raise RefusedOnEveryProcess(
                 f"the last batch of epoch {epoch + 1} has {count} example"
-                f"{'s' if count != 1 else ''}, fewer than the {self.ranks.size} MPI processes, "
-                f"and batch norm needs statistics from every process: choose a batch size "
-                f"that leaves at least {self.ranks.size} examples in the last batch, or fewer "
-                f"processes")
-        outputs = None
-        if mine:
+                f"{'s' if count != 1 else ''}, fewer than the {shards.count} gradient shards, "
+                f"and batch norm needs statistics from every shard: choose a batch size "
+                f"that leaves at least {shards.count} examples in the last batch, or fewer "
+                f"shards")
+        offset = shards.share(count)[0]
+        began, drawn = engine.rng.bit_generator.state, None
+        for buffer, shard in zip(self.buffers, shards.mine()):
+            start, stop = shards.bounds(count, shard)
+            if stop == start:
+                buffer[:] = 0.0
+                continue
+            if drawn is not None:   # every shard draws the keys the step began with
+                engine.rng.bit_generator.state = began
             engine.example_offset = start
-            self.share = (mine, count)
-            loss, grads, outputs = engine.gradients(feeds, "train")
-            weight = mine / count
+            self.share = (stop - start, count)
+            loss, grads, outputs = engine.gradients(
+                {name: value[start - offset:stop - offset] for name, value in feeds.items()},
+                "train")
+            drawn = engine.rng.bit_generator.state
+            weight = (stop - start) / count
             for name, (a, b) in self.spans.items():
                 np.multiply(grads[name].reshape(-1), weight, out=buffer[a:b])
-            buffer[LOSS_SUM] = loss * mine
-        else:
-            buffer[:] = 0.0
-        buffer[STOP] = 1.0 if self.trainer.stop_requested else 0.0
-        self.ranks.sum(buffer, f"summing the gradients of step {number} of epoch {epoch + 1}")
-        if count < self.ranks.size:   # some process drew no dropout key this step
-            self.ranks.broadcast_rng(engine.rng)
-        total = float(buffer[LOSS_SUM]) / count
-        if not np.isfinite(total):
-            raise divergence_error(total, epoch, number)
-        self.trainer.agree_to_stop(bool(buffer[STOP] > 0))
-        engine.apply_gradients({name: buffer[a:b].reshape(self.shapes[name])
+            buffer[LOSS_SUM] = loss * (stop - start)
+            self._count(loss, stop - start, outputs, feeds, start - offset, stop - offset)
+        engine.example_offset = 0
+        total = tree_sum(self.buffers)
+        total[STOP] = 1.0 if self.trainer.stop_requested else 0.0
+        if ranks is not None:
+            ranks.tree_sum(total, f"summing the gradients of step {number} of epoch "
+                                  f"{epoch + 1}")
+            last_start, last_stop = shards.share(count, shards.count - shards.per_process)
+            if last_start == last_stop:
+                # the last process had no example, and so drew no dropout key: all take rank 0's
+                ranks.broadcast_rng(engine.rng)
+        loss = float(total[LOSS_SUM]) / count
+        if not np.isfinite(loss):
+            raise divergence_error(loss, epoch, number)
+        self.trainer.agree_to_stop(bool(total[STOP] > 0))
+        engine.apply_gradients({name: total[a:b].reshape(self.shapes[name])
                                 for name, (a, b) in self.spans.items()}, lr)
-        if mine:
-            head = self.head
-            prediction = output_value(engine.graph, outputs, head.prediction) \
-                if head is not None else None
-            self.local.add(loss, mine, prediction,
-                           feeds.get(head.target) if head is not None and head.target else None)
         self.unread += 1
+
+    def _count(self, loss: float, examples: int, outputs: dict, feeds: dict, start: int,
+               stop: int) -> None:
+        """One shard's loss and predictions added to this process's running metrics."""
+        head = self.head
+        prediction = output_value(self.engine.graph, outputs, head.prediction) \
+            if head is not None else None
+        target = feeds[head.target][start:stop] if head is not None and head.target else None
+        self.local.add(loss, examples, prediction, target)
 
     def due(self) -> bool:
         """Whether `every` steps have passed since the totals were last summed."""
@@ -323,7 +459,8 @@ class DataParallelSteps:
         ks = list(local.top_k)
         counts = np.array([local.loss_sum, local.examples, local.correct, local.positions]
                           + [local.top_correct[k] for k in ks], dtype=np.float64)
-        self.ranks.sum(counts, "summing the running metrics")
+        if self.ranks is not None:
+            self.ranks.sum(counts, "summing the running metrics")
         base = self.base
         self.acc.restore({
             "loss_sum": base["loss_sum"] + counts[0],

@@ -24,6 +24,7 @@ from netlang.train.distributed import (
     across_processes,
     check_batch_size,
     check_supported,
+    gradient_shards,
     share_batch_statistics,
 )
 from netlang.train.evaluation import evaluate, predict
@@ -157,6 +158,7 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
         from netlang.runtime.cuda import cuda_module
         cuda_module()
     config = apply_overrides(model.train_config, overrides, model.graph)
+    shards = gradient_shards(config, ranks)   # a one-line refusal before the data is loaded
     if ranks is not None:
         check_batch_size(ranks, config.batch_size)
         if not ranks.root:
@@ -218,8 +220,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     runs = phase_runs(model.graph, config, lambda graph, settings, shared: make_engine(
         graph, settings, shared, seed=config.seed, device=device, dtype=dtype),
         engine.params) if has_phases(model.graph) else None
-    if ranks is not None:
-        check_supported(ranks, engine, runs is not None, config.adversarial is not None)
+    if shards.count > 1:
+        check_supported(ranks, shards, engine, runs is not None, config.adversarial is not None)
         share_batch_statistics(engine)
     run_info = {"model": os.path.abspath(model.path) if not model.path.startswith("<")
                 else model.path, "source_hash": model.source_hash,

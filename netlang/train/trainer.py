@@ -29,7 +29,12 @@ from netlang.ir.train_config import TrainConfig
 from netlang.train.adversarial import adversarial_steps
 from netlang.train.augment import AugmentedBatches, augmenter_for
 from netlang.train.binding import Binding, check_complete, count_examples
-from netlang.train.distributed import DataParallelSteps, ShareOfBatches, evaluate_across
+from netlang.train.distributed import (
+    ShardedSteps,
+    ShareOfBatches,
+    evaluate_across,
+    gradient_shards,
+)
 from netlang.train.divergence import check_not_stuck
 from netlang.train.evaluation import evaluate, evaluated_nodes
 from netlang.train.meters import HostBatches, MetricsOnDevice, MetricsOnHost, prediction_output
@@ -117,6 +122,8 @@ class Trainer:
         self.input_range = input_range   # the data's valid range: adversarial inputs stay in it
         # The MPI processes this one trains with (netlang.train.distributed.Ranks), or None.
         self.ranks = ranks
+        # How each step's batch is cut into gradient shards (one: the fused step).
+        self.shards = gradient_shards(config, ranks)
         self.top_k = top_k_values(config.metrics)
         self.confusion = "confusion" in config.metrics
         self._stop_requested = False
@@ -230,12 +237,12 @@ class Trainer:
         return self.engine.optimizer.state
 
     def _compilations(self, batch: int, evaluated: tuple, eval_batch: int) -> list:
-        """The programs the epochs call (see `EngineBase.compilations`): with other processes,
-        the gradient pass of this process's share of a batch instead of the training step."""
-        if self.ranks is None:
+        """The programs the epochs call (see `EngineBase.compilations`): with gradient shards
+        (other processes, or `gradient_shards`), the gradient pass of a shard instead of the
+        training step."""
+        if self.shards.count == 1:
             return self.stepper.compilations(batch, evaluated, eval_batch)
-        start, stop = self.ranks.bounds(batch)
-        return [self.engine.gradient_compilation(stop - start)] + \
+        return [self.engine.gradient_compilation(self.shards.largest(batch))] + \
             self.engine.compilations(None, evaluated, eval_batch)
 
     def _stepper(self):
@@ -366,7 +373,7 @@ class Trainer:
         host read the labels there).  Augmented batches are made on the host, from the host
         arrays."""
         if self.ranks is not None:
-            return ShareOfBatches(train, self.ranks)
+            return ShareOfBatches(train, self.shards)
         if self.augmenter is not None:
             return AugmentedBatches(train, self.augmenter, lambda: self.epoch)
         resident = self.engine.upload(train, batch_size) if meter is not None else None
@@ -393,7 +400,7 @@ class Trainer:
         or None: each step's loss and outputs then come back to the host.  That is so on
         engines that compute on host arrays, with top-k metrics (they need the scores), and
         for a head whose labels do not line up with its scores one for one."""
-        if self.top_k or self.stepper is not self.engine or self.ranks is not None:
+        if self.top_k or self.stepper is not self.engine or self.shards.count > 1:
             return None
         head, graph = self.binding.head, self.engine.graph
         scores = labels = rule = None
@@ -422,9 +429,9 @@ class Trainer:
         acc = MetricAccumulator(self.binding.head, top_k=self.top_k)
         if self.batch and self.accumulator_state:
             acc.restore(self.accumulator_state)
-        if self.ranks is not None:
-            metrics = DataParallelSteps(self.engine, self.binding.head, acc, self.ranks, self,
-                                        self.metrics_every)
+        if self.shards.count > 1:
+            metrics = ShardedSteps(self.engine, self.binding.head, acc, self.ranks, self,
+                                   self.metrics_every, self.shards)
         elif meter is not None:
             metrics = MetricsOnDevice(meter, acc, self.metrics_every)
         else:
