@@ -14,13 +14,17 @@ call (on a busy machine wall time measures the other processes: the load average
 beside the figures).
 
 - `fused_ms`: one process's training step, the update fused into the compiled step (K = 1);
+- `sharded_ms` (K = 1): one process's step with `gradient_shards` 2 (two gradient passes of
+  B/2 examples, their sum and the host update): what makes it compute 2 processes' bits;
 - `gradients_ms`: the compiled gradient pass of this process's share of B (B/K examples);
 - `update_ms`: the host update a data-parallel step applies after the sum (Adam or SGD with
   the model's penalties, `EngineBase.apply_gradients`);
 - `allreduce_ms` (K > 1): MPI Allreduce of the model's gradients in one flat buffer, and
   split into 4 and 16 buckets;
+- `tree_sum_ms` (K > 1): the same buffer summed along the shards' tree, as training sums it
+  (`Ranks.tree_sum`: Sendrecv and an addition per level);
 - `step_ms` (K > 1): a whole data-parallel step as training runs it (gradients, with batch
-  norm's statistics summed across the processes, copy into the buffer, allreduce, update).
+  norm's statistics summed across the processes, copy into the buffer, tree sum, update).
 
 Under mpiexec every rank also sweeps Allreduce over float32 messages of 4 B to 64 MiB.  `--project` reads the two files and
 prints the projection: a step on K nodes costs
@@ -55,7 +59,8 @@ import netlang  # noqa: E402  (after the checkout is on the path)
 from netlang.bench import random_feeds  # noqa: E402
 from netlang.runtime import make_engine  # noqa: E402
 from netlang.train.distributed import (  # noqa: E402
-    DataParallelSteps,
+    ShardedSteps,
+    Shards,
     share_batch_statistics,
     world,
 )
@@ -112,6 +117,16 @@ def bucketed(ranks, size: int, buckets: int, repeats: int) -> float:
     return fastest_ms(lambda: [ranks.sum(part, "benchmarking") for part in parts], repeats)
 
 
+def data_parallel_steps(engine, ranks, shards: Shards) -> ShardedSteps:
+    """The steps of an epoch summing `shards`' gradients, as training runs them, without a
+    trainer (nothing asks them to stop)."""
+    steps = ShardedSteps(engine, None, MetricAccumulator(None), ranks,
+                         SimpleNamespace(stop_requested=False, agree_to_stop=lambda agreed: None),
+                         50, shards)
+    steps.start()
+    return steps
+
+
 def measure_model(name: str, ranks, repeats: int, batch_size: int | None = None) -> dict:
     """The figures of one model (see the module docstring)."""
     model = netlang.compile(str(ROOT / MODELS[name]))
@@ -131,6 +146,9 @@ def measure_model(name: str, ranks, repeats: int, batch_size: int | None = None)
     if ranks is None:
         whole = random_feeds(model.graph, batch, np.float32, np.random.default_rng(0))
         row["fused_ms"] = median_ms(lambda: engine.train_step(whole, lr), repeats)
+        if not engine.graph.buffers():   # batch norm in 2 shards of one process: pending
+            sharded = data_parallel_steps(engine, None, Shards(2))
+            row["sharded_ms"] = median_ms(lambda: sharded.step(whole, batch, lr, 0, 1), repeats)
     row["gradients_ms"] = median_ms(lambda: engine.gradients(feeds, "train"), repeats)
     _, grads, _ = engine.gradients(feeds, "train")
     grads = {n: grads[n] for n in engine.trainable}
@@ -140,12 +158,10 @@ def measure_model(name: str, ranks, repeats: int, batch_size: int | None = None)
         row["allreduce_ms"] = fastest_ms(lambda: ranks.sum(flat, "benchmarking"), repeats)
         row["allreduce_4_buckets_ms"] = bucketed(ranks, params, 4, repeats)
         row["allreduce_16_buckets_ms"] = bucketed(ranks, params, 16, repeats)
+        row["tree_sum_ms"] = fastest_ms(lambda: ranks.tree_sum(flat, "benchmarking"), repeats)
 
         # The data-parallel step itself, as an epoch runs it (no trainer: nothing stops it).
-        steps = DataParallelSteps(engine, None, MetricAccumulator(None), ranks,
-                                  SimpleNamespace(stop_requested=False,
-                                                  agree_to_stop=lambda agreed: None), every=50)
-        steps.start()
+        steps = data_parallel_steps(engine, ranks, Shards(size, ranks))
         step = lambda: steps.step(feeds, batch, lr, 0, 1)  # noqa: E731
         row["step_ms"] = fastest_ms(step, repeats)
     return row

@@ -513,18 +513,27 @@ class CpuEngine(EngineBase):
         step.call(self, prepared, batch, lr, self.optimizer.steps)
         return prepared, batch
 
-    def gradients(self, feeds: dict, mode: str = "train"):
+    def gradients(self, feeds: dict, mode: str = "train", copy: bool = True):
         """(loss, name → gradient, outputs) for one batch, in `mode`; parameters (and the
         running statistics) are not changed, but for a data-parallel run's training-mode pass
-        (`statistics_across_processes`), which moves the running statistics."""
+        (`statistics_across_processes`), which moves the running statistics.  With `copy`
+        False, the gradients and outputs are the pass's own buffers, valid until its next call:
+        a step summing shards' gradients (netlang/train/distributed.py) reads them at once, and
+        copying 2 MB of gradients a call, with the page faults of fresh arrays, cost it more
+        than the pass itself."""
         feeds = self.with_noise(feeds)
         graph, grads, grad_nodes, program = self._gradient_program(check_mode(mode))
         prepared, batch = self._feeds(graph, feeds, self._input_names(program))
         program.call(self, prepared, batch)
-        named = {name: program.value(g, batch).copy() for name, g in grad_nodes.items()}
+
+        def read(node):
+            value = program.value(node, batch)
+            return value.copy() if copy else value
+        named = {name: read(g) for name, g in grad_nodes.items()}
         for name in self.trainable:
-            named.setdefault(name, np.zeros_like(self.params[name]))
-        outputs = {name: program.value(n, batch).copy() for name, n in graph.graph["outputs"].items()}
+            if name not in named:   # no path to the objective: zero
+                named[name] = np.zeros_like(self.params[name])
+        outputs = {name: read(n) for name, n in graph.graph["outputs"].items()}
         return float(program.value(grads.objective, batch)), named, outputs
 
     def forward(self, feeds: dict, mode: str = "eval", outputs=None) -> dict:

@@ -225,7 +225,7 @@ def check_supported(ranks: Ranks | None, shards: Shards, engine, phased: bool,
     """Refuse, in one line, what steps summing shards' gradients do not do yet."""
     where = f"across {ranks.size} MPI processes" if ranks is not None else \
         f"with {shards.count} gradient shards"
-    if ranks is not None and engine.name != "cpu":
+    if engine.name != "cpu":
         raise RefusedOnEveryProcess(
             f"training {where} runs on the CPU engine only (the {engine.name} engine's is "
             f"pending): use `device=\"cpu\"`")
@@ -415,7 +415,7 @@ class ShardedSteps:
             self.share = (stop - start, count)
             loss, grads, outputs = engine.gradients(
                 {name: value[start - offset:stop - offset] for name, value in feeds.items()},
-                "train")
+                "train", copy=False)
             drawn = engine.rng.bit_generator.state
             weight = (stop - start) / count
             for name, (a, b) in self.spans.items():
