@@ -74,7 +74,7 @@ x = rng.normal(size=(int(sys.argv[3]), 6, 6, 1)).astype(np.float32)
 y = ((x[:, :3].sum(axis=(1, 2, 3)) > 0).astype(np.int32)
      + (x[:, :, :3].sum(axis=(1, 2, 3)) > 1).astype(np.int32))
 model = netlang.compile(sys.argv[1])
-history = model.fit(x, y, verbose=0)
+history = model.fit(x, y, verbose=0, settings=sys.argv[4:])
 name = os.environ.get("PMI_RANK", "alone")
 Path(sys.argv[2], name + ".json").write_text(json.dumps(history["loss"] + history["val_loss"]))
 np.savez(Path(sys.argv[2], name + ".npz"), **model.parameters(), **model.buffers())
@@ -369,6 +369,27 @@ def test_batch_norm_across_processes_trains_as_one_process(tmp_path):
         assert np.array_equal(ranks[0][name], ranks[1][name]), name
         np.testing.assert_allclose(ranks[0][name], alone[name], rtol=1e-4, atol=1e-5,
                                    err_msg=name)
+
+
+@needs_mpi
+@pytest.mark.parametrize("shards, images", [(2, 1604), (4, 1605)])
+def test_batch_norm_with_shards_gives_the_bits_of_one_process(tmp_path, shards, images):
+    """The CNN with two batch norms, 162 float32 steps, each epoch's last batch of 3 or 4
+    images (shards of 2 and 1 examples, or 1 each): one process with `shards` gradient shards
+    (their passes on threads of their own, meeting at each batch norm) and 2 processes with as
+    many end with the same bits in every weight and running statistic."""
+    model, script = tmp_path / "bn.net", tmp_path / "fit.py"
+    model.write_text(BATCHNORM.replace("epochs 4", "epochs 2"))
+    script.write_text(FIT_CNN)
+    for processes in (1, 2):
+        status, _, err = run([sys.executable, str(script), str(model), str(tmp_path),
+                              str(images), f"gradient_shards={shards}"], processes=processes)
+        assert status == 0, err
+    alone = np.load(tmp_path / "alone.npz")
+    for rank in (0, 1):
+        assert_same_bits(dict(alone), dict(np.load(tmp_path / f"{rank}.npz")))
+    assert json.loads((tmp_path / "0.json").read_text())[:2] == \
+        json.loads((tmp_path / "alone.json").read_text())[:2]
 
 
 @needs_mpi

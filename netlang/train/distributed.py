@@ -41,6 +41,7 @@ import functools
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -235,11 +236,6 @@ def check_supported(ranks: Ranks | None, shards: Shards, engine, phased: bool,
     if adversarial:
         raise RefusedOnEveryProcess(f"adversarial training {where} is pending: train this "
                                     f"model with `gradient_shards=1` in one process")
-    if engine.graph.buffers() and shards.per_process > 1:
-        raise RefusedOnEveryProcess(
-            f"batch norm with {shards.per_process} gradient shards in one process is pending "
-            f"(each shard's pass would wait for the others' statistics): use as many "
-            f"processes as shards, or `gradient_shards=1`")
 
 
 def share_batch_statistics(engine) -> None:
@@ -247,6 +243,18 @@ def share_batch_statistics(engine) -> None:
     across the shards (before the pass is first compiled): a model without batch norm
     compiles the same pass as alone."""
     engine.statistics_across_processes = bool(engine.graph.buffers())
+
+
+def shard_engine(engine):
+    """An engine of `engine`'s kind over the same parameters, for a shard's pass on another
+    thread: its own buffers, generator and example offset; its own copy of the running
+    statistics, which the pass moves as `engine`'s pass moves `engine`'s (those are kept)."""
+    buffers = set(engine.graph.buffers())
+    params = {name: value.copy() if name in buffers else value
+              for name, value in engine.params.items()}
+    twin = type(engine)(engine.graph, engine.config, params, dtype=engine.dtype)
+    twin.statistics_across_processes = engine.statistics_across_processes
+    return twin
 
 
 class ShareOfBatches:
@@ -348,7 +356,13 @@ class ShardedSteps:
     every process applies the same optimiser step to the same total on the host
     (`EngineBase.apply_gradients`).  The arithmetic is the same for any number of processes
     dividing the shards: the same seed gives the same bits.  The running metrics are summed
-    locally, and across the processes when read."""
+    locally, and across the processes when read.
+
+    With batch norm, each shard's pass normalises with the whole batch's statistics, which it
+    sums along the same tree from inside the pass (`sum_statistics`).  A process with several
+    shards then runs their passes at once, one thread each (the compiled passes release the
+    GIL), each on an engine of its own over the same parameters (`shard_engine`): a pass waits
+    there for the others' sums."""
 
     def __init__(self, engine, head, acc: MetricAccumulator, ranks: Ranks | None, trainer,
                  every: int, shards: Shards):
@@ -362,29 +376,54 @@ class ShardedSteps:
         # One buffer per shard: its weighted gradients, then its loss sum and the stop flag.
         self.buffers = [np.zeros(size + 2, dtype=engine.dtype) for _ in shards.mine()]
         self.base, self.local, self.unread = None, None, 0
-        # (this shard's examples, the batch's) of the pass in progress, for sum_statistics.
-        self.share = (0, 0)
+        # The shard whose pass runs on this thread: its index among this process's shards and
+        # (its examples, the batch's), for sum_statistics.
+        self.running = threading.local()
+        local = shards.per_process
+        self.concurrent = engine.statistics_across_processes and local > 1
+        self.engines = [engine] + [shard_engine(engine) for _ in range(local - 1)] \
+            if self.concurrent else [engine] * local
+        if self.concurrent:
+            self.pool = ThreadPoolExecutor(local - 1, thread_name_prefix="netlang-shard")
+            self.meeting = threading.Barrier(local)
+            self.deposits, self.total = [None] * local, None
         if engine.statistics_across_processes:
             reduce_statistics_with(self.sum_statistics)
 
     def sum_statistics(self, sums: np.ndarray, rows: int, with_gradients: bool) -> int:
         """A batch norm's per-channel sums over this shard's `rows` rows (Σx, Σx², and
-        with_gradients Σg, Σg·x) made the whole batch's, in place, along the shards' tree (one
-        shard per process: `statistics_across_processes` is set only then); returns its rows.
+        with_gradients Σg, Σg·x) made the whole batch's, in place, along the shards' tree;
+        returns its rows.
 
         Each shard's g is that of its own mean loss: count/mine times the whole batch's.  Σg
         and Σg·x are scaled by mine·S/count before the sum, so that every shard's count alike
         (S times the batch's), and back after, so that each shard's input gradient stays its
         own loss's, which the step weights by mine/count as it does every gradient.  The scale
         is 1 when the batch splits evenly."""
-        mine, count = self.share
+        mine, count = self.running.share
         weight = mine * self.shards.count / count
         if with_gradients and weight != 1.0:
             sums[2:] *= weight
-        self.ranks.tree_sum(sums, "summing batch-norm statistics")
+        if self.concurrent:
+            self._meet(sums)
+        else:
+            self.ranks.tree_sum(sums, "summing batch-norm statistics")
         if with_gradients and weight != 1.0:
             sums[2:] /= weight
         return rows * count // mine
+
+    def _meet(self, sums: np.ndarray) -> None:
+        """`sums` of this thread's shard summed with the other threads' shards' in the tree,
+        then across the processes by one of the threads, in place."""
+        self.deposits[self.running.index] = sums.copy()
+        if self.meeting.wait() == 0:   # one thread, whichever arrived last, adds
+            total = tree_sum(self.deposits)
+            if self.ranks is not None:
+                self.ranks.tree_sum(total, "summing batch-norm statistics")
+            self.total = total
+        self.meeting.wait()
+        # The next sums' deposits start only when every thread has arrived again: after this.
+        sums[...] = self.total
 
     def start(self) -> None:
         """The epoch's totals so far (every process restored the same) are the base; each
@@ -403,26 +442,19 @@ class ShardedSteps:
                 f"that leaves at least {shards.count} examples in the last batch, or fewer "
                 f"shards")
         offset = shards.share(count)[0]
-        began, drawn = engine.rng.bit_generator.state, None
-        for buffer, shard in zip(self.buffers, shards.mine()):
-            start, stop = shards.bounds(count, shard)
-            if stop == start:
-                buffer[:] = 0.0
-                continue
-            if drawn is not None:   # every shard draws the keys the step began with
-                engine.rng.bit_generator.state = began
-            engine.example_offset = start
-            self.share = (stop - start, count)
-            loss, grads, outputs = engine.gradients(
-                {name: value[start - offset:stop - offset] for name, value in feeds.items()},
-                "train", copy=False)
-            drawn = engine.rng.bit_generator.state
-            weight = (stop - start) / count
-            for name, (a, b) in self.spans.items():
-                np.multiply(grads[name].reshape(-1), weight, out=buffer[a:b])
-            buffer[LOSS_SUM] = loss * (stop - start)
-            self._count(loss, stop - start, outputs, feeds, start - offset, stop - offset)
-        engine.example_offset = 0
+        began = engine.rng.bit_generator.state
+        work = [(index, shard, *shards.bounds(count, shard))
+                for index, shard in enumerate(shards.mine())]
+        if self.concurrent:
+            later = [self.pool.submit(self._shard, began, feeds, offset, count, *item)
+                     for item in work[1:]]
+            results = [self._shard(began, feeds, offset, count, *work[0])]
+            results += [future.result() for future in later]
+        else:
+            results = [self._shard(began, feeds, offset, count, *item) for item in work]
+        for (_, _, start, stop), result in zip(work, results):
+            if result is not None:
+                self._count(*result, stop - start, feeds, start - offset, stop - offset)
         total = tree_sum(self.buffers)
         total[STOP] = 1.0 if self.trainer.stop_requested else 0.0
         if ranks is not None:
@@ -440,7 +472,35 @@ class ShardedSteps:
                                 for name, (a, b) in self.spans.items()}, lr)
         self.unread += 1
 
-    def _count(self, loss: float, examples: int, outputs: dict, feeds: dict, start: int,
+    def _shard(self, began: dict, feeds: dict, offset: int, count: int, index: int,
+               shard: int, start: int, stop: int):
+        """The gradients of one shard, weighted, into its buffer: (loss, outputs), or None
+        for an empty shard.  Its engine's generator starts where the step's began and ends
+        where every shard's ends."""
+        buffer, engine = self.buffers[index], self.engines[index]
+        if stop == start:
+            buffer[:] = 0.0
+            return None
+        engine.rng.bit_generator.state = began
+        engine.example_offset = start
+        self.running.index, self.running.share = index, (stop - start, count)
+        try:
+            loss, grads, outputs = engine.gradients(
+                {name: value[start - offset:stop - offset] for name, value in feeds.items()},
+                "train", copy=False)
+        except BaseException:
+            if self.concurrent:   # the other threads would wait for this one's statistics
+                self.meeting.abort()
+            raise
+        finally:
+            engine.example_offset = 0
+        weight = (stop - start) / count
+        for name, (a, b) in self.spans.items():
+            np.multiply(grads[name].reshape(-1), weight, out=buffer[a:b])
+        buffer[LOSS_SUM] = loss * (stop - start)
+        return loss, outputs
+
+    def _count(self, loss: float, outputs: dict, examples: int, feeds: dict, start: int,
                stop: int) -> None:
         """One shard's loss and predictions added to this process's running metrics."""
         head = self.head

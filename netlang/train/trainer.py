@@ -124,6 +124,7 @@ class Trainer:
         self.ranks = ranks
         # How each step's batch is cut into gradient shards (one: the fused step).
         self.shards = gradient_shards(config, ranks)
+        self._sharded = None   # the ShardedSteps of the run's epochs, made at the first
         self.top_k = top_k_values(config.metrics)
         self.confusion = "confusion" in config.metrics
         self._stop_requested = False
@@ -430,8 +431,7 @@ class Trainer:
         if self.batch and self.accumulator_state:
             acc.restore(self.accumulator_state)
         if self.shards.count > 1:
-            metrics = ShardedSteps(self.engine, self.binding.head, acc, self.ranks, self,
-                                   self.metrics_every, self.shards)
+            metrics = self._sharded_steps(acc)
         elif meter is not None:
             metrics = MetricsOnDevice(meter, acc, self.metrics_every)
         else:
@@ -464,6 +464,15 @@ class Trainer:
         record.update({k: v for k, v in acc.result().items() if k != "confusion"})
         self._finish_epoch(record, val, val_name, n, elapsed)
         return record
+
+    def _sharded_steps(self, acc: MetricAccumulator) -> ShardedSteps:
+        """The meter of an epoch whose steps sum shards' gradients, made once for the run (its
+        buffers, and with batch norm its shard engines and threads) and given `acc`."""
+        if self._sharded is None:
+            self._sharded = ShardedSteps(self.engine, self.binding.head, acc, self.ranks, self,
+                                         self.metrics_every, self.shards)
+        self._sharded.acc = acc
+        return self._sharded
 
     def _epoch_order(self, n: int, bs: int) -> list:
         """The batches of the current epoch (index arrays), in the order its steps take them:
