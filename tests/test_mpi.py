@@ -435,7 +435,8 @@ def test_processes_compute_the_bits_of_one_process_with_as_many_shards(tmp_path,
     status, _, err = run(train_command(mlp, shared, *batch, *extra), processes=processes)
     assert status == 0, err
     assert_same_bits(weights(single), weights(shared))
-    losses = [[r[0] for r in epoch_losses(run_dir)] for run_dir in (single, shared)]
+    # The training loss and accuracy of each epoch, alike too.
+    losses = [[(r[0], r[2]) for r in epoch_losses(run_dir)] for run_dir in (single, shared)]
     assert losses[0] == losses[1]
 
 

@@ -445,16 +445,21 @@ class ShardedSteps:
         began = engine.rng.bit_generator.state
         work = [(index, shard, *shards.bounds(count, shard))
                 for index, shard in enumerate(shards.mine())]
-        if self.concurrent:
+        def counted(result, start, stop):
+            # The shard's outputs are its engine's buffers, which the next pass on that
+            # engine overwrites: counted before it.
+            if result is not None:
+                self._count(*result, stop - start, feeds, start - offset, stop - offset)
+        if self.concurrent:   # an engine each
             later = [self.pool.submit(self._shard, began, feeds, offset, count, *item)
                      for item in work[1:]]
             results = [self._shard(began, feeds, offset, count, *work[0])]
             results += [future.result() for future in later]
+            for (_, _, start, stop), result in zip(work, results):
+                counted(result, start, stop)
         else:
-            results = [self._shard(began, feeds, offset, count, *item) for item in work]
-        for (_, _, start, stop), result in zip(work, results):
-            if result is not None:
-                self._count(*result, stop - start, feeds, start - offset, stop - offset)
+            for item in work:
+                counted(self._shard(began, feeds, offset, count, *item), *item[2:])
         total = tree_sum(self.buffers)
         total[STOP] = 1.0 if self.trainer.stop_requested else 0.0
         if ranks is not None:
