@@ -26,7 +26,7 @@ import types
 import numpy as np
 
 from netlang.codegen.cpu import render_program, supported
-from netlang.codegen.update import ParamUpdate, UpdatePlan
+from netlang.codegen.update import ParamUpdate, UpdatePlan, render_update
 from netlang.config import cache_dir, debug, debug_level, private_directory, timed
 from netlang.errors import DataError, UsageError
 from netlang.ir.train_config import TrainConfig
@@ -461,6 +461,46 @@ class CpuEngine(EngineBase):
             evaluation = self._inference(tuple(evaluated), with_losses=False)[2]
             found.append(evaluation.compilation(self, eval_batch, "evaluation"))
         return [compilation for compilation in found if compilation is not None]
+
+    def _update_program(self):
+        """(the compiled update, its Program, gradient node → parameter name): the training
+        step's update applied to gradients passed in (`apply_update`)."""
+        if "update" not in self._programs:
+            graph, _, grad_nodes, _, _ = self._training()
+            updates = [ParamUpdate(name, grad_nodes[name], self.layer_of[name],
+                                   graph.nodes[graph.node_named(name)]["attrs"].get("penalise", False))
+                       for name in self.trainable if name in grad_nodes]
+            program = render_update(graph, updates, self.config.optimizer,
+                                    self.config.regularizers, self.config.clip_norm,
+                                    np.dtype(self.dtype).name)
+            function = load_program(program, f"{self._title} update")
+            self._programs["update"] = (function, program,
+                                        {u.grad: u.name for u in updates})
+        return self._programs["update"]
+
+    def apply_update(self, grads: dict, lr: float) -> None:
+        """One optimiser step from gradients computed apart ({parameter name: gradient}),
+        compiled: the training step's own update (penalties, clipping, the optimiser's rule;
+        codegen/update.py `render_update`), one loop per parameter, where the host rule
+        (`apply_gradients`) makes several NumPy passes (for mlp_500_300, 0.33 ms a step).  A
+        step summing shards' gradients takes it (netlang/train/distributed.py)."""
+        function, arguments = self._update_arguments(grads)
+        self.optimizer.steps += 1
+        function(*arguments, float(lr), int(self.optimizer.steps))
+
+    def _update_arguments(self, grads: dict) -> tuple:
+        """(the compiled update, what it is passed before `lr` and `t`) for `grads`."""
+        function, program, names = self._update_program()
+        state = self.optimizer.state
+        return function, [self.params[arg.key] if arg.kind == "param" else
+                          state[arg.key] if arg.kind == "state" else grads[names[arg.key]]
+                          for arg in program.args]
+
+    def update_compilation(self) -> ProgramCompilation:
+        """The compiled update (`apply_update`) made ready before the first step."""
+        function, arguments = self._update_arguments(
+            {name: np.zeros_like(self.params[name]) for name in self.trainable})
+        return ProgramCompilation("optimiser update", function, arguments + [0.0, 0])
 
     def gradient_compilation(self, batch: int) -> ProgramCompilation:
         """The training-mode gradient pass (`gradients`) made ready for batches of `batch`

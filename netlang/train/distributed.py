@@ -353,8 +353,8 @@ class ShardedSteps:
     whether this process was asked to stop.  The buffers are added in the shards' tree
     (`tree_sum`), then across the processes along the same tree (`Ranks.tree_sum`: pairs of
     processes exchanging buffers, never MPI's own reduction, whose order MPI chooses), and
-    every process applies the same optimiser step to the same total on the host
-    (`EngineBase.apply_gradients`).  The arithmetic is the same for any number of processes
+    every process applies the same optimiser step to the same total (`apply_update`: the
+    training step's update, compiled, for gradients passed in).  The arithmetic is the same for any number of processes
     dividing the shards: the same seed gives the same bits.  The running metrics are summed
     locally, and across the processes when read.
 
@@ -473,8 +473,8 @@ class ShardedSteps:
         if not np.isfinite(loss):
             raise divergence_error(loss, epoch, number)
         self.trainer.agree_to_stop(bool(total[STOP] > 0))
-        engine.apply_gradients({name: total[a:b].reshape(self.shapes[name])
-                                for name, (a, b) in self.spans.items()}, lr)
+        engine.apply_update({name: total[a:b].reshape(self.shapes[name])
+                             for name, (a, b) in self.spans.items()}, lr)
         self.unread += 1
 
     def _shard(self, began: dict, feeds: dict, offset: int, count: int, index: int,

@@ -243,7 +243,8 @@ class Trainer:
         training step."""
         if self.shards.count == 1:
             return self.stepper.compilations(batch, evaluated, eval_batch)
-        return [self.engine.gradient_compilation(self.shards.largest(batch))] + \
+        return [self.engine.gradient_compilation(self.shards.largest(batch)),
+                self.engine.update_compilation()] + \
             self.engine.compilations(None, evaluated, eval_batch)
 
     def _stepper(self):
