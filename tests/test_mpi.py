@@ -440,6 +440,33 @@ def test_processes_compute_the_bits_of_one_process_with_as_many_shards(tmp_path,
     assert losses[0] == losses[1]
 
 
+TREE = """
+import numpy as np
+from netlang.train.distributed import tree_sum, world
+ranks = world()
+rng = np.random.default_rng(7)
+for size in (1, 3, 10, 1001):   # fewer elements than processes, odd halves, a long buffer
+    values = [rng.normal(size=size).astype(np.float32) * np.float32(10.0) ** rng.integers(
+        -4, 8, size=size).astype(np.float32) for _ in range(ranks.size)]
+    expected = tree_sum([value.copy() for value in values])
+    mine = values[ranks.rank].copy()
+    ranks.tree_sum(mine, "testing")
+    assert np.array_equal(mine, expected), (size, ranks.rank)
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("processes", [2, 3, 4])
+def test_the_processes_sum_along_the_shards_tree(tmp_path, processes):
+    """`Ranks.tree_sum` of K processes' buffers is `tree_sum` of the K buffers in one process,
+    bit for bit, on values spread over 12 decades (where the order of a sum shows): recursive
+    halving and doubling for 2 and 4, sums sent left and a broadcast for 3."""
+    script = tmp_path / "tree.py"
+    script.write_text(TREE)
+    status, _, err = run([sys.executable, str(script)], processes=processes)
+    assert status == 0, err
+
+
 @needs_mpi
 def test_shards_the_processes_cannot_share_along_the_tree_are_refused(tmp_path, mlp):
     status, _, err = run(train_command(mlp, tmp_path / "run", "--set", "gradient_shards=6"),

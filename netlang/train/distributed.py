@@ -99,32 +99,55 @@ class Ranks:
 
     def tree_sum(self, buffer: np.ndarray, what: str) -> None:
         """`buffer` (contiguous) summed over every process, in place, along the shards' tree
-        (`tree_sum`) with the processes as its leaves: at each level, process r's sum is added
-        to its neighbour's, r + 2^l's to r's.  A power-of-two number of processes exchange
-        buffers pairwise (recursive doubling: both of a pair compute the same sum, IEEE
-        addition being commutative) and all hold the total at the end; another number sends
-        each sum to its left neighbour and rank 0 broadcasts the total.  MPI moves the bytes
-        and never adds them, so the sum does not depend on how MPI orders a reduction."""
-        size, rank = self.size, self.rank
-        received = np.empty_like(buffer)
+        (`tree_sum`) with the processes as its leaves: at each level, the sum of an aligned
+        block of processes is added to its neighbour block's.  MPI moves the bytes and never
+        adds them, so the sum does not depend on how MPI orders a reduction.
+
+        A power-of-two number of processes (`_halving_and_doubling`) sends 2·(K−1)/K of the
+        buffer from each, as a ring allreduce does, in 2·log2(K) messages; another number
+        sends each block's sum to its left neighbour and rank 0 broadcasts the total."""
+        flat = buffer.reshape(-1)
         with self._waiting(what):
-            distance = 1
-            if size & (size - 1) == 0:
-                while distance < size:
-                    partner = rank ^ distance
-                    self.comm.Sendrecv(buffer, dest=partner, recvbuf=received, source=partner)
-                    np.add(buffer, received, out=buffer)
-                    distance *= 2
+            if self.size & (self.size - 1) == 0:
+                self._halving_and_doubling(flat)
                 return
-            while distance < size:
+            received = np.empty_like(flat)
+            rank, distance = self.rank, 1
+            while distance < self.size:
                 if rank % (2 * distance) == distance:
-                    self.comm.Send(buffer, dest=rank - distance)
+                    self.comm.Send(flat, dest=rank - distance)
                     break
-                if rank + distance < size:
+                if rank + distance < self.size:
                     self.comm.Recv(received, source=rank + distance)
-                    np.add(buffer, received, out=buffer)
+                    np.add(flat, received, out=flat)
                 distance *= 2
-            self.comm.Bcast(buffer, root=0)
+            self.comm.Bcast(flat, root=0)
+
+    def _halving_and_doubling(self, flat: np.ndarray) -> None:
+        """The tree sum for a power-of-two number of processes (Rabenseifner's allreduce).
+        Reduce-scatter by recursive halving, partners 1, 2, 4, ... apart: each pair splits the
+        part of the buffer both still hold, each sends the other the half it gives up and adds
+        the half it keeps, its block's sum plus the partner block's: the tree's pairs, level by
+        level (addition being commutative, either order gives the same bits).  Each process
+        then holds 1/K of the total, and the halves are exchanged back (recursive doubling,
+        no arithmetic) until every process holds all of it."""
+        received = np.empty_like(flat)
+        low, high, exchanges, distance = 0, flat.size, [], 1
+        while distance < self.size:
+            partner = self.rank ^ distance
+            middle = (low + high) // 2
+            keep, give = ((low, middle), (middle, high)) if self.rank & distance == 0 else \
+                ((middle, high), (low, middle))
+            self.comm.Sendrecv(flat[give[0]:give[1]], dest=partner,
+                               recvbuf=received[keep[0]:keep[1]], source=partner)
+            np.add(flat[keep[0]:keep[1]], received[keep[0]:keep[1]],
+                   out=flat[keep[0]:keep[1]])
+            exchanges.append((partner, keep, give))
+            low, high = keep
+            distance *= 2
+        for partner, keep, give in reversed(exchanges):
+            self.comm.Sendrecv(flat[keep[0]:keep[1]], dest=partner,
+                               recvbuf=flat[give[0]:give[1]], source=partner)
 
     def gather(self, value, what: str) -> list:
         """Every process's `value` (a small picklable object), in rank order."""
