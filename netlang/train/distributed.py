@@ -70,6 +70,7 @@ class Ranks:
         self.comm, self.mpi = comm, mpi
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.timeout = mpi_timeout()
+        self._received = {}   # receive buffers of tree_sum, by (size, dtype)
         # When this process began waiting for the others (None: not waiting); a daemon thread
         # ends the job when a wait passes the timeout.  One thread for the run, not a timer
         # per step: a step's collective call costs microseconds.
@@ -107,11 +108,11 @@ class Ranks:
         buffer from each, as a ring allreduce does, in 2·log2(K) messages; another number
         sends each block's sum to its left neighbour and rank 0 broadcasts the total."""
         flat = buffer.reshape(-1)
+        received = self._receiving(flat)
         with self._waiting(what):
             if self.size & (self.size - 1) == 0:
-                self._halving_and_doubling(flat)
+                self._halving_and_doubling(flat, received)
                 return
-            received = np.empty_like(flat)
             rank, distance = self.rank, 1
             while distance < self.size:
                 if rank % (2 * distance) == distance:
@@ -123,7 +124,15 @@ class Ranks:
                 distance *= 2
             self.comm.Bcast(flat, root=0)
 
-    def _halving_and_doubling(self, flat: np.ndarray) -> None:
+    def _receiving(self, flat: np.ndarray) -> np.ndarray:
+        """A buffer to receive into, kept per size and type: a fresh one at every step cost
+        mlp_500_300's 2 MB sum its page faults (0.62 ms against 0.47 kept, 2 processes)."""
+        key = (flat.size, flat.dtype.str)
+        if key not in self._received:
+            self._received[key] = np.empty_like(flat)
+        return self._received[key]
+
+    def _halving_and_doubling(self, flat: np.ndarray, received: np.ndarray) -> None:
         """The tree sum for a power-of-two number of processes (Rabenseifner's allreduce).
         Reduce-scatter by recursive halving, partners 1, 2, 4, ... apart: each pair splits the
         part of the buffer both still hold, each sends the other the half it gives up and adds
@@ -131,7 +140,6 @@ class Ranks:
         level (addition being commutative, either order gives the same bits).  Each process
         then holds 1/K of the total, and the halves are exchanged back (recursive doubling,
         no arithmetic) until every process holds all of it."""
-        received = np.empty_like(flat)
         low, high, exchanges, distance = 0, flat.size, [], 1
         while distance < self.size:
             partner = self.rank ^ distance
