@@ -17,8 +17,8 @@ beside the figures).
 - `sharded_ms` (K = 1): one process's step with `gradient_shards` 2 (two gradient passes of
   B/2 examples, their sum and the host update): what makes it compute 2 processes' bits;
 - `gradients_ms`: the compiled gradient pass of this process's share of B (B/K examples);
-- `update_ms`: the host update a data-parallel step applies after the sum (Adam or SGD with
-  the model's penalties, `EngineBase.apply_gradients`);
+- `update_ms`: the update a data-parallel step applies after the sum (the training step's
+  update compiled alone, with the model's penalties: `CpuEngine.apply_update`);
 - `allreduce_ms` (K > 1): MPI Allreduce of the model's gradients in one flat buffer, and
   split into 4 and 16 buckets;
 - `tree_sum_ms` (K > 1): the same buffer summed along the shards' tree, as training sums it
@@ -26,23 +26,27 @@ beside the figures).
 - `step_ms` (K > 1): a whole data-parallel step as training runs it (gradients, with batch
   norm's statistics summed across the processes, copy into the buffer, tree sum, update).
 
-Under mpiexec every rank also sweeps Allreduce over float32 messages of 4 B to 64 MiB.  `--project` reads the two files and
-prints the projection: a step on K nodes costs
+Under mpiexec every rank also sweeps Allreduce over float32 messages of 4 B to 64 MiB.
+`--project` reads the two files and prints the projection: a step on K nodes costs
 
-    t(K) = t_gradients(B) / K + t_update + t_ring(K),
-    t_ring(K) = 2·(K−1)/K · bytes / bandwidth + 2·(K−1) · latency,
+    t(K) = t_gradients(B) / K + t_update + t_tree(K),
+    t_tree(K) = 2·(K−1)/K · bytes / bandwidth + 2·log2(K) · latency,
 
-the time of a ring allreduce (a reduce-scatter and an all-gather of K−1 steps each), and its
-efficiency is t_fused(B) / (K · t(K)); with B examples on each node instead (a global batch of
-K·B), t(K) = t_gradients(B) + t_update + t_ring(K) and the efficiency t_fused(B) / t(K).  Bandwidths are the network's nominal rates (10 and 100
-Gb/s); the per-hop latencies are assumptions written in the table (25 µs for 10 Gb/s Ethernet
-through TCP, 3 µs for 100 Gb/s RDMA), not measurements: this machine has no network.
+the time of the tree sum (`Ranks.tree_sum`: a reduce-scatter by recursive halving and an
+all-gather by recursive doubling, log2(K) messages each, 2·(K−1)/K of the gradients sent in
+all, as a ring allreduce sends), and its efficiency is t_fused(B) / (K · t(K)); with B
+examples on each node instead (a global batch of K·B), t(K) = t_gradients(B) + t_update +
+t_tree(K) and the efficiency t_fused(B) / t(K).  Bandwidths are the network's nominal rates
+(10 and 100 Gb/s); the per-hop latencies are assumptions written in the table (25 µs for
+10 Gb/s Ethernet through TCP, 3 µs for 100 Gb/s RDMA), not measurements: this machine has no
+network.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -152,7 +156,7 @@ def measure_model(name: str, ranks, repeats: int, batch_size: int | None = None)
     row["gradients_ms"] = median_ms(lambda: engine.gradients(feeds, "train"), repeats)
     _, grads, _ = engine.gradients(feeds, "train")
     grads = {n: grads[n] for n in engine.trainable}
-    row["update_ms"] = median_ms(lambda: engine.apply_gradients(grads, lr), repeats)
+    row["update_ms"] = median_ms(lambda: engine.apply_update(grads, lr), repeats)
     if ranks is not None:
         flat = np.ones(params, np.float32)
         row["allreduce_ms"] = fastest_ms(lambda: ranks.sum(flat, "benchmarking"), repeats)
@@ -181,9 +185,10 @@ def measure(args) -> dict:
     return result
 
 
-def ring_ms(nodes: int, nbytes: int, bandwidth: float, latency: float) -> float:
-    """A ring allreduce of `nbytes` on `nodes` nodes, in ms."""
-    return (2 * (nodes - 1) / nodes * nbytes / bandwidth + 2 * (nodes - 1) * latency) * 1000
+def tree_ms(nodes: int, nbytes: int, bandwidth: float, latency: float) -> float:
+    """The tree sum of `nbytes` on `nodes` nodes (a power of two), in ms."""
+    return (2 * (nodes - 1) / nodes * nbytes / bandwidth
+            + 2 * math.log2(nodes) * latency) * 1000
 
 
 def project(one: dict, two: dict) -> str:
@@ -196,10 +201,10 @@ def project(one: dict, two: dict) -> str:
     lines += ["", "Per step, measured (ms: compute in CPU time, communication and the "
               "2-process step in wall time; load average "
               f"{one['load_average']:.1f} and {two['load_average']:.1f}):", "",
-              "| model | B | gradients | 1 process: fused step | 1 process: gradients(B) + "
-              "update | 2 processes: gradients(B/2) | allreduce (1 buffer / 4 / 16 buckets) "
-              "| 2 processes: whole step |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| model | B | gradients | 1 process: fused step | 1 process: 2 shards | "
+              "1 process: gradients(B) + update | 2 processes: gradients(B/2) | "
+              "allreduce (1 buffer / 4 / 16 buckets) | tree sum | 2 processes: whole step |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     twos = {row["model"]: row for row in two["models"]}
     for row in one["models"]:
         other = twos.get(row["model"])
@@ -207,10 +212,11 @@ def project(one: dict, two: dict) -> str:
             continue
         lines.append(
             f"| {row['model']} | {row['batch']} | {_bytes(row['gradient_bytes'])} | "
-            f"{row['fused_ms']:.2f} | {row['gradients_ms']:.2f} + {row['update_ms']:.2f} | "
+            f"{row['fused_ms']:.2f} | {row.get('sharded_ms', float('nan')):.2f} | "
+            f"{row['gradients_ms']:.2f} + {row['update_ms']:.2f} | "
             f"{other['gradients_ms']:.2f} | {other['allreduce_ms']:.3f} / "
             f"{other['allreduce_4_buckets_ms']:.3f} / {other['allreduce_16_buckets_ms']:.3f} | "
-            f"{other['step_ms']:.2f} |")
+            f"{other['tree_sum_ms']:.3f} | {other['step_ms']:.2f} |")
     for network, bandwidth, latency in NETWORKS:
         for scaling in ("strong", "weak"):
             lines += ["", f"Projected on a {network} network (latency {latency * 1e6:g} µs a hop), "
@@ -223,12 +229,12 @@ def project(one: dict, two: dict) -> str:
             for row in one["models"]:
                 cells = []
                 for k in NODES:
-                    ring = ring_ms(k, row["gradient_bytes"], bandwidth, latency)
+                    tree = tree_ms(k, row["gradient_bytes"], bandwidth, latency)
                     if scaling == "strong":
-                        step = row["gradients_ms"] / k + row["update_ms"] + ring
+                        step = row["gradients_ms"] / k + row["update_ms"] + tree
                         efficiency = row["fused_ms"] / (k * step)
                     else:
-                        step = row["gradients_ms"] + row["update_ms"] + ring
+                        step = row["gradients_ms"] + row["update_ms"] + tree
                         efficiency = row["fused_ms"] / step
                     cells.append(f"{step:.2f} ({efficiency:.0%})")
                 lines.append(f"| {row['model']} | {row['batch']} | " + " | ".join(cells) + " |")
