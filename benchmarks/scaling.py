@@ -171,6 +171,24 @@ def measure_model(name: str, ranks, repeats: int, batch_size: int | None = None)
     return row
 
 
+def shard_rounds(name: str, rounds: int, repeats: int) -> None:
+    """The fused step against the 2-shard step of one process, in `rounds` alternating rounds
+    of `repeats` calls (median CPU ms each), and the median of their ratios: alternating, so
+    that a machine whose load changes weighs on both alike."""
+    model = netlang.compile(str(ROOT / MODELS[name]))
+    batch = model.train_config.batch_size
+    engine = make_engine(model.graph, seed=0)
+    whole = random_feeds(model.graph, batch, np.float32, np.random.default_rng(0))
+    sharded = data_parallel_steps(engine, None, Shards(2))
+    pairs = [(median_ms(lambda: engine.train_step(whole, 0.01), repeats),
+              median_ms(lambda: sharded.step(whole, batch, 0.01, 0, 1), repeats))
+             for _ in range(rounds)]
+    print(json.dumps({"model": name, "batch": batch, "fused_ms": [round(f, 2) for f, _ in pairs],
+                      "sharded_ms": [round(s, 2) for _, s in pairs],
+                      "median_ratio": round(statistics.median(s / f for f, s in pairs), 3),
+                      "load_average": os.getloadavg()[0]}), flush=True)
+
+
 def measure(args) -> dict:
     ranks = world()
     result = {"processes": ranks.size if ranks is not None else 1,
@@ -256,6 +274,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int,
                         help="the global batch of every model (default: its train section's)")
     parser.add_argument("--json", help="write the measurements here (rank 0)")
+    parser.add_argument("--shard-rounds", type=int, metavar="N",
+                        help="instead: the fused step against the 2-shard step of one "
+                             "process, in N alternating rounds of --repeats calls")
     parser.add_argument("--project", nargs="+", metavar="FILE",
                         help="print the tables from files of 1 and 2 processes, in pairs "
                              "(ONE TWO [ONE TWO ...]: models measured in separate runs)")
@@ -269,6 +290,10 @@ def main() -> None:
             one["models"] += more_one["models"]
             two["models"] += more_two["models"]
         print(project(one, two))
+        return
+    if args.shard_rounds:
+        for name in args.models.split(","):
+            shard_rounds(name, args.shard_rounds, args.repeats)
         return
     result = measure(args)
     ranks = world()
