@@ -23,7 +23,8 @@ from safetensors.numpy import load_file
 
 from netlang.ops.norm import draw_dropout_key, dropout_key_at, dropout_mask_array
 from netlang.ops.norm_loops import dropout_bits
-from netlang.train.distributed import Shards, combine_results, tree_sum
+from netlang.train.distributed import combine_results
+from netlang.train.shards import Shards, tree_sum
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -442,7 +443,8 @@ def test_processes_compute_the_bits_of_one_process_with_as_many_shards(tmp_path,
 
 TREE = """
 import numpy as np
-from netlang.train.distributed import tree_sum, world
+from netlang.train.distributed import world
+from netlang.train.shards import tree_sum
 ranks = world()
 rng = np.random.default_rng(7)
 for size in (1, 3, 10, 1001):   # fewer elements than processes, odd halves, a long buffer

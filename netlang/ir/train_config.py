@@ -53,7 +53,7 @@ class TrainConfig:
     # input are read: "check" refuses them, "resize" resizes them (netlang/data/folders.py).
     image_size: str = "check"
     # Every step's gradient is the sum of this many shards' gradients, each over its own
-    # contiguous rows of the batch, added in a fixed tree (netlang/train/distributed.py), so
+    # contiguous rows of the batch, added in a fixed tree (netlang/train/shards.py), so
     # that any number of MPI processes dividing it computes the same bits; 1 takes the fused
     # step alone, and one shard per process under MPI.
     gradient_shards: int = 1

@@ -483,7 +483,7 @@ class CpuEngine(EngineBase):
         compiled: the training step's own update (penalties, clipping, the optimiser's rule;
         codegen/update.py `render_update`), one loop per parameter, where the host rule
         (`apply_gradients`) makes several NumPy passes (for mlp_500_300, 0.33 ms a step).  A
-        step summing shards' gradients takes it (netlang/train/distributed.py)."""
+        step summing shards' gradients takes it (netlang/train/shards.py)."""
         function, arguments = self._update_arguments(grads)
         self.optimizer.steps += 1
         function(*arguments, float(lr), int(self.optimizer.steps))
@@ -504,7 +504,7 @@ class CpuEngine(EngineBase):
 
     def gradient_compilation(self, batch: int) -> ProgramCompilation:
         """The training-mode gradient pass (`gradients`) made ready for batches of `batch`
-        examples: a data-parallel step's (netlang/train/distributed.py), whose update waits
+        examples: a step's that sums gradient shards (netlang/train/shards.py), whose update waits
         for the other processes' gradients."""
         return self._gradient_program("train")[3].compilation(self, batch, "gradient pass")
 
@@ -558,7 +558,7 @@ class CpuEngine(EngineBase):
         running statistics) are not changed, but for a data-parallel run's training-mode pass
         (`statistics_across_processes`), which moves the running statistics.  With `copy`
         False, the gradients and outputs are the pass's own buffers, valid until its next call:
-        a step summing shards' gradients (netlang/train/distributed.py) reads them at once, and
+        a step summing shards' gradients (netlang/train/shards.py) reads them at once, and
         copying 2 MB of gradients a call, with the page faults of fresh arrays, cost it more
         than the pass itself."""
         feeds = self.with_noise(feeds)

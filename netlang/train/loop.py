@@ -20,13 +20,7 @@ from netlang.errors import UsageError
 from netlang.ir.train_config import TrainConfig
 from netlang.runtime import make_engine
 from netlang.train.binding import Binding, as_arrays, bind
-from netlang.train.distributed import (
-    across_processes,
-    check_batch_size,
-    check_supported,
-    gradient_shards,
-    share_batch_statistics,
-)
+from netlang.train.distributed import across_processes, check_batch_size
 from netlang.train.evaluation import evaluate, predict
 from netlang.train.overrides import apply_overrides
 from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
@@ -54,6 +48,7 @@ from netlang.train.run_dir import (
     write_summary,
 )
 from netlang.train.run_lock import RunLock
+from netlang.train.shards import check_supported, gradient_shards, share_batch_statistics
 from netlang.train.trainer import History, Trainer, TrainingInterrupted
 from netlang.train.transfer import transfer_weights
 from netlang.version import __version__

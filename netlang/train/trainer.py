@@ -29,12 +29,7 @@ from netlang.ir.train_config import TrainConfig
 from netlang.train.adversarial import adversarial_steps
 from netlang.train.augment import AugmentedBatches, augmenter_for
 from netlang.train.binding import Binding, check_complete, count_examples
-from netlang.train.distributed import (
-    ShardedSteps,
-    ShareOfBatches,
-    evaluate_across,
-    gradient_shards,
-)
+from netlang.train.distributed import evaluate_across
 from netlang.train.divergence import check_not_stuck
 from netlang.train.evaluation import evaluate, evaluated_nodes
 from netlang.train.meters import HostBatches, MetricsOnDevice, MetricsOnHost, prediction_output
@@ -42,6 +37,7 @@ from netlang.train.metrics import MetricAccumulator, class_rule, top_k_values
 from netlang.train.progress import Progress
 from netlang.train.run_dir import FINAL_WEIGHTS, append_metrics, read_run, trim_metrics, write_run
 from netlang.train.schedules import step_rate
+from netlang.train.shards import ShardedSteps, ShareOfBatches, gradient_shards
 from netlang.weights import rng_from_json, rng_state_to_json, save_checkpoint, save_weights
 
 STATE_VERSION = 1
