@@ -228,7 +228,8 @@ def project(one: dict, two: dict) -> str:
             continue
         lines.append(
             f"| {row['model']} | {row['batch']} | {_bytes(row['gradient_bytes'])} | "
-            f"{row['fused_ms']:.2f} | {row.get('sharded_ms', float('nan')):.2f} | "
+            f"{row['fused_ms']:.2f} | "
+            f"{format(row['sharded_ms'], '.2f') if 'sharded_ms' in row else '—'} | "
             f"{row['gradients_ms']:.2f} + {row['update_ms']:.2f} | "
             f"{other['gradients_ms']:.2f} | {other['allreduce_ms']:.3f} / "
             f"{other['allreduce_4_buckets_ms']:.3f} / {other['allreduce_16_buckets_ms']:.3f} | "

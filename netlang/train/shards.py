@@ -51,57 +51,6 @@ from netlang.train.metrics import MetricAccumulator
 LOSS_SUM, STOP = -2, -1
 
 
-def check_supported(ranks: Ranks | None, shards: Shards, engine, phased: bool,
-                    adversarial: bool = False) -> None:
-    """Refuse, in one line, what steps summing shards' gradients do not do yet."""
-    where = f"across {ranks.size} MPI processes" if ranks is not None else \
-        f"with {shards.count} gradient shards"
-    if engine.name != "cpu":
-        raise RefusedOnEveryProcess(
-            f"training {where} runs on the CPU engine only (the {engine.name} engine's is "
-            f"pending): use `device=\"cpu\"`")
-    if phased:
-        raise RefusedOnEveryProcess(f"training phases {where} are pending: train this model "
-                                    f"with `gradient_shards=1` in one process")
-    if adversarial:
-        raise RefusedOnEveryProcess(f"adversarial training {where} is pending: train this "
-                                    f"model with `gradient_shards=1` in one process")
-
-
-def share_batch_statistics(engine) -> None:
-    """Have `engine`'s gradient pass normalise with the whole batch's statistics, summed
-    across the shards (before the pass is first compiled): a model without batch norm
-    compiles the same pass as alone."""
-    engine.statistics_across_processes = bool(engine.graph.buffers())
-
-
-def shard_engine(engine):
-    """An engine of `engine`'s kind over the same parameters, for a shard's pass on another
-    thread: its own buffers, generator and example offset; its own copy of the running
-    statistics, which the pass moves as `engine`'s pass moves `engine`'s (those are kept)."""
-    buffers = set(engine.graph.buffers())
-    params = {name: value.copy() if name in buffers else value
-              for name, value in engine.params.items()}
-    twin = type(engine)(engine.graph, engine.config, params, dtype=engine.dtype)
-    twin.statistics_across_processes = engine.statistics_across_processes
-    return twin
-
-
-class ShareOfBatches:
-    """An epoch's batches taken from host arrays, each process taking its shards of each."""
-
-    def __init__(self, arrays: dict, shards: Shards):
-        self.arrays, self.shards = arrays, shards
-
-    def epoch(self, order: list):
-        """A function of the step number in the epoch that returns this process's shards of
-        that step's batch."""
-        def take(i):
-            start, stop = self.shards.share(len(order[i]))
-            return take_examples(self.arrays, order[i][start:stop])
-        return take
-
-
 class Shards:
     """How each batch is cut into gradient shards, and which of them this process computes.
 
@@ -167,6 +116,57 @@ def tree_sum(values: list) -> np.ndarray:
             np.add(values[i], values[i + 1], out=values[i])
         values = values[::2]
     return values[0]
+
+
+def check_supported(ranks: Ranks | None, shards: Shards, engine, phased: bool,
+                    adversarial: bool = False) -> None:
+    """Refuse, in one line, what steps summing shards' gradients do not do yet."""
+    where = f"across {ranks.size} MPI processes" if ranks is not None else \
+        f"with {shards.count} gradient shards"
+    if engine.name != "cpu":
+        raise RefusedOnEveryProcess(
+            f"training {where} runs on the CPU engine only (the {engine.name} engine's is "
+            f"pending): use `device=\"cpu\"`")
+    if phased:
+        raise RefusedOnEveryProcess(f"training phases {where} are pending: train this model "
+                                    f"with `gradient_shards=1` in one process")
+    if adversarial:
+        raise RefusedOnEveryProcess(f"adversarial training {where} is pending: train this "
+                                    f"model with `gradient_shards=1` in one process")
+
+
+def share_batch_statistics(engine) -> None:
+    """Have `engine`'s gradient pass normalise with the whole batch's statistics, summed
+    across the shards (before the pass is first compiled): a model without batch norm
+    compiles the same pass as alone."""
+    engine.statistics_across_processes = bool(engine.graph.buffers())
+
+
+def shard_engine(engine):
+    """An engine of `engine`'s kind over the same parameters, for a shard's pass on another
+    thread: its own buffers, generator and example offset; its own copy of the running
+    statistics, which the pass moves as `engine`'s pass moves `engine`'s (those are kept)."""
+    buffers = set(engine.graph.buffers())
+    params = {name: value.copy() if name in buffers else value
+              for name, value in engine.params.items()}
+    twin = type(engine)(engine.graph, engine.config, params, dtype=engine.dtype)
+    twin.statistics_across_processes = engine.statistics_across_processes
+    return twin
+
+
+class ShareOfBatches:
+    """An epoch's batches taken from host arrays, each process taking its shards of each."""
+
+    def __init__(self, arrays: dict, shards: Shards):
+        self.arrays, self.shards = arrays, shards
+
+    def epoch(self, order: list):
+        """A function of the step number in the epoch that returns this process's shards of
+        that step's batch."""
+        def take(i):
+            start, stop = self.shards.share(len(order[i]))
+            return take_examples(self.arrays, order[i][start:stop])
+        return take
 
 
 class ShardedSteps:
