@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+import netlang
 from netlang.ops.norm import draw_dropout_key, dropout_key_at, dropout_mask_array
 from netlang.ops.norm_loops import dropout_bits
 from netlang.train.distributed import combine_results
@@ -204,6 +205,20 @@ def test_one_process_with_shards_trains_as_the_fused_step(tmp_path, mlp):
     assert status == 0, err
     for whole, parts in zip(epoch_losses(fused), epoch_losses(sharded), strict=True):
         assert parts == pytest.approx(whole, rel=1e-5)
+
+
+def test_a_model_trained_in_shards_takes_gradients_as_one_process_afterwards(tmp_path):
+    """After `fit` with 2 shards (their passes meeting at each batch norm on threads), the
+    model's own gradient pass is one process's again: no shard waits for another."""
+    path = tmp_path / "bn.net"
+    path.write_text(BATCHNORM)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 3, size=40).astype(np.int32)
+    model = netlang.compile(str(path))
+    model.fit(x, y, epochs=1, verbose=0, val_split=0, gradient_shards=2)
+    gradients = model.gradients(x[:8], y[:8], mode="train")
+    assert all(np.isfinite(g).all() for g in gradients.gradients.values())
 
 
 def test_a_process_outside_mpiexec_never_imports_mpi4py(tmp_path, mlp):

@@ -265,7 +265,12 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     val, val_name = prepared.val, "val"
     if val is None and prepared.test is not None:
         val, val_name = prepared.test, "test"
-    history = trainer.fit(prepared.train, val, val_name=val_name)
+    try:
+        history = trainer.fit(prepared.train, val, val_name=val_name)
+    finally:
+        # The engine outlives the run (`Model.gradients` after `fit`): its gradient passes
+        # are one process's again.
+        engine.statistics_across_processes = False
     history.class_names = prepared.class_names
     # The run is complete (its final checkpoint saved): a signal from here on cannot cut it
     # short, and waits for the test figures and the summary (a second one stops at once).

@@ -255,6 +255,14 @@ class ShardedSteps:
         # The next sums' deposits start only when every thread has arrived again: after this.
         sums[...] = self.total
 
+    def close(self) -> None:
+        """Stop the shards' threads and uninstall the batch-statistics hook: a gradient pass
+        called after training is one process's again."""
+        if self.concurrent:
+            self.pool.shutdown()
+        if self.engine.statistics_across_processes:
+            reduce_statistics_with(None)
+
     def start(self) -> None:
         """The epoch's totals so far (every process restored the same) are the base; each
         process then counts its own shards."""

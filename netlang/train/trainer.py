@@ -293,7 +293,7 @@ class Trainer:
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
         last_save = time.monotonic()
-        with self.deferred_signals(), contextlib.closing(self.progress):
+        with self.deferred_signals(), contextlib.closing(self.progress), self._closing_shards():
             meter = source = None
             compile_logged = False
             while self.epoch < self.config.epochs and not self.finished:
@@ -461,6 +461,17 @@ class Trainer:
         record.update({k: v for k, v in acc.result().items() if k != "confusion"})
         self._finish_epoch(record, val, val_name, n, elapsed)
         return record
+
+    @contextlib.contextmanager
+    def _closing_shards(self):
+        """The sharded steps' threads and batch-statistics hook released when the epochs end,
+        by an error too."""
+        try:
+            yield
+        finally:
+            if self._sharded is not None:
+                self._sharded.close()
+                self._sharded = None
 
     def _sharded_steps(self, acc: MetricAccumulator) -> ShardedSteps:
         """The meter of an epoch whose steps sum shards' gradients, made once for the run (its
