@@ -492,6 +492,28 @@ def test_shards_the_processes_cannot_share_along_the_tree_are_refused(tmp_path, 
     assert "error: gradient_shards 6 cannot be shared among 2 MPI processes" in err
 
 
+@needs_mpi
+def test_cuda_processes_train_as_cpu_processes_and_as_one_cuda_process(tmp_path, mlp):
+    """`--device cuda` under mpiexec, on the CUDA simulator (kernels run as Python, so 10 steps
+    on 200 blobs): each process's shard on its GPU (GPU rank mod 1 here), gradients through
+    pinned host memory, the tree sum and the update on the host.  The losses are the CPU
+    processes' to rounding (other kernels), and the weights one CUDA process's with 2 shards,
+    bit for bit.  Measured only under the simulator: no GPU on this machine."""
+    env = {**environment(), "NUMBA_ENABLE_CUDASIM": "1"}
+    short = ("--samples", 200, "--epochs", 1, "--val-split", 0)
+    runs = {"cuda2": ("cuda", 2, ()), "cpu2": ("cpu", 2, ()),
+            "cuda1": ("cuda", 1, ("--gradient-shards", 2))}
+    for name, (device, processes, extra) in runs.items():
+        status, _, err = run(train_command(mlp, tmp_path / name, *short, "--device", device,
+                                           *extra), processes=processes, timeout=900, env=env)
+        assert status == 0, err
+    cuda_losses, cpu_losses = ([json.loads(line)["loss"] for line in
+                                (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+                               for name in ("cuda2", "cpu2"))
+    assert cuda_losses == pytest.approx(cpu_losses, rel=1e-5)
+    assert_same_bits(weights(tmp_path / "cuda1"), weights(tmp_path / "cuda2"))
+
+
 KILLABLE = """
 import os, sys
 from pathlib import Path

@@ -502,10 +502,11 @@ class CpuEngine(EngineBase):
             {name: np.zeros_like(self.params[name]) for name in self.trainable})
         return ProgramCompilation("optimiser update", function, arguments + [0.0, 0])
 
-    def gradient_compilation(self, batch: int) -> ProgramCompilation:
+    def gradient_compilation(self, batch: int) -> ProgramCompilation | None:
         """The training-mode gradient pass (`gradients`) made ready for batches of `batch`
-        examples: a step's that sums gradient shards (netlang/train/shards.py), whose update waits
-        for the other processes' gradients."""
+        examples: a step's that sums gradient shards (netlang/train/shards.py), whose update
+        waits for the other processes' gradients.  None where the program is made ready at its
+        first call (the CUDA engine's)."""
         return self._gradient_program("train")[3].compilation(self, batch, "gradient pass")
 
     # -- feeding ----------------------------------------------------------------------------

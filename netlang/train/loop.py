@@ -150,8 +150,10 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     if device == "cuda":   # before the data is loaded: no GPU is a one-line error at once
         # Imported here: the CUDA runtime, and the code generators it brings, load only for
         # a CUDA run.
-        from netlang.runtime.cuda import cuda_module
+        from netlang.runtime.cuda import cuda_module, use_gpu_of_process
         cuda_module()
+        if ranks is not None:   # one process per GPU, before anything is put on one
+            use_gpu_of_process(ranks.rank)
     config = apply_overrides(model.train_config, overrides, model.graph)
     shards = gradient_shards(config, ranks)   # a one-line refusal before the data is loaded
     if ranks is not None:

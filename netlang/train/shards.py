@@ -30,8 +30,13 @@ calls `ShardedSteps.sum_statistics`), and moves the running statistics by the wh
 alike in every process.  A process with several shards runs their passes at once, one thread
 each, meeting at every batch norm.
 
+On the CUDA engine each shard's pass runs on the process's GPU (GPU rank mod the GPUs of its
+machine, `use_gpu_of_process`), its gradients are copied into pinned host memory, summed on the
+host along the tree, and the update runs on the host copy of the parameters (compiled for the
+CPU), which the next pass copies up again.
+
 Refused in one line each (`check_supported`), and pending: training phases, adversarial
-training, and engines other than the CPU's.
+training, batch norm on the CUDA engine, and the reference engine.
 """
 
 from __future__ import annotations
@@ -123,10 +128,14 @@ def check_supported(ranks: Ranks | None, shards: Shards, engine, phased: bool,
     """Refuse, in one line, what steps summing shards' gradients do not do yet."""
     where = f"across {ranks.size} MPI processes" if ranks is not None else \
         f"with {shards.count} gradient shards"
-    if engine.name != "cpu":
+    if engine.name not in ("cpu", "cuda"):
         raise RefusedOnEveryProcess(
-            f"training {where} runs on the CPU engine only (the {engine.name} engine's is "
-            f"pending): use `device=\"cpu\"`")
+            f"training {where} runs on the CPU and CUDA engines (the {engine.name} engine's "
+            f"is pending): use `device=\"cpu\"`")
+    if engine.name == "cuda" and engine.graph.buffers():
+        raise RefusedOnEveryProcess(
+            f"batch norm {where} on the CUDA engine is pending (its kernels do not sum "
+            f"statistics across shards yet): use `device=\"cpu\"`")
     if phased:
         raise RefusedOnEveryProcess(f"training phases {where} are pending: train this model "
                                     f"with `gradient_shards=1` in one process")

@@ -239,8 +239,10 @@ class Trainer:
         training step."""
         if self.shards.count == 1:
             return self.stepper.compilations(batch, evaluated, eval_batch)
-        return [self.engine.gradient_compilation(self.shards.largest(batch)),
-                self.engine.update_compilation()] + \
+        shards = [self.engine.gradient_compilation(self.shards.largest(batch)),
+                  self.engine.update_compilation()]
+        # None: a program made ready at its first call (the CUDA engine's kernels).
+        return [compilation for compilation in shards if compilation is not None] + \
             self.engine.compilations(None, evaluated, eval_batch)
 
     def _stepper(self):
