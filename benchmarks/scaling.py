@@ -14,31 +14,39 @@ call (on a busy machine wall time measures the other processes: the load average
 beside the figures).
 
 - `fused_ms`: one process's training step, the update fused into the compiled step (K = 1);
+- `sharded_ms` (K = 1): one process's step with `gradient_shards` 2 (two gradient passes of
+  B/2 examples, their sum and the host update): what makes it compute 2 processes' bits;
 - `gradients_ms`: the compiled gradient pass of this process's share of B (B/K examples);
-- `update_ms`: the host update a data-parallel step applies after the sum (Adam or SGD with
-  the model's penalties, `EngineBase.apply_gradients`);
+- `update_ms`: the update a data-parallel step applies after the sum (the training step's
+  update compiled alone, with the model's penalties: `CpuEngine.apply_update`);
 - `allreduce_ms` (K > 1): MPI Allreduce of the model's gradients in one flat buffer, and
   split into 4 and 16 buckets;
+- `tree_sum_ms` (K > 1): the same buffer summed along the shards' tree, as training sums it
+  (`Ranks.tree_sum`: Sendrecv and an addition per level);
 - `step_ms` (K > 1): a whole data-parallel step as training runs it (gradients, with batch
-  norm's statistics summed across the processes, copy into the buffer, allreduce, update).
+  norm's statistics summed across the processes, copy into the buffer, tree sum, update).
 
-Under mpiexec every rank also sweeps Allreduce over float32 messages of 4 B to 64 MiB.  `--project` reads the two files and
-prints the projection: a step on K nodes costs
+Under mpiexec every rank also sweeps Allreduce over float32 messages of 4 B to 64 MiB.
+`--project` reads the two files and prints the projection: a step on K nodes costs
 
-    t(K) = t_gradients(B) / K + t_update + t_ring(K),
-    t_ring(K) = 2·(K−1)/K · bytes / bandwidth + 2·(K−1) · latency,
+    t(K) = t_gradients(B) / K + t_update + t_tree(K),
+    t_tree(K) = 2·(K−1)/K · bytes / bandwidth + 2·log2(K) · latency,
 
-the time of a ring allreduce (a reduce-scatter and an all-gather of K−1 steps each), and its
-efficiency is t_fused(B) / (K · t(K)); with B examples on each node instead (a global batch of
-K·B), t(K) = t_gradients(B) + t_update + t_ring(K) and the efficiency t_fused(B) / t(K).  Bandwidths are the network's nominal rates (10 and 100
-Gb/s); the per-hop latencies are assumptions written in the table (25 µs for 10 Gb/s Ethernet
-through TCP, 3 µs for 100 Gb/s RDMA), not measurements: this machine has no network.
+the time of the tree sum (`Ranks.tree_sum`: a reduce-scatter by recursive halving and an
+all-gather by recursive doubling, log2(K) messages each, 2·(K−1)/K of the gradients sent in
+all, as a ring allreduce sends), and its efficiency is t_fused(B) / (K · t(K)); with B
+examples on each node instead (a global batch of K·B), t(K) = t_gradients(B) + t_update +
+t_tree(K) and the efficiency t_fused(B) / t(K).  Bandwidths are the network's nominal rates
+(10 and 100 Gb/s); the per-hop latencies are assumptions written in the table (25 µs for
+10 Gb/s Ethernet through TCP, 3 µs for 100 Gb/s RDMA), not measurements: this machine has no
+network.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -54,12 +62,9 @@ sys.path.insert(0, str(ROOT))
 import netlang  # noqa: E402  (after the checkout is on the path)
 from netlang.bench import random_feeds  # noqa: E402
 from netlang.runtime import make_engine  # noqa: E402
-from netlang.train.distributed import (  # noqa: E402
-    DataParallelSteps,
-    share_batch_statistics,
-    world,
-)
+from netlang.train.distributed import world  # noqa: E402
 from netlang.train.metrics import MetricAccumulator  # noqa: E402
+from netlang.train.shards import ShardedSteps, Shards, share_batch_statistics  # noqa: E402
 
 MODELS = {"mlp_500_300": "examples/mlp_500_300.net", "lenet5": "examples/lenet5.net",
           "resnet18": "examples/resnet18.net"}
@@ -112,6 +117,16 @@ def bucketed(ranks, size: int, buckets: int, repeats: int) -> float:
     return fastest_ms(lambda: [ranks.sum(part, "benchmarking") for part in parts], repeats)
 
 
+def data_parallel_steps(engine, ranks, shards: Shards) -> ShardedSteps:
+    """The steps of an epoch summing `shards`' gradients, as training runs them, without a
+    trainer (nothing asks them to stop)."""
+    steps = ShardedSteps(engine, None, MetricAccumulator(None), ranks,
+                         SimpleNamespace(stop_requested=False, agree_to_stop=lambda agreed: None),
+                         50, shards)
+    steps.start()
+    return steps
+
+
 def measure_model(name: str, ranks, repeats: int, batch_size: int | None = None) -> dict:
     """The figures of one model (see the module docstring)."""
     model = netlang.compile(str(ROOT / MODELS[name]))
@@ -131,24 +146,45 @@ def measure_model(name: str, ranks, repeats: int, batch_size: int | None = None)
     if ranks is None:
         whole = random_feeds(model.graph, batch, np.float32, np.random.default_rng(0))
         row["fused_ms"] = median_ms(lambda: engine.train_step(whole, lr), repeats)
+        shared = make_engine(model.graph, seed=0)   # its gradient pass sums batch statistics
+        share_batch_statistics(shared)
+        sharded = data_parallel_steps(shared, None, Shards(2))
+        row["sharded_ms"] = median_ms(lambda: sharded.step(whole, batch, lr, 0, 1), repeats)
     row["gradients_ms"] = median_ms(lambda: engine.gradients(feeds, "train"), repeats)
     _, grads, _ = engine.gradients(feeds, "train")
     grads = {n: grads[n] for n in engine.trainable}
-    row["update_ms"] = median_ms(lambda: engine.apply_gradients(grads, lr), repeats)
+    row["update_ms"] = median_ms(lambda: engine.apply_update(grads, lr), repeats)
     if ranks is not None:
         flat = np.ones(params, np.float32)
         row["allreduce_ms"] = fastest_ms(lambda: ranks.sum(flat, "benchmarking"), repeats)
         row["allreduce_4_buckets_ms"] = bucketed(ranks, params, 4, repeats)
         row["allreduce_16_buckets_ms"] = bucketed(ranks, params, 16, repeats)
+        row["tree_sum_ms"] = fastest_ms(lambda: ranks.tree_sum(flat, "benchmarking"), repeats)
 
         # The data-parallel step itself, as an epoch runs it (no trainer: nothing stops it).
-        steps = DataParallelSteps(engine, None, MetricAccumulator(None), ranks,
-                                  SimpleNamespace(stop_requested=False,
-                                                  agree_to_stop=lambda agreed: None), every=50)
-        steps.start()
+        steps = data_parallel_steps(engine, ranks, Shards(size, ranks))
         step = lambda: steps.step(feeds, batch, lr, 0, 1)  # noqa: E731
         row["step_ms"] = fastest_ms(step, repeats)
     return row
+
+
+def shard_rounds(name: str, rounds: int, repeats: int) -> None:
+    """The fused step against the 2-shard step of one process, in `rounds` alternating rounds
+    of `repeats` calls (median CPU ms each), and the median of their ratios: alternating, so
+    that a machine whose load changes weighs on both alike."""
+    model = netlang.compile(str(ROOT / MODELS[name]))
+    batch = model.train_config.batch_size
+    engine, shared = make_engine(model.graph, seed=0), make_engine(model.graph, seed=0)
+    share_batch_statistics(shared)   # a shard's pass sums batch statistics
+    whole = random_feeds(model.graph, batch, np.float32, np.random.default_rng(0))
+    sharded = data_parallel_steps(shared, None, Shards(2))
+    pairs = [(median_ms(lambda: engine.train_step(whole, 0.01), repeats),
+              median_ms(lambda: sharded.step(whole, batch, 0.01, 0, 1), repeats))
+             for _ in range(rounds)]
+    print(json.dumps({"model": name, "batch": batch, "fused_ms": [round(f, 2) for f, _ in pairs],
+                      "sharded_ms": [round(s, 2) for _, s in pairs],
+                      "median_ratio": round(statistics.median(s / f for f, s in pairs), 3),
+                      "load_average": os.getloadavg()[0]}), flush=True)
 
 
 def measure(args) -> dict:
@@ -165,9 +201,10 @@ def measure(args) -> dict:
     return result
 
 
-def ring_ms(nodes: int, nbytes: int, bandwidth: float, latency: float) -> float:
-    """A ring allreduce of `nbytes` on `nodes` nodes, in ms."""
-    return (2 * (nodes - 1) / nodes * nbytes / bandwidth + 2 * (nodes - 1) * latency) * 1000
+def tree_ms(nodes: int, nbytes: int, bandwidth: float, latency: float) -> float:
+    """The tree sum of `nbytes` on `nodes` nodes (a power of two), in ms."""
+    return (2 * (nodes - 1) / nodes * nbytes / bandwidth
+            + 2 * math.log2(nodes) * latency) * 1000
 
 
 def project(one: dict, two: dict) -> str:
@@ -180,10 +217,10 @@ def project(one: dict, two: dict) -> str:
     lines += ["", "Per step, measured (ms: compute in CPU time, communication and the "
               "2-process step in wall time; load average "
               f"{one['load_average']:.1f} and {two['load_average']:.1f}):", "",
-              "| model | B | gradients | 1 process: fused step | 1 process: gradients(B) + "
-              "update | 2 processes: gradients(B/2) | allreduce (1 buffer / 4 / 16 buckets) "
-              "| 2 processes: whole step |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| model | B | gradients | 1 process: fused step | 1 process: 2 shards | "
+              "1 process: gradients(B) + update | 2 processes: gradients(B/2) | "
+              "allreduce (1 buffer / 4 / 16 buckets) | tree sum | 2 processes: whole step |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     twos = {row["model"]: row for row in two["models"]}
     for row in one["models"]:
         other = twos.get(row["model"])
@@ -191,10 +228,12 @@ def project(one: dict, two: dict) -> str:
             continue
         lines.append(
             f"| {row['model']} | {row['batch']} | {_bytes(row['gradient_bytes'])} | "
-            f"{row['fused_ms']:.2f} | {row['gradients_ms']:.2f} + {row['update_ms']:.2f} | "
+            f"{row['fused_ms']:.2f} | "
+            f"{format(row['sharded_ms'], '.2f') if 'sharded_ms' in row else '—'} | "
+            f"{row['gradients_ms']:.2f} + {row['update_ms']:.2f} | "
             f"{other['gradients_ms']:.2f} | {other['allreduce_ms']:.3f} / "
             f"{other['allreduce_4_buckets_ms']:.3f} / {other['allreduce_16_buckets_ms']:.3f} | "
-            f"{other['step_ms']:.2f} |")
+            f"{other['tree_sum_ms']:.3f} | {other['step_ms']:.2f} |")
     for network, bandwidth, latency in NETWORKS:
         for scaling in ("strong", "weak"):
             lines += ["", f"Projected on a {network} network (latency {latency * 1e6:g} µs a hop), "
@@ -207,12 +246,12 @@ def project(one: dict, two: dict) -> str:
             for row in one["models"]:
                 cells = []
                 for k in NODES:
-                    ring = ring_ms(k, row["gradient_bytes"], bandwidth, latency)
+                    tree = tree_ms(k, row["gradient_bytes"], bandwidth, latency)
                     if scaling == "strong":
-                        step = row["gradients_ms"] / k + row["update_ms"] + ring
+                        step = row["gradients_ms"] / k + row["update_ms"] + tree
                         efficiency = row["fused_ms"] / (k * step)
                     else:
-                        step = row["gradients_ms"] + row["update_ms"] + ring
+                        step = row["gradients_ms"] + row["update_ms"] + tree
                         efficiency = row["fused_ms"] / step
                     cells.append(f"{step:.2f} ({efficiency:.0%})")
                 lines.append(f"| {row['model']} | {row['batch']} | " + " | ".join(cells) + " |")
@@ -234,6 +273,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int,
                         help="the global batch of every model (default: its train section's)")
     parser.add_argument("--json", help="write the measurements here (rank 0)")
+    parser.add_argument("--shard-rounds", type=int, metavar="N",
+                        help="instead: the fused step against the 2-shard step of one "
+                             "process, in N alternating rounds of --repeats calls")
     parser.add_argument("--project", nargs="+", metavar="FILE",
                         help="print the tables from files of 1 and 2 processes, in pairs "
                              "(ONE TWO [ONE TWO ...]: models measured in separate runs)")
@@ -247,6 +289,10 @@ def main() -> None:
             one["models"] += more_one["models"]
             two["models"] += more_two["models"]
         print(project(one, two))
+        return
+    if args.shard_rounds:
+        for name in args.models.split(","):
+            shard_rounds(name, args.shard_rounds, args.repeats)
         return
     result = measure(args)
     ranks = world()

@@ -299,8 +299,8 @@ class Model:
 
     def fit(self, x=None, y=None, *, data=None, epochs=None, batch_size=None, lr=None,
             optimizer=None, schedule=None, seed=None, val_split=None, early_stopping=None,
-            clip_norm=None, settings=(), validation_data=None, out=None, resume=False,
-            force=False, shuffle=True, verbose=1, limit=None, normalize="auto",
+            clip_norm=None, gradient_shards=None, settings=(), validation_data=None, out=None,
+            resume=False, force=False, shuffle=True, verbose=1, limit=None, normalize="auto",
             checkpoint_every=30.0, plot=False, init=None, init_layers=None):
         """Train; returns a `History` (one record per epoch: loss, accuracy, val_loss, ...).
 
@@ -316,7 +316,9 @@ class Model:
         prints nothing.  `init=` a run directory or weights file of any model starts each
         layer it holds under the same name and shapes from its weights (transfer learning;
         `init_layers=["a", "b"]` copies those alone, and each must fit); the progress names
-        the layers copied and those drawn fresh.
+        the layers copied and those drawn fresh.  `gradient_shards=S` sums each step's
+        gradient from S shards of the batch in a fixed tree, so that a script started by
+        `mpiexec -n K` (K dividing S) computes the same bits as one process (docs/scaling.md).
         """
         # Kept lazy: `netlang check` compiles through this module and never loads the training
         # loop (tests/test_cli.py holds it).
@@ -324,7 +326,7 @@ class Model:
         overrides = override_strings(
             epochs=epochs, batch_size=batch_size, optimizer=optimizer, schedule=schedule,
             seed=seed, val_split=val_split, early_stopping=early_stopping,
-            clip_norm=clip_norm, lr=lr) + list(settings)
+            clip_norm=clip_norm, gradient_shards=gradient_shards, lr=lr) + list(settings)
         engine = None
         if not resume:
             config = apply_overrides(self.train_config, overrides, self.graph)

@@ -19,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
+import netlang
 from netlang.ops.norm import draw_dropout_key, dropout_key_at, dropout_mask_array
 from netlang.ops.norm_loops import dropout_bits
 from netlang.train.distributed import combine_results
+from netlang.train.shards import Shards, tree_sum
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +76,7 @@ x = rng.normal(size=(int(sys.argv[3]), 6, 6, 1)).astype(np.float32)
 y = ((x[:, :3].sum(axis=(1, 2, 3)) > 0).astype(np.int32)
      + (x[:, :, :3].sum(axis=(1, 2, 3)) > 1).astype(np.int32))
 model = netlang.compile(sys.argv[1])
-history = model.fit(x, y, verbose=0)
+history = model.fit(x, y, verbose=0, settings=sys.argv[4:])
 name = os.environ.get("PMI_RANK", "alone")
 Path(sys.argv[2], name + ".json").write_text(json.dumps(history["loss"] + history["val_loss"]))
 np.savez(Path(sys.argv[2], name + ".npz"), **model.parameters(), **model.buffers())
@@ -168,6 +171,56 @@ def test_results_of_parts_combine_into_the_whole():
     assert whole["heads"]["h"] == {"op": "cross_entropy", "loss": pytest.approx(1.75)}
 
 
+def test_shards_add_in_a_fixed_tree_of_neighbours():
+    """(0 + 1) + (2 + 3), and an odd last shard passed up a level: ((0 + 1) + 2).  Values whose
+    sum depends on the order in float32 tell the trees apart."""
+    values = [np.float32(1e8), np.float32(1.0), np.float32(-1e8), np.float32(1.0)]
+    as_arrays = [np.array([v]) for v in values]
+    assert tree_sum(as_arrays)[0] == (values[0] + values[1]) + (values[2] + values[3])
+    three = [np.array([v]) for v in values[:3]]
+    assert tree_sum(three)[0] == (values[0] + values[1]) + values[2]
+
+
+def test_shards_cut_a_batch_in_order_and_each_process_takes_consecutive_ones():
+    shards = Shards(4)
+    assert [shards.bounds(10, j) for j in range(4)] == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    assert [shards.bounds(2, j) for j in range(4)] == [(0, 1), (1, 2), (2, 2), (2, 2)]
+    assert shards.share(10) == (0, 10) and list(shards.mine()) == [0, 1, 2, 3]
+
+    class Second:   # rank 1 of 2
+        rank, size = 1, 2
+    second = Shards(4, Second())
+    assert list(second.mine()) == [2, 3] and second.share(10) == (6, 10)
+    assert second.share(10, first=0) == (0, 6)
+
+
+def test_one_process_with_shards_trains_as_the_fused_step(tmp_path, mlp):
+    """`gradient_shards=2` in one process: two gradient passes, their tree sum and the host
+    update, where the fused step computes the same figures in another order."""
+    fused, sharded = tmp_path / "fused", tmp_path / "sharded"
+    status, _, err = run(train_command(mlp, fused, "--epochs", 1))
+    assert status == 0, err
+    status, _, err = run(train_command(mlp, sharded, "--epochs", 1, "--set",
+                                       "gradient_shards=2"))
+    assert status == 0, err
+    for whole, parts in zip(epoch_losses(fused), epoch_losses(sharded), strict=True):
+        assert parts == pytest.approx(whole, rel=1e-5)
+
+
+def test_a_model_trained_in_shards_takes_gradients_as_one_process_afterwards(tmp_path):
+    """After `fit` with 2 shards (their passes meeting at each batch norm on threads), the
+    model's own gradient pass is one process's again: no shard waits for another."""
+    path = tmp_path / "bn.net"
+    path.write_text(BATCHNORM)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 3, size=40).astype(np.int32)
+    model = netlang.compile(str(path))
+    model.fit(x, y, epochs=1, verbose=0, val_split=0, gradient_shards=2)
+    gradients = model.gradients(x[:8], y[:8], mode="train")
+    assert all(np.isfinite(g).all() for g in gradients.gradients.values())
+
+
 def test_a_process_outside_mpiexec_never_imports_mpi4py(tmp_path, mlp):
     code = ("import sys, netlang\n"
             f"netlang.compile({str(mlp)!r}).fit(data='blobs', epochs=1, verbose=0, "
@@ -234,17 +287,20 @@ def test_fit_under_mpiexec_trains_as_one_process(tmp_path, mlp):
 @needs_mpi
 def test_a_last_batch_of_one_example_leaves_a_process_idle_and_in_step(tmp_path, mlp):
     """301 blobs leave 241 to train on: each epoch's last batch has 1 example, so rank 1 has
-    none and draws no dropout key; it must still take the sum, and rank 0's generator."""
+    none and draws no dropout key; it must still take the sum, and rank 0's generator.  One
+    process with 2 shards (the second empty) ends with the same bits."""
     one, two = tmp_path / "one", tmp_path / "two"
     losses = []
     for out, processes in ((one, 1), (two, 2)):
         status, _, err = run([sys.executable, "-m", "netlang.cli", "train", str(mlp),
                               "--samples", "301", "--val-split", "0", "--epochs", "2",
-                              "--out", str(out)], processes=processes)
+                              "--set", "gradient_shards=2", "--out", str(out)],
+                             processes=processes)
         assert status == 0, err
         records = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
         losses.append([value for r in records for value in (r["loss"], r["test_loss"])])
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert_same_bits(weights(one), weights(two))
 
 
 @needs_mpi
@@ -310,7 +366,7 @@ def test_batch_norm_across_processes_trains_as_one_process(tmp_path):
     batch's statistics: 2 processes' per-epoch losses are one process's to 1e-5, and so
     are their weights and running statistics, alike in both processes.  1,604 images leave
     1,283 to train on: each epoch ends with a batch of 3, which the processes share 2 and 1
-    (`DataParallelSteps.sum_statistics` weights their Σg)."""
+    (`ShardedSteps.sum_statistics` weights their Σg)."""
     model, script = tmp_path / "bn.net", tmp_path / "fit.py"
     model.write_text(BATCHNORM)
     script.write_text(FIT_CNN)
@@ -332,6 +388,27 @@ def test_batch_norm_across_processes_trains_as_one_process(tmp_path):
 
 
 @needs_mpi
+@pytest.mark.parametrize("shards, images", [(2, 1604), (4, 1605)])
+def test_batch_norm_with_shards_gives_the_bits_of_one_process(tmp_path, shards, images):
+    """The CNN with two batch norms, 162 float32 steps, each epoch's last batch of 3 or 4
+    images (shards of 2 and 1 examples, or 1 each): one process with `shards` gradient shards
+    (their passes on threads of their own, meeting at each batch norm) and 2 processes with as
+    many end with the same bits in every weight and running statistic."""
+    model, script = tmp_path / "bn.net", tmp_path / "fit.py"
+    model.write_text(BATCHNORM.replace("epochs 4", "epochs 2"))
+    script.write_text(FIT_CNN)
+    for processes in (1, 2):
+        status, _, err = run([sys.executable, str(script), str(model), str(tmp_path),
+                              str(images), f"gradient_shards={shards}"], processes=processes)
+        assert status == 0, err
+    alone = np.load(tmp_path / "alone.npz")
+    for rank in (0, 1):
+        assert_same_bits(dict(alone), dict(np.load(tmp_path / f"{rank}.npz")))
+    assert json.loads((tmp_path / "0.json").read_text())[:2] == \
+        json.loads((tmp_path / "alone.json").read_text())[:2]
+
+
+@needs_mpi
 def test_batch_norm_refuses_a_last_batch_that_leaves_a_process_none(tmp_path):
     """1,601 images leave 1,281 to train on, and a last batch of 1: the other process would
     have no statistics to contribute."""
@@ -341,65 +418,100 @@ def test_batch_norm_refuses_a_last_batch_that_leaves_a_process_none(tmp_path):
     status, _, err = run([sys.executable, str(script), str(model), str(tmp_path), "1601"],
                          processes=2)
     assert status != 0
-    assert ("the last batch of epoch 1 has 1 example, fewer than the 2 MPI processes, "
-            "and batch norm needs statistics from every process") in err
+    assert ("the last batch of epoch 1 has 1 example, fewer than the 2 gradient shards, "
+            "and batch norm needs statistics from every shard") in err
 
 
-HALVES = """
-import os, sys
-from types import SimpleNamespace
+def weights(run: Path) -> dict:
+    return {name: np.asarray(value) for name, value in load_file(run / "weights.safetensors").items()}
+
+
+def assert_same_bits(one: dict, other: dict) -> None:
+    assert sorted(one) == sorted(other)
+    for name in one:
+        assert np.array_equal(one[name], other[name]), \
+            (name, float(np.abs(one[name] - other[name]).max()))
+
+
+@needs_mpi
+@pytest.mark.parametrize("processes, shards", [(2, None), (2, 4), (3, 3)])
+def test_processes_compute_the_bits_of_one_process_with_as_many_shards(tmp_path, mlp,
+                                                                          processes, shards):
+    """240 float32 steps of the MLP with dropout and an L2 penalty: K processes and one
+    process with the same gradient shards end with bit-identical weights and the same
+    training losses (the default: one shard per process; 2 processes of 2 shards each; 3
+    processes, whose tree sum ends in a broadcast)."""
+    count = shards or processes
+    batch = ("--batch-size", 16 if processes == 2 else 18)   # 18: shards of 6, 6, 6; the last batch 6, 5, 5
+    single, shared = tmp_path / "one", tmp_path / "shared"
+    status, _, err = run(train_command(mlp, single, *batch, "--set",
+                                       f"gradient_shards={count}"))
+    assert status == 0, err
+    extra = ("--set", f"gradient_shards={shards}") if shards else ()
+    status, _, err = run(train_command(mlp, shared, *batch, *extra), processes=processes)
+    assert status == 0, err
+    assert_same_bits(weights(single), weights(shared))
+    # The training loss and accuracy of each epoch, alike too.
+    losses = [[(r[0], r[2]) for r in epoch_losses(run_dir)] for run_dir in (single, shared)]
+    assert losses[0] == losses[1]
+
+
+TREE = """
 import numpy as np
-import netlang
-from netlang.runtime import make_engine
-from netlang.train.distributed import DataParallelSteps, world
-from netlang.train.metrics import MetricAccumulator
-engine = make_engine(netlang.compile(sys.argv[1]).graph, seed=0)
-rng = np.random.default_rng(1)
-batches = [{"x": rng.normal(size=(16, 2)).astype(np.float32),
-            "label": rng.integers(0, 3, size=16)} for _ in range(200)]
+from netlang.train.distributed import world
+from netlang.train.shards import tree_sum
 ranks = world()
-if ranks is not None:
-    steps = DataParallelSteps(engine, None, MetricAccumulator(None), ranks, SimpleNamespace(
-        stop_requested=False, agree_to_stop=lambda agreed: None), every=50)
-    steps.start()
-    start, stop = ranks.bounds(16)
-    for batch in batches:
-        steps.step({k: v[start:stop] for k, v in batch.items()}, 16, 0.01, 0, 1)
-else:
-    for batch in batches:
-        state, total = engine.rng.bit_generator.state, 0
-        for start in (0, 8):
-            engine.rng.bit_generator.state = state   # each process draws the same key
-            engine.example_offset = start
-            _, grads, _ = engine.gradients({k: v[start:start + 8] for k, v in batch.items()})
-            total = total + np.concatenate([(grads[n] * np.float32(0.5)).ravel()
-                                            for n in engine.trainable])
-        engine.example_offset, at = 0, 0
-        update = {}
-        for n in engine.trainable:
-            update[n] = total[at:at + engine.params[n].size].reshape(engine.params[n].shape)
-            at += engine.params[n].size
-        engine.apply_gradients(update, 0.01)
-np.savez(os.path.join(sys.argv[2], os.environ.get("PMI_RANK", "alone")),
-         **{n: engine.params[n] for n in engine.trainable})
+rng = np.random.default_rng(7)
+for size in (1, 3, 10, 1001):   # fewer elements than processes, odd halves, a long buffer
+    values = [rng.normal(size=size).astype(np.float32) * np.float32(10.0) ** rng.integers(
+        -4, 8, size=size).astype(np.float32) for _ in range(ranks.size)]
+    expected = tree_sum([value.copy() for value in values])
+    mine = values[ranks.rank].copy()
+    ranks.tree_sum(mine, "testing")
+    assert np.array_equal(mine, expected), (size, ranks.rank)
 """
 
 
 @needs_mpi
-def test_two_processes_sum_what_one_sums_from_two_halves(tmp_path, mlp):
-    """200 float32 steps of the MLP with dropout: 2 processes end bit for bit where one
-    process ends that computes each half of every batch apart, weights each gradient by 0.5
-    and adds them: the data-parallel step computes exactly that sum; what parts it from one
-    process's training is the fused step's rounding (docs/scaling.md)."""
-    script = tmp_path / "halves.py"
-    script.write_text(HALVES)
-    for processes in (1, 2):
-        status, _, err = run([sys.executable, str(script), str(mlp), str(tmp_path)],
-                             processes=processes)
+@pytest.mark.parametrize("processes", [2, 3, 4])
+def test_the_processes_sum_along_the_shards_tree(tmp_path, processes):
+    """`Ranks.tree_sum` of K processes' buffers is `tree_sum` of the K buffers in one process,
+    bit for bit, on values spread over 12 decades (where the order of a sum shows): recursive
+    halving and doubling for 2 and 4, sums sent left and a broadcast for 3."""
+    script = tmp_path / "tree.py"
+    script.write_text(TREE)
+    status, _, err = run([sys.executable, str(script)], processes=processes)
+    assert status == 0, err
+
+
+@needs_mpi
+def test_shards_the_processes_cannot_share_along_the_tree_are_refused(tmp_path, mlp):
+    status, _, err = run(train_command(mlp, tmp_path / "run", "--set", "gradient_shards=6"),
+                         processes=2)
+    assert status != 0
+    assert "error: gradient_shards 6 cannot be shared among 2 MPI processes" in err
+
+
+@needs_mpi
+def test_cuda_processes_train_as_cpu_processes_and_as_one_cuda_process(tmp_path, mlp):
+    """`--device cuda` under mpiexec, on the CUDA simulator (kernels run as Python, so 10 steps
+    on 200 blobs): each process's shard on its GPU (GPU rank mod 1 here), gradients through
+    pinned host memory, the tree sum and the update on the host.  The losses are the CPU
+    processes' to rounding (other kernels), and the weights one CUDA process's with 2 shards,
+    bit for bit.  Measured only under the simulator: no GPU on this machine."""
+    env = {**environment(), "NUMBA_ENABLE_CUDASIM": "1"}
+    short = ("--samples", 200, "--epochs", 1, "--val-split", 0)
+    runs = {"cuda2": ("cuda", 2, ()), "cpu2": ("cpu", 2, ()),
+            "cuda1": ("cuda", 1, ("--gradient-shards", 2))}
+    for name, (device, processes, extra) in runs.items():
+        status, _, err = run(train_command(mlp, tmp_path / name, *short, "--device", device,
+                                           *extra), processes=processes, timeout=900, env=env)
         assert status == 0, err
-    alone, shared = np.load(tmp_path / "alone.npz"), np.load(tmp_path / "0.npz")
-    for name in alone.files:
-        assert np.array_equal(alone[name], shared[name]), name
+    cuda_losses, cpu_losses = ([json.loads(line)["loss"] for line in
+                                (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+                               for name in ("cuda2", "cpu2"))
+    assert cuda_losses == pytest.approx(cpu_losses, rel=1e-5)
+    assert_same_bits(weights(tmp_path / "cuda1"), weights(tmp_path / "cuda2"))
 
 
 KILLABLE = """

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
                         help="stop after this many epochs without validation improvement")
     parser.add_argument("--clip-norm", type=number, help="clip the global gradient norm")
+    parser.add_argument("--gradient-shards", type=positive_int, metavar="S",
+                        help="sum each step's gradient from S shards of the batch in a fixed "
+                             "tree: mpiexec -n K (K dividing S) then gives one process's bits")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         dest="settings",
                         help="override any train-section setting, e.g. --set "
@@ -91,7 +94,8 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
     named = [("epochs", args.epochs), ("batch_size", args.batch_size),
              ("optimizer", args.optimizer), ("schedule", args.schedule), ("seed", args.seed),
              ("val_split", args.val_split), ("early_stopping", args.early_stopping),
-             ("clip_norm", args.clip_norm), ("image_size", args.image_size)]
+             ("clip_norm", args.clip_norm), ("gradient_shards", args.gradient_shards),
+             ("image_size", args.image_size)]
     out = [f"{key}={value}" for key, value in named if value is not None]
     out += list(args.settings)
     if args.lr is not None:

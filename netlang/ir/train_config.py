@@ -52,6 +52,11 @@ class TrainConfig:
     # How images of an image folder (or given to `predict`) of another size than the model
     # input are read: "check" refuses them, "resize" resizes them (netlang/data/folders.py).
     image_size: str = "check"
+    # Every step's gradient is the sum of this many shards' gradients, each over its own
+    # contiguous rows of the batch, added in a fixed tree (netlang/train/shards.py), so
+    # that any number of MPI processes dividing it computes the same bits; 1 takes the fused
+    # step alone, and one shard per process under MPI.
+    gradient_shards: int = 1
 
     def updates_layer(self, layer: str) -> bool:
         """Whether the parameters of `layer` change in a step under these settings."""
@@ -135,6 +140,9 @@ SCALAR_SETTINGS = {
     "val_split": (float, 0.0, 0.99, "fraction of the training set held out for validation"),
     "clip_norm": (float, 0.0, None, "clip the global gradient norm to this value"),
     "early_stopping": (int, 1, None, "stop after this many epochs without validation improvement"),
+    "gradient_shards": (int, 1, None, "shards whose gradients make each step's, summed in a "
+                                      "fixed tree: the same bits on any number of MPI processes "
+                                      "dividing it"),
 }
 # How images of another size than the model input are read (netlang/data/folders.py).
 IMAGE_SIZES = ("check", "resize")

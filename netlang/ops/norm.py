@@ -114,7 +114,7 @@ def dropout_key_at(key: np.ndarray, first_element: int) -> np.ndarray:
     """The key of the part of `key`'s mask that starts at element `first_element`: the hash
     reads key + (index + 1)·GOLDEN, so element i under the returned key is element
     first_element + i under `key`.  A process computing rows r0.. of a batch thus draws its
-    rows of the whole batch's mask (netlang/train/distributed.py); 0 leaves the key as it is."""
+    rows of the whole batch's mask (netlang/train/shards.py); 0 leaves the key as it is."""
     # Arrays wrap around modulo 2**64 without a warning, as the hash itself does.
     return key + np.array([first_element], dtype=np.uint64) * GOLDEN
 

@@ -55,7 +55,7 @@ class EngineBase:
         self.params = params if params is not None else initialize(graph, seed, dtype)
         self.rng = np.random.default_rng([seed, 1])  # dropout masks: a stream apart from init's
         # The batch's first example is this example of a larger batch, which other processes
-        # compute the rest of (netlang/train/distributed.py): dropout masks are drawn as that
+        # compute the rest of (netlang/train/shards.py): dropout masks are drawn as that
         # batch's rows, so that they do not depend on how many processes share it.
         self.example_offset = 0
         # Batch statistics are those of that larger batch: the training-mode gradient pass
@@ -101,8 +101,8 @@ class EngineBase:
         `gradients` returns them), on parameters in host memory: the regularisers' penalties
         added, the global norm clipped, then the optimiser's reference rule, in place.  The
         reference engine's steps take it; on the CPU engine, adversarial training
-        (netlang/train/adversarial.py) takes it for gradients mixed from two passes, and a
-        data-parallel step (netlang/train/distributed.py) for gradients summed over processes."""
+        (netlang/train/adversarial.py) takes it for gradients mixed from two passes (a step
+        summing gradient shards takes the CPU engine's compiled `apply_update`)."""
         grads = {n: grads[n] for n in self.trainable}
         for name in self.trainable:
             node = self.graph.node_named(name)

@@ -26,7 +26,7 @@ import types
 import numpy as np
 
 from netlang.codegen.cpu import render_program, supported
-from netlang.codegen.update import ParamUpdate, UpdatePlan
+from netlang.codegen.update import ParamUpdate, UpdatePlan, render_update
 from netlang.config import cache_dir, debug, debug_level, private_directory, timed
 from netlang.errors import DataError, UsageError
 from netlang.ir.train_config import TrainConfig
@@ -462,10 +462,51 @@ class CpuEngine(EngineBase):
             found.append(evaluation.compilation(self, eval_batch, "evaluation"))
         return [compilation for compilation in found if compilation is not None]
 
-    def gradient_compilation(self, batch: int) -> ProgramCompilation:
+    def _update_program(self):
+        """(the compiled update, its Program, gradient node → parameter name): the training
+        step's update applied to gradients passed in (`apply_update`)."""
+        if "update" not in self._programs:
+            graph, _, grad_nodes, _, _ = self._training()
+            updates = [ParamUpdate(name, grad_nodes[name], self.layer_of[name],
+                                   graph.nodes[graph.node_named(name)]["attrs"].get("penalise", False))
+                       for name in self.trainable if name in grad_nodes]
+            program = render_update(graph, updates, self.config.optimizer,
+                                    self.config.regularizers, self.config.clip_norm,
+                                    np.dtype(self.dtype).name)
+            function = load_program(program, f"{self._title} update")
+            self._programs["update"] = (function, program,
+                                        {u.grad: u.name for u in updates})
+        return self._programs["update"]
+
+    def apply_update(self, grads: dict, lr: float) -> None:
+        """One optimiser step from gradients computed apart ({parameter name: gradient}),
+        compiled: the training step's own update (penalties, clipping, the optimiser's rule;
+        codegen/update.py `render_update`), one loop per parameter, where the host rule
+        (`apply_gradients`) makes several NumPy passes (for mlp_500_300, 0.33 ms a step).  A
+        step summing shards' gradients takes it (netlang/train/shards.py)."""
+        function, arguments = self._update_arguments(grads)
+        self.optimizer.steps += 1
+        function(*arguments, float(lr), int(self.optimizer.steps))
+
+    def _update_arguments(self, grads: dict) -> tuple:
+        """(the compiled update, what it is passed before `lr` and `t`) for `grads`."""
+        function, program, names = self._update_program()
+        state = self.optimizer.state
+        return function, [self.params[arg.key] if arg.kind == "param" else
+                          state[arg.key] if arg.kind == "state" else grads[names[arg.key]]
+                          for arg in program.args]
+
+    def update_compilation(self) -> ProgramCompilation:
+        """The compiled update (`apply_update`) made ready before the first step."""
+        function, arguments = self._update_arguments(
+            {name: np.zeros_like(self.params[name]) for name in self.trainable})
+        return ProgramCompilation("optimiser update", function, arguments + [0.0, 0])
+
+    def gradient_compilation(self, batch: int) -> ProgramCompilation | None:
         """The training-mode gradient pass (`gradients`) made ready for batches of `batch`
-        examples: a data-parallel step's (netlang/train/distributed.py), whose update waits
-        for the other processes' gradients."""
+        examples: a step's that sums gradient shards (netlang/train/shards.py), whose update
+        waits for the other processes' gradients.  None where the program is made ready at its
+        first call (the CUDA engine's)."""
         return self._gradient_program("train")[3].compilation(self, batch, "gradient pass")
 
     # -- feeding ----------------------------------------------------------------------------
@@ -513,18 +554,27 @@ class CpuEngine(EngineBase):
         step.call(self, prepared, batch, lr, self.optimizer.steps)
         return prepared, batch
 
-    def gradients(self, feeds: dict, mode: str = "train"):
+    def gradients(self, feeds: dict, mode: str = "train", copy: bool = True):
         """(loss, name → gradient, outputs) for one batch, in `mode`; parameters (and the
         running statistics) are not changed, but for a data-parallel run's training-mode pass
-        (`statistics_across_processes`), which moves the running statistics."""
+        (`statistics_across_processes`), which moves the running statistics.  With `copy`
+        False, the gradients and outputs are the pass's own buffers, valid until its next call:
+        a step summing shards' gradients (netlang/train/shards.py) reads them at once, and
+        copying 2 MB of gradients a call, with the page faults of fresh arrays, cost it more
+        than the pass itself."""
         feeds = self.with_noise(feeds)
         graph, grads, grad_nodes, program = self._gradient_program(check_mode(mode))
         prepared, batch = self._feeds(graph, feeds, self._input_names(program))
         program.call(self, prepared, batch)
-        named = {name: program.value(g, batch).copy() for name, g in grad_nodes.items()}
+
+        def read(node):
+            value = program.value(node, batch)
+            return value.copy() if copy else value
+        named = {name: read(g) for name, g in grad_nodes.items()}
         for name in self.trainable:
-            named.setdefault(name, np.zeros_like(self.params[name]))
-        outputs = {name: program.value(n, batch).copy() for name, n in graph.graph["outputs"].items()}
+            if name not in named:   # no path to the objective: zero
+                named[name] = np.zeros_like(self.params[name])
+        outputs = {name: read(n) for name, n in graph.graph["outputs"].items()}
         return float(program.value(grads.objective, batch)), named, outputs
 
     def forward(self, feeds: dict, mode: str = "eval", outputs=None) -> dict:

@@ -38,7 +38,6 @@ from netlang.codegen.cuda import (
 )
 from netlang.config import cuda_simulator
 from netlang.errors import DataError, UsageError
-from netlang.ops.norm import draw_dropout_key
 from netlang.runtime.cpu import CompiledProgram, CpuEngine, load_program
 
 SIMULATOR_HINT = "set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels in Numba's simulator"
@@ -104,6 +103,15 @@ def _serialise_simulated_shared_arrays() -> None:
 
     shared.array = array
     shared._netlang_serialised = True
+
+
+def use_gpu_of_process(rank: int) -> int:
+    """Make GPU `rank` mod (the GPUs here) this process's, before anything is put on one: one
+    process per GPU when an MPI launcher starts as many per machine; returns its number."""
+    cuda = cuda_module()
+    number = rank % len(cuda.gpus)
+    cuda.select_device(number)
+    return number
 
 
 def gpu_available() -> bool:
@@ -192,6 +200,9 @@ class CudaProgram(CompiledProgram):
     def __init__(self, graph, order, keep, dtype, function, title, update=None, mode="eval"):
         self.cuda = cuda_module()
         self._scratch = {}
+        # Pinned host copies of device buffers, by the buffer's id: the buffers live as long
+        # as the program (one set per batch size), so an id names one buffer.
+        self._pinned = {}
         super().__init__(graph, order, keep, dtype, function, title, update=update, mode=mode)
 
     def render(self, graph, order, fusion, buffers, **options):
@@ -213,17 +224,26 @@ class CudaProgram(CompiledProgram):
         return self.cuda.to_device(array)
 
     def fetch(self, array) -> np.ndarray:
-        """A host copy of a device buffer."""
-        return array.copy_to_host()
+        """A host copy of a device buffer, in pinned (page-locked) host memory kept for that
+        buffer: the copy runs at the bus's full rate, and no memory is allocated per call.  It
+        is valid until the buffer is fetched again (`gradients(copy=False)` hands it out
+        as it is; every other read copies it)."""
+        staging = self._pinned.get(id(array))
+        if staging is None:
+            staging = self.cuda.pinned_array(array.shape, dtype=array.dtype)
+            self._pinned[id(array)] = staging
+        array.copy_to_host(staging)
+        return staging
 
     def engine_arrays(self, engine) -> tuple:
         """The engine's parameters and optimiser state, on the device."""
         return engine.params.device(), engine.optimizer.state.device()
 
     def dropout_key(self, engine, node):
-        """A dropout mask's key for one call, as a scalar (the CUDA engine computes whole
-        batches: data-parallel training across processes is CPU-only so far)."""
-        return draw_dropout_key(engine.rng)[0]  # a scalar argument of the host function
+        """A dropout mask's key for one call, as a scalar argument of the host function, moved
+        to the engine's first example as the CPU's is (a gradient shard's rows of the whole
+        batch's mask)."""
+        return super().dropout_key(engine, node)[0]
 
     def scratch(self, key):
         """A float64 scalar on the device that the program's kernels accumulate into."""

@@ -20,12 +20,7 @@ from netlang.errors import UsageError
 from netlang.ir.train_config import TrainConfig
 from netlang.runtime import make_engine
 from netlang.train.binding import Binding, as_arrays, bind
-from netlang.train.distributed import (
-    across_processes,
-    check_batch_size,
-    check_supported,
-    share_batch_statistics,
-)
+from netlang.train.distributed import across_processes, check_batch_size
 from netlang.train.evaluation import evaluate, predict
 from netlang.train.overrides import apply_overrides
 from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
@@ -53,6 +48,7 @@ from netlang.train.run_dir import (
     write_summary,
 )
 from netlang.train.run_lock import RunLock
+from netlang.train.shards import check_supported, gradient_shards, share_batch_statistics
 from netlang.train.trainer import History, Trainer, TrainingInterrupted
 from netlang.train.transfer import transfer_weights
 from netlang.version import __version__
@@ -154,9 +150,12 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     if device == "cuda":   # before the data is loaded: no GPU is a one-line error at once
         # Imported here: the CUDA runtime, and the code generators it brings, load only for
         # a CUDA run.
-        from netlang.runtime.cuda import cuda_module
+        from netlang.runtime.cuda import cuda_module, use_gpu_of_process
         cuda_module()
+        if ranks is not None:   # one process per GPU, before anything is put on one
+            use_gpu_of_process(ranks.rank)
     config = apply_overrides(model.train_config, overrides, model.graph)
+    shards = gradient_shards(config, ranks)   # a one-line refusal before the data is loaded
     if ranks is not None:
         check_batch_size(ranks, config.batch_size)
         if not ranks.root:
@@ -218,8 +217,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     runs = phase_runs(model.graph, config, lambda graph, settings, shared: make_engine(
         graph, settings, shared, seed=config.seed, device=device, dtype=dtype),
         engine.params) if has_phases(model.graph) else None
-    if ranks is not None:
-        check_supported(ranks, engine, runs is not None, config.adversarial is not None)
+    if shards.count > 1:
+        check_supported(ranks, shards, engine, runs is not None, config.adversarial is not None)
         share_batch_statistics(engine)
     run_info = {"model": os.path.abspath(model.path) if not model.path.startswith("<")
                 else model.path, "source_hash": model.source_hash,
@@ -268,7 +267,12 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     val, val_name = prepared.val, "val"
     if val is None and prepared.test is not None:
         val, val_name = prepared.test, "test"
-    history = trainer.fit(prepared.train, val, val_name=val_name)
+    try:
+        history = trainer.fit(prepared.train, val, val_name=val_name)
+    finally:
+        # The engine outlives the run (`Model.gradients` after `fit`): its gradient passes
+        # are one process's again.
+        engine.statistics_across_processes = False
     history.class_names = prepared.class_names
     # The run is complete (its final checkpoint saved): a signal from here on cannot cut it
     # short, and waits for the test figures and the summary (a second one stops at once).

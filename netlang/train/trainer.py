@@ -29,7 +29,7 @@ from netlang.ir.train_config import TrainConfig
 from netlang.train.adversarial import adversarial_steps
 from netlang.train.augment import AugmentedBatches, augmenter_for
 from netlang.train.binding import Binding, check_complete, count_examples
-from netlang.train.distributed import DataParallelSteps, ShareOfBatches, evaluate_across
+from netlang.train.distributed import evaluate_across
 from netlang.train.divergence import check_not_stuck
 from netlang.train.evaluation import evaluate, evaluated_nodes
 from netlang.train.meters import HostBatches, MetricsOnDevice, MetricsOnHost, prediction_output
@@ -37,6 +37,7 @@ from netlang.train.metrics import MetricAccumulator, class_rule, top_k_values
 from netlang.train.progress import Progress
 from netlang.train.run_dir import FINAL_WEIGHTS, append_metrics, read_run, trim_metrics, write_run
 from netlang.train.schedules import step_rate
+from netlang.train.shards import ShardedSteps, ShareOfBatches, gradient_shards
 from netlang.weights import rng_from_json, rng_state_to_json, save_checkpoint, save_weights
 
 STATE_VERSION = 1
@@ -117,6 +118,9 @@ class Trainer:
         self.input_range = input_range   # the data's valid range: adversarial inputs stay in it
         # The MPI processes this one trains with (netlang.train.distributed.Ranks), or None.
         self.ranks = ranks
+        # How each step's batch is cut into gradient shards (one: the fused step).
+        self.shards = gradient_shards(config, ranks)
+        self._sharded = None   # the ShardedSteps of the run's epochs, made at the first
         self.top_k = top_k_values(config.metrics)
         self.confusion = "confusion" in config.metrics
         self._stop_requested = False
@@ -230,12 +234,15 @@ class Trainer:
         return self.engine.optimizer.state
 
     def _compilations(self, batch: int, evaluated: tuple, eval_batch: int) -> list:
-        """The programs the epochs call (see `EngineBase.compilations`): with other processes,
-        the gradient pass of this process's share of a batch instead of the training step."""
-        if self.ranks is None:
+        """The programs the epochs call (see `EngineBase.compilations`): with gradient shards
+        (other processes, or `gradient_shards`), the gradient pass of a shard instead of the
+        training step."""
+        if self.shards.count == 1:
             return self.stepper.compilations(batch, evaluated, eval_batch)
-        start, stop = self.ranks.bounds(batch)
-        return [self.engine.gradient_compilation(stop - start)] + \
+        shards = [self.engine.gradient_compilation(self.shards.largest(batch)),
+                  self.engine.update_compilation()]
+        # None: a program made ready at its first call (the CUDA engine's kernels).
+        return [compilation for compilation in shards if compilation is not None] + \
             self.engine.compilations(None, evaluated, eval_batch)
 
     def _stepper(self):
@@ -288,7 +295,7 @@ class Trainer:
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
         last_save = time.monotonic()
-        with self.deferred_signals(), contextlib.closing(self.progress):
+        with self.deferred_signals(), contextlib.closing(self.progress), self._closing_shards():
             meter = source = None
             compile_logged = False
             while self.epoch < self.config.epochs and not self.finished:
@@ -366,7 +373,7 @@ class Trainer:
         host read the labels there).  Augmented batches are made on the host, from the host
         arrays."""
         if self.ranks is not None:
-            return ShareOfBatches(train, self.ranks)
+            return ShareOfBatches(train, self.shards)
         if self.augmenter is not None:
             return AugmentedBatches(train, self.augmenter, lambda: self.epoch)
         resident = self.engine.upload(train, batch_size) if meter is not None else None
@@ -393,7 +400,7 @@ class Trainer:
         or None: each step's loss and outputs then come back to the host.  That is so on
         engines that compute on host arrays, with top-k metrics (they need the scores), and
         for a head whose labels do not line up with its scores one for one."""
-        if self.top_k or self.stepper is not self.engine or self.ranks is not None:
+        if self.top_k or self.stepper is not self.engine or self.shards.count > 1:
             return None
         head, graph = self.binding.head, self.engine.graph
         scores = labels = rule = None
@@ -422,9 +429,8 @@ class Trainer:
         acc = MetricAccumulator(self.binding.head, top_k=self.top_k)
         if self.batch and self.accumulator_state:
             acc.restore(self.accumulator_state)
-        if self.ranks is not None:
-            metrics = DataParallelSteps(self.engine, self.binding.head, acc, self.ranks, self,
-                                        self.metrics_every)
+        if self.shards.count > 1:
+            metrics = self._sharded_steps(acc)
         elif meter is not None:
             metrics = MetricsOnDevice(meter, acc, self.metrics_every)
         else:
@@ -457,6 +463,26 @@ class Trainer:
         record.update({k: v for k, v in acc.result().items() if k != "confusion"})
         self._finish_epoch(record, val, val_name, n, elapsed)
         return record
+
+    @contextlib.contextmanager
+    def _closing_shards(self):
+        """The sharded steps' threads and batch-statistics hook released when the epochs end,
+        by an error too."""
+        try:
+            yield
+        finally:
+            if self._sharded is not None:
+                self._sharded.close()
+                self._sharded = None
+
+    def _sharded_steps(self, acc: MetricAccumulator) -> ShardedSteps:
+        """The meter of an epoch whose steps sum shards' gradients, made once for the run (its
+        buffers, and with batch norm its shard engines and threads) and given `acc`."""
+        if self._sharded is None:
+            self._sharded = ShardedSteps(self.engine, self.binding.head, acc, self.ranks, self,
+                                         self.metrics_every, self.shards)
+        self._sharded.acc = acc
+        return self._sharded
 
     def _epoch_order(self, n: int, bs: int) -> list:
         """The batches of the current epoch (index arrays), in the order its steps take them:
