@@ -6,8 +6,8 @@ step to the next and through a checkpoint; the Gaussian visible units' gradient 
 differences with the sample held fixed (test_gradients.py checks the binary ones through the
 registry); the compiled loop nests against the NumPy reference, and the CPU engine's steps
 against the reference's in float32 and float64; a training step that takes each matrix product
-once; a tiny RBM whose reconstruction error falls; the deep belief net's phases on tiny shapes, each stage moving only its RBM; and the
-errors a user meets.
+once; a tiny RBM whose reconstruction error falls; the deep belief net's phases on tiny
+shapes, each stage moving only its RBM; and the errors a user meets.
 """
 
 from __future__ import annotations

@@ -164,12 +164,6 @@ def free_energy_from_inputs(v, pre, visible_bias, gaussian):
     return -(v @ b) - softplus
 
 
-def free_energy(v, weight, hidden_bias, visible_bias, gaussian):
-    """F(v) per row, float64."""
-    return free_energy_from_inputs(v, hidden_inputs(v, weight, hidden_bias), visible_bias,
-                                   gaussian)
-
-
 def _chain_start(x, chain, a):
     return chain if a["persistent"] else x
 
