@@ -4,9 +4,10 @@ Held here: one CD-1 step against the textbook update ΔW = ε(⟨v h⟩_data −
 chain's own draws, on the reference and CPU engines; persistent chains that carry over from one
 step to the next and through a checkpoint; the Gaussian visible units' gradient against central
 differences with the sample held fixed (test_gradients.py checks the binary ones through the
-registry); the compiled loop nests against the NumPy reference; a tiny RBM whose reconstruction
-error falls; the deep belief net's phases on tiny shapes, each stage moving only its RBM; and the
-errors a user meets.
+registry); the compiled loop nests against the NumPy reference, and the CPU engine's steps
+against the reference's in float32 and float64; a training step that takes each matrix product
+once; a tiny RBM whose reconstruction error falls; the deep belief net's phases on tiny
+shapes, each stage moving only its RBM; and the errors a user meets.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from netlang.ops import rbm as rbm_ops
 from netlang.ops.norm import draw_dropout_key
 from netlang.ops.norm_loops import uniform_draw
 from netlang.ops.rbm_loops import chain_index
+from netlang.pipeline import training_program
 from netlang.train.loop import train
 
 RBM_SOURCE = """input v: [{visible}]
@@ -136,6 +138,22 @@ def test_persistent_chains_survive_a_checkpoint(tmp_path):
         assert np.array_equal(value, resumed.params[name]), name
 
 
+def gap_gradients(g, x, model, weight, c, b, attrs):
+    """∂(Σₑ gₑ·gapₑ)/∂(x, W, c, b) as a training step composes them: the gap's own terms
+    (rbm_gap_grad) and, through the hidden inputs x·Wᵀ + c and ṽ·Wᵀ + c, the dense products'
+    chain rule."""
+    pre_x, pre_m = rbm_ops.hidden_inputs(x, weight, c), rbm_ops.hidden_inputs(model, weight, c)
+
+    def part(name):
+        return rbm_ops.gap_gradient_reference(name, g, x, model, b, pre_x, pre_m, attrs)
+
+    d_data, d_model = part("data_hidden"), part("model_hidden")
+    return {"input": part("input") + d_data @ weight,
+            "weight": d_data.T @ x + d_model.T @ model,
+            "bias": d_data.sum(axis=0) + d_model.sum(axis=0),
+            "visible_bias": part("visible_bias")}
+
+
 @pytest.mark.parametrize("persistent", [False, True])
 def test_gaussian_visible_gradient_with_the_sample_fixed(persistent):
     rng = np.random.default_rng(7)
@@ -145,9 +163,10 @@ def test_gaussian_visible_gradient_with_the_sample_fixed(persistent):
     g = rng.normal(size=4)
 
     def objective(x_, w_, c_, b_):
-        return float(g @ rbm_ops._gap(x_, model, w_, c_, b_, attrs))
+        return float(g @ rbm_ops.gap(x_, model, w_, c_, b_, attrs))
 
     arrays = {"input": x, "weight": weight, "bias": c, "visible_bias": b}
+    analytic = gap_gradients(g, x, model, weight, c, b, attrs)
     for part, array in arrays.items():
         numeric = np.zeros_like(array)
         for index in np.ndindex(array.shape):
@@ -158,38 +177,100 @@ def test_gaussian_visible_gradient_with_the_sample_fixed(persistent):
             minus = objective(x, weight, c, b)
             array[index] = old
             numeric[index] = (plus - minus) / 2e-6
-        analytic = rbm_ops.gap_gradient_reference(part, g, x, model, weight, c, b, attrs)
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8, err_msg=part)
+        np.testing.assert_allclose(analytic[part], numeric, rtol=1e-6, atol=1e-8, err_msg=part)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("gaussian", [False, True])
 @pytest.mark.parametrize("persistent", [False, True])
-def test_compiled_loops_match_the_reference(gaussian, persistent):
+def test_compiled_loops_match_the_reference(gaussian, persistent, dtype):
     from netlang.runtime import rbm as compiled  # numba is imported by the runtime alone
     rng = np.random.default_rng(11)
     attrs = {"visible": "gaussian" if gaussian else "binary", "persistent": persistent}
-    x = rng.random((4, 7))
-    weight, c, b = rng.normal(size=(5, 7)), rng.normal(size=5), rng.normal(size=7)
-    start = rng.random((3, 7)) if persistent else x
-    key = np.uint64(12345)
-    model = np.empty_like(start)
-    compiled.gibbs_chain(start, weight, c, b, 3, key, gaussian, model)
+    x = rng.random((4, 7)).astype(dtype)
+    weight, c, b = (rng.normal(size=shape).astype(dtype) for shape in ((5, 7), (5,), (7,)))
+    start = rng.random((3, 7)).astype(dtype) if persistent else x
+    key, rows = np.uint64(12345), len(start)
+    # Two Gibbs steps as the CPU kernel runs them: its products (here NumPy's), then the loops.
+    model, h = start.copy(), np.empty((rows, 5), dtype)
+    for s in range(2):
+        compiled.draw_hidden(model @ weight.T, c, key, chain_index(2 * s, rows, 5, 7), h)
+        compiled.draw_visible(h @ weight, b, key, chain_index(2 * s + 1, rows, 5, 7), gaussian,
+                              model)
     np.testing.assert_array_equal(
-        model, rbm_ops.gibbs_chain_reference(start, weight, c, b, 3, key, gaussian))
-    gap = np.empty(4)
-    compiled.free_energy_gap(x, model, weight, c, b, gaussian, persistent, gap)
-    np.testing.assert_allclose(gap, rbm_ops._gap(x, model, weight, c, b, attrs), rtol=1e-12)
-    g = rng.normal(size=4)
-    outs = {"input": np.empty_like(x), "weight": np.empty_like(weight), "bias": np.empty_like(c),
-            "visible_bias": np.empty_like(b)}
-    compiled.gradient_input(g, x, weight, c, b, gaussian, outs["input"])
-    compiled.gradient_weight(g, x, model, weight, c, persistent, outs["weight"])
-    compiled.gradient_hidden_bias(g, x, model, weight, c, persistent, outs["bias"])
+        model, rbm_ops.gibbs_chain_reference(start, weight, c, b, 2, key, gaussian))
+    pre_x, pre_m = rbm_ops.hidden_inputs(x, weight, c), rbm_ops.hidden_inputs(model, weight, c)
+    gap = np.empty(4, dtype)
+    compiled.free_energy_gap(x, model, b, pre_x, pre_m, gaussian, persistent, gap)
+    # Sums in float64, in another order than NumPy's: equal up to that, then one rounding.
+    tolerance = 1e-12 if dtype == "float64" else 1e-6
+    np.testing.assert_allclose(gap, rbm_ops.gap_from_inputs(x, model, b, pre_x, pre_m, attrs),
+                               rtol=tolerance)
+    g = rng.normal(size=4).astype(dtype)
+    outs = {"input": np.empty_like(x), "visible_bias": np.empty_like(b),
+            "data_hidden": np.empty_like(pre_x), "model_hidden": np.empty_like(pre_m)}
+    compiled.gradient_input(g, x, b, gaussian, outs["input"])
     compiled.gradient_visible_bias(g, x, model, b, gaussian, persistent, outs["visible_bias"])
+    compiled.gradient_data_hidden(g, pre_x, outs["data_hidden"])
+    compiled.gradient_model_hidden(g, pre_m, persistent, outs["model_hidden"])
     for part, out in outs.items():
-        np.testing.assert_allclose(
-            out, rbm_ops.gap_gradient_reference(part, g, x, model, weight, c, b, attrs),
-            rtol=1e-12, atol=1e-12, err_msg=part)
+        expected = rbm_ops.gap_gradient_reference(part, g, x, model, b, pre_x, pre_m, attrs)
+        np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance,
+                                   err_msg=part)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("k,persistent,visible", [(1, "false", "binary"),
+                                                  (2, "true", "binary"),
+                                                  (2, "false", "gaussian")])
+def test_cpu_engine_trains_as_the_reference(dtype, tolerance, k, persistent, visible):
+    """Three steps on each engine from the same weights: the CPU's BLAS products in the model's
+    dtype and the reference's NumPy ones draw the same samples and reach the same weights."""
+    source = RBM_SOURCE.format(visible=6, hidden=4, k=k, persistent=persistent, chains=3,
+                               lr=0.5, batch=5, epochs=1)
+    source = source.replace("chains = 3)", f"chains = 3, visible = {visible})")
+    data = {"v": binary_data(5, 6).astype(dtype)}
+    after = {}
+    for device in ("reference", "cpu"):
+        model = netlang.compile(source, path="rbm.net", dtype=dtype).to(device)
+        randomise(model)
+        for _ in range(3):
+            model.train_step(data)
+        after[device] = {**model.parameters(), **model.buffers()}
+    for name, value in after["reference"].items():
+        assert after["cpu"][name].dtype == np.dtype(dtype), name
+        np.testing.assert_allclose(after["cpu"][name], value, rtol=tolerance, atol=tolerance,
+                                   err_msg=name)
+
+
+STACKED_RBM = """input v: [6]
+h = v -> dense(5) as below -> sigmoid
+gap = h -> rbm(4) as r
+output gap
+train { loss gap }
+"""
+
+
+@pytest.mark.parametrize("source,upstream_products", [
+    (RBM_SOURCE.format(visible=6, hidden=4, k=1, persistent="false", chains=3, lr=0.5, batch=5,
+                       epochs=1), 0),
+    (STACKED_RBM, 1),   # `below`'s forward product gives the RBM its data
+], ids=["rbm", "stacked"])
+def test_a_training_step_takes_each_product_once(source, upstream_products):
+    # CD-1 that trains the RBM alone: the chain's two products, the hidden inputs of the data
+    # and of the sample (dense nodes that the gap and its gradient share) and the weight's
+    # gradient through each; no gradient with respect to the RBM's input.
+    graph = netlang.compile(source, path="rbm.net").graph
+    training = training_program(graph, [n for n in graph.parameters() if n.startswith("r.")])
+    step = training.graph
+    ops = [step.op(n) for n in training.order]
+    assert ops.count("rbm_chain") == 1 and ops.count("rbm_gap") == 1
+    assert ops.count("dense") == 2 + upstream_products, ops
+    assert ops.count("dense_grad_weight") == 2, ops
+    assert "dense_grad_input" not in ops
+    parts = {step.nodes[n]["attrs"]["part"] for n in training.order
+             if step.op(n) == "rbm_gap_grad"}
+    assert parts == {"visible_bias", "data_hidden", "model_hidden"}
 
 
 def reconstruction_error(params, v):

@@ -1,27 +1,32 @@
 """CUDA kernel templates of the restricted Boltzmann machine's ops (netlang/ops/rbm.py).
 
-They compute what rbm_loops.py's loop nests compute, in float64 from the same draws: the
+They compute what the CPU kernels compute, under rbm_loops.py's contract (the units' inputs in
+the model's dtype, everything after them in float64) and from the same draws: the
 counter-based generator's hash is written out in each kernel (netlang/ops/noise.py
 `cuda_uniform`, `cuda_normal`), and the draw indices come from rbm_loops.py `chain_index`,
-called by the host function, so the CUDA engine's Gibbs samples are the CPU engine's.
+called by the host function, so the CUDA engine's Gibbs samples are the CPU engine's (a draw
+can differ only where its uniform lies within the products' rounding of its probability: a
+thread sums its dot product in its own order, BLAS in another).
 
 - The Gibbs chain: the start rows are copied into a float64 workspace `v`; then, for each of
   the k steps (a loop of the host function), one kernel with a thread per (row, hidden unit)
   takes its unit's dot product with the row, p(h = 1 | v) and its draw into the workspace `h`,
   and one with a thread per (row, visible unit) takes its unit's dot product with h and draws
-  the unit (σ for binary units, a normal draw about the mean for Gaussian ones) into `v`.  A
-  kernel reads only what the launch before wrote.  The result is rounded once into the output
-  (and the persistent chains).
+  the unit (σ for binary units, a normal draw about the mean for Gaussian ones, rounded to the
+  model's dtype) into `v`.  A kernel reads only what the launch before wrote.  The result is
+  copied into the output (and the persistent chains).
 - The free energy of each row: a kernel with a thread per (row, hidden unit) writes its
-  softplus term, then a block per row sums the visible terms and subtracts the hidden ones.
-  The gap is the data rows' energies less the model rows' (or, for persistent chains, less
-  their mean: a block per example sums the chains' energies).
-- The gap's gradient: p(h | x) (and p(h | ṽ)), each row scaled by its weight in the gradient,
-  in workspaces; then a thread per output element sums its products over the rows.  For
-  persistent chains each chain weighs Σg / chains: Σg is one block reduction first.
+  softplus term (of a hidden input it computes, in evaluation, or reads: a training step's
+  `rbm_gap` gets them from the dense products), then a block per row sums the visible terms
+  and subtracts the hidden ones.  The gap is the data rows' energies less the model rows' (or,
+  for persistent chains, less their mean: a block per example sums the chains' energies).
+- The gap's gradient: elementwise terms (−gₑ·σ of each data row's hidden input, w_n·σ of each
+  model row's, the input's −gₑ·b) and, for the visible bias, a thread per unit summing over
+  the rows.  For persistent chains each chain weighs Σg / chains: Σg is one block reduction
+  first.
 
-Workspaces are float64 ("acc64") whatever the engine's precision, as the CPU's loop nests
-compute in float64.  Model rows are the batch's (contrastive divergence) or the chains'.
+Workspaces are float64 ("acc64") whatever the engine's precision.  Model rows are the batch's
+(contrastive divergence) or the chains'.
 """
 
 from __future__ import annotations
@@ -54,25 +59,17 @@ def _sizes(weight_type) -> tuple[int, int]:
     return int(hidden), int(visible)
 
 
-def _hidden_probability(k, v: str, weight: str, bias: str, hidden: int, visible: int) -> str:
-    """In a kernel with a thread per (row, hidden unit), thread q's row `r`, unit `j` and
-    p = σ(Σᵢ v[r, i]·W[j, i] + c[j]) (float64); returns the variable holding p."""
+def _hidden_input(k, v: str, weight: str, bias: str, hidden: int, visible: int) -> str:
+    """In a kernel with a thread per (row, hidden unit), thread q's row `r`, unit `j` and its
+    input a = Σᵢ v[r, i]·W[j, i] + c[j], summed and biased in the model's dtype, then taken
+    to float64; returns the variable holding a."""
     k.line(f"r = q // {hidden}")
     k.line(f"j = q % {hidden}")
-    k.line("acc = 0.0")
+    k.line("acc = F(0.0)")
     with k.block(f"for i in range({visible}):"):
-        k.line(f"acc += np.float64({v}[r, i]) * np.float64({weight}[j, i])")
-    k.line(f"p = {_logistic(f'acc + np.float64({bias}[j])')}")
-    return "p"
-
-
-def _hidden_probabilities(k, v: str, rows: str, weight: str, bias: str, out: str,
-                          hidden: int, visible: int, scale=None) -> None:
-    """out[r, j] ← p(h_j = 1 | v[r]), times `scale(r)` when given (the row's weight in a
-    gradient)."""
-    with k.parallel(f"{rows} * {hidden}", "q"):
-        p = _hidden_probability(k, v, weight, bias, hidden, visible)
-        k.line(f"{out}[r, j] = {p}" + (f" * ({scale('r')})" if scale else ""))
+        k.line(f"acc += F({v}[r, i]) * {weight}[j, i]")
+    k.line(f"a = np.float64(acc + {bias}[j])")
+    return "a"
 
 
 # ---- the Gibbs chain ---------------------------------------------------------------------------
@@ -93,7 +90,7 @@ def emit_gibbs_chain(k, start: str, rows: str, weight: str, bias: str, visible_b
         hidden_base = k.host_value(f"{index}(2 * {s}, {rows}, {hidden}, {visible})", "hb")
         visible_base = k.host_value(f"{index}(2 * {s} + 1, {rows}, {hidden}, {visible})", "vb")
         with k.parallel(f"{rows} * {hidden}", "q"):
-            p = _hidden_probability(k, v, weight, bias, hidden, visible)
+            p = _logistic(_hidden_input(k, v, weight, bias, hidden, visible))
             # Thread q is unit j = q % hidden of row r = q // hidden: its draw is number q of
             # the step's block, as gibbs_chain's index r·hidden + j.
             draw = cuda_uniform(k, key, f"{hidden_base} + q")
@@ -101,14 +98,15 @@ def emit_gibbs_chain(k, start: str, rows: str, weight: str, bias: str, visible_b
         with k.parallel(f"{rows} * {visible}", "q"):
             k.line(f"r = q // {visible}")
             k.line(f"i = q % {visible}")
-            k.line("acc = 0.0")
+            k.line("acc = F(0.0)")
             with k.block(f"for j in range({hidden}):"):
-                k.line(f"acc += {h}[r, j] * np.float64({weight}[j, i])")
-            k.line(f"centre = acc + np.float64({visible_bias}[i])")
+                k.line(f"acc += F({h}[r, j]) * {weight}[j, i]")
+            k.line(f"centre = np.float64(acc + {visible_bias}[i])")
             if a["visible"] == "gaussian":
-                # The first draw of normal pair vb / 2 + q: normal draw 2·(vb / 2 + q).
+                # The first draw of normal pair vb / 2 + q: normal draw 2·(vb / 2 + q); the
+                # unit is rounded to the model's dtype, as the CPU's chain holds it.
                 draw = cuda_normal(k, key, f"2 * ({visible_base} // 2 + q)")
-                k.line(f"{v}[r, i] = centre + {draw}")
+                k.line(f"{v}[r, i] = np.float64(F(centre + {draw}))")
             else:
                 draw = cuda_uniform(k, key, f"{visible_base} + q")
                 k.line(f"{v}[r, i] = 1.0 if {draw} < {_logistic('centre')} else 0.0")
@@ -143,19 +141,21 @@ def _rbm_chain_kernel(k):
 
 # ---- the free-energy gap -----------------------------------------------------------------------
 
-def emit_free_energies(k, v: str, rows: str, weight: str, bias: str, visible_bias: str,
-                       terms: str, energies: str, hidden: int, visible: int) -> None:
+def emit_free_energies(k, v: str, rows: str, visible_bias: str, terms: str, energies: str,
+                       hidden: int, visible: int, inputs=None) -> None:
     """energies[r] ← F(v[r]) (rbm_loops.py `free_energies`), through `terms` (rows × hidden,
-    float64): each hidden unit's softplus, then a block per row adds up."""
+    float64): each hidden unit's softplus, then a block per row adds up.  `inputs`: the rows'
+    hidden inputs, an array (rows × hidden) or (weight, bias) to compute them from."""
     with k.parallel(f"{rows} * {hidden}", "q"):
-        k.line(f"r = q // {hidden}")
-        k.line(f"j = q % {hidden}")
-        k.line("acc = 0.0")
-        with k.block(f"for i in range({visible}):"):
-            k.line(f"acc += np.float64({v}[r, i]) * np.float64({weight}[j, i])")
-        k.line(f"a = acc + np.float64({bias}[j])")
+        if isinstance(inputs, tuple):
+            a = _hidden_input(k, v, *inputs, hidden, visible)
+        else:
+            k.line(f"r = q // {hidden}")
+            k.line(f"j = q % {hidden}")
+            k.line(f"a = np.float64({inputs}[r, j])")
+            a = "a"
         # softplus(a) = max(a, 0) + log(1 + e^−|a|): no overflow.
-        k.line(f"{terms}[r, j] = max(a, 0.0) + math.log1p(math.exp(-abs(a)))")
+        k.line(f"{terms}[r, j] = max({a}, 0.0) + math.log1p(math.exp(-abs({a})))")
     gaussian = k.attrs["visible"] == "gaussian"
     energies_flat = k.flat(energies)
 
@@ -186,21 +186,22 @@ def emit_gap(k, data: str, model: str, examples: str, chains: str, out: str) -> 
 
 
 def _gap_workspaces(in_types, out_type, a):
-    hidden = in_types[2].shape[0]
+    hidden = in_types[3].shape[-1]
     return [_per_example(hidden), _model_rows(a, hidden), _per_example(1), _model_rows(a, 1)]
 
 
 def _rbm_gap_kernel(k):
     x, model = k.rows(k.ins[0], k.in_types[0]), k.rows(k.ins[1], k.in_types[1])
-    weight, bias, visible_bias = k.ins[2:5]
-    hidden, visible = _sizes(k.in_types[2])
+    visible_bias = k.ins[2]
+    pre_data, pre_model = k.rows(k.ins[3], k.in_types[3]), k.rows(k.ins[4], k.in_types[4])
+    hidden, visible = int(k.in_types[3].shape[-1]), int(k.in_types[0].shape[-1])
     examples = k.host_value(f"{x}.shape[0]", "n")
     chains = k.host_value(f"{model}.shape[0]", "m")
     data_terms, model_terms, data_energies, model_energies = (k.workspace(i) for i in range(4))
-    emit_free_energies(k, x, examples, weight, bias, visible_bias, data_terms, data_energies,
-                       hidden, visible)
-    emit_free_energies(k, model, chains, weight, bias, visible_bias, model_terms,
-                       model_energies, hidden, visible)
+    emit_free_energies(k, x, examples, visible_bias, data_terms, data_energies, hidden, visible,
+                       pre_data)
+    emit_free_energies(k, model, chains, visible_bias, model_terms, model_energies, hidden,
+                       visible, pre_model)
     emit_gap(k, data_energies, model_energies, examples, chains, k.out)
 
 
@@ -222,52 +223,48 @@ def _rbm_forward_kernel(k):
     chains = k.host_value(f"{start}.shape[0]", "m")
     v, h, data_terms, data_energies, model_energies = (k.workspace(i) for i in range(5))
     emit_gibbs_chain(k, start, chains, weight, bias, visible_bias, v, h, hidden, visible)
-    emit_free_energies(k, x, examples, weight, bias, visible_bias, data_terms, data_energies,
-                       hidden, visible)
-    emit_free_energies(k, v, chains, weight, bias, visible_bias, h, model_energies, hidden,
-                       visible)
+    emit_free_energies(k, x, examples, visible_bias, data_terms, data_energies, hidden, visible,
+                       (weight, bias))
+    emit_free_energies(k, v, chains, visible_bias, h, model_energies, hidden, visible,
+                       (weight, bias))
     emit_gap(k, data_energies, model_energies, examples, chains, k.out)
 
 
 # ---- the gap's gradient ------------------------------------------------------------------------
 
 def _gap_grad_workspaces(in_types, out_type, a):
-    """p(h | x), and p(h | ṽ) with Σg, as the part needs them."""
-    hidden = in_types[3].shape[0]
-    part = a["part"]
-    if part == "input":
-        return [_per_example(hidden)]
-    total = ((1,), False, "acc64")
-    if part == "visible_bias":
-        return [total]
-    return [_per_example(hidden), _model_rows(a, hidden), total]
+    """Σg, where persistent chains weigh it."""
+    return [((1,), False, "acc64")]
 
 
 def _rbm_gap_grad_kernel(k):
     g = k.flat(k.ins[0])
     x, model = k.rows(k.ins[1], k.in_types[1]), k.rows(k.ins[2], k.in_types[2])
-    weight, bias, visible_bias = k.ins[3:6]
-    hidden, visible = _sizes(k.in_types[3])
+    visible_bias = k.ins[3]
+    pre_data, pre_model = k.rows(k.ins[4], k.in_types[4]), k.rows(k.ins[5], k.in_types[5])
+    hidden, visible = int(k.in_types[4].shape[-1]), int(k.in_types[1].shape[-1])
     a, part = k.attrs, k.attrs["part"]
     gaussian, persistent = a["visible"] == "gaussian", bool(a["persistent"])
     examples = k.host_value(f"{x}.shape[0]", "n")
-    out = k.rows(k.out, k.out_type) if part in ("input", "weight") else k.flat(k.out)
+    out = k.flat(k.out) if part == "visible_bias" else k.rows(k.out, k.out_type)
     if part == "input":
-        # gₑ·∂F(xₑ)/∂xₑ = gₑ·(−p(h|xₑ)·W − b (Gaussian: + xₑ)).
-        p = k.workspace(0)
-        _hidden_probabilities(k, x, examples, weight, bias, p, hidden, visible)
+        # gₑ·∂F(xₑ)/∂xₑ with the hidden inputs held: −b (Gaussian: xₑ − b).
         with k.parallel(f"{examples} * {visible}", "q"):
             k.line(f"e = q // {visible}")
             k.line(f"i = q % {visible}")
-            k.line("acc = 0.0")
-            with k.block(f"for j in range({hidden}):"):
-                k.line(f"acc -= {p}[e, j] * np.float64({weight}[j, i])")
             visible_part = (f"np.float64({x}[e, i]) - np.float64({visible_bias}[i])" if gaussian
                             else f"-np.float64({visible_bias}[i])")
-            k.line(f"{out}[e, i] = np.float64({g}[e]) * (acc + {visible_part})")
+            k.line(f"{out}[e, i] = np.float64({g}[e]) * ({visible_part})")
+        return
+    if part == "data_hidden":
+        with k.parallel(f"{examples} * {hidden}", "q"):
+            k.line(f"e = q // {hidden}")
+            k.line(f"j = q % {hidden}")
+            p = _logistic(f"np.float64({pre_data}[e, j])")
+            k.line(f"{out}[e, j] = -np.float64({g}[e]) * {p}")
         return
     chains = k.host_value(f"{model}.shape[0]", "m")
-    total = k.flat(k.workspace(0 if part == "visible_bias" else 2))
+    total = k.flat(k.workspace(0))
     if persistent:
         # Every chain enters every example's gap through the mean: it weighs Σg / chains.
         k.reduction(examples, "q", lambda acc: k.line(f"{acc} += np.float64({g}[q])"),
@@ -276,42 +273,21 @@ def _rbm_gap_grad_kernel(k):
     def model_weight(n: str) -> str:
         return f"{total}[0] / {chains}" if persistent else f"np.float64({g}[{n}])"
 
-    if part == "visible_bias":
-        shift = (lambda i: f" - np.float64({visible_bias}[{i}])") if gaussian else (lambda i: "")
-        with k.parallel(str(visible), "i"):
-            k.line("acc = 0.0")
-            with k.block(f"for e in range({examples}):"):
-                k.line(f"acc -= np.float64({g}[e]) * (np.float64({x}[e, i]){shift('i')})")
-            with k.block(f"for r in range({chains}):"):
-                k.line(f"acc += {model_weight('r')} * (np.float64({model}[r, i]){shift('i')})")
-            k.line(f"{out}[i] = acc")
+    if part == "model_hidden":
+        with k.parallel(f"{chains} * {hidden}", "q"):
+            k.line(f"r = q // {hidden}")
+            k.line(f"j = q % {hidden}")
+            p = _logistic(f"np.float64({pre_model}[r, j])")
+            k.line(f"{out}[r, j] = {model_weight('r')} * {p}")
         return
-    positive, negative = k.workspace(0), k.workspace(1)
-    _hidden_probabilities(k, x, examples, weight, bias, positive, hidden, visible,
-                          scale=lambda r: f"np.float64({g}[{r}])")
-    _hidden_probabilities(k, model, chains, weight, bias, negative, hidden, visible,
-                          scale=model_weight)
-    if part == "weight":
-        # Σ_model w·p(h|ṽ)ᵀṽ − Σₑ gₑ·p(h|xₑ)ᵀxₑ, each sum taken whole before the difference.
-        with k.parallel(f"{hidden * visible}", "q"):
-            k.line(f"j = q // {visible}")
-            k.line(f"i = q % {visible}")
-            k.line("down = 0.0")
-            with k.block(f"for r in range({chains}):"):
-                k.line(f"down += {negative}[r, j] * np.float64({model}[r, i])")
-            k.line("up = 0.0")
-            with k.block(f"for e in range({examples}):"):
-                k.line(f"up += {positive}[e, j] * np.float64({x}[e, i])")
-            k.line(f"{out}[j, i] = down - up")
-    else:   # the hidden bias
-        with k.parallel(str(hidden), "j"):
-            k.line("down = 0.0")
-            with k.block(f"for r in range({chains}):"):
-                k.line(f"down += {negative}[r, j]")
-            k.line("up = 0.0")
-            with k.block(f"for e in range({examples}):"):
-                k.line(f"up += {positive}[e, j]")
-            k.line(f"{out}[j] = down - up")
+    shift = (lambda i: f" - np.float64({visible_bias}[{i}])") if gaussian else (lambda i: "")
+    with k.parallel(str(visible), "i"):
+        k.line("acc = 0.0")
+        with k.block(f"for e in range({examples}):"):
+            k.line(f"acc -= np.float64({g}[e]) * (np.float64({x}[e, i]){shift('i')})")
+        with k.block(f"for r in range({chains}):"):
+            k.line(f"acc += {model_weight('r')} * (np.float64({model}[r, i]){shift('i')})")
+        k.line(f"{out}[i] = acc")
 
 
 rbm.cuda_kernel, rbm.cuda_workspace = _rbm_forward_kernel, _rbm_workspaces

@@ -1,11 +1,23 @@
 """The restricted Boltzmann machine's loop nests, in the subset of Python Numba compiles.
 
 netlang/runtime/rbm.py compiles them for the CPU kernels of netlang/ops/rbm.py, whose NumPy
-reference computes the same values from the same draws: the index scheme of `chain_index` and
-the arithmetic (float64 throughout, rounded once into the output) are shared by both.
+reference computes the same values from the same draws.  What the two share, and so every
+engine's contract:
+
+- the index scheme of `chain_index`;
+- the units' inputs v·Wᵀ + c (hidden) and h·W + b (visible) are computed in the model's dtype,
+  as a dense layer computes them: a matrix product (BLAS, in the kernels the templates write
+  around these loops) and then the bias added in that dtype;
+- everything after them is float64: the logistic and the softplus of each input, the free
+  energies' sums, and the comparison of each uniform draw with its probability.
+
+So in float64 models every engine computes alike to the last bit, and in float32 models up to
+the summation order of the products; a draw can differ between engines only where its uniform
+lies within that rounding of its probability.
 
 Shapes: `weight` is (hidden, visible) as a dense layer's (so a dense layer can share it),
-`hidden_bias` (hidden,), `visible_bias` (visible,); rows of `v` are visible vectors.
+`hidden_bias` (hidden,), `visible_bias` (visible,); rows of `v` are visible vectors, and a row of
+hidden inputs (`pre`) is v·Wᵀ, or v·Wᵀ + c where the name says so.
 """
 
 from __future__ import annotations
@@ -34,142 +46,119 @@ def logistic(a):
     return 0.5 * (1.0 + np.tanh(0.5 * a))
 
 
-def hidden_probabilities(v, weight, hidden_bias):
-    """σ(v·Wᵀ + c) in float64, one row per row of `v` (float64)."""
-    pre = np.dot(v, np.ascontiguousarray(weight.T).astype(np.float64))
+def add_bias(pre, bias):
+    """pre[r, :] += bias, in pre's dtype (a dense layer's epilogue)."""
     for r in range(pre.shape[0]):
         for j in range(pre.shape[1]):
-            pre[r, j] = logistic(pre[r, j] + hidden_bias[j])
-    return pre
+            pre[r, j] += bias[j]
 
 
-def gibbs_chain(start, weight, hidden_bias, visible_bias, steps, key, gaussian, out):
-    """out ← the visible units after `steps` alternating Gibbs steps from `start`: each step
-    draws h ~ p(h | v) (binary), then v ~ p(v | h) (binary: σ(h·W + b); Gaussian: N(h·W + b, 1))."""
-    rows, visible = start.shape
-    hidden = weight.shape[0]
-    w = np.ascontiguousarray(weight).astype(np.float64)
-    v = np.ascontiguousarray(start).astype(np.float64)
-    h = np.empty((rows, hidden))
-    for s in range(steps):
-        p = hidden_probabilities(v, weight, hidden_bias)
-        base = chain_index(2 * s, rows, hidden, visible)
-        for r in range(rows):
-            for j in range(hidden):
-                index = np.uint64(base + r * hidden + j)
-                h[r, j] = 1.0 if uniform_draw(key, index) < p[r, j] else 0.0
-        mean = np.dot(h, w)
-        base = chain_index(2 * s + 1, rows, hidden, visible)
-        for r in range(rows):
-            for i in range(visible):
-                centre = mean[r, i] + visible_bias[i]
-                if gaussian:
-                    first, _ = normal_pair(key, np.uint64(base // 2 + r * visible + i))
-                    v[r, i] = centre + first
-                else:
-                    index = np.uint64(base + r * visible + i)
-                    v[r, i] = 1.0 if uniform_draw(key, index) < logistic(centre) else 0.0
-    for r in range(rows):
+def draw_hidden(product, hidden_bias, key, base, h):
+    """h ← binary draws of p(h = 1 | v) = σ(v·Wᵀ + c), `product` holding v·Wᵀ: draw
+    base + r·hidden + j decides unit j of row r."""
+    hidden = h.shape[1]
+    for r in range(h.shape[0]):
+        for j in range(hidden):
+            p = logistic(np.float64(product[r, j] + hidden_bias[j]))
+            h[r, j] = 1.0 if uniform_draw(key, np.uint64(base + r * hidden + j)) < p else 0.0
+
+
+def draw_visible(product, visible_bias, key, base, gaussian, v):
+    """v ← draws of p(v | h), `product` holding h·W: binary units are 1 with probability
+    σ(h·W + b) (draw base + r·visible + i), Gaussian ones N(h·W + b, 1) (the first of normal pair
+    base / 2 + r·visible + i)."""
+    visible = v.shape[1]
+    for r in range(v.shape[0]):
         for i in range(visible):
-            out[r, i] = v[r, i]
-
-
-def free_energies(v, weight, hidden_bias, visible_bias, gaussian):
-    """F(v) per row in float64: −b·v − Σⱼ softplus(v·Wᵀ + c)ⱼ for binary visible units,
-    ½‖v − b‖² − Σⱼ softplus(v·Wᵀ + c)ⱼ for Gaussian ones."""
-    rows, visible = v.shape
-    pre = np.dot(v, np.ascontiguousarray(weight.T).astype(np.float64))
-    energies = np.zeros(rows)
-    for r in range(rows):
-        total = 0.0
-        for i in range(visible):
+            centre = np.float64(product[r, i] + visible_bias[i])
             if gaussian:
-                total += 0.5 * (v[r, i] - visible_bias[i]) ** 2
+                first, _ = normal_pair(key, np.uint64(base // 2 + r * visible + i))
+                v[r, i] = centre + first
             else:
-                total -= visible_bias[i] * v[r, i]
+                index = np.uint64(base + r * visible + i)
+                v[r, i] = 1.0 if uniform_draw(key, index) < logistic(centre) else 0.0
+
+
+def free_energies(v, pre, visible_bias, gaussian, energies):
+    """energies[r] ← F(v_r) in float64 from the row's hidden inputs pre = v·Wᵀ + c:
+    −b·v − Σⱼ softplus(pre)ⱼ for binary visible units, ½‖v − b‖² − Σⱼ softplus(pre)ⱼ for
+    Gaussian ones."""
+    for r in range(v.shape[0]):
+        total = 0.0
+        for i in range(v.shape[1]):
+            if gaussian:
+                total += 0.5 * (np.float64(v[r, i]) - np.float64(visible_bias[i])) ** 2
+            else:
+                total -= np.float64(visible_bias[i]) * np.float64(v[r, i])
         for j in range(pre.shape[1]):
-            total -= softplus(pre[r, j] + hidden_bias[j])
+            total -= softplus(np.float64(pre[r, j]))
         energies[r] = total
-    return energies
 
 
-def free_energy_gap(x, model, weight, hidden_bias, visible_bias, gaussian, persistent, out):
+def free_energy_gap(x, model, visible_bias, pre_data, pre_model, gaussian, persistent, out):
     """out[e] ← F(x_e) − F(model_e) (contrastive divergence: one model row per example), or
-    F(x_e) − mean over the chains of F(model_n) (persistent)."""
-    data = free_energies(np.ascontiguousarray(x).astype(np.float64), weight, hidden_bias,
-                         visible_bias, gaussian)
-    negative = free_energies(np.ascontiguousarray(model).astype(np.float64), weight,
-                             hidden_bias, visible_bias, gaussian)
+    F(x_e) − mean over the chains of F(model_n) (persistent); the hidden inputs v·Wᵀ + c of
+    the rows are given."""
+    data = np.empty(x.shape[0])
+    negative = np.empty(model.shape[0])
+    free_energies(x, pre_data, visible_bias, gaussian, data)
+    free_energies(model, pre_model, visible_bias, gaussian, negative)
     average = negative.sum() / negative.shape[0]
     for e in range(out.shape[0]):
         out[e] = data[e] - (average if persistent else negative[e])
 
 
 def row_weights(g, model_rows, persistent):
-    """How much each model row weighs in the gradient (g in float64): its example's g
-    (contrastive divergence), or Σg / chains (persistent: each chain enters every example's gap
-    through the mean over the chains)."""
+    """How much each model row weighs in the gradient (float64): its example's g (contrastive
+    divergence), or Σg / chains (persistent: each chain enters every example's gap through the
+    mean over the chains)."""
+    weights = np.empty(model_rows)
     if persistent:
-        return np.full(model_rows, g.sum() / model_rows)
-    return g.copy()
+        total = 0.0
+        for e in range(g.shape[0]):
+            total += np.float64(g[e])
+        weights[:] = total / model_rows
+    else:
+        for n in range(model_rows):
+            weights[n] = np.float64(g[n])
+    return weights
 
 
-def gradient_input(g, x, weight, hidden_bias, visible_bias, gaussian, out):
-    """out ← ∂(Σₑ gₑ·gapₑ)/∂x = gₑ·∂F(xₑ)/∂xₑ: −p(h|x)·W − b (Gaussian: + x)."""
-    xd = np.ascontiguousarray(x).astype(np.float64)
-    grad = -np.dot(hidden_probabilities(xd, weight, hidden_bias),
-                   np.ascontiguousarray(weight).astype(np.float64))
-    for e in range(xd.shape[0]):
-        for i in range(xd.shape[1]):
-            visible_part = xd[e, i] - visible_bias[i] if gaussian else -visible_bias[i]
-            out[e, i] = g[e] * (grad[e, i] + visible_part)
+def gradient_input(g, x, visible_bias, gaussian, out):
+    """out ← gₑ·∂F(xₑ)/∂xₑ with the hidden inputs held: −b (Gaussian: xₑ − b).  The part
+    through xₑ·Wᵀ is the dense product's gradient."""
+    for e in range(x.shape[0]):
+        for i in range(x.shape[1]):
+            shift = np.float64(visible_bias[i])
+            part = np.float64(x[e, i]) - shift if gaussian else -shift
+            out[e, i] = np.float64(g[e]) * part
 
 
-def weighted_hidden(v, weight, hidden_bias, row_weight):
-    """p(h|v) per row, each row scaled by its weight in the gradient."""
-    p = hidden_probabilities(v, weight, hidden_bias)
-    for r in range(p.shape[0]):
-        for j in range(p.shape[1]):
-            p[r, j] *= row_weight[r]
-    return p
+def gradient_data_hidden(g, pre_data, out):
+    """out ← ∂(Σₑ gₑ·gapₑ)/∂pre_data = −gₑ·σ(pre_data), since ∂F/∂pre = −σ(pre)."""
+    for e in range(pre_data.shape[0]):
+        for j in range(pre_data.shape[1]):
+            out[e, j] = -np.float64(g[e]) * logistic(np.float64(pre_data[e, j]))
 
 
-def gradient_weight(g, x, model, weight, hidden_bias, persistent, out):
-    """out ← ∂(Σₑ gₑ·gapₑ)/∂W with the model rows held constant: Σ_model w·p(h|ṽ)ᵀṽ −
-    Σₑ gₑ·p(h|xₑ)ᵀxₑ, since ∂F/∂W = −p(h|v)ᵀ·v."""
-    xd = np.ascontiguousarray(x).astype(np.float64)
-    md = np.ascontiguousarray(model).astype(np.float64)
-    gd = g.astype(np.float64)
-    positive = weighted_hidden(xd, weight, hidden_bias, gd)
-    negative = weighted_hidden(md, weight, hidden_bias, row_weights(gd, md.shape[0], persistent))
-    grad = (np.dot(np.ascontiguousarray(negative.T), md)
-            - np.dot(np.ascontiguousarray(positive.T), xd))
-    for j in range(grad.shape[0]):
-        for i in range(grad.shape[1]):
-            out[j, i] = grad[j, i]
-
-
-def gradient_hidden_bias(g, x, model, weight, hidden_bias, persistent, out):
-    """out ← ∂(Σₑ gₑ·gapₑ)/∂c with the model rows held constant (∂F/∂c = −p(h|v))."""
-    xd = np.ascontiguousarray(x).astype(np.float64)
-    md = np.ascontiguousarray(model).astype(np.float64)
-    gd = g.astype(np.float64)
-    positive = weighted_hidden(xd, weight, hidden_bias, gd)
-    negative = weighted_hidden(md, weight, hidden_bias, row_weights(gd, md.shape[0], persistent))
-    for j in range(out.shape[0]):
-        out[j] = negative[:, j].sum() - positive[:, j].sum()
+def gradient_model_hidden(g, pre_model, persistent, out):
+    """out ← ∂(Σₑ gₑ·gapₑ)/∂pre_model = w_n·σ(pre_model), w_n the row's weight
+    (`row_weights`)."""
+    weights = row_weights(g, pre_model.shape[0], persistent)
+    for n in range(pre_model.shape[0]):
+        for j in range(pre_model.shape[1]):
+            out[n, j] = weights[n] * logistic(np.float64(pre_model[n, j]))
 
 
 def gradient_visible_bias(g, x, model, visible_bias, gaussian, persistent, out):
     """out ← ∂(Σₑ gₑ·gapₑ)/∂b with the model rows held constant (∂F/∂b = −v; Gaussian:
     −(v − b))."""
-    gd = g.astype(np.float64)
-    wm = row_weights(gd, model.shape[0], persistent)
+    weights = row_weights(g, model.shape[0], persistent)
     for i in range(out.shape[0]):
-        shift = visible_bias[i] if gaussian else 0.0
+        shift = np.float64(visible_bias[i]) if gaussian else 0.0
         total = 0.0
         for e in range(x.shape[0]):
-            total -= gd[e] * (x[e, i] - shift)
+            total -= np.float64(g[e]) * (np.float64(x[e, i]) - shift)
         for n in range(model.shape[0]):
-            total += wm[n] * (model[n, i] - shift)
+            total += weights[n] * (np.float64(model[n, i]) - shift)
         out[i] = total
