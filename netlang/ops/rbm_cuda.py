@@ -237,6 +237,16 @@ def _gap_grad_workspaces(in_types, out_type, a):
     return [((1,), False, "acc64")]
 
 
+def _weighted_probabilities(k, out, pre, rows, hidden: int, row_weight) -> None:
+    """out[r, j] ← row_weight(r)·σ(pre[r, j]): a row's hidden probabilities, weighted by that
+    row's share of the gradient (the data's rows and the chains' alike)."""
+    with k.parallel(f"{rows} * {hidden}", "q"):
+        k.line(f"r = q // {hidden}")
+        k.line(f"j = q % {hidden}")
+        p = _logistic(f"np.float64({pre}[r, j])")
+        k.line(f"{out}[r, j] = {row_weight('r')} * {p}")
+
+
 def _rbm_gap_grad_kernel(k):
     g = k.flat(k.ins[0])
     x, model = k.rows(k.ins[1], k.in_types[1]), k.rows(k.ins[2], k.in_types[2])
@@ -257,11 +267,8 @@ def _rbm_gap_grad_kernel(k):
             k.line(f"{out}[e, i] = np.float64({g}[e]) * ({visible_part})")
         return
     if part == "data_hidden":
-        with k.parallel(f"{examples} * {hidden}", "q"):
-            k.line(f"e = q // {hidden}")
-            k.line(f"j = q % {hidden}")
-            p = _logistic(f"np.float64({pre_data}[e, j])")
-            k.line(f"{out}[e, j] = -np.float64({g}[e]) * {p}")
+        _weighted_probabilities(k, out, pre_data, examples, hidden,
+                                lambda e: f"-np.float64({g}[{e}])")
         return
     chains = k.host_value(f"{model}.shape[0]", "m")
     total = k.flat(k.workspace(0))
@@ -274,11 +281,7 @@ def _rbm_gap_grad_kernel(k):
         return f"{total}[0] / {chains}" if persistent else f"np.float64({g}[{n}])"
 
     if part == "model_hidden":
-        with k.parallel(f"{chains} * {hidden}", "q"):
-            k.line(f"r = q // {hidden}")
-            k.line(f"j = q % {hidden}")
-            p = _logistic(f"np.float64({pre_model}[r, j])")
-            k.line(f"{out}[r, j] = {model_weight('r')} * {p}")
+        _weighted_probabilities(k, out, pre_model, chains, hidden, model_weight)
         return
     shift = (lambda i: f" - np.float64({visible_bias}[{i}])") if gaussian else (lambda i: "")
     with k.parallel(str(visible), "i"):
