@@ -29,6 +29,9 @@ from netlang.errors import UsageError
 from netlang.train.binding import count_examples, take_examples
 from netlang.train.evaluation import evaluate
 
+# Seconds an aborting process waits after writing its error, so the launcher reads it first.
+ABORT_GRACE_S = 1.0
+
 
 class RefusedOnEveryProcess(UsageError):
     """A refusal every process makes alike, from the settings and the model alone: each
@@ -165,6 +168,9 @@ class Ranks:
         sys.stdout.flush()
         sys.stderr.write(f"error: {message}\n")
         sys.stderr.flush()
+        # The launcher forwards this process's output through a pipe; Abort tears the job
+        # down at once, and on a loaded machine the message was lost before it was read.
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(1)
 
 
