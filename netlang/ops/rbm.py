@@ -397,8 +397,8 @@ rbm_gap_grad.cpu_kernel = _rbm_gap_grad_kernel
 def _rbm_forward_kernel(k):
     """Evaluation: the chain into a scratch array, the hidden inputs of the data rows and of
     the model rows (products, then the bias added in the model's dtype), then the gap."""
-    gap_of, add_bias = (k.helper(n, "netlang.runtime.rbm") for n in ("free_energy_gap",
-                                                                     "add_bias"))
+    gap_of = k.helper("free_energy_gap", "netlang.runtime.rbm")
+    add_bias = k.helper("add_bias")   # the convolutions' epilogue loop: pre[r, :] += bias
     x = k.rows(k.ins[0], k.in_types[0])
     weight, bias, visible_bias = k.ins[1:4]
     hidden = int(k.in_types[1].shape[0])

@@ -46,13 +46,6 @@ def logistic(a):
     return 0.5 * (1.0 + np.tanh(0.5 * a))
 
 
-def add_bias(pre, bias):
-    """pre[r, :] += bias, in pre's dtype (a dense layer's epilogue)."""
-    for r in range(pre.shape[0]):
-        for j in range(pre.shape[1]):
-            pre[r, j] += bias[j]
-
-
 def draw_hidden(product, hidden_bias, key, base, h):
     """h ← binary draws of p(h = 1 | v) = σ(v·Wᵀ + c), `product` holding v·Wᵀ: draw
     base + r·hidden + j decides unit j of row r."""

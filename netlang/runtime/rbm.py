@@ -15,7 +15,6 @@ _free_energies = compiled(rbm_loops.free_energies, softplus=_softplus)
 _row_weights = compiled(rbm_loops.row_weights)
 
 chain_index = compiled(rbm_loops.chain_index)
-add_bias = compiled(rbm_loops.add_bias)
 draw_hidden = compiled(rbm_loops.draw_hidden, _logistic, uniform_draw=_uniform_draw)
 draw_visible = compiled(rbm_loops.draw_visible, _logistic, uniform_draw=_uniform_draw,
                         normal_pair=_normal_pair)

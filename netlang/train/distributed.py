@@ -33,6 +33,15 @@ from netlang.train.evaluation import evaluate
 ABORT_GRACE_S = 1.0
 
 
+def contiguous_part(count: int, parts: int, index: int) -> tuple[int, int]:
+    """[start, stop) of part `index` of `count` items cut into `parts` contiguous parts in
+    order, the first `count % parts` taking one more: a process's share of a set, a shard of a
+    batch."""
+    base, extra = divmod(count, parts)
+    start = index * base + min(index, extra)
+    return start, start + base + (1 if index < extra else 0)
+
+
 class RefusedOnEveryProcess(UsageError):
     """A refusal every process makes alike, from the settings and the model alone: each
     raises it, so none waits for another, and it ends them as an ordinary error would."""
@@ -62,11 +71,8 @@ class Ranks:
         return self.rank == 0
 
     def bounds(self, count: int) -> tuple[int, int]:
-        """[start, stop) of this process's share of `count` examples: contiguous, in rank
-        order, the first `count % size` ranks taking one more."""
-        base, extra = divmod(count, self.size)
-        start = self.rank * base + min(self.rank, extra)
-        return start, start + base + (1 if self.rank < extra else 0)
+        """[start, stop) of this process's share of `count` examples (`contiguous_part`)."""
+        return contiguous_part(count, self.size, self.rank)
 
     def sum(self, buffer: np.ndarray, what: str) -> None:
         """`buffer` (contiguous) summed over every process, in place: MPI Allreduce on the

@@ -48,7 +48,7 @@ import numpy as np
 
 from netlang.runtime.statistics import reduce_statistics_with
 from netlang.train.binding import take_examples
-from netlang.train.distributed import Ranks, RefusedOnEveryProcess
+from netlang.train.distributed import Ranks, RefusedOnEveryProcess, contiguous_part
 from netlang.train.meters import divergence_error, output_value
 from netlang.train.metrics import MetricAccumulator
 
@@ -74,9 +74,7 @@ class Shards:
 
     def bounds(self, examples: int, shard: int) -> tuple[int, int]:
         """[start, stop) of shard `shard` of a batch of `examples` examples."""
-        base, extra = divmod(examples, self.count)
-        start = shard * base + min(shard, extra)
-        return start, start + base + (1 if shard < extra else 0)
+        return contiguous_part(examples, self.count, shard)
 
     def mine(self) -> range:
         """The shards this process computes."""
