@@ -89,7 +89,7 @@ def main(argv=None):
         from netlang.runtime.blas import set_blas_threads
         set_blas_threads(1)
     source = step.program.source
-    header, _ = source.split("@njit", 1)
+    header = re.split(r"^@\w+$", source, maxsplit=1, flags=re.M)[0]   # before the decorator
     signature = source.split("def train_step(", 1)[1].split(")", 1)[0]
     views: list[str] = []
     rows = []

@@ -364,8 +364,10 @@ def _vjp(kind):
                 starts=(hh, record_at[f"prev{tag}"][0]))
             grads[f"bias_ih_{tag}"] = b.add("recurrent_bias_grad", [tape], start=ih, steps=steps,
                                             columns=rows)
-            grads[f"bias_hh_{tag}"] = b.add("recurrent_bias_grad", [tape], start=hh, steps=steps,
-                                            columns=rows)
+            # Where the W_hh part passes the gate gradients back unchanged (all but the GRU),
+            # the two biases have one gradient: one sum, read by both updates.
+            grads[f"bias_hh_{tag}"] = grads[f"bias_ih_{tag}"] if hh == ih else b.add(
+                "recurrent_bias_grad", [tape], start=hh, steps=steps, columns=rows)
         return [grads.get(name) for name in operand_names(kind, a)]   # none for lengths, mask
     return rule
 

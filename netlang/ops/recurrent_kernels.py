@@ -6,11 +6,11 @@ they call are plain Python in netlang/ops/recurrent_loops.py, compiled by
 netlang.runtime.recurrent.
 
 Forward (`<kind>_record`, and the layer itself outside a training step), for each layer and
-direction: one matrix product for the input's part of every step's gates (all B·T rows at
-once) into the record's gate values, then per step one product h·W_hhᵀ (from W_hh transposed
-once), added to the step's gate values in place (the GRU's apart), and one step function,
-which adds the biases, applies the nonlinearities in place, and writes the state, the rest of
-the record and the output.  Back (`<kind>_grad`), per step, last first: one step function
+direction, per step: one product x·W_ihᵀ into the step's gate values in the record, one
+product h·W_hhᵀ added to them in place (the GRU's apart), both from weights transposed once
+per call, and one step function, which adds the biases, applies the nonlinearities in place,
+and writes the state, the rest of the record and the output.  Every product is
+`vector_gemm` (netlang/runtime/vector_gemm.py).  Back (`<kind>_grad`), per step, last first: one step function
 writes the gate gradients into the tape, and one product adds their W_hh part, da·W_hh, to
 the state's gradient; then one product per direction gives the gradient of the sequence the
 layer read, which the layer below reads (through the dropout mask).  The weights' gradients
@@ -62,6 +62,13 @@ def _helper(k, name: str) -> str:
     return k.helper(name, RUNTIME)
 
 
+def _product(k) -> str:
+    """The recurrent kernels' matrix product, `vector_gemm(transa, alpha, a, b, beta, c)`
+    (netlang/runtime/vector_gemm.py): twice OpenBLAS's speed on their shapes where OpenBLAS
+    is held to AVX2, and results that do not depend on how the rows are cut."""
+    return k.helper("vector_gemm", "netlang.runtime.vector_gemm")
+
+
 def _step_function(k, name: str) -> str:
     """A step function in the program's precision (`lstm_step32`, `gru_step_back64`...)."""
     return _helper(k, f"{name}{'32' if k.program.dtype == 'float32' else '64'}")
@@ -77,35 +84,12 @@ def section_view(k, array: str, start: int, shape: tuple) -> str:
     return k.host_value(f"{flat}[{n} * {start}:{n} * {start + size}].reshape(({dims},))", "sec")
 
 
-class _OneBlasThread:
-    """The recurrent kernels' products run on one BLAS thread: they are small (B×H by H×G·H
-    per step), and waking BLAS's threads for each costs more than they share (on this
-    project's shared two-core machine a 128×128 by 128×512 product took 2.3 ms on two threads,
-    0.14 ms on one); the cores are shared among blocks of examples instead (`_blocks`).  A
-    step with worker functions holds BLAS to one thread throughout; a serial one sets the count
-    here, as around the worker functions (netlang/runtime/blas.py `set_blas_threads`)."""
-
-    def __init__(self, k):
-        self.k = k
-
-    def __enter__(self):
-        self.saved = self.k.fresh("blas")
-        threads = self.k.helper("set_blas_threads", "netlang.runtime.blas")
-        self.k.line(f"{self.saved} = {threads}(1)")
-
-    def __exit__(self, *exc):
-        self.k.line(f"set_blas_threads({self.saved})")
-
-
 # A batch is cut into blocks of examples: each block runs every layer and step on its own, and
 # the worker threads share the blocks.  The cut depends on the batch alone, never on the
-# thread count, because OpenBLAS's result for a row of a product depends on how many rows the
-# product has (its kernels differ by size): so a given seed trains the same weights on any
-# number of threads.  A block is half the batch, at most BLOCK_EXAMPLES, and at least a
-# MAX_BLOCKS-th of it: few rows make the per-step product slow (128×128 by 128×512, float32,
-# one thread, OpenBLAS's SkylakeX kernels: 99 GFLOPS in blocks of 32 rows, 142 in blocks of
-# 64, 179 at once), so two cores share a batch of 128 in two blocks of 64, and one of 64 in
-# two of 32 (2 × 96 against 136 at once).
+# thread count: a block's products see the same operands whoever runs it (and `vector_gemm`'s
+# results do not depend on the rows it is given either), so a given seed trains the same
+# weights on any number of threads.  A block is half the batch, at most BLOCK_EXAMPLES, and at
+# least a MAX_BLOCKS-th of it, so that two cores share a batch of 128 in two blocks of 64.
 BLOCK_EXAMPLES = 64
 MAX_BLOCKS = 8
 # The weight gradients' products are cut along their rows (the gates' units, G·H), and the
@@ -121,15 +105,12 @@ HIDDEN_PART_APART = {"gru"}
 def _blocks(k, count: str, size: str):
     """`count` rows in blocks of `size` (expressions, evaluated once), spread over the
     program's worker threads as contiguous runs of blocks (`ProgramWriter.worker_function`),
-    or run in turn by a serial program, on one BLAS thread either way; what is emitted inside
-    is one block's work.  Yields the names of the block's first row and of the row after its
-    last."""
+    or run in turn by a serial program; what is emitted inside is one block's work.  Yields
+    the names of the block's first row and of the row after its last."""
     workers = k.workers
     with contextlib.ExitStack() as scope:
         if workers > 1:
             worker = scope.enter_context(k.program.worker_function())
-        else:
-            scope.enter_context(_OneBlasThread(k))
         n = k.host_value(count, "n")
         rows = k.host_value(size, "bs")
         blocks = k.host_value(f"({n} + {rows} - 1) // {rows}", "nb")
@@ -196,8 +177,9 @@ def named_workspaces(k, kind: str, plan) -> dict:
 
 def _forward_plan(stack: Stack, a: dict, with_record: bool) -> list:
     """Each example's length, the state h (and the LSTM's c), the GRU's h·W_hhᵀ of a step,
-    every layer's and direction's W_hh transposed (H, G·H), and the record where the kernel
-    keeps it to itself."""
+    every layer's and direction's W_hh transposed (H, G·H) and W_ih transposed (the first
+    layer's (X, G·H), the others' (D·H, G·H)), and the record where the kernel keeps it to
+    itself."""
     rows = stack.gates * stack.units
     plan = [("steps", ((1,), True, "int64")), ("h", ((stack.units,), True))]
     if stack.kind == "lstm":
@@ -205,6 +187,10 @@ def _forward_plan(stack: Stack, a: dict, with_record: bool) -> list:
     if stack.kind in HIDDEN_PART_APART:
         plan.append(("hw", ((rows,), True)))
     plan.append(("w_hh_t", ((stack.layers * stack.directions, stack.units, rows), False)))
+    plan.append(("w_ih_t", ((stack.directions, stack.features, rows), False)))
+    if stack.layers > 1:
+        plan.append(("w_ih_t_upper", (((stack.layers - 1) * stack.directions,
+                                        stack.directions * stack.units, rows), False)))
     if with_record:
         plan.append(("record", ((layout_size(record_layout(stack, a["sequences"])),), True)))
     return plan
@@ -215,18 +201,21 @@ def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
     recurrent_reference.py's `record_layout`, the output included.  Each block of examples
     (`_example_blocks`) runs all the layers and steps on its own."""
     a = k.attrs
-    T, H, D, G = stack.steps, stack.units, stack.directions, stack.gates
+    T, H, D = stack.steps, stack.units, stack.directions
     steps = k.flat(ws["steps"])
     _fill_steps(k, steps, named, stack)   # serial: it may raise, which a worker must not
-    # The per-step product h·W_hhᵀ reads W_hh transposed, made once per call (a product whose
-    # second operand is transposed ran 1.3 times as long: 64×128 by 128×512 in float32,
-    # 56 µs against 41 µs, OpenBLAS's SkylakeX kernels on one thread).
+    # The products read W_hh and W_ih transposed, made once per call: `vector_gemm` reads its
+    # second operand row by row.
     for layer in range(stack.layers):
         for d in range(D):
             tag = f"l{layer}{'_reverse' if d else ''}"
             k.line(f"{_helper(k, 'transpose')}({named[f'weight_hh_{tag}']}, {ws['w_hh_t']}, "
                    f"{layer * D + d})")
+            k.line(f"{_helper(k, 'transpose')}({named[f'weight_ih_{tag}']}, "
+                   f"{ws['w_ih_t'] if layer == 0 else ws['w_ih_t_upper']}, "
+                   f"{d if layer == 0 else (layer - 1) * D + d})")
     step = _step_function(k, f"{stack.kind}_step")
+    product = _product(k)
     last = stack.layers - 1
     with _example_blocks(k, named["x"]) as (first, stop):
         def part(array):
@@ -239,19 +228,14 @@ def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
         h0, c0 = part(state_view(k, named, "h0", stack)), part(state_view(k, named, "c0", stack))
         mask = part(named.get("mask"))
         for layer in range(stack.layers):
-            if layer == 0:
-                inputs = part(named["x"])
-                source = k.host_value(f"{inputs}.reshape(({n} * {T}, {stack.features}))", "in")
-            else:
-                source = k.host_value(
-                    f"{sections[f'input{layer}']}.reshape(({n} * {T}, {D * H}))", "in")
+            sequence = part(named["x"]) if layer == 0 else sections[f"input{layer}"]
             for d in range(D):
                 tag = f"l{layer}{'_reverse' if d else ''}"
-                w_ih, _, b_ih, b_hh = (named[f"{part_}_{tag}"] for part_ in PARAMETER_PARTS)
+                _, _, b_ih, b_hh = (named[f"{part_}_{tag}"] for part_ in PARAMETER_PARTS)
                 w_hh_t = k.host_value(f"{ws['w_hh_t']}[{layer * D + d}]", "wt")
+                w_ih_t = k.host_value(f"{ws['w_ih_t']}[{d}]" if layer == 0 else
+                                      f"{ws['w_ih_t_upper']}[{(layer - 1) * D + d}]", "wt")
                 gates = sections[f"gates{tag}"]
-                gate_rows = k.host_value(f"{gates}.reshape(({n} * {T}, {G * H}))", "pr")
-                k.line(f"{k.gemm}(False, True, 1.0, {source}, {w_ih}, 0.0, {gate_rows})")
                 for state, initial in ((h, h0), (c, c0)):
                     if state is not None and initial is None:
                         k.line(f"{state}[:, :] = 0.0")
@@ -273,11 +257,16 @@ def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
                 s = k.fresh("s")
                 with k.block(f"for {s} in range({T}):"):
                     t = k.host_value(f"{T - 1} - {s}" if d else s, "t")
+                    # The step's x·W_ihᵀ, then its h·W_hhᵀ added: per step rather than one
+                    # product over all steps first, so the gate values are still in the cache
+                    # when the second product and the step function read them (the row LSTM's
+                    # step took 9% less time, one thread).
+                    k.line(f"{product}(False, 1.0, {sequence}[:, {t}], {w_ih_t}, 0.0, "
+                           f"{gates}[:, {t}])")
                     if hw is None:   # the step's gates: x·W_ihᵀ + h·W_hhᵀ, in place
-                        k.line(f"{k.gemm}(False, False, 1.0, {h}, {w_hh_t}, 1.0, "
-                               f"{gates}[:, {t}])")
+                        k.line(f"{product}(False, 1.0, {h}, {w_hh_t}, 1.0, {gates}[:, {t}])")
                     else:
-                        k.line(f"{k.gemm}(False, False, 1.0, {h}, {w_hh_t}, 0.0, {hw})")
+                        k.line(f"{product}(False, 1.0, {h}, {w_hh_t}, 0.0, {hw})")
                     leading = [t, block_steps] + ([hw] if hw is not None else []) + [b_ih, b_hh]
                     k.line(f"{step}({', '.join(leading + arguments)})")
                 if layer == last and not a["sequences"]:
@@ -367,6 +356,7 @@ def _emit_back(k, stack: Stack, named: dict, g: str, ws: dict, steps: str, first
     tape = {name: part(view) for name, view in section_views(k, k.out, tape_at).items()}
     gradients = {name: state_view(k, tape, name, stack) for name in ("h0", "c0")}
     back = _step_function(k, f"{kind}_step_back")
+    gemm = _product(k)
     last = stack.layers - 1
     # The gradient of the sequence the layer reads: the output's, for the top layer with
     # `sequences`; the one the layer above left (masked) for the others.
@@ -403,8 +393,7 @@ def _emit_back(k, stack: Stack, named: dict, g: str, ws: dict, steps: str, first
                 # Back through a direction's steps in the reverse of their order.
                 t = k.host_value(s if d else f"{T - 1} - {s}", "t")
                 k.line(f"{back}({t}, {block_steps}, {', '.join(arguments)})")
-                product = (f"{k.gemm}(False, False, 1.0, {through}[:, {t}, :], {w_hh}, 1.0, "
-                           f"{dh})")
+                product = f"{gemm}(False, 1.0, {through}[:, {t}, :], {w_hh}, 1.0, {dh})"
                 if gradients["h0"] is not None:
                     k.line(product)
                 else:   # the state before the first step has no gradient to keep
@@ -421,7 +410,7 @@ def _emit_back(k, stack: Stack, named: dict, g: str, ws: dict, steps: str, first
         for d in range(D):
             tag = f"l{layer}{'_reverse' if d else ''}"
             gates = k.host_value(f"{tape[f'ih{tag}']}.reshape(({n} * {T}, {G * H}))", "dg")
-            k.line(f"{k.gemm}(False, False, 1.0, {gates}, {named[f'weight_ih_{tag}']}, "
+            k.line(f"{gemm}(False, 1.0, {gates}, {named[f'weight_ih_{tag}']}, "
                    f"{1.0 if d else 0.0}, {rows})")
         if mask is not None:
             k.line(f"{_helper(k, 'apply_mask')}({below}, {mask}, {layer - 1})")
@@ -454,7 +443,7 @@ def _weight_grad_kernel(k):
     gates = section_rows(k, k.ins[0], a_start, steps, a_columns)
     read = section_rows(k, k.ins[1], b_start, steps, b_columns)
     with _blocks(k, str(a_columns), str(BLOCK_GATE_ROWS)) as (first, stop):
-        k.line(f"{k.gemm}(True, False, 1.0, {gates}[:, {first}:{stop}], {read}, 0.0, "
+        k.line(f"{_product(k)}(True, 1.0, {gates}[:, {first}:{stop}], {read}, 0.0, "
                f"{k.out}[{first}:{stop}])")
 
 
@@ -472,7 +461,7 @@ def _input_grad_kernel(k):
                 for i, (start, weight) in enumerate(zip(k.attrs["starts"], k.ins[1:]))]
     with _blocks(k, f"{out}.shape[0]", str(BLOCK_SEQUENCE_ROWS)) as (first, stop):
         for i, (gates, weight) in enumerate(operands):
-            k.line(f"{k.gemm}(False, False, 1.0, {gates}[{first}:{stop}], {weight}, "
+            k.line(f"{_product(k)}(False, 1.0, {gates}[{first}:{stop}], {weight}, "
                    f"{1.0 if i else 0.0}, {out}[{first}:{stop}])")
 
 

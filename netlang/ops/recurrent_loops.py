@@ -1,10 +1,10 @@
 """Loop nests of the recurrent layers' CPU kernels, as plain Python: compiled by
 netlang.runtime.recurrent.
 
-The templates (netlang/ops/recurrent_kernels.py) emit, for each layer and direction, one
-matrix product for the input's part of every step's gates, written straight into the record's
-gate values, then the loop over time: per step one product h·W_hhᵀ, added to the step's gate
-values in place (the GRU's goes apart: its n gate reads it alone), and one call of a `*_step`
+The templates (netlang/ops/recurrent_kernels.py) emit, for each layer and direction, the loop
+over time: per step one product x·W_ihᵀ written straight into the record's gate values, one
+product h·W_hhᵀ added to them in place (the GRU's goes apart: its n gate reads it alone), and
+one call of a `*_step`
 below, which adds the biases, applies the gate nonlinearities in place and writes the new
 state, the rest of the record (netlang/ops/recurrent_reference.py `record_layout`) and the
 output, all in one pass over the step's values.  Back through time, per step, one
@@ -115,11 +115,16 @@ def apply_mask(values, mask, layer):
 
 
 def transpose(source, target, k):
-    """target[k] ← sourceᵀ: a layer's W_hh (G·H, H) as (H, G·H), which the forward pass's
-    per-step product h·W_hh reads row by row (see netlang/ops/recurrent_kernels.py)."""
-    for i in range(source.shape[0]):
-        for j in range(source.shape[1]):
-            target[k, j, i] = source[i, j]
+    """target[k] ← sourceᵀ: a layer's W_hh (G·H, H) as (H, G·H) (and W_ih likewise), which the
+    forward pass's products read row by row (see netlang/ops/recurrent_kernels.py).  In tiles
+    of 16 × 16: row by row, every write went to another cache line (a row of the target is
+    2 KB for an LSTM of 128 units), and W_hh took 277 µs instead of 39."""
+    rows, columns = source.shape
+    for i0 in range(0, rows, 16):
+        for j0 in range(0, columns, 16):
+            for j in range(j0, min(j0 + 16, columns)):
+                for i in range(i0, min(i0 + 16, rows)):
+                    target[k, j, i] = source[i, j]
 
 
 def copy_flat(source, offset, target):
