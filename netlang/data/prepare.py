@@ -48,7 +48,9 @@ def normalize(ds: Dataset, method: str = "auto") -> Dataset:
                             f"(use `standardize`)")
 
         def convert(x: np.ndarray) -> np.ndarray:
-            return x.astype(np.float32) / np.float32(255.0)
+            out = x.astype(np.float32)
+            out /= np.float32(255.0)   # in place: MNIST's 60,000 images are 188 MB in float32
+            return out
         value_range = (0.0, 1.0)
     else:
         def convert(x: np.ndarray) -> np.ndarray:
