@@ -25,6 +25,7 @@ which is what the plain Python runs and what the float64 kernels compile.  The f
 kernels bind `tanh` to `float32_tanh`, which vectorises (see there).
 """
 
+import functools
 import math
 
 import numpy as np
@@ -49,9 +50,9 @@ def float32_tanh(v):
     a value, this project's machine).  Within 2.5 ulps of the exact value (NumPy's own float32
     tanh is within 1.4).  With y = −2|v| (clamped to −18, where tanh is ±1 in float32):
     y = n·ln 2 + r, |r| ≤ ln 2 / 2, so e^y − 1 = 2^n·expm1(r) + (2^n − 1), expm1(r) from its
-    Taylor series (seven terms leave 5e-9); 2^n is a product of powers of two picked by n's
-    bits, which is exact and needs no bit casts; then tanh|v| = (1 − e^y) / (1 + e^y) =
-    −(e^y − 1) / (2 + (e^y − 1)), which never subtracts two near values."""
+    Taylor series (seven terms leave 5e-9); 2^n is exact (`power_of_two`); then
+    tanh|v| = (1 − e^y) / (1 + e^y) = −(e^y − 1) / (2 + (e^y − 1)), which never subtracts two
+    near values."""
     a = abs(_F32(v))
     a = a if a < _TANH_LIMIT else _TANH_LIMIT
     y = _F32(-2.0) * a
@@ -59,15 +60,17 @@ def float32_tanh(v):
     n = -_F32(m)
     r = (y - n * _LN2_HI) - n * _LN2_LO
     em1_r = r * (_F32(1.0) + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
-    scale = _F32(1.0)   # 2^n = 2^−m, m < 32
-    scale *= _F32(0.5) if m & 1 else _F32(1.0)
-    scale *= _F32(0.25) if m & 2 else _F32(1.0)
-    scale *= _F32(2.0 ** -4) if m & 4 else _F32(1.0)
-    scale *= _F32(2.0 ** -8) if m & 8 else _F32(1.0)
-    scale *= _F32(2.0 ** -16) if m & 16 else _F32(1.0)
+    scale = power_of_two(-m)   # 2^n, 0 ≤ m ≤ 26
     em1 = scale * em1_r + (scale - _F32(1.0))
     t = -em1 / (_F32(2.0) + em1)
     return t if v >= 0 else -t
+
+
+# 2^n in float32, exactly (−126 ≤ n ≤ 127): NumPy's ldexp here; the compiled kernels write its
+# bits, an exponent field, instead (netlang/runtime/recurrent.py `_power_of_two`).
+# `float32_tanh` took 0.40 ns a value with 2^n a product of five powers of two picked by n's
+# bits, 0.31 with the bits.
+power_of_two = functools.partial(np.ldexp, _F32(1.0))
 
 
 def tanh(v):

@@ -9,12 +9,30 @@ netlang/ops/recurrent_kernels.py pick the pair's member by the program's dtype.
 
 from __future__ import annotations
 
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
 from netlang.ops import recurrent_loops as loops
 from netlang.runtime.jit import compiled, inlined
 
+
+@intrinsic
+def _power_of_two(typingctx, n):
+    """2^n in float32 from its bits, (n + 127) << 23 (loops.power_of_two's range: a normal
+    number), which vectorises to two integer instructions."""
+    signature = types.float32(types.int32)
+
+    def codegen(context, builder, sig, args):
+        exponent = builder.add(args[0], ir.Constant(ir.IntType(32), 127))
+        return builder.bitcast(builder.shl(exponent, ir.Constant(ir.IntType(32), 23)),
+                               ir.FloatType())
+    return signature, codegen
+
+
 _tanh = inlined(loops.tanh)
 _sigmoid = inlined(loops.sigmoid, _tanh)
-_float32_tanh = inlined(loops.float32_tanh)
+_float32_tanh = inlined(loops.float32_tanh, power_of_two=_power_of_two)
 _sigmoid32 = inlined(loops.sigmoid, tanh=_float32_tanh)
 _emit_output = inlined(loops.emit_output)
 
