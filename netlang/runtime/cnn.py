@@ -13,21 +13,33 @@ tiny helpers that other loop nests call are inlined into them.
 from __future__ import annotations
 
 from netlang.ops import conv_loops, dense_loops, norm_loops, pool_loops
-from netlang.runtime.jit import compiled_shared, inlined
+from netlang.runtime.jit import compiled_shared, compiled_window, inlined
 
 # ---- convolutions ------------------------------------------------------------------------------
+
+# im2col, col2im and the weight's reordering are specialised on the convolution's window only
+# (`compiled_window`: kernel size, stride, dilation, padding, groups), their image sizes (H, W,
+# C, Ho, Wo, the filters) plain values, so one compilation serves every layer with the same
+# window: ResNet-18's 3×3 convolutions of 64 to 512 channels share one.  It costs LeNet-5's
+# im2col and col2im of 6 channels 5% (docs/compiler.md, Where compile time goes).  The
+# pooling loops and the planar (thin-input) ones stay specialised on every size (`compiled_
+# shared`): run over 6 or 16 channels not known when compiled, LeNet-5's pooling took 1.5
+# times as long, and a model has few of them.
+KERNEL = ("kh", "kw")
+CONV_WINDOW = ("kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl", "groups")
 
 _copy_run = inlined(conv_loops.copy_run)
 _add_run = inlined(conv_loops.add_run)
 _zero_run = inlined(conv_loops.zero_run)
 _inner_columns = inlined(conv_loops.inner_columns)
 
-weight_to_rows = compiled_shared(conv_loops.weight_to_rows)
-rows_to_weight = compiled_shared(conv_loops.rows_to_weight)
+weight_to_rows = compiled_window(conv_loops.weight_to_rows, literal=KERNEL)
+rows_to_weight = compiled_window(conv_loops.rows_to_weight, literal=KERNEL)
 sum_partials = compiled_shared(conv_loops.sum_partials)
 add_bias = compiled_shared(conv_loops.add_bias)
-im2col = compiled_shared(conv_loops.im2col, _copy_run, _zero_run, _inner_columns)
-col2im = compiled_shared(conv_loops.col2im, _add_run, _inner_columns)
+im2col = compiled_window(conv_loops.im2col, _copy_run, _zero_run, _inner_columns,
+                         literal=CONV_WINDOW)
+col2im = compiled_window(conv_loops.col2im, _add_run, _inner_columns, literal=CONV_WINDOW)
 planar_columns = compiled_shared(conv_loops.planar_columns, _copy_run)
 planar_to_rows = compiled_shared(conv_loops.planar_to_rows)
 rows_to_planar = compiled_shared(conv_loops.rows_to_planar)

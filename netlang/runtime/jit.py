@@ -63,11 +63,18 @@ class GenericDispatcher(SymbolDispatcher):
     # function that hands their pointers and strides on (a BLAS call) and never loops over
     # them, so one compilation serves views and whole buffers alike.
     any_layout = False
+    # The parameters whose constant values stay compiled in (`compiled_window`), by position.
+    literal_positions: frozenset = frozenset()
+    literal_names: frozenset = frozenset()
 
     def get_call_template(self, args, kws):
-        """The call's template for `args` and `kws` with every literal type made plain."""
-        return super().get_call_template(tuple(self._generic(arg) for arg in args),
-                                         {name: self._generic(arg) for name, arg in kws.items()})
+        """The call's template for `args` and `kws` with every literal type made plain, but
+        those of the parameters kept literal."""
+        return super().get_call_template(
+            tuple(arg if i in self.literal_positions else self._generic(arg)
+                  for i, arg in enumerate(args)),
+            {name: arg if name in self.literal_names else self._generic(arg)
+             for name, arg in kws.items()})
 
     def _generic(self, arg):
         arg = numba_types.unliteral(arg)
@@ -76,16 +83,27 @@ class GenericDispatcher(SymbolDispatcher):
         return arg
 
 
-def generic(function, any_layout: bool = False, **options):
+def generic(function=None, any_layout: bool = False, literal: tuple = (), **options):
     """`function` compiled as a `GenericDispatcher` (`any_layout`: its array arguments typed
-    with layout 'A'), once per machine (Numba's disk cache) and without the GIL; `options` are
-    Numba's (`error_model`)."""
-    dispatcher = GenericDispatcher(py_func=function, locals={},
-                                   targetoptions={"nopython": True, "nogil": True,
-                                                  "boundscheck": None, **options})
-    dispatcher.any_layout = any_layout
-    dispatcher.enable_caching()
-    return dispatcher
+    with layout 'A'; `literal`: the names of the parameters whose constant values are still
+    compiled in), once per machine (Numba's disk cache) and without the GIL; `options` are
+    Numba's (`error_model`, `parallel`).  Used bare or with options, as `njit` (generated
+    worker functions are decorated with it)."""
+    def make(py_function):
+        dispatcher = GenericDispatcher(py_func=py_function, locals={},
+                                       targetoptions={"nopython": True, "nogil": True,
+                                                      "boundscheck": None, **options})
+        dispatcher.any_layout = any_layout
+        parameters = py_function.__code__.co_varnames[:py_function.__code__.co_argcount]
+        unknown = set(literal) - set(parameters)
+        if unknown:
+            raise ValueError(f"{py_function.__name__} has no parameter {sorted(unknown)[0]}")
+        dispatcher.literal_names = frozenset(literal)
+        dispatcher.literal_positions = frozenset(i for i, name in enumerate(parameters)
+                                                 if name in dispatcher.literal_names)
+        dispatcher.enable_caching()
+        return dispatcher
+    return make if function is None else make(function)
 
 
 def compiled(function, *callees, vector_division: bool = False, **named):
@@ -107,6 +125,16 @@ def compiled_generic(function, *callees, **named):
     arguments (a `GenericDispatcher`): for loop nests whose sizes vary from model to model (a
     convolution's geometry) and whose speed does not depend on knowing them when compiled."""
     return generic(_rebound(function, callees, named))
+
+
+def compiled_window(function, *callees, literal: tuple, **named):
+    """`function` compiled as `compiled_shared` compiles it, but once per set of constant
+    values of the parameters named in `literal` only, the others typed as plain values: for a
+    convolution's or a pooling's loop nest, specialised on its window (kernel size, stride,
+    dilation, padding), which its inner loops run over, and not on the image's sizes, so the
+    layers of a model that share a window share one compilation (ResNet-18's 3×3 convolutions
+    of 64 to 512 channels: one im2col, not one per layer)."""
+    return generic(_rebound(function, callees, named), literal=literal)
 
 
 def compiled_shared(function, *callees, **named):
