@@ -362,9 +362,11 @@ class ProgramWriter:
         # function of its own, and its analysis grows with the body (LeNet-5's five worker
         # functions spent a third of their compile time there).
         # The worker is typed with plain integers for the sizes the step passes as constants
-        # (`generic`): Numba would otherwise compile it once per value.
+        # (`generic`): Numba would otherwise compile it once per value.  Neither it nor the
+        # share is called from Python: without the wrapper that Python would call through,
+        # each compiles in about half the time.
         text = "\n".join([f"def share({', '.join([worker] + params)}):", body, "", "",
-                          f"@generic(parallel={WORKER_LOOPS_ONLY!r})",
+                          f"@generic(parallel={WORKER_LOOPS_ONLY!r}, no_cpython_wrapper=True)",
                           f"def worker({', '.join(params)}):",
                           f"    for {worker} in prange({self.workers}):",
                           # int64 as the step's own typing sees it (the parallel loop's
@@ -388,7 +390,7 @@ class ProgramWriter:
              "from netlang.runtime.linkage import symbol_jit"] +
             [f"from {module} import {name}" for module, name in helpers] +
             ["", f"F = np.{self.dtype}", "", "",
-             "@symbol_jit", text, ""])
+             "@symbol_jit(no_cpython_wrapper=True)", text, ""])
         module = "netlang_part_" + hashlib.sha256(source.encode()).hexdigest()[:24]
         self.parts[module] = source
         function = outer.fresh("workers")

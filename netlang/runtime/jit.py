@@ -22,7 +22,7 @@ import types
 from numba import njit
 from numba.core import types as numba_types
 
-from netlang.runtime.linkage import SymbolDispatcher, symbol_jit
+from netlang.runtime.linkage import SymbolDispatcher, TARGET_OPTIONS, symbol_jit
 
 
 def _rebound(function, callees, named):
@@ -91,8 +91,7 @@ def generic(function=None, any_layout: bool = False, literal: tuple = (), **opti
     worker functions are decorated with it)."""
     def make(py_function):
         dispatcher = GenericDispatcher(py_func=py_function, locals={},
-                                       targetoptions={"nopython": True, "nogil": True,
-                                                      "boundscheck": None, **options})
+                                       targetoptions={**TARGET_OPTIONS, **options})
         dispatcher.any_layout = any_layout
         parameters = py_function.__code__.co_varnames[:py_function.__code__.co_argcount]
         unknown = set(literal) - set(parameters)
