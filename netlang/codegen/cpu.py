@@ -389,11 +389,13 @@ class ProgramWriter:
         inner.depth = 2   # inside the function: no view made there is the step's
         inner._count = outer._count
         self.emitter = inner
+        known = dict(self._vars)
         try:
             yield
         finally:
             self.emitter = outer
             outer._count = inner._count
+            self._vars = known   # a value's view made inside exists only there
         body = "\n".join(line[4:] for line in inner.lines if not line.lstrip().startswith("#"))
         params = list(dict.fromkeys(name for name in _NAME_TOKEN.findall(body)
                                     if name in self.step_names or name in scalars))

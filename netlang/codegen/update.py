@@ -93,17 +93,18 @@ class UpdatePlan:
     def update_flats(self, writer) -> list:
         """(update, flat parameter, flat gradient, template names) of each parameter updated
         after the products, on every target."""
-        flats = []
         if self.rest:
             writer.emitter.line("# optimiser update")
-        for u in self.rest:
-            p = writer.argument("param", u.name)
-            g = writer.var(u.grad)
-            pf, gf = writer.view(p, f"{p}.size", "f"), writer.view(g, f"{g}.size", "f")
-            names = {"p": pf, **{slot: flat for slot, (_, flat) in
-                                 self._state_flats(writer, u, self.slots).items()}}
-            flats.append((u, pf, gf, names))
-        return flats
+        return [self.update_flat(writer, u) for u in self.rest]
+
+    def update_flat(self, writer, u) -> tuple:
+        """(update, flat parameter, flat gradient, template names) of the parameter of `u`."""
+        p = writer.argument("param", u.name)
+        g = writer.var(u.grad)
+        pf, gf = writer.view(p, f"{p}.size", "f"), writer.view(g, f"{g}.size", "f")
+        names = {"p": pf, **{slot: flat for slot, (_, flat) in
+                             self._state_flats(writer, u, self.slots).items()}}
+        return u, pf, gf, names
 
     def emit_element_update(self, e, c, u, pf, gf, body) -> None:
         """One element's update inside the loop over a parameter: its gradient, the penalty,
@@ -122,29 +123,40 @@ class UpdatePlan:
         clipping, first the global norm of the (penalised) gradients, whose factor every update
         multiplies the gradient by."""
         e, c = writer.emitter, writer.spelling
-        flats = self.update_flats(writer)
         clip = self.clip_norm
-        if clip:
-            e.line("norm2 = 0.0")
-            for u, pf, gf, names in flats:
-                with e.block(f"for i in range({gf}.size):"):
-                    e.line(f"gi = {gf}[i]")
-                    for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
-                        e.line(line)
-                    e.line("norm2 += gi * gi")
-            e.line("clipf = 1.0")
-            with e.block(f"if np.sqrt(norm2) > {clip!r}:"):
-                e.line(f"clipf = {clip!r} / (np.sqrt(norm2) + 1e-6)")
+        if not clip:
+            if self.rest:
+                e.line("# optimiser update")
+            for u in self.rest:
+                # Each parameter's update a function called by name, its flat views made
+                # inside: the same text for every parameter with the same penalty, compiled
+                # once per number of dimensions (`serial_function`).
+                with writer.serial_function(STEP_SCALARS):
+                    self.emit_update(writer, c, *self.update_flat(writer, u))
+            return
+        flats = self.update_flats(writer)   # made in the step: the norm reads them too
+        e.line("norm2 = 0.0")
         for u, pf, gf, names in flats:
-            prologue, body = self.template(self.optimizer.args, c, names)
-            # Each parameter's update a function called by name: the same text for every
-            # parameter with the same penalty, compiled once (`serial_function`).
-            with writer.serial_function(STEP_SCALARS):
-                e = writer.emitter
-                for line in prologue:
+            with e.block(f"for i in range({gf}.size):"):
+                e.line(f"gi = {gf}[i]")
+                for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
                     e.line(line)
-                with e.block(f"for i in range({gf}.size):"):
-                    self.emit_element_update(e, c, u, pf, gf, body)
+                e.line("norm2 += gi * gi")
+        e.line("clipf = 1.0")
+        with e.block(f"if np.sqrt(norm2) > {clip!r}:"):
+            e.line(f"clipf = {clip!r} / (np.sqrt(norm2) + 1e-6)")
+        for u, pf, gf, names in flats:
+            with writer.serial_function(STEP_SCALARS):
+                self.emit_update(writer, c, u, pf, gf, names)
+
+    def emit_update(self, writer, c, u, pf, gf, names) -> None:
+        """One parameter's update: the optimiser's prologue, then its loop over the elements."""
+        e = writer.emitter
+        prologue, body = self.template(self.optimizer.args, c, names)
+        for line in prologue:
+            e.line(line)
+        with e.block(f"for i in range({gf}.size):"):
+            self.emit_element_update(e, c, u, pf, gf, body)
 
 
 # The step's scalars that an update reads: its arguments, and the clipping factor.
