@@ -3,7 +3,8 @@
 Each is written as plain Python beside its op (netlang/ops/conv_loops.py, pool_loops.py,
 norm_loops.py, and dense_loops.py for every bias's gradient) and compiled here once per
 machine for each dtype and set of constant arguments (Numba's disk cache; a geometry known
-when compiled made LeNet-5's training step 15% faster than one read at run time), shared by
+when compiled made LeNet-5's training step 15% faster than one read at run time; im2col,
+col2im and the weight's reordering are compiled per window only, see below), shared by
 every model with that geometry: a generated step calls them by name instead of carrying its
 own copy of each loop nest (see conv_loops.py and netlang/runtime/linkage.py for why).  The
 names are the ones the ops' CPU templates emit (`Kernel.helper`), so they stay fixed; the

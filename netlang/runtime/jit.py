@@ -54,9 +54,11 @@ class GenericDispatcher(SymbolDispatcher):
     nest afresh (LeNet-5's two pooling layers compiled `maxpool_forward` twice, and its five
     kinds of product compiled `gemm32` five times).  Typed as plain integers and booleans, a
     function is compiled once per dtype and array layout and shared by every model.  Only for
-    functions whose speed does not depend on the constants: the BLAS products and the random
-    draws.  The convolution and pooling loop nests lost 15% of LeNet-5's training speed this
-    way (docs/compiler.md, Where compile time goes), and keep Numba's per-constant compilation
+    functions whose speed does not depend on the constants: the BLAS products, the random
+    draws and the generated worker functions.  The convolution and pooling loop nests, made
+    generic in everything, lost 15% of LeNet-5's training speed (docs/compiler.md, Where
+    compile time goes): im2col, col2im and the weight's reordering keep the constants of their
+    window (`literal_names`, `compiled_window`), the pooling loops all of theirs
     (`compiled_shared`)."""
 
     # Whether array arguments are typed with any layout ('A'), contiguous or not: for a
