@@ -23,10 +23,10 @@ from netlang.runtime.jit import compiled_shared, compiled_window, inlined
 # C, Ho, Wo, the filters) plain values, so one compilation serves every layer with the same
 # window: ResNet-18's 3×3 convolutions of 64 to 512 channels share one.  It costs LeNet-5's
 # im2col and col2im of 6 channels 5% (docs/compiler.md, Where compile time goes).  The
-# pooling loops and the planar (thin-input) ones stay specialised on every size (`compiled_
-# shared`): run over 6 or 16 channels not known when compiled, LeNet-5's pooling took 1.5
-# times as long, and a model has few of them.
-KERNEL = ("kh", "kw")
+# pooling loops and the planar (thin-input) ones stay specialised on every size
+# (`compiled_shared`): run over 6 or 16 channels not known when compiled, LeNet-5's pooling
+# took 1.5 times as long, and a model has few of them.
+KERNEL_SIZE = ("kh", "kw")
 CONV_WINDOW = ("kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl", "groups")
 
 _copy_run = inlined(conv_loops.copy_run)
@@ -34,8 +34,8 @@ _add_run = inlined(conv_loops.add_run)
 _zero_run = inlined(conv_loops.zero_run)
 _inner_columns = inlined(conv_loops.inner_columns)
 
-weight_to_rows = compiled_window(conv_loops.weight_to_rows, literal=KERNEL)
-rows_to_weight = compiled_window(conv_loops.rows_to_weight, literal=KERNEL)
+weight_to_rows = compiled_window(conv_loops.weight_to_rows, literal=KERNEL_SIZE)
+rows_to_weight = compiled_window(conv_loops.rows_to_weight, literal=KERNEL_SIZE)
 sum_partials = compiled_shared(conv_loops.sum_partials)
 add_bias = compiled_shared(conv_loops.add_bias)
 im2col = compiled_window(conv_loops.im2col, _copy_run, _zero_run, _inner_columns,
