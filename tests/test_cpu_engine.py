@@ -58,7 +58,7 @@ def test_plain_and_momentum_sgd_update_inside_the_weight_gradient_product(tmp_pa
         model = netlang.compile(MODEL % (optimizer, "l2(0.0)", ""))
         CpuEngine(model.graph).train_step(_batch(), 0.1)
     sources = [open(p, encoding="utf-8").read() for p in glob.glob(str(tmp_path / "nl_*.py"))]
-    fused = [s.count("gemm32(True, False") for s in sources]
+    fused = [s.count("gemm32(True, False") for s in sources if "def train_step(" in s]
     assert sorted(fused) == [8, 8]  # 4 dense weights, each with a step-1 and a later-step call
 
 
@@ -361,6 +361,12 @@ def test_residual_batchnorm_running_statistics_and_eval_mode_match_reference():
 def test_conv_autoencoder_with_transposed_convolutions_matches_reference():
     model, reference, compiled = _train_both(CONV_AUTOENCODER, rtol=1e-4, atol=1e-5)
     _same_forward(model, reference, compiled, random_batch(model.graph, 3, 9))
+    # Adam's update of each of the ten weights and biases is one function, called ten times
+    # (codegen's serial_function): compiled once, not ten loops in the step.
+    program = compiled._programs["train"][3].program
+    updates = [source for _, source in program.parts if "def part(" in source]
+    calls = [line for line in program.source.splitlines() if line.startswith("    parts")]
+    assert (len(updates), len(calls)) == (1, 10)
 
 
 def _training_plan(source):
@@ -489,3 +495,49 @@ def test_programs_share_the_modules_of_their_equal_worker_functions(monkeypatch)
                                 .replace("dense(3)", "dense(5)"))
     assert set(evaluation) < set(training_renamed)
     assert all(name in sys.modules for name in evaluation)   # loaded under those names
+
+
+# Two 3×3 convolutions of different image sizes and channel counts: one window.
+SAME_WINDOW = """
+input image: [8, 8, 3]
+input label: int32[]
+output logits = image
+  -> conv2d(4, 3, padding = 1) as first -> relu -> maxpool(2)
+  -> conv2d(6, 3, padding = 1) as second -> relu
+  -> flatten -> dense(3) as fc
+train { loss cross_entropy(logits, label)  optimizer sgd(lr = 0.05) }
+"""
+
+
+def test_layers_with_one_window_share_their_compiled_code(monkeypatch):
+    # Convolutions that differ only in their sizes call one worker function (the sizes are
+    # its parameters) and one compilation of im2col and col2im (specialised on the window
+    # alone), and still compute what the reference does.
+    import netlang.runtime.cpu as cpu
+    from netlang.runtime import cnn
+    monkeypatch.setattr(cpu, "cpu_workers", lambda: 2)
+    model = netlang.compile(SAME_WINDOW)
+    reference = ReferenceEngine(model.graph, seed=2, dtype=np.float64)
+    compiled = CpuEngine(model.graph, seed=2, dtype=np.float64)
+    feeds = random_batch(model.graph, 5, 1)
+    loss_ref, grads_ref, _ = reference.gradients(feeds)
+    loss_cpu, grads_cpu, _ = compiled.gradients(feeds)
+    assert loss_cpu == pytest.approx(loss_ref, rel=1e-12)
+    for name in grads_ref:
+        np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
+    program = compiled._programs["gradients"].program
+    lines = program.source.splitlines()
+    calls = [line for line in lines if line.startswith("    workers")]
+    imported = [line for line in lines if " import worker as " in line]
+    # Forward, weight gradient of both, the second's input gradient: 5 calls, 3 functions.
+    assert (len(calls), len(imported), len(program.parts)) == (5, 3, 3)
+
+    def window_signatures(dispatcher):
+        """The compiled signatures of `dispatcher` in float64 for the 3×3, padding 1 window."""
+        return [sig for sig in dispatcher.overloads
+                if str(sig[0].dtype) == "float64"
+                and [getattr(t, "literal_value", None) for t in sig[-9:]] == [3, 3, 1, 1, 1, 1, 1,
+                                                                               1, 1]]
+    assert len(window_signatures(cnn.im2col)) == 1
+    assert len(window_signatures(cnn.col2im)) == 1

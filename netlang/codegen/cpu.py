@@ -242,6 +242,20 @@ class Kernel:
         """Threads a kernel may split a batch among (1: serial, as on a GPU)."""
         return self.program.workers
 
+    def size(self, role: str, value: int) -> str:
+        """A size of the kernel's geometry (`role`: which one, as "Ho"), as the code reads it:
+        the number itself, but inside a worker function a parameter that the step passes it,
+        so kernels that differ only in their sizes (ResNet's 3×3 convolutions of 64 to 512
+        channels) are one worker function, compiled once (`ProgramWriter.worker_function`)."""
+        sizes = self.program.worker_sizes
+        if sizes is None:
+            return str(value)
+        if role not in sizes:
+            sizes[role] = (self.fresh("z"), value)
+        elif sizes[role][1] != value:
+            raise AssertionError(f"a worker function's size {role} has two values")
+        return sizes[role][0]
+
     @contextlib.contextmanager
     def worker_chunks(self, count: str):
         """`count` independent items (a batch's examples), one contiguous run per worker
@@ -287,7 +301,10 @@ class ProgramWriter:
         self._views: dict = {}
         self.step_names: set = set()   # variables of the step's own scope (arguments, views)
         self.parts: dict[str, str] = {}   # worker functions' modules: name → source
-        self.part_imports: list = []       # (module, the step's name for its worker)
+        # While a worker function is written: role → (its parameter, the step's value), the
+        # sizes it takes as parameters (`Kernel.size`); None outside one.
+        self.worker_sizes: dict | None = None
+        self.part_imports: list = []   # (module, its function, the step's name for it)
 
     def view(self, var: str, shape: str, prefix: str) -> str:
         """`var.reshape(shape)`, made once per program: a view made outside every loop serves
@@ -325,52 +342,106 @@ class ProgramWriter:
         inner._count = outer._count
         worker = inner.fresh("wk")
         self.emitter = inner
+        self.worker_sizes = sizes = {}
         try:
             yield worker
         finally:
             self.emitter = outer
+            self.worker_sizes = None
             outer._count = inner._count
         # Without comments: they may hold user names, which would tell equal kernels apart.
         body = "\n".join(line[8:] for line in inner.lines if not line.lstrip().startswith("#"))
+        size_values = {name: value for name, value in sizes.values()}
         params = []
         for name in re.findall(r"\b[a-z]+\d+\b", body):
-            if name in self.step_names and name not in params:
+            if (name in self.step_names or name in size_values) and name not in params:
                 params.append(name)
+        arguments = [str(size_values.get(name, name)) for name in params]
         # One worker's share is a serial function of its own, and the parallel loop only calls
         # it: Numba's parallel transform types and compiles the loop's body once more, as a
         # function of its own, and its analysis grows with the body (LeNet-5's five worker
         # functions spent a third of their compile time there).
+        # The worker is typed with plain integers for the sizes the step passes as constants
+        # (`generic`): Numba would otherwise compile it once per value.  Neither it nor the
+        # share is called from Python: without the wrapper that Python would call through,
+        # each compiles in about half the time.
         text = "\n".join([f"def share({', '.join([worker] + params)}):", body, "", "",
-                          f"@symbol_jit(parallel={WORKER_LOOPS_ONLY!r})",
+                          f"@generic(parallel={WORKER_LOOPS_ONLY!r}, no_cpython_wrapper=True)",
                           f"def worker({', '.join(params)}):",
                           f"    for {worker} in prange({self.workers}):",
                           # int64 as the step's own typing sees it (the parallel loop's
                           # copy counts in uint64): one compilation of the share, not two.
                           f"        share({', '.join([f'np.int64({worker})'] + params)})"])
+        self._part(text, set(params) | set(inner.issued), "worker", arguments,
+                   ["from numba import prange", "from netlang.runtime.jit import generic"])
+        self.imports.add(("netlang.runtime.blas", "set_blas_threads"))
+
+    @contextlib.contextmanager
+    def serial_function(self, scalars=()):
+        """What is emitted inside becomes a function of its own, which takes the step's views
+        and arguments it reads (and the step's `scalars` among them, as `lr`) and which the
+        step calls: content-addressed as a worker function is (`worker_function`), so the
+        same code for many parameters (one optimiser's update of each weight) is compiled
+        once.  Numba's compile time grows with the function it compiles: ResNet-18's step
+        spent most of its 31 s compiling its loops, half of them 62 copies of one update."""
+        outer = self.emitter
+        inner = Emitter()
+        inner.depth = 2   # inside the function: no view made there is the step's
+        inner._count = outer._count
+        self.emitter = inner
+        known = dict(self._vars)
+        try:
+            yield
+        finally:
+            self.emitter = outer
+            outer._count = inner._count
+            self._vars = known   # a value's view made inside exists only there
+        body = "\n".join(line[4:] for line in inner.lines if not line.lstrip().startswith("#"))
+        params = list(dict.fromkeys(name for name in _NAME_TOKEN.findall(body)
+                                    if name in self.step_names or name in scalars))
+        text = "\n".join([f"def part({', '.join(params)}):", body])
+        self._part(text, set(params) - set(scalars) | set(inner.issued), "part", params, [])
+
+    def _part(self, text: str, generated: set, entry: str, arguments: list, imports: list):
+        """The module of a function the step calls (`text`, its `entry` called with
+        `arguments`): its `generated` names renumbered, its helpers imported, named by its
+        content (see `worker_function`)."""
         # Generated names renumbered in order of appearance: the text then depends only on
         # the kernel, not on how many names the program gave out before it.
-        generated = set(params) | set(inner.issued)
         order = list(dict.fromkeys(name for name in _NAME_TOKEN.findall(text)
                                    if name in generated))
         renamed = {name: f"{name.rstrip('0123456789')}_{i}" for i, name in enumerate(order)}
         if set(renamed.values()) & set(_NAME_TOKEN.findall(text)):
-            raise AssertionError("a worker function's renumbered names collide")
+            raise AssertionError("a function part's renumbered names collide")
         text = _NAME_TOKEN.sub(lambda m: renamed.get(m.group(0), m.group(0)), text)
         helpers = sorted((module, name) for module, name in self.imports | _GEMM_IMPORTS
                          if name in set(_NAME_TOKEN.findall(text)))
         source = "\n".join(
-            ["# Generated by netlang: one worker function. Do not edit.",
-             "import numpy as np", *self.spelling.imports,
-             "from numba import prange", "from netlang.runtime.linkage import symbol_jit"] +
+            ["# Generated by netlang: one function of a program. Do not edit.",
+             "import numpy as np", *self.spelling.imports, *imports,
+             "from netlang.runtime.linkage import symbol_jit"] +
             [f"from {module} import {name}" for module, name in helpers] +
             ["", f"F = np.{self.dtype}", "", "",
-             "@symbol_jit", text, ""])
+             # Called from compiled code only: see linkage.TARGET_OPTIONS.
+             "@symbol_jit(no_cpython_wrapper=True)", text, ""])
         module = "netlang_part_" + hashlib.sha256(source.encode()).hexdigest()[:24]
         self.parts[module] = source
-        function = outer.fresh("workers")
-        self.part_imports.append((module, function))
-        self.imports.add(("netlang.runtime.blas", "set_blas_threads"))
-        outer.line(f"{function}({', '.join(params)})")
+        imported = {(m, e): name for m, e, name in self.part_imports}
+        function = imported.get((module, entry))
+        if function is None:
+            function = self.emitter.fresh("parts" if entry == "part" else "workers")
+            self.part_imports.append((module, entry, function))
+        self.emitter.line(f"{function}({', '.join(arguments)})")
+
+    def part_import_lines(self) -> list:
+        """The lines that import the functions of the program's parts."""
+        return [f"from {module} import {entry} as {name}"
+                for module, entry, name in self.part_imports]
+
+    @property
+    def has_workers(self) -> bool:
+        """Whether the program calls worker functions (parallel parts)."""
+        return any(entry == "worker" for _, entry, _ in self.part_imports)
 
     def argument(self, kind: str, key) -> str:
         """The parameter (`a0`, `a1`, ...) through which the program receives `key` of `kind`
@@ -585,8 +656,8 @@ def render_program(graph: Graph, order, fusion, buffers, *, dtype: str, function
         "import numpy as np", *writer.spelling.imports,
         "from netlang.runtime.linkage import symbol_jit",
         "from netlang.runtime.blas import gemm32, gemm64",
-    ] + [f"from {module} import {name}" for module, name in sorted(writer.imports)] + [
-        f"from {module} import worker as {name}" for module, name in writer.part_imports] + [
+    ] + [f"from {module} import {name}" for module, name in sorted(writer.imports)] + \
+        writer.part_import_lines() + [
         "",
         f"F = np.{dtype}",
         "",
@@ -594,7 +665,7 @@ def render_program(graph: Graph, order, fusion, buffers, *, dtype: str, function
         "@symbol_jit",
         f"def {function}({params}):",
     ]
-    if writer.part_imports:
+    if writer.has_workers:
         # The workers are this step's parallelism: BLAS runs on one thread for the whole step,
         # its serial products included.  Toggling the count around each worker call (2 threads
         # between them) made LeNet-5's two-worker step 7.2 ms against 4.8 ms this way: its

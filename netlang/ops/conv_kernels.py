@@ -233,35 +233,41 @@ class _Blocks:
             self.start = "0"
             self.stop = self.nl = k.host_value(f"{batch_of}.shape[0] * {geo.Ho}", "nl")
         else:
-            self.start = k.host_value(f"{first} * {geo.Ho}", "l")
-            self.stop = k.host_value(f"{stop} * {geo.Ho}", "l")
+            self.start = k.host_value(f"{first} * {k.size('Ho', geo.Ho)}", "l")
+            self.stop = k.host_value(f"{stop} * {k.size('Ho', geo.Ho)}", "l")
 
     def __enter__(self):
         k, geo = self.k, self.geo
         self.l0 = k.fresh("l")
-        self._loop = k.host_block(f"for {self.l0} in range({self.start}, {self.stop}, {geo.lines}):",
+        lines, Wo = k.size("lines", geo.lines), k.size("Wo", geo.Wo)
+        self._loop = k.host_block(f"for {self.l0} in range({self.start}, {self.stop}, {lines}):",
                                   defines=(self.l0,))
         self._loop.__enter__()
-        self.l1 = k.host_value(f"min({self.l0} + {geo.lines}, {self.stop})", "l")
-        self.r0 = k.host_value(f"{self.l0} * {geo.Wo}", "r")
-        self.r1 = k.host_value(f"{self.l1} * {geo.Wo}", "r")
+        self.l1 = k.host_value(f"min({self.l0} + {lines}, {self.stop})", "l")
+        self.r0 = k.host_value(f"{self.l0} * {Wo}", "r")
+        self.r1 = k.host_value(f"{self.l1} * {Wo}", "r")
         return self
 
     def __exit__(self, *exc):
         return self._loop.__exit__(*exc)
 
 
-def _geometry_args(geo) -> str:
-    return ", ".join(str(v) for v in (geo.H, geo.W, geo.C, geo.Ho, geo.Wo, geo.kh, geo.kw, geo.sh,
-                                      geo.sw, geo.dh, geo.dw, geo.pt, geo.pl, geo.groups))
+def _geometry_args(k, geo) -> str:
+    """im2col's and col2im's geometry: the image's sizes as the kernel reads them (`Kernel.size`:
+    parameters of a worker function), the window as numbers, which those loop nests are
+    compiled for (netlang/runtime/cnn.py)."""
+    sizes = [k.size(role, getattr(geo, role)) for role in ("H", "W", "C", "Ho", "Wo")]
+    window = [str(v) for v in (geo.kh, geo.kw, geo.sh, geo.sw, geo.dh, geo.dw, geo.pt, geo.pl,
+                               geo.groups)]
+    return ", ".join(sizes + window)
 
 
 def _im2col(k, geo, blocks, x, cols):
-    k.line(f"{k.helper('im2col')}({x}, {cols}, {blocks.l0}, {blocks.l1}, {_geometry_args(geo)})")
+    k.line(f"{k.helper('im2col')}({x}, {cols}, {blocks.l0}, {blocks.l1}, {_geometry_args(k, geo)})")
 
 
 def _col2im(k, geo, blocks, dx, cols):
-    k.line(f"{k.helper('col2im')}({cols}, {dx}, {blocks.l0}, {blocks.l1}, {_geometry_args(geo)})")
+    k.line(f"{k.helper('col2im')}({cols}, {dx}, {blocks.l0}, {blocks.l1}, {_geometry_args(k, geo)})")
 
 
 def _epilogue(k, block, bias, row0):
@@ -370,6 +376,7 @@ def emit_conv_transpose(k, geo, g, w, out, bias=None):
     pixels = geo.H * geo.W   # rows of out2 per example
     with _examples(k, geo, g, ws) as (first, stop, own):
         if first is not None and not geo.direct:   # the worker's own examples
+            pixels = k.size("pixels", pixels)
             mine = k.host_value(f"{out2}[{first} * {pixels}:{stop} * {pixels}]", "ob")
             k.line(f"{mine}[:, :] = 0")
         with _Blocks(k, geo, g, first, stop) as b:
@@ -395,8 +402,8 @@ def emit_conv_weight_grad(k, geo, g, x, out):
     ws = _workspaces(k, geo)
     if geo.planar:
         total = k.matrix(out, geo.K)   # (F, C·kh·kw): the planar rows' order
-        beta = k.fresh("beta")
         with _examples(k, geo, g, ws) as (first, stop, own):
+            beta = k.fresh("beta")   # named inside: a worker function renumbers its own names
             acc = own["partial"] if geo.parallel else total
             with _Blocks(k, geo, g, first, stop) as b:
                 k.line(f"{beta} = 0.0 if {b.l0} == {b.start} else 1.0")
@@ -412,8 +419,8 @@ def emit_conv_weight_grad(k, geo, g, x, out):
     g2 = k.matrix(g, geo.F)
     total = ws["weight"] if geo.reordered else k.matrix(out, geo.Kg)
     x2 = k.matrix(x, geo.C) if geo.direct else None   # im2col packs the columns
-    beta = k.fresh("beta")
     with _examples(k, geo, g, ws) as (first, stop, own):
+        beta = k.fresh("beta")   # named inside: a worker function renumbers its own names
         acc = own["partial"] if geo.parallel else total
         with _Blocks(k, geo, g, first, stop) as b:
             k.line(f"{beta} = 0.0 if {b.l0} == {b.start} else 1.0")

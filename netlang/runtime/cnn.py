@@ -3,7 +3,8 @@
 Each is written as plain Python beside its op (netlang/ops/conv_loops.py, pool_loops.py,
 norm_loops.py, and dense_loops.py for every bias's gradient) and compiled here once per
 machine for each dtype and set of constant arguments (Numba's disk cache; a geometry known
-when compiled made LeNet-5's training step 15% faster than one read at run time), shared by
+when compiled made LeNet-5's training step 15% faster than one read at run time; im2col,
+col2im and the weight's reordering are compiled per window only, see below), shared by
 every model with that geometry: a generated step calls them by name instead of carrying its
 own copy of each loop nest (see conv_loops.py and netlang/runtime/linkage.py for why).  The
 names are the ones the ops' CPU templates emit (`Kernel.helper`), so they stay fixed; the
@@ -13,21 +14,33 @@ tiny helpers that other loop nests call are inlined into them.
 from __future__ import annotations
 
 from netlang.ops import conv_loops, dense_loops, norm_loops, pool_loops
-from netlang.runtime.jit import compiled_shared, inlined
+from netlang.runtime.jit import compiled_shared, compiled_window, inlined
 
 # ---- convolutions ------------------------------------------------------------------------------
+
+# im2col, col2im and the weight's reordering are specialised on the convolution's window only
+# (`compiled_window`: kernel size, stride, dilation, padding, groups), their image sizes (H, W,
+# C, Ho, Wo, the filters) plain values, so one compilation serves every layer with the same
+# window: ResNet-18's 3×3 convolutions of 64 to 512 channels share one.  It costs LeNet-5's
+# im2col and col2im of 6 channels 5% (docs/compiler.md, Where compile time goes).  The
+# pooling loops and the planar (thin-input) ones stay specialised on every size
+# (`compiled_shared`): run over 6 or 16 channels not known when compiled, LeNet-5's pooling
+# took 1.5 times as long, and a model has few of them.
+KERNEL_SIZE = ("kh", "kw")
+CONV_WINDOW = ("kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl", "groups")
 
 _copy_run = inlined(conv_loops.copy_run)
 _add_run = inlined(conv_loops.add_run)
 _zero_run = inlined(conv_loops.zero_run)
 _inner_columns = inlined(conv_loops.inner_columns)
 
-weight_to_rows = compiled_shared(conv_loops.weight_to_rows)
-rows_to_weight = compiled_shared(conv_loops.rows_to_weight)
+weight_to_rows = compiled_window(conv_loops.weight_to_rows, literal=KERNEL_SIZE)
+rows_to_weight = compiled_window(conv_loops.rows_to_weight, literal=KERNEL_SIZE)
 sum_partials = compiled_shared(conv_loops.sum_partials)
 add_bias = compiled_shared(conv_loops.add_bias)
-im2col = compiled_shared(conv_loops.im2col, _copy_run, _zero_run, _inner_columns)
-col2im = compiled_shared(conv_loops.col2im, _add_run, _inner_columns)
+im2col = compiled_window(conv_loops.im2col, _copy_run, _zero_run, _inner_columns,
+                         literal=CONV_WINDOW)
+col2im = compiled_window(conv_loops.col2im, _add_run, _inner_columns, literal=CONV_WINDOW)
 planar_columns = compiled_shared(conv_loops.planar_columns, _copy_run)
 planar_to_rows = compiled_shared(conv_loops.planar_to_rows)
 rows_to_planar = compiled_shared(conv_loops.rows_to_planar)

@@ -22,7 +22,7 @@ import types
 from numba import njit
 from numba.core import types as numba_types
 
-from netlang.runtime.linkage import SymbolDispatcher, symbol_jit
+from netlang.runtime.linkage import SymbolDispatcher, TARGET_OPTIONS, symbol_jit
 
 
 def _rebound(function, callees, named):
@@ -54,20 +54,29 @@ class GenericDispatcher(SymbolDispatcher):
     nest afresh (LeNet-5's two pooling layers compiled `maxpool_forward` twice, and its five
     kinds of product compiled `gemm32` five times).  Typed as plain integers and booleans, a
     function is compiled once per dtype and array layout and shared by every model.  Only for
-    functions whose speed does not depend on the constants: the BLAS products and the random
-    draws.  The convolution and pooling loop nests lost 15% of LeNet-5's training speed this
-    way (docs/compiler.md, Where compile time goes), and keep Numba's per-constant compilation
+    functions whose speed does not depend on the constants: the BLAS products, the random
+    draws and the generated worker functions.  The convolution and pooling loop nests, made
+    generic in everything, lost 15% of LeNet-5's training speed (docs/compiler.md, Where
+    compile time goes): im2col, col2im and the weight's reordering keep the constants of their
+    window (`literal_names`, `compiled_window`), the pooling loops all of theirs
     (`compiled_shared`)."""
 
     # Whether array arguments are typed with any layout ('A'), contiguous or not: for a
     # function that hands their pointers and strides on (a BLAS call) and never loops over
     # them, so one compilation serves views and whole buffers alike.
     any_layout = False
+    # The parameters whose constant values stay compiled in (`compiled_window`), by position.
+    literal_positions: frozenset = frozenset()
+    literal_names: frozenset = frozenset()
 
     def get_call_template(self, args, kws):
-        """The call's template for `args` and `kws` with every literal type made plain."""
-        return super().get_call_template(tuple(self._generic(arg) for arg in args),
-                                         {name: self._generic(arg) for name, arg in kws.items()})
+        """The call's template for `args` and `kws` with every literal type made plain, but
+        those of the parameters kept literal."""
+        return super().get_call_template(
+            tuple(arg if i in self.literal_positions else self._generic(arg)
+                  for i, arg in enumerate(args)),
+            {name: arg if name in self.literal_names else self._generic(arg)
+             for name, arg in kws.items()})
 
     def _generic(self, arg):
         arg = numba_types.unliteral(arg)
@@ -76,16 +85,26 @@ class GenericDispatcher(SymbolDispatcher):
         return arg
 
 
-def generic(function, any_layout: bool = False, **options):
+def generic(function=None, any_layout: bool = False, literal: tuple = (), **options):
     """`function` compiled as a `GenericDispatcher` (`any_layout`: its array arguments typed
-    with layout 'A'), once per machine (Numba's disk cache) and without the GIL; `options` are
-    Numba's (`error_model`)."""
-    dispatcher = GenericDispatcher(py_func=function, locals={},
-                                   targetoptions={"nopython": True, "nogil": True,
-                                                  "boundscheck": None, **options})
-    dispatcher.any_layout = any_layout
-    dispatcher.enable_caching()
-    return dispatcher
+    with layout 'A'; `literal`: the names of the parameters whose constant values are still
+    compiled in), once per machine (Numba's disk cache) and without the GIL; `options` are
+    Numba's (`error_model`, `parallel`).  Used bare or with options, as `njit` (generated
+    worker functions are decorated with it)."""
+    def make(py_function):
+        dispatcher = GenericDispatcher(py_func=py_function, locals={},
+                                       targetoptions={**TARGET_OPTIONS, **options})
+        dispatcher.any_layout = any_layout
+        parameters = py_function.__code__.co_varnames[:py_function.__code__.co_argcount]
+        unknown = set(literal) - set(parameters)
+        if unknown:
+            raise ValueError(f"{py_function.__name__} has no parameter {sorted(unknown)[0]}")
+        dispatcher.literal_names = frozenset(literal)
+        dispatcher.literal_positions = frozenset(i for i, name in enumerate(parameters)
+                                                 if name in dispatcher.literal_names)
+        dispatcher.enable_caching()
+        return dispatcher
+    return make if function is None else make(function)
 
 
 def compiled(function, *callees, vector_division: bool = False, **named):
@@ -107,6 +126,16 @@ def compiled_generic(function, *callees, **named):
     arguments (a `GenericDispatcher`): for loop nests whose sizes vary from model to model (a
     convolution's geometry) and whose speed does not depend on knowing them when compiled."""
     return generic(_rebound(function, callees, named))
+
+
+def compiled_window(function, *callees, literal: tuple, **named):
+    """`function` compiled as `compiled_shared` compiles it, but once per set of constant
+    values of the parameters named in `literal` only, the others typed as plain values: for a
+    convolution's or a pooling's loop nest, specialised on its window (kernel size, stride,
+    dilation, padding), which its inner loops run over, and not on the image's sizes, so the
+    layers of a model that share a window share one compilation (ResNet-18's 3×3 convolutions
+    of 64 to 512 channels: one im2col, not one per layer)."""
+    return generic(_rebound(function, callees, named), literal=literal)
 
 
 def compiled_shared(function, *callees, **named):
