@@ -6,14 +6,15 @@ small products repeated per time step (an LSTM of 128 units at batch 64: 64×128
 runs them at the speed of the kernels it picks for the CPU, and where it is held to its AVX2
 kernels (`OPENBLAS_CORETYPE=Haswell`, this project's machines, which have AVX-512) that was
 about 110 GFLOP/s on one core for every shape the row LSTM multiplies.  The products here are
-compiled by LLVM for the host, with the vectors the host has: 230-250 GFLOP/s on the per-step
-shapes and 160-200 on the others, on the same core (benchmarks in docs/compiler.md).
+compiled by LLVM for the host, with the vectors the host has: 220-250 GFLOP/s on the per-step
+shapes and 170-200 on the others, on the same core (`benchmarks/recurrent_products.py`;
+figures in docs/compiler.md).
 
 The structure is the textbook one.  A *tile* of C, TILE_ROWS rows by TILE_VECTORS vectors of
 columns, is kept in vector registers while k runs: per k, the tile's row of b is loaded once
 (TILE_VECTORS vector loads) and each of its rows of a is broadcast and multiplied into it with
-a fused multiply-add.  The tile's loop is emitted as LLVM IR (`_tile_kernel`), because Numba's
-own loops keep no accumulator in a register across iterations that write to an array.  The
+a fused multiply-add.  The tile's loop is emitted as LLVM IR (`_tile_kernel`): its
+accumulators are values LLVM keeps in registers, whatever it can prove about the arrays.  The
 driver (`vector_gemm`) walks k in blocks of DEPTH_BLOCK (so a block of b's rows stays in the
 first-level cache while every row block of C passes over it), then column panels, then tiles.
 
