@@ -82,3 +82,7 @@ def test_programs_call_shared_code_by_name_and_load_it_back_or_recompile(tmp_pat
             handle.write('{"netlang_fn_0": ["netlang.runtime.cnn", "no_such_function", "x"]}')
     garbled = _train(tmp_path)
     assert garbled["compiled"] and garbled["weights"] == cold["weights"]
+    # Compiled afresh, the program's list is its own again (a stale name left in it made
+    # every later process compile the program again), and the next process loads it.
+    healed = _train(tmp_path)
+    assert not healed["compiled"] and healed["weights"] == cold["weights"]

@@ -209,15 +209,29 @@ class SymbolDispatcher(CPUDispatcher):
         with _lock:
             self._bind_callees(argtypes)
             frames = _compiling.__dict__.setdefault("frames", [])
-            frames.append((self, argtypes, set()))
+            called = set()
+            frames.append((self, argtypes, called))
+            misses = sum(self._cache_misses.values())
             try:
                 entry = super().compile(sig)
             finally:
                 frames.pop()
-            # A function that calls nothing by name still has its (empty) list: an entry
-            # without one is one whose list was never finished.
             path = _callee_list_path(self, argtypes)
-            if path is not None and not os.path.exists(path):
+            if path is None:
+                return entry
+            if sum(self._cache_misses.values()) > misses:
+                # Compiled afresh: the list holds exactly what this code calls.  The names were
+                # added as they were called (`_note_call`) to the list the file held, which may
+                # be an earlier version's of the same function (its source edited, or a netlang
+                # upgraded): a name left from it that nothing binds any more made every later
+                # process drop this entry and compile it again.
+                entries = _read_callee_list(path) or {}
+                _write_atomically(path, json.dumps(
+                    {symbol: entries[symbol] for symbol in called if symbol in entries},
+                    sort_keys=True))
+            elif not os.path.exists(path):
+                # A function that calls nothing by name still has its (empty) list: an entry
+                # without one is one whose list was never finished.
                 _write_atomically(path, "{}")
             return entry
 
