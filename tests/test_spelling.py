@@ -101,7 +101,9 @@ train {
 
 
 def _training_step_source(graph, target: str) -> str:
-    """The source of `graph`'s training step as `target`'s renderer writes it (not compiled)."""
+    """The source of `graph`'s training step as `target`'s renderer writes it (not compiled),
+    with the sources of the functions it calls from modules of their own (worker functions,
+    each parameter's update: `Program.parts`)."""
     render, plan_class = {"cpu": (cpu.render_program, update.UpdatePlan),
                           "cuda": (cuda.render_program, cuda.CudaUpdatePlan)}[target]
     graph = training_graph(graph)
@@ -118,8 +120,9 @@ def _training_step_source(graph, target: str) -> str:
                       config.clip_norm, "float32")
     fusion = plan_fusion(graph, order, set(keep))
     buffers = plan_buffers(graph, order, fusion, set(keep), target=target)
-    return render(graph, order, fusion, buffers, dtype="float32", function="train_step",
-                  keep=keep, update=plan, mode="train").source
+    program = render(graph, order, fusion, buffers, dtype="float32", function="train_step",
+                     keep=keep, update=plan, mode="train")
+    return "\n".join([program.source] + [source for _, source in getattr(program, "parts", ())])
 
 
 def test_each_renderers_programs_carry_only_its_own_spelling():
