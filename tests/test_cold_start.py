@@ -169,7 +169,10 @@ def test_a_process_killed_while_compiling_leaves_a_cache_the_next_run_uses(tmp_p
     def ready():
         if moment == "source written":   # Numba is compiling the first program
             return any(cache.glob("nl_*.py"))
-        return any(numba_files.glob("*.nbi"))   # one program's index written, others to come
+        # One program's index written, others to come (a program's, not one of the functions
+        # it calls from modules of their own: worker functions, parameter updates).
+        return any(path for entry in ("train_step", "infer")
+                   for path in numba_files.glob(f"nl_*.{entry}-*.nbi"))
     process = subprocess.Popen(_netlang(cache, "warmup", model), env=_env(cache),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _kill_when(process, ready, moment)
