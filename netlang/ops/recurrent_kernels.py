@@ -6,18 +6,17 @@ they call are plain Python in netlang/ops/recurrent_loops.py, compiled by
 netlang.runtime.recurrent.
 
 Forward (`<kind>_record`, and the layer itself outside a training step), for each layer and
-direction, per step: one product x·W_ihᵀ into the step's gate values in the record, one
-product h·W_hhᵀ added to them in place (the GRU's apart), both from weights transposed once
-per call, and one step function, which adds the biases, applies the nonlinearities in place,
-and writes the state, the rest of the record and the output.  Every product is
-`vector_gemm` (netlang/runtime/vector_gemm.py).  Back (`<kind>_grad`), per step, last first: one step function
-writes the gate gradients into the tape, and one product adds their W_hh part, da·W_hh, to
-the state's gradient; then one product per direction gives the gradient of the sequence the
-layer read, which the layer below reads (through the dropout mask).  The weights' gradients
-are then one product each over all examples and steps (`recurrent_weight_grad`), the biases'
-column sums.  States, products and
-gradients live in planned buffers (the kernels' workspaces, the record and the tape):
-nothing is allocated per step.
+direction, per step: one product x·W_ihᵀ into the step's gate values in the record, one product
+h·W_hhᵀ added to them in place (the GRU's apart), both from weights transposed once per call,
+and one step function, which adds the biases, applies the nonlinearities in place, and writes
+the state, the rest of the record and the output.  Every product is `vector_gemm`
+(netlang/runtime/vector_gemm.py).  Back (`<kind>_grad`), per step, last first: one step
+function writes the gate gradients into the tape, and one product adds their W_hh part,
+da·W_hh, to the state's gradient; then one product per direction gives the gradient of the
+sequence the layer read, which the layer below reads (through the dropout mask).  The weights'
+gradients are then one product each over all examples and steps (`recurrent_weight_grad`), the
+biases' column sums.  States, products and gradients live in planned buffers (the kernels'
+workspaces, the record and the tape): nothing is allocated per step.
 
 The examples of a batch are independent through every layer and step, so the forward and back
 kernels cut the batch into blocks of examples, each of which runs the whole stack on its own,

@@ -4,8 +4,7 @@ netlang.runtime.recurrent.
 The templates (netlang/ops/recurrent_kernels.py) emit, for each layer and direction, the loop
 over time: per step one product x·W_ihᵀ written straight into the record's gate values, one
 product h·W_hhᵀ added to them in place (the GRU's goes apart: its n gate reads it alone), and
-one call of a `*_step`
-below, which adds the biases, applies the gate nonlinearities in place and writes the new
+one call of a `*_step` below, which adds the biases, applies the gate nonlinearities in place and writes the new
 state, the rest of the record (netlang/ops/recurrent_reference.py `record_layout`) and the
 output, all in one pass over the step's values.  Back through time, per step, one
 `*_step_back` writes the gradients of the gate pre-activations (the tape) and leaves in `dh`

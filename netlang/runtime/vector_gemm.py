@@ -27,6 +27,8 @@ last bits, as two BLAS libraries differ.
 
 from __future__ import annotations
 
+import functools
+
 import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
@@ -45,7 +47,7 @@ VECTOR_BYTES = 64 if _HOST_FEATURES.get("avx512f") else 32
 TILE_ROWS = 8 if VECTOR_BYTES == 64 else 6
 TILE_VECTORS = 2
 # k per block: 256 rows of a 32-column panel of float32 b are 32 KB, in a first-level cache of
-# 48 KB.  Measured on the weight gradient (512×3584 by 3584×128): 197 GFLOP/s against 108
+# 48 KB.  Measured on the weight gradient ((3584×512)ᵀ by 3584×128): 197 GFLOP/s against 108
 # unblocked and 163 with blocks of 512.
 DEPTH_BLOCK = 256
 
@@ -167,7 +169,10 @@ _full_tile = _tile_kernel(TILE_ROWS)
 _one_row = _tile_kernel(1)
 
 
-@generic   # one compilation per dtype and layout, whatever the call site passes
+# One compilation per dtype, whatever layouts the call sites pass (whole buffers, a step's rows
+# of a record): the driver reads only the arrays' pointers and row strides, as the BLAS calls
+# do (`any_layout`).  Typed by layout, the row LSTM's step compiled it three times over.
+@functools.partial(generic, any_layout=True)
 def vector_gemm(transa, alpha, a, b, beta, c):
     """c ← alpha·op(a)·b + beta·c: a (M, K), or (K, M) with `transa`; b (K, N); c (M, N); all
     with unit column stride (a row block of a larger matrix is fine).  beta = 0 does not read
