@@ -13,7 +13,12 @@ first batch, less reading the data set and making the evaluation program ready (
 `netlang train` also evaluates: `netlang warmup` compiles both).  Each time is the process's
 whole wall time as the parent measures it, from `exec` to exit, so the interpreter's start
 is included; the CPU time the process used (user + system, all its threads) is beside it,
-because the machine this ran on is shared and wall time there depends on the load.
+because the machine this ran on is shared and wall time there depends on the load.  "to 1st
+step" is the issue's measure: from the launch to the end of the first step, without the
+process's exit (Python's teardown of Numba's objects, 0.3 s).  Netlang compiles a program in
+several processes (NETLANG_COMPILE_PROCESSES, default: the CPUs; netlang/runtime/
+parallel_compile.py), whose CPU time is counted too.  The package's bytecode is compiled first,
+as an installation has it.
 
 With `--train-run DATA` each process is instead a short `netlang train MODEL --data DATA
 --limit 512 --epochs 1` (the issue's own measure: it also reads the data, makes the evaluation
@@ -41,6 +46,7 @@ printed beside the figures.
 from __future__ import annotations
 
 import argparse
+import compileall
 import importlib.util
 import json
 import os
@@ -76,7 +82,8 @@ compiled = time.perf_counter()
 loss, _ = model.train_step(feeds, steps_per_epoch=1)
 stepped = time.perf_counter()
 print(json.dumps({"import_s": imported - started, "front_end_s": compiled - imported,
-                  "step_s": stepped - compiled, "batch": batch, "loss": loss,
+                  "step_s": stepped - compiled, "stepped_at": time.time(), "batch": batch,
+                  "loss": loss,
                   "numba": "numba" in sys.modules}))
 """
 
@@ -131,13 +138,16 @@ def timed_process(argv: list, env: dict, timeout: float) -> tuple[str, float, fl
     """(what it printed, wall seconds, CPU seconds) of one child process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
+    launched_at = time.time()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise SystemExit(f"{' '.join(argv[:3])} failed:\n{done.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return done.stdout, wall, cpu
+    # The child's `stepped_at` made relative to its launch: start to the end of the first step.
+    stdout = done.stdout.replace('"stepped_at": ', f'"launched_at": {launched_at!r}, "stepped_at": ')
+    return stdout, wall, cpu
 
 
 def last_json(printed: str) -> dict:
@@ -160,6 +170,8 @@ def netlang_round(model_path: str, batch: int, timeout: float, train_run: str | 
             cold, warm = last_json(cold), last_json(warm)
             details = {"batch": cold["batch"], "cold_step_s": cold["step_s"],
                        "warm_step_s": warm["step_s"], "warm_import_s": warm["import_s"],
+                       "cold_to_step_s": cold["stepped_at"] - cold["launched_at"],
+                       "warm_to_step_s": warm["stepped_at"] - warm["launched_at"],
                        "warm_front_end_s": warm["front_end_s"]}
         else:
             runs = [os.path.join(folder, "cold-run"), os.path.join(folder, "warm-run")]
@@ -234,8 +246,13 @@ def main(argv=None) -> int:
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
+    # Python's bytecode of the package, as an installation has it (pip compiles it when it
+    # installs); a checkout run with PYTHONDONTWRITEBYTECODE would otherwise compile every
+    # module in every process, warm ones included (0.2 s of the MLP's warm start here).
+    compileall.compile_dir(os.path.join(ROOT, "netlang"), quiet=1)
     header = {"load_average": os.getloadavg(), "cpus": os.cpu_count(),
-              "numba_num_threads": os.environ.get("NUMBA_NUM_THREADS", "(cores)")}
+              "numba_num_threads": os.environ.get("NUMBA_NUM_THREADS", "(cores)"),
+              "compile_processes": os.environ.get("NETLANG_COMPILE_PROCESSES", "(cores)")}
     rows = {}
     for name in args.models.split(","):
         path = os.path.join(ROOT, "examples", f"{name}.net")
@@ -258,16 +275,19 @@ def main(argv=None) -> int:
         print(json.dumps({**header, "models": rows}, indent=2))
         return 0
     print(f"cpus: {header['cpus']}   NUMBA_NUM_THREADS: {header['numba_num_threads']}   "
+          f"NETLANG_COMPILE_PROCESSES: {header['compile_processes']}   "
           f"load average before: {header['load_average'][0]:.2f}, after: "
           f"{header['load_average_after'][0]:.2f}   (seconds; CPU seconds in brackets)")
     print(f"{'model':<10}{'batch':>6}  {'cold':>16}  {'warm':>14}  {'compile':>16}  "
-          f"{'torch process':>15}  {'torch step':>10}")
+          f"{'to 1st step cold':>16}  {'warm':>6}  {'torch process':>15}  {'torch step':>10}")
     for name, r in rows.items():
         torch_text = (f"{r['torch_s']:6.2f} ({r['torch_cpu_s']:5.1f})  {r['torch_step_s']:10.3f}"
                       if "torch_s" in r else f"{'n/a':>15}  {'n/a':>10}")
         print(f"{name:<10}{r['batch']:>6}  {r['cold_s']:7.2f} ({r['cold_cpu_s']:6.1f})  "
               f"{r['warm_s']:6.2f} ({r['warm_cpu_s']:5.1f})  "
-              f"{r['compile_s']:7.2f} ({r['compile_cpu_s']:6.1f})  {torch_text}")
+              f"{r['compile_s']:7.2f} ({r['compile_cpu_s']:6.1f})  "
+              f"{r.get('cold_to_step_s', float('nan')):16.2f}  "
+              f"{r.get('warm_to_step_s', float('nan')):6.2f}  {torch_text}")
     return 0
 
 

@@ -48,8 +48,16 @@ class ProgramCompilation:
         """Make the program ready: (seconds taken, whether it was compiled rather than loaded
         from the cache or already ready).  Numba's own count of cache misses says which, so a
         cache entry that failed to load is counted as the compilation it turned into."""
+        # Numba's modules, imported here: importing this module never starts Numba.
+        from netlang.runtime.parallel_compile import compile_in_processes, compile_processes
         misses = self._dispatcher.stats.cache_misses[self._signature]
         start = time.perf_counter()
-        self._dispatcher.compile(self._signature)
+        # Compiled afresh: in several processes where the machine has the cores
+        # (netlang/runtime/parallel_compile.py); loaded from the cache: here.
+        processes = compile_processes() if self.needs_compiling else 1
+        if processes > 1:
+            compile_in_processes(self._dispatcher, self._signature, processes)
+        else:
+            self._dispatcher.compile(self._signature)
         seconds = time.perf_counter() - start
         return seconds, self._dispatcher.stats.cache_misses[self._signature] > misses

@@ -229,6 +229,7 @@ class CompiledProgram:
         with timed(f"import {function}"):   # Numba compiles at the first call (see compilation)
             self.function = load_program(self.program, title)
         self._slot_arrays: dict[int, list] = {}
+        self._ready_batches: set[int] = set()   # batch sizes `call` made the function ready for
 
     # -- what a target overrides ---------------------------------------------------------------
 
@@ -321,8 +322,18 @@ class CompiledProgram:
         """Run the program once on prepared `feeds` (learning rate `lr`, step number `t` for
         an update); its kept values are then readable with `value`."""
         # Keys drawn in program order, as the reference draws its masks.
-        self.function(*self.arguments(engine, feeds, batch, lr, t,
-                                      lambda node: self.dropout_key(engine, node)))
+        arguments = self.arguments(engine, feeds, batch, lr, t,
+                                   lambda node: self.dropout_key(engine, node))
+        if batch not in self._ready_batches:
+            self.make_ready(arguments)
+            self._ready_batches.add(batch)
+        self.function(*arguments)
+
+    def make_ready(self, arguments) -> None:
+        """Compile (or load) the function for `arguments`' types before its first call, as a
+        `ProgramCompilation` does: compiled afresh, in several processes (see netlang/runtime/
+        parallel_compile.py), not by Numba's compile-on-call in this one."""
+        ProgramCompilation("", self.function, arguments).run()
 
     def compilation(self, engine, batch: int, title: str) -> ProgramCompilation | None:
         """This program made ready, before its first call, for calls on batches of `batch`

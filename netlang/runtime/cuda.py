@@ -219,6 +219,9 @@ class CudaProgram(CompiledProgram):
         first step is pending, so a CUDA run's first step still includes that time."""
         return None
 
+    def make_ready(self, arguments) -> None:
+        """Nothing: the host function is plain Python (see `compilation`)."""
+
     def allocate(self, array: np.ndarray):
         """A device copy of `array`."""
         return self.cuda.to_device(array)

@@ -39,6 +39,12 @@ from numba.core.imputils import fix_returning_optional, impl_ret_new_ref
 from numba.core.itanium_mangler import mangle_args
 from numba.core.registry import CPUDispatcher
 
+from netlang.runtime import parallel_compile
+
+# Several processes may save entries of one function into Numba's disk cache at once (two
+# runs, MPI ranks, or one program compiled in several processes): each save holds a lock.
+parallel_compile.install_cache_lock()
+
 # symbol name → the dispatcher and signature it is bound to, in this process.
 _bound: dict[str, tuple] = {}
 # The callers being compiled on this thread, innermost last (a callee is compiled while its
@@ -201,6 +207,19 @@ class SymbolDispatcher(CPUDispatcher):
         implementation = _call_by_symbol(cres.fndesc, symbol)
         selector.append(implementation, implementation.signature)
         self.targetctx._defns[cres.entry_point] = selector
+
+    def get_call_template(self, args, kws):
+        """Numba's; but while several processes compile a program (netlang/runtime/
+        parallel_compile.py), a callee that another process claimed is only typed here."""
+        template = parallel_compile.deferred_template(
+            self, args, kws, lambda argtypes: _symbol(self, argtypes))
+        return template if template is not None else super().get_call_template(args, kws)
+
+    def get_overload(self, sig):
+        """Numba's, once a callee that another process claimed is done there and loaded here
+        (asked for as a call of it is lowered)."""
+        parallel_compile.await_deferred(self, sigutils.normalize_signature(sig)[0])
+        return super().get_overload(sig)
 
     def compile(self, sig):
         """Numba's, after binding the names a cached entry of this function calls (or, where

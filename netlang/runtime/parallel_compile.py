@@ -1,0 +1,277 @@
+"""Compiling one program in several processes at once, each compiling different callees.
+
+A cold training step is mostly its callees: LeNet-5's step compiles 24 functions (worker
+functions, im2col, the pooling loops, the products) and only one of them is the step.  Numba
+compiles them one after another, in one process, under one lock; on a machine with more cores
+the others wait.  Callees are called by name (netlang/runtime/linkage.py) and land in Numba's
+disk cache one by one, so they can just as well be compiled by other processes:
+
+- Before compiling a program, the process (the *parent*) forks `processes - 1` *helpers*.
+  Every process then walks the program's call tree in the same order: the parent compiling
+  the program, each helper only typing it (Numba's type inference, no lowering and no LLVM).
+- A callee met that is neither compiled in this process nor in the disk cache is *claimed*:
+  the first process to create its claim file (O_EXCL) compiles it fully (Numba saves it in the
+  disk cache), and marks it done.  A process that finds it claimed by another types it only,
+  to learn its return type and walk on to its own callees, and calls it by its name.
+- Before a process lowers a call of a callee claimed elsewhere, it waits for that callee to be
+  done and loads it from the disk cache, which binds its name.  By then the process has typed
+  its whole function and compiled whatever it claimed; the call graph has no cycles, so no two
+  processes wait on each other.  A claimant that died without finishing (killed, or its
+  compilation failed) leaves the callee to the waiter, which compiles it itself.
+- Helpers end when their walk ends (`os._exit`: no atexit handlers, no buffered output); the
+  parent ends its helpers once its program is compiled.
+
+The machine code is the same whichever process compiles a function: the same IR through the
+same LLVM, cached under the same key, and called by the same name.  A run's results do not
+depend on how the work was split (tests/test_parallel_compile.py compares the weights).
+
+Numba's disk cache was not written for writers in several processes: saving an entry reads
+the function's index, picks a free data file name and writes the index back, so two processes
+saving two signatures of one function at once could lose one entry or, worse, give both the
+same data file (an index key then loads the other signature's code).  `install_cache_lock`
+makes each save hold an exclusive lock on a file beside the index (`fcntl.flock`, released
+by the kernel if the process dies).
+
+POSIX only (fork, flock); `NETLANG_COMPILE_PROCESSES` sets how many processes compile (1:
+this process alone; default: the CPUs this process may run on, at most 8).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+from numba.core import caching, compiler, sigutils, typing
+from numba.core.compiler_machinery import FunctionPass, register_pass
+from numba.core.typed_passes import NopythonTypeInference
+
+MAX_PROCESSES = 8
+# How often a process waiting for another's callee looks again (seconds).
+_POLL = 0.005
+
+# The session this process takes part in while a program is being compiled, else None.
+_session = None
+
+
+def compile_processes() -> int:
+    """How many processes compile a program: NETLANG_COMPILE_PROCESSES, else the CPUs this
+    process may run on (at most MAX_PROCESSES); 1 where fork is missing."""
+    if not hasattr(os, "fork") or not hasattr(os, "sched_getaffinity"):
+        return 1
+    setting = os.environ.get("NETLANG_COMPILE_PROCESSES", "").strip()
+    if setting:
+        try:
+            count = int(setting)
+        except ValueError:
+            count = 0
+        if count < 1:
+            from netlang.errors import UsageError
+            raise UsageError(f"NETLANG_COMPILE_PROCESSES must be a whole number of at least 1, "
+                             f"not {setting!r}")
+        return count
+    return max(1, min(MAX_PROCESSES, len(os.sched_getaffinity(0))))
+
+
+def compile_in_processes(dispatcher, signature, processes: int) -> None:
+    """Compile `dispatcher` for `signature` here, with `processes - 1` helper processes
+    compiling its callees beside it (see the module's docstring)."""
+    global _session
+    directory = tempfile.mkdtemp(prefix="netlang-claims-")
+    helpers = []
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for _ in range(processes - 1):
+            pid = os.fork()
+            if pid == 0:   # a helper: walk the call tree, compile what it claims, end
+                code = 1
+                try:
+                    _session = _Session(directory)
+                    typed_signature(dispatcher, signature)
+                    code = 0
+                finally:
+                    os._exit(code)
+            helpers.append(pid)
+        _session = _Session(directory)
+        try:
+            dispatcher.compile(signature)
+        finally:
+            _session = None
+    finally:
+        for pid in helpers:   # what they still compile, the program no longer needs
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def deferred_template(dispatcher, args, kws, symbol_of):
+    """In a session, the typing template of a call of `dispatcher` with argument types `args`
+    that another process claimed: typed here, compiled there, as (template, pysig, args, kws).
+    None where the call takes Numba's usual way: no session, compiled or cached already, or
+    claimed (and compiled, before returning) by this process.  `symbol_of(argtypes)`: the name
+    the callee's code is called by."""
+    session = _session
+    if session is None or not dispatcher._can_compile:
+        return None
+    pysig, folded = dispatcher._compiler.fold_argument_types(args, kws)
+    argtypes = tuple(folded)
+    deferred = dispatcher.__dict__.setdefault("_netlang_deferred", {})
+    if argtypes not in deferred:
+        if argtypes in dispatcher.overloads or _cached(dispatcher, argtypes):
+            return None
+        symbol = symbol_of(argtypes)
+        if session.claim(symbol):
+            try:
+                dispatcher.compile(argtypes)
+            finally:
+                session.done(symbol)
+            return None
+        signature = typed_signature(dispatcher, argtypes)
+        template = typing.make_concrete_template(
+            f"CallTemplate({dispatcher.py_func.__name__})", key=dispatcher.py_func.__name__,
+            signatures=[signature])
+        deferred[argtypes] = (template, lambda: session.wait(symbol))
+    return deferred[argtypes][0], pysig, folded, {}
+
+
+def await_deferred(dispatcher, argtypes) -> None:
+    """Before a call of `dispatcher` with `argtypes` is lowered: when another process claimed
+    that callee, wait until it is done with it and load it (from the disk cache, where it put
+    it; or compiled here, where it failed), so its name is bound."""
+    entry = dispatcher.__dict__.get("_netlang_deferred", {}).pop(tuple(argtypes), None)
+    if entry is not None and tuple(argtypes) not in dispatcher.overloads:
+        entry[1]()
+        dispatcher.compile(tuple(argtypes))
+
+
+def _cached(dispatcher, argtypes) -> bool:
+    cache = getattr(dispatcher, "_cache", None)
+    cache_file = getattr(cache, "_cache_file", None)
+    if cache_file is None:
+        return False
+    try:
+        key = cache._index_key(argtypes, dispatcher.targetctx.codegen())
+        return key in cache_file._load_index()
+    except Exception:   # unreadable: compiled (and the index rewritten) as a miss
+        return False
+
+
+class _Session:
+    """The claims of one program's compilation, as files in a folder the processes share: a
+    claim file holds its claimant's pid; `<claim>.done` says the claimant finished."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def claim(self, symbol: str) -> bool:
+        """Whether this process now owns compiling `symbol` (no other process claimed it)."""
+        try:
+            fd = os.open(os.path.join(self.directory, symbol), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+
+    def done(self, symbol: str) -> None:
+        """Mark `symbol` finished by its claimant, compiled or not."""
+        with open(os.path.join(self.directory, symbol + ".done"), "w"):
+            pass
+
+    def wait(self, symbol: str) -> None:
+        """Return once `symbol`'s claimant has finished with it, or is gone."""
+        path = os.path.join(self.directory, symbol)
+        with open(path) as handle:
+            claimant = int(handle.read() or 0)
+        while not os.path.exists(path + ".done"):
+            if claimant == os.getpid() or not _alive(claimant):
+                return
+            time.sleep(_POLL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# -- typing without compiling ---------------------------------------------------------------
+
+@register_pass(mutates_CFG=False, analysis_only=True)
+class _StopAfterTyping(FunctionPass):
+    """Ends the pipeline with the function's return type, before anything is lowered."""
+
+    _name = "netlang_stop_after_typing"
+
+    def __init__(self):
+        FunctionPass.__init__(self)
+
+    def run_pass(self, state):
+        """Stop, returning the inferred return type."""
+        raise compiler._EarlyPipelineCompletion(state.return_type)
+
+
+class _TypingOnly(compiler.CompilerBase):
+    """Numba's untyped passes and its type inference, then stop."""
+
+    def define_pipelines(self):
+        """One pipeline: Numba's untyped pipeline, type inference, `_StopAfterTyping`."""
+        manager = compiler.DefaultPassBuilder.define_untyped_pipeline(self.state, "typing only")
+        manager.add_pass(NopythonTypeInference, "nopython frontend")
+        manager.add_pass(_StopAfterTyping, "stop after typing")
+        manager.finalize()
+        return [manager]
+
+
+def typed_signature(dispatcher, argtypes):
+    """The signature Numba infers for `dispatcher` called with `argtypes`, typing its body (and
+    so meeting its callees, which a session claims or types in turn) without lowering it."""
+    argtypes = tuple(sigutils.normalize_signature(argtypes)[0]) \
+        if not isinstance(argtypes, tuple) else argtypes
+    function_compiler = dispatcher._compiler
+    flags = compiler.Flags()
+    function_compiler.targetdescr.options.parse_as_flags(flags, function_compiler.targetoptions)
+    flags = function_compiler._customize_flags(flags)
+    return_type = compiler.compile_extra(
+        function_compiler.targetdescr.typing_context, function_compiler.targetdescr.target_context,
+        function_compiler._get_implementation(argtypes, {}), args=argtypes, return_type=None,
+        flags=flags, locals=function_compiler.locals, pipeline_class=_TypingOnly)
+    return typing.signature(return_type, *argtypes)
+
+
+# -- Numba's cache, saved under a lock ------------------------------------------------------
+
+def install_cache_lock() -> None:
+    """Make every save into Numba's disk cache hold an exclusive lock on `<index>.lock`, so
+    processes saving entries of one function at once keep them all (see the docstring)."""
+    cache_file_class = caching.IndexDataCacheFile
+    if getattr(cache_file_class.save, "_netlang_locked", False):
+        return
+    unlocked_save = cache_file_class.save
+
+    def save(self, key, data):
+        with open(self._index_path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return unlocked_save(self, key, data)
+
+    save._netlang_locked = True
+    save.__doc__ = unlocked_save.__doc__
+    cache_file_class.save = save
+

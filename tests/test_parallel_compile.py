@@ -1,0 +1,244 @@
+"""One program compiled in several processes at once (netlang/runtime/parallel_compile.py):
+a callee claimed by another process is typed here, awaited, and loaded from the cache it was
+saved in; a claimant that died leaves its callee to be compiled here; saves of one function's
+entries from processes at once keep every entry; and a model compiled so trains to the same
+bits as one compiled in one process, and leaves a cache the next run compiles nothing from."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numba.core import types
+
+from netlang.errors import UsageError
+from netlang.runtime import linkage, parallel_compile
+from netlang.weights.safetensors_files import load_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="compiling in processes needs fork")
+
+CALLEES = """
+from netlang.runtime.linkage import symbol_jit
+
+@symbol_jit
+def inner(x):
+    return x * 3 + 1
+
+@symbol_jit
+def outer(x):
+    return inner(x) + inner(x + 1)
+"""
+
+
+@pytest.fixture
+def callees(tmp_path, monkeypatch):
+    """A module of two functions called by name, cached in the test's folder, freshly
+    imported (a unique name per test: Numba's cache is keyed by the module's file)."""
+    name = f"nl_parallel_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(CALLEES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    module = importlib.import_module(name)
+    yield module
+    sys.modules.pop(name, None)
+
+
+def _compile_inner_elsewhere(inner, symbol, directory, started):
+    """In a forked process: claim `inner`, signal, and only half a second later compile it
+    (saved in the cache) and mark it done."""
+    session = parallel_compile._Session(directory)
+    assert session.claim(symbol)
+    started.set()
+    time.sleep(0.5)
+    inner.compile((types.int64,))
+    session.done(symbol)
+
+
+def test_a_callee_claimed_by_another_process_is_typed_here_and_loaded_from_its_cache(
+        callees, tmp_path, monkeypatch):
+    directory = str(tmp_path / "claims")
+    os.mkdir(directory)
+    symbol = linkage._symbol(callees.inner, (types.int64,))
+    typed = []
+    typed_signature = parallel_compile.typed_signature
+    monkeypatch.setattr(parallel_compile, "typed_signature", lambda dispatcher, argtypes: (
+        typed.append(dispatcher.py_func.__name__), typed_signature(dispatcher, argtypes))[1])
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+    claimant = context.Process(target=_compile_inner_elsewhere,
+                               args=(callees.inner, symbol, directory, started))
+    claimant.start()
+    assert started.wait(60)
+    parallel_compile._session = parallel_compile._Session(directory)
+    try:
+        began = time.perf_counter()
+        callees.outer.compile((types.int64,))
+        waited = time.perf_counter() - began
+    finally:
+        parallel_compile._session = None
+    claimant.join(60)
+    assert claimant.exitcode == 0
+    assert callees.outer(5) == 16 + 19
+    # `inner` was only typed here, then loaded from the claimant's cache entry once done.
+    assert typed == ["inner"]
+    assert callees.inner.stats.cache_hits[(types.int64,)] == 1
+    assert callees.inner.stats.cache_misses[(types.int64,)] == 0
+    assert waited > 0.3
+
+
+def test_a_claim_whose_process_died_is_compiled_here(callees, tmp_path):
+    directory = str(tmp_path / "claims")
+    os.mkdir(directory)
+    symbol = linkage._symbol(callees.inner, (types.int64,))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (Path(directory) / symbol).write_text(str(gone.pid))   # claimed, never done
+    parallel_compile._session = parallel_compile._Session(directory)
+    try:
+        callees.outer.compile((types.int64,))
+    finally:
+        parallel_compile._session = None
+    assert callees.outer(2) == 7 + 10
+    assert callees.inner.stats.cache_misses[(types.int64,)] == 1
+
+
+SAVES = """
+import sys
+from numba import njit
+import netlang.runtime.linkage  # noqa: F401  (installs the lock on Numba's cache saves)
+from numba.core import types
+
+@njit(cache=True)
+def scaled(x):
+    return x * 2
+
+kinds = [types.int8, types.int16, types.int32, types.int64, types.float32, types.float64]
+if sys.argv[1] == "check":   # every entry listed, each loading its own signature's code
+    index = scaled._cache._cache_file._load_index()
+    print(len(index), scaled(3), scaled(2.5))
+else:
+    scaled.compile((kinds[int(sys.argv[1])],))
+"""
+
+
+def test_saves_of_one_function_from_processes_at_once_keep_every_entry(tmp_path):
+    # Six processes each save one signature of the same function into an empty cache, at
+    # once.  Numba alone reads, extends and writes the index without a lock: entries got lost,
+    # or two signatures were given one data file.
+    script = tmp_path / "saves.py"
+    script.write_text(SAVES)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for round_ in range(1):
+        env["NUMBA_CACHE_DIR"] = str(tmp_path / f"numba{round_}")
+        processes = [subprocess.Popen([sys.executable, str(script), str(i)], env=env,
+                                      cwd=tmp_path) for i in range(6)]
+        assert all(process.wait(120) == 0 for process in processes)
+        check = subprocess.run([sys.executable, str(script), "check"], env=env,
+                               capture_output=True, text=True, cwd=tmp_path)
+        assert check.returncode == 0, check.stderr
+        assert check.stdout.split() == ["6", "6", "5.0"], check.stdout
+
+
+def test_the_process_count_is_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("NETLANG_COMPILE_PROCESSES", "3")
+    assert parallel_compile.compile_processes() == 3
+    monkeypatch.setenv("NETLANG_COMPILE_PROCESSES", "0")
+    with pytest.raises(UsageError, match="NETLANG_COMPILE_PROCESSES must be a whole number"):
+        parallel_compile.compile_processes()
+    monkeypatch.delenv("NETLANG_COMPILE_PROCESSES")
+    assert 1 <= parallel_compile.compile_processes() <= parallel_compile.MAX_PROCESSES
+
+
+# -- whole models ----------------------------------------------------------------------------
+
+# Widths and sizes no other test uses: the generated modules are named by their source.
+SMALL_MLP = """
+input x: [2]
+input label: int32[]
+output logits = x -> dense(19) -> relu -> dropout(0.25) -> dense(2)
+train {
+  loss cross_entropy(logits, label)
+  optimizer adam(lr=0.01)
+  batch_size 16
+  epochs 2
+  seed 3
+}
+"""
+
+SMALL_CNN = """
+input image: [10, 10, 1]
+input label: int32[]
+output logits = image -> conv2d(5, 3) -> relu -> maxpool(2) -> conv2d(7, 3, padding=1) -> relu
+    -> flatten -> dense(2)
+train {
+  loss cross_entropy(logits, label)
+  optimizer adam(lr=0.01)
+  batch_size 8
+  epochs 1
+  seed 3
+}
+"""
+
+
+def _train(tmp_path: Path, model: Path, name: str, processes: int, data: str) -> tuple:
+    """(final weights, run.json of a second run on the same caches) of `netlang train`
+    on an empty cache, compiling in `processes` processes."""
+    cache = tmp_path / f"cache-{name}"
+    env = {**os.environ, "NETLANG_CACHE": str(cache), "NUMBA_NUM_THREADS": "1",
+           "NETLANG_COMPILE_PROCESSES": str(processes),
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for variable in ("NETLANG_DEBUG", "NUMBA_CACHE_DIR"):
+        env.pop(variable, None)
+    for out in (name, name + "-again"):
+        run = subprocess.run([sys.executable, "-m", "netlang.cli", "train", str(model),
+                              "--data", data, "--limit", "64", "--out", str(tmp_path / out)],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+    params, _ = load_weights(tmp_path / name / "weights.safetensors")
+    return params, json.loads((tmp_path / (name + "-again") / "run.json").read_text())
+
+
+def _pictures(tmp_path: Path) -> str:
+    """An .npz of 10×10 one-channel pictures whose label is which half is brighter."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 64), ("test", 16)):
+        label = rng.integers(0, 2, n)
+        image = rng.normal(size=(n, 10, 10, 1)).astype(np.float32)
+        image[label == 1, :5] += 1.0
+        arrays.update({f"image_{split}": image, f"label_{split}": label})
+    path = tmp_path / "pictures.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _assert_same_training(tmp_path, text: str, data: str) -> None:
+    model = tmp_path / "model.net"
+    model.write_text(textwrap.dedent(text))
+    alone, _ = _train(tmp_path, model, "alone", 1, data)
+    shared, again = _train(tmp_path, model, "shared", 2, data)
+    assert sorted(alone) == sorted(shared)
+    for name in alone:
+        assert alone[name].tobytes() == shared[name].tobytes(), name
+    # The cache the processes filled together serves the next run whole.
+    assert "compile" not in again, again
+
+
+def test_an_mlp_compiled_in_two_processes_trains_to_the_same_bits(tmp_path):
+    _assert_same_training(tmp_path, SMALL_MLP, "blobs")
+
+
+@pytest.mark.slow   # two cold compiles of a convolutional network
+def test_a_cnn_compiled_in_two_processes_trains_to_the_same_bits(tmp_path):
+    _assert_same_training(tmp_path, SMALL_CNN, _pictures(tmp_path))
