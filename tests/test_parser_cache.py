@@ -1,7 +1,10 @@
-"""The on-disk cache of the LALR tables: used when trusted, ignored (and rebuilt) otherwise."""
+"""The LALR tables shipped beside the grammar: matching the grammar, used without a build, and
+ignored when they do not match; and the on-disk cache a build writes (another Lark version):
+used when trusted, ignored (and rebuilt) otherwise."""
 
 import os
 import stat
+from pathlib import Path
 
 import lark
 import pytest
@@ -20,8 +23,10 @@ output logits = h -> flatten -> dense(10)
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
-    """A fresh cache location, and no parser built yet in this process."""
+    """A fresh cache location, no parser built yet in this process, and no shipped tables (as
+    under a Lark version they were not built for)."""
     monkeypatch.setenv("NETLANG_CACHE", str(tmp_path))
+    monkeypatch.setattr(parse_tables, "_read_shipped_tables", lambda: None)
     for fn in (parse_tables.parser_tables, parse_tables.plain_parser, P._comment_parser):
         fn.cache_clear()
     yield tmp_path / "parser"
@@ -122,5 +127,76 @@ def test_unwritable_cache_still_parses(tmp_path, monkeypatch):
     _fresh()
     try:
         assert P.parse(SOURCE, "m.net").items
+    finally:
+        _fresh()
+
+
+# -- the shipped tables ----------------------------------------------------------------------
+
+def _shipped_record() -> dict:
+    import importlib.resources
+    import json
+    return json.loads(importlib.resources.files("netlang.grammar")
+                      .joinpath(parse_tables.SHIPPED_TABLES).read_text("utf-8"))
+
+
+def test_the_shipped_tables_are_built_from_this_grammar():
+    key = _shipped_record()["key"]
+    assert key["grammar"] == parse_tables.shipped_key()["grammar"], \
+        "grammar/netlang.lark changed: run `python -m netlang.frontend.parse_tables`"
+
+
+def test_the_shipped_tables_parse_as_tables_built_now(tmp_path, monkeypatch):
+    # Lark numbers the states differently from build to build, so the tables are compared by
+    # what they do: every example parses to the same tree, and a syntax error reads the same.
+    if _shipped_record()["key"] != parse_tables.shipped_key():
+        pytest.skip("the shipped tables were built for another Lark version")
+    examples = sorted(Path(__file__).resolve().parent.parent.glob("examples/*.net"))
+    sources = [(path.read_text(), path.name) for path in examples] + [(SOURCE, "m.net")]
+    bad = "input x: [2]\noutput y = x -> dense(3 ->\n"
+
+    def parsed():
+        trees = [P.parse(text, name) for text, name in sources]
+        with pytest.raises(NetlangSyntaxError) as error:
+            P.parse(bad, "bad.net")
+        return trees, str(error.value)
+
+    monkeypatch.setenv("NETLANG_CACHE", str(tmp_path))
+    _fresh()
+    try:
+        shipped = parsed()
+        _fresh()
+        monkeypatch.setattr(parse_tables, "_read_shipped_tables", lambda: None)
+        assert parsed() == shipped
+    finally:
+        _fresh()
+
+
+def test_an_empty_cache_parses_with_the_shipped_tables_and_builds_nothing(tmp_path, monkeypatch):
+    if _shipped_record()["key"] != parse_tables.shipped_key():
+        pytest.skip("the shipped tables were built for another Lark version")
+    monkeypatch.setenv("NETLANG_CACHE", str(tmp_path))
+    _fresh()
+    try:
+        builds = _count_builds(monkeypatch)
+        module = P.parse(SOURCE, "m.net")
+        assert builds == [] and not (tmp_path / "parser").exists()
+        _fresh()
+        monkeypatch.undo()
+        monkeypatch.setenv("NETLANG_CACHE", str(tmp_path / "other"))
+        monkeypatch.setattr(parse_tables, "_read_shipped_tables", lambda: None)
+        assert P.parse(SOURCE, "m.net") == module   # the same tree as the built tables give
+    finally:
+        _fresh()
+
+
+def test_shipped_tables_for_another_grammar_are_ignored(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETLANG_CACHE", str(tmp_path))
+    monkeypatch.setattr(parse_tables, "shipped_key", lambda: {"grammar": "another"})
+    _fresh()
+    try:
+        builds = _count_builds(monkeypatch)
+        P.parse(SOURCE, "m.net")
+        assert builds and list((tmp_path / "parser").glob("lalr-*.marshal"))
     finally:
         _fresh()
