@@ -83,16 +83,33 @@ if THREAD_CONTROL:
     llvm.add_symbol("netlang_blas_set_threads", _addresses[2][1])
 
 
-def _external_call(symbol):
+def _external_call(symbol, real):
+    """An intrinsic calling the Fortran-interface gemm `symbol` (whose floats are `real`) with
+    its thirteen arguments as values: each scalar is stored in a stack slot of the calling
+    function and passed by pointer, as Fortran takes it, so a product allocates nothing (its
+    arguments were once NumPy arrays made per call, three np.empty calls that Numba also had
+    to compile); the arrays' data pointers are passed as they are."""
+    integer = types.int64 if ILP64 else types.int32
+    kinds = (types.uint8, types.uint8, integer, integer, integer, real, None, integer, None,
+             integer, real, None, integer)   # None: a data pointer, passed as it is
+
     # Thirteen explicit parameters: Numba's intrinsics do not take *args.
     @intrinsic
     def call(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        signature = types.void(*([types.uintp] * 13))
+        given = (transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        signature = types.void(*(types.unliteral(t) for t in given))
 
         def codegen(context, builder, sig, values):
+            pointers = []
+            for value, given_type, kind in zip(values, sig.args, kinds):
+                if kind is None:
+                    pointers.append(builder.inttoptr(value, cgutils.voidptr_t))
+                    continue
+                slot = cgutils.alloca_once_value(
+                    builder, context.cast(builder, value, given_type, kind))
+                pointers.append(builder.bitcast(slot, cgutils.voidptr_t))
             fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t] * 13)
-            fn = cgutils.get_or_insert_function(builder.module, fnty, symbol)
-            builder.call(fn, [builder.inttoptr(v, cgutils.voidptr_t) for v in values])
+            builder.call(cgutils.get_or_insert_function(builder.module, fnty, symbol), pointers)
             return context.get_dummy_value()
         return signature, codegen
     return call
@@ -103,48 +120,31 @@ _N, _T = 78, 84  # 'N' and 'T'
 
 # Code compiled for one integer width calls that width's symbols: a cached function built
 # against the other library fails to link instead of passing it the wrong integers.
-_sgemm = _external_call(f"netlang_sgemm_{_SUFFIX}")
-_dgemm = _external_call(f"netlang_dgemm_{_SUFFIX}")
-_INT = np.int64 if ILP64 else np.int32
-_STEP = np.dtype(_INT).itemsize
-
-
-@njit(cache=True, nogil=True)
-def _dims(transa, transb, a, b, c):
-    m, n = c.shape
-    k = a.shape[0] if transa else a.shape[1]
-    ints = np.empty(6, _INT)
-    ints[0], ints[1], ints[2] = n, m, k
-    # Leading dimensions from the row strides (≥ 1 even for an empty or one-column matrix).
-    ints[3] = max(b.strides[0] // b.itemsize, 1)
-    ints[4] = max(a.strides[0] // a.itemsize, 1)
-    ints[5] = max(c.strides[0] // c.itemsize, 1)
-    chars = np.empty(2, np.uint8)
-    chars[0] = _T if transb else _N
-    chars[1] = _T if transa else _N
-    return ints, chars
+_sgemm = _external_call(f"netlang_sgemm_{_SUFFIX}", types.float32)
+_dgemm = _external_call(f"netlang_dgemm_{_SUFFIX}", types.float64)
 
 
 @functools.partial(generic, any_layout=True)   # one compilation, whatever the call site passes
 def gemm32(transa, transb, alpha, a, b, beta, c):
     """c ← alpha·op(a)·op(b) + beta·c for row-major float32 matrices (unit column stride)."""
-    ints, chars = _dims(transa, transb, a, b, c)
-    scalars = np.empty(2, np.float32)
-    scalars[0], scalars[1] = alpha, beta
-    i, s = ints.ctypes.data, scalars.ctypes.data
-    _sgemm(chars.ctypes.data, chars.ctypes.data + 1, i, i + _STEP, i + 2 * _STEP, s, b.ctypes.data,
-           i + 3 * _STEP, a.ctypes.data, i + 4 * _STEP, s + 4, c.ctypes.data, i + 5 * _STEP)
+    m, n = c.shape
+    k = a.shape[0] if transa else a.shape[1]
+    # Leading dimensions from the row strides (≥ 1 even for an empty or one-column matrix).
+    lda, ldb, ldc = a.strides[0] // a.itemsize, b.strides[0] // b.itemsize, c.strides[0] // c.itemsize
+    _sgemm(_T if transb else _N, _T if transa else _N, n, m, k, alpha, b.ctypes.data,
+           ldb if ldb > 1 else 1, a.ctypes.data, lda if lda > 1 else 1, beta, c.ctypes.data,
+           ldc if ldc > 1 else 1)
 
 
 @functools.partial(generic, any_layout=True)
 def gemm64(transa, transb, alpha, a, b, beta, c):
     """c ← alpha·op(a)·op(b) + beta·c for row-major float64 matrices (unit column stride)."""
-    ints, chars = _dims(transa, transb, a, b, c)
-    scalars = np.empty(2, np.float64)
-    scalars[0], scalars[1] = alpha, beta
-    i, s = ints.ctypes.data, scalars.ctypes.data
-    _dgemm(chars.ctypes.data, chars.ctypes.data + 1, i, i + _STEP, i + 2 * _STEP, s, b.ctypes.data,
-           i + 3 * _STEP, a.ctypes.data, i + 4 * _STEP, s + 8, c.ctypes.data, i + 5 * _STEP)
+    m, n = c.shape
+    k = a.shape[0] if transa else a.shape[1]
+    lda, ldb, ldc = a.strides[0] // a.itemsize, b.strides[0] // b.itemsize, c.strides[0] // c.itemsize
+    _dgemm(_T if transb else _N, _T if transa else _N, n, m, k, alpha, b.ctypes.data,
+           ldb if ldb > 1 else 1, a.ctypes.data, lda if lda > 1 else 1, beta, c.ctypes.data,
+           ldc if ldc > 1 else 1)
 
 
 @intrinsic
