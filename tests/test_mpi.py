@@ -493,6 +493,7 @@ def test_shards_the_processes_cannot_share_along_the_tree_are_refused(tmp_path, 
 
 
 @needs_mpi
+@pytest.mark.slow   # three MPI jobs on the CUDA simulator: two minutes
 def test_cuda_processes_train_as_cpu_processes_and_as_one_cuda_process(tmp_path, mlp):
     """`--device cuda` under mpiexec, on the CUDA simulator (kernels run as Python, so 10 steps
     on 200 blobs): each process's shard on its GPU (GPU rank mod 1 here), gradients through

@@ -242,3 +242,49 @@ def test_an_mlp_compiled_in_two_processes_trains_to_the_same_bits(tmp_path):
 @pytest.mark.slow   # two cold compiles of a convolutional network
 def test_a_cnn_compiled_in_two_processes_trains_to_the_same_bits(tmp_path):
     _assert_same_training(tmp_path, SMALL_CNN, _pictures(tmp_path))
+
+
+KILLED = """
+import sys, netlang
+from netlang.runtime.cpu import CpuEngine
+from conftest import random_batch
+model = netlang.compile(sys.argv[1])
+CpuEngine(model.graph).train_step(random_batch(model.graph, 4, 0), 0.01)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_helpers_end_with_a_process_killed_while_compiling(tmp_path):
+    model = tmp_path / "killed.net"
+    model.write_text(textwrap.dedent(SMALL_CNN).replace("conv2d(5, 3)", "conv2d(6, 3)"))
+    env = {**os.environ, "NETLANG_CACHE": str(tmp_path / "cache"), "NUMBA_NUM_THREADS": "1",
+           "NETLANG_COMPILE_PROCESSES": "2",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    env.pop("NUMBA_CACHE_DIR", None)
+    parent = subprocess.Popen([sys.executable, "-c", KILLED, str(model)], env=env)
+
+    def helpers() -> list:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != parent.pid:
+                try:
+                    status = Path(f"/proc/{entry}/status").read_text()
+                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if str(model).encode() in cmdline and "State:\tZ" not in status:
+                    found.append(int(entry))
+        return found
+
+    deadline = time.monotonic() + 120
+    while not helpers() and parent.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert helpers(), "no helper process was started"
+    parent.kill()
+    parent.wait()
+    # At once: a helper left to finish its walk would compile for seconds more.
+    deadline = time.monotonic() + 1.0
+    while helpers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert helpers() == []

@@ -33,12 +33,14 @@ makes each save hold an exclusive lock on a file beside the index (`fcntl.flock`
 by the kernel if the process dies).
 
 POSIX only (fork, flock); `NETLANG_COMPILE_PROCESSES` sets how many processes compile (1:
-this process alone; default: the CPUs this process may run on, at most 8).
+this process alone; default: the CPUs this process may run on, at most 8, and 1 in a rank of
+an MPI job).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import shutil
@@ -65,6 +67,10 @@ def compile_processes() -> int:
     if not hasattr(os, "fork") or not hasattr(os, "sched_getaffinity"):
         return 1
     setting = os.environ.get("NETLANG_COMPILE_PROCESSES", "").strip()
+    if not setting and "mpi4py.MPI" in sys.modules:
+        # A rank of an MPI job: the ranks already share the cores, and some MPI transports
+        # do not survive a fork.
+        return 1
     if setting:
         try:
             count = int(setting)
@@ -83,15 +89,19 @@ def compile_in_processes(dispatcher, signature, processes: int) -> None:
     compiling its callees beside it (see the module's docstring)."""
     global _session
     directory = tempfile.mkdtemp(prefix="netlang-claims-")
-    helpers = []
+    helpers, parent = [], os.getpid()
     try:
         sys.stdout.flush()
         sys.stderr.flush()
         for _ in range(processes - 1):
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError:   # no more processes to be had: fewer helpers
+                break
             if pid == 0:   # a helper: walk the call tree, compile what it claims, end
                 code = 1
                 try:
+                    _end_with(parent)
                     _session = _Session(directory)
                     typed_signature(dispatcher, signature)
                     code = 0
@@ -110,6 +120,15 @@ def compile_in_processes(dispatcher, signature, processes: int) -> None:
             with contextlib.suppress(OSError):
                 os.waitpid(pid, 0)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _end_with(parent: int) -> None:
+    """Make this helper end when its parent does (killed while compiling, say): Linux sends it
+    SIGKILL then (prctl PR_SET_PDEATHSIG); elsewhere it ends at the end of its walk."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:   # the parent ended before the call above
+        os._exit(1)
 
 
 def deferred_template(dispatcher, args, kws, symbol_of):
@@ -134,7 +153,11 @@ def deferred_template(dispatcher, args, kws, symbol_of):
             finally:
                 session.done(symbol)
             return None
-        signature = typed_signature(dispatcher, argtypes)
+        try:
+            signature = typed_signature(dispatcher, argtypes)
+        except Exception:   # typing alone failed: take it from the claimant's cache entry
+            session.wait(symbol)
+            return None
         template = typing.make_concrete_template(
             f"CallTemplate({dispatcher.py_func.__name__})", key=dispatcher.py_func.__name__,
             signatures=[signature])
