@@ -12,6 +12,7 @@ all when everything comes from the cache.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 
@@ -49,15 +50,31 @@ class ProgramCompilation:
         from the cache or already ready).  Numba's own count of cache misses says which, so a
         cache entry that failed to load is counted as the compilation it turned into."""
         # Numba's modules, imported here: importing this module never starts Numba.
-        from netlang.runtime.parallel_compile import compile_in_processes, compile_processes
+        from netlang.runtime import parallel_compile
         misses = self._dispatcher.stats.cache_misses[self._signature]
         start = time.perf_counter()
-        # Compiled afresh: in several processes where the machine has the cores
-        # (netlang/runtime/parallel_compile.py); loaded from the cache: here.
-        processes = compile_processes() if self.needs_compiling else 1
-        if processes > 1:
-            compile_in_processes(self._dispatcher, self._signature, processes)
-        else:
+        # Compiled afresh: in several processes where the machine has the cores (netlang/
+        # runtime/parallel_compile.py), in the session `together` opened if there is one;
+        # loaded from the cache: here.
+        programs = [(self._dispatcher, self._signature)] \
+            if not parallel_compile.active() and self.needs_compiling else []
+        with parallel_compile.session(programs, parallel_compile.compile_processes()
+                                      if programs else 1):
             self._dispatcher.compile(self._signature)
         seconds = time.perf_counter() - start
         return seconds, self._dispatcher.stats.cache_misses[self._signature] > misses
+
+
+@contextlib.contextmanager
+def together(compilations):
+    """Inside, the `run`s of `compilations` that compile share one set of helper processes,
+    which walk all their call trees in turn: while this process compiles the training step,
+    the helpers already compile the evaluation's callees."""
+    programs = [(compilation._dispatcher, compilation._signature)
+                for compilation in compilations if compilation.needs_compiling]
+    if len(programs) < 2:   # nothing to share (and Numba's modules left unimported)
+        yield
+        return
+    from netlang.runtime import parallel_compile
+    with parallel_compile.session(programs, parallel_compile.compile_processes()):
+        yield

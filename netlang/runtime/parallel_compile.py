@@ -84,10 +84,21 @@ def compile_processes() -> int:
     return max(1, min(MAX_PROCESSES, len(os.sched_getaffinity(0))))
 
 
-def compile_in_processes(dispatcher, signature, processes: int) -> None:
-    """Compile `dispatcher` for `signature` here, with `processes - 1` helper processes
-    compiling its callees beside it (see the module's docstring)."""
+def active() -> bool:
+    """Whether this process is compiling in a session (see `session`)."""
+    return _session is not None
+
+
+@contextlib.contextmanager
+def session(programs: list, processes: int):
+    """While inside, this process compiles with `processes - 1` helpers beside it, which walk
+    the call trees of `programs` ([(dispatcher, signature)], in the order this process will
+    compile them) and compile what they claim (see the module's docstring).  Nothing is
+    forked inside a session already open, or for fewer than two processes."""
     global _session
+    if _session is not None or processes < 2 or not programs:
+        yield
+        return
     directory = tempfile.mkdtemp(prefix="netlang-claims-")
     helpers, parent = [], os.getpid()
     try:
@@ -98,23 +109,23 @@ def compile_in_processes(dispatcher, signature, processes: int) -> None:
                 pid = os.fork()
             except OSError:   # no more processes to be had: fewer helpers
                 break
-            if pid == 0:   # a helper: walk the call tree, compile what it claims, end
-                code = 1
+            if pid == 0:   # a helper: walk the call trees, compile what it claims, end
                 try:
                     _end_with(parent)
                     _session = _Session(directory)
-                    typed_signature(dispatcher, signature)
-                    code = 0
+                    for dispatcher, signature in programs:
+                        with contextlib.suppress(Exception):   # the parent reports it
+                            typed_signature(dispatcher, signature)
                 finally:
-                    os._exit(code)
+                    os._exit(0)
             helpers.append(pid)
         _session = _Session(directory)
         try:
-            dispatcher.compile(signature)
+            yield
         finally:
             _session = None
     finally:
-        for pid in helpers:   # what they still compile, the program no longer needs
+        for pid in helpers:   # what they still compile, the programs no longer need
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(OSError):

@@ -26,6 +26,7 @@ from netlang.data import batches
 from netlang.data.text import with_bits_per_character
 from netlang.errors import WeightsError
 from netlang.ir.train_config import TrainConfig
+from netlang.runtime.compilation import together
 from netlang.train.adversarial import adversarial_steps
 from netlang.train.augment import AugmentedBatches, augmenter_for
 from netlang.train.binding import Binding, check_complete, count_examples
@@ -351,16 +352,18 @@ class Trainer:
         if announced:
             self.progress.compiling(announced)
         programs = {}
-        for compilation in pending:
-            seconds, was_compiled = compilation.run()
-            if compilation.title in announced:
-                self.progress.compiled(compilation.title, seconds)
-            elif was_compiled:   # its cache entry failed to load
-                self.progress.message(f"compiled {compilation.title} in {seconds:.1f}s")
-            else:
-                debug(1, f"{compilation.title}: loaded in {seconds * 1000:.1f} ms")
-            if was_compiled:
-                programs[compilation.title] = round(seconds, 3)
+        # One set of helper processes compiles for all of them (netlang/runtime/compilation.py).
+        with together(pending):
+            for compilation in pending:
+                seconds, was_compiled = compilation.run()
+                if compilation.title in announced:
+                    self.progress.compiled(compilation.title, seconds)
+                elif was_compiled:   # its cache entry failed to load
+                    self.progress.message(f"compiled {compilation.title} in {seconds:.1f}s")
+                else:
+                    debug(1, f"{compilation.title}: loaded in {seconds * 1000:.1f} ms")
+                if was_compiled:
+                    programs[compilation.title] = round(seconds, 3)
         if programs:
             self.compiled = {"seconds": round(sum(programs.values()), 3), "programs": programs}
             if self.out is not None:

@@ -26,6 +26,7 @@ import time
 
 from netlang.errors import UsageError
 from netlang.runtime import make_engine
+from netlang.runtime.compilation import together
 from netlang.runtime.cpu import cpu_workers
 from netlang.train.binding import bind
 from netlang.train.evaluation import evaluated_nodes
@@ -107,16 +108,18 @@ def warmup(model, *, batch: int | None = None, device: str = "cpu",
                          f"time: the reference engine compiles nothing, and the CUDA engine's "
                          f"kernels compile at their first launch (warming them up is pending)")
     compiled, loaded = {}, []
-    for title, compilation in compilations:
-        if compilation.ready:   # the same program as one before it (one head: per head)
-            continue
-        seconds, was_compiled = compilation.run()
-        if was_compiled:
-            compiled[title] = round(seconds, 3)
-        else:
-            loaded.append(title)
-        if progress is not None:   # as each finishes: a convolutional model takes minutes
-            progress.message(Warmup.line(title, seconds if was_compiled else None))
+    # One set of helper processes compiles for all of them (netlang/runtime/compilation.py).
+    with together([compilation for _, compilation in compilations]):
+        for title, compilation in compilations:
+            if compilation.ready:   # the same program as one before it (one head: per head)
+                continue
+            seconds, was_compiled = compilation.run()
+            if was_compiled:
+                compiled[title] = round(seconds, 3)
+            else:
+                loaded.append(title)
+            if progress is not None:   # as each finishes: a convolutional model takes minutes
+                progress.message(Warmup.line(title, seconds if was_compiled else None))
     workers = cpu_workers() if engine.name == "cpu" else 1
     return Warmup(compiled, loaded, round(time.perf_counter() - start, 3), engine.name, batch,
                   workers)
