@@ -124,27 +124,30 @@ _sgemm = _external_call(f"netlang_sgemm_{_SUFFIX}", types.float32)
 _dgemm = _external_call(f"netlang_dgemm_{_SUFFIX}", types.float64)
 
 
+@njit(inline="always")
+def _operands(transa, transb, a, b, c):
+    """gemm's (transb, transa, n, m, k, ldb, lda, ldc) for the row-major product c = op(a)·op(b),
+    computed as its transpose; each leading dimension from a row stride (at least 1, even for
+    an empty or one-column matrix)."""
+    m, n = c.shape
+    k = a.shape[0] if transa else a.shape[1]
+    lda, ldb, ldc = a.strides[0] // a.itemsize, b.strides[0] // b.itemsize, c.strides[0] // c.itemsize
+    return (_T if transb else _N, _T if transa else _N, n, m, k, ldb if ldb > 1 else 1,
+            lda if lda > 1 else 1, ldc if ldc > 1 else 1)
+
+
 @functools.partial(generic, any_layout=True)   # one compilation, whatever the call site passes
 def gemm32(transa, transb, alpha, a, b, beta, c):
     """c ← alpha·op(a)·op(b) + beta·c for row-major float32 matrices (unit column stride)."""
-    m, n = c.shape
-    k = a.shape[0] if transa else a.shape[1]
-    # Leading dimensions from the row strides (≥ 1 even for an empty or one-column matrix).
-    lda, ldb, ldc = a.strides[0] // a.itemsize, b.strides[0] // b.itemsize, c.strides[0] // c.itemsize
-    _sgemm(_T if transb else _N, _T if transa else _N, n, m, k, alpha, b.ctypes.data,
-           ldb if ldb > 1 else 1, a.ctypes.data, lda if lda > 1 else 1, beta, c.ctypes.data,
-           ldc if ldc > 1 else 1)
+    tb, ta, n, m, k, ldb, lda, ldc = _operands(transa, transb, a, b, c)
+    _sgemm(tb, ta, n, m, k, alpha, b.ctypes.data, ldb, a.ctypes.data, lda, beta, c.ctypes.data, ldc)
 
 
 @functools.partial(generic, any_layout=True)
 def gemm64(transa, transb, alpha, a, b, beta, c):
     """c ← alpha·op(a)·op(b) + beta·c for row-major float64 matrices (unit column stride)."""
-    m, n = c.shape
-    k = a.shape[0] if transa else a.shape[1]
-    lda, ldb, ldc = a.strides[0] // a.itemsize, b.strides[0] // b.itemsize, c.strides[0] // c.itemsize
-    _dgemm(_T if transb else _N, _T if transa else _N, n, m, k, alpha, b.ctypes.data,
-           ldb if ldb > 1 else 1, a.ctypes.data, lda if lda > 1 else 1, beta, c.ctypes.data,
-           ldc if ldc > 1 else 1)
+    tb, ta, n, m, k, ldb, lda, ldc = _operands(transa, transb, a, b, c)
+    _dgemm(tb, ta, n, m, k, alpha, b.ctypes.data, ldb, a.ctypes.data, lda, beta, c.ctypes.data, ldc)
 
 
 @intrinsic
