@@ -1,4 +1,4 @@
-"""Compiling one program in several processes at once, each compiling different callees.
+"""Compiling a program in several processes at once, each compiling different callees.
 
 A cold training step is mostly its callees: LeNet-5's step compiles 24 functions (worker
 functions, im2col, the pooling loops, the products) and only one of them is the step.  Numba
@@ -18,8 +18,10 @@ disk cache one by one, so they can just as well be compiled by other processes:
   its whole function and compiled whatever it claimed; the call graph has no cycles, so no two
   processes wait on each other.  A claimant that died without finishing (killed, or its
   compilation failed) leaves the callee to the waiter, which compiles it itself.
-- Helpers end when their walk ends (`os._exit`: no atexit handlers, no buffered output); the
-  parent ends its helpers once its program is compiled.
+- Helpers end when their walk ends (`os._exit`: no atexit handlers, no buffered output), or
+  with their parent (`PR_SET_PDEATHSIG`); the parent ends them when its `session` closes,
+  once it has compiled the programs the helpers walked (a training step and an evaluation
+  share one session: runtime/compilation.py's `together`).
 
 The machine code is the same whichever process compiles a function: the same IR through the
 same LLVM, cached under the same key, and called by the same name.  A run's results do not
