@@ -112,6 +112,22 @@ def test_a_claim_whose_process_died_is_compiled_here(callees, tmp_path):
     assert callees.inner.stats.cache_misses[(types.int64,)] == 1
 
 
+def test_waiting_ends_without_a_claim_and_when_a_claim_gets_a_dead_pid(tmp_path):
+    session = parallel_compile._Session(str(tmp_path))
+    session.wait("never_claimed")   # a session over, its claims gone: nothing to wait for
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / "claimed").write_text("")   # created, its pid not written yet
+    context = multiprocessing.get_context("fork")
+    writer = context.Process(target=lambda: (time.sleep(0.2),
+                                             (tmp_path / "claimed").write_text(str(gone.pid))))
+    writer.start()
+    began = time.perf_counter()
+    session.wait("claimed")
+    assert 0.15 < time.perf_counter() - began < 30
+    writer.join(10)
+
+
 SAVES = """
 import sys
 from numba import njit

@@ -156,6 +156,10 @@ def deferred_template(dispatcher, args, kws, symbol_of):
     pysig, folded = dispatcher._compiler.fold_argument_types(args, kws)
     argtypes = tuple(folded)
     deferred = dispatcher.__dict__.setdefault("_netlang_deferred", {})
+    if deferred.get(argtypes, (session,))[0] is not session:
+        # Typed in an earlier session (a callee of a callee compiled elsewhere, whose calls
+        # this process never lowered): that session's claims are gone.
+        del deferred[argtypes]
     if argtypes not in deferred:
         if argtypes in dispatcher.overloads or _cached(dispatcher, argtypes):
             return None
@@ -174,8 +178,8 @@ def deferred_template(dispatcher, args, kws, symbol_of):
         template = typing.make_concrete_template(
             f"CallTemplate({dispatcher.py_func.__name__})", key=dispatcher.py_func.__name__,
             signatures=[signature])
-        deferred[argtypes] = (template, lambda: session.wait(symbol))
-    return deferred[argtypes][0], pysig, folded, {}
+        deferred[argtypes] = (session, template, lambda: session.wait(symbol))
+    return deferred[argtypes][1], pysig, folded, {}
 
 
 def await_deferred(dispatcher, argtypes) -> None:
@@ -183,8 +187,8 @@ def await_deferred(dispatcher, argtypes) -> None:
     that callee, wait until it is done with it and load it (from the disk cache, where it put
     it; or compiled here, where it failed), so its name is bound."""
     entry = dispatcher.__dict__.get("_netlang_deferred", {}).pop(tuple(argtypes), None)
-    if entry is not None and tuple(argtypes) not in dispatcher.overloads:
-        entry[1]()
+    if entry is not None and entry[0] is _session and tuple(argtypes) not in dispatcher.overloads:
+        entry[2]()
         dispatcher.compile(tuple(argtypes))
 
 
@@ -223,12 +227,16 @@ class _Session:
             pass
 
     def wait(self, symbol: str) -> None:
-        """Return once `symbol`'s claimant has finished with it, or is gone."""
+        """Return once `symbol`'s claimant has finished with it, or is gone (or there is no
+        claim: a session already over)."""
         path = os.path.join(self.directory, symbol)
-        with open(path) as handle:
-            claimant = int(handle.read() or 0)
         while not os.path.exists(path + ".done"):
-            if claimant == os.getpid() or not _alive(claimant):
+            try:
+                with open(path) as handle:
+                    claimant = int(handle.read() or 0)   # 0: its pid not written yet
+            except (OSError, ValueError):
+                return
+            if claimant == os.getpid() or (claimant and not _alive(claimant)):
                 return
             time.sleep(_POLL)
 
