@@ -343,6 +343,7 @@ def test_lenet_like_cnn_matches_reference():
     _same_forward(model, reference, compiled, feeds)
 
 
+@pytest.mark.slow   # 13 s of compiling on a cold cache; batch norm's conformance case is default
 def test_residual_batchnorm_running_statistics_and_eval_mode_match_reference():
     model, reference, compiled = _train_both(RESIDUAL_BN)
     running = [n for n in reference.params if n.endswith(("running_mean", "running_var"))]
@@ -440,7 +441,8 @@ train { loss cross_entropy(logits, label) }
 """
 
 
-@pytest.mark.parametrize("workers", [1, 3])
+# One worker is the default run's every other convolution: slow (8 s of compiling).
+@pytest.mark.parametrize("workers", [pytest.param(1, marks=pytest.mark.slow), 3])
 def test_convolutions_split_among_workers_match_reference(monkeypatch, workers):
     # The batch split into runs of examples, one per worker thread: uneven (5 among 3), and
     # with a worker left no example (2 among 3).  Every form of convolution (WORKER_CONVS), its

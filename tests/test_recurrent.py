@@ -367,11 +367,13 @@ def _train_both(model, batches, lr):
                                        err_msg=name)
 
 
-# The LSTM's and GRU's cases compile for 15-20 s on a cold cache: slow (.ci/run runs them); the
-# conformance suite's default run checks both layers' training against the reference.
+# The LSTM's and GRU's cases compile for 15-20 s on a cold cache, the ReLU RNN's for 8 s: slow
+# (.ci/run runs them); the conformance suite's default run checks the layers' training
+# against the reference.
 @pytest.mark.parametrize("op, extra", [pytest.param("lstm", "", marks=pytest.mark.slow),
                                        pytest.param("gru", "", marks=pytest.mark.slow),
-                                       ("rnn", ", activation = relu"), ("rnn", "")])
+                                       pytest.param("rnn", ", activation = relu",
+                                                    marks=pytest.mark.slow), ("rnn", "")])
 def test_cpu_training_steps_of_a_classifier_match_the_reference(op, extra):
     """Stacked, bidirectional, with lengths (0 to 7) and dropout between the layers: the masks
     are drawn alike, and the padded steps pass gradients through alike.  75 examples: the CPU
