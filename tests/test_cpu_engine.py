@@ -359,6 +359,7 @@ def test_residual_batchnorm_running_statistics_and_eval_mode_match_reference():
         np.testing.assert_array_equal(compiled.params[name], before[name])
 
 
+@pytest.mark.slow   # 8-11 s of compiling; conv_transpose's conformance case is default
 def test_conv_autoencoder_with_transposed_convolutions_matches_reference():
     model, reference, compiled = _train_both(CONV_AUTOENCODER, rtol=1e-4, atol=1e-5)
     _same_forward(model, reference, compiled, random_batch(model.graph, 3, 9))

@@ -227,6 +227,7 @@ def test_netlang_sample_prints_the_prime_and_its_continuation(trained_run, capsy
 
 # -- the CPU engine -----------------------------------------------------------------------------
 
+@pytest.mark.slow   # 10-13 s of compiling; the CLI sampling test below runs the CPU engine too
 def test_on_the_cpu_engine_the_step_program_after_n_steps_equals_the_sequence_forward():
     # The CPU engine runs the step program (dense layers, gates and sums) with its own kernels
     # and the whole sequence with its recurrent kernels: two paths that must agree.
