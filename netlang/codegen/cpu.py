@@ -398,10 +398,15 @@ class ProgramWriter:
             outer._count = inner._count
             self._vars = known   # a value's view made inside exists only there
         body = "\n".join(line[4:] for line in inner.lines if not line.lstrip().startswith("#"))
-        params = list(dict.fromkeys(name for name in _NAME_TOKEN.findall(body)
-                                    if name in self.step_names or name in scalars))
+        params = self.step_parameters(body, scalars)
         text = "\n".join([f"def part({', '.join(params)}):", body])
         self._part(text, set(params) - set(scalars) | set(inner.issued), "part", params, [])
+
+    def step_parameters(self, body: str, scalars=()) -> list:
+        """The step's names (arguments, its views) and `scalars` that `body` reads, in order:
+        what a function cut out of the step takes."""
+        return list(dict.fromkeys(name for name in _NAME_TOKEN.findall(body)
+                                  if name in self.step_names or name in scalars))
 
     def _part(self, text: str, generated: set, entry: str, arguments: list, imports: list):
         """The module of a function the step calls (`text`, its `entry` called with

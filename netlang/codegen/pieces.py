@@ -52,8 +52,7 @@ def emit_in_pieces(writer, order) -> list:
             continue
         text = "\n".join(body)
         made.append((set(inner.issued), text))
-        params = list(dict.fromkeys(name for name in re.findall(r"(?<![\w.])[A-Za-z_]\w*", text)
-                                    if name in writer.step_names or name in ("lr", "t")))
+        params = writer.step_parameters(text, ("lr", "t"))
         writer._part("\n".join([f"def piece({', '.join(params)}):", text]),
                      set(inner.issued), "piece", params, [])
     return made

@@ -35,15 +35,10 @@ class ProgramCompilation:
     @property
     def needs_compiling(self) -> bool:
         """Whether `run` will compile the program: it is not ready, and Numba's disk cache
-        has no entry for these types (an entry is keyed by the types, the machine, and the
-        function's code).  This reads the cache's index as Numba's loader does (Numba 0.68:
-        `Cache._index_key` and `IndexDataCacheFile._load_index`); the index is small, the
-        machine code is not loaded."""
-        if self.ready:
-            return False
-        cache = self._dispatcher._cache
-        key = cache._index_key(self._signature, self._dispatcher.targetctx.codegen())
-        return key not in cache._cache_file._load_index()
+        has no entry for these types (`parallel_compile.in_disk_cache`)."""
+        # Numba's modules, imported here: importing this module never starts Numba.
+        from netlang.runtime.parallel_compile import in_disk_cache
+        return not self.ready and not in_disk_cache(self._dispatcher, self._signature)
 
     def run(self) -> tuple[float, bool]:
         """Make the program ready: (seconds taken, whether it was compiled rather than loaded

@@ -55,6 +55,8 @@ from numba.core import caching, compiler, sigutils, typing
 from numba.core.compiler_machinery import FunctionPass, register_pass
 from numba.core.typed_passes import NopythonTypeInference
 
+from netlang.errors import UsageError
+
 MAX_PROCESSES = 8
 # How often a process waiting for another's callee looks again (seconds).
 _POLL = 0.005
@@ -79,7 +81,6 @@ def compile_processes() -> int:
         except ValueError:
             count = 0
         if count < 1:
-            from netlang.errors import UsageError
             raise UsageError(f"NETLANG_COMPILE_PROCESSES must be a whole number of at least 1, "
                              f"not {setting!r}")
         return count
@@ -161,7 +162,7 @@ def deferred_template(dispatcher, args, kws, symbol_of):
         # this process never lowered): that session's claims are gone.
         del deferred[argtypes]
     if argtypes not in deferred:
-        if argtypes in dispatcher.overloads or _cached(dispatcher, argtypes):
+        if argtypes in dispatcher.overloads or in_disk_cache(dispatcher, argtypes):
             return None
         symbol = symbol_of(argtypes)
         if session.claim(symbol):
@@ -192,7 +193,11 @@ def await_deferred(dispatcher, argtypes) -> None:
         dispatcher.compile(tuple(argtypes))
 
 
-def _cached(dispatcher, argtypes) -> bool:
+def in_disk_cache(dispatcher, argtypes) -> bool:
+    """Whether Numba's disk cache holds `dispatcher`'s entry for `argtypes` (an entry is keyed
+    by the types, the machine and the function's code).  This reads the cache's index as
+    Numba's loader does (Numba 0.68: `Cache._index_key`, `IndexDataCacheFile._load_index`);
+    the index is small, the machine code is not loaded."""
     cache = getattr(dispatcher, "_cache", None)
     cache_file = getattr(cache, "_cache_file", None)
     if cache_file is None:
