@@ -146,6 +146,45 @@ def test_warmup_refuses_an_engine_that_compiles_nothing(capsys):
     assert "the reference engine has no programs to compile ahead of time" in err
 
 
+# -- a warm process ------------------------------------------------------------------------
+
+WARM_STEP = """
+import sys, numpy as np, netlang
+from conftest import random_batch
+from netlang.runtime.cpu import CpuEngine
+first = netlang.compile(sys.argv[1])
+loss, _ = CpuEngine(first.graph).train_step(random_batch(first.graph, 16, 0), 0.01)
+print(repr(float(loss)), "numba.np.arraymath" in sys.modules)
+if len(sys.argv) > 2:   # then a model that must be compiled, in the same process
+    other = netlang.compile(sys.argv[2])
+    CpuEngine(other.graph).train_step(random_batch(other.graph, 16, 0), 0.01)
+    print("compiled", "numba.np.arraymath" in sys.modules)
+"""
+
+
+def test_a_warm_process_loads_its_programs_without_the_compilers_registries(tmp_path):
+    """Programs loaded from the cache need none of the registries Numba's compiler loads
+    (SciPy's BLAS table among them, a third of a warm start); a program compiled afterwards in
+    the same process loads them then (netlang/runtime/linkage.py's `_LoadingCache`)."""
+    model, other = tmp_path / "warm.net", tmp_path / "other.net"
+    model.write_text(TINY_NET.replace("dense(17)", "dense(13)"))
+    other.write_text(TINY_NET.replace("dense(17)", "dense(11)"))
+    env = {**_env(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"),
+                                          os.environ.get("PYTHONPATH", "")])}
+
+    def step(*models) -> list:
+        done = subprocess.run([sys.executable, "-c", WARM_STEP, *map(str, models)], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    cold = step(model)
+    warm = step(model, other)
+    assert warm[0] == cold[0]   # the same loss, to the last digit
+    assert warm[1:] == ["False", "compiled", "True"], warm
+
+
 # -- the cache under a killed process and concurrent ones --------------------------------------
 
 def _kill_when(process: subprocess.Popen, ready, what: str) -> None:

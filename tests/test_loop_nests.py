@@ -23,12 +23,15 @@ LOOP_MODULES = [module.name for module in pkgutil.iter_modules(netlang.ops.__pat
 
 
 def _compiled_functions():
-    """{code object: compiled dispatcher} over the runtime modules that compile loop nests."""
+    """{code object: compiled dispatcher} over the runtime modules that compile loop nests
+    (a plain function that compiled code replaces, `stands_for`, with what replaces it)."""
     found = {}
     for module in (cnn, random_bits, rbm, recurrent):
         for value in vars(module).values():
             if hasattr(value, "py_func"):
                 found[value.py_func.__code__] = value
+            elif hasattr(value, "stands_for"):
+                found[value.stands_for.__code__] = value
     return found
 
 
@@ -46,8 +49,7 @@ def test_every_loop_nest_is_compiled():
 def test_kernel_cache_key_reads_every_loop_nest_source():
     """A change to a loop nest must change the key of every cached program calling it (their
     machine code holds the loop nest's)."""
-    sources = {Path(dispatcher.py_func.__code__.co_filename).name
-               for dispatcher in _compiled_functions().values()}
+    sources = {Path(code.co_filename).name for code in _compiled_functions()}
     digest_code = inspect.getsource(cpu._helpers_version)
     missing = [name for name in sorted(sources) if f'"{name}"' not in digest_code
                and f'/{name}"' not in digest_code]
@@ -106,6 +108,22 @@ def test_pooling_norm_and_bias_loops_compiled_as_written():
     cnn.column_sums(x, sums[0])
     dense_loops.column_sums(x, sums[1])
     np.testing.assert_allclose(sums[0], sums[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("rows, channels", [(7, 1), (130, 6), (3, 255), (9, 256), (5, 300),
+                                            (4, dense_loops.LANES), (3, dense_loops.LANES + 5),
+                                            (2, 2 * dense_loops.LANES + 1)])
+def test_column_sums_compiled_as_written_at_every_width(rows, channels):
+    """Runs of several rows (few channels), one row per run, and channels past the stack
+    lanes' count, summed in blocks: the compiled sums are the plain function's, bit for bit,
+    and the float64 totals of the rows."""
+    g = np.random.default_rng(channels).standard_normal((rows, channels)).astype(np.float32)
+    compiled, plain = np.empty(channels, np.float32), np.empty(channels, np.float32)
+    cnn.column_sums(g, compiled)
+    dense_loops.column_sums(g, plain)
+    np.testing.assert_array_equal(compiled, plain)
+    np.testing.assert_allclose(compiled, g.astype(np.float64).sum(axis=0), rtol=1e-6,
+                               atol=1e-6)
 
 
 def test_dropout_mask_compiled_as_written():

@@ -14,7 +14,7 @@ tiny helpers that other loop nests call are inlined into them.
 from __future__ import annotations
 
 from netlang.ops import conv_loops, dense_loops, norm_loops, pool_loops
-from netlang.runtime.jit import compiled_shared, compiled_window, inlined
+from netlang.runtime.jit import compiled_shared, compiled_window, inlined, stack_float64s
 
 # ---- convolutions ------------------------------------------------------------------------------
 
@@ -59,7 +59,9 @@ global_avgpool_backward = compiled_shared(pool_loops.global_avgpool_backward)
 
 # ---- biases ------------------------------------------------------------------------------------
 
-column_sums = compiled_shared(dense_loops.column_sums)
+_lanes_buffer = stack_float64s(dense_loops.LANES, stands_for=dense_loops.lanes_buffer)
+column_sums = compiled_shared(dense_loops.column_sums,
+                              lanes_buffer=_lanes_buffer)
 
 # ---- batch norm and LRN ------------------------------------------------------------------------
 

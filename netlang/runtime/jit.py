@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import types
 
+from llvmlite import ir
 from numba import njit
+from numba.core import cgutils
 from numba.core import types as numba_types
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array, populate_array
 
 from netlang.runtime.linkage import SymbolDispatcher, TARGET_OPTIONS, symbol_jit
 
@@ -143,3 +147,28 @@ def compiled_shared(function, *callees, **named):
     called by name from compiled callers (a `SymbolDispatcher`, netlang/runtime/linkage.py)
     instead of copied into each."""
     return symbol_jit(_rebound(function, callees, named))
+
+
+def stack_float64s(count: int, stands_for):
+    """A function of no arguments that compiled code calls for `count` float64 values in the
+    calling function's stack frame, as a 1-d array (contents undefined; never returned from
+    the function, whose frame holds it), in place of the plain function `stands_for` of a
+    loop nest's module, which allocates them with NumPy.  A loop nest's scratch lanes so cost
+    no allocation, and no typing: NumPy's `np.empty`, compiled, took 0.2 s of Numba's typing
+    in each process compiling it (netlang/ops/dense_loops.py's `lanes_buffer`)."""
+    array_type = numba_types.Array(numba_types.float64, 1, "C")
+
+    @intrinsic
+    def buffer(typingctx):
+        def codegen(context, builder, signature, arguments):
+            intp = context.get_value_type(numba_types.intp)
+            data = cgutils.alloca_once(builder, context.get_value_type(numba_types.float64),
+                                       size=count)
+            array = make_array(array_type)(context, builder)
+            populate_array(array, data=data, shape=[ir.Constant(intp, count)],
+                           strides=[ir.Constant(intp, 8)], itemsize=ir.Constant(intp, 8),
+                           meminfo=None)
+            return array._getvalue()
+        return array_type(), codegen
+    buffer.stands_for = stands_for
+    return buffer
