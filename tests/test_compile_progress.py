@@ -92,7 +92,10 @@ def test_the_programs_made_ready_are_the_ones_the_steps_call(tmp_path, monkeypat
     assert len(evaluations) == 1
     for program in [engine._training()[3]] + evaluations:
         assert len(program.function.overloads) == 1
-        assert sum(program.function.stats.cache_misses.values()) == 1
+        # Made ready once: compiled here, or loaded from what a helper process compiled
+        # (netlang/runtime/compilation.py), never both.
+        stats = program.function.stats
+        assert sum(stats.cache_misses.values()) + sum(stats.cache_hits.values()) == 1
     assert history.records[0]["compile_s"] > 0 and "compile_s" not in history.records[1]
     assert history.records[0]["time_s"] < history.records[0]["compile_s"]
     again = model.fit(data="blobs", limit=200, val_split=0.25)   # the same engine: all ready

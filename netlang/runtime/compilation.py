@@ -15,6 +15,9 @@ from __future__ import annotations
 import contextlib
 import time
 
+# The session of helpers that `compile_ahead` started, until `together` or `stop_ahead` ends it.
+_ahead = None
+
 
 class ProgramCompilation:
     """One program (`title`, as the run names it) made ready for calls with `arguments`:
@@ -43,7 +46,8 @@ class ProgramCompilation:
     def run(self) -> tuple[float, bool]:
         """Make the program ready: (seconds taken, whether it was compiled rather than loaded
         from the cache or already ready).  Numba's own count of cache misses says which, so a
-        cache entry that failed to load is counted as the compilation it turned into."""
+        cache entry that failed to load is counted as the compilation it turned into; a program
+        that a helper process compiled for this run and this process loaded counts as compiled."""
         # Numba's modules, imported here: importing this module never starts Numba.
         from netlang.runtime import parallel_compile
         misses = self._dispatcher.stats.cache_misses[self._signature]
@@ -55,21 +59,53 @@ class ProgramCompilation:
             if not parallel_compile.active() and self.needs_compiling else []
         with parallel_compile.session(programs, parallel_compile.compile_processes()
                                       if programs else 1):
-            self._dispatcher.compile(self._signature)
+            by_helper = parallel_compile.compile_program(self._dispatcher, self._signature)
         seconds = time.perf_counter() - start
-        return seconds, self._dispatcher.stats.cache_misses[self._signature] > misses
+        return seconds, by_helper or self._dispatcher.stats.cache_misses[self._signature] > misses
 
 
 @contextlib.contextmanager
 def together(compilations):
     """Inside, the `run`s of `compilations` that compile share one set of helper processes,
     which walk all their call trees in turn: while this process compiles the training step,
-    the helpers already compile the evaluation's callees."""
+    the helpers compile its callees, then the evaluation, whole, which this process then loads.
+    Helpers that `compile_ahead` started serve instead, and end with this."""
     programs = [(compilation._dispatcher, compilation._signature)
                 for compilation in compilations if compilation.needs_compiling]
-    if len(programs) < 2:   # nothing to share (and Numba's modules left unimported)
-        yield
-        return
+    try:
+        if len(programs) < 2:   # nothing to share
+            yield
+        else:
+            from netlang.runtime import parallel_compile
+            with parallel_compile.session(programs, parallel_compile.compile_processes()):
+                yield
+    finally:
+        stop_ahead()
+
+
+def compile_ahead(compilations) -> bool:
+    """Start compiling those of `compilations` that need it in helper processes, one per CPU
+    (`parallel_compile.compile_processes`), and return at once, so that they compile while
+    this process does other work before it needs them (a training run loads its data); the
+    next `together` waits for them and loads what they compiled, or `stop_ahead` ends them.
+    Whether helpers were started: none where everything is cached, or for one process.
+    A compilation whose program the run then does not call (its guess of the evaluated
+    nodes was wrong) costs the helpers' time only: the results never depend on it."""
+    global _ahead
     from netlang.runtime import parallel_compile
-    with parallel_compile.session(programs, parallel_compile.compile_processes()):
-        yield
+    programs = [(compilation._dispatcher, compilation._signature)
+                for compilation in compilations if compilation.needs_compiling]
+    stop_ahead()
+    _ahead = parallel_compile.begin(programs, parallel_compile.compile_processes()
+                                    if programs else 0, parent_first=False)
+    return _ahead is not None
+
+
+def stop_ahead() -> None:
+    """End the helpers `compile_ahead` started, if they still run (the run ended before it
+    needed its programs: its data failed to load)."""
+    global _ahead
+    ahead, _ahead = _ahead, None
+    if ahead is not None:
+        from netlang.runtime import parallel_compile
+        parallel_compile.end(ahead)

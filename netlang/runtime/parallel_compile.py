@@ -18,6 +18,10 @@ disk cache one by one, so they can just as well be compiled by other processes:
   its whole function and compiled whatever it claimed; the call graph has no cycles, so no two
   processes wait on each other.  A claimant that died without finishing (killed, or its
   compilation failed) leaves the callee to the waiter, which compiles it itself.
+- The programs themselves are claimed in the same way: the parent owns the first, and a
+  helper that reaches a later one (the evaluation, after walking the training step) before
+  the parent does compiles it whole, while the parent still compiles the first; the parent
+  then waits for it and loads it from the disk cache (`compile_program`).
 - Helpers end when their walk ends (`os._exit`: no atexit handlers, no buffered output), or
   with their parent (`PR_SET_PDEATHSIG`); the parent ends them when its `session` closes,
   once it has compiled the programs the helpers walked (a training step and an evaluation
@@ -98,42 +102,101 @@ def session(programs: list, processes: int):
     the call trees of `programs` ([(dispatcher, signature)], in the order this process will
     compile them) and compile what they claim (see the module's docstring).  Nothing is
     forked inside a session already open, or for fewer than two processes."""
-    global _session
     if _session is not None or processes < 2 or not programs:
         yield
         return
-    directory = tempfile.mkdtemp(prefix="netlang-claims-")
-    helpers, parent = [], os.getpid()
+    opened = begin(programs, processes - 1, parent_first=True)
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for _ in range(processes - 1):
-            try:
-                pid = os.fork()
-            except OSError:   # no more processes to be had: fewer helpers
-                break
-            if pid == 0:   # a helper: walk the call trees, compile what it claims, end
-                try:
-                    _end_with(parent)
-                    _session = _Session(directory)
-                    for dispatcher, signature in programs:
-                        with contextlib.suppress(Exception):   # the parent reports it
-                            typed_signature(dispatcher, signature)
-                finally:
-                    os._exit(0)
-            helpers.append(pid)
-        _session = _Session(directory)
-        try:
-            yield
-        finally:
-            _session = None
+        yield
     finally:
-        for pid in helpers:   # what they still compile, the programs no longer need
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                os.waitpid(pid, 0)
-        shutil.rmtree(directory, ignore_errors=True)
+        end(opened)
+
+
+def begin(programs: list, helpers: int, *, parent_first: bool):
+    """Open a session: fork `helpers` helpers that walk `programs` (see `session`), and return
+    at once; `end` closes it.  `parent_first`: this process compiles the first program itself
+    (it is about to); else it is left to the helpers, as all the programs are while this
+    process does other work (loads the data: netlang/runtime/compilation.py's
+    `compile_ahead`).  The session opened, for `end`; None for no helpers or programs, or
+    inside another session."""
+    global _session
+    if _session is not None or helpers < 1 or not programs:
+        return None
+    session = _Session(tempfile.mkdtemp(prefix="netlang-claims-"))
+    parent = os.getpid()
+    if parent_first:   # the first program is the parent's before any helper runs
+        first, first_signature = programs[0]
+        session.claim(first.symbol(first_signature))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for _ in range(helpers):
+        try:
+            pid = os.fork()
+        except OSError:   # no more processes to be had: fewer helpers
+            break
+        if pid == 0:   # a helper: walk the call trees, compile what it claims, end
+            try:
+                _end_with(parent)
+                session.helpers = []
+                _session = session
+                for dispatcher, signature in programs:
+                    with contextlib.suppress(Exception):   # the parent reports it
+                        _walk_program(session, dispatcher, signature)
+            finally:
+                os._exit(0)
+        session.helpers.append(pid)
+    _session = session
+    return session
+
+
+def end(session) -> None:
+    """Close `session` (`begin`'s), if it is open: its helpers are ended (what they still
+    compile, the programs no longer need) and its claims removed."""
+    global _session
+    if session is None or session is not _session:
+        return
+    _session = None
+    for pid in session.helpers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.waitpid(pid, 0)
+    shutil.rmtree(session.directory, ignore_errors=True)
+
+
+def _walk_program(session, dispatcher, signature) -> None:
+    """A helper's turn at one program: compiled whole when this helper claims it first, else
+    typed (compiling the callees it claims on the way)."""
+    symbol = dispatcher.symbol(signature)
+    if not session.claim(symbol):
+        typed_signature(dispatcher, signature)
+        return
+    try:
+        dispatcher.compile(signature)
+    finally:
+        session.done(symbol)
+
+
+def compile_program(dispatcher, signature) -> bool:
+    """Compile (or load) the program `dispatcher` for `signature` in this process; in a session,
+    unless a helper claimed it first, in which case wait for the helper to be done with it and
+    load it from the disk cache (compiled here after all, where the helper failed).  Whether
+    a helper compiled it."""
+    session = _session
+    if session is None:
+        dispatcher.compile(signature)
+        return False
+    symbol = dispatcher.symbol(signature)
+    owned = session.claim(symbol)
+    by_helper = not owned and session.claimant(symbol) != os.getpid()
+    if by_helper:
+        session.wait(symbol)
+    try:
+        dispatcher.compile(signature)
+    finally:
+        if owned:
+            session.done(symbol)
+    return by_helper
 
 
 def _end_with(parent: int) -> None:
@@ -215,6 +278,7 @@ class _Session:
 
     def __init__(self, directory: str):
         self.directory = directory
+        self.helpers: list[int] = []   # their pids, in the process that forked them
 
     def claim(self, symbol: str) -> bool:
         """Whether this process now owns compiling `symbol` (no other process claimed it)."""
@@ -231,17 +295,22 @@ class _Session:
         with open(os.path.join(self.directory, symbol + ".done"), "w"):
             pass
 
+    def claimant(self, symbol: str) -> int | None:
+        """The pid of the process that claimed `symbol`: 0 while it is still writing it, None
+        where there is no claim (or a session already over)."""
+        try:
+            with open(os.path.join(self.directory, symbol)) as handle:
+                return int(handle.read() or 0)
+        except (OSError, ValueError):
+            return None
+
     def wait(self, symbol: str) -> None:
         """Return once `symbol`'s claimant has finished with it, or is gone (or there is no
         claim: a session already over)."""
-        path = os.path.join(self.directory, symbol)
-        while not os.path.exists(path + ".done"):
-            try:
-                with open(path) as handle:
-                    claimant = int(handle.read() or 0)   # 0: its pid not written yet
-            except (OSError, ValueError):
-                return
-            if claimant == os.getpid() or (claimant and not _alive(claimant)):
+        done = os.path.join(self.directory, symbol + ".done")
+        while not os.path.exists(done):
+            claimant = self.claimant(symbol)
+            if claimant is None or claimant == os.getpid() or (claimant and not _alive(claimant)):
                 return
             time.sleep(_POLL)
 

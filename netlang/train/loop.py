@@ -19,9 +19,10 @@ from netlang.data.text import with_bits_per_character
 from netlang.errors import UsageError
 from netlang.ir.train_config import TrainConfig
 from netlang.runtime import make_engine
+from netlang.runtime.compilation import compile_ahead, stop_ahead
 from netlang.train.binding import Binding, as_arrays, bind
 from netlang.train.distributed import across_processes, check_batch_size
-from netlang.train.evaluation import evaluate, predict
+from netlang.train.evaluation import evaluate, evaluated_nodes, predict
 from netlang.train.overrides import apply_overrides
 from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
 from netlang.train.prepared_data import PreparedData, prepare_data, split_arrays
@@ -84,8 +85,39 @@ def holding_the_run_directory(run):
     return locked
 
 
+def ending_compilation_ahead(run):
+    """`run` (train), after which the helpers that compile its programs ahead
+    (`_compile_ahead`) are ended, whatever happened: an error loading the data, or
+    an interruption, leaves none behind in the calling process."""
+    @functools.wraps(run)
+    def ending(*args, **kwargs):
+        try:
+            return run(*args, **kwargs)
+        finally:
+            stop_ahead()
+    return ending
+
+
+def _compile_ahead(engine, binding: Binding, config: TrainConfig, one_process: bool, *,
+                   evaluating: bool) -> None:
+    """Start compiling, in helper processes, the programs a run of `engine` calls: its
+    training step and, when it will have a set to validate on (`evaluating`: a data set's
+    test split, a validation split or set), the evaluation of the predictions and losses; for
+    batches of the configured size (the same compiled code serves any size).  Only for a CPU
+    run of one process and one training step (no phases, no adversarial steps), whose
+    programs these are; a guess that proves wrong costs helper time only (the set holds no
+    labels: see runtime/compilation.py's `compile_ahead`)."""
+    if not one_process or engine.name != "cpu" or config.adversarial is not None:
+        return
+    evaluated = tuple(evaluated_nodes(binding, dict.fromkeys(binding.inputs))) \
+        if evaluating else ()
+    eval_batch = max(256, config.batch_size)   # Trainer's default evaluation batch
+    compile_ahead(engine.compilations(config.batch_size, evaluated, eval_batch))
+
+
 @across_processes
 @holding_the_run_directory
+@ending_compilation_ahead
 def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(), out=None,
           resume=None, force: bool = False, device: str | None = None,
           limit: int | None = None,
@@ -173,34 +205,11 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
                                  f"starting over")
             start_over(out)
 
-    # Data.
-    if x is not None:
-        if isinstance(x, str) or hasattr(x, "x_train"):
-            data, x = x, None
-    if x is not None:
-        train_arrays = as_arrays(binding, x, y, what="training data", dtype=dtype)
-        prepared = PreparedData(train_arrays, None, None, "arrays", binding.num_classes)
-        if validation_data is None and config.val_split:
-            prepared.train, prepared.val = split_arrays(train_arrays, config.val_split,
-                                                        config.seed)
-        spec = None
-    else:
-        spec = data if data is not None else config.data
-        if spec is None:
-            raise UsageError("no training data: pass `data=` (mnist, xor, blobs, spirals, "
-                             "first_element, FILE.npz, FILE.csv, text:FILE.txt or "
-                             "folder:PATH) or add "
-                             "`data ...` to the train section")
-        prepared = prepare_data(spec, binding, config, limit=limit, normalize=normalize,
-                                samples=samples, data_dir=data_dir,
-                                vocabulary=saved_vocabulary(resume) if resume else None)
-    if validation_data is not None:
-        if isinstance(validation_data, dict):
-            prepared.val = as_arrays(binding, validation_data, what="validation data",
-                                    dtype=dtype)
-        else:
-            vx, vy = validation_data
-            prepared.val = as_arrays(binding, vx, vy, what="validation data", dtype=dtype)
+    if x is None and data is None and config.data is None:
+        raise UsageError("no training data: pass `data=` (mnist, xor, blobs, spirals, "
+                         "first_element, FILE.npz, FILE.csv, text:FILE.txt or "
+                         "folder:PATH) or add "
+                         "`data ...` to the train section")
 
     # Engine.
     if checkpoint is not None:
@@ -220,6 +229,35 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     if shards.count > 1:
         check_supported(ranks, shards, engine, runs is not None, config.adversarial is not None)
         share_batch_statistics(engine)
+    # The programs compile in helper processes while the data loads: a cold cache's compile
+    # time spent beside it, not after it (the first step waits for what is left).
+    _compile_ahead(engine, binding, config, runs is None and shards.count == 1,
+                   evaluating=x is None or validation_data is not None or bool(config.val_split))
+
+    # Data.
+    if x is not None:
+        if isinstance(x, str) or hasattr(x, "x_train"):
+            data, x = x, None
+    if x is not None:
+        train_arrays = as_arrays(binding, x, y, what="training data", dtype=dtype)
+        prepared = PreparedData(train_arrays, None, None, "arrays", binding.num_classes)
+        if validation_data is None and config.val_split:
+            prepared.train, prepared.val = split_arrays(train_arrays, config.val_split,
+                                                        config.seed)
+        spec = None
+    else:
+        spec = data if data is not None else config.data
+        prepared = prepare_data(spec, binding, config, limit=limit, normalize=normalize,
+                                samples=samples, data_dir=data_dir,
+                                vocabulary=saved_vocabulary(resume) if resume else None)
+    if validation_data is not None:
+        if isinstance(validation_data, dict):
+            prepared.val = as_arrays(binding, validation_data, what="validation data",
+                                    dtype=dtype)
+        else:
+            vx, vy = validation_data
+            prepared.val = as_arrays(binding, vx, vy, what="validation data", dtype=dtype)
+
     run_info = {"model": os.path.abspath(model.path) if not model.path.startswith("<")
                 else model.path, "source_hash": model.source_hash,
                 "data": spec if isinstance(spec, str) else None, "limit": limit,
