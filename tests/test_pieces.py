@@ -42,6 +42,12 @@ def test_a_long_training_step_is_cut_and_a_short_one_is_not():
     source, cut = _step_source(long)
     calls = [line for line in source.splitlines() if line.startswith("    pieces")]
     assert len(cut) >= 4 and len(calls) >= len(cut)
+    # What is left calls the pieces, the optimiser update's last, from Python.
+    assert "@symbol_jit\ndef train_step(" not in source and "def train_step(" in source
+    program = long._training()[3].program
+    assert [name for name, _ in program.pieces] == [line.split("(")[0].strip()
+                                                    for line in calls]
+    assert "parts" in cut[-1] and "lr" in program.pieces[-1][1]
     assert all(len(piece.splitlines()) < 3 * pieces.PIECE_LINES for piece in cut)
     short = CpuEngine(netlang.compile(ROOT / "examples" / "mlp.net").graph)
     assert _step_source(short)[1] == []
@@ -71,7 +77,7 @@ def test_a_piece_whose_name_is_read_after_it_is_unsound():
     writer = SimpleNamespace(part_imports=[("m", "worker", "workers3")])
     made = [({"v1", "s2", "workers3"}, "    v1 = a0.reshape((4, 4))\n    workers3(v1)"),
             ({"v5"}, "    v5 = a1.reshape((2,))\n    workers3(v5)")]
-    assert pieces.sound(writer, made, "    parts9(a2, lr)")
-    assert not pieces.sound(writer, made, "    parts9(v1, lr)")
+    assert pieces.sound(writer, made + [(set(), "    parts9(a2, lr)")])   # the update's piece
+    assert not pieces.sound(writer, made + [(set(), "    parts9(v1, lr)")])
     made[1] = ({"v5"}, "    v5 = s2 + 1")
-    assert not pieces.sound(writer, made, "")
+    assert not pieces.sound(writer, made)

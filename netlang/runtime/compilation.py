@@ -43,6 +43,10 @@ class ProgramCompilation:
         from netlang.runtime.parallel_compile import in_disk_cache
         return not self.ready and not in_disk_cache(self._dispatcher, self._signature)
 
+    def programs(self) -> list:
+        """[(dispatcher, signature)] of what `run` will compile (none where it loads)."""
+        return [(self._dispatcher, self._signature)] if self.needs_compiling else []
+
     def run(self) -> tuple[float, bool]:
         """Make the program ready: (seconds taken, whether it was compiled rather than loaded
         from the cache or already ready).  Numba's own count of cache misses says which, so a
@@ -59,9 +63,48 @@ class ProgramCompilation:
             if not parallel_compile.active() and self.needs_compiling else []
         with parallel_compile.session(programs, parallel_compile.compile_processes()
                                       if programs else 1):
-            by_helper = parallel_compile.compile_program(self._dispatcher, self._signature)
+            [by_helper] = parallel_compile.compile_programs([(self._dispatcher, self._signature)])
         seconds = time.perf_counter() - start
         return seconds, by_helper or self._dispatcher.stats.cache_misses[self._signature] > misses
+
+
+class ProgramCompilations:
+    """A program that is a Python function calling compiled pieces (netlang/codegen/pieces.py),
+    made ready as one: each piece a `ProgramCompilation`, the processes compiling them at once."""
+
+    def __init__(self, title: str, pieces: list):
+        self.title = title
+        self.pieces = pieces
+
+    @property
+    def ready(self) -> bool:
+        """Whether every piece is compiled or loaded in this process."""
+        return all(piece.ready for piece in self.pieces)
+
+    @property
+    def needs_compiling(self) -> bool:
+        """Whether `run` will compile a piece."""
+        return any(piece.needs_compiling for piece in self.pieces)
+
+    def programs(self) -> list:
+        """[(dispatcher, signature)] of the pieces `run` will compile."""
+        return [program for piece in self.pieces for program in piece.programs()]
+
+    def run(self) -> tuple[float, bool]:
+        """Make every piece ready, in one session of compile processes: (seconds taken,
+        whether a piece was compiled rather than loaded)."""
+        from netlang.runtime import parallel_compile
+        start = time.perf_counter()
+        programs = self.programs() if not parallel_compile.active() else []
+        pieces = [(piece._dispatcher, piece._signature) for piece in self.pieces]
+        misses = [dispatcher.stats.cache_misses[signature] for dispatcher, signature in pieces]
+        with parallel_compile.session(programs, parallel_compile.compile_processes()
+                                      if programs else 1):
+            elsewhere = parallel_compile.compile_programs(pieces)
+        compiled = any(elsewhere) or any(
+            dispatcher.stats.cache_misses[signature] > before
+            for (dispatcher, signature), before in zip(pieces, misses))
+        return time.perf_counter() - start, compiled
 
 
 @contextlib.contextmanager
@@ -70,8 +113,7 @@ def together(compilations):
     which walk all their call trees in turn: while this process compiles the training step,
     the helpers compile its callees, then the evaluation, whole, which this process then loads.
     Helpers that `compile_ahead` started serve instead, and end with this."""
-    programs = [(compilation._dispatcher, compilation._signature)
-                for compilation in compilations if compilation.needs_compiling]
+    programs = [program for compilation in compilations for program in compilation.programs()]
     try:
         if len(programs) < 2:   # nothing to share
             yield
@@ -93,8 +135,7 @@ def compile_ahead(compilations) -> bool:
     nodes was wrong) costs the helpers' time only: the results never depend on it."""
     global _ahead
     from netlang.runtime import parallel_compile
-    programs = [(compilation._dispatcher, compilation._signature)
-                for compilation in compilations if compilation.needs_compiling]
+    programs = [program for compilation in compilations for program in compilation.programs()]
     stop_ahead()
     _ahead = parallel_compile.begin(programs, parallel_compile.compile_processes()
                                     if programs else 0, parent_first=False)

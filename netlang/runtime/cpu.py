@@ -39,7 +39,7 @@ from netlang.pipeline import (
     training_program,
 )
 from netlang.runtime.base import EngineBase
-from netlang.runtime.compilation import ProgramCompilation
+from netlang.runtime.compilation import ProgramCompilation, ProgramCompilations
 from netlang.version import __version__
 
 _load_lock = threading.Lock()
@@ -333,7 +333,20 @@ class CompiledProgram:
         """Compile (or load) the function for `arguments`' types before its first call, as a
         `ProgramCompilation` does: compiled afresh, in several processes (see netlang/runtime/
         parallel_compile.py), not by Numba's compile-on-call in this one."""
-        ProgramCompilation("", self.function, arguments).run()
+        self._compilation("", arguments).run()
+
+    def _compilation(self, title: str, arguments):
+        """The compilation of the function for calls with `arguments`: of each of its pieces,
+        for the arguments the program passes it, where it is a Python function that calls
+        them (netlang/codegen/pieces.py)."""
+        if not self.program.pieces:
+            return ProgramCompilation(title, self.function, arguments)
+        position = {f"a{i}": i for i in range(len(self.program.args))}
+        position.update(lr=len(self.program.args), t=len(self.program.args) + 1)
+        return ProgramCompilations(title, [
+            ProgramCompilation(title, self.function.__globals__[name],
+                               [arguments[position[parameter]] for parameter in parameters])
+            for name, parameters in self.program.pieces])
 
     def compilation(self, engine, batch: int, title: str) -> ProgramCompilation | None:
         """This program made ready, before its first call, for calls on batches of `batch`
@@ -350,7 +363,7 @@ class CompiledProgram:
         # where it is, so a seeded run draws the same masks as it did without this.
         unused_key = draw_dropout_key(np.random.default_rng(0))
         arguments = self.arguments(engine, feeds, batch, 0.0, 0, lambda node: unused_key)
-        return ProgramCompilation(title, self.function, arguments)
+        return self._compilation(title, arguments)
 
 
 class CpuEngine(EngineBase):

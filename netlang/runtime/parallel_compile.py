@@ -21,7 +21,7 @@ disk cache one by one, so they can just as well be compiled by other processes:
 - The programs themselves are claimed in the same way: the parent owns the first, and a
   helper that reaches a later one (the evaluation, after walking the training step) before
   the parent does compiles it whole, while the parent still compiles the first; the parent
-  then waits for it and loads it from the disk cache (`compile_program`).
+  then waits for it and loads it from the disk cache (`compile_programs`).
 - Helpers end when their walk ends (`os._exit`: no atexit handlers, no buffered output), or
   with their parent (`PR_SET_PDEATHSIG`); the parent ends them when its `session` closes,
   once it has compiled the programs the helpers walked (a training step and an evaluation
@@ -164,39 +164,48 @@ def end(session) -> None:
     shutil.rmtree(session.directory, ignore_errors=True)
 
 
-def _walk_program(session, dispatcher, signature) -> None:
-    """A helper's turn at one program: compiled whole when this helper claims it first, else
-    typed (compiling the callees it claims on the way)."""
+def _walk_program(session, dispatcher, signature) -> bool:
+    """One process's turn at one program: compiled whole when the program is this process's
+    (it claims it first, or claimed it before), else typed, compiling the callees this process
+    claims on the way.  Whether it compiled the program."""
     symbol = dispatcher.symbol(signature)
-    if not session.claim(symbol):
-        typed_signature(dispatcher, signature)
-        return
-    try:
+    if session.claim(symbol):
+        try:
+            dispatcher.compile(signature)
+        finally:
+            session.done(symbol)
+        return True
+    if session.claimant(symbol) == os.getpid():   # the program the parent owns from the start
         dispatcher.compile(signature)
-    finally:
-        session.done(symbol)
+        return True
+    typed_signature(dispatcher, signature)
+    return False
 
 
-def compile_program(dispatcher, signature) -> bool:
-    """Compile (or load) the program `dispatcher` for `signature` in this process; in a session,
-    unless a helper claimed it first, in which case wait for the helper to be done with it and
-    load it from the disk cache (compiled here after all, where the helper failed).  Whether
-    a helper compiled it."""
+def compile_programs(programs: list) -> list:
+    """Compile (or load) the programs `programs` ([(dispatcher, signature)]) in this process.
+    In a session, this process walks them as a helper does (`_walk_program`: it compiles those
+    no other process claimed, and types the others, compiling callees), and only then waits
+    for each program another process claimed and loads it from the disk cache (compiled here
+    after all, where that process failed): a program cut into pieces is compiled by all the
+    processes at once, none of them waiting while a piece is left unclaimed.  For each
+    program, whether another process compiled it."""
     session = _session
     if session is None:
-        dispatcher.compile(signature)
-        return False
-    symbol = dispatcher.symbol(signature)
-    owned = session.claim(symbol)
-    by_helper = not owned and session.claimant(symbol) != os.getpid()
-    if by_helper:
-        session.wait(symbol)
-    try:
-        dispatcher.compile(signature)
-    finally:
-        if owned:
-            session.done(symbol)
-    return by_helper
+        for dispatcher, signature in programs:
+            dispatcher.compile(signature)
+        return [False] * len(programs)
+    elsewhere = []
+    for dispatcher, signature in programs:
+        try:
+            elsewhere.append(not _walk_program(session, dispatcher, signature))
+        except Exception:   # typing alone failed: compiled (and reported) below
+            elsewhere.append(True)
+    for (dispatcher, signature), waited in zip(programs, elsewhere):
+        if waited:
+            session.wait(dispatcher.symbol(signature))
+            dispatcher.compile(signature)
+    return elsewhere
 
 
 def _end_with(parent: int) -> None:
