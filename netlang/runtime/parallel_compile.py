@@ -164,10 +164,16 @@ def end(session) -> None:
     shutil.rmtree(session.directory, ignore_errors=True)
 
 
-def _walk_program(session, dispatcher, signature) -> bool:
-    """One process's turn at one program: compiled whole when the program is this process's
-    (it claims it first, or claimed it before), else typed, compiling the callees this process
-    claims on the way.  Whether it compiled the program."""
+def _walk_program(session, dispatcher, signature) -> None:
+    """A helper's turn at one program: compiled whole when it is this helper's, else typed,
+    compiling the callees this helper claims on the way."""
+    if not _compiled_if_own(session, dispatcher, signature):
+        typed_signature(dispatcher, signature)
+
+
+def _compiled_if_own(session, dispatcher, signature) -> bool:
+    """Compile the program when it is this process's: it claims it first, or claimed it
+    before (the parent's first program); whether it did."""
     symbol = dispatcher.symbol(signature)
     if session.claim(symbol):
         try:
@@ -175,32 +181,26 @@ def _walk_program(session, dispatcher, signature) -> bool:
         finally:
             session.done(symbol)
         return True
-    if session.claimant(symbol) == os.getpid():   # the program the parent owns from the start
+    if session.claimant(symbol) == os.getpid():
         dispatcher.compile(signature)
         return True
-    typed_signature(dispatcher, signature)
     return False
 
 
 def compile_programs(programs: list) -> list:
     """Compile (or load) the programs `programs` ([(dispatcher, signature)]) in this process.
-    In a session, this process walks them as a helper does (`_walk_program`: it compiles those
-    no other process claimed, and types the others, compiling callees), and only then waits
-    for each program another process claimed and loads it from the disk cache (compiled here
-    after all, where that process failed): a program cut into pieces is compiled by all the
-    processes at once, none of them waiting while a piece is left unclaimed.  For each
-    program, whether another process compiled it."""
+    In a session, it first compiles those that are its own or that no process claimed yet, and
+    only then waits for each program another process claimed and loads it from the disk cache
+    (compiled here after all, where that process failed): no process waits while a program (a
+    piece of a cut program) is left unclaimed.  For each program, whether another process
+    compiled it."""
     session = _session
     if session is None:
         for dispatcher, signature in programs:
             dispatcher.compile(signature)
         return [False] * len(programs)
-    elsewhere = []
-    for dispatcher, signature in programs:
-        try:
-            elsewhere.append(not _walk_program(session, dispatcher, signature))
-        except Exception:   # typing alone failed: compiled (and reported) below
-            elsewhere.append(True)
+    elsewhere = [not _compiled_if_own(session, dispatcher, signature)
+                 for dispatcher, signature in programs]
     for (dispatcher, signature), waited in zip(programs, elsewhere):
         if waited:
             session.wait(dispatcher.symbol(signature))
