@@ -8,8 +8,10 @@ since every loop in a step costs compile time (see netlang/ops/conv_loops.py).
 import numpy as np
 
 # The float64 lanes a bias's gradient sums into, at most: compiled, they are a buffer on the
-# stack (see `lanes_buffer`), and a bias of more channels is summed in blocks of this many.
-LANES = 1024
+# stack (64 KiB, see `lanes_buffer`).  A bias of more channels (a language model's output
+# over a large vocabulary) is summed this many channels at a time, one pass over the
+# gradient per block: a wide bias read in one pass needs a lane per channel.
+LANES = 8192
 
 
 def lanes_buffer():
@@ -24,29 +26,39 @@ def column_sums(g, out):
     """out (C,) ← g summed over every axis but the last (a bias's gradient).  Runs of rows are
     added at once into float64 lanes, so the inner loop is long and contiguous even when C is
     small (a six-channel convolution's 100,000 rows), and the total keeps float64 precision.
-    A bias of more than LANES channels is summed LANES channels at a time, each in one row
-    per run, in the order a narrower one's would be."""
+    A bias of more than LANES channels is summed LANES channels at a time, one row per run,
+    as a narrower one of more than 256 channels is."""
     C = out.size
     flat = g.reshape(g.size)
     rows = g.size // C
     lanes = lanes_buffer()
-    for c0 in range(0, C, LANES):   # one block of channels at a time (one, unless C > LANES)
-        block = C - c0 if C - c0 < LANES else LANES
-        # Rows per run: several only for a single block, whose rows lie one after the other.
-        per = 256 // C if C < 256 else 1
-        width = per * block
+    if C > LANES:   # LANES channels at a time, one row per run
+        for c0 in range(0, C, LANES):
+            block = C - c0 if C - c0 < LANES else LANES
+            for j in range(block):
+                lanes[j] = 0.0
+            for r in range(rows):
+                base = r * C + c0
+                for j in range(block):
+                    lanes[j] += flat[base + j]
+            for j in range(block):
+                total = 0.0
+                total += lanes[j]
+                out[c0 + j] = total
+        return
+    per = 256 // C if C < 256 else 1   # rows per run
+    width = per * C
+    for j in range(width):
+        lanes[j] = 0.0
+    runs = rows // per
+    for run in range(runs):
+        base = run * width
         for j in range(width):
-            lanes[j] = 0.0
-        runs = rows // per
-        for run in range(runs):
-            base = run * per * C + c0
-            for j in range(width):
-                lanes[j] += flat[base + j]
-        tail = runs * per * C
-        for j in range(tail, rows * C):  # the rows after the last whole run (per > 1 only)
-            lanes[j - tail] += flat[j]
-        for j in range(block):
-            total = 0.0
-            for k in range(per):
-                total += lanes[k * block + j]
-            out[c0 + j] = total
+            lanes[j] += flat[base + j]
+    for j in range(runs * width, rows * C):  # the rows after the last whole run
+        lanes[j - runs * width] += flat[j]
+    for c in range(C):
+        total = 0.0
+        for k in range(per):
+            total += lanes[k * C + c]
+        out[c] = total

@@ -164,6 +164,7 @@ def stack_float64s(count: int, stands_for):
             intp = context.get_value_type(numba_types.intp)
             data = cgutils.alloca_once(builder, context.get_value_type(numba_types.float64),
                                        size=count)
+            data.align = 64   # a cache line, as NumPy's buffers: vector loads never split
             array = make_array(array_type)(context, builder)
             populate_array(array, data=data, shape=[ir.Constant(intp, count)],
                            strides=[ir.Constant(intp, 8)], itemsize=ir.Constant(intp, 8),
