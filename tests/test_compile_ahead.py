@@ -6,6 +6,7 @@ tests/test_parallel_compile.py's comparison, whose two-process runs take this wa
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -63,24 +64,30 @@ def _no_child_left() -> bool:
     return False
 
 
-def test_a_training_run_compiles_its_programs_while_its_data_loads(model, monkeypatch):
+def test_a_training_run_compiles_its_programs_while_its_data_loads(model, monkeypatch, tmp_path):
     handed = _watch_compilations(monkeypatch)
     load = loop.prepare_data
     cached_while_loading = []
+
+    def cached() -> bool:
+        return all(parallel_compile.in_disk_cache(c._dispatcher, c._signature) for c in handed)
 
     def slow_loading(*args, **kwargs):
         # Data that takes a while to load: by its end the helpers have compiled both programs
         # into the disk cache, with this process compiling nothing.
         deadline = time.monotonic() + 300
-        while any(c.needs_compiling for c in handed) and time.monotonic() < deadline:
+        while not cached() and time.monotonic() < deadline:
             time.sleep(0.05)
-        cached_while_loading.append(not any(c.needs_compiling for c in handed))
+        cached_while_loading.append(cached())
         return load(*args, **kwargs)
     monkeypatch.setattr(loop, "prepare_data", slow_loading)
 
-    history, engine, _ = loop.train(model, data="blobs", limit=64)
+    history, engine, _ = loop.train(model, data="blobs", limit=64, out=tmp_path / "run")
     assert [c.title for c in handed] == ["training step", "evaluation"]
     assert cached_while_loading == [True]
+    # Compiled for this run, though not in its way: run.json says so.
+    compiled = json.loads((tmp_path / "run" / "run.json").read_text())["compile"]
+    assert set(compiled["programs"]) == {"training step", "evaluation"}
     for compilation in handed:   # loaded here, never compiled here
         assert compilation.ready
         assert compilation._dispatcher.stats.cache_misses[compilation._signature] == 0

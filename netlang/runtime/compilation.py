@@ -38,10 +38,12 @@ class ProgramCompilation:
     @property
     def needs_compiling(self) -> bool:
         """Whether `run` will compile the program: it is not ready, and Numba's disk cache
-        has no entry for these types (`parallel_compile.in_disk_cache`)."""
+        has no entry for these types (`parallel_compile.in_disk_cache`), or a helper process
+        compiles it for this run (and may have put it there already)."""
         # Numba's modules, imported here: importing this module never starts Numba.
-        from netlang.runtime.parallel_compile import in_disk_cache
-        return not self.ready and not in_disk_cache(self._dispatcher, self._signature)
+        from netlang.runtime.parallel_compile import claimed_elsewhere, in_disk_cache
+        return not self.ready and (claimed_elsewhere(self._dispatcher, self._signature)
+                                   or not in_disk_cache(self._dispatcher, self._signature))
 
     def programs(self) -> list:
         """[(dispatcher, signature)] of what `run` will compile (none where it loads)."""
@@ -51,21 +53,8 @@ class ProgramCompilation:
         """Make the program ready: (seconds taken, whether it was compiled rather than loaded
         from the cache or already ready).  Numba's own count of cache misses says which, so a
         cache entry that failed to load is counted as the compilation it turned into; a program
-        that a helper process compiled for this run and this process loaded counts as compiled."""
-        # Numba's modules, imported here: importing this module never starts Numba.
-        from netlang.runtime import parallel_compile
-        misses = self._dispatcher.stats.cache_misses[self._signature]
-        start = time.perf_counter()
-        # Compiled afresh: in several processes where the machine has the cores (netlang/
-        # runtime/parallel_compile.py), in the session `together` opened if there is one;
-        # loaded from the cache: here.
-        programs = [(self._dispatcher, self._signature)] \
-            if not parallel_compile.active() and self.needs_compiling else []
-        with parallel_compile.session(programs, parallel_compile.compile_processes()
-                                      if programs else 1):
-            [by_helper] = parallel_compile.compile_programs([(self._dispatcher, self._signature)])
-        seconds = time.perf_counter() - start
-        return seconds, by_helper or self._dispatcher.stats.cache_misses[self._signature] > misses
+        that a helper process compiled for this run counts as compiled."""
+        return ProgramCompilations(self.title, [self]).run()
 
 
 class ProgramCompilations:
@@ -92,9 +81,13 @@ class ProgramCompilations:
 
     def run(self) -> tuple[float, bool]:
         """Make every piece ready, in one session of compile processes: (seconds taken,
-        whether a piece was compiled rather than loaded)."""
+        whether a piece was compiled rather than loaded, as `ProgramCompilation.run` says)."""
+        # Numba's modules, imported here: importing this module never starts Numba.
         from netlang.runtime import parallel_compile
         start = time.perf_counter()
+        # Compiled afresh: in several processes where the machine has the cores (netlang/
+        # runtime/parallel_compile.py), in the session `together` opened if there is one;
+        # loaded from the cache: here.
         programs = self.programs() if not parallel_compile.active() else []
         pieces = [(piece._dispatcher, piece._signature) for piece in self.pieces]
         misses = [dispatcher.stats.cache_misses[signature] for dispatcher, signature in pieces]

@@ -193,7 +193,7 @@ def compile_programs(programs: list) -> list:
     only then waits for each program another process claimed and loads it from the disk cache
     (compiled here after all, where that process failed): no process waits while a program (a
     piece of a cut program) is left unclaimed.  For each program, whether another process
-    compiled it."""
+    compiled it for this session."""
     session = _session
     if session is None:
         for dispatcher, signature in programs:
@@ -201,11 +201,21 @@ def compile_programs(programs: list) -> list:
         return [False] * len(programs)
     elsewhere = [not _compiled_if_own(session, dispatcher, signature)
                  for dispatcher, signature in programs]
-    for (dispatcher, signature), waited in zip(programs, elsewhere):
-        if waited:
+    for (dispatcher, signature), claimed in zip(programs, elsewhere):
+        if claimed:
             session.wait(dispatcher.symbol(signature))
             dispatcher.compile(signature)
     return elsewhere
+
+
+def claimed_elsewhere(dispatcher, signature) -> bool:
+    """Whether another process of the open session claimed the program: it compiles it, or
+    compiled it already, for this session (the helpers `compile_ahead` started, say)."""
+    session = _session
+    if session is None:
+        return False
+    claimant = session.claimant(dispatcher.symbol(signature))
+    return claimant is not None and claimant != os.getpid()
 
 
 def _end_with(parent: int) -> None:
@@ -304,6 +314,10 @@ class _Session:
         with open(os.path.join(self.directory, symbol + ".done"), "w"):
             pass
 
+    def finished(self, symbol: str) -> bool:
+        """Whether `symbol`'s claimant has finished with it."""
+        return os.path.exists(os.path.join(self.directory, symbol + ".done"))
+
     def claimant(self, symbol: str) -> int | None:
         """The pid of the process that claimed `symbol`: 0 while it is still writing it, None
         where there is no claim (or a session already over)."""
@@ -316,8 +330,7 @@ class _Session:
     def wait(self, symbol: str) -> None:
         """Return once `symbol`'s claimant has finished with it, or is gone (or there is no
         claim: a session already over)."""
-        done = os.path.join(self.directory, symbol + ".done")
-        while not os.path.exists(done):
+        while not self.finished(symbol):
             claimant = self.claimant(symbol)
             if claimant is None or claimant == os.getpid() or (claimant and not _alive(claimant)):
                 return

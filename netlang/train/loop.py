@@ -205,6 +205,8 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
                                  f"starting over")
             start_over(out)
 
+    if x is not None and (isinstance(x, str) or hasattr(x, "x_train")):
+        data, x = x, None   # a data set's name or a Dataset passed as `x`
     if x is None and data is None and config.data is None:
         raise UsageError("no training data: pass `data=` (mnist, xor, blobs, spirals, "
                          "first_element, FILE.npz, FILE.csv, text:FILE.txt or "
@@ -235,9 +237,6 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
                    evaluating=x is None or validation_data is not None or bool(config.val_split))
 
     # Data.
-    if x is not None:
-        if isinstance(x, str) or hasattr(x, "x_train"):
-            data, x = x, None
     if x is not None:
         train_arrays = as_arrays(binding, x, y, what="training data", dtype=dtype)
         prepared = PreparedData(train_arrays, None, None, "arrays", binding.num_classes)
