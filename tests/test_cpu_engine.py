@@ -364,10 +364,13 @@ def test_conv_autoencoder_with_transposed_convolutions_matches_reference():
     model, reference, compiled = _train_both(CONV_AUTOENCODER, rtol=1e-4, atol=1e-5)
     _same_forward(model, reference, compiled, random_batch(model.graph, 3, 9))
     # Adam's update of each of the ten weights and biases is one function, called ten times
-    # (codegen's serial_function): compiled once, not ten loops in the step.
+    # (codegen's serial_function): compiled once, not ten loops in the step (or in the
+    # step's update piece, where the step is cut into pieces: codegen/pieces.py).
     program = compiled._programs["train"][3].program
     updates = [source for _, source in program.parts if "def part(" in source]
-    calls = [line for line in program.source.splitlines() if line.startswith("    parts")]
+    callers = [program.source] + [source for _, source in program.parts if "def piece(" in source]
+    calls = [line for source in callers for line in source.splitlines()
+             if line.startswith("    parts")]
     assert (len(updates), len(calls)) == (1, 10)
 
 
