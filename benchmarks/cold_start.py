@@ -52,6 +52,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -219,12 +220,14 @@ def torch_round(name: str, model_path: str, batch: int, timeout: float) -> dict 
 def best(rounds: list) -> dict:
     """Each time's smallest value over the rounds (load from elsewhere only adds time), and
     the most any warm run still compiled; compile overhead recomputed from the chosen cold and
-    warm times."""
+    warm times, and kept round by round too (`compile_rounds_s`: each round's cold less its
+    own warm, which meet the same minute of a machine whose speed wanders)."""
     merged = {key: (max if key == "warm_compiled_s" else min)(r[key] for r in rounds)
               for key in rounds[0] if key != "batch"}
     merged["batch"] = rounds[0]["batch"]
     merged["compile_s"] = merged["cold_s"] - merged["warm_s"]
     merged["compile_cpu_s"] = merged["cold_cpu_s"] - merged["warm_cpu_s"]
+    merged["compile_rounds_s"] = [r["cold_s"] - r["warm_s"] for r in rounds]
     return merged
 
 
@@ -288,6 +291,12 @@ def main(argv=None) -> int:
               f"{r['compile_s']:7.2f} ({r['compile_cpu_s']:6.1f})  "
               f"{r.get('cold_to_step_s', float('nan')):16.2f}  "
               f"{r.get('warm_to_step_s', float('nan')):6.2f}  {torch_text}")
+    if args.rounds > 1:
+        print("compile overhead round by round (each cold less its own warm):")
+        for name, r in rows.items():
+            each = r["compile_rounds_s"]
+            print(f"  {name:<10}{'  '.join(f'{value:.2f}' for value in each)}   "
+                  f"median {statistics.median(each):.2f}")
     return 0
 
 
