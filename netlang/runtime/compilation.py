@@ -118,21 +118,20 @@ def together(compilations):
         stop_ahead()
 
 
-def compile_ahead(compilations) -> bool:
+def compile_ahead(compilations) -> None:
     """Start compiling those of `compilations` that need it in helper processes, one per CPU
     (`parallel_compile.compile_processes`), and return at once, so that they compile while
     this process does other work before it needs them (a training run loads its data); the
     next `together` waits for them and loads what they compiled, or `stop_ahead` ends them.
-    Whether helpers were started: none where everything is cached, or for one process.
-    A compilation whose program the run then does not call (its guess of the evaluated
-    nodes was wrong) costs the helpers' time only: the results never depend on it."""
+    None are started where everything is cached, or for one process.  A compilation whose
+    program the run then does not call (its guess of the evaluated nodes was wrong) costs the
+    helpers' time only: the results never depend on it."""
     global _ahead
     from netlang.runtime import parallel_compile
     programs = [program for compilation in compilations for program in compilation.programs()]
     stop_ahead()
     _ahead = parallel_compile.begin(programs, parallel_compile.compile_processes()
                                     if programs else 0, parent_first=False)
-    return _ahead is not None
 
 
 def stop_ahead() -> None:

@@ -101,10 +101,7 @@ def session(programs: list, processes: int):
     """While inside, this process compiles with `processes - 1` helpers beside it, which walk
     the call trees of `programs` ([(dispatcher, signature)], in the order this process will
     compile them) and compile what they claim (see the module's docstring).  Nothing is
-    forked inside a session already open, or for fewer than two processes."""
-    if _session is not None or processes < 2 or not programs:
-        yield
-        return
+    forked inside a session already open, or for fewer than two processes (`begin`)."""
     opened = begin(programs, processes - 1, parent_first=True)
     try:
         yield
