@@ -37,6 +37,18 @@ train {
 }
 """
 
+# With a convolution, whose worker functions the step calls with BLAS held to one thread.
+TINY_CONV_NET = """
+input x: [6, 6, 1]
+input label: int32[]
+output logits = x -> conv2d(3, 3) -> relu -> flatten -> dense(2)
+train {
+  loss cross_entropy(logits, label)
+  batch_size 16
+  epochs 1
+}
+"""
+
 PROGRAMS = {"training step", "evaluation", "inference"}
 
 
@@ -149,9 +161,12 @@ def test_warmup_refuses_an_engine_that_compiles_nothing(capsys):
 # -- a warm process ------------------------------------------------------------------------
 
 WARM_STEP = """
-import sys, numpy as np, netlang
+import os, sys, numpy as np, netlang
 from conftest import random_batch
+from netlang.codegen import cpu, pieces
 from netlang.runtime.cpu import CpuEngine
+if os.environ.get("CUT_AT"):   # programs cut into pieces: Python functions calling them
+    pieces.PIECE_LINES = cpu.PIECE_LINES = int(os.environ["CUT_AT"])
 first = netlang.compile(sys.argv[1])
 loss, _ = CpuEngine(first.graph).train_step(random_batch(first.graph, 16, 0), 0.01)
 print(repr(float(loss)), "numba.np.arraymath" in sys.modules)
@@ -162,14 +177,19 @@ if len(sys.argv) > 2:   # then a model that must be compiled, in the same proces
 """
 
 
-def test_a_warm_process_loads_its_programs_without_the_compilers_registries(tmp_path):
+@pytest.mark.parametrize("cut_at", [None, 12], ids=["whole", "in pieces"])
+def test_a_warm_process_loads_its_programs_without_the_compilers_registries(tmp_path, cut_at):
     """Programs loaded from the cache need none of the registries Numba's compiler loads
     (SciPy's BLAS table among them, a third of a warm start); a program compiled afterwards in
-    the same process loads them then (netlang/runtime/linkage.py's `_LoadingCache`)."""
+    the same process loads them then (netlang/runtime/linkage.py's `_LoadingCache`).  A
+    program cut into pieces calls them, and the BLAS thread count's setter, from Python."""
     model, other = tmp_path / "warm.net", tmp_path / "other.net"
-    model.write_text(TINY_NET.replace("dense(17)", "dense(13)"))
+    net = TINY_CONV_NET if cut_at else TINY_NET.replace("dense(17)", "dense(13)")
+    model.write_text(net)
     other.write_text(TINY_NET.replace("dense(17)", "dense(11)"))
-    env = {**_env(tmp_path / "cache"),
+    # Two worker threads: a step with worker functions sets BLAS's thread count.
+    cut = {"CUT_AT": str(cut_at), "NUMBA_NUM_THREADS": "2"} if cut_at else {}
+    env = {**_env(tmp_path / "cache"), **cut,
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"),
                                           os.environ.get("PYTHONPATH", "")])}
 

@@ -33,6 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from netlang.runtime.jit import generic
+from netlang.runtime.linkage import symbol_jit
 
 
 def _numpy_openblas():
@@ -173,14 +174,17 @@ def _set_threads(typingctx, count):
     return signature, codegen
 
 
-@njit(cache=True, nogil=True)
+# A `symbol_jit` function (not plain `njit`): a program cut into pieces is a Python function
+# that calls it from Python, and Numba's own disk cache loads its code only after importing
+# every registry of the compiler, 0.3 s of a warm process's first step.
+@symbol_jit
 def _swap_threads(count):
     previous = _get_threads()
     _set_threads(np.int32(count))
     return previous
 
 
-@njit(cache=True, nogil=True)
+@symbol_jit
 def _no_thread_control(count):
     return 0
 
