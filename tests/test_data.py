@@ -497,6 +497,13 @@ def test_real_mnist_through_netlang_data(monkeypatch, mnist_dir):
     assert ds.x_train.dtype == np.float32 and ds.x_train.min() == 0 and ds.x_train.max() == 1
     assert ds.y_train.dtype == np.int64 and ds.num_classes == 10
     assert fit_to_shape(ds.x_test, (784,)).shape == (10000, 784)
+    # A short run's first examples, cut before the images are scaled: the same values.
+    first = load_dataset("mnist", limit=300)
+    assert first.x_train.shape == (300, 28, 28, 1) and first.x_test.shape == (300, 28, 28, 1)
+    for whole, cut in ((ds.x_train, first.x_train), (ds.y_train, first.y_train),
+                       (ds.x_test, first.x_test), (ds.y_test, first.y_test)):
+        assert cut.dtype == whole.dtype and np.array_equal(cut, whole[:300])
+    assert first.value_range == ds.value_range and first.num_classes == 10
 
 
 # ---------------------------------------------------------------- helpers

@@ -54,7 +54,8 @@ def load_dataset(spec: str, *, seed: int = 0, samples: int | None = None,
                  label_shape: tuple = (), ids: bool = False,
                  data_dir: str | Path | None = None,
                  allow_download: bool = True, input_shape=None,
-                 image_size: str = "check") -> Dataset | NamedDataset | TextCorpus:
+                 image_size: str = "check",
+                 limit: int | None = None) -> Dataset | NamedDataset | TextCorpus:
     """Load the set named by `spec`, ready to train on (`text:PATH`: a `TextCorpus`, ready to
     be cut into a model's windows).
 
@@ -68,7 +69,9 @@ def load_dataset(spec: str, *, seed: int = 0, samples: int | None = None,
     an .npz's inputs as int64 ids (token sequences), neither scaled nor made float;
     `data_dir`/`allow_download` locate MNIST; `input_shape` (the model input's shape) and
     `image_size` ("check" or "resize") say how a `folder:PATH` set's images are read (see
-    `load_image_folder`). The built-in sets always have labels.
+    `load_image_folder`); `limit` keeps MNIST's first `limit` examples of each split, taken
+    before its images are scaled: a short run (`netlang train --limit`) then does not convert
+    all 70,000 of them (half a second).  The built-in sets always have labels.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"empty data set name (expected one of {', '.join(BUILTIN_SETS)}, "
@@ -81,7 +84,7 @@ def load_dataset(spec: str, *, seed: int = 0, samples: int | None = None,
     if is_folder_spec(spec):
         ds = load_image_folder(spec, input_shape=input_shape, image_size=image_size)
     elif name == "mnist":
-        ds = _mnist(data_dir, allow_download)
+        ds = _mnist(data_dir, allow_download, limit)
     elif name in SYNTHETIC_SAMPLES:
         ds = _synthetic(name, samples, seed, test_fraction)
     elif name.endswith(".npz"):
@@ -113,10 +116,11 @@ def load_dataset(spec: str, *, seed: int = 0, samples: int | None = None,
     return ds
 
 
-def _mnist(data_dir: str | Path | None, allow_download: bool) -> Dataset:
+def _mnist(data_dir: str | Path | None, allow_download: bool, limit: int | None) -> Dataset:
     m = load_mnist(data_dir, allow_download=allow_download)
-    ds = Dataset(m.x_train[..., None], m.y_train.astype(np.int64),
-                 m.x_test[..., None], m.y_test.astype(np.int64), "mnist", 10)
+    kept = slice(None, limit)
+    ds = Dataset(m.x_train[kept, ..., None], m.y_train[kept].astype(np.int64),
+                 m.x_test[kept, ..., None], m.y_test[kept].astype(np.int64), "mnist", 10)
     return normalize(ds, "scale")
 
 

@@ -54,6 +54,8 @@ def prepare_data(spec, binding: Binding, config: TrainConfig, *, limit: int | No
     model.  `vocabulary` reads a text set as a run did (its saved vocabulary.json); without
     it, a text set is read with the vocabulary of the model's embedding."""
     takes_ids = binding.data_input is not None and not binding.inputs[binding.data_input][1]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UsageError(f"`limit=` must be a positive integer, got {limit!r}")
     if isinstance(spec, (Dataset, NamedDataset, TextCorpus)):
         ds = spec
     else:
@@ -67,9 +69,7 @@ def prepare_data(spec, binding: Binding, config: TrainConfig, *, limit: int | No
                           label_shape=label_shape, ids=takes_ids,
                           input_shape=binding.inputs[binding.data_input][0]
                           if binding.data_input is not None else None,
-                          image_size=config.image_size)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise UsageError(f"`limit=` must be a positive integer, got {limit!r}")
+                          image_size=config.image_size, limit=limit)
     if isinstance(ds, NamedDataset):
         return _prepare_named(ds, binding, config, limit, normalize)
     if takes_ids and normalize not in (None, "auto", "none"):
