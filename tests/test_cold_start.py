@@ -205,6 +205,34 @@ def test_a_warm_process_loads_its_programs_without_the_compilers_registries(tmp_
     assert warm[1:] == ["False", "compiled", "True"], warm
 
 
+def test_buffers_are_allocated_without_asking_for_huge_pages(monkeypatch):
+    """A program's buffers come from small pages (`small_pages`: where the kernel has no huge
+    page free, it compacts memory at the first write to each), and NumPy's setting is restored
+    after them."""
+    import netlang
+    from conftest import random_batch
+
+    from netlang.runtime import cpu
+    calls = []
+    real = cpu._set_madvise_hugepage
+
+    def recorded(enabled):
+        calls.append(enabled)
+        return real(enabled)
+
+    monkeypatch.setattr(cpu, "_set_madvise_hugepage", recorded)
+    before = real(True)
+    try:
+        model = netlang.compile(TINY_NET.replace("dense(17)", "dense(13)"))
+        engine = cpu.CpuEngine(model.graph)
+        engine.train_step(random_batch(model.graph, 16, 0, classes=2), 0.01)
+        assert calls and calls[0::2] == [False] * (len(calls) // 2)   # off, then back on
+        assert calls[1::2] == [True] * (len(calls) // 2)
+        assert real(before) is True   # restored
+    finally:
+        real(before)
+
+
 # -- the cache under a killed process and concurrent ones --------------------------------------
 
 def _kill_when(process: subprocess.Popen, ready, what: str) -> None:
