@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import random_batch, run_cli
 
+import netlang
+from netlang.runtime import cpu
 from netlang.train.warmup import Warmup
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,10 +211,6 @@ def test_buffers_are_allocated_without_asking_for_huge_pages(monkeypatch):
     """A program's buffers come from small pages (`small_pages`: where the kernel has no huge
     page free, it compacts memory at the first write to each), and NumPy's setting is restored
     after them."""
-    import netlang
-    from conftest import random_batch
-
-    from netlang.runtime import cpu
     calls = []
     real = cpu._set_madvise_hugepage
 
