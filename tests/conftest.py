@@ -120,6 +120,20 @@ def random_batch(graph, n, seed, classes=3):
     return feeds
 
 
+@functools.cache
+def from_python(kernel):
+    """`kernel` (a loop nest, product or draw of netlang/runtime/), callable from a test.  The
+    runtime compiles them for compiled callers only, without the wrapper Python calls
+    through; this is a compiled function that takes the test's arguments and passes them
+    on, typed as a call from Python types them (no constant is compiled in)."""
+    from numba import njit  # here, not at the top: conftest loads no back end early
+
+    @njit
+    def call(*args):
+        return kernel(*args)
+    return call
+
+
 def run_cli(capsys, *argv):
     """(exit status, stdout, stderr) of the CLI, in-process."""
     from netlang.cli import main  # here, not at the top: conftest loads no back end early

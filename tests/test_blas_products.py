@@ -9,8 +9,12 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import from_python
 
-from netlang.runtime.blas import gemm32, gemm64
+from netlang.runtime import blas
+
+# Compiled for compiled callers only: called here through `from_python`.
+gemm32, gemm64 = from_python(blas.gemm32), from_python(blas.gemm64)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -11,6 +11,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODEL = """
@@ -86,3 +89,17 @@ def test_programs_call_shared_code_by_name_and_load_it_back_or_recompile(tmp_pat
     # every later process compile the program again), and the next process loads it.
     healed = _train(tmp_path)
     assert not healed["compiled"] and healed["weights"] == cold["weights"]
+
+
+def test_a_function_compiled_for_compiled_callers_only_refuses_a_call_from_python():
+    """The loop nests and products are compiled without the wrapper Python calls through
+    (only generated code calls them): from Python, Numba would call through a null pointer and
+    crash the process; instead the call is refused in one line."""
+    from netlang.runtime import blas, cnn
+    for kernel, arguments in ((cnn.column_sums, (np.ones((4, 3)), np.zeros(3))),
+                              (blas.gemm32, (False, False, 1.0, np.ones((2, 2), np.float32),
+                                             np.ones((2, 2), np.float32), 0.0,
+                                             np.zeros((2, 2), np.float32)))):
+        with pytest.raises(TypeError, match="compiled for compiled callers only") as refused:
+            kernel(*arguments)
+        assert "\n" not in str(refused.value)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import from_python
 
 import netlang.ops
 from netlang.ops import conv_loops, dense_loops, norm_loops, pool_loops, recurrent_loops
@@ -75,11 +76,11 @@ def test_im2col_and_col2im_compiled_as_written(H, W, C, kh, kw, s, d, pads, grou
     lines = (1, N * Ho)   # not from the first line: a block's offsets
     columns = [np.full(((lines[1] - lines[0]) * Wo, kh * kw * C), np.nan, np.float32)
                for _ in range(2)]
-    cnn.im2col(x, columns[0], *lines, *geometry)
+    from_python(cnn.im2col)(x, columns[0], *lines, *geometry)
     conv_loops.im2col(x, columns[1], *lines, *geometry)
     np.testing.assert_array_equal(columns[0], columns[1])
     grads = [np.zeros_like(x) for _ in range(2)]
-    cnn.col2im(columns[0], grads[0], *lines, *geometry)
+    from_python(cnn.col2im)(columns[0], grads[0], *lines, *geometry)
     conv_loops.col2im(columns[0], grads[1], *lines, *geometry)
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)
 
@@ -89,23 +90,23 @@ def test_pooling_norm_and_bias_loops_compiled_as_written():
     x = rng.standard_normal((2, 5, 6, 3))
     pool = (2, 5, 6, 3, 3, 3, 2, 2, 2, 2)   # N, H, W, C, Ho, Wo, kh, kw, sh, sw
     outs = [np.zeros((2, 3, 3, 3)) for _ in range(2)]
-    cnn.maxpool_forward(x, outs[0], *pool, 1, 1)
+    from_python(cnn.maxpool_forward)(x, outs[0], *pool, 1, 1)
     pool_loops.maxpool_forward(x, outs[1], *pool, 1, 1)
     np.testing.assert_array_equal(outs[0], outs[1])
-    cnn.avgpool_forward(x, outs[0], *pool, 1, 1, 1, 1, False)
+    from_python(cnn.avgpool_forward)(x, outs[0], *pool, 1, 1, 1, 1, False)
     pool_loops.avgpool_forward(x, outs[1], *pool, 1, 1, 1, 1, False)
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-12)
 
     weight = rng.standard_normal(3)
     coefficients = [np.zeros((3, 3)) for _ in range(2)]
     for batchnorm_coefficients, coefficient in zip(
-            (cnn.batchnorm_coefficients, norm_loops.batchnorm_coefficients), coefficients):
+            (from_python(cnn.batchnorm_coefficients), norm_loops.batchnorm_coefficients), coefficients):
         batchnorm_coefficients(x, weight, np.zeros(3), np.ones(3), np.zeros((4, 3)),
                                coefficient, 1e-5, 0.1, True, True)
     np.testing.assert_allclose(coefficients[0], coefficients[1], rtol=1e-12)
 
     sums = [np.zeros(3) for _ in range(2)]
-    cnn.column_sums(x, sums[0])
+    from_python(cnn.column_sums)(x, sums[0])
     dense_loops.column_sums(x, sums[1])
     np.testing.assert_allclose(sums[0], sums[1], rtol=1e-12)
 
@@ -119,7 +120,7 @@ def test_column_sums_compiled_as_written_at_every_width(rows, channels):
     and the float64 totals of the rows."""
     g = np.random.default_rng(channels).standard_normal((rows, channels)).astype(np.float32)
     compiled, plain = np.empty(channels, np.float32), np.empty(channels, np.float32)
-    cnn.column_sums(g, compiled)
+    from_python(cnn.column_sums)(g, compiled)
     dense_loops.column_sums(g, plain)
     np.testing.assert_array_equal(compiled, plain)
     np.testing.assert_allclose(compiled, g.astype(np.float64).sum(axis=0), rtol=1e-6,
@@ -129,7 +130,7 @@ def test_column_sums_compiled_as_written_at_every_width(rows, channels):
 def test_dropout_mask_compiled_as_written():
     masks = [np.zeros(257, np.float32) for _ in range(2)]
     key, threshold, scale = np.uint64(12345), np.uint64(2 ** 31), np.float32(2.0)
-    random_bits.fill_dropout_mask(masks[0], key, threshold, scale)
+    from_python(random_bits.fill_dropout_mask)(masks[0], key, threshold, scale)
     with np.errstate(over="ignore"):   # the hash wraps around on purpose
         norm_loops.fill_dropout_mask(masks[1], key, threshold, scale)
     np.testing.assert_array_equal(masks[0], masks[1])

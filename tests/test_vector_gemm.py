@@ -4,8 +4,13 @@ cut (what makes the recurrent layers' results independent of the worker count)."
 
 import numpy as np
 import pytest
+from conftest import from_python
 
-from netlang.runtime.vector_gemm import DEPTH_BLOCK, TILE_ROWS, vector_gemm
+from netlang.runtime import vector_gemm as compiled
+from netlang.runtime.vector_gemm import DEPTH_BLOCK, TILE_ROWS
+
+# Compiled for compiled callers only: called here through `from_python`.
+vector_gemm = from_python(compiled.vector_gemm)
 
 TOLERANCE = {np.float32: 2e-6, np.float64: 1e-14}
 

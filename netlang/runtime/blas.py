@@ -137,14 +137,15 @@ def _operands(transa, transb, a, b, c):
             lda if lda > 1 else 1, ldc if ldc > 1 else 1)
 
 
-@functools.partial(generic, any_layout=True)   # one compilation, whatever the call site passes
+# One compilation, whatever the call site passes; for compiled callers only (jit.py says why).
+@functools.partial(generic, any_layout=True, no_cpython_wrapper=True)
 def gemm32(transa, transb, alpha, a, b, beta, c):
     """c ← alpha·op(a)·op(b) + beta·c for row-major float32 matrices (unit column stride)."""
     tb, ta, n, m, k, ldb, lda, ldc = _operands(transa, transb, a, b, c)
     _sgemm(tb, ta, n, m, k, alpha, b.ctypes.data, ldb, a.ctypes.data, lda, beta, c.ctypes.data, ldc)
 
 
-@functools.partial(generic, any_layout=True)
+@functools.partial(generic, any_layout=True, no_cpython_wrapper=True)
 def gemm64(transa, transb, alpha, a, b, beta, c):
     """c ← alpha·op(a)·op(b) + beta·c for row-major float64 matrices (unit column stride)."""
     tb, ta, n, m, k, ldb, lda, ldc = _operands(transa, transb, a, b, c)

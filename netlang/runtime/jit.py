@@ -26,7 +26,7 @@ from numba.core import types as numba_types
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 
-from netlang.runtime.linkage import SymbolDispatcher, TARGET_OPTIONS, symbol_jit
+from netlang.runtime.linkage import SymbolDispatcher, TARGET_OPTIONS, dispatcher_class, symbol_jit
 
 
 def _rebound(function, callees, named):
@@ -96,8 +96,8 @@ def generic(function=None, any_layout: bool = False, literal: tuple = (), **opti
     Numba's (`error_model`, `parallel`).  Used bare or with options, as `njit` (generated
     worker functions are decorated with it)."""
     def make(py_function):
-        dispatcher = GenericDispatcher(py_func=py_function, locals={},
-                                       targetoptions={**TARGET_OPTIONS, **options})
+        dispatcher = dispatcher_class(GenericDispatcher, options)(
+            py_func=py_function, locals={}, targetoptions={**TARGET_OPTIONS, **options})
         dispatcher.any_layout = any_layout
         parameters = py_function.__code__.co_varnames[:py_function.__code__.co_argcount]
         unknown = set(literal) - set(parameters)
@@ -125,11 +125,17 @@ def compiled(function, *callees, vector_division: bool = False, **named):
     return njit(cache=True, nogil=True, **options)(_rebound(function, callees, named))
 
 
+# The loop nests, products and draws below are called by generated code only, so they are
+# compiled without the wrapper that Python calls a function through (`no_cpython_wrapper`):
+# that wrapper took 0.3 of LeNet-5's 8.3 seconds of compiling in one process (8.01-8.12 s
+# against 8.35-8.43 s without, three alternating rounds), as much again for ResNet-18.  A
+# call from Python is refused in one line (linkage.dispatcher_class); tests call them
+# through a compiled function of their own (tests/conftest.py's `from_python`).
 def compiled_generic(function, *callees, **named):
     """`function` compiled as `compiled` compiles it, but once for all values of its constant
     arguments (a `GenericDispatcher`): for loop nests whose sizes vary from model to model (a
     convolution's geometry) and whose speed does not depend on knowing them when compiled."""
-    return generic(_rebound(function, callees, named))
+    return generic(_rebound(function, callees, named), no_cpython_wrapper=True)
 
 
 def compiled_window(function, *callees, literal: tuple, **named):
@@ -139,14 +145,14 @@ def compiled_window(function, *callees, literal: tuple, **named):
     dilation, padding), which its inner loops run over, and not on the image's sizes, so the
     layers of a model that share a window share one compilation (ResNet-18's 3×3 convolutions
     of 64 to 512 channels: one im2col, not one per layer)."""
-    return generic(_rebound(function, callees, named), literal=literal)
+    return generic(_rebound(function, callees, named), literal=literal, no_cpython_wrapper=True)
 
 
 def compiled_shared(function, *callees, **named):
     """`function` compiled as `compiled` compiles it, once per set of constant arguments, and
     called by name from compiled callers (a `SymbolDispatcher`, netlang/runtime/linkage.py)
     instead of copied into each."""
-    return symbol_jit(_rebound(function, callees, named))
+    return symbol_jit(_rebound(function, callees, named), no_cpython_wrapper=True)
 
 
 def stack_float64s(count: int, stands_for):

@@ -334,13 +334,37 @@ class SymbolDispatcher(CPUDispatcher):
 TARGET_OPTIONS = {"nopython": True, "nogil": True, "boundscheck": None, "no_cfunc_wrapper": True}
 
 
+class _CompiledCallersOnly:
+    """A dispatcher of a function compiled without the wrapper that Python calls through
+    (`no_cpython_wrapper`): called from Python, Numba would jump through a null pointer and
+    the process would crash; this refuses the call in one line instead."""
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"{self.py_func.__module__}.{self.py_func.__qualname__} is compiled "
+                        f"for compiled callers only (no wrapper for calls from Python)")
+
+
+_compiled_only_classes: dict = {}
+
+
+def dispatcher_class(base, options: dict):
+    """`base` (a dispatcher class), or its variant that refuses calls from Python where
+    `options` compile no wrapper for them."""
+    if not options.get("no_cpython_wrapper"):
+        return base
+    if base not in _compiled_only_classes:
+        _compiled_only_classes[base] = type(f"CompiledOnly{base.__name__}",
+                                            (_CompiledCallersOnly, base), {"__module__": __name__})
+    return _compiled_only_classes[base]
+
+
 def symbol_jit(function=None, **options):
     """`function` compiled as a `SymbolDispatcher` with Numba's disk cache, without the GIL;
     `options` are Numba's (`parallel`, `error_model`, `no_cpython_wrapper`).  Used bare or
     with options, as `njit`."""
     def make(py_function):
-        dispatcher = SymbolDispatcher(py_func=py_function, locals={},
-                                      targetoptions={**TARGET_OPTIONS, **options})
+        dispatcher = dispatcher_class(SymbolDispatcher, options)(
+            py_func=py_function, locals={}, targetoptions={**TARGET_OPTIONS, **options})
         dispatcher.enable_caching()
         return dispatcher
     return make if function is None else make(function)

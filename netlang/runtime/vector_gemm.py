@@ -172,7 +172,7 @@ _one_row = _tile_kernel(1)
 # One compilation per dtype, whatever layouts the call sites pass (whole buffers, a step's rows
 # of a record): the driver reads only the arrays' pointers and row strides, as the BLAS calls
 # do (`any_layout`).  Typed by layout, the row LSTM's step compiled it three times over.
-@functools.partial(generic, any_layout=True)
+@functools.partial(generic, any_layout=True, no_cpython_wrapper=True)
 def vector_gemm(transa, alpha, a, b, beta, c):
     """c ← alpha·op(a)·b + beta·c: a (M, K), or (K, M) with `transa`; b (K, N); c (M, N); all
     with unit column stride (a row block of a larger matrix is fine).  beta = 0 does not read
