@@ -504,6 +504,9 @@ def test_real_mnist_through_netlang_data(monkeypatch, mnist_dir):
                        (ds.x_test, first.x_test), (ds.y_test, first.y_test)):
         assert cut.dtype == whole.dtype and np.array_equal(cut, whole[:300])
     assert first.value_range == ds.value_range and first.num_classes == 10
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(DataError, match="limit must be a positive integer"):
+            load_dataset("mnist", limit=bad)
 
 
 # ---------------------------------------------------------------- helpers

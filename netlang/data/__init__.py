@@ -77,6 +77,9 @@ def load_dataset(spec: str, *, seed: int = 0, samples: int | None = None,
         raise DataError(f"empty data set name (expected one of {', '.join(BUILTIN_SETS)}, "
                         f"a .npz/.csv path, text:PATH or folder:PATH)")
     check_target_kind(targets)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer))
+                              or limit < 1):
+        raise DataError(f"limit must be a positive integer, got {limit!r}")
     spec = spec.strip()
     name = spec.lower()
     if is_text_spec(spec):
