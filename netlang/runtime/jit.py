@@ -127,8 +127,9 @@ def compiled(function, *callees, vector_division: bool = False, **named):
 
 # The loop nests, products and draws below are called by generated code only, so they are
 # compiled without the wrapper that Python calls a function through (`no_cpython_wrapper`):
-# that wrapper took 0.3 of LeNet-5's 8.3 seconds of compiling in one process (8.01-8.12 s
-# against 8.35-8.43 s without, three alternating rounds), as much again for ResNet-18.  A
+# those wrappers took 0.3 of LeNet-5's 8.3 seconds of compiling in one process (8.01-8.12 s
+# without them against 8.35-8.43 s with, three alternating rounds; ResNet-18 23.4-23.5 s
+# against 24.2-26.8 s, two rounds).  A
 # call from Python is refused in one line (linkage.dispatcher_class); tests call them
 # through a compiled function of their own (tests/conftest.py's `from_python`).
 def compiled_generic(function, *callees, **named):
