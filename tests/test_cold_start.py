@@ -18,10 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import random_batch, run_cli
 
 import netlang
+from netlang import pages
+from netlang.data import Dataset, normalize
 from netlang.runtime import cpu
 from netlang.train.warmup import Warmup
 
@@ -208,17 +211,17 @@ def test_a_warm_process_loads_its_programs_without_the_compilers_registries(tmp_
 
 
 def test_buffers_are_allocated_without_asking_for_huge_pages(monkeypatch):
-    """A program's buffers come from small pages (`small_pages`: where the kernel has no huge
+    """A program's buffers come from small pages (netlang/pages.py: where the kernel has no huge
     page free, it compacts memory at the first write to each), and NumPy's setting is restored
-    after them."""
+    after them; so do a data set's scaled images."""
     calls = []
-    real = cpu._set_madvise_hugepage
+    real = pages._set_madvise_hugepage
 
     def recorded(enabled):
         calls.append(enabled)
         return real(enabled)
 
-    monkeypatch.setattr(cpu, "_set_madvise_hugepage", recorded)
+    monkeypatch.setattr(pages, "_set_madvise_hugepage", recorded)
     before = real(True)
     try:
         model = netlang.compile(TINY_NET.replace("dense(17)", "dense(13)"))
@@ -227,6 +230,11 @@ def test_buffers_are_allocated_without_asking_for_huge_pages(monkeypatch):
         assert calls and calls[0::2] == [False] * (len(calls) // 2)   # off, then back on
         assert calls[1::2] == [True] * (len(calls) // 2)
         assert real(before) is True   # restored
+        calls.clear()
+        images = Dataset(np.zeros((3, 2, 2, 1), np.uint8), np.zeros(3, np.int64),
+                         np.zeros((1, 2, 2, 1), np.uint8), np.zeros(1, np.int64), "tiny", 2)
+        assert normalize(images, "scale").x_train.dtype == np.float32
+        assert calls == [False, True] and real(before) is True
     finally:
         real(before)
 

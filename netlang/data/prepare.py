@@ -13,6 +13,7 @@ import numpy as np
 
 from netlang.data.dataset import Dataset
 from netlang.errors import DataError
+from netlang.pages import small_pages
 
 NORMALIZE_METHODS = ("auto", "scale", "standardize", "none")
 
@@ -56,9 +57,10 @@ def normalize(ds: Dataset, method: str = "auto") -> Dataset:
         def convert(x: np.ndarray) -> np.ndarray:
             return x.astype(np.float32)
         value_range = (0.0, 255.0) if ds.x_train.dtype == np.uint8 else ds.value_range
-    return dataclasses.replace(
-        ds, x_train=convert(ds.x_train), x_test=convert(ds.x_test),
-        x_val=None if ds.x_val is None else convert(ds.x_val), value_range=value_range)
+    with small_pages():   # netlang/pages.py: MNIST's first write waited for compaction
+        return dataclasses.replace(
+            ds, x_train=convert(ds.x_train), x_test=convert(ds.x_test),
+            x_val=None if ds.x_val is None else convert(ds.x_val), value_range=value_range)
 
 
 def train_test_split(x: np.ndarray, y: np.ndarray, test_fraction: float,

@@ -31,6 +31,7 @@ from netlang.config import cache_dir, debug, debug_level, private_directory, tim
 from netlang.errors import DataError, UsageError
 from netlang.ir.train_config import TrainConfig
 from netlang.ops.norm import draw_dropout_key, dropout_key_at
+from netlang.pages import small_pages
 from netlang.pipeline import (
     check_mode,
     forward_program,
@@ -43,29 +44,6 @@ from netlang.runtime.compilation import ProgramCompilation, ProgramCompilations
 from netlang.version import __version__
 
 _load_lock = threading.Lock()
-
-try:   # NumPy's switch for asking Linux for huge pages (NumPy 2; 1.x keeps it in numpy.core)
-    from numpy._core.multiarray import _set_madvise_hugepage
-except ImportError:  # pragma: no cover - NumPy 1.x
-    from numpy.core.multiarray import _set_madvise_hugepage
-
-
-@contextlib.contextmanager
-def small_pages():
-    """Inside, NumPy allocates without asking Linux for transparent huge pages.  It asks for
-    every array of 4 MiB or more, and where the kernel has no huge page free (memory fragmented
-    by the compile that came before, say) it compacts memory at the first write to each: a
-    first step of ResNet-18 at batch 32, writing 2 GB of buffers, took 3.9 s against 2.6 s
-    with small pages, and 2 GB written once took 0.7 s with small pages against 0.1 to 4.5 s
-    with huge ones, depending on what had run before.  The steps after the first took the same
-    time either way (medians of eight steps in four alternating rounds, docs/compiler.md).  The
-    setting is NumPy's, for the whole process: restored on the way out."""
-    previous = _set_madvise_hugepage(False)
-    try:
-        yield
-    finally:
-        _set_madvise_hugepage(previous)
-
 
 
 def cpu_workers() -> int:
@@ -296,7 +274,7 @@ class CompiledProgram:
         arrays = self._slot_arrays.get(batch)
         if arrays is None:
             arrays = []
-            with small_pages():
+            with small_pages():   # see netlang/pages.py: a first step waited for compaction
                 for shape, batched, dtype in self.buffers.slots:
                     full = (batch,) + tuple(shape) if batched else tuple(shape)
                     # acc64: a kernel's float64 accumulators, whatever the engine's dtype.
