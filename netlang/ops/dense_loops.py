@@ -42,9 +42,7 @@ def column_sums(g, out):
                 for j in range(block):
                     lanes[j] += flat[base + j]
             for j in range(block):
-                total = 0.0
-                total += lanes[j]
-                out[c0 + j] = total
+                out[c0 + j] = lanes[j]
         return
     per = 256 // C if C < 256 else 1   # rows per run
     width = per * C

@@ -129,9 +129,9 @@ def compiled(function, *callees, vector_division: bool = False, **named):
 # compiled without the wrapper that Python calls a function through (`no_cpython_wrapper`):
 # those wrappers took 0.3 of LeNet-5's 8.3 seconds of compiling in one process (8.01-8.12 s
 # without them against 8.35-8.43 s with, three alternating rounds; ResNet-18 23.4-23.5 s
-# against 24.2-26.8 s, two rounds).  A
-# call from Python is refused in one line (linkage.dispatcher_class); tests call them
-# through a compiled function of their own (tests/conftest.py's `from_python`).
+# against 24.2-26.8 s, two rounds).  A call from Python is refused in one line
+# (linkage.dispatcher_class); tests call them through a compiled function of their own
+# (tests/conftest.py's `from_python`).
 def compiled_generic(function, *callees, **named):
     """`function` compiled as `compiled` compiles it, but once for all values of its constant
     arguments (a `GenericDispatcher`): for loop nests whose sizes vary from model to model (a

@@ -260,7 +260,7 @@ class SymbolDispatcher(CPUDispatcher):
     def get_call_template(self, args, kws):
         """Numba's; but while several processes compile a program (netlang/runtime/
         parallel_compile.py), a callee that another process claimed is only typed here."""
-        template = parallel_compile.deferred_template(self, args, kws, self.symbol)
+        template = parallel_compile.deferred_template(self, args, kws)
         return template if template is not None else super().get_call_template(args, kws)
 
     def get_overload(self, sig):

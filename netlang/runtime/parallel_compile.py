@@ -171,14 +171,9 @@ def _walk_program(session, dispatcher, signature) -> None:
 def _compiled_if_own(session, dispatcher, signature) -> bool:
     """Compile the program when it is this process's: it claims it first, or claimed it
     before (the parent's first program); whether it did."""
-    symbol = dispatcher.symbol(signature)
-    if session.claim(symbol):
-        try:
-            dispatcher.compile(signature)
-        finally:
-            session.done(symbol)
+    if session.compile_if_unclaimed(dispatcher, signature):
         return True
-    if session.claimant(symbol) == os.getpid():
+    if session.claimant(dispatcher.symbol(signature)) == os.getpid():
         dispatcher.compile(signature)
         return True
     return False
@@ -224,12 +219,12 @@ def _end_with(parent: int) -> None:
         os._exit(1)
 
 
-def deferred_template(dispatcher, args, kws, symbol_of):
+def deferred_template(dispatcher, args, kws):
     """In a session, the typing template of a call of `dispatcher` with argument types `args`
     that another process claimed: typed here, compiled there, as (template, pysig, args, kws).
     None where the call takes Numba's usual way: no session, compiled or cached already, or
-    claimed (and compiled, before returning) by this process.  `symbol_of(argtypes)`: the name
-    the callee's code is called by."""
+    claimed (and compiled, before returning) by this process.  `dispatcher` is a
+    `SymbolDispatcher` (its `symbol` names the code callers call)."""
     session = _session
     if session is None or not dispatcher._can_compile:
         return None
@@ -243,13 +238,9 @@ def deferred_template(dispatcher, args, kws, symbol_of):
     if argtypes not in deferred:
         if argtypes in dispatcher.overloads or in_disk_cache(dispatcher, argtypes):
             return None
-        symbol = symbol_of(argtypes)
-        if session.claim(symbol):
-            try:
-                dispatcher.compile(argtypes)
-            finally:
-                session.done(symbol)
+        if session.compile_if_unclaimed(dispatcher, argtypes):
             return None
+        symbol = dispatcher.symbol(argtypes)
         try:
             signature = typed_signature(dispatcher, argtypes)
         except Exception:   # typing alone failed: take it from the claimant's cache entry
@@ -304,6 +295,18 @@ class _Session:
             return False
         with os.fdopen(fd, "w") as handle:
             handle.write(str(os.getpid()))
+        return True
+
+    def compile_if_unclaimed(self, dispatcher, signature) -> bool:
+        """Claim `dispatcher`'s code for `signature` and compile it (into the disk cache),
+        marked done whether or not that succeeds; whether this process claimed it."""
+        symbol = dispatcher.symbol(signature)
+        if not self.claim(symbol):
+            return False
+        try:
+            dispatcher.compile(signature)
+        finally:
+            self.done(symbol)
         return True
 
     def done(self, symbol: str) -> None:

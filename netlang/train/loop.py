@@ -50,7 +50,7 @@ from netlang.train.run_dir import (
 )
 from netlang.train.run_lock import RunLock
 from netlang.train.shards import check_supported, gradient_shards, share_batch_statistics
-from netlang.train.trainer import History, Trainer, TrainingInterrupted
+from netlang.train.trainer import History, Trainer, TrainingInterrupted, evaluation_batch
 from netlang.train.transfer import transfer_weights
 from netlang.version import __version__
 from netlang.weights import load_checkpoint, save_weights
@@ -111,8 +111,7 @@ def _compile_ahead(engine, binding: Binding, config: TrainConfig, one_process: b
         return
     evaluated = tuple(evaluated_nodes(binding, dict.fromkeys(binding.inputs))) \
         if evaluating else ()
-    eval_batch = max(256, config.batch_size)   # Trainer's default evaluation batch
-    compile_ahead(engine.compilations(config.batch_size, evaluated, eval_batch))
+    compile_ahead(engine.compilations(config.batch_size, evaluated, evaluation_batch(config)))
 
 
 @across_processes

@@ -42,6 +42,7 @@ from netlang.train.shards import ShardedSteps, ShareOfBatches, gradient_shards
 from netlang.weights import rng_from_json, rng_state_to_json, save_checkpoint, save_weights
 
 STATE_VERSION = 1
+
 # Steps between read-backs of the running loss and accuracy when the engine sums them on the
 # device (the CUDA engine): each read-back waits for the device, so the progress bar's figures
 # are brought up to date this often, and at the end of each epoch, instead of after each step.
@@ -49,6 +50,12 @@ METRICS_EVERY = 50
 # The signals that stop a run at the next step boundary, after a checkpoint: Ctrl-C, and the
 # SIGTERM a cluster's scheduler sends before it kills a job.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def evaluation_batch(config: TrainConfig) -> int:
+    """The batch a run evaluates in when none is given: at least 256 examples, else the
+    training batch (the evaluation compiled ahead of a run is compiled for it too)."""
+    return max(256, config.batch_size)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -112,7 +119,7 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.shuffle = shuffle
         self.weights_metadata = dict(weights_metadata or {})
-        self.eval_batch_size = eval_batch_size or max(256, config.batch_size)
+        self.eval_batch_size = eval_batch_size or evaluation_batch(config)
         self.on_step = on_step
         self.metrics_every = max(1, int(metrics_every))
         self.per_character = per_character   # a text set's loss: each record adds its bits
