@@ -15,7 +15,7 @@ whole wall time as the parent measures it, from `exec` to exit, so the interpret
 is included; the CPU time the process used (user + system, all its threads) is beside it,
 because the machine this ran on is shared and wall time there depends on the load.  "to 1st
 step" is the issue's measure: from the launch to the end of the first step, without the
-process's exit (Python's teardown, 0.1 s for a warm MLP, more after a cold compile).  Netlang compiles a program in
+process's exit (Python's teardown, about 0.1 s for a warm MLP).  Netlang compiles a program in
 several processes (NETLANG_COMPILE_PROCESSES, default: the CPUs; netlang/runtime/
 parallel_compile.py), whose CPU time is counted too.  The package's bytecode is compiled first,
 as an installation has it.
