@@ -472,10 +472,12 @@ def test_convolutions_split_among_workers_match_reference(monkeypatch, workers):
             np.testing.assert_array_equal(again[name], grads_cpu[name])   # reproducible
     program = compiled._programs["gradients"]
     assert program.workers == workers
-    # One worker: the serial step; several: each convolution a function of its own module.
-    parts = "".join(source for _, source in program.program.parts)
-    assert ("prange(3)" in parts) == (workers == 3)
-    assert "prange" not in program.program.source
+    # One worker: the serial step; several: each convolution a function of its own module,
+    # which the step runs on the three workers.
+    source = program.program.source
+    assert ("def share(" in "".join(text for _, text in program.program.parts)) == (workers == 3)
+    assert (", 3, (" in source and "run_workers(" in source) == (workers == 3)
+    assert "prange" not in source
 
 
 def test_programs_share_the_modules_of_their_equal_worker_functions(monkeypatch):
@@ -496,7 +498,7 @@ def test_programs_share_the_modules_of_their_equal_worker_functions(monkeypatch)
 
     training, evaluation = parts(LENET_LIKE)
     assert evaluation and set(evaluation) < set(training)
-    assert all(source.count("def worker(") == 1 for source in training.values())
+    assert all(source.count("def share(") == 1 for source in training.values())
     training_renamed, _ = parts(LENET_LIKE.replace("conv1", "first_conv")
                                 .replace("dense(3)", "dense(5)"))
     assert set(evaluation) < set(training_renamed)
@@ -534,8 +536,8 @@ def test_layers_with_one_window_share_their_compiled_code(monkeypatch):
                                    err_msg=name)
     program = compiled._programs["gradients"].program
     lines = program.source.splitlines()
-    calls = [line for line in lines if line.startswith("    workers")]
-    imported = [line for line in lines if " import worker as " in line]
+    calls = [line for line in lines if line.startswith("    run_workers(shares")]
+    imported = [line for line in lines if " import share as " in line]
     # Forward, weight gradient of both, the second's input gradient: 5 calls, 3 functions.
     assert (len(calls), len(imported), len(program.parts)) == (5, 3, 3)
 

@@ -63,9 +63,9 @@ def _train(tmp_path) -> dict:
 def test_programs_call_shared_code_by_name_and_load_it_back_or_recompile(tmp_path):
     cold = _train(tmp_path)
     assert cold["compiled"]
-    # The step's own code, and none of the worker functions' or loop nests' it calls.
+    # The step's own code, and none of the worker shares' or loop nests' it calls.
     copied = [name for name in cold["defined"]
-              if any(part in name for part in ("im2col", "maxpool", "gemm32", "worker"))]
+              if any(part in name for part in ("im2col", "maxpool", "gemm32", "share"))]
     assert not copied, f"the training step carries copies of {copied}"
 
     warm = _train(tmp_path)

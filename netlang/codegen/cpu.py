@@ -311,6 +311,7 @@ class ProgramWriter:
         self.worker_sizes: dict | None = None
         self.part_imports: list = []   # (module, its function, the step's name for it)
         self.python_calls: list = []   # the pieces called from Python: (name, parameters)
+        self.uses_workers = False   # whether a kernel runs on worker threads (`worker_function`)
 
     def view(self, var: str, shape: str, prefix: str) -> str:
         """`var.reshape(shape)`, made once per program: a view made outside every loop serves
@@ -327,24 +328,23 @@ class ProgramWriter:
 
     @contextlib.contextmanager
     def worker_function(self):
-        """What is emitted inside is one worker's share of a kernel, the body of a `prange`
-        over the workers in a function of its own, which takes the step's variables it uses
-        and which the step calls; yields the name of the worker's index.  The step stays
-        serial: Numba's parallel analysis costs compile time in proportion to the function
-        it runs over.  A step that has worker functions holds BLAS to one thread from its
-        first line to its last (`render_program`), so a product inside a worker runs on the
-        worker's thread (`set_blas_threads` says why the step sets the count, not the
-        workers).
+        """What is emitted inside is one worker's share of a kernel, a function of its own
+        that takes the worker's index and the step's variables it uses; the step runs it on
+        each worker thread at once (`run_workers`, netlang/runtime/workers.py) and goes on
+        when all are done.  Yields the name of the worker's index.  A step that has worker
+        functions holds BLAS to one thread from its first line to its last
+        (`render_program`), so a product inside a worker runs on the worker's thread
+        (`set_blas_threads` says why the step sets the count, not the workers).
 
         The function goes to a module of its own (`parts`), its generated names numbered
         afresh and the module named by its content: the same kernel in another program (the
         training step's forward convolutions in the evaluation program, the layers a model
         edit left alone) is the same module, compiled once for both and cached on disk.  Its
-        source holds the worker count (the `prange`'s, which the step's workspaces were
+        source holds the worker count (its runs of examples, which the step's workspaces were
         planned for)."""
         outer = self.emitter
         inner = Emitter()
-        inner.depth = 3   # inside the function and its loop: no view made there is the step's
+        inner.depth = 3   # inside the function: no view made there is the step's
         inner._count = outer._count
         worker = inner.fresh("wk")
         self.emitter = inner
@@ -363,23 +363,15 @@ class ProgramWriter:
             if (name in self.step_names or name in size_values) and name not in params:
                 params.append(name)
         arguments = [str(size_values.get(name, name)) for name in params]
-        # One worker's share is a serial function of its own, and the parallel loop only calls
-        # it: Numba's parallel transform types and compiles the loop's body once more, as a
-        # function of its own, and its analysis grows with the body (LeNet-5's five worker
-        # functions spent a third of their compile time there).
-        # The worker is typed with plain integers for the sizes the step passes as constants
-        # (`generic`): Numba would otherwise compile it once per value.  Neither it nor the
-        # share is called from Python: without the wrapper that Python would call through,
-        # each compiles in about half the time.
-        text = "\n".join([f"def share({', '.join([worker] + params)}):", body, "", "",
-                          f"@generic(parallel={WORKER_LOOPS_ONLY!r}, no_cpython_wrapper=True)",
-                          f"def worker({', '.join(params)}):",
-                          f"    for {worker} in prange({self.workers}):",
-                          # int64 as the step's own typing sees it (the parallel loop's
-                          # copy counts in uint64): one compilation of the share, not two.
-                          f"        share({', '.join([f'np.int64({worker})'] + params)})"])
-        self._part(text, set(params) | set(inner.issued), "worker", arguments,
-                   ["from numba import prange", "from netlang.runtime.jit import generic"])
+        # One worker's share is a serial function of its own, which `run_workers` calls on
+        # each worker thread (netlang/runtime/workers.py says why not a `prange`).  The sizes
+        # the step passes as constants are typed as plain integers there: the share is
+        # compiled once for all their values.  It is not called from Python: without the
+        # wrapper that Python would call through, it compiles in about half the time.
+        text = "\n".join([f"def share({', '.join([worker] + params)}):", body])
+        self._part(text, set(params) | set(inner.issued), "share", arguments, [],
+                   workers=self.workers)
+        self.imports.add(("netlang.runtime.workers", "run_workers"))
         self.imports.add(("netlang.runtime.blas", "set_blas_threads"))
 
     @contextlib.contextmanager
@@ -414,11 +406,12 @@ class ProgramWriter:
                                   if name in self.step_names or name in scalars))
 
     def _part(self, text: str, generated: set, entry: str, arguments: list, imports: list,
-              from_python: bool = False):
+              from_python: bool = False, workers: int = 0):
         """The module of a function the step calls (`text`, its `entry` called with
         `arguments`): its `generated` names renumbered, its helpers imported, named by its
         content (see `worker_function`).  `from_python`: a piece, which the program calls
-        from Python (netlang/codegen/pieces.py) and so compiles with Numba's wrapper."""
+        from Python (netlang/codegen/pieces.py) and so compiles with Numba's wrapper.
+        `workers`: a worker's share, called once on each of that many worker threads."""
         # Generated names renumbered in order of appearance: the text then depends only on
         # the kernel, not on how many names the program gave out before it.
         order = list(dict.fromkeys(name for name in _NAME_TOKEN.findall(text)
@@ -449,7 +442,11 @@ class ProgramWriter:
         if function is None:
             function = self.emitter.fresh(entry + "s")   # parts, workers, pieces
             self.part_imports.append((module, entry, function))
-        self.emitter.line(f"{function}({', '.join(arguments)})")
+        if workers:
+            self.emitter.line(f"run_workers({function}, {workers}, ({', '.join(arguments)},))")
+            self.uses_workers = True
+        else:
+            self.emitter.line(f"{function}({', '.join(arguments)})")
         if from_python:
             self.python_calls.append((function, tuple(arguments)))
 
@@ -460,8 +457,8 @@ class ProgramWriter:
 
     @property
     def has_workers(self) -> bool:
-        """Whether the program calls worker functions (parallel parts)."""
-        return any(entry == "worker" for _, entry, _ in self.part_imports)
+        """Whether the program runs kernels on worker threads (`worker_function`)."""
+        return self.uses_workers
 
     def argument(self, kind: str, key) -> str:
         """The parameter (`a0`, `a1`, ...) through which the program receives `key` of `kind`
@@ -640,10 +637,6 @@ def result_slots(buffers, keep) -> dict:
     return {n: buffers.slot_of[n] for n in keep if n in buffers.slot_of}
 
 
-# Numba's parallel transforms for a worker function: all off but its explicit `prange` over
-# the workers (the rest of it is serial loops over one worker's examples).
-WORKER_LOOPS_ONLY = {"prange": True, "comprehension": False, "setitem": False, "numpy": False,
-                     "reduction": False, "stencil": False, "fusion": False, "inplace_binop": False}
 # A name in generated source (not an attribute), and the helpers every program imports.
 _NAME_TOKEN = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
 _GEMM_IMPORTS = {("netlang.runtime.blas", "gemm32"), ("netlang.runtime.blas", "gemm64")}

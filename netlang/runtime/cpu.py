@@ -63,7 +63,8 @@ def _helpers_version() -> str:
     if _helpers_digest is None:
         here = os.path.dirname(os.path.abspath(__file__))
         digest = hashlib.sha256()
-        for name in ("blas.py", "jit.py", "linkage.py", "cnn.py", "random_bits.py", "recurrent.py", "rbm.py",
+        for name in ("blas.py", "jit.py", "linkage.py", "workers.py", "cnn.py", "random_bits.py",
+                     "recurrent.py", "rbm.py",
                      "../ops/norm.py", "../ops/conv_loops.py", "../ops/pool_loops.py",
                      "../ops/norm_loops.py", "../ops/dense_loops.py", "../ops/recurrent_loops.py",
                      "../ops/rbm_loops.py"):
@@ -91,12 +92,14 @@ def load_program(program, title: str = ""):
 def start_worker_threads() -> None:
     """Start Numba's thread pool, before a program that calls worker functions is loaded.
 
-    Numba's cache records, beside a parallel function's code, that loading it must start the
-    pool, and a caller compiled with that function inherits the record; but a function loaded
-    from the cache comes without it (Numba 0.68), so a program compiled against a cached
-    worker function is cached without it too.  A later process that loads that program and
-    no fresh worker would run its `prange` with no pool (a segfault: `eval` on a cold cache,
-    then `predict` twice).  Starting the pool here makes every program safe to load."""
+    A program that runs kernels on worker threads calls the pool's entry points
+    (`numba_parallel_for`, `get_num_threads`; netlang/runtime/workers.py), names that LLVM
+    binds only once the pool has started.  Loaded from Numba's cache, nothing starts it
+    (Numba records that loading must start the pool only for its own parallel functions, and
+    loses even that record for a caller compiled against a cached one), and the program
+    would call names nothing binds: a segfault (`eval` on a cold cache, then `predict` twice,
+    crashed so when the workers were Numba `prange` loops).  Starting the pool here makes
+    every program safe to load."""
     # Numba's OpenMP threading layer reads this when the pool starts: workers that wait by
     # spinning fight OpenBLAS's spinning threads for the cores, and a training step ran 20
     # times slower beside them.  Waiting passively costs nothing measurable here (a worker

@@ -58,8 +58,8 @@ class GenericDispatcher(SymbolDispatcher):
     nest afresh (LeNet-5's two pooling layers compiled `maxpool_forward` twice, and its five
     kinds of product compiled `gemm32` five times).  Typed as plain integers and booleans, a
     function is compiled once per dtype and array layout and shared by every model.  Only for
-    functions whose speed does not depend on the constants: the BLAS products, the random
-    draws and the generated worker functions.  The convolution and pooling loop nests, made
+    functions whose speed does not depend on the constants: the BLAS products and the random
+    draws (a worker's share is typed so by `run_workers`).  The convolution and pooling loop nests, made
     generic in everything, lost 15% of LeNet-5's training speed (docs/compiler.md, Where
     compile time goes): im2col, col2im and the weight's reordering keep the constants of their
     window (`literal_names`, `compiled_window`), the pooling loops all of theirs
@@ -93,8 +93,7 @@ def generic(function=None, any_layout: bool = False, literal: tuple = (), **opti
     """`function` compiled as a `GenericDispatcher` (`any_layout`: its array arguments typed
     with layout 'A'; `literal`: the names of the parameters whose constant values are still
     compiled in), once per machine (Numba's disk cache) and without the GIL; `options` are
-    Numba's (`error_model`, `parallel`).  Used bare or with options, as `njit` (generated
-    worker functions are decorated with it)."""
+    Numba's (`error_model`, `no_cpython_wrapper`).  Used bare or with options, as `njit`."""
     def make(py_function):
         dispatcher = dispatcher_class(GenericDispatcher, options)(
             py_func=py_function, locals={}, targetoptions={**TARGET_OPTIONS, **options})

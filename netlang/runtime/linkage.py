@@ -103,6 +103,22 @@ def _call_by_symbol(fndesc, symbol):
     return call
 
 
+def declare_call(context, module, dispatcher, argtypes):
+    """(LLVM function, fndesc) of the dispatcher's code for `argtypes`, declared in `module`
+    by its bound name, for a call that an intrinsic writes itself (runtime/workers.py): the
+    code made ready first (compiled here, or loaded once the process that claimed it is done),
+    and the name listed among the callees of the function being compiled, as for a call that
+    Numba lowers (`_call_by_symbol`)."""
+    argtypes = tuple(argtypes)
+    dispatcher.get_overload(argtypes)
+    fndesc = dispatcher.overloads[argtypes].fndesc
+    symbol = _symbol(dispatcher, argtypes)
+    fnty = context.call_conv.get_function_type(fndesc.restype, fndesc.argtypes)
+    function = cgutils.get_or_insert_function(module, fnty, symbol)
+    _record_call(symbol)
+    return function, fndesc
+
+
 def _record_call(symbol: str) -> None:
     """Note that the caller being compiled calls `symbol`, in its list on disk at once: the list
     must be complete before Numba writes the caller's cache entry."""
@@ -194,11 +210,12 @@ _intrinsics = None
 
 
 def _intrinsics_digest() -> str:
-    """A digest of runtime/blas.py and runtime/jit.py, where the intrinsics live; read once."""
+    """A digest of runtime/blas.py, jit.py and workers.py, where the intrinsics live; read
+    once."""
     global _intrinsics
     if _intrinsics is None:
         digest = hashlib.sha256()
-        for name in ("blas.py", "jit.py"):
+        for name in ("blas.py", "jit.py", "workers.py"):
             with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), "rb") as f:
                 digest.update(f.read())
         _intrinsics = digest.hexdigest()[:16]
