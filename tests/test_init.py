@@ -79,6 +79,34 @@ def test_gain_scales_the_weights_and_leaves_the_biases():
         np.testing.assert_array_equal(scaled[name], base[name], err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parameters_drawn_by_blocks_are_the_parameters_drawn_whole(monkeypatch, dtype):
+    # Blocks of 7 values: every parameter (the weight's 60, the embedding's 40) spans several,
+    # and the last is short.  Each scheme's values, in float64 and rounded once, are those of
+    # one draw of the whole shape.
+    import netlang.ops.init as init
+    monkeypatch.setattr(init, "DRAW_BLOCK", 7)
+    source = ("input x: [12]\ninput t: int32[2]\n"
+              "a = x -> dense(5, init = he_normal, gain = 0.5) as fc\n"
+              "b = t -> embedding(10, 4) as embed -> flatten\n"
+              "output y = (a, b) -> concat -> dense(3, init = ones, gain = 0.3) as head\n")
+    params = initialize(netlang.compile(source).graph, 4, dtype)
+    rng = np.random.default_rng(4)
+    expected = {}
+    for name, shape in ((name, value.shape) for name, value in params.items()):   # drawn so
+        if name == "fc.weight":
+            expected[name] = rng.standard_normal(shape) * (0.5 * math.sqrt(2 / 12))
+        elif name == "embed.weight":
+            expected[name] = rng.standard_normal(shape)
+        elif name == "head.weight":
+            expected[name] = np.full(shape, 0.3)
+        else:
+            expected[name] = np.zeros(shape)
+    for name, value in expected.items():
+        assert params[name].dtype == dtype and params[name].flags.c_contiguous
+        np.testing.assert_array_equal(params[name], value.astype(dtype), err_msg=name)
+
+
 def _one_dense(init, gain, units=300, features=500, seed=0):
     source = (f"input x: [{features}]\n"
               f"output y = x -> dense({units}, init = {init}, gain = {gain}) as fc\n")
