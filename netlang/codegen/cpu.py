@@ -440,7 +440,7 @@ class ProgramWriter:
         imported = {(m, e): name for m, e, name in self.part_imports}
         function = imported.get((module, entry))
         if function is None:
-            function = self.emitter.fresh(entry + "s")   # parts, workers, pieces
+            function = self.emitter.fresh(entry + "s")   # parts, shares, pieces
             self.part_imports.append((module, entry, function))
         if workers:
             self.emitter.line(f"run_workers({function}, {workers}, ({', '.join(arguments)},))")
