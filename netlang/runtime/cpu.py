@@ -82,33 +82,13 @@ def load_program(program, title: str = ""):
     the modules of its worker functions (`program.parts`), which it imports by name."""
     with _load_lock:
         if program.parts:
+            # Kept lazy: importing this module (the API does) never starts Numba.
+            from netlang.runtime.workers import start_worker_threads
             start_worker_threads()
         for module_name, source in program.parts:
             _load_module(source, module_name, f"a worker function of {title}")
         module = _load_module(program.source, None, title)
     return getattr(module, program.function)
-
-
-def start_worker_threads() -> None:
-    """Start Numba's thread pool, before a program that calls worker functions is loaded.
-
-    A program that runs kernels on worker threads calls the pool's entry points
-    (`numba_parallel_for`, `get_num_threads`; netlang/runtime/workers.py), names that LLVM
-    binds only once the pool has started.  Loaded from Numba's cache, nothing starts it
-    (Numba records that loading must start the pool only for its own parallel functions, and
-    loses even that record for a caller compiled against a cached one), and the program
-    would call names nothing binds: a segfault (`eval` on a cold cache, then `predict` twice,
-    crashed so when the workers were Numba `prange` loops).  Starting the pool here makes
-    every program safe to load."""
-    # Numba's OpenMP threading layer reads this when the pool starts: workers that wait by
-    # spinning fight OpenBLAS's spinning threads for the cores, and a training step ran 20
-    # times slower beside them.  Waiting passively costs nothing measurable here (a worker
-    # sleeps only between kernels).  The user's own setting stands.  Set here, not at import:
-    # importing netlang must not change the environment of the processes a user starts (a
-    # PyTorch process started beside it ran 40% slower with passive OpenMP waits).
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-    import numba  # kept lazy: importing this module (the API does) never starts Numba
-    numba.get_num_threads()   # starts the pool (once per process), as the cache would
 
 
 def _load_module(source: str, module_name: str | None, title: str):

@@ -119,6 +119,17 @@ def declare_call(context, module, dispatcher, argtypes):
     return function, fndesc
 
 
+# The entry in a callee list that stands for Numba's thread pool: the function's code calls
+# the pool (netlang/runtime/workers.py), whose entry points are bound once it has started.
+THREAD_POOL = "numba_thread_pool"
+
+
+def note_thread_pool_call() -> None:
+    """Note that the caller being compiled calls Numba's thread pool: loading it in a later
+    process starts the pool first (`_bind_callees`)."""
+    _record_call(THREAD_POOL)
+
+
 def _record_call(symbol: str) -> None:
     """Note that the caller being compiled calls `symbol`, in its list on disk at once: the list
     must be complete before Numba writes the caller's cache entry."""
@@ -132,10 +143,25 @@ def _record_call(symbol: str) -> None:
     path = _callee_list_path(caller, argtypes_of_caller)
     if path is None:
         return
-    dispatcher, argtypes = _bound[symbol]
     entries = _read_callee_list(path) or {}
-    entries[symbol] = [*_home(dispatcher), mangle_args(argtypes)]
+    if symbol == THREAD_POOL:
+        entries[symbol] = []
+    else:
+        dispatcher, argtypes = _bound[symbol]
+        entries[symbol] = [*_home(dispatcher), mangle_args(argtypes)]
     _write_atomically(path, json.dumps(entries, sort_keys=True))
+
+
+def _bind(symbol: str, entry) -> bool:
+    """Whether the name a callee list holds is bound, after loading what it names (a callee,
+    or Numba's thread pool)."""
+    if symbol == THREAD_POOL:
+        # Imported here: workers.py imports this module.
+        from netlang.runtime.workers import start_worker_threads
+        start_worker_threads()
+        return True
+    return symbol in _bound or (isinstance(entry, list) and len(entry) == 3
+                                and _load_callee(*entry) and symbol in _bound)
 
 
 def _callee_list_path(dispatcher, argtypes) -> str | None:
@@ -333,10 +359,9 @@ class SymbolDispatcher(CPUDispatcher):
         if not cached:
             return
         entries = _read_callee_list(path)
-        if entries is None or not all(
-                symbol in _bound or (isinstance(entry, list) and len(entry) == 3
-                                     and _load_callee(*entry) and symbol in _bound)
-                for symbol, entry in entries.items()):
+        # The thread pool first: a callee's own code may call it too.
+        if entries is None or not all(_bind(symbol, entries[symbol]) for symbol in
+                                      sorted(entries, key=lambda symbol: symbol != THREAD_POOL)):
             with contextlib.suppress(OSError):
                 os.unlink(cache_file._index_path)
 
