@@ -10,14 +10,14 @@ import numba
 import numpy as np
 import pytest
 
-from netlang.runtime.linkage import symbol_jit
-from netlang.runtime.workers import WORKER_FAILED, run_workers, start_worker_threads
+from netlang.runtime.linkage import start_thread_pool, symbol_jit
+from netlang.runtime.workers import WORKER_FAILED, run_workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # `_record` calls numba.get_thread_id, whose machine code also needs the pool's names bound:
 # read back from Numba's cache, nothing in Numba starts the pool for it.
-start_worker_threads()
+start_thread_pool()
 
 
 @symbol_jit(no_cpython_wrapper=True)

@@ -83,8 +83,8 @@ def load_program(program, title: str = ""):
     with _load_lock:
         if program.parts:
             # Kept lazy: importing this module (the API does) never starts Numba.
-            from netlang.runtime.workers import start_worker_threads
-            start_worker_threads()
+            from netlang.runtime.linkage import start_thread_pool
+            start_thread_pool()
         for module_name, source in program.parts:
             _load_module(source, module_name, f"a worker function of {title}")
         module = _load_module(program.source, None, title)

@@ -124,6 +124,27 @@ def declare_call(context, module, dispatcher, argtypes):
 THREAD_POOL = "numba_thread_pool"
 
 
+def start_thread_pool() -> None:
+    """Start Numba's thread pool (once per process), before code that calls it is loaded.
+
+    Compiled code that runs workers calls the pool's entry points (`numba_parallel_for`,
+    `get_num_threads`), names that LLVM binds only once the pool has started; machine code
+    read back from Numba's cache with a name nothing binds kills the process.  So the
+    engine starts the pool before it loads a program that has worker functions
+    (`cpu.load_program`), and a function whose code calls the pool lists it among its callees
+    (`note_thread_pool_call`), which starts the pool before the function is loaded
+    however it is reached."""
+    # Numba's OpenMP threading layer reads this when the pool starts: workers that wait by
+    # spinning fight OpenBLAS's spinning threads for the cores, and a training step ran 20
+    # times slower beside them.  Waiting passively costs nothing measurable here (a worker
+    # sleeps only between kernels).  The user's own setting stands.  Set here, not at import:
+    # importing netlang must not change the environment of the processes a user starts (a
+    # PyTorch process started beside it ran 40% slower with passive OpenMP waits).
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    from numba.np.ufunc.parallel import _launch_threads
+    _launch_threads()
+
+
 def note_thread_pool_call() -> None:
     """Note that the caller being compiled calls Numba's thread pool: loading it in a later
     process starts the pool first (`_bind_callees`)."""
@@ -156,9 +177,7 @@ def _bind(symbol: str, entry) -> bool:
     """Whether the name a callee list holds is bound, after loading what it names (a callee,
     or Numba's thread pool)."""
     if symbol == THREAD_POOL:
-        # Imported here: workers.py imports this module.
-        from netlang.runtime.workers import start_worker_threads
-        start_worker_threads()
+        start_thread_pool()
         return True
     return symbol in _bound or (isinstance(entry, list) and len(entry) == 3
                                 and _load_callee(*entry) and symbol in _bound)

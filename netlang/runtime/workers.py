@@ -13,40 +13,17 @@ use) directly in LLVM IR, in the calling function: nothing is analysed or compil
 
 from __future__ import annotations
 
-import os
-
 from llvmlite import ir
 from numba.core import cgutils
 from numba.core import types as numba_types
 from numba.extending import intrinsic
 
-from netlang.runtime.linkage import declare_call, note_thread_pool_call
+from netlang.runtime.linkage import declare_call, note_thread_pool_call, start_thread_pool
 
 # What a share that fails is reported as, once every worker is done: the worker threads run
 # without Python, so the share's own exception cannot be raised from them.
 WORKER_FAILED = ("a kernel's worker thread failed (an exception in compiled code); "
                  "run with NUMBA_NUM_THREADS=1 to see it raised")
-
-
-def start_worker_threads() -> None:
-    """Start Numba's thread pool (once per process), before code that calls it is loaded.
-
-    Compiled code that runs workers calls the pool's entry points (`numba_parallel_for`,
-    `get_num_threads`), names that LLVM binds only once the pool has started; machine code
-    read back from Numba's cache with a name nothing binds aborts the process.  So the
-    engine starts the pool before it loads a program that has worker functions
-    (`cpu.load_program`), and a function whose code calls the pool lists it among its callees
-    (`linkage.note_thread_pool_call`), which starts the pool before the function is loaded
-    however it is reached."""
-    # Numba's OpenMP threading layer reads this when the pool starts: workers that wait by
-    # spinning fight OpenBLAS's spinning threads for the cores, and a training step ran 20
-    # times slower beside them.  Waiting passively costs nothing measurable here (a worker
-    # sleeps only between kernels).  The user's own setting stands.  Set here, not at import:
-    # importing netlang must not change the environment of the processes a user starts (a
-    # PyTorch process started beside it ran 40% slower with passive OpenMP waits).
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-    from numba.np.ufunc.parallel import _launch_threads
-    _launch_threads()
 
 
 @intrinsic(prefer_literal=True)
@@ -69,7 +46,7 @@ def run_workers(typingctx, share, count, arguments):
     def codegen(context, builder, signature, values):
         # The thread pool's entry points are bound as LLVM symbols when the pool starts, and
         # must be again before this code is loaded from the cache in another process.
-        start_worker_threads()
+        start_thread_pool()
         note_thread_pool_call()
         module = builder.module
         callee, fndesc = declare_call(context, module, share.dispatcher, call.args)
