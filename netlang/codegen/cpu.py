@@ -311,7 +311,7 @@ class ProgramWriter:
         self.worker_sizes: dict | None = None
         self.part_imports: list = []   # (module, its function, the step's name for it)
         self.python_calls: list = []   # the pieces called from Python: (name, parameters)
-        self.uses_workers = False   # whether a kernel runs on worker threads (`worker_function`)
+        self.has_workers = False   # whether a kernel runs on worker threads (`worker_function`)
 
     def view(self, var: str, shape: str, prefix: str) -> str:
         """`var.reshape(shape)`, made once per program: a view made outside every loop serves
@@ -444,7 +444,7 @@ class ProgramWriter:
             self.part_imports.append((module, entry, function))
         if workers:
             self.emitter.line(f"run_workers({function}, {workers}, ({', '.join(arguments)},))")
-            self.uses_workers = True
+            self.has_workers = True
         else:
             self.emitter.line(f"{function}({', '.join(arguments)})")
         if from_python:
@@ -454,11 +454,6 @@ class ProgramWriter:
         """The lines that import the functions of the program's parts."""
         return [f"from {module} import {entry} as {name}"
                 for module, entry, name in self.part_imports]
-
-    @property
-    def has_workers(self) -> bool:
-        """Whether the program runs kernels on worker threads (`worker_function`)."""
-        return self.uses_workers
 
     def argument(self, kind: str, key) -> str:
         """The parameter (`a0`, `a1`, ...) through which the program receives `key` of `kind`

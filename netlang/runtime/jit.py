@@ -59,8 +59,8 @@ class GenericDispatcher(SymbolDispatcher):
     kinds of product compiled `gemm32` five times).  Typed as plain integers and booleans, a
     function is compiled once per dtype and array layout and shared by every model.  Only for
     functions whose speed does not depend on the constants: the BLAS products and the random
-    draws (a worker's share is typed so by `run_workers`).  The convolution and pooling loop nests, made
-    generic in everything, lost 15% of LeNet-5's training speed (docs/compiler.md, Where
+    draws (`run_workers` types a worker's share so too).  The convolution and pooling loop
+    nests, made generic in everything, lost 15% of LeNet-5's training speed (docs/compiler.md, Where
     compile time goes): im2col, col2im and the weight's reordering keep the constants of their
     window (`literal_names`, `compiled_window`), the pooling loops all of theirs
     (`compiled_shared`)."""
