@@ -480,6 +480,28 @@ def test_convolutions_split_among_workers_match_reference(monkeypatch, workers):
     assert "prange" not in source
 
 
+def test_thin_convolutions_of_any_window_share_one_planar_columns():
+    # planar_columns is specialised on its input's channel count only (netlang/runtime/cnn.py):
+    # one-channel images under a 3×3 and a 5×5 window, of two sizes, use one compilation.
+    from numba.core import types
+
+    from netlang.runtime import cnn
+    for window, side in ((3, 9), (5, 12)):
+        model = netlang.compile(f"""
+input image: [{side}, {side}, 1]
+input label: int32[]
+output logits = image -> conv2d(3, {window}) -> relu -> flatten -> dense(2)
+train {{ loss cross_entropy(logits, label) }}
+""")
+        engine = CpuEngine(model.graph, seed=0, dtype=np.float64)
+        assert np.isfinite(engine.gradients(random_batch(model.graph, 2, 0))[0])
+    one_channel = [signature for signature in cnn.planar_columns.overloads
+                   if signature[0].dtype == types.float64
+                   and signature[7] == types.IntegerLiteral(1)]
+    assert len(one_channel) == 1
+    assert not any(isinstance(t, types.Literal) for t in one_channel[0][8:])
+
+
 def test_programs_share_the_modules_of_their_equal_worker_functions(monkeypatch):
     # The evaluation program's forward convolutions are the training step's, compiled once;
     # renaming the layers or changing the rest of the model leaves their modules alone.
