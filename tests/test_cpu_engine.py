@@ -478,6 +478,43 @@ def test_convolutions_split_among_workers_match_reference(monkeypatch, workers):
     assert ("def share(" in "".join(text for _, text in program.program.parts)) == (workers == 3)
     assert (", 3, (" in source and "run_workers(" in source) == (workers == 3)
     assert "prange" not in source
+    # Views are `reshaped`'s, never Numba's reshape (its checks cost compile time at each).
+    assert "reshaped(" in source and ".reshape(" not in source
+
+
+def test_reshaped_is_reshapes_view_and_never_reaches_past_the_array():
+    # Generated programs make their views with runtime/jit.py's `reshaped` (ProgramWriter.view).
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    from netlang.runtime.jit import reshaped
+
+    @njit
+    def views(a):
+        return reshaped(a, (3, 2)), reshaped(a, ()), reshaped(a, (5,)), reshaped(a, (0, 4))
+
+    a = np.arange(24, dtype=np.float32).reshape(2, 2, 6)
+    blocks, flat, rows, empty = views(a)
+    assert blocks.shape == (4, 3, 2) and blocks.strides == a.reshape(4, 3, 2).strides
+    np.testing.assert_array_equal(blocks, a.reshape(4, 3, 2))
+    np.testing.assert_array_equal(flat, a.ravel())
+    # 24 values as rows of 5: four rows, the last four values left out, never a fifth row.
+    assert rows.shape == (4, 5)
+    np.testing.assert_array_equal(rows, a.ravel()[:20].reshape(4, 5))
+    assert empty.shape == (0, 0, 4)
+    blocks[0, 0, 0] = -1
+    assert a[0, 0, 0] == -1   # a view, not a copy
+
+    @njit
+    def made_inside(n):   # the view keeps the array it views alive
+        return reshaped(np.arange(n * 2.0), (2,))
+    np.testing.assert_array_equal(made_inside(3), [[0, 1], [2, 3], [4, 5]])
+
+    @njit
+    def of_strided(a):
+        return reshaped(a[:, ::2], ())
+    with pytest.raises(TypingError, match="C-contiguous"):
+        of_strided(np.zeros((2, 4)))
 
 
 def test_thin_convolutions_of_any_window_share_one_planar_columns():

@@ -111,6 +111,13 @@ class Kernel:
         self.statistics_across_processes = program.statistics_across_processes
         self.gemm = "gemm32" if program.dtype == "float32" else "gemm64"
 
+    def reshaped(self, expr: str, trailing: tuple) -> str:
+        """Source of a view of the C-contiguous array `expr` as `ProgramWriter.view` makes one
+        (shape (size // ∏ trailing, *trailing)), for a kernel that holds it in a variable of
+        its own (a block's section, in a loop)."""
+        sizes = "".join(f"{size}, " for size in trailing)
+        return f"{self.helper('reshaped', 'netlang.runtime.jit')}({expr}, ({sizes.rstrip()}))"
+
     def helper(self, name: str, module: str = "netlang.runtime.cnn") -> str:
         """A compiled helper function the kernel calls (imported by the program's source)."""
         self.program.imports.add((module, name))
@@ -155,11 +162,11 @@ class Kernel:
 
     def matrix(self, var: str, width: int) -> str:
         """A 2-D (size // width, width) view of an array variable."""
-        return self.program.view(var, f"({var}.size // {width}, {width})", "v")
+        return self.program.view(var, (width,), "v")
 
     def flat(self, var: str) -> str:
-        """A 1-D view of an array variable (`var.reshape(var.size)`)."""
-        return self.program.view(var, f"{var}.size", "f")
+        """A 1-D view of an array variable."""
+        return self.program.view(var, (), "f")
 
     def epilogue(self, out2d: str, bias: str | None = None, row0: str | None = None) -> None:
         """The loop that ends a matrix product: bias add, then every fused elementwise op.
@@ -313,14 +320,19 @@ class ProgramWriter:
         self.python_calls: list = []   # the pieces called from Python: (name, parameters)
         self.has_workers = False   # whether a kernel runs on worker threads (`worker_function`)
 
-    def view(self, var: str, shape: str, prefix: str) -> str:
-        """`var.reshape(shape)`, made once per program: a view made outside every loop serves
-        every later kernel (each reshape costs Numba compile time; buffers never move)."""
-        key = (var, shape)
+    def view(self, var: str, trailing: tuple, prefix: str) -> str:
+        """A view of the C-contiguous array `var` of shape (var.size // ∏ trailing, *trailing)
+        (`trailing`: sizes, or expressions of the program; () for a flat view), made once per
+        program: a view made outside every loop serves every later kernel (each view costs
+        Numba compile time; buffers never move).  Made by `runtime/jit.py`'s `reshaped`: the
+        same view as `var.reshape(...)`, for about half of reshape's compile time."""
+        key = (var, tuple(trailing))
         if key in self._views:
             return self._views[key]
         name = self.emitter.fresh(prefix)
-        self.emitter.line(f"{name} = {var}.reshape({shape})")
+        self.imports.add(("netlang.runtime.jit", "reshaped"))
+        sizes = "".join(f"{size}, " for size in trailing)
+        self.emitter.line(f"{name} = reshaped({var}, ({sizes.rstrip()}))")
         if self.emitter.depth == 1:
             self._views[key] = name
             self.step_names.add(name)
@@ -489,9 +501,8 @@ class ProgramWriter:
         t = self.graph.type_of(node)
         if self.graph.type_of(root).shape == t.shape:
             return root_var
-        dims = ", ".join([f"{root_var}.shape[0]"] + [str(d) for d in t.shape[1:]]) if t.batched else \
-            ", ".join(str(d) for d in t.shape)
-        return self.view(root_var, f"({dims},)", "r")
+        # The leading size (the batch, or the shape's first) is the one the view derives.
+        return self.view(root_var, tuple(t.shape[1:]), "r")
 
     # -- elementwise ------------------------------------------------------------------------
 
@@ -508,12 +519,12 @@ class ProgramWriter:
         """A loop over the flattened output computing this op and its fused followers."""
         e = self.emitter
         out = self.var(node)
-        flat_out = self.view(out, f"{out}.size", "f")
+        flat_out = self.view(out, (), "f")
         operand_flats = {}
         for operand in self.graph.operands(node):
             if operand not in operand_flats:
                 v = self.var(operand)
-                operand_flats[operand] = self.view(v, f"{v}.size", "f")
+                operand_flats[operand] = self.view(v, (), "f")
         chain = self.fusion.epilogue.get(node, [])
         extra = self._epilogue_operands(chain, node)
         with self.loop("i", f"{flat_out}.size"):
@@ -539,7 +550,7 @@ class ProgramWriter:
             for operand in self.graph.operands(node):
                 if operand not in inside and operand not in extra:
                     v = self.var(operand)
-                    extra[operand] = self.view(v, f"{v}.size", "f")
+                    extra[operand] = self.view(v, (), "f")
         return extra
 
     def _emit_chain(self, chain, host, current: str, extra: dict, index: str) -> str:

@@ -147,6 +147,10 @@ class CudaKernel(Kernel):
         """A new variable name, unique in the program."""
         return self.program.emitter.fresh(prefix)
 
+    def reshaped(self, expr: str, trailing: tuple) -> str:
+        """`Kernel.reshaped`'s view, as a reshape in the host function."""
+        return f"{expr}.reshape({reshape_argument(expr, trailing)})"
+
     def helper(self, name: str, module: str = "") -> str:
         """Refused: a CUDA template cannot call a CPU helper."""
         # CPU helpers are host code; device functions would need a GPU to type a kernel
@@ -225,14 +229,15 @@ class CudaProgramWriter(ProgramWriter):
         self.host_names.add(name)
         return name
 
-    def view(self, var: str, shape: str, prefix: str) -> str:
-        """`var.reshape(shape)`, made in the host function (even while a kernel is open) and
-        passed to the kernels that read it; made once per program outside every host block."""
-        key = (var, shape)
+    def view(self, var: str, trailing: tuple, prefix: str) -> str:
+        """`ProgramWriter.view`'s view, as `var.reshape(...)`, made in the host function (even
+        while a kernel is open) and passed to the kernels that read it; made once per program
+        outside every host block."""
+        key = (var, tuple(trailing))
         if key in self._views:
             return self._views[key]
         name = self.emitter.fresh(prefix)
-        self.emitter.host_line(f"{name} = {var}.reshape({shape})")
+        self.emitter.host_line(f"{name} = {var}.reshape({reshape_argument(var, trailing)})")
         self.host_names.add(name)
         if self.emitter.host_depth == 1:
             self._views[key] = name
@@ -495,13 +500,13 @@ def render_metrics(*, loss_slot: int, scores_slot: int | None = None, labels: st
     at = {name: i for i, name in enumerate(METRIC_TOTALS)}
     writer.host_names.add("examples")
     loss = writer.argument("slot", loss_slot)
-    loss = writer.view(loss, f"{loss}.size", "f")
+    loss = writer.view(loss, (), "f")
     scores = positions = None
     if scores_slot is not None:
         scores = writer.argument("slot", scores_slot)
-        scores = writer.view(scores, f"{scores}.size", "f")
+        scores = writer.view(scores, (), "f")
         target = writer.argument("input", labels)
-        target = writer.view(target, f"{target}.size", "f")
+        target = writer.view(target, (), "f")
         positions = f"{scores}.size // {rule.units}" if rule.units > 1 else f"{scores}.size"
     e.line("# the loss, and where it first stopped being finite")
     with writer.kernel("1", "1"):
@@ -564,7 +569,7 @@ def render_gather(*, geometry: LaunchGeometry = GPU, cache: bool = True) -> Prog
     e = writer.emitter
     data, order, out = (writer.argument("input", key) for key in ("data", "order", "out"))
     writer.host_names.update(("start", "width"))
-    source, target = (writer.view(v, f"{v}.size", "f") for v in (data, out))
+    source, target = (writer.view(v, (), "f") for v in (data, out))
     e.line(f"width = {out}.size // {out}.shape[0]")
     with writer.grid_loop("i", f"{target}.size"):
         e.line(f"{target}[i] = {source}[{order}[start + i // width] * width + i % width]")
@@ -599,8 +604,8 @@ class CudaUpdatePlan(UpdatePlan):
         e, u, rule = writer.emitter, self.absorbed[node], self.rule
         graph = writer.graph
         g, x = graph.operands(node)
-        g2 = writer.view(writer.var(g), _rows_shape(writer.var(g), graph.type_of(g)), "v")
-        x2 = writer.view(writer.var(x), _rows_shape(writer.var(x), graph.type_of(x)), "v")
+        g2 = writer.view(writer.var(g), graph.type_of(g).shape[-1:], "v")
+        x2 = writer.view(writer.var(x), graph.type_of(x).shape[-1:], "v")
         p = writer.argument("param", u.name)
         state = self._state_flats(writer, u, self.slots)
         target = p if rule.target == "param" else state[rule.target][0]
@@ -609,7 +614,7 @@ class CudaUpdatePlan(UpdatePlan):
             with e.block(header):
                 writer.gemm(None, g2, x2, target, True, False, alpha=alpha, beta=beta)
         if rule.after:
-            pf = writer.view(p, f"{p}.size", "f")
+            pf = writer.view(p, (), "f")
             names = {"p": pf, **{slot: flat for slot, (_, flat) in state.items()}}
             with writer.grid_loop("i", f"{pf}.size"):
                 for line in rule.after:
@@ -646,6 +651,11 @@ class CudaUpdatePlan(UpdatePlan):
                 self.emit_element_update(e, c, u, pf, gf, body)
 
 
-def _rows_shape(var, type_) -> str:
-    width = type_.shape[-1]
-    return f"({var}.size // {width}, {width})"
+def reshape_argument(var: str, trailing: tuple) -> str:
+    """The argument of `var.reshape(...)` for the view `ProgramWriter.view` describes: shape
+    (var.size // ∏ trailing, *trailing), or var.size for a flat view."""
+    if not trailing:
+        return f"{var}.size"
+    product = " * ".join(str(size) for size in trailing)
+    product = product if len(trailing) == 1 else f"({product})"
+    return f"({var}.size // {product}, {', '.join(str(size) for size in trailing)})"

@@ -64,7 +64,7 @@ class UpdatePlan:
         names = {}
         for slot in slots:
             s = writer.argument("state", f"{u.name}.{slot}")
-            names[slot] = (s, writer.view(s, f"{s}.size", "f"))
+            names[slot] = (s, writer.view(s, (), "f"))
         return names
 
     def emit_absorbed(self, writer, node):
@@ -83,8 +83,7 @@ class UpdatePlan:
         with e.block("else:"):
             e.line(f"{self.gemm}(True, False, {rule.later[0]}, {g2}, {x2}, {rule.later[1]}, {target})")
         if rule.after:
-            pf = e.fresh("f")
-            e.line(f"{pf} = {p}.reshape({p}.size)")
+            pf = writer.view(p, (), "f")
             names = {"p": pf, **{slot: flat for slot, (_, flat) in state.items()}}
             with e.block(f"for i in range({pf}.size):"):
                 for line in rule.after:
@@ -101,7 +100,7 @@ class UpdatePlan:
         """(update, flat parameter, flat gradient, template names) of the parameter of `u`."""
         p = writer.argument("param", u.name)
         g = writer.var(u.grad)
-        pf, gf = writer.view(p, f"{p}.size", "f"), writer.view(g, f"{g}.size", "f")
+        pf, gf = writer.view(p, (), "f"), writer.view(g, (), "f")
         names = {"p": pf, **{slot: flat for slot, (_, flat) in
                              self._state_flats(writer, u, self.slots).items()}}
         return u, pf, gf, names
@@ -165,7 +164,7 @@ STEP_SCALARS = ("lr", "t", "clipf")
 
 def _rows(writer, var, type_):
     width = type_.shape[-1]
-    return writer.view(var, f"({var}.size // {width}, {width})", "v")
+    return writer.view(var, (width,), "v")
 
 
 class _UpdateWriter(ProgramWriter):

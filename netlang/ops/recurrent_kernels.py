@@ -79,8 +79,7 @@ def section_view(k, array: str, start: int, shape: tuple) -> str:
     flat = k.flat(array)
     n = f"{array}.shape[0]"
     size = math.prod(shape)
-    dims = ", ".join([n] + [str(d) for d in shape])
-    return k.host_value(f"{flat}[{n} * {start}:{n} * {start + size}].reshape(({dims},))", "sec")
+    return k.host_value(k.reshaped(f"{flat}[{n} * {start}:{n} * {start + size}]", shape), "sec")
 
 
 # A batch is cut into blocks of examples: each block runs every layer and step on its own, and
@@ -154,8 +153,7 @@ def state_view(k, named: dict, name: str, stack: Stack) -> str | None:
     if name not in named:
         return None
     state = named[name]
-    return k.host_value(f"{state}.reshape(({state}.shape[0], {stack.states}, {stack.units}))",
-                        "st")
+    return k.host_value(k.reshaped(state, (stack.states, stack.units)), "st")
 
 
 def workspace_rule(kind: str, plan):
@@ -219,7 +217,6 @@ def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
     with _example_blocks(k, named["x"]) as (first, stop):
         def part(array):
             return _part(k, array, first, stop)
-        n = k.host_value(f"{stop} - {first}", "n")
         h, c, hw = (part(ws.get(name)) for name in ("h", "c", "hw"))
         block_steps = part(steps)
         sections = {name: part(view) for name, view in
@@ -269,7 +266,7 @@ def emit_forward(k, stack: Stack, named: dict, record: str, ws: dict) -> None:
                     leading = [t, block_steps] + ([hw] if hw is not None else []) + [b_ih, b_hh]
                     k.line(f"{step}({', '.join(leading + arguments)})")
                 if layer == last and not a["sequences"]:
-                    final = k.host_value(f"{sections['output']}.reshape(({n}, {D}, {H}))", "fin")
+                    final = k.host_value(k.reshaped(sections['output'], (D, H)), "fin")
                     k.line(f"{_helper(k, 'store_state')}({h}, {final}, {d})")
             if mask is not None and layer < last:
                 k.line(f"{_helper(k, 'apply_mask')}({sections[f'input{layer + 1}']}, {mask}, "
@@ -347,7 +344,6 @@ def _emit_back(k, stack: Stack, named: dict, g: str, ws: dict, steps: str, first
         return _part(k, array, first, stop)
     a, kind = k.attrs, stack.kind
     T, H, D, G = stack.steps, stack.units, stack.directions, stack.gates
-    n = k.host_value(f"{stop} - {first}", "n")
     dh, dc, block_steps = part(ws["dh"]), part(ws.get("dc")), part(steps)
     record = {name: part(view) for name, view in
               section_views(k, named["record"], record_layout(stack, a["sequences"])).items()}
@@ -361,14 +357,14 @@ def _emit_back(k, stack: Stack, named: dict, g: str, ws: dict, steps: str, first
     # `sequences`; the one the layer above left (masked) for the others.
     above = None
     if a["sequences"]:
-        above = part(k.host_value(f"{g}.reshape(({g}.shape[0], {T}, {D * H}))", "ga"))
+        above = part(k.host_value(k.reshaped(g, (T, D * H)), "ga"))
     mask = part(named.get("mask"))
     for layer in reversed(range(stack.layers)):
         for d in range(D):
             tag = f"l{layer}{'_reverse' if d else ''}"
             w_hh = named[f"weight_hh_{tag}"]
             if layer == last and not a["sequences"]:
-                final = part(k.host_value(f"{g}.reshape(({g}.shape[0], {D}, {H}))", "gf"))
+                final = part(k.host_value(k.reshaped(g, (D, H)), "gf"))
                 k.line(f"{_helper(k, 'start_state')}({dh}, {final}, {d})")
             else:
                 k.line(f"{dh}[:, :] = 0.0")
@@ -405,10 +401,10 @@ def _emit_back(k, stack: Stack, named: dict, g: str, ws: dict, steps: str, first
         if layer == 0:
             break   # the input's gradient is recurrent_input_grad's
         below = part(ws[f"d_input{(last - layer) % 2}"])   # not the one it reads
-        rows = k.host_value(f"{below}.reshape(({n} * {T}, {D * H}))", "di")
+        rows = k.host_value(k.reshaped(below, (D * H,)), "di")
         for d in range(D):
             tag = f"l{layer}{'_reverse' if d else ''}"
-            gates = k.host_value(f"{tape[f'ih{tag}']}.reshape(({n} * {T}, {G * H}))", "dg")
+            gates = k.host_value(k.reshaped(tape[f'ih{tag}'], (G * H,)), "dg")
             k.line(f"{gemm}(False, 1.0, {gates}, {named[f'weight_ih_{tag}']}, "
                    f"{1.0 if d else 0.0}, {rows})")
         if mask is not None:
@@ -426,7 +422,7 @@ def section_rows(k, array: str, start: int, steps: int, columns: int) -> str:
     flat = k.flat(array)
     n = f"{array}.shape[0]"
     return k.program.view(f"{flat}[{n} * {start}:{n} * {start + steps * columns}]",
-                          f"({n} * {steps}, {columns})", "rw")
+                          (columns,), "rw")
 
 
 def _section_kernel(k):
