@@ -517,6 +517,18 @@ def test_reshaped_is_reshapes_view_and_never_reaches_past_the_array():
         of_strided(np.zeros((2, 4)))
 
 
+def test_every_bias_gradient_calls_column_sums_on_a_flat_view():
+    # One compilation of column_sums per dtype, whatever the rank of the gradient: the
+    # convolutions' 4-D and the dense layer's 2-D gradients are passed flat.
+    import re
+    engine = CpuEngine(netlang.compile(LENET_LIKE).graph, seed=0)
+    engine.gradients(random_batch(engine.graph, 2, 0))
+    source = engine._programs["gradients"].program.source
+    flat_views = set(re.findall(r"(\w+) = reshaped\(\w+, \(\)\)", source))
+    passed = re.findall(r"column_sums\((\w+), ", source)
+    assert len(passed) == 3 and set(passed) <= flat_views
+
+
 def test_thin_convolutions_of_any_window_share_one_planar_columns():
     # planar_columns is specialised on its input's channel count only (netlang/runtime/cnn.py):
     # one-channel images under a 3×3 and a 5×5 window, of two sizes, use one compilation.

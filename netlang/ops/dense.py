@@ -184,8 +184,10 @@ def _dense_grad_weight_kernel(k):
 
 
 def _bias_grad_kernel(k):
-    # A compiled helper: one per bias in a step, and every loop costs compile time.
-    k.line(f"{k.helper('column_sums')}({k.ins[0]}, {k.out})")
+    # A compiled helper: one per bias in a step, and every loop costs compile time.  Passed
+    # the gradient's flat view, so one compilation per dtype serves every bias, whatever the
+    # rank of its gradient (a dense layer's 2, a convolution's 4).
+    k.line(f"{k.helper('column_sums')}({k.flat(k.ins[0])}, {k.out})")
 
 
 def _bias_grad_reduction(k):

@@ -23,9 +23,11 @@ def lanes_buffer():
 
 
 def column_sums(g, out):
-    """out (C,) ← g summed over every axis but the last (a bias's gradient).  Runs of rows are
-    added at once into float64 lanes, so the inner loop is long and contiguous even when C is
-    small (a six-channel convolution's 100,000 rows), and the total keeps float64 precision.
+    """out (C,) ← g summed over every axis but the last (a bias's gradient; generated code
+    passes g flat, read as rows of C values, so one compilation serves every rank).  Runs of
+    rows are added at once into float64 lanes, so the inner loop is long and contiguous even
+    when C is small (a six-channel convolution's 100,000 rows), and the total keeps float64
+    precision.
     A bias of more than LANES channels is summed LANES channels at a time, one row per run,
     as a narrower one of more than 256 channels is."""
     C = out.size

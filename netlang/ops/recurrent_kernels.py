@@ -444,7 +444,7 @@ def _weight_grad_kernel(k):
 
 def _bias_grad_kernel(k):
     gates = section_rows(k, k.ins[0], k.attrs["start"], k.attrs["steps"], k.attrs["columns"])
-    k.line(f"{k.helper('column_sums')}({gates}, {k.out})")
+    k.line(f"{k.helper('column_sums')}({k.flat(gates)}, {k.out})")
 
 
 def _input_grad_kernel(k):
