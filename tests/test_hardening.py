@@ -247,8 +247,10 @@ NUMBA_SOURCE = "from numba import njit\n\n@njit(cache=True)\ndef bump(x):\n    r
 
 @pytest.mark.parametrize("which", ["nbi", "nbc"])
 def test_damaged_numba_cache_files_are_a_cache_miss(kernel_cache, capsys, which):
-    assert _load(NUMBA_SOURCE, "hd_numba").bump(1) == 2
-    (damaged,) = (kernel_cache / "__pycache__").glob(f"*.{which}")
+    module = _load(NUMBA_SOURCE, "hd_numba")
+    assert module.bump(1) == 2
+    # Numba's cache of it: beside the module, or under NUMBA_CACHE_DIR where that is set.
+    (damaged,) = Path(module.bump._cache.cache_path).glob(f"*.bump-*.{which}")
     damaged.write_bytes(damaged.read_bytes()[:20])
     assert _load(NUMBA_SOURCE, "hd_numba").bump(2) == 3
     notice = capsys.readouterr().err.strip()

@@ -115,8 +115,7 @@ class Kernel:
         """Source of a view of the C-contiguous array `expr` as `ProgramWriter.view` makes one
         (shape (size // ∏ trailing, *trailing)), for a kernel that holds it in a variable of
         its own (a block's section, in a loop)."""
-        sizes = "".join(f"{size}, " for size in trailing)
-        return f"{self.helper('reshaped', 'netlang.runtime.jit')}({expr}, ({sizes.rstrip()}))"
+        return self.program.reshaped(expr, trailing)
 
     def helper(self, name: str, module: str = "netlang.runtime.cnn") -> str:
         """A compiled helper function the kernel calls (imported by the program's source)."""
@@ -330,13 +329,16 @@ class ProgramWriter:
         if key in self._views:
             return self._views[key]
         name = self.emitter.fresh(prefix)
-        self.imports.add(("netlang.runtime.jit", "reshaped"))
-        sizes = "".join(f"{size}, " for size in trailing)
-        self.emitter.line(f"{name} = reshaped({var}, ({sizes.rstrip()}))")
+        self.emitter.line(f"{name} = {self.reshaped(var, trailing)}")
         if self.emitter.depth == 1:
             self._views[key] = name
             self.step_names.add(name)
         return name
+
+    def reshaped(self, var: str, trailing: tuple) -> str:
+        """Source of `view`'s view of `var`, `reshaped(var, (sizes...))`, its import added."""
+        self.imports.add(("netlang.runtime.jit", "reshaped"))
+        return f"reshaped({var}, ({''.join(f'{size}, ' for size in trailing).rstrip()}))"
 
     @contextlib.contextmanager
     def worker_function(self):

@@ -147,10 +147,6 @@ class CudaKernel(Kernel):
         """A new variable name, unique in the program."""
         return self.program.emitter.fresh(prefix)
 
-    def reshaped(self, expr: str, trailing: tuple) -> str:
-        """`Kernel.reshaped`'s view, as a reshape in the host function."""
-        return f"{expr}.reshape({reshape_argument(expr, trailing)})"
-
     def helper(self, name: str, module: str = "") -> str:
         """Refused: a CUDA template cannot call a CPU helper."""
         # CPU helpers are host code; device functions would need a GPU to type a kernel
@@ -229,6 +225,15 @@ class CudaProgramWriter(ProgramWriter):
         self.host_names.add(name)
         return name
 
+    def reshaped(self, var: str, trailing: tuple) -> str:
+        """`ProgramWriter.reshaped`'s view as NumPy's reshape, for the host function: shape
+        (var.size // ∏ trailing, *trailing), or var.size for a flat view."""
+        if not trailing:
+            return f"{var}.reshape({var}.size)"
+        product = " * ".join(str(size) for size in trailing)
+        product = product if len(trailing) == 1 else f"({product})"
+        return f"{var}.reshape(({var}.size // {product}, {', '.join(str(size) for size in trailing)}))"
+
     def view(self, var: str, trailing: tuple, prefix: str) -> str:
         """`ProgramWriter.view`'s view, as `var.reshape(...)`, made in the host function (even
         while a kernel is open) and passed to the kernels that read it; made once per program
@@ -237,7 +242,7 @@ class CudaProgramWriter(ProgramWriter):
         if key in self._views:
             return self._views[key]
         name = self.emitter.fresh(prefix)
-        self.emitter.host_line(f"{name} = {var}.reshape({reshape_argument(var, trailing)})")
+        self.emitter.host_line(f"{name} = {self.reshaped(var, trailing)}")
         self.host_names.add(name)
         if self.emitter.host_depth == 1:
             self._views[key] = name
@@ -649,13 +654,3 @@ class CudaUpdatePlan(UpdatePlan):
                     f"    clipf = {clip!r} / (math.sqrt({norm}[0]) + 1e-6)"]
             with writer.grid_loop("i", f"{gf}.size", prologue):
                 self.emit_element_update(e, c, u, pf, gf, body)
-
-
-def reshape_argument(var: str, trailing: tuple) -> str:
-    """The argument of `var.reshape(...)` for the view `ProgramWriter.view` describes: shape
-    (var.size // ∏ trailing, *trailing), or var.size for a flat view."""
-    if not trailing:
-        return f"{var}.size"
-    product = " * ".join(str(size) for size in trailing)
-    product = product if len(trailing) == 1 else f"({product})"
-    return f"({var}.size // {product}, {', '.join(str(size) for size in trailing)})"
