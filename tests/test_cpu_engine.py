@@ -478,8 +478,10 @@ def test_convolutions_split_among_workers_match_reference(monkeypatch, workers):
     assert ("def share(" in "".join(text for _, text in program.program.parts)) == (workers == 3)
     assert (", 3, (" in source and "run_workers(" in source) == (workers == 3)
     assert "prange" not in source
-    # Views are `reshaped`'s, never Numba's reshape (its checks cost compile time at each).
-    assert "reshaped(" in source and ".reshape(" not in source
+    # Views are `reshaped`'s, never Numba's reshape (its checks cost compile time at each), in
+    # the program and in the functions it calls (its pieces, where it is cut).
+    everything = source + "".join(text for _, text in program.program.parts)
+    assert "reshaped(" in everything and ".reshape(" not in everything
 
 
 def test_reshaped_is_reshapes_view_and_never_reaches_past_the_array():
