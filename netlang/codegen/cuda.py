@@ -232,7 +232,8 @@ class CudaProgramWriter(ProgramWriter):
             return f"{var}.reshape({var}.size)"
         product = " * ".join(str(size) for size in trailing)
         product = product if len(trailing) == 1 else f"({product})"
-        return f"{var}.reshape(({var}.size // {product}, {', '.join(str(size) for size in trailing)}))"
+        sizes = ", ".join(str(size) for size in trailing)
+        return f"{var}.reshape(({var}.size // {product}, {sizes}))"
 
     def view(self, var: str, trailing: tuple, prefix: str) -> str:
         """`ProgramWriter.view`'s view, as `var.reshape(...)`, made in the host function (even
