@@ -23,9 +23,11 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-# The step's top-level views and sizes (`v3 = a0.reshape(...)`, `n2 = a0.shape[0]`, a section
-# `s6 = f5[...]`), which later pieces use: each piece repeats those of the pieces before it.
-VIEW = re.compile(r"^    ([a-z]+\d+) = (a\d+|[a-z]+\d+)(\.reshape\(|\.shape\[|\[)")
+# The step's top-level views and sizes (`v3 = reshaped(a0, ...)`, `n2 = a0.shape[0]`, a section
+# `s6 = f5[...]`), which later pieces use: each piece repeats those of the pieces before it,
+# after the line that makes the step's arrays from its table (`a0, a1, = arrays_at(...)`).
+VIEW = re.compile(r"^    ([a-z]+\d+) = (reshaped\(|(a\d+|[a-z]+\d+)(\.shape\[|\[))")
+UNPACK = re.compile(r"^    (a\d+, )+= arrays_at\(")
 
 
 def sections(source: str):
@@ -64,15 +66,10 @@ def main(argv=None):
     engine.train_step(feeds, lr)
     graph, _, _, step, _ = engine._training()
     prepared, batch = engine._feeds(graph, feeds, engine._input_names(step))
-    slots = step.slots(batch)
     from netlang.ops.norm import draw_dropout_key
-    call_args = []
-    for arg in step.program.args:
-        call_args.append({"input": lambda: prepared[arg.key], "param": lambda: engine.params[arg.key],
-                          "state": lambda: engine.optimizer.state[arg.key],
-                          "key": lambda: draw_dropout_key(engine.rng),
-                          "slot": lambda: slots[arg.key]}[arg.kind]())
-    call_args += [float(lr), 2]
+    # The step's table (its arrays: netlang/codegen/table.py), lr and t.
+    call_args = step.arguments(engine, prepared, batch, float(lr), 2,
+                               lambda node: draw_dropout_key(engine.rng))
 
     def timed(fn):
         fn(*call_args)
@@ -91,7 +88,7 @@ def main(argv=None):
     source = step.program.source
     header = re.split(r"^@\w+$", source, maxsplit=1, flags=re.M)[0]   # before the decorator
     signature = source.split("def train_step(", 1)[1].split(")", 1)[0]
-    views: list[str] = []
+    views = [line for line in source.splitlines() if UNPACK.match(line)]
     rows = []
     for title, lines in sections(source):
         text = "\n".join([header, f"def piece({signature}):"] + views + lines + ["    return 0", ""])

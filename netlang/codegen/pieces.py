@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import re
 
+from netlang.codegen.table import table_unpack
+
 PIECE_LINES = 120
 # A name the writer generated (a prefix and a number), not a loop index or a helper.
 _GENERATED = re.compile(r"(?<![\w.])[a-z]+\d+\b")
@@ -89,9 +91,11 @@ def _emit_piece(writer, emit, made: list) -> None:
         return
     text = "\n".join(body)
     made.append((set(inner.issued), text))
-    params = writer.step_parameters(text, ("lr", "t"))
-    writer._part("\n".join([f"def piece({', '.join(params)}):", text]),
-                 set(inner.issued), "piece", params, [], from_python=True)
+    # A piece takes the program's table and makes the arrays it reads from it
+    # (netlang/codegen/table.py): Numba's wrapper then converts one array, not each of them.
+    unpack = table_unpack(writer, writer.step_parameters(text))
+    writer._part("\n".join(["def piece(table, lr, t):", *unpack, text]),
+                 set(inner.issued), "piece", ["table", "lr", "t"], [], from_python=True)
 
 
 def sound(writer, made: list) -> bool:

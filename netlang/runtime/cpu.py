@@ -26,6 +26,7 @@ import types
 import numpy as np
 
 from netlang.codegen.cpu import render_program, supported
+from netlang.codegen.table import slot_dtype
 from netlang.codegen.update import ParamUpdate, UpdatePlan, render_update
 from netlang.config import cache_dir, debug, debug_level, private_directory, timed
 from netlang.errors import DataError, UsageError
@@ -39,6 +40,7 @@ from netlang.pipeline import (
     plan_execution,
     training_program,
 )
+from netlang.runtime.argument_table import ArgumentTable
 from netlang.runtime.base import EngineBase
 from netlang.runtime.compilation import ProgramCompilation, ProgramCompilations
 from netlang.version import __version__
@@ -211,6 +213,9 @@ class CompiledProgram:
         self.dtype = dtype
         with timed(f"import {function}"):   # Numba compiles at the first call (see compilation)
             self.function = load_program(self.program, title)
+        # A CPU program takes its arrays in one table (netlang/codegen/table.py).
+        self._table = ArgumentTable(self.program.args, self.program.layouts) \
+            if self.program.layouts is not None else None
         self._slot_arrays: dict[int, list] = {}
         self._ready_batches: set[int] = set()   # batch sizes `call` made the function ready for
 
@@ -260,9 +265,7 @@ class CompiledProgram:
             with small_pages():   # see netlang/pages.py: a first step waited for compaction
                 for shape, batched, dtype in self.buffers.slots:
                     full = (batch,) + tuple(shape) if batched else tuple(shape)
-                    # acc64: a kernel's float64 accumulators, whatever the engine's dtype.
-                    kind = np.float64 if dtype == "acc64" else \
-                        self.dtype if dtype.startswith("float") else np.int64
+                    kind = slot_dtype(dtype, np.dtype(self.dtype).name)
                     arrays.append(self.allocate(np.zeros(full, dtype=kind)))
             if len(self._slot_arrays) > 4:  # a few batch sizes at most (the last, partial batch)
                 self._slot_arrays.pop(next(iter(self._slot_arrays)))
@@ -300,7 +303,8 @@ class CompiledProgram:
                 args.append(self.scratch(arg.key))
             else:
                 args.append(slots[arg.key])
-        return args + [float(lr), int(t)]
+        passed = [self._table.filled(args)] if self._table is not None else args
+        return passed + [float(lr), int(t)]
 
     def call(self, engine, feeds: dict, batch: int, lr: float = 0.0, t: int = 0):
         """Run the program once on prepared `feeds` (learning rate `lr`, step number `t` for
@@ -325,8 +329,9 @@ class CompiledProgram:
         them (netlang/codegen/pieces.py)."""
         if not self.program.pieces:
             return ProgramCompilation(title, self.function, arguments)
-        position = {f"a{i}": i for i in range(len(self.program.args))}
-        position.update(lr=len(self.program.args), t=len(self.program.args) + 1)
+        arrays = ["table"] if self._table is not None else \
+            [f"a{i}" for i in range(len(self.program.args))]
+        position = {name: i for i, name in enumerate(arrays + ["lr", "t"])}
         # The largest pieces first (by their arguments: ResNet-18's update takes 188 arrays and
         # 2 s to compile, 0.6 s of it its wrapper's IR), so that the processes, each claiming
         # the next piece no one has, end together on small ones: in program order ResNet-18's
@@ -487,7 +492,7 @@ class CpuEngine(EngineBase):
                                     self.config.regularizers, self.config.clip_norm,
                                     np.dtype(self.dtype).name)
             function = load_program(program, f"{self._title} update")
-            self._programs["update"] = (function, program,
+            self._programs["update"] = (function, ArgumentTable(program.args, program.layouts),
                                         {u.grad: u.name for u in updates})
         return self._programs["update"]
 
@@ -502,12 +507,14 @@ class CpuEngine(EngineBase):
         function(*arguments, float(lr), int(self.optimizer.steps))
 
     def _update_arguments(self, grads: dict) -> tuple:
-        """(the compiled update, what it is passed before `lr` and `t`) for `grads`."""
-        function, program, names = self._update_program()
+        """(the compiled update, what it is passed before `lr` and `t`: its table) for
+        `grads`."""
+        function, table, names = self._update_program()
         state = self.optimizer.state
-        return function, [self.params[arg.key] if arg.kind == "param" else
-                          state[arg.key] if arg.kind == "state" else grads[names[arg.key]]
-                          for arg in program.args]
+        return function, [table.filled([
+            self.params[arg.key] if arg.kind == "param" else state[arg.key]
+            if arg.kind == "state" else np.ascontiguousarray(grads[names[arg.key]], self.dtype)
+            for arg in table.args])]
 
     def update_compilation(self) -> ProgramCompilation:
         """The compiled update (`apply_update`) made ready before the first step."""

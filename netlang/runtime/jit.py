@@ -226,3 +226,47 @@ def reshaped(typingctx, array, trailing):
                        itemsize=source.itemsize, meminfo=source.meminfo, parent=source.parent)
         return impl_ret_borrowed(context, builder, result_type, view._getvalue())
     return result_type(array, trailing), codegen
+
+
+@intrinsic
+def arrays_at(typingctx, table, spec):
+    """The arrays a program's table holds (netlang/codegen/table.py), as a tuple: `spec` is a
+    literal string of entries `<offset>:<ndim><code>` separated by `;`, each an array whose
+    address is at `table[offset]` and whose sizes follow it, of the element type `code` names
+    (table.CODES).  The arrays are C-contiguous views of memory the caller owns and keeps alive
+    for the call (no reference is counted)."""
+    from netlang.codegen.table import DTYPES
+    if not isinstance(table, numba_types.Array) or table.dtype != numba_types.int64 or \
+            table.ndim != 1 or table.layout != "C":
+        raise TypingError(f"arrays_at() takes a C-contiguous int64 table, not {table}")
+    if not isinstance(spec, numba_types.StringLiteral):
+        raise TypingError(f"arrays_at() takes a literal spec, not {spec}")
+    entries = []
+    for entry in spec.literal_value.split(";"):
+        offset, layout = entry.split(":")
+        entries.append((int(offset), int(layout[:-1]),
+                        numba_types.Array(getattr(numba_types, DTYPES[layout[-1]]),
+                                          int(layout[:-1]), "C")))
+    result_type = numba_types.Tuple([array_type for _, _, array_type in entries])
+
+    def codegen(context, builder, signature, arguments):
+        intp_type = context.get_value_type(numba_types.intp)
+        source = make_array(signature.args[0])(context, builder, arguments[0])
+        arrays = []
+        for offset, ndim, array_type in entries:
+            def at(index):
+                return builder.load(cgutils.gep(builder, source.data, offset + index))
+            element = context.get_data_type(array_type.dtype)
+            itemsize = ir.Constant(intp_type, context.get_abi_sizeof(element))
+            shape = [at(1 + axis) for axis in range(ndim)]
+            strides, stride = [], itemsize
+            for dim in reversed(shape):
+                strides.append(stride)
+                stride = builder.mul(stride, dim)
+            array = make_array(array_type)(context, builder)
+            populate_array(array, data=builder.inttoptr(at(0), element.as_pointer()),
+                           shape=shape, strides=list(reversed(strides)), itemsize=itemsize,
+                           meminfo=None)
+            arrays.append(array._getvalue())
+        return context.make_tuple(builder, result_type, arrays)
+    return result_type(table, spec), codegen
