@@ -75,14 +75,16 @@ def test_the_table_refuses_in_one_line_an_array_that_does_not_fit_its_entry():
     table.filled([good, read_only])
 
 
-def test_an_entry_is_written_again_for_a_new_array_or_a_new_shape():
+def test_an_entry_is_written_again_for_a_new_array_and_its_memory_cannot_move():
     table = ArgumentTable([ProgramArg("input", "x")], [("float32", 2)])
     first = np.zeros((4, 3), np.float32)
-    assert table.filled([first])[0] == first.ctypes.data
-    second = np.zeros((4, 3), np.float32)
-    assert table.filled([second])[0] == second.ctypes.data
-    second.shape = (6, 2)    # the same array, reshaped in place
-    assert list(table.filled([second])) == [second.ctypes.data, 6, 2]
+    assert list(table.filled([first])) == [first.ctypes.data, 4, 3]
+    second = np.zeros((6, 3), np.float32)
+    assert list(table.filled([second])) == [second.ctypes.data, 6, 3]
+    # The table holds the array: NumPy will not move its memory by resizing it in place.
+    with pytest.raises(ValueError):
+        second.resize((100, 3))
+    assert second.ctypes.data == table.table[0]
 
 
 def test_generated_programs_and_their_pieces_take_the_table(tmp_path, monkeypatch):
