@@ -45,8 +45,10 @@ def test_a_long_training_step_is_cut_and_a_short_one_is_not():
     # What is left calls the pieces, the optimiser update's last, from Python.
     assert "@symbol_jit\ndef train_step(" not in source and "def train_step(" in source
     program = long._training()[3].program
-    assert [name for name, _ in program.pieces] == [line.split("(")[0].strip()
-                                                    for line in calls]
+    assert [name for name, _, _ in program.pieces] == [line.split("(")[0].strip()
+                                                       for line in calls]
+    # Each piece weighs the arrays it reads: the update, which reads every parameter, most.
+    assert max(program.pieces, key=lambda piece: piece[2]) == program.pieces[-1]
     assert "parts" in cut[-1] and "lr" in program.pieces[-1][1]
     assert all(len(piece.splitlines()) < 3 * pieces.PIECE_LINES for piece in cut)
     short = CpuEngine(netlang.compile(ROOT / "examples" / "mlp.net").graph)

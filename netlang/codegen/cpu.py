@@ -43,8 +43,8 @@ class Program:
     # by their content, so programs that share a kernel share its compiled code.
     parts: tuple = ()
     # A program cut into pieces (netlang/codegen/pieces.py) is a Python function that calls
-    # them in turn: (the name it calls a piece by, the parameters it passes), in order.  Empty
-    # for a compiled program.
+    # them in turn: (the name it calls a piece by, the parameters it passes, its weight: the
+    # arrays it reads, plus one), in order.  Empty for a compiled program.
     pieces: tuple = ()
     # (element type, dimension count) per argument where the program takes its arrays in one
     # table (`table, lr, t`: netlang/codegen/table.py); None where it takes them one by one.
@@ -424,11 +424,11 @@ class ProgramWriter:
                                   if name in self.step_names or name in scalars))
 
     def _part(self, text: str, generated: set, entry: str, arguments: list, imports: list,
-              from_python: bool = False, workers: int = 0):
+              from_python: int = 0, workers: int = 0):
         """The module of a function the step calls (`text`, its `entry` called with
         `arguments`): its `generated` names renumbered, its helpers imported, named by its
         content (see `worker_function`).  `from_python`: a piece, which the program calls
-        from Python (netlang/codegen/pieces.py) and so compiles with Numba's wrapper.
+        from Python and so compiles with Numba's wrapper: its weight (pieces.py).
         `workers`: a worker's share, called once on each of that many worker threads."""
         # Generated names renumbered in order of appearance: the text then depends only on
         # the kernel, not on how many names the program gave out before it.
@@ -466,7 +466,7 @@ class ProgramWriter:
         else:
             self.emitter.line(f"{function}({', '.join(arguments)})")
         if from_python:
-            self.python_calls.append((function, tuple(arguments)))
+            self.python_calls.append((function, tuple(arguments), from_python))
 
     def part_import_lines(self) -> list:
         """The lines that import the functions of the program's parts."""

@@ -93,9 +93,11 @@ def _emit_piece(writer, emit, made: list) -> None:
     made.append((set(inner.issued), text))
     # A piece takes the program's table and makes the arrays it reads from it
     # (netlang/codegen/table.py): Numba's wrapper then converts one array, not each of them.
-    unpack = table_unpack(writer, writer.step_parameters(text))
-    writer._part("\n".join(["def piece(table, lr, t):", *unpack, text]),
-                 set(inner.issued), "piece", ["table", "lr", "t"], [], from_python=True)
+    # Its weight, the arrays it reads, orders the pieces' compilations (runtime/cpu.py).
+    arrays = writer.step_parameters(text)
+    writer._part("\n".join(["def piece(table, lr, t):", *table_unpack(writer, arrays), text]),
+                 set(inner.issued), "piece", ["table", "lr", "t"], [],
+                 from_python=1 + len(arrays))
 
 
 def sound(writer, made: list) -> bool:

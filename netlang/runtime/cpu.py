@@ -332,15 +332,15 @@ class CompiledProgram:
         arrays = ["table"] if self._table is not None else \
             [f"a{i}" for i in range(len(self.program.args))]
         position = {name: i for i, name in enumerate(arrays + ["lr", "t"])}
-        # The largest pieces first (by their arguments: ResNet-18's update takes 188 arrays and
-        # 2 s to compile, 0.6 s of it its wrapper's IR), so that the processes, each claiming
-        # the next piece no one has, end together on small ones: in program order ResNet-18's
-        # update came last, and one process compiled it while the other had nothing left.
-        pieces = sorted(self.program.pieces, key=lambda piece: -len(piece[1]))
+        # The largest pieces first (by the arrays they read: ResNet-18's update reads 188 and
+        # took 2 s to compile), so that the processes, each claiming the next piece no one has,
+        # end together on small ones: in program order ResNet-18's update came last, and one
+        # process compiled it while the other had nothing left.
+        pieces = sorted(self.program.pieces, key=lambda piece: -piece[2])
         return ProgramCompilations(title, [
             ProgramCompilation(title, self.function.__globals__[name],
                                [arguments[position[parameter]] for parameter in parameters])
-            for name, parameters in pieces])
+            for name, parameters, _ in pieces])
 
     def compilation(self, engine, batch: int, title: str) -> ProgramCompilation | None:
         """This program made ready, before its first call, for calls on batches of `batch`
