@@ -7,9 +7,9 @@ compile time goes).  A CPU program instead takes one int64 array, the table, and
 for each of its arrays in turn the table holds its address, then its sizes, one per dimension.
 Its first line makes its arrays from the table (`arrays_at`, netlang/runtime/jit.py) given a
 literal string, the spec, that says where each starts in the table and its dimensions and
-element type; the host fills the table from the arrays it would have passed
-(`ArgumentTable`, netlang/runtime/cpu.py) and checks each array against its entry, since a
-wrong type would now be read as the wrong bytes rather than compiled for.
+element type; the host fills the table from the arrays it would have passed (`ArgumentTable`,
+netlang/runtime/argument_table.py) and checks each array against its entry, since a wrong
+type would now be read as the wrong bytes rather than compiled for.
 
 The arrays' sizes are read from the table, never compiled in: the program's loops see the
 sizes they saw as arguments.  The spec holds no name-like token (a code letter follows a digit),
