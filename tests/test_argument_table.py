@@ -4,6 +4,8 @@ steps that replace the arrays they hold."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from numba import njit
@@ -87,6 +89,15 @@ def test_an_entry_is_written_again_for_a_new_array_and_its_memory_cannot_move():
     assert second.ctypes.data == table.table[0]
 
 
+def test_a_copied_table_points_at_the_copied_arrays():
+    arrays = [np.zeros((4, 3), np.float32)]
+    table = ArgumentTable([ProgramArg("param", "w")], [("float32", 2)])
+    table.filled(arrays)
+    # A deep copy of an engine copies its arrays and its tables together (one memo).
+    copied_table, copied_arrays = copy.deepcopy((table, arrays))
+    assert list(copied_table.filled(copied_arrays)) == [copied_arrays[0].ctypes.data, 4, 3]
+
+
 def test_generated_programs_and_their_pieces_take_the_table(tmp_path, monkeypatch):
     monkeypatch.setenv("NETLANG_CACHE", str(tmp_path))
     engine = CpuEngine(netlang.compile(MODEL).graph, seed=1)
@@ -125,3 +136,13 @@ def test_a_parameter_replaced_by_one_of_another_dtype_is_refused_in_one_line():
     engine.params[name] = engine.params[name].astype(np.float64)
     with pytest.raises(UsageError, match=f"parameter `{name}` is a float64 array"):
         engine.train_step(_batch(), 0.01)
+
+
+def test_a_deep_copied_engine_trains_its_own_parameters():
+    engine = CpuEngine(netlang.compile(MODEL).graph, seed=3)
+    engine.train_step(_batch(), 0.01)
+    twin = copy.deepcopy(engine)
+    before = {name: value.copy() for name, value in engine.params.items()}
+    twin.train_step(_batch(1), 0.01)
+    assert all(np.array_equal(before[name], engine.params[name]) for name in before)
+    assert not all(np.array_equal(before[name], twin.params[name]) for name in before)

@@ -39,6 +39,12 @@ class ArgumentTable:
         self.table = np.zeros(table_size(layouts), dtype=np.int64)
         self._held: list = [None] * len(self.args)
 
+    def __reduce__(self):
+        """A copy (copy, deepcopy, pickle) starts empty: copied addresses would still point at
+        the arrays of the table copied, which an identity test against the copied arrays
+        would not catch."""
+        return ArgumentTable, (self.args, [(dtype.name, ndim) for dtype, ndim in self.layouts])
+
     def filled(self, arrays) -> np.ndarray:
         """The table holding `arrays` (one per argument, in order)."""
         held = self._held
