@@ -98,7 +98,7 @@ def test_a_copied_table_points_at_the_copied_arrays():
     assert list(copied_table.filled(copied_arrays)) == [copied_arrays[0].ctypes.data, 4, 3]
 
 
-def test_generated_programs_and_their_pieces_take_the_table(tmp_path, monkeypatch):
+def test_generated_programs_take_the_table(tmp_path, monkeypatch):
     monkeypatch.setenv("NETLANG_CACHE", str(tmp_path))
     engine = CpuEngine(netlang.compile(MODEL).graph, seed=1)
     engine.train_step(_batch(), 0.01)

@@ -21,7 +21,7 @@ import operator
 
 import numpy as np
 
-from netlang.codegen.table import table_offsets, table_size
+from netlang.codegen.table import table_offsets
 from netlang.errors import UsageError
 
 # Arguments a program only reads; every other array it may write.
@@ -35,8 +35,8 @@ class ArgumentTable:
     def __init__(self, args, layouts):
         self.args = list(args)
         self.layouts = [(np.dtype(dtype), ndim) for dtype, ndim in layouts]
-        self.offsets = table_offsets(layouts)
-        self.table = np.zeros(table_size(layouts), dtype=np.int64)
+        self.offsets, size = table_offsets(layouts)
+        self.table = np.zeros(size, dtype=np.int64)
         self._held: list = [None] * len(self.args)
 
     def __reduce__(self):

@@ -26,7 +26,7 @@ import types
 import numpy as np
 
 from netlang.codegen.cpu import render_program, supported
-from netlang.codegen.table import slot_dtype
+from netlang.codegen.table import input_dtype, slot_dtype
 from netlang.codegen.update import ParamUpdate, UpdatePlan, render_update
 from netlang.config import cache_dir, debug, debug_level, private_directory, timed
 from netlang.errors import DataError, UsageError
@@ -352,7 +352,7 @@ class CompiledProgram:
             if arg.kind == "input":
                 t = self.graph.type_of(self.graph.graph["inputs"][arg.key])
                 feeds[arg.key] = np.zeros((batch,) + tuple(t.shape[1:]),
-                                          self.dtype if t.is_float else np.int64)
+                                          input_dtype(t, self.dtype))
         # A key of the type the engine draws, from a generator of its own: the engine's stays
         # where it is, so a seeded run draws the same masks as it did without this.
         unused_key = draw_dropout_key(np.random.default_rng(0))
@@ -542,7 +542,7 @@ class CpuEngine(EngineBase):
             if value.shape[1:] != tuple(t.shape[1:]):
                 raise DataError(f"input `{name}` expects examples of shape {tuple(t.shape[1:])}, "
                                 f"got {value.shape[1:]}")
-            value = np.ascontiguousarray(value, dtype=self.dtype if t.is_float else np.int64)
+            value = np.ascontiguousarray(value, dtype=input_dtype(t, self.dtype))
             if batch is None:
                 batch = value.shape[0]
             elif value.shape[0] != batch:

@@ -36,6 +36,7 @@ from netlang.codegen.cuda import (
     render_program,
     supported,
 )
+from netlang.codegen.table import input_dtype
 from netlang.config import cuda_simulator
 from netlang.errors import DataError, UsageError
 from netlang.runtime.cpu import CompiledProgram, CpuEngine, load_program
@@ -386,7 +387,7 @@ class CudaEngine(CpuEngine):
             if name not in arrays:   # the program's own check names what is missing
                 return None
             t = graph.type_of(graph.graph["inputs"][name])
-            itemsize = np.dtype(self.dtype if t.is_float else np.int64).itemsize
+            itemsize = np.dtype(input_dtype(t, self.dtype)).itemsize
             size += np.size(arrays[name]) * itemsize
         free, _ = self.cuda.current_context().get_memory_info()   # the simulator's: inf
         held = sum(data_set.nbytes for data_set in self._data_sets)   # no longer free
@@ -414,7 +415,7 @@ class CudaEngine(CpuEngine):
                                          [n for n in needed if n not in on_device])
         for name, value in on_device.items():
             t = graph.type_of(graph.graph["inputs"][name])
-            expected = np.dtype(self.dtype if t.is_float else np.int64)
+            expected = np.dtype(input_dtype(t, self.dtype))
             if tuple(value.shape[1:]) != tuple(t.shape[1:]) or value.dtype != expected:
                 raise DataError(f"input `{name}` expects {expected} examples of shape "
                                 f"{tuple(t.shape[1:])}, got {value.dtype} {tuple(value.shape[1:])}")
