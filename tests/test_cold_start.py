@@ -210,6 +210,45 @@ def test_a_warm_process_loads_its_programs_without_the_compilers_registries(tmp_
     assert warm[1:] == ["False", "compiled", "True"], warm
 
 
+COLD_STEP = """
+import sys, numpy as np, netlang, numba
+from conftest import random_batch
+from netlang.runtime import blas
+from netlang.runtime.cpu import CpuEngine
+model = netlang.compile(sys.argv[1])
+CpuEngine(model.graph).train_step(random_batch(model.graph, 16, 0), 0.01)
+import numba.np.arraymath
+print(blas.ILP64, "numba.np.linalg" in sys.modules, "scipy.linalg" in sys.modules,
+      numba.np.arraymath._HAVE_BLAS)
+
+@numba.njit
+def inner(a, b):
+    return np.dot(a, b)
+
+print(inner(np.arange(3.0), np.arange(3.0)), "scipy.linalg" in sys.modules)
+"""
+
+
+def test_a_cold_process_compiles_without_importing_scipys_linear_algebra(tmp_path):
+    """Numba's registries, loaded by the first compilation, probe SciPy's BLAS by importing
+    `scipy.linalg` (0.2-0.35 s in every compile process); netlang's compiled code calls none
+    of it, so the probe's flag is set as it would be without the import
+    (runtime/parallel_compile.py's `defer_scipy_blas_probe`), and Numba still imports SciPy
+    for code that needs it, here `np.dot`."""
+    model = tmp_path / "cold.net"
+    model.write_text(TINY_NET.replace("dense(17)", "dense(9)"))
+    env = {**_env(tmp_path / "cache"), "NETLANG_COMPILE_PROCESSES": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", COLD_STEP, str(model)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.split()
+    if printed[0] == "False":
+        pytest.skip("NumPy brings no OpenBLAS of its own here: netlang's products use SciPy's")
+    assert printed[1:] == ["True", "False", "True", "5.0", "True"], printed
+
+
 def test_buffers_are_allocated_without_asking_for_huge_pages(monkeypatch):
     """A program's buffers come from small pages (netlang/pages.py: where the kernel has no huge
     page free, it compacts memory at the first write to each), and NumPy's setting is restored

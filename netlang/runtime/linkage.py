@@ -46,6 +46,8 @@ from netlang.runtime import parallel_compile
 # Several processes may save entries of one function into Numba's disk cache at once (two
 # runs, MPI ranks, or one program compiled in several processes): each save holds a lock.
 parallel_compile.install_cache_lock()
+# A process that compiles loads Numba's registries without importing SciPy's linear algebra.
+parallel_compile.defer_scipy_blas_probe()
 
 # symbol name → the dispatcher and signature it is bound to, in this process.
 _bound: dict[str, tuple] = {}

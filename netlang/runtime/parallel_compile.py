@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import importlib.util
 import os
 import shutil
 import signal
@@ -415,3 +416,47 @@ def install_cache_lock() -> None:
     save.__doc__ = unlocked_save.__doc__
     cache_file_class.save = save
 
+
+
+# -- Numba's compiler, loaded without SciPy's linear algebra --------------------------------
+
+def defer_scipy_blas_probe() -> None:
+    """Make Numba load its compiler's registries without importing SciPy's linear algebra.
+
+    The first compilation in a process imports every module that registers an implementation
+    (`CPUContext.load_additional_registries`), and one of them, `numba.np.arraymath`, asks at
+    import whether SciPy's BLAS is there by importing `scipy.linalg.cython_blas`: 0.2-0.35 s
+    of importing `scipy.linalg` in every process that compiles, on the critical path of a
+    cold run (both compile processes of `netlang train` pay it).  netlang's compiled code
+    calls no SciPy: its products call NumPy's OpenBLAS (runtime/blas.py).  The probe's answer
+    is only a flag, which chooses how `np.convolve` and `np.correlate` take inner products; it
+    is set as the probe would set it where SciPy is installed, without importing it, and
+    Numba's own `ensure_blas` is left as it was, so anything that compiles `np.dot` or
+    `np.linalg` imports SciPy (and checks its BLAS's integer width) then, as before.  Where
+    SciPy is missing the probe runs as it is, and fails fast.  Warm processes load no
+    registries, so this touches only processes that compile (Numba 0.68)."""
+    from numba.core import cpu
+    load = cpu.CPUContext.load_additional_registries
+    if getattr(load, "_netlang_deferred_probe", False):
+        return
+
+    def load_additional_registries(self):
+        if "numba.np.arraymath" not in sys.modules and \
+                importlib.util.find_spec("scipy") is not None:
+            from numba.np import linalg
+            probe = linalg.ensure_blas
+            linalg.ensure_blas = _blas_assumed   # what arraymath binds and calls at import
+            try:
+                import numba.np.arraymath  # noqa: F401
+            finally:
+                linalg.ensure_blas = probe
+        return load(self)
+
+    load_additional_registries._netlang_deferred_probe = True
+    load_additional_registries.__doc__ = load.__doc__
+    cpu.CPUContext.load_additional_registries = load_additional_registries
+
+
+def _blas_assumed() -> None:
+    """`numba.np.linalg.ensure_blas` while `numba.np.arraymath` is imported: SciPy is
+    installed (`defer_scipy_blas_probe`), so its BLAS is taken to be there."""
