@@ -12,7 +12,7 @@ The reference engine itself is held, in float32, against its own float64.  Compa
 objective of the training-mode pass, the gradients of every parameter and float input, that
 pass's outputs, and the outputs of the evaluation pass (batch norm folded into its product on
 the compiled engines).  Building a case's programs with Numba takes a second or two, so on a
-compiling engine most variants are marked slow (see DEFAULT_CASES).
+compiling engine most variants are marked slow (see DEFAULT_COMPOSITES).
 
 Ops an engine has no kernel for are listed in PENDING with the reason; that engine refuses a
 model using one with a one-line error naming it.  Variants an engine gets wrong or refuses
@@ -205,14 +205,16 @@ ALL_CASES = [case for cases in CASES.values() for case in cases] + COMPOSITES
 
 # Every case runs in both precisions on every engine.  Where a case's programs are compiled (by
 # Numba: the CPU, and CUDA on a GPU; the simulator compiles nothing), a second or two each, the
-# default run takes each op's first case in float64 and the composites (every op again) in
-# float32; the rest, each op's other variants, is marked slow (.ci/run runs it).
+# default run takes the composites in float32, which run every op again, and each op's first
+# case in float64 only for the ops no default composite runs; the rest, each op's other
+# variants and the float64 cases of ops a composite covers, is marked slow (.ci/run runs it).
 # composite_recurrent and composite_conv_transpose_avgpool are slow too (a minute and 10 s of
-# compiling on a cold cache), for ops whose float64 cases the default run has.
-DEFAULT_CASES = {"float64": {cases[0].id for cases in CASES.values()},
-                 "float32": {case.id for case in COMPOSITES}
-                 - {"composite_recurrent", "composite_conv_transpose_avgpool"}}
-
+# compiling on a cold cache), and so are the recurrent ops' float64 cases (40 s):
+# tests/test_recurrent.py compares their CPU training steps with the reference engine in the
+# default run.
+DEFAULT_COMPOSITES = ({case.id for case in COMPOSITES}
+                      - {"composite_recurrent", "composite_conv_transpose_avgpool"})
+COVERED_ELSEWHERE = {"rnn", "lstm", "gru"}
 # Graph leaves: no kernel, nothing to run.
 LEAVES = {"input", "param"}
 
@@ -237,10 +239,21 @@ def _case_ops(case) -> set:
     return {graph.op(node) for node in graph.nodes}
 
 
+def _default_cases() -> dict:
+    """The case ids a compiling engine runs by default, per precision (see DEFAULT_COMPOSITES)."""
+    covered = set(COVERED_ELSEWHERE)
+    for case in COMPOSITES:
+        if case.id in DEFAULT_COMPOSITES:
+            covered |= _case_ops(case)
+    return {"float64": {cases[0].id for op, cases in CASES.items() if op not in covered},
+            "float32": DEFAULT_COMPOSITES}
+
+
 def _walk_params():
     """(case, engine, dtype) for every case an engine runs in that precision, each with the
     engine's skip mark and, for a known gap, a strict expected failure."""
     params = []
+    default_cases = _default_cases()
     for engine in engines("reference", "cpu", "cuda"):
         name = engine.values[0]
         compiled = name == "cpu" or (name == "cuda" and not CUDA_SIMULATOR)
@@ -251,7 +264,7 @@ def _walk_params():
                 if _case_ops(case) & set(PENDING[name]):
                     continue   # refused in one line: test_pending_ops_are_refused_...
                 marks = list(engine.marks)
-                if compiled and case.id not in DEFAULT_CASES[dtype]:
+                if compiled and case.id not in default_cases[dtype]:
                     marks.append(pytest.mark.slow)
                 if (name, case.id) in KNOWN_GAPS:
                     reason, error = KNOWN_GAPS[name, case.id]
@@ -499,11 +512,14 @@ def _same_params(actual, expected, rtol, atol):
 
 
 @pytest.mark.parametrize("engine_name", engines("cpu", "cuda"))
+# Two of SGD's four (3-5 s of compiling each) are slow: the default run's nesterov case has
+# momentum, weight decay, a penalty and clipping, its plain case the update inside the products.
 @pytest.mark.parametrize("optimizer,regularizer,extra", [
-    ("sgd(lr = 0.1)", "l1(1e-3)", ""),
+    pytest.param("sgd(lr = 0.1)", "l1(1e-3)", "", marks=pytest.mark.slow),
     # No penalty or clipping: the weight gradients' products perform the update themselves.
     ("sgd(lr = 0.1)", "l2(0.0)", ""),
-    ("sgd(lr = 0.1, momentum = 0.9, dampening = 0.1)", "l2(0.0)", ""),
+    pytest.param("sgd(lr = 0.1, momentum = 0.9, dampening = 0.1)", "l2(0.0)", "",
+                 marks=pytest.mark.slow),
     ("sgd(lr = 0.1, momentum = 0.9, nesterov = true, weight_decay = 1e-3)", "l2(1e-3)",
      "clip_norm 0.5"),
     ("adam(lr = 0.01)", "elastic_net(l1 = 1e-4, l2 = 1e-3)", ""),

@@ -336,6 +336,8 @@ def _same_forward(model, reference, compiled, feeds):
         np.testing.assert_allclose(out_cpu[name], out_ref[name], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow   # 13 s of compiling; the default run's composite_conv_pool conformance case
+#                     runs these convolutions, pooling and dense layers against the reference
 def test_lenet_like_cnn_matches_reference():
     model, reference, compiled = _train_both(LENET_LIKE)
     feeds = random_batch(model.graph, 5, 9)   # another batch size: buffers are per batch size
@@ -445,8 +447,10 @@ train { loss cross_entropy(logits, label) }
 """
 
 
-# One worker is the default run's every other convolution: slow (8 s of compiling).
-@pytest.mark.parametrize("workers", [pytest.param(1, marks=pytest.mark.slow), 3])
+# Slow both ways (8 and 19 s of compiling): one worker is the default run's every other
+# convolution, and three workers split convolutions as two do in tests/test_worker_processes.py.
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 3])
 def test_convolutions_split_among_workers_match_reference(monkeypatch, workers):
     # The batch split into runs of examples, one per worker thread: uneven (5 among 3), and
     # with a worker left no example (2 among 3).  Every form of convolution (WORKER_CONVS), its

@@ -183,6 +183,7 @@ def test_the_language_reference_lists_every_scheme_as_it_draws():
 
 # -- the XOR example -----------------------------------------------------------------------------
 
+@pytest.mark.slow   # 17 s: trains examples/xor.net from many seeds
 def test_xor_net_learns_whatever_the_seed():
     """The 2-2-1 sigmoid net has a trap (two points stuck at 0.5, loss ln 2 / 2) that about one
     seed in five fell into from Glorot's range; the example's small starting weights avoid it

@@ -174,7 +174,8 @@ STEP_ARGUMENTS = {
 }
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+# float64's compilations are slow (2-4 s each): the default run checks each kind in float32.
+@pytest.mark.parametrize("dtype", [pytest.param(np.float64, marks=pytest.mark.slow), np.float32])
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 def test_recurrent_steps_compiled_as_written(kind, dtype):
     """One step forward and one back, on a batch whose second example is past its length:

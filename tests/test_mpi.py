@@ -29,6 +29,11 @@ from netlang.train.shards import Shards, tree_sum
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# SLOW_MPI: the default run keeps one MPI job of each kind (two and more processes training as
+# one, a fit under mpiexec, an uneven last batch, shard trees, a killed process, refusals); the
+# jobs marked slow (5-9 s each: resuming across process counts, Ctrl-C, batch norm across
+# processes, shards within a process, a hung process) run in .ci/run's slow pass.
+
 # An MLP with dropout on three blobs: 1,600 training examples in batches of 16 make 100 steps
 # an epoch, 300 in three epochs.
 MLP = """
@@ -194,6 +199,7 @@ def test_shards_cut_a_batch_in_order_and_each_process_takes_consecutive_ones():
     assert second.share(10, first=0) == (0, 6)
 
 
+@pytest.mark.slow   # see SLOW_MPI
 def test_one_process_with_shards_trains_as_the_fused_step(tmp_path, mlp):
     """`gradient_shards=2` in one process: two gradient passes, their tree sum and the host
     update, where the fused step computes the same figures in another order."""
@@ -207,6 +213,7 @@ def test_one_process_with_shards_trains_as_the_fused_step(tmp_path, mlp):
         assert parts == pytest.approx(whole, rel=1e-5)
 
 
+@pytest.mark.slow   # see SLOW_MPI
 def test_a_model_trained_in_shards_takes_gradients_as_one_process_afterwards(tmp_path):
     """After `fit` with 2 shards (their passes meeting at each batch norm on threads), the
     model's own gradient pass is one process's again: no shard waits for another."""
@@ -304,6 +311,7 @@ def test_a_last_batch_of_one_example_leaves_a_process_idle_and_in_step(tmp_path,
 
 
 @needs_mpi
+@pytest.mark.slow   # see SLOW_MPI
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
 def test_resume_with_another_number_of_processes(tmp_path, mlp, first, then):
     """Two epochs with `first` processes, resumed for a third with `then`: the losses of an
@@ -322,6 +330,7 @@ def test_resume_with_another_number_of_processes(tmp_path, mlp, first, then):
 
 
 @needs_mpi
+@pytest.mark.slow   # see SLOW_MPI
 def test_ctrl_c_stops_every_process_at_one_step_and_one_process_resumes(tmp_path, mlp):
     """Ctrl-C to mpiexec (which passes it to both processes, each at its own moment): one
     message, status 130, and a checkpoint mid-epoch that one process resumes to the losses of
@@ -361,6 +370,7 @@ def test_a_batch_the_processes_cannot_share_is_refused(tmp_path, mlp):
 
 
 @needs_mpi
+@pytest.mark.slow   # see SLOW_MPI
 def test_batch_norm_across_processes_trains_as_one_process(tmp_path):
     """324 steps of a CNN with two batch norms, each process normalising with the whole
     batch's statistics: 2 processes' per-epoch losses are one process's to 1e-5, and so
@@ -388,6 +398,7 @@ def test_batch_norm_across_processes_trains_as_one_process(tmp_path):
 
 
 @needs_mpi
+@pytest.mark.slow   # see SLOW_MPI
 @pytest.mark.parametrize("shards, images", [(2, 1604), (4, 1605)])
 def test_batch_norm_with_shards_gives_the_bits_of_one_process(tmp_path, shards, images):
     """The CNN with two batch norms, 162 float32 steps, each epoch's last batch of 3 or 4
@@ -525,7 +536,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 @needs_mpi
-@pytest.mark.parametrize("fault", ["killed", "hung"])
+@pytest.mark.parametrize("fault", ["killed", pytest.param("hung", marks=pytest.mark.slow)])
 def test_a_process_that_dies_or_hangs_ends_the_job_with_an_error(tmp_path, mlp, fault):
     """Rank 1 killed while training: MPICH's mpiexec ends the job at once.  Rank 1 stopped
     (SIGSTOP: alive, but never answering): rank 0 gives up after NETLANG_MPI_TIMEOUT seconds

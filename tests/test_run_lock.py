@@ -234,7 +234,11 @@ KILL_POINTS = {
 }
 
 
-@pytest.mark.parametrize("moment", KILL_POINTS)
+# The default run kills the run inside a checkpoint's files; the other two moments (3-4 s of a
+# run each) are slow.
+@pytest.mark.parametrize("moment", [
+    moment if moment == "inside the second checkpoint's files"
+    else pytest.param(moment, marks=pytest.mark.slow) for moment in KILL_POINTS])
 def test_killed_at_a_checkpoint_resume_ends_as_an_uninterrupted_run(tmp_path, uninterrupted,
                                                                     moment):
     out = tmp_path / "run"
