@@ -182,7 +182,9 @@ if len(sys.argv) > 2:   # then a model that must be compiled, in the same proces
 """
 
 
-@pytest.mark.parametrize("cut_at", [None, 12], ids=["whole", "in pieces"])
+# A program in pieces is slow (8 s): tests/test_pieces.py runs cut programs by default.
+@pytest.mark.parametrize("cut_at", [None, pytest.param(12, marks=pytest.mark.slow)],
+                         ids=["whole", "in pieces"])
 def test_a_warm_process_loads_its_programs_without_the_compilers_registries(tmp_path, cut_at):
     """Programs loaded from the cache need none of the registries Numba's compiler loads
     (SciPy's BLAS table among them, a third of a warm start); a program compiled afterwards in

@@ -403,6 +403,7 @@ def test_convolution_bias_and_activation_are_fused_and_workspaces_are_planned():
     assert len(columns) < sum(len(plan.workspaces[n]) for n in convs)
 
 
+@pytest.mark.slow   # 13 s of compiling a convolutional network with batch norm
 def test_evaluation_folds_batch_norm_into_the_product_before_it():
     model = netlang.compile("""
         input x: [6, 6, 2]

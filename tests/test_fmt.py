@@ -331,14 +331,16 @@ STEPS_AND_GROUPS = st.recursive(STEPS, lambda steps: st.builds(
     lambda group: group.repeat is not None or group.label is not None), max_leaves=6)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Example counts sized to the default run's ten minutes (each run draws new examples): 120, 60
+# and 80 took 1.4, 5.0 and 3.6 s on a two-core machine that runs the suite in ten minutes.
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(EXPRESSIONS)
 def test_random_expressions_reparse_equal(tree):
     module = parse(f"const c = {expr(tree)}")
     assert module.items[0].value == tree
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(EXPRESSIONS, st.lists(STEPS_AND_GROUPS, min_size=1, max_size=4))
 def test_random_chains_reparse_equal(source, steps):
     text = f"y = {expr(source)} -> " + " -> ".join(step(s) for s in steps)
@@ -359,7 +361,7 @@ def _gaps(source: str) -> list:
 FUZZED = [FULL, LIB, *ODD[5:15], *(path.read_text("utf-8") for path in EXAMPLES)]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(FUZZED).flatmap(lambda source: st.tuples(
     st.just(source), st.dictionaries(st.sampled_from(_gaps(source)), st.booleans(), max_size=12))))
 def test_random_comment_placement(case):

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # SLOW_MPI: the default run keeps one MPI job of each kind (two and more processes training as
 # one, a fit under mpiexec, an uneven last batch, shard trees, a killed process, refusals); the
 # jobs marked slow (5-9 s each: resuming across process counts, Ctrl-C, batch norm across
-# processes, shards within a process, a hung process) run in .ci/run's slow pass.
+# processes, shards within a process, three processes, a hung process) run in .ci/run's slow
+# pass.
 
 # An MLP with dropout on three blobs: 1,600 training examples in batches of 16 make 100 steps
 # an epoch, 300 in three epochs.
@@ -420,6 +421,7 @@ def test_batch_norm_with_shards_gives_the_bits_of_one_process(tmp_path, shards, 
 
 
 @needs_mpi
+@pytest.mark.slow   # see SLOW_MPI
 def test_batch_norm_refuses_a_last_batch_that_leaves_a_process_none(tmp_path):
     """1,601 images leave 1,281 to train on, and a last batch of 1: the other process would
     have no statistics to contribute."""
@@ -445,7 +447,8 @@ def assert_same_bits(one: dict, other: dict) -> None:
 
 
 @needs_mpi
-@pytest.mark.parametrize("processes, shards", [(2, None), (2, 4), (3, 3)])
+@pytest.mark.parametrize("processes, shards", [
+    (2, None), pytest.param(2, 4, marks=pytest.mark.slow), pytest.param(3, 3, marks=pytest.mark.slow)])
 def test_processes_compute_the_bits_of_one_process_with_as_many_shards(tmp_path, mlp,
                                                                           processes, shards):
     """240 float32 steps of the MLP with dropout and an L2 penalty: K processes and one

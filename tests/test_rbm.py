@@ -180,7 +180,8 @@ def test_gaussian_visible_gradient_with_the_sample_fixed(persistent):
         np.testing.assert_allclose(analytic[part], numeric, rtol=1e-6, atol=1e-8, err_msg=part)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+# float32's compilations are slow (2 s each): the default run checks the loops in float64.
+@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("gaussian", [False, True])
 @pytest.mark.parametrize("persistent", [False, True])
 def test_compiled_loops_match_the_reference(gaussian, persistent, dtype):
