@@ -187,7 +187,7 @@ if len(sys.argv) > 2:   # then a model that must be compiled, in the same proces
                          ids=["whole", "in pieces"])
 def test_a_warm_process_loads_its_programs_without_the_compilers_registries(tmp_path, cut_at):
     """Programs loaded from the cache need none of the registries Numba's compiler loads
-    (SciPy's BLAS table among them, a third of a warm start); a program compiled afterwards in
+    (a third of a warm start when they imported SciPy's BLAS table); a program compiled afterwards in
     the same process loads them then (netlang/runtime/linkage.py's `_LoadingCache`).  A
     program cut into pieces calls them, and the BLAS thread count's setter, from Python."""
     model, other = tmp_path / "warm.net", tmp_path / "other.net"

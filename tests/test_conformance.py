@@ -215,6 +215,7 @@ ALL_CASES = [case for cases in CASES.values() for case in cases] + COMPOSITES
 DEFAULT_COMPOSITES = ({case.id for case in COMPOSITES}
                       - {"composite_recurrent", "composite_conv_transpose_avgpool"})
 COVERED_ELSEWHERE = {"rnn", "lstm", "gru"}
+
 # Graph leaves: no kernel, nothing to run.
 LEAVES = {"input", "param"}
 
@@ -231,12 +232,18 @@ SAME_PRECISION = {"float64": (1e-10, 1e-12), "float32": (1e-5, 1e-6)}
 FLOAT32_ROUNDING = (2e-5, 1e-6)
 
 
+# Composite id → the ops of its graph, read once for the whole collection.
+_COMPOSITE_OPS: dict[str, set] = {}
+
+
 def _case_ops(case) -> set:
     """The ops a case's model uses: its op, or every op of a composite's graph (front end only)."""
     if case.id in CASE_OPS:
         return {CASE_OPS[case.id]}
-    graph = netlang.compile(case.source).graph
-    return {graph.op(node) for node in graph.nodes}
+    if case.id not in _COMPOSITE_OPS:
+        graph = netlang.compile(case.source).graph
+        _COMPOSITE_OPS[case.id] = {graph.op(node) for node in graph.nodes}
+    return _COMPOSITE_OPS[case.id]
 
 
 def _default_cases() -> dict:

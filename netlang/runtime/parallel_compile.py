@@ -417,7 +417,6 @@ def install_cache_lock() -> None:
     cache_file_class.save = save
 
 
-
 # -- Numba's compiler, loaded without SciPy's linear algebra --------------------------------
 
 def defer_scipy_blas_probe() -> None:
