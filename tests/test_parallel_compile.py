@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from numba.core import types
+from numba.core import event, types
 
 from netlang.errors import UsageError
 from netlang.runtime import linkage, parallel_compile
@@ -37,6 +37,25 @@ def inner(x):
 @symbol_jit
 def outer(x):
     return inner(x) + inner(x + 1)
+
+@symbol_jit
+def mark(a):
+    a[0] = 7
+
+@symbol_jit
+def marked(a):
+    mark(a)
+    return a[0]
+
+@symbol_jit
+def count(a):
+    a[0] += 1
+    return a[0]
+
+@symbol_jit
+def counted(a):
+    count(a)
+    return a[0]
 """
 
 
@@ -110,6 +129,84 @@ def test_a_claim_whose_process_died_is_compiled_here(callees, tmp_path):
         parallel_compile._session = None
     assert callees.outer(2) == 7 + 10
     assert callees.inner.stats.cache_misses[(types.int64,)] == 1
+
+
+class _Order(event.Listener):
+    """The order of compilations begun and lowerings begun, in this process."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_start(self, ev):
+        if ev.kind == "numba:compile":
+            self.seen.append(("compile", ev.data["dispatcher"].py_func.__name__))
+        elif ev.kind == "numba:run_pass" and ev.data["name"].startswith("native_lowering"):
+            self.seen.append(("lower", None))
+
+    def on_end(self, ev):
+        pass
+
+
+def test_a_function_at_the_bottom_of_the_stack_is_lowered_before_it_compiles_its_callees(
+        callees, tmp_path):
+    """Linking late (netlang/runtime/linkage.py): `marked`'s callee is typed only (here, not
+    even typed: it returns nothing) and left unclaimed while `marked` is typed, lowered and
+    optimised; only before its code is linked does this process claim `mark` and compile it."""
+    directory = str(tmp_path / "claims")
+    os.mkdir(directory)
+    argtypes = (types.int64[::1],)
+    order = _Order()
+    parallel_compile._session = parallel_compile._Session(directory)
+    try:
+        with event.install_listener("numba:compile", order), \
+                event.install_listener("numba:run_pass", order):
+            callees.marked.compile(argtypes)
+        claimant = parallel_compile._session.claimant(linkage._symbol(callees.mark, argtypes))
+    finally:
+        parallel_compile._session = None
+    assert order.seen[:4] == [("compile", "marked"), ("lower", None), ("compile", "mark"),
+                              ("lower", None)], order.seen
+    assert claimant == os.getpid()
+    assert callees.marked(np.zeros(3, np.int64)) == 7
+
+
+def test_a_callee_linked_late_that_returns_what_its_caller_did_not_expect_is_refused(
+        callees, tmp_path, monkeypatch):
+    """The types a late callee's calls were lowered with are checked against its code before
+    the caller is linked: never a call through a mismatched signature (here `count`, taken
+    to return nothing, returns a number)."""
+    directory = str(tmp_path / "claims")
+    os.mkdir(directory)
+    monkeypatch.setattr(parallel_compile, "returns_nothing", lambda function: True)
+    parallel_compile._session = parallel_compile._Session(directory)
+    try:
+        with pytest.raises(RuntimeError, match="not as its caller was lowered"):
+            callees.counted.compile((types.int64[::1],))
+    finally:
+        parallel_compile._session = None
+
+
+def test_which_functions_return_nothing_is_read_from_their_bytecode():
+    def nothing(a):
+        a[0] = 1
+
+    def early(a):
+        if a[0]:
+            return
+        a[0] = 1
+
+    def value(a):
+        return a[0]
+
+    def maybe(a):
+        return a[0] if a[1] else None
+
+    def either(a):
+        return a[0] or None
+
+    assert parallel_compile.returns_nothing(nothing)
+    assert parallel_compile.returns_nothing(early)
+    assert not any(parallel_compile.returns_nothing(f) for f in (value, maybe, either))
 
 
 def test_waiting_ends_without_a_claim_and_when_a_claim_gets_a_dead_pid(tmp_path):

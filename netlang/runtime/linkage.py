@@ -23,6 +23,7 @@ is compiled afresh rather than linked against a name that nothing binds.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import importlib
@@ -51,8 +52,11 @@ parallel_compile.defer_scipy_blas_probe()
 
 # symbol name → the dispatcher and signature it is bound to, in this process.
 _bound: dict[str, tuple] = {}
+# symbol name → the dispatcher and signature it names, bound or linked late (`_late_callee`).
+_homes: dict[str, tuple] = {}
 # The callers being compiled on this thread, innermost last (a callee is compiled while its
-# caller is being typed): each as (dispatcher, the names its code calls so far).
+# caller is being typed): each as (dispatcher, its argument types, the names its code calls
+# so far, the callees it links late: {name: (dispatcher, argument types, signature)}).
 _compiling = threading.local()
 _lock = threading.RLock()
 
@@ -84,41 +88,144 @@ def _symbol(dispatcher, argtypes) -> str:
     return "netlang_fn_" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def _call_by_symbol(fndesc, symbol):
-    """The lowering of a call of the function `fndesc` describes, through `symbol`: as Numba's
-    own call of a compiled function (`numba.core.imputils.user_function`), but declaring the
-    bound name instead of linking the callee's code in."""
+# The types a callee's code takes and returns, as a call of it is lowered (Numba's `fndesc`
+# has these two fields too).
+CalleeTypes = collections.namedtuple("CalleeTypes", "restype argtypes")
+
+
+def _call_by_symbol(types, symbol):
+    """The lowering of a call of the function whose code takes and returns `types`
+    (`CalleeTypes`, or its `fndesc`), through `symbol`: as Numba's own call of a compiled
+    function (`numba.core.imputils.user_function`), but declaring the bound name instead of
+    linking the callee's code in."""
 
     def call(context, builder, sig, args):
-        fnty = context.call_conv.get_function_type(fndesc.restype, fndesc.argtypes)
+        fnty = context.call_conv.get_function_type(types.restype, types.argtypes)
         function = cgutils.get_or_insert_function(builder.module, fnty, symbol)
-        status, value = context.call_conv.call_function(builder, function, fndesc.restype,
-                                                        fndesc.argtypes, args)
+        status, value = context.call_conv.call_function(builder, function, types.restype,
+                                                        types.argtypes, args)
         with cgutils.if_unlikely(builder, status.is_error):
             context.call_conv.return_status_propagate(builder, status)
         value = fix_returning_optional(context, builder, sig, status, value)
         _record_call(symbol)
-        return impl_ret_new_ref(context, builder, fndesc.restype, value)
+        return impl_ret_new_ref(context, builder, types.restype, value)
 
-    call.signature = fndesc.argtypes
+    call.signature = tuple(types.argtypes)
     call.libs = ()
     return call
 
 
 def declare_call(context, module, dispatcher, argtypes):
-    """(LLVM function, fndesc) of the dispatcher's code for `argtypes`, declared in `module`
-    by its bound name, for a call that an intrinsic writes itself (runtime/workers.py): the
-    code made ready first (compiled here, or loaded once the process that claimed it is done),
-    and the name listed among the callees of the function being compiled, as for a call that
-    Numba lowers (`_call_by_symbol`)."""
+    """(LLVM function, `CalleeTypes`) of the dispatcher's code for `argtypes`, declared in
+    `module` by its bound name, for a call that an intrinsic writes itself
+    (runtime/workers.py): the code made ready first (compiled here, or loaded once the process
+    that claimed it is done), or left to be linked late (`_late_callee`), and the name listed
+    among the callees of the function being compiled, as for a call that Numba lowers
+    (`_call_by_symbol`)."""
     argtypes = tuple(argtypes)
-    dispatcher.get_overload(argtypes)
-    fndesc = dispatcher.overloads[argtypes].fndesc
+    signature = _late_callee(dispatcher, argtypes)
+    if signature is not None:
+        types = CalleeTypes(signature.return_type, argtypes)
+    else:
+        dispatcher.get_overload(argtypes)
+        fndesc = dispatcher.overloads[argtypes].fndesc
+        types = CalleeTypes(fndesc.restype, tuple(fndesc.argtypes))
     symbol = _symbol(dispatcher, argtypes)
-    fnty = context.call_conv.get_function_type(fndesc.restype, fndesc.argtypes)
+    fnty = context.call_conv.get_function_type(types.restype, types.argtypes)
     function = cgutils.get_or_insert_function(module, fnty, symbol)
     _record_call(symbol)
-    return function, fndesc
+    return function, types
+
+
+# -- linking late --------------------------------------------------------------------------
+#
+# While several processes compile a program (netlang/runtime/parallel_compile.py), a
+# function that a process compiles at the bottom of its stack (the program, a piece of it, or
+# a callee claimed on a walk) is typed with its callees typed only, unclaimed; its calls of
+# them are lowered by name from the types it inferred (`_late_callee`), and LLVM optimises
+# its code while the other processes compile those callees.  Only just before its machine
+# code is linked (`_link_late_callees`, from Numba's `_finalize_final_module`) does the
+# process compile those no one has claimed and wait for the others.  A caller that claimed
+# each callee as it typed it compiled them all first, then lowered itself alone at the end:
+# LeNet-5's training step, 2.3 s of lowering and LLVM after its callees, while the other
+# process had nothing left to do.  The names, the machine code and the results are the same.
+
+# The key of Numba's implementation table under which a late callee's call is lowered, per
+# bound name: the callee's code has no entry point in this process yet.
+_late_keys: dict[str, "_LateCallee"] = {}
+
+
+class _LateCallee:
+    """The key of a late callee's call in Numba's implementation table (one per bound name)."""
+
+    __slots__ = ("symbol",)
+
+    def __init__(self, symbol: str):
+        self.symbol = symbol
+
+
+def _linking_late() -> bool:
+    """Whether the function being compiled on this thread links its callees late: it is at
+    the bottom of this thread's stack of compilations, while processes compile together."""
+    frames = getattr(_compiling, "frames", None)
+    return bool(frames) and len(frames) == 1 and parallel_compile.active()
+
+
+def _late_callee(dispatcher, argtypes):
+    """The signature of `dispatcher`'s callee for `argtypes` when the function being compiled
+    links it late (typed only, its code not here): listed, to be made ready before the
+    caller's code is linked.  None where the call takes the usual way."""
+    if not _linking_late():
+        return None
+    signature = parallel_compile.late_signature(dispatcher, argtypes)
+    if signature is None:
+        return None
+    symbol = _symbol(dispatcher, argtypes)
+    late = _compiling.frames[-1][3]
+    if symbol not in late:
+        late[symbol] = (dispatcher, tuple(argtypes), signature)
+    _homes.setdefault(symbol, (dispatcher, tuple(argtypes)))
+    return signature
+
+
+def _link_late_callees() -> None:
+    """Make ready the callees that the function being compiled on this thread links late, and
+    check that each one's code takes and returns the types its calls were lowered with."""
+    frames = getattr(_compiling, "frames", None)
+    if not frames or not frames[-1][3]:
+        return
+    late = dict(frames[-1][3])
+    frames[-1][3].clear()
+    parallel_compile.link_late([(dispatcher, argtypes) for dispatcher, argtypes, _ in
+                                late.values()])
+    for symbol, (dispatcher, argtypes, signature) in late.items():
+        fndesc = dispatcher.overloads[argtypes].fndesc
+        if symbol not in _bound or fndesc.restype != signature.return_type \
+                or tuple(fndesc.argtypes) != argtypes:
+            raise RuntimeError(f"netlang: {dispatcher.py_func.__qualname__}{argtypes} was "
+                               f"compiled as {fndesc.argtypes} -> {fndesc.restype}, not as its "
+                               f"caller was lowered ({signature})")
+
+
+def _install_late_linking() -> None:
+    """Run `_link_late_callees` before Numba links a library's optimised module into the
+    process (`CPUCodeLibrary._finalize_final_module`, Numba 0.68), so that a function linked
+    late finds every name it calls bound."""
+    from numba.core.codegen import CPUCodeLibrary
+    finalize = CPUCodeLibrary._finalize_final_module
+    if getattr(finalize, "_netlang_late", False):
+        return
+
+    def _finalize_final_module(self):
+        _link_late_callees()
+        return finalize(self)
+
+    _finalize_final_module._netlang_late = True
+    _finalize_final_module.__doc__ = finalize.__doc__
+    CPUCodeLibrary._finalize_final_module = _finalize_final_module
+
+
+_install_late_linking()
 
 
 # The entry in a callee list that stands for Numba's thread pool: the function's code calls
@@ -159,7 +266,7 @@ def _record_call(symbol: str) -> None:
     frames = getattr(_compiling, "frames", None)
     if not frames:
         return
-    caller, argtypes_of_caller, called = frames[-1]
+    caller, argtypes_of_caller, called, _ = frames[-1]
     if symbol in called:
         return
     called.add(symbol)
@@ -170,7 +277,7 @@ def _record_call(symbol: str) -> None:
     if symbol == THREAD_POOL:
         entries[symbol] = []
     else:
-        dispatcher, argtypes = _bound[symbol]
+        dispatcher, argtypes = _homes[symbol]
         entries[symbol] = [*_home(dispatcher), mangle_args(argtypes)]
     _write_atomically(path, json.dumps(entries, sort_keys=True))
 
@@ -316,6 +423,7 @@ class SymbolDispatcher(CPUDispatcher):
                 llvm.add_symbol(symbol, cres.library.get_pointer_to_function(
                     cres.fndesc.llvm_func_name))
                 _bound[symbol] = (self, cres.signature.args)
+                _homes.setdefault(symbol, _bound[symbol])
         selector = OverloadSelector()
         implementation = _call_by_symbol(cres.fndesc, symbol)
         selector.append(implementation, implementation.signature)
@@ -323,14 +431,28 @@ class SymbolDispatcher(CPUDispatcher):
 
     def get_call_template(self, args, kws):
         """Numba's; but while several processes compile a program (netlang/runtime/
-        parallel_compile.py), a callee that another process claimed is only typed here."""
-        template = parallel_compile.deferred_template(self, args, kws)
+        parallel_compile.py), a callee that another process claimed is only typed here, as is
+        every callee of a function that links them late (see "linking late" above)."""
+        template = parallel_compile.deferred_template(self, args, kws, claim=not _linking_late())
         return template if template is not None else super().get_call_template(args, kws)
 
     def get_overload(self, sig):
         """Numba's, once a callee that another process claimed is done there and loaded here
-        (asked for as a call of it is lowered)."""
-        parallel_compile.await_deferred(self, sigutils.normalize_signature(sig)[0])
+        (asked for as a call of it is lowered); for a callee linked late, the key its call is
+        lowered under instead (its code made ready before the caller is linked)."""
+        argtypes = tuple(sigutils.normalize_signature(sig)[0])
+        signature = _late_callee(self, argtypes)
+        if signature is not None:
+            symbol = _symbol(self, argtypes)
+            if symbol not in _late_keys:
+                implementation = _call_by_symbol(CalleeTypes(signature.return_type, argtypes),
+                                                 symbol)
+                selector = OverloadSelector()
+                selector.append(implementation, implementation.signature)
+                _late_keys[symbol] = _LateCallee(symbol)
+                self.targetctx._defns[_late_keys[symbol]] = selector
+            return _late_keys[symbol]
+        parallel_compile.await_deferred(self, argtypes)
         return super().get_overload(sig)
 
     def compile(self, sig):
@@ -341,7 +463,7 @@ class SymbolDispatcher(CPUDispatcher):
             self._bind_callees(argtypes)
             frames = _compiling.__dict__.setdefault("frames", [])
             called = set()
-            frames.append((self, argtypes, called))
+            frames.append((self, argtypes, called, {}))
             misses = sum(self._cache_misses.values())
             try:
                 entry = super().compile(sig)

@@ -18,6 +18,11 @@ disk cache one by one, so they can just as well be compiled by other processes:
   its whole function and compiled whatever it claimed; the call graph has no cycles, so no two
   processes wait on each other.  A claimant that died without finishing (killed, or its
   compilation failed) leaves the callee to the waiter, which compiles it itself.
+- A function a process compiles at the bottom of its stack (a program, or a callee it claimed
+  on its walk) *links its callees late* (netlang/runtime/linkage.py): it claims none of them
+  while it is typed, is lowered and optimised against their names, and only then, before its
+  machine code is linked, compiles those still unclaimed and waits for the others
+  (`link_late`).  So a program's own lowering no longer waits at the end of its callees.
 - The programs themselves are claimed in the same way: the parent owns the first, and a
   helper that reaches a later one (the evaluation, after walking the training step) before
   the parent does compiles it whole, while the parent still compiles the first; the parent
@@ -47,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dis
 import fcntl
 import importlib.util
 import os
@@ -56,7 +62,7 @@ import sys
 import tempfile
 import time
 
-from numba.core import caching, compiler, sigutils, typing
+from numba.core import caching, compiler, sigutils, types, typing
 from numba.core.compiler_machinery import FunctionPass, register_pass
 from numba.core.typed_passes import NopythonTypeInference
 
@@ -220,12 +226,14 @@ def _end_with(parent: int) -> None:
         os._exit(1)
 
 
-def deferred_template(dispatcher, args, kws):
+def deferred_template(dispatcher, args, kws, claim: bool = True):
     """In a session, the typing template of a call of `dispatcher` with argument types `args`
     that another process claimed: typed here, compiled there, as (template, pysig, args, kws).
     None where the call takes Numba's usual way: no session, compiled or cached already, or
-    claimed (and compiled, before returning) by this process.  `dispatcher` is a
-    `SymbolDispatcher` (its `symbol` names the code callers call)."""
+    claimed (and compiled, before returning) by this process.  Where `claim` is false (a
+    caller that links its callees late, `link_late`), an unclaimed callee is typed only too,
+    and left to whichever process claims it first.  `dispatcher` is a `SymbolDispatcher` (its
+    `symbol` names the code callers call)."""
     session = _session
     if session is None or not dispatcher._can_compile:
         return None
@@ -236,21 +244,29 @@ def deferred_template(dispatcher, args, kws):
         # Typed in an earlier session (a callee of a callee compiled elsewhere, whose calls
         # this process never lowered): that session's claims are gone.
         del deferred[argtypes]
+    symbol = dispatcher.symbol(argtypes)
+    if argtypes in deferred and claim and session.claimant(symbol) is None:
+        # Typed only before, by a caller linking late; claimed now where still unclaimed.
+        del deferred[argtypes]
     if argtypes not in deferred:
         if argtypes in dispatcher.overloads or in_disk_cache(dispatcher, argtypes):
             return None
-        if session.compile_if_unclaimed(dispatcher, argtypes):
+        if claim and session.compile_if_unclaimed(dispatcher, argtypes):
             return None
-        symbol = dispatcher.symbol(argtypes)
         try:
-            signature = typed_signature(dispatcher, argtypes)
+            # A caller linking late needs only the callee's return type; where the function
+            # returns nothing, that is known without typing it (which its compiler does again).
+            signature = typing.signature(types.none, *argtypes) \
+                if not claim and returns_nothing(dispatcher.py_func) \
+                else typed_signature(dispatcher, argtypes)
         except Exception:   # typing alone failed: take it from the claimant's cache entry
             session.wait(symbol)
             return None
         template = typing.make_concrete_template(
             f"CallTemplate({dispatcher.py_func.__name__})", key=dispatcher.py_func.__name__,
             signatures=[signature])
-        deferred[argtypes] = (session, template, lambda: session.wait(symbol))
+        deferred[argtypes] = (session, template, lambda: (
+            session.compile_if_unclaimed(dispatcher, argtypes) or session.wait(symbol)))
     return deferred[argtypes][1], pysig, folded, {}
 
 
@@ -261,6 +277,55 @@ def await_deferred(dispatcher, argtypes) -> None:
     entry = dispatcher.__dict__.get("_netlang_deferred", {}).pop(tuple(argtypes), None)
     if entry is not None and entry[0] is _session and tuple(argtypes) not in dispatcher.overloads:
         entry[2]()
+        dispatcher.compile(tuple(argtypes))
+
+
+def returns_nothing(function) -> bool:
+    """Whether every `return` of `function` returns the constant None (so Numba types its
+    result as `none`): its bytecode returns only a None just loaded (and not jumped to, where
+    another value could be on the stack).  Read once per function."""
+    known = getattr(function, "_netlang_returns_nothing", None)
+    if known is None:
+        known = True
+        instructions = list(dis.get_instructions(function))
+        for i, instruction in enumerate(instructions):
+            if instruction.opname == "RETURN_CONST":
+                known = known and instruction.argval is None
+            elif instruction.opname == "RETURN_VALUE":
+                before = instructions[i - 1] if i else None
+                known = known and not instruction.is_jump_target and before is not None \
+                    and before.opname == "LOAD_CONST" and before.argval is None
+        function._netlang_returns_nothing = known
+    return known
+
+
+def late_signature(dispatcher, argtypes):
+    """The signature this process typed `dispatcher`'s callee for `argtypes` with in the open
+    session (`deferred_template`), where its code is neither here nor loaded yet; else None."""
+    entry = dispatcher.__dict__.get("_netlang_deferred", {}).get(tuple(argtypes))
+    if entry is None or _session is None or entry[0] is not _session \
+            or tuple(argtypes) in dispatcher.overloads:
+        return None
+    return entry[1].cases[0]
+
+
+def link_late(callees: list) -> None:
+    """Make the callees `callees` ([(dispatcher, argtypes)]) of a function whose code is lowered
+    and optimised already, but not yet linked, ready here: first those that no process has
+    claimed, compiled here; then the others, each waited for and loaded.  A caller linked late
+    (netlang/runtime/linkage.py) typed its callees only, so its own lowering ran while other
+    processes compiled them; its machine code needs their names bound only now."""
+    session = _session
+    waiting = []
+    for dispatcher, argtypes in callees:
+        dispatcher.__dict__.get("_netlang_deferred", {}).pop(tuple(argtypes), None)
+        if tuple(argtypes) in dispatcher.overloads:
+            continue
+        if session is None or not session.compile_if_unclaimed(dispatcher, argtypes):
+            waiting.append((dispatcher, argtypes))
+    for dispatcher, argtypes in waiting:
+        if session is not None:
+            session.wait(dispatcher.symbol(argtypes))
         dispatcher.compile(tuple(argtypes))
 
 

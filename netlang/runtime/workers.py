@@ -49,7 +49,7 @@ def run_workers(typingctx, share, count, arguments):
         start_thread_pool()
         note_thread_pool_call()
         module = builder.module
-        callee, fndesc = declare_call(context, module, share.dispatcher, call.args)
+        callee, callee_types = declare_call(context, module, share.dispatcher, call.args)
         byte_ptr = ir.IntType(8).as_pointer()
         intp = context.get_value_type(numba_types.intp)
         flag = ir.IntType(8)
@@ -78,8 +78,8 @@ def run_workers(typingctx, share, count, arguments):
         indices = inner.bitcast(inner.load(runs), intp.as_pointer())
         with cgutils.for_range(inner, inner.load(dims)) as loop:
             worker = inner.load(inner.gep(indices, [loop.index]))
-            status, _ = context.call_conv.call_function(inner, callee, fndesc.restype,
-                                                        fndesc.argtypes, [worker] + own)
+            status, _ = context.call_conv.call_function(inner, callee, callee_types.restype,
+                                                        callee_types.argtypes, [worker] + own)
             with inner.if_then(status.is_error, likely=False):
                 inner.store_atomic(flag(1), failed_flag, "monotonic", 1)
         inner.ret_void()
