@@ -101,6 +101,16 @@ def pytest_configure(config):
                                 "ignore:overflow encountered in scalar:RuntimeWarning")
 
 
+def pytest_sessionstart(session):
+    """netlang's modules compiled to bytecode before any test starts a Python process: where
+    PYTHONDONTWRITEBYTECODE is set (as on this project's CI machines), Python writes none, so
+    every `python -m netlang.cli ...` a test runs compiled the package's sources again, about
+    0.8 s a process (an installation has its bytecode; benchmarks/cold_start.py compiles it
+    too).  A read-only checkout is left as it is."""
+    import compileall
+    compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "netlang"), quiet=2)
+
+
 @pytest.fixture(scope="session")
 def cuda_sizes():
     """The CUDA tests' sizes for this pass (`CudaSizes`)."""
