@@ -619,11 +619,47 @@ def test_layers_with_one_window_share_their_compiled_code(monkeypatch):
     # Forward, weight gradient of both, the second's input gradient: 5 calls, 3 functions.
     assert (len(calls), len(imported), len(program.parts)) == (5, 3, 3)
 
-    def window_signatures(dispatcher):
-        """The compiled signatures of `dispatcher` in float64 for the 3×3, padding 1 window."""
-        return [sig for sig in dispatcher.overloads
-                if str(sig[0].dtype) == "float64"
-                and [getattr(t, "literal_value", None) for t in sig[-9:]] == [3, 3, 1, 1, 1, 1, 1,
-                                                                               1, 1]]
-    assert len(window_signatures(cnn.im2col)) == 1
-    assert len(window_signatures(cnn.col2im)) == 1
+    assert len(stride_signatures(cnn.im2col)) == 1
+    assert len(stride_signatures(cnn.col2im)) == 1
+
+
+def stride_signatures(dispatcher):
+    """The compiled signatures of im2col or col2im (`dispatcher`) in float64 for strides and
+    dilations of 1, one group: their kernel sizes and paddings plain values, not literals."""
+    return [sig for sig in dispatcher.overloads
+            if str(sig[0].dtype) == "float64"
+            and [getattr(t, "literal_value", None) for t in sig[-9:]] == [None, None, 1, 1, 1, 1,
+                                                                           None, None, 1]]
+
+
+# Convolutions of stride 1 with three windows: 3×3 with padding 1, 5×5 with padding 2, 3×3
+# without (the last two take input gradients, through col2im).
+TWO_KERNEL_SIZES = """
+input image: [9, 9, 3]
+input label: int32[]
+output logits = image
+  -> conv2d(4, 3, padding = 1) as first -> relu
+  -> conv2d(5, 5, padding = 2) as second -> relu
+  -> conv2d(3, 3) as third -> relu
+  -> flatten -> dense(3) as fc
+train { loss cross_entropy(logits, label)  optimizer sgd(lr = 0.05) }
+"""
+
+
+@pytest.mark.slow   # a CNN compiled in float64 for one check
+def test_convolutions_of_one_stride_share_im2col_and_col2im_whatever_their_kernel_size():
+    # im2col and col2im are specialised on strides, dilations and groups only
+    # (runtime/cnn.py): 3×3 and 5×5 windows of stride 1 share one compilation of each.
+    from netlang.runtime import cnn
+    model = netlang.compile(TWO_KERNEL_SIZES)
+    reference = ReferenceEngine(model.graph, seed=4, dtype=np.float64)
+    compiled = CpuEngine(model.graph, seed=4, dtype=np.float64)
+    feeds = random_batch(model.graph, 4, 2)
+    loss_ref, grads_ref, _ = reference.gradients(feeds)
+    loss_cpu, grads_cpu, _ = compiled.gradients(feeds)
+    assert loss_cpu == pytest.approx(loss_ref, rel=1e-12)
+    for name in grads_ref:
+        np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
+    assert len(stride_signatures(cnn.im2col)) == 1
+    assert len(stride_signatures(cnn.col2im)) == 1

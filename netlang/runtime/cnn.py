@@ -3,8 +3,9 @@
 Each is written as plain Python beside its op (netlang/ops/conv_loops.py, pool_loops.py,
 norm_loops.py, and dense_loops.py for every bias's gradient) and compiled here once per
 machine for each dtype and set of constant arguments (Numba's disk cache; a geometry known
-when compiled made LeNet-5's training step 15% faster than one read at run time; im2col,
-col2im and the weight's reordering are compiled per window only, see below), shared by
+when compiled made LeNet-5's training step 15% faster than one read at run time; im2col and
+col2im are compiled per stride, dilation and groups only, the weight's reordering per kernel
+size, see below), shared by
 every model with that geometry: a generated step calls them by name instead of carrying its
 own copy of each loop nest (see conv_loops.py and netlang/runtime/linkage.py for why).  The
 names are the ones the ops' CPU templates emit (`Kernel.helper`), so they stay fixed; the
@@ -18,20 +19,25 @@ from netlang.runtime.jit import compiled_shared, compiled_window, inlined, stack
 
 # ---- convolutions ------------------------------------------------------------------------------
 
-# im2col, col2im and the weight's reordering are specialised on the convolution's window only
-# (`compiled_window`: kernel size, stride, dilation, padding, groups), their image sizes (H, W,
-# C, Ho, Wo, the filters) plain values, so one compilation serves every layer with the same
-# window: ResNet-18's 3×3 convolutions of 64 to 512 channels share one.  It costs LeNet-5's
-# im2col and col2im of 6 channels 5% (docs/compiler.md, Where compile time goes).  The
-# pooling loops and the planar (thin-input) ones that reorder a product's output stay
-# specialised on every size (`compiled_shared`): run over 6 or 16 channels not known when
-# compiled, LeNet-5's pooling took 1.5 times as long, and a model has few of them.
-# `planar_columns` is specialised on the channel count only (its inner loop over an input
-# pixel's channels): with its kernel size known too, LLVM unrolled its kh·kw runs into 25
-# vectorised copies for LeNet-5's 5×5 window, 14,000 lines of optimised IR and 0.8 s of LLVM
-# against 0.3 s now (this machine, one process), at the same training speed (`turns.py`).
+# im2col and col2im are specialised on their convolution's strides, dilations and groups
+# only (`compiled_window`), which their loops step by and branch on; the image's sizes (H, W,
+# C, Ho, Wo), the kernel's size and the padding are plain values, so one compilation serves
+# every layer of a stride: ResNet-18's 7×7, 3×3 and 1×1 convolutions share two im2col (stride
+# 1 and 2) where they had four, and two col2im where they had three (its cold step compiled
+# 33.5 → 30.3 s in one process).  With the kernel's size known too, LLVM unrolled the loop
+# over its rows into a copy per row (LeNet-5's im2col and col2im: 0.15-0.5 s more of LLVM
+# each, one process) for no speed (a kernel row's run is kw·C values, C plain anyway: LeNet-5 at 64, 5.54
+# against 5.60 ms a step; ResNet-18 at 32, 3.71 against 3.72 s; `turns.py`).  The weight's
+# reordering keeps its kernel size.  The pooling loops and the planar (thin-input) ones that
+# reorder a product's output stay specialised on every size (`compiled_shared`): run over 6
+# or 16 channels not known when compiled, LeNet-5's pooling took 1.5 times as long, and a
+# model has few of them.  `planar_columns` is specialised on the channel count only (its
+# inner loop over an input pixel's channels): with its kernel size known too, LLVM unrolled
+# its kh·kw runs into 25 vectorised copies for LeNet-5's 5×5 window, 14,000 lines of
+# optimised IR and 0.8 s of LLVM against 0.3 s now (this machine, one process), at the same
+# training speed (`turns.py`).
 KERNEL_SIZE = ("kh", "kw")
-CONV_WINDOW = ("kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl", "groups")
+CONV_STEPS = ("sh", "sw", "dh", "dw", "groups")
 
 _copy_run = inlined(conv_loops.copy_run)
 _add_run = inlined(conv_loops.add_run)
@@ -43,8 +49,8 @@ rows_to_weight = compiled_window(conv_loops.rows_to_weight, literal=KERNEL_SIZE)
 sum_partials = compiled_shared(conv_loops.sum_partials)
 add_bias = compiled_shared(conv_loops.add_bias)
 im2col = compiled_window(conv_loops.im2col, _copy_run, _zero_run, _inner_columns,
-                         literal=CONV_WINDOW)
-col2im = compiled_window(conv_loops.col2im, _add_run, _inner_columns, literal=CONV_WINDOW)
+                         literal=CONV_STEPS)
+col2im = compiled_window(conv_loops.col2im, _add_run, _inner_columns, literal=CONV_STEPS)
 planar_columns = compiled_window(conv_loops.planar_columns, _copy_run, literal=("C",))
 planar_to_rows = compiled_shared(conv_loops.planar_to_rows)
 rows_to_planar = compiled_shared(conv_loops.rows_to_planar)
