@@ -602,16 +602,7 @@ def test_layers_with_one_window_share_their_compiled_code(monkeypatch):
     import netlang.runtime.cpu as cpu
     from netlang.runtime import cnn
     monkeypatch.setattr(cpu, "cpu_workers", lambda: 2)
-    model = netlang.compile(SAME_WINDOW)
-    reference = ReferenceEngine(model.graph, seed=2, dtype=np.float64)
-    compiled = CpuEngine(model.graph, seed=2, dtype=np.float64)
-    feeds = random_batch(model.graph, 5, 1)
-    loss_ref, grads_ref, _ = reference.gradients(feeds)
-    loss_cpu, grads_cpu, _ = compiled.gradients(feeds)
-    assert loss_cpu == pytest.approx(loss_ref, rel=1e-12)
-    for name in grads_ref:
-        np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-10, atol=1e-12,
-                                   err_msg=name)
+    compiled = gradients_as_the_reference(SAME_WINDOW, seed=2, batch=5)
     program = compiled._programs["gradients"].program
     lines = program.source.splitlines()
     calls = [line for line in lines if line.startswith("    run_workers(shares")]
@@ -621,6 +612,22 @@ def test_layers_with_one_window_share_their_compiled_code(monkeypatch):
 
     assert len(stride_signatures(cnn.im2col)) == 1
     assert len(stride_signatures(cnn.col2im)) == 1
+
+
+def gradients_as_the_reference(text: str, seed: int, batch: int):
+    """The float64 CPU engine of the model `text`, after checking that its loss and gradients
+    on a random batch are the reference engine's (same seed)."""
+    model = netlang.compile(text)
+    reference = ReferenceEngine(model.graph, seed=seed, dtype=np.float64)
+    compiled = CpuEngine(model.graph, seed=seed, dtype=np.float64)
+    feeds = random_batch(model.graph, batch, 1)
+    loss_ref, grads_ref, _ = reference.gradients(feeds)
+    loss_cpu, grads_cpu, _ = compiled.gradients(feeds)
+    assert loss_cpu == pytest.approx(loss_ref, rel=1e-12)
+    for name in grads_ref:
+        np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
+    return compiled
 
 
 def stride_signatures(dispatcher):
@@ -651,15 +658,6 @@ def test_convolutions_of_one_stride_share_im2col_and_col2im_whatever_their_kerne
     # im2col and col2im are specialised on strides, dilations and groups only
     # (runtime/cnn.py): 3×3 and 5×5 windows of stride 1 share one compilation of each.
     from netlang.runtime import cnn
-    model = netlang.compile(TWO_KERNEL_SIZES)
-    reference = ReferenceEngine(model.graph, seed=4, dtype=np.float64)
-    compiled = CpuEngine(model.graph, seed=4, dtype=np.float64)
-    feeds = random_batch(model.graph, 4, 2)
-    loss_ref, grads_ref, _ = reference.gradients(feeds)
-    loss_cpu, grads_cpu, _ = compiled.gradients(feeds)
-    assert loss_cpu == pytest.approx(loss_ref, rel=1e-12)
-    for name in grads_ref:
-        np.testing.assert_allclose(grads_cpu[name], grads_ref[name], rtol=1e-10, atol=1e-12,
-                                   err_msg=name)
+    gradients_as_the_reference(TWO_KERNEL_SIZES, seed=4, batch=4)
     assert len(stride_signatures(cnn.im2col)) == 1
     assert len(stride_signatures(cnn.col2im)) == 1
