@@ -187,9 +187,10 @@ if len(sys.argv) > 2:   # then a model that must be compiled, in the same proces
                          ids=["whole", "in pieces"])
 def test_a_warm_process_loads_its_programs_without_the_compilers_registries(tmp_path, cut_at):
     """Programs loaded from the cache need none of the registries Numba's compiler loads
-    (a third of a warm start when they imported SciPy's BLAS table); a program compiled afterwards in
-    the same process loads them then (netlang/runtime/linkage.py's `_LoadingCache`).  A
-    program cut into pieces calls them, and the BLAS thread count's setter, from Python."""
+    (a third of a warm start when they imported SciPy's BLAS table); a program compiled
+    afterwards in the same process loads them then (netlang/runtime/linkage.py's
+    `_LoadingCache`).  A program cut into pieces calls them, and the BLAS thread count's
+    setter, from Python."""
     model, other = tmp_path / "warm.net", tmp_path / "other.net"
     net = TINY_CONV_NET if cut_at else TINY_NET.replace("dense(17)", "dense(13)")
     model.write_text(net)

@@ -26,8 +26,9 @@ from netlang.runtime.jit import compiled_shared, compiled_window, inlined, stack
 # 1 and 2) where they had four, and two col2im where they had three (its cold step compiled
 # 33.5 → 30.3 s in one process).  With the kernel's size known too, LLVM unrolled the loop
 # over its rows into a copy per row (LeNet-5's im2col and col2im: 0.15-0.5 s more of LLVM
-# each, one process) for no speed (a kernel row's run is kw·C values, C plain anyway: LeNet-5 at 64, 5.54
-# against 5.60 ms a step; ResNet-18 at 32, 3.71 against 3.72 s; `turns.py`).  The weight's
+# each, one process) for no speed (a kernel row's run is kw·C values, C plain anyway:
+# LeNet-5 at 64, 5.54 against 5.60 ms a step; ResNet-18 at 32, 3.71 against 3.72 s;
+# `turns.py`).  The weight's
 # reordering keeps its kernel size.  The pooling loops and the planar (thin-input) ones that
 # reorder a product's output stay specialised on every size (`compiled_shared`): run over 6
 # or 16 channels not known when compiled, LeNet-5's pooling took 1.5 times as long, and a

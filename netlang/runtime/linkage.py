@@ -52,8 +52,6 @@ parallel_compile.defer_scipy_blas_probe()
 
 # symbol name → the dispatcher and signature it is bound to, in this process.
 _bound: dict[str, tuple] = {}
-# symbol name → the dispatcher and signature it names, bound or linked late (`_late_callee`).
-_homes: dict[str, tuple] = {}
 # The callers being compiled on this thread, innermost last (a callee is compiled while its
 # caller is being typed): each as (dispatcher, its argument types, the names its code calls
 # so far, the callees it links late: {name: (dispatcher, argument types, signature)}).
@@ -150,20 +148,6 @@ def declare_call(context, module, dispatcher, argtypes):
 # LeNet-5's training step, 2.3 s of lowering and LLVM after its callees, while the other
 # process had nothing left to do.  The names, the machine code and the results are the same.
 
-# The key of Numba's implementation table under which a late callee's call is lowered, per
-# bound name: the callee's code has no entry point in this process yet.
-_late_keys: dict[str, "_LateCallee"] = {}
-
-
-class _LateCallee:
-    """The key of a late callee's call in Numba's implementation table (one per bound name)."""
-
-    __slots__ = ("symbol",)
-
-    def __init__(self, symbol: str):
-        self.symbol = symbol
-
-
 def _linking_late() -> bool:
     """Whether the function being compiled on this thread links its callees late: it is at
     the bottom of this thread's stack of compilations, while processes compile together."""
@@ -184,7 +168,6 @@ def _late_callee(dispatcher, argtypes):
     late = _compiling.frames[-1][3]
     if symbol not in late:
         late[symbol] = (dispatcher, tuple(argtypes), signature)
-    _homes.setdefault(symbol, (dispatcher, tuple(argtypes)))
     return signature
 
 
@@ -266,7 +249,7 @@ def _record_call(symbol: str) -> None:
     frames = getattr(_compiling, "frames", None)
     if not frames:
         return
-    caller, argtypes_of_caller, called, _ = frames[-1]
+    caller, argtypes_of_caller, called, late = frames[-1]
     if symbol in called:
         return
     called.add(symbol)
@@ -277,7 +260,7 @@ def _record_call(symbol: str) -> None:
     if symbol == THREAD_POOL:
         entries[symbol] = []
     else:
-        dispatcher, argtypes = _homes[symbol]
+        dispatcher, argtypes = _bound[symbol] if symbol in _bound else late[symbol][:2]
         entries[symbol] = [*_home(dispatcher), mangle_args(argtypes)]
     _write_atomically(path, json.dumps(entries, sort_keys=True))
 
@@ -423,11 +406,7 @@ class SymbolDispatcher(CPUDispatcher):
                 llvm.add_symbol(symbol, cres.library.get_pointer_to_function(
                     cres.fndesc.llvm_func_name))
                 _bound[symbol] = (self, cres.signature.args)
-                _homes.setdefault(symbol, _bound[symbol])
-        selector = OverloadSelector()
-        implementation = _call_by_symbol(cres.fndesc, symbol)
-        selector.append(implementation, implementation.signature)
-        self.targetctx._defns[cres.entry_point] = selector
+        self._lower_calls_by_symbol(cres.entry_point, cres.fndesc, symbol)
 
     def get_call_template(self, args, kws):
         """Numba's; but while several processes compile a program (netlang/runtime/
@@ -443,17 +422,24 @@ class SymbolDispatcher(CPUDispatcher):
         argtypes = tuple(sigutils.normalize_signature(sig)[0])
         signature = _late_callee(self, argtypes)
         if signature is not None:
+            # No entry point here yet: the call's key in Numba's implementation table is the
+            # bound name's.
             symbol = _symbol(self, argtypes)
-            if symbol not in _late_keys:
-                implementation = _call_by_symbol(CalleeTypes(signature.return_type, argtypes),
-                                                 symbol)
-                selector = OverloadSelector()
-                selector.append(implementation, implementation.signature)
-                _late_keys[symbol] = _LateCallee(symbol)
-                self.targetctx._defns[_late_keys[symbol]] = selector
-            return _late_keys[symbol]
+            key = ("netlang late callee", symbol)
+            if key not in self.targetctx._defns:
+                self._lower_calls_by_symbol(key, CalleeTypes(signature.return_type, argtypes),
+                                            symbol)
+            return key
         parallel_compile.await_deferred(self, argtypes)
         return super().get_overload(sig)
+
+    def _lower_calls_by_symbol(self, key, types, symbol) -> None:
+        """Make Numba lower the calls it finds under `key` in its implementation table (an
+        entry point, or a late callee's key) as calls of `symbol` (`_call_by_symbol`)."""
+        selector = OverloadSelector()
+        implementation = _call_by_symbol(types, symbol)
+        selector.append(implementation, implementation.signature)
+        self.targetctx._defns[key] = selector
 
     def compile(self, sig):
         """Numba's, after binding the names a cached entry of this function calls (or, where
