@@ -128,11 +128,14 @@ class UpdatePlan:
             if self.rest:
                 e.line("# optimiser update")
             for u in self.rest:
-                # Each parameter's update a function called by name, its flat views made
-                # inside: the same text for every parameter with the same penalty, compiled
-                # once per number of dimensions (`serial_function`).
+                # Each parameter's update a function called by name (`serial_function`), its
+                # flat views made in the step and passed to it: the same text for every
+                # parameter with the same penalty, compiled once whatever the parameters'
+                # dimensions (made inside, the views compiled it once per dimension count:
+                # LeNet-5's 4-d, 2-d and 1-d parameters three times, 0.1 s each).
+                flats = self.update_flat(writer, u)
                 with writer.serial_function(STEP_SCALARS):
-                    self.emit_update(writer, c, *self.update_flat(writer, u))
+                    self.emit_update(writer, c, *flats)
             return
         flats = self.update_flats(writer)   # made in the step: the norm reads them too
         e.line("norm2 = 0.0")
