@@ -374,6 +374,29 @@ def test_conv_autoencoder_with_transposed_convolutions_matches_reference():
     calls = [line for source in callers for line in source.splitlines()
              if line.startswith("    parts")]
     assert (len(updates), len(calls)) == (1, 10)
+    # Its 4-d and 1-d parameters take flat views (the next test): one compilation.
+    module = next(name for name, source in program.parts if "def part(" in source)
+    assert len(sys.modules[module].part.overloads) == 1
+
+
+def test_every_parameters_update_takes_flat_views_so_one_compilation_serves_all_dimensions():
+    # The update function is called with flat views of the parameter, its gradient and its
+    # optimiser state that the step makes: its argument types are then the same for a
+    # convolution's 4-d weight, a dense layer's 2-d one and a 1-d bias, and Numba compiles it
+    # once, not once per number of dimensions.  Only the source is generated here.
+    step = CpuEngine(netlang.compile(LENET_LIKE.replace("sgd(lr = 0.05, momentum = 0.9)",
+                                                        "adam(lr = 0.01)")).graph,
+                     seed=0)._training()[3].program
+    updates = [source for _, source in step.parts if "def part(" in source]
+    assert len(updates) == 1
+    flat = {line.split(" = ")[0].strip() for line in step.source.splitlines()
+            if line.rstrip().endswith(", ())")}
+    calls = [line.strip() for line in step.source.splitlines() if line.startswith("    parts")]
+    assert len(calls) == 6   # conv1, conv2 and fc: a weight and a bias each
+    for call in calls:
+        arrays = [a.strip() for a in call[call.index("(") + 1:-1].split(",")
+                  if a.strip() not in ("t", "lr", "clipf")]
+        assert arrays and set(arrays) <= flat, call
 
 
 def _training_plan(source):
@@ -656,8 +679,12 @@ train { loss cross_entropy(logits, label)  optimizer sgd(lr = 0.05) }
 @pytest.mark.slow   # a CNN compiled in float64 for one check
 def test_convolutions_of_one_stride_share_im2col_and_col2im_whatever_their_kernel_size():
     # im2col and col2im are specialised on strides, dilations and groups only
-    # (runtime/cnn.py): 3×3 and 5×5 windows of stride 1 share one compilation of each.
+    # (runtime/cnn.py): 3×3 and 5×5 windows of stride 1 share one compilation of each.  The
+    # weights' reordering is compiled once for every size.
     from netlang.runtime import cnn
     gradients_as_the_reference(TWO_KERNEL_SIZES, seed=4, batch=4)
     assert len(stride_signatures(cnn.im2col)) == 1
     assert len(stride_signatures(cnn.col2im)) == 1
+    for reorder in (cnn.weight_to_rows, cnn.rows_to_weight):
+        float64 = [sig for sig in reorder.overloads if str(sig[0].dtype) == "float64"]
+        assert len(float64) == 1 and not any(hasattr(t, "literal_value") for t in float64[0])

@@ -15,7 +15,7 @@ tiny helpers that other loop nests call are inlined into them.
 from __future__ import annotations
 
 from netlang.ops import conv_loops, dense_loops, norm_loops, pool_loops
-from netlang.runtime.jit import compiled_shared, compiled_window, inlined, stack_float64s
+from netlang.runtime.jit import compiled_generic, compiled_shared, compiled_window, inlined, stack_float64s
 
 # ---- convolutions ------------------------------------------------------------------------------
 
@@ -28,16 +28,17 @@ from netlang.runtime.jit import compiled_shared, compiled_window, inlined, stack
 # over its rows into a copy per row (LeNet-5's im2col and col2im: 0.15-0.5 s more of LLVM
 # each, one process) for no speed (a kernel row's run is kw·C values, C plain anyway:
 # LeNet-5 at 64, 5.54 against 5.60 ms a step; ResNet-18 at 32, 3.71 against 3.72 s;
-# `turns.py`).  The weight's
-# reordering keeps its kernel size.  The pooling loops and the planar (thin-input) ones that
-# reorder a product's output stay specialised on every size (`compiled_shared`): run over 6
-# or 16 channels not known when compiled, LeNet-5's pooling took 1.5 times as long, and a
-# model has few of them.  `planar_columns` is specialised on the channel count only (its
-# inner loop over an input pixel's channels): with its kernel size known too, LLVM unrolled
-# its kh·kw runs into 25 vectorised copies for LeNet-5's 5×5 window, 14,000 lines of
-# optimised IR and 0.8 s of LLVM against 0.3 s now (this machine, one process), at the same
-# training speed (`turns.py`).
-KERNEL_SIZE = ("kh", "kw")
+# `turns.py`).  The weight's reordering between (F, C, kh, kw) and rows is compiled once for
+# every size (`compiled_generic`): a weight is small beside the images a convolution reads
+# (ResNet-18's largest, 2.4 M values, once a step; its first im2col at batch 32, 59 M), and
+# ResNet-18's three kernel sizes compiled each of the two three times.  The pooling loops and
+# the planar (thin-input) ones that reorder a product's output stay specialised on every size
+# (`compiled_shared`): run over 6 or 16 channels not known when compiled, LeNet-5's pooling
+# took 1.5 times as long, and a model has few of them.  `planar_columns` is specialised on the
+# channel count only (its inner loop over an input pixel's channels): with its kernel size
+# known too, LLVM unrolled its kh·kw runs into 25 vectorised copies for LeNet-5's 5×5 window,
+# 14,000 lines of optimised IR and 0.8 s of LLVM against 0.3 s now (this machine, one
+# process), at the same training speed (`turns.py`).
 CONV_STEPS = ("sh", "sw", "dh", "dw", "groups")
 
 _copy_run = inlined(conv_loops.copy_run)
@@ -45,8 +46,8 @@ _add_run = inlined(conv_loops.add_run)
 _zero_run = inlined(conv_loops.zero_run)
 _inner_columns = inlined(conv_loops.inner_columns)
 
-weight_to_rows = compiled_window(conv_loops.weight_to_rows, literal=KERNEL_SIZE)
-rows_to_weight = compiled_window(conv_loops.rows_to_weight, literal=KERNEL_SIZE)
+weight_to_rows = compiled_generic(conv_loops.weight_to_rows)
+rows_to_weight = compiled_generic(conv_loops.rows_to_weight)
 sum_partials = compiled_shared(conv_loops.sum_partials)
 add_bias = compiled_shared(conv_loops.add_bias)
 im2col = compiled_window(conv_loops.im2col, _copy_run, _zero_run, _inner_columns,
