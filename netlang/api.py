@@ -12,29 +12,22 @@ import typing
 
 import numpy as np
 
-from netlang.attack import AttackResult, Attacker
 from netlang.bench import bench
 from netlang.config import timed
-from netlang.data.folders import image_paths, read_image_input
 from netlang.data.text import Vocabulary, with_bits_per_character
 from netlang.errors import NetlangFileError, UsageError, WeightsError
-from netlang.interchange import DEFAULT_OPSET, export_onnx, from_state_dict, onnx_to_source
 from netlang.ir.graph import Graph
 from netlang.lower import lower_source
 from netlang.passes import after_pass
 from netlang.runtime import check_device, make_engine
 from netlang.runtime.cuda import cuda_module
-from netlang.saliency import saliency
-from netlang.sampling import NoiseModel, TextModel, TextSampler, draw_samples
 from netlang.summary import Summary, summarize
 from netlang.train.binding import as_arrays, bind, check_complete
 from netlang.train.evaluation import check_has_loss, evaluate, predict
 from netlang.train.metrics import top_k_values
 from netlang.train.overrides import apply_overrides, override_strings
-from netlang.train.png import write_png
 from netlang.train.prepared_data import prepare_data
 from netlang.train.progress import Progress, auto_log_every
-from netlang.train.reconstructions import reconstruction_grid
 from netlang.train.run_dir import (
     FINAL_WEIGHTS,
     expected_params,
@@ -50,6 +43,14 @@ from netlang.train.run_lock import RunLock
 from netlang.train.schedules import depends_on_epochs, describe, step_rate
 from netlang.weights import atomic_write, find_weights, load_weights, read_header, save_weights
 from netlang.weights.checkpoints import LATEST_FILE
+
+if typing.TYPE_CHECKING:
+    from netlang.attack import AttackResult
+
+# What only some of Model's methods use (adversarial examples, sampling, saliency, reading
+# images, ONNX) is imported in those methods, not above: a process that compiles and trains a
+# model spent about 40 ms importing it (frozen dataclasses are slow to create), a twentieth of
+# a warm MLP's start to its first training step.
 
 # The float widths an engine computes in: parameters, activations and float inputs.
 DTYPES = ("float32", "float64")
@@ -403,6 +404,7 @@ class Model:
         if self.binding.data_input is None:
             raise UsageError("this model has several data inputs: predict with a dict of arrays")
         shape, _ = self.binding.inputs[self.binding.data_input]
+        from netlang.data.folders import image_paths, read_image_input
         paths = image_paths([images] if isinstance(images, (str, os.PathLike)) else images)
         x = read_image_input(paths, shape, image_size or self.train_config.image_size)
         return paths, self.predict(x, batch_size=batch_size)
@@ -413,6 +415,7 @@ class Model:
         class, or of class `target` (an index, or one per example).  `x` is a batch for the
         data input, or a dict {input name: batch} (then a dict of gradients comes back).
         Evaluation mode; the weights do not change.  See netlang/saliency.py."""
+        from netlang.saliency import saliency
         arrays = self._arrays(x, what="saliency input")
         gradients = saliency(self.engine, self.graph, arrays, target).gradients
         return gradients if isinstance(x, dict) else gradients[self.binding.data_input]
@@ -444,6 +447,7 @@ class Model:
         check_complete(self.binding, arrays, "attack data")
         engine = self.engine
         if self._attacker is None or self._attacker.source_engine is not engine:
+            from netlang.attack import Attacker
             self._attacker = Attacker(engine, self.graph, self.binding)
         return self._attacker.run(arrays, method=method, eps=eps, steps=steps,
                                   step_size=step_size,
@@ -454,6 +458,8 @@ class Model:
         """For an autoencoder (a loss compares an output with an input): a uint8 image of
         the first 8 examples of `x` over their reconstructions; written as a PNG to `path`
         when given.  Training writes the same picture to its run directory."""
+        from netlang.train.png import write_png
+        from netlang.train.reconstructions import reconstruction_grid
         image = reconstruction_grid(self.engine, self.graph,
                                     self._arrays(x, what="reconstruction input"))
         if path is not None:
@@ -478,6 +484,7 @@ class Model:
         written with `vocabulary`, else the one saved with the weights loaded (a run
         directory's vocabulary.json), else the default alphabet.  A prime with a character
         outside it is a one-line UsageError.  See netlang/sampling/text.py."""
+        from netlang.sampling import NoiseModel, TextModel, TextSampler, draw_samples
         engine = self.engine
         if self.binding.noise_inputs:
             if prime is not None:
@@ -536,13 +543,16 @@ class Model:
             save_source(path, self.graph)
         return target
 
-    def export(self, path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
+    def export(self, path, *, opset: int | None = None, dynamic_batch: bool = False,
                batch: int = 1) -> str:
         """Write the model's inference pass, with its current weights, as an ONNX file (needs
-        the `onnx` package); returns the path.  Inputs and outputs keep their names and
+        the `onnx` package); returns the path.  `opset`: the ONNX opset to write (None:
+        netlang.interchange.DEFAULT_OPSET, 17).  Inputs and outputs keep their names and
         layouts (batch first, channels last); the batch axis is `batch` examples, or named
         and free with `dynamic_batch`.  See docs/interchange.md."""
-        return export_onnx(self.graph, self.engine.params, path, opset=opset,
+        from netlang.interchange import DEFAULT_OPSET, export_onnx
+        return export_onnx(self.graph, self.engine.params, path,
+                           opset=DEFAULT_OPSET if opset is None else opset,
                            dynamic_batch=dynamic_batch, batch=batch,
                            doc=self._model_ref())
 
@@ -628,6 +638,7 @@ def import_onnx(path, output, *, weights_out=None, force: bool = False,
     for target in (output, weights_out):
         if target is not None and os.path.exists(target) and not force:
             raise UsageError(f"{os.fspath(target)} exists: `force=True` overwrites it")
+    from netlang.interchange import from_state_dict, onnx_to_source
     source, weights = onnx_to_source(path)
     atomic_write(output, lambda f: f.write(source.encode()))
     model = compile(output)

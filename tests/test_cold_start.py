@@ -115,6 +115,19 @@ def test_import_netlang_loads_neither_numba_nor_the_compiler_stack():
     assert done.returncode == 0, done.stderr
 
 
+def test_the_api_leaves_what_only_some_methods_use_to_those_methods():
+    # Model's adversarial examples, sampling, saliency and ONNX, and MNIST's downloader
+    # (urllib.request: http.client, ssl, email), are imported where they are used: a process
+    # that compiles and trains a model loads none of them.
+    unused = ("urllib.request", "netlang.interchange", "netlang.attack", "netlang.sampling",
+              "netlang.saliency")
+    done = subprocess.run([sys.executable, "-c",
+                           f"import sys, netlang.api; loaded = [m for m in {unused!r} "
+                           "if m in sys.modules]; assert not loaded, loaded"],
+                          env=_env(ROOT / "unused"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize("argv", [["check", "examples/mlp.net"], ["fmt", "examples/lenet5.net"],
                                   ["--help"], ["train", "--help"], ["warmup", "--help"]])
 def test_commands_that_compile_nothing_never_import_numba(argv, tmp_path):

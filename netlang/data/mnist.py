@@ -19,7 +19,6 @@ import socket
 import tempfile
 import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -77,6 +76,9 @@ def search_dirs() -> list[Path]:
 
 def fetch_url(url: str, timeout: float) -> bytes:
     """Download `url` whole; the one place this package touches the network."""
+    # Imported here: urllib.request brings http.client, ssl and email, 13 ms of every process
+    # that reads MNIST (or imports netlang.api), almost always from disk.
+    import urllib.request
     with urllib.request.urlopen(url, timeout=timeout) as response:
         data = response.read(MAX_DOWNLOAD_BYTES + 1)
     if len(data) > MAX_DOWNLOAD_BYTES:
