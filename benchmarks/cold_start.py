@@ -88,6 +88,39 @@ print(json.dumps({"import_s": imported - started, "front_end_s": compiled - impo
                   "numba": "numba" in sys.modules}))
 """
 
+# What any warm start on netlang's dependencies pays before netlang's own work: the imports a
+# warm training step needs (NumPy, networkx for the IR, Lark for the parser, Numba and the
+# Numba modules a cached program's environment imports), from the interpreter's launch.
+FLOOR_CHILD = r"""
+import json, time
+started = time.perf_counter()
+marks = {}
+import numpy
+marks["numpy"] = time.perf_counter()
+import networkx
+marks["networkx"] = time.perf_counter()
+import lark
+marks["lark"] = time.perf_counter()
+import numba
+import numba.np.arrayobj
+marks["numba"] = time.perf_counter()
+previous, spans = started, {}
+for name, at in marks.items():
+    spans[name], previous = at - previous, at
+print(json.dumps({**spans, "imported_at": time.time()}))
+"""
+
+
+def floor_round(timeout: float) -> dict:
+    """FLOOR_CHILD's launch to the end of its imports, and each import's share."""
+    launched_at = time.time()
+    printed, wall, _ = timed_process([sys.executable, "-c", FLOOR_CHILD], dict(os.environ),
+                                     timeout)
+    spans = last_json(printed)
+    return {"floor_s": spans.pop("imported_at") - launched_at, "floor_wall_s": wall,
+            **{f"floor_{name}_s": value for name, value in spans.items()}}
+
+
 # ResNet-18 as examples/resnet18.net writes it (torchvision's structure), with the same
 # optimiser, batch and loss as the chains of TORCH_MODEL.
 TORCH_RESNET18 = r"""
@@ -231,6 +264,11 @@ def best(rounds: list) -> dict:
     return merged
 
 
+def best_floor(rounds: list) -> dict:
+    """The round whose launch-to-imports time is smallest, whole (its parts add up)."""
+    return min(rounds, key=lambda r: r["floor_s"])
+
+
 def main(argv=None) -> int:
     """Measure the models asked for and print the table (or JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -247,6 +285,10 @@ def main(argv=None) -> int:
                              f"{TRAIN_RUN_LIMIT} --epochs 1` in each process instead of the "
                              f"first step (e.g. mnist for the MLP and LeNet-5)")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the dependencies' floor: a process's launch to the "
+                             "end of importing NumPy, networkx, Lark and Numba, which every "
+                             "warm start pays before netlang's own work")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
     # Python's bytecode of the package, as an installation has it (pip compiles it when it
@@ -273,6 +315,8 @@ def main(argv=None) -> int:
         if not args.json:
             print(f"[{name} done; load average {os.getloadavg()[0]:.2f}]", file=sys.stderr,
                   flush=True)
+    if args.floor:
+        header["floor"] = best_floor([floor_round(args.timeout) for _ in range(args.rounds)])
     header["load_average_after"] = os.getloadavg()
     if args.json:
         print(json.dumps({**header, "models": rows}, indent=2))
@@ -291,6 +335,11 @@ def main(argv=None) -> int:
               f"{r['compile_s']:7.2f} ({r['compile_cpu_s']:6.1f})  "
               f"{r.get('cold_to_step_s', float('nan')):16.2f}  "
               f"{r.get('warm_to_step_s', float('nan')):6.2f}  {torch_text}")
+    if args.floor:
+        floor = header["floor"]
+        print(f"dependencies' floor: launch to the end of their imports {floor['floor_s']:.2f} s "
+              f"(NumPy {floor['floor_numpy_s']:.2f}, networkx {floor['floor_networkx_s']:.2f}, "
+              f"Lark {floor['floor_lark_s']:.2f}, Numba {floor['floor_numba_s']:.2f})")
     if args.rounds > 1:
         print("compile overhead round by round (each cold less its own warm):")
         for name, r in rows.items():
