@@ -2,7 +2,7 @@
 empty and with every cache full, beside PyTorch eager's first step (issue 14).
 
     python benchmarks/cold_start.py [--models mlp,lenet5,resnet18,vgg16] [--rounds 1]
-                                    [--batch N] [--json]
+                                    [--batch N] [--floor] [--json]
 
 What "first step" means here: a fresh `python` process imports netlang, compiles the model's
 `.net` file (`netlang.compile`), draws a random batch of the model's input shapes
@@ -31,6 +31,9 @@ the warm run still compiled (run.json's `compile`), 0 when it compiled nothing.
   netlang package is left as it is, as in any installation.
 - **warm**: a second process on the same folders, now full.
 - **compile**: cold − warm: what the first run pays for compiling.
+- **floor** (`--floor`): a process that only imports NumPy, networkx, Lark and Numba (and the
+  Numba module a cached program's environment imports), from its launch to the end of those
+  imports: the share of a warm start that is the dependencies', not netlang's.
 - **torch**: PyTorch eager, in a process of its own: `import torch`, the same architecture
   (rebuilt from netlang's graph for chains by benchmarks/train_throughput.py's `torch_spec`;
   ResNet-18, not a chain, written out below in torchvision's structure), a random batch of
