@@ -399,6 +399,33 @@ def test_every_parameters_update_takes_flat_views_so_one_compilation_serves_all_
         assert arrays and set(arrays) <= flat, call
 
 
+# A dense net whose update has each part that the update compiled alone (`apply_update`)
+# writes: a penalty on the weights, Adam's state, and (the slow case) the global norm's clip.
+UPDATED_APART = """
+input x: [5]
+input label: int32[]
+output logits = x -> dense(7) as hidden -> tanh -> dense(3) as out
+train { loss cross_entropy(logits, label)  optimizer adam(lr = 0.01, weight_decay = 0.001) }
+"""
+
+
+@pytest.mark.parametrize("clip", ["", pytest.param("  clip_norm 0.05", marks=pytest.mark.slow)],
+                         ids=["unclipped", "clipped"])
+def test_the_update_applied_to_gradients_computed_apart_is_the_training_steps(clip):
+    # A step that sums gradient shards (netlang/train/shards.py, MPI) computes gradients,
+    # then applies the training step's own update to them, compiled alone (`apply_update`,
+    # codegen/update.py's render_update): the same parameters after three steps.
+    graph = netlang.compile(UPDATED_APART.replace(") }", ")" + clip + " }")).graph
+    stepped = CpuEngine(graph, seed=3, dtype=np.float64)
+    apart = CpuEngine(graph, seed=3, dtype=np.float64)
+    for step in range(3):
+        feeds = random_batch(graph, 6, step)
+        stepped.train_step(feeds, 0.01)
+        _, grads, _ = apart.gradients(feeds)
+        apart.apply_update(grads, 0.01)
+    _assert_same_params(stepped.params, apart.params, rtol=1e-12, atol=1e-15)
+
+
 def _training_plan(source):
     model = netlang.compile(source)
     graph = training_graph(model.graph)
