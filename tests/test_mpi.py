@@ -243,6 +243,23 @@ def test_a_process_outside_mpiexec_never_imports_mpi4py(tmp_path, mlp):
 # -- two processes -----------------------------------------------------------------------------
 
 @needs_mpi
+def test_after_a_warmup_for_two_processes_their_run_compiles_nothing(tmp_path, mlp):
+    """`netlang warmup --processes 2` compiles what each of two MPI processes calls (its
+    gradient pass and the update, not the training step): their run then loads everything
+    (run.json records no compiling)."""
+    env = {**environment(), "NETLANG_CACHE": str(tmp_path / "cache"),
+           "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    status, out, err = run([sys.executable, "-m", "netlang.cli", "warmup", str(mlp),
+                            "--processes", "2", "--json"], env=env)
+    assert status == 0, err
+    assert {"gradient pass", "optimiser update"} <= set(json.loads(out)["compiled"]), out
+    status, out, err = run(train_command(mlp, tmp_path / "run", "--epochs", "1"), processes=2,
+                           env=env)
+    assert status == 0, err
+    assert "compile" not in json.loads((tmp_path / "run" / "run.json").read_text()), out
+
+
+@needs_mpi
 def test_two_processes_train_as_one(tmp_path, mlp):
     """300 steps of an MLP with dropout and an L2 penalty: the per-epoch losses of 2 processes
     are one process's to 1e-5; only rank 0 printed and wrote the run directory."""

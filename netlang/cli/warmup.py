@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                help="the engine to compile for: cpu (default) or auto (cuda when a GPU is "
                     "present); the cuda engine compiles each kernel at its first launch and "
                     "reference compiles nothing, so neither has anything to warm up")
+    parser.add_argument("--processes", type=positive_int, default=1,
+                        help="the MPI processes the run will have (`mpiexec -n N netlang "
+                             "train`): compiles each one's gradient pass and the update "
+                             "instead of the training step; run it with the processes' "
+                             "NUMBA_NUM_THREADS")
     parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="floating-point width of weights and activations")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -35,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     """Compile, then print the report (or JSON with `--json`)."""
     # Each program's line as it is made ready (minutes for a convolutional model), then the total.
     done = compile_model(args.file).warmup(batch=args.batch, device=args.device,
-                                           dtype=args.dtype, verbose=not args.json)
+                                           dtype=args.dtype, processes=args.processes,
+                                           verbose=not args.json)
     print(json.dumps(done.to_json()) if args.json else done.lines()[-1])
     return 0

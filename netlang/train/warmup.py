@@ -11,8 +11,14 @@ its disk cache, or finds it there.  A later process on the same caches (NETLANG_
 NUMBA_CACHE_DIR), the same worker count (NUMBA_NUM_THREADS) and the same settings then loads
 them and compiles nothing.
 
-What is not covered, and compiles on first use: the programs of a run with other processes
-under MPI (each process's gradient pass), the pictures a generative model's run writes
+A run of several processes under MPI calls other programs than a run alone: each process's
+gradient pass on its share of the batch, then the optimiser's update compiled alone
+(netlang/train/shards.py).  `processes=K` makes those ready, planned as rank 0 of K
+processes would plan them (`PlannedProcesses`); a later `mpiexec -n K netlang train` whose
+processes have the same NUMBA_NUM_THREADS loads them.  So does a train section's
+`gradient_shards` in one process.
+
+What is not covered, and compiles on first use: the pictures a generative model's run writes
 (samples, reconstructions), the input-gradient passes of `saliency` and `attack`, and a
 run whose `--set` overrides change the optimiser or its settings (they are other programs).
 The CUDA engine compiles each kernel at its first launch, so it has nothing to warm up yet
@@ -32,14 +38,26 @@ from netlang.train.binding import bind
 from netlang.train.evaluation import evaluated_nodes
 from netlang.train.overrides import apply_overrides, override_strings
 from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
+from netlang.train.shards import check_supported, gradient_shards, share_batch_statistics
 from netlang.train.trainer import Trainer
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedProcesses:
+    """Rank 0 of the `size` MPI processes of a run to come, as far as planning its programs
+    goes (what `gradient_shards`, `check_supported` and the Trainer read of a run's
+    `netlang.train.distributed.Ranks`): no communicator, nothing exchanged."""
+
+    size: int
+    rank: int = 0
+    root: bool = True
 
 
 @dataclasses.dataclass
 class Warmup:
     """What `warmup` made ready: `compiled` {program title: seconds} the programs it compiled,
     `loaded` the titles Numba's disk cache already held, `seconds` the whole wall time (the
-    engine's construction included), and the run's `engine`, `batch` and `workers`."""
+    engine's construction included), and the run's `engine`, `batch`, `workers` and MPI `processes`."""
 
     compiled: dict
     loaded: list
@@ -47,6 +65,7 @@ class Warmup:
     engine: str
     batch: int
     workers: int
+    processes: int = 1
 
     @staticmethod
     def line(title: str, seconds: float | None) -> str:
@@ -62,8 +81,9 @@ class Warmup:
                  f"{self.seconds:.1f}s" if self.compiled else
                  f"nothing to compile: {len(self.loaded)} program"
                  f"{'s' * (len(self.loaded) != 1)} loaded from the cache in {self.seconds:.1f}s")
+        processes = f", {self.processes} processes" if self.processes > 1 else ""
         return found + [f"{total} ({self.engine} engine, batch {self.batch}, "
-                        f"{self.workers} worker{'s' * (self.workers != 1)})"]
+                        f"{self.workers} worker{'s' * (self.workers != 1)}{processes})"]
 
     def to_json(self) -> dict:
         """The report as plain data."""
@@ -71,12 +91,15 @@ class Warmup:
 
 
 def warmup(model, *, batch: int | None = None, device: str = "cpu",
-           dtype: str = "float32", progress=None) -> Warmup:
+           dtype: str = "float32", processes: int = 1, progress=None) -> Warmup:
     """Make every program a training run of `model` (a netlang.api.Model) with batches of
-    `batch` (default: the train section's) and its inference call ready in the disk caches;
-    `progress` (a netlang.train.progress.Progress) is told each program's line as it is made
-    ready (`Warmup.line`)."""
+    `batch` (default: the train section's) in `processes` MPI processes, and its inference,
+    call ready in the disk caches; `progress` (a netlang.train.progress.Progress) is told
+    each program's line as it is made ready (`Warmup.line`)."""
+    if not isinstance(processes, int) or processes < 1:
+        raise UsageError(f"processes must be a whole number of at least 1, not {processes!r}")
     start = time.perf_counter()
+    ranks = PlannedProcesses(processes) if processes > 1 else None
     binding = bind(model.graph)
     config = apply_overrides(model.train_config, override_strings(batch_size=batch),
                              model.graph)
@@ -87,9 +110,14 @@ def warmup(model, *, batch: int | None = None, device: str = "cpu",
         runs = phase_runs(model.graph, config, lambda graph, settings, shared: make_engine(
             graph, settings, shared, seed=config.seed, device=device, dtype=dtype),
             engine.params) if has_phases(model.graph) else None
+        shards = gradient_shards(config, ranks)
+        if shards.count > 1:   # as `train` does (netlang/train/loop.py), refusing alike
+            check_supported(ranks, shards, engine, runs is not None,
+                            config.adversarial is not None)
+            share_batch_statistics(engine)
         # The trainer `train` makes, without data: a data set's valid range only bounds
         # adversarial examples, which the compiled programs take as any input.
-        options = {"source_hash": model.source_hash}
+        options = {"source_hash": model.source_hash, "ranks": ranks}
         trainer = PhasedTrainer(engine, runs, binding, config, **options) if runs is not None \
             else Trainer(engine, binding, config, **options)
         every_input = dict.fromkeys(binding.inputs)
@@ -122,4 +150,4 @@ def warmup(model, *, batch: int | None = None, device: str = "cpu",
                 progress.message(Warmup.line(title, seconds if was_compiled else None))
     workers = cpu_workers() if engine.name == "cpu" else 1
     return Warmup(compiled, loaded, round(time.perf_counter() - start, 3), engine.name, batch,
-                  workers)
+                  workers, processes)
