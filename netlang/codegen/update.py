@@ -124,30 +124,23 @@ class UpdatePlan:
         multiplies the gradient by."""
         e, c = writer.emitter, writer.spelling
         clip = self.clip_norm
-        if not clip:
-            if self.rest:
-                e.line("# optimiser update")
-            for u in self.rest:
-                # Each parameter's update a function called by name (`serial_function`), its
-                # flat views made in the step and passed to it: the same text for every
-                # parameter with the same penalty, compiled once whatever the parameters'
-                # dimensions (made inside, the views compiled it once per dimension count:
-                # LeNet-5's 4-d, 2-d and 1-d parameters three times, 0.1 s each).
-                flats = self.update_flat(writer, u)
-                with writer.serial_function(STEP_SCALARS):
-                    self.emit_update(writer, c, *flats)
-            return
-        flats = self.update_flats(writer)   # made in the step: the norm reads them too
-        e.line("norm2 = 0.0")
-        for u, pf, gf, names in flats:
-            with e.block(f"for i in range({gf}.size):"):
-                e.line(f"gi = {gf}[i]")
-                for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
-                    e.line(line)
-                e.line("norm2 += gi * gi")
-        e.line("clipf = 1.0")
-        with e.block(f"if np.sqrt(norm2) > {clip!r}:"):
-            e.line(f"clipf = {clip!r} / (np.sqrt(norm2) + 1e-6)")
+        # Each parameter's update is a function called by name (`serial_function`), its flat
+        # views made in the step and passed to it: the same text for every parameter with the
+        # same penalty, compiled once whatever the parameters' dimensions (made inside, the
+        # views compiled it once per dimension count: LeNet-5's 4-d, 2-d and 1-d parameters
+        # three times, 0.1 s each).  With clipping the norm reads them too.
+        flats = self.update_flats(writer)
+        if clip:
+            e.line("norm2 = 0.0")
+            for u, pf, gf, names in flats:
+                with e.block(f"for i in range({gf}.size):"):
+                    e.line(f"gi = {gf}[i]")
+                    for line in self.penalty(self.regularizers, u.layer, u.penalised, c, pf):
+                        e.line(line)
+                    e.line("norm2 += gi * gi")
+            e.line("clipf = 1.0")
+            with e.block(f"if np.sqrt(norm2) > {clip!r}:"):
+                e.line(f"clipf = {clip!r} / (np.sqrt(norm2) + 1e-6)")
         for u, pf, gf, names in flats:
             with writer.serial_function(STEP_SCALARS):
                 self.emit_update(writer, c, u, pf, gf, names)

@@ -63,9 +63,9 @@ class GenericDispatcher(SymbolDispatcher):
     functions whose speed does not depend on the constants: the BLAS products and the random
     draws (`run_workers` types a worker's share so too). The convolution and pooling loop nests,
     made generic in everything, lost 15% of LeNet-5's training speed (docs/compiler.md, Where
-    compile time goes): im2col and col2im keep their strides, dilations and groups, the
-    weight's reordering its kernel size (`literal_names`, `compiled_window`; runtime/cnn.py
-    says why), the pooling loops all of theirs (`compiled_shared`)."""
+    compile time goes): im2col and col2im keep their strides, dilations and groups
+    (`literal_names`, `compiled_window`; runtime/cnn.py says why), the pooling loops all of
+    theirs (`compiled_shared`); the weight's reordering is generic, its loops ordered for it."""
 
     # Whether array arguments are typed with any layout ('A'), contiguous or not: for a
     # function that hands their pointers and strides on (a BLAS call) and never loops over

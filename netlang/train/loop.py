@@ -49,7 +49,7 @@ from netlang.train.run_dir import (
     write_summary,
 )
 from netlang.train.run_lock import RunLock
-from netlang.train.shards import check_supported, gradient_shards, share_batch_statistics
+from netlang.train.shards import gradient_shards, prepare_for_shards
 from netlang.train.trainer import History, Trainer, TrainingInterrupted, evaluation_batch
 from netlang.train.transfer import transfer_weights
 from netlang.version import __version__
@@ -227,9 +227,7 @@ def train(model, *, data=None, x=None, y=None, validation_data=None, overrides=(
     runs = phase_runs(model.graph, config, lambda graph, settings, shared: make_engine(
         graph, settings, shared, seed=config.seed, device=device, dtype=dtype),
         engine.params) if has_phases(model.graph) else None
-    if shards.count > 1:
-        check_supported(ranks, shards, engine, runs is not None, config.adversarial is not None)
-        share_batch_statistics(engine)
+    prepare_for_shards(ranks, shards, engine, runs is not None, config.adversarial is not None)
     # The programs compile in helper processes while the data loads: a cold cache's compile
     # time spent beside it, not after it (the first step waits for what is left).
     _compile_ahead(engine, binding, config, runs is None and shards.count == 1,

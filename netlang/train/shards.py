@@ -142,6 +142,16 @@ def check_supported(ranks: Ranks | None, shards: Shards, engine, phased: bool,
                                     f"model with `gradient_shards=1` in one process")
 
 
+def prepare_for_shards(ranks: Ranks | None, shards: Shards, engine, phased: bool,
+                       adversarial: bool) -> None:
+    """What a run whose steps sum shards' gradients does to `engine` before its programs are
+    made (`train`, and `warmup` planning one): refuse what it does not do yet, in one line,
+    and have the gradient pass share batch statistics."""
+    if shards.count > 1:
+        check_supported(ranks, shards, engine, phased, adversarial)
+        share_batch_statistics(engine)
+
+
 def share_batch_statistics(engine) -> None:
     """Have `engine`'s gradient pass normalise with the whole batch's statistics, summed
     across the shards (before the pass is first compiled): a model without batch norm

@@ -38,7 +38,7 @@ from netlang.train.binding import bind
 from netlang.train.evaluation import evaluated_nodes
 from netlang.train.overrides import apply_overrides, override_strings
 from netlang.train.phased import PhasedTrainer, has_phases, phase_runs
-from netlang.train.shards import check_supported, gradient_shards, share_batch_statistics
+from netlang.train.shards import gradient_shards, prepare_for_shards
 from netlang.train.trainer import Trainer
 
 
@@ -57,7 +57,8 @@ class PlannedProcesses:
 class Warmup:
     """What `warmup` made ready: `compiled` {program title: seconds} the programs it compiled,
     `loaded` the titles Numba's disk cache already held, `seconds` the whole wall time (the
-    engine's construction included), and the run's `engine`, `batch`, `workers` and MPI `processes`."""
+    engine's construction included), and the run's `engine`, `batch`, `workers` and MPI
+    `processes`."""
 
     compiled: dict
     loaded: list
@@ -110,11 +111,9 @@ def warmup(model, *, batch: int | None = None, device: str = "cpu",
         runs = phase_runs(model.graph, config, lambda graph, settings, shared: make_engine(
             graph, settings, shared, seed=config.seed, device=device, dtype=dtype),
             engine.params) if has_phases(model.graph) else None
-        shards = gradient_shards(config, ranks)
-        if shards.count > 1:   # as `train` does (netlang/train/loop.py), refusing alike
-            check_supported(ranks, shards, engine, runs is not None,
-                            config.adversarial is not None)
-            share_batch_statistics(engine)
+        # As `train` does (netlang/train/loop.py), refusing alike.
+        prepare_for_shards(ranks, gradient_shards(config, ranks), engine, runs is not None,
+                           config.adversarial is not None)
         # The trainer `train` makes, without data: a data set's valid range only bounds
         # adversarial examples, which the compiled programs take as any input.
         options = {"source_hash": model.source_hash, "ranks": ranks}
